@@ -1,0 +1,152 @@
+//! `[debug]` — the knobs the console's `set config` changes at runtime. The TOML keys are the
+//! Domino notes.ini names exactly (`SMTPDebug`, `SMTPDebugIO`, …).
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// `[debug]` — knobs `set config` changes at runtime. TOML keys are the Domino notes.ini names
+/// exactly; all default to 0 (off).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugKnobs {
+    /// `SMTPDebug`, 0..=3: inbound SMTP session logging (1 errors, 2 commands, 3 everything).
+    #[serde(rename = "SMTPDebug", deserialize_with = "zero_to_three")]
+    pub smtp_debug: u8,
+    /// `SMTPDebugIO`, 0..=3: log the raw bytes of inbound sessions (3 includes message bodies).
+    #[serde(rename = "SMTPDebugIO", deserialize_with = "zero_to_three")]
+    pub smtp_debug_io: u8,
+    /// `SMTPClientDebug`, 0..=3: outbound SMTP session logging.
+    #[serde(rename = "SMTPClientDebug", deserialize_with = "zero_to_three")]
+    pub smtp_client_debug: u8,
+    /// `Log_MailRouting`, one of 0, 10, 20, 30, 40: router logging (10 minimal … 40 verbose).
+    #[serde(rename = "Log_MailRouting", deserialize_with = "routing_level")]
+    pub log_mail_routing: u8,
+    /// `SMTPSaveImportErrors`, 0..=3: keep messages that fail conversion (1 on parse errors,
+    /// 2 also on warnings, 3 always) in `data_dir/spool/import-errors`.
+    #[serde(rename = "SMTPSaveImportErrors", deserialize_with = "zero_to_three")]
+    pub smtp_save_import_errors: u8,
+}
+
+fn check(name: &str, value: i64) -> Result<u8, String> {
+    let ok = if name == "Log_MailRouting" {
+        matches!(value, 0 | 10 | 20 | 30 | 40)
+    } else {
+        (0..=3).contains(&value)
+    };
+    if ok {
+        Ok(value as u8)
+    } else if name == "Log_MailRouting" {
+        Err(format!("`{value}` is not one of 0, 10, 20, 30, 40"))
+    } else {
+        Err(format!("`{value}` is out of range (0 to 3)"))
+    }
+}
+
+fn zero_to_three<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    check("SMTPDebug", i64::deserialize(d)?).map_err(de::Error::custom)
+}
+
+fn routing_level<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    check("Log_MailRouting", i64::deserialize(d)?).map_err(de::Error::custom)
+}
+
+impl DebugKnobs {
+    /// The five knob names, as written in the file and in `set config`.
+    pub const NAMES: [&'static str; 5] = [
+        "SMTPDebug",
+        "SMTPDebugIO",
+        "SMTPClientDebug",
+        "Log_MailRouting",
+        "SMTPSaveImportErrors",
+    ];
+
+    fn canonical(name: &str) -> Option<&'static str> {
+        Self::NAMES
+            .into_iter()
+            .find(|n| n.eq_ignore_ascii_case(name.trim()))
+    }
+
+    fn slot(&mut self, canonical: &str) -> &mut u8 {
+        match canonical {
+            "SMTPDebug" => &mut self.smtp_debug,
+            "SMTPDebugIO" => &mut self.smtp_debug_io,
+            "SMTPClientDebug" => &mut self.smtp_client_debug,
+            "Log_MailRouting" => &mut self.log_mail_routing,
+            _ => &mut self.smtp_save_import_errors,
+        }
+    }
+
+    /// Sets a knob by name (case-insensitive) from its text value, checking the range.
+    /// On error nothing changes and the error names the knob.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let Some(canonical) = Self::canonical(name) else {
+            return Err(ConfigError::Knob {
+                name: name.to_string(),
+                message: format!("unknown knob (expected one of: {})", Self::NAMES.join(", ")),
+            });
+        };
+        let knob_err = |message: String| ConfigError::Knob {
+            name: canonical.to_string(),
+            message,
+        };
+        let n: i64 = value
+            .trim()
+            .parse()
+            .map_err(|_| knob_err(format!("`{value}` is not an integer")))?;
+        *self.slot(canonical) = check(canonical, n).map_err(knob_err)?;
+        Ok(())
+    }
+
+    /// A knob's value by name (case-insensitive); `None` for an unknown name.
+    pub fn get(&self, name: &str) -> Option<u8> {
+        Some(match Self::canonical(name)? {
+            "SMTPDebug" => self.smtp_debug,
+            "SMTPDebugIO" => self.smtp_debug_io,
+            "SMTPClientDebug" => self.smtp_client_debug,
+            "Log_MailRouting" => self.log_mail_routing,
+            _ => self.smtp_save_import_errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_get_are_case_insensitive() {
+        let mut k = DebugKnobs::default();
+        k.set("smtpdebug", "3").unwrap();
+        k.set("LOG_MAILROUTING", "40").unwrap();
+        k.set("SMTPSaveImportErrors", " 2 ").unwrap();
+        assert_eq!(k.get("SMTPDebug"), Some(3));
+        assert_eq!(k.get("log_mailrouting"), Some(40));
+        assert_eq!(k.smtp_save_import_errors, 2);
+        assert_eq!(k.get("nope"), None);
+    }
+
+    #[test]
+    fn set_validates_and_names_the_knob() {
+        let mut k = DebugKnobs::default();
+        let e = k.set("smtpclientdebug", "4").unwrap_err();
+        assert_eq!(e.key(), Some("SMTPClientDebug"));
+        assert_eq!(
+            e.to_string(),
+            "debug knob `SMTPClientDebug`: `4` is out of range (0 to 3)"
+        );
+        let e = k.set("Log_MailRouting", "15").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`Log_MailRouting`: `15` is not one of 0, 10, 20, 30, 40"),
+            "{e}"
+        );
+        let e = k.set("SMTPDebugIO", "lots").unwrap_err();
+        assert!(e.to_string().contains("`lots` is not an integer"), "{e}");
+        let e = k.set("SMTPDebugX", "1").unwrap_err();
+        assert!(e.to_string().contains("unknown knob"), "{e}");
+        assert!(k.set("SMTPDebug", "-1").is_err());
+        assert_eq!(k, DebugKnobs::default(), "failed sets change nothing");
+    }
+}

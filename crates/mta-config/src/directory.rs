@@ -1,0 +1,387 @@
+//! The directory of users and aliases (file `etc/directory.toml` by default; key `directory`).
+//!
+//! ```toml
+//! [[user]]
+//! name = "postmaster"
+//! addresses = ["postmaster@localhost", "root@localhost"]
+//! maildir = "mail/postmaster"      # relative to data_dir
+//!
+//! [aliases]
+//! "abuse@localhost" = ["postmaster@localhost"]
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+
+use mta_types::{Address, Domain};
+use serde::de::Deserializer;
+use serde::Deserialize;
+
+use crate::error::{Seg, Source};
+use crate::values::{parse_address, AddressValue};
+use crate::ConfigError;
+
+/// How deep alias expansion goes before an address is taken as it is.
+pub const MAX_ALIAS_DEPTH: usize = 20;
+
+/// The users and aliases the router delivers to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Directory {
+    /// `[[user]]` entries, in file order.
+    pub users: Vec<User>,
+    /// `[aliases]`: keyed by `Address::lookup_key()` of the alias; the targets may be local
+    /// users, other aliases or remote addresses.
+    pub aliases: BTreeMap<String, Vec<Address>>,
+}
+
+/// One `[[user]]`: a mailbox and the addresses delivered to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct User {
+    /// `name`: unique, non-empty; used in logs.
+    pub name: String,
+    /// `addresses`: at least one; each in a local domain and owned by this user only.
+    pub addresses: Vec<Address>,
+    /// `maildir`: absolute, `data_dir.join(value)`; the value must be relative without `..`.
+    pub maildir: PathBuf,
+}
+
+impl Directory {
+    /// The user owning `addr`, compared by `Address::lookup_key()` (local part case-insensitive).
+    pub fn user_for(&self, addr: &Address) -> Option<&User> {
+        let key = addr.lookup_key();
+        self.users.iter().find(|u| {
+            u.addresses
+                .iter()
+                .any(|a| a.domain() == addr.domain() && a.lookup_key() == key)
+        })
+    }
+
+    /// The targets of an alias, if `addr` is one.
+    pub fn aliases_of(&self, addr: &Address) -> Option<&[Address]> {
+        self.aliases.get(&addr.lookup_key()).map(Vec::as_slice)
+    }
+
+    /// Expands aliases recursively, de-duplicated (by lookup key), in first-seen order; a
+    /// non-alias address expands to itself. An alias met again on its own expansion path (a
+    /// loop, e.g. `a -> [a, backup]`) or deeper than `MAX_ALIAS_DEPTH` is kept as an address
+    /// rather than expanded, as sendmail does.
+    pub fn expand(&self, addr: &Address) -> Vec<Address> {
+        let mut walk = Expansion::default();
+        self.expand_into(addr, 0, &mut walk);
+        walk.out
+    }
+
+    fn expand_into(&self, addr: &Address, depth: usize, walk: &mut Expansion) {
+        let key = addr.lookup_key();
+        match self.aliases.get(&key) {
+            Some(_) if walk.expanded.contains(&key) => {} // its addresses are already out
+            Some(targets) if depth < MAX_ALIAS_DEPTH && !walk.path.contains(&key) => {
+                walk.path.push(key.clone());
+                for t in targets {
+                    self.expand_into(t, depth + 1, walk);
+                }
+                walk.path.pop();
+                walk.expanded.insert(key);
+            }
+            _ => {
+                if walk.emitted.insert(key) {
+                    walk.out.push(addr.clone());
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Expansion {
+    out: Vec<Address>,
+    emitted: HashSet<String>,
+    expanded: HashSet<String>,
+    path: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    #[serde(default)]
+    user: Vec<RawUser>,
+    #[serde(default)]
+    aliases: BTreeMap<String, Vec<AddressValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    addresses: Vec<AddressValue>,
+    #[serde(deserialize_with = "maildir")]
+    maildir: PathBuf,
+}
+
+fn maildir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    crate::values::parse_str(d, |s| {
+        let p = PathBuf::from(s);
+        if s.trim().is_empty() {
+            Err("must not be empty".to_string())
+        } else if p.has_root() {
+            Err(format!("`{s}` must be relative to data_dir, not absolute"))
+        } else if p.components().any(|c| matches!(c, Component::ParentDir)) {
+            Err(format!(
+                "`{s}` must not contain `..` (it would leave data_dir)"
+            ))
+        } else {
+            Ok(p)
+        }
+    })
+}
+
+/// Reads and validates the directory file. `data_dir` anchors the maildirs; every user address
+/// and alias key must be in `local_domains`.
+pub(crate) fn load(
+    path: &Path,
+    data_dir: &Path,
+    local_domains: &[Domain],
+) -> Result<Directory, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let src = Source {
+        file: path.to_path_buf(),
+        text,
+    };
+    let raw: RawDirectory = toml::from_str(&src.text).map_err(|e| src.toml_error(&e))?;
+    let is_local = |d: &Domain| local_domains.contains(d);
+    let local_list = || {
+        local_domains
+            .iter()
+            .map(Domain::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let mut owners: HashMap<String, usize> = HashMap::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut users = Vec::with_capacity(raw.user.len());
+    for (i, u) in raw.user.iter().enumerate() {
+        if u.name.trim().is_empty() {
+            return Err(src.error_at(
+                &[Seg::Key("user"), Seg::Index(i), Seg::Key("name")],
+                "must not be empty",
+            ));
+        }
+        if let Some(first) = names.insert(&u.name, i) {
+            return Err(src.error_at(
+                &[Seg::Key("user"), Seg::Index(i), Seg::Key("name")],
+                format!("user name `{}` is already used by user[{first}]", u.name),
+            ));
+        }
+        if u.addresses.is_empty() {
+            return Err(src.error_at(
+                &[Seg::Key("user"), Seg::Index(i), Seg::Key("addresses")],
+                "a user needs at least one address",
+            ));
+        }
+        for (j, a) in u.addresses.iter().enumerate() {
+            let at = [
+                Seg::Key("user"),
+                Seg::Index(i),
+                Seg::Key("addresses"),
+                Seg::Index(j),
+            ];
+            if !is_local(a.0.domain()) {
+                return Err(src.error_at(
+                    &at,
+                    format!(
+                        "`{}` is not in a local domain (local_domains: {})",
+                        a.0,
+                        local_list()
+                    ),
+                ));
+            }
+            if let Some(&other) = owners.get(&a.0.lookup_key()) {
+                let whom = if other == i {
+                    "is listed twice for this user".to_string()
+                } else {
+                    format!(
+                        "is already assigned to user `{}` (user[{other}])",
+                        raw.user[other].name
+                    )
+                };
+                return Err(src.error_at(&at, format!("`{}` {whom}", a.0)));
+            }
+            owners.insert(a.0.lookup_key(), i);
+        }
+        users.push(User {
+            name: u.name.clone(),
+            addresses: u.addresses.iter().map(|a| a.0.clone()).collect(),
+            maildir: data_dir.join(&u.maildir),
+        });
+    }
+
+    let mut aliases = BTreeMap::new();
+    for (key, targets) in &raw.aliases {
+        let at = [Seg::Key("aliases"), Seg::Key(key)];
+        let alias = parse_address(key).map_err(|m| src.error_at(&at, m))?;
+        if !is_local(alias.domain()) {
+            return Err(src.error_at(
+                &at,
+                format!(
+                    "alias `{alias}` is not in a local domain (local_domains: {})",
+                    local_list()
+                ),
+            ));
+        }
+        if let Some(&owner) = owners.get(&alias.lookup_key()) {
+            return Err(src.error_at(
+                &at,
+                format!(
+                    "`{alias}` is both an alias and an address of user `{}`",
+                    raw.user[owner].name
+                ),
+            ));
+        }
+        if targets.is_empty() {
+            return Err(src.error_at(&at, "an alias needs at least one target address"));
+        }
+        let list = targets.iter().map(|t| t.0.clone()).collect();
+        if aliases.insert(alias.lookup_key(), list).is_some() {
+            return Err(src.error_at(
+                &at,
+                format!("alias `{alias}` is defined twice (keys differ only in case)"),
+            ));
+        }
+    }
+    Ok(Directory { users, aliases })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Address {
+        s.parse().unwrap()
+    }
+
+    fn dir(aliases: &[(&str, &[&str])]) -> Directory {
+        Directory {
+            users: vec![User {
+                name: "pm".into(),
+                addresses: vec![a("postmaster@localhost"), a("Root@localhost")],
+                maildir: "/var/mail/pm".into(),
+            }],
+            aliases: aliases
+                .iter()
+                .map(|(k, v)| (a(k).lookup_key(), v.iter().map(|t| a(t)).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn user_lookup_is_case_insensitive() {
+        let d = dir(&[]);
+        assert_eq!(d.user_for(&a("ROOT@LocalHost")).unwrap().name, "pm");
+        assert!(d.user_for(&a("nobody@localhost")).is_none());
+    }
+
+    #[test]
+    fn expand_plain_address_is_itself() {
+        let d = dir(&[]);
+        assert_eq!(
+            d.expand(&a("x@remote.example")),
+            vec![a("x@remote.example")]
+        );
+        assert!(d.aliases_of(&a("x@remote.example")).is_none());
+    }
+
+    #[test]
+    fn expand_recursive_deduplicated_in_order() {
+        let d = dir(&[
+            (
+                "all@localhost",
+                &[
+                    "staff@localhost",
+                    "postmaster@localhost",
+                    "ext@remote.example",
+                ],
+            ),
+            (
+                "staff@localhost",
+                &[
+                    "root@localhost",
+                    "postmaster@localhost",
+                    "bob@remote.example",
+                ],
+            ),
+        ]);
+        assert_eq!(
+            d.expand(&a("ALL@localhost")),
+            vec![
+                a("root@localhost"),
+                a("postmaster@localhost"),
+                a("bob@remote.example"),
+                a("ext@remote.example")
+            ]
+        );
+        assert_eq!(d.aliases_of(&a("staff@localhost")).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn expand_survives_loops() {
+        let d = dir(&[
+            ("a@localhost", &["b@localhost"]),
+            ("b@localhost", &["a@localhost", "postmaster@localhost"]),
+            ("self@localhost", &["self@localhost", "root@localhost"]),
+        ]);
+        assert_eq!(
+            d.expand(&a("a@localhost")),
+            vec![a("a@localhost"), a("postmaster@localhost")]
+        );
+        assert_eq!(
+            d.expand(&a("self@localhost")),
+            vec![a("self@localhost"), a("root@localhost")]
+        );
+    }
+
+    #[test]
+    fn expand_stops_at_max_depth() {
+        let chain: Vec<(String, Vec<String>)> = (0..30)
+            .map(|i| {
+                (
+                    format!("l{i}@localhost"),
+                    vec![format!("l{}@localhost", i + 1)],
+                )
+            })
+            .collect();
+        let d = Directory {
+            users: vec![],
+            aliases: chain
+                .iter()
+                .map(|(k, v)| (a(k).lookup_key(), v.iter().map(|t| a(t)).collect()))
+                .collect(),
+        };
+        assert_eq!(
+            d.expand(&a("l0@localhost")),
+            vec![a(&format!("l{MAX_ALIAS_DEPTH}@localhost"))]
+        );
+    }
+
+    #[test]
+    fn expand_diamond_is_not_exponential() {
+        // 25 levels, each alias pointing twice at the next: 2^25 paths without the memo.
+        let aliases = (0..25)
+            .map(|i| {
+                let next = a(&format!("d{}@localhost", i + 1));
+                (
+                    a(&format!("d{i}@localhost")).lookup_key(),
+                    vec![next.clone(), next],
+                )
+            })
+            .collect();
+        let d = Directory {
+            users: vec![],
+            aliases,
+        };
+        assert_eq!(d.expand(&a("d0@localhost")), vec![a("d20@localhost")]);
+    }
+}

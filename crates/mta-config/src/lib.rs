@@ -1,0 +1,365 @@
+//! mta-config — every configuration key of smtpmta, its type, default and meaning, in one place.
+//!
+//! Reads: the main file (`etc/smtpmta.toml`) and the directory of users (`etc/directory.toml`,
+//! key `directory`). Writes: nothing — loading touches nothing on disk. Each task reads its typed
+//! section (`[inbound]`, `[outbound]`, `[dns]`, `[debug]`), never a raw table.
+//!
+//! Every error names the file, the line and the dotted key
+//! (``/abs/etc/smtpmta.toml:7: key `inbound.max_handlers`: …``). docs/CONFIG.md describes every
+//! key; the doc comments on the fields below say the same and are the source of truth.
+//!
+//! Value syntaxes: durations are an integer number of seconds or a string such as `"500ms"`,
+//! `"30s"`, `"5m"`, `"1h"`, `"2d"`, `"1h30m"`; sizes are an integer number of bytes or a string
+//! with a binary unit (`"10K"`, `"25M"`, `"25MiB"`, `"1G"`; K = 1024).
+
+mod debug;
+mod directory;
+mod error;
+mod values;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use mta_types::Domain;
+use serde::Deserialize;
+
+pub use debug::DebugKnobs;
+pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
+pub use error::ConfigError;
+pub use values::{parse_duration, parse_size};
+
+use error::{Seg, Source};
+use values::{Cidr, DomainValue};
+
+/// The whole configuration, as loaded by `Config::load`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The config file as loaded, absolute (canonicalized).
+    pub path: PathBuf,
+    /// `hostname`: the name this MTA greets with and writes in Received headers.
+    /// Default `"localhost"`.
+    pub hostname: String,
+    /// `data_dir`: holds `run/`, `spool/`, `store/` and the maildirs. Absolute; a relative value
+    /// is relative to the config file's folder. Default `"var"`.
+    pub data_dir: PathBuf,
+    /// `local_domains`: mail for these domains is delivered to the directory's users.
+    /// At least one. Default `["localhost"]`.
+    pub local_domains: Vec<Domain>,
+    /// `trusted_networks`: CIDR networks whose clients may relay to any domain; a bare address
+    /// means that one host. Default `["127.0.0.0/8", "::1/128"]`.
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// `directory`: the directory file. Absolute; relative to the config file's folder.
+    /// Default `"directory.toml"`.
+    pub directory_path: PathBuf,
+    /// The users and aliases, loaded from `directory_path` by `Config::load`.
+    pub directory: Directory,
+    /// `[inbound]`: isesctl and its session handlers.
+    pub inbound: InboundConfig,
+    /// `[outbound]`: osesctl and its session handlers.
+    pub outbound: OutboundConfig,
+    /// `[dns]`: the resolver used for MX and address lookups.
+    pub dns: DnsConfig,
+    /// `[debug]`: logging knobs, changeable at runtime with `set config`.
+    pub debug: DebugKnobs,
+}
+
+/// `[inbound]` — the SMTP listener (isesctl) and its session handlers.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    /// `listen`: addresses to accept SMTP on (`ip:port`, `[ipv6]:port`).
+    /// Default `["127.0.0.1:2525"]`.
+    #[serde(deserialize_with = "values::socket_list")]
+    pub listen: Vec<SocketAddr>,
+    /// `max_handlers`: most concurrent inbound sessions; at the maximum isesctl stops accepting
+    /// until one ends. At least 1. Default 100 (Domino's default was 3).
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub max_handlers: usize,
+    /// `max_message_size`: largest message accepted, in bytes (advertised in EHLO `SIZE`);
+    /// an integer or a size string (`"25M"`). Default 26_214_400 (25 MiB).
+    #[serde(deserialize_with = "values::size")]
+    pub max_message_size: u64,
+    /// `max_recipients`: most RCPT TO per message. Default 1000.
+    pub max_recipients: usize,
+    /// `max_line_length`: hard cap for one DATA line in bytes. Default 65536.
+    pub max_line_length: usize,
+    /// `command_timeout`: wait for the next command. Default 300s.
+    #[serde(deserialize_with = "values::duration")]
+    pub command_timeout: Duration,
+    /// `data_timeout`: wait for each read during DATA. Default 600s.
+    #[serde(deserialize_with = "values::duration")]
+    pub data_timeout: Duration,
+    /// `session_timeout`: longest whole session. Default 3600s.
+    #[serde(deserialize_with = "values::duration")]
+    pub session_timeout: Duration,
+    /// `max_errors`: protocol errors before the session is dropped. Default 10.
+    pub max_errors: u32,
+    /// `max_hops`: Received headers before the message goes Dead (mail loop). Default 25.
+    pub max_hops: u32,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            max_handlers: 100,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_line_length: 65536,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(3600),
+            max_errors: 10,
+            max_hops: 25,
+        }
+    }
+}
+
+/// `[outbound]` — Domain List Processing (osesctl) and the outbound session handlers.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// `max_handlers`: most concurrent outbound sessions. At least 1. Default 20.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub max_handlers: usize,
+    /// `relay_host`: send all non-local mail through this `host:port` (host a name, an IPv4
+    /// address or `[ipv6]`). Empty or absent: look up MX records. Default `""`.
+    #[serde(deserialize_with = "values::relay_host")]
+    pub relay_host: Option<String>,
+    /// `port`: port used for MX hosts. Default 25.
+    pub port: u16,
+    /// `retry`: waits between delivery attempts; the last one repeats. Non-empty.
+    /// Default `["1m", "5m", "15m", "30m", "1h", "2h", "4h"]`.
+    #[serde(deserialize_with = "values::duration_list")]
+    pub retry: Vec<Duration>,
+    /// `queue_lifetime`: after this a message still undelivered is returned (DSN). Default 5d.
+    #[serde(deserialize_with = "values::duration")]
+    pub queue_lifetime: Duration,
+    /// `delay_warning`: after this the sender gets a delay notice. Default 4h.
+    #[serde(deserialize_with = "values::duration")]
+    pub delay_warning: Duration,
+    /// `connect_timeout`: TCP connect to a next hop. Default 30s.
+    #[serde(deserialize_with = "values::duration")]
+    pub connect_timeout: Duration,
+    /// `command_timeout`: wait for each reply of the remote server. Default 300s.
+    #[serde(deserialize_with = "values::duration")]
+    pub command_timeout: Duration,
+    /// `max_messages_per_list`: most messages in one Domain List. Default 100.
+    pub max_messages_per_list: usize,
+    /// `max_messages_per_session`: most messages sent over one connection. Default 1000.
+    pub max_messages_per_session: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        OutboundConfig {
+            max_handlers: 20,
+            relay_host: None,
+            port: 25,
+            retry: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
+            queue_lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: m(240),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            max_messages_per_list: 100,
+            max_messages_per_session: 1000,
+        }
+    }
+}
+
+/// `[dns]` — the resolver for MX and A/AAAA lookups.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `nameservers`: servers to ask (`ip`, `ip:port`, `[ipv6]:port`; port 53 if omitted).
+    /// Empty: the system's /etc/resolv.conf. Default `[]`.
+    #[serde(deserialize_with = "values::nameserver_list")]
+    pub nameservers: Vec<SocketAddr>,
+    /// `timeout`: per query. Default 5s.
+    #[serde(deserialize_with = "values::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The file as written; turned into `Config` by `Config::load`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    hostname: String,
+    data_dir: String,
+    local_domains: Vec<DomainValue>,
+    trusted_networks: Vec<Cidr>,
+    directory: String,
+    inbound: InboundConfig,
+    outbound: OutboundConfig,
+    dns: DnsConfig,
+    debug: DebugKnobs,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            hostname: "localhost".into(),
+            data_dir: "var".into(),
+            local_domains: vec![DomainValue("localhost".parse().expect("valid domain"))],
+            trusted_networks: vec![
+                Cidr("127.0.0.0/8".parse().expect("valid CIDR")),
+                Cidr("::1/128".parse().expect("valid CIDR")),
+            ],
+            directory: "directory.toml".into(),
+            inbound: InboundConfig::default(),
+            outbound: OutboundConfig::default(),
+            dns: DnsConfig::default(),
+            debug: DebugKnobs::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config file and the directory file it names, and validates everything.
+    /// Touches nothing on disk (folders are not created).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = absolute(path);
+        let text = std::fs::read_to_string(&shown).map_err(|source| ConfigError::Read {
+            file: shown.clone(),
+            source,
+        })?;
+        let path = std::fs::canonicalize(&shown).unwrap_or(shown);
+        let src = Source {
+            file: path.clone(),
+            text,
+        };
+        let raw: RawConfig = toml::from_str(&src.text).map_err(|e| src.toml_error(&e))?;
+
+        if raw.hostname.parse::<Domain>().is_err() || raw.hostname.starts_with('[') {
+            return Err(src.error_at(
+                &[Seg::Key("hostname")],
+                format!("`{}` is not a host name", raw.hostname),
+            ));
+        }
+        if raw.local_domains.is_empty() {
+            return Err(src.error_at(
+                &[Seg::Key("local_domains")],
+                "must list at least one domain",
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let resolve = |key: &'static str, value: &str| {
+            if value.trim().is_empty() {
+                Err(src.error_at(&[Seg::Key(key)], "must not be empty"))
+            } else {
+                Ok(normalize(&base.join(value)))
+            }
+        };
+        let data_dir = resolve("data_dir", &raw.data_dir)?;
+        let directory_path = resolve("directory", &raw.directory)?;
+        let local_domains: Vec<Domain> = raw.local_domains.into_iter().map(|d| d.0).collect();
+
+        let directory = match directory::load(&directory_path, &data_dir, &local_domains) {
+            Err(ConfigError::Read { file, source }) => {
+                return Err(src.error_at(
+                    &[Seg::Key("directory")],
+                    format!("cannot read `{}`: {source}", file.display()),
+                ))
+            }
+            other => other?,
+        };
+        Ok(Config {
+            path,
+            hostname: raw.hostname,
+            data_dir,
+            local_domains,
+            trusted_networks: raw.trusted_networks.into_iter().map(|c| c.0).collect(),
+            directory_path,
+            directory,
+            inbound: raw.inbound,
+            outbound: raw.outbound,
+            dns: raw.dns,
+            debug: raw.debug,
+        })
+    }
+
+    /// `data_dir/run`: sockets and the pid file.
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    /// `data_dir/spool`: message contents.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    /// `data_dir/store`: the sled database.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
+    pub fn is_local_domain(&self, d: &Domain) -> bool {
+        self.local_domains.contains(d)
+    }
+
+    /// True if `ip` is in `trusted_networks`; an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`)
+    /// is also checked as the IPv4 address it carries.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.trusted_networks
+            .iter()
+            .any(|net| net.contains(&ip) || mapped.is_some_and(|v4| net.contains(&v4)))
+    }
+
+    /// Re-reads `directory_path` (for `tell smtpmta refresh`), validated as at load.
+    pub fn reload_directory(&self) -> Result<Directory, ConfigError> {
+        directory::load(&self.directory_path, &self.data_dir, &self.local_domains).map_err(|e| {
+            match e {
+                ConfigError::Read { file, source } => ConfigError::Invalid {
+                    file: self.path.clone(),
+                    line: None,
+                    key: Some("directory".into()),
+                    message: format!("cannot read `{}`: {source}", file.display()),
+                },
+                other => other,
+            }
+        })
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        normalize(path)
+    } else {
+        normalize(&std::env::current_dir().unwrap_or_default().join(path))
+    }
+}
+
+/// Removes `.` and resolves `..` lexically (the folder need not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() && !out.has_root() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

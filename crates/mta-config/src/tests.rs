@@ -1,0 +1,489 @@
+//! Loading the shipped defaults, and one test per kind of error: each must name the file,
+//! the line and the key.
+
+use super::*;
+use std::fs;
+use std::net::Ipv6Addr;
+
+const DIRECTORY: &str = r#"[[user]]
+name = "postmaster"
+addresses = ["postmaster@localhost", "root@localhost"]
+maildir = "mail/postmaster"
+
+[aliases]
+"abuse@localhost" = ["postmaster@localhost"]
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(config: &str, directory: Option<&str>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("smtpmta.toml"), config).unwrap();
+        if let Some(d) = directory {
+            fs::write(dir.path().join("directory.toml"), d).unwrap();
+        }
+        Fixture { dir }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        fs::canonicalize(self.dir.path()).unwrap().join(name)
+    }
+    fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(&self.dir.path().join("smtpmta.toml"))
+    }
+    fn err(&self) -> ConfigError {
+        self.load().expect_err("should not load")
+    }
+}
+
+fn config_err(config: &str) -> (ConfigError, PathBuf) {
+    let f = Fixture::new(config, Some(DIRECTORY));
+    (f.err(), f.path("smtpmta.toml"))
+}
+
+fn directory_err(directory: &str) -> (ConfigError, PathBuf) {
+    let f = Fixture::new(
+        "local_domains = [\"localhost\", \"example.org\"]\n",
+        Some(directory),
+    );
+    (f.err(), f.path("directory.toml"))
+}
+
+#[track_caller]
+fn assert_located(e: &ConfigError, file: &Path, line: usize, key: &str, says: &str) {
+    assert_eq!(e.file(), file, "{e}");
+    assert_eq!(e.line(), Some(line), "{e}");
+    assert_eq!(e.key(), Some(key), "{e}");
+    let text = e.to_string();
+    eprintln!("{text}");
+    let prefix = format!("{}:{line}: key `{key}`: ", file.display());
+    assert!(
+        text.starts_with(&prefix),
+        "{text}\n  should start with {prefix}"
+    );
+    assert!(text.contains(says), "{text}\n  should contain {says}");
+}
+
+#[test]
+fn shipped_default_loads_with_documented_values() {
+    let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc/smtpmta.toml");
+    let c = Config::load(&etc).unwrap();
+    let root = fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")).unwrap();
+    assert_eq!(c.path, root.join("etc/smtpmta.toml"));
+    assert_eq!(c.hostname, "localhost");
+    assert_eq!(c.data_dir, root.join("var"));
+    assert_eq!(c.run_dir(), root.join("var/run"));
+    assert_eq!(c.spool_dir(), root.join("var/spool"));
+    assert_eq!(c.store_dir(), root.join("var/store"));
+    assert_eq!(
+        c.local_domains,
+        vec!["localhost".parse::<Domain>().unwrap()]
+    );
+    assert_eq!(
+        c.trusted_networks,
+        vec!["127.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+    assert_eq!(c.directory_path, root.join("etc/directory.toml"));
+    // Every section equals the built-in defaults.
+    assert_eq!(c.inbound, InboundConfig::default());
+    assert_eq!(c.outbound, OutboundConfig::default());
+    assert_eq!(c.dns, DnsConfig::default());
+    assert_eq!(c.debug, DebugKnobs::default());
+    assert_eq!(
+        c.inbound.listen,
+        vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(c.inbound.max_message_size, 26_214_400);
+    assert_eq!(c.outbound.relay_host, None);
+    assert_eq!(c.outbound.port, 25);
+    assert_eq!(
+        c.outbound.retry.last(),
+        Some(&Duration::from_secs(4 * 3600))
+    );
+    assert_eq!(c.outbound.queue_lifetime, Duration::from_secs(5 * 86400));
+    // The shipped directory.
+    let pm = c
+        .directory
+        .user_for(&"ROOT@localhost".parse().unwrap())
+        .unwrap();
+    assert_eq!(pm.name, "postmaster");
+    assert_eq!(pm.maildir, root.join("var/mail/postmaster"));
+    assert_eq!(
+        c.directory.expand(&"abuse@localhost".parse().unwrap()),
+        pm.addresses[..1].to_vec()
+    );
+    assert_eq!(c.reload_directory().unwrap(), c.directory);
+}
+
+#[test]
+fn empty_file_gives_built_in_defaults() {
+    let f = Fixture::new("", Some(DIRECTORY));
+    let c = f.load().unwrap();
+    assert_eq!(c.data_dir, f.path("var"));
+    assert_eq!(c.directory_path, f.path("directory.toml"));
+    assert_eq!(c.trusted_networks.len(), 2);
+    assert!(c.is_trusted("::1".parse().unwrap()));
+    assert_eq!(c.inbound.max_handlers, 100);
+}
+
+#[test]
+fn relative_and_absolute_data_dir() {
+    let f = Fixture::new("data_dir = \"./a/../data\"\n", Some(DIRECTORY));
+    let c = f.load().unwrap();
+    assert_eq!(c.data_dir, f.path("data"));
+    assert_eq!(c.directory.users[0].maildir, f.path("data/mail/postmaster"));
+    assert!(!c.data_dir.exists(), "loading creates nothing");
+
+    let f = Fixture::new("data_dir = \"/srv/mta\"\n", Some(DIRECTORY));
+    assert_eq!(f.load().unwrap().data_dir, PathBuf::from("/srv/mta"));
+
+    // A config path given relative to the working directory still resolves to absolute paths.
+    let c = Config::load(Path::new("../../etc/smtpmta.toml")).unwrap();
+    assert!(c.path.is_absolute() && c.data_dir.is_absolute() && c.directory_path.is_absolute());
+}
+
+#[test]
+fn values_with_units_and_relay_host() {
+    let f = Fixture::new(
+        "[inbound]\nmax_message_size = \"10KiB\"\ncommand_timeout = 45\ndata_timeout = \"1h30m\"\n\
+         [outbound]\nrelay_host = \"[2001:db8::1]:587\"\nretry = [\"500ms\"]\n\
+         [dns]\nnameservers = [\"192.0.2.53\", \"[2001:db8::53]:5353\"]\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.inbound.max_message_size, 10 * 1024);
+    assert_eq!(c.inbound.command_timeout, Duration::from_secs(45));
+    assert_eq!(c.inbound.data_timeout, Duration::from_secs(5400));
+    assert_eq!(c.outbound.relay_host.as_deref(), Some("[2001:db8::1]:587"));
+    assert_eq!(c.outbound.retry, vec![Duration::from_millis(500)]);
+    assert_eq!(c.dns.nameservers[0], "192.0.2.53:53".parse().unwrap());
+    assert_eq!(c.dns.nameservers[1].port(), 5353);
+}
+
+#[test]
+fn is_trusted_handles_ipv4_mapped_ipv6() {
+    let f = Fixture::new(
+        "trusted_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert!(c.is_trusted("10.1.2.3".parse().unwrap()));
+    assert!(c.is_trusted("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(c.is_trusted(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))));
+    assert!(c.is_trusted("192.0.2.7".parse().unwrap()));
+    assert!(!c.is_trusted("192.0.2.8".parse().unwrap()));
+    assert!(!c.is_trusted("11.0.0.1".parse().unwrap()));
+    assert!(!c.is_trusted("::ffff:11.0.0.1".parse().unwrap()));
+    assert!(!c.is_trusted("127.0.0.1".parse().unwrap()));
+    assert!(c.is_local_domain(&"localhost".parse().unwrap()));
+    assert!(!c.is_local_domain(&"example.org".parse().unwrap()));
+}
+
+#[test]
+fn missing_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = fs::canonicalize(dir.path()).unwrap().join("nope.toml");
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!(e.file(), path);
+    assert_eq!(e.line(), None);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: cannot read: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn missing_directory_file() {
+    let f = Fixture::new(
+        "hostname = \"mx.example.org\"\ndirectory = \"users.toml\"\n",
+        None,
+    );
+    let e = f.err();
+    assert_located(&e, &f.path("smtpmta.toml"), 2, "directory", "cannot read `");
+    assert!(
+        e.to_string().contains(&format!(
+            "{}`: No such file",
+            f.path("users.toml").display()
+        )),
+        "{e}"
+    );
+    // Default (key absent): still names the key, without a line.
+    let f = Fixture::new("", None);
+    let e = f.err();
+    assert_eq!((e.key(), e.line()), (Some("directory"), None), "{e}");
+}
+
+#[test]
+fn unknown_key_top_level() {
+    let (e, file) = config_err("hostname = \"x\"\n\nhostnme = \"y\"\n");
+    assert_located(
+        &e,
+        &file,
+        3,
+        "hostnme",
+        "unknown key (expected one of: hostname, data_dir,",
+    );
+}
+
+#[test]
+fn unknown_key_in_section() {
+    let (e, file) = config_err(
+        "hostname = \"x\"\n[inbound]\nlisten = []\n\n  bogus = 1\n[outbound]\nport = 26\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        5,
+        "inbound.bogus",
+        "unknown key (expected one of: listen, max_handlers,",
+    );
+    let (e, file) = config_err("[debug]\nSMTPDebug = 1\nsmtpdebug = 1\n");
+    assert_located(
+        &e,
+        &file,
+        3,
+        "debug.smtpdebug",
+        "expected one of: SMTPDebug, SMTPDebugIO",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let (e, file) =
+        config_err("# comment\n[inbound]\nmax_recipients = 5\n\n\n\nmax_handlers = \"ten\"\n");
+    assert_located(
+        &e,
+        &file,
+        7,
+        "inbound.max_handlers",
+        "invalid type: string \"ten\", expected an integer",
+    );
+    let (e, file) = config_err("local_domains = \"localhost\"\n");
+    assert_located(
+        &e,
+        &file,
+        1,
+        "local_domains",
+        "invalid type: string \"localhost\", expected an array",
+    );
+    let (e, file) = config_err("hostname = \"x\"\ninbound = 5\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "inbound",
+        "invalid type: integer `5`, expected a table",
+    );
+}
+
+#[test]
+fn out_of_range_values() {
+    let (e, file) = config_err("[inbound]\nmax_handlers = 0\n");
+    assert_located(&e, &file, 2, "inbound.max_handlers", "must be at least 1");
+    let (e, file) = config_err("[debug]\nLog_MailRouting = 15\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "debug.Log_MailRouting",
+        "`15` is not one of 0, 10, 20, 30, 40",
+    );
+    let (e, file) = config_err("[debug]\nSMTPDebugIO = 4\n");
+    assert_located(&e, &file, 2, "debug.SMTPDebugIO", "out of range");
+    let (e, file) = config_err("[outbound]\nretry = []\n");
+    assert_located(&e, &file, 2, "outbound.retry", "at least one interval");
+}
+
+#[test]
+fn bad_cidr() {
+    let (e, file) = config_err(
+        "hostname = \"x\"\n\ntrusted_networks = [\"127.0.0.0/8\",\n  \"10.0.0.0/33\"]\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        4,
+        "trusted_networks",
+        "`10.0.0.0/33` is not a CIDR network",
+    );
+}
+
+#[test]
+fn bad_duration_size_socket_relay() {
+    let (e, file) = config_err("[outbound]\nretry = [\"1m\", \"5 minutes\"]\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "outbound.retry",
+        "`5 minutes` is not a duration",
+    );
+    let (e, file) = config_err("[dns]\n\ntimeout = \"5x\"\n");
+    assert_located(&e, &file, 3, "dns.timeout", "`5x` is not a duration");
+    let (e, file) = config_err("[inbound]\nmax_message_size = \"25Q\"\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "inbound.max_message_size",
+        "`25Q` is not a size",
+    );
+    let (e, file) = config_err("[inbound]\nlisten = [\"127.0.0.1\"]\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "inbound.listen",
+        "`127.0.0.1` is not a socket address",
+    );
+    let (e, file) = config_err("[outbound]\nrelay_host = \"smtp.example.com\"\n");
+    assert_located(&e, &file, 2, "outbound.relay_host", "is not host:port");
+    let (e, file) = config_err("hostname = \"not a host\"\n");
+    assert_located(&e, &file, 1, "hostname", "is not a host name");
+}
+
+#[test]
+fn syntax_error_names_line_and_key() {
+    let (e, file) = config_err("[inbound]\nmax_errors = 3\nmax_hops = \"25\n");
+    assert_located(&e, &file, 3, "inbound.max_hops", "");
+}
+
+#[test]
+fn bad_address_in_directory() {
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"postmaster\"\naddresses = [\"postmaster@localhost\"]\nmaildir = \"mail/pm\"\n\n\
+         [[user]]\nname = \"bob\"\naddresses = [\"bob@localhost\",\n    \"not an address\"]\nmaildir = \"mail/bob\"\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        9,
+        "user[1].addresses",
+        "`not an address` is not a mail address: ",
+    );
+    let (e, file) = directory_err("[aliases]\n\"abuse@localhost\" = [\"x@\"]\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "aliases.\"abuse@localhost\"",
+        "`x@` is not a mail address",
+    );
+    let (e, file) = directory_err("[aliases]\n\"abuse\" = [\"postmaster@localhost\"]\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "aliases.abuse",
+        "`abuse` is not a mail address",
+    );
+}
+
+#[test]
+fn unknown_key_and_missing_key_in_directory() {
+    let (e, file) = directory_err("[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"m/a\"\nmailbox = \"x\"\n");
+    assert_located(
+        &e,
+        &file,
+        5,
+        "user[0].mailbox",
+        "unknown key (expected one of: name, addresses, maildir)",
+    );
+    let (e, _) = directory_err("[[user]]\nname = \"a\"\nmaildir = \"m/a\"\n");
+    assert!(e.to_string().contains("missing key `addresses`"), "{e}");
+    assert_eq!(e.key(), Some("user[0]"), "{e}");
+}
+
+#[test]
+fn duplicate_address() {
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\", \"shared@example.org\"]\nmaildir = \"m/a\"\n\
+         [[user]]\nname = \"b\"\naddresses = [\"b@localhost\",\n  \"Shared@Example.org\"]\nmaildir = \"m/b\"\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        8,
+        "user[1].addresses",
+        "`Shared@example.org` is already assigned to user `a` (user[0])",
+    );
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"m/a\"\n[aliases]\n\"A@localhost\" = [\"x@y.org\"]\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        6,
+        "aliases.\"A@localhost\"",
+        "is both an alias and an address of user `a`",
+    );
+}
+
+#[test]
+fn address_not_in_local_domain() {
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@elsewhere.net\"]\nmaildir = \"m/a\"\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        3,
+        "user[0].addresses",
+        "`a@elsewhere.net` is not in a local domain (local_domains: localhost, example.org)",
+    );
+    let (e, file) = directory_err("[aliases]\n\"x@elsewhere.net\" = [\"a@localhost\"]\n");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "aliases.\"x@elsewhere.net\"",
+        "is not in a local domain",
+    );
+}
+
+#[test]
+fn maildir_must_stay_inside_data_dir() {
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"mail/../../etc\"\n",
+    );
+    assert_located(&e, &file, 4, "user[0].maildir", "must not contain `..`");
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"/etc\"\n",
+    );
+    assert_located(&e, &file, 4, "user[0].maildir", "not absolute");
+}
+
+#[test]
+fn reload_directory_sees_changes_and_errors() {
+    let f = Fixture::new("", Some(DIRECTORY));
+    let c = f.load().unwrap();
+    fs::write(
+        f.path("directory.toml"),
+        "[aliases]\n\"all@localhost\" = [\"a@localhost\", \"b@x.org\"]\n",
+    )
+    .unwrap();
+    let d = c.reload_directory().unwrap();
+    assert!(d.users.is_empty());
+    assert_eq!(d.expand(&"ALL@localhost".parse().unwrap()).len(), 2);
+    fs::write(f.path("directory.toml"), "[[user]]\nname = 3\n").unwrap();
+    let e = c.reload_directory().unwrap_err();
+    assert_located(
+        &e,
+        &f.path("directory.toml"),
+        2,
+        "user[0].name",
+        "invalid type: integer `3`",
+    );
+    fs::remove_file(f.path("directory.toml")).unwrap();
+    let e = c.reload_directory().unwrap_err();
+    assert_eq!(
+        (e.file(), e.key()),
+        (f.path("smtpmta.toml").as_path(), Some("directory")),
+        "{e}"
+    );
+}

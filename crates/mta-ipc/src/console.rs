@@ -1,0 +1,207 @@
+//! The console's vocabulary: what an operator can type, parsed once here, and what the
+//! supervisor answers. `mtacon` parses and renders; `smtpmta` executes.
+
+use mta_types::TaskName;
+use serde::{Deserialize, Serialize};
+
+/// Every console command with its one-line description, in the order `help` lists them.
+pub const HELP: &[(&str, &str)] = &[
+    (
+        "show tasks",
+        "every task and session handler: pid, state, what it is doing",
+    ),
+    (
+        "show server",
+        "version, uptime, hostname, data directory, supervisor pid",
+    ),
+    (
+        "show config",
+        "the configuration in effect and the runtime debug knobs",
+    ),
+    ("show version", "the smtpmta version"),
+    (
+        "tell smtpmta quit",
+        "stop every task (inbound first) and the supervisor",
+    ),
+    (
+        "tell smtpmta stop inbound transport",
+        "close the SMTP listeners; sessions in progress finish",
+    ),
+    (
+        "tell smtpmta start inbound transport",
+        "listen for SMTP connections again",
+    ),
+    (
+        "tell smtpmta stop outbound transport",
+        "start no new outbound sessions; mail stays queued",
+    ),
+    (
+        "tell smtpmta start outbound transport",
+        "resume outbound delivery and drain the queue",
+    ),
+    (
+        "tell <task> show status",
+        "the task's own status line (isesctl, imsgcnv, router, omsgcnv, osesctl, drt)",
+    ),
+    ("help", "this list"),
+];
+
+/// A TELL command as the receiving task understands it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TellCommand {
+    Quit,
+    ShowStatus,
+    StopInboundTransport,
+    StartInboundTransport,
+    StopOutboundTransport,
+    StartOutboundTransport,
+    /// Anything else: passed to the task, which says whether it knows it.
+    Other(Vec<String>),
+}
+
+impl TellCommand {
+    pub fn parse(words: &[&str]) -> TellCommand {
+        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+        match l.as_slice() {
+            ["quit"] | ["exit"] => TellCommand::Quit,
+            ["show", "status"] | ["status"] => TellCommand::ShowStatus,
+            ["stop", "inbound", "transport"] | ["stop", "inbound"] => {
+                TellCommand::StopInboundTransport
+            }
+            ["start", "inbound", "transport"] | ["start", "inbound"] => {
+                TellCommand::StartInboundTransport
+            }
+            ["stop", "outbound", "transport"] | ["stop", "outbound"] => {
+                TellCommand::StopOutboundTransport
+            }
+            ["start", "outbound", "transport"] | ["start", "outbound"] => {
+                TellCommand::StartOutboundTransport
+            }
+            _ => TellCommand::Other(words.iter().map(|w| w.to_string()).collect()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleCommand {
+    Help,
+    ShowTasks,
+    ShowServer,
+    ShowConfig,
+    ShowVersion,
+    Tell {
+        task: TaskName,
+        command: TellCommand,
+    },
+}
+
+impl ConsoleCommand {
+    /// Parses a command line as an operator types it (case-insensitive, Domino spelling;
+    /// `sh` abbreviates `show`).
+    pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+        match l.as_slice() {
+            [] => Err("empty command; type `help` for the list".into()),
+            ["help"] | ["?"] => Ok(ConsoleCommand::Help),
+            ["show" | "sh", "tasks" | "task"] => Ok(ConsoleCommand::ShowTasks),
+            ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
+            ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
+            ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
+            ["quit"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Smtpmta,
+                command: TellCommand::Quit,
+            }),
+            ["tell", task, rest @ ..] if !rest.is_empty() => {
+                let task: TaskName = task
+                    .parse()
+                    .map_err(|e: mta_types::task::UnknownTask| e.to_string())?;
+                Ok(ConsoleCommand::Tell {
+                    task,
+                    command: TellCommand::parse(&words[2..]),
+                })
+            }
+            ["tell", ..] => Err("usage: tell <task> <command>, e.g. `tell smtpmta quit`".into()),
+            _ => Err(format!(
+                "unknown command `{line}`; type `help` for the list"
+            )),
+        }
+    }
+}
+
+/// One row of `show tasks`: a task, or a session handler of a controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    pub name: String,
+    pub pid: Option<u32>,
+    /// `running`, `starting`, `restarting`, `stopped`; for handlers `idle` or `busy`.
+    pub state: String,
+    /// The Domino description, e.g. "Inbound Session Controller".
+    pub description: String,
+    /// What it is doing now, e.g. "listening on 127.0.0.1:2525".
+    pub detail: String,
+    /// Unix ms since when it is in this state.
+    pub since_ms: Option<u64>,
+    /// Unexpected exits so far (tasks only).
+    pub restarts: u32,
+    /// For a session handler: its controller.
+    pub parent: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    pub hostname: String,
+    pub data_dir: String,
+    pub config: String,
+    pub pid: u32,
+    pub started_ms: u64,
+    pub uptime_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleReply {
+    Tasks(Vec<TaskRow>),
+    Server(ServerInfo),
+    /// `(key, value)` pairs in file order.
+    Config(Vec<(String, String)>),
+    Text(String),
+    Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_domino_spelling() {
+        assert_eq!(
+            ConsoleCommand::parse("SHOW TASKS").unwrap(),
+            ConsoleCommand::ShowTasks
+        );
+        assert_eq!(
+            ConsoleCommand::parse("sh tasks").unwrap(),
+            ConsoleCommand::ShowTasks
+        );
+        assert_eq!(
+            ConsoleCommand::parse("tell smtpmta stop outbound transport").unwrap(),
+            ConsoleCommand::Tell {
+                task: TaskName::Smtpmta,
+                command: TellCommand::StopOutboundTransport
+            }
+        );
+        assert_eq!(
+            ConsoleCommand::parse("Tell Router show status").unwrap(),
+            ConsoleCommand::Tell {
+                task: TaskName::Router,
+                command: TellCommand::ShowStatus
+            }
+        );
+        assert!(ConsoleCommand::parse("tell nobody quit")
+            .unwrap_err()
+            .contains("unknown task"));
+        assert!(ConsoleCommand::parse("frobnicate").is_err());
+    }
+}

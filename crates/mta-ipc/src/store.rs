@@ -1,0 +1,176 @@
+//! The store service's requests and the client stub every task uses to reach it.
+//!
+//! The store itself (sled) lives in the supervisor; these are the operations in domain
+//! terms: claim ready work from a queue with a lease, commit changes atomically and
+//! durably, look records up.
+
+use crate::client::IpcError;
+use crate::supervisor::SupervisorClient;
+use mta_types::{MessageRecord, QueueId, QueueName, TaskName};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreRequest {
+    /// Up to `max` messages of `queue` that are due and not leased, oldest first, leased
+    /// to the caller for `lease_ms` (the lease returns when the caller's process exits).
+    Claim {
+        queue: QueueName,
+        max: u32,
+        lease_ms: u64,
+    },
+    /// Apply every change in one atomic transaction and make it durable before replying.
+    /// Releases the leases of the records changed.
+    Commit {
+        changes: Vec<Change>,
+    },
+    /// Give leased messages back unchanged.
+    Release {
+        ids: Vec<QueueId>,
+    },
+    Get {
+        id: QueueId,
+    },
+    /// Every record (for the console), optionally limited to one queue.
+    List {
+        queue: Option<QueueName>,
+        limit: u32,
+    },
+    /// Counts per location.
+    Counts,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Change {
+    /// Insert or replace the record; its `location` says which queue it is in now.
+    /// `Location::Done` removes it.
+    Put(MessageRecord),
+    Remove(QueueId),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCounts {
+    /// `(location label, queue, count)`.
+    pub rows: Vec<(String, String, u64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StoreResponse {
+    Done,
+    Claimed(Vec<MessageRecord>),
+    Record(Option<MessageRecord>),
+    Records(Vec<MessageRecord>),
+    Counts(QueueCounts),
+    /// The request could not be carried out (the store says why); nothing changed.
+    Error(String),
+}
+
+/// A task's handle on the store: cheap to clone, reconnects when the connection breaks.
+#[derive(Clone)]
+pub struct StoreClient {
+    inner: Arc<Mutex<Option<SupervisorClient>>>,
+    run_dir: PathBuf,
+    me: TaskName,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unreachable: {0}")]
+    Ipc(#[from] IpcError),
+    #[error("store refused: {0}")]
+    Refused(String),
+    #[error("unexpected store reply: {0}")]
+    Unexpected(String),
+}
+
+impl StoreClient {
+    /// Commits wait for a disk flush; allow for a slow disk under load.
+    pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+    pub fn new(run_dir: &Path, me: TaskName) -> StoreClient {
+        StoreClient {
+            inner: Arc::new(Mutex::new(None)),
+            run_dir: run_dir.to_path_buf(),
+            me,
+        }
+    }
+
+    async fn request(&self, request: StoreRequest) -> Result<StoreResponse, StoreError> {
+        let mut guard = self.inner.lock().await;
+        if guard.is_none() {
+            *guard = Some(SupervisorClient::connect(&self.run_dir, self.me).await?);
+        }
+        let client = guard.as_mut().expect("connected above");
+        match client.store(request, Self::TIMEOUT).await {
+            Ok(StoreResponse::Error(e)) => Err(StoreError::Refused(e)),
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // A broken connection is not reused: the reply to a commit in flight is
+                // unknown, and the caller retries (at-least-once).
+                *guard = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn claim(
+        &self,
+        queue: QueueName,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        match self
+            .request(StoreRequest::Claim {
+                queue,
+                max,
+                lease_ms: lease.as_millis() as u64,
+            })
+            .await?
+        {
+            StoreResponse::Claimed(records) => Ok(records),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        match self.request(StoreRequest::Commit { changes }).await? {
+            StoreResponse::Done => Ok(()),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn release(&self, ids: Vec<QueueId>) -> Result<(), StoreError> {
+        match self.request(StoreRequest::Release { ids }).await? {
+            StoreResponse::Done => Ok(()),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StoreError> {
+        match self.request(StoreRequest::Get { id }).await? {
+            StoreResponse::Record(r) => Ok(r),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        queue: Option<QueueName>,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        match self.request(StoreRequest::List { queue, limit }).await? {
+            StoreResponse::Records(r) => Ok(r),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
+        match self.request(StoreRequest::Counts).await? {
+            StoreResponse::Counts(c) => Ok(c),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! Message content on the wire: the DATA reader (RFC 5321 4.1.1.4, 4.5.2), the BDAT chunk
+//! reader (RFC 3030), and the outbound helpers [`dot_stuff`] and [`has_bare_line_ending`].
+//!
+//! This is the SMTP smuggling defence. The only end of DATA is `CRLF . CRLF`: a line that is
+//! exactly `.`, ended by CRLF, whose previous line also ended by CRLF (the DATA command's
+//! own CRLF counts for the first line). `<LF>.<LF>`, `<LF>.<CRLF>`, `<CR><LF>.<LF>`,
+//! `<CR>.<CR>`, `<CR>.<CR><LF>` and the like never end the message; they contain a bare CR
+//! or LF, so the message is refused ([`DataOutcome::BareLineEnding`]) once the real end has
+//! been read. One DATA therefore never yields two messages, and whatever follows the real end
+//! is read as the next command.
+//!
+//! Memory is bounded: content is kept only while it is within `max_size`; after a failure
+//! the rest is scanned to its end without being stored. Line length is counted, not buffered.
+
+use std::io;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// Limits applied to one message's content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataLimits {
+    /// Largest accepted content, in octets after dot-unstuffing, line endings included.
+    pub max_size: u64,
+    /// Longest accepted line, in octets, not counting its CRLF.
+    pub max_line: usize,
+}
+
+/// What a DATA (or a BDAT sequence) produced. Every variant but `Complete` means the content
+/// was read to its end and discarded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataOutcome {
+    /// Dot-unstuffed content; every line ends in CRLF.
+    Complete(Vec<u8>),
+    TooBig,
+    LineTooLong,
+    BareLineEnding,
+}
+
+impl DataOutcome {
+    /// The reply for a refused message; `None` for `Complete`.
+    pub fn rejection(&self) -> Option<crate::Reply> {
+        use crate::Reply;
+        match self {
+            DataOutcome::Complete(_) => None,
+            DataOutcome::TooBig => Some(Reply::message_too_big()),
+            DataOutcome::LineTooLong => Some(Reply::line_too_long_in_data()),
+            DataOutcome::BareLineEnding => Some(Reply::bare_lf_rejected()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    TooBig,
+    LineTooLong,
+    BareLineEnding,
+}
+
+/// The DATA state machine, fed with whatever bytes arrive. Pure, so it can be fuzzed.
+#[derive(Debug)]
+pub struct DataScanner {
+    limits: DataLimits,
+    out: Vec<u8>,
+    /// The first problem seen; from then on nothing is stored.
+    failure: Option<Failure>,
+    /// The current line began right after a CRLF (or at the start of the content).
+    line_after_crlf: bool,
+    /// Octets of the current line so far (before unstuffing, without its line ending).
+    line_len: usize,
+    /// The current line began (after a CRLF) with a dot.
+    first_dot: bool,
+    /// The previous byte was a CR whose follower has not been seen yet.
+    pending_cr: bool,
+}
+
+impl DataScanner {
+    pub fn new(limits: DataLimits) -> DataScanner {
+        DataScanner {
+            limits,
+            out: Vec::new(),
+            failure: None,
+            line_after_crlf: true,
+            line_len: 0,
+            first_dot: false,
+            pending_cr: false,
+        }
+    }
+
+    /// Scans `buf`. Returns `Some(n)` when the end of data was found after `n` bytes of `buf`
+    /// (the rest belongs to the next command), `None` when all of `buf` was content.
+    pub fn feed(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < buf.len() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if buf[i] == b'\n' {
+                    i += 1;
+                    if self.line_after_crlf && self.first_dot && self.line_len == 1 {
+                        return Some(i);
+                    }
+                    self.emit(b"\r\n");
+                    self.new_line(true);
+                } else {
+                    // A bare CR: never a line ending for termination, and the message is bad.
+                    self.fail(Failure::BareLineEnding);
+                    self.new_line(false);
+                }
+                continue;
+            }
+            match buf[i] {
+                b'\r' => {
+                    self.pending_cr = true;
+                    i += 1;
+                }
+                b'\n' => {
+                    self.fail(Failure::BareLineEnding);
+                    self.new_line(false);
+                    i += 1;
+                }
+                _ => {
+                    let end = buf[i..]
+                        .iter()
+                        .position(|&b| b == b'\r' || b == b'\n')
+                        .map_or(buf.len(), |p| i + p);
+                    let mut run = &buf[i..end];
+                    if self.line_len == 0 && self.line_after_crlf && run[0] == b'.' {
+                        self.first_dot = true;
+                        run = &run[1..];
+                    }
+                    self.line_len = self.line_len.saturating_add(end - i);
+                    if self.line_len > self.limits.max_line {
+                        self.fail(Failure::LineTooLong);
+                    }
+                    self.emit(run);
+                    i = end;
+                }
+            }
+        }
+        None
+    }
+
+    /// The outcome once [`DataScanner::feed`] has found the end.
+    pub fn finish(self) -> DataOutcome {
+        match self.failure {
+            None => DataOutcome::Complete(self.out),
+            Some(Failure::TooBig) => DataOutcome::TooBig,
+            Some(Failure::LineTooLong) => DataOutcome::LineTooLong,
+            Some(Failure::BareLineEnding) => DataOutcome::BareLineEnding,
+        }
+    }
+
+    fn new_line(&mut self, after_crlf: bool) {
+        self.line_after_crlf = after_crlf;
+        self.line_len = 0;
+        self.first_dot = false;
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.failure.is_some() || bytes.is_empty() {
+            return;
+        }
+        if (self.out.len() + bytes.len()) as u64 > self.limits.max_size {
+            self.fail(Failure::TooBig);
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        if self.failure.is_none() {
+            self.failure = Some(failure);
+            self.out = Vec::new();
+        }
+    }
+}
+
+/// Reads DATA content up to and including `CRLF . CRLF`, leaving what follows in `r`.
+/// An end of stream before the end of data is `UnexpectedEof`.
+pub async fn read_data<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    limits: DataLimits,
+) -> io::Result<DataOutcome> {
+    let mut scanner = DataScanner::new(limits);
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in DATA",
+            ));
+        }
+        match scanner.feed(buf) {
+            Some(n) => {
+                r.consume(n);
+                return Ok(scanner.finish());
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
+/// A message arriving in BDAT chunks (RFC 3030). Content is kept only while the running total
+/// is within `max_size`; the bare-line-ending and line-length checks run on the whole
+/// message at [`ChunkAssembly::finish`], because a CRLF may be split across two chunks.
+#[derive(Debug)]
+pub struct ChunkAssembly {
+    limits: DataLimits,
+    content: Vec<u8>,
+    total: u64,
+    too_big: bool,
+}
+
+impl ChunkAssembly {
+    pub fn new(limits: DataLimits) -> ChunkAssembly {
+        ChunkAssembly {
+            limits,
+            content: Vec::new(),
+            total: 0,
+            too_big: false,
+        }
+    }
+
+    /// Octets received so far, kept or not.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The size limit has been passed; later chunks are drained and dropped.
+    pub fn is_too_big(&self) -> bool {
+        self.too_big
+    }
+
+    fn mark_too_big(&mut self) {
+        self.too_big = true;
+        self.content = Vec::new();
+    }
+
+    /// Checks the assembled message. Content that does not end in CRLF gets one.
+    pub fn finish(mut self) -> DataOutcome {
+        if self.too_big {
+            return DataOutcome::TooBig;
+        }
+        if has_bare_line_ending(&self.content) {
+            return DataOutcome::BareLineEnding;
+        }
+        let longest = self
+            .content
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l).len())
+            .max()
+            .unwrap_or(0);
+        if longest > self.limits.max_line {
+            return DataOutcome::LineTooLong;
+        }
+        if !self.content.is_empty() && !self.content.ends_with(b"\r\n") {
+            self.content.extend_from_slice(b"\r\n");
+        }
+        DataOutcome::Complete(self.content)
+    }
+}
+
+/// Reads exactly `size` octets of one BDAT chunk into `assembly` (no dot handling). Octets
+/// past the size limit are read and dropped, never buffered.
+pub async fn read_chunk<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    size: u64,
+    assembly: &mut ChunkAssembly,
+) -> io::Result<()> {
+    assembly.total = assembly.total.saturating_add(size);
+    if assembly.total > assembly.limits.max_size {
+        assembly.mark_too_big();
+    } else {
+        assembly.content.reserve(size as usize);
+    }
+    let mut remaining = size;
+    while remaining > 0 {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in BDAT",
+            ));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        if !assembly.too_big {
+            assembly.content.extend_from_slice(&buf[..n]);
+        }
+        r.consume(n);
+        remaining -= n as u64;
+    }
+    Ok(())
+}
+
+/// True when `content` has an LF not preceded by CR, or a CR not followed by LF.
+pub fn has_bare_line_ending(content: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(p) = content[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
+        let at = i + p;
+        if content[at] == b'\n' {
+            return true; // an LF reached here was not consumed as part of a CRLF
+        }
+        if content.get(at + 1) != Some(&b'\n') {
+            return true;
+        }
+        i = at + 2;
+    }
+    false
+}
+
+/// The DATA wire form of `content` (client direction): every line that starts with `.` gets
+/// another, a final CRLF is added if missing, then the `.` CRLF terminator. A line start is
+/// recognised after any CR or LF, so even content with a bare line ending cannot end the
+/// transfer early; callers should still refuse such content (see [`has_bare_line_ending`]).
+pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 5);
+    let mut line_start = true;
+    for &b in content {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n' || b == b'\r';
+    }
+    if !content.is_empty() && !content.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, BufReader};
+
+    const LIMITS: DataLimits = DataLimits {
+        max_size: 10_000,
+        max_line: 998,
+    };
+
+    /// Reads one DATA from `input` and returns the outcome and the bytes left after it.
+    async fn data(input: &[u8], limits: DataLimits) -> (DataOutcome, Vec<u8>) {
+        let mut r = input;
+        let outcome = read_data(&mut r, limits).await.unwrap();
+        (outcome, r.to_vec())
+    }
+
+    /// The same, through a reader that hands over one byte at a time.
+    async fn data_bytewise(input: &[u8], limits: DataLimits) -> (DataOutcome, Vec<u8>) {
+        let mut r = BufReader::with_capacity(1, input);
+        let outcome = read_data(&mut r, limits).await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        (outcome, rest)
+    }
+
+    #[tokio::test]
+    async fn simple_message_and_what_follows() {
+        let input = b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+        for (outcome, rest) in [
+            data(input, LIMITS).await,
+            data_bytewise(input, LIMITS).await,
+        ] {
+            assert_eq!(
+                outcome,
+                DataOutcome::Complete(b"Subject: hi\r\n\r\nbody\r\n".to_vec())
+            );
+            assert_eq!(rest, b"QUIT\r\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_message() {
+        let (outcome, rest) = data(b".\r\nNOOP\r\n", LIMITS).await;
+        assert_eq!(outcome, DataOutcome::Complete(Vec::new()));
+        assert_eq!(rest, b"NOOP\r\n");
+    }
+
+    #[tokio::test]
+    async fn dot_unstuffing() {
+        let input = b"..leading\r\n.\x20x\r\n...\r\nmid.dle\r\n..\r\n.\r\n";
+        let (outcome, _) = data_bytewise(input, LIMITS).await;
+        assert_eq!(
+            outcome,
+            DataOutcome::Complete(b".leading\r\n x\r\n..\r\nmid.dle\r\n.\r\n".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn smuggling_variants_never_terminate_and_are_rejected() {
+        let smuggled =
+            b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@y.example>\r\nDATA\r\nforged\r\n";
+        let fake_ends: [&[u8]; 9] = [
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\n.\r",
+            b"\r\n.\0\r\n",
+            b"\r\n\0.\r\n",
+        ];
+        for fake in fake_ends {
+            let mut input = b"Subject: one\r\n\r\nbody".to_vec();
+            input.extend_from_slice(fake);
+            input.extend_from_slice(smuggled);
+            input.extend_from_slice(b".\r\nQUIT\r\n");
+            for (outcome, rest) in [
+                data(&input, LIMITS).await,
+                data_bytewise(&input, LIMITS).await,
+            ] {
+                // Whatever the fake end, the smuggled commands stay inside the one message
+                // and the bytes after the real end are the next command.
+                assert_eq!(rest, b"QUIT\r\n", "fake end {fake:?}");
+                if has_bare_line_ending(fake) {
+                    assert_eq!(outcome, DataOutcome::BareLineEnding, "fake end {fake:?}");
+                } else {
+                    // NUL variants with proper CRLFs are content: one message, never an end.
+                    let DataOutcome::Complete(c) = outcome else {
+                        panic!("fake end {fake:?}")
+                    };
+                    assert!(c.windows(9).any(|w| w == b"MAIL FROM"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scanner_result_does_not_depend_on_where_reads_split() {
+        let inputs: [&[u8]; 4] = [
+            b"a\r\n..b\r\n.\r\nNEXT",
+            b"a\n.\nMAIL\r\n.\r\nNEXT",
+            b"a\r.\r\nx\r\n.\r\nNEXT",
+            b".\r\nNEXT",
+        ];
+        for input in inputs {
+            let whole = {
+                let mut s = DataScanner::new(LIMITS);
+                let n = s.feed(input).unwrap();
+                (n, s.finish())
+            };
+            for cut in 0..=input.len() {
+                let mut s = DataScanner::new(LIMITS);
+                let n = match s.feed(&input[..cut]) {
+                    Some(n) => n,
+                    None => cut + s.feed(&input[cut..]).unwrap(),
+                };
+                assert_eq!((n, s.finish()), whole, "input {input:?} cut at {cut}");
+            }
+            assert_eq!(&input[whole.0..], b"NEXT");
+        }
+    }
+
+    #[tokio::test]
+    async fn bare_lf_at_start() {
+        let (outcome, rest) = data(b"\n.\nMAIL FROM:<a@b>\r\n.\r\nRSET\r\n", LIMITS).await;
+        assert_eq!(outcome, DataOutcome::BareLineEnding);
+        assert_eq!(rest, b"RSET\r\n");
+    }
+
+    #[tokio::test]
+    async fn size_limit_counts_unstuffed_octets_and_drains() {
+        let limits = DataLimits {
+            max_size: 10,
+            max_line: 998,
+        };
+        let (outcome, rest) = data(b"12345678\r\n.\r\nNOOP\r\n", limits).await;
+        assert_eq!(outcome, DataOutcome::Complete(b"12345678\r\n".to_vec()));
+        assert_eq!(rest, b"NOOP\r\n");
+        let (outcome, rest) = data(b"123456789\r\nmore\r\n.\r\nNOOP\r\n", limits).await;
+        assert_eq!(outcome, DataOutcome::TooBig);
+        assert_eq!(rest, b"NOOP\r\n");
+        let (outcome, _) = data(b"..2345678\r\n.\r\n", limits).await;
+        assert_eq!(outcome, DataOutcome::Complete(b".2345678\r\n".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_counted_not_stored() {
+        let limits = DataLimits {
+            max_size: 1 << 20,
+            max_line: 10,
+        };
+        let (outcome, _) = data(b"0123456789\r\n.\r\n", limits).await;
+        assert!(matches!(outcome, DataOutcome::Complete(_)));
+        let mut input = vec![b'x'; 100_000];
+        input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+        let (outcome, rest) = data_bytewise(&input, limits).await;
+        assert_eq!(outcome, DataOutcome::LineTooLong);
+        assert_eq!(rest, b"QUIT\r\n");
+    }
+
+    #[test]
+    fn scanner_memory_stays_bounded_after_failure() {
+        let mut s = DataScanner::new(DataLimits {
+            max_size: 100,
+            max_line: 50,
+        });
+        for _ in 0..1000 {
+            assert_eq!(s.feed(&[b'y'; 1000]), None);
+        }
+        assert!(s.out.capacity() <= 100);
+        assert_eq!(s.feed(b"\r\n.\r\nNEXT"), Some(5));
+        assert_eq!(s.finish(), DataOutcome::LineTooLong);
+    }
+
+    #[tokio::test]
+    async fn eof_inside_data_is_an_error() {
+        let mut r: &[u8] = b"partial\r\n";
+        let err = read_data(&mut r, LIMITS).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn bdat_chunks_split_crlf() {
+        let mut input: &[u8] = b"line one\rXX\nline two\r\nextra";
+        let mut asm = ChunkAssembly::new(LIMITS);
+        read_chunk(&mut input, 9, &mut asm).await.unwrap(); // ends with the CR
+        assert_eq!(input, b"XX\nline two\r\nextra");
+        let mut rest: &[u8] = b"\nline two\r\n";
+        read_chunk(&mut rest, 11, &mut asm).await.unwrap();
+        assert_eq!(asm.total(), 20);
+        assert_eq!(
+            asm.finish(),
+            DataOutcome::Complete(b"line one\r\nline two\r\n".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn bdat_bare_lf_and_missing_final_crlf() {
+        let mut asm = ChunkAssembly::new(LIMITS);
+        let mut input: &[u8] = b"a\nb";
+        read_chunk(&mut input, 3, &mut asm).await.unwrap();
+        assert_eq!(asm.finish(), DataOutcome::BareLineEnding);
+        let mut asm = ChunkAssembly::new(LIMITS);
+        let mut input: &[u8] = b"a\r\n.\r\nb";
+        read_chunk(&mut input, 7, &mut asm).await.unwrap();
+        assert_eq!(
+            asm.finish(),
+            DataOutcome::Complete(b"a\r\n.\r\nb\r\n".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn bdat_size_limit_drains_without_storing() {
+        let limits = DataLimits {
+            max_size: 8,
+            max_line: 998,
+        };
+        let mut asm = ChunkAssembly::new(limits);
+        let mut input: &[u8] = b"12345678abcdefNEXT";
+        read_chunk(&mut input, 5, &mut asm).await.unwrap();
+        assert!(!asm.is_too_big());
+        read_chunk(&mut input, 9, &mut asm).await.unwrap();
+        assert!(asm.is_too_big());
+        assert!(asm.content.is_empty());
+        assert_eq!(input, b"NEXT");
+        assert_eq!(asm.finish(), DataOutcome::TooBig);
+    }
+
+    #[tokio::test]
+    async fn bdat_eof_is_an_error() {
+        let mut asm = ChunkAssembly::new(LIMITS);
+        let mut input: &[u8] = b"abc";
+        assert!(read_chunk(&mut input, 10, &mut asm).await.is_err());
+    }
+
+    #[test]
+    fn bare_line_endings() {
+        assert!(!has_bare_line_ending(b""));
+        assert!(!has_bare_line_ending(b"a\r\nb\r\n"));
+        assert!(has_bare_line_ending(b"a\nb"));
+        assert!(has_bare_line_ending(b"\n"));
+        assert!(has_bare_line_ending(b"a\rb"));
+        assert!(has_bare_line_ending(b"a\r"));
+        assert!(has_bare_line_ending(b"a\r\r\n"));
+        assert!(has_bare_line_ending(b"a\r\n\n"));
+    }
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"a\r\n"), b"a\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a"), b"a\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b".a\r\n.\r\nb.c\r\n"),
+            b"..a\r\n..\r\nb.c\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b"x\n.\n"), b"x\n..\n\r\n.\r\n");
+    }
+
+    #[tokio::test]
+    async fn dot_stuff_round_trips_through_read_data() {
+        let content = b"..\r\n.\r\n. x\r\nplain\r\n".to_vec();
+        let (outcome, rest) = data(&dot_stuff(&content), LIMITS).await;
+        assert_eq!(outcome, DataOutcome::Complete(content));
+        assert!(rest.is_empty());
+    }
+}

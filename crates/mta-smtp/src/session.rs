@@ -1,0 +1,398 @@
+//! The ESMTP server session (RFC 5321) as a state machine over any byte stream.
+//!
+//! [`run_session`] greets, reads commands, answers them and hands recipients and finished
+//! messages to the caller's [`SessionHooks`]; it returns a [`SessionSummary`] when the client
+//! quits, times out, makes too many errors or goes away. The verbs are handled in one file
+//! per group: `ehlo.rs` (EHLO, HELO), `mail.rs` (MAIL, RSET), `rcpt.rs` (RCPT), `data.rs`
+//! (DATA, BDAT and handing the message over).
+//!
+//! Pipelining (RFC 2920): replies are queued and written when no further complete command
+//! is already buffered, so a pipelined group gets its replies in one write; the 354 reply
+//! is always written at once.
+//!
+//! Errors counted towards `max_errors` are command errors: unknown verbs, syntax and
+//! parameter errors, and out-of-sequence commands. Recipients refused by the hooks are not.
+
+mod data;
+mod ehlo;
+mod io;
+mod mail;
+mod rcpt;
+
+use crate::command::{Command, CommandError, MailParams, RcptParams, MAX_COMMAND_LINE};
+use crate::reply::Reply;
+use io::{has_buffered_line, read_command_line, CommandLine, Deadlined};
+use mta_types::{Address, QueueId};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::time::Instant;
+
+/// Settings for one session; typically built from the `[smtp]` config section.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our name in the greeting, EHLO reply and Received header.
+    pub hostname: String,
+    /// Largest message accepted (content octets, before our Received header); advertised
+    /// in EHLO as `SIZE`.
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Longest content line accepted in DATA/BDAT, CRLF not counted.
+    pub max_line_length: usize,
+    /// Idle time allowed while waiting for a command (and for writing a reply).
+    pub command_timeout: Duration,
+    /// Idle time allowed while reading message content.
+    pub data_timeout: Duration,
+    /// Hard limit on the whole session.
+    pub session_timeout: Duration,
+    /// Command errors tolerated before `421 4.7.0` and disconnect.
+    pub max_errors: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            hostname: "localhost".into(),
+            max_message_size: 10_240_000,
+            max_recipients: 1000,
+            max_line_length: 65536,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(3600),
+            max_errors: 20,
+        }
+    }
+}
+
+/// The two ends of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// The transaction so far, as the hooks see it.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// The HELO/EHLO argument.
+    pub helo: String,
+    /// `None` is the null reverse path `<>`.
+    pub mail_from: Option<Address>,
+    pub mail_params: MailParams,
+    /// Accepted recipients; `<postmaster>` appears as `postmaster@<hostname>`.
+    pub rcpts: Vec<(Address, RcptParams)>,
+    /// MAIL carried SMTPUTF8.
+    pub utf8: bool,
+    /// MAIL carried BODY=8BITMIME.
+    pub eight_bit: bool,
+    pub client: ClientInfo,
+    /// The Received header's `with` value: `SMTP` (HELO), `ESMTP` (EHLO), `UTF8SMTP`.
+    pub protocol: &'static str,
+}
+
+impl Envelope {
+    fn new(client: ClientInfo) -> Envelope {
+        Envelope {
+            helo: String::new(),
+            mail_from: None,
+            mail_params: MailParams::default(),
+            rcpts: Vec::new(),
+            utf8: false,
+            eight_bit: false,
+            client,
+            protocol: "SMTP",
+        }
+    }
+}
+
+/// The hooks' answer to one RCPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptVerdict {
+    Accept,
+    Reject(Reply),
+}
+
+/// Which way a transcript line went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    In,
+    /// Server to client.
+    Out,
+}
+
+/// What the session asks of its owner: recipient policy and durable delivery.
+pub trait SessionHooks: Send {
+    /// Called for each RCPT after syntax checks; the hook decides local/relay policy.
+    fn check_rcpt(
+        &mut self,
+        env: &Envelope,
+        rcpt: &Address,
+    ) -> impl Future<Output = RcptVerdict> + Send;
+
+    /// Called at the end of DATA / BDAT LAST with the complete content (our Received header
+    /// already prepended). Returns the reply to send: `Reply::queued(qid)` on success,
+    /// `storage_full` / `local_error` otherwise. The content must be durable BEFORE this
+    /// returns a positive reply.
+    fn deliver(
+        &mut self,
+        qid: QueueId,
+        env: &Envelope,
+        content: Vec<u8>,
+    ) -> impl Future<Output = Reply> + Send;
+
+    /// Protocol transcript for debug logging (SMTPDebugIO): each command line as received
+    /// and each reply as sent (not message content). Default: nothing.
+    fn transcript(&mut self, _dir: Direction, _line: &[u8]) {}
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Quit,
+    Timeout,
+    TooManyErrors,
+    /// The client closed the connection or it failed.
+    ClientClosed,
+    /// A malformed BDAT left the chunk length unknown (see [`CommandError::loses_sync`]).
+    LostSync,
+}
+
+/// Counts for the session's summary log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub accepted: u32,
+    pub rejected: u32,
+    pub errors: u32,
+    pub end: EndReason,
+}
+
+/// Where the session is in RFC 5321's order of commands.
+#[derive(Debug)]
+pub enum SessionState {
+    /// Greeting sent, no HELO/EHLO yet.
+    Fresh,
+    /// HELO/EHLO done, no transaction.
+    Greeted,
+    /// MAIL accepted, no recipient yet.
+    MailFrom,
+    /// At least one recipient accepted.
+    RcptTo,
+    /// BDAT chunks (not yet LAST) are being collected.
+    Chunking(crate::data::ChunkAssembly),
+}
+
+/// What the loop does after a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close(EndReason),
+}
+
+/// Runs one SMTP session to its end. Never fails: every problem becomes a reply, and the
+/// way it ended is in the summary.
+pub async fn run_session<S, H>(
+    stream: S,
+    client: ClientInfo,
+    cfg: &SessionConfig,
+    hooks: &mut H,
+) -> SessionSummary
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: SessionHooks,
+{
+    let deadline = Instant::now() + cfg.session_timeout;
+    let io = BufReader::new(Deadlined::new(stream, cfg.command_timeout, deadline));
+    let postmaster = cfg
+        .hostname
+        .parse()
+        .ok()
+        .and_then(|domain| Address::new("postmaster", domain).ok());
+    let mut session = Session {
+        io,
+        out: Vec::new(),
+        cfg,
+        hooks,
+        state: SessionState::Fresh,
+        env: Envelope::new(client),
+        esmtp: false,
+        postmaster,
+        errors: 0,
+        accepted: 0,
+        rejected: 0,
+    };
+    let end = session.run().await;
+    SessionSummary {
+        accepted: session.accepted,
+        rejected: session.rejected,
+        errors: session.errors,
+        end,
+    }
+}
+
+pub(crate) struct Session<'a, S, H> {
+    io: BufReader<Deadlined<S>>,
+    /// Replies not yet written.
+    out: Vec<u8>,
+    cfg: &'a SessionConfig,
+    hooks: &'a mut H,
+    state: SessionState,
+    env: Envelope,
+    /// EHLO (not HELO) was used: ESMTP parameters are allowed.
+    esmtp: bool,
+    /// `postmaster@<hostname>`, for `RCPT TO:<postmaster>`.
+    postmaster: Option<Address>,
+    errors: u32,
+    accepted: u32,
+    rejected: u32,
+}
+
+impl<S, H> Session<'_, S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: SessionHooks,
+{
+    async fn run(&mut self) -> EndReason {
+        self.reply(Reply::greeting(&self.cfg.hostname));
+        let end = loop {
+            if !has_buffered_line(&self.io) && !self.flush().await {
+                break EndReason::ClientClosed;
+            }
+            self.io.get_mut().set_idle(self.cfg.command_timeout);
+            let line = match read_command_line(&mut self.io, MAX_COMMAND_LINE).await {
+                Ok(CommandLine::Line(line)) => line,
+                Ok(CommandLine::TooLong) => match self.error(Reply::line_too_long()) {
+                    Flow::Continue => continue,
+                    Flow::Close(reason) => break reason,
+                },
+                Ok(CommandLine::Eof) => break EndReason::ClientClosed,
+                Err(e) => match self.io_failed(e) {
+                    Flow::Close(reason) => break reason,
+                    Flow::Continue => continue,
+                },
+            };
+            self.hooks.transcript(Direction::In, &line);
+            let flow = match Command::parse(&line, self.env.utf8) {
+                Ok(command) => self.dispatch(command).await,
+                Err(e) => self.command_error(e),
+            };
+            if let Flow::Close(reason) = flow {
+                break reason;
+            }
+        };
+        self.close().await;
+        end
+    }
+
+    async fn dispatch(&mut self, command: Command) -> Flow {
+        if let Some(verb) = command.verb() {
+            // BDAT checks its own order, after it has read the chunk it announced.
+            if matches!(self.state, SessionState::Fresh)
+                && !verb.info().before_helo
+                && verb != crate::command::Verb::Bdat
+            {
+                return self.error(Reply::bad_sequence("send HELO/EHLO first"));
+            }
+        }
+        match command {
+            Command::Ehlo(host) => self.ehlo(host),
+            Command::Helo(host) => self.helo(host),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params).await,
+            Command::Data => self.data().await,
+            Command::Bdat { size, last } => self.bdat(size, last).await,
+            Command::Rset => self.rset(),
+            Command::Noop => self.reply(Reply::ok()),
+            Command::Quit => {
+                self.reply(Reply::bye());
+                Flow::Close(EndReason::Quit)
+            }
+            Command::Vrfy(_) => self.reply(Reply::vrfy_cannot()),
+            Command::Expn | Command::Starttls => self.error(Reply::not_implemented()),
+            Command::Help => self.reply(Reply::help()),
+            Command::Unknown(_) => self.error(Reply::syntax_error()),
+        }
+    }
+
+    fn command_error(&mut self, e: CommandError) -> Flow {
+        if e.loses_sync() {
+            self.errors += 1;
+            self.reply(e.to_reply());
+            self.reply(Reply::lost_sync(&self.cfg.hostname));
+            return Flow::Close(EndReason::LostSync);
+        }
+        self.error(e.to_reply())
+    }
+
+    /// Queues a reply; the session goes on.
+    fn reply(&mut self, reply: Reply) -> Flow {
+        let bytes = reply.to_bytes();
+        self.hooks.transcript(Direction::Out, &bytes);
+        self.out.extend_from_slice(&bytes);
+        Flow::Continue
+    }
+
+    /// Queues an error reply and counts it; too many end the session.
+    fn error(&mut self, reply: Reply) -> Flow {
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.cfg.max_errors {
+            self.reply(Reply::too_many_errors(&self.cfg.hostname));
+            return Flow::Close(EndReason::TooManyErrors);
+        }
+        Flow::Continue
+    }
+
+    /// A read failed: a timeout gets its 421, anything else means the client is gone.
+    fn io_failed(&mut self, e: std::io::Error) -> Flow {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            self.reply(Reply::timeout(&self.cfg.hostname));
+            Flow::Close(EndReason::Timeout)
+        } else {
+            Flow::Close(EndReason::ClientClosed)
+        }
+    }
+
+    /// Writes the queued replies; false when the client is gone or does not read.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        let when = (Instant::now() + self.cfg.command_timeout).min(self.io.get_ref().deadline());
+        let write = async {
+            self.io.write_all(&out).await?;
+            self.io.flush().await
+        };
+        matches!(tokio::time::timeout_at(when, write).await, Ok(Ok(())))
+    }
+
+    /// Writes what is left (a 221 or 421, say) with a short grace period, then shuts down.
+    async fn close(&mut self) {
+        let out = std::mem::take(&mut self.out);
+        let grace = self.cfg.command_timeout.min(Duration::from_secs(10));
+        let _ = tokio::time::timeout(grace, async {
+            self.io.write_all(&out).await?;
+            self.io.flush().await?;
+            self.io.shutdown().await
+        })
+        .await;
+    }
+
+    /// Forgets the transaction (RSET, a new EHLO, or after a message).
+    fn reset_transaction(&mut self) {
+        self.env.mail_from = None;
+        self.env.mail_params = MailParams::default();
+        self.env.rcpts.clear();
+        self.env.utf8 = false;
+        self.env.eight_bit = false;
+        self.env.protocol = if self.esmtp { "ESMTP" } else { "SMTP" };
+        if !matches!(self.state, SessionState::Fresh) {
+            self.state = SessionState::Greeted;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,44 @@
+//! EHLO and HELO (RFC 5321 4.1.1.1): start (or restart) the session.
+
+use super::{Flow, Session, SessionHooks, SessionState};
+use crate::reply::Reply;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S, H> Session<'_, S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: SessionHooks,
+{
+    /// The extensions advertised in the EHLO reply.
+    fn extensions(&self) -> Vec<String> {
+        vec![
+            "PIPELINING".into(),
+            format!("SIZE {}", self.cfg.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "DSN".into(),
+            "CHUNKING".into(),
+        ]
+    }
+
+    pub(super) fn ehlo(&mut self, host: String) -> Flow {
+        self.greeted(host, true);
+        let reply = Reply::ehlo(&self.cfg.hostname, &self.env.helo, &self.extensions());
+        self.reply(reply)
+    }
+
+    pub(super) fn helo(&mut self, host: String) -> Flow {
+        self.greeted(host, false);
+        let reply = Reply::helo(&self.cfg.hostname, &self.env.helo);
+        self.reply(reply)
+    }
+
+    /// A HELO/EHLO in any state abandons the transaction (RFC 5321 4.1.4).
+    fn greeted(&mut self, host: String, esmtp: bool) {
+        self.esmtp = esmtp;
+        self.state = SessionState::Greeted;
+        self.reset_transaction();
+        self.env.helo = host;
+    }
+}

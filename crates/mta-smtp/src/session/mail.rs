@@ -1,0 +1,47 @@
+//! MAIL (RFC 5321 4.1.1.2, RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461
+//! RET/ENVID) and RSET.
+
+use super::{Flow, Session, SessionHooks, SessionState};
+use crate::command::{Body, MailParams, ReversePath};
+use crate::reply::Reply;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S, H> Session<'_, S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: SessionHooks,
+{
+    pub(super) fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
+        if !matches!(self.state, SessionState::Greeted) {
+            return self.error(Reply::bad_sequence("nested MAIL command"));
+        }
+        if !self.esmtp && !params.is_empty() {
+            return self.error(Reply::esmtp_needs_ehlo());
+        }
+        if params.body == Some(Body::BinaryMime) {
+            return self.error(Reply::body_type_unsupported());
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.cfg.max_message_size)
+        {
+            return self.reply(Reply::message_too_big());
+        }
+        self.env.mail_from = from.address().cloned();
+        self.env.utf8 = params.smtputf8;
+        self.env.eight_bit = params.body == Some(Body::EightBitMime);
+        self.env.protocol = match (params.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        };
+        self.env.mail_params = params;
+        self.state = SessionState::MailFrom;
+        self.reply(Reply::sender_ok())
+    }
+
+    pub(super) fn rset(&mut self) -> Flow {
+        self.reset_transaction();
+        self.reply(Reply::ok())
+    }
+}

@@ -1,0 +1,48 @@
+//! RCPT (RFC 5321 4.1.1.3, RFC 3461 NOTIFY/ORCPT): syntax and limits here, policy in the
+//! hooks.
+
+use super::{Flow, Session, SessionHooks, SessionState};
+use crate::command::{ForwardPath, RcptParams};
+use crate::reply::Reply;
+use crate::session::RcptVerdict;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S, H> Session<'_, S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: SessionHooks,
+{
+    pub(super) async fn rcpt(&mut self, to: ForwardPath, params: RcptParams) -> Flow {
+        match self.state {
+            SessionState::MailFrom | SessionState::RcptTo => {}
+            SessionState::Chunking(_) => {
+                return self.error(Reply::bad_sequence("RCPT during BDAT"));
+            }
+            SessionState::Fresh | SessionState::Greeted => {
+                return self.error(Reply::bad_sequence("need MAIL command"));
+            }
+        }
+        if !self.esmtp && !params.is_empty() {
+            return self.error(Reply::esmtp_needs_ehlo());
+        }
+        if self.env.rcpts.len() >= self.cfg.max_recipients {
+            return self.reply(Reply::too_many_recipients());
+        }
+        let rcpt = match to {
+            ForwardPath::Mailbox(address) => address,
+            ForwardPath::Postmaster => match &self.postmaster {
+                Some(address) => address.clone(),
+                // Our hostname is not a domain: a configuration problem, not the client's.
+                None => return self.reply(Reply::local_error()),
+            },
+        };
+        match self.hooks.check_rcpt(&self.env, &rcpt).await {
+            RcptVerdict::Accept => {
+                self.env.rcpts.push((rcpt, params));
+                self.state = SessionState::RcptTo;
+                self.reply(Reply::recipient_ok())
+            }
+            RcptVerdict::Reject(reply) => self.reply(reply),
+        }
+    }
+}

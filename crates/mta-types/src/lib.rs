@@ -1,0 +1,15 @@
+//! mta-types — the vocabulary every smtpmta crate and task shares.
+//!
+//! No I/O lives here: identifiers (`QueueId`), mail addresses (`Address`, `Domain`),
+//! the names of the tasks (`TaskName`) and of the queues (`QueueName`). Everything is
+//! serialisable so it can cross process boundaries inside `mta-ipc` frames.
+
+pub mod address;
+pub mod message;
+pub mod queue_id;
+pub mod task;
+
+pub use address::{Address, AddressError, Domain};
+pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
+pub use queue_id::QueueId;
+pub use task::{QueueName, TaskName};

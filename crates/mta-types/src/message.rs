@@ -1,0 +1,198 @@
+//! The native document: the project's own typed record of a message, the analogue of a
+//! Notes mail document. It travels between tasks through the store; the content itself
+//! stays in the spool and is referenced by `ContentRef`.
+
+use crate::{Address, QueueId, QueueName};
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Bumped whenever `MessageRecord` changes shape; the store refuses records it cannot read.
+pub const RECORD_SCHEMA: u16 = 1;
+
+/// Milliseconds since the Unix epoch (the store's clock unit).
+pub type UnixMillis = u64;
+
+pub fn now_ms() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Where message content lives: a byte range of an append-only spool segment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContentRef {
+    /// Segment file name inside `<data_dir>/spool/`.
+    pub segment: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where a message is: in a queue waiting for its consumer, or in a terminal or parked state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Location {
+    Queue(QueueName),
+    /// Parked by the operator (`hold`); `release` puts it back in `Queue(held_from)`.
+    Held {
+        from: QueueName,
+    },
+    /// Will not be routed: too many hops, or its delivery report could not be delivered.
+    Dead,
+    /// `imsgcnv` could not convert it; kept for the operator.
+    ConversionError,
+    /// Every recipient has a final outcome; the record goes away at the next commit.
+    Done,
+}
+
+impl Location {
+    pub fn label(self) -> &'static str {
+        match self {
+            Location::Queue(QueueName::OutboundWork) => "Pending Transmission",
+            Location::Queue(_) => "Pending",
+            Location::Held { .. } => "Held",
+            Location::Dead => "Dead",
+            Location::ConversionError => "Conversion Error",
+            Location::Done => "Done",
+        }
+    }
+}
+
+/// RFC 3461 RET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+/// RFC 3461 NOTIFY: `never`, or any of success/failure/delay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub never: bool,
+    pub success: bool,
+    pub failure: bool,
+    pub delay: bool,
+}
+
+/// The SMTP envelope as received, plus the session facts the Received header and the
+/// logs need.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// `None` is the null reverse-path `<>` (a delivery report: never bounced).
+    pub mail_from: Option<Address>,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    pub helo: String,
+    pub client_ip: String,
+    pub protocol: String,
+    /// SMTPUTF8 was given on MAIL.
+    pub utf8: bool,
+    /// BODY=8BITMIME (or the content has 8-bit octets).
+    pub eight_bit: bool,
+}
+
+/// One recipient's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptStatus {
+    /// Not yet handled (or waiting for a retry).
+    Pending,
+    /// Written to a local Maildir.
+    Delivered { at: UnixMillis, mailbox: String },
+    /// Accepted by the next hop.
+    Relayed {
+        at: UnixMillis,
+        host: String,
+        reply: String,
+    },
+    /// Permanently failed (or expired); `status` is the enhanced code, e.g. "5.1.1".
+    Failed {
+        at: UnixMillis,
+        status: String,
+        reason: String,
+    },
+}
+
+impl RcptStatus {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, RcptStatus::Pending)
+    }
+}
+
+/// One delivery attempt, kept for message tracking and delivery reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: UnixMillis,
+    pub host: String,
+    pub reply: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: Address,
+    /// RFC 3461 ORCPT as given (`rfc822;user@example.com`).
+    pub orcpt: Option<String>,
+    pub notify: Option<Notify>,
+    pub status: RcptStatus,
+    pub attempts: Vec<Attempt>,
+    /// Earliest time of the next attempt for a pending recipient.
+    pub next_retry: Option<UnixMillis>,
+}
+
+impl Recipient {
+    pub fn new(address: Address) -> Recipient {
+        Recipient {
+            address,
+            orcpt: None,
+            notify: None,
+            status: RcptStatus::Pending,
+            attempts: Vec::new(),
+            next_retry: None,
+        }
+    }
+}
+
+/// Header fields the router and the console need, parsed once by `imsgcnv`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParsedFields {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub cc: Option<String>,
+    pub subject: Option<String>,
+    pub date: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// Routing trace, like Notes' RouteServers/RouteTimes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopTrace {
+    /// Number of `Received:` headers in the content.
+    pub hop_count: u32,
+    /// Tasks and hosts the message passed here, with times.
+    pub route: Vec<(String, UnixMillis)>,
+}
+
+/// The native document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub schema: u16,
+    pub id: QueueId,
+    pub location: Location,
+    pub received_at: UnixMillis,
+    /// Content size in octets (including the prepended Received header).
+    pub size: u64,
+    pub envelope: Envelope,
+    pub recipients: Vec<Recipient>,
+    pub content: ContentRef,
+    /// Filled in by `imsgcnv`.
+    pub fields: Option<ParsedFields>,
+    pub trace: HopTrace,
+    /// Not claimable before this time (retry scheduling).
+    pub not_before: UnixMillis,
+    /// Why the message is where it is (Dead, Conversion Error, last error), for the console.
+    pub note: Option<String>,
+}
+
+impl MessageRecord {
+    pub fn all_final(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
+}
