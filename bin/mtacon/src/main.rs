@@ -1,1 +1,187 @@
-fn main() {}
+//! mtacon — the server console.
+//!
+//! `mtacon [--config PATH] [--json] "show tasks"` runs one command and exits (non-zero on
+//! error); `mtacon [--config PATH]` alone opens an interactive prompt with line editing,
+//! history and `help`. Commands are parsed by `mta_ipc::console` and executed by the
+//! supervisor over `<data_dir>/run/smtpmta.sock`.
+
+mod render;
+
+use clap::Parser;
+use mta_config::Config;
+use mta_ipc::console::{ConsoleCommand, ConsoleReply};
+use mta_ipc::SupervisorClient;
+use mta_types::TaskName;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "smtpmta server console")]
+struct Args {
+    /// The configuration file of the suite to talk to.
+    #[arg(long, default_value = "etc/smtpmta.toml")]
+    config: PathBuf,
+    /// Print the reply as JSON (for scripts).
+    #[arg(long)]
+    json: bool,
+    /// Answer yes to confirmations (one-shot mode).
+    #[arg(long)]
+    yes: bool,
+    /// The command, e.g. `show tasks` (quoted or as separate words). None: interactive.
+    command: Vec<String>,
+}
+
+/// Long enough for `tell smtpmta quit` to stop every task in order.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mtacon: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mtacon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.command.is_empty() {
+        runtime.block_on(interactive(&config, args.json))
+    } else {
+        runtime.block_on(one_shot(&config, &args.command.join(" "), args.json))
+    }
+}
+
+async fn connect(config: &Config) -> Result<SupervisorClient, String> {
+    SupervisorClient::connect(&config.run_dir(), TaskName::Mtacon)
+        .await
+        .map_err(|e| {
+            format!(
+                "smtpmta is not running for {} ({e}); start it with scripts/start",
+                config.path.display()
+            )
+        })
+}
+
+async fn one_shot(config: &Config, line: &str, json: bool) -> ExitCode {
+    let command = match ConsoleCommand::parse(line) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mtacon: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if command == ConsoleCommand::Help {
+        println!("{}", mta_ipc::console::help_text());
+        return ExitCode::SUCCESS;
+    }
+    let mut client = match connect(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mtacon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.console(command, REPLY_TIMEOUT).await {
+        Ok(reply) => print_reply(&reply, json),
+        Err(e) => {
+            eprintln!("mtacon: no reply from smtpmta: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_reply(reply: &ConsoleReply, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(&render::to_json(reply)) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("mtacon: {e}"),
+        }
+    } else if let ConsoleReply::Error(e) = reply {
+        eprintln!("{e}");
+    } else {
+        println!("{}", render::to_text(reply));
+    }
+    if matches!(reply, ConsoleReply::Error(_)) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn interactive(config: &Config, json: bool) -> ExitCode {
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mtacon: cannot open the terminal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".mtacon_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    println!(
+        "smtpmta console for {} — `help` lists the commands, `exit` leaves.",
+        config.path.display()
+    );
+    let mut client: Option<SupervisorClient> = None;
+    loop {
+        let line = match editor.readline("> ") {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(line);
+        if matches!(line, "exit" | "bye") {
+            break;
+        }
+        let command = match ConsoleCommand::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("{e}");
+                continue;
+            }
+        };
+        if command == ConsoleCommand::Help {
+            println!("{}\nexit  leave the console", mta_ipc::console::help_text());
+            continue;
+        }
+        if client.is_none() {
+            match connect(config).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    println!("{e}");
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("connected above");
+        match c.console(command, REPLY_TIMEOUT).await {
+            Ok(reply) => {
+                print_reply(&reply, json);
+            }
+            Err(e) => {
+                println!("no reply from smtpmta: {e}");
+                client = None;
+            }
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    ExitCode::SUCCESS
+}

@@ -1,1 +1,160 @@
-fn main() {}
+//! smtpmta — the supervisor (Domino's SMTPMTA add-in task).
+//!
+//! Reads the configuration, takes the data_dir's pid-file lock (one supervisor per
+//! data_dir), opens the queue store (sled: this is the only process that may), serves it
+//! and the console on `<data_dir>/run/smtpmta.sock`, launches the six task executables and
+//! restarts one that exits unexpectedly, with back-off. `tell smtpmta quit`, SIGTERM or
+//! SIGINT stop every task in order (inbound first), then remove the sockets and the pid
+//! file and exit 0.
+//!
+//! Answers: `SupervisorRequest::{Ready, Store, Console}`. Config: everything (it passes
+//! its `--config` path on to every task).
+
+mod children;
+mod console;
+mod instance;
+mod service;
+
+use anyhow::Context;
+use clap::Parser;
+use mta_config::{Config, DebugKnobs};
+use mta_ipc::hello::Service;
+use mta_ipc::paths::{pid_file, supervisor_socket};
+use mta_ipc::{SupervisorRequest, SupervisorResponse};
+use mta_store::StoreService;
+use mta_types::message::now_ms;
+use mta_types::TaskName;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "smtpmta supervisor: starts and watches the MTA's tasks"
+)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, default_value = "etc/smtpmta.toml")]
+    config: PathBuf,
+}
+
+/// What the supervisor's request handlers share.
+pub struct Supervisor {
+    pub config: Config,
+    pub store: StoreService,
+    pub children: children::Children,
+    pub started_ms: u64,
+    knobs: Mutex<DebugKnobs>,
+    quit: Notify,
+}
+
+impl Supervisor {
+    pub fn request_quit(&self) {
+        self.quit.notify_one();
+    }
+
+    pub fn knobs(&self) -> DebugKnobs {
+        self.knobs.lock().expect("knob lock").clone()
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smtpmta: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    mta_task::init_logging(TaskName::Smtpmta);
+    // Worker threads live as long as the runtime: children spawned from them keep their
+    // parent thread (PR_SET_PDEATHSIG follows the thread that forked).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtpmta: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(supervise(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smtpmta: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn supervise(config: Config) -> anyhow::Result<()> {
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let instance = instance::Instance::acquire(&pid_file(&run_dir), &config.data_dir)?;
+    std::fs::create_dir_all(config.spool_dir())
+        .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
+    let store = StoreService::open(&config.store_dir())?;
+
+    let exe_dir = std::env::current_exe()
+        .context("cannot find my own executable")?
+        .parent()
+        .map(PathBuf::from)
+        .context("executable has no folder")?;
+    let children =
+        children::Children::new(exe_dir, config.path.clone(), run_dir.clone(), store.clone());
+    let sup = Arc::new(Supervisor {
+        knobs: Mutex::new(config.debug.clone()),
+        config,
+        store,
+        children: children.clone(),
+        started_ms: now_ms(),
+        quit: Notify::new(),
+    });
+
+    let socket_path = supervisor_socket(&run_dir);
+    let listener = mta_ipc::server::bind(&socket_path).with_context(|| {
+        format!(
+            "cannot open the supervisor socket {}",
+            socket_path.display()
+        )
+    })?;
+    let server = tokio::spawn(mta_ipc::server::serve::<
+        SupervisorRequest,
+        SupervisorResponse,
+        _,
+    >(
+        listener,
+        Service::Supervisor,
+        service::SupervisorService(sup.clone()),
+    ));
+    tracing::info!(
+        pid = std::process::id(),
+        data_dir = %sup.config.data_dir.display(),
+        listen = ?sup.config.inbound.listen,
+        "smtpmta supervisor started"
+    );
+    children.launch_all();
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sup.quit.notified() => tracing::info!("quit requested from the console"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    children.stop_all().await;
+    server.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    // Make sure the last commits are on disk before the database closes.
+    sup.store.engine().flush().await?;
+    drop(instance);
+    tracing::info!("smtpmta supervisor stopped");
+    Ok(())
+}

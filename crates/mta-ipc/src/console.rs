@@ -46,6 +46,15 @@ pub const HELP: &[(&str, &str)] = &[
     ("help", "this list"),
 ];
 
+/// `help` as printed: one command a line.
+pub fn help_text() -> String {
+    let width = HELP.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    HELP.iter()
+        .map(|(c, d)| format!("{c:<width$}  {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A TELL command as the receiving task understands it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TellCommand {

@@ -1,1 +1,169 @@
-//! mta-task
+//! mta-task — the skeleton every task executable runs on (Postfix's `single_server`).
+//!
+//! `run::<T>()` does everything that is not the task's own job: reads `--config`, loads
+//! the configuration (a bad one is one clear line and exit 2, before anything is
+//! touched), connects to the supervisor, opens the task's control socket
+//! (`<data_dir>/run/<task>.sock`), answers `Status`, TELL commands, kicks and
+//! `Shutdown`, and stops cleanly on SIGTERM/SIGINT or when the supervisor goes away —
+//! a task never outlives its supervisor (its lifeline connection closes, and the kernel
+//! sends SIGTERM through `PR_SET_PDEATHSIG` as a backstop).
+//!
+//! The task itself implements `Task`: `start` (set up), `run` (the job, returning once
+//! `ctx.shutting_down()`), `status` (for `show tasks`) and optionally `tell`.
+
+mod context;
+mod control;
+mod logging;
+
+pub use context::TaskContext;
+pub use logging::init_logging;
+
+use anyhow::Context as _;
+use clap::Parser;
+use mta_config::Config;
+use mta_ipc::console::TellCommand;
+use mta_ipc::{SupervisorClient, TaskStatus};
+use mta_types::TaskName;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Environment variable through which the supervisor tells a task its pid.
+pub const SUPERVISOR_PID_ENV: &str = "SMTPMTA_SUPERVISOR_PID";
+
+/// A task's job. The skeleton owns everything else.
+pub trait Task: Sized + Send + Sync + 'static {
+    const NAME: TaskName;
+
+    /// Prepares the task (binds ports, opens files). An error here is a broken
+    /// environment: the task exits with one clear line.
+    fn start(ctx: &TaskContext) -> impl Future<Output = anyhow::Result<Self>> + Send;
+
+    /// The job. Returns after `ctx.shutting_down()` becomes true, having finished or
+    /// released what it held.
+    fn run(self: Arc<Self>, ctx: TaskContext) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// What `show tasks` says about this task and its handlers.
+    fn status(&self) -> TaskStatus;
+
+    /// A TELL command other than `show status`.
+    fn tell(
+        &self,
+        _ctx: &TaskContext,
+        command: TellCommand,
+    ) -> impl Future<Output = Result<String, String>> + Send {
+        async move {
+            Err(format!(
+                "{} does not know the command {command:?}",
+                Self::NAME
+            ))
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The configuration file (the supervisor passes its own).
+    #[arg(long, default_value = "etc/smtpmta.toml")]
+    config: PathBuf,
+}
+
+/// The `main` of every task executable.
+pub fn run<T: Task>() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", T::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(T::NAME);
+    die_with_supervisor();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", T::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::<T>(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(task = %T::NAME, "{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve<T: Task>(config: Config) -> anyhow::Result<()> {
+    let run_dir = config.run_dir();
+    let supervisor = SupervisorClient::connect(&run_dir, T::NAME)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the supervisor in {} (is smtpmta running?)",
+                run_dir.display()
+            )
+        })?;
+    let ctx = TaskContext::new(Arc::new(config), T::NAME);
+    let task = Arc::new(T::start(&ctx).await.context("start-up failed")?);
+    let control =
+        control::bind::<T>(&ctx, task.clone()).context("cannot open the control socket")?;
+
+    // The lifeline: announce readiness, then stop when the supervisor goes away.
+    let lifeline_ctx = ctx.clone();
+    tokio::spawn(async move {
+        match supervisor.ready_and_wait(T::NAME).await {
+            Ok(()) => tracing::info!("supervisor went away; shutting down"),
+            Err(e) => tracing::warn!(error = %e, "lost the supervisor; shutting down"),
+        }
+        lifeline_ctx.request_shutdown();
+    });
+    let signal_ctx = ctx.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        signal_ctx.request_shutdown();
+    });
+
+    tracing::info!(
+        pid = std::process::id(),
+        "{} started",
+        T::NAME.description()
+    );
+    let result = task.run(ctx.clone()).await;
+    control.close();
+    tracing::info!("{} stopped", T::NAME.description());
+    result
+}
+
+/// Asks the kernel to SIGTERM this process when the supervisor dies, and exits at once
+/// if it already has.
+fn die_with_supervisor() {
+    let Some(expected) = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+    if nix::unistd::getppid().as_raw() != expected {
+        eprintln!("supervisor {expected} is gone; exiting");
+        std::process::exit(0);
+    }
+}

@@ -1,0 +1,319 @@
+//! The task table: launch the six task executables, watch them, restart one that exits
+//! unexpectedly (with back-off), and stop them in order.
+
+use mta_ipc::console::TaskRow;
+use mta_ipc::{TaskClient, TaskRequest};
+use mta_store::StoreService;
+use mta_types::message::now_ms;
+use mta_types::TaskName;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// First restart delay; doubled for each consecutive crash, up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A task that ran this long before exiting starts its back-off afresh.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// How long a task may take to stop cleanly before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq)]
+enum ChildState {
+    Starting,
+    Running,
+    Restarting { at_ms: u64 },
+    Stopping,
+    Stopped,
+}
+
+struct Entry {
+    state: ChildState,
+    pid: Option<u32>,
+    since_ms: u64,
+    /// Unexpected exits since the supervisor started.
+    restarts: u32,
+    last_exit: Option<String>,
+    /// Current pid, watched by `stop_all`.
+    pid_tx: watch::Sender<Option<u32>>,
+}
+
+#[derive(Clone)]
+pub struct Children {
+    table: Arc<Mutex<BTreeMap<TaskName, Entry>>>,
+    exe_dir: PathBuf,
+    config_path: PathBuf,
+    run_dir: PathBuf,
+    store: StoreService,
+    stopping: watch::Sender<bool>,
+}
+
+impl Children {
+    pub fn new(
+        exe_dir: PathBuf,
+        config_path: PathBuf,
+        run_dir: PathBuf,
+        store: StoreService,
+    ) -> Children {
+        let mut table = BTreeMap::new();
+        for task in TaskName::CHILDREN {
+            table.insert(
+                task,
+                Entry {
+                    state: ChildState::Stopped,
+                    pid: None,
+                    since_ms: now_ms(),
+                    restarts: 0,
+                    last_exit: None,
+                    pid_tx: watch::channel(None).0,
+                },
+            );
+        }
+        Children {
+            table: Arc::new(Mutex::new(table)),
+            exe_dir,
+            config_path,
+            run_dir,
+            store,
+            stopping: watch::channel(false).0,
+        }
+    }
+
+    /// Launches every task, downstream first so each queue's consumer is up before its
+    /// producer.
+    pub fn launch_all(&self) {
+        for task in TaskName::CHILDREN.iter().rev() {
+            let this = self.clone();
+            let task = *task;
+            tokio::spawn(async move { this.supervise(task).await });
+        }
+    }
+
+    fn update(&self, task: TaskName, f: impl FnOnce(&mut Entry)) {
+        let mut table = self.table.lock().expect("task table lock");
+        if let Some(e) = table.get_mut(&task) {
+            f(e);
+        }
+    }
+
+    /// Runs one task for the supervisor's lifetime: start, wait, restart.
+    async fn supervise(&self, task: TaskName) {
+        let mut consecutive = 0u32;
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            if *stopping.borrow() {
+                break;
+            }
+            let exe = self.exe_dir.join(task.as_str());
+            let mut child = match tokio::process::Command::new(&exe)
+                .arg("--config")
+                .arg(&self.config_path)
+                .env(mta_task::SUPERVISOR_PID_ENV, std::process::id().to_string())
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(false)
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(%task, error = %e, exe = %exe.display(), "cannot start task");
+                    consecutive += 1;
+                    if !self
+                        .back_off(
+                            task,
+                            consecutive,
+                            format!("cannot start: {e}"),
+                            &mut stopping,
+                        )
+                        .await
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let pid = child.id();
+            let started = Instant::now();
+            self.update(task, |e| {
+                e.state = ChildState::Starting;
+                e.pid = pid;
+                e.since_ms = now_ms();
+                e.pid_tx.send_replace(pid);
+            });
+            tracing::info!(%task, pid = pid.unwrap_or(0), "task started");
+            let status = child.wait().await;
+            let exit = match &status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            if let Some(pid) = pid {
+                let released = self.store.release_owner(pid);
+                if released > 0 {
+                    tracing::info!(%task, pid, released, "claims of the exited task returned to their queues");
+                }
+            }
+            self.update(task, |e| {
+                e.pid = None;
+                e.pid_tx.send_replace(None);
+            });
+            if *stopping.borrow() {
+                self.update(task, |e| {
+                    e.state = ChildState::Stopped;
+                    e.since_ms = now_ms();
+                    e.last_exit = Some(exit.clone());
+                });
+                tracing::info!(%task, %exit, "task stopped");
+                break;
+            }
+            if started.elapsed() >= STABLE_AFTER {
+                consecutive = 0;
+            }
+            consecutive += 1;
+            tracing::warn!(%task, pid = pid.unwrap_or(0), %exit, "task exited unexpectedly");
+            self.update(task, |e| e.restarts += 1);
+            if !self.back_off(task, consecutive, exit, &mut stopping).await {
+                break;
+            }
+        }
+        self.update(task, |e| {
+            e.state = ChildState::Stopped;
+            e.pid_tx.send_replace(None);
+        });
+    }
+
+    /// Waits out the back-off; false if the suite is stopping meanwhile.
+    async fn back_off(
+        &self,
+        task: TaskName,
+        consecutive: u32,
+        exit: String,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1 << consecutive.saturating_sub(1).min(10))
+            .min(MAX_BACKOFF);
+        tracing::warn!(%task, attempt = consecutive, delay_ms = delay.as_millis() as u64, "restarting task after back-off");
+        self.update(task, |e| {
+            e.state = ChildState::Restarting {
+                at_ms: now_ms() + delay.as_millis() as u64,
+            };
+            e.since_ms = now_ms();
+            e.last_exit = Some(exit);
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => !*stopping.borrow(),
+            _ = stopping.changed() => false,
+        }
+    }
+
+    /// A task said it is ready (its control socket is up).
+    pub fn mark_ready(&self, task: TaskName, pid: u32) {
+        self.update(task, |e| {
+            if e.pid == Some(pid) {
+                e.state = ChildState::Running;
+                e.since_ms = now_ms();
+            }
+        });
+    }
+
+    pub fn pid_of(&self, task: TaskName) -> Option<u32> {
+        self.table
+            .lock()
+            .expect("task table lock")
+            .get(&task)
+            .and_then(|e| e.pid)
+    }
+
+    pub fn is_child(&self, pid: u32) -> bool {
+        self.table
+            .lock()
+            .expect("task table lock")
+            .values()
+            .any(|e| e.pid == Some(pid))
+    }
+
+    /// Stops every task in order, inbound first; each gets `STOP_GRACE` to finish, then
+    /// SIGKILL.
+    pub async fn stop_all(&self) {
+        self.stopping.send_replace(true);
+        for task in TaskName::CHILDREN {
+            let mut pid_rx = {
+                let mut table = self.table.lock().expect("task table lock");
+                let Some(e) = table.get_mut(&task) else {
+                    continue;
+                };
+                if e.pid.is_some() {
+                    e.state = ChildState::Stopping;
+                }
+                e.pid_tx.subscribe()
+            };
+            let Some(pid) = *pid_rx.borrow() else {
+                continue;
+            };
+            tracing::info!(%task, pid, "stopping task");
+            let asked = async {
+                let mut c = TaskClient::connect(&self.run_dir, task, TaskName::Smtpmta).await?;
+                c.request(&TaskRequest::Shutdown).await
+            };
+            if tokio::time::timeout(Duration::from_secs(2), asked)
+                .await
+                .map(|r| r.is_err())
+                .unwrap_or(true)
+            {
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            let exited = tokio::time::timeout(STOP_GRACE, pid_rx.wait_for(|p| p.is_none()))
+                .await
+                .is_ok();
+            if !exited {
+                tracing::warn!(%task, pid, "task did not stop in time; killing it");
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = tokio::time::timeout(STOP_GRACE, pid_rx.wait_for(|p| p.is_none())).await;
+            }
+        }
+    }
+
+    /// The task table as `show tasks` shows it (handlers are added by the caller).
+    pub fn rows(&self) -> Vec<(TaskName, TaskRow)> {
+        let table = self.table.lock().expect("task table lock");
+        TaskName::CHILDREN
+            .iter()
+            .filter_map(|t| table.get(t).map(|e| (*t, e)))
+            .map(|(task, e)| {
+                let (state, detail) = match &e.state {
+                    ChildState::Starting => ("starting", String::new()),
+                    ChildState::Running => ("running", String::new()),
+                    ChildState::Restarting { at_ms } => (
+                        "restarting",
+                        format!(
+                            "restart #{} in {:.1}s (last exit: {})",
+                            e.restarts,
+                            at_ms.saturating_sub(now_ms()) as f64 / 1000.0,
+                            e.last_exit.as_deref().unwrap_or("?")
+                        ),
+                    ),
+                    ChildState::Stopping => ("stopping", String::new()),
+                    ChildState::Stopped => ("stopped", e.last_exit.clone().unwrap_or_default()),
+                };
+                (
+                    task,
+                    TaskRow {
+                        name: task.as_str().to_string(),
+                        pid: e.pid,
+                        state: state.to_string(),
+                        description: task.description().to_string(),
+                        detail,
+                        since_ms: Some(e.since_ms),
+                        restarts: e.restarts,
+                        parent: None,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}

@@ -1,0 +1,213 @@
+//! The supervisor's side of the console: execute a `ConsoleCommand`.
+
+use crate::Supervisor;
+use mta_ipc::console::{ConsoleCommand, ConsoleReply, ServerInfo, TaskRow, TellCommand};
+use mta_ipc::{TaskClient, TaskRequest, TaskResponse};
+use mta_types::message::now_ms;
+use mta_types::TaskName;
+use std::time::Duration;
+
+/// How long `show tasks` waits for each task's own status.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply {
+    match command {
+        ConsoleCommand::Help => ConsoleReply::Text(mta_ipc::console::help_text()),
+        ConsoleCommand::ShowTasks => ConsoleReply::Tasks(show_tasks(sup).await),
+        ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup)),
+        ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
+        ConsoleCommand::ShowVersion => {
+            ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
+        }
+        ConsoleCommand::Tell {
+            task: TaskName::Smtpmta,
+            command,
+        } => tell_supervisor(sup, command).await,
+        ConsoleCommand::Tell { task, command } => tell_task(sup, task, command).await,
+    }
+}
+
+async fn tell_supervisor(sup: &Supervisor, command: TellCommand) -> ConsoleReply {
+    match command {
+        TellCommand::Quit => {
+            sup.request_quit();
+            ConsoleReply::Text("smtpmta: shutting down (inbound first)".into())
+        }
+        TellCommand::ShowStatus => ConsoleReply::Tasks(show_tasks(sup).await),
+        TellCommand::StopInboundTransport | TellCommand::StartInboundTransport => {
+            tell_task(sup, TaskName::Isesctl, command).await
+        }
+        TellCommand::StopOutboundTransport | TellCommand::StartOutboundTransport => {
+            tell_task(sup, TaskName::Osesctl, command).await
+        }
+        TellCommand::Other(words) => ConsoleReply::Error(format!(
+            "smtpmta does not know `{}`; type `help` for the list",
+            words.join(" ")
+        )),
+    }
+}
+
+async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
+    let request = async {
+        let mut client =
+            TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta).await?;
+        client.request(&TaskRequest::Tell(command)).await
+    };
+    match request.await {
+        Ok(TaskResponse::Told(text)) => ConsoleReply::Text(text),
+        Ok(TaskResponse::Error(text)) => ConsoleReply::Error(text),
+        Ok(other) => ConsoleReply::Error(format!("unexpected reply from {task}: {other:?}")),
+        Err(e) => ConsoleReply::Error(format!("{task} is not answering ({e}); see `show tasks`")),
+    }
+}
+
+async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
+    let run_dir = sup.config.run_dir();
+    let mut rows = vec![TaskRow {
+        name: "smtpmta".into(),
+        pid: Some(std::process::id()),
+        state: "running".into(),
+        description: TaskName::Smtpmta.description().into(),
+        detail: format!("serving the queue store ({} leased)", sup.store.leased()),
+        since_ms: Some(sup.started_ms),
+        restarts: 0,
+        parent: None,
+    }];
+    let tasks = sup.children.rows();
+    // Ask every running task for its status at once.
+    let pending: Vec<_> = tasks
+        .iter()
+        .map(|(task, row)| {
+            let run_dir = run_dir.clone();
+            let task = *task;
+            let alive = row.pid.is_some() && row.state == "running";
+            let ask_one = async move {
+                if !alive {
+                    return None;
+                }
+                let ask = async {
+                    let mut c = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
+                        .await
+                        .ok()?;
+                    c.status().await.ok()
+                };
+                tokio::time::timeout(STATUS_TIMEOUT, ask)
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            tokio::spawn(ask_one)
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(pending.len());
+    for handle in pending {
+        statuses.push(handle.await.ok().flatten());
+    }
+    for ((_, mut row), status) in tasks.into_iter().zip(statuses) {
+        let handlers = match status {
+            Some(s) => {
+                if row.detail.is_empty() {
+                    row.detail = s.detail;
+                }
+                s.handlers
+            }
+            None => Vec::new(),
+        };
+        let parent = row.name.clone();
+        let pid = row.pid;
+        rows.push(row);
+        for h in handlers {
+            rows.push(TaskRow {
+                name: h.name,
+                pid,
+                state: h.state,
+                description: if parent == "isesctl" {
+                    "Inbound Session Handler"
+                } else {
+                    "Outbound Session Handler"
+                }
+                .into(),
+                detail: h.detail,
+                since_ms: Some(h.since_ms),
+                restarts: 0,
+                parent: Some(parent.clone()),
+            });
+        }
+    }
+    rows
+}
+
+fn server_info(sup: &Supervisor) -> ServerInfo {
+    ServerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        hostname: sup.config.hostname.clone(),
+        data_dir: sup.config.data_dir.display().to_string(),
+        config: sup.config.path.display().to_string(),
+        pid: std::process::id(),
+        started_ms: sup.started_ms,
+        uptime_secs: now_ms().saturating_sub(sup.started_ms) / 1000,
+    }
+}
+
+fn config_view(sup: &Supervisor) -> Vec<(String, String)> {
+    let c = &sup.config;
+    let list = |v: Vec<String>| format!("[{}]", v.join(", "));
+    let mut rows = vec![
+        ("config".into(), c.path.display().to_string()),
+        ("hostname".into(), c.hostname.clone()),
+        ("data_dir".into(), c.data_dir.display().to_string()),
+        (
+            "local_domains".into(),
+            list(c.local_domains.iter().map(|d| d.to_string()).collect()),
+        ),
+        (
+            "trusted_networks".into(),
+            list(c.trusted_networks.iter().map(|n| n.to_string()).collect()),
+        ),
+        (
+            "directory".into(),
+            format!(
+                "{} ({} users)",
+                c.directory_path.display(),
+                c.directory.users.len()
+            ),
+        ),
+        (
+            "inbound.listen".into(),
+            list(c.inbound.listen.iter().map(|a| a.to_string()).collect()),
+        ),
+        (
+            "inbound.max_handlers".into(),
+            c.inbound.max_handlers.to_string(),
+        ),
+        (
+            "inbound.max_message_size".into(),
+            c.inbound.max_message_size.to_string(),
+        ),
+        (
+            "inbound.max_recipients".into(),
+            c.inbound.max_recipients.to_string(),
+        ),
+        (
+            "outbound.max_handlers".into(),
+            c.outbound.max_handlers.to_string(),
+        ),
+        (
+            "outbound.relay_host".into(),
+            c.outbound.relay_host.clone().unwrap_or_default(),
+        ),
+        ("outbound.port".into(), c.outbound.port.to_string()),
+        (
+            "dns.nameservers".into(),
+            list(c.dns.nameservers.iter().map(|a| a.to_string()).collect()),
+        ),
+    ];
+    let knobs = sup.knobs();
+    for name in mta_config::DebugKnobs::NAMES {
+        rows.push((
+            format!("debug.{name}"),
+            knobs.get(name).unwrap_or(0).to_string(),
+        ));
+    }
+    rows
+}

@@ -1,0 +1,35 @@
+//! The supervisor socket's request handler.
+
+use crate::Supervisor;
+use mta_ipc::hello::Hello;
+use mta_ipc::server::Handler;
+use mta_ipc::{SupervisorRequest, SupervisorResponse};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct SupervisorService(pub Arc<Supervisor>);
+
+impl Handler<SupervisorRequest, SupervisorResponse> for SupervisorService {
+    async fn handle(&self, peer: &Hello, request: SupervisorRequest) -> SupervisorResponse {
+        let sup = &self.0;
+        match request {
+            SupervisorRequest::Ready { task } => {
+                if sup.children.pid_of(task) != Some(peer.pid) {
+                    return SupervisorResponse::Error(format!(
+                        "pid {} is not the {task} this supervisor started",
+                        peer.pid
+                    ));
+                }
+                sup.children.mark_ready(task, peer.pid);
+                tracing::info!(%task, pid = peer.pid, "task ready");
+                SupervisorResponse::Ack
+            }
+            SupervisorRequest::Store(request) => {
+                SupervisorResponse::Store(sup.store.handle(peer.pid, request).await)
+            }
+            SupervisorRequest::Console(command) => {
+                SupervisorResponse::Console(crate::console::execute(sup, command).await)
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The task's control socket: the skeleton answers it for every task.
+
+use crate::{Task, TaskContext};
+use mta_ipc::console::TellCommand;
+use mta_ipc::hello::{Hello, Service};
+use mta_ipc::paths::task_socket;
+use mta_ipc::server::{bind as bind_socket, serve, Handler};
+use mta_ipc::{TaskRequest, TaskResponse};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(crate) struct ControlSocket {
+    path: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ControlSocket {
+    pub(crate) fn close(self) {
+        self.server.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct Control<T> {
+    task: Arc<T>,
+    ctx: TaskContext,
+}
+
+impl<T> Clone for Control<T> {
+    fn clone(&self) -> Self {
+        Control {
+            task: self.task.clone(),
+            ctx: self.ctx.clone(),
+        }
+    }
+}
+
+impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
+    async fn handle(&self, _peer: &Hello, request: TaskRequest) -> TaskResponse {
+        match request {
+            TaskRequest::Kick { .. } => {
+                self.ctx.kick();
+                TaskResponse::Ack
+            }
+            TaskRequest::Status => TaskResponse::Status(self.task.status()),
+            TaskRequest::Tell(TellCommand::ShowStatus) => {
+                let status = self.task.status();
+                let mut text =
+                    format!("{} ({}): {}", T::NAME, T::NAME.description(), status.detail);
+                for h in &status.handlers {
+                    text.push_str(&format!("\n  {:<10} {:<5} {}", h.name, h.state, h.detail));
+                }
+                TaskResponse::Told(text)
+            }
+            TaskRequest::Tell(TellCommand::Quit) => TaskResponse::Error(format!(
+                "{} is stopped with the suite: `tell smtpmta quit`",
+                T::NAME
+            )),
+            TaskRequest::Tell(command) => match self.task.tell(&self.ctx, command).await {
+                Ok(text) => TaskResponse::Told(text),
+                Err(text) => TaskResponse::Error(text),
+            },
+            TaskRequest::SetKnobs(knobs) => {
+                for (name, value) in knobs {
+                    if let Err(e) = self.ctx.set_knob(&name, value) {
+                        return TaskResponse::Error(e);
+                    }
+                }
+                TaskResponse::Ack
+            }
+            TaskRequest::Shutdown => {
+                self.ctx.request_shutdown();
+                TaskResponse::Ack
+            }
+        }
+    }
+}
+
+pub(crate) fn bind<T: Task>(ctx: &TaskContext, task: Arc<T>) -> std::io::Result<ControlSocket> {
+    let run_dir = ctx.config().run_dir();
+    let path = task_socket(&run_dir, T::NAME);
+    let listener = bind_socket(&path)?;
+    let handler = Control {
+        task,
+        ctx: ctx.clone(),
+    };
+    let server = tokio::spawn(serve::<TaskRequest, TaskResponse, _>(
+        listener,
+        Service::Control(T::NAME),
+        handler,
+    ));
+    Ok(ControlSocket { path, server })
+}
