@@ -1,1 +1,300 @@
-//! mta-testkit
+//! mta-testkit — what the end-to-end tests share.
+//!
+//! `Suite::start` writes a configuration into a fresh temporary folder (data under it,
+//! SMTP on a free loopback port), starts the real `smtpmta` binary from the build folder
+//! and waits until every task is running. Dropping the `Suite` stops it: SIGTERM to the
+//! supervisor's pid, then SIGKILL to it and to every task pid it reported if they outlive
+//! a deadline. `wait_for` polls a condition until a deadline and fails with what it saw
+//! last, so no test sleeps for a fixed time.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The folder holding the suite's binaries: next to the test executable's `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test exe folder");
+    let dir = if deps.ends_with("deps") { deps.parent().expect("profile folder") } else { deps };
+    dir.to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is not built; run scripts/test (it builds the binaries first)", path.display());
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Polls `probe` every 50 ms until it returns `Ok`, or panics after `deadline` with the
+/// last `Err` it returned.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) => {
+                if start.elapsed() > deadline {
+                    panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    // Signal 0 checks existence; a zombie still counts until reaped, so look at its state.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Options for the generated configuration.
+#[derive(Clone, Debug)]
+pub struct SuiteOptions {
+    /// Extra lines appended to the top level (before any table).
+    pub top: String,
+    /// Extra keys per section, e.g. `("inbound", "max_handlers = 3")`.
+    pub sections: Vec<(&'static str, String)>,
+    /// The directory file's content; `None` = postmaster plus a few test users.
+    pub directory: Option<String>,
+}
+
+impl Default for SuiteOptions {
+    fn default() -> Self {
+        SuiteOptions { top: String::new(), sections: Vec::new(), directory: None }
+    }
+}
+
+pub const DEFAULT_DIRECTORY: &str = r#"
+[[user]]
+name = "postmaster"
+addresses = ["postmaster@localhost", "root@localhost"]
+maildir = "mail/postmaster"
+
+[[user]]
+name = "alice"
+addresses = ["alice@localhost"]
+maildir = "mail/alice"
+
+[[user]]
+name = "bob"
+addresses = ["bob@localhost"]
+maildir = "mail/bob"
+
+[aliases]
+"abuse@localhost" = ["postmaster@localhost"]
+"team@localhost" = ["alice@localhost", "bob@localhost"]
+"#;
+
+/// A running suite in its own temporary folder.
+pub struct Suite {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub smtp_port: u16,
+    child: Option<Child>,
+    /// Every task pid seen, so none can outlive the test.
+    seen_pids: Vec<u32>,
+}
+
+impl Suite {
+    /// Writes the configuration only (for tests of bad configs or second instances).
+    pub fn prepare(opts: &SuiteOptions) -> Suite {
+        let dir = tempfile::Builder::new().prefix("smtpmta-test-").tempdir().expect("tempdir");
+        let smtp_port = free_port();
+        let mut sections: Vec<(&str, Vec<String>)> = vec![
+            ("inbound", vec![format!("listen = [\"127.0.0.1:{smtp_port}\"]")]),
+            ("outbound", vec![]),
+            ("dns", vec![]),
+            ("debug", vec![]),
+        ];
+        for (name, line) in &opts.sections {
+            match sections.iter_mut().find(|(n, _)| n == name) {
+                Some((_, lines)) => lines.push(line.clone()),
+                None => sections.push((name, vec![line.clone()])),
+            }
+        }
+        let mut text = format!(
+            "hostname = \"mta.test\"\ndata_dir = \"var\"\nlocal_domains = [\"localhost\"]\ntrusted_networks = [\"127.0.0.0/8\"]\ndirectory = \"directory.toml\"\n{}\n",
+            opts.top
+        );
+        for (name, lines) in sections {
+            text.push_str(&format!("\n[{name}]\n{}\n", lines.join("\n")));
+        }
+        let config = dir.path().join("smtpmta.toml");
+        std::fs::write(&config, text).expect("write config");
+        std::fs::write(dir.path().join("directory.toml"), opts.directory.as_deref().unwrap_or(DEFAULT_DIRECTORY))
+            .expect("write directory");
+        Suite { dir, config, smtp_port, child: None, seen_pids: Vec::new() }
+    }
+
+    pub fn start(opts: &SuiteOptions) -> Suite {
+        let mut suite = Suite::prepare(opts);
+        suite.launch();
+        suite
+    }
+
+    /// Starts the supervisor and waits until all six tasks run.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let child = Command::new(bin("smtpmta"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start smtpmta");
+        self.child = Some(child);
+        let pid = self.pid();
+        wait_for("all tasks running", Duration::from_secs(20), || {
+            if !pid_alive(pid) {
+                return Err(format!("smtpmta exited; log:\n{}", self.log()));
+            }
+            let tasks = self.tasks()?;
+            let running = tasks.iter().filter(|t| t["parent"].is_null() && t["state"] == "running").count();
+            if running == 7 {
+                Ok(())
+            } else {
+                Err(format!("{running} of 7 running: {tasks:?}"))
+            }
+        });
+        self.remember_pids();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("suite launched").id()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("var")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir().join("run")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("smtpmta.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `mtacon --config … <args>`.
+    pub fn mtacon(&self, args: &[&str]) -> Output {
+        Command::new(bin("mtacon")).arg("--config").arg(&self.config).args(args).output().expect("run mtacon")
+    }
+
+    /// `show tasks --json` rows, or why not.
+    pub fn tasks(&self) -> Result<Vec<Value>, String> {
+        let out = self.mtacon(&["--json", "show", "tasks"]);
+        if !out.status.success() {
+            return Err(format!("mtacon failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        v["tasks"].as_array().cloned().ok_or_else(|| format!("no tasks in {v}"))
+    }
+
+    /// The pid of a task as `show tasks` reports it (None while restarting).
+    pub fn task_pid(&self, name: &str) -> Option<u32> {
+        let tasks = self.tasks().ok()?;
+        tasks.iter().find(|t| t["name"] == name && t["parent"].is_null())?["pid"].as_u64().map(|p| p as u32)
+    }
+
+    pub fn remember_pids(&mut self) {
+        if let Ok(tasks) = self.tasks() {
+            for t in tasks {
+                if let Some(p) = t["pid"].as_u64() {
+                    if !self.seen_pids.contains(&(p as u32)) {
+                        self.seen_pids.push(p as u32);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every task pid seen so far.
+    pub fn seen_pids(&self) -> &[u32] {
+        &self.seen_pids
+    }
+
+    /// Waits for the supervisor to exit and returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
+    }
+
+    fn stop(&mut self) {
+        self.remember_pids();
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in &self.seen_pids {
+            if pid_alive(*pid) && parent_pid(*pid).is_some_and(|pp| pp == 1 || !pid_alive(pp)) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- smtpmta log ({}) ----\n{}", self.log_path().display(), self.log());
+        }
+    }
+}
+
+/// Everything under `dir` (recursively) whose name ends with `suffix`.
+pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_with_suffix(&p, suffix));
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
