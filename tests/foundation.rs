@@ -151,14 +151,13 @@ fn console_reports_when_the_suite_is_not_running() {
     assert!(err.contains("not running"), "{err}");
 }
 
-fn start_with_config(text: &str) -> (tempfile::TempDir, std::process::Output) {
+fn start_with_config(text: &str) -> (Suite, std::process::Output) {
     let suite = Suite::prepare(&SuiteOptions::default());
     std::fs::write(&suite.config, text).unwrap();
     let out = Command::new(bin("smtpmta")).arg("--config").arg(&suite.config).output().unwrap();
     // Nothing was touched: no data folder created.
     assert!(!suite.data_dir().exists(), "a bad config must not create {}", suite.data_dir().display());
-    let Suite { dir, .. } = suite;
-    (dir, out)
+    (suite, out)
 }
 
 #[test]
@@ -171,10 +170,10 @@ fn bad_configurations_name_file_line_and_key() {
         (format!("{base}[outbound]\nretry = [\"5 fortnights\"]\n"), 4, "outbound.retry"),
     ];
     for (text, line, key) in cases {
-        let (dir, out) = start_with_config(&text);
+        let (suite, out) = start_with_config(&text);
         assert_eq!(out.status.code(), Some(2), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
-        let file = dir.path().join("smtpmta.toml");
+        let file = &suite.config;
         assert!(err.contains(&format!("{}:{line}", file.display())), "no file:line in: {err}");
         assert!(err.contains(key), "no key `{key}` in: {err}");
     }
