@@ -35,6 +35,26 @@ pub fn to_text(reply: &ConsoleReply) -> String {
             }
             out.trim_end().to_string()
         }
+        ConsoleReply::Queue(q) => {
+            let mut out = format!("{:<22} {:<14} {:>6}\n", "State", "Queue", "Msgs");
+            for (state, queue, n) in &q.counts {
+                out.push_str(&format!("{state:<22} {queue:<14} {n:>6}\n"));
+            }
+            if !q.parked.is_empty() {
+                out.push_str(&format!("\n{:<13}  {:<16} {:>8}  {:<30} {}\n", "Queue ID", "State", "Size", "From", "Reason"));
+                for m in &q.parked {
+                    out.push_str(&format!(
+                        "{:<13}  {:<16} {:>8}  {:<30} {}\n",
+                        m.qid,
+                        m.state,
+                        m.size,
+                        format!("<{}>", m.from),
+                        m.note
+                    ));
+                }
+            }
+            out.trim_end().to_string()
+        }
         ConsoleReply::Server(s) => format!(
             "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nElapsed time:     {}",
             s.hostname,
@@ -57,6 +77,10 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
     match reply {
         ConsoleReply::Tasks(rows) => json!({ "tasks": rows }),
         ConsoleReply::Server(s) => json!({ "server": s }),
+        ConsoleReply::Queue(q) => json!({
+            "queue": q.counts.iter().map(|(state, queue, n)| json!({"state": state, "queue": queue, "messages": n})).collect::<Vec<_>>(),
+            "parked": q.parked,
+        }),
         ConsoleReply::Config(rows) => {
             let map: serde_json::Map<String, Value> = rows
                 .iter()

@@ -1,7 +1,7 @@
 //! The supervisor's side of the console: execute a `ConsoleCommand`.
 
 use crate::Supervisor;
-use mta_ipc::console::{ConsoleCommand, ConsoleReply, ServerInfo, TaskRow, TellCommand};
+use mta_ipc::console::{ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TaskRow, TellCommand};
 use mta_ipc::{TaskClient, TaskRequest, TaskResponse};
 use mta_types::message::now_ms;
 use mta_types::TaskName;
@@ -16,6 +16,7 @@ pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply 
         ConsoleCommand::ShowTasks => ConsoleReply::Tasks(show_tasks(sup).await),
         ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup)),
         ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
+        ConsoleCommand::ShowQueue => show_queue(sup),
         ConsoleCommand::ShowVersion => {
             ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
         }
@@ -135,6 +136,31 @@ async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
         }
     }
     rows
+}
+
+fn show_queue(sup: &Supervisor) -> ConsoleReply {
+    use mta_types::Location;
+    let engine = sup.store.engine();
+    let counts = engine.counts().rows;
+    let mut parked = Vec::new();
+    for record in engine.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => return ConsoleReply::Error(format!("queue store: {e}")),
+        };
+        if matches!(record.location, Location::Queue(_)) {
+            continue;
+        }
+        parked.push(ParkedMessage {
+            qid: record.id.to_string(),
+            state: record.location.label().to_string(),
+            from: record.envelope.mail_from.map(|a| a.to_string()).unwrap_or_default(),
+            recipients: record.recipients.iter().map(|r| r.address.to_string()).collect(),
+            size: record.size,
+            note: record.note.unwrap_or_default(),
+        });
+    }
+    ConsoleReply::Queue(QueueReport { counts, parked })
 }
 
 fn server_info(sup: &Supervisor) -> ServerInfo {

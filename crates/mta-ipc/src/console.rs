@@ -19,6 +19,7 @@ pub const HELP: &[(&str, &str)] = &[
         "the configuration in effect and the runtime debug knobs",
     ),
     ("show version", "the smtpmta version"),
+    ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
         "tell smtpmta quit",
         "stop every task (inbound first) and the supervisor",
@@ -99,6 +100,7 @@ pub enum ConsoleCommand {
     ShowServer,
     ShowConfig,
     ShowVersion,
+    ShowQueue,
     Tell {
         task: TaskName,
         command: TellCommand,
@@ -119,6 +121,7 @@ impl ConsoleCommand {
             ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
+            ["show" | "sh", "queue"] => Ok(ConsoleCommand::ShowQueue),
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
@@ -170,9 +173,29 @@ pub struct ServerInfo {
     pub uptime_secs: u64,
 }
 
+/// `show queue`: counts per queue and state, and the parked messages one by one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueReport {
+    /// `(state label, queue name, messages)`.
+    pub counts: Vec<(String, String, u64)>,
+    /// Held, Dead and Conversion Error messages.
+    pub parked: Vec<ParkedMessage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedMessage {
+    pub qid: String,
+    pub state: String,
+    pub from: String,
+    pub recipients: Vec<String>,
+    pub size: u64,
+    pub note: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleReply {
     Tasks(Vec<TaskRow>),
+    Queue(QueueReport),
     Server(ServerInfo),
     /// `(key, value)` pairs in file order.
     Config(Vec<(String, String)>),
