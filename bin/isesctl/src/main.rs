@@ -1,8 +1,28 @@
-//! isesctl — Inbound Session Controller.
+//! isesctl — Inbound Session Controller, with its inbound session handlers `iseshlrN`.
 //!
-//! The job is filled in by a later issue; for now the task runs on the shared skeleton,
-//! answers the console and waits for work.
+//! Listens on every `[inbound] listen` address and hands each accepted connection to an
+//! idle handler (`iseshlr0`, `iseshlr1`, …), creating one while fewer than `max_handlers`
+//! exist; with every handler busy it stops accepting until one frees up. Each handler
+//! speaks ESMTP (`mta-smtp`) with one client, validates recipients (local users, relaying
+//! for trusted networks only) and hands accepted messages to the intake, which makes them
+//! durable in groups (spool sync + one store commit) before answering 250.
+//!
+//! Writes: the Inbound Work Queue (and spool segments `isesctl-*.seg`). Kicks: imsgcnv.
+//! TELL: `stop inbound transport`, `start inbound transport`. Status: the listening
+//! addresses and one row per handler.
+//! Config: `hostname`, `local_domains`, `trusted_networks`, the directory, `[inbound]`;
+//! debug knobs SMTPDebug (connect/disconnect lines), SMTPDebugIO (protocol transcript).
+//! Logs: `qid=… from=<…> size=… nrcpt=… client=helo[ip]` per accepted message.
+//! RFCs: see `mta-smtp` (5321, 1870, 6152, 2920, 2034/3463, 6531, 3461, 3030).
 
+mod handler_table;
+mod intake;
+mod listener;
+mod policy;
+
+use intake::Intake;
+use listener::Inbound;
+use mta_ipc::console::TellCommand;
 use mta_ipc::TaskStatus;
 use mta_task::{Task, TaskContext};
 use mta_types::TaskName;
@@ -10,24 +30,49 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Isesctl;
+/// How long sessions in progress may go on after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+struct Isesctl {
+    inbound: Inbound,
+}
 
 impl Task for Isesctl {
     const NAME: TaskName = TaskName::Isesctl;
 
-    async fn start(_ctx: &TaskContext) -> anyhow::Result<Self> {
-        Ok(Isesctl)
+    async fn start(ctx: &TaskContext) -> anyhow::Result<Self> {
+        let intake = Intake::spawn(ctx)?;
+        let inbound = Inbound::new(ctx, intake);
+        inbound.listen().await?;
+        Ok(Isesctl { inbound })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(Duration::from_secs(1)).await {}
+        ctx.shutdown_requested().await;
+        self.inbound.shutdown(SHUTDOWN_GRACE).await;
         Ok(())
     }
 
     fn status(&self) -> TaskStatus {
-        TaskStatus {
-            detail: "idle".into(),
-            handlers: Vec::new(),
+        self.inbound.status()
+    }
+
+    async fn tell(&self, _ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
+        match command {
+            TellCommand::StopInboundTransport => Ok(if self.inbound.stop().await {
+                "inbound transport stopped".into()
+            } else {
+                "inbound transport already stopped".into()
+            }),
+            TellCommand::StartInboundTransport => match self.inbound.listen().await {
+                Ok((true, listening)) => Ok(format!("inbound transport started: {listening}")),
+                Ok((false, listening)) => Ok(format!("inbound transport already {listening}")),
+                Err(e) => Err(format!("{e:#}")),
+            },
+            other => Err(format!(
+                "{} does not know the command {other:?}",
+                Self::NAME
+            )),
         }
     }
 }

@@ -1,0 +1,302 @@
+//! Intake: makes accepted messages durable, many at a time (group commit).
+//!
+//! One actor task owns this process's spool writer. A session's `deliver` sends its
+//! message here and waits; the actor takes the first message waiting, then every other
+//! one already queued (up to `MAX_BATCH`), appends their contents to the spool segment,
+//! syncs the spool ONCE, commits all their records to the Inbound Work Queue in ONE store
+//! transaction, and only then answers each session `250 … queued as <QID>` and kicks
+//! `imsgcnv` once. Nothing is acknowledged that is not durable: a spool failure answers
+//! `452 4.3.1` (disk full) or `451 4.3.0`, a store failure `451 4.3.0`.
+//!
+//! Logs one line per accepted message: `qid=… from=<…> size=… nrcpt=… client=helo[ip]`.
+
+use anyhow::Context as _;
+use mta_ipc::store::Change;
+use mta_ipc::{Kicker, StoreClient};
+use mta_smtp::Reply;
+use mta_spool::SpoolWriter;
+use mta_task::TaskContext;
+use mta_types::message::{
+    now_ms, ContentRef, Envelope, HopTrace, Location, MessageRecord, Notify, Recipient, Ret,
+    RECORD_SCHEMA,
+};
+use mta_types::{QueueId, QueueName};
+use std::net::IpAddr;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most messages made durable by one spool sync and one store commit.
+const MAX_BATCH: usize = 256;
+
+/// The sessions' handle on the intake actor (cheap to clone).
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Request>,
+}
+
+enum Request {
+    Deliver(Box<Job>),
+    /// Take no more messages, finish those queued, then answer.
+    Close(oneshot::Sender<()>),
+}
+
+struct Job {
+    /// Complete but for `content` (filled in once the content is in the spool).
+    record: MessageRecord,
+    content: Vec<u8>,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl Intake {
+    /// Opens the spool writer and starts the actor.
+    pub fn spawn(ctx: &TaskContext) -> anyhow::Result<Intake> {
+        let dir = ctx.config().spool_dir();
+        let spool = SpoolWriter::open(&dir, ctx.me().as_str())
+            .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let actor = Actor {
+            spool: Some(spool),
+            store: ctx.store().clone(),
+            imsgcnv: ctx.kicker(QueueName::InboundWork),
+            closed: None,
+        };
+        tokio::spawn(actor.run(rx));
+        Ok(Intake { tx })
+    }
+
+    /// Makes one message durable in the Inbound Work Queue; the reply for the end of DATA.
+    pub async fn deliver(&self, qid: QueueId, env: &mta_smtp::Envelope, content: Vec<u8>) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            record: record_for(qid, env, content.len() as u64),
+            content,
+            reply,
+        };
+        if self.tx.send(Request::Deliver(Box::new(job))).await.is_err() {
+            tracing::warn!(qid = %qid, "intake closed (shutting down): message not accepted");
+            return Reply::local_error();
+        }
+        answer.await.unwrap_or_else(|_| Reply::local_error())
+    }
+
+    /// Stops taking messages and waits until those already handed in are answered.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Request::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+struct Actor {
+    /// Lent to a blocking thread during each batch's file I/O.
+    spool: Option<SpoolWriter>,
+    store: StoreClient,
+    imsgcnv: Kicker,
+    closed: Option<oneshot::Sender<()>>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::new();
+            self.take(first, &mut batch, &mut rx);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(request) => self.take(request, &mut batch, &mut rx),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.make_durable(batch).await;
+            }
+        }
+        // Closed and drained (or every session handle is gone).
+        if let Some(done) = self.closed.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn take(&mut self, request: Request, batch: &mut Vec<Job>, rx: &mut mpsc::Receiver<Request>) {
+        match request {
+            Request::Deliver(job) => batch.push(*job),
+            Request::Close(done) => {
+                // `recv` now yields what is already queued, then None.
+                rx.close();
+                self.closed = Some(done);
+            }
+        }
+    }
+
+    async fn make_durable(&mut self, batch: Vec<Job>) {
+        let spool = self
+            .spool
+            .take()
+            .expect("the spool writer is back after each batch");
+        let (spool, written) = tokio::task::spawn_blocking(move || write_batch(spool, batch))
+            .await
+            .expect("spool writer thread panicked");
+        self.spool = Some(spool);
+
+        let mut durable = Vec::with_capacity(written.len());
+        for (job, result) in written {
+            match result {
+                Ok(content) => durable.push((job, content)),
+                Err(reply) => {
+                    let _ = job.reply.send(reply);
+                }
+            }
+        }
+        if durable.is_empty() {
+            return;
+        }
+        let changes = durable
+            .iter()
+            .map(|(job, content)| {
+                let mut record = job.record.clone();
+                record.content = content.clone();
+                Change::Put(record)
+            })
+            .collect();
+        match self.store.commit(changes).await {
+            Ok(()) => {
+                for (job, _) in durable {
+                    log_queued(&job.record);
+                    let _ = job.reply.send(Reply::queued(job.record.id));
+                }
+                self.imsgcnv.kick();
+            }
+            Err(e) => {
+                for (job, _) in durable {
+                    tracing::warn!(qid = %job.record.id, error = %e, "store commit failed: message not accepted");
+                    let _ = job.reply.send(Reply::local_error());
+                }
+            }
+        }
+    }
+}
+
+/// Appends every message of the batch and syncs once (blocking file I/O).
+#[allow(clippy::type_complexity)]
+fn write_batch(
+    mut spool: SpoolWriter,
+    batch: Vec<Job>,
+) -> (SpoolWriter, Vec<(Job, Result<ContentRef, Reply>)>) {
+    let mut written = Vec::with_capacity(batch.len());
+    for mut job in batch {
+        let content = std::mem::take(&mut job.content);
+        let result = spool.append(&[&content]).map_err(|e| {
+            tracing::warn!(qid = %job.record.id, error = %e, "spool write failed: message not accepted");
+            spool_reply(&e)
+        });
+        written.push((job, result));
+    }
+    if written.iter().any(|(_, r)| r.is_ok()) {
+        if let Err(e) = spool.sync() {
+            tracing::warn!(error = %e, "spool sync failed: batch not accepted");
+            let reply = spool_reply(&e);
+            for (_, result) in written.iter_mut() {
+                if result.is_ok() {
+                    *result = Err(reply.clone());
+                }
+            }
+        }
+    }
+    (spool, written)
+}
+
+fn spool_reply(e: &mta_spool::SpoolError) -> Reply {
+    if e.is_disk_full() {
+        Reply::storage_full()
+    } else {
+        Reply::local_error()
+    }
+}
+
+fn log_queued(record: &MessageRecord) {
+    let env = &record.envelope;
+    let from = env
+        .mail_from
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        qid = %record.id,
+        from = %format_args!("<{from}>"),
+        size = record.size,
+        nrcpt = record.recipients.len(),
+        client = %format_args!("{}[{}]", env.helo, env.client_ip),
+        "queued"
+    );
+}
+
+/// The native document for a message just received, waiting for its content reference.
+fn record_for(qid: QueueId, env: &mta_smtp::Envelope, size: u64) -> MessageRecord {
+    let ip = match env.client.peer.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    MessageRecord {
+        schema: RECORD_SCHEMA,
+        id: qid,
+        location: Location::Queue(QueueName::InboundWork),
+        received_at: now_ms(),
+        size,
+        envelope: Envelope {
+            mail_from: env.mail_from.clone(),
+            ret: env.mail_params.ret.map(|r| match r {
+                mta_smtp::Ret::Full => Ret::Full,
+                mta_smtp::Ret::Hdrs => Ret::Hdrs,
+            }),
+            envid: env.mail_params.envid.clone(),
+            helo: env.helo.clone(),
+            client_ip: ip.to_string(),
+            protocol: env.protocol.to_string(),
+            utf8: env.utf8,
+            eight_bit: env.eight_bit,
+        },
+        recipients: env
+            .rcpts
+            .iter()
+            .map(|(address, params)| {
+                let mut r = Recipient::new(address.clone());
+                r.orcpt = params
+                    .orcpt
+                    .as_ref()
+                    .map(|(kind, addr)| format!("{kind};{addr}"));
+                r.notify = params.notify.map(notify);
+                r
+            })
+            .collect(),
+        content: ContentRef {
+            segment: String::new(),
+            offset: 0,
+            len: size,
+        },
+        fields: None,
+        trace: HopTrace::default(),
+        not_before: 0,
+        note: None,
+    }
+}
+
+fn notify(n: mta_smtp::Notify) -> Notify {
+    match n {
+        mta_smtp::Notify::Never => Notify {
+            never: true,
+            ..Notify::default()
+        },
+        mta_smtp::Notify::On {
+            success,
+            failure,
+            delay,
+        } => Notify {
+            never: false,
+            success,
+            failure,
+            delay,
+        },
+    }
+}

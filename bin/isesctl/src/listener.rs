@@ -1,0 +1,244 @@
+//! The inbound transport: listening sockets, the accept loop, and one session per
+//! accepted connection on a handler from the handler table.
+//!
+//! A handler permit (one of `max_handlers`) is taken BEFORE `accept()`: with every handler
+//! busy the controller stops accepting, new connections wait in the kernel's backlog, and
+//! accepting resumes when a session ends (Domino's behaviour, seed exercise 2).
+//! `stop` closes every listening socket (new connections are refused; sessions in progress
+//! finish); `start` binds them again.
+//!
+//! Config read: `[inbound]` (listen, max_handlers, limits and timeouts), `hostname`.
+//! Logs (SMTPDebug >= 1): one line at connect and one summary line at disconnect.
+
+use crate::handler_table::{Assigned, HandlerTable};
+use crate::intake::Intake;
+use crate::policy::SessionPolicy;
+use anyhow::Context as _;
+use mta_ipc::TaskStatus;
+use mta_smtp::{run_session, ClientInfo, SessionConfig};
+use mta_task::TaskContext;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// The inbound transport and its sessions.
+pub struct Inbound {
+    shared: Arc<Shared>,
+    /// Present while listening; serialises start and stop.
+    running: tokio::sync::Mutex<Option<Running>>,
+    /// The addresses listened on now (empty: stopped), for `show tasks`.
+    listening: Mutex<Vec<SocketAddr>>,
+}
+
+/// What the accept loop and the sessions share.
+struct Shared {
+    ctx: TaskContext,
+    intake: Intake,
+    session: SessionConfig,
+    table: Arc<HandlerTable>,
+    /// One per handler: held by a session, or by the accept loop while it waits in accept.
+    permits: Arc<Semaphore>,
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Inbound {
+    pub fn new(ctx: &TaskContext, intake: Intake) -> Inbound {
+        let config = ctx.config();
+        let inbound = &config.inbound;
+        let session = SessionConfig {
+            hostname: config.hostname.clone(),
+            max_message_size: inbound.max_message_size,
+            max_recipients: inbound.max_recipients,
+            max_line_length: inbound.max_line_length,
+            command_timeout: inbound.command_timeout,
+            data_timeout: inbound.data_timeout,
+            session_timeout: inbound.session_timeout,
+            max_errors: inbound.max_errors,
+        };
+        let max = inbound.max_handlers.max(1);
+        Inbound {
+            shared: Arc::new(Shared {
+                ctx: ctx.clone(),
+                intake,
+                session,
+                table: Arc::new(HandlerTable::new(max)),
+                permits: Arc::new(Semaphore::new(max)),
+            }),
+            running: tokio::sync::Mutex::new(None),
+            listening: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Binds every `[inbound] listen` address and starts accepting. Says whether it was
+    /// stopped before, and where it listens now.
+    pub async fn listen(&self) -> anyhow::Result<(bool, String)> {
+        let mut running = self.running.lock().await;
+        if running.is_some() {
+            return Ok((false, self.listening_text()));
+        }
+        let mut listeners = Vec::new();
+        let mut bound = Vec::new();
+        for addr in &self.shared.ctx.config().inbound.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ([inbound] listen)"))?;
+            bound.push(listener.local_addr().unwrap_or(*addr));
+            listeners.push(listener);
+        }
+        let (stop, stopped) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(self.shared.clone(), listeners, stopped));
+        *running = Some(Running { stop, accept });
+        *self.listening.lock().expect("listening lock") = bound;
+        let text = self.listening_text();
+        tracing::info!("inbound transport started: {text}");
+        Ok((true, text))
+    }
+
+    /// Closes every listening socket; sessions in progress go on.
+    pub async fn stop(&self) -> bool {
+        let mut running = self.running.lock().await;
+        let Some(Running { stop, accept }) = running.take() else {
+            return false;
+        };
+        let _ = stop.send(true);
+        // The accept loop owns the sockets: once it has returned they are closed.
+        let _ = accept.await;
+        self.listening.lock().expect("listening lock").clear();
+        tracing::info!("inbound transport stopped");
+        true
+    }
+
+    /// Stops listening, gives sessions in progress up to `grace` to finish, then lets the
+    /// intake make durable what it holds.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop().await;
+        let max = self.shared.table.max() as u32;
+        let busy = self.shared.table.busy();
+        if busy > 0 {
+            tracing::info!("waiting up to {grace:?} for {busy} session(s) to finish");
+        }
+        let all_idle = self.shared.permits.acquire_many(max);
+        if tokio::time::timeout(grace, all_idle).await.is_err() {
+            tracing::warn!(
+                "{} session(s) still open after {grace:?}: dropping them",
+                self.shared.table.busy()
+            );
+        }
+        self.shared.intake.close().await;
+    }
+
+    pub fn status(&self) -> TaskStatus {
+        let max = self.shared.table.max();
+        let listening = !self.listening.lock().expect("listening lock").is_empty();
+        let detail = if !listening {
+            "inbound transport stopped".to_string()
+        } else if self.shared.table.busy() >= max {
+            format!("all {max} handlers busy: not accepting")
+        } else {
+            self.listening_text()
+        };
+        TaskStatus {
+            detail,
+            handlers: self.shared.table.rows(),
+        }
+    }
+
+    fn listening_text(&self) -> String {
+        let addrs = self.listening.lock().expect("listening lock");
+        let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        format!("listening on {}", list.join(", "))
+    }
+}
+
+/// Takes a handler permit, then accepts one connection from any listener and gives it to
+/// the handler; until told to stop. Returning drops (closes) the listeners.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            permit = shared.permits.clone().acquire_owned() => {
+                permit.expect("the handler permits are never closed")
+            }
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = accept_any(&listeners) => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let handler = shared.table.assign(peer, permit);
+                tokio::spawn(serve(shared.clone(), stream, peer, handler));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "accept failed");
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketAddr)> {
+    poll_fn(|cx| {
+        for listener in listeners {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One SMTP session on `handler` (iseshlrN); the handler is idle again when this returns.
+async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler: Assigned) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let debug = shared.ctx.knobs().smtp_debug >= 1;
+    let name = handler.name();
+    if debug {
+        tracing::info!(handler = %name, client = %peer, "connect from [{}]", peer.ip());
+    }
+    let mut hooks = SessionPolicy::new(shared.ctx.clone(), shared.intake.clone(), peer);
+    let summary = run_session(
+        stream,
+        ClientInfo { peer, local },
+        &shared.session,
+        &mut hooks,
+    )
+    .await;
+    if debug {
+        tracing::info!(
+            handler = %name,
+            client = %peer,
+            accepted = summary.accepted,
+            rejected = summary.rejected,
+            errors = summary.errors,
+            end = ?summary.end,
+            "disconnect from [{}]",
+            peer.ip()
+        );
+    }
+    drop(handler);
+}

@@ -1,0 +1,136 @@
+//! The inbound session's policy: which recipients are taken (local users, aliases and
+//! postmaster; relaying only for trusted clients), where accepted messages go (the
+//! intake), and the SMTPDebugIO transcript.
+//!
+//! Config read: `local_domains`, `trusted_networks`, the directory.
+
+use crate::intake::Intake;
+use mta_config::Config;
+use mta_smtp::{Direction, Envelope, RcptVerdict, Reply, SessionHooks};
+use mta_task::TaskContext;
+use mta_types::{Address, QueueId};
+use std::net::{IpAddr, SocketAddr};
+
+/// One session's hooks.
+pub struct SessionPolicy {
+    ctx: TaskContext,
+    intake: Intake,
+    peer: SocketAddr,
+    /// SMTPDebugIO, read at session start.
+    debug_io: u8,
+}
+
+impl SessionPolicy {
+    pub fn new(ctx: TaskContext, intake: Intake, peer: SocketAddr) -> SessionPolicy {
+        let debug_io = ctx.knobs().smtp_debug_io;
+        SessionPolicy {
+            ctx,
+            intake,
+            peer,
+            debug_io,
+        }
+    }
+}
+
+impl SessionHooks for SessionPolicy {
+    async fn check_rcpt(&mut self, _env: &Envelope, rcpt: &Address) -> RcptVerdict {
+        let verdict = rcpt_verdict(self.ctx.config(), self.peer.ip(), rcpt);
+        if let RcptVerdict::Reject(reply) = &verdict {
+            tracing::info!(client = %self.peer, to = %format_args!("<{rcpt}>"), "reject: RCPT: {}", reply.text());
+        }
+        verdict
+    }
+
+    async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
+        self.intake.deliver(qid, env, content).await
+    }
+
+    fn transcript(&mut self, dir: Direction, line: &[u8]) {
+        if self.debug_io == 0 {
+            return;
+        }
+        let arrow = match dir {
+            Direction::In => "<",
+            Direction::Out => ">",
+        };
+        // A multi-line reply comes as one piece: one log line per SMTP line.
+        let text = String::from_utf8_lossy(line);
+        for text in text
+            .split_terminator("\r\n")
+            .map(|t| t.trim_end_matches(['\r', '\n']))
+        {
+            tracing::info!(client = %self.peer, "{arrow} {text}");
+        }
+    }
+}
+
+/// RCPT policy (RFC 5321 3.6.2: no open relay).
+///
+/// - A local domain's address is taken if it is a directory user or alias, or postmaster
+///   (always, RFC 5321 4.5.1); else `550 5.1.1`. A `%`/`!`/quoted-`@` local part at a
+///   local domain is a relay attempt: `554 5.7.1` unless the client is trusted.
+/// - Any other domain (address literals included) only from a trusted client; else
+///   `554 5.7.1`.
+pub fn rcpt_verdict(config: &Config, client: IpAddr, rcpt: &Address) -> RcptVerdict {
+    let trusted = config.is_trusted(client);
+    if !config.is_local_domain(rcpt.domain()) {
+        return if trusted {
+            RcptVerdict::Accept
+        } else {
+            RcptVerdict::Reject(Reply::relay_denied(rcpt))
+        };
+    }
+    if rcpt.is_routing_hack() && !trusted {
+        return RcptVerdict::Reject(Reply::relay_denied(rcpt));
+    }
+    let directory = &config.directory;
+    if rcpt
+        .local_part_unquoted()
+        .eq_ignore_ascii_case("postmaster")
+        || directory.user_for(rcpt).is_some()
+        || directory.aliases_of(rcpt).is_some()
+    {
+        RcptVerdict::Accept
+    } else {
+        RcptVerdict::Reject(Reply::mailbox_unknown(rcpt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn shipped() -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc/smtpmta.toml");
+        Config::load(&path).expect("the shipped configuration loads")
+    }
+
+    fn code(config: &Config, ip: &str, rcpt: &str) -> u16 {
+        let addr: Address = rcpt.parse().expect("address");
+        match rcpt_verdict(config, ip.parse().unwrap(), &addr) {
+            RcptVerdict::Accept => 250,
+            RcptVerdict::Reject(reply) => reply.code,
+        }
+    }
+
+    #[test]
+    fn local_recipients() {
+        let c = shipped();
+        assert_eq!(code(&c, "192.0.2.1", "postmaster@localhost"), 250);
+        assert_eq!(code(&c, "192.0.2.1", "ROOT@localhost"), 250);
+        assert_eq!(code(&c, "192.0.2.1", "abuse@localhost"), 250);
+        assert_eq!(code(&c, "192.0.2.1", "nobody@localhost"), 550);
+    }
+
+    #[test]
+    fn relaying_only_for_trusted_clients() {
+        let c = shipped();
+        assert_eq!(code(&c, "127.0.0.1", "user@example.com"), 250);
+        assert_eq!(code(&c, "192.0.2.1", "user@example.com"), 554);
+        assert_eq!(code(&c, "192.0.2.1", "user@[127.0.0.9]"), 554);
+        assert_eq!(code(&c, "192.0.2.1", "user%example.com@localhost"), 554);
+        assert_eq!(code(&c, "192.0.2.1", "example.com!user@localhost"), 554);
+        assert_eq!(code(&c, "192.0.2.1", "\"user@example.com\"@localhost"), 554);
+    }
+}
