@@ -298,3 +298,85 @@ pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A raw SMTP client for protocol tests: exact bytes out, replies in.
+pub struct RawSmtp {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawSmtp {
+    /// Connects and reads the greeting.
+    pub fn connect(port: u16) -> (RawSmtp, String) {
+        Self::connect_from(None, port)
+    }
+
+    /// Connects from a given loopback source address (e.g. 127.0.0.2 for an untrusted client).
+    pub fn connect_from(source: Option<std::net::Ipv4Addr>, port: u16) -> (RawSmtp, String) {
+        let stream = match source {
+            None => std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+            Some(ip) => {
+                let socket = nix::sys::socket::socket(
+                    nix::sys::socket::AddressFamily::Inet,
+                    nix::sys::socket::SockType::Stream,
+                    nix::sys::socket::SockFlag::empty(),
+                    None,
+                )
+                .expect("socket");
+                let local = nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0));
+                nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &local).expect("bind source");
+                let remote =
+                    nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port));
+                nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &remote).expect("connect");
+                std::net::TcpStream::from(socket)
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut c = RawSmtp { stream, buf: Vec::new() };
+        let greeting = c.read_reply();
+        (c, greeting)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends one command line (CRLF added) and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// Reads one (possibly multi-line) reply; "" if the server closed the connection.
+    pub fn read_reply(&mut self) -> String {
+        use std::io::Read;
+        let mut reply = String::new();
+        loop {
+            while let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 2]).to_string();
+                let last = line.len() < 4 || line.as_bytes()[3] == b' ';
+                reply.push_str(&line);
+                if last {
+                    return reply;
+                }
+                reply.push('\n');
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return reply,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Files in a Maildir's `new/`.
+pub fn maildir_new(maildir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
