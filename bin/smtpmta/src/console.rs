@@ -1,7 +1,9 @@
 //! The supervisor's side of the console: execute a `ConsoleCommand`.
 
 use crate::Supervisor;
-use mta_ipc::console::{ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TaskRow, TellCommand};
+use mta_ipc::console::{
+    ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TaskRow, TellCommand,
+};
 use mta_ipc::{TaskClient, TaskRequest, TaskResponse};
 use mta_types::message::now_ms;
 use mta_types::TaskName;
@@ -17,6 +19,7 @@ pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply 
         ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup)),
         ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
         ConsoleCommand::ShowQueue => show_queue(sup),
+        ConsoleCommand::SetConfig { knob, value } => set_config(sup, &knob, &value).await,
         ConsoleCommand::ShowVersion => {
             ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
         }
@@ -138,6 +141,59 @@ async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
     rows
 }
 
+/// Validates the knob here, then pushes every knob to every running task; a task that
+/// (re)starts later gets them when it says it is ready.
+async fn set_config(sup: &Supervisor, knob: &str, value: &str) -> ConsoleReply {
+    let knobs = {
+        let mut knobs = sup.knobs.lock().expect("knob lock");
+        if let Err(e) = knobs.set(knob, value) {
+            return ConsoleReply::Error(e.to_string());
+        }
+        knobs.clone()
+    };
+    let mut failed = Vec::new();
+    for task in TaskName::CHILDREN {
+        if let Err(e) = push_knobs(&sup.config.run_dir(), task, &knobs).await {
+            failed.push(format!("{task}: {e}"));
+        }
+    }
+    let name = mta_config::DebugKnobs::NAMES
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(knob))
+        .copied()
+        .unwrap_or(knob);
+    if failed.is_empty() {
+        ConsoleReply::Text(format!("{name} set to {value} in every task"))
+    } else {
+        ConsoleReply::Text(format!(
+            "{name} set to {value}; not reached (they get it when they restart): {}",
+            failed.join(", ")
+        ))
+    }
+}
+
+pub async fn push_knobs(
+    run_dir: &std::path::Path,
+    task: TaskName,
+    knobs: &mta_config::DebugKnobs,
+) -> Result<(), String> {
+    let values: Vec<(String, u8)> = mta_config::DebugKnobs::NAMES
+        .iter()
+        .map(|n| (n.to_string(), knobs.get(n).unwrap_or(0)))
+        .collect();
+    let mut client = TaskClient::connect(run_dir, task, TaskName::Smtpmta)
+        .await
+        .map_err(|e| e.to_string())?;
+    match client
+        .request(&TaskRequest::SetKnobs(values))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        TaskResponse::Ack => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
 fn show_queue(sup: &Supervisor) -> ConsoleReply {
     use mta_types::Location;
     let engine = sup.store.engine();
@@ -154,8 +210,16 @@ fn show_queue(sup: &Supervisor) -> ConsoleReply {
         parked.push(ParkedMessage {
             qid: record.id.to_string(),
             state: record.location.label().to_string(),
-            from: record.envelope.mail_from.map(|a| a.to_string()).unwrap_or_default(),
-            recipients: record.recipients.iter().map(|r| r.address.to_string()).collect(),
+            from: record
+                .envelope
+                .mail_from
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            recipients: record
+                .recipients
+                .iter()
+                .map(|r| r.address.to_string())
+                .collect(),
             size: record.size,
             note: record.note.unwrap_or_default(),
         });

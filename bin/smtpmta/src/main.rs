@@ -46,7 +46,8 @@ pub struct Supervisor {
     pub store: StoreService,
     pub children: children::Children,
     pub started_ms: u64,
-    knobs: Mutex<DebugKnobs>,
+    /// The debug knobs in effect (`set config`), pushed to every task.
+    pub knobs: Mutex<DebugKnobs>,
     quit: Notify,
 }
 

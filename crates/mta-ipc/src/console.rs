@@ -44,6 +44,7 @@ pub const HELP: &[(&str, &str)] = &[
         "tell <task> show status",
         "the task's own status line (isesctl, imsgcnv, router, omsgcnv, osesctl, drt)",
     ),
+    ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
     ("help", "this list"),
 ];
 
@@ -101,6 +102,10 @@ pub enum ConsoleCommand {
     ShowConfig,
     ShowVersion,
     ShowQueue,
+    SetConfig {
+        knob: String,
+        value: String,
+    },
     Tell {
         task: TaskName,
         command: TellCommand,
@@ -122,6 +127,13 @@ impl ConsoleCommand {
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
             ["show" | "sh", "queue"] => Ok(ConsoleCommand::ShowQueue),
+            ["set", "config", _, _] => Ok(ConsoleCommand::SetConfig {
+                knob: words[2].to_string(),
+                value: words[3].to_string(),
+            }),
+            ["set", "config", ..] => {
+                Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
+            }
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
