@@ -79,6 +79,7 @@ impl Maildir {
         Maildir { root: root.into() }
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // for tests and diagnostics
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -1,38 +1,162 @@
 //! router — Router.
 //!
-//! The job is filled in by a later issue; for now the task runs on the shared skeleton,
-//! answers the console and waits for work.
+//! Reads: `mail.box` (claims up to 256 due messages at a time, lease 120 s).
+//! Writes: local recipients to their Maildir (`maildir.rs`: tmp/ + fsync, rename into new/,
+//! fsync the directory) with `Return-Path:` and `Delivered-To:` prepended; per-recipient
+//! outcomes in the record (delivered / pending with an attempt and a retry time / failed
+//! 5.1.1); then the record is `Done`, stays in `mail.box` until its next local retry, or moves
+//! to `smtp.box` for its non-local recipients (`routing.rs` has the rules, aliases included).
+//! One store commit per batch. Kicks: `omsgcnv`, once per batch that filled `smtp.box`.
+//! Config: `local_domains`, `directory` (users and aliases), `[outbound] retry`; knob
+//! `Log_MailRouting` (20: alias expansions; 30: mailboxes and next queues).
+//! Logs: one line per recipient outcome, Postfix style (`local_delivery.rs`).
+//! Answers: `show tasks` ("idle; delivered N, deferred M, bounced B, to smtp.box K"),
+//! `tell router show queue` (messages per location and queue).
 
-#[allow(dead_code)] // used by the delivery loop once it lands
+mod local_delivery;
 mod maildir;
+mod routing;
 
+use local_delivery::{deliver_batch, Stats};
+use mta_ipc::console::TellCommand;
 use mta_ipc::TaskStatus;
 use mta_task::{Task, TaskContext};
-use mta_types::TaskName;
+use mta_types::{QueueName, TaskName};
+use routing::Routing;
+use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Router;
+/// Most messages claimed at once.
+const BATCH: u32 = 256;
+/// How long a claim is ours before the store gives it to someone else.
+const LEASE: Duration = Duration::from_secs(120);
+/// Poll interval when no kick comes (also how soon a due retry is noticed).
+const POLL: Duration = Duration::from_secs(1);
+
+struct Router {
+    stats: Arc<Stats>,
+    busy: AtomicBool,
+}
 
 impl Task for Router {
     const NAME: TaskName = TaskName::Router;
 
     async fn start(_ctx: &TaskContext) -> anyhow::Result<Self> {
-        Ok(Router)
+        Ok(Router {
+            stats: Arc::new(Stats::default()),
+            busy: AtomicBool::new(false),
+        })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(Duration::from_secs(1)).await {}
+        while ctx.next_work(POLL).await {
+            // Keep going while full batches come back: there may be more waiting.
+            while !ctx.shutting_down() && self.one_batch(&ctx).await == BATCH as usize {}
+        }
         Ok(())
     }
 
     fn status(&self) -> TaskStatus {
+        let s = &self.stats;
+        let state = if self.busy.load(Ordering::Relaxed) {
+            "routing"
+        } else {
+            "idle"
+        };
         TaskStatus {
-            detail: "idle".into(),
+            detail: format!(
+                "{state}; delivered {}, deferred {}, bounced {}, to smtp.box {}",
+                s.delivered.load(Ordering::Relaxed),
+                s.deferred.load(Ordering::Relaxed),
+                s.bounced.load(Ordering::Relaxed),
+                s.to_smtp.load(Ordering::Relaxed)
+            ),
             handlers: Vec::new(),
         }
     }
+
+    async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
+        match command {
+            TellCommand::Other(words)
+                if words.len() == 2
+                    && words[0].eq_ignore_ascii_case("show")
+                    && words[1].eq_ignore_ascii_case("queue") =>
+            {
+                show_queue(ctx).await
+            }
+            TellCommand::Other(words) => Err(format!(
+                "router does not know `{}` (it knows: show queue)",
+                words.join(" ")
+            )),
+            other => Err(format!(
+                "router does not know the command {other:?} (it knows: show queue)"
+            )),
+        }
+    }
+}
+
+impl Router {
+    /// Claims, routes and commits one batch; returns how many messages it claimed.
+    async fn one_batch(&self, ctx: &TaskContext) -> usize {
+        let records = match ctx.store().claim(QueueName::MailBox, BATCH, LEASE).await {
+            Ok(r) if r.is_empty() => return 0,
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot claim from {}: {e}", QueueName::MailBox);
+                return 0;
+            }
+        };
+        let claimed = records.len();
+        let ids: Vec<_> = records.iter().map(|r| r.id).collect();
+        self.busy.store(true, Ordering::Relaxed);
+
+        let log_level = ctx.knobs().log_mail_routing;
+        let (task_ctx, stats) = (ctx.clone(), self.stats.clone());
+        let batch = tokio::task::spawn_blocking(move || {
+            let config = task_ctx.config();
+            let routing = Routing {
+                directory: &config.directory,
+                local_domains: &config.local_domains,
+                retry: &config.outbound.retry,
+            };
+            deliver_batch(records, &routing, &config.spool_dir(), log_level, &stats)
+        })
+        .await
+        .expect("routing panicked");
+
+        let result = ctx.store().commit(batch.changes).await;
+        self.busy.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) if batch.to_smtp > 0 => ctx.kicker(QueueName::SmtpBox).kick(),
+            Ok(()) => {}
+            Err(e) => {
+                // The mailboxes are written but the outcomes are not recorded: the messages
+                // come back and are delivered again (at-least-once, never lost).
+                tracing::warn!("cannot commit {claimed} routed messages: {e}");
+                let _ = ctx.store().release(ids).await;
+                return 0;
+            }
+        }
+        claimed
+    }
+}
+
+/// `tell router show queue`: messages per location and queue.
+async fn show_queue(ctx: &TaskContext) -> Result<String, String> {
+    let counts = ctx.store().counts().await.map_err(|e| e.to_string())?;
+    if counts.rows.is_empty() {
+        return Ok("No messages in any queue.".into());
+    }
+    let mut out = format!("{:<20} {:<16} {:>8}\n", "State", "Queue", "Messages");
+    for (label, queue, count) in &counts.rows {
+        let _ = writeln!(out, "{label:<20} {queue:<16} {count:>8}");
+    }
+    let total: u64 = counts.rows.iter().map(|r| r.2).sum();
+    let _ = write!(out, "{:<20} {:<16} {total:>8}", "Total", "");
+    Ok(out)
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,198 @@
+//! One claimed batch of `mail.box`: route each message (`routing.rs`), write its local
+//! mailboxes (`maildir.rs`), log each recipient's outcome and return the changes to commit.
+//!
+//! Content is read from the spool once per message, and only when it has a mailbox to write.
+//! Each mailbox gets `Return-Path:` and `Delivered-To:` prepended (`mta-convert`).
+//!
+//! Log lines, Postfix style, one per recipient outcome:
+//! `qid=… to=<…> [orig_to=<…>] relay=local delay=0.12 dsn=2.0.0 status=sent (delivered to maildir)`,
+//! `status=bounced (user unknown)`, `status=deferred (reason)`; `qid=… removed` when the
+//! record is done. `Log_MailRouting` 20 adds alias expansions; 30 adds the mailbox chosen
+//! for each write and where each message goes next.
+
+use crate::maildir::Maildir;
+use crate::routing::{LocalFailure, MailboxDelivery, Routing};
+use mta_convert::trace_headers_for_delivery;
+use mta_ipc::store::Change;
+use mta_types::message::{now_ms, UnixMillis};
+use mta_types::{Location, MessageRecord, QueueName, RcptStatus, Recipient};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters for `show tasks` (per recipient, except `to_smtp`: messages).
+#[derive(Default)]
+pub struct Stats {
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+    pub to_smtp: AtomicU64,
+}
+
+/// The outcome of a batch.
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// Messages moved to `smtp.box` (omsgcnv is kicked when non-zero).
+    pub to_smtp: usize,
+}
+
+/// Routes and delivers a claimed batch (blocking: reads the spool and writes Maildirs).
+pub fn deliver_batch(
+    records: Vec<MessageRecord>,
+    routing: &Routing<'_>,
+    spool_dir: &Path,
+    log_level: u8,
+    stats: &Stats,
+) -> Batch {
+    let mut changes = Vec::with_capacity(records.len());
+    let mut to_smtp = 0;
+    for mut record in records {
+        let location = deliver_one(&mut record, routing, spool_dir, log_level, stats);
+        if location == Location::Queue(QueueName::SmtpBox) {
+            to_smtp += 1;
+            stats.to_smtp.fetch_add(1, Ordering::Relaxed);
+        }
+        changes.push(Change::Put(record));
+    }
+    Batch { changes, to_smtp }
+}
+
+fn deliver_one(
+    record: &mut MessageRecord,
+    routing: &Routing<'_>,
+    spool_dir: &Path,
+    log_level: u8,
+    stats: &Stats,
+) -> Location {
+    let qid = record.id;
+    let now = now_ms();
+    let plan = routing.plan(record, now);
+    if log_level >= 20 {
+        for (alias, targets) in &plan.expansions {
+            let list: Vec<String> = targets.iter().map(|t| format!("<{t}>")).collect();
+            tracing::info!("qid={qid} alias <{alias}> expanded to {}", list.join(", "));
+        }
+    }
+    for &i in &plan.bounced {
+        log_outcome(record, i, now);
+        stats.bounced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    if !plan.deliveries.is_empty() {
+        let content = mta_spool::read(spool_dir, &record.content);
+        for delivery in &plan.deliveries {
+            if log_level >= 30 {
+                tracing::info!(
+                    "qid={qid} mailbox of {} is {}",
+                    delivery.user,
+                    delivery.maildir.display()
+                );
+            }
+            let result = match &content {
+                Ok(bytes) => write_mailbox(record, delivery, bytes),
+                Err(e) => Err(LocalFailure {
+                    dsn: "4.3.0".into(),
+                    reason: format!("cannot read the content: {e}"),
+                }),
+            };
+            let now = now_ms();
+            routing.record_delivery(record, delivery, result.as_ref().map(|_| ()), now);
+            let counter = if result.is_ok() {
+                &stats.delivered
+            } else {
+                &stats.deferred
+            };
+            for &i in &delivery.recipients {
+                log_outcome(record, i, now);
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    let now = now_ms();
+    let location = routing.finish(record, now);
+    match location {
+        Location::Done => tracing::info!("qid={qid} removed"),
+        Location::Queue(QueueName::MailBox) if log_level >= 30 => tracing::info!(
+            "qid={qid} waits in mail.box for a local retry in {}s",
+            record.not_before.saturating_sub(now).div_ceil(1000)
+        ),
+        _ if log_level >= 30 => tracing::info!("qid={qid} moved to {}", describe(location)),
+        _ => {}
+    }
+    location
+}
+
+fn write_mailbox(
+    record: &MessageRecord,
+    delivery: &MailboxDelivery,
+    content: &[u8],
+) -> Result<(), LocalFailure> {
+    let prefix =
+        trace_headers_for_delivery(record.envelope.mail_from.as_ref(), &delivery.delivered_to);
+    Maildir::new(&delivery.maildir)
+        .deliver(prefix.as_bytes(), content)
+        .map(|_| ())
+        .map_err(|e| {
+            // Routing defers every local failure; that is right only while all are transient.
+            debug_assert!(e.is_transient(), "a permanent local delivery error: {e}");
+            LocalFailure {
+                dsn: e.enhanced_status().to_string(),
+                reason: e.to_string(),
+            }
+        })
+}
+
+fn describe(location: Location) -> String {
+    match location {
+        Location::Queue(q) => q.to_string(),
+        other => other.label().to_string(),
+    }
+}
+
+/// `delay=` as Postfix writes it: seconds since the message was received.
+fn delay(record: &MessageRecord, now: UnixMillis) -> String {
+    let ms = now.saturating_sub(record.received_at);
+    if ms < 10_000 {
+        format!("{:.2}", ms as f64 / 1000.0)
+    } else {
+        format!("{}", ms / 1000)
+    }
+}
+
+/// `orig_to=<…>` when the recipient came from an alias (its ORCPT names another address).
+fn orig_to(r: &Recipient) -> String {
+    let Some(orcpt) = r.orcpt.as_deref() else {
+        return String::new();
+    };
+    let original = orcpt.split_once(';').map_or(orcpt, |(_, addr)| addr).trim();
+    if original.eq_ignore_ascii_case(&r.address.to_string()) {
+        String::new()
+    } else {
+        format!(" orig_to=<{original}>")
+    }
+}
+
+fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
+    let r = &record.recipients[i];
+    let head = format!(
+        "qid={} to=<{}>{} relay=local delay={}",
+        record.id,
+        r.address,
+        orig_to(r),
+        delay(record, now)
+    );
+    match &r.status {
+        RcptStatus::Delivered { .. } => {
+            tracing::info!("{head} dsn=2.0.0 status=sent (delivered to maildir)")
+        }
+        RcptStatus::Failed { status, reason, .. } => {
+            tracing::info!("{head} dsn={status} status=bounced ({reason})")
+        }
+        RcptStatus::Pending => {
+            let reply = r.attempts.last().map(|a| a.reply.as_str()).unwrap_or("");
+            let (dsn, reason) = reply.split_once(' ').unwrap_or(("4.3.0", reply));
+            tracing::warn!("{head} dsn={dsn} status=deferred ({reason})")
+        }
+        RcptStatus::Relayed { .. } => {}
+    }
+}

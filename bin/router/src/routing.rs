@@ -1,0 +1,535 @@
+//! The routing decisions for one message, without I/O: which recipients are delivered to which
+//! local mailbox, which fail, which wait, and which queue the message goes to next.
+//!
+//! Per recipient that is `Pending` and due (`next_retry` passed or unset):
+//!
+//! - **Non-local domain**: left `Pending` for the outbound tasks (`smtp.box`).
+//! - **Local alias** (the first time the recipient is routed, i.e. it has no attempts yet): the
+//!   alias is expanded (`Directory::expand`: recursive, de-duplicated, loop-guarded) and every
+//!   target that is not already a recipient of the message is **added as a new recipient**,
+//!   inheriting NOTIFY and ORCPT (ORCPT defaults to the alias, so logs and delivery reports name
+//!   what the sender wrote). The alias itself becomes final (`Delivered`, "alias expanded to
+//!   …", the DSN "expanded" action). Materialising the targets gives each its own state:
+//!   a partial failure retries only the mailbox that failed (no duplicate in the others), a
+//!   remote target stays `Pending` for `smtp.box`, and an unknown target fails alone. When the
+//!   expansion contains the alias itself (a loop kept by the loop guard) the alias is also
+//!   delivered as an address. Added recipients are never expanded again.
+//! - **Local address**: the directory's user for it; recipients sharing a user's Maildir are
+//!   grouped so the message is written **once per mailbox**. No user: `Failed` 5.1.1 "user
+//!   unknown".
+//!
+//! After the deliveries (`record_delivery`), `finish` moves the message on: every recipient
+//! final → `Done`; a local recipient waiting for a retry → stays in `mail.box` with
+//! `not_before` = its earliest retry (non-local recipients wait with it, so the message is
+//! never in two queues); otherwise → `smtp.box` for the non-local recipients.
+
+use mta_config::Directory;
+use mta_types::message::{Attempt, UnixMillis};
+use mta_types::{Address, Domain, Location, MessageRecord, QueueName, RcptStatus, Recipient};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Used when `[outbound] retry` is empty.
+const DEFAULT_RETRY: Duration = Duration::from_secs(60);
+
+/// What routing needs from the configuration.
+pub struct Routing<'a> {
+    pub directory: &'a Directory,
+    pub local_domains: &'a [Domain],
+    /// `[outbound] retry`: waits between attempts, the last one repeating.
+    pub retry: &'a [Duration],
+}
+
+/// One mailbox to write, and the recipients (indexes into `record.recipients`) it satisfies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxDelivery {
+    /// The directory user's name (for logs and the recipient's `Delivered` status).
+    pub user: String,
+    pub maildir: PathBuf,
+    /// The `Delivered-To:` address: the first recipient for this mailbox.
+    pub delivered_to: Address,
+    pub recipients: Vec<usize>,
+}
+
+/// What `plan` decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub deliveries: Vec<MailboxDelivery>,
+    /// Aliases expanded, with their targets (for `Log_MailRouting` 20 and up).
+    pub expansions: Vec<(Address, Vec<Address>)>,
+    /// Recipients that failed for good while planning (unknown users).
+    pub bounced: Vec<usize>,
+}
+
+/// A local delivery that did not happen (to be retried).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalFailure {
+    /// RFC 3463 code, e.g. "4.3.0".
+    pub dsn: String,
+    pub reason: String,
+}
+
+impl Routing<'_> {
+    pub fn is_local(&self, domain: &Domain) -> bool {
+        self.local_domains.contains(domain)
+    }
+
+    /// True for a recipient this pass should route locally.
+    fn due_local(&self, r: &Recipient, now: UnixMillis) -> bool {
+        r.status == RcptStatus::Pending
+            && r.next_retry.is_none_or(|t| t <= now)
+            && self.is_local(r.address.domain())
+    }
+
+    /// Expands aliases (adding recipients), fails unknown users and groups the rest by mailbox.
+    pub fn plan(&self, record: &mut MessageRecord, now: UnixMillis) -> Plan {
+        let mut plan = Plan::default();
+        let first_added = record.recipients.len();
+        let mut i = 0;
+        while i < record.recipients.len() {
+            if !self.due_local(&record.recipients[i], now) {
+                i += 1;
+                continue;
+            }
+            let may_expand = i < first_added && record.recipients[i].attempts.is_empty();
+            if may_expand && !self.expand(record, i, now, &mut plan) {
+                i += 1;
+                continue;
+            }
+            let address = &record.recipients[i].address;
+            match self.directory.user_for(address) {
+                Some(user) => match plan
+                    .deliveries
+                    .iter_mut()
+                    .find(|d| d.maildir == user.maildir)
+                {
+                    Some(d) => d.recipients.push(i),
+                    None => plan.deliveries.push(MailboxDelivery {
+                        user: user.name.clone(),
+                        maildir: user.maildir.clone(),
+                        delivered_to: address.clone(),
+                        recipients: vec![i],
+                    }),
+                },
+                None => {
+                    record.recipients[i].status = RcptStatus::Failed {
+                        at: now,
+                        status: "5.1.1".into(),
+                        reason: "user unknown".into(),
+                    };
+                    record.recipients[i].next_retry = None;
+                    plan.bounced.push(i);
+                }
+            }
+            i += 1;
+        }
+        plan
+    }
+
+    /// Expands recipient `i` if it is an alias. Returns true when `i` itself is still to be
+    /// delivered as an address (not an alias, or an alias that includes itself).
+    fn expand(
+        &self,
+        record: &mut MessageRecord,
+        i: usize,
+        now: UnixMillis,
+        plan: &mut Plan,
+    ) -> bool {
+        let alias = record.recipients[i].address.clone();
+        let key = alias.lookup_key();
+        let targets = self.directory.expand(&alias);
+        if targets.len() == 1 && targets[0].lookup_key() == key {
+            return true; // not an alias
+        }
+        let orcpt = record.recipients[i]
+            .orcpt
+            .clone()
+            .unwrap_or_else(|| format!("rfc822;{alias}"));
+        let notify = record.recipients[i].notify;
+        let mut includes_itself = false;
+        for t in &targets {
+            let t_key = t.lookup_key();
+            if t_key == key {
+                includes_itself = true;
+            } else if !record
+                .recipients
+                .iter()
+                .any(|r| r.address.lookup_key() == t_key)
+            {
+                let mut added = Recipient::new(t.clone());
+                added.orcpt = Some(orcpt.clone());
+                added.notify = notify;
+                record.recipients.push(added);
+            }
+        }
+        let list = targets.iter().map(ToString::to_string).collect::<Vec<_>>();
+        plan.expansions.push((alias, targets));
+        if includes_itself {
+            return true;
+        }
+        let r = &mut record.recipients[i];
+        r.next_retry = None;
+        if list.is_empty() {
+            r.status = RcptStatus::Failed {
+                at: now,
+                status: "5.1.1".into(),
+                reason: "alias has no members".into(),
+            };
+            plan.bounced.push(i);
+        } else {
+            r.status = RcptStatus::Delivered {
+                at: now,
+                mailbox: format!("alias expanded to {}", list.join(", ")),
+            };
+        }
+        false
+    }
+
+    /// Records the outcome of writing `delivery`'s mailbox for each of its recipients.
+    pub fn record_delivery(
+        &self,
+        record: &mut MessageRecord,
+        delivery: &MailboxDelivery,
+        outcome: Result<(), &LocalFailure>,
+        now: UnixMillis,
+    ) {
+        for &i in &delivery.recipients {
+            let r = &mut record.recipients[i];
+            match outcome {
+                Ok(()) => {
+                    r.status = RcptStatus::Delivered {
+                        at: now,
+                        mailbox: delivery.user.clone(),
+                    };
+                    r.next_retry = None;
+                }
+                Err(failure) => {
+                    r.attempts.push(Attempt {
+                        at: now,
+                        host: "local".into(),
+                        reply: format!("{} {}", failure.dsn, failure.reason),
+                    });
+                    r.next_retry =
+                        Some(now + self.retry_after(r.attempts.len()).as_millis() as u64);
+                    record.note = Some(format!(
+                        "local delivery to {} deferred: {}",
+                        delivery.user, failure.reason
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The wait after the `attempts`-th failed attempt (1-based; the last wait repeats).
+    pub fn retry_after(&self, attempts: usize) -> Duration {
+        let n = attempts
+            .saturating_sub(1)
+            .min(self.retry.len().saturating_sub(1));
+        self.retry.get(n).copied().unwrap_or(DEFAULT_RETRY)
+    }
+
+    /// Sets where the message goes next (and `not_before` when it waits for a local retry).
+    pub fn finish(&self, record: &mut MessageRecord, now: UnixMillis) -> Location {
+        record.trace.route.push(("router".to_string(), now));
+        let location = if record.all_final() {
+            Location::Done
+        } else if let Some(retry) = record
+            .recipients
+            .iter()
+            .filter(|r| r.status == RcptStatus::Pending && self.is_local(r.address.domain()))
+            .map(|r| r.next_retry.unwrap_or(now))
+            .min()
+        {
+            record.not_before = retry;
+            Location::Queue(QueueName::MailBox)
+        } else {
+            record.not_before = now;
+            Location::Queue(QueueName::SmtpBox)
+        };
+        record.location = location;
+        location
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_config::User;
+    use mta_types::message::{ContentRef, Envelope, HopTrace, RECORD_SCHEMA};
+    use mta_types::QueueId;
+    use std::collections::BTreeMap;
+
+    fn a(s: &str) -> Address {
+        s.parse().unwrap()
+    }
+
+    fn directory() -> Directory {
+        let user = |name: &str, addrs: &[&str]| User {
+            name: name.into(),
+            addresses: addrs.iter().map(|s| a(s)).collect(),
+            maildir: PathBuf::from(format!("/var/mail/{name}")),
+        };
+        let mut aliases = BTreeMap::new();
+        let mut alias = |k: &str, v: &[&str]| {
+            aliases.insert(a(k).lookup_key(), v.iter().map(|s| a(s)).collect());
+        };
+        alias("abuse@localhost", &["postmaster@localhost"]);
+        alias("staff@localhost", &["alice@localhost", "bob@localhost"]);
+        alias("team@localhost", &["staff@localhost", "root@localhost"]);
+        alias("fwd@localhost", &["someone@example.org", "alice@localhost"]);
+        alias("typo@localhost", &["nobody@localhost", "alice@localhost"]);
+        alias("loop@localhost", &["loop@localhost", "bob@localhost"]);
+        Directory {
+            users: vec![
+                user("postmaster", &["postmaster@localhost", "root@localhost"]),
+                user("alice", &["alice@localhost"]),
+                user("bob", &["bob@localhost", "loop@localhost"]),
+            ],
+            aliases,
+        }
+    }
+
+    fn record(rcpts: &[&str]) -> MessageRecord {
+        MessageRecord {
+            schema: RECORD_SCHEMA,
+            id: QueueId::generate(),
+            location: Location::Queue(QueueName::MailBox),
+            received_at: 0,
+            size: 10,
+            envelope: Envelope {
+                mail_from: Some(a("sender@example.org")),
+                ret: None,
+                envid: None,
+                helo: "client".into(),
+                client_ip: "127.0.0.1".into(),
+                protocol: "ESMTP".into(),
+                utf8: false,
+                eight_bit: false,
+            },
+            recipients: rcpts.iter().map(|s| Recipient::new(a(s))).collect(),
+            content: ContentRef {
+                segment: "s".into(),
+                offset: 0,
+                len: 10,
+            },
+            fields: None,
+            trace: HopTrace::default(),
+            not_before: 0,
+            note: None,
+        }
+    }
+
+    const RETRY: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(300)];
+    const NOW: UnixMillis = 1_000_000;
+
+    /// Plans, applies `fail` (users whose mailbox write fails), finishes.
+    fn route(
+        dir: &Directory,
+        rec: &mut MessageRecord,
+        fail: &[&str],
+        now: UnixMillis,
+    ) -> (Plan, Location) {
+        let domains: [Domain; 1] = ["localhost".parse().unwrap()];
+        let routing = Routing {
+            directory: dir,
+            local_domains: &domains,
+            retry: &RETRY,
+        };
+        let plan = routing.plan(rec, now);
+        let failure = LocalFailure {
+            dsn: "4.3.0".into(),
+            reason: "disk on fire".into(),
+        };
+        for d in &plan.deliveries {
+            let outcome = if fail.contains(&d.user.as_str()) {
+                Err(&failure)
+            } else {
+                Ok(())
+            };
+            routing.record_delivery(rec, d, outcome, now);
+        }
+        let loc = routing.finish(rec, now);
+        (plan, loc)
+    }
+
+    fn status_of<'r>(rec: &'r MessageRecord, addr: &str) -> &'r RcptStatus {
+        &rec.recipients
+            .iter()
+            .find(|r| r.address == a(addr))
+            .unwrap_or_else(|| panic!("no recipient {addr}"))
+            .status
+    }
+
+    #[test]
+    fn local_user_is_delivered_and_the_message_is_done() {
+        let dir = directory();
+        let mut rec = record(&["postmaster@localhost"]);
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        assert_eq!(plan.deliveries.len(), 1);
+        assert_eq!(plan.deliveries[0].delivered_to, a("postmaster@localhost"));
+        assert_eq!(loc, Location::Done);
+        assert_eq!(
+            status_of(&rec, "postmaster@localhost"),
+            &RcptStatus::Delivered {
+                at: NOW,
+                mailbox: "postmaster".into()
+            }
+        );
+    }
+
+    #[test]
+    fn two_addresses_of_one_user_are_written_once() {
+        let dir = directory();
+        let mut rec = record(&["postmaster@localhost", "ROOT@localhost", "abuse@localhost"]);
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        assert_eq!(plan.deliveries.len(), 1, "{plan:?}");
+        assert_eq!(plan.deliveries[0].recipients, vec![0, 1]);
+        assert_eq!(loc, Location::Done);
+        // abuse expanded to postmaster, who was already a recipient: nothing added
+        assert_eq!(rec.recipients.len(), 3);
+    }
+
+    #[test]
+    fn unknown_local_user_fails_5_1_1() {
+        let dir = directory();
+        let mut rec = record(&["nobody@localhost", "alice@localhost"]);
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        assert_eq!(plan.bounced, vec![0]);
+        assert!(matches!(status_of(&rec, "nobody@localhost"),
+            RcptStatus::Failed { status, reason, .. } if status == "5.1.1" && reason == "user unknown"));
+        assert_eq!(loc, Location::Done);
+    }
+
+    #[test]
+    fn nested_aliases_expand_to_each_mailbox_once() {
+        let dir = directory();
+        let mut rec = record(&["team@localhost", "staff@localhost"]);
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        let users: Vec<&str> = plan.deliveries.iter().map(|d| d.user.as_str()).collect();
+        assert_eq!(users, ["alice", "bob", "postmaster"]);
+        assert_eq!(loc, Location::Done);
+        assert!(matches!(status_of(&rec, "team@localhost"),
+            RcptStatus::Delivered { mailbox, .. } if mailbox.starts_with("alias expanded to")));
+        let added = rec
+            .recipients
+            .iter()
+            .find(|r| r.address == a("alice@localhost"))
+            .unwrap();
+        assert_eq!(added.orcpt.as_deref(), Some("rfc822;team@localhost"));
+    }
+
+    #[test]
+    fn alias_to_a_remote_address_goes_to_smtp_box() {
+        let dir = directory();
+        let mut rec = record(&["fwd@localhost"]);
+        let (_, loc) = route(&dir, &mut rec, &[], NOW);
+        assert_eq!(status_of(&rec, "someone@example.org"), &RcptStatus::Pending);
+        assert!(matches!(
+            status_of(&rec, "alice@localhost"),
+            RcptStatus::Delivered { .. }
+        ));
+        assert_eq!(loc, Location::Queue(QueueName::SmtpBox));
+    }
+
+    #[test]
+    fn unknown_alias_target_fails_alone() {
+        let dir = directory();
+        let mut rec = record(&["typo@localhost"]);
+        let (_, loc) = route(&dir, &mut rec, &[], NOW);
+        assert!(matches!(
+            status_of(&rec, "nobody@localhost"),
+            RcptStatus::Failed { .. }
+        ));
+        assert!(matches!(
+            status_of(&rec, "alice@localhost"),
+            RcptStatus::Delivered { .. }
+        ));
+        assert_eq!(loc, Location::Done);
+    }
+
+    #[test]
+    fn alias_loop_delivers_the_looping_address_itself() {
+        let dir = directory();
+        let mut rec = record(&["loop@localhost"]);
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        // loop@ belongs to bob, and the alias also names bob: one mailbox, one write.
+        assert_eq!(plan.deliveries.len(), 1);
+        assert_eq!(plan.deliveries[0].user, "bob");
+        assert_eq!(loc, Location::Done);
+    }
+
+    #[test]
+    fn remote_recipient_goes_to_smtp_box() {
+        let dir = directory();
+        let mut rec = record(&["x@example.com", "alice@localhost"]);
+        let (_, loc) = route(&dir, &mut rec, &[], NOW);
+        assert_eq!(loc, Location::Queue(QueueName::SmtpBox));
+        assert_eq!(rec.not_before, NOW);
+    }
+
+    #[test]
+    fn failed_write_is_retried_and_holds_remote_recipients_in_mail_box() {
+        let dir = directory();
+        let mut rec = record(&["x@example.com", "alice@localhost", "bob@localhost"]);
+        let (_, loc) = route(&dir, &mut rec, &["alice"], NOW);
+        assert_eq!(loc, Location::Queue(QueueName::MailBox));
+        assert_eq!(rec.not_before, NOW + 60_000);
+        let alice = &rec.recipients[1];
+        assert_eq!(alice.status, RcptStatus::Pending);
+        assert_eq!(alice.attempts.len(), 1);
+        assert_eq!(alice.attempts[0].host, "local");
+        assert!(matches!(
+            rec.recipients[2].status,
+            RcptStatus::Delivered { .. }
+        ));
+
+        // Not due yet: nothing happens to alice.
+        let (plan, _) = route(&dir, &mut rec, &["alice"], NOW + 1);
+        assert!(plan.deliveries.is_empty());
+
+        // Second failure waits the second interval; the last interval repeats after that.
+        let t = NOW + 60_000;
+        route(&dir, &mut rec, &["alice"], t);
+        assert_eq!(rec.recipients[1].next_retry, Some(t + 300_000));
+        let t2 = t + 300_000;
+        route(&dir, &mut rec, &["alice"], t2);
+        assert_eq!(rec.recipients[1].next_retry, Some(t2 + 300_000));
+
+        // Then it works: only alice's mailbox is written, and the message moves on.
+        let t3 = t2 + 300_000;
+        let (plan, loc) = route(&dir, &mut rec, &[], t3);
+        assert_eq!(plan.deliveries.len(), 1);
+        assert_eq!(plan.deliveries[0].user, "alice");
+        assert_eq!(loc, Location::Queue(QueueName::SmtpBox));
+    }
+
+    #[test]
+    fn partial_failure_of_an_alias_retries_only_the_failed_mailbox() {
+        let dir = directory();
+        let mut rec = record(&["staff@localhost"]);
+        let (_, loc) = route(&dir, &mut rec, &["bob"], NOW);
+        assert_eq!(loc, Location::Queue(QueueName::MailBox));
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW + 60_000);
+        let users: Vec<&str> = plan.deliveries.iter().map(|d| d.user.as_str()).collect();
+        assert_eq!(users, ["bob"]);
+        assert!(
+            plan.expansions.is_empty(),
+            "the alias is not expanded twice"
+        );
+        assert_eq!(loc, Location::Done);
+    }
+
+    #[test]
+    fn finished_recipients_are_left_alone() {
+        let dir = directory();
+        let mut rec = record(&["alice@localhost"]);
+        rec.recipients[0].status = RcptStatus::Failed {
+            at: 1,
+            status: "5.0.0".into(),
+            reason: "x".into(),
+        };
+        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        assert!(plan.deliveries.is_empty());
+        assert_eq!(loc, Location::Done);
+    }
+}
