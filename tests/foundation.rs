@@ -12,7 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-const TASKS: [&str; 7] = ["smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt"];
+const TASKS: [&str; 7] = [
+    "smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt",
+];
 
 #[test]
 fn boot_shows_seven_running_tasks_that_are_real_children() {
@@ -20,12 +22,19 @@ fn boot_shows_seven_running_tasks_that_are_real_children() {
     let tasks = suite.tasks().unwrap();
     let mut pids = Vec::new();
     for name in TASKS {
-        let row = tasks.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name} missing: {tasks:?}"));
+        let row = tasks
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {tasks:?}"));
         assert_eq!(row["state"], "running", "{row}");
         let pid = row["pid"].as_u64().unwrap() as u32;
         assert!(pid_alive(pid), "{name} pid {pid} is not a live process");
         if name != "smtpmta" {
-            assert_eq!(parent_pid(pid), Some(suite.pid()), "{name} is not a child of the supervisor");
+            assert_eq!(
+                parent_pid(pid),
+                Some(suite.pid()),
+                "{name} is not a child of the supervisor"
+            );
         }
         pids.push(pid);
     }
@@ -46,7 +55,10 @@ fn killed_task_is_restarted_and_repeated_crashes_back_off() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
     let second = wait_for("router restarted", Duration::from_secs(5), || {
         let tasks = suite.tasks()?;
-        let row = tasks.iter().find(|t| t["name"] == "router").ok_or("no router row")?;
+        let row = tasks
+            .iter()
+            .find(|t| t["name"] == "router")
+            .ok_or("no router row")?;
         match (row["state"].as_str(), row["pid"].as_u64()) {
             (Some("running"), Some(p)) if p as u32 != first => Ok(p as u32),
             _ => Err(row.to_string()),
@@ -61,7 +73,11 @@ fn killed_task_is_restarted_and_repeated_crashes_back_off() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         let detail = wait_for("router restarting", Duration::from_secs(5), || {
             let tasks = suite.tasks()?;
-            let row = tasks.iter().find(|t| t["name"] == "router").ok_or("no router row")?.clone();
+            let row = tasks
+                .iter()
+                .find(|t| t["name"] == "router")
+                .ok_or("no router row")?
+                .clone();
             if row["state"] == "restarting" {
                 Ok(row["detail"].as_str().unwrap_or_default().to_string())
             } else {
@@ -70,12 +86,19 @@ fn killed_task_is_restarted_and_repeated_crashes_back_off() {
         });
         assert!(detail.contains("signal: 9"), "{detail}");
         // "restart #N in X.Ys": take X.Y
-        let secs: f64 = detail.split(" in ").nth(1).and_then(|s| s.split('s').next()).and_then(|s| s.parse().ok()).unwrap();
+        let secs: f64 = detail
+            .split(" in ")
+            .nth(1)
+            .and_then(|s| s.split('s').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
         delays.push(secs);
         pid = wait_for("router back", Duration::from_secs(30), || {
             let p = suite.task_pid("router").ok_or("no pid")?;
             let tasks = suite.tasks()?;
-            let running = tasks.iter().any(|t| t["name"] == "router" && t["state"] == "running");
+            let running = tasks
+                .iter()
+                .any(|t| t["name"] == "router" && t["state"] == "running");
             if p != pid && running {
                 Ok(p)
             } else {
@@ -96,14 +119,22 @@ fn killed_task_is_restarted_and_repeated_crashes_back_off() {
 fn second_supervisor_on_same_data_dir_is_refused() {
     let suite = Suite::start(&SuiteOptions::default());
     let before = suite.tasks().unwrap();
-    let out = Command::new(bin("smtpmta")).arg("--config").arg(&suite.config).output().unwrap();
+    let out = Command::new(bin("smtpmta"))
+        .arg("--config")
+        .arg(&suite.config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already running"), "{err}");
-    assert!(err.contains(&suite.pid().to_string()), "message should name the running pid: {err}");
+    assert!(
+        err.contains(&suite.pid().to_string()),
+        "message should name the running pid: {err}"
+    );
     // The first one is undisturbed: same tasks, same pids, socket still answers.
     let after = suite.tasks().unwrap();
-    let pids = |rows: &[serde_json::Value]| rows.iter().map(|r| r["pid"].clone()).collect::<Vec<_>>();
+    let pids =
+        |rows: &[serde_json::Value]| rows.iter().map(|r| r["pid"].clone()).collect::<Vec<_>>();
     assert_eq!(pids(&before), pids(&after));
 }
 
@@ -121,7 +152,11 @@ fn assert_clean_exit(mut suite: Suite, stop: impl FnOnce(&Suite)) {
             Err(format!("{alive:?}"))
         }
     });
-    let left: Vec<_> = std::fs::read_dir(suite.run_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(suite.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "left in run/: {left:?}");
 }
 
@@ -130,7 +165,11 @@ fn tell_smtpmta_quit_stops_everything_cleanly() {
     let suite = Suite::start(&SuiteOptions::default());
     assert_clean_exit(suite, |s| {
         let out = s.mtacon(&["tell", "smtpmta", "quit"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 
@@ -154,9 +193,17 @@ fn console_reports_when_the_suite_is_not_running() {
 fn start_with_config(text: &str) -> (Suite, std::process::Output) {
     let suite = Suite::prepare(&SuiteOptions::default());
     std::fs::write(&suite.config, text).unwrap();
-    let out = Command::new(bin("smtpmta")).arg("--config").arg(&suite.config).output().unwrap();
+    let out = Command::new(bin("smtpmta"))
+        .arg("--config")
+        .arg(&suite.config)
+        .output()
+        .unwrap();
     // Nothing was touched: no data folder created.
-    assert!(!suite.data_dir().exists(), "a bad config must not create {}", suite.data_dir().display());
+    assert!(
+        !suite.data_dir().exists(),
+        "a bad config must not create {}",
+        suite.data_dir().display()
+    );
     (suite, out)
 }
 
@@ -165,22 +212,44 @@ fn bad_configurations_name_file_line_and_key() {
     let base = "hostname = \"mta.test\"\ndata_dir = \"var\"\n";
     let cases = [
         (format!("{base}bogus_key = 1\n"), 3, "bogus_key"),
-        (format!("{base}[inbound]\nmax_handlers = \"ten\"\n"), 4, "inbound.max_handlers"),
-        (format!("{base}trusted_networks = [\"10.0.0.0/33\"]\n"), 3, "trusted_networks"),
-        (format!("{base}[outbound]\nretry = [\"5 fortnights\"]\n"), 4, "outbound.retry"),
+        (
+            format!("{base}[inbound]\nmax_handlers = \"ten\"\n"),
+            4,
+            "inbound.max_handlers",
+        ),
+        (
+            format!("{base}trusted_networks = [\"10.0.0.0/33\"]\n"),
+            3,
+            "trusted_networks",
+        ),
+        (
+            format!("{base}[outbound]\nretry = [\"5 fortnights\"]\n"),
+            4,
+            "outbound.retry",
+        ),
     ];
     for (text, line, key) in cases {
         let (suite, out) = start_with_config(&text);
         assert_eq!(out.status.code(), Some(2), "{text}");
         let err = String::from_utf8_lossy(&out.stderr);
         let file = &suite.config;
-        assert!(err.contains(&format!("{}:{line}", file.display())), "no file:line in: {err}");
+        assert!(
+            err.contains(&format!("{}:{line}", file.display())),
+            "no file:line in: {err}"
+        );
         assert!(err.contains(key), "no key `{key}` in: {err}");
     }
-    let out = Command::new(bin("smtpmta")).arg("--config").arg("/nonexistent/smtpmta.toml").output().unwrap();
+    let out = Command::new(bin("smtpmta"))
+        .arg("--config")
+        .arg("/nonexistent/smtpmta.toml")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/smtpmta.toml") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/smtpmta.toml") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 fn raw_hello(path: &std::path::Path, hello: &Hello) -> HelloReply {
@@ -199,12 +268,22 @@ fn ipc_refuses_wrong_versions_and_survives_garbage() {
     let suite = Suite::start(&SuiteOptions::default());
     let sockets = [
         (suite.run_dir().join("smtpmta.sock"), Service::Supervisor),
-        (suite.run_dir().join("router.sock"), Service::Control(TaskName::Router)),
+        (
+            suite.run_dir().join("router.sock"),
+            Service::Control(TaskName::Router),
+        ),
     ];
     for (path, service) in &sockets {
-        let wrong = Hello { version: 999, service: *service, client: TaskName::Mtacon, pid: std::process::id() };
+        let wrong = Hello {
+            version: 999,
+            service: *service,
+            client: TaskName::Mtacon,
+            pid: std::process::id(),
+        };
         match raw_hello(path, &wrong) {
-            HelloReply::Refused { reason } => assert!(reason.contains("protocol version"), "{reason}"),
+            HelloReply::Refused { reason } => {
+                assert!(reason.contains("protocol version"), "{reason}")
+            }
             other => panic!("wrong version accepted: {other:?}"),
         }
         let wrong_service = Hello {
@@ -213,7 +292,10 @@ fn ipc_refuses_wrong_versions_and_survives_garbage() {
             client: TaskName::Mtacon,
             pid: std::process::id(),
         };
-        assert!(matches!(raw_hello(path, &wrong_service), HelloReply::Refused { .. }));
+        assert!(matches!(
+            raw_hello(path, &wrong_service),
+            HelloReply::Refused { .. }
+        ));
 
         // Truncated frame, oversized frame, garbage payload: the server just drops them.
         let mut s = UnixStream::connect(path).unwrap();
@@ -231,7 +313,11 @@ fn ipc_refuses_wrong_versions_and_survives_garbage() {
     // Both still serve, with the same pids.
     let router = suite.task_pid("router").unwrap();
     let out = suite.mtacon(&["tell", "router", "show", "status"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(suite.task_pid("router"), Some(router));
     // Sockets are private to the owner.
     use std::os::unix::fs::PermissionsExt;
