@@ -17,24 +17,40 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test exe folder");
-    let dir = if deps.ends_with("deps") { deps.parent().expect("profile folder") } else { deps };
+    let dir = if deps.ends_with("deps") {
+        deps.parent().expect("profile folder")
+    } else {
+        deps
+    };
     dir.to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is not built; run scripts/test (it builds the binaries first)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run scripts/test (it builds the binaries first)",
+        path.display()
+    );
     path
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Polls `probe` every 50 ms until it returns `Ok`, or panics after `deadline` with the
 /// last `Err` it returned.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let start = Instant::now();
     loop {
         match probe() {
@@ -51,14 +67,24 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Re
 
 pub fn pid_alive(pid: u32) -> bool {
     // Signal 0 checks existence; a zombie still counts until reaped, so look at its state.
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
     !matches!(state, Some("Z") | Some("X") | None)
 }
 
 pub fn parent_pid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Options for the generated configuration.
@@ -74,7 +100,11 @@ pub struct SuiteOptions {
 
 impl Default for SuiteOptions {
     fn default() -> Self {
-        SuiteOptions { top: String::new(), sections: Vec::new(), directory: None }
+        SuiteOptions {
+            top: String::new(),
+            sections: Vec::new(),
+            directory: None,
+        }
     }
 }
 
@@ -112,10 +142,16 @@ pub struct Suite {
 impl Suite {
     /// Writes the configuration only (for tests of bad configs or second instances).
     pub fn prepare(opts: &SuiteOptions) -> Suite {
-        let dir = tempfile::Builder::new().prefix("smtpmta-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("smtpmta-test-")
+            .tempdir()
+            .expect("tempdir");
         let smtp_port = free_port();
         let mut sections: Vec<(&str, Vec<String>)> = vec![
-            ("inbound", vec![format!("listen = [\"127.0.0.1:{smtp_port}\"]")]),
+            (
+                "inbound",
+                vec![format!("listen = [\"127.0.0.1:{smtp_port}\"]")],
+            ),
             ("outbound", vec![]),
             ("dns", vec![]),
             ("debug", vec![]),
@@ -135,9 +171,18 @@ impl Suite {
         }
         let config = dir.path().join("smtpmta.toml");
         std::fs::write(&config, text).expect("write config");
-        std::fs::write(dir.path().join("directory.toml"), opts.directory.as_deref().unwrap_or(DEFAULT_DIRECTORY))
-            .expect("write directory");
-        Suite { dir, config, smtp_port, child: None, seen_pids: Vec::new() }
+        std::fs::write(
+            dir.path().join("directory.toml"),
+            opts.directory.as_deref().unwrap_or(DEFAULT_DIRECTORY),
+        )
+        .expect("write directory");
+        Suite {
+            dir,
+            config,
+            smtp_port,
+            child: None,
+            seen_pids: Vec::new(),
+        }
     }
 
     pub fn start(opts: &SuiteOptions) -> Suite {
@@ -148,7 +193,11 @@ impl Suite {
 
     /// Starts the supervisor and waits until all six tasks run.
     pub fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let child = Command::new(bin("smtpmta"))
             .arg("--config")
             .arg(&self.config)
@@ -164,7 +213,10 @@ impl Suite {
                 return Err(format!("smtpmta exited; log:\n{}", self.log()));
             }
             let tasks = self.tasks()?;
-            let running = tasks.iter().filter(|t| t["parent"].is_null() && t["state"] == "running").count();
+            let running = tasks
+                .iter()
+                .filter(|t| t["parent"].is_null() && t["state"] == "running")
+                .count();
             if running == 7 {
                 Ok(())
             } else {
@@ -196,23 +248,38 @@ impl Suite {
 
     /// Runs `mtacon --config … <args>`.
     pub fn mtacon(&self, args: &[&str]) -> Output {
-        Command::new(bin("mtacon")).arg("--config").arg(&self.config).args(args).output().expect("run mtacon")
+        Command::new(bin("mtacon"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run mtacon")
     }
 
     /// `show tasks --json` rows, or why not.
     pub fn tasks(&self) -> Result<Vec<Value>, String> {
         let out = self.mtacon(&["--json", "show", "tasks"]);
         if !out.status.success() {
-            return Err(format!("mtacon failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "mtacon failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["tasks"].as_array().cloned().ok_or_else(|| format!("no tasks in {v}"))
+        v["tasks"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| format!("no tasks in {v}"))
     }
 
     /// The pid of a task as `show tasks` reports it (None while restarting).
     pub fn task_pid(&self, name: &str) -> Option<u32> {
         let tasks = self.tasks().ok()?;
-        tasks.iter().find(|t| t["name"] == name && t["parent"].is_null())?["pid"].as_u64().map(|p| p as u32)
+        tasks
+            .iter()
+            .find(|t| t["name"] == name && t["parent"].is_null())?["pid"]
+            .as_u64()
+            .map(|p| p as u32)
     }
 
     pub fn remember_pids(&mut self) {
@@ -255,7 +322,10 @@ impl Suite {
     fn stop(&mut self) {
         self.remember_pids();
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(15) {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -268,7 +338,10 @@ impl Suite {
         }
         for pid in &self.seen_pids {
             if pid_alive(*pid) && parent_pid(*pid).is_some_and(|pp| pp == 1 || !pid_alive(pp)) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -278,7 +351,11 @@ impl Drop for Suite {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            eprintln!("---- smtpmta log ({}) ----\n{}", self.log_path().display(), self.log());
+            eprintln!(
+                "---- smtpmta log ({}) ----\n{}",
+                self.log_path().display(),
+                self.log()
+            );
         }
     }
 }
@@ -324,15 +401,24 @@ impl RawSmtp {
                 )
                 .expect("socket");
                 let local = nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0));
-                nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &local).expect("bind source");
-                let remote =
-                    nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port));
-                nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &remote).expect("connect");
+                nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &local)
+                    .expect("bind source");
+                let remote = nix::sys::socket::SockaddrIn::from(std::net::SocketAddrV4::new(
+                    std::net::Ipv4Addr::LOCALHOST,
+                    port,
+                ));
+                nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &remote)
+                    .expect("connect");
                 std::net::TcpStream::from(socket)
             }
         };
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        let mut c = RawSmtp { stream, buf: Vec::new() };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut c = RawSmtp {
+            stream,
+            buf: Vec::new(),
+        };
         let greeting = c.read_reply();
         (c, greeting)
     }
