@@ -22,6 +22,8 @@ use mta_types::message::{
 };
 use mta_types::{QueueId, QueueName};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most messages made durable by one spool sync and one store commit.
@@ -31,7 +33,13 @@ const MAX_BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Intake {
     tx: mpsc::Sender<Request>,
+    /// Sessions accepted since the counter was last committed: added to the next batch's
+    /// commit (or a periodic one), so counting costs no fsync of its own.
+    sessions: Arc<AtomicU64>,
 }
+
+/// How often counted sessions are committed when no mail arrives to carry them.
+const COUNTER_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Request {
     Deliver(Box<Job>),
@@ -53,14 +61,21 @@ impl Intake {
         let spool = SpoolWriter::open(&dir, ctx.me().as_str())
             .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let sessions = Arc::new(AtomicU64::new(0));
         let actor = Actor {
+            sessions: sessions.clone(),
             spool: Some(spool),
             store: ctx.store().clone(),
             imsgcnv: ctx.kicker(QueueName::InboundWork),
             closed: None,
         };
         tokio::spawn(actor.run(rx));
-        Ok(Intake { tx })
+        Ok(Intake { tx, sessions })
+    }
+
+    /// Counts one accepted SMTP session for `Mail.Inbound.Sessions`.
+    pub fn count_session(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Makes one message durable in the Inbound Work Queue; the reply for the end of DATA.
@@ -88,6 +103,7 @@ impl Intake {
 }
 
 struct Actor {
+    sessions: Arc<AtomicU64>,
     /// Lent to a blocking thread during each batch's file I/O.
     spool: Option<SpoolWriter>,
     store: StoreClient,
@@ -97,7 +113,23 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.recv().await {
+        let mut tick = tokio::time::interval(COUNTER_FLUSH);
+        loop {
+            let first = tokio::select! {
+                request = rx.recv() => match request {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let counters = self.session_counters();
+                    if !counters.is_empty() {
+                        if let Err(e) = self.store.commit(counters).await {
+                            tracing::warn!(error = %e, "could not record the session counter");
+                        }
+                    }
+                    continue;
+                }
+            };
             let mut batch = Vec::new();
             self.take(first, &mut batch, &mut rx);
             while batch.len() < MAX_BATCH {
@@ -111,8 +143,23 @@ impl Actor {
             }
         }
         // Closed and drained (or every session handle is gone).
+        let counters = self.session_counters();
+        if !counters.is_empty() {
+            let _ = self.store.commit(counters).await;
+        }
         if let Some(done) = self.closed.take() {
             let _ = done.send(());
+        }
+    }
+
+    /// The session counter change, if any sessions were counted since the last one.
+    fn session_counters(&self) -> Vec<Change> {
+        match self.sessions.swap(0, Ordering::Relaxed) {
+            0 => Vec::new(),
+            n => vec![Change::AddCounters(vec![(
+                "Mail.Inbound.Sessions".to_string(),
+                n,
+            )])],
         }
     }
 
@@ -149,7 +196,7 @@ impl Actor {
         if durable.is_empty() {
             return;
         }
-        let changes = durable
+        let mut changes: Vec<Change> = durable
             .iter()
             .map(|(job, content)| {
                 let mut record = job.record.clone();
@@ -157,6 +204,7 @@ impl Actor {
                 Change::Put(record)
             })
             .collect();
+        changes.extend(self.session_counters());
         match self.store.commit(changes).await {
             Ok(()) => {
                 for (job, _) in durable {

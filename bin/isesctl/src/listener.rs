@@ -220,6 +220,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler
     if debug {
         tracing::info!(handler = %name, client = %peer, "connect from [{}]", peer.ip());
     }
+    shared.intake.count_session();
     let mut hooks = SessionPolicy::new(shared.ctx.clone(), shared.intake.clone(), peer);
     let summary = run_session(
         stream,

@@ -5,7 +5,7 @@
 //! Config read: `local_domains`, `trusted_networks`, the directory.
 
 use crate::intake::Intake;
-use mta_config::Config;
+use mta_config::{Config, Directory};
 use mta_smtp::{Direction, Envelope, RcptVerdict, Reply, SessionHooks};
 use mta_task::TaskContext;
 use mta_types::{Address, QueueId};
@@ -34,7 +34,12 @@ impl SessionPolicy {
 
 impl SessionHooks for SessionPolicy {
     async fn check_rcpt(&mut self, _env: &Envelope, rcpt: &Address) -> RcptVerdict {
-        let verdict = rcpt_verdict(self.ctx.config(), self.peer.ip(), rcpt);
+        let verdict = rcpt_verdict(
+            self.ctx.config(),
+            &self.ctx.directory(),
+            self.peer.ip(),
+            rcpt,
+        );
         if let RcptVerdict::Reject(reply) = &verdict {
             tracing::info!(client = %self.peer, to = %format_args!("<{rcpt}>"), "reject: RCPT: {}", reply.text());
         }
@@ -71,7 +76,12 @@ impl SessionHooks for SessionPolicy {
 ///   local domain is a relay attempt: `554 5.7.1` unless the client is trusted.
 /// - Any other domain (address literals included) only from a trusted client; else
 ///   `554 5.7.1`.
-pub fn rcpt_verdict(config: &Config, client: IpAddr, rcpt: &Address) -> RcptVerdict {
+pub fn rcpt_verdict(
+    config: &Config,
+    directory: &Directory,
+    client: IpAddr,
+    rcpt: &Address,
+) -> RcptVerdict {
     let trusted = config.is_trusted(client);
     if !config.is_local_domain(rcpt.domain()) {
         return if trusted {
@@ -83,7 +93,6 @@ pub fn rcpt_verdict(config: &Config, client: IpAddr, rcpt: &Address) -> RcptVerd
     if rcpt.is_routing_hack() && !trusted {
         return RcptVerdict::Reject(Reply::relay_denied(rcpt));
     }
-    let directory = &config.directory;
     if rcpt
         .local_part_unquoted()
         .eq_ignore_ascii_case("postmaster")
@@ -108,7 +117,7 @@ mod tests {
 
     fn code(config: &Config, ip: &str, rcpt: &str) -> u16 {
         let addr: Address = rcpt.parse().expect("address");
-        match rcpt_verdict(config, ip.parse().unwrap(), &addr) {
+        match rcpt_verdict(config, &config.directory, ip.parse().unwrap(), &addr) {
             RcptVerdict::Accept => 250,
             RcptVerdict::Reject(reply) => reply.code,
         }

@@ -1,7 +1,7 @@
 //! mtacon — the server console.
 //!
 //! `mtacon [--config PATH] [--json] "show tasks"` runs one command and exits (non-zero on
-//! error); `mtacon [--config PATH]` alone opens an interactive prompt with line editing,
+//! error; 2 for a command it cannot parse, or `delete` without `--yes`); `mtacon [--config PATH]` alone opens an interactive prompt with line editing,
 //! history and `help`. Commands are parsed by `mta_ipc::console` and executed by the
 //! supervisor over `<data_dir>/run/smtpmta.sock`.
 
@@ -37,7 +37,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    let config = match Target::find(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mtacon: configuration error: {e}");
@@ -57,12 +57,53 @@ fn main() -> ExitCode {
     if args.command.is_empty() {
         runtime.block_on(interactive(&config, args.json))
     } else {
-        runtime.block_on(one_shot(&config, &args.command.join(" "), args.json))
+        runtime.block_on(one_shot(
+            &config,
+            &args.command.join(" "),
+            args.json,
+            args.yes,
+        ))
     }
 }
 
-async fn connect(config: &Config) -> Result<SupervisorClient, String> {
-    SupervisorClient::connect(&config.run_dir(), TaskName::Mtacon)
+/// The suite to talk to: its configuration file and its `run/` folder.
+struct Target {
+    path: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Target {
+    /// Loads the configuration; when it (or the directory it names) is broken, the console
+    /// still reaches the suite through `data_dir` alone — that is when the operator needs it
+    /// (e.g. to `tell smtpmta refresh` after fixing the file).
+    fn find(path: &std::path::Path) -> Result<Target, String> {
+        let error = match Config::load(path) {
+            Ok(c) => {
+                return Ok(Target {
+                    run_dir: c.run_dir(),
+                    path: c.path,
+                })
+            }
+            Err(e) => e.to_string(),
+        };
+        let text = std::fs::read_to_string(path).map_err(|_| error.clone())?;
+        let table: toml::Table = text.parse().map_err(|_| error.clone())?;
+        let data_dir = table
+            .get("data_dir")
+            .and_then(|v| v.as_str())
+            .unwrap_or("var");
+        let path = std::fs::canonicalize(path).map_err(|_| error.clone())?;
+        let base = path.parent().unwrap_or(std::path::Path::new("/"));
+        eprintln!("mtacon: warning: {error}");
+        Ok(Target {
+            run_dir: base.join(data_dir).join("run"),
+            path,
+        })
+    }
+}
+
+async fn connect(config: &Target) -> Result<SupervisorClient, String> {
+    SupervisorClient::connect(&config.run_dir, TaskName::Mtacon)
         .await
         .map_err(|e| {
             format!(
@@ -72,7 +113,7 @@ async fn connect(config: &Config) -> Result<SupervisorClient, String> {
         })
 }
 
-async fn one_shot(config: &Config, line: &str, json: bool) -> ExitCode {
+async fn one_shot(config: &Target, line: &str, json: bool, yes: bool) -> ExitCode {
     let command = match ConsoleCommand::parse(line) {
         Ok(c) => c,
         Err(e) => {
@@ -80,6 +121,10 @@ async fn one_shot(config: &Config, line: &str, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (ConsoleCommand::Delete { qid }, false) = (&command, yes) {
+        eprintln!("mtacon: `delete {qid}` removes the message for good; add --yes to confirm");
+        return ExitCode::from(2);
+    }
     if command == ConsoleCommand::Help {
         println!("{}", mta_ipc::console::help_text());
         return ExitCode::SUCCESS;
@@ -118,7 +163,7 @@ fn print_reply(reply: &ConsoleReply, json: bool) -> ExitCode {
     }
 }
 
-async fn interactive(config: &Config, json: bool) -> ExitCode {
+async fn interactive(config: &Target, json: bool) -> ExitCode {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -159,6 +204,16 @@ async fn interactive(config: &Config, json: bool) -> ExitCode {
         if command == ConsoleCommand::Help {
             println!("{}\nexit  leave the console", mta_ipc::console::help_text());
             continue;
+        }
+        if let ConsoleCommand::Delete { qid } = &command {
+            let answer = editor.readline(&format!("delete {qid}? [y/N] "));
+            if !matches!(
+                answer.as_deref().map(str::trim),
+                Ok("y" | "Y" | "yes" | "YES")
+            ) {
+                println!("not deleted");
+                continue;
+            }
         }
         if client.is_none() {
             match connect(config).await {

@@ -2,6 +2,7 @@
 
 use mta_ipc::console::ConsoleReply;
 use mta_types::message::now_ms;
+use mta_types::{Location, MessageRecord, RcptStatus};
 use serde_json::{json, Value};
 
 fn age(since_ms: Option<u64>) -> String {
@@ -56,14 +57,27 @@ pub fn to_text(reply: &ConsoleReply) -> String {
             out.trim_end().to_string()
         }
         ConsoleReply::Server(s) => format!(
-            "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nElapsed time:     {}",
+            "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nSpool size:       {} bytes\nElapsed time:     {}",
             s.hostname,
             s.version,
             s.pid,
             s.config,
             s.data_dir,
+            s.spool_bytes,
             age(Some(s.started_ms)),
         ),
+        ConsoleReply::Stats(stats) => {
+            let width = stats.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            stats
+                .iter()
+                .map(|s| {
+                    let unit = if s.unit.is_empty() { String::new() } else { format!(" {}", s.unit) };
+                    format!("{:<width$} = {}{unit}", s.name, s.value)
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        ConsoleReply::Message(r) => message_text(r),
         ConsoleReply::Config(rows) => {
             let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
             rows.iter().map(|(k, v)| format!("{k:<width$} = {v}")).collect::<Vec<_>>().join("\n")
@@ -88,7 +102,124 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
                 .collect();
             json!({ "config": map })
         }
+        ConsoleReply::Stats(stats) => {
+            let map: serde_json::Map<String, Value> = stats
+                .iter()
+                .map(|s| (s.name.clone(), json!(s.value)))
+                .collect();
+            json!({ "stats": map })
+        }
+        ConsoleReply::Message(r) => json!({ "message": r }),
         ConsoleReply::Text(t) => json!({ "text": t }),
         ConsoleReply::Error(e) => json!({ "error": e }),
     }
+}
+
+fn time(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    format!("{} ago", age(Some(ms)))
+}
+
+/// `show message`: envelope, parsed fields, state, and each recipient's history.
+fn message_text(r: &MessageRecord) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let state = match r.location {
+        Location::Queue(q) => format!("{} in {q}", r.location.label()),
+        Location::Held { from } => format!("Held (from {from})"),
+        other => other.label().to_string(),
+    };
+    let from = r
+        .envelope
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let _ = writeln!(out, "Queue ID:     {}", r.id);
+    let _ = writeln!(out, "State:        {state}");
+    if let Some(note) = &r.note {
+        let _ = writeln!(out, "Reason:       {note}");
+    }
+    let _ = writeln!(
+        out,
+        "Received:     {} from {} [{}] ({})",
+        time(r.received_at),
+        r.envelope.helo,
+        r.envelope.client_ip,
+        r.envelope.protocol
+    );
+    let _ = writeln!(out, "Return-Path:  <{from}>");
+    let _ = writeln!(
+        out,
+        "Size:         {} bytes (spool {} @{})",
+        r.size, r.content.segment, r.content.offset
+    );
+    if let Some(ret) = r.envelope.ret {
+        let _ = writeln!(out, "RET:          {ret:?}");
+    }
+    if let Some(envid) = &r.envelope.envid {
+        let _ = writeln!(out, "ENVID:        {envid}");
+    }
+    if let Some(f) = &r.fields {
+        for (name, value) in [
+            ("From", &f.from),
+            ("To", &f.to),
+            ("Cc", &f.cc),
+            ("Subject", &f.subject),
+            ("Date", &f.date),
+            ("Message-ID", &f.message_id),
+        ] {
+            if let Some(v) = value {
+                let _ = writeln!(out, "{:<13} {v}", format!("{name}:"));
+            }
+        }
+    }
+    let route: Vec<String> = r
+        .trace
+        .route
+        .iter()
+        .map(|(stage, _)| stage.clone())
+        .collect();
+    let _ = writeln!(
+        out,
+        "Hops:         {} Received; route here: {}",
+        r.trace.hop_count,
+        route.join(" > ")
+    );
+    let _ = writeln!(out, "Recipients:");
+    for rc in &r.recipients {
+        let status = match &rc.status {
+            RcptStatus::Pending => match rc.next_retry {
+                Some(t) if t > now_ms() => {
+                    format!("pending, next try in {}s", (t - now_ms()).div_ceil(1000))
+                }
+                _ => "pending".into(),
+            },
+            RcptStatus::Delivered { at, mailbox } => format!("delivered {} ({mailbox})", time(*at)),
+            RcptStatus::Relayed { at, host, reply } => {
+                format!("relayed {} to {host}: {reply}", time(*at))
+            }
+            RcptStatus::Failed { at, status, reason } => {
+                format!("failed {} {status}: {reason}", time(*at))
+            }
+        };
+        let orcpt = rc
+            .orcpt
+            .as_deref()
+            .map(|o| format!(" (ORCPT {o})"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  <{}>{orcpt}: {status}", rc.address);
+        for a in &rc.attempts {
+            let _ = writeln!(
+                out,
+                "    attempt {}: {} said {}",
+                time(a.at),
+                a.host,
+                a.reply
+            );
+        }
+    }
+    out.trim_end().to_string()
 }

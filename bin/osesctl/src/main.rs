@@ -1,34 +1,347 @@
-//! osesctl — Outbound Session Controller.
+//! osesctl — Outbound Session Controller, with its outbound session handlers `oseshlrN`.
 //!
-//! The job is filled in by a later issue; for now the task runs on the shared skeleton,
-//! answers the console and waits for work.
+//! Domain List Processing: claims pending, due messages from the Outbound Work Queue (the
+//! claim's lease is "Locked for Transmission"; a record's `not_before` is its next retry),
+//! sorts their recipients into lists by next hop (`domain_list.rs`), gives each list a
+//! reference ID and hands it to an idle handler (`handler_table.rs`; created on demand up
+//! to `[outbound] max_handlers`; lists wait in the controller otherwise). A handler
+//! (`delivery.rs`) resolves the next hop (`mta-dns`), opens one SMTP session
+//! (`smtp_client.rs`) and transfers the list's messages one by one; the collector
+//! (`outcomes.rs`) merges the outcomes into the records and commits them in groups.
+//!
+//! Reads/writes: the Outbound Work Queue (records stay there until every recipient is
+//! final, then `Done`). Woken by kicks (from omsgcnv) and a 1 s poll.
+//! TELL: `stop outbound transport` (no new sessions; sessions finish their current
+//! message; unsent messages stay Pending Transmission), `start outbound transport` (drains
+//! at once), `route <domain>` (that destination's messages now, ignoring retry times).
+//! Status: transport state, lists waiting, counters; one row per handler
+//! ("delivering list N to host[ip]:port" / idle).
+//! Config: `hostname`, `[outbound]` (all keys), `[dns]`.
+//! Logs: `qid=… to=<…> relay=host[ip]:port delay=… dsn=… status=sent|deferred|bounced (…)`.
+//! RFCs: 5321 (client side), 1870, 6152, 6531, 7505 (null MX), 3463.
+//!
+//! The SMTP client is our own small one over `mta-smtp`'s reply parser rather than
+//! lettre's `AsyncSmtpConnection`: see `smtp_client.rs` for why (byte-exact relay).
 
+mod delivery;
+mod domain_list;
+mod handler_table;
+mod outcomes;
+mod smtp_client;
+
+use anyhow::Context as _;
+use delivery::Env;
+use domain_list::{build_lists, DomainList};
+use handler_table::HandlerTable;
+use mta_dns::NextHop;
+use mta_ipc::console::TellCommand;
+use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
 use mta_task::{Task, TaskContext};
-use mta_types::TaskName;
+use mta_types::message::now_ms;
+use mta_types::{Domain, MessageRecord, QueueName, RcptStatus, TaskName};
+use outcomes::{Event, Stats};
+use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
-struct Osesctl;
+/// Most messages claimed at once.
+const BATCH: u32 = 1000;
+/// Claims are ours this long (they also end when this process exits).
+const LEASE: Duration = Duration::from_secs(3600);
+/// Poll interval when no kick comes.
+const POLL: Duration = Duration::from_secs(1);
+/// How long sessions in progress may go on after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+struct Osesctl {
+    table: Arc<HandlerTable>,
+    running: Arc<AtomicBool>,
+    waiting: Mutex<VecDeque<DomainList>>,
+    waiting_count: AtomicUsize,
+    next_list: AtomicU64,
+    stats: Arc<Stats>,
+    env: Arc<Env>,
+    wake: Arc<Notify>,
+    collector: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+}
 
 impl Task for Osesctl {
     const NAME: TaskName = TaskName::Osesctl;
 
-    async fn start(_ctx: &TaskContext) -> anyhow::Result<Self> {
-        Ok(Osesctl)
+    async fn start(ctx: &TaskContext) -> anyhow::Result<Self> {
+        let config = ctx.config();
+        let next_hop = NextHop::new(&config.outbound, &config.dns)
+            .context("cannot set up the DNS resolver")?;
+        let running = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (r, c) = (running.clone(), ctx.clone());
+        let env = Arc::new(Env {
+            next_hop,
+            config: config.outbound.clone(),
+            hostname: config.hostname.clone(),
+            spool_dir: config.spool_dir(),
+            events: tx,
+            may_continue: Box::new(move || r.load(Ordering::SeqCst) && !c.shutting_down()),
+        });
+        Ok(Osesctl {
+            table: Arc::new(HandlerTable::new(config.outbound.max_handlers)),
+            running,
+            waiting: Mutex::new(VecDeque::new()),
+            waiting_count: AtomicUsize::new(0),
+            next_list: AtomicU64::new(1),
+            stats: Arc::new(Stats::default()),
+            env,
+            wake: Arc::new(Notify::new()),
+            collector: Mutex::new(Some(rx)),
+        })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(Duration::from_secs(1)).await {}
+        let rx = self
+            .collector
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("run once");
+        let collector = tokio::spawn(outcomes::run_collector(
+            rx,
+            ctx.store().clone(),
+            ctx.config().outbound.clone(),
+            self.stats.clone(),
+            self.wake.clone(),
+            ctx.kicker(QueueName::Reports),
+        ));
+        let mut handlers = JoinSet::new();
+        loop {
+            if ctx.shutting_down() {
+                break;
+            }
+            while handlers.try_join_next().is_some() {}
+            let mut again = false;
+            if self.running.load(Ordering::SeqCst) {
+                if self.waiting_count.load(Ordering::SeqCst) < self.table_max() {
+                    again = self.claim_lists(&ctx).await >= BATCH as usize;
+                }
+                self.dispatch(&mut handlers);
+                again &= self.waiting_count.load(Ordering::SeqCst) < self.table_max();
+            } else {
+                self.abandon_waiting();
+            }
+            if again {
+                continue;
+            }
+            tokio::select! {
+                _ = ctx.next_work(POLL) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+        // Shutdown: waiting lists stay queued; sessions finish their current message.
+        self.abandon_waiting();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while handlers.join_next().await.is_some() {}
+        })
+        .await;
+        handlers.abort_all();
+        let _ = self.env.events.send(Event::Shutdown);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, collector).await;
         Ok(())
     }
 
     fn status(&self) -> TaskStatus {
+        let state = if self.running.load(Ordering::SeqCst) {
+            "running"
+        } else {
+            "stopped"
+        };
+        let s = &self.stats;
         TaskStatus {
-            detail: "idle".into(),
-            handlers: Vec::new(),
+            detail: format!(
+                "outbound transport {state}; {} lists waiting; sent {}, deferred {}, bounced {}",
+                self.waiting_count.load(Ordering::SeqCst),
+                s.sent.load(Ordering::Relaxed),
+                s.deferred.load(Ordering::Relaxed),
+                s.bounced.load(Ordering::Relaxed),
+            ),
+            handlers: self.table.rows(),
         }
+    }
+
+    async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
+        match command {
+            TellCommand::StopOutboundTransport => {
+                let was = self.running.swap(false, Ordering::SeqCst);
+                self.wake.notify_one();
+                Ok(if was {
+                    format!(
+                        "outbound transport stopped ({} sessions finishing their current message)",
+                        self.table.busy()
+                    )
+                } else {
+                    "outbound transport already stopped".into()
+                })
+            }
+            TellCommand::StartOutboundTransport => {
+                let was = self.running.swap(true, Ordering::SeqCst);
+                self.wake.notify_one();
+                Ok(if was {
+                    "outbound transport already running".into()
+                } else {
+                    "outbound transport started".into()
+                })
+            }
+            TellCommand::Other(words)
+                if words.len() == 2 && words[0].eq_ignore_ascii_case("route") =>
+            {
+                let domain: Domain = words[1]
+                    .parse()
+                    .map_err(|e| format!("route: bad domain {}: {e}", words[1]))?;
+                let n = self.route_now(ctx, &domain).await?;
+                self.wake.notify_one();
+                Ok(format!("route {domain}: {n} messages scheduled for delivery now"))
+            }
+            other => Err(format!(
+                "{} does not know the command {other:?} (try stop/start outbound transport, route <domain>)",
+                Self::NAME
+            )),
+        }
+    }
+}
+
+impl Osesctl {
+    fn table_max(&self) -> usize {
+        self.env.config.max_handlers
+    }
+
+    /// Claims due messages, sorts them into lists and queues the lists; returns how many
+    /// messages were claimed.
+    async fn claim_lists(&self, ctx: &TaskContext) -> usize {
+        let records = match ctx
+            .store()
+            .claim(QueueName::OutboundWork, BATCH, LEASE)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot claim from {}: {e}", QueueName::OutboundWork);
+                return 0;
+            }
+        };
+        if records.is_empty() {
+            return 0;
+        }
+        let claimed = records.len();
+        let shared: Vec<Arc<MessageRecord>> = records.iter().cloned().map(Arc::new).collect();
+        let relay = self.env.next_hop.relay_host();
+        let (lists, counts) = build_lists(
+            &shared,
+            relay.as_deref(),
+            self.env.config.max_messages_per_list,
+            now_ms(),
+            &mut || self.next_list.fetch_add(1, Ordering::SeqCst),
+        );
+        // Register before any list is handed out, so every report finds its record.
+        for (record, lists) in records.into_iter().zip(counts) {
+            let _ = self.env.events.send(Event::Register { record, lists });
+        }
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        for list in lists {
+            tracing::debug!(
+                "list {} for {}: {} messages",
+                list.id,
+                list.key,
+                list.items.len()
+            );
+            waiting.push_back(list);
+        }
+        self.waiting_count.store(waiting.len(), Ordering::SeqCst);
+        claimed
+    }
+
+    /// Hands waiting lists to idle (or new) handlers.
+    fn dispatch(&self, handlers: &mut JoinSet<()>) {
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        while let Some(list) = waiting.front() {
+            let Some(handler) = self
+                .table
+                .assign(format!("list {} for {}", list.id, list.key))
+            else {
+                break;
+            };
+            let list = waiting.pop_front().expect("front exists");
+            let env = self.env.clone();
+            let wake = self.wake.clone();
+            let span = tracing::info_span!("handler", name = %handler.name(), list = list.id);
+            handlers.spawn(
+                async move {
+                    delivery::deliver_list(list, env, handler).await;
+                    wake.notify_one();
+                }
+                .instrument(span),
+            );
+        }
+        self.waiting_count.store(waiting.len(), Ordering::SeqCst);
+    }
+
+    /// Gives back lists not yet handed out: their messages stay Pending Transmission.
+    fn abandon_waiting(&self) {
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        for list in waiting.drain(..) {
+            for item in list.items {
+                let _ = self.env.events.send(Event::Report {
+                    id: item.record.id,
+                    results: Vec::new(),
+                });
+            }
+        }
+        self.waiting_count.store(0, Ordering::SeqCst);
+    }
+
+    /// `route <domain>`: clears the retry time of that destination's pending recipients.
+    /// Records due already (or being worked) are left alone; the rest are rewritten with
+    /// `not_before = 0` (a commit without a claim: they are not claimable until then).
+    async fn route_now(&self, ctx: &TaskContext, domain: &Domain) -> Result<usize, String> {
+        let records = ctx
+            .store()
+            .list(Some(QueueName::OutboundWork), u32::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let soon = now_ms() + 2_000;
+        let relay = self.env.next_hop.relay_host();
+        let mut changes = Vec::new();
+        for mut record in records {
+            if record.not_before <= soon {
+                continue;
+            }
+            let mut hit = false;
+            for r in &mut record.recipients {
+                let matches = r.address.domain() == domain
+                    || relay
+                        .as_deref()
+                        .is_some_and(|h| h.eq_ignore_ascii_case(domain.as_str()));
+                if r.status == RcptStatus::Pending && matches {
+                    r.next_retry = None;
+                    hit = true;
+                }
+            }
+            if hit {
+                record.not_before = 0;
+                changes.push(Change::Put(record));
+            }
+        }
+        let n = changes.len();
+        if n > 0 {
+            ctx.store()
+                .commit(changes)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(n)
     }
 }
 

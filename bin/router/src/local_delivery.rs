@@ -33,6 +33,8 @@ pub struct Batch {
     pub changes: Vec<Change>,
     /// Messages moved to `smtp.box` (omsgcnv is kicked when non-zero).
     pub to_smtp: usize,
+    /// Messages moved to `reports` (drt is kicked when non-zero).
+    pub to_reports: usize,
 }
 
 /// Routes and delivers a claimed batch (blocking: reads the spool and writes Maildirs).
@@ -45,15 +47,23 @@ pub fn deliver_batch(
 ) -> Batch {
     let mut changes = Vec::with_capacity(records.len());
     let mut to_smtp = 0;
+    let mut to_reports = 0;
     for mut record in records {
         let location = deliver_one(&mut record, routing, spool_dir, log_level, stats);
         if location == Location::Queue(QueueName::SmtpBox) {
             to_smtp += 1;
             stats.to_smtp.fetch_add(1, Ordering::Relaxed);
         }
+        if location == Location::Queue(QueueName::Reports) {
+            to_reports += 1;
+        }
         changes.push(Change::Put(record));
     }
-    Batch { changes, to_smtp }
+    Batch {
+        changes,
+        to_smtp,
+        to_reports,
+    }
 }
 
 fn deliver_one(
@@ -112,6 +122,13 @@ fn deliver_one(
     let location = routing.finish(record, now);
     match location {
         Location::Done => tracing::info!("qid={qid} removed"),
+        Location::Dead => tracing::warn!(
+            "qid={qid} moved to Dead: {}",
+            record.note.as_deref().unwrap_or("")
+        ),
+        Location::Queue(QueueName::Reports) => {
+            tracing::info!("qid={qid} moved to reports (delivery report due)")
+        }
         Location::Queue(QueueName::MailBox) if log_level >= 30 => tracing::info!(
             "qid={qid} waits in mail.box for a local retry in {}s",
             record.not_before.saturating_sub(now).div_ceil(1000)

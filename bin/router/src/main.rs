@@ -4,10 +4,13 @@
 //! Writes: local recipients to their Maildir (`maildir.rs`: tmp/ + fsync, rename into new/,
 //! fsync the directory) with `Return-Path:` and `Delivered-To:` prepended; per-recipient
 //! outcomes in the record (delivered / pending with an attempt and a retry time / failed
-//! 5.1.1); then the record is `Done`, stays in `mail.box` until its next local retry, or moves
+//! 5.1.1); then the record is finished (`MessageRecord::finish`: `Done`, `reports` for drt when
+//! a delivery report is due, or `Dead` for an undeliverable report), stays in `mail.box` until its next local retry, or moves
 //! to `smtp.box` for its non-local recipients (`routing.rs` has the rules, aliases included).
-//! One store commit per batch. Kicks: `omsgcnv`, once per batch that filled `smtp.box`.
-//! Config: `local_domains`, `directory` (users and aliases), `[outbound] retry`; knob
+//! One store commit per batch. Kicks: `omsgcnv`, once per batch that filled `smtp.box`;
+//! `drt`, once per batch that filled `reports`.
+//! Config: `local_domains`, `directory` (users and aliases; `ctx.directory()`, swapped by
+//! `tell smtpmta refresh`), `[outbound] retry`; knob
 //! `Log_MailRouting` (20: alias expansions; 30: mailboxes and next queues).
 //! Logs: one line per recipient outcome, Postfix style (`local_delivery.rs`).
 //! Answers: `show tasks` ("idle; delivered N, deferred M, bounced B, to smtp.box K"),
@@ -117,8 +120,9 @@ impl Router {
         let (task_ctx, stats) = (ctx.clone(), self.stats.clone());
         let batch = tokio::task::spawn_blocking(move || {
             let config = task_ctx.config();
+            let directory = task_ctx.directory();
             let routing = Routing {
-                directory: &config.directory,
+                directory: &directory,
                 local_domains: &config.local_domains,
                 retry: &config.outbound.retry,
             };
@@ -130,8 +134,14 @@ impl Router {
         let result = ctx.store().commit(batch.changes).await;
         self.busy.store(false, Ordering::Relaxed);
         match result {
-            Ok(()) if batch.to_smtp > 0 => ctx.kicker(QueueName::SmtpBox).kick(),
-            Ok(()) => {}
+            Ok(()) => {
+                if batch.to_smtp > 0 {
+                    ctx.kicker(QueueName::SmtpBox).kick();
+                }
+                if batch.to_reports > 0 {
+                    ctx.kicker(QueueName::Reports).kick();
+                }
+            }
             Err(e) => {
                 // The mailboxes are written but the outcomes are not recorded: the messages
                 // come back and are delivered again (at-least-once, never lost).

@@ -19,12 +19,13 @@
 //!   unknown".
 //!
 //! After the deliveries (`record_delivery`), `finish` moves the message on: every recipient
-//! final → `Done`; a local recipient waiting for a retry → stays in `mail.box` with
+//! final → `MessageRecord::finished_location` (`Done`; `reports` when a DSN is due; `Dead` for
+//! a delivery report that failed); a local recipient waiting for a retry → stays in `mail.box` with
 //! `not_before` = its earliest retry (non-local recipients wait with it, so the message is
 //! never in two queues); otherwise → `smtp.box` for the non-local recipients.
 
 use mta_config::Directory;
-use mta_types::message::{Attempt, UnixMillis};
+use mta_types::message::{Attempt, UnixMillis, ALIAS_EXPANDED};
 use mta_types::{Address, Domain, Location, MessageRecord, QueueName, RcptStatus, Recipient};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -179,7 +180,7 @@ impl Routing<'_> {
         } else {
             r.status = RcptStatus::Delivered {
                 at: now,
-                mailbox: format!("alias expanded to {}", list.join(", ")),
+                mailbox: format!("{ALIAS_EXPANDED}{}", list.join(", ")),
             };
         }
         false
@@ -232,7 +233,7 @@ impl Routing<'_> {
     pub fn finish(&self, record: &mut MessageRecord, now: UnixMillis) -> Location {
         record.trace.route.push(("router".to_string(), now));
         let location = if record.all_final() {
-            Location::Done
+            record.finish()
         } else if let Some(retry) = record
             .recipients
             .iter()
@@ -397,6 +398,29 @@ mod tests {
         assert_eq!(plan.bounced, vec![0]);
         assert!(matches!(status_of(&rec, "nobody@localhost"),
             RcptStatus::Failed { status, reason, .. } if status == "5.1.1" && reason == "user unknown"));
+        // A failure is reported to the sender: drt takes it from `reports`.
+        assert_eq!(loc, Location::Queue(QueueName::Reports));
+    }
+
+    #[test]
+    fn failures_of_a_delivery_report_make_it_dead_and_never_notify_never_reports() {
+        let dir = directory();
+        let mut rec = record(&["nobody@localhost"]);
+        rec.envelope.mail_from = None;
+        let (_, loc) = route(&dir, &mut rec, &[], NOW);
+        assert_eq!(loc, Location::Dead);
+        assert!(
+            rec.note.as_deref().unwrap().contains("5.1.1"),
+            "{:?}",
+            rec.note
+        );
+
+        let mut rec = record(&["nobody@localhost"]);
+        rec.recipients[0].notify = Some(mta_types::message::Notify {
+            never: true,
+            ..Default::default()
+        });
+        let (_, loc) = route(&dir, &mut rec, &[], NOW);
         assert_eq!(loc, Location::Done);
     }
 
@@ -444,7 +468,7 @@ mod tests {
             status_of(&rec, "alice@localhost"),
             RcptStatus::Delivered { .. }
         ));
-        assert_eq!(loc, Location::Done);
+        assert_eq!(loc, Location::Queue(QueueName::Reports));
     }
 
     #[test]
@@ -530,6 +554,6 @@ mod tests {
         };
         let (plan, loc) = route(&dir, &mut rec, &[], NOW);
         assert!(plan.deliveries.is_empty());
-        assert_eq!(loc, Location::Done);
+        assert_eq!(loc, Location::Queue(QueueName::Reports));
     }
 }

@@ -19,6 +19,19 @@ pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply 
         ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup)),
         ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
         ConsoleCommand::ShowQueue => show_queue(sup),
+        ConsoleCommand::ShowStatMail => match crate::stats::show_stat_mail(sup) {
+            Ok(stats) => ConsoleReply::Stats(stats),
+            Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
+        },
+        ConsoleCommand::ShowMessage { qid } => crate::operations::show_message(sup, &qid),
+        ConsoleCommand::Hold { qid } => crate::operations::hold(sup, &qid).await,
+        ConsoleCommand::Release { qid } => crate::operations::release(sup, &qid).await,
+        ConsoleCommand::ReleaseDead { qid } => crate::operations::release_dead(sup, &qid).await,
+        ConsoleCommand::Delete { qid } => crate::operations::delete(sup, &qid).await,
+        ConsoleCommand::Trace { address } => match crate::trace::trace(sup, &address).await {
+            Ok(text) => ConsoleReply::Text(text),
+            Err(e) => ConsoleReply::Error(e),
+        },
         ConsoleCommand::SetConfig { knob, value } => set_config(sup, &knob, &value).await,
         ConsoleCommand::ShowVersion => {
             ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
@@ -44,11 +57,73 @@ async fn tell_supervisor(sup: &Supervisor, command: TellCommand) -> ConsoleReply
         TellCommand::StopOutboundTransport | TellCommand::StartOutboundTransport => {
             tell_task(sup, TaskName::Osesctl, command).await
         }
+        TellCommand::Refresh => refresh(sup).await,
+        TellCommand::Compact => {
+            match tokio::task::block_in_place(|| crate::compaction::compact(sup)) {
+                Ok(c) => ConsoleReply::Text(format!(
+                    "queue compacted: {} spool segment(s) removed ({} bytes freed), {} kept ({} bytes)",
+                    c.removed, c.freed, c.kept, c.spool_bytes
+                )),
+                Err(e) => ConsoleReply::Error(format!("compaction failed: {e}")),
+            }
+        }
         TellCommand::Other(words) => ConsoleReply::Error(format!(
             "smtpmta does not know `{}`; type `help` for the list",
             words.join(" ")
         )),
     }
+}
+
+/// `tell smtpmta refresh`: re-reads the configuration file (for its `[debug]` knobs) and the
+/// directory; if either is bad, nothing changes and the reply says why. Other settings
+/// (listeners, limits) need a restart.
+async fn refresh(sup: &Supervisor) -> ConsoleReply {
+    let fresh = match mta_config::Config::load(&sup.config.path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("refresh refused, keeping the configuration in effect: {e}");
+            return ConsoleReply::Error(format!(
+                "refresh refused, keeping the directory and knobs in effect: {e}"
+            ));
+        }
+    };
+    let (users, aliases) = (fresh.directory.users.len(), fresh.directory.aliases.len());
+    *sup.directory.lock().expect("directory lock") = std::sync::Arc::new(fresh.directory);
+    *sup.knobs.lock().expect("knob lock") = fresh.debug.clone();
+    let mut failed = Vec::new();
+    for task in TaskName::CHILDREN {
+        let run_dir = sup.config.run_dir();
+        let told = async {
+            let mut client = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
+                .await
+                .map_err(|e| e.to_string())?;
+            match client
+                .request(&TaskRequest::Refresh)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                TaskResponse::Ack => Ok(()),
+                TaskResponse::Error(e) => Err(e),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        if let Err(e) = told.await {
+            failed.push(format!("{task}: {e}"));
+        } else if let Err(e) = push_knobs(&run_dir, task, &fresh.debug).await {
+            failed.push(format!("{task}: {e}"));
+        }
+    }
+    tracing::info!(
+        "refresh: directory re-read ({users} users, {aliases} aliases), knobs from [debug]"
+    );
+    let mut text = format!(
+        "refreshed: directory {} ({users} users, {aliases} aliases); debug knobs from [debug]",
+        fresh.directory_path.display()
+    );
+    if !failed.is_empty() {
+        text.push_str(&format!("; not reached: {}", failed.join(", ")));
+    }
+    ConsoleReply::Text(text)
 }
 
 async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
@@ -236,6 +311,7 @@ fn server_info(sup: &Supervisor) -> ServerInfo {
         pid: std::process::id(),
         started_ms: sup.started_ms,
         uptime_secs: now_ms().saturating_sub(sup.started_ms) / 1000,
+        spool_bytes: crate::compaction::spool_bytes(&sup.config.spool_dir()),
     }
 }
 
@@ -259,7 +335,7 @@ fn config_view(sup: &Supervisor) -> Vec<(String, String)> {
             format!(
                 "{} ({} users)",
                 c.directory_path.display(),
-                c.directory.users.len()
+                sup.directory().users.len()
             ),
         ),
         (

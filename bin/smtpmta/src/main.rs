@@ -5,19 +5,24 @@
 //! and the console on `<data_dir>/run/smtpmta.sock`, launches the six task executables and
 //! restarts one that exits unexpectedly, with back-off. `tell smtpmta quit`, SIGTERM or
 //! SIGINT stop every task in order (inbound first), then remove the sockets and the pid
-//! file and exit 0.
+//! file and exit 0. Compacts the queue's spool every 10 minutes and on
+//! `tell smtpmta compact` (`compaction.rs`).
 //!
 //! Answers: `SupervisorRequest::{Ready, Store, Console}`. Config: everything (it passes
 //! its `--config` path on to every task).
 
 mod children;
+mod compaction;
 mod console;
 mod instance;
+mod operations;
 mod service;
+mod stats;
+mod trace;
 
 use anyhow::Context;
 use clap::Parser;
-use mta_config::{Config, DebugKnobs};
+use mta_config::{Config, DebugKnobs, Directory};
 use mta_ipc::hello::Service;
 use mta_ipc::paths::{pid_file, supervisor_socket};
 use mta_ipc::{SupervisorRequest, SupervisorResponse};
@@ -48,6 +53,8 @@ pub struct Supervisor {
     pub started_ms: u64,
     /// The debug knobs in effect (`set config`), pushed to every task.
     pub knobs: Mutex<DebugKnobs>,
+    /// The directory in effect (`tell smtpmta refresh` swaps it).
+    pub directory: Mutex<Arc<Directory>>,
     quit: Notify,
 }
 
@@ -58,6 +65,10 @@ impl Supervisor {
 
     pub fn knobs(&self) -> DebugKnobs {
         self.knobs.lock().expect("knob lock").clone()
+    }
+
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.lock().expect("directory lock").clone()
     }
 }
 
@@ -111,6 +122,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         children::Children::new(exe_dir, config.path.clone(), run_dir.clone(), store.clone());
     let sup = Arc::new(Supervisor {
         knobs: Mutex::new(config.debug.clone()),
+        directory: Mutex::new(Arc::new(config.directory.clone())),
         config,
         store,
         children: children.clone(),
@@ -141,6 +153,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         "smtpmta supervisor started"
     );
     children.launch_all();
+    let compaction = tokio::spawn(compaction::schedule(sup.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -151,6 +164,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     children.stop_all().await;
+    compaction.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     // Make sure the last commits are on disk before the database closes.

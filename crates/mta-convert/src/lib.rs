@@ -11,16 +11,20 @@
 //! - `trace_headers_for_delivery` (used by `router`) renders the `Return-Path:` and
 //!   `Delivered-To:` fields prepended to a message written to a local Maildir.
 //!
+//! - `render_dsn` (used by `drt`) writes an RFC 3464 delivery status notification.
+//!
 //! A relayed message's content is never rewritten here: only trace headers are prepended, so
 //! DKIM signatures and the sender's MIME survive.
 //!
 //! No I/O, no logging: callers log the warnings with the message's `qid`.
 //!
-//! RFCs: 5322 (header section, `Received:`, `Return-Path:`), 2045/2046 (multipart structure),
+//! RFCs: 3464 and 3461 (delivery status notifications), 3834 (Auto-Submitted), 5322 (header section, `Received:`, `Return-Path:`), 2045/2046 (multipart structure),
 //! 2047 (encoded words in Subject and From), 6532 (UTF-8 header values).
 
+mod dsn;
 mod inbound;
 mod trace;
 
+pub use dsn::{render_dsn, Dsn, DsnInput, ReportLine};
 pub use inbound::{convert_inbound, has_header, ConversionError, Converted};
 pub use trace::trace_headers_for_delivery;

@@ -21,6 +21,37 @@ pub const HELP: &[(&str, &str)] = &[
     ("show version", "the smtpmta version"),
     ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
+        "show stat mail",
+        "mail statistics: delivered, transferred, routed, waiting, dead, held, failures, reports, sessions, averages, spool size",
+    ),
+    (
+        "show message <queue-id>",
+        "message tracking: envelope, fields, state, and each recipient's attempts",
+    ),
+    ("hold <queue-id>", "park a queued message (not routed or sent until released)"),
+    ("release <queue-id>", "put a held message back in the queue it came from"),
+    (
+        "release dead <queue-id>",
+        "re-route a dead message: back to mail.box, failed recipients pending again",
+    ),
+    (
+        "delete <queue-id>",
+        "remove a message for good (asks to confirm; one-shot needs --yes)",
+    ),
+    (
+        "trace <address>",
+        "the route mail to that address would take: mailbox, alias expansion or next hop",
+    ),
+    (
+        "tell smtpmta refresh",
+        "re-read the directory file and the [debug] knobs (a bad file keeps the old one)",
+    ),
+    (
+        "tell smtpmta compact",
+        "compact the queue now: reclaim spool segments no message points into",
+    ),
+    ("tell router show queue", "the router's view of the queue counts"),
+    (
         "tell smtpmta quit",
         "stop every task (inbound first) and the supervisor",
     ),
@@ -66,6 +97,10 @@ pub enum TellCommand {
     StartInboundTransport,
     StopOutboundTransport,
     StartOutboundTransport,
+    /// Re-read the directory file and the knobs (`tell smtpmta refresh`).
+    Refresh,
+    /// Compact the queue now (`tell smtpmta compact`).
+    Compact,
     /// Anything else: passed to the task, which says whether it knows it.
     Other(Vec<String>),
 }
@@ -89,6 +124,8 @@ impl TellCommand {
             ["start", "outbound", "transport"] | ["start", "outbound"] => {
                 TellCommand::StartOutboundTransport
             }
+            ["refresh"] => TellCommand::Refresh,
+            ["compact"] => TellCommand::Compact,
             _ => TellCommand::Other(words.iter().map(|w| w.to_string()).collect()),
         }
     }
@@ -102,6 +139,26 @@ pub enum ConsoleCommand {
     ShowConfig,
     ShowVersion,
     ShowQueue,
+    ShowStatMail,
+    ShowMessage {
+        qid: String,
+    },
+    Hold {
+        qid: String,
+    },
+    Release {
+        qid: String,
+    },
+    ReleaseDead {
+        qid: String,
+    },
+    /// Confirmed by the console before it is sent (interactive prompt or `--yes`).
+    Delete {
+        qid: String,
+    },
+    Trace {
+        address: String,
+    },
     SetConfig {
         knob: String,
         value: String,
@@ -127,6 +184,34 @@ impl ConsoleCommand {
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
             ["show" | "sh", "queue"] => Ok(ConsoleCommand::ShowQueue),
+            ["show" | "sh", "stat" | "stats" | "statistics", "mail"] => {
+                Ok(ConsoleCommand::ShowStatMail)
+            }
+            ["show" | "sh", "stat" | "stats" | "statistics"] => Err("usage: show stat mail".into()),
+            ["show" | "sh", "message", _] => Ok(ConsoleCommand::ShowMessage {
+                qid: words[2].to_string(),
+            }),
+            ["show" | "sh", "message", ..] => Err("usage: show message <queue-id>".into()),
+            ["hold", _] => Ok(ConsoleCommand::Hold {
+                qid: words[1].to_string(),
+            }),
+            ["release", "dead", _] => Ok(ConsoleCommand::ReleaseDead {
+                qid: words[2].to_string(),
+            }),
+            ["release", _] => Ok(ConsoleCommand::Release {
+                qid: words[1].to_string(),
+            }),
+            ["delete", _] => Ok(ConsoleCommand::Delete {
+                qid: words[1].to_string(),
+            }),
+            ["hold" | "release" | "delete", ..] => Err(format!(
+                "usage: {} <queue-id> (or release dead <queue-id>)",
+                l[0]
+            )),
+            ["trace", _] => Ok(ConsoleCommand::Trace {
+                address: words[1].trim_matches(|c| c == '<' || c == '>').to_string(),
+            }),
+            ["trace", ..] => Err("usage: trace <address>, e.g. `trace alice@localhost`".into()),
             ["set", "config", _, _] => Ok(ConsoleCommand::SetConfig {
                 knob: words[2].to_string(),
                 value: words[3].to_string(),
@@ -183,6 +268,8 @@ pub struct ServerInfo {
     pub pid: u32,
     pub started_ms: u64,
     pub uptime_secs: u64,
+    /// Bytes in the spool's segments.
+    pub spool_bytes: u64,
 }
 
 /// `show queue`: counts per queue and state, and the parked messages one by one.
@@ -204,6 +291,16 @@ pub struct ParkedMessage {
     pub note: String,
 }
 
+/// One statistic of `show stat mail`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statistic {
+    /// Domino's name, e.g. `Mail.Delivered`.
+    pub name: String,
+    pub value: u64,
+    /// `""` for counts, `"ms"`, `"bytes"`.
+    pub unit: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleReply {
     Tasks(Vec<TaskRow>),
@@ -211,6 +308,9 @@ pub enum ConsoleReply {
     Server(ServerInfo),
     /// `(key, value)` pairs in file order.
     Config(Vec<(String, String)>),
+    Stats(Vec<Statistic>),
+    /// `show message`: the native document as stored, and where it is.
+    Message(Box<mta_types::MessageRecord>),
     Text(String),
     Error(String),
 }
@@ -247,5 +347,28 @@ mod tests {
             .unwrap_err()
             .contains("unknown task"));
         assert!(ConsoleCommand::parse("frobnicate").is_err());
+        assert_eq!(
+            ConsoleCommand::parse("sh stat mail").unwrap(),
+            ConsoleCommand::ShowStatMail
+        );
+        assert_eq!(
+            ConsoleCommand::parse("Release Dead 35AGV0B7E5J00").unwrap(),
+            ConsoleCommand::ReleaseDead {
+                qid: "35AGV0B7E5J00".into()
+            }
+        );
+        assert_eq!(
+            ConsoleCommand::parse("trace <Alice@localhost>").unwrap(),
+            ConsoleCommand::Trace {
+                address: "Alice@localhost".into()
+            }
+        );
+        assert_eq!(
+            ConsoleCommand::parse("tell smtpmta refresh").unwrap(),
+            ConsoleCommand::Tell {
+                task: TaskName::Smtpmta,
+                command: TellCommand::Refresh
+            }
+        );
     }
 }

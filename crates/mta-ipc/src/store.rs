@@ -49,6 +49,10 @@ pub enum Change {
     /// `Location::Done` removes it.
     Put(MessageRecord),
     Remove(QueueId),
+    /// Add to statistics counters (`Mail.Inbound.Sessions`, …), atomically with the rest of
+    /// the commit. Counters the store keeps itself (Mail.Delivered, …) are updated by the
+    /// store as records change; tasks add only what the store cannot see.
+    AddCounters(Vec<(String, u64)>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +144,13 @@ impl StoreClient {
             StoreResponse::Done => Ok(()),
             other => Err(StoreError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Adds to statistics counters (durable when this returns), e.g.
+    /// `add_counters(&[("Mail.Inbound.Sessions", 1)])`.
+    pub async fn add_counters(&self, counters: &[(&str, u64)]) -> Result<(), StoreError> {
+        let counters = counters.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        self.commit(vec![Change::AddCounters(counters)]).await
     }
 
     pub async fn release(&self, ids: Vec<QueueId>) -> Result<(), StoreError> {

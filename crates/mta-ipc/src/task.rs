@@ -19,6 +19,9 @@ pub enum TaskRequest {
     Tell(TellCommand),
     /// New values of the runtime debug knobs (`set config`), by notes.ini name.
     SetKnobs(Vec<(String, u8)>),
+    /// Re-read the directory file (`tell smtpmta refresh`): the task swaps it in if it is
+    /// valid (`Ack`), else keeps the one it has and says why (`Error`).
+    Refresh,
     /// Stop cleanly: finish what is in hand, release the rest, exit 0.
     Shutdown,
 }

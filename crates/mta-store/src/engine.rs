@@ -1,9 +1,10 @@
 //! The sled engine: key layout, atomic batches, scans. Synchronous; `service` wraps it.
 
+use crate::stats::Deltas;
 use mta_ipc::store::{Change, QueueCounts};
 use mta_types::message::RECORD_SCHEMA;
 use mta_types::{Location, MessageRecord, QueueId, QueueName};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,14 @@ pub enum StoreError {
 
 const RECORD: u8 = b'm';
 const INDEX: u8 = b'l';
+const COUNTER: u8 = b's';
+
+fn counter_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(COUNTER);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 fn record_key(id: QueueId) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -104,32 +113,38 @@ impl Engine {
         }
     }
 
-    /// Applies the changes as one atomic batch (not yet durable: see `flush`).
+    /// Applies the changes as one atomic batch (not yet durable: see `flush`), with the
+    /// statistics counters they cause (`stats.rs`) in the same batch.
     /// Returns the ids whose records changed.
     pub fn apply(&self, changes: &[Change]) -> Result<Vec<QueueId>, StoreError> {
         let mut batch = sled::Batch::default();
         let mut touched = Vec::with_capacity(changes.len());
-        // Within one batch a later change to the same id sees the earlier one's location.
-        let mut staged: std::collections::HashMap<QueueId, Option<Location>> = Default::default();
+        let mut deltas = Deltas::default();
+        // Within one batch a later change to the same id sees the earlier one's record.
+        let mut staged: HashMap<QueueId, Option<MessageRecord>> = Default::default();
         for change in changes {
-            let (id, new_loc, record) = match change {
-                Change::Put(r) => (
-                    r.id,
-                    Some(r.location).filter(|l| *l != Location::Done),
-                    Some(r),
-                ),
-                Change::Remove(id) => (*id, None, None),
+            let (id, record) = match change {
+                Change::Put(r) => (r.id, Some(r)),
+                Change::Remove(id) => (*id, None),
+                Change::AddCounters(counters) => {
+                    counters.iter().for_each(|(n, v)| deltas.add(n, *v));
+                    continue;
+                }
             };
-            let old_loc = match staged.get(&id) {
-                Some(loc) => *loc,
-                None => self.get(id)?.map(|r| r.location),
+            let old = match staged.remove(&id) {
+                Some(old) => old,
+                None => self.get(id)?,
             };
-            if let Some(old) = old_loc {
-                if Some(old) != new_loc {
-                    if let Some(k) = index_key(old, id) {
+            let new_loc = record.map(|r| r.location).filter(|l| *l != Location::Done);
+            if let Some(old) = &old {
+                if Some(old.location) != new_loc {
+                    if let Some(k) = index_key(old.location, id) {
                         batch.remove(&k[..]);
                     }
                 }
+            }
+            if let Some(r) = record {
+                deltas.record_change(old.as_ref(), r);
             }
             match (new_loc, record) {
                 (Some(loc), Some(r)) => {
@@ -144,14 +159,47 @@ impl Engine {
                     if let Some(k) = index_key(loc, id) {
                         batch.insert(&k[..], &[][..]);
                     }
+                    staged.insert(id, Some(r));
                 }
-                _ => batch.remove(&record_key(id)[..]),
+                _ => {
+                    batch.remove(&record_key(id)[..]);
+                    staged.insert(id, None);
+                }
             }
-            staged.insert(id, new_loc);
             touched.push(id);
+        }
+        // Only the committer applies batches, one at a time: read-add-write is safe.
+        for (name, by) in &deltas.0 {
+            let value = self.counter(name)?.saturating_add(*by);
+            batch.insert(counter_key(name), &value.to_be_bytes()[..]);
         }
         self.tree.apply_batch(batch)?;
         Ok(touched)
+    }
+
+    /// One statistics counter (0 if never counted).
+    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .tree
+            .get(counter_key(name))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Every statistics counter stored, by name.
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for kv in self.tree.scan_prefix([COUNTER]) {
+            let (k, v) = kv?;
+            if let Ok(bytes) = <[u8; 8]>::try_from(&v[..]) {
+                out.insert(
+                    String::from_utf8_lossy(&k[1..]).into_owned(),
+                    u64::from_be_bytes(bytes),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Makes everything applied so far durable (one fsync for any number of batches).

@@ -7,7 +7,7 @@
 //! - `m` + QueueId (8 bytes, big-endian)          → `MessageRecord` (carries `schema`)
 //! - `l` + location byte + QueueId                → empty: the index of each queue / state,
 //!   in arrival order (QueueIds sort by time)
-//! - `s` + counter name                           → u64 (statistics, see later issues)
+//! - `s` + counter name                           → u64 big-endian (statistics, `stats.rs`)
 //!
 //! Every commit is one atomic sled batch; commits arriving together share one flush
 //! (group commit) and are answered only after it. Claims are leases kept in memory: a
@@ -17,6 +17,7 @@
 mod engine;
 mod leases;
 mod service;
+pub mod stats;
 
 pub use engine::{Engine, StoreError};
-pub use service::StoreService;
+pub use service::{OperateError, StoreService};

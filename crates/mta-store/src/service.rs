@@ -17,6 +17,19 @@ const CLAIM_LIMIT: u32 = 1000;
 
 type CommitJob = (Vec<Change>, oneshot::Sender<Result<(), String>>);
 
+/// Why a console operation on one record did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum OperateError {
+    #[error("no such message")]
+    NotFound,
+    #[error("busy: a task is working on it, try again")]
+    Busy,
+    #[error("{0}")]
+    Refused(String),
+    #[error("queue store: {0}")]
+    Store(String),
+}
+
 /// Cheap to clone; every clone serves the same database.
 #[derive(Clone)]
 pub struct StoreService {
@@ -55,6 +68,38 @@ impl StoreService {
 
     pub fn leased(&self) -> usize {
         self.inner.leases.lock().expect("lease lock").len()
+    }
+
+    /// For the console (`hold`, `release`, `delete`): hands record `id` to `change` and
+    /// commits what it returns, unless a task holds the record (a lease): then `Busy`.
+    /// Meanwhile the record is leased to this process, so no task can claim it.
+    pub async fn operate(
+        &self,
+        id: QueueId,
+        change: impl FnOnce(MessageRecord) -> Result<Change, String>,
+    ) -> Result<(), OperateError> {
+        let record = {
+            let mut leases = self.inner.leases.lock().expect("lease lock");
+            let now = Instant::now();
+            if leases.is_leased(&id, now) {
+                return Err(OperateError::Busy);
+            }
+            let record = self
+                .inner
+                .engine
+                .get(id)
+                .map_err(|e| OperateError::Store(e.to_string()))?
+                .ok_or(OperateError::NotFound)?;
+            leases.grant(id, std::process::id(), Duration::from_secs(60), now);
+            record
+        };
+        let result = match change(record) {
+            Ok(c) => self.commit(vec![c]).await.map_err(OperateError::Store),
+            Err(e) => Err(OperateError::Refused(e)),
+        };
+        // The commit ended the lease; after a refusal or an error end it here.
+        self.inner.leases.lock().expect("lease lock").end(&id);
+        result
     }
 
     /// Applies changes and waits until they are durable.

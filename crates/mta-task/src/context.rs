@@ -1,7 +1,7 @@
 //! What a task's job gets from the skeleton: the configuration, the store, kicks, the
 //! runtime debug knobs, and the shutdown signal.
 
-use mta_config::{Config, DebugKnobs};
+use mta_config::{Config, DebugKnobs, Directory};
 use mta_ipc::{Kicker, StoreClient};
 use mta_types::{QueueName, TaskName};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,8 @@ struct Inner {
     kicked: Notify,
     shutdown: watch::Sender<bool>,
     knobs: Mutex<DebugKnobs>,
+    /// The directory in effect: the config's, until `tell smtpmta refresh` swaps it.
+    directory: Mutex<Arc<Directory>>,
     kickers: Mutex<Vec<(QueueName, Kicker)>>,
 }
 
@@ -27,6 +29,7 @@ impl TaskContext {
     pub(crate) fn new(config: Arc<Config>, me: TaskName) -> TaskContext {
         let store = StoreClient::new(&config.run_dir(), me);
         let knobs = Mutex::new(config.debug.clone());
+        let directory = Mutex::new(Arc::new(config.directory.clone()));
         TaskContext {
             inner: Arc::new(Inner {
                 config,
@@ -35,6 +38,7 @@ impl TaskContext {
                 kicked: Notify::new(),
                 shutdown: watch::channel(false).0,
                 knobs,
+                directory,
                 kickers: Mutex::new(Vec::new()),
             }),
         }
@@ -67,6 +71,23 @@ impl TaskContext {
     /// The debug knobs in effect now (`set config` changes them at runtime).
     pub fn knobs(&self) -> DebugKnobs {
         self.inner.knobs.lock().expect("knob lock").clone()
+    }
+
+    /// The directory of users and aliases in effect now (a snapshot: `tell smtpmta
+    /// refresh` swaps in a new one; use this rather than `config().directory`).
+    pub fn directory(&self) -> Arc<Directory> {
+        self.inner.directory.lock().expect("directory lock").clone()
+    }
+
+    /// Re-reads the directory file; a bad one keeps the current directory.
+    pub(crate) fn reload_directory(&self) -> Result<usize, String> {
+        let fresh = self
+            .config()
+            .reload_directory()
+            .map_err(|e| e.to_string())?;
+        let users = fresh.users.len();
+        *self.inner.directory.lock().expect("directory lock") = Arc::new(fresh);
+        Ok(users)
     }
 
     pub(crate) fn set_knob(&self, name: &str, value: u8) -> Result<(), String> {

@@ -68,6 +68,16 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
                 }
                 TaskResponse::Ack
             }
+            TaskRequest::Refresh => match self.ctx.reload_directory() {
+                Ok(users) => {
+                    tracing::info!("directory re-read: {users} users");
+                    TaskResponse::Ack
+                }
+                Err(e) => {
+                    tracing::warn!("directory not re-read, keeping the old one: {e}");
+                    TaskResponse::Error(e)
+                }
+            },
             TaskRequest::Shutdown => {
                 self.ctx.request_shutdown();
                 TaskResponse::Ack

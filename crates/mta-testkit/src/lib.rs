@@ -156,6 +156,20 @@ impl Suite {
             ("dns", vec![]),
             ("debug", vec![]),
         ];
+        // Tests never query the Internet's DNS: unless a test runs its own server, queries
+        // go to a closed loopback port and fail as temporary errors at once.
+        if !opts
+            .sections
+            .iter()
+            .any(|(n, l)| *n == "dns" && l.trim_start().starts_with("nameservers"))
+        {
+            sections
+                .iter_mut()
+                .find(|(n, _)| *n == "dns")
+                .expect("dns section")
+                .1
+                .push("nameservers = [\"127.0.0.1:9\"]".into());
+        }
         for (name, line) in &opts.sections {
             match sections.iter_mut().find(|(n, _)| n == name) {
                 Some((_, lines)) => lines.push(line.clone()),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bumped whenever `MessageRecord` changes shape; the store refuses records it cannot read.
-pub const RECORD_SCHEMA: u16 = 1;
+pub const RECORD_SCHEMA: u16 = 2;
 
 /// Milliseconds since the Unix epoch (the store's clock unit).
 pub type UnixMillis = u64;
@@ -135,6 +135,10 @@ pub struct Recipient {
     pub attempts: Vec<Attempt>,
     /// Earliest time of the next attempt for a pending recipient.
     pub next_retry: Option<UnixMillis>,
+    /// A delay DSN was sent for this recipient (sent once, see `delay_report_due`).
+    pub delay_reported: bool,
+    /// Its final outcome was reported (or needs no report): `drt` will not report it again.
+    pub final_reported: bool,
 }
 
 impl Recipient {
@@ -146,6 +150,71 @@ impl Recipient {
             status: RcptStatus::Pending,
             attempts: Vec::new(),
             next_retry: None,
+            delay_reported: false,
+            final_reported: false,
+        }
+    }
+
+    /// NOTIFY allows a failure report (RFC 3461: the default is FAILURE).
+    pub fn notify_failure(&self) -> bool {
+        self.notify.is_none_or(|n| !n.never && n.failure)
+    }
+
+    /// NOTIFY allows a delay report (the default, NOTIFY absent, allows it).
+    pub fn notify_delay(&self) -> bool {
+        self.notify.is_none_or(|n| !n.never && n.delay)
+    }
+
+    /// NOTIFY=SUCCESS was given.
+    pub fn notify_success(&self) -> bool {
+        self.notify.is_some_and(|n| !n.never && n.success)
+    }
+
+    /// The kind of report this recipient needs now, if any (delays excepted: see
+    /// `MessageRecord::delay_report_due`).
+    pub fn final_report(&self) -> Option<ReportAction> {
+        if self.final_reported {
+            return None;
+        }
+        match &self.status {
+            RcptStatus::Failed { .. } if self.notify_failure() => Some(ReportAction::Failed),
+            RcptStatus::Delivered { mailbox, .. } if self.notify_success() => {
+                Some(if mailbox.starts_with(ALIAS_EXPANDED) {
+                    ReportAction::Expanded
+                } else {
+                    ReportAction::Delivered
+                })
+            }
+            RcptStatus::Relayed { .. } if self.notify_success() => Some(ReportAction::Relayed),
+            _ => None,
+        }
+    }
+}
+
+/// The first `trace.route` stage of a delivery report.
+pub const REPORT_STAGE: &str = "drt";
+
+/// The `Delivered` mailbox text of an alias the router expanded (not a real delivery).
+pub const ALIAS_EXPANDED: &str = "alias expanded to ";
+
+/// RFC 3464 `Action:` of one recipient in a delivery report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportAction {
+    Failed,
+    Delayed,
+    Delivered,
+    Relayed,
+    Expanded,
+}
+
+impl ReportAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportAction::Failed => "failed",
+            ReportAction::Delayed => "delayed",
+            ReportAction::Delivered => "delivered",
+            ReportAction::Relayed => "relayed",
+            ReportAction::Expanded => "expanded",
         }
     }
 }
@@ -194,5 +263,72 @@ pub struct MessageRecord {
 impl MessageRecord {
     pub fn all_final(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())
+    }
+
+    /// A delivery report written by `drt`: from `<>`, and `drt` is the first stage of its
+    /// route (counted as Mail.DeliveryReportsSent when it enters the store).
+    pub fn is_report(&self) -> bool {
+        self.envelope.mail_from.is_none()
+            && self
+                .trace
+                .route
+                .first()
+                .is_some_and(|(stage, _)| stage == REPORT_STAGE)
+    }
+
+    /// Where a message goes once every recipient is final (router and osesctl use it):
+    /// - from the null sender `<>` (a delivery report) with a failed recipient → `Dead`
+    ///   (a report is never reported; the operator decides: `release dead`);
+    /// - any recipient needing a report (failed with NOTIFY allowing it, or delivered /
+    ///   relayed with NOTIFY=SUCCESS) → `Queue(Reports)` for `drt`;
+    /// - otherwise `Done` (removed).
+    pub fn finished_location(&self) -> Location {
+        if self.envelope.mail_from.is_none() {
+            let failed = self
+                .recipients
+                .iter()
+                .any(|r| matches!(r.status, RcptStatus::Failed { .. }));
+            return if failed {
+                Location::Dead
+            } else {
+                Location::Done
+            };
+        }
+        if self.recipients.iter().any(|r| r.final_report().is_some()) {
+            Location::Queue(QueueName::Reports)
+        } else {
+            Location::Done
+        }
+    }
+
+    /// Sets `location` to `finished_location()`, with the reason in `note` when `Dead`.
+    pub fn finish(&mut self) -> Location {
+        self.location = self.finished_location();
+        if self.location == Location::Dead {
+            let why = self
+                .recipients
+                .iter()
+                .find_map(|r| match &r.status {
+                    RcptStatus::Failed { status, reason, .. } => {
+                        Some(format!("{status} {reason} ({})", r.address))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            self.note = Some(format!("delivery report undeliverable: {why}"));
+        }
+        self.location
+    }
+
+    /// Pending recipients for whom a delay report is due: the message is older than
+    /// `delay_warning`, the recipient is still pending, no delay report was sent for it and
+    /// NOTIFY allows one. Never for the null sender.
+    pub fn delay_report_due(&self, now: UnixMillis, delay_warning_ms: u64) -> bool {
+        self.envelope.mail_from.is_some()
+            && now.saturating_sub(self.received_at) >= delay_warning_ms
+            && self
+                .recipients
+                .iter()
+                .any(|r| r.status == RcptStatus::Pending && !r.delay_reported && r.notify_delay())
     }
 }

@@ -1,0 +1,387 @@
+//! oseshlrN — one outbound session handler's work on one Domain List.
+//!
+//! Resolves the list's next hop (`mta-dns`), connects to the hosts in order (next host on
+//! connection failure, or a greeting/EHLO that is not 2xx), then transfers the list's
+//! messages one at a time over that one session: MAIL FROM (SIZE, BODY=8BITMIME,
+//! SMTPUTF8 as needed), one RCPT per recipient (each reply kept), DATA with the spooled
+//! bytes dot-stuffed, RSET between messages. Each message's outcomes go to the collector
+//! as soon as the message is done. Between messages the handler stops when the transport
+//! is stopped or the task shuts down; the messages it did not reach are reported as not
+//! attempted and stay Pending Transmission.
+//!
+//! Capability checks (RFC 6152, 6531), decided here at send time: 8-bit content to a
+//! server without 8BITMIME fails permanently (5.6.3; no 7-bit conversion, which would
+//! break DKIM); SMTPUTF8 mail to a server without SMTPUTF8 fails permanently (5.6.7).
+//! Content with a bare CR or LF is never sent (5.6.0).
+
+use crate::domain_list::{DomainList, ListItem};
+use crate::handler_table::Assigned;
+use crate::outcomes::{reply_status, reply_text, Event, RcptOutcome};
+use crate::smtp_client::{SessionError, SmtpClient};
+use mta_config::OutboundConfig;
+use mta_dns::NextHop;
+use mta_types::MessageRecord;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What a handler needs, shared by all handlers.
+pub struct Env {
+    pub next_hop: NextHop,
+    pub config: OutboundConfig,
+    pub hostname: String,
+    pub spool_dir: PathBuf,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// True while handlers may start another message.
+    pub may_continue: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Env {
+    fn report(&self, item: &ListItem, results: Vec<(usize, RcptOutcome)>) {
+        let _ = self.events.send(Event::Report {
+            id: item.record.id,
+            results,
+        });
+    }
+
+    fn report_all(&self, item: &ListItem, outcome: &RcptOutcome) {
+        let results = item.rcpts.iter().map(|i| (*i, outcome.clone())).collect();
+        self.report(item, results);
+    }
+}
+
+/// Works one list to the end; every item is reported exactly once.
+pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
+    let DomainList {
+        id,
+        key,
+        domain,
+        items,
+    } = list;
+    let mut items = items.into_iter();
+    handler.set_detail(format!("resolving list {id} for {key}"));
+    let hosts = match env.next_hop.resolve(&domain).await {
+        Ok(h) => h,
+        Err(e) => {
+            let outcome = if e.is_transient() {
+                RcptOutcome::Deferred {
+                    host: key.clone(),
+                    reply: format!("{} {e}", e.status()),
+                }
+            } else {
+                RcptOutcome::Bounced {
+                    host: key.clone(),
+                    status: e.status().into(),
+                    reason: format!("{} {e}", e.status()),
+                }
+            };
+            for item in items {
+                env.report_all(&item, &outcome);
+            }
+            return;
+        }
+    };
+
+    // Connect: hosts in order, each address in order.
+    let mut last_error = String::from("no host to try");
+    let mut session = None;
+    'hosts: for host in &hosts {
+        for addr in host.socket_addrs() {
+            let label = host.label(addr.ip());
+            handler.set_detail(format!("connecting list {id} to {label}"));
+            match open(&env, addr).await {
+                Ok(client) => {
+                    session = Some((client, label));
+                    break 'hosts;
+                }
+                Err(e) => {
+                    tracing::info!("list {id}: {label}: {e}");
+                    last_error = format!("{label}: {e}");
+                }
+            }
+        }
+    }
+    let Some((mut client, label)) = session else {
+        let outcome = RcptOutcome::Deferred {
+            host: key.clone(),
+            reply: format!("4.4.1 {last_error}"),
+        };
+        for item in items {
+            env.report_all(&item, &outcome);
+        }
+        return;
+    };
+    handler.set_detail(format!("delivering list {id} to {label}"));
+    let _ = env.events.send(Event::SessionOpened);
+
+    let mut sent_in_session = 0usize;
+    let mut first = true;
+    let mut broken = false;
+    for item in items.by_ref() {
+        if !(env.may_continue)() || sent_in_session >= env.config.max_messages_per_session {
+            env.report(&item, Vec::new());
+            break;
+        }
+        if !first {
+            match client.command("RSET").await {
+                Ok(r) if r.is_positive() => {}
+                _ => {
+                    env.report(&item, Vec::new());
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        first = false;
+        sent_in_session += 1;
+        match transfer(&env, &mut client, &label, &item).await {
+            Ok(results) => env.report(&item, results),
+            Err((results, e)) => {
+                tracing::info!("qid={} list {id}: {label}: {e}", item.record.id);
+                env.report(&item, results);
+                broken = true;
+                break;
+            }
+        }
+    }
+    // Whatever was not reached stays queued (reported as not attempted).
+    for item in items {
+        env.report(&item, Vec::new());
+    }
+    if !broken {
+        client.quit().await;
+    }
+}
+
+/// Connects and says hello; a greeting or hello that is not 2xx means "next host".
+async fn open(env: &Env, addr: std::net::SocketAddr) -> Result<SmtpClient, String> {
+    let (mut client, greeting) =
+        SmtpClient::connect(addr, env.config.connect_timeout, env.config.command_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+    if greeting.code / 100 != 2 {
+        client.quit().await;
+        return Err(format!("greeting: {}", reply_text(&greeting)));
+    }
+    let hello = client
+        .hello(&env.hostname)
+        .await
+        .map_err(|e| e.to_string())?;
+    if hello.code / 100 != 2 {
+        client.quit().await;
+        return Err(format!("EHLO/HELO: {}", reply_text(&hello)));
+    }
+    Ok(client)
+}
+
+type Results = Vec<(usize, RcptOutcome)>;
+
+/// One message over the open session. `Err` when the session broke: the results so far,
+/// with every recipient of this message not yet decided deferred.
+async fn transfer(
+    env: &Env,
+    client: &mut SmtpClient,
+    label: &str,
+    item: &ListItem,
+) -> Result<Results, (Results, SessionError)> {
+    let record: &MessageRecord = &item.record;
+    let bounce_all = |status: &str, reason: String| -> Results {
+        item.rcpts
+            .iter()
+            .map(|i| {
+                (
+                    *i,
+                    RcptOutcome::Bounced {
+                        host: label.to_string(),
+                        status: status.into(),
+                        reason: reason.clone(),
+                    },
+                )
+            })
+            .collect()
+    };
+    let defer_all = |reply: String| -> Results {
+        item.rcpts
+            .iter()
+            .map(|i| {
+                (
+                    *i,
+                    RcptOutcome::Deferred {
+                        host: label.to_string(),
+                        reply: reply.clone(),
+                    },
+                )
+            })
+            .collect()
+    };
+
+    let spool_dir = env.spool_dir.clone();
+    let content_ref = record.content.clone();
+    let content = match tokio::task::spawn_blocking(move || {
+        mta_spool::read(&spool_dir, &content_ref)
+    })
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Ok(defer_all(format!(
+                "4.3.0 cannot read the queued content: {e}"
+            )))
+        }
+        Err(e) => {
+            return Ok(defer_all(format!(
+                "4.3.0 cannot read the queued content: {e}"
+            )))
+        }
+    };
+    if mta_smtp::has_bare_line_ending(&content) {
+        return Ok(bounce_all(
+            "5.6.0",
+            "5.6.0 content has a bare CR or LF; not sent (SMTP smuggling risk)".into(),
+        ));
+    }
+    let needs_utf8 = record.envelope.utf8
+        || record
+            .envelope
+            .mail_from
+            .as_ref()
+            .is_some_and(|a| a.is_utf8())
+        || item
+            .rcpts
+            .iter()
+            .any(|i| record.recipients[*i].address.is_utf8());
+    if needs_utf8 && !client.ext.smtputf8 {
+        return Ok(bounce_all(
+            "5.6.7",
+            format!("5.6.7 {label} does not support SMTPUTF8, which this message needs"),
+        ));
+    }
+    let eight_bit = record.envelope.eight_bit || content.iter().any(|b| *b >= 0x80);
+    if eight_bit && !client.ext.eight_bit_mime {
+        return Ok(bounce_all(
+            "5.6.3",
+            format!(
+                "5.6.3 {label} does not support 8BITMIME and the message has 8-bit content \
+                 (not converted, to keep signatures valid)"
+            ),
+        ));
+    }
+    if let Some(limit) = client.ext.size {
+        if content.len() as u64 > limit {
+            return Ok(bounce_all(
+                "5.3.4",
+                format!(
+                    "5.3.4 message size {} exceeds {label}'s limit {limit}",
+                    content.len()
+                ),
+            ));
+        }
+    }
+
+    let mut mail = format!(
+        "MAIL FROM:<{}>",
+        record
+            .envelope
+            .mail_from
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    if client.ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", content.len()));
+    }
+    if eight_bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if needs_utf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    let broke = |results: Results, e: SessionError| {
+        let decided: Vec<usize> = results.iter().map(|(i, _)| *i).collect();
+        let mut results = results;
+        for i in &item.rcpts {
+            if !decided.contains(i) {
+                results.push((
+                    *i,
+                    RcptOutcome::Deferred {
+                        host: label.to_string(),
+                        reply: format!("4.4.2 {e}"),
+                    },
+                ));
+            }
+        }
+        (results, e)
+    };
+    let reply = client
+        .command(&mail)
+        .await
+        .map_err(|e| broke(Vec::new(), e))?;
+    if !reply.is_positive() {
+        let text = reply_text(&reply);
+        return Ok(if reply.is_permanent() {
+            bounce_all(&reply_status(&reply), text)
+        } else {
+            defer_all(text)
+        });
+    }
+
+    let mut results: Results = Vec::new();
+    let mut accepted = Vec::new();
+    for i in &item.rcpts {
+        let rcpt = &record.recipients[*i];
+        let reply = match client.command(&format!("RCPT TO:<{}>", rcpt.address)).await {
+            Ok(r) => r,
+            Err(e) => return Err(broke(results, e)),
+        };
+        let text = reply_text(&reply);
+        if reply.is_positive() {
+            accepted.push(*i);
+        } else if reply.is_permanent() {
+            results.push((
+                *i,
+                RcptOutcome::Bounced {
+                    host: label.to_string(),
+                    status: reply_status(&reply),
+                    reason: text,
+                },
+            ));
+        } else {
+            results.push((
+                *i,
+                RcptOutcome::Deferred {
+                    host: label.to_string(),
+                    reply: text,
+                },
+            ));
+        }
+    }
+    if accepted.is_empty() {
+        return Ok(results);
+    }
+    let reply = match client.data(&content).await {
+        Ok(r) => r,
+        Err(e) => return Err(broke(results, e)),
+    };
+    let text = reply_text(&reply);
+    for i in accepted {
+        let outcome = if reply.code / 100 == 2 {
+            RcptOutcome::Sent {
+                host: label.to_string(),
+                reply: text.clone(),
+            }
+        } else if reply.is_permanent() {
+            RcptOutcome::Bounced {
+                host: label.to_string(),
+                status: reply_status(&reply),
+                reason: text.clone(),
+            }
+        } else {
+            RcptOutcome::Deferred {
+                host: label.to_string(),
+                reply: text.clone(),
+            }
+        };
+        results.push((i, outcome));
+    }
+    Ok(results)
+}

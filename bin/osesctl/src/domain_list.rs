@@ -1,0 +1,179 @@
+//! Domain List Processing: claimed messages sorted into lists by next hop.
+//!
+//! The next-hop key is the relay host when `[outbound] relay_host` is set, else the
+//! recipient's domain. Each list gets a reference ID and at most `max_messages_per_list`
+//! messages; a list is never re-sorted once made (new messages for a hop being served
+//! join a new list).
+//!
+//! A message with recipients in two domains appears in two lists, each list carrying only
+//! that domain's recipients (by index). Every recipient is in exactly one list, so each
+//! outcome is recorded exactly once; the outcome collector (`outcomes.rs`) merges the
+//! lists' reports into the one record and commits it when its last list is done.
+//!
+//! Only recipients that are `Pending` and due (`next_retry` absent or past) are listed: a
+//! message claimed because one recipient is due leaves the others alone.
+
+use mta_types::message::UnixMillis;
+use mta_types::{Domain, MessageRecord, RcptStatus};
+use std::sync::Arc;
+
+/// One message's part of a list: the record as claimed (envelope, content reference)
+/// and the indexes of the recipients this list carries.
+#[derive(Clone, Debug)]
+pub struct ListItem {
+    pub record: Arc<MessageRecord>,
+    pub rcpts: Vec<usize>,
+}
+
+/// A Domain List: messages for one next hop, with its reference ID.
+#[derive(Debug)]
+pub struct DomainList {
+    pub id: u64,
+    /// The next hop as grouped: a domain, or the relay host.
+    pub key: String,
+    /// The domain to resolve (any of the list's recipient domains in relay-host mode).
+    pub domain: Domain,
+    pub items: Vec<ListItem>,
+}
+
+/// Sorts `records` into lists. Returns the lists and, for each record (same order), the
+/// number of lists it appears in (0: nothing due, give it back).
+pub fn build_lists(
+    records: &[Arc<MessageRecord>],
+    relay_host: Option<&str>,
+    max_per_list: usize,
+    now: UnixMillis,
+    next_id: &mut dyn FnMut() -> u64,
+) -> (Vec<DomainList>, Vec<usize>) {
+    let max_per_list = max_per_list.max(1);
+    // (key, domain, items) in order of first appearance.
+    let mut groups: Vec<(String, Domain, Vec<ListItem>)> = Vec::new();
+    for record in records {
+        let mut by_key: Vec<(String, Domain, Vec<usize>)> = Vec::new();
+        for (i, r) in record.recipients.iter().enumerate() {
+            if r.status != RcptStatus::Pending || r.next_retry.is_some_and(|t| t > now) {
+                continue;
+            }
+            let domain = r.address.domain().clone();
+            let key = relay_host.map_or_else(|| domain.to_string(), str::to_string);
+            match by_key.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, _, idx)) => idx.push(i),
+                None => by_key.push((key, domain, vec![i])),
+            }
+        }
+        for (key, domain, rcpts) in by_key {
+            let item = ListItem {
+                record: record.clone(),
+                rcpts,
+            };
+            match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, _, items)) => items.push(item),
+                None => groups.push((key, domain, vec![item])),
+            }
+        }
+    }
+    let mut lists = Vec::new();
+    for (key, domain, items) in groups {
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<ListItem> = items.by_ref().take(max_per_list).collect();
+            lists.push(DomainList {
+                id: next_id(),
+                key: key.clone(),
+                domain: domain.clone(),
+                items: chunk,
+            });
+        }
+    }
+    let counts = records
+        .iter()
+        .map(|r| {
+            lists
+                .iter()
+                .filter(|l| l.items.iter().any(|it| it.record.id == r.id))
+                .count()
+        })
+        .collect();
+    (lists, counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_types::message::{ContentRef, Envelope, HopTrace, Recipient, RECORD_SCHEMA};
+    use mta_types::{Location, QueueId, QueueName};
+
+    fn record(rcpts: &[&str]) -> Arc<MessageRecord> {
+        Arc::new(MessageRecord {
+            schema: RECORD_SCHEMA,
+            id: QueueId::generate(),
+            location: Location::Queue(QueueName::OutboundWork),
+            received_at: 0,
+            size: 10,
+            envelope: Envelope {
+                mail_from: None,
+                ret: None,
+                envid: None,
+                helo: "h".into(),
+                client_ip: "127.0.0.1".into(),
+                protocol: "ESMTP".into(),
+                utf8: false,
+                eight_bit: false,
+            },
+            recipients: rcpts
+                .iter()
+                .map(|a| Recipient::new(a.parse().unwrap()))
+                .collect(),
+            content: ContentRef {
+                segment: "s".into(),
+                offset: 0,
+                len: 10,
+            },
+            fields: None,
+            trace: HopTrace::default(),
+            not_before: 0,
+            note: None,
+        })
+    }
+
+    #[test]
+    fn two_domains_two_lists_each_recipient_once() {
+        let a = record(&["x@ibm.test", "y@lotus.test", "z@ibm.test"]);
+        let b = record(&["w@lotus.test"]);
+        let mut n = 0;
+        let (lists, counts) = build_lists(&[a.clone(), b.clone()], None, 100, 0, &mut || {
+            n += 1;
+            n
+        });
+        assert_eq!(lists.len(), 2);
+        assert_eq!(lists[0].key, "ibm.test");
+        assert_eq!(lists[0].items[0].rcpts, vec![0, 2]);
+        assert_eq!(lists[1].key, "lotus.test");
+        assert_eq!(lists[1].items.len(), 2);
+        assert_eq!(counts, vec![2, 1]);
+    }
+
+    #[test]
+    fn relay_host_one_list_capped() {
+        let recs: Vec<_> = (0..5).map(|_| record(&["a@x.test", "b@y.test"])).collect();
+        let mut n = 0;
+        let (lists, counts) = build_lists(&recs, Some("relay:25"), 2, 0, &mut || {
+            n += 1;
+            n
+        });
+        assert_eq!(
+            lists.iter().map(|l| l.items.len()).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+        assert_eq!(lists[0].items[0].rcpts, vec![0, 1]);
+        assert!(counts.iter().all(|c| *c == 1));
+    }
+
+    #[test]
+    fn not_yet_due_recipients_are_left_alone() {
+        let mut r = (*record(&["a@x.test", "b@x.test"])).clone();
+        r.recipients[1].next_retry = Some(5_000);
+        let (lists, _) = build_lists(&[Arc::new(r)], None, 10, 1_000, &mut || 1);
+        assert_eq!(lists[0].items[0].rcpts, vec![0]);
+    }
+}

@@ -1,0 +1,344 @@
+//! The outcome collector: merges the handlers' per-recipient outcomes into the claimed
+//! records and commits them in groups.
+//!
+//! The controller registers each claimed record with the number of lists it is in before
+//! any list is handed out; each handler reports once per (list, message) with the outcomes
+//! of that list's recipients (none when it did not get to the message). When a record's
+//! last list has reported, the record is finished here: retry times, expiry, location,
+//! and it joins the next commit (one store commit for everything finished meanwhile). A
+//! record nobody touched is released instead (it stays Pending Transmission).
+//!
+//! Retry: a temporary failure keeps the recipient `Pending` with `next_retry = now +
+//! retry[min(attempts-1, last)]`; once the message is older than `queue_lifetime` the
+//! recipient fails with 4.4.7 (the last error kept in the reason). The record's
+//! `not_before` is its earliest pending `next_retry`.
+//!
+//! Logs one line per recipient outcome, Postfix style:
+//! `qid=… to=<…> relay=host[ip]:port delay=1.2s dsn=2.0.0 status=sent (250 2.0.0 Ok)`,
+//! `status=deferred (…)`, `status=bounced (…)`, and `qid=… removed` when done.
+
+use mta_config::OutboundConfig;
+use mta_ipc::store::Change;
+use mta_ipc::{Kicker, StoreClient};
+use mta_smtp::Reply;
+use mta_types::message::{now_ms, Attempt, UnixMillis};
+use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+
+/// What happened to one recipient in one attempt.
+#[derive(Clone, Debug)]
+pub enum RcptOutcome {
+    /// 2xx to DATA: the next hop has it.
+    Sent { host: String, reply: String },
+    /// Permanent failure (5xx, null MX, NXDOMAIN, a capability the next hop lacks).
+    Bounced {
+        host: String,
+        status: String,
+        reason: String,
+    },
+    /// Temporary failure: retried on the schedule.
+    Deferred { host: String, reply: String },
+}
+
+pub enum Event {
+    /// A claimed record and the number of lists carrying its recipients.
+    Register { record: MessageRecord, lists: usize },
+    /// One list's outcomes for one message (`results` empty: not attempted).
+    Report {
+        id: QueueId,
+        results: Vec<(usize, RcptOutcome)>,
+    },
+    /// A handler opened an SMTP session (for `Mail.Outbound.Sessions`).
+    SessionOpened,
+    /// Commit what is finished and stop.
+    Shutdown,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub sent: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+}
+
+struct InFlight {
+    record: MessageRecord,
+    lists_left: usize,
+    changed: bool,
+}
+
+/// The enhanced code and text of a reply as kept in records: `250 2.0.0 Ok: queued`.
+pub fn reply_text(reply: &Reply) -> String {
+    match reply.enhanced {
+        Some((c, s, d)) => format!("{} {c}.{s}.{d} {}", reply.code, reply.text()),
+        None => format!("{} {}", reply.code, reply.text()),
+    }
+}
+
+/// The enhanced status of a reply, or `X.0.0` from its code.
+pub fn reply_status(reply: &Reply) -> String {
+    match reply.enhanced {
+        Some((c, s, d)) => format!("{c}.{s}.{d}"),
+        None => format!("{}.0.0", reply.code / 100),
+    }
+}
+
+pub async fn run_collector(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    store: StoreClient,
+    config: OutboundConfig,
+    stats: Arc<Stats>,
+    wake: Arc<Notify>,
+    drt: Kicker,
+) {
+    let mut inflight: HashMap<QueueId, InFlight> = HashMap::new();
+    let mut sessions = 0u64;
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.recv().await else { break };
+        let mut events = vec![first];
+        while events.len() < 4096 {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut puts = Vec::new();
+        let mut releases = Vec::new();
+        for event in events {
+            match event {
+                Event::Shutdown => stop = true,
+                Event::SessionOpened => sessions += 1,
+                Event::Register { record, lists } => {
+                    if lists == 0 {
+                        releases.push(record.id);
+                    } else {
+                        inflight.insert(
+                            record.id,
+                            InFlight {
+                                record,
+                                lists_left: lists,
+                                changed: false,
+                            },
+                        );
+                    }
+                }
+                Event::Report { id, results } => {
+                    let Some(f) = inflight.get_mut(&id) else {
+                        continue;
+                    };
+                    for (i, outcome) in results {
+                        apply(&mut f.record, i, outcome, &config, now, &stats);
+                        f.changed = true;
+                    }
+                    f.lists_left -= 1;
+                    if f.lists_left == 0 {
+                        let f = inflight.remove(&id).expect("present");
+                        if f.changed {
+                            let mut record = f.record;
+                            finish(&mut record, now, config.delay_warning.as_millis() as u64);
+                            puts.push(record);
+                        } else {
+                            releases.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        if !puts.is_empty() || sessions > 0 {
+            let ids: Vec<QueueId> = puts.iter().map(|r| r.id).collect();
+            let n = puts.len();
+            let reports = puts
+                .iter()
+                .any(|r| r.location == Location::Queue(QueueName::Reports));
+            let mut changes: Vec<Change> = puts.into_iter().map(Change::Put).collect();
+            if sessions > 0 {
+                changes.push(Change::AddCounters(vec![(
+                    "Mail.Outbound.Sessions".to_string(),
+                    sessions,
+                )]));
+            }
+            match store.commit(changes).await {
+                Ok(()) => {
+                    sessions = 0;
+                    if reports {
+                        drt.kick();
+                    }
+                }
+                Err(e) => {
+                    // Nothing changed in the store: the messages are sent again later
+                    // (at-least-once; the remote may see a duplicate).
+                    tracing::warn!("cannot commit {n} outbound outcomes: {e}");
+                    releases.extend(ids);
+                }
+            }
+        }
+        if !releases.is_empty() {
+            if let Err(e) = store.release(releases).await {
+                tracing::warn!("cannot release messages: {e} (their leases will expire)");
+            }
+            wake.notify_one();
+        }
+    }
+}
+
+/// Applies one recipient's outcome to the record and logs it.
+pub fn apply(
+    record: &mut MessageRecord,
+    i: usize,
+    outcome: RcptOutcome,
+    config: &OutboundConfig,
+    now: UnixMillis,
+    stats: &Stats,
+) {
+    let received_at = record.received_at;
+    let id = record.id;
+    let Some(r) = record.recipients.get_mut(i) else {
+        return;
+    };
+    let delay = now.saturating_sub(received_at) as f64 / 1000.0;
+    match outcome {
+        RcptOutcome::Sent { host, reply } => {
+            tracing::info!(
+                "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn={} status=sent ({reply})",
+                r.address,
+                enhanced_of(&reply, "2.0.0")
+            );
+            r.attempts.push(Attempt {
+                at: now,
+                host: host.clone(),
+                reply: reply.clone(),
+            });
+            r.status = RcptStatus::Relayed {
+                at: now,
+                host,
+                reply,
+            };
+            r.next_retry = None;
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        RcptOutcome::Bounced {
+            host,
+            status,
+            reason,
+        } => {
+            tracing::info!(
+                "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn={status} status=bounced ({reason})",
+                r.address
+            );
+            r.attempts.push(Attempt {
+                at: now,
+                host,
+                reply: reason.clone(),
+            });
+            r.status = RcptStatus::Failed {
+                at: now,
+                status,
+                reason,
+            };
+            r.next_retry = None;
+            stats.bounced.fetch_add(1, Ordering::Relaxed);
+        }
+        RcptOutcome::Deferred { host, reply } => {
+            r.attempts.push(Attempt {
+                at: now,
+                host: host.clone(),
+                reply: reply.clone(),
+            });
+            let age = std::time::Duration::from_millis(now.saturating_sub(received_at));
+            if age >= config.queue_lifetime {
+                let reason = format!(
+                    "4.4.7 message expired after {}s in the queue; last error: {reply}",
+                    age.as_secs()
+                );
+                tracing::info!(
+                    "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn=4.4.7 status=expired ({reason})",
+                    r.address
+                );
+                r.status = RcptStatus::Failed {
+                    at: now,
+                    status: "4.4.7".into(),
+                    reason,
+                };
+                r.next_retry = None;
+                stats.bounced.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let n = r.attempts.len().max(1);
+                let wait = config.retry[(n - 1).min(config.retry.len() - 1)];
+                r.next_retry = Some(now + wait.as_millis() as u64);
+                tracing::warn!(
+                    "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn={} status=deferred ({reply}) retry_in={}s",
+                    r.address,
+                    enhanced_of(&reply, "4.0.0"),
+                    wait.as_secs_f64()
+                );
+                stats.deferred.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Sets the record's location and retry time after its outcomes are in: finished records
+/// go where `MessageRecord::finish` says; a record still retrying whose sender is owed a
+/// delay report (`[outbound] delay_warning` passed) goes to drt first, which sends the
+/// report once and puts it back in the Outbound Work Queue.
+pub fn finish(record: &mut MessageRecord, now: UnixMillis, delay_warning_ms: u64) {
+    if record.all_final() {
+        record.finish();
+        match record.location {
+            Location::Done => tracing::info!("qid={} removed", record.id),
+            other => tracing::info!("qid={} finished; to {}", record.id, other.label()),
+        }
+        return;
+    }
+    record.location = if record.delay_report_due(now, delay_warning_ms) {
+        Location::Queue(QueueName::Reports)
+    } else {
+        Location::Queue(QueueName::OutboundWork)
+    };
+    record.not_before = record
+        .recipients
+        .iter()
+        .filter(|r| r.status == RcptStatus::Pending)
+        .map(|r| r.next_retry.unwrap_or(now))
+        .min()
+        .unwrap_or(now);
+    record.note = record
+        .recipients
+        .iter()
+        .filter(|r| r.status == RcptStatus::Pending)
+        .filter_map(|r| r.attempts.last())
+        .map(|a| a.reply.clone())
+        .last();
+}
+
+/// `"550 5.1.1 User unknown"` or `"4.4.3 lookup failed"` → the enhanced code; else `default`.
+fn enhanced_of<'a>(reply: &'a str, default: &'a str) -> &'a str {
+    let is_code = |w: &&str| {
+        let p: Vec<&str> = w.split('.').collect();
+        p.len() == 3
+            && p.iter()
+                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut words = reply.split_whitespace().take(2);
+    words.find(is_code).unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_code_from_reply_text() {
+        assert_eq!(enhanced_of("550 5.1.1 User unknown", "5.0.0"), "5.1.1");
+        assert_eq!(enhanced_of("451 try later", "4.0.0"), "4.0.0");
+        assert_eq!(
+            enhanced_of("4.4.3 servfail.test: timed out", "4.0.0"),
+            "4.4.3"
+        );
+    }
+}

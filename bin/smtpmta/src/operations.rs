@@ -1,0 +1,158 @@
+//! The operator's hands on single messages: `show message`, `hold`, `release`,
+//! `release dead`, `delete`. Each works on a record no task holds (`StoreService::operate`
+//! leases it to the supervisor meanwhile); a record a task is working on is "busy".
+
+use crate::Supervisor;
+use mta_ipc::console::ConsoleReply;
+use mta_ipc::store::Change;
+use mta_ipc::{TaskClient, TaskRequest};
+use mta_store::OperateError;
+use mta_types::{Location, QueueId, QueueName, RcptStatus, TaskName};
+
+fn parse(qid: &str) -> Result<QueueId, Box<ConsoleReply>> {
+    qid.parse::<QueueId>().map_err(|_| {
+        Box::new(ConsoleReply::Error(format!(
+            "`{qid}` is not a queue id (see `show queue`)"
+        )))
+    })
+}
+
+fn failed(qid: &str, e: OperateError) -> ConsoleReply {
+    ConsoleReply::Error(match e {
+        OperateError::NotFound => format!("{qid}: no such message in the queue"),
+        OperateError::Busy => format!("{qid} is busy (a task is working on it), try again"),
+        other => format!("{qid}: {other}"),
+    })
+}
+
+/// Best effort: a lost kick delays the message by one poll interval.
+async fn kick(sup: &Supervisor, queue: QueueName) {
+    if let Ok(mut c) =
+        TaskClient::connect(&sup.config.run_dir(), queue.consumer(), TaskName::Smtpmta).await
+    {
+        let _ = c.request(&TaskRequest::Kick { queue }).await;
+    }
+}
+
+pub fn show_message(sup: &Supervisor, qid: &str) -> ConsoleReply {
+    let id = match parse(qid) {
+        Ok(id) => id,
+        Err(e) => return *e,
+    };
+    match sup.store.engine().get(id) {
+        Ok(Some(record)) => ConsoleReply::Message(Box::new(record)),
+        Ok(None) => ConsoleReply::Error(format!(
+            "{qid}: no such message in the queue (finished messages are removed)"
+        )),
+        Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
+    }
+}
+
+pub async fn hold(sup: &Supervisor, qid: &str) -> ConsoleReply {
+    let id = match parse(qid) {
+        Ok(id) => id,
+        Err(e) => return *e,
+    };
+    let result = sup
+        .store
+        .operate(id, |mut r| match r.location {
+            Location::Queue(from) => {
+                r.location = Location::Held { from };
+                r.note = Some(format!("held by the operator (from {from})"));
+                Ok(Change::Put(r))
+            }
+            other => Err(format!(
+                "it is {}: only queued messages can be held",
+                other.label()
+            )),
+        })
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::info!("qid={id} held by the operator");
+            ConsoleReply::Text(format!("{id} held"))
+        }
+        Err(e) => failed(qid, e),
+    }
+}
+
+pub async fn release(sup: &Supervisor, qid: &str) -> ConsoleReply {
+    let id = match parse(qid) {
+        Ok(id) => id,
+        Err(e) => return *e,
+    };
+    let mut back_to = None;
+    let result = sup
+        .store
+        .operate(id, |mut r| match r.location {
+            Location::Held { from } => {
+                r.location = Location::Queue(from);
+                r.not_before = 0;
+                r.note = None;
+                back_to = Some(from);
+                Ok(Change::Put(r))
+            }
+            Location::Dead => Err("it is Dead: use `release dead <queue-id>`".into()),
+            other => Err(format!("it is {}, not held", other.label())),
+        })
+        .await;
+    match (result, back_to) {
+        (Ok(()), Some(queue)) => {
+            kick(sup, queue).await;
+            tracing::info!("qid={id} released by the operator to {queue}");
+            ConsoleReply::Text(format!("{id} released to {queue}"))
+        }
+        (Err(e), _) => failed(qid, e),
+        (Ok(()), None) => ConsoleReply::Error("released nowhere".into()),
+    }
+}
+
+/// Re-routes a dead message: failed recipients become pending again and the message goes
+/// back to `mail.box` (an undeliverable report that fails again comes back to Dead).
+pub async fn release_dead(sup: &Supervisor, qid: &str) -> ConsoleReply {
+    let id = match parse(qid) {
+        Ok(id) => id,
+        Err(e) => return *e,
+    };
+    let result = sup
+        .store
+        .operate(id, |mut r| {
+            if r.location != Location::Dead {
+                return Err(format!("it is {}, not Dead", r.location.label()));
+            }
+            for rcpt in &mut r.recipients {
+                if matches!(rcpt.status, RcptStatus::Failed { .. }) {
+                    rcpt.status = RcptStatus::Pending;
+                    rcpt.next_retry = None;
+                    rcpt.final_reported = false;
+                }
+            }
+            r.location = Location::Queue(QueueName::MailBox);
+            r.not_before = 0;
+            r.note = None;
+            Ok(Change::Put(r))
+        })
+        .await;
+    match result {
+        Ok(()) => {
+            kick(sup, QueueName::MailBox).await;
+            tracing::info!("qid={id} dead message released by the operator to mail.box");
+            ConsoleReply::Text(format!("{id} released to mail.box for routing"))
+        }
+        Err(e) => failed(qid, e),
+    }
+}
+
+pub async fn delete(sup: &Supervisor, qid: &str) -> ConsoleReply {
+    let id = match parse(qid) {
+        Ok(id) => id,
+        Err(e) => return *e,
+    };
+    match sup.store.operate(id, |r| Ok(Change::Remove(r.id))).await {
+        Ok(()) => {
+            tracing::info!("qid={id} deleted by the operator");
+            ConsoleReply::Text(format!("{id} deleted"))
+        }
+        Err(e) => failed(qid, e),
+    }
+}

@@ -1,0 +1,431 @@
+//! Delivery status notifications (RFC 3464, RFC 3461, RFC 3834 `Auto-Submitted`): the
+//! content of the report `drt` sends to a message's sender.
+//!
+//! One report per message lists every recipient that needs one (`ReportLine`):
+//! `multipart/report; report-type=delivery-status` with three parts —
+//! 1. `text/plain`: what happened, quoting each remote server's reply;
+//! 2. `message/delivery-status`: per-message fields (Reporting-MTA, Original-Envelope-Id,
+//!    Arrival-Date) and per-recipient fields (Original-Recipient, Final-Recipient, Action,
+//!    Status, Remote-MTA, Diagnostic-Code, Last-Attempt-Date, Will-Retry-Until);
+//! 3. the original header section (`text/rfc822-headers`), or the whole message
+//!    (`message/rfc822`) when the sender asked RET=FULL.
+//!
+//! Pure: no I/O; dates come formatted from the caller. Lines end in CRLF like spool content.
+
+use mta_types::message::{ReportAction, Ret, UnixMillis};
+use mta_types::{MessageRecord, RcptStatus, Recipient};
+use std::fmt::Write as _;
+
+/// One recipient to report, and how.
+pub struct ReportLine<'a> {
+    pub recipient: &'a Recipient,
+    pub action: ReportAction,
+}
+
+/// What the report is made from.
+pub struct DsnInput<'a> {
+    /// This MTA's host name (Reporting-MTA, From).
+    pub hostname: &'a str,
+    /// The message reported on.
+    pub original: &'a MessageRecord,
+    pub lines: Vec<ReportLine<'a>>,
+    /// The original content as spooled (None: unreadable, the third part says so).
+    pub content: Option<&'a [u8]>,
+    /// Formats a time as an RFC 5322 date.
+    pub date: &'a dyn Fn(UnixMillis) -> String,
+    pub now: UnixMillis,
+    /// Unique per report (boundary and Message-ID are made from it).
+    pub unique: &'a str,
+    /// For a delay report: when the message will be given up (Will-Retry-Until).
+    pub retry_until: Option<UnixMillis>,
+}
+
+/// The rendered report.
+pub struct Dsn {
+    pub content: Vec<u8>,
+    pub subject: String,
+    pub message_id: String,
+    pub from: String,
+}
+
+/// `"550 5.1.1 User unknown"` has a reply code; `"user unknown"` does not.
+fn is_reply(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit)
+}
+
+/// The enhanced status of a reply text, if it carries one (`"550 5.1.1 …"` → `5.1.1`).
+fn enhanced_in(reply: &str) -> Option<&str> {
+    let word = reply
+        .split_whitespace()
+        .nth(if is_reply(reply) { 1 } else { 0 })?;
+    let parts: Vec<&str> = word.split('.').collect();
+    (parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then_some(word)
+}
+
+/// The host part of an attempt's host (`mx.example[192.0.2.1]` → `mx.example`).
+fn host_name(host: &str) -> &str {
+    host.split('[').next().unwrap_or(host).trim()
+}
+
+/// Status, Remote-MTA, diagnostic reply, and last attempt time of one recipient.
+struct Facts {
+    status: String,
+    remote: Option<String>,
+    diagnostic: Option<String>,
+    last_attempt: Option<UnixMillis>,
+}
+
+fn facts(r: &Recipient, action: ReportAction) -> Facts {
+    let last = r.attempts.last();
+    let remote = last
+        .map(|a| host_name(&a.host).to_string())
+        .filter(|h| !h.is_empty() && h != "local");
+    let last_attempt = last.map(|a| a.at);
+    match (&r.status, action) {
+        (RcptStatus::Failed { at, status, reason }, _) => {
+            let diagnostic = if is_reply(reason) {
+                reason.clone()
+            } else if let Some(reply) = last.map(|a| &a.reply).filter(|t| is_reply(t)) {
+                // expired: the reason is ours, the last reply is the server's
+                reply.clone()
+            } else {
+                let code = if status.starts_with('5') { 550 } else { 450 };
+                format!("{code} {status} <{}>: {reason}", r.address)
+            };
+            Facts {
+                status: status.clone(),
+                remote,
+                diagnostic: Some(diagnostic),
+                last_attempt: last_attempt.or(Some(*at)),
+            }
+        }
+        (RcptStatus::Relayed { at, host, reply }, _) => Facts {
+            status: enhanced_in(reply).unwrap_or("2.0.0").to_string(),
+            remote: Some(host_name(host).to_string()),
+            diagnostic: Some(reply.clone()),
+            last_attempt: Some(*at),
+        },
+        (RcptStatus::Delivered { at, .. }, _) => Facts {
+            status: "2.0.0".into(),
+            remote: None,
+            diagnostic: None,
+            last_attempt: Some(*at),
+        },
+        (RcptStatus::Pending, _) => {
+            let reply = last.map(|a| a.reply.clone());
+            Facts {
+                status: reply
+                    .as_deref()
+                    .and_then(enhanced_in)
+                    .filter(|s| s.starts_with('4'))
+                    .unwrap_or("4.0.0")
+                    .to_string(),
+                remote,
+                diagnostic: reply,
+                last_attempt,
+            }
+        }
+    }
+}
+
+/// The header section of `content` (up to and including the empty line's first CRLF).
+fn header_section(content: &[u8]) -> &[u8] {
+    for (i, w) in content.windows(4).enumerate() {
+        if w == b"\r\n\r\n" {
+            return &content[..i + 2];
+        }
+    }
+    for (i, w) in content.windows(2).enumerate() {
+        if w == b"\n\n" {
+            return &content[..i + 1];
+        }
+    }
+    content
+}
+
+/// Renders the report.
+pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
+    let rec = input.original;
+    let host = input.hostname;
+    let sender = rec
+        .envelope
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let any = |a: ReportAction| input.lines.iter().any(|l| l.action == a);
+    let (subject, intro) = if any(ReportAction::Failed) {
+        (
+            "Undelivered Mail Returned to Sender",
+            "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.",
+        )
+    } else if any(ReportAction::Delayed) {
+        (
+            "Delayed Mail (still being retried)",
+            "Your message could not be delivered yet to one or more recipients.\r\nThe mail system will keep trying; you do not need to send it again.",
+        )
+    } else {
+        (
+            "Successful Mail Delivery Report",
+            "Your message was successfully delivered to the destination(s)\r\nlisted below, as you asked with NOTIFY=SUCCESS.",
+        )
+    };
+    let boundary = format!("{}/{host}", input.unique);
+    let message_id = format!("<{}@{host}>", input.unique);
+    let from = format!("MAILER-DAEMON@{host}");
+
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "From: Mail Delivery System <{from}>\r\n\
+         To: <{sender}>\r\n\
+         Subject: {subject}\r\n\
+         Date: {date}\r\n\
+         Message-ID: {message_id}\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Description: Notification\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at host {host}.\r\n\
+         \r\n\
+         {intro}\r\n\
+         \r\n",
+        date = (input.date)(input.now),
+    );
+    let facts: Vec<Facts> = input
+        .lines
+        .iter()
+        .map(|l| facts(l.recipient, l.action))
+        .collect();
+    for (line, f) in input.lines.iter().zip(&facts) {
+        let r = line.recipient;
+        let what = match (line.action, &f.remote, &f.diagnostic) {
+            (ReportAction::Failed | ReportAction::Delayed, Some(h), Some(d)) => {
+                format!("host {h} said: {d}")
+            }
+            (ReportAction::Failed | ReportAction::Delayed, None, Some(d)) => d.clone(),
+            (ReportAction::Relayed, Some(h), Some(d)) => format!("relayed to {h}: {d}"),
+            (ReportAction::Expanded, _, _) => "delivered to the members of the alias".into(),
+            (ReportAction::Delivered, _, _) => "delivered to the mailbox".into(),
+            (a, _, _) => a.as_str().to_string(),
+        };
+        let _ = write!(out, "<{}>: {what}\r\n", r.address);
+    }
+    let _ = write!(
+        out,
+        "\r\n--{boundary}\r\n\
+         Content-Description: Delivery report\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {host}\r\n\
+         X-Queue-ID: {qid}\r\n",
+        qid = rec.id
+    );
+    if let Some(envid) = &rec.envelope.envid {
+        let _ = write!(out, "Original-Envelope-Id: {envid}\r\n");
+    }
+    if !sender.is_empty() {
+        let _ = write!(out, "X-Original-Sender: rfc822; {sender}\r\n");
+    }
+    let _ = write!(out, "Arrival-Date: {}\r\n", (input.date)(rec.received_at));
+    for (line, f) in input.lines.iter().zip(&facts) {
+        let r = line.recipient;
+        out.push_str("\r\n");
+        if let Some(orcpt) = &r.orcpt {
+            let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+            let _ = write!(
+                out,
+                "Original-Recipient: {}; {}\r\n",
+                kind.trim(),
+                addr.trim()
+            );
+        }
+        let _ = write!(
+            out,
+            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            r.address,
+            line.action.as_str(),
+            f.status
+        );
+        if let Some(h) = &f.remote {
+            let _ = write!(out, "Remote-MTA: dns; {h}\r\n");
+        }
+        if let Some(d) = &f.diagnostic {
+            let _ = write!(out, "Diagnostic-Code: smtp; {d}\r\n");
+        }
+        if let Some(t) = f.last_attempt {
+            let _ = write!(out, "Last-Attempt-Date: {}\r\n", (input.date)(t));
+        }
+        if let (ReportAction::Delayed, Some(until)) = (line.action, input.retry_until) {
+            let _ = write!(out, "Will-Retry-Until: {}\r\n", (input.date)(until));
+        }
+    }
+    let mut bytes = out.into_bytes();
+    let full = rec.envelope.ret == Some(Ret::Full);
+    match input.content {
+        Some(content) => {
+            let (ctype, desc, body) = if full {
+                ("message/rfc822", "Undelivered Message", content)
+            } else {
+                (
+                    "text/rfc822-headers",
+                    "Undelivered Message Headers",
+                    header_section(content),
+                )
+            };
+            bytes.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\nContent-Description: {desc}\r\nContent-Type: {ctype}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            bytes.extend_from_slice(body);
+            if !body.ends_with(b"\n") {
+                bytes.extend_from_slice(b"\r\n");
+            }
+        }
+        None => bytes.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\n(the original message could not be read)\r\n"
+            )
+            .as_bytes(),
+        ),
+    }
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Dsn {
+        content: bytes,
+        subject: subject.to_string(),
+        message_id,
+        from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_types::message::{Attempt, ContentRef, Envelope, HopTrace, RECORD_SCHEMA};
+    use mta_types::{Location, QueueId, QueueName};
+
+    fn record() -> MessageRecord {
+        let mut bad = Recipient::new("bob@example.net".parse().unwrap());
+        bad.orcpt = Some("rfc822;Bob@example.net".into());
+        bad.attempts.push(Attempt {
+            at: 2000,
+            host: "mx.example.net[192.0.2.1]".into(),
+            reply: "550 5.1.1 <bob@example.net>: User unknown".into(),
+        });
+        bad.status = RcptStatus::Failed {
+            at: 2000,
+            status: "5.1.1".into(),
+            reason: "550 5.1.1 <bob@example.net>: User unknown".into(),
+        };
+        let mut local = Recipient::new("ghost@localhost".parse().unwrap());
+        local.status = RcptStatus::Failed {
+            at: 1500,
+            status: "5.1.1".into(),
+            reason: "user unknown".into(),
+        };
+        MessageRecord {
+            schema: RECORD_SCHEMA,
+            id: QueueId::from_u64(42),
+            location: Location::Queue(QueueName::Reports),
+            received_at: 1000,
+            size: 40,
+            envelope: Envelope {
+                mail_from: Some("alice@localhost".parse().unwrap()),
+                ret: None,
+                envid: Some("E1".into()),
+                helo: "h".into(),
+                client_ip: "127.0.0.1".into(),
+                protocol: "ESMTP".into(),
+                utf8: false,
+                eight_bit: false,
+            },
+            recipients: vec![bad, local],
+            content: ContentRef {
+                segment: "s".into(),
+                offset: 0,
+                len: 40,
+            },
+            fields: None,
+            trace: HopTrace::default(),
+            not_before: 0,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn one_report_lists_every_failed_recipient() {
+        let rec = record();
+        let content = b"Subject: hi\r\nFrom: alice@localhost\r\n\r\nsecret body\r\n";
+        let dsn = render_dsn(&DsnInput {
+            hostname: "mta.test",
+            original: &rec,
+            lines: rec
+                .recipients
+                .iter()
+                .map(|r| ReportLine {
+                    recipient: r,
+                    action: ReportAction::Failed,
+                })
+                .collect(),
+            content: Some(content),
+            date: &|t| format!("T{t}"),
+            now: 3000,
+            unique: "U1",
+            retry_until: None,
+        });
+        let text = String::from_utf8(dsn.content).unwrap();
+        for want in [
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Reporting-MTA: dns; mta.test\r\n",
+            "Original-Envelope-Id: E1\r\n",
+            "Arrival-Date: T1000\r\n",
+            "Original-Recipient: rfc822; Bob@example.net\r\nFinal-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.net\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: User unknown\r\nLast-Attempt-Date: T2000\r\n",
+            "Final-Recipient: rfc822; ghost@localhost\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 <ghost@localhost>: user unknown\r\n",
+            "<bob@example.net>: host mx.example.net said: 550 5.1.1",
+            "Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\nFrom: alice@localhost\r\n\r\n--U1/mta.test--\r\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains("secret body"));
+        assert_eq!(dsn.subject, "Undelivered Mail Returned to Sender");
+    }
+
+    #[test]
+    fn ret_full_attaches_the_message() {
+        let mut rec = record();
+        rec.envelope.ret = Some(Ret::Full);
+        let content = b"Subject: hi\r\n\r\nsecret body\r\n";
+        let dsn = render_dsn(&DsnInput {
+            hostname: "mta.test",
+            original: &rec,
+            lines: vec![ReportLine {
+                recipient: &rec.recipients[0],
+                action: ReportAction::Failed,
+            }],
+            content: Some(content),
+            date: &|t| t.to_string(),
+            now: 3000,
+            unique: "U2",
+            retry_until: None,
+        });
+        let text = String::from_utf8(dsn.content).unwrap();
+        assert!(
+            text.contains("Content-Type: message/rfc822\r\n\r\nSubject: hi\r\n\r\nsecret body\r\n")
+        );
+    }
+}

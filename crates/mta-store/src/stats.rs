@@ -1,0 +1,188 @@
+//! Statistics counters kept by the store: every state change passes through
+//! `Engine::apply` with the record as it was, so the counters are updated there, in the
+//! same atomic batch as the change that caused them (they can never disagree with the
+//! queue after a crash).
+//!
+//! Key: `s` + counter name → u64 big-endian. Cumulative counters (since the store was
+//! created): see `CUMULATIVE`. Live values (Mail.Waiting, Mail.Hold, Mail.Dead,
+//! Mail.WaitingForDeliveryThreads) are counted from the queue indexes at query time.
+
+use mta_types::message::ALIAS_EXPANDED;
+use mta_types::{Location, MessageRecord, QueueName, RcptStatus};
+use std::collections::BTreeMap;
+
+pub const DELIVERED: &str = "Mail.Delivered";
+pub const TRANSFERRED: &str = "Mail.Transferred";
+pub const TOTAL_FAILURES: &str = "Mail.TotalFailures";
+pub const TOTAL_ROUTED: &str = "Mail.TotalRouted";
+pub const CONVERSION_ERRORS: &str = "Mail.ConversionErrors";
+pub const TOTAL_DEAD: &str = "Mail.TotalDead";
+pub const REPORTS_SENT: &str = "Mail.DeliveryReportsSent";
+pub const INBOUND_SESSIONS: &str = "Mail.Inbound.Sessions";
+pub const OUTBOUND_SESSIONS: &str = "Mail.Outbound.Sessions";
+/// Sum of (delivered or relayed − received) in ms, and how many: the average delivery time.
+pub const DELIVER_TIME_SUM_MS: &str = "Mail.DeliverTime.SumMs";
+pub const DELIVER_TIME_COUNT: &str = "Mail.DeliverTime.Count";
+/// Sum of the sizes of delivered or relayed copies: the average size delivered.
+pub const SIZE_DELIVERED_SUM: &str = "Mail.SizeDelivered.Sum";
+
+/// Every cumulative counter, in the order `show stat mail` lists them.
+pub const CUMULATIVE: &[&str] = &[
+    DELIVERED,
+    TRANSFERRED,
+    TOTAL_ROUTED,
+    TOTAL_FAILURES,
+    CONVERSION_ERRORS,
+    TOTAL_DEAD,
+    REPORTS_SENT,
+    INBOUND_SESSIONS,
+    OUTBOUND_SESSIONS,
+    DELIVER_TIME_SUM_MS,
+    DELIVER_TIME_COUNT,
+    SIZE_DELIVERED_SUM,
+];
+
+/// Increments accumulated while one batch is built.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Deltas(pub BTreeMap<String, u64>);
+
+impl Deltas {
+    pub fn add(&mut self, name: &str, by: u64) {
+        if by > 0 {
+            *self.0.entry(name.to_string()).or_default() += by;
+        }
+    }
+
+    /// The counters a change of one record causes (`old` as stored before, `new` as put).
+    pub fn record_change(&mut self, old: Option<&MessageRecord>, new: &MessageRecord) {
+        let old_loc = old.map(|r| r.location);
+        let mail_box = Location::Queue(QueueName::MailBox);
+        if old_loc == Some(mail_box) && new.location != mail_box {
+            self.add(TOTAL_ROUTED, 1);
+        }
+        if new.location == Location::ConversionError && old_loc != Some(Location::ConversionError) {
+            self.add(CONVERSION_ERRORS, 1);
+        }
+        if new.location == Location::Dead && old_loc != Some(Location::Dead) {
+            self.add(TOTAL_DEAD, 1);
+        }
+        if old.is_none() && new.is_report() {
+            self.add(REPORTS_SENT, 1);
+        }
+        for (i, r) in new.recipients.iter().enumerate() {
+            let was_final = old
+                .and_then(|o| o.recipients.get(i))
+                .is_some_and(|o| o.address == r.address && o.status.is_final());
+            if was_final {
+                continue;
+            }
+            match &r.status {
+                RcptStatus::Delivered { mailbox, .. } if mailbox.starts_with(ALIAS_EXPANDED) => {}
+                RcptStatus::Delivered { at, .. } => {
+                    self.add(DELIVERED, 1);
+                    self.delivery(new, *at);
+                }
+                RcptStatus::Relayed { at, .. } => {
+                    self.add(TRANSFERRED, 1);
+                    self.delivery(new, *at);
+                }
+                RcptStatus::Failed { .. } => self.add(TOTAL_FAILURES, 1),
+                RcptStatus::Pending => {}
+            }
+        }
+    }
+
+    fn delivery(&mut self, record: &MessageRecord, at: u64) {
+        self.add(DELIVER_TIME_SUM_MS, at.saturating_sub(record.received_at));
+        self.add(DELIVER_TIME_COUNT, 1);
+        self.add(SIZE_DELIVERED_SUM, record.size);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_types::message::{ContentRef, Envelope, HopTrace, RECORD_SCHEMA};
+    use mta_types::{QueueId, Recipient};
+
+    fn record(loc: Location, rcpts: usize) -> MessageRecord {
+        MessageRecord {
+            schema: RECORD_SCHEMA,
+            id: QueueId::generate(),
+            location: loc,
+            received_at: 1000,
+            size: 100,
+            envelope: Envelope {
+                mail_from: Some("s@example.org".parse().unwrap()),
+                ret: None,
+                envid: None,
+                helo: "h".into(),
+                client_ip: "127.0.0.1".into(),
+                protocol: "ESMTP".into(),
+                utf8: false,
+                eight_bit: false,
+            },
+            recipients: (0..rcpts)
+                .map(|i| Recipient::new(format!("u{i}@localhost").parse().unwrap()))
+                .collect(),
+            content: ContentRef {
+                segment: "x.seg".into(),
+                offset: 0,
+                len: 100,
+            },
+            fields: None,
+            trace: HopTrace::default(),
+            not_before: 0,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn counts_each_outcome_once() {
+        let old = record(Location::Queue(QueueName::MailBox), 3);
+        let mut new = old.clone();
+        new.location = Location::Queue(QueueName::SmtpBox);
+        new.recipients[0].status = RcptStatus::Delivered {
+            at: 1500,
+            mailbox: "u0".into(),
+        };
+        new.recipients[1].status = RcptStatus::Failed {
+            at: 1500,
+            status: "5.1.1".into(),
+            reason: "user unknown".into(),
+        };
+        let mut d = Deltas::default();
+        d.record_change(Some(&old), &new);
+        assert_eq!(d.0[DELIVERED], 1);
+        assert_eq!(d.0[TOTAL_FAILURES], 1);
+        assert_eq!(d.0[TOTAL_ROUTED], 1);
+        assert_eq!(d.0[DELIVER_TIME_SUM_MS], 500);
+        assert_eq!(d.0[SIZE_DELIVERED_SUM], 100);
+        // Committed again (e.g. later relayed): the earlier outcomes are not counted twice.
+        let mut later = new.clone();
+        later.recipients[2].status = RcptStatus::Relayed {
+            at: 2000,
+            host: "mx".into(),
+            reply: "250 ok".into(),
+        };
+        later.location = Location::Done;
+        let mut d = Deltas::default();
+        d.record_change(Some(&new), &later);
+        assert_eq!(d.0.get(DELIVERED), None);
+        assert_eq!(d.0[TRANSFERRED], 1);
+        assert_eq!(d.0.get(TOTAL_ROUTED), None);
+    }
+
+    #[test]
+    fn alias_expansion_is_not_a_delivery() {
+        let old = record(Location::Queue(QueueName::MailBox), 1);
+        let mut new = old.clone();
+        new.recipients[0].status = RcptStatus::Delivered {
+            at: 1,
+            mailbox: format!("{ALIAS_EXPANDED}a@localhost"),
+        };
+        let mut d = Deltas::default();
+        d.record_change(Some(&old), &new);
+        assert_eq!(d.0.get(DELIVERED), None);
+    }
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""A small SMTP sink for the outbound tests (standard library only).
+
+    python3 smtp_sink.py HOST PORT DIR [--tempfail-first N] [--no-8bitmime] [--greet-451]
+
+Prints "ready" once listening. Each accepted message is saved as DIR/msg-<n>.eml (the exact
+DATA bytes, dot-unstuffed, ending CRLF) with DIR/msg-<n>.env (JSON: mail_from, rcpts),
+written .env first, then .eml by rename. Per-recipient behaviour, by the local part:
+  contains "reject" -> 550 5.1.1 at RCPT
+  contains "defer"  -> 451 4.2.1 at RCPT
+  contains "drop"   -> accepted, then the connection is closed in the middle of DATA
+--tempfail-first N: the first N RCPT commands get 451 whatever the address.
+--greet-451: every connection is greeted with 451 and closed.
+Every socket has a timeout, so a stuck client cannot hold the sink."""
+import json, os, socket, sys, threading
+
+host, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+args = sys.argv[4:]
+tempfail_left = [int(args[args.index("--tempfail-first") + 1]) if "--tempfail-first" in args else 0]
+eight_bit = "--no-8bitmime" not in args
+greet_451 = "--greet-451" in args
+lock = threading.Lock()
+counter = [0]
+os.makedirs(folder, exist_ok=True)
+
+
+def save(mail_from, rcpts, data):
+    with lock:
+        counter[0] += 1
+        n = counter[0]
+    base = os.path.join(folder, "msg-%06d" % n)
+    with open(base + ".env", "w") as f:
+        json.dump({"mail_from": mail_from, "rcpts": rcpts}, f)
+    with open(base + ".tmp", "wb") as f:
+        f.write(data)
+    os.rename(base + ".tmp", base + ".eml")
+
+
+def serve(conn):
+    conn.settimeout(30)
+    f = conn.makefile("rb")
+
+    def send(line):
+        conn.sendall(line.encode() + b"\r\n")
+
+    if greet_451:
+        send("451 4.3.2 not now")
+        conn.close()
+        return
+    send("220 sink.test ESMTP test sink")
+    mail_from, rcpts, drop = None, [], False
+    try:
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            cmd = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            verb = cmd.split(" ")[0].upper()
+            if verb == "EHLO":
+                ext = ["SIZE 10000000", "PIPELINING", "SMTPUTF8"]
+                if eight_bit:
+                    ext.append("8BITMIME")
+                lines = ["sink.test"] + ext
+                for i, l in enumerate(lines):
+                    send(("250-" if i < len(lines) - 1 else "250 ") + l)
+            elif verb == "HELO":
+                send("250 sink.test")
+            elif verb == "MAIL":
+                mail_from, rcpts, drop = cmd[10:].split(">")[0].lstrip("<"), [], False
+                send("250 2.1.0 ok")
+            elif verb == "RCPT":
+                addr = cmd[8:].split(">")[0].lstrip("<")
+                local = addr.split("@")[0]
+                with lock:
+                    tf = tempfail_left[0] > 0
+                    if tf:
+                        tempfail_left[0] -= 1
+                if tf or "defer" in local:
+                    send("451 4.2.1 try again later")
+                elif "reject" in local:
+                    send("550 5.1.1 <%s>: no such user" % addr)
+                else:
+                    if "drop" in local:
+                        drop = True
+                    rcpts.append(addr)
+                    send("250 2.1.5 ok")
+            elif verb == "DATA":
+                if not rcpts:
+                    send("503 5.5.1 no recipients")
+                    continue
+                send("354 go ahead")
+                data = bytearray()
+                while True:
+                    l = f.readline()
+                    if not l:
+                        return
+                    if drop and len(data) > 0:
+                        conn.shutdown(socket.SHUT_RDWR)
+                        conn.close()
+                        return
+                    if l == b".\r\n":
+                        break
+                    if l.startswith(b"."):
+                        l = l[1:]
+                    data += l
+                save(mail_from, rcpts, bytes(data))
+                send("250 2.0.0 queued as %d" % counter[0])
+            elif verb == "RSET":
+                mail_from, rcpts, drop = None, [], False
+                send("250 2.0.0 ok")
+            elif verb == "NOOP":
+                send("250 2.0.0 ok")
+            elif verb == "QUIT":
+                send("221 2.0.0 bye")
+                return
+            else:
+                send("502 5.5.2 not implemented")
+    except (OSError, socket.timeout):
+        return
+    finally:
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, port))
+srv.listen(128)
+print("ready", flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
