@@ -1,0 +1,324 @@
+//! Faults: kill -9 of every process under load (the supervisor too), slow-loris clients,
+//! restart storms. A 250 means the message is delivered, whatever happens to a process.
+
+use mta_testkit::{maildir_new, pid_alive, wait_for, RawSmtp, Suite, SuiteOptions};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn support(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(name)
+}
+
+/// tests/support/smtp_sink.py on a free port; killed on drop.
+struct Sink {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let dir = tempfile::tempdir().unwrap();
+        let port = mta_testkit::free_port();
+        let mut child = Command::new("python3")
+            .arg(support("smtp_sink.py"))
+            .args(["127.0.0.1", &port.to_string()])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut ready = [0u8; 5];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        assert_eq!(&ready, b"ready");
+        Sink { child, port, dir }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Message-ID → copies, over every file in `dir` (recursively) ending in `suffix`.
+fn message_ids(files: Vec<PathBuf>) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for f in files {
+        let text = std::fs::read(&f).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        {
+            *ids.entry(line[11..].trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    ids
+}
+
+fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[test]
+fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
+    const COUNT: usize = 10_000;
+    let sink = Sink::start();
+    let mut suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            (
+                "outbound",
+                format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+            ),
+            ("outbound", "retry = [\"1s\"]".into()),
+            ("outbound", "connect_timeout = \"2s\"".into()),
+        ],
+        ..Default::default()
+    });
+    let port = suite.smtp_port.to_string();
+    let started = Instant::now();
+    let load = std::thread::spawn(move || {
+        Command::new("python3")
+            .arg(support("smtp_load.py"))
+            .args([
+                "127.0.0.1",
+                &port,
+                &COUNT.to_string(),
+                "20",
+                "alice@localhost,far@remote.test",
+                "100",
+            ])
+            .output()
+            .unwrap()
+    });
+    // Each task in turn, at a pseudo-random moment (fixed seed: the run is repeatable).
+    let mut seed: u64 = 0x5eed;
+    for task in ["isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt"] {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 700));
+        let pid = wait_for(&format!("{task} running"), Duration::from_secs(30), || {
+            suite.task_pid(task).ok_or_else(|| "restarting".to_string())
+        });
+        suite.remember_pids();
+        kill9(pid);
+    }
+    let out = load.join().unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let accepted: Vec<String> = result["accepted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let accept_secs = started.elapsed().as_secs_f64();
+    assert!(
+        accepted.len() >= COUNT / 2,
+        "too few accepted: {} ({:?})",
+        accepted.len(),
+        result["errors"]
+    );
+
+    // Then the supervisor itself, while the backlog may still be draining; start it again.
+    suite.remember_pids();
+    let supervisor = suite.pid();
+    kill9(supervisor);
+    assert!(suite.wait_exit(Duration::from_secs(10)).is_none() || !pid_alive(supervisor));
+    wait_for("every old task gone", Duration::from_secs(15), || {
+        let alive: Vec<u32> = suite
+            .seen_pids()
+            .iter()
+            .copied()
+            .filter(|p| pid_alive(*p))
+            .collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{alive:?}"))
+        }
+    });
+    suite.launch();
+
+    let maildir = suite.data_dir().join("mail/alice");
+    let (local, remote) = wait_for(
+        "every accepted message in the Maildir and at the sink",
+        Duration::from_secs(180),
+        || {
+            let local = message_ids(maildir_new(&maildir));
+            let remote = message_ids(mta_testkit::files_with_suffix(sink.dir.path(), ".eml"));
+            let missing_local = accepted.iter().filter(|m| !local.contains_key(*m)).count();
+            let missing_remote = accepted.iter().filter(|m| !remote.contains_key(*m)).count();
+            if missing_local == 0 && missing_remote == 0 {
+                Ok((local, remote))
+            } else {
+                Err(format!(
+                    "missing {missing_local} local, {missing_remote} remote of {}",
+                    accepted.len()
+                ))
+            }
+        },
+    );
+    let dup_local: usize = local.values().map(|n| n - 1).sum();
+    let dup_remote: usize = remote.values().map(|n| n - 1).sum();
+    eprintln!(
+        "kill -9 of every task and the supervisor: sent {COUNT}, accepted {} in {accept_secs:.1}s, \
+         delivered {} local + {} relayed unique, lost 0, duplicates {dup_local} local + {dup_remote} relayed, total {:.1}s",
+        accepted.len(),
+        local.len(),
+        remote.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn slowloris_clients_are_timed_out_and_a_normal_client_is_served() {
+    const CLIENTS: usize = 1000;
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            ("inbound", "max_handlers = 1100".into()),
+            ("inbound", "command_timeout = \"3s\"".into()),
+            ("inbound", "session_timeout = \"4s\"".into()),
+        ],
+        ..Default::default()
+    });
+    let mut slow: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(("127.0.0.1", suite.smtp_port)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    // A normal client is served at once, while the thousand trickle.
+    let t = Instant::now();
+    let (mut c, greeting) = RawSmtp::connect(suite.smtp_port);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(c.cmd("EHLO normal.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<n@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@localhost>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: normal\r\n\r\nserved\r\n.\r\n");
+    assert!(c.read_reply().starts_with("250"));
+    let served_in = t.elapsed();
+    assert!(
+        served_in < Duration::from_secs(5),
+        "normal client took {served_in:?}"
+    );
+
+    // Trickle one byte a second; every slow session must be closed by the server.
+    let start = Instant::now();
+    let mut closed = vec![false; CLIENTS];
+    while closed.iter().any(|c| !c) && start.elapsed() < Duration::from_secs(20) {
+        for (i, s) in slow.iter_mut().enumerate() {
+            if closed[i] {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        closed[i] = true;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed[i] = true;
+                        break;
+                    }
+                }
+            }
+            if !closed[i] && s.write(b"N").is_err() {
+                closed[i] = true;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        open,
+        0,
+        "{open} slow sessions still open after {:?}",
+        start.elapsed()
+    );
+    wait_for(
+        "the normal message delivered",
+        Duration::from_secs(10),
+        || {
+            if maildir_new(&suite.data_dir().join("mail/bob")).len() == 1 {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
+    let tasks = suite.tasks().unwrap();
+    assert_eq!(
+        tasks.iter().find(|t| t["name"] == "isesctl").unwrap()["restarts"],
+        0
+    );
+}
+
+#[test]
+fn a_task_in_a_restart_storm_backs_off_while_the_rest_serves() {
+    let mut suite = Suite::start(&SuiteOptions::default());
+    // Kill the router as soon as it comes back, five times.
+    let mut last = 0;
+    for _ in 0..5 {
+        let pid = wait_for("router back", Duration::from_secs(40), || {
+            match suite.task_pid("router") {
+                Some(p) if p != last => Ok(p),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        suite.remember_pids();
+        kill9(pid);
+        last = pid;
+    }
+    // While it backs off, inbound still accepts mail and the console still answers.
+    let (mut c, greeting) = RawSmtp::connect(suite.smtp_port);
+    assert!(greeting.starts_with("220"));
+    assert!(c.cmd("EHLO storm.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@localhost>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: storm\r\n\r\nduring the storm\r\n.\r\n");
+    assert!(c.read_reply().starts_with("250"));
+    let row = suite
+        .tasks()
+        .unwrap()
+        .into_iter()
+        .find(|t| t["name"] == "router")
+        .unwrap();
+    assert_eq!(row["restarts"], 5, "{row}");
+    // Once it is back, the message is delivered.
+    wait_for("delivered after the storm", Duration::from_secs(60), || {
+        if maildir_new(&suite.data_dir().join("mail/alice")).len() == 1 {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    assert!(pid_alive(suite.pid()));
+}
