@@ -322,3 +322,105 @@ fn a_task_in_a_restart_storm_backs_off_while_the_rest_serves() {
     });
     assert!(pid_alive(suite.pid()));
 }
+
+/// A tmpfs of `size` mounted on `dir` (tests run as root, as CI does); unmounted on drop.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs (needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+    }
+}
+
+#[test]
+fn a_full_disk_gets_452_and_the_suite_resumes_when_space_returns() {
+    let mut suite = Suite::prepare(&SuiteOptions::default());
+    let disk = SmallDisk::mount(&suite.data_dir(), "48m");
+    suite.launch();
+    let send = |n: usize| -> String {
+        let (mut c, _) = RawSmtp::connect(suite.smtp_port);
+        assert!(c.cmd("EHLO disk.test").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@localhost>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: disk {n}\r\nMessage-ID: <disk-{n}@test>\r\n\r\n").as_bytes());
+        for _ in 0..100 {
+            c.send(&[b'd'; 998]);
+            c.send(b"\r\n");
+        }
+        c.send(b".\r\n");
+        c.read_reply()
+    };
+    let first = send(0);
+    assert!(first.starts_with("250"), "{first}");
+    // Fill the disk, leaving almost nothing.
+    let filler = suite.data_dir().join("filler");
+    let _ = Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", filler.display()))
+        .args(["bs=1M", "count=100"])
+        .output();
+    let mut full = None;
+    for n in 1..20 {
+        let reply = send(n);
+        assert!(
+            reply.starts_with("250") || reply.starts_with("452") || reply.starts_with("451"),
+            "{reply}"
+        );
+        if !reply.starts_with("250") {
+            full = Some(reply);
+            break;
+        }
+    }
+    let full = full.expect("the full disk was never noticed");
+    assert!(full.starts_with("452 4.3.1"), "{full}");
+    // Space comes back: the suite accepts and delivers again on its own.
+    std::fs::remove_file(&filler).unwrap();
+    let again = wait_for("accepting again", Duration::from_secs(30), || {
+        let r = send(100);
+        if r.starts_with("250") {
+            Ok(r)
+        } else {
+            Err(r)
+        }
+    });
+    assert!(again.starts_with("250"));
+    wait_for(
+        "disk-0 and disk-100 delivered",
+        Duration::from_secs(60),
+        || {
+            let ids = message_ids(maildir_new(&suite.data_dir().join("mail/alice")));
+            if ids.contains_key("<disk-0@test>") && ids.contains_key("<disk-100@test>") {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    );
+    let supervisor_alive = pid_alive(suite.pid());
+    suite.stop();
+    drop(disk);
+    drop(suite);
+    assert!(supervisor_alive, "the supervisor died on a full disk");
+}

@@ -333,7 +333,9 @@ impl Suite {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
     }
 
-    fn stop(&mut self) {
+    /// Stops the suite now (SIGTERM, then SIGKILL to whatever outlives the deadline);
+    /// dropping the `Suite` does the same.
+    pub fn stop(&mut self) {
         self.remember_pids();
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
