@@ -76,6 +76,7 @@ pub const HELP: &[(&str, &str)] = &[
         "the task's own status line (isesctl, imsgcnv, router, omsgcnv, osesctl, drt)",
     ),
     ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
+    ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
     ("help", "this list"),
 ];
 
@@ -219,6 +220,11 @@ impl ConsoleCommand {
             ["set", "config", ..] => {
                 Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
             }
+            ["route", _] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),
+            }),
+            ["route", ..] => Err("usage: route <domain> (try that destination's messages now)".into()),
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
