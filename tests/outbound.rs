@@ -634,6 +634,21 @@ fn stop_outbound_transport_holds_mail_and_start_drains_it() {
         0,
         "nothing is sent while the transport is stopped"
     );
+    // The router's view, as on a Domino console: one row for the destination.
+    let out = suite.mtacon(&["tell", "router", "show", "queue"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains("far.test"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        row.trim_start().starts_with("200") && row.contains("Pending Transmission"),
+        "{text}"
+    );
+    assert!(
+        row.contains(&format!("127.0.0.1:{}", sink.port)),
+        "Via is the relay host: {text}"
+    );
     let out = suite.mtacon(&["tell", "smtpmta", "start", "outbound", "transport"]);
     assert!(
         out.status.success(),

@@ -155,17 +155,81 @@ impl Router {
 }
 
 /// `tell router show queue`: messages per location and queue.
+/// `tell router show queue`, as Domino prints it: one row per destination and state —
+/// Msgs, State, Via (next hop), Destination, Last error, Next retry.
 async fn show_queue(ctx: &TaskContext) -> Result<String, String> {
-    let counts = ctx.store().counts().await.map_err(|e| e.to_string())?;
-    if counts.rows.is_empty() {
+    let records = ctx
+        .store()
+        .list(None, 100_000)
+        .await
+        .map_err(|e| e.to_string())?;
+    if records.is_empty() {
         return Ok("No messages in any queue.".into());
     }
-    let mut out = format!("{:<20} {:<16} {:>8}\n", "State", "Queue", "Messages");
-    for (label, queue, count) in &counts.rows {
-        let _ = writeln!(out, "{label:<20} {queue:<16} {count:>8}");
+    let relay = ctx.config().outbound.relay_host.clone();
+    // (state, via, destination) -> (msgs, last error, earliest next retry)
+    let mut rows: std::collections::BTreeMap<(String, String, String), (u64, String, u64)> =
+        Default::default();
+    for r in &records {
+        let state = match r.location {
+            mta_types::Location::Queue(_) if r.not_before > mta_types::message::now_ms() => {
+                "Retry".to_string()
+            }
+            other => other.label().to_string(),
+        };
+        let mut destinations: Vec<(String, String)> = r
+            .recipients
+            .iter()
+            .filter(|rc| rc.status == mta_types::RcptStatus::Pending)
+            .map(|rc| {
+                let domain = rc.address.domain().clone();
+                if ctx.config().is_local_domain(&domain) {
+                    ("local".to_string(), "LocalDelivery".to_string())
+                } else {
+                    (
+                        relay.clone().unwrap_or_else(|| "MX".to_string()),
+                        domain.to_string(),
+                    )
+                }
+            })
+            .collect();
+        destinations.sort();
+        destinations.dedup();
+        if destinations.is_empty() {
+            destinations.push(("-".into(), "-".into()));
+        }
+        for (via, dest) in destinations {
+            let row =
+                rows.entry((state.clone(), via, dest))
+                    .or_insert((0, String::new(), u64::MAX));
+            row.0 += 1;
+            if let Some(note) = &r.note {
+                row.1 = note.clone();
+            }
+            if r.not_before > 0 {
+                row.2 = row.2.min(r.not_before);
+            }
+        }
     }
-    let total: u64 = counts.rows.iter().map(|r| r.2).sum();
-    let _ = write!(out, "{:<20} {:<16} {total:>8}", "Total", "");
+    let mut out = format!(
+        "{:>5}  {:<20} {:<22} {:<24} {:<10} {}\n",
+        "Msgs", "State", "Via", "Destination", "Next retry", "Last error"
+    );
+    for ((state, via, dest), (msgs, error, next)) in &rows {
+        let next = if *next == u64::MAX {
+            "-".to_string()
+        } else {
+            format!(
+                "in {}s",
+                next.saturating_sub(mta_types::message::now_ms()) / 1000
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{msgs:>5}  {state:<20} {via:<22} {dest:<24} {next:<10} {error}"
+        );
+    }
+    let _ = write!(out, "{:>5}  messages in all", records.len());
     Ok(out)
 }
 
