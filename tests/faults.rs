@@ -1,55 +1,18 @@
 //! Faults: kill -9 of every process under load (the supervisor too), slow-loris clients,
 //! restart storms. A 250 means the message is delivered, whatever happens to a process.
 
+use mta_testkit::peers::Sink;
 use mta_testkit::{maildir_new, pid_alive, wait_for, RawSmtp, Suite, SuiteOptions};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn support(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(name)
-}
-
-/// tests/support/smtp_sink.py on a free port; killed on drop.
-struct Sink {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sink {
-    fn start() -> Sink {
-        let dir = tempfile::tempdir().unwrap();
-        let port = mta_testkit::free_port();
-        let mut child = Command::new("python3")
-            .arg(support("smtp_sink.py"))
-            .args(["127.0.0.1", &port.to_string()])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut ready = [0u8; 5];
-        child
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut ready)
-            .unwrap();
-        assert_eq!(&ready, b"ready");
-        Sink { child, port, dir }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Message-ID → copies, over every file in `dir` (recursively) ending in `suffix`.
@@ -78,7 +41,7 @@ fn kill9(pid: u32) {
 #[test]
 fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
     const COUNT: usize = 10_000;
-    let sink = Sink::start();
+    let sink = Sink::start(&[]);
     let mut suite = Suite::start(&SuiteOptions {
         sections: vec![
             (

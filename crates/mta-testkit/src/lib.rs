@@ -7,6 +7,8 @@
 //! a deadline. `wait_for` polls a condition until a deadline and fails with what it saw
 //! last, so no test sleeps for a fixed time.
 
+pub mod peers;
+
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
