@@ -631,3 +631,343 @@ fn help_lists_every_console_command() {
     let (ok, text) = mtacon_text(&suite, &["show", "version"]);
     assert!(ok && text.starts_with("smtpmta "), "{text}");
 }
+
+// ---- Reports and console operations on the outbound path: a real SMTP sink (relay host or
+// ---- MX through a real DNS server on loopback).
+
+use mta_testkit::peers::{Dns, Sink};
+
+fn suite_with_sink(sink: &Sink, dns: Option<&Dns>, extra: &[(&'static str, &str)]) -> Suite {
+    let mut sections: Vec<(&'static str, String)> = vec![
+        ("outbound", format!("port = {}", sink.port)),
+        ("outbound", "connect_timeout = \"2s\"".into()),
+    ];
+    match dns {
+        Some(dns) => sections.push(("dns", format!("nameservers = [\"127.0.0.1:{}\"]", dns.port))),
+        None => sections.push((
+            "outbound",
+            format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+        )),
+    }
+    if !extra
+        .iter()
+        .any(|(s, l)| *s == "outbound" && l.starts_with("retry"))
+    {
+        sections.push(("outbound", "retry = [\"1s\"]".into()));
+    }
+    sections.extend(extra.iter().map(|(s, l)| (*s, l.to_string())));
+    Suite::start(&SuiteOptions {
+        directory: Some(directory()),
+        sections,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_5xx_from_the_remote_server_is_reported_to_the_local_sender_with_its_reply() {
+    let sink = Sink::start(&[]);
+    let suite = suite_with_sink(&sink, None, &[]);
+    send(
+        &suite,
+        "alice@localhost",
+        &[("reject-me@far.test", "ORCPT=rfc822;reject-me@far.test")],
+        "remote-5xx",
+    );
+    let files = wait_for_mail(&suite, "alice", 1);
+    wait_drained(&suite);
+    let dsn = parse_dsn(&files[0]);
+    assert_eq!(dsn["report_type"], "delivery-status", "{dsn}");
+    let rcpt = &dsn["groups"][1];
+    assert_eq!(rcpt["Action"], "failed", "{dsn}");
+    assert_eq!(rcpt["Status"], "5.1.1", "{dsn}");
+    assert_eq!(
+        rcpt["Final-Recipient"], "rfc822; reject-me@far.test",
+        "{dsn}"
+    );
+    assert!(
+        rcpt["Remote-MTA"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.1"),
+        "{dsn}"
+    );
+    let diag = rcpt["Diagnostic-Code"].as_str().unwrap_or_default();
+    assert!(
+        diag.starts_with("smtp;") && diag.contains("550"),
+        "the sink's reply is quoted: {dsn}"
+    );
+    assert!(
+        dsn["text"].as_str().unwrap().contains("550"),
+        "human-readable part quotes the reply: {dsn}"
+    );
+    assert_eq!(sink.count(), 0);
+    assert_eq!(stat(&suite, "Mail.TotalFailures"), 1);
+    assert_eq!(stat(&suite, "Mail.DeliveryReportsSent"), 1);
+}
+
+#[test]
+fn one_delay_report_while_retrying_then_an_expiry_report() {
+    let sink = Sink::start(&[]);
+    let suite = suite_with_sink(
+        &sink,
+        None,
+        &[
+            ("outbound", "delay_warning = \"2s\""),
+            ("outbound", "queue_lifetime = \"7s\""),
+        ],
+    );
+    send(
+        &suite,
+        "alice@localhost",
+        &[("defer-me@far.test", "NOTIFY=DELAY,FAILURE")],
+        "slow-one",
+    );
+    let files = wait_for("delay then failure report", Duration::from_secs(30), || {
+        let files = maildir_new(&mailbox(&suite, "alice"));
+        if files.len() >= 2 {
+            Ok(files)
+        } else {
+            Err(format!(
+                "{} reports; log:\n{}",
+                files.len(),
+                tail(&suite.log(), 10)
+            ))
+        }
+    });
+    wait_drained(&suite);
+    let reports: Vec<Value> = files.iter().map(parse_dsn).collect();
+    let actions: Vec<String> = reports
+        .iter()
+        .map(|r| {
+            r["groups"][1]["Action"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "delayed").count(),
+        1,
+        "exactly one delay report: {actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| *a == "failed").count(),
+        1,
+        "{actions:?}"
+    );
+    let failed = reports
+        .iter()
+        .find(|r| r["groups"][1]["Action"] == "failed")
+        .unwrap();
+    assert_eq!(failed["groups"][1]["Status"], "4.4.7", "expired: {failed}");
+    assert_eq!(
+        maildir_new(&mailbox(&suite, "alice")).len(),
+        2,
+        "no further reports"
+    );
+}
+
+#[test]
+fn notify_success_to_a_server_without_dsn_is_reported_as_relayed_and_never_means_none() {
+    let sink = Sink::start(&[]);
+    let suite = suite_with_sink(&sink, None, &[]);
+    send(
+        &suite,
+        "alice@localhost",
+        &[("ok@far.test", "NOTIFY=SUCCESS")],
+        "notify-success",
+    );
+    let files = wait_for_mail(&suite, "alice", 1);
+    let dsn = parse_dsn(&files[0]);
+    assert_eq!(dsn["groups"][1]["Action"], "relayed", "{dsn}");
+    assert!(
+        dsn["groups"][1]["Status"]
+            .as_str()
+            .unwrap()
+            .starts_with('2'),
+        "{dsn}"
+    );
+    // NOTIFY=NEVER on a failure: no report at all.
+    send(
+        &suite,
+        "bob@localhost",
+        &[("reject-me@far.test", "NOTIFY=NEVER")],
+        "notify-never",
+    );
+    wait_for(
+        "the failure recorded",
+        Duration::from_secs(20),
+        || match stat(&suite, "Mail.TotalFailures") {
+            1 => Ok(()),
+            n => Err(format!("{n}")),
+        },
+    );
+    wait_drained(&suite);
+    assert!(
+        maildir_new(&mailbox(&suite, "bob")).is_empty(),
+        "NOTIFY=NEVER produced a report"
+    );
+    assert_eq!(sink.count(), 1);
+}
+
+#[test]
+fn counters_match_local_relayed_and_failed_messages_and_survive_a_restart() {
+    let sink = Sink::start(&[]);
+    let mut suite = suite_with_sink(&sink, None, &[]);
+    for i in 0..3 {
+        send(
+            &suite,
+            "s@example.org",
+            &[("bob@localhost", "")],
+            &format!("local-{i}"),
+        );
+    }
+    for i in 0..2 {
+        send(
+            &suite,
+            "s@example.org",
+            &[("ok@far.test", "")],
+            &format!("relayed-{i}"),
+        );
+    }
+    send(
+        &suite,
+        "s@example.org",
+        &[("reject-me@far.test", "NOTIFY=NEVER")],
+        "failed-0",
+    );
+    sink.wait_count(&suite, 2, Duration::from_secs(20));
+    wait_for_mail(&suite, "bob", 3);
+    wait_drained(&suite);
+    let check = |s: &Value| {
+        assert_eq!(s["Mail.Delivered"], 3, "{s}");
+        assert_eq!(s["Mail.Transferred"], 2, "{s}");
+        assert_eq!(s["Mail.TotalFailures"], 1, "{s}");
+        assert_eq!(s["Mail.DeliveryReportsSent"], 0, "{s}");
+        assert_eq!(s["Mail.Inbound.Sessions"], 6, "{s}");
+        assert!(s["Mail.Outbound.Sessions"].as_u64().unwrap() >= 1, "{s}");
+    };
+    // The session counter is committed with the next batch or within two seconds.
+    wait_for(
+        "inbound sessions counted",
+        Duration::from_secs(10),
+        || match stat(&suite, "Mail.Inbound.Sessions") {
+            6 => Ok(()),
+            n => Err(format!("{n}")),
+        },
+    );
+    check(&stats(&suite));
+    suite.stop();
+    suite.launch();
+    check(&stats(&suite));
+}
+
+#[test]
+fn hold_release_delete_and_route_change_what_the_sink_receives() {
+    let sink = Sink::start(&["--tempfail-first", "1"]);
+    let suite = suite_with_sink(&sink, None, &[("outbound", "retry = [\"60s\"]")]);
+    // route: the first attempt gets 451; the retry is a minute away — `route` sends it now.
+    send(
+        &suite,
+        "s@example.org",
+        &[("first@far.test", "")],
+        "route-me",
+    );
+    wait_for("deferred", Duration::from_secs(15), || {
+        if suite.log().contains("status=deferred") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let (ok, text) = mtacon_text(&suite, &["route", "far.test"]);
+    assert!(ok, "{text}");
+    sink.wait_count(&suite, 1, Duration::from_secs(10));
+
+    // hold/delete/release with the outbound transport stopped.
+    let (ok, text) = mtacon_text(
+        &suite,
+        &["tell", "smtpmta", "stop", "outbound", "transport"],
+    );
+    assert!(ok, "{text}");
+    let held = send(
+        &suite,
+        "s@example.org",
+        &[("held@far.test", "")],
+        "held-one",
+    );
+    let deleted = send(
+        &suite,
+        "s@example.org",
+        &[("deleted@far.test", "")],
+        "deleted-one",
+    );
+    send(
+        &suite,
+        "s@example.org",
+        &[("plain@far.test", "")],
+        "plain-one",
+    );
+    wait_for(
+        "three pending transmission",
+        Duration::from_secs(15),
+        || match queued(&suite) {
+            3 => Ok(()),
+            n => Err(format!("{n}")),
+        },
+    );
+    wait_console_ok(&suite, &["hold", &held]);
+    wait_console_ok(&suite, &["--yes", "delete", &deleted]);
+    let (ok, text) = mtacon_text(
+        &suite,
+        &["tell", "smtpmta", "start", "outbound", "transport"],
+    );
+    assert!(ok, "{text}");
+    sink.wait_count(&suite, 2, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.count(), 2, "only the plain one went out");
+    wait_console_ok(&suite, &["release", &held]);
+    sink.wait_count(&suite, 3, Duration::from_secs(15));
+    let ids = sink.message_ids();
+    assert!(
+        ids.contains_key("<held-one@client.test>")
+            && !ids.contains_key("<deleted-one@client.test>"),
+        "{ids:?}"
+    );
+}
+
+#[test]
+fn trace_shows_mx_hosts_implicit_mx_and_null_mx_from_the_dns_zone() {
+    let dns = Dns::start();
+    let sink = Sink::start(&[]);
+    let suite = suite_with_sink(&sink, Some(&dns), &[]);
+    let (ok, text) = mtacon_text(&suite, &["trace", "u@two-mx.test"]);
+    assert!(ok, "{text}");
+    let mx1 = text
+        .find("mx1.two-mx.test")
+        .unwrap_or_else(|| panic!("{text}"));
+    let mx2 = text
+        .find("mx2.two-mx.test")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(mx1 < mx2, "by preference: {text}");
+    assert!(
+        text.contains("10")
+            && text.contains("20")
+            && text.contains("127.0.0.3")
+            && text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let (_, text) = mtacon_text(&suite, &["trace", "u@a-only.test"]);
+    assert!(text.contains("127.0.0.1"), "implicit MX: {text}");
+    let (_, text) = mtacon_text(&suite, &["trace", "u@null-mx.test"]);
+    assert!(
+        text.to_lowercase().contains("null mx") || text.contains("5.1.10"),
+        "{text}"
+    );
+    let (_, text) = mtacon_text(&suite, &["trace", "team@localhost"]);
+    assert!(
+        text.contains("alice@localhost") && text.contains("bob@localhost"),
+        "alias expansion: {text}"
+    );
+    assert_eq!(sink.count(), 0, "trace sends nothing");
+}
