@@ -546,3 +546,27 @@ fn kill_9_osesctl_and_omsgcnv_during_a_1000_message_relay_loses_nothing() {
     );
     suite.remember_pids();
 }
+
+#[test]
+fn a_connection_dropped_in_the_middle_of_data_is_a_temporary_failure() {
+    let sink = Sink::start(&[]);
+    let suite = suite_for(&sink, None, true, &["retry = [\"30s\"]"]);
+    send(&suite, &["drop-me@far.test"], &message("dropped-1"));
+    let line = wait_log(
+        &suite,
+        &["to=<drop-me@far.test>", "status=deferred"],
+        Duration::from_secs(20),
+    );
+    assert!(line.contains("dsn=4."), "{line}");
+    // Nothing half-sent was saved, the message waits for its retry, and the next message
+    // (a new session) goes through.
+    assert_eq!(sink.count(), 0);
+    assert_eq!(queue_count(&suite, "outbound-work"), 1);
+    send(&suite, &["ok@far.test"], &message("after-drop"));
+    sink.wait_count(&suite, 1, Duration::from_secs(20));
+    assert!(
+        sink.message_ids().contains_key("<after-drop@client.test>"),
+        "{:?}",
+        sink.message_ids()
+    );
+}
