@@ -224,7 +224,9 @@ impl ConsoleCommand {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),
             }),
-            ["route", ..] => Err("usage: route <domain> (try that destination's messages now)".into()),
+            ["route", ..] => {
+                Err("usage: route <domain> (try that destination's messages now)".into())
+            }
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
