@@ -18,23 +18,19 @@
 
 mod report;
 
+use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
 use mta_spool::SpoolWriter;
-use mta_task::{Task, TaskContext};
-use mta_types::{QueueName, TaskName};
+use mta_task::{QueueWorker, Task, TaskContext};
+use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// Most messages claimed at once.
-const BATCH: u32 = 64;
-const LEASE: Duration = Duration::from_secs(120);
-const POLL: Duration = Duration::from_secs(1);
 
 struct Drt {
     spool: Arc<Mutex<SpoolWriter>>,
     sent: AtomicU64,
+    busy: AtomicBool,
 }
 
 impl Task for Drt {
@@ -45,13 +41,12 @@ impl Task for Drt {
         Ok(Drt {
             spool: Arc::new(Mutex::new(spool)),
             sent: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
         })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(POLL).await {
-            while !ctx.shutting_down() && self.one_batch(&ctx).await == BATCH as usize {}
-        }
+        mta_task::drain(&*self, &ctx, &self.busy).await;
         Ok(())
     }
 
@@ -63,56 +58,51 @@ impl Task for Drt {
     }
 }
 
-impl Drt {
-    /// Claims, reports and commits one batch; returns how many messages it claimed.
-    async fn one_batch(&self, ctx: &TaskContext) -> usize {
-        let records = match ctx.store().claim(QueueName::Reports, BATCH, LEASE).await {
-            Ok(r) if r.is_empty() => return 0,
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("cannot claim from {}: {e}", QueueName::Reports);
-                return 0;
-            }
-        };
-        let claimed = records.len();
-        let ids: Vec<_> = records.iter().map(|r| r.id).collect();
+/// What drt does once a batch is committed.
+struct Reported {
+    reports: usize,
+    to_outbound: usize,
+    log: Vec<String>,
+}
+
+impl QueueWorker for Drt {
+    const QUEUE: QueueName = QueueName::Reports;
+    type Done = Reported;
+
+    async fn work(
+        &self,
+        ctx: &TaskContext,
+        records: Vec<MessageRecord>,
+    ) -> Result<(Vec<Change>, Reported), String> {
         let (task_ctx, spool) = (ctx.clone(), self.spool.clone());
+        // If the commit fails, the reports are in the spool but not recorded: they are
+        // written again (the orphaned bytes are reclaimed by compaction).
         let batch = tokio::task::spawn_blocking(move || {
             let mut spool = spool.lock().expect("spool lock");
             report::report_batch(records, task_ctx.config(), &mut spool)
         })
         .await
-        .expect("reporting panicked");
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("cannot write delivery reports: {e}; retrying later");
-                let _ = ctx.store().release(ids).await;
-                return 0;
-            }
+        .map_err(|e| format!("reporting panicked: {e}"))?
+        .map_err(|e| format!("cannot write delivery reports: {e}"))?;
+        let done = Reported {
+            reports: batch.reports,
+            to_outbound: batch.to_outbound,
+            log: batch.log,
         };
-        match ctx.store().commit(batch.changes).await {
-            Ok(()) => {
-                self.sent.fetch_add(batch.reports as u64, Ordering::Relaxed);
-                for line in batch.log {
-                    tracing::info!("{line}");
-                }
-                if batch.reports > 0 {
-                    ctx.kicker(QueueName::MailBox).kick();
-                }
-                if batch.to_outbound > 0 {
-                    ctx.kicker(QueueName::OutboundWork).kick();
-                }
-            }
-            Err(e) => {
-                // The reports are in the spool but not recorded: they are written again
-                // (the orphaned bytes are reclaimed by compaction).
-                tracing::warn!("cannot commit {claimed} delivery reports: {e}");
-                let _ = ctx.store().release(ids).await;
-                return 0;
-            }
+        Ok((batch.changes, done))
+    }
+
+    fn committed(&self, ctx: &TaskContext, done: Reported) {
+        self.sent.fetch_add(done.reports as u64, Ordering::Relaxed);
+        for line in done.log {
+            tracing::info!("{line}");
         }
-        claimed
+        if done.reports > 0 {
+            ctx.kicker(QueueName::MailBox).kick();
+        }
+        if done.to_outbound > 0 {
+            ctx.kicker(QueueName::OutboundWork).kick();
+        }
     }
 }
 

@@ -15,20 +15,13 @@ mod import_errors;
 
 use conversion::{convert_batch, Stats};
 use import_errors::ImportErrors;
+use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
-use mta_task::{Task, TaskContext};
-use mta_types::{QueueName, TaskName};
+use mta_task::{QueueWorker, Task, TaskContext};
+use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Most messages claimed at once.
-const BATCH: u32 = 256;
-/// How long a claim is ours before the store gives it to someone else.
-const LEASE: Duration = Duration::from_secs(120);
-/// Poll interval when no kick comes.
-const POLL: Duration = Duration::from_secs(1);
 
 struct Imsgcnv {
     stats: Arc<Stats>,
@@ -46,10 +39,7 @@ impl Task for Imsgcnv {
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(POLL).await {
-            // Keep going while full batches come back: there may be more waiting.
-            while !ctx.shutting_down() && self.one_batch(&ctx).await == BATCH as usize {}
-        }
+        mta_task::drain(&*self, &ctx, &self.busy).await;
         Ok(())
     }
 
@@ -72,25 +62,16 @@ impl Task for Imsgcnv {
     }
 }
 
-impl Imsgcnv {
-    /// Claims, converts and commits one batch; returns how many messages it claimed.
-    async fn one_batch(&self, ctx: &TaskContext) -> usize {
-        let records = match ctx
-            .store()
-            .claim(QueueName::InboundWork, BATCH, LEASE)
-            .await
-        {
-            Ok(r) if r.is_empty() => return 0,
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("cannot claim from {}: {e}", QueueName::InboundWork);
-                return 0;
-            }
-        };
-        let claimed = records.len();
-        let ids: Vec<_> = records.iter().map(|r| r.id).collect();
-        self.busy.store(true, Ordering::Relaxed);
+impl QueueWorker for Imsgcnv {
+    const QUEUE: QueueName = QueueName::InboundWork;
+    /// Messages put in mail.box.
+    type Done = usize;
 
+    async fn work(
+        &self,
+        ctx: &TaskContext,
+        records: Vec<MessageRecord>,
+    ) -> Result<(Vec<Change>, usize), String> {
         let config = ctx.config();
         let (spool_dir, max_hops) = (config.spool_dir(), config.inbound.max_hops);
         let import_errors =
@@ -100,22 +81,14 @@ impl Imsgcnv {
             convert_batch(records, &spool_dir, max_hops, &import_errors, &stats)
         })
         .await
-        .expect("conversion panicked");
+        .map_err(|e| format!("conversion panicked: {e}"))?;
+        Ok((batch.changes, batch.to_mailbox))
+    }
 
-        let result = ctx.store().commit(batch.changes).await;
-        self.busy.store(false, Ordering::Relaxed);
-        match result {
-            Ok(()) if batch.to_mailbox > 0 => ctx.kicker(QueueName::MailBox).kick(),
-            Ok(()) => {}
-            Err(e) => {
-                // Nothing changed: give the messages back so the next pass retries them
-                // (if this fails too, the leases expire).
-                tracing::warn!("cannot commit {claimed} converted messages: {e}");
-                let _ = ctx.store().release(ids).await;
-                return 0;
-            }
+    fn committed(&self, ctx: &TaskContext, to_mailbox: usize) {
+        if to_mailbox > 0 {
+            ctx.kicker(QueueName::MailBox).kick();
         }
-        claimed
     }
 }
 

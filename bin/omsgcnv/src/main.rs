@@ -16,21 +16,13 @@
 
 use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
-use mta_task::{Task, TaskContext};
+use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus, TaskName};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Most messages claimed at once.
-const BATCH: u32 = 256;
-/// How long a claim is ours before the store gives it to someone else.
-const LEASE: Duration = Duration::from_secs(120);
-/// Poll interval when no kick comes.
-const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Stats {
@@ -54,9 +46,7 @@ impl Task for Omsgcnv {
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(POLL).await {
-            while !ctx.shutting_down() && self.one_batch(&ctx).await == BATCH as usize {}
-        }
+        mta_task::drain(&*self, &ctx, &self.busy).await;
         Ok(())
     }
 
@@ -77,38 +67,27 @@ impl Task for Omsgcnv {
     }
 }
 
-impl Omsgcnv {
-    /// Claims, checks and commits one batch; returns how many messages it claimed.
-    async fn one_batch(&self, ctx: &TaskContext) -> usize {
-        let records = match ctx.store().claim(QueueName::SmtpBox, BATCH, LEASE).await {
-            Ok(r) if r.is_empty() => return 0,
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("cannot claim from {}: {e}", QueueName::SmtpBox);
-                return 0;
-            }
-        };
-        let claimed = records.len();
-        let ids: Vec<_> = records.iter().map(|r| r.id).collect();
-        self.busy.store(true, Ordering::Relaxed);
+impl QueueWorker for Omsgcnv {
+    const QUEUE: QueueName = QueueName::SmtpBox;
+    /// Messages put in the Outbound Work Queue.
+    type Done = usize;
+
+    async fn work(
+        &self,
+        ctx: &TaskContext,
+        records: Vec<MessageRecord>,
+    ) -> Result<(Vec<Change>, usize), String> {
         let spool_dir = ctx.config().spool_dir();
         let stats = self.stats.clone();
-        let (changes, to_outbound) =
-            tokio::task::spawn_blocking(move || convert_batch(records, &spool_dir, &stats))
-                .await
-                .expect("conversion panicked");
-        let result = ctx.store().commit(changes).await;
-        self.busy.store(false, Ordering::Relaxed);
-        match result {
-            Ok(()) if to_outbound > 0 => ctx.kicker(QueueName::OutboundWork).kick(),
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!("cannot commit {claimed} converted messages: {e}");
-                let _ = ctx.store().release(ids).await;
-                return 0;
-            }
+        tokio::task::spawn_blocking(move || convert_batch(records, &spool_dir, &stats))
+            .await
+            .map_err(|e| format!("conversion panicked: {e}"))
+    }
+
+    fn committed(&self, ctx: &TaskContext, to_outbound: usize) {
+        if to_outbound > 0 {
+            ctx.kicker(QueueName::OutboundWork).kick();
         }
-        claimed
     }
 }
 

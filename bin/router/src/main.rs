@@ -22,22 +22,15 @@ mod routing;
 
 use local_delivery::{deliver_batch, Stats};
 use mta_ipc::console::TellCommand;
+use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
-use mta_task::{Task, TaskContext};
-use mta_types::{QueueName, TaskName};
+use mta_task::{QueueWorker, Task, TaskContext};
+use mta_types::{MessageRecord, QueueName, TaskName};
 use routing::Routing;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Most messages claimed at once.
-const BATCH: u32 = 256;
-/// How long a claim is ours before the store gives it to someone else.
-const LEASE: Duration = Duration::from_secs(120);
-/// Poll interval when no kick comes (also how soon a due retry is noticed).
-const POLL: Duration = Duration::from_secs(1);
 
 struct Router {
     stats: Arc<Stats>,
@@ -55,10 +48,7 @@ impl Task for Router {
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        while ctx.next_work(POLL).await {
-            // Keep going while full batches come back: there may be more waiting.
-            while !ctx.shutting_down() && self.one_batch(&ctx).await == BATCH as usize {}
-        }
+        mta_task::drain(&*self, &ctx, &self.busy).await;
         Ok(())
     }
 
@@ -101,21 +91,16 @@ impl Task for Router {
     }
 }
 
-impl Router {
-    /// Claims, routes and commits one batch; returns how many messages it claimed.
-    async fn one_batch(&self, ctx: &TaskContext) -> usize {
-        let records = match ctx.store().claim(QueueName::MailBox, BATCH, LEASE).await {
-            Ok(r) if r.is_empty() => return 0,
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("cannot claim from {}: {e}", QueueName::MailBox);
-                return 0;
-            }
-        };
-        let claimed = records.len();
-        let ids: Vec<_> = records.iter().map(|r| r.id).collect();
-        self.busy.store(true, Ordering::Relaxed);
+impl QueueWorker for Router {
+    const QUEUE: QueueName = QueueName::MailBox;
+    /// `(to smtp.box, to reports)`.
+    type Done = (usize, usize);
 
+    async fn work(
+        &self,
+        ctx: &TaskContext,
+        records: Vec<MessageRecord>,
+    ) -> Result<(Vec<Change>, (usize, usize)), String> {
         let log_level = ctx.knobs().log_mail_routing;
         let (task_ctx, stats) = (ctx.clone(), self.stats.clone());
         let batch = tokio::task::spawn_blocking(move || {
@@ -129,28 +114,19 @@ impl Router {
             deliver_batch(records, &routing, &config.spool_dir(), log_level, &stats)
         })
         .await
-        .expect("routing panicked");
+        .map_err(|e| format!("routing panicked: {e}"))?;
+        // If the commit fails, the mailboxes are written but the outcomes are not recorded:
+        // the messages come back and are delivered again (at-least-once, never lost).
+        Ok((batch.changes, (batch.to_smtp, batch.to_reports)))
+    }
 
-        let result = ctx.store().commit(batch.changes).await;
-        self.busy.store(false, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                if batch.to_smtp > 0 {
-                    ctx.kicker(QueueName::SmtpBox).kick();
-                }
-                if batch.to_reports > 0 {
-                    ctx.kicker(QueueName::Reports).kick();
-                }
-            }
-            Err(e) => {
-                // The mailboxes are written but the outcomes are not recorded: the messages
-                // come back and are delivered again (at-least-once, never lost).
-                tracing::warn!("cannot commit {claimed} routed messages: {e}");
-                let _ = ctx.store().release(ids).await;
-                return 0;
-            }
+    fn committed(&self, ctx: &TaskContext, (to_smtp, to_reports): (usize, usize)) {
+        if to_smtp > 0 {
+            ctx.kicker(QueueName::SmtpBox).kick();
         }
-        claimed
+        if to_reports > 0 {
+            ctx.kicker(QueueName::Reports).kick();
+        }
     }
 }
 

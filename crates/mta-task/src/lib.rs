@@ -14,9 +14,11 @@
 mod context;
 mod control;
 mod logging;
+pub mod queue_worker;
 
 pub use context::TaskContext;
 pub use logging::init_logging;
+pub use queue_worker::{drain, QueueWorker};
 
 use anyhow::Context as _;
 use clap::Parser;

@@ -1,0 +1,84 @@
+//! The loop every queue-draining task runs (imsgcnv, router, omsgcnv, drt): wait for a kick
+//! or the poll interval, claim a batch, do the task's work, commit the batch in one store
+//! round trip, and go on while full batches come back. A batch whose work or commit fails
+//! is released at once, so the next pass retries it (if the release fails too, the leases
+//! expire): at-least-once, never lost.
+
+use crate::TaskContext;
+use mta_ipc::store::Change;
+use mta_types::{MessageRecord, QueueName};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long a claim is ours before the store gives it to someone else.
+pub const LEASE: Duration = Duration::from_secs(120);
+/// Poll interval when no kick comes (also how soon a due retry is noticed).
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// A task's work on one claimed batch.
+pub trait QueueWorker: Send + Sync + 'static {
+    /// The queue this task drains.
+    const QUEUE: QueueName;
+    /// Most messages claimed at once.
+    const BATCH: u32 = 256;
+    /// What `committed` needs to know once the batch is durable (e.g. which queues to kick).
+    type Done: Send;
+
+    /// Does the work; returns the changes to commit, or why the batch must be retried.
+    fn work(
+        &self,
+        ctx: &TaskContext,
+        records: Vec<MessageRecord>,
+    ) -> impl Future<Output = Result<(Vec<Change>, Self::Done), String>> + Send;
+
+    /// Called after the batch's commit succeeded.
+    fn committed(&self, ctx: &TaskContext, done: Self::Done);
+}
+
+/// Drains `W::QUEUE` until shutdown; `busy` is true while a batch is being worked (for
+/// `show tasks`).
+pub async fn drain<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) {
+    while ctx.next_work(POLL).await {
+        while !ctx.shutting_down() && one_batch(worker, ctx, busy).await == W::BATCH as usize {}
+    }
+}
+
+/// Claims, works and commits one batch; returns how many messages it claimed.
+async fn one_batch<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) -> usize {
+    let records = match ctx.store().claim(W::QUEUE, W::BATCH, LEASE).await {
+        Ok(r) if r.is_empty() => return 0,
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("cannot claim from {}: {e}", W::QUEUE);
+            return 0;
+        }
+    };
+    let claimed = records.len();
+    let ids: Vec<_> = records.iter().map(|r| r.id).collect();
+    busy.store(true, Ordering::Relaxed);
+    let outcome = match worker.work(ctx, records).await {
+        Ok((changes, done)) => ctx
+            .store()
+            .commit(changes)
+            .await
+            .map(|()| done)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    busy.store(false, Ordering::Relaxed);
+    match outcome {
+        Ok(done) => {
+            worker.committed(ctx, done);
+            claimed
+        }
+        Err(e) => {
+            tracing::warn!(
+                "batch of {claimed} from {} not committed: {e}; released for a retry",
+                W::QUEUE
+            );
+            let _ = ctx.store().release(ids).await;
+            0
+        }
+    }
+}
