@@ -387,3 +387,69 @@ fn a_full_disk_gets_452_and_the_suite_resumes_when_space_returns() {
     drop(suite);
     assert!(supervisor_alive, "the supervisor died on a full disk");
 }
+
+#[test]
+fn a_silent_outbound_peer_times_out_and_other_destinations_are_unaffected() {
+    use mta_testkit::peers::Dns;
+    let dns = Dns::start();
+    let sink = Sink::start(&[]);
+    // silent.test resolves to 127.0.0.5: accept on the same port and never say a word.
+    let silent = std::net::TcpListener::bind(("127.0.0.5", sink.port)).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acceptor = {
+        let (held, stop) = (held.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((s, _)) = silent.accept() {
+                    held.lock().unwrap().push(s);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            ("outbound", format!("port = {}", sink.port)),
+            ("outbound", "command_timeout = \"2s\"".into()),
+            ("outbound", "connect_timeout = \"2s\"".into()),
+            ("outbound", "retry = [\"1s\"]".into()),
+            ("dns", format!("nameservers = [\"127.0.0.1:{}\"]", dns.port)),
+        ],
+        ..Default::default()
+    });
+    let send = |rcpt: &str, id: &str| {
+        let (mut c, _) = RawSmtp::connect(suite.smtp_port);
+        assert!(c.cmd("EHLO client.test").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+        assert!(c.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: {id}\r\nMessage-ID: <{id}@test>\r\n\r\nbody\r\n.\r\n").as_bytes());
+        assert!(c.read_reply().starts_with("250"));
+    };
+    send("quiet@silent.test", "to-silent");
+    send("ok@a-only.test", "to-live");
+    // The live destination is served while the silent one hangs.
+    sink.wait_count(&suite, 1, Duration::from_secs(10));
+    assert!(sink.message_ids().contains_key("<to-live@test>"));
+    // The silent peer: timed out, deferred, tried again.
+    wait_for("two timed-out attempts", Duration::from_secs(30), || {
+        let log = suite.log();
+        let n = log
+            .lines()
+            .filter(|l| l.contains("to=<quiet@silent.test>") && l.contains("status=deferred"))
+            .count();
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} deferrals"))
+        }
+    });
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the silent peer was never contacted"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    acceptor.join().unwrap();
+}

@@ -3,6 +3,7 @@
 //!
 //! The zone: `two-mx.test` (MX 10 mx1 → 127.0.0.3 where nothing listens, MX 20 mx2 →
 //! 127.0.0.1), `a-only.test` (A 127.0.0.1, no MX), `null-mx.test` (MX 0 .), anything else
+//! `silent.test` (A 127.0.0.5, for a peer that never answers), anything else
 //! under `.test` NXDOMAIN, `servfail.test` forwarded to a dead server (times out).
 
 use crate::{free_port, wait_for, Suite};
@@ -50,6 +51,7 @@ impl Dns {
                 "--host-record=mx1.two-mx.test,127.0.0.3",
                 "--host-record=mx2.two-mx.test,127.0.0.1",
                 "--host-record=a-only.test,127.0.0.1",
+                "--host-record=silent.test,127.0.0.5",
                 "--mx-host=null-mx.test,.,0",
                 "--server=/servfail.test/127.0.0.1#1",
             ])
