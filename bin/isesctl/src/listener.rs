@@ -88,9 +88,9 @@ impl Inbound {
         }
         let mut listeners = Vec::new();
         let mut bound = Vec::new();
-        for addr in &self.shared.ctx.config().inbound.listen {
-            let listener = TcpListener::bind(addr)
-                .await
+        let inbound = &self.shared.ctx.config().inbound;
+        for addr in &inbound.listen {
+            let listener = bind_listener(*addr, inbound.max_handlers)
                 .with_context(|| format!("cannot listen on {addr} ([inbound] listen)"))?;
             bound.push(listener.local_addr().unwrap_or(*addr));
             listeners.push(listener);
@@ -212,6 +212,23 @@ async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketA
 }
 
 /// One SMTP session on `handler` (iseshlrN); the handler is idle again when this returns.
+/// Binds with a listen backlog of at least `max_handlers` (and 1024): when every handler is
+/// busy, connections wait in the kernel's queue for a banner (seed exercise 2), and a burst
+/// of connections must not overflow it — a dropped handshake leaves a client that believes
+/// it is connected but never hears from us. `TcpListener::bind`'s default backlog (128,
+/// seen with `ss -ltn`) lost handshakes under a burst of 1,000 connections. The kernel caps
+/// the value at `net.core.somaxconn`.
+fn bind_listener(addr: std::net::SocketAddr, max_handlers: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(max_handlers.max(1024).min(u32::MAX as usize) as u32)
+}
+
 async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler: Assigned) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);

@@ -1,0 +1,895 @@
+#!/usr/bin/env python3
+"""smtpmta vs Postfix, side by side (issue 6). Run through scripts/bench, which installs the
+tools and builds smtpmta first.
+
+Every run: a fresh data/queue directory, a fresh daemon, a fresh smtp-sink as the only next hop,
+the load from smtp-source (or our own client for latency and idle connections), and the figures
+taken until the sink (or the Maildir) has every message and the queue is empty. Each MTA's
+processes live in their own cgroup v2 group when one can be created (CPU = the group's
+usage_usec, which includes exited children); otherwise the /proc tree of the daemon is summed.
+Everything started here is stopped by pid; the system Postfix (/etc/postfix) is never touched.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pwd
+import random
+import re
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REL = os.path.join(REPO, "target", "release")
+SMTPMTA = os.path.join(REL, "smtpmta")
+MTACON = os.path.join(REL, "mtacon")
+SINK = "/usr/sbin/smtp-sink"
+SOURCE = "/usr/sbin/smtp-source"
+LOCAL_USER = "smtpbench"
+SENDER = "bench@sender.example"
+REMOTE_RCPT = "rcpt@remote.example"
+LOCAL_RCPT = LOCAL_USER + "@localhost"
+FSYNC_CALLS = "fsync,fdatasync,sync_file_range,syncfs,msync"
+
+STARTED = []          # Popen objects we started (killed by pid on exit)
+CLEANUPS = []         # callables run on exit, last first
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def run(cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **kw)
+
+
+def spawn(cmd, out, cgroup=None, **kw):
+    pre = None
+    if cgroup is not None:
+        procs = os.path.join(cgroup.path, "cgroup.procs")
+
+        def pre():
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         preexec_fn=pre, **kw)
+    STARTED.append(p)
+    return p
+
+
+def stop_proc(p, sig=signal.SIGTERM, wait=15):
+    if p.poll() is None:
+        try:
+            os.kill(p.pid, sig)
+            p.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+        except ProcessLookupError:
+            pass
+    if p in STARTED:
+        STARTED.remove(p)
+
+
+# ---------------------------------------------------------------- process accounting
+
+def cgroup2_root():
+    try:
+        for line in open("/proc/mounts"):
+            f = line.split()
+            if f[2] == "cgroup2":
+                return f[1]
+    except OSError:
+        pass
+    return None
+
+
+class Group:
+    """The processes of one MTA run: a cgroup v2 child when possible, else a /proc tree."""
+
+    base = None
+
+    @classmethod
+    def setup(cls):
+        root = cgroup2_root()
+        if root:
+            path = os.path.join(root, "smtpmta-bench.%d" % os.getpid())
+            try:
+                os.mkdir(path)
+                cls.base = path
+                CLEANUPS.append(lambda: cls._rmdir(path))
+            except OSError as e:
+                log("cgroup v2 not writable (%s): using /proc sums" % e)
+        return cls.base
+
+    @staticmethod
+    def _rmdir(path):
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    def __init__(self, name):
+        self.path = None
+        self.root_pids = []  # fallback: roots of the /proc tree
+        if Group.base:
+            self.path = os.path.join(Group.base, "%s-%d" % (name, random.randrange(1 << 30)))
+            os.mkdir(self.path)
+
+    def pids(self):
+        if self.path:
+            try:
+                return [int(x) for x in open(os.path.join(self.path, "cgroup.procs")).read().split()]
+            except OSError:
+                return []
+        return proc_tree(self.root_pids)
+
+    def cpu_usec(self):
+        if self.path:
+            for line in open(os.path.join(self.path, "cpu.stat")):
+                k, v = line.split()
+                if k == "usage_usec":
+                    return int(v)
+        tck = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+                total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
+            except (OSError, IndexError):
+                pass
+        return total * 1_000_000 // tck
+
+    def pss_kib(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in open("/proc/%d/smaps_rollup" % pid):
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+            except OSError:
+                pass
+        return total
+
+    def kill_rest(self, timeout=15):
+        deadline = time.time() + timeout
+        while self.pids() and time.time() < deadline:
+            time.sleep(0.1)
+        for pid in self.pids():  # every pid here descends from a process we started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.path:
+            Group._rmdir(self.path)
+
+
+def proc_tree(roots):
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError):
+                pass
+    out, todo = [], [r for r in roots if os.path.exists("/proc/%d" % r)]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class PssSampler(threading.Thread):
+    def __init__(self, group, every=0.2):
+        super().__init__(daemon=True)
+        self.group, self.every, self.peak, self.halt = group, every, 0, threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            self.peak = max(self.peak, self.group.pss_kib())
+            self.halt.wait(self.every)
+
+    def stop(self):
+        self.halt.set()
+        self.join()
+        self.peak = max(self.peak, self.group.pss_kib())
+        return self.peak
+
+
+# ---------------------------------------------------------------- the sink
+
+class Sink:
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.out = os.path.join(workdir, "sink-%d.out" % self.port)
+        self.f = open(self.out, "wb")
+        self.p = spawn([SINK, "-c", "-u", "nobody", "127.0.0.1:%d" % self.port, "1024"], self.f)
+        self.pos, self.count = 0, 0
+        wait_port(self.port, banner=False)
+
+    def messages(self):
+        with open(self.out, "rb") as f:
+            f.seek(max(0, self.pos - 64))
+            data = f.read()
+            self.pos = f.tell()
+        m = re.findall(rb"mesg=(\d+)", data)
+        if m:
+            self.count = int(m[-1])
+        return self.count
+
+    def close(self):
+        stop_proc(self.p)
+        self.f.close()
+
+
+def wait_port(port, banner=True, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if banner:
+                data = s.recv(512)
+                if data.startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    s.recv(512)
+                    s.close()
+                    return
+            else:
+                s.close()
+                return
+            s.close()
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("port %d did not answer with a banner" % port)
+
+
+def wait_until(pred, timeout, what, every=0.01):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return time.time()
+        time.sleep(every)
+    raise RuntimeError("timed out after %ds waiting for %s" % (timeout, what))
+
+
+def count_files(d):
+    try:
+        return sum(1 for e in os.scandir(d) if e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+# ---------------------------------------------------------------- the two MTAs
+
+class Smtpmta:
+    name = "smtpmta"
+
+    def __init__(self, top, sink_port):
+        self.dir = tempfile.mkdtemp(prefix="smtpmta-", dir=top)
+        self.port = free_port()
+        self.cfg = os.path.join(self.dir, "smtpmta.toml")
+        with open(self.cfg, "w") as f:
+            f.write(f'''hostname = "bench-smtpmta.localhost"
+data_dir = "data"
+local_domains = ["localhost"]
+trusted_networks = ["127.0.0.0/8"]
+directory = "directory.toml"
+
+[inbound]
+listen = ["127.0.0.1:{self.port}"]
+max_handlers = 1100
+
+[outbound]
+relay_host = "127.0.0.1:{sink_port}"
+''')
+        with open(os.path.join(self.dir, "directory.toml"), "w") as f:
+            f.write(f'''[[user]]
+name = "{LOCAL_USER}"
+addresses = ["{LOCAL_RCPT}"]
+maildir = "mail/{LOCAL_USER}"
+''')
+        self.maildir_new = os.path.join(self.dir, "data", "mail", LOCAL_USER, "new")
+        self.group = Group("smtpmta")
+        self.log = open(os.path.join(self.dir, "smtpmta.log"), "wb")
+        self.p = spawn([SMTPMTA, "--config", self.cfg], self.log, cgroup=self.group)
+        self.group.root_pids = [self.p.pid]
+        wait_port(self.port)
+
+    def con(self, cmd, json_out=False):
+        args = [MTACON, "--config", self.cfg] + (["--json"] if json_out else []) + [cmd]
+        r = run(args)
+        return json.loads(r.stdout) if json_out else r.stdout
+
+    def queue_counts(self):
+        q = self.con("show queue", json_out=True)
+        return {(e["queue"] or e["state"]): e["messages"] for e in q["queue"]}
+
+    def queue_empty(self):
+        return sum(self.queue_counts().values()) == 0
+
+    def stop_outbound(self):
+        self.con("tell smtpmta stop outbound transport")
+
+    def held_all(self, n):
+        c = self.queue_counts()
+        return c.get("outbound-work", 0) >= n and sum(c.values()) == c.get("outbound-work", 0)
+
+    def start_outbound(self):
+        self.con("tell smtpmta start outbound transport")
+
+    def stop(self):
+        stop_proc(self.p, wait=30)
+        self.group.kill_rest()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Postfix:
+    name = "postfix"
+
+    def __init__(self, top, sink_port, defer=False):
+        self.dir = tempfile.mkdtemp(prefix="postfix-", dir=top)
+        os.chmod(self.dir, 0o755)
+        self.etc = os.path.join(self.dir, "etc")
+        self.queue = os.path.join(self.dir, "queue")
+        data = os.path.join(self.dir, "data")
+        for d in (self.etc, self.queue, data):
+            os.mkdir(d)
+        shutil.chown(data, "postfix")
+        self.port = free_port()
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write(f"""# generated by scripts/bench: a private instance, not the system Postfix
+compatibility_level = 3.6
+queue_directory = {self.queue}
+data_directory = {data}
+syslog_name = postfix-bench
+myhostname = bench-postfix.localhost
+mydomain = localhost
+myorigin = localhost
+mydestination = localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{sink_port}
+smtp_dns_support_level = disabled
+alias_maps =
+alias_database =
+home_mailbox = Maildir/
+""" + ("defer_transports = smtp, relay\n" if defer else ""))
+        with open("/etc/postfix/master.cf") as src, open(os.path.join(self.etc, "master.cf"), "w") as dst:
+            for line in src:
+                f = line.split()
+                if line[:1] in "# \t\n" or len(f) < 8:
+                    dst.write(line)
+                    continue
+                if f[0] == "smtp" and f[1] == "inet":
+                    f[0], f[6] = "127.0.0.1:%d" % self.port, "1100"
+                f[4] = "n"  # no chroot (the private queue has no chroot files)
+                dst.write("\t".join(f) + "\n")
+        self.home = LocalUser.home
+        shutil.rmtree(os.path.join(self.home, "Maildir"), ignore_errors=True)
+        self.maildir_new = os.path.join(self.home, "Maildir", "new")
+        self.group = Group("postfix")
+        r = run(["postfix", "-c", self.etc, "check"], check=False)
+        if r.returncode:
+            raise RuntimeError("postfix check: " + r.stdout)
+        starter = spawn(["postfix", "-c", self.etc, "start"], subprocess.DEVNULL, cgroup=self.group)
+        if starter.wait() != 0:
+            raise RuntimeError("postfix -c %s start failed" % self.etc)
+        STARTED.remove(starter)
+        self.master = int(open(os.path.join(self.queue, "pid", "master.pid")).read().split()[0])
+        self.group.root_pids = [self.master]
+        CLEANUPS.append(self._emergency_stop)
+        wait_port(self.port)
+
+    def _emergency_stop(self):
+        if os.path.exists(self.etc):
+            run(["postfix", "-c", self.etc, "stop"], check=False)
+
+    def queued(self):
+        n = 0
+        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _, _, files in os.walk(os.path.join(self.queue, sub)):
+                n += len(files)
+        return n
+
+    def queue_empty(self):
+        return self.queued() == 0
+
+    def stop_outbound(self):
+        pass  # started with defer_transports
+
+    def held_all(self, n):
+        def cnt(sub):
+            return sum(len(f) for _, _, f in os.walk(os.path.join(self.queue, sub)))
+        return cnt("deferred") >= n and self.queued() == cnt("deferred")
+
+    def start_outbound(self):
+        run(["postconf", "-c", self.etc, "-e", "defer_transports ="])
+        run(["postfix", "-c", self.etc, "reload"])
+        run(["postqueue", "-c", self.etc, "-f"])
+
+    def stop(self):
+        run(["postfix", "-c", self.etc, "stop"], check=False)
+        self.group.kill_rest()
+        CLEANUPS.remove(self._emergency_stop)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+MTAS = {"smtpmta": Smtpmta, "postfix": Postfix}
+
+
+class LocalUser:
+    """The Postfix `local` recipient: a system user whose home is under the bench folder."""
+    home = None
+
+    @classmethod
+    def setup(cls, top):
+        cls.home = os.path.join(top, "home-" + LOCAL_USER)
+        os.mkdir(cls.home)
+        try:
+            pwd.getpwnam(LOCAL_USER)
+            run(["usermod", "-d", cls.home, LOCAL_USER])
+        except KeyError:
+            run(["useradd", "--system", "--no-create-home", "--home-dir", cls.home,
+                 "--shell", "/usr/sbin/nologin", LOCAL_USER])
+            CLEANUPS.append(lambda: run(["userdel", LOCAL_USER], check=False))
+        shutil.chown(cls.home, LOCAL_USER)
+        os.chmod(cls.home, 0o755)
+
+
+# ---------------------------------------------------------------- scenarios
+
+def smtp_source(port, sessions, count, size, reuse, rcpt):
+    cmd = [SOURCE, "-s", str(sessions), "-m", str(count), "-l", str(size), "-M", "client.localhost",
+           "-f", SENDER, "-t", rcpt] + (["-d"] if reuse else []) + ["127.0.0.1:%d" % port]
+    t0 = time.time()
+    r = run(cmd, check=False)
+    t1 = time.time()
+    if r.returncode != 0:
+        raise RuntimeError("smtp-source failed: " + r.stdout[-500:])
+    return t0, t1
+
+
+def strace_fsyncs(mta):
+    pids = mta.group.pids()
+    out = os.path.join(mta.dir, "strace.out")
+    cmd = ["strace", "-f", "-c", "-o", out, "-e", "trace=" + FSYNC_CALLS]
+    for p in pids:
+        cmd += ["-p", str(p)]
+    errf = open(os.path.join(mta.dir, "strace.err"), "wb")
+    st = spawn(cmd, errf)
+    time.sleep(1.0)  # let strace attach to every thread
+
+    def finish():
+        time.sleep(0.3)
+        stop_proc(st, sig=signal.SIGINT)
+        errf.close()
+        calls = {}
+        for line in open(out):
+            f = line.split()
+            if len(f) >= 5 and f[-1] in FSYNC_CALLS.split(",") and f[3].isdigit():
+                calls[f[-1]] = int(f[3])
+        return calls
+    return finish
+
+
+def throughput_run(kind, top, sc, trace=False):
+    """One run of a relay/local scenario on a fresh daemon; returns its figures."""
+    count = sc["fsync_count"] if trace else sc["count"]
+    sink = Sink(top)
+    mta = MTAS[kind](top, sink.port)
+    try:
+        local = sc["local"]
+        done = (lambda: count_files(mta.maildir_new) >= count) if local else (lambda: sink.messages() >= count)
+        finish = strace_fsyncs(mta) if trace else None
+        sampler = PssSampler(mta.group)
+        sampler.start()
+        cpu0 = mta.group.cpu_usec()
+        t0, t1 = smtp_source(mta.port, sc["sessions"], count, sc["size"], sc["reuse"],
+                             LOCAL_RCPT if local else REMOTE_RCPT)
+        t2 = wait_until(done, 300, "%s to deliver %d messages" % (kind, count))
+        wait_until(mta.queue_empty, 60, "%s queue to empty" % kind, every=0.05)
+        cpu1 = mta.group.cpu_usec()
+        peak = sampler.stop()
+        if trace:
+            calls = finish()
+            return {"fsync_per_msg": sum(calls.values()) / count, "fsync_calls": calls}
+        return {"accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
+                "cpu_us": (cpu1 - cpu0) / count, "pss_mib": peak / 1024}
+    finally:
+        mta.stop()
+        sink.close()
+
+
+def message(i, size):
+    body = (("x" * 76 + "\r\n") * (size // 78 + 1))[:size]
+    body = body[: body.rfind("\r\n") + 2] if "\r\n" in body else body + "\r\n"
+    return ("From: <%s>\r\nTo: <%s>\r\nSubject: latency %d\r\nMessage-ID: <lat%d@client.localhost>\r\n\r\n"
+            % (SENDER, REMOTE_RCPT, i, i) + body).encode()
+
+
+class Client:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def reply(self):
+        while True:
+            while b"\r\n" not in self.buf:
+                d = self.s.recv(65536)
+                if not d:
+                    raise RuntimeError("connection closed")
+                self.buf += d
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            if line[3:4] != b"-":
+                return line
+
+    def cmd(self, c, expect):
+        self.s.sendall(c)
+        r = self.reply()
+        if not r.startswith(expect):
+            raise RuntimeError("%r -> %r" % (c, r))
+        return r
+
+    def transaction(self, data, timed=False):
+        self.cmd(b"MAIL FROM:<%s>\r\n" % SENDER.encode(), b"250")
+        self.cmd(b"RCPT TO:<%s>\r\n" % REMOTE_RCPT.encode(), b"250")
+        self.cmd(b"DATA\r\n", b"354")
+        self.s.sendall(data)
+        t0 = time.perf_counter()
+        self.cmd(b".\r\n", b"250")
+        return time.perf_counter() - t0
+
+
+def latency_run(kind, top, sc):
+    count = sc["count"]
+    sink = Sink(top)
+    mta = MTAS[kind](top, sink.port)
+    try:
+        sampler = PssSampler(mta.group)
+        sampler.start()
+        cpu0 = mta.group.cpu_usec()
+        t0 = time.time()
+        c = Client(mta.port)
+        c.reply()
+        c.cmd(b"EHLO client.localhost\r\n", b"250")
+        lat = [c.transaction(message(i, sc["size"])) for i in range(count)]
+        c.cmd(b"QUIT\r\n", b"221")
+        t1 = time.time()
+        t2 = wait_until(lambda: sink.messages() >= count, 300, "sink")
+        wait_until(mta.queue_empty, 60, "queue to empty", every=0.05)
+        cpu1 = mta.group.cpu_usec()
+        lat.sort()
+        return {"p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99) - 1],
+                "accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
+                "cpu_us": (cpu1 - cpu0) / count, "pss_mib": sampler.stop() / 1024}
+    finally:
+        mta.stop()
+        sink.close()
+
+
+def drain_run(kind, top, sc):
+    count = sc["count"]
+    sink = Sink(top)
+    mta = Smtpmta(top, sink.port) if kind == "smtpmta" else Postfix(top, sink.port, defer=True)
+    try:
+        mta.stop_outbound()
+        t0, t1 = smtp_source(mta.port, sc["sessions"], count, sc["size"], sc["reuse"], REMOTE_RCPT)
+        wait_until(lambda: mta.held_all(count), 600, "%d messages queued" % count, every=0.2)
+        sampler = PssSampler(mta.group)
+        sampler.start()
+        cpu0 = mta.group.cpu_usec()
+        t2 = time.time()
+        mta.start_outbound()
+        t3 = wait_until(lambda: sink.messages() >= count, 600, "the drain")
+        wait_until(mta.queue_empty, 120, "queue to empty", every=0.05)
+        cpu1 = mta.group.cpu_usec()
+        return {"accepted": count / (t1 - t0), "e2e": count / (t3 - t2),
+                "cpu_us": (cpu1 - cpu0) / count, "pss_mib": sampler.stop() / 1024}
+    finally:
+        mta.stop()
+        sink.close()
+
+
+def idle_run(kind, top, sc):
+    n = sc["count"]
+    sink = Sink(top)
+    mta = MTAS[kind](top, sink.port)
+    socks = []
+    try:
+        sel = selectors.DefaultSelector()
+        for i in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", mta.port))
+            socks.append(s)
+            sel.register(s, selectors.EVENT_READ)
+        bannered, deadline = set(), time.time() + 30
+        while len(bannered) < n and time.time() < deadline:
+            for key, _ in sel.select(timeout=0.5):
+                try:
+                    d = key.fileobj.recv(512)
+                except OSError:
+                    d = b""
+                if d.startswith(b"220"):
+                    bannered.add(key.fileobj)
+                sel.unregister(key.fileobj)
+        time.sleep(1.0)
+        pss = mta.group.pss_kib()
+        nprocs = len(mta.group.pids())
+        served = False
+        try:
+            c = Client(mta.port)
+            c.s.settimeout(10)
+            c.reply()
+            c.cmd(b"EHLO client.localhost\r\n", b"250")
+            c.transaction(message(0, 1024))
+            c.cmd(b"QUIT\r\n", b"221")
+            served = True
+        except (OSError, RuntimeError) as e:
+            log("%s: new client not served: %s" % (kind, e))
+        return {"connections": len(bannered), "pss_mib": pss / 1024,
+                "served": served, "processes": nprocs}
+    finally:
+        for s in socks:
+            s.close()
+        mta.stop()
+        sink.close()
+
+
+def scenarios(quick):
+    k = 1024
+    if quick:
+        return [
+            dict(id="relay-1k-20", title="relay 1 KiB × 20 sessions, 1 msg/conn", kind="tp", size=k,
+                 sessions=20, reuse=False, local=False, count=500, fsync_count=200),
+            dict(id="local-1k-20", title="local Maildir 1 KiB × 20 sessions", kind="tp", size=k,
+                 sessions=20, reuse=False, local=True, count=300, fsync_count=100),
+        ]
+    out = []
+    for size, ssz, n, fn in ((k, "1 KiB", 5000, 1000), (100 * k, "100 KiB", 1000, 300)):
+        for sessions in ((20, 100) if size == k else (20,)):
+            for reuse in (False, True):
+                out.append(dict(
+                    id="relay-%s-%d-%s" % ("1k" if size == k else "100k", sessions, "d" if reuse else "1"),
+                    title="relay %s × %d sessions, %s" % (ssz, sessions, "many msg/conn (-d)" if reuse else "1 msg/conn"),
+                    kind="tp", size=size, sessions=sessions, reuse=reuse, local=False, count=n, fsync_count=fn))
+    out.append(dict(id="local-1k-20", title="local Maildir 1 KiB × 20 sessions, 1 msg/conn", kind="tp",
+                    size=k, sessions=20, reuse=False, local=True, count=5000, fsync_count=1000))
+    out.append(dict(id="latency", title="serial latency: 1 session, 2,000 × 1 KiB", kind="lat", size=k, count=2000))
+    out.append(dict(id="drain", title="drain 20,000 × 1 KiB queued with outbound stopped", kind="drain",
+                    size=k, sessions=20, reuse=True, count=20000))
+    out.append(dict(id="idle", title="1,000 idle connections", kind="idle", count=1000))
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+FIGS = [  # key, label, unit, better, target ratio
+    ("accepted", "accepted msg/s", "", "higher", None),
+    ("e2e", "end-to-end msg/s", "", "higher", 1.5),
+    ("cpu_us", "CPU µs/msg", "", "lower", 1.0),
+    ("pss_mib", "peak PSS MiB", "", "lower", None),
+    ("fsync_per_msg", "fsyncs/msg", "", "lower", None),
+    ("p50_ms", "p50 DATA-end→250 ms", "", "lower", None),
+    ("p99_ms", "p99 DATA-end→250 ms", "", "lower", 1.0),
+    ("connections", "idle connections with banner", "", "higher", None),
+    ("processes", "processes", "", "lower", None),
+    ("served", "new client served", "", "higher", None),
+]
+
+
+def fmt(v):
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v >= 100:
+        return "%.0f" % v
+    if v >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def cell(vals):
+    if not vals:
+        return "—"
+    if isinstance(vals[0], bool):
+        return "/".join(fmt(v) for v in vals)
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return fmt(m)
+    return "%s (%s..%s)" % (fmt(m), fmt(min(vals)), fmt(max(vals)))
+
+
+def table(results, scs):
+    rows = ["| scenario | figure | smtpmta | Postfix | smtpmta / Postfix | target |",
+            "|---|---|---|---|---|---|"]
+    for sc in scs:
+        r = results.get(sc["id"], {})
+        first = True
+        for key, label, _, better, target in FIGS:
+            a, b = r.get("smtpmta", {}).get(key, []), r.get("postfix", {}).get(key, [])
+            if not a and not b:
+                continue
+            ratio, tgt = "—", ""
+            if a and b and not isinstance(a[0], bool):
+                ma, mb = statistics.median(a), statistics.median(b)
+                ratio = "%.2f×" % (ma / mb) if mb else "∞"
+                if key == "e2e" and sc["kind"] in ("tp", "drain"):
+                    tgt = "≥ 1.5× " + ("✅" if mb and ma / mb >= 1.5 else "❌")
+                elif target is not None and key != "e2e":
+                    tgt = "≤ 1× " + ("✅" if mb and ma / mb <= target else "❌")
+            if sc["kind"] == "idle" and key == "pss_mib" and a:
+                tgt = "≤ 64 MiB " + ("✅" if statistics.median(a) <= 64 else "❌")
+            if sc["kind"] == "idle" and key == "connections" and a:
+                tgt = "all %d %s" % (sc["count"], "✅" if min(a) >= sc["count"] else "❌")
+            if sc["kind"] == "idle" and key == "served" and a:
+                tgt = "yes " + ("✅" if all(a) else "❌")
+            rows.append("| %s | %s | %s | %s | %s | %s |" % (sc["title"] if first else "", label, cell(a), cell(b), ratio, tgt))
+            first = False
+    return "\n".join(rows)
+
+
+def machine():
+    def sh(c):
+        try:
+            return subprocess.run(c, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True).stdout.strip()
+        except OSError:
+            return "?"
+    model = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+    disk = sh("df -T %s | tail -1 | awk '{print $1\" \"$2}'" % REPO)
+    dev = os.path.basename(disk.split()[0]) if disk else ""
+    rota = sh("cat /sys/block/%s/queue/rotational 2>/dev/null" % dev)
+    return {
+        "nproc": os.cpu_count(), "cpu": model, "kernel": os.uname().release,
+        "memory": sh("free -m | awk '/Mem:/{print $2\" MiB\"}'"),
+        "disk": "%s (%s)" % (disk, {"0": "non-rotational", "1": "reported rotational (virtual disk)"}.get(rota, "?")),
+        "os": sh(". /etc/os-release; echo $PRETTY_NAME"),
+        "postfix": sh("postconf -d -h mail_version"),
+        "smtpmta": sh("cd %s && git rev-parse --short HEAD && git status --porcelain -uno | wc -l" % REPO).replace("\n", ", dirty files: "),
+        "cpu_accounting": "cgroup v2 (%s)" % Group.base if Group.base else "/proc tree sums",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int)
+    ap.add_argument("--only", help="comma-separated scenario ids")
+    ap.add_argument("--no-fsync", action="store_true", help="skip the strace runs")
+    ap.add_argument("--docs", help="write the results section into this markdown file")
+    ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every message count (debugging)")
+    a = ap.parse_args()
+    reps = a.reps or (1 if a.quick else 3)
+    scs = scenarios(a.quick)
+    if a.only:
+        keep = a.only.split(",")
+        scs = [s for s in scs if s["id"] in keep]
+    for s in scs:
+        for k in ("count", "fsync_count"):
+            if k in s and s["kind"] != "idle":
+                s[k] = max(10, int(s[k] * a.scale))
+    if os.geteuid() != 0:
+        sys.exit("scripts/bench must run as root (it starts a private Postfix instance)")
+
+    sysconf = {p: hashlib.sha256(open(p, "rb").read()).hexdigest()
+               for p in ("/etc/postfix/main.cf", "/etc/postfix/master.cf") if os.path.exists(p)}
+    top = tempfile.mkdtemp(prefix="smtpmta-bench.", dir="/var/tmp")
+    os.chmod(top, 0o755)
+    CLEANUPS.append(lambda: shutil.rmtree(top, ignore_errors=True))
+    Group.setup()
+    LocalUser.setup(top)
+    mach = machine()
+    log("machine: %s" % mach)
+
+    results = {}
+    t_start = time.time()
+    try:
+        for sc in scs:
+            res = results.setdefault(sc["id"], {"smtpmta": {}, "postfix": {}})
+            for rep in range(reps):
+                for kind in ("smtpmta", "postfix"):
+                    fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run}[sc["kind"]]
+                    r = fn(kind, top, sc)
+                    log("%-18s rep %d %-8s %s" % (sc["id"], rep + 1, kind,
+                                                  " ".join("%s=%s" % (k, fmt(v)) for k, v in r.items())))
+                    for k, v in r.items():
+                        res[kind].setdefault(k, []).append(v)
+            if sc["kind"] == "tp" and not a.no_fsync:
+                for kind in ("smtpmta", "postfix"):
+                    r = throughput_run(kind, top, sc, trace=True)
+                    log("%-18s strace   %-8s %.2f fsyncs/msg %s" % (sc["id"], kind, r["fsync_per_msg"], r["fsync_calls"]))
+                    res[kind].setdefault("fsync_per_msg", []).append(r["fsync_per_msg"])
+                    res[kind].setdefault("fsync_calls", []).append(r["fsync_calls"])
+    finally:
+        for p in ("/etc/postfix/main.cf", "/etc/postfix/master.cf"):
+            if p in sysconf and hashlib.sha256(open(p, "rb").read()).hexdigest() != sysconf[p]:
+                log("WARNING: %s changed during the run (not by this script)" % p)
+
+    elapsed = time.time() - t_start
+    tbl = table(results, scs)
+    print()
+    print("smtpmta vs Postfix %s — %d repetition(s), median (min..max); %.0f s" %
+          (mach["postfix"], reps, elapsed))
+    print(tbl)
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump({"machine": mach, "reps": reps, "scenarios": scs, "results": results,
+                       "date": datetime.datetime.now().isoformat(timespec="seconds")}, f, indent=1)
+    if a.docs:
+        write_docs(a.docs, tbl, mach, reps, elapsed, results)
+
+
+def write_docs(path, tbl, mach, reps, elapsed, results):
+    fs = []
+    for sid, r in results.items():
+        for kind in ("smtpmta", "postfix"):
+            for c in r[kind].get("fsync_calls", []):
+                fs.append("%s %s: %s" % (sid, kind, ", ".join("%s %d" % kv for kv in sorted(c.items()))))
+    block = ["<!-- bench:begin (generated by scripts/bench; edit outside these markers) -->",
+             "Run of %s, %d repetition(s) per figure, median (min..max), %.0f s in all." %
+             (datetime.date.today().isoformat(), reps, elapsed), "",
+             "Machine: %d CPUs (%s), %s, kernel %s, %s RAM, disk %s; Postfix %s; smtpmta %s; CPU from %s." %
+             (mach["nproc"], mach["cpu"], mach["os"], mach["kernel"], mach["memory"], mach["disk"],
+              mach["postfix"], mach["smtpmta"], mach["cpu_accounting"]), "",
+             tbl, "", "<details><summary>fsync-family calls counted by strace</summary>", "",
+             "\n".join("- " + x for x in fs) or "- (none)", "", "</details>",
+             "<!-- bench:end -->"]
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
+    new = re.sub(r"<!-- bench:begin.*?<!-- bench:end -->", lambda _: "\n".join(block), text, flags=re.S)
+    with open(path, "w") as f:
+        f.write(new)
+    log("wrote %s" % path)
+
+
+def cleanup(*_):
+    for p in list(STARTED):
+        try:
+            stop_proc(p, wait=10)
+        except Exception:
+            pass
+    while CLEANUPS:
+        try:
+            CLEANUPS.pop()()
+        except Exception as e:
+            log("cleanup: %s" % e)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    try:
+        main()
+    finally:
+        cleanup()
