@@ -143,6 +143,45 @@ fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
             }
         },
     );
+    // Compaction leaves no orphan: every spool segment left belongs to a live writer (a dead
+    // writer's segments go once unreferenced and a minute old; poll compact until then).
+    let spool = suite.data_dir().join("spool");
+    let orphans = || -> Vec<String> {
+        mta_testkit::files_with_suffix(&spool, ".seg")
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|name| {
+                let pid = name
+                    .trim_end_matches(".seg")
+                    .rsplitn(4, '-')
+                    .nth(2)
+                    .and_then(|p| p.parse::<u32>().ok());
+                pid.is_some_and(|p| !pid_alive(p))
+            })
+            .collect()
+    };
+    assert!(
+        !orphans().is_empty(),
+        "the killed writers left segments (else this check proves nothing)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let out = suite.mtacon(&["tell", "smtpmta", "compact"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left = orphans();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphan spool segments after compaction: {left:?}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let dup_local: usize = local.values().map(|n| n - 1).sum();
     let dup_remote: usize = remote.values().map(|n| n - 1).sum();
     eprintln!(

@@ -266,13 +266,13 @@ fn raw_hello(path: &std::path::Path, hello: &Hello) -> HelloReply {
 #[test]
 fn ipc_refuses_wrong_versions_and_survives_garbage() {
     let suite = Suite::start(&SuiteOptions::default());
-    let sockets = [
-        (suite.run_dir().join("smtpmta.sock"), Service::Supervisor),
-        (
-            suite.run_dir().join("router.sock"),
-            Service::Control(TaskName::Router),
-        ),
-    ];
+    let mut sockets = vec![(suite.run_dir().join("smtpmta.sock"), Service::Supervisor)];
+    for task in TaskName::CHILDREN {
+        sockets.push((
+            suite.run_dir().join(format!("{task}.sock")),
+            Service::Control(task),
+        ));
+    }
     for (path, service) in &sockets {
         let wrong = Hello {
             version: 999,
@@ -288,7 +288,11 @@ fn ipc_refuses_wrong_versions_and_survives_garbage() {
         }
         let wrong_service = Hello {
             version: mta_ipc::PROTOCOL_VERSION,
-            service: Service::Control(TaskName::Drt),
+            service: if *service == Service::Control(TaskName::Drt) {
+                Service::Control(TaskName::Router)
+            } else {
+                Service::Control(TaskName::Drt)
+            },
             client: TaskName::Mtacon,
             pid: std::process::id(),
         };
@@ -310,7 +314,10 @@ fn ipc_refuses_wrong_versions_and_survives_garbage() {
         s.write_all(&[0xff; 8]).unwrap();
         drop(s);
     }
-    // Both still serve, with the same pids.
+    // Every socket still serves, nobody restarted.
+    for row in suite.tasks().unwrap() {
+        assert_eq!(row["restarts"], 0, "{row}");
+    }
     let router = suite.task_pid("router").unwrap();
     let out = suite.mtacon(&["tell", "router", "show", "status"]);
     assert!(

@@ -441,6 +441,12 @@ impl RawSmtp {
         (c, greeting)
     }
 
+    /// A second handle on the connection, e.g. to write from another thread while this one
+    /// reads the replies (a client that pipelines more than the socket buffers hold).
+    pub fn try_clone_stream(&self) -> std::net::TcpStream {
+        self.stream.try_clone().expect("clone stream")
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         use std::io::Write;
         self.stream.write_all(bytes).expect("write");
