@@ -23,8 +23,9 @@ pub struct DebugKnobs {
     /// `Log_MailRouting`, one of 0, 10, 20, 30, 40: router logging (10 minimal … 40 verbose).
     #[serde(rename = "Log_MailRouting", deserialize_with = "routing_level")]
     pub log_mail_routing: u8,
-    /// `SMTPSaveImportErrors`, 0..=3: keep messages that fail conversion (1 on parse errors,
-    /// 2 also on warnings, 3 always) in `data_dir/spool/import-errors`.
+    /// `SMTPSaveImportErrors`, 0..=3: save messages that fail conversion in
+    /// `<data_dir>/import-errors/` (1: a copy of each failing message, 2: also a `.trace`
+    /// with the reason, 3: every message).
     #[serde(rename = "SMTPSaveImportErrors", deserialize_with = "zero_to_three")]
     pub smtp_save_import_errors: u8,
 }
