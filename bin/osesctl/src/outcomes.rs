@@ -21,6 +21,7 @@ use mta_config::OutboundConfig;
 use mta_ipc::store::Change;
 use mta_ipc::{Kicker, StoreClient};
 use mta_smtp::Reply;
+use mta_task::{log_outcome, Outcome};
 use mta_types::message::{now_ms, Attempt, UnixMillis};
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::collections::HashMap;
@@ -203,10 +204,17 @@ pub fn apply(
     let delay = now.saturating_sub(received_at) as f64 / 1000.0;
     match outcome {
         RcptOutcome::Sent { host, reply } => {
-            tracing::info!(
-                "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn={} status=sent ({reply})",
-                r.address,
-                enhanced_of(&reply, "2.0.0")
+            let dsn = enhanced_of(&reply, "2.0.0");
+            log_outcome(
+                id,
+                &r.address,
+                None,
+                &host,
+                delay,
+                dsn,
+                Outcome::Sent,
+                &reply,
+                "",
             );
             r.attempts.push(Attempt {
                 at: now,
@@ -226,9 +234,16 @@ pub fn apply(
             status,
             reason,
         } => {
-            tracing::info!(
-                "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn={status} status=bounced ({reason})",
-                r.address
+            log_outcome(
+                id,
+                &r.address,
+                None,
+                &host,
+                delay,
+                &status,
+                Outcome::Bounced,
+                &reason,
+                "",
             );
             r.attempts.push(Attempt {
                 at: now,
@@ -255,9 +270,16 @@ pub fn apply(
                     "4.4.7 message expired after {}s in the queue; last error: {reply}",
                     age.as_secs()
                 );
-                tracing::info!(
-                    "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn=4.4.7 status=expired ({reason})",
-                    r.address
+                log_outcome(
+                    id,
+                    &r.address,
+                    None,
+                    &host,
+                    delay,
+                    "4.4.7",
+                    Outcome::Expired,
+                    &reason,
+                    "",
                 );
                 r.status = RcptStatus::Failed {
                     at: now,
@@ -270,11 +292,18 @@ pub fn apply(
                 let n = r.attempts.len().max(1);
                 let wait = config.retry[(n - 1).min(config.retry.len() - 1)];
                 r.next_retry = Some(now + wait.as_millis() as u64);
-                tracing::warn!(
-                    "qid={id} to=<{}> relay={host} delay={delay:.2}s dsn={} status=deferred ({reply}) retry_in={}s",
-                    r.address,
-                    enhanced_of(&reply, "4.0.0"),
-                    wait.as_secs_f64()
+                let dsn = enhanced_of(&reply, "4.0.0");
+                let retry = format!("retry_in={}s", wait.as_secs_f64());
+                log_outcome(
+                    id,
+                    &r.address,
+                    None,
+                    &host,
+                    delay,
+                    dsn,
+                    Outcome::Deferred,
+                    &reply,
+                    &retry,
                 );
                 stats.deferred.fetch_add(1, Ordering::Relaxed);
             }

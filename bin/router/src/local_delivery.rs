@@ -5,7 +5,7 @@
 //! Each mailbox gets `Return-Path:` and `Delivered-To:` prepended (`mta-convert`).
 //!
 //! Log lines, Postfix style, one per recipient outcome:
-//! `qid=… to=<…> [orig_to=<…>] relay=local delay=0.12 dsn=2.0.0 status=sent (delivered to maildir)`,
+//! `qid=… to=<…> [orig_to=<…>] relay=local delay=0.12s dsn=2.0.0 status=sent (delivered to maildir)`,
 //! `status=bounced (user unknown)`, `status=deferred (reason)`; `qid=… removed` when the
 //! record is done. `Log_MailRouting` 20 adds alias expansions; 30 adds the mailbox chosen
 //! for each write and where each message goes next.
@@ -166,49 +166,31 @@ fn describe(location: Location) -> String {
     }
 }
 
-/// `delay=` as Postfix writes it: seconds since the message was received.
-fn delay(record: &MessageRecord, now: UnixMillis) -> String {
-    let ms = now.saturating_sub(record.received_at);
-    if ms < 10_000 {
-        format!("{:.2}", ms as f64 / 1000.0)
-    } else {
-        format!("{}", ms / 1000)
-    }
-}
-
-/// `orig_to=<…>` when the recipient came from an alias (its ORCPT names another address).
-fn orig_to(r: &Recipient) -> String {
-    let Some(orcpt) = r.orcpt.as_deref() else {
-        return String::new();
-    };
+/// The original address when the recipient came from an alias (its ORCPT names another
+/// address), for `orig_to=<…>`.
+fn orig_to(r: &Recipient) -> Option<&str> {
+    let orcpt = r.orcpt.as_deref()?;
     let original = orcpt.split_once(';').map_or(orcpt, |(_, addr)| addr).trim();
-    if original.eq_ignore_ascii_case(&r.address.to_string()) {
-        String::new()
-    } else {
-        format!(" orig_to=<{original}>")
-    }
+    (!original.eq_ignore_ascii_case(&r.address.to_string())).then_some(original)
 }
 
 fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
+    use mta_task::Outcome;
     let r = &record.recipients[i];
-    let head = format!(
-        "qid={} to=<{}>{} relay=local delay={}",
-        record.id,
-        r.address,
-        orig_to(r),
-        delay(record, now)
-    );
+    let orig = orig_to(r);
+    let delay = now.saturating_sub(record.received_at) as f64 / 1000.0;
+    let log = |dsn: &str, outcome, text: &str| {
+        mta_task::log_outcome(
+            record.id, &r.address, orig, "local", delay, dsn, outcome, text, "",
+        )
+    };
     match &r.status {
-        RcptStatus::Delivered { .. } => {
-            tracing::info!("{head} dsn=2.0.0 status=sent (delivered to maildir)")
-        }
-        RcptStatus::Failed { status, reason, .. } => {
-            tracing::info!("{head} dsn={status} status=bounced ({reason})")
-        }
+        RcptStatus::Delivered { .. } => log("2.0.0", Outcome::Sent, "delivered to maildir"),
+        RcptStatus::Failed { status, reason, .. } => log(status, Outcome::Bounced, reason),
         RcptStatus::Pending => {
             let reply = r.attempts.last().map(|a| a.reply.as_str()).unwrap_or("");
             let (dsn, reason) = reply.split_once(' ').unwrap_or(("4.3.0", reply));
-            tracing::warn!("{head} dsn={dsn} status=deferred ({reason})")
+            log(dsn, Outcome::Deferred, reason)
         }
         RcptStatus::Relayed { .. } => {}
     }

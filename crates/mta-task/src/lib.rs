@@ -14,10 +14,12 @@
 mod context;
 mod control;
 mod logging;
+pub mod outcome_log;
 pub mod queue_worker;
 
 pub use context::TaskContext;
 pub use logging::init_logging;
+pub use outcome_log::{log_outcome, Outcome};
 pub use queue_worker::{drain, QueueWorker};
 
 use anyhow::Context as _;
