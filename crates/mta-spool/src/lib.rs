@@ -42,8 +42,10 @@ pub enum SpoolError {
 impl SpoolError {
     /// The disk is full (or over quota): the caller answers 452 4.3.1, not a crash.
     pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
         matches!(self, SpoolError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc_enospc) if libc_enospc == 28 || libc_enospc == 122))
+            if matches!(source.raw_os_error(), Some(ENOSPC) | Some(EDQUOT)))
     }
 }
 
