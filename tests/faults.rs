@@ -3,7 +3,6 @@
 
 use mta_testkit::peers::Sink;
 use mta_testkit::{maildir_new, pid_alive, wait_for, RawSmtp, Suite, SuiteOptions};
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,22 +12,6 @@ fn support(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(name)
-}
-
-/// Message-ID → copies, over every file in `dir` (recursively) ending in `suffix`.
-fn message_ids(files: Vec<PathBuf>) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for f in files {
-        let text = std::fs::read(&f).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-        {
-            *ids.entry(line[11..].trim().to_string()).or_insert(0) += 1;
-        }
-    }
-    ids
 }
 
 fn kill9(pid: u32) {
@@ -129,8 +112,9 @@ fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
         "every accepted message in the Maildir and at the sink",
         Duration::from_secs(180),
         || {
-            let local = message_ids(maildir_new(&maildir));
-            let remote = message_ids(mta_testkit::files_with_suffix(sink.dir.path(), ".eml"));
+            let local = mta_testkit::message_ids(&maildir_new(&maildir));
+            let remote =
+                mta_testkit::message_ids(&mta_testkit::files_with_suffix(sink.dir.path(), ".eml"));
             let missing_local = accepted.iter().filter(|m| !local.contains_key(*m)).count();
             let missing_remote = accepted.iter().filter(|m| !remote.contains_key(*m)).count();
             if missing_local == 0 && missing_remote == 0 {
@@ -412,7 +396,7 @@ fn a_full_disk_gets_452_and_the_suite_resumes_when_space_returns() {
         "disk-0 and disk-100 delivered",
         Duration::from_secs(60),
         || {
-            let ids = message_ids(maildir_new(&suite.data_dir().join("mail/alice")));
+            let ids = mta_testkit::message_ids(&maildir_new(&suite.data_dir().join("mail/alice")));
             if ids.contains_key("<disk-0@test>") && ids.contains_key("<disk-100@test>") {
                 Ok(())
             } else {

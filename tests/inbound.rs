@@ -2,38 +2,9 @@
 //! router → Maildir, through the real binaries and real clients (swaks, Python smtplib).
 
 use mta_testkit::{maildir_new, wait_for, RawSmtp, Suite, SuiteOptions, DEFAULT_DIRECTORY};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn mailbox(suite: &Suite, user: &str) -> PathBuf {
-    suite.data_dir().join("mail").join(user)
-}
-
-fn wait_for_mail(suite: &Suite, user: &str, n: usize) -> Vec<PathBuf> {
-    wait_for(
-        &format!("{n} message(s) for {user}"),
-        Duration::from_secs(20),
-        || {
-            let files = maildir_new(&mailbox(suite, user));
-            if files.len() >= n {
-                Ok(files)
-            } else {
-                Err(format!(
-                    "{} files; log tail:\n{}",
-                    files.len(),
-                    tail(&suite.log(), 15)
-                ))
-            }
-        },
-    )
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 fn swaks(port: u16, args: &[&str]) -> std::process::Output {
     Command::new("swaks")
@@ -115,7 +86,7 @@ fn swaks_delivers_to_the_maildir_with_trace_headers() {
         .expect("250 queued as");
     let qid = qid_line.rsplit(' ').next().unwrap().trim().to_string();
 
-    let files = wait_for_mail(&suite, "postmaster", 1);
+    let files = suite.wait_for_mail("postmaster", 1);
     assert_eq!(files.len(), 1);
     let text = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
@@ -133,7 +104,7 @@ fn swaks_delivers_to_the_maildir_with_trace_headers() {
     assert!(text.contains("\nHello World\nsecond line\n"), "{text}");
     // tmp/ is empty: the delivery completed with a rename.
     assert_eq!(
-        std::fs::read_dir(mailbox(&suite, "postmaster").join("tmp"))
+        std::fs::read_dir(suite.mailbox("postmaster").join("tmp"))
             .unwrap()
             .count(),
         0
@@ -197,14 +168,14 @@ fn smtplib_pipelining_8bitmime_smtputf8_and_bdat() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let utf8 = wait_for_mail(&suite, "yonghu", 1);
+    let utf8 = suite.wait_for_mail("yonghu", 1);
     let text = std::fs::read_to_string(&utf8[0]).unwrap();
     assert!(text.contains("Delivered-To: 用户@localhost"), "{text}");
     assert!(text.contains("Käse und Brot"), "{text}");
     assert!(text.contains("with UTF8SMTP"), "{text}");
 
-    let alice = wait_for_mail(&suite, "alice", 2);
-    let bob = wait_for_mail(&suite, "bob", 1);
+    let alice = suite.wait_for_mail("alice", 2);
+    let bob = suite.wait_for_mail("bob", 1);
     let alice_text: String = alice
         .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
@@ -368,10 +339,10 @@ fn smuggled_end_of_data_does_not_end_the_message_and_bare_lf_is_rejected() {
     assert!(c.cmd("DATA").starts_with("354"));
     c.send(b"Subject: fine\r\n\r\nfine\r\n.\r\n");
     assert!(c.read_reply().starts_with("250"));
-    wait_for_mail(&suite, "alice", 1);
-    assert_eq!(maildir_new(&mailbox(&suite, "alice")).len(), 1);
+    suite.wait_for_mail("alice", 1);
+    assert_eq!(maildir_new(&suite.mailbox("alice")).len(), 1);
     assert!(
-        maildir_new(&mailbox(&suite, "bob")).is_empty(),
+        maildir_new(&suite.mailbox("bob")).is_empty(),
         "a smuggled message reached bob"
     );
 }
@@ -408,7 +379,7 @@ fn size_limit_at_mail_and_in_data() {
         .map(|r| r["messages"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 0);
-    assert!(maildir_new(&mailbox(&suite, "alice")).is_empty());
+    assert!(maildir_new(&suite.mailbox("alice")).is_empty());
 }
 
 fn send_raw_message(port: u16, rcpt: &str, content: &[u8]) -> String {
@@ -450,7 +421,7 @@ fn hop_limit_malformed_mime_and_conversion_errors() {
     let garbage = b"\x01\x02\x03\x04: \x00\x00\x00\r\n\r\nbody\r\n";
     let bad_qid = send_raw_message(suite.smtp_port, "alice@localhost", garbage);
 
-    let bob = wait_for_mail(&suite, "bob", 1);
+    let bob = suite.wait_for_mail("bob", 1);
     assert!(std::fs::read_to_string(&bob[0])
         .unwrap()
         .contains("no parts here"));
@@ -477,7 +448,7 @@ fn hop_limit_malformed_mime_and_conversion_errors() {
     });
     assert_eq!(errors[0]["qid"], bad_qid.as_str());
     assert!(
-        maildir_new(&mailbox(&suite, "alice")).is_empty(),
+        maildir_new(&suite.mailbox("alice")).is_empty(),
         "neither alice message may be delivered"
     );
     let text = String::from_utf8(suite.mtacon(&["show", "queue"]).stdout).unwrap();
@@ -522,20 +493,6 @@ fn stop_and_start_inbound_transport() {
     );
     let (_c, greeting) = RawSmtp::connect(suite.smtp_port);
     assert!(greeting.starts_with("220"), "{greeting}");
-}
-
-fn message_ids_in(dir: &Path) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for f in maildir_new(dir) {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-        {
-            *ids.entry(line[11..].trim().to_string()).or_insert(0) += 1;
-        }
-    }
-    ids
 }
 
 #[test]
@@ -587,12 +544,12 @@ fn kill_9_imsgcnv_and_router_under_load_loses_nothing() {
         accepted.len(),
         result["errors"]
     );
-    let maildir = mailbox(&suite, "alice");
+    let maildir = suite.mailbox("alice");
     let ids = wait_for(
         "every accepted message delivered",
         Duration::from_secs(60),
         || {
-            let ids = message_ids_in(&maildir);
+            let ids = mta_testkit::message_ids(&maildir_new(&maildir));
             let missing = accepted.iter().filter(|m| !ids.contains_key(*m)).count();
             if missing == 0 {
                 Ok(ids)

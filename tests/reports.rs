@@ -27,34 +27,6 @@ fn suite() -> Suite {
     })
 }
 
-fn mailbox(suite: &Suite, user: &str) -> PathBuf {
-    suite.data_dir().join("mail").join(user)
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn wait_for_mail(suite: &Suite, user: &str, n: usize) -> Vec<PathBuf> {
-    wait_for(
-        &format!("{n} message(s) for {user}"),
-        Duration::from_secs(20),
-        || {
-            let files = maildir_new(&mailbox(suite, user));
-            if files.len() >= n {
-                Ok(files)
-            } else {
-                Err(format!(
-                    "{} files; log tail:\n{}",
-                    files.len(),
-                    tail(&suite.log(), 20)
-                ))
-            }
-        },
-    )
-}
-
 /// One SMTP transaction; `rcpts` may carry parameters (`bob@localhost> NOTIFY=NEVER`
 /// is written as `("bob@localhost", "NOTIFY=NEVER")`). Returns the queue id.
 fn send(suite: &Suite, from: &str, rcpts: &[(&str, &str)], subject: &str) -> String {
@@ -129,7 +101,10 @@ fn wait_drained(suite: &Suite) {
     wait_for("queues drained", Duration::from_secs(20), || {
         match queued(suite) {
             0 => Ok(()),
-            n => Err(format!("{n} queued; log:\n{}", tail(&suite.log(), 20))),
+            n => Err(format!(
+                "{n} queued; log:\n{}",
+                mta_testkit::peers::tail(&suite.log(), 20)
+            )),
         }
     });
 }
@@ -186,10 +161,10 @@ fn failure_report_for_an_alias_to_an_unknown_user_reaches_the_local_sender() {
     );
     // bob gets his copy through `mixed`; alice gets ONE report listing the one failure
     // (nobody@localhost reached through both aliases is a single recipient).
-    wait_for_mail(&suite, "bob", 1);
-    let files = wait_for_mail(&suite, "alice", 1);
+    suite.wait_for_mail("bob", 1);
+    let files = suite.wait_for_mail("alice", 1);
     wait_drained(&suite);
-    assert_eq!(maildir_new(&mailbox(&suite, "alice")).len(), 1);
+    assert_eq!(maildir_new(&suite.mailbox("alice")).len(), 1);
     let raw = std::fs::read_to_string(&files[0]).unwrap();
     assert!(raw.starts_with("Return-Path: <>\n"), "{raw}");
 
@@ -263,7 +238,7 @@ fn notify_never_and_the_null_sender_get_no_report() {
         &[("bob@localhost", "")],
         "control",
     );
-    wait_for_mail(&suite, "bob", 1);
+    suite.wait_for_mail("bob", 1);
     wait_for(
         "both failures counted",
         Duration::from_secs(20),
@@ -274,7 +249,7 @@ fn notify_never_and_the_null_sender_get_no_report() {
     );
     wait_drained(&suite);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(maildir_new(&mailbox(&suite, "alice")).len(), 0);
+    assert_eq!(maildir_new(&suite.mailbox("alice")).len(), 0);
     let s = stats(&suite);
     assert_eq!(s["Mail.DeliveryReportsSent"], 0, "{s}");
     // The null-sender message that failed is itself a report-like message: Dead, kept.
@@ -301,7 +276,10 @@ fn report_to_an_unknown_sender_goes_dead_then_refresh_and_release_dead_deliver_i
             .collect();
         match parked.as_slice() {
             [one] => Ok(one.clone()),
-            _ => Err(format!("{q}\n{}", tail(&suite.log(), 20))),
+            _ => Err(format!(
+                "{q}\n{}",
+                mta_testkit::peers::tail(&suite.log(), 20)
+            )),
         }
     });
     assert_eq!(dead["from"], "", "a report is from <>: {dead}");
@@ -361,7 +339,7 @@ fn report_to_an_unknown_sender_goes_dead_then_refresh_and_release_dead_deliver_i
             Err(text)
         }
     });
-    let files = wait_for_mail(&suite, "nobody", 1);
+    let files = suite.wait_for_mail("nobody", 1);
     let dsn = parse_dsn(&files[0]);
     assert_eq!(
         dsn["groups"][1]["Final-Recipient"],
@@ -390,8 +368,8 @@ fn counters_match_the_events_and_survive_a_restart() {
             &format!("fail{i}"),
         );
     }
-    wait_for_mail(&suite, "alice", 3);
-    wait_for_mail(&suite, "postmaster", 2);
+    suite.wait_for_mail("alice", 3);
+    suite.wait_for_mail("postmaster", 2);
     wait_drained(&suite);
     let expect = |s: &Value| {
         // 3 to alice + 2 reports to postmaster
@@ -428,13 +406,13 @@ fn counters_match_the_events_and_survive_a_restart() {
 /// Makes a user's Maildir unwritable (a file where its folder should be), so mail to it
 /// waits in mail.box for a retry.
 fn block_mailbox(suite: &Suite, user: &str) {
-    let path = mailbox(suite, user);
+    let path = suite.mailbox(user);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, b"not a folder").unwrap();
 }
 
 fn unblock_mailbox(suite: &Suite, user: &str) {
-    std::fs::remove_file(mailbox(suite, user)).unwrap();
+    std::fs::remove_file(suite.mailbox(user)).unwrap();
 }
 
 fn wait_console_ok(suite: &Suite, args: &[&str]) -> String {
@@ -487,14 +465,14 @@ fn hold_release_and_delete_change_what_is_delivered() {
     unblock_mailbox(&suite, "bob");
     // Held: not delivered even though the mailbox works again.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(maildir_new(&mailbox(&suite, "bob")).len(), 0);
+    assert_eq!(maildir_new(&suite.mailbox("bob")).len(), 0);
 
     wait_console_ok(&suite, &["release", &held]);
-    let files = wait_for_mail(&suite, "bob", 1);
+    let files = suite.wait_for_mail("bob", 1);
     wait_drained(&suite);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        maildir_new(&mailbox(&suite, "bob")).len(),
+        maildir_new(&suite.mailbox("bob")).len(),
         1,
         "only the released one"
     );
@@ -545,7 +523,7 @@ fn smtp_debug_io_turns_the_transcript_on_and_off() {
         if suite.log().contains("NOOP marker-when-on") {
             Ok(())
         } else {
-            Err(tail(&suite.log(), 10))
+            Err(mta_testkit::peers::tail(&suite.log(), 10))
         }
     });
     let (ok, text) = mtacon_text(&suite, &["set", "config", "SMTPDebugIO", "0"]);
@@ -553,11 +531,11 @@ fn smtp_debug_io_turns_the_transcript_on_and_off() {
     noop("marker-when-off");
     // a later session's own log line shows the earlier one is finished and logged
     send(&suite, "alice@localhost", &[("bob@localhost", "")], "after");
-    wait_for_mail(&suite, "bob", 1);
+    suite.wait_for_mail("bob", 1);
     assert!(
         !suite.log().contains("marker-when-off"),
         "{}",
-        tail(&suite.log(), 30)
+        mta_testkit::peers::tail(&suite.log(), 30)
     );
 }
 
@@ -570,7 +548,7 @@ fn compaction_reclaims_orphaned_segments_but_not_live_ones() {
         &[("bob@localhost", "")],
         "content",
     );
-    wait_for_mail(&suite, "bob", 1);
+    suite.wait_for_mail("bob", 1);
     wait_drained(&suite);
     let spool = suite.data_dir().join("spool");
     // A crash leftover: a writer pid that cannot exist, written long ago.
@@ -604,7 +582,7 @@ fn compaction_reclaims_orphaned_segments_but_not_live_ones() {
         &[("bob@localhost", "")],
         "after-compaction",
     );
-    wait_for_mail(&suite, "bob", 2);
+    suite.wait_for_mail("bob", 2);
     let (ok, text) = mtacon_text(&suite, &["show", "server"]);
     assert!(ok && text.contains("Spool size:"), "{text}");
 }
@@ -673,7 +651,7 @@ fn a_5xx_from_the_remote_server_is_reported_to_the_local_sender_with_its_reply()
         &[("reject-me@far.test", "ORCPT=rfc822;reject-me@far.test")],
         "remote-5xx",
     );
-    let files = wait_for_mail(&suite, "alice", 1);
+    let files = suite.wait_for_mail("alice", 1);
     wait_drained(&suite);
     let dsn = parse_dsn(&files[0]);
     assert_eq!(dsn["report_type"], "delivery-status", "{dsn}");
@@ -723,14 +701,14 @@ fn one_delay_report_while_retrying_then_an_expiry_report() {
         "slow-one",
     );
     let files = wait_for("delay then failure report", Duration::from_secs(30), || {
-        let files = maildir_new(&mailbox(&suite, "alice"));
+        let files = maildir_new(&suite.mailbox("alice"));
         if files.len() >= 2 {
             Ok(files)
         } else {
             Err(format!(
                 "{} reports; log:\n{}",
                 files.len(),
-                tail(&suite.log(), 10)
+                mta_testkit::peers::tail(&suite.log(), 10)
             ))
         }
     });
@@ -761,7 +739,7 @@ fn one_delay_report_while_retrying_then_an_expiry_report() {
         .unwrap();
     assert_eq!(failed["groups"][1]["Status"], "4.4.7", "expired: {failed}");
     assert_eq!(
-        maildir_new(&mailbox(&suite, "alice")).len(),
+        maildir_new(&suite.mailbox("alice")).len(),
         2,
         "no further reports"
     );
@@ -777,7 +755,7 @@ fn notify_success_to_a_server_without_dsn_is_reported_as_relayed_and_never_means
         &[("ok@far.test", "NOTIFY=SUCCESS")],
         "notify-success",
     );
-    let files = wait_for_mail(&suite, "alice", 1);
+    let files = suite.wait_for_mail("alice", 1);
     let dsn = parse_dsn(&files[0]);
     assert_eq!(dsn["groups"][1]["Action"], "relayed", "{dsn}");
     assert!(
@@ -804,7 +782,7 @@ fn notify_success_to_a_server_without_dsn_is_reported_as_relayed_and_never_means
     );
     wait_drained(&suite);
     assert!(
-        maildir_new(&mailbox(&suite, "bob")).is_empty(),
+        maildir_new(&suite.mailbox("bob")).is_empty(),
         "NOTIFY=NEVER produced a report"
     );
     assert_eq!(sink.count(), 1);
@@ -837,7 +815,7 @@ fn counters_match_local_relayed_and_failed_messages_and_survive_a_restart() {
         "failed-0",
     );
     sink.wait_count(&suite, 2, Duration::from_secs(20));
-    wait_for_mail(&suite, "bob", 3);
+    suite.wait_for_mail("bob", 3);
     wait_drained(&suite);
     let check = |s: &Value| {
         assert_eq!(s["Mail.Delivered"], 3, "{s}");

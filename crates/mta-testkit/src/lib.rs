@@ -254,6 +254,31 @@ impl Suite {
         self.data_dir().join("run")
     }
 
+    /// A directory user's Maildir (`<data_dir>/mail/<user>`).
+    pub fn mailbox(&self, user: &str) -> PathBuf {
+        self.data_dir().join("mail").join(user)
+    }
+
+    /// Waits until `user`'s Maildir has at least `n` messages in `new/`; returns them.
+    pub fn wait_for_mail(&self, user: &str, n: usize) -> Vec<PathBuf> {
+        wait_for(
+            &format!("{n} message(s) for {user}"),
+            Duration::from_secs(20),
+            || {
+                let files = maildir_new(&self.mailbox(user));
+                if files.len() >= n {
+                    Ok(files)
+                } else {
+                    Err(format!(
+                        "{} files; log tail:\n{}",
+                        files.len(),
+                        peers::tail(&self.log(), 20)
+                    ))
+                }
+            },
+        )
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("smtpmta.log")
     }
@@ -489,4 +514,20 @@ pub fn maildir_new(maildir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     files.sort();
     files
+}
+
+/// Message-ID → copies, over the given message files.
+pub fn message_ids(files: &[PathBuf]) -> std::collections::HashMap<String, usize> {
+    let mut ids = std::collections::HashMap::new();
+    for f in files {
+        let text = std::fs::read(f).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        {
+            *ids.entry(line[11..].trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    ids
 }
