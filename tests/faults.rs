@@ -8,12 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn support(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(name)
-}
-
 fn kill9(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -36,21 +30,10 @@ fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
         ],
         ..Default::default()
     });
-    let port = suite.smtp_port.to_string();
+    let port = suite.smtp_port;
     let started = Instant::now();
     let load = std::thread::spawn(move || {
-        Command::new("python3")
-            .arg(support("smtp_load.py"))
-            .args([
-                "127.0.0.1",
-                &port,
-                &COUNT.to_string(),
-                "20",
-                "alice@localhost,far@remote.test",
-                "100",
-            ])
-            .output()
-            .unwrap()
+        mta_testkit::peers::smtp_load(port, COUNT, 20, "alice@localhost,far@remote.test", 100)
     });
     // Each task in turn, at a pseudo-random moment (fixed seed: the run is repeatable).
     let mut seed: u64 = 0x5eed;
@@ -65,26 +48,14 @@ fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
         suite.remember_pids();
         kill9(pid);
     }
-    let out = load.join().unwrap();
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let accepted: Vec<String> = result["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let result = load.join().unwrap();
+    let accepted = result.accepted;
     let accept_secs = started.elapsed().as_secs_f64();
     assert!(
         accepted.len() >= COUNT / 2,
         "too few accepted: {} ({:?})",
         accepted.len(),
-        result["errors"]
+        result.errors
     );
 
     // Then the supervisor itself, while the backlog may still be draining; start it again.

@@ -2,7 +2,6 @@
 //! router → Maildir, through the real binaries and real clients (swaks, Python smtplib).
 
 use mta_testkit::{maildir_new, wait_for, RawSmtp, Suite, SuiteOptions, DEFAULT_DIRECTORY};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -498,15 +497,10 @@ fn stop_and_start_inbound_transport() {
 #[test]
 fn kill_9_imsgcnv_and_router_under_load_loses_nothing() {
     let mut suite = Suite::start(&SuiteOptions::default());
-    let port = suite.smtp_port.to_string();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_load.py");
+    let port = suite.smtp_port;
     let started = std::time::Instant::now();
     let load = std::thread::spawn(move || {
-        Command::new("python3")
-            .arg(script)
-            .args(["127.0.0.1", &port, "500", "10", "alice@localhost", "10"])
-            .output()
-            .unwrap()
+        mta_testkit::peers::smtp_load(port, 500, 10, "alice@localhost", 10)
     });
     // Kill the two middle tasks a few times each while the load runs.
     for round in 0..3 {
@@ -523,26 +517,14 @@ fn kill_9_imsgcnv_and_router_under_load_loses_nothing() {
             std::thread::sleep(Duration::from_millis(150 + 100 * round));
         }
     }
-    let out = load.join().unwrap();
+    let result = load.join().unwrap();
     let elapsed = started.elapsed();
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let accepted: Vec<String> = result["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let accepted = result.accepted;
     assert!(
         accepted.len() >= 450,
         "too few accepted: {} ({:?})",
         accepted.len(),
-        result["errors"]
+        result.errors
     );
     let maildir = suite.mailbox("alice");
     let ids = wait_for(

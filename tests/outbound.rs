@@ -10,15 +10,7 @@
 
 use mta_testkit::peers::{tail, Dns, Sink};
 use mta_testkit::{wait_for, RawSmtp, Suite, SuiteOptions};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn support(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(name)
-}
 
 /// A suite whose outbound side talks to `sink` (relay host, or MX through `dns`).
 fn suite_for(sink: &Sink, dns: Option<&Dns>, relay: bool, extra: &[&str]) -> Suite {
@@ -404,31 +396,7 @@ fn mixed_recipients_are_tracked_separately() {
 }
 
 fn load(port: u16, count: usize, sessions: usize, rcpt: &str, per_conn: usize) -> Vec<String> {
-    let out = Command::new("python3")
-        .arg(support("smtp_load.py"))
-        .args([
-            "127.0.0.1",
-            &port.to_string(),
-            &count.to_string(),
-            &sessions.to_string(),
-            rcpt,
-            &per_conn.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    result["accepted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
+    mta_testkit::peers::smtp_load(port, count, sessions, rcpt, per_conn).accepted
 }
 
 #[test]

@@ -193,3 +193,53 @@ pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// What tests/support/smtp_load.py reports.
+#[derive(Debug)]
+pub struct LoadResult {
+    /// Message-IDs of the messages that got a 250.
+    pub accepted: Vec<String>,
+    /// The first errors the clients saw (refused or dropped sessions, retried).
+    pub errors: serde_json::Value,
+}
+
+/// Sends `count` messages over `sessions` concurrent smtplib connections to `rcpts`
+/// (comma-separated), `per_conn` messages per connection; a message whose session fails is
+/// retried on a new one, like a client retrying later.
+pub fn smtp_load(
+    port: u16,
+    count: usize,
+    sessions: usize,
+    rcpts: &str,
+    per_conn: usize,
+) -> LoadResult {
+    let out = Command::new("python3")
+        .arg(support("smtp_load.py"))
+        .args([
+            "127.0.0.1",
+            &port.to_string(),
+            &count.to_string(),
+            &sessions.to_string(),
+            rcpts,
+            &per_conn.to_string(),
+        ])
+        .output()
+        .expect("python3");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let accepted = result["accepted"]
+        .as_array()
+        .expect("accepted list")
+        .iter()
+        .map(|v| v.as_str().expect("message-id").to_string())
+        .collect();
+    LoadResult {
+        accepted,
+        errors: result["errors"].clone(),
+    }
+}
