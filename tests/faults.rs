@@ -447,3 +447,66 @@ fn a_silent_outbound_peer_times_out_and_other_destinations_are_unaffected() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     acceptor.join().unwrap();
 }
+
+/// A task whose internal actor panics does not stay half alive: isesctl's intake actor
+/// (the one that makes messages durable) panics through the test-only hook while a
+/// message is in flight; the process ends, the supervisor starts a new isesctl, the
+/// client's unacknowledged message is sent again, and every message that got a 250 is
+/// delivered. (Before: tokio caught the actor's panic, isesctl kept listening with no
+/// intake behind it, and every later message got 451.)
+#[test]
+fn a_panicking_actor_ends_its_task_which_the_supervisor_restarts_losing_nothing() {
+    let suite = Suite::start(&SuiteOptions {
+        test_hooks: true,
+        ..Default::default()
+    });
+    let before = suite.task_pid("isesctl").expect("isesctl pid");
+    let out = suite.mtacon(&["tell", "isesctl", "debug", "panic"]);
+    assert!(
+        out.status.success(),
+        "arming the hook: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first message reaches the intake actor, which panics with it in hand.
+    let load = mta_testkit::peers::smtp_load(suite.smtp_port, 40, 4, "alice@localhost", 5);
+    let after = wait_for("a new isesctl", Duration::from_secs(20), || {
+        match suite.task_pid("isesctl") {
+            Some(p) if p != before => Ok(p),
+            other => Err(format!("isesctl pid {other:?}")),
+        }
+    });
+    assert!(
+        !pid_alive(before),
+        "the panicked isesctl {before} is still alive"
+    );
+    assert!(
+        suite.log().contains("test hook: isesctl intake panics"),
+        "the panic is in the log"
+    );
+    assert_eq!(
+        load.accepted.len(),
+        40,
+        "every message accepted in the end: {:?}",
+        load.errors
+    );
+    let maildir = suite.mailbox("alice");
+    wait_for(
+        "every accepted message delivered",
+        Duration::from_secs(30),
+        || {
+            let got = mta_testkit::message_ids(&maildir_new(&maildir));
+            let missing = load
+                .accepted
+                .iter()
+                .filter(|m| !got.contains_key(*m))
+                .count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} of {} missing", load.accepted.len()))
+            }
+        },
+    );
+    eprintln!("isesctl {before} panicked and was replaced by {after}; 40 accepted, 40 delivered");
+}

@@ -139,6 +139,7 @@ impl Actor {
                 }
             }
             if !batch.is_empty() {
+                mta_task::test_hooks::panic_point("isesctl intake");
                 self.make_durable(batch).await;
             }
         }

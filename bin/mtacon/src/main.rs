@@ -125,6 +125,19 @@ async fn one_shot(config: &Target, line: &str, json: bool, yes: bool) -> ExitCod
         eprintln!("mtacon: `delete {qid}` removes the message for good; add --yes to confirm");
         return ExitCode::from(2);
     }
+    if let (
+        ConsoleCommand::Bulk {
+            op: mta_ipc::store::BulkOp::Delete,
+            domain,
+        },
+        false,
+    ) = (&command, yes)
+    {
+        eprintln!(
+            "mtacon: `delete domain {domain}` drops that destination's mail for good; add --yes to confirm"
+        );
+        return ExitCode::from(2);
+    }
     if command == ConsoleCommand::Help {
         println!("{}", mta_ipc::console::help_text());
         return ExitCode::SUCCESS;
@@ -205,8 +218,16 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
             println!("{}\nexit  leave the console", mta_ipc::console::help_text());
             continue;
         }
-        if let ConsoleCommand::Delete { qid } = &command {
-            let answer = editor.readline(&format!("delete {qid}? [y/N] "));
+        let confirm = match &command {
+            ConsoleCommand::Delete { qid } => Some(qid.clone()),
+            ConsoleCommand::Bulk {
+                op: mta_ipc::store::BulkOp::Delete,
+                domain,
+            } => Some(format!("all mail for {domain}")),
+            _ => None,
+        };
+        if let Some(what) = confirm {
+            let answer = editor.readline(&format!("delete {what}? [y/N] "));
             if !matches!(
                 answer.as_deref().map(str::trim),
                 Ok("y" | "Y" | "yes" | "YES")

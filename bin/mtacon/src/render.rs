@@ -54,6 +54,12 @@ pub fn to_text(reply: &ConsoleReply) -> String {
                     ));
                 }
             }
+            if q.parked_more > 0 {
+                out.push_str(&format!(
+                    "… and {} more parked messages (see the counts above)\n",
+                    q.parked_more
+                ));
+            }
             out.trim_end().to_string()
         }
         ConsoleReply::Server(s) => format!(
@@ -94,6 +100,7 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
         ConsoleReply::Queue(q) => json!({
             "queue": q.counts.iter().map(|(state, queue, n)| json!({"state": state, "queue": queue, "messages": n})).collect::<Vec<_>>(),
             "parked": q.parked,
+            "parked_more": q.parked_more,
         }),
         ConsoleReply::Config(rows) => {
             let map: serde_json::Map<String, Value> = rows

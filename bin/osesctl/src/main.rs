@@ -35,11 +35,11 @@ use domain_list::{build_lists, DomainList};
 use handler_table::HandlerTable;
 use mta_dns::NextHop;
 use mta_ipc::console::TellCommand;
-use mta_ipc::store::Change;
+use mta_ipc::store::BulkOp;
 use mta_ipc::TaskStatus;
 use mta_task::{Task, TaskContext};
 use mta_types::message::now_ms;
-use mta_types::{Domain, MessageRecord, QueueName, RcptStatus, TaskName};
+use mta_types::{Domain, MessageRecord, QueueName, TaskName};
 use outcomes::{Event, Stats};
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -302,46 +302,23 @@ impl Osesctl {
         self.waiting_count.store(0, Ordering::SeqCst);
     }
 
-    /// `route <domain>`: clears the retry time of that destination's pending recipients.
-    /// Records due already (or being worked) are left alone; the rest are rewritten with
-    /// `not_before = 0` (a commit without a claim: they are not claimable until then).
+    /// `route <domain>`: that destination's pending recipients lose their retry time, so
+    /// the next claim takes them. The store walks the destination index in bounded
+    /// chunks; with a relay host, `route <relay host>` routes everything queued.
     async fn route_now(&self, ctx: &TaskContext, domain: &Domain) -> Result<usize, String> {
-        let records = ctx
+        let relay = self.env.next_hop.relay_host();
+        let everything = relay
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(domain.as_str()));
+        let result = ctx
             .store()
-            .list(Some(QueueName::OutboundWork), u32::MAX)
+            .bulk(
+                BulkOp::RouteNow,
+                (!everything).then(|| domain.as_str().to_string()),
+            )
             .await
             .map_err(|e| e.to_string())?;
-        let soon = now_ms() + 2_000;
-        let relay = self.env.next_hop.relay_host();
-        let mut changes = Vec::new();
-        for mut record in records {
-            if record.not_before <= soon {
-                continue;
-            }
-            let mut hit = false;
-            for r in &mut record.recipients {
-                let matches = r.address.domain() == domain
-                    || relay
-                        .as_deref()
-                        .is_some_and(|h| h.eq_ignore_ascii_case(domain.as_str()));
-                if r.status == RcptStatus::Pending && matches {
-                    r.next_retry = None;
-                    hit = true;
-                }
-            }
-            if hit {
-                record.not_before = 0;
-                changes.push(Change::Put(record));
-            }
-        }
-        let n = changes.len();
-        if n > 0 {
-            ctx.store()
-                .commit(changes)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(n)
+        Ok(result.changed as usize)
     }
 }
 

@@ -85,12 +85,39 @@ impl Maildir {
     }
 
     /// Creates `tmp`, `new` and `cur` (and the root and its parents) with mode 0700 where they
-    /// are missing.
+    /// are missing. Every directory created is made durable in its parent (a parent
+    /// fsync), so a message delivered into a new Maildir survives a power loss too.
     pub fn ensure(&self) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut dir = self.root.clone();
+        while !dir.is_dir() {
+            missing.push(dir.clone());
+            if !dir.pop() {
+                break;
+            }
+        }
         let mut builder = DirBuilder::new();
-        builder.recursive(true).mode(0o700);
+        builder.mode(0o700);
+        let mut created = Vec::new();
+        for d in missing.iter().rev() {
+            match builder.create(d) {
+                Ok(()) => created.push(d.clone()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
         for sub in ["tmp", "new", "cur"] {
-            builder.create(self.root.join(sub))?;
+            match builder.create(self.root.join(sub)) {
+                Ok(()) => created.push(self.root.join(sub)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut parents: Vec<&Path> = created.iter().filter_map(|d| d.parent()).collect();
+        parents.sort();
+        parents.dedup();
+        for parent in parents {
+            File::open(parent)?.sync_all()?;
         }
         Ok(())
     }

@@ -130,82 +130,81 @@ impl QueueWorker for Router {
     }
 }
 
-/// `tell router show queue`: messages per location and queue.
+/// Most destination rows `tell router show queue` prints; the totals cover the rest.
+const SHOW_QUEUE_ROWS: usize = 1000;
+
 /// `tell router show queue`, as Domino prints it: one row per destination and state —
-/// Msgs, State, Via (next hop), Destination, Last error, Next retry.
+/// Msgs, State, Via (next hop), Destination, Next retry, Last error. Read page by page
+/// from the summaries the store keeps per destination, never from the records.
 async fn show_queue(ctx: &TaskContext) -> Result<String, String> {
-    let records = ctx
-        .store()
-        .list(None, 100_000)
-        .await
-        .map_err(|e| e.to_string())?;
-    if records.is_empty() {
-        return Ok("No messages in any queue.".into());
-    }
     let relay = ctx.config().outbound.relay_host.clone();
-    // (state, via, destination) -> (msgs, last error, earliest next retry)
-    let mut rows: std::collections::BTreeMap<(String, String, String), (u64, String, u64)> =
-        Default::default();
-    for r in &records {
-        let state = match r.location {
-            mta_types::Location::Queue(_) if r.not_before > mta_types::message::now_ms() => {
-                "Retry".to_string()
-            }
-            other => other.label().to_string(),
-        };
-        let mut destinations: Vec<(String, String)> = r
-            .recipients
-            .iter()
-            .filter(|rc| rc.status == mta_types::RcptStatus::Pending)
-            .map(|rc| {
-                let domain = rc.address.domain().clone();
-                if ctx.config().is_local_domain(&domain) {
-                    ("local".to_string(), "LocalDelivery".to_string())
-                } else {
-                    (
-                        relay.clone().unwrap_or_else(|| "MX".to_string()),
-                        domain.to_string(),
-                    )
-                }
-            })
-            .collect();
-        destinations.sort();
-        destinations.dedup();
-        if destinations.is_empty() {
-            destinations.push(("-".into(), "-".into()));
-        }
-        for (via, dest) in destinations {
-            let row =
-                rows.entry((state.clone(), via, dest))
-                    .or_insert((0, String::new(), u64::MAX));
-            row.0 += 1;
-            if let Some(note) = &r.note {
-                row.1 = note.clone();
-            }
-            if r.not_before > 0 {
-                row.2 = row.2.min(r.not_before);
-            }
-        }
-    }
+    let now = mta_types::message::now_ms();
     let mut out = format!(
         "{:>5}  {:<20} {:<22} {:<24} {:<10} {}\n",
         "Msgs", "State", "Via", "Destination", "Next retry", "Last error"
     );
-    for ((state, via, dest), (msgs, error, next)) in &rows {
-        let next = if *next == u64::MAX {
-            "-".to_string()
-        } else {
-            format!(
-                "in {}s",
-                next.saturating_sub(mta_types::message::now_ms()) / 1000
-            )
-        };
-        let _ = writeln!(
-            out,
-            "{msgs:>5}  {state:<20} {via:<22} {dest:<24} {next:<10} {error}"
-        );
+    let (mut rows, mut more_rows, mut total) = (0usize, 0u64, 0u64);
+    let mut after = None;
+    loop {
+        let page = ctx
+            .store()
+            .destinations(after.clone(), 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.location, last.domain.clone()));
+        for row in page {
+            total += row.messages;
+            if rows >= SHOW_QUEUE_ROWS {
+                more_rows += 1;
+                continue;
+            }
+            rows += 1;
+            let waiting =
+                matches!(row.location, mta_types::Location::Queue(_)) && row.next_due > now;
+            let state = if waiting {
+                "Retry"
+            } else {
+                row.location.label()
+            };
+            let (via, dest) = if row.domain.is_empty() {
+                ("-".to_string(), "-".to_string())
+            } else if row
+                .domain
+                .parse::<mta_types::Domain>()
+                .is_ok_and(|d| ctx.config().is_local_domain(&d))
+            {
+                ("local".to_string(), "LocalDelivery".to_string())
+            } else {
+                (
+                    relay.clone().unwrap_or_else(|| "MX".to_string()),
+                    row.domain.clone(),
+                )
+            };
+            let next = if waiting {
+                format!("in {}s", row.next_due.saturating_sub(now) / 1000)
+            } else {
+                "-".to_string()
+            };
+            let _ = writeln!(
+                out,
+                "{:>5}  {state:<20} {via:<22} {dest:<24} {next:<10} {}",
+                row.messages, row.last_error
+            );
+        }
     }
-    let _ = write!(out, "{:>5}  messages in all", records.len());
+    if rows == 0 {
+        return Ok("No messages in any queue.".into());
+    }
+    if more_rows > 0 {
+        let _ = writeln!(out, "  …  {more_rows} more destinations not listed");
+    }
+    let counts = ctx.store().counts().await.map_err(|e| e.to_string())?;
+    let messages: u64 = counts.rows.iter().map(|(_, _, n)| n).sum();
+    let _ = write!(
+        out,
+        "{messages:>5}  messages in all ({total} per destination)"
+    );
     Ok(out)
 }
 

@@ -28,6 +28,7 @@ pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply 
         ConsoleCommand::Release { qid } => crate::operations::release(sup, &qid).await,
         ConsoleCommand::ReleaseDead { qid } => crate::operations::release_dead(sup, &qid).await,
         ConsoleCommand::Delete { qid } => crate::operations::delete(sup, &qid).await,
+        ConsoleCommand::Bulk { op, domain } => crate::operations::bulk(sup, op, &domain).await,
         ConsoleCommand::Trace { address } => match crate::trace::trace(sup, &address).await {
             Ok(text) => ConsoleReply::Text(text),
             Err(e) => ConsoleReply::Error(e),
@@ -269,37 +270,56 @@ pub async fn push_knobs(
     }
 }
 
+/// Most parked messages listed per state; the counts cover the rest.
+const PARKED_PAGE: usize = 200;
+
+/// `show queue`: counts from the store's counters, and the first page of each parked
+/// state (never the whole queue: bounded memory whatever its size).
 fn show_queue(sup: &Supervisor) -> ConsoleReply {
-    use mta_types::Location;
-    let engine = sup.store.engine();
-    let counts = engine.counts().rows;
+    use mta_types::{Location, QueueName};
+    let counts = sup.store.engine().counts().rows;
     let mut parked = Vec::new();
-    for record in engine.records() {
-        let record = match record {
-            Ok(r) => r,
+    let mut parked_more = 0;
+    for loc in [
+        Location::Held {
+            from: QueueName::MailBox,
+        },
+        Location::Dead,
+        Location::ConversionError,
+    ] {
+        let page = match sup.store.parked(loc, None, PARKED_PAGE) {
+            Ok(p) => p,
             Err(e) => return ConsoleReply::Error(format!("queue store: {e}")),
         };
-        if matches!(record.location, Location::Queue(_)) {
-            continue;
-        }
-        parked.push(ParkedMessage {
-            qid: record.id.to_string(),
-            state: record.location.label().to_string(),
-            from: record
-                .envelope
-                .mail_from
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            recipients: record
-                .recipients
-                .iter()
-                .map(|r| r.address.to_string())
-                .collect(),
-            size: record.size,
-            note: record.note.unwrap_or_default(),
-        });
+        parked_more += sup
+            .store
+            .engine()
+            .count_in(loc)
+            .saturating_sub(page.len() as u64);
+        parked.extend(page.into_iter().map(|record| {
+            ParkedMessage {
+                qid: record.id.to_string(),
+                state: record.location.label().to_string(),
+                from: record
+                    .envelope
+                    .mail_from
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                recipients: record
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.to_string())
+                    .collect(),
+                size: record.size,
+                note: record.note.unwrap_or_default(),
+            }
+        }));
     }
-    ConsoleReply::Queue(QueueReport { counts, parked })
+    ConsoleReply::Queue(QueueReport {
+        counts,
+        parked,
+        parked_more,
+    })
 }
 
 fn server_info(sup: &Supervisor) -> ServerInfo {

@@ -82,6 +82,9 @@ fn main() -> ExitCode {
         }
     };
     mta_task::init_logging(TaskName::Smtpmta);
+    // A panicked actor (the store's committer, a child watcher) must not leave the
+    // supervisor half alive: it exits, and the init system restarts it.
+    mta_task::test_hooks::abort_on_panic();
     // Worker threads live as long as the runtime: children spawned from them keep their
     // parent thread (PR_SET_PDEATHSIG follows the thread that forked).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -111,7 +114,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     let instance = instance::Instance::acquire(&pid_file(&run_dir), &config.data_dir)?;
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
-    let store = StoreService::open(&config.store_dir())?;
+    let store = StoreService::open(&config.store_dir(), Some(&config.data_dir))?;
 
     let exe_dir = std::env::current_exe()
         .context("cannot find my own executable")?

@@ -4,7 +4,7 @@
 
 use crate::Supervisor;
 use mta_ipc::console::ConsoleReply;
-use mta_ipc::store::Change;
+use mta_ipc::store::{BulkOp, Change};
 use mta_ipc::{TaskClient, TaskRequest};
 use mta_store::OperateError;
 use mta_types::{Location, QueueId, QueueName, RcptStatus, TaskName};
@@ -154,5 +154,37 @@ pub async fn delete(sup: &Supervisor, qid: &str) -> ConsoleReply {
             ConsoleReply::Text(format!("{id} deleted"))
         }
         Err(e) => failed(qid, e),
+    }
+}
+
+/// `hold domain`, `release domain`, `delete domain`: the store walks the destination in
+/// bounded chunks.
+pub async fn bulk(sup: &Supervisor, op: BulkOp, domain: &str) -> ConsoleReply {
+    match sup.store.bulk(op, Some(domain)).await {
+        Ok(r) => {
+            let verb = match op {
+                BulkOp::Hold => "held",
+                BulkOp::Release => "released",
+                BulkOp::Delete => "deleted",
+                BulkOp::RouteNow => "scheduled for delivery now",
+            };
+            tracing::info!(
+                "{verb} by the operator: {} message(s) for {domain} ({} busy)",
+                r.changed,
+                r.busy
+            );
+            if op == BulkOp::Release {
+                for q in QueueName::ALL {
+                    kick(sup, q).await;
+                }
+            }
+            let busy = if r.busy > 0 {
+                format!("; {} busy (a task is working on them), try again", r.busy)
+            } else {
+                String::new()
+            };
+            ConsoleReply::Text(format!("{domain}: {} message(s) {verb}{busy}", r.changed))
+        }
+        Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
     }
 }

@@ -39,6 +39,18 @@ pub const HELP: &[(&str, &str)] = &[
         "remove a message for good (asks to confirm; one-shot needs --yes)",
     ),
     (
+        "hold domain <domain>",
+        "park every queued message for that destination",
+    ),
+    (
+        "release domain <domain>",
+        "put every held message for that destination back in its queue, due now",
+    ),
+    (
+        "delete domain <domain>",
+        "drop that destination's pending recipients everywhere, without reports (--yes)",
+    ),
+    (
         "trace <address>",
         "the route mail to that address would take: mailbox, alias expansion or next hop",
     ),
@@ -157,6 +169,12 @@ pub enum ConsoleCommand {
     Delete {
         qid: String,
     },
+    /// Hold, release or delete by destination (`route` goes through osesctl).
+    /// A delete is confirmed like `Delete`.
+    Bulk {
+        op: crate::store::BulkOp,
+        domain: String,
+    },
     Trace {
         address: String,
     },
@@ -193,6 +211,16 @@ impl ConsoleCommand {
                 qid: words[2].to_string(),
             }),
             ["show" | "sh", "message", ..] => Err("usage: show message <queue-id>".into()),
+            [verb @ ("hold" | "release" | "delete"), "domain" | "destination", _] => {
+                Ok(ConsoleCommand::Bulk {
+                    op: match *verb {
+                        "hold" => crate::store::BulkOp::Hold,
+                        "release" => crate::store::BulkOp::Release,
+                        _ => crate::store::BulkOp::Delete,
+                    },
+                    domain: words[2].to_ascii_lowercase(),
+                })
+            }
             ["hold", _] => Ok(ConsoleCommand::Hold {
                 qid: words[1].to_string(),
             }),
@@ -285,8 +313,11 @@ pub struct ServerInfo {
 pub struct QueueReport {
     /// `(state label, queue name, messages)`.
     pub counts: Vec<(String, String, u64)>,
-    /// Held, Dead and Conversion Error messages.
+    /// Held, Dead and Conversion Error messages: the first page of each state.
     pub parked: Vec<ParkedMessage>,
+    /// Parked messages not listed (the counts above have them all).
+    #[serde(default)]
+    pub parked_more: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

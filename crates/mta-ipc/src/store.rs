@@ -6,7 +6,7 @@
 
 use crate::client::IpcError;
 use crate::supervisor::SupervisorClient;
-use mta_types::{MessageRecord, QueueId, QueueName, TaskName};
+use mta_types::{Location, MessageRecord, QueueId, QueueName, TaskName};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,13 +34,54 @@ pub enum StoreRequest {
     Get {
         id: QueueId,
     },
-    /// Every record (for the console), optionally limited to one queue.
-    List {
-        queue: Option<QueueName>,
+    /// One page of the per-destination summary (`tell router show queue`): rows after
+    /// `after`, at most `limit` (the store caps it): a view never travels in one frame.
+    Destinations {
+        after: Option<(Location, String)>,
         limit: u32,
+    },
+    /// One operation on every message for a destination (`domain`; None: every
+    /// destination), carried out by the store in bounded chunks, each one durable
+    /// commit. Messages a task holds are skipped and counted as busy.
+    Bulk {
+        op: BulkOp,
+        domain: Option<String>,
     },
     /// Counts per location.
     Counts,
+}
+
+/// What `Bulk` does to each message of the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BulkOp {
+    /// `route`: due now (its recipients for the destination lose their retry time).
+    RouteNow,
+    /// Queued → Held.
+    Hold,
+    /// Held → back to the queue it came from, due now.
+    Release,
+    /// Its pending recipients for the destination are dropped without a report; a message
+    /// with nothing left pending is removed.
+    Delete,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkResult {
+    pub changed: u64,
+    /// Held by a task at the time (a lease): left alone, try again.
+    pub busy: u64,
+}
+
+/// One (location, destination) of the queue, from the counts the store keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRow {
+    pub location: Location,
+    /// The recipient domain ("" for messages with no pending recipient).
+    pub domain: String,
+    pub messages: u64,
+    /// The earliest due time among them (ms since the epoch; 0: due now).
+    pub next_due: u64,
+    pub last_error: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,7 +107,8 @@ pub enum StoreResponse {
     Done,
     Claimed(Vec<MessageRecord>),
     Record(Option<MessageRecord>),
-    Records(Vec<MessageRecord>),
+    Destinations(Vec<DestinationRow>),
+    Bulk(BulkResult),
     Counts(QueueCounts),
     /// The request could not be carried out (the store says why); nothing changed.
     Error(String),
@@ -102,13 +144,24 @@ impl StoreClient {
         }
     }
 
+    /// Bulk operations walk a whole destination (a million messages on a bad day).
+    pub const BULK_TIMEOUT: Duration = Duration::from_secs(1800);
+
     async fn request(&self, request: StoreRequest) -> Result<StoreResponse, StoreError> {
+        self.request_within(request, Self::TIMEOUT).await
+    }
+
+    async fn request_within(
+        &self,
+        request: StoreRequest,
+        timeout: Duration,
+    ) -> Result<StoreResponse, StoreError> {
         let mut guard = self.inner.lock().await;
         if guard.is_none() {
             *guard = Some(SupervisorClient::connect(&self.run_dir, self.me).await?);
         }
         let client = guard.as_mut().expect("connected above");
-        match client.store(request, Self::TIMEOUT).await {
+        match client.store(request, timeout).await {
             Ok(StoreResponse::Error(e)) => Err(StoreError::Refused(e)),
             Ok(r) => Ok(r),
             Err(e) => {
@@ -167,13 +220,27 @@ impl StoreClient {
         }
     }
 
-    pub async fn list(
+    /// One page of the per-destination summary.
+    pub async fn destinations(
         &self,
-        queue: Option<QueueName>,
+        after: Option<(Location, String)>,
         limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        match self.request(StoreRequest::List { queue, limit }).await? {
-            StoreResponse::Records(r) => Ok(r),
+    ) -> Result<Vec<DestinationRow>, StoreError> {
+        match self
+            .request(StoreRequest::Destinations { after, limit })
+            .await?
+        {
+            StoreResponse::Destinations(r) => Ok(r),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn bulk(&self, op: BulkOp, domain: Option<String>) -> Result<BulkResult, StoreError> {
+        match self
+            .request_within(StoreRequest::Bulk { op, domain }, Self::BULK_TIMEOUT)
+            .await?
+        {
+            StoreResponse::Bulk(r) => Ok(r),
             other => Err(StoreError::Unexpected(format!("{other:?}"))),
         }
     }

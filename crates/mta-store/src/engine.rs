@@ -1,11 +1,18 @@
-//! The sled engine: key layout, atomic batches, scans. Synchronous; `service` wraps it.
+//! The sled engine: key layout (`keys.rs`), atomic batches that keep every index and
+//! counter in step with the records, range reads. Synchronous but for `flush`;
+//! `service` wraps it.
 
+use crate::durability::StoreFiles;
+use crate::format;
+use crate::keys;
 use crate::stats::Deltas;
-use mta_ipc::store::{Change, QueueCounts};
+use mta_ipc::store::{Change, DestinationRow, QueueCounts};
 use mta_types::message::RECORD_SCHEMA;
-use mta_types::{Location, MessageRecord, QueueId, QueueName};
+use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -15,64 +22,111 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("queue store i/o: {0}")]
     Sled(#[from] sled::Error),
+    #[error("queue store sync: {0}")]
+    Sync(#[from] std::io::Error),
     #[error("record {id} cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
-    #[error("record {id} has schema {found}, this build reads schema {RECORD_SCHEMA}")]
-    Schema { id: QueueId, found: u16 },
 }
 
-const RECORD: u8 = b'm';
-const INDEX: u8 = b'l';
-const COUNTER: u8 = b's';
-
-fn counter_key(name: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 1);
-    k.push(COUNTER);
-    k.extend_from_slice(name.as_bytes());
-    k
+/// Per (location, destination): what `tell router show queue` shows without reading the
+/// records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DestSummary {
+    messages: u64,
+    last_error: String,
 }
 
-fn record_key(id: QueueId) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = RECORD;
-    k[1..].copy_from_slice(&id.to_bytes());
-    k
+/// Where one record sits in the indexes.
+struct Indexed {
+    loc: u8,
+    due: u64,
+    /// Distinct domains of its pending recipients ("" when none is pending).
+    domains: Vec<String>,
+    segment: String,
 }
 
-/// One byte per location, so each queue or state is a contiguous key range.
-fn location_byte(loc: Location) -> Option<u8> {
-    Some(match loc {
-        Location::Queue(QueueName::InboundWork) => b'i',
-        Location::Queue(QueueName::MailBox) => b'm',
-        Location::Queue(QueueName::SmtpBox) => b's',
-        Location::Queue(QueueName::OutboundWork) => b'o',
-        Location::Queue(QueueName::Reports) => b'r',
-        Location::Held { .. } => b'H',
-        Location::Dead => b'D',
-        Location::ConversionError => b'E',
-        Location::Done => return None,
+fn index_of(r: &MessageRecord) -> Option<Indexed> {
+    let loc = keys::location_byte(r.location)?;
+    let due = match r.location {
+        Location::Queue(_) => r.not_before,
+        _ => 0,
+    };
+    let mut domains: Vec<String> = r
+        .recipients
+        .iter()
+        .filter(|rc| rc.status == RcptStatus::Pending)
+        .map(|rc| rc.address.domain().as_str().to_ascii_lowercase())
+        .collect();
+    domains.sort();
+    domains.dedup();
+    if domains.is_empty() {
+        domains.push(String::new());
+    }
+    Some(Indexed {
+        loc,
+        due,
+        domains,
+        segment: r.content.segment.clone(),
     })
-}
-
-fn index_key(loc: Location, id: QueueId) -> Option<[u8; 10]> {
-    let b = location_byte(loc)?;
-    let mut k = [0u8; 10];
-    k[0] = INDEX;
-    k[1] = b;
-    k[2..].copy_from_slice(&id.to_bytes());
-    Some(k)
 }
 
 pub struct Engine {
     db: sled::Db,
     tree: sled::Tree,
+    files: Arc<Mutex<StoreFiles>>,
+}
+
+/// Counter and index changes accumulated over one batch, applied at its end.
+#[derive(Default)]
+struct IndexDeltas {
+    locations: BTreeMap<u8, i64>,
+    destinations: BTreeMap<Vec<u8>, (i64, Option<String>)>,
+    segments: BTreeMap<String, i64>,
+}
+
+impl IndexDeltas {
+    fn add(&mut self, ix: &Indexed, by: i64, note: Option<&String>) {
+        *self.locations.entry(ix.loc).or_default() += by;
+        for d in &ix.domains {
+            let e = self
+                .destinations
+                .entry(keys::dest_summary(ix.loc, d))
+                .or_default();
+            e.0 += by;
+            if by > 0 {
+                if let Some(n) = note {
+                    e.1 = Some(n.clone());
+                }
+            }
+        }
+        *self.segments.entry(ix.segment.clone()).or_default() += by;
+    }
+}
+
+fn remove_index(batch: &mut sled::Batch, id: QueueId, ix: &Indexed) {
+    batch.remove(&keys::due(ix.loc, ix.due, id)[..]);
+    for d in &ix.domains {
+        batch.remove(keys::dest(ix.loc, d, ix.due, id));
+    }
+}
+
+fn insert_index(batch: &mut sled::Batch, id: QueueId, ix: &Indexed) {
+    batch.insert(&keys::due(ix.loc, ix.due, id)[..], &[][..]);
+    for d in &ix.domains {
+        batch.insert(keys::dest(ix.loc, d, ix.due, id), &[][..]);
+    }
 }
 
 impl Engine {
-    pub fn open(dir: &Path) -> Result<Engine, StoreError> {
+    /// Opens (or creates) the store in `dir`. `data_dir` is the highest directory whose
+    /// entries are synced at open.
+    pub fn open(dir: &Path, data_dir: Option<&Path>) -> Result<Engine, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // The page cache only speeds reads of hot records; the queue's working set
+            // is what is due, so a small cache keeps memory flat under a backlog.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| {
                 let locked = matches!(&e, sled::Error::Io(io) if io.to_string().contains("lock"));
@@ -88,44 +142,166 @@ impl Engine {
                 }
             })?;
         let tree = db.open_tree("queue")?;
-        Ok(Engine { db, tree })
+        let files = StoreFiles::open(dir, data_dir)?;
+        let engine = Engine {
+            db,
+            tree,
+            files: Arc::new(Mutex::new(files)),
+        };
+        let layout = engine.tree.get(keys::LAYOUT_KEY)?;
+        if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
+            engine.rebuild()?;
+        }
+        Ok(engine)
     }
 
-    fn decode(id_hint: &[u8], bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-        let rec: MessageRecord =
-            mta_ipc::frame::decode(bytes).map_err(|e| StoreError::Corrupt {
-                id: format!("{id_hint:?}"),
-                reason: e.to_string(),
-            })?;
-        if rec.schema != RECORD_SCHEMA {
-            return Err(StoreError::Schema {
-                id: rec.id,
-                found: rec.schema,
-            });
+    /// Recomputes every derived key (indexes, counts, segment references) from the
+    /// records, rewriting records in the current format. Runs at open when the layout
+    /// changed (or was never written: a new or pre-layout store); a new store costs
+    /// nothing. Bounded memory: derived keys are deleted and rebuilt in chunks.
+    pub fn rebuild(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        for prefix in keys::DERIVED {
+            loop {
+                let chunk: Vec<sled::IVec> = self
+                    .tree
+                    .scan_prefix([*prefix])
+                    .keys()
+                    .take(10_000)
+                    .collect::<Result<_, _>>()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                chunk.iter().for_each(|k| batch.remove(k));
+                self.tree.apply_batch(batch)?;
+            }
         }
-        Ok(rec)
+        let mut after: Option<sled::IVec> = None;
+        let mut records = 0u64;
+        loop {
+            let range = match &after {
+                Some(k) => self.tree.range::<&[u8], _>((
+                    std::ops::Bound::Excluded(&k[..]),
+                    std::ops::Bound::Excluded(&[keys::RECORD + 1][..]),
+                )),
+                None => self
+                    .tree
+                    .range::<&[u8], _>(&[keys::RECORD][..]..&[keys::RECORD + 1][..]),
+            };
+            let chunk: Vec<(sled::IVec, sled::IVec)> =
+                range.take(1000).collect::<Result<_, _>>()?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let mut puts = Vec::with_capacity(chunk.len());
+            for (k, v) in &chunk {
+                match self.decode(k, v) {
+                    Ok(r) => puts.push(r),
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+            records += puts.len() as u64;
+            // Applied as new: nothing derived exists for them any more.
+            self.apply_inner(puts.into_iter().map(Change::Put).collect(), true)?;
+        }
+        self.tree.insert(keys::LAYOUT_KEY, &[keys::LAYOUT][..])?;
+        self.db.flush()?;
+        self.files.lock().expect("store files").sync()?;
+        tracing::info!(
+            records,
+            ms = started.elapsed().as_millis() as u64,
+            "queue store indexes rebuilt (layout {})",
+            keys::LAYOUT
+        );
+        Ok(())
+    }
+
+    /// Decodes a stored record; an unreadable one becomes a Dead placeholder (see
+    /// `damaged_placeholder`), so one bad value never stops a queue.
+    fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+        format::decode(bytes).map_err(|e| StoreError::Corrupt {
+            id: keys::id_of_record_key(key)
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| format!("{key:?}")),
+            reason: e.to_string(),
+        })
     }
 
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StoreError> {
-        match self.tree.get(record_key(id))? {
-            Some(v) => Ok(Some(Self::decode(&id.to_bytes(), &v)?)),
+        match self.tree.get(keys::record(id))? {
+            Some(v) => Ok(Some(self.decode(&keys::record(id), &v)?)),
             None => Ok(None),
         }
     }
 
+    /// Moves an unreadable record aside (its bytes kept under `x`) and puts a Dead
+    /// placeholder in its place that says why, so the operator sees it in `show queue`
+    /// and the queue it was in goes on. Its index keys are found by `due_key` (the key it
+    /// was met under).
+    pub fn quarantine(&self, id: QueueId, due_key: &[u8], reason: &str) -> Result<(), StoreError> {
+        let raw = self.tree.get(keys::record(id))?.unwrap_or_default();
+        tracing::error!(
+            "qid={id} record unreadable in the queue store ({} bytes at key m{id}): {reason}; moved to Dead",
+            raw.len()
+        );
+        let mut batch = sled::Batch::default();
+        batch.insert(&keys::damaged(id)[..], raw);
+        batch.remove(due_key);
+        batch.remove(&keys::record(id)[..]);
+        self.tree.apply_batch(batch)?;
+        let placeholder = MessageRecord {
+            schema: RECORD_SCHEMA,
+            id,
+            location: Location::Dead,
+            received_at: id.timestamp_ms(),
+            size: 0,
+            envelope: mta_types::Envelope {
+                mail_from: None,
+                ret: None,
+                envid: None,
+                helo: String::new(),
+                client_ip: String::new(),
+                protocol: String::new(),
+                utf8: false,
+                eight_bit: false,
+            },
+            recipients: Vec::new(),
+            content: mta_types::ContentRef {
+                segment: String::new(),
+                offset: 0,
+                len: 0,
+            },
+            fields: None,
+            trace: Default::default(),
+            not_before: 0,
+            note: Some(format!(
+                "record unreadable in the queue store: {reason} (raw bytes kept under key x{id})"
+            )),
+        };
+        self.apply(&[Change::Put(placeholder)])?;
+        Ok(())
+    }
+
     /// Applies the changes as one atomic batch (not yet durable: see `flush`), with the
-    /// statistics counters they cause (`stats.rs`) in the same batch.
+    /// indexes, counts and statistics counters they cause in the same batch.
     /// Returns the ids whose records changed.
     pub fn apply(&self, changes: &[Change]) -> Result<Vec<QueueId>, StoreError> {
+        self.apply_inner(changes.to_vec(), false)
+    }
+
+    fn apply_inner(&self, changes: Vec<Change>, fresh: bool) -> Result<Vec<QueueId>, StoreError> {
         let mut batch = sled::Batch::default();
         let mut touched = Vec::with_capacity(changes.len());
         let mut deltas = Deltas::default();
+        let mut index = IndexDeltas::default();
         // Within one batch a later change to the same id sees the earlier one's record.
         let mut staged: HashMap<QueueId, Option<MessageRecord>> = Default::default();
         for change in changes {
             let (id, record) = match change {
                 Change::Put(r) => (r.id, Some(r)),
-                Change::Remove(id) => (*id, None),
+                Change::Remove(id) => (id, None),
                 Change::AddCounters(counters) => {
                     counters.iter().for_each(|(n, v)| deltas.add(n, *v));
                     continue;
@@ -133,104 +309,168 @@ impl Engine {
             };
             let old = match staged.remove(&id) {
                 Some(old) => old,
-                None => self.get(id)?,
-            };
-            let new_loc = record.map(|r| r.location).filter(|l| *l != Location::Done);
-            if let Some(old) = &old {
-                if Some(old.location) != new_loc {
-                    if let Some(k) = index_key(old.location, id) {
-                        batch.remove(&k[..]);
+                None if fresh => None,
+                None => match self.get(id) {
+                    Ok(r) => r,
+                    // An unreadable old value: replaced (or removed) all the same.
+                    Err(e) => {
+                        tracing::warn!("{e}; overwritten");
+                        None
                     }
+                },
+            };
+            if let Some(ix) = old.as_ref().and_then(index_of) {
+                remove_index(&mut batch, id, &ix);
+                index.add(&ix, -1, None);
+            }
+            if let Some(r) = &record {
+                if !fresh {
+                    deltas.record_change(old.as_ref(), r);
                 }
             }
-            if let Some(r) = record {
-                deltas.record_change(old.as_ref(), r);
-            }
-            match (new_loc, record) {
-                (Some(loc), Some(r)) => {
-                    let mut r = r.clone();
+            match record.filter(|r| r.location != Location::Done) {
+                Some(mut r) => {
                     r.schema = RECORD_SCHEMA;
-                    let bytes =
-                        mta_ipc::frame::encode_payload(&r).map_err(|e| StoreError::Corrupt {
-                            id: id.to_string(),
-                            reason: e.to_string(),
-                        })?;
-                    batch.insert(&record_key(id)[..], bytes);
-                    if let Some(k) = index_key(loc, id) {
-                        batch.insert(&k[..], &[][..]);
-                    }
+                    let ix = index_of(&r).expect("a location other than Done is indexed");
+                    insert_index(&mut batch, id, &ix);
+                    index.add(&ix, 1, r.note.as_ref());
+                    batch.insert(&keys::record(id)[..], format::encode(&r));
                     staged.insert(id, Some(r));
                 }
-                _ => {
-                    batch.remove(&record_key(id)[..]);
+                None => {
+                    batch.remove(&keys::record(id)[..]);
                     staged.insert(id, None);
                 }
             }
             touched.push(id);
         }
-        // Only the committer applies batches, one at a time: read-add-write is safe.
+        // Only one thread applies batches at a time (the committer, or `rebuild` before
+        // it starts): read-add-write is safe.
         for (name, by) in &deltas.0 {
             let value = self.counter(name)?.saturating_add(*by);
-            batch.insert(counter_key(name), &value.to_be_bytes()[..]);
+            batch.insert(keys::counter(name), &value.to_be_bytes()[..]);
+        }
+        for (loc, by) in index.locations {
+            if by != 0 {
+                let key = keys::loc_count(loc);
+                let value = self.u64_at(&key)?.saturating_add_signed(by);
+                batch.insert(&key[..], &value.to_be_bytes()[..]);
+            }
+        }
+        for (key, (by, note)) in index.destinations {
+            let mut summary: DestSummary = self
+                .tree
+                .get(&key)?
+                .and_then(|v| postcard::from_bytes(&v).ok())
+                .unwrap_or_default();
+            summary.messages = summary.messages.saturating_add_signed(by);
+            if let Some(n) = note {
+                summary.last_error = n;
+            }
+            if summary.messages == 0 {
+                batch.remove(key);
+            } else {
+                let value = postcard::to_allocvec(&summary).expect("encode a summary");
+                batch.insert(key, value);
+            }
+        }
+        for (segment, by) in index.segments {
+            if by != 0 {
+                let key = keys::segment_refs(&segment);
+                let value = self.u64_at(&key)?.saturating_add_signed(by);
+                if value == 0 {
+                    batch.remove(key);
+                } else {
+                    batch.insert(key, &value.to_be_bytes()[..]);
+                }
+            }
         }
         self.tree.apply_batch(batch)?;
         Ok(touched)
     }
 
-    /// One statistics counter (0 if never counted).
-    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+    fn u64_at(&self, key: &[u8]) -> Result<u64, StoreError> {
         Ok(self
             .tree
-            .get(counter_key(name))?
-            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
-            .map(u64::from_be_bytes)
+            .get(key)?
+            .map(|v| keys::u64_value(&v))
             .unwrap_or(0))
+    }
+
+    /// One statistics counter (0 if never counted).
+    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        self.u64_at(&keys::counter(name))
     }
 
     /// Every statistics counter stored, by name.
     pub fn counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut out = BTreeMap::new();
-        for kv in self.tree.scan_prefix([COUNTER]) {
+        for kv in self.tree.scan_prefix([keys::COUNTER]) {
             let (k, v) = kv?;
-            if let Ok(bytes) = <[u8; 8]>::try_from(&v[..]) {
-                out.insert(
-                    String::from_utf8_lossy(&k[1..]).into_owned(),
-                    u64::from_be_bytes(bytes),
-                );
-            }
+            out.insert(
+                String::from_utf8_lossy(&k[1..]).into_owned(),
+                keys::u64_value(&v),
+            );
         }
         Ok(out)
     }
 
-    /// Makes everything applied so far durable (one fsync for any number of batches).
+    /// Makes everything applied so far durable: sled's flush, then the real syncs
+    /// (`durability.rs`). One call covers any number of batches (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || files.lock().expect("store files").sync())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         Ok(())
     }
 
-    /// Ids in a location, oldest first.
-    pub fn ids_in(&self, loc: Location) -> impl Iterator<Item = Result<QueueId, StoreError>> + '_ {
-        let prefix = index_key(loc, QueueId::from_u64(0))
-            .map(|k| k[..2].to_vec())
+    /// fsync/fdatasync calls made on the store's files since it opened.
+    pub fn syncs(&self) -> u64 {
+        self.files.lock().expect("store files").syncs
+    }
+
+    /// Due-index keys of `loc` due by `until`, oldest due first: (key, id). A poll reads
+    /// only these, never the records waiting for a later time.
+    pub fn due(
+        &self,
+        loc: Location,
+        until: u64,
+    ) -> impl Iterator<Item = Result<(sled::IVec, QueueId), StoreError>> + '_ {
+        let (start, end) = keys::location_byte(loc)
+            .map(|b| keys::due_range(b, until))
             .unwrap_or_default();
-        self.tree.scan_prefix(prefix).keys().map(|k| {
+        self.tree.range(start..end).keys().map(|k| {
             let k = k?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k[2..10]);
-            Ok(QueueId::from_bytes(b))
+            let (_, id) = keys::id_of_due_key(&k).ok_or_else(|| StoreError::Corrupt {
+                id: format!("{k:?}"),
+                reason: "malformed due-index key".into(),
+            })?;
+            Ok((k, id))
         })
     }
 
+    /// The next due time in `loc` (None: empty).
+    pub fn next_due(&self, loc: Location) -> Result<Option<u64>, StoreError> {
+        let Some(b) = keys::location_byte(loc) else {
+            return Ok(None);
+        };
+        Ok(self
+            .tree
+            .scan_prefix([keys::DUE, b])
+            .keys()
+            .next()
+            .transpose()?
+            .and_then(|k| keys::id_of_due_key(&k))
+            .map(|(due, _)| due))
+    }
+
+    /// Messages in a location, from the count kept with every change.
     pub fn count_in(&self, loc: Location) -> u64 {
-        self.ids_in(loc).count() as u64
-    }
-
-    /// Every record, oldest first.
-    pub fn records(&self) -> impl Iterator<Item = Result<MessageRecord, StoreError>> + '_ {
-        self.tree.scan_prefix([RECORD]).map(|kv| {
-            let (k, v) = kv?;
-            Self::decode(&k, &v)
-        })
+        keys::location_byte(loc)
+            .map(|b| self.u64_at(&keys::loc_count(b)).unwrap_or(0))
+            .unwrap_or(0)
     }
 
     pub fn counts(&self) -> QueueCounts {
@@ -255,11 +495,136 @@ impl Engine {
         QueueCounts { rows }
     }
 
-    /// Spool segments some record still points into (for compaction).
+    /// Records parked in `loc` (Held, Dead, Conversion Error: indexed in arrival order),
+    /// after `after` if given, at most `limit`: one page of a listing.
+    pub fn parked_page(
+        &self,
+        loc: Location,
+        after: Option<QueueId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let Some(b) = keys::location_byte(loc) else {
+            return Ok(Vec::new());
+        };
+        let start = match after {
+            Some(id) => std::ops::Bound::Excluded(keys::due(b, 0, id).to_vec()),
+            None => std::ops::Bound::Included(vec![keys::DUE, b]),
+        };
+        let end = std::ops::Bound::Excluded(vec![keys::DUE, b + 1]);
+        let mut out = Vec::new();
+        for k in self.tree.range((start, end)).keys().take(limit) {
+            let k = k?;
+            if let Some((_, id)) = keys::id_of_due_key(&k) {
+                match self.get(id) {
+                    Ok(Some(r)) => out.push(r),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of destination rows (location, domain), after `after`, at most `limit`.
+    pub fn destinations(
+        &self,
+        after: Option<(Location, String)>,
+        limit: usize,
+    ) -> Result<Vec<DestinationRow>, StoreError> {
+        let start = match &after {
+            Some((loc, domain)) => {
+                let mut k = keys::dest_summary(keys::location_byte(*loc).unwrap_or(0), domain);
+                k.push(0); // just after it
+                k
+            }
+            None => vec![keys::DEST_SUMMARY],
+        };
+        let mut out = Vec::new();
+        for kv in self
+            .tree
+            .range(start..vec![keys::DEST_SUMMARY + 1])
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            let Some((loc_byte, domain)) = keys::parse_dest_summary(&k) else {
+                continue;
+            };
+            let Some(location) = keys::location_of_byte(loc_byte) else {
+                continue;
+            };
+            let summary: DestSummary = postcard::from_bytes(&v).unwrap_or_default();
+            let next_due = self
+                .tree
+                .scan_prefix(keys::dest_prefix(loc_byte, &domain))
+                .keys()
+                .next()
+                .transpose()?
+                .and_then(|k| keys::id_of_dest_key(&k))
+                .map(|(due, _)| due)
+                .unwrap_or(0);
+            out.push(DestinationRow {
+                location,
+                domain,
+                messages: summary.messages,
+                next_due,
+                last_error: summary.last_error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` ids of records in `loc` with a pending recipient in `domain` (any
+    /// domain when None), with due times in `due_from..`, after `after` (a key returned
+    /// before), with the key to continue from.
+    pub fn by_destination(
+        &self,
+        loc: Location,
+        domain: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<QueueId>, Option<Vec<u8>>), StoreError> {
+        let Some(b) = keys::location_byte(loc) else {
+            return Ok((Vec::new(), None));
+        };
+        let prefix = match domain {
+            Some(d) => keys::dest_prefix(b, &d.to_ascii_lowercase()),
+            None => vec![keys::DUE, b],
+        };
+        let mut end = prefix.clone();
+        *end.last_mut().expect("non-empty prefix") += 1;
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_vec()),
+            None => std::ops::Bound::Included(prefix),
+        };
+        let mut ids = Vec::new();
+        let mut last = None;
+        for k in self
+            .tree
+            .range((start, std::ops::Bound::Excluded(end)))
+            .keys()
+            .take(limit)
+        {
+            let k = k?;
+            let id = if domain.is_some() {
+                keys::id_of_dest_key(&k)
+            } else {
+                keys::id_of_due_key(&k)
+            };
+            if let Some((_, id)) = id {
+                ids.push(id);
+            }
+            last = Some(k.to_vec());
+        }
+        Ok((ids, last))
+    }
+
+    /// Spool segments some record still points into (for compaction): read from the
+    /// reference counts, not from the records.
     pub fn referenced_segments(&self) -> Result<HashSet<String>, StoreError> {
         let mut set = HashSet::new();
-        for r in self.records() {
-            set.insert(r?.content.segment);
+        for k in self.tree.scan_prefix([keys::SEGMENT_REFS]).keys() {
+            let k = k?;
+            set.insert(String::from_utf8_lossy(&k[1..]).into_owned());
         }
         Ok(set)
     }

@@ -3,18 +3,21 @@
 //! sled allows one process per database, so the supervisor opens it and every task reaches
 //! it through `mta_ipc::StoreClient`; no sled type leaves this crate.
 //!
-//! Schema (one sled tree, keys by prefix, values encoded by `mta_ipc::frame`):
-//! - `m` + QueueId (8 bytes, big-endian)          → `MessageRecord` (carries `schema`)
-//! - `l` + location byte + QueueId                → empty: the index of each queue / state,
-//!   in arrival order (QueueIds sort by time)
-//! - `s` + counter name                           → u64 big-endian (statistics, `stats.rs`)
+//! Schema: one sled tree, keys by prefix (`keys.rs`); records in the store's own
+//! versioned format (`format.rs`). Every index and count a view or a poll needs is kept
+//! in the same atomic batch as the record change that causes it, so a poll reads only
+//! what is due and a view reads counters, never the whole queue.
 //!
 //! Every commit is one atomic sled batch; commits arriving together share one flush
-//! (group commit) and are answered only after it. Claims are leases kept in memory: a
+//! (group commit) and are answered only after it, and after the flush is made really
+//! durable with fdatasync (`durability.rs`: sled's own flush is `sync_file_range`). Claims are leases kept in memory: a
 //! lease ends with the commit of its record, with an explicit release, when the owning
 //! process exits (`release_owner`), or when it expires.
 
+mod durability;
 mod engine;
+pub mod format;
+mod keys;
 mod leases;
 mod service;
 pub mod stats;

@@ -2,9 +2,9 @@
 
 use crate::engine::{Engine, StoreError};
 use crate::leases::Leases;
-use mta_ipc::store::{Change, StoreRequest, StoreResponse};
+use mta_ipc::store::{BulkOp, BulkResult, Change, DestinationRow, StoreRequest, StoreResponse};
 use mta_types::message::now_ms;
-use mta_types::{Location, MessageRecord, QueueId};
+use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 const GROUP_LIMIT: usize = 1024;
 /// Most records one claim hands out.
 const CLAIM_LIMIT: u32 = 1000;
+/// Most rows in one page of a view.
+const PAGE_LIMIT: u32 = 1000;
+/// Records rewritten per commit by a bulk operation (bounded memory, and tasks' commits
+/// interleave with it).
+const BULK_CHUNK: usize = 500;
 
 type CommitJob = (Vec<Change>, oneshot::Sender<Result<(), String>>);
 
@@ -46,8 +51,9 @@ struct Inner {
 
 impl StoreService {
     /// Opens the database and starts the committer on the current tokio runtime.
-    pub fn open(dir: &Path) -> Result<StoreService, StoreError> {
-        let engine = Engine::open(dir)?;
+    /// `data_dir`: the highest directory whose entries are synced when the store opens.
+    pub fn open(dir: &Path, data_dir: Option<&Path>) -> Result<StoreService, StoreError> {
+        let engine = Engine::open(dir, data_dir)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             engine,
@@ -139,15 +145,21 @@ impl StoreService {
                 .get(id)
                 .map(StoreResponse::Record)
                 .map_err(|e| e.to_string()),
-            StoreRequest::List { queue, limit } => self
-                .list(queue, limit)
-                .map(StoreResponse::Records)
+            StoreRequest::Destinations { after, limit } => engine
+                .destinations(after, limit.min(PAGE_LIMIT) as usize)
+                .map(StoreResponse::Destinations)
                 .map_err(|e| e.to_string()),
+            StoreRequest::Bulk { op, domain } => self
+                .bulk(op, domain.as_deref())
+                .await
+                .map(StoreResponse::Bulk),
             StoreRequest::Counts => Ok(StoreResponse::Counts(engine.counts())),
         };
         result.unwrap_or_else(StoreResponse::Error)
     }
 
+    /// Hands out due records of `loc`, oldest due first, reading only the due index's
+    /// head: records waiting for a later time cost nothing here.
     fn claim(
         &self,
         loc: Location,
@@ -157,51 +169,180 @@ impl StoreService {
     ) -> Result<Vec<MessageRecord>, StoreError> {
         let engine = &self.inner.engine;
         let now = Instant::now();
-        let now_wall = now_ms();
-        let mut leases = self.inner.leases.lock().expect("lease lock");
         let mut out = Vec::new();
-        for id in engine.ids_in(loc) {
-            if out.len() as u32 >= max {
-                break;
+        let mut damaged = Vec::new();
+        {
+            let mut leases = self.inner.leases.lock().expect("lease lock");
+            for item in engine.due(loc, now_ms()) {
+                if out.len() as u32 >= max {
+                    break;
+                }
+                let (key, id) = item?;
+                if leases.is_leased(&id, now) {
+                    continue;
+                }
+                match engine.get(id) {
+                    Ok(Some(record)) if record.location == loc => {
+                        leases.grant(id, owner_pid, lease, now);
+                        out.push(record);
+                    }
+                    Ok(_) => {}
+                    Err(e) => damaged.push((id, key, e.to_string())),
+                }
             }
-            let id = id?;
-            if leases.is_leased(&id, now) {
-                continue;
-            }
-            let Some(record) = engine.get(id)? else {
-                continue;
-            };
-            if record.not_before > now_wall || record.location != loc {
-                continue;
-            }
-            leases.grant(id, owner_pid, lease, now);
-            out.push(record);
+        }
+        for (id, key, reason) in damaged {
+            engine.quarantine(id, &key, &reason)?;
         }
         Ok(out)
     }
 
-    fn list(
-        &self,
-        queue: Option<mta_types::QueueName>,
-        limit: u32,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        let engine = &self.inner.engine;
-        let mut out = Vec::new();
-        match queue {
-            Some(q) => {
-                for id in engine.ids_in(Location::Queue(q)).take(limit as usize) {
-                    if let Some(r) = engine.get(id?)? {
-                        out.push(r);
-                    }
+    /// `route`, and hold, release or delete by destination: walks the destination index
+    /// of each location concerned in chunks; each chunk is one durable commit.
+    pub async fn bulk(&self, op: BulkOp, domain: Option<&str>) -> Result<BulkResult, String> {
+        let queues = QueueName::ALL.map(Location::Queue);
+        let held = [Location::Held {
+            from: QueueName::MailBox,
+        }];
+        let locations: &[Location] = match op {
+            BulkOp::RouteNow => &[Location::Queue(QueueName::OutboundWork)],
+            BulkOp::Hold => &queues,
+            BulkOp::Release => &held,
+            BulkOp::Delete => &[
+                Location::Queue(QueueName::InboundWork),
+                Location::Queue(QueueName::MailBox),
+                Location::Queue(QueueName::SmtpBox),
+                Location::Queue(QueueName::OutboundWork),
+                Location::Queue(QueueName::Reports),
+                Location::Held {
+                    from: QueueName::MailBox,
+                },
+            ],
+        };
+        let domain = domain.map(str::to_ascii_lowercase);
+        let mut result = BulkResult::default();
+        for loc in locations {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (ids, last) = self
+                    .inner
+                    .engine
+                    .by_destination(*loc, domain.as_deref(), after.as_deref(), BULK_CHUNK)
+                    .map_err(|e| e.to_string())?;
+                if ids.is_empty() {
+                    break;
                 }
-            }
-            None => {
-                for r in engine.records().take(limit as usize) {
-                    out.push(r?);
+                after = last;
+                let changes = self.bulk_chunk(op, domain.as_deref(), &ids, &mut result)?;
+                if !changes.is_empty() {
+                    self.commit(changes).await?;
                 }
             }
         }
-        Ok(out)
+        Ok(result)
+    }
+
+    /// The changes of one chunk; records it takes are leased to the supervisor until the
+    /// commit ends the lease.
+    fn bulk_chunk(
+        &self,
+        op: BulkOp,
+        domain: Option<&str>,
+        ids: &[QueueId],
+        result: &mut BulkResult,
+    ) -> Result<Vec<Change>, String> {
+        let engine = &self.inner.engine;
+        let now = Instant::now();
+        let now_wall = now_ms();
+        let in_domain = |r: &mta_types::Recipient| {
+            r.status == RcptStatus::Pending
+                && domain.is_none_or(|d| r.address.domain().as_str().eq_ignore_ascii_case(d))
+        };
+        let mut leases = self.inner.leases.lock().expect("lease lock");
+        let mut changes = Vec::new();
+        for id in ids {
+            if leases.is_leased(id, now) {
+                result.busy += 1;
+                continue;
+            }
+            let Some(mut r) = engine.get(*id).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let changed = match op {
+                BulkOp::RouteNow => {
+                    let mut hit = false;
+                    for rc in r.recipients.iter_mut().filter(|rc| in_domain(rc)) {
+                        if rc.next_retry.is_some_and(|t| t > now_wall) {
+                            rc.next_retry = None;
+                            hit = true;
+                        }
+                    }
+                    if r.not_before > now_wall {
+                        r.not_before = 0;
+                        hit = true;
+                    }
+                    hit
+                }
+                BulkOp::Hold => match r.location {
+                    Location::Queue(from) => {
+                        r.location = Location::Held { from };
+                        r.note = Some(format!("held by the operator (from {from})"));
+                        true
+                    }
+                    _ => false,
+                },
+                BulkOp::Release => match r.location {
+                    Location::Held { from } => {
+                        r.location = Location::Queue(from);
+                        r.not_before = 0;
+                        r.note = None;
+                        true
+                    }
+                    _ => false,
+                },
+                BulkOp::Delete => {
+                    let mut hit = false;
+                    for rc in r.recipients.iter_mut().filter(|rc| in_domain(rc)) {
+                        rc.status = RcptStatus::Failed {
+                            at: now_wall,
+                            status: "5.0.0".into(),
+                            reason: "deleted by the operator".into(),
+                        };
+                        rc.final_reported = true;
+                        hit = true;
+                    }
+                    if hit && r.all_final() {
+                        r.location = r.finished_location();
+                    }
+                    hit
+                }
+            };
+            if changed {
+                leases.grant(*id, std::process::id(), Duration::from_secs(600), now);
+                result.changed += 1;
+                changes.push(Change::Put(r));
+            }
+        }
+        Ok(changes)
+    }
+
+    /// One page of the parked messages (Held, Dead, Conversion Error) of `loc`.
+    pub fn parked(
+        &self,
+        loc: Location,
+        after: Option<QueueId>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.inner.engine.parked_page(loc, after, limit)
+    }
+
+    /// One page of destination rows.
+    pub fn destinations(
+        &self,
+        after: Option<(Location, String)>,
+        limit: usize,
+    ) -> Result<Vec<DestinationRow>, StoreError> {
+        self.inner.engine.destinations(after, limit)
     }
 }
 
@@ -283,7 +424,7 @@ mod tests {
     #[tokio::test]
     async fn claim_commit_move_and_leases() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StoreService::open(dir.path()).unwrap();
+        let store = StoreService::open(dir.path(), None).unwrap();
         let a = record(Location::Queue(QueueName::InboundWork));
         let b = record(Location::Queue(QueueName::InboundWork));
         store
@@ -359,7 +500,7 @@ mod tests {
         let mut later = record(Location::Queue(QueueName::OutboundWork));
         later.not_before = now_ms() + 60_000;
         {
-            let store = StoreService::open(dir.path()).unwrap();
+            let store = StoreService::open(dir.path(), None).unwrap();
             store
                 .commit(vec![Change::Put(later.clone())])
                 .await
@@ -367,7 +508,7 @@ mod tests {
         }
         // sled needs its background threads to let go of the lock.
         let store = loop {
-            match StoreService::open(dir.path()) {
+            match StoreService::open(dir.path(), None) {
                 Ok(s) => break s,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -390,8 +531,8 @@ mod tests {
     #[test]
     fn second_open_is_refused_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Engine::open(dir.path()).unwrap();
-        let err = Engine::open(dir.path())
+        let _first = Engine::open(dir.path(), None).unwrap();
+        let err = Engine::open(dir.path(), None)
             .err()
             .expect("second open must fail");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");

@@ -56,6 +56,16 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
                 "{} is stopped with the suite: `tell smtpmta quit`",
                 T::NAME
             )),
+            TaskRequest::Tell(TellCommand::Other(words))
+                if words.len() == 2
+                    && words[0].eq_ignore_ascii_case("debug")
+                    && words[1].eq_ignore_ascii_case("panic") =>
+            {
+                match crate::test_hooks::arm_panic() {
+                    Ok(()) => TaskResponse::Told(format!("{}: panic armed", T::NAME)),
+                    Err(e) => TaskResponse::Error(e),
+                }
+            }
             TaskRequest::Tell(command) => match self.task.tell(&self.ctx, command).await {
                 Ok(text) => TaskResponse::Told(text),
                 Err(text) => TaskResponse::Error(text),

@@ -16,6 +16,7 @@ mod control;
 mod logging;
 pub mod outcome_log;
 pub mod queue_worker;
+pub mod test_hooks;
 
 pub use context::TaskContext;
 pub use logging::init_logging;
@@ -84,6 +85,7 @@ pub fn run<T: Task>() -> ExitCode {
         }
     };
     init_logging(T::NAME);
+    test_hooks::abort_on_panic();
     die_with_supervisor();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

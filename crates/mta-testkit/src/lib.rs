@@ -98,6 +98,8 @@ pub struct SuiteOptions {
     pub sections: Vec<(&'static str, String)>,
     /// The directory file's content; `None` = postmaster plus a few test users.
     pub directory: Option<String>,
+    /// Runs the suite with its test-only fault hooks on (`tell <task> debug panic`).
+    pub test_hooks: bool,
 }
 
 impl Default for SuiteOptions {
@@ -106,6 +108,7 @@ impl Default for SuiteOptions {
             top: String::new(),
             sections: Vec::new(),
             directory: None,
+            test_hooks: false,
         }
     }
 }
@@ -137,6 +140,7 @@ pub struct Suite {
     pub config: PathBuf,
     pub smtp_port: u16,
     child: Option<Child>,
+    test_hooks: bool,
     /// Every task pid seen, so none can outlive the test.
     seen_pids: Vec<u32>,
 }
@@ -197,6 +201,7 @@ impl Suite {
             config,
             smtp_port,
             child: None,
+            test_hooks: opts.test_hooks,
             seen_pids: Vec::new(),
         }
     }
@@ -214,7 +219,11 @@ impl Suite {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(bin("smtpmta"))
+        let mut command = Command::new(bin("smtpmta"));
+        if self.test_hooks {
+            command.env("SMTPMTA_TEST_HOOKS", "1");
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -1,0 +1,149 @@
+//! A queue that stays flat under a backlog: 50,000 deferred messages (a destination that
+//! is down) must not slow intake, burn CPU while idle, or break a view. Before the store's
+//! due index, every poll decoded the whole queue: intake fell with each batch and the
+//! supervisor spent most of a core on a queue where nothing was due.
+//!
+//! The backlog is filled by `queue-fill` (real spool content, real records committed
+//! through the store API); the 1,000,000-message figures are in docs/BENCHMARKS.md
+//! (`scripts/bench backlog`).
+
+use mta_testkit::peers::smtp_load;
+use mta_testkit::{bin, free_port, maildir_new, wait_for, Suite, SuiteOptions};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BACKLOG: u64 = 50_000;
+const PROBE: usize = 1000;
+
+/// Messages accepted per second by 20 smtplib sessions (1 KiB each, to a local user).
+fn intake_rate(suite: &Suite) -> f64 {
+    let started = Instant::now();
+    let load = smtp_load(suite.smtp_port, PROBE, 20, "alice@localhost", 10);
+    assert_eq!(load.accepted.len(), PROBE, "{:?}", load.errors);
+    PROBE as f64 / started.elapsed().as_secs_f64()
+}
+
+/// CPU seconds used so far by the supervisor and every task.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|stat| {
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            (utime + stime) / tick
+        })
+        .sum()
+}
+
+fn timed_mtacon(suite: &Suite, args: &[&str]) -> (String, Duration) {
+    let started = Instant::now();
+    let out = suite.mtacon(args);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (String::from_utf8_lossy(&out.stdout).into_owned(), took)
+}
+
+#[test]
+fn fifty_thousand_deferred_messages_cost_no_intake_no_idle_cpu_and_every_view_answers() {
+    // The destination is down: a relay host nobody listens on, retried in an hour.
+    let down = free_port();
+    let mut suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            ("outbound", format!("relay_host = \"127.0.0.1:{down}\"")),
+            ("outbound", "retry = [\"1h\"]".into()),
+        ],
+        ..Default::default()
+    });
+    let empty = intake_rate(&suite).max(intake_rate(&suite));
+
+    let fill = Command::new(bin("queue-fill"))
+        .arg("--config")
+        .arg(&suite.config)
+        .args(["--count", &BACKLOG.to_string(), "--to", "user@backlog.test"])
+        .output()
+        .expect("run queue-fill");
+    assert!(
+        fill.status.success(),
+        "queue-fill: {}",
+        String::from_utf8_lossy(&fill.stderr)
+    );
+    eprintln!(
+        "queue-fill: {}",
+        String::from_utf8_lossy(&fill.stdout).trim()
+    );
+
+    let backlog = intake_rate(&suite).max(intake_rate(&suite));
+    let maildir = suite.mailbox("alice");
+    wait_for("the probes delivered", Duration::from_secs(60), || {
+        let n = maildir_new(&maildir).len();
+        if n >= 4 * PROBE {
+            Ok(())
+        } else {
+            Err(format!("{n} delivered"))
+        }
+    });
+
+    // Idle: nothing due for an hour; measure every process of the suite for 5 s.
+    suite.remember_pids();
+    let mut pids = vec![suite.pid()];
+    pids.extend(suite.seen_pids());
+    pids.sort();
+    pids.dedup();
+    let before = cpu_seconds(&pids);
+    let window = Duration::from_secs(5);
+    std::thread::sleep(window);
+    let idle = (cpu_seconds(&pids) - before) / window.as_secs_f64();
+
+    let (queue, queue_took) = timed_mtacon(&suite, &["show", "queue"]);
+    let (router, router_took) = timed_mtacon(&suite, &["tell", "router", "show", "queue"]);
+    let (stats, stats_took) = timed_mtacon(&suite, &["--json", "show", "stat", "mail"]);
+    eprintln!(
+        "backlog of {BACKLOG}: intake {backlog:.0} msg/s vs {empty:.0} empty ({:.0} %), idle CPU {:.2} % of a core, \
+         show queue {queue_took:?}, tell router show queue {router_took:?}, show stat mail {stats_took:?}",
+        100.0 * backlog / empty,
+        100.0 * idle
+    );
+    eprintln!("{queue}\n{router}");
+
+    assert!(
+        queue.contains(&BACKLOG.to_string()),
+        "show queue counts the backlog:\n{queue}"
+    );
+    assert!(
+        router.lines().any(|l| l.contains("backlog.test")
+            && l.contains(&BACKLOG.to_string())
+            && l.contains("Retry")),
+        "tell router show queue has the destination in Retry with every message:\n{router}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+    assert!(
+        stats.to_string().contains("Mail.Waiting"),
+        "show stat mail answers: {stats}"
+    );
+    assert!(
+        backlog >= 0.8 * empty,
+        "intake with {BACKLOG} deferred is {backlog:.0} msg/s, under 80 % of {empty:.0} with an empty queue"
+    );
+    assert!(
+        idle < 0.05,
+        "the suite used {:.1} % of a core while idle with {BACKLOG} deferred",
+        100.0 * idle
+    );
+    suite.stop();
+}
