@@ -249,6 +249,13 @@ impl Engine {
         let mut batch = sled::Batch::default();
         batch.insert(&keys::damaged(id)[..], raw);
         batch.remove(due_key);
+        // The location is known from the key it was met under; its destinations are not
+        // (their summaries keep counting it until the next rebuild).
+        if let Some(loc) = due_key.get(1) {
+            let key = keys::loc_count(*loc);
+            let count = self.u64_at(&key)?.saturating_sub(1);
+            batch.insert(&key[..], &count.to_be_bytes()[..]);
+        }
         batch.remove(&keys::record(id)[..]);
         self.tree.apply_batch(batch)?;
         let placeholder = MessageRecord {
@@ -631,5 +638,26 @@ impl Engine {
 
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+impl Engine {
+    /// Overwrites a record's value with garbage (a damaged disk block).
+    pub fn corrupt_for_test(&self, id: QueueId) {
+        self.tree
+            .insert(keys::record(id), &b"R\x01\xff\xff\xff\xff\xff\xff"[..])
+            .unwrap();
+    }
+
+    /// Drops the layout marker and every derived key, as a pre-layout store has them.
+    pub fn forget_layout_for_test(&self) {
+        self.tree.remove(keys::LAYOUT_KEY).unwrap();
+        for prefix in keys::DERIVED {
+            for k in self.tree.scan_prefix([*prefix]).keys() {
+                self.tree.remove(k.unwrap()).unwrap();
+            }
+        }
+        self.db.flush().unwrap();
     }
 }
