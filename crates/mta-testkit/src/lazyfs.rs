@@ -34,6 +34,9 @@
 //! durable by a directory fsync, and what each power loss dropped. `LazyFs::report` prints
 //! them: the list of what a program writes without ever syncing.
 //!
+//! `LAZYFS_KEEP_ALL=1` in the environment makes every power loss keep everything (a
+//! control run: what fails then is not about durability).
+//!
 //! Needs root (or a user allowed to mount FUSE) and `/dev/fuse`; `LazyFs::mount` returns a
 //! clear error otherwise, which tests turn into a failure, never a skip.
 
@@ -584,6 +587,21 @@ impl State {
     /// Counts what a power loss drops (walking the current tree), then rebuilds the state
     /// from the durable one.
     fn power_loss(&mut self) -> PowerLoss {
+        if std::env::var_os("LAZYFS_KEEP_ALL").is_some() {
+            // The control run: a disk that keeps everything (only the kills remain).
+            let all: Vec<(u64, bool)> = self
+                .nodes
+                .iter()
+                .map(|(ino, n)| (*ino, n.kind == FileType::Directory))
+                .collect();
+            for (ino, dir) in all {
+                let _ = if dir {
+                    self.fsyncdir(ino)
+                } else {
+                    self.fsync(ino)
+                };
+            }
+        }
         let mut report = PowerLoss::default();
         // What is lost, seen from the current tree.
         let mut seen = HashSet::new();
