@@ -14,7 +14,8 @@
 //! process of the suite gets SIGKILL at once, the file system drops what was not durable,
 //! and the suite starts again on what survived. Then every accepted Message-ID must be in
 //! alice's Maildir and at the sink. Needs root and /dev/fuse: without them it fails and
-//! says so, it never skips.
+//! says so, it never skips. `LAZYFS_KEEP_ALL=1` runs the control (power loss keeps
+//! everything): it must pass on any code, else the harness itself is wrong.
 
 use mta_testkit::peers::{smtp_load_patient, tail, Sink};
 use mta_testkit::{message_ids, Suite, SuiteOptions};
