@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Usage: smtp_load.py HOST PORT COUNT SESSIONS RCPT[,RCPT...] [PER_CONN]
+"""Usage: smtp_load.py HOST PORT COUNT SESSIONS RCPT[,RCPT...] [PER_CONN] [TRIES]
 Send COUNT messages over SESSIONS concurrent smtplib connections (a message whose session
-fails is retried on a new connection, up to 100 times, like a client retrying later); print one JSON object:
+fails is retried on a new connection, up to TRIES failures per client (default 100, 0.1 s
+apart when the connection is refused), like a client retrying later); print one JSON object:
 {"accepted": [message-id, ...], "refused": n, "errors": [...]}. A message counts as accepted
 only when the server answered 250 to its DATA. Bounded: every socket has a timeout."""
 import json, smtplib, sys, threading, uuid
@@ -10,6 +11,7 @@ from email.message import EmailMessage
 host, port, count, sessions, rcpt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 rcpts = rcpt.split(",")  # several recipients: comma-separated
 per_conn = int(sys.argv[6]) if len(sys.argv) > 6 else 10
+max_tries = int(sys.argv[7]) if len(sys.argv) > 7 else 100
 lock = threading.Lock()
 accepted, errors, refused = [], [], [0]
 next_index = [0]
@@ -37,7 +39,7 @@ def worker():
             with lock:
                 errors.append(repr(e)); refused[0] += 1
             tries += 1
-            if tries < 100:
+            if tries < max_tries:
                 retry = first
                 time.sleep(0.1)
             continue
@@ -56,7 +58,7 @@ def worker():
                 with lock:
                     errors.append(repr(e)); refused[0] += 1
                 tries += 1
-                if tries < 100:
+                if tries < max_tries:
                     retry = i  # not acknowledged: send it again on a new connection
                 break
             sent_here += 1

@@ -6,7 +6,12 @@
 //! supervisor's pid, then SIGKILL to it and to every task pid it reported if they outlive
 //! a deadline. `wait_for` polls a condition until a deadline and fails with what it saw
 //! last, so no test sleeps for a fixed time.
+//!
+//! `Suite::mount_lazyfs` puts the data folder on a power-loss file system (`lazyfs`), and
+//! `Suite::power_loss` kills every process of the suite with SIGKILL and drops whatever was
+//! not fsynced.
 
+pub mod lazyfs;
 pub mod peers;
 
 use serde_json::Value;
@@ -143,6 +148,8 @@ pub struct Suite {
     test_hooks: bool,
     /// Every task pid seen, so none can outlive the test.
     seen_pids: Vec<u32>,
+    /// The power-loss file system under `data_dir`, when mounted.
+    lazyfs: Option<lazyfs::LazyFs>,
 }
 
 impl Suite {
@@ -203,6 +210,7 @@ impl Suite {
             child: None,
             test_hooks: opts.test_hooks,
             seen_pids: Vec::new(),
+            lazyfs: None,
         }
     }
 
@@ -214,6 +222,14 @@ impl Suite {
 
     /// Starts the supervisor and waits until all six tasks run.
     pub fn launch(&mut self) {
+        if let Err(e) = self.try_launch(Duration::from_secs(20)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the supervisor and waits until all tasks run, or says why not (the
+    /// supervisor exited, or the deadline passed) with the log's tail.
+    pub fn try_launch(&mut self, deadline: Duration) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -233,22 +249,141 @@ impl Suite {
             .expect("start smtpmta");
         self.child = Some(child);
         let pid = self.pid();
-        wait_for("all tasks running", Duration::from_secs(20), || {
+        let start = Instant::now();
+        loop {
             if !pid_alive(pid) {
-                return Err(format!("smtpmta exited; log:\n{}", self.log()));
+                if let Some(mut child) = self.child.take() {
+                    let _ = child.wait();
+                }
+                return Err(format!(
+                    "smtpmta exited while starting; log tail:\n{}",
+                    peers::tail(&self.log(), 30)
+                ));
             }
-            let tasks = self.tasks()?;
-            let running = tasks
-                .iter()
-                .filter(|t| t["parent"].is_null() && t["state"] == "running")
-                .count();
-            if running == 7 {
-                Ok(())
-            } else {
-                Err(format!("{running} of 7 running: {tasks:?}"))
+            let last = match self.tasks() {
+                Ok(tasks) => {
+                    let running = tasks
+                        .iter()
+                        .filter(|t| t["parent"].is_null() && t["state"] == "running")
+                        .count();
+                    if running == 7 {
+                        break;
+                    }
+                    format!("{running} of 7 running: {tasks:?}")
+                }
+                Err(e) => e,
+            };
+            if start.elapsed() > deadline {
+                return Err(format!(
+                    "timed out after {deadline:?} waiting for all tasks running; last seen: {last}"
+                ));
             }
-        });
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.remember_pids();
+        Ok(())
+    }
+
+    /// Mounts the power-loss file system at `data_dir` (before `launch`).
+    pub fn mount_lazyfs(&mut self) -> Result<(), String> {
+        self.lazyfs = Some(lazyfs::LazyFs::mount(&self.data_dir())?);
+        Ok(())
+    }
+
+    /// The power-loss file system, if mounted.
+    pub fn lazyfs(&self) -> Option<&lazyfs::LazyFs> {
+        self.lazyfs.as_ref()
+    }
+
+    /// The supervisor and every process descending from it (found through /proc parent
+    /// pids), plus any task seen earlier that is still alive (an orphan of a killed
+    /// supervisor).
+    fn process_tree(&self, root: u32) -> Vec<u32> {
+        let mut parents: Vec<(u32, u32)> = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                    if let Some(pp) = parent_pid(pid) {
+                        parents.push((pid, pp));
+                    }
+                }
+            }
+        }
+        let mut tree = vec![root];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for (pid, pp) in &parents {
+                if tree.contains(pp) && !tree.contains(pid) {
+                    tree.push(*pid);
+                    grew = true;
+                }
+            }
+        }
+        for pid in &self.seen_pids {
+            if !tree.contains(pid) && pid_alive(*pid) {
+                tree.push(*pid);
+            }
+        }
+        tree
+    }
+
+    /// kill -9 of the supervisor and every process of the suite, all in the same instant
+    /// (each is stopped first, so none can start another or write after its neighbours
+    /// died); returns once all are dead and the supervisor is reaped.
+    pub fn kill9_all(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let Some(root) = self.child.as_ref().map(|c| c.id()) else {
+            return;
+        };
+        // Freeze the whole tree (again until no new process shows up), then kill it.
+        let mut frozen: Vec<u32> = Vec::new();
+        loop {
+            let tree = self.process_tree(root);
+            let new: Vec<u32> = tree.into_iter().filter(|p| !frozen.contains(p)).collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGSTOP);
+                frozen.push(pid);
+            }
+        }
+        for pid in &frozen {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        wait_for(
+            "every process of the suite gone",
+            Duration::from_secs(15),
+            || {
+                let alive: Vec<u32> = frozen.iter().copied().filter(|p| pid_alive(*p)).collect();
+                if alive.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{alive:?}"))
+                }
+            },
+        );
+        for pid in frozen {
+            if !self.seen_pids.contains(&pid) {
+                self.seen_pids.push(pid);
+            }
+        }
+    }
+
+    /// Power loss: kill -9 of every process of the suite, then the file system under
+    /// `data_dir` drops everything not fsynced. Call `launch` to restart on what survived.
+    pub fn power_loss(&mut self) -> Result<lazyfs::PowerLoss, String> {
+        self.remember_pids();
+        self.kill9_all();
+        self.lazyfs
+            .as_mut()
+            .ok_or("power_loss needs mount_lazyfs first")?
+            .power_loss()
     }
 
     pub fn pid(&self) -> u32 {
@@ -402,6 +537,8 @@ impl Suite {
 impl Drop for Suite {
     fn drop(&mut self) {
         self.stop();
+        // Unmount before the temporary folder goes (nothing of the suite runs now).
+        drop(self.lazyfs.take());
         if std::thread::panicking() {
             eprintln!(
                 "---- smtpmta log ({}) ----\n{}",

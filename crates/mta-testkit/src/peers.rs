@@ -213,6 +213,19 @@ pub fn smtp_load(
     rcpts: &str,
     per_conn: usize,
 ) -> LoadResult {
+    smtp_load_patient(port, count, sessions, rcpts, per_conn, 100)
+}
+
+/// `smtp_load` with each client giving up after `tries` failed sessions (0.1 s apart when
+/// refused) instead of 100: enough to ride out restarts of the whole suite.
+pub fn smtp_load_patient(
+    port: u16,
+    count: usize,
+    sessions: usize,
+    rcpts: &str,
+    per_conn: usize,
+    tries: usize,
+) -> LoadResult {
     let out = Command::new("python3")
         .arg(support("smtp_load.py"))
         .args([
@@ -222,6 +235,7 @@ pub fn smtp_load(
             &sessions.to_string(),
             rcpts,
             &per_conn.to_string(),
+            &tries.to_string(),
         ])
         .output()
         .expect("python3");
