@@ -391,7 +391,7 @@ mod tests {
     use super::*;
     use mta_types::{ContentRef, Envelope, QueueName, Recipient};
 
-    fn record(loc: Location) -> MessageRecord {
+    pub(super) fn record(loc: Location) -> MessageRecord {
         MessageRecord {
             schema: 0,
             id: QueueId::generate(),
@@ -542,36 +542,14 @@ mod tests {
 #[cfg(test)]
 mod damage_tests {
     use super::*;
-    use mta_types::{ContentRef, Envelope, QueueName, Recipient};
+    use mta_types::{QueueName, Recipient};
 
+    /// The other tests' record, from a sender (its failures are reportable), to `to`.
     fn record(loc: Location, to: &str) -> MessageRecord {
-        MessageRecord {
-            schema: 0,
-            id: QueueId::generate(),
-            location: loc,
-            received_at: now_ms(),
-            size: 5,
-            envelope: Envelope {
-                mail_from: Some("s@example.org".parse().unwrap()),
-                ret: None,
-                envid: None,
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-            },
-            recipients: vec![Recipient::new(to.parse().unwrap())],
-            content: ContentRef {
-                segment: "s.seg".into(),
-                offset: 0,
-                len: 5,
-            },
-            fields: None,
-            trace: Default::default(),
-            not_before: 0,
-            note: None,
-        }
+        let mut r = super::tests::record(loc);
+        r.envelope.mail_from = Some("s@example.org".parse().unwrap());
+        r.recipients = vec![Recipient::new(to.parse().unwrap())];
+        r
     }
 
     /// An unreadable record goes to Dead with the reason; the rest of its queue flows.
@@ -587,14 +565,26 @@ mod damage_tests {
             .unwrap();
         store.engine().corrupt_for_test(bad.id);
         let got = store
-            .claim(Location::Queue(QueueName::MailBox), 10, Duration::from_secs(60), 1)
+            .claim(
+                Location::Queue(QueueName::MailBox),
+                10,
+                Duration::from_secs(60),
+                1,
+            )
             .unwrap();
         assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![good.id]);
-        let dead = store.engine().get(bad.id).unwrap().expect("a Dead placeholder");
+        let dead = store
+            .engine()
+            .get(bad.id)
+            .unwrap()
+            .expect("a Dead placeholder");
         assert_eq!(dead.location, Location::Dead);
         assert!(dead.note.unwrap().contains("unreadable"));
         assert_eq!(store.engine().count_in(Location::Dead), 1);
-        assert_eq!(store.engine().count_in(Location::Queue(QueueName::MailBox)), 1);
+        assert_eq!(
+            store.engine().count_in(Location::Queue(QueueName::MailBox)),
+            1
+        );
     }
 
     /// The per-destination summaries and counts follow every change, and bulk operations
@@ -615,30 +605,82 @@ mod damage_tests {
         }
         store.commit(changes).await.unwrap();
         let rows = store.destinations(None, 10).unwrap();
-        let summary: Vec<(String, u64)> = rows.iter().map(|r| (r.domain.clone(), r.messages)).collect();
-        assert_eq!(summary, vec![("a.test".into(), 800), ("b.test".into(), 400)]);
+        let summary: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.domain.clone(), r.messages))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![("a.test".into(), 800), ("b.test".into(), 400)]
+        );
         assert!(rows.iter().all(|r| r.next_due == later));
         // Nothing is due: a claim reads nothing.
         assert!(store
-            .claim(Location::Queue(QueueName::OutboundWork), 10, Duration::from_secs(60), 1)
+            .claim(
+                Location::Queue(QueueName::OutboundWork),
+                10,
+                Duration::from_secs(60),
+                1
+            )
             .unwrap()
             .is_empty());
         // Route one destination: exactly its messages become due.
         let routed = store.bulk(BulkOp::RouteNow, Some("B.test")).await.unwrap();
         assert_eq!(routed.changed, 400);
         let due = store
-            .claim(Location::Queue(QueueName::OutboundWork), 1000, Duration::from_secs(60), 1)
+            .claim(
+                Location::Queue(QueueName::OutboundWork),
+                1000,
+                Duration::from_secs(60),
+                1,
+            )
             .unwrap();
         assert_eq!(due.len(), 400);
         store.release_owner(1);
         // Hold, then release, the other.
-        assert_eq!(store.bulk(BulkOp::Hold, Some("a.test")).await.unwrap().changed, 800);
-        assert_eq!(store.engine().count_in(Location::Held { from: QueueName::MailBox }), 800);
-        assert_eq!(store.bulk(BulkOp::Release, Some("a.test")).await.unwrap().changed, 800);
-        assert_eq!(store.engine().count_in(Location::Queue(QueueName::OutboundWork)), 1200);
+        assert_eq!(
+            store
+                .bulk(BulkOp::Hold, Some("a.test"))
+                .await
+                .unwrap()
+                .changed,
+            800
+        );
+        assert_eq!(
+            store.engine().count_in(Location::Held {
+                from: QueueName::MailBox
+            }),
+            800
+        );
+        assert_eq!(
+            store
+                .bulk(BulkOp::Release, Some("a.test"))
+                .await
+                .unwrap()
+                .changed,
+            800
+        );
+        assert_eq!(
+            store
+                .engine()
+                .count_in(Location::Queue(QueueName::OutboundWork)),
+            1200
+        );
         // Delete one destination: its messages are gone, counts and summaries follow.
-        assert_eq!(store.bulk(BulkOp::Delete, Some("b.test")).await.unwrap().changed, 400);
-        assert_eq!(store.engine().count_in(Location::Queue(QueueName::OutboundWork)), 800);
+        assert_eq!(
+            store
+                .bulk(BulkOp::Delete, Some("b.test"))
+                .await
+                .unwrap()
+                .changed,
+            400
+        );
+        assert_eq!(
+            store
+                .engine()
+                .count_in(Location::Queue(QueueName::OutboundWork)),
+            800
+        );
         let rows = store.destinations(None, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].domain.as_str(), rows[0].messages), ("a.test", 800));
@@ -662,9 +704,17 @@ mod damage_tests {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        assert_eq!(store.engine().count_in(Location::Queue(QueueName::MailBox)), 1);
+        assert_eq!(
+            store.engine().count_in(Location::Queue(QueueName::MailBox)),
+            1
+        );
         let got = store
-            .claim(Location::Queue(QueueName::MailBox), 10, Duration::from_secs(60), 1)
+            .claim(
+                Location::Queue(QueueName::MailBox),
+                10,
+                Duration::from_secs(60),
+                1,
+            )
             .unwrap();
         assert_eq!(got.len(), 1);
     }
