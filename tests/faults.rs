@@ -510,3 +510,86 @@ fn a_panicking_actor_ends_its_task_which_the_supervisor_restarts_losing_nothing(
     );
     eprintln!("isesctl {before} panicked and was replaced by {after}; 40 accepted, 40 delivered");
 }
+
+/// A queued message whose spool content is gone (a lost or damaged segment) goes to Dead
+/// with the reason, once, instead of being retried forever or crashing a task; the rest of
+/// the queue flows.
+#[test]
+fn a_record_whose_content_is_missing_goes_to_dead_with_the_reason() {
+    let sink = Sink::start(&[]);
+    let mut suite = Suite::start(&SuiteOptions {
+        sections: vec![(
+            "outbound",
+            format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+        )],
+        ..Default::default()
+    });
+    let stopped = suite.mtacon(&["tell", "smtpmta", "stop", "outbound", "transport"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    let port = suite.smtp_port;
+    let send = |to: &str, id: &str| {
+        let (mut c, _) = RawSmtp::connect(port);
+        assert!(c.cmd("EHLO gone.test").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+        assert!(c.cmd(&format!("RCPT TO:<{to}>")).starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(format!("Subject: gone\r\nMessage-ID: <{id}>\r\n\r\nbody\r\n.\r\n").as_bytes());
+        let reply = c.read_reply();
+        assert!(reply.starts_with("250"), "{reply}");
+    };
+    send("rcpt@remote.test", "gone@test");
+    let deferred = |suite: &Suite| {
+        let out = suite.mtacon(&["--json", "show", "queue"]);
+        let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let n = q["queue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["queue"] == "outbound-work")
+            .and_then(|r| r["messages"].as_u64())
+            .unwrap_or(0);
+        (n, q)
+    };
+    wait_for(
+        "the message queued for transmission",
+        Duration::from_secs(30),
+        || match deferred(&suite) {
+            (1, _) => Ok(()),
+            (_, q) => Err(format!("{q}")),
+        },
+    );
+    // The spool content disappears while the suite is down (a damaged disk, a careless
+    // clean-up); the suite comes back on what is left.
+    suite.stop();
+    let spool = suite.data_dir().join("spool");
+    for seg in mta_testkit::files_with_suffix(&spool, ".seg") {
+        std::fs::remove_file(&seg).unwrap();
+    }
+    // The outbound transport runs again after the restart: osesctl meets the message.
+    suite.launch();
+    let dead = wait_for("the message in Dead", Duration::from_secs(30), || {
+        let (_, q) = deferred(&suite);
+        let parked: Vec<serde_json::Value> = q["parked"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["state"] == "Dead")
+            .cloned()
+            .collect();
+        match parked.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Err(format!("{q}")),
+        }
+    });
+    let note = dead["note"].as_str().unwrap_or_default();
+    assert!(note.starts_with("content missing: spool"), "{dead}");
+    assert_eq!(deferred(&suite).0, 0, "nothing left to retry");
+    // The queue goes on: a new local message is delivered.
+    send("alice@localhost", "after@test");
+    suite.wait_for_mail("alice", 1);
+    let pids_alive = pid_alive(suite.pid());
+    assert!(suite.log().contains("moved to Dead: content missing"));
+    assert_eq!(sink.count(), 0, "nothing was sent without its content");
+    suite.stop();
+    assert!(pids_alive);
+}

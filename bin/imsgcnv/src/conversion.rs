@@ -117,7 +117,19 @@ pub fn convert_batch(
     let mut changes = Vec::with_capacity(records.len());
     let mut to_mailbox = 0;
     for mut record in records {
-        let content = mta_spool::read(spool_dir, &record.content).map_err(|e| e.to_string());
+        let content = match mta_spool::read(spool_dir, &record.content) {
+            Err(e) if e.is_missing() => {
+                record.content_missing(&e);
+                tracing::error!(
+                    "qid={} moved to Dead: {}",
+                    record.id,
+                    record.note.as_deref().unwrap_or("")
+                );
+                changes.push(Change::Put(record));
+                continue;
+            }
+            other => other.map_err(|e| e.to_string()),
+        };
         let verdict = convert_record(
             &mut record,
             content.as_deref().map_err(Clone::clone),

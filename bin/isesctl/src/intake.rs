@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most messages made durable by one spool sync and one store commit.
 const MAX_BATCH: usize = 256;
+/// Batches whose store commit may be in flight while the next one is written to the spool.
+const COMMITS_IN_FLIGHT: usize = 2;
 
 /// The sessions' handle on the intake actor (cheap to clone).
 #[derive(Clone)]
@@ -68,6 +70,7 @@ impl Intake {
             store: ctx.store().clone(),
             imsgcnv: ctx.kicker(QueueName::InboundWork),
             closed: None,
+            committing: tokio::task::JoinSet::new(),
         };
         tokio::spawn(actor.run(rx));
         Ok(Intake { tx, sessions })
@@ -109,6 +112,8 @@ struct Actor {
     store: StoreClient,
     imsgcnv: Kicker,
     closed: Option<oneshot::Sender<()>>,
+    /// Batches written to the spool whose store commit is in flight.
+    committing: tokio::task::JoinSet<()>,
 }
 
 impl Actor {
@@ -123,7 +128,7 @@ impl Actor {
                 _ = tick.tick() => {
                     let counters = self.session_counters();
                     if !counters.is_empty() {
-                        if let Err(e) = self.store.commit(counters).await {
+                        if let Err(e) = self.store.commit_replayable(counters).await {
                             tracing::warn!(error = %e, "could not record the session counter");
                         }
                     }
@@ -144,9 +149,10 @@ impl Actor {
             }
         }
         // Closed and drained (or every session handle is gone).
+        while self.committing.join_next().await.is_some() {}
         let counters = self.session_counters();
         if !counters.is_empty() {
-            let _ = self.store.commit(counters).await;
+            let _ = self.store.commit(counters).await; // durable: the last counts before exit
         }
         if let Some(done) = self.closed.take() {
             let _ = done.send(());
@@ -206,21 +212,29 @@ impl Actor {
             })
             .collect();
         changes.extend(self.session_counters());
-        match self.store.commit(changes).await {
-            Ok(()) => {
-                for (job, _) in durable {
-                    log_queued(&job.record);
-                    let _ = job.reply.send(Reply::queued(job.record.id));
-                }
-                self.imsgcnv.kick();
-            }
-            Err(e) => {
-                for (job, _) in durable {
-                    tracing::warn!(qid = %job.record.id, error = %e, "store commit failed: message not accepted");
-                    let _ = job.reply.send(Reply::local_error());
-                }
-            }
+        // The store's flush of this batch overlaps the next batch's spool write: at most
+        // `COMMITS_IN_FLIGHT` batches wait for the store at once.
+        while self.committing.len() >= COMMITS_IN_FLIGHT {
+            let _ = self.committing.join_next().await;
         }
+        let (store, imsgcnv) = (self.store.clone(), self.imsgcnv.clone());
+        self.committing.spawn(async move {
+            match store.commit(changes).await {
+                Ok(()) => {
+                    for (job, _) in durable {
+                        log_queued(&job.record);
+                        let _ = job.reply.send(Reply::queued(job.record.id));
+                    }
+                    imsgcnv.kick();
+                }
+                Err(e) => {
+                    for (job, _) in durable {
+                        tracing::warn!(qid = %job.record.id, error = %e, "store commit failed: message not accepted");
+                        let _ = job.reply.send(Reply::local_error());
+                    }
+                }
+            }
+        });
     }
 }
 

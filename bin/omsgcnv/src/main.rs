@@ -106,6 +106,17 @@ fn convert_batch(
                 "5.6.0 content has a bare CR or LF; not relayed (SMTP smuggling risk)".to_string(),
             )),
             Ok(_) => None,
+            Err(e) if e.is_missing() => {
+                record.content_missing(&e);
+                tracing::error!(
+                    "qid={} moved to Dead: {}",
+                    record.id,
+                    record.note.as_deref().unwrap_or("")
+                );
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                changes.push(Change::Put(record));
+                continue;
+            }
             // Unreadable content is not retried forever: the spool is ours and fsynced, so
             // this is damage, and the sender should hear of it.
             Err(e) => Some(("4.3.0", format!("4.3.0 queued content unreadable: {e}"))),

@@ -223,6 +223,12 @@ async fn transfer(
     .await
     {
         Ok(Ok(c)) => c,
+        Ok(Err(e)) if e.is_missing() => {
+            let outcome = RcptOutcome::ContentMissing {
+                reason: e.to_string(),
+            };
+            return Ok(item.rcpts.iter().map(|i| (*i, outcome.clone())).collect());
+        }
         Ok(Err(e)) => {
             return Ok(defer_all(format!(
                 "4.3.0 cannot read the queued content: {e}"

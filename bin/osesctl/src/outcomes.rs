@@ -42,6 +42,8 @@ pub enum RcptOutcome {
     },
     /// Temporary failure: retried on the schedule.
     Deferred { host: String, reply: String },
+    /// The spooled content is gone: the whole message goes to Dead (no retry can help).
+    ContentMissing { reason: String },
 }
 
 pub enum Event {
@@ -163,7 +165,9 @@ pub async fn run_collector(
                     sessions,
                 )]));
             }
-            match store.commit(changes).await {
+            // Replayable: if a power loss undoes it, the messages are sent again (the
+            // remote may see a duplicate, nothing is lost).
+            match store.commit_replayable(changes).await {
                 Ok(()) => {
                     sessions = 0;
                     if reports {
@@ -198,6 +202,17 @@ pub fn apply(
 ) {
     let received_at = record.received_at;
     let id = record.id;
+    if let RcptOutcome::ContentMissing { reason } = &outcome {
+        if record.location != Location::Dead {
+            record.content_missing(reason);
+            tracing::error!(
+                "qid={} moved to Dead: {}",
+                record.id,
+                record.note.as_deref().unwrap_or("")
+            );
+        }
+        return;
+    }
     let Some(r) = record.recipients.get_mut(i) else {
         return;
     };
@@ -308,6 +323,7 @@ pub fn apply(
                 stats.deferred.fetch_add(1, Ordering::Relaxed);
             }
         }
+        RcptOutcome::ContentMissing { .. } => {} // handled above, for the whole record
     }
 }
 
@@ -316,6 +332,9 @@ pub fn apply(
 /// delay report (`[outbound] delay_warning` passed) goes to drt first, which sends the
 /// report once and puts it back in the Outbound Work Queue.
 pub fn finish(record: &mut MessageRecord, now: UnixMillis, delay_warning_ms: u64) {
+    if record.location == Location::Dead {
+        return; // its content is missing (`RcptOutcome::ContentMissing`)
+    }
     if record.all_final() {
         record.finish();
         match record.location {

@@ -89,6 +89,17 @@ fn deliver_one(
 
     if !plan.deliveries.is_empty() {
         let content = mta_spool::read(spool_dir, &record.content);
+        if let Err(e) = &content {
+            if e.is_missing() {
+                record.content_missing(e);
+                tracing::error!(
+                    "qid={} moved to Dead: {}",
+                    record.id,
+                    record.note.as_deref().unwrap_or("")
+                );
+                return Location::Dead;
+            }
+        }
         for delivery in &plan.deliveries {
             if log_level >= 30 {
                 tracing::info!(

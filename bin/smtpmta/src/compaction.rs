@@ -91,8 +91,15 @@ pub fn spool_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// One compaction pass (blocking: reads the store and the spool folder).
-pub fn compact(sup: &Supervisor) -> Result<Compacted, String> {
+/// One compaction pass (blocking: reads the store and the spool folder). `flushed` makes
+/// every change applied so far durable; it runs after the references are read and before
+/// anything is deleted, because a replayable commit that dropped a segment's last
+/// reference is only in memory until then: a power loss would bring the reference back,
+/// pointing at a deleted segment.
+pub fn compact(
+    sup: &Supervisor,
+    flushed: impl FnOnce() -> Result<(), String>,
+) -> Result<Compacted, String> {
     let dir = sup.config.spool_dir();
     // List first: a segment created after the listing is not looked at.
     let segments = mta_spool::list_segments(&dir).map_err(|e| e.to_string())?;
@@ -101,6 +108,7 @@ pub fn compact(sup: &Supervisor) -> Result<Compacted, String> {
         .engine()
         .referenced_segments()
         .map_err(|e| e.to_string())?;
+    flushed()?;
     let doomed = reclaimable(
         &segments,
         &|name| referenced.contains(name),
@@ -132,9 +140,13 @@ pub fn compact(sup: &Supervisor) -> Result<Compacted, String> {
 }
 
 pub async fn compact_now(sup: Arc<Supervisor>) -> Result<Compacted, String> {
-    tokio::task::spawn_blocking(move || compact(&sup))
-        .await
-        .map_err(|e| e.to_string())?
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let store = sup.store.clone();
+        compact(&sup, || runtime.block_on(store.flush()))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The schedule: a pass every `INTERVAL` while the supervisor runs.

@@ -60,7 +60,9 @@ async fn tell_supervisor(sup: &Supervisor, command: TellCommand) -> ConsoleReply
         }
         TellCommand::Refresh => refresh(sup).await,
         TellCommand::Compact => {
-            match tokio::task::block_in_place(|| crate::compaction::compact(sup)) {
+            let runtime = tokio::runtime::Handle::current();
+            let flushed = || runtime.block_on(sup.store.flush());
+            match tokio::task::block_in_place(|| crate::compaction::compact(sup, flushed)) {
                 Ok(c) => ConsoleReply::Text(format!(
                     "queue compacted: {} spool segment(s) removed ({} bytes freed), {} kept ({} bytes)",
                     c.removed, c.freed, c.kept, c.spool_bytes

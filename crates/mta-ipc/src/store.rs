@@ -22,10 +22,20 @@ pub enum StoreRequest {
         max: u32,
         lease_ms: u64,
     },
-    /// Apply every change in one atomic transaction and make it durable before replying.
-    /// Releases the leases of the records changed.
+    /// Apply every change in one atomic transaction; with `Durability::Durable` the reply
+    /// comes once it is on stable storage. Releases the leases of the records changed.
     Commit {
         changes: Vec<Change>,
+        durability: Durability,
+    },
+    /// `Commit`, then `Claim` in the same round trip: a queue consumer hands back one batch
+    /// and takes the next. The claim happens only if the commit succeeded.
+    CommitClaim {
+        changes: Vec<Change>,
+        durability: Durability,
+        queue: QueueName,
+        max: u32,
+        lease_ms: u64,
     },
     /// Give leased messages back unchanged.
     Release {
@@ -49,6 +59,21 @@ pub enum StoreRequest {
     },
     /// Counts per location.
     Counts,
+}
+
+/// When a commit's reply may go out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Durability {
+    /// After the changes are on stable storage (fdatasync'ed): for a hand-off that lets
+    /// someone forget the message — the 250 to an SMTP client, an operator's command.
+    Durable,
+    /// As soon as the changes are applied; they reach stable storage with the next durable
+    /// commit or within the store's flush interval. For a stage that moves a message along
+    /// the pipeline: if a power loss takes the change away, the record is back where it
+    /// was, and the stage does its work again (a duplicate at worst, never a loss). Work
+    /// whose result lives outside the record (a Maildir file, spooled content) must be
+    /// durable itself before it is committed this way.
+    Replayable,
 }
 
 /// What `Bulk` does to each message of the destination.
@@ -192,18 +217,64 @@ impl StoreClient {
         }
     }
 
+    /// Commits and waits until the changes are durable.
     pub async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        match self.request(StoreRequest::Commit { changes }).await? {
+        self.commit_with(changes, Durability::Durable).await
+    }
+
+    /// Commits without waiting for the disk (see `Durability::Replayable`).
+    pub async fn commit_replayable(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        self.commit_with(changes, Durability::Replayable).await
+    }
+
+    pub async fn commit_with(
+        &self,
+        changes: Vec<Change>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        match self
+            .request(StoreRequest::Commit {
+                changes,
+                durability,
+            })
+            .await?
+        {
             StoreResponse::Done => Ok(()),
             other => Err(StoreError::Unexpected(format!("{other:?}"))),
         }
     }
 
-    /// Adds to statistics counters (durable when this returns), e.g.
-    /// `add_counters(&[("Mail.Inbound.Sessions", 1)])`.
+    /// Commits one batch and claims the next from `queue` in one round trip. An error
+    /// means nothing is known to be committed (the caller releases and retries).
+    pub async fn commit_and_claim(
+        &self,
+        changes: Vec<Change>,
+        durability: Durability,
+        queue: QueueName,
+        max: u32,
+        lease: Duration,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        match self
+            .request(StoreRequest::CommitClaim {
+                changes,
+                durability,
+                queue,
+                max,
+                lease_ms: lease.as_millis() as u64,
+            })
+            .await?
+        {
+            StoreResponse::Claimed(records) => Ok(records),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Adds to statistics counters (durable with the next flush; a power loss may lose
+    /// the last second of counts), e.g. `add_counters(&[("Mail.Inbound.Sessions", 1)])`.
     pub async fn add_counters(&self, counters: &[(&str, u64)]) -> Result<(), StoreError> {
         let counters = counters.iter().map(|(n, v)| (n.to_string(), *v)).collect();
-        self.commit(vec![Change::AddCounters(counters)]).await
+        self.commit_replayable(vec![Change::AddCounters(counters)])
+            .await
     }
 
     pub async fn release(&self, ids: Vec<QueueId>) -> Result<(), StoreError> {

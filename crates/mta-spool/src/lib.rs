@@ -40,6 +40,15 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// The content is not there (its segment is gone, shorter than the record says, or
+    /// the name is not ours): damage that no retry mends, unlike a transient I/O error.
+    pub fn is_missing(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            SpoolError::ShortRead { .. } | SpoolError::BadName(_) => true,
+        }
+    }
+
     /// The disk is full (or over quota): the caller answers 452 4.3.1, not a crash.
     pub fn is_disk_full(&self) -> bool {
         const ENOSPC: i32 = 28;

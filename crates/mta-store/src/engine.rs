@@ -74,6 +74,52 @@ pub struct Engine {
     db: sled::Db,
     tree: sled::Tree,
     files: Arc<Mutex<StoreFiles>>,
+    /// Held by whoever applies a batch (the committer; `rebuild` and `quarantine`): the
+    /// read-add-write of counters needs one writer at a time. It also keeps the values of
+    /// the counters, counts and summaries last written, so a batch updates them without
+    /// reading them back from sled first.
+    writer: Mutex<WriterCache>,
+}
+
+/// The last written value of each small derived key (counter, count, segment reference,
+/// destination summary) — exactly what sled holds, as every write of them goes through
+/// the writer lock. Summaries are dropped when there are too many (a backlog to many
+/// domains): they are read from sled again.
+#[derive(Default)]
+struct WriterCache {
+    numbers: HashMap<Vec<u8>, u64>,
+    summaries: HashMap<Vec<u8>, DestSummary>,
+}
+
+/// Most destination summaries the writer cache keeps.
+const CACHED_SUMMARIES: usize = 10_000;
+
+impl WriterCache {
+    fn number(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+        if let Some(v) = self.numbers.get(key) {
+            return Ok(*v);
+        }
+        let v = tree.get(key)?.map(|v| keys::u64_value(&v)).unwrap_or(0);
+        self.numbers.insert(key.to_vec(), v);
+        Ok(v)
+    }
+
+    fn summary(&mut self, tree: &sled::Tree, key: &[u8]) -> Result<DestSummary, StoreError> {
+        if let Some(v) = self.summaries.get(key) {
+            return Ok(v.clone());
+        }
+        Ok(tree
+            .get(key)?
+            .and_then(|v| postcard::from_bytes(&v).ok())
+            .unwrap_or_default())
+    }
+
+    fn set_summary(&mut self, key: &[u8], summary: DestSummary) {
+        if self.summaries.len() >= CACHED_SUMMARIES {
+            self.summaries.clear();
+        }
+        self.summaries.insert(key.to_vec(), summary);
+    }
 }
 
 /// Counter and index changes accumulated over one batch, applied at its end.
@@ -147,6 +193,7 @@ impl Engine {
             db,
             tree,
             files: Arc::new(Mutex::new(files)),
+            writer: Mutex::new(WriterCache::default()),
         };
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
         if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
@@ -249,15 +296,19 @@ impl Engine {
         let mut batch = sled::Batch::default();
         batch.insert(&keys::damaged(id)[..], raw);
         batch.remove(due_key);
-        // The location is known from the key it was met under; its destinations are not
-        // (their summaries keep counting it until the next rebuild).
-        if let Some(loc) = due_key.get(1) {
-            let key = keys::loc_count(*loc);
-            let count = self.u64_at(&key)?.saturating_sub(1);
-            batch.insert(&key[..], &count.to_be_bytes()[..]);
+        {
+            let mut writer = self.writer.lock().expect("store writer");
+            // The location is known from the key it was met under; its destinations are
+            // not (their summaries keep counting it until the next rebuild).
+            if let Some(loc) = due_key.get(1) {
+                let key = keys::loc_count(*loc);
+                let count = writer.number(&self.tree, &key)?.saturating_sub(1);
+                batch.insert(&key[..], &count.to_be_bytes()[..]);
+                writer.numbers.insert(key.to_vec(), count);
+            }
+            batch.remove(&keys::record(id)[..]);
+            self.tree.apply_batch(batch)?;
         }
-        batch.remove(&keys::record(id)[..]);
-        self.tree.apply_batch(batch)?;
         let placeholder = MessageRecord {
             schema: RECORD_SCHEMA,
             id,
@@ -299,6 +350,8 @@ impl Engine {
     }
 
     fn apply_inner(&self, changes: Vec<Change>, fresh: bool) -> Result<Vec<QueueId>, StoreError> {
+        let mut writer = self.writer.lock().expect("store writer");
+        let writer = &mut *writer;
         let mut batch = sled::Batch::default();
         let mut touched = Vec::with_capacity(changes.len());
         let mut deltas = Deltas::default();
@@ -351,48 +404,60 @@ impl Engine {
             }
             touched.push(id);
         }
-        // Only one thread applies batches at a time (the committer, or `rebuild` before
-        // it starts): read-add-write is safe.
+        // Only the holder of the writer lock applies batches: read-add-write is safe. The
+        // new values go to the cache only once the batch is applied.
+        let mut numbers: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut summaries: Vec<(Vec<u8>, DestSummary)> = Vec::new();
         for (name, by) in &deltas.0 {
-            let value = self.counter(name)?.saturating_add(*by);
-            batch.insert(keys::counter(name), &value.to_be_bytes()[..]);
+            let key = keys::counter(name);
+            let value = writer.number(&self.tree, &key)?.saturating_add(*by);
+            batch.insert(&key[..], &value.to_be_bytes()[..]);
+            numbers.push((key, value));
         }
         for (loc, by) in index.locations {
             if by != 0 {
-                let key = keys::loc_count(loc);
-                let value = self.u64_at(&key)?.saturating_add_signed(by);
+                let key = keys::loc_count(loc).to_vec();
+                let value = writer.number(&self.tree, &key)?.saturating_add_signed(by);
                 batch.insert(&key[..], &value.to_be_bytes()[..]);
+                numbers.push((key, value));
             }
         }
         for (key, (by, note)) in index.destinations {
-            let mut summary: DestSummary = self
-                .tree
-                .get(&key)?
-                .and_then(|v| postcard::from_bytes(&v).ok())
-                .unwrap_or_default();
+            let mut summary = writer.summary(&self.tree, &key)?;
             summary.messages = summary.messages.saturating_add_signed(by);
             if let Some(n) = note {
                 summary.last_error = n;
             }
             if summary.messages == 0 {
-                batch.remove(key);
+                batch.remove(&key[..]);
             } else {
                 let value = postcard::to_allocvec(&summary).expect("encode a summary");
-                batch.insert(key, value);
+                batch.insert(&key[..], value);
             }
+            summaries.push((key, summary));
         }
         for (segment, by) in index.segments {
             if by != 0 {
                 let key = keys::segment_refs(&segment);
-                let value = self.u64_at(&key)?.saturating_add_signed(by);
+                let value = writer.number(&self.tree, &key)?.saturating_add_signed(by);
                 if value == 0 {
-                    batch.remove(key);
+                    batch.remove(&key[..]);
+                    writer.numbers.remove(&key);
                 } else {
-                    batch.insert(key, &value.to_be_bytes()[..]);
+                    batch.insert(&key[..], &value.to_be_bytes()[..]);
+                    numbers.push((key, value));
                 }
             }
         }
-        self.tree.apply_batch(batch)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // What sled holds now is not known for sure: read it again next time.
+            *writer = WriterCache::default();
+            return Err(e.into());
+        }
+        writer.numbers.extend(numbers);
+        summaries
+            .into_iter()
+            .for_each(|(k, v)| writer.set_summary(&k, v));
         Ok(touched)
     }
 
@@ -423,13 +488,11 @@ impl Engine {
     }
 
     /// Makes everything applied so far durable: sled's flush, then the real syncs
-    /// (`durability.rs`). One call covers any number of batches (group commit).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.lock().expect("store files").sync())
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    /// (`durability.rs`). One call covers any number of batches (group commit). Blocks:
+    /// the store's committer thread calls it.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.files.lock().expect("store files").sync()?;
         Ok(())
     }
 

@@ -2,13 +2,16 @@
 
 use crate::engine::{Engine, StoreError};
 use crate::leases::Leases;
-use mta_ipc::store::{BulkOp, BulkResult, Change, DestinationRow, StoreRequest, StoreResponse};
+use mta_ipc::store::{
+    BulkOp, BulkResult, Change, DestinationRow, Durability, StoreRequest, StoreResponse,
+};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::path::Path;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Most commit requests folded into one flush.
 const GROUP_LIMIT: usize = 1024;
@@ -19,8 +22,16 @@ const PAGE_LIMIT: u32 = 1000;
 /// Records rewritten per commit by a bulk operation (bounded memory, and tasks' commits
 /// interleave with it).
 const BULK_CHUNK: usize = 500;
+/// Replayable changes reach stable storage at the latest this long after they were applied
+/// (when no durable commit took them along earlier), so a power loss replays at most
+/// about this much of the pipeline's work.
+const REPLAYABLE_FLUSH: Duration = Duration::from_millis(500);
 
-type CommitJob = (Vec<Change>, oneshot::Sender<Result<(), String>>);
+struct CommitJob {
+    changes: Vec<Change>,
+    durability: Durability,
+    reply: oneshot::Sender<Result<(), String>>,
+}
 
 /// Why a console operation on one record did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +52,7 @@ pub struct StoreService {
     inner: Arc<Inner>,
     /// Held only by the service handles (not by the committer), so the committer ends —
     /// and the database closes — when the last handle is dropped.
-    commits: mpsc::UnboundedSender<CommitJob>,
+    commits: mpsc::Sender<CommitJob>,
 }
 
 struct Inner {
@@ -50,16 +61,20 @@ struct Inner {
 }
 
 impl StoreService {
-    /// Opens the database and starts the committer on the current tokio runtime.
+    /// Opens the database and starts the committer thread.
     /// `data_dir`: the highest directory whose entries are synced when the store opens.
     pub fn open(dir: &Path, data_dir: Option<&Path>) -> Result<StoreService, StoreError> {
         let engine = Engine::open(dir, data_dir)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             engine,
             leases: Mutex::new(Leases::default()),
         });
-        tokio::spawn(committer(inner.clone(), rx));
+        let committer_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || committer(committer_inner, rx))
+            .map_err(StoreError::Sync)?;
         Ok(StoreService { inner, commits: tx })
     }
 
@@ -110,11 +125,30 @@ impl StoreService {
 
     /// Applies changes and waits until they are durable.
     pub async fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
+        self.commit_with(changes, Durability::Durable).await
+    }
+
+    /// Applies changes; waits for the disk only if `durability` says so.
+    pub async fn commit_with(
+        &self,
+        changes: Vec<Change>,
+        durability: Durability,
+    ) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
         self.commits
-            .send((changes, tx))
+            .send(CommitJob {
+                changes,
+                durability,
+                reply,
+            })
             .map_err(|_| "store is shutting down".to_string())?;
         rx.await.map_err(|_| "store is shutting down".to_string())?
+    }
+
+    /// Makes everything committed so far durable (an empty durable commit: it rides the
+    /// next group flush).
+    pub async fn flush(&self) -> Result<(), String> {
+        self.commit(Vec::new()).await
     }
 
     pub async fn handle(&self, owner_pid: u32, request: StoreRequest) -> StoreResponse {
@@ -133,9 +167,31 @@ impl StoreService {
                 )
                 .map(StoreResponse::Claimed)
                 .map_err(|e| e.to_string()),
-            StoreRequest::Commit { changes } => {
-                self.commit(changes).await.map(|_| StoreResponse::Done)
-            }
+            StoreRequest::Commit {
+                changes,
+                durability,
+            } => self
+                .commit_with(changes, durability)
+                .await
+                .map(|_| StoreResponse::Done),
+            StoreRequest::CommitClaim {
+                changes,
+                durability,
+                queue,
+                max,
+                lease_ms,
+            } => match self.commit_with(changes, durability).await {
+                Ok(()) => self
+                    .claim(
+                        Location::Queue(queue),
+                        max.min(CLAIM_LIMIT),
+                        Duration::from_millis(lease_ms),
+                        owner_pid,
+                    )
+                    .map(StoreResponse::Claimed)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            },
             StoreRequest::Release { ids } => {
                 let mut leases = self.inner.leases.lock().expect("lease lock");
                 ids.iter().for_each(|id| leases.end(id));
@@ -346,10 +402,35 @@ impl StoreService {
     }
 }
 
-/// Group commit: take every commit waiting, apply each as its own atomic batch, flush
-/// once, then answer them all and end their leases.
-async fn committer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CommitJob>) {
-    while let Some(first) = rx.recv().await {
+/// Group commit, on its own thread: take every commit waiting and apply each as its own
+/// atomic batch. Replayable commits are answered (and their leases ended) right away;
+/// if any durable commit is in the group, flush once — sled's flush plus the real syncs —
+/// then answer those. Replayable changes not yet flushed are flushed within
+/// `REPLAYABLE_FLUSH` when nothing durable comes to take them along.
+fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
+    // When replayable changes were first applied since the last flush.
+    let mut unflushed_since: Option<Instant> = None;
+    loop {
+        let first = match unflushed_since {
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            Some(since) => {
+                let wait = REPLAYABLE_FLUSH.saturating_sub(since.elapsed());
+                match rx.recv_timeout(wait) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = inner.engine.flush() {
+                            tracing::error!(error = %e, "store flush failed");
+                        }
+                        unflushed_since = None;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
         let mut jobs = vec![first];
         while jobs.len() < GROUP_LIMIT {
             match rx.try_recv() {
@@ -357,22 +438,36 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CommitJob>
                 Err(_) => break,
             }
         }
-        let mut results: Vec<(
+        let mut waiting: Vec<(
             Result<Vec<QueueId>, String>,
             oneshot::Sender<Result<(), String>>,
-        )> = Vec::with_capacity(jobs.len());
-        for (changes, reply) in jobs {
-            results.push((
-                inner.engine.apply(&changes).map_err(|e| e.to_string()),
-                reply,
-            ));
+        )> = Vec::new();
+        for job in jobs {
+            let applied = inner.engine.apply(&job.changes).map_err(|e| e.to_string());
+            match job.durability {
+                Durability::Durable => waiting.push((applied, job.reply)),
+                Durability::Replayable => {
+                    if let Ok(ids) = &applied {
+                        let mut leases = inner.leases.lock().expect("lease lock");
+                        ids.iter().for_each(|id| leases.end(id));
+                        unflushed_since.get_or_insert_with(Instant::now);
+                    }
+                    let _ = job.reply.send(applied.map(|_| ()));
+                }
+            }
         }
-        let flushed = inner.engine.flush().await.map_err(|e| e.to_string());
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "store flush failed; commits in this group are refused");
+        if waiting.is_empty() {
+            continue;
+        }
+        let flushed = inner.engine.flush().map_err(|e| e.to_string());
+        match &flushed {
+            Ok(()) => unflushed_since = None,
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed; commits in this group are refused")
+            }
         }
         let mut leases = inner.leases.lock().expect("lease lock");
-        for (applied, reply) in results {
+        for (applied, reply) in waiting {
             let outcome = match (&flushed, applied) {
                 (Ok(()), Ok(ids)) => {
                     ids.iter().for_each(|id| leases.end(id));
@@ -382,6 +477,13 @@ async fn committer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<CommitJob>
                 (_, Err(e)) => Err(e),
             };
             let _ = reply.send(outcome);
+        }
+    }
+    // The last handle is gone: whatever was applied is made durable before the database
+    // closes.
+    if unflushed_since.is_some() {
+        if let Err(e) = inner.engine.flush() {
+            tracing::error!(error = %e, "store flush at close failed");
         }
     }
 }

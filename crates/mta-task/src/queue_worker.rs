@@ -5,7 +5,7 @@
 //! expire): at-least-once, never lost.
 
 use crate::TaskContext;
-use mta_ipc::store::Change;
+use mta_ipc::store::{Change, Durability};
 use mta_types::{MessageRecord, QueueName};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,40 +37,50 @@ pub trait QueueWorker: Send + Sync + 'static {
 }
 
 /// Drains `W::QUEUE` until shutdown; `busy` is true while a batch is being worked (for
-/// `show tasks`).
+/// `show tasks`). Each batch's commit claims the next batch in the same round trip, so a
+/// busy queue costs one store round trip per batch.
 pub async fn drain<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) {
     while ctx.next_work(POLL).await {
-        while !ctx.shutting_down() && one_batch(worker, ctx, busy).await == W::BATCH as usize {}
+        let mut records = match ctx.store().claim(W::QUEUE, W::BATCH, LEASE).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot claim from {}: {e}", W::QUEUE);
+                continue;
+            }
+        };
+        while !records.is_empty() && !ctx.shutting_down() {
+            records = one_batch(worker, ctx, busy, records).await;
+        }
     }
 }
 
-/// Claims, works and commits one batch; returns how many messages it claimed.
-async fn one_batch<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) -> usize {
-    let records = match ctx.store().claim(W::QUEUE, W::BATCH, LEASE).await {
-        Ok(r) if r.is_empty() => return 0,
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("cannot claim from {}: {e}", W::QUEUE);
-            return 0;
-        }
-    };
+/// Works and commits one claimed batch; returns the next batch (empty when the queue has
+/// nothing due, or after a failure).
+async fn one_batch<W: QueueWorker>(
+    worker: &W,
+    ctx: &TaskContext,
+    busy: &AtomicBool,
+    records: Vec<MessageRecord>,
+) -> Vec<MessageRecord> {
     let claimed = records.len();
     let ids: Vec<_> = records.iter().map(|r| r.id).collect();
     busy.store(true, Ordering::Relaxed);
     let outcome = match worker.work(ctx, records).await {
+        // A stage's move is replayable: if a power loss undoes it, the record is back in
+        // this queue and the work is done again (W::work makes its own output durable).
         Ok((changes, done)) => ctx
             .store()
-            .commit(changes)
+            .commit_and_claim(changes, Durability::Replayable, W::QUEUE, W::BATCH, LEASE)
             .await
-            .map(|()| done)
+            .map(|next| (next, done))
             .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     busy.store(false, Ordering::Relaxed);
     match outcome {
-        Ok(done) => {
+        Ok((next, done)) => {
             worker.committed(ctx, done);
-            claimed
+            next
         }
         Err(e) => {
             tracing::warn!(
@@ -78,7 +88,7 @@ async fn one_batch<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicB
                 W::QUEUE
             );
             let _ = ctx.store().release(ids).await;
-            0
+            Vec::new()
         }
     }
 }

@@ -261,6 +261,14 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
+    /// The spooled content is gone (a damaged or lost spool segment): nothing can be
+    /// delivered, relayed or quoted any more, so the message waits in Dead with the reason
+    /// for the operator instead of being retried forever.
+    pub fn content_missing(&mut self, reason: impl std::fmt::Display) {
+        self.location = Location::Dead;
+        self.note = Some(format!("content missing: {reason}"));
+    }
+
     pub fn all_final(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())
     }
