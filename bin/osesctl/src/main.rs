@@ -198,12 +198,7 @@ impl Task for Osesctl {
             TellCommand::Other(words)
                 if words.len() == 2 && words[0].eq_ignore_ascii_case("route") =>
             {
-                let domain: Domain = words[1]
-                    .parse()
-                    .map_err(|e| format!("route: bad domain {}: {e}", words[1]))?;
-                let n = self.route_now(ctx, &domain).await?;
-                self.wake.notify_one();
-                Ok(format!("route {domain}: {n} messages scheduled for delivery now"))
+                self.route(ctx, &words[1]).await
             }
             other => Err(format!(
                 "{} does not know the command {other:?} (try stop/start outbound transport, route <domain>)",
@@ -303,22 +298,53 @@ impl Osesctl {
     }
 
     /// `route <domain>`: that destination's pending recipients lose their retry time, so
-    /// the next claim takes them. The store walks the destination index in bounded
-    /// chunks; with a relay host, `route <relay host>` routes everything queued.
-    async fn route_now(&self, ctx: &TaskContext, domain: &Domain) -> Result<usize, String> {
+    /// the next claim takes them; `route <relay host>` (as `relay_host` says it, port and
+    /// all) routes everything queued. The store walks the destination index in bounded
+    /// chunks, on a store connection of its own so that claims and commits go on
+    /// meanwhile and the first routed messages leave while the walk continues. The reply
+    /// waits `ROUTE_REPLY_WAIT` at most; a longer walk finishes in the background (a
+    /// million messages take a while) and logs its count.
+    async fn route(&self, ctx: &TaskContext, target: &str) -> Result<String, String> {
+        const ROUTE_REPLY_WAIT: Duration = Duration::from_secs(3);
         let relay = self.env.next_hop.relay_host();
-        let everything = relay
-            .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(domain.as_str()));
-        let result = ctx
-            .store()
-            .bulk(
-                BulkOp::RouteNow,
-                (!everything).then(|| domain.as_str().to_string()),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(result.changed as usize)
+        let everything = relay.as_deref().is_some_and(|h| {
+            h.eq_ignore_ascii_case(target)
+                || h.rsplit_once(':')
+                    .is_some_and(|(host, _)| host.eq_ignore_ascii_case(target))
+        });
+        let domain = if everything {
+            None
+        } else {
+            let d: Domain = target
+                .parse()
+                .map_err(|e| format!("route: bad domain {target}: {e}"))?;
+            Some(d.as_str().to_string())
+        };
+        let store = mta_ipc::StoreClient::new(&ctx.config().run_dir(), Self::NAME);
+        let wake = self.wake.clone();
+        let label = target.to_string();
+        let walk = tokio::spawn(async move {
+            let result = store.bulk(BulkOp::RouteNow, domain).await;
+            wake.notify_one();
+            match &result {
+                Ok(r) => tracing::info!("route {label}: {} messages scheduled for delivery now", r.changed),
+                Err(e) => tracing::warn!("route {label}: {e}"),
+            }
+            result
+        });
+        // Routed chunks are claimable as soon as they are committed.
+        self.wake.notify_one();
+        match tokio::time::timeout(ROUTE_REPLY_WAIT, walk).await {
+            Ok(Ok(Ok(r))) => Ok(format!(
+                "route {target}: {} messages scheduled for delivery now",
+                r.changed
+            )),
+            Ok(Ok(Err(e))) => Err(format!("route {target}: {e}")),
+            Ok(Err(e)) => Err(format!("route {target}: {e}")),
+            Err(_) => Ok(format!(
+                "route {target}: scheduling for delivery now; a large queue, it goes on in the background (the log gives the count) while the first messages leave"
+            )),
+        }
     }
 }
 

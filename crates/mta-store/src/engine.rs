@@ -536,6 +536,61 @@ impl Engine {
             .map(|(due, _)| due))
     }
 
+    /// Messages of (`loc`, `domain`) with a pending recipient there, from its summary.
+    pub fn destination_count(&self, loc: Location, domain: &str) -> Result<u64, StoreError> {
+        let Some(b) = keys::location_byte(loc) else {
+            return Ok(0);
+        };
+        Ok(self
+            .tree
+            .get(keys::dest_summary(b, domain))?
+            .and_then(|v| postcard::from_bytes::<DestSummary>(&v).ok())
+            .map(|s| s.messages)
+            .unwrap_or(0))
+    }
+
+    /// Index keys of `loc` after `after`: the destination index of `domain`, or the due
+    /// index (every message) when None; at most `limit`, with the ids.
+    pub fn index_after(
+        &self,
+        loc: Location,
+        domain: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, QueueId)>, StoreError> {
+        let Some(b) = keys::location_byte(loc) else {
+            return Ok(Vec::new());
+        };
+        let prefix = match domain {
+            Some(d) => keys::dest_prefix(b, d),
+            None => vec![keys::DUE, b],
+        };
+        let mut end = prefix.clone();
+        *end.last_mut().expect("non-empty prefix") += 1;
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(a.to_vec()),
+            None => std::ops::Bound::Included(prefix),
+        };
+        let mut out = Vec::new();
+        for k in self
+            .tree
+            .range((start, std::ops::Bound::Excluded(end)))
+            .keys()
+            .take(limit)
+        {
+            let k = k?;
+            let id = if domain.is_some() {
+                keys::id_of_dest_key(&k)
+            } else {
+                keys::id_of_due_key(&k)
+            };
+            if let Some((_, id)) = id {
+                out.push((k.to_vec(), id));
+            }
+        }
+        Ok(out)
+    }
+
     /// Messages in a location, from the count kept with every change.
     pub fn count_in(&self, loc: Location) -> u64 {
         keys::location_byte(loc)

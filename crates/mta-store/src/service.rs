@@ -58,7 +58,28 @@ pub struct StoreService {
 struct Inner {
     engine: Engine,
     leases: Mutex<Leases>,
+    /// Routed destinations of the Outbound Work Queue (lock after `leases`).
+    routed: Mutex<Vec<Routed>>,
 }
+
+/// `route <domain>` (or everything, `domain` None): its pending messages are due now,
+/// whatever their retry times. Nothing is rewritten: claims walk the destination's index
+/// behind the due head and hand its messages out as due (the copy handed out has the
+/// domain's retry times cleared); the task's commit of the outcome writes the record.
+/// So a route costs nothing per message up front, and a million-message destination
+/// drains at claim speed. Kept in memory only: after a restart the retry schedule holds
+/// again (a route is a nudge, as in Domino).
+struct Routed {
+    domain: Option<String>,
+    /// When it was routed: a recipient attempted since is not taken again.
+    since: u64,
+    /// The last index key walked.
+    cursor: Option<Vec<u8>>,
+}
+
+/// Most index keys one claim walks in routed destinations (a claim stays bounded however
+/// many of them it must skip).
+const ROUTED_WALK: usize = 4 * CLAIM_LIMIT as usize;
 
 impl StoreService {
     /// Opens the database and starts the committer thread.
@@ -69,6 +90,7 @@ impl StoreService {
         let inner = Arc::new(Inner {
             engine,
             leases: Mutex::new(Leases::default()),
+            routed: Mutex::new(Vec::new()),
         });
         let committer_inner = inner.clone();
         std::thread::Builder::new()
@@ -247,21 +269,86 @@ impl StoreService {
                 }
             }
         }
+        if (out.len() as u32) < max && loc == Location::Queue(QueueName::OutboundWork) {
+            let mut leases = self.inner.leases.lock().expect("lease lock");
+            let mut routed = self.inner.routed.lock().expect("routed lock");
+            let mut walked = 0;
+            routed.retain_mut(|r| {
+                if out.len() as u32 >= max || walked >= ROUTED_WALK {
+                    return true;
+                }
+                let keys = match engine.index_after(
+                    loc,
+                    r.domain.as_deref(),
+                    r.cursor.as_deref(),
+                    (ROUTED_WALK - walked).min((max as usize - out.len()) + 64),
+                ) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!("route: {e}");
+                        return true;
+                    }
+                };
+                if keys.is_empty() {
+                    return false; // walked to the end: this route is done
+                }
+                for (key, id) in keys {
+                    if out.len() as u32 >= max {
+                        break;
+                    }
+                    walked += 1;
+                    r.cursor = Some(key);
+                    if leases.is_leased(&id, now) {
+                        continue;
+                    }
+                    if let Ok(Some(mut record)) = engine.get(id) {
+                        if record.location == loc && route_now(&mut record, r, now_ms()) {
+                            leases.grant(id, owner_pid, lease, now);
+                            out.push(record);
+                        }
+                    }
+                }
+                true
+            });
+        }
         for (id, key, reason) in damaged {
             engine.quarantine(id, &key, &reason)?;
         }
         Ok(out)
     }
 
+    /// Routes a destination of the Outbound Work Queue (every destination when None):
+    /// returns how many messages it has.
+    fn route(&self, domain: Option<&str>) -> Result<u64, StoreError> {
+        let loc = Location::Queue(QueueName::OutboundWork);
+        let count = match domain {
+            Some(d) => self.inner.engine.destination_count(loc, d)?,
+            None => self.inner.engine.count_in(loc),
+        };
+        let mut routed = self.inner.routed.lock().expect("routed lock");
+        routed.retain(|r| r.domain.as_deref() != domain);
+        routed.push(Routed {
+            domain: domain.map(str::to_string),
+            since: now_ms(),
+            cursor: None,
+        });
+        Ok(count)
+    }
+
     /// `route`, and hold, release or delete by destination: walks the destination index
     /// of each location concerned in chunks; each chunk is one durable commit.
     pub async fn bulk(&self, op: BulkOp, domain: Option<&str>) -> Result<BulkResult, String> {
+        if op == BulkOp::RouteNow {
+            let domain = domain.map(str::to_ascii_lowercase);
+            let changed = self.route(domain.as_deref()).map_err(|e| e.to_string())?;
+            return Ok(BulkResult { changed, busy: 0 });
+        }
         let queues = QueueName::ALL.map(Location::Queue);
         let held = [Location::Held {
             from: QueueName::MailBox,
         }];
         let locations: &[Location] = match op {
-            BulkOp::RouteNow => &[Location::Queue(QueueName::OutboundWork)],
+            BulkOp::RouteNow => &[], // by a `Routed` marker (above)
             BulkOp::Hold => &queues,
             BulkOp::Release => &held,
             BulkOp::Delete => &[
@@ -325,20 +412,7 @@ impl StoreService {
                 continue;
             };
             let changed = match op {
-                BulkOp::RouteNow => {
-                    let mut hit = false;
-                    for rc in r.recipients.iter_mut().filter(|rc| in_domain(rc)) {
-                        if rc.next_retry.is_some_and(|t| t > now_wall) {
-                            rc.next_retry = None;
-                            hit = true;
-                        }
-                    }
-                    if r.not_before > now_wall {
-                        r.not_before = 0;
-                        hit = true;
-                    }
-                    hit
-                }
+                BulkOp::RouteNow => false, // by a `Routed` marker, never rewritten here
                 BulkOp::Hold => match r.location {
                     Location::Queue(from) => {
                         r.location = Location::Held { from };
@@ -400,6 +474,30 @@ impl StoreService {
     ) -> Result<Vec<DestinationRow>, StoreError> {
         self.inner.engine.destinations(after, limit)
     }
+}
+
+/// The copy of a routed message that a claim hands out: the routed domain's pending
+/// recipients lose their retry times, unless they were attempted since the route. False
+/// when none of them is waiting for a retry (nothing to route).
+fn route_now(record: &mut MessageRecord, route: &Routed, now: u64) -> bool {
+    let mut hit = false;
+    for rc in record.recipients.iter_mut().filter(|rc| {
+        rc.status == RcptStatus::Pending
+            && route
+                .domain
+                .as_deref()
+                .is_none_or(|d| rc.address.domain().as_str().eq_ignore_ascii_case(d))
+    }) {
+        let attempted_since = rc.attempts.last().is_some_and(|a| a.at >= route.since);
+        if rc.next_retry.is_some_and(|t| t > now) && !attempted_since {
+            rc.next_retry = None;
+            hit = true;
+        }
+    }
+    if hit {
+        record.not_before = 0;
+    }
+    hit
 }
 
 /// Group commit, on its own thread: take every commit waiting and apply each as its own
