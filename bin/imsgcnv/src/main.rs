@@ -77,11 +77,11 @@ impl QueueWorker for Imsgcnv {
         let import_errors =
             ImportErrors::new(&config.data_dir, ctx.knobs().smtp_save_import_errors);
         let stats = self.stats.clone();
-        let batch = tokio::task::spawn_blocking(move || {
+        let bytes = records.iter().map(|r| r.size).sum();
+        let batch = mta_task::read_work(bytes, move || {
             convert_batch(records, &spool_dir, max_hops, &import_errors, &stats)
         })
-        .await
-        .map_err(|e| format!("conversion panicked: {e}"))?;
+        .await?;
         Ok((batch.changes, batch.to_mailbox))
     }
 

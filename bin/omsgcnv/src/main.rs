@@ -79,9 +79,8 @@ impl QueueWorker for Omsgcnv {
     ) -> Result<(Vec<Change>, usize), String> {
         let spool_dir = ctx.config().spool_dir();
         let stats = self.stats.clone();
-        tokio::task::spawn_blocking(move || convert_batch(records, &spool_dir, &stats))
-            .await
-            .map_err(|e| format!("conversion panicked: {e}"))
+        let bytes = records.iter().map(|r| r.size).sum();
+        mta_task::read_work(bytes, move || convert_batch(records, &spool_dir, &stats)).await
     }
 
     fn committed(&self, ctx: &TaskContext, to_outbound: usize) {

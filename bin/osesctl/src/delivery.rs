@@ -217,7 +217,7 @@ async fn transfer(
 
     let spool_dir = env.spool_dir.clone();
     let content_ref = record.content.clone();
-    let content = match tokio::task::spawn_blocking(move || {
+    let content = match mta_task::read_work(content_ref.len, move || {
         mta_spool::read(&spool_dir, &content_ref)
     })
     .await

@@ -327,7 +327,10 @@ impl Osesctl {
             let result = store.bulk(BulkOp::RouteNow, domain).await;
             wake.notify_one();
             match &result {
-                Ok(r) => tracing::info!("route {label}: {} messages scheduled for delivery now", r.changed),
+                Ok(r) => tracing::info!(
+                    "route {label}: {} messages scheduled for delivery now",
+                    r.changed
+                ),
                 Err(e) => tracing::warn!("route {label}: {e}"),
             }
             result

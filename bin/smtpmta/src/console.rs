@@ -7,12 +7,13 @@ use mta_ipc::console::{
 use mta_ipc::{TaskClient, TaskRequest, TaskResponse};
 use mta_types::message::now_ms;
 use mta_types::TaskName;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long `show tasks` waits for each task's own status.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
 
-pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply {
+pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleReply {
     match command {
         ConsoleCommand::Help => ConsoleReply::Text(mta_ipc::console::help_text()),
         ConsoleCommand::ShowTasks => ConsoleReply::Tasks(show_tasks(sup).await),
@@ -45,7 +46,7 @@ pub async fn execute(sup: &Supervisor, command: ConsoleCommand) -> ConsoleReply 
     }
 }
 
-async fn tell_supervisor(sup: &Supervisor, command: TellCommand) -> ConsoleReply {
+async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> ConsoleReply {
     match command {
         TellCommand::Quit => {
             sup.request_quit();
@@ -59,17 +60,13 @@ async fn tell_supervisor(sup: &Supervisor, command: TellCommand) -> ConsoleReply
             tell_task(sup, TaskName::Osesctl, command).await
         }
         TellCommand::Refresh => refresh(sup).await,
-        TellCommand::Compact => {
-            let runtime = tokio::runtime::Handle::current();
-            let flushed = || runtime.block_on(sup.store.flush());
-            match tokio::task::block_in_place(|| crate::compaction::compact(sup, flushed)) {
-                Ok(c) => ConsoleReply::Text(format!(
-                    "queue compacted: {} spool segment(s) removed ({} bytes freed), {} kept ({} bytes)",
-                    c.removed, c.freed, c.kept, c.spool_bytes
-                )),
-                Err(e) => ConsoleReply::Error(format!("compaction failed: {e}")),
-            }
-        }
+        TellCommand::Compact => match crate::compaction::compact_now(sup.clone()).await {
+            Ok(c) => ConsoleReply::Text(format!(
+                "queue compacted: {} spool segment(s) removed ({} bytes freed), {} kept ({} bytes)",
+                c.removed, c.freed, c.kept, c.spool_bytes
+            )),
+            Err(e) => ConsoleReply::Error(format!("compaction failed: {e}")),
+        },
         TellCommand::Other(words) => ConsoleReply::Error(format!(
             "smtpmta does not know `{}`; type `help` for the list",
             words.join(" ")

@@ -85,10 +85,12 @@ fn main() -> ExitCode {
     // A panicked actor (the store's committer, a child watcher) must not leave the
     // supervisor half alive: it exits, and the init system restarts it.
     mta_task::test_hooks::abort_on_panic();
-    // Worker threads live as long as the runtime: children spawned from them keep their
-    // parent thread (PR_SET_PDEATHSIG follows the thread that forked).
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One runtime thread, the main thread: it lives as long as the supervisor, so the
+    // children it spawns keep their parent thread (PR_SET_PDEATHSIG follows the thread
+    // that forked). Store requests are short; the group committer and sled's writers have
+    // threads of their own; wake-ups between runtime workers would cost more than they
+    // bring on a small machine.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
