@@ -64,6 +64,7 @@ impl Inbound {
             data_timeout: inbound.data_timeout,
             session_timeout: inbound.session_timeout,
             max_errors: inbound.max_errors,
+            bare_newline: inbound.bare_newline,
         };
         let max = inbound.max_handlers.max(1);
         Inbound {
@@ -238,7 +239,12 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler
         tracing::info!(handler = %name, client = %peer, "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
-    let mut hooks = SessionPolicy::new(shared.ctx.clone(), shared.intake.clone(), peer);
+    let mut hooks = SessionPolicy::new(
+        shared.ctx.clone(),
+        shared.intake.clone(),
+        peer,
+        name.clone(),
+    );
     let summary = run_session(
         stream,
         ClientInfo { peer, local },
