@@ -2,8 +2,10 @@
 //! and its `--json` form of every `show` command, and the Prometheus endpoint scraped by
 //! real tools (`promtool`, a Prometheus server).
 
-use mta_testkit::{bin, RawSmtp, Suite, SuiteOptions};
-use std::process::{Command, Stdio};
+use mta_testkit::{bin, free_port, wait_for, RawSmtp, Suite, SuiteOptions};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// Sends one message to `rcpt` over SMTP and returns its queue id from the 250 reply.
 fn send(suite: &Suite, rcpt: &str) -> String {
@@ -113,4 +115,191 @@ fn every_show_command_has_a_json_form() {
         v["text"].as_str().unwrap_or("").starts_with("smtpmta "),
         "{v}"
     );
+}
+
+/// `GET path` over HTTP/1.1 on loopback: (status line, content type, body).
+fn http_get(port: u16, path: &str) -> Result<(String, String, String), String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or(format!("no body: {raw}"))?;
+    let status = head.lines().next().unwrap_or("").to_string();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or("")
+        .to_string();
+    Ok((status, content_type, body.to_string()))
+}
+
+/// A process this test started; killed (by its pid) when the test ends, however it ends.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn metrics_suite(port: u16) -> Suite {
+    Suite::start(&SuiteOptions {
+        sections: vec![("metrics", format!("listen = \"127.0.0.1:{port}\""))],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn metrics_pass_promtool_and_a_prometheus_server_scrapes_the_queue() {
+    let port = free_port();
+    let suite = metrics_suite(port);
+    // A message that stays queued for example.net (its DNS fails: deferred).
+    send(&suite, "someone@example.net");
+    let line = "smtpmta_queue_messages{queue=\"outbound-work\",state=\"pending_transmission\"} 1";
+    let (status, content_type, body) = wait_for(
+        "the deferred message in /metrics",
+        Duration::from_secs(20),
+        || {
+            let got = http_get(port, "/metrics")?;
+            if got.2.contains(line)
+                && got
+                    .2
+                    .contains("smtpmta_destination_messages{destination=\"example.net\"} 1")
+                && !got.2.contains("smtpmta_recipients_deferred_total 0\n")
+            {
+                Ok(got)
+            } else {
+                Err(got.2)
+            }
+        },
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    for expected in [
+        "smtpmta_messages_received_total 1\n",
+        "smtpmta_task_up{task=\"isesctl\"} 1\n",
+        "smtpmta_task_restarts_total{task=\"router\"} 0\n",
+        "smtpmta_sessions_total{direction=\"inbound\"} 1\n",
+        "smtpmta_handlers_max{task=\"isesctl\"} 100\n",
+        "# TYPE smtpmta_spool_bytes gauge\n",
+        "# TYPE smtpmta_store_bytes gauge\n",
+    ] {
+        assert!(body.contains(expected), "no {expected:?} in:\n{body}");
+    }
+
+    // The real linter of the Prometheus text format: no errors, no lint warnings.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test installs the prometheus package)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+
+    // A real Prometheus server scrapes the endpoint; its query API has the queue metric.
+    let prom_port = free_port();
+    let dir = suite.dir.path();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: smtpmta\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let _prometheus = Started(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus is installed (scripts/test installs the prometheus package)"),
+    );
+    let query = "/api/v1/query?query=smtpmta_queue_messages%7Bqueue%3D%22outbound-work%22%7D";
+    let result = wait_for(
+        "Prometheus to have scraped the queue metric",
+        Duration::from_secs(60),
+        || {
+            let (_, _, body) = http_get(prom_port, query)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+            let first = &v["data"]["result"][0];
+            if first["value"][1] == "1" {
+                Ok(first.clone())
+            } else {
+                Err(format!(
+                    "{body}\nprometheus log:\n{}",
+                    std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+                ))
+            }
+        },
+    );
+    assert_eq!(
+        result["metric"]["state"], "pending_transmission",
+        "{result}"
+    );
+    assert_eq!(result["metric"]["job"], "smtpmta", "{result}");
+    // It scraped in OpenMetrics (it asks for it), and the target is healthy.
+    let (_, _, targets) = http_get(prom_port, "/api/v1/targets").unwrap();
+    let t: serde_json::Value = serde_json::from_str(&targets).unwrap();
+    assert_eq!(t["data"]["activeTargets"][0]["health"], "up", "{t}");
+    assert_eq!(t["data"]["activeTargets"][0]["lastError"], "", "{t}");
+}
+
+#[test]
+fn metrics_port_in_use_stops_the_supervisor_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut suite = Suite::prepare(&SuiteOptions {
+        sections: vec![("metrics", format!("listen = \"127.0.0.1:{port}\""))],
+        ..Default::default()
+    });
+    let err = suite
+        .try_launch(Duration::from_secs(20))
+        .expect_err("the supervisor started on a taken metrics port");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} ([metrics] listen)"
+        )),
+        "{err}"
+    );
+    // Unknown paths and methods get plain answers (a free port this time).
+    let port = free_port();
+    let suite = metrics_suite(port);
+    let (status, _, _) = http_get(port, "/nothing-here").unwrap();
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    drop(suite);
 }

@@ -8,6 +8,8 @@
 //! file and exit 0. Compacts the queue's spool every 10 minutes and on
 //! `tell smtpmta compact` (`compaction.rs`).
 //!
+//! Serves `/metrics` (Prometheus) on `[metrics] listen` (`metrics.rs`).
+//!
 //! Answers: `SupervisorRequest::{Ready, Store, Console}`. Config: everything (it passes
 //! its `--config` path on to every task).
 
@@ -15,6 +17,7 @@ mod children;
 mod compaction;
 mod console;
 mod instance;
+mod metrics;
 mod operations;
 mod service;
 mod stats;
@@ -149,6 +152,14 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         Service::Supervisor,
         service::SupervisorService(sup.clone()),
     ));
+    let metrics = match sup.config.metrics.listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!("metrics: serving http://{addr}/metrics");
+            Some(tokio::spawn(metrics::serve(sup.clone(), listener)))
+        }
+        None => None,
+    };
     tracing::info!(
         pid = std::process::id(),
         data_dir = %sup.config.data_dir.display(),
@@ -167,6 +178,9 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     children.stop_all().await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     compaction.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
