@@ -303,3 +303,46 @@ fn metrics_port_in_use_stops_the_supervisor_with_a_clear_message() {
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     drop(suite);
 }
+
+#[test]
+fn status_page_in_headless_chromium_has_a_row_for_every_task() {
+    let port = free_port();
+    let suite = metrics_suite(port);
+    send(&suite, "someone@example.net");
+    let tasks = suite.tasks().unwrap();
+    let profile = suite.dir.path().join("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed (scripts/test installs it)");
+    assert!(out.status.success(), "chromium failed");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // Every row of `show tasks` (tasks and handlers) has its row in the rendered DOM.
+    for t in &tasks {
+        let name = t["name"].as_str().unwrap();
+        let class = if t["parent"].is_null() {
+            "task"
+        } else {
+            "handler"
+        };
+        let row = format!("<tr class=\"{class}\" data-task=\"{name}\"><td>{name}</td>");
+        assert!(dom.contains(&row), "no row {row} in the DOM:\n{dom}");
+    }
+    assert!(tasks.len() >= 7, "{tasks:?}");
+    assert!(
+        dom.contains("<meta http-equiv=\"refresh\" content=\"5\">"),
+        "{dom}"
+    );
+    assert!(dom.contains("<table id=\"queue\">"), "{dom}");
+    assert!(dom.contains("<td>Mail.Delivered</td>"), "{dom}");
+    assert!(dom.contains("<table id=\"destinations\">"), "{dom}");
+}

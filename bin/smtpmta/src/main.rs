@@ -21,6 +21,7 @@ mod metrics;
 mod operations;
 mod service;
 mod stats;
+mod status_page;
 mod trace;
 
 use anyhow::Context;

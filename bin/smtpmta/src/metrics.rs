@@ -21,6 +21,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use mta_ipc::console::TaskRow;
+use mta_ipc::store::DestinationRow;
 use mta_store::stats as names;
 use mta_types::message::now_ms;
 use mta_types::{Location, QueueName};
@@ -115,11 +116,12 @@ async fn answer(
                 plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
             }
         },
-        _ => plain(StatusCode::NOT_FOUND, "not found; try /metrics\n"),
+        "/" => crate::status_page::page(sup).await,
+        _ => plain(StatusCode::NOT_FOUND, "not found; try / or /metrics\n"),
     }
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+pub fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
@@ -161,6 +163,35 @@ pub fn to_text_format(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `[metrics] top_destinations` destinations with the most messages waiting in
+/// outbound-work, most first, read from the store's destination summaries (one row per
+/// destination, at most `MAX_DESTINATION_ROWS` read).
+pub fn top_destinations(sup: &Supervisor) -> Result<Vec<DestinationRow>, String> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    let mut read = 0;
+    while read < MAX_DESTINATION_ROWS {
+        let page = sup
+            .store
+            .destinations(after.clone(), 1000)
+            .map_err(|e| format!("queue store: {e}"))?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.location, last.domain.clone()));
+        read += page.len();
+        let full = page.len() == 1000;
+        rows.extend(
+            page.into_iter()
+                .filter(|d| d.location == Location::Queue(QueueName::OutboundWork)),
+        );
+        if !full {
+            break;
+        }
+    }
+    rows.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
+    rows.truncate(sup.config.metrics.top_destinations);
+    Ok(rows)
 }
 
 type Labels = Vec<(String, String)>;
@@ -229,26 +260,7 @@ fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
 
     // Destinations waiting for transmission: the top N by messages, and when each is tried
     // next (a destination whose next attempt is in the future is deferred).
-    let mut rows = Vec::new();
-    let mut after = None;
-    while rows.len() < MAX_DESTINATION_ROWS {
-        let page = sup
-            .store
-            .destinations(after.clone(), 1000)
-            .map_err(|e| format!("queue store: {e}"))?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.location, last.domain.clone()));
-        let full = page.len() == 1000;
-        rows.extend(
-            page.into_iter()
-                .filter(|d| d.location == Location::Queue(QueueName::OutboundWork)),
-        );
-        if !full {
-            break;
-        }
-    }
-    rows.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
-    rows.truncate(sup.config.metrics.top_destinations);
+    let rows = top_destinations(sup)?;
     let dest_messages = Family::<Labels, Gauge>::default();
     let dest_next = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let now = now_ms();
