@@ -346,3 +346,115 @@ fn status_page_in_headless_chromium_has_a_row_for_every_task() {
     assert!(dom.contains("<td>Mail.Delivered</td>"), "{dom}");
     assert!(dom.contains("<table id=\"destinations\">"), "{dom}");
 }
+
+/// True when `line` has an RFC 3339 date such as `2026-12-01T19:37:46`.
+fn has_timestamp(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.windows(11).any(|w| {
+        w.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            _ => c.is_ascii_digit(),
+        })
+    })
+}
+
+#[test]
+fn systemd_unit_verifies_and_ready_comes_once_smtp_is_served() {
+    // The shipped unit passes `systemd-analyze verify` (pointed at the built binaries: it
+    // checks that ExecStart exists).
+    let suite = Suite::prepare(&SuiteOptions::default());
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/smtpmta.service"),
+    )
+    .unwrap();
+    assert!(shipped.contains("\nType=notify\n"), "{shipped}");
+    let unit = suite.dir.path().join("smtpmta.service");
+    std::fs::write(
+        &unit,
+        shipped.replace(
+            "/usr/local/lib/smtpmta",
+            &mta_testkit::bin_dir().display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    // Type=notify: the supervisor sends READY=1 on $NOTIFY_SOCKET, and by then SMTP is
+    // served. Its stderr stands in for the journal's stream ($JOURNAL_STREAM names it), so
+    // the lines carry no timestamp of their own.
+    let notify_path = suite.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let log_path = suite.dir.path().join("journal.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let stream = {
+        use std::os::unix::fs::MetadataExt;
+        let m = log.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    let mut supervisor = Started(
+        Command::new(bin("smtpmta"))
+            .arg("--config")
+            .arg(&suite.config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("JOURNAL_STREAM", stream)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message:?}");
+    // Right now, not eventually: the listener answers and every task runs.
+    let (mut c, greeting) = RawSmtp::connect(suite.smtp_port);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let tasks = suite.tasks().unwrap();
+    let running = tasks
+        .iter()
+        .filter(|t| t["parent"].is_null() && t["state"] == "running")
+        .count();
+    assert_eq!(running, 7, "{tasks:?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = notify.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim_end(), "STOPPING=1");
+    let status = wait_for("the supervisor to exit", Duration::from_secs(30), || {
+        supervisor
+            .0
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(status.success(), "{status}");
+    let journal = std::fs::read_to_string(&log_path).unwrap();
+    assert!(journal.contains("smtpmta supervisor started"), "{journal}");
+    assert!(
+        journal.contains("isesctl["),
+        "the tasks log too:\n{journal}"
+    );
+    assert!(
+        !journal.lines().any(has_timestamp),
+        "a line carries its own timestamp:\n{journal}"
+    );
+    // Outside the journal the timestamp is there (so the check above can see one).
+    assert!(has_timestamp(
+        "smtpmta[1]: 2026-12-01T19:37:46.758915Z  INFO x"
+    ));
+}

@@ -8,7 +8,9 @@
 //! file and exit 0. Compacts the queue's spool every 10 minutes and on
 //! `tell smtpmta compact` (`compaction.rs`).
 //!
-//! Serves `/metrics` (Prometheus) on `[metrics] listen` (`metrics.rs`).
+//! Serves `/metrics` (Prometheus) and a status page on `[metrics] listen` (`metrics.rs`).
+//! Under systemd (`etc/smtpmta.service`, Type=notify) it sends READY=1 once every task
+//! runs, and STOPPING=1 when it starts to stop them.
 //!
 //! Answers: `SupervisorRequest::{Ready, Store, Console}`. Config: everything (it passes
 //! its `--config` path on to every task).
@@ -168,6 +170,24 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         "smtpmta supervisor started"
     );
     children.launch_all();
+    // systemd (Type=notify): ready once every task runs, listeners included. Without
+    // NOTIFY_SOCKET (not under systemd) this does nothing.
+    let notify_ready = {
+        let children = children.clone();
+        tokio::spawn(async move {
+            children.all_running().await;
+            tracing::info!("all tasks running");
+            if let Err(e) = sd_notify::notify(
+                false,
+                &[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status("all tasks running"),
+                ],
+            ) {
+                tracing::warn!("cannot tell systemd we are ready: {e}");
+            }
+        })
+    };
     let compaction = tokio::spawn(compaction::schedule(sup.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -178,6 +198,8 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    notify_ready.abort();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     children.stop_all().await;
     if let Some(m) = metrics {
         m.abort();

@@ -1,6 +1,10 @@
 //! Logging for every executable: one line per event on stderr, starting with the task
 //! name — the supervisor's children share its stderr, so the name tells the lines apart.
 //! Message events carry `qid=…` through the spans tasks open when they claim work.
+//!
+//! Under systemd the lines go to the journal (`JOURNAL_STREAM` names the stream stderr is
+//! connected to), which stamps each line itself: there the lines carry no timestamp of
+//! their own, so `journalctl` shows one.
 
 use mta_types::TaskName;
 use std::fmt;
@@ -32,6 +36,23 @@ where
     }
 }
 
+/// True when stderr is the journal's stream: `JOURNAL_STREAM` is `<device>:<inode>` of it
+/// (systemd.exec(5)); a child whose stderr was redirected elsewhere inherits the variable
+/// but not the stream, hence the comparison.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(stat.st_dev as u64)
+        && ino.parse::<u64>().ok() == Some(stat.st_ino as u64)
+}
+
 /// `RUST_LOG` overrides the default level (`info`).
 pub fn init_logging(task: TaskName) {
     let filter =
@@ -40,12 +61,23 @@ pub fn init_logging(task: TaskName) {
         .with_target(false)
         .with_ansi(false)
         .compact();
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .event_format(Prefixed {
-            task: task.as_str(),
-            inner: format,
-        })
-        .try_init();
+        .with_writer(std::io::stderr);
+    // The two formats are different types, hence two arms.
+    let _ = if stderr_is_journal() {
+        builder
+            .event_format(Prefixed {
+                task: task.as_str(),
+                inner: format.without_time(),
+            })
+            .try_init()
+    } else {
+        builder
+            .event_format(Prefixed {
+                task: task.as_str(),
+                inner: format,
+            })
+            .try_init()
+    };
 }
