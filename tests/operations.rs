@@ -458,3 +458,78 @@ fn systemd_unit_verifies_and_ready_comes_once_smtp_is_served() {
         "smtpmta[1]: 2026-12-01T19:37:46.758915Z  INFO x"
     ));
 }
+
+#[test]
+fn log_format_json_is_one_object_per_line_from_every_task() {
+    let suite = Suite::prepare(&SuiteOptions::default());
+    let log_path = suite.dir.path().join("json.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut supervisor = Started(
+        Command::new(bin("smtpmta"))
+            .arg("--config")
+            .arg(&suite.config)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("every task running", Duration::from_secs(20), || {
+        let tasks = suite.tasks()?;
+        let running = tasks
+            .iter()
+            .filter(|t| t["parent"].is_null() && t["state"] == "running")
+            .count();
+        if running == 7 {
+            Ok(())
+        } else {
+            Err(format!("{tasks:?}"))
+        }
+    });
+    let qid = send(&suite, "alice@localhost");
+    wait_for("the delivery", Duration::from_secs(20), || {
+        let files = mta_testkit::maildir_new(&suite.mailbox("alice"));
+        if files.is_empty() {
+            Err("no mail yet".into())
+        } else {
+            Ok(())
+        }
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_for("the supervisor to exit", Duration::from_secs(30), || {
+        supervisor
+            .0
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        for key in ["task", "task_pid", "timestamp", "level", "message"] {
+            assert!(!l[key].is_null(), "no {key} in {l}");
+        }
+    }
+    let tasks: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l["task"].as_str()).collect();
+    for t in [
+        "smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt",
+    ] {
+        assert!(tasks.contains(t), "no line from {t}:\n{text}");
+    }
+    assert!(
+        lines.iter().any(|l| l["task"] == "isesctl"
+            && l["message"] == "queued"
+            && l["qid"] == qid.as_str()),
+        "no queued line with qid={qid}:\n{text}"
+    );
+}

@@ -49,6 +49,16 @@ struct Args {
     /// The configuration file.
     #[arg(long, default_value = "etc/smtpmta.toml")]
     config: PathBuf,
+    /// `text` (one line per event, for people) or `json` (one object per line, for log
+    /// shippers); every task logs the same way.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What the supervisor's request handlers share.
@@ -87,6 +97,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The tasks inherit the environment: one setting for every process. Set before any
+    // thread exists.
+    let format = match args.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    std::env::set_var(mta_task::LOG_FORMAT_ENV, format);
     mta_task::init_logging(TaskName::Smtpmta);
     // A panicked actor (the store's committer, a child watcher) must not leave the
     // supervisor half alive: it exits, and the init system restarts it.

@@ -19,7 +19,7 @@ pub mod queue_worker;
 pub mod test_hooks;
 
 pub use context::TaskContext;
-pub use logging::init_logging;
+pub use logging::{init_logging, LOG_FORMAT_ENV};
 pub use outcome_log::{log_outcome, Outcome};
 pub use queue_worker::{drain, QueueWorker};
 

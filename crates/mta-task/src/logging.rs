@@ -2,6 +2,10 @@
 //! name — the supervisor's children share its stderr, so the name tells the lines apart.
 //! Message events carry `qid=…` through the spans tasks open when they claim work.
 //!
+//! `SMTPMTA_LOG_FORMAT=json` (set by `smtpmta --log-format json`, inherited by every task)
+//! writes one JSON object per line instead, for log shippers: `task`, `task_pid`, `timestamp`,
+//! `level`, the event's fields (`message`, `qid`, `client`, …) and its spans' fields.
+//!
 //! Under systemd the lines go to the journal (`JOURNAL_STREAM` names the stream stderr is
 //! connected to), which stamps each line itself: there the lines carry no timestamp of
 //! their own, so `journalctl` shows one.
@@ -36,6 +40,41 @@ where
     }
 }
 
+/// The environment variable that selects the log format (`text` or `json`).
+pub const LOG_FORMAT_ENV: &str = "SMTPMTA_LOG_FORMAT";
+
+/// A JSON line with the task's name and pid in front of the event's own keys.
+struct JsonTagged<F> {
+    task: &'static str,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for JsonTagged<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        // The inner formatter writes one object: open ours and continue with its keys.
+        let rest = line.strip_prefix('{').ok_or(fmt::Error)?;
+        write!(
+            writer,
+            "{{\"task\":\"{}\",\"task_pid\":{},{rest}",
+            self.task,
+            std::process::id()
+        )
+    }
+}
+
 /// True when stderr is the journal's stream: `JOURNAL_STREAM` is `<device>:<inode>` of it
 /// (systemd.exec(5)); a child whose stderr was redirected elsewhere inherits the variable
 /// but not the stream, hence the comparison.
@@ -64,8 +103,23 @@ pub fn init_logging(task: TaskName) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    // The two formats are different types, hence two arms.
-    let _ = if stderr_is_journal() {
+    let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|v| v == "json");
+    // The formats are different types, hence one arm each.
+    let _ = if json {
+        let format = tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_target(false);
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonTagged {
+                task: task.as_str(),
+                inner: format,
+            })
+            .try_init()
+    } else if stderr_is_journal() {
         builder
             .event_format(Prefixed {
                 task: task.as_str(),
