@@ -192,6 +192,9 @@ fn metrics_pass_promtool_and_a_prometheus_server_scrapes_the_queue() {
         "smtpmta_handlers_max{task=\"isesctl\"} 100\n",
         "# TYPE smtpmta_spool_bytes gauge\n",
         "# TYPE smtpmta_store_bytes gauge\n",
+        "# TYPE smtpmta_accept_latency_seconds histogram\n",
+        "smtpmta_accept_latency_seconds_count 1\n",
+        "smtpmta_accept_latency_seconds_bucket{le=\"+Inf\"} 1\n",
     ] {
         assert!(body.contains(expected), "no {expected:?} in:\n{body}");
     }

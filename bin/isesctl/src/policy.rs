@@ -8,9 +8,11 @@
 use crate::intake::Intake;
 use mta_config::{Config, Directory};
 use mta_smtp::{BareLineEvent, Direction, Envelope, RcptVerdict, Reply, SessionHooks};
+use mta_task::histogram::Histogram;
 use mta_task::TaskContext;
 use mta_types::{Address, QueueId};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// One session's hooks.
 pub struct SessionPolicy {
@@ -19,6 +21,8 @@ pub struct SessionPolicy {
     peer: SocketAddr,
     /// The session handler (`iseshlrN`) serving this session.
     handler: String,
+    /// Where each accepted message's end-of-DATA-to-250 time goes.
+    accept_latency: Arc<Histogram>,
     /// SMTPDebugIO, read at session start.
     debug_io: u8,
 }
@@ -29,6 +33,7 @@ impl SessionPolicy {
         intake: Intake,
         peer: SocketAddr,
         handler: String,
+        accept_latency: Arc<Histogram>,
     ) -> SessionPolicy {
         let debug_io = ctx.knobs().smtp_debug_io;
         SessionPolicy {
@@ -36,6 +41,7 @@ impl SessionPolicy {
             intake,
             peer,
             handler,
+            accept_latency,
             debug_io,
         }
     }
@@ -56,7 +62,12 @@ impl SessionHooks for SessionPolicy {
     }
 
     async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
-        self.intake.deliver(qid, env, content).await
+        let start = std::time::Instant::now();
+        let reply = self.intake.deliver(qid, env, content).await;
+        if reply.is_positive() {
+            self.accept_latency.observe(start.elapsed());
+        }
+        reply
     }
 
     /// Logged whatever the debug knobs: a sender whose software writes bare LFs, or someone

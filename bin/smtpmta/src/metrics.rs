@@ -4,8 +4,9 @@
 //! Every value is read when a scrape arrives, from what the supervisor already keeps: the
 //! store's location counts and destination summaries, its statistics counters (the same
 //! atomic batches as the changes they count), the children table, and each controller's
-//! handler table (one status request to each task, as `show tasks` does). Nothing is
-//! counted per message for the endpoint's sake, so a scrape costs the same whether a
+//! handler table (one status request to each task, as `show tasks` does), and isesctl's
+//! accept-latency histogram (`TaskRequest::Histograms`; isesctl counts it in memory with a
+//! few atomic adds per message, `mta_task::histogram`). A scrape costs the same whether a
 //! hundred or a million messages are queued, and the hot path does not know scrapes exist.
 //!
 //! Two formats: OpenMetrics text for clients that ask for it (a Prometheus server does, in
@@ -22,13 +23,18 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use mta_ipc::console::TaskRow;
 use mta_ipc::store::DestinationRow;
+use mta_ipc::task::HistogramSnapshot;
+use mta_ipc::TaskClient;
 use mta_store::stats as names;
 use mta_types::message::now_ms;
+use mta_types::TaskName;
 use mta_types::{Location, QueueName};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
@@ -133,10 +139,49 @@ pub fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 /// async threads (sled reads are blocking).
 pub async fn scrape(sup: &Arc<Supervisor>) -> Result<String, String> {
     let tasks = crate::console::show_tasks(sup).await;
+    let histograms = task_histograms(sup, TaskName::Isesctl).await;
     let sup = sup.clone();
-    tokio::task::spawn_blocking(move || render(&sup, &tasks))
+    tokio::task::spawn_blocking(move || render(&sup, &tasks, histograms))
         .await
         .map_err(|e| e.to_string())?
+}
+
+/// A task's latency histograms; none if it does not answer in time (it may be restarting).
+async fn task_histograms(sup: &Supervisor, task: TaskName) -> Vec<HistogramSnapshot> {
+    let ask = async {
+        let mut c = TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta)
+            .await
+            .ok()?;
+        c.histograms().await.ok()
+    };
+    tokio::time::timeout(Duration::from_millis(1500), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A task's histogram snapshot in the exposition format (its buckets are already counted).
+#[derive(Debug)]
+struct Snapshot(HistogramSnapshot);
+
+impl EncodeMetric for Snapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let mut buckets: Vec<(f64, u64)> = s
+            .bounds
+            .iter()
+            .copied()
+            .zip(s.counts.iter().copied())
+            .collect();
+        buckets.push((f64::MAX, s.counts.get(s.bounds.len()).copied().unwrap_or(0)));
+        let count = s.counts.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(s.sum_seconds, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 /// OpenMetrics text as the classic Prometheus text format: a counter family `x` has samples
@@ -208,7 +253,11 @@ fn state_label(loc: Location) -> String {
     loc.label().to_ascii_lowercase().replace(' ', "_")
 }
 
-fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
+fn render(
+    sup: &Supervisor,
+    tasks: &[TaskRow],
+    histograms: Vec<HistogramSnapshot>,
+) -> Result<String, String> {
     let engine = sup.store.engine();
     let counters = engine.counters().map_err(|e| format!("queue store: {e}"))?;
     let get = |n: &str| counters.get(n).copied().unwrap_or(0);
@@ -408,6 +457,12 @@ fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
         "Size of the spool segments holding message content",
         ConstGauge::new(crate::compaction::spool_bytes(&sup.config.spool_dir()) as i64),
     );
+
+    // Latency histograms the tasks keep (isesctl: end of DATA to 250).
+    for h in histograms {
+        let (name, help) = (h.name.clone(), h.help.clone());
+        r.register(name, help, Snapshot(h));
+    }
 
     let mut text = String::new();
     encode(&mut text, &r).map_err(|e| e.to_string())?;

@@ -13,6 +13,7 @@
 
 mod context;
 mod control;
+pub mod histogram;
 mod logging;
 pub mod outcome_log;
 pub mod queue_worker;
@@ -51,6 +52,12 @@ pub trait Task: Sized + Send + Sync + 'static {
 
     /// What `show tasks` says about this task and its handlers.
     fn status(&self) -> TaskStatus;
+
+    /// The task's latency histograms (`histogram::Histogram::snapshot`), read by the
+    /// supervisor's `/metrics`. Default: none.
+    fn histograms(&self) -> Vec<mta_ipc::task::HistogramSnapshot> {
+        Vec::new()
+    }
 
     /// A TELL command other than `show status`.
     fn tell(
