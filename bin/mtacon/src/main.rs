@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 /// Splits a trailing `--json` off a command line: `show tasks --json` is `show tasks` as JSON.
 fn json_suffix(line: &str) -> (String, bool) {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let json = words.iter().any(|w| *w == "--json");
+    let json = words.contains(&"--json");
     let rest: Vec<&str> = words.into_iter().filter(|w| *w != "--json").collect();
     (rest.join(" "), json)
 }

@@ -88,8 +88,10 @@ fn stderr_is_journal() -> bool {
     let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
         return false;
     };
-    dev.parse::<u64>().ok() == Some(stat.st_dev as u64)
-        && ino.parse::<u64>().ok() == Some(stat.st_ino as u64)
+    // dev_t and ino_t are u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let (st_dev, st_ino) = (stat.st_dev as u64, stat.st_ino as u64);
+    dev.parse::<u64>().ok() == Some(st_dev) && ino.parse::<u64>().ok() == Some(st_ino)
 }
 
 /// `RUST_LOG` overrides the default level (`info`).
