@@ -40,9 +40,14 @@ fn assert_alive(suite: &Suite) {
     assert_eq!(isesctl["restarts"], 0, "isesctl crashed: {isesctl}");
 }
 
-#[test]
-fn every_end_of_data_variant_is_smuggling_proof() {
-    let suite = Suite::start(&SuiteOptions::default());
+/// Every fake end of DATA under `[inbound] bare_newline = <policy>`: a bare CR is refused
+/// under both; a bare LF is refused under `reject` and becomes content of the one message
+/// under `normalize`. Nothing is ever a second message.
+fn end_of_data_variants_under(policy: &str) {
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![("inbound", format!("bare_newline = \"{policy}\""))],
+        ..Default::default()
+    });
     let variants: [&[u8]; 8] = [
         b"\n.\n",
         b"\n.\r\n",
@@ -67,15 +72,19 @@ fn every_end_of_data_variant_is_smuggling_proof() {
         );
         c.send(&data);
         let reply = c.read_reply();
-        let has_bare = v.windows(1).enumerate().any(|(i, b)| {
-            (b[0] == b'\n' && (i == 0 || v[i - 1] != b'\r'))
-                || (b[0] == b'\r' && v.get(i + 1) != Some(&b'\n'))
-        });
-        if has_bare {
+        let bare_lf = (0..v.len()).any(|i| v[i] == b'\n' && (i == 0 || v[i - 1] != b'\r'));
+        let bare_cr = (0..v.len()).any(|i| v[i] == b'\r' && v.get(i + 1) != Some(&b'\n'));
+        if bare_cr || (bare_lf && policy == "reject") {
             assert!(
-                reply.starts_with("5"),
+                reply.starts_with("554 5.6.0"),
                 "variant {v:?} with a bare CR/LF was accepted: {reply}"
             );
+        } else if bare_lf {
+            assert!(
+                reply.starts_with("250"),
+                "variant {v:?} was not normalized: {reply}"
+            );
+            accepted += 1;
         } else if reply.starts_with("250") {
             accepted += 1;
         }
@@ -98,7 +107,7 @@ fn every_end_of_data_variant_is_smuggling_proof() {
             },
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // A smuggled message for bob would have taken the same queues as alice's.
     assert!(
         maildir_new(&suite.data_dir().join("mail/bob")).is_empty(),
         "a smuggled message was delivered"
@@ -107,6 +116,20 @@ fn every_end_of_data_variant_is_smuggling_proof() {
         maildir_new(&suite.data_dir().join("mail/alice")).len(),
         accepted
     );
+    if policy == "normalize" {
+        // \n.\n, \n.\r\n and \r\n.\n, and the two NUL variants.
+        assert_eq!(accepted, 5);
+    }
+}
+
+#[test]
+fn every_end_of_data_variant_is_smuggling_proof_under_reject() {
+    end_of_data_variants_under("reject");
+}
+
+#[test]
+fn every_end_of_data_variant_is_smuggling_proof_under_normalize() {
+    end_of_data_variants_under("normalize");
 }
 
 #[test]

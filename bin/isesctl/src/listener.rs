@@ -16,6 +16,7 @@ use crate::policy::SessionPolicy;
 use anyhow::Context as _;
 use mta_ipc::TaskStatus;
 use mta_smtp::{run_session, ClientInfo, SessionConfig};
+use mta_task::histogram::{Histogram, COMMIT_BOUNDS};
 use mta_task::TaskContext;
 use std::future::poll_fn;
 use std::io;
@@ -44,6 +45,8 @@ struct Shared {
     table: Arc<HandlerTable>,
     /// One per handler: held by a session, or by the accept loop while it waits in accept.
     permits: Arc<Semaphore>,
+    /// End of DATA to the 250 (the durable commit), per accepted message.
+    accept_latency: Arc<Histogram>,
 }
 
 struct Running {
@@ -64,6 +67,7 @@ impl Inbound {
             data_timeout: inbound.data_timeout,
             session_timeout: inbound.session_timeout,
             max_errors: inbound.max_errors,
+            bare_newline: inbound.bare_newline,
         };
         let max = inbound.max_handlers.max(1);
         Inbound {
@@ -73,6 +77,11 @@ impl Inbound {
                 session,
                 table: Arc::new(HandlerTable::new(max)),
                 permits: Arc::new(Semaphore::new(max)),
+                accept_latency: Arc::new(Histogram::new(
+                    "accept_latency_seconds",
+                    "Time from the end of a message's DATA to its 250 (content and record durable)",
+                    COMMIT_BOUNDS,
+                )),
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -151,6 +160,11 @@ impl Inbound {
             detail,
             handlers: self.shared.table.rows(),
         }
+    }
+
+    /// For `/metrics`: the accept latency so far.
+    pub fn histograms(&self) -> Vec<mta_ipc::task::HistogramSnapshot> {
+        vec![self.shared.accept_latency.snapshot()]
     }
 
     fn listening_text(&self) -> String {
@@ -238,7 +252,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler
         tracing::info!(handler = %name, client = %peer, "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
-    let mut hooks = SessionPolicy::new(shared.ctx.clone(), shared.intake.clone(), peer);
+    let mut hooks = SessionPolicy::new(
+        shared.ctx.clone(),
+        shared.intake.clone(),
+        peer,
+        name.clone(),
+        shared.accept_latency.clone(),
+    );
     let summary = run_session(
         stream,
         ClientInfo { peer, local },

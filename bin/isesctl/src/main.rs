@@ -57,6 +57,10 @@ impl Task for Isesctl {
         self.inbound.status()
     }
 
+    fn histograms(&self) -> Vec<mta_ipc::task::HistogramSnapshot> {
+        self.inbound.histograms()
+    }
+
     async fn tell(&self, _ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
         match command {
             TellCommand::StopInboundTransport => Ok(if self.inbound.stop().await {

@@ -2,31 +2,46 @@
 //! postmaster; relaying only for trusted clients), where accepted messages go (the
 //! intake), and the SMTPDebugIO transcript.
 //!
-//! Config read: `local_domains`, `trusted_networks`, the directory.
+//! Config read: `local_domains`, `trusted_networks`, the directory, `[inbound] bare_newline`.
+//! Logs (always): each message with bare line endings, normalized (`qid=…`) or refused.
 
 use crate::intake::Intake;
 use mta_config::{Config, Directory};
-use mta_smtp::{Direction, Envelope, RcptVerdict, Reply, SessionHooks};
+use mta_smtp::{BareLineEvent, Direction, Envelope, RcptVerdict, Reply, SessionHooks};
+use mta_task::histogram::Histogram;
 use mta_task::TaskContext;
 use mta_types::{Address, QueueId};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// One session's hooks.
 pub struct SessionPolicy {
     ctx: TaskContext,
     intake: Intake,
     peer: SocketAddr,
+    /// The session handler (`iseshlrN`) serving this session.
+    handler: String,
+    /// Where each accepted message's end-of-DATA-to-250 time goes.
+    accept_latency: Arc<Histogram>,
     /// SMTPDebugIO, read at session start.
     debug_io: u8,
 }
 
 impl SessionPolicy {
-    pub fn new(ctx: TaskContext, intake: Intake, peer: SocketAddr) -> SessionPolicy {
+    pub fn new(
+        ctx: TaskContext,
+        intake: Intake,
+        peer: SocketAddr,
+        handler: String,
+        accept_latency: Arc<Histogram>,
+    ) -> SessionPolicy {
         let debug_io = ctx.knobs().smtp_debug_io;
         SessionPolicy {
             ctx,
             intake,
             peer,
+            handler,
+            accept_latency,
             debug_io,
         }
     }
@@ -47,7 +62,38 @@ impl SessionHooks for SessionPolicy {
     }
 
     async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
-        self.intake.deliver(qid, env, content).await
+        let start = std::time::Instant::now();
+        let reply = self.intake.deliver(qid, env, content).await;
+        if reply.is_positive() {
+            self.accept_latency.observe(start.elapsed());
+        }
+        reply
+    }
+
+    /// Logged whatever the debug knobs: a sender whose software writes bare LFs, or someone
+    /// probing for SMTP smuggling, is something the postmaster wants to see.
+    fn bare_line_ending(&mut self, env: &Envelope, event: BareLineEvent) {
+        let from = env
+            .mail_from
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match event {
+            BareLineEvent::Normalized { qid, lines } => tracing::info!(
+                handler = %self.handler,
+                client = %self.peer,
+                %qid,
+                from = %format_args!("<{from}>"),
+                "bare LF normalized to CRLF in {lines} line(s) (bare_newline = normalize)"
+            ),
+            BareLineEvent::Refused => tracing::info!(
+                handler = %self.handler,
+                client = %self.peer,
+                from = %format_args!("<{from}>"),
+                "reject: DATA: bare CR or LF in content (554 5.6.0, bare_newline = {})",
+                self.ctx.config().inbound.bare_newline.as_str()
+            ),
+        }
     }
 
     fn transcript(&mut self, dir: Direction, line: &[u8]) {

@@ -4,8 +4,20 @@
 //! error; 2 for a command it cannot parse, or `delete` without `--yes`); `mtacon [--config PATH]` alone opens an interactive prompt with line editing,
 //! history and `help`. Commands are parsed by `mta_ipc::console` and executed by the
 //! supervisor over `<data_dir>/run/smtpmta.sock`.
+//!
+//! `--json` may also end the command itself (`show queue --json`, in one-shot mode or at the
+//! prompt). When the reader of stdout goes away (`mtacon "show tasks" | head -1`) mtacon
+//! stops writing and exits 0, as other Unix filters do.
 
 mod render;
+
+/// `eprintln!` that never panics: a console whose stderr is closed has no one to tell.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 use clap::Parser;
 use mta_config::Config;
@@ -40,7 +52,7 @@ fn main() -> ExitCode {
     let config = match Target::find(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mtacon: configuration error: {e}");
+            note!("mtacon: configuration error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -50,21 +62,44 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("mtacon: {e}");
+            note!("mtacon: {e}");
             return ExitCode::FAILURE;
         }
     };
     if args.command.is_empty() {
         runtime.block_on(interactive(&config, args.json))
     } else {
-        runtime.block_on(one_shot(
-            &config,
-            &args.command.join(" "),
-            args.json,
-            args.yes,
-        ))
+        let (line, json) = json_suffix(&args.command.join(" "));
+        runtime.block_on(one_shot(&config, &line, args.json || json, args.yes))
     }
 }
+
+/// Splits a trailing `--json` off a command line: `show tasks --json` is `show tasks` as JSON.
+fn json_suffix(line: &str) -> (String, bool) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let json = words.contains(&"--json");
+    let rest: Vec<&str> = words.into_iter().filter(|w| *w != "--json").collect();
+    (rest.join(" "), json)
+}
+
+/// Writes `text` and a newline to stdout. A reader that went away (EPIPE) is not an error
+/// for a console: the caller stops and exits 0, like `ls | head -1`.
+fn out(text: &str) -> Result<(), Closed> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{text}").and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Closed),
+        Err(e) => {
+            note!("mtacon: cannot write to stdout: {e}");
+            Err(Closed)
+        }
+    }
+}
+
+/// Stdout is closed (or failing): nothing more can be shown.
+struct Closed;
 
 /// The suite to talk to: its configuration file and its `run/` folder.
 struct Target {
@@ -94,7 +129,7 @@ impl Target {
             .unwrap_or("var");
         let path = std::fs::canonicalize(path).map_err(|_| error.clone())?;
         let base = path.parent().unwrap_or(std::path::Path::new("/"));
-        eprintln!("mtacon: warning: {error}");
+        note!("mtacon: warning: {error}");
         Ok(Target {
             run_dir: base.join(data_dir).join("run"),
             path,
@@ -117,12 +152,12 @@ async fn one_shot(config: &Target, line: &str, json: bool, yes: bool) -> ExitCod
     let command = match ConsoleCommand::parse(line) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mtacon: {e}");
+            note!("mtacon: {e}");
             return ExitCode::from(2);
         }
     };
     if let (ConsoleCommand::Delete { qid }, false) = (&command, yes) {
-        eprintln!("mtacon: `delete {qid}` removes the message for good; add --yes to confirm");
+        note!("mtacon: `delete {qid}` removes the message for good; add --yes to confirm");
         return ExitCode::from(2);
     }
     if let (
@@ -133,54 +168,56 @@ async fn one_shot(config: &Target, line: &str, json: bool, yes: bool) -> ExitCod
         false,
     ) = (&command, yes)
     {
-        eprintln!(
+        note!(
             "mtacon: `delete domain {domain}` drops that destination's mail for good; add --yes to confirm"
         );
         return ExitCode::from(2);
     }
     if command == ConsoleCommand::Help {
-        println!("{}", mta_ipc::console::help_text());
+        let _ = out(&mta_ipc::console::help_text());
         return ExitCode::SUCCESS;
     }
     let mut client = match connect(config).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mtacon: {e}");
+            note!("mtacon: {e}");
             return ExitCode::FAILURE;
         }
     };
     match client.console(command, REPLY_TIMEOUT).await {
-        Ok(reply) => print_reply(&reply, json),
+        Ok(reply) => print_reply(&reply, json).unwrap_or(ExitCode::SUCCESS),
         Err(e) => {
-            eprintln!("mtacon: no reply from smtpmta: {e}");
+            note!("mtacon: no reply from smtpmta: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn print_reply(reply: &ConsoleReply, json: bool) -> ExitCode {
+/// Prints a reply; the exit code says whether the command failed. A closed stdout is not a
+/// failure of the command (the reader had what it wanted).
+fn print_reply(reply: &ConsoleReply, json: bool) -> Result<ExitCode, Closed> {
     if json {
         match serde_json::to_string_pretty(&render::to_json(reply)) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("mtacon: {e}"),
+            Ok(text) => out(&text)?,
+            Err(e) => note!("mtacon: {e}"),
         }
     } else if let ConsoleReply::Error(e) = reply {
-        eprintln!("{e}");
+        note!("{e}");
     } else {
-        println!("{}", render::to_text(reply));
+        out(&render::to_text(reply))?;
     }
-    if matches!(reply, ConsoleReply::Error(_)) {
+    Ok(if matches!(reply, ConsoleReply::Error(_)) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    }
+    })
 }
 
 async fn interactive(config: &Target, json: bool) -> ExitCode {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("mtacon: cannot open the terminal: {e}");
+            note!("mtacon: cannot open the terminal: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -188,10 +225,14 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!(
+    if out(&format!(
         "smtpmta console for {} — `help` lists the commands, `exit` leaves.",
         config.path.display()
-    );
+    ))
+    .is_err()
+    {
+        return ExitCode::SUCCESS;
+    }
     let mut client: Option<SupervisorClient> = None;
     loop {
         let line = match editor.readline("> ") {
@@ -207,15 +248,22 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
         if matches!(line, "exit" | "bye") {
             break;
         }
-        let command = match ConsoleCommand::parse(line) {
+        let (line, json_once) = json_suffix(line);
+        let json = json || json_once;
+        let command = match ConsoleCommand::parse(&line) {
             Ok(c) => c,
             Err(e) => {
-                println!("{e}");
+                if out(&e).is_err() {
+                    break;
+                }
                 continue;
             }
         };
         if command == ConsoleCommand::Help {
-            println!("{}\nexit  leave the console", mta_ipc::console::help_text());
+            let help = format!("{}\nexit  leave the console", mta_ipc::console::help_text());
+            if out(&help).is_err() {
+                break;
+            }
             continue;
         }
         let confirm = match &command {
@@ -232,7 +280,9 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
                 answer.as_deref().map(str::trim),
                 Ok("y" | "Y" | "yes" | "YES")
             ) {
-                println!("not deleted");
+                if out("not deleted").is_err() {
+                    break;
+                }
                 continue;
             }
         }
@@ -240,7 +290,9 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
             match connect(config).await {
                 Ok(c) => client = Some(c),
                 Err(e) => {
-                    println!("{e}");
+                    if out(&e).is_err() {
+                        break;
+                    }
                     continue;
                 }
             }
@@ -248,11 +300,15 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
         let c = client.as_mut().expect("connected above");
         match c.console(command, REPLY_TIMEOUT).await {
             Ok(reply) => {
-                print_reply(&reply, json);
+                if print_reply(&reply, json).is_err() {
+                    break;
+                }
             }
             Err(e) => {
-                println!("no reply from smtpmta: {e}");
                 client = None;
+                if out(&format!("no reply from smtpmta: {e}")).is_err() {
+                    break;
+                }
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct Children {
     run_dir: PathBuf,
     store: StoreService,
     stopping: watch::Sender<bool>,
+    /// Woken whenever a task says it is ready (for `all_running`).
+    ready: Arc<tokio::sync::Notify>,
 }
 
 impl Children {
@@ -78,6 +80,7 @@ impl Children {
             run_dir,
             store,
             stopping: watch::channel(false).0,
+            ready: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -215,6 +218,24 @@ impl Children {
                 e.since_ms = now_ms();
             }
         });
+        self.ready.notify_waiters();
+    }
+
+    /// Returns once every task runs. A task says it is ready only after its `start` (isesctl
+    /// binds its listeners there), so this is when the MTA serves: systemd's READY=1.
+    pub async fn all_running(&self) {
+        loop {
+            // Registered before the check, so a task ready in between is not missed.
+            let changed = self.ready.notified();
+            let all = {
+                let table = self.table.lock().expect("task table lock");
+                table.values().all(|e| e.state == ChildState::Running)
+            };
+            if all {
+                return;
+            }
+            changed.await;
+        }
     }
 
     pub fn pid_of(&self, task: TaskName) -> Option<u32> {

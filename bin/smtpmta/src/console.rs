@@ -140,7 +140,9 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
     }
 }
 
-async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
+/// `show tasks`: the supervisor, every task, and each controller's handlers (asking each
+/// running task for its status at once). Also read by `/metrics`.
+pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
     let run_dir = sup.config.run_dir();
     let mut rows = vec![TaskRow {
         name: "smtpmta".into(),

@@ -8,6 +8,10 @@
 //! file and exit 0. Compacts the queue's spool every 10 minutes and on
 //! `tell smtpmta compact` (`compaction.rs`).
 //!
+//! Serves `/metrics` (Prometheus) and a status page on `[metrics] listen` (`metrics.rs`).
+//! Under systemd (`etc/smtpmta.service`, Type=notify) it sends READY=1 once every task
+//! runs, and STOPPING=1 when it starts to stop them.
+//!
 //! Answers: `SupervisorRequest::{Ready, Store, Console}`. Config: everything (it passes
 //! its `--config` path on to every task).
 
@@ -15,9 +19,11 @@ mod children;
 mod compaction;
 mod console;
 mod instance;
+mod metrics;
 mod operations;
 mod service;
 mod stats;
+mod status_page;
 mod trace;
 
 use anyhow::Context;
@@ -43,6 +49,16 @@ struct Args {
     /// The configuration file.
     #[arg(long, default_value = "etc/smtpmta.toml")]
     config: PathBuf,
+    /// `text` (one line per event, for people) or `json` (one object per line, for log
+    /// shippers); every task logs the same way.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What the supervisor's request handlers share.
@@ -81,6 +97,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The tasks inherit the environment: one setting for every process. Set before any
+    // thread exists.
+    let format = match args.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    std::env::set_var(mta_task::LOG_FORMAT_ENV, format);
     mta_task::init_logging(TaskName::Smtpmta);
     // A panicked actor (the store's committer, a child watcher) must not leave the
     // supervisor half alive: it exits, and the init system restarts it.
@@ -151,6 +174,14 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         Service::Supervisor,
         service::SupervisorService(sup.clone()),
     ));
+    let metrics = match sup.config.metrics.listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!("metrics: serving http://{addr}/metrics");
+            Some(tokio::spawn(metrics::serve(sup.clone(), listener)))
+        }
+        None => None,
+    };
     tracing::info!(
         pid = std::process::id(),
         data_dir = %sup.config.data_dir.display(),
@@ -158,6 +189,24 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         "smtpmta supervisor started"
     );
     children.launch_all();
+    // systemd (Type=notify): ready once every task runs, listeners included. Without
+    // NOTIFY_SOCKET (not under systemd) this does nothing.
+    let notify_ready = {
+        let children = children.clone();
+        tokio::spawn(async move {
+            children.all_running().await;
+            tracing::info!("all tasks running");
+            if let Err(e) = sd_notify::notify(
+                false,
+                &[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status("all tasks running"),
+                ],
+            ) {
+                tracing::warn!("cannot tell systemd we are ready: {e}");
+            }
+        })
+    };
     let compaction = tokio::spawn(compaction::schedule(sup.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -168,7 +217,12 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    notify_ready.abort();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     children.stop_all().await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     compaction.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);

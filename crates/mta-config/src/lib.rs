@@ -2,7 +2,7 @@
 //!
 //! Reads: the main file (`etc/smtpmta.toml`) and the directory of users (`etc/directory.toml`,
 //! key `directory`). Writes: nothing — loading touches nothing on disk. Each task reads its typed
-//! section (`[inbound]`, `[outbound]`, `[dns]`, `[debug]`), never a raw table.
+//! section (`[inbound]`, `[outbound]`, `[dns]`, `[debug]`, `[metrics]`), never a raw table.
 //!
 //! Every error names the file, the line and the dotted key
 //! (``/abs/etc/smtpmta.toml:7: key `inbound.max_handlers`: …``). docs/CONFIG.md describes every
@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use mta_types::Domain;
+use mta_types::{BareNewline, Domain};
 use serde::Deserialize;
 
 pub use debug::DebugKnobs;
@@ -62,6 +62,32 @@ pub struct Config {
     pub dns: DnsConfig,
     /// `[debug]`: logging knobs, changeable at runtime with `set config`.
     pub debug: DebugKnobs,
+    /// `[metrics]`: the supervisor's Prometheus endpoint and status page.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
+/// text format.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `listen`: `ip:port` to serve on, or `""` for no endpoint. Anyone who can connect can
+    /// read the queue's destinations, so keep it on loopback or behind a firewall.
+    /// Default `"127.0.0.1:9025"`.
+    #[serde(deserialize_with = "values::optional_socket")]
+    pub listen: Option<SocketAddr>,
+    /// `top_destinations`: destinations listed one by one in
+    /// `smtpmta_destination_messages` (those with the most messages waiting). Default 20.
+    pub top_destinations: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9025))),
+            top_destinations: 20,
+        }
+    }
 }
 
 /// `[inbound]` — the SMTP listener (isesctl) and its session handlers.
@@ -97,6 +123,11 @@ pub struct InboundConfig {
     pub max_errors: u32,
     /// `max_hops`: Received headers before the message goes Dead (mail loop). Default 25.
     pub max_hops: u32,
+    /// `bare_newline`: a bare LF (no CR before it) in message content: `"normalize"` stores
+    /// it as CRLF, `"reject"` refuses the message with `554 5.6.0` (Postfix 3.9's
+    /// `smtpd_forbid_bare_newline`). Either way only CRLF.CRLF ends DATA (no SMTP
+    /// smuggling), and a bare CR is refused. Default `"normalize"`.
+    pub bare_newline: BareNewline,
 }
 
 impl Default for InboundConfig {
@@ -112,6 +143,7 @@ impl Default for InboundConfig {
             session_timeout: Duration::from_secs(3600),
             max_errors: 10,
             max_hops: 25,
+            bare_newline: BareNewline::Normalize,
         }
     }
 }
@@ -204,6 +236,7 @@ struct RawConfig {
     outbound: OutboundConfig,
     dns: DnsConfig,
     debug: DebugKnobs,
+    metrics: MetricsConfig,
 }
 
 impl Default for RawConfig {
@@ -221,6 +254,7 @@ impl Default for RawConfig {
             outbound: OutboundConfig::default(),
             dns: DnsConfig::default(),
             debug: DebugKnobs::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -286,6 +320,7 @@ impl Config {
             outbound: raw.outbound,
             dns: raw.dns,
             debug: raw.debug,
+            metrics: raw.metrics,
         })
     }
 

@@ -91,6 +91,12 @@ fn shipped_default_loads_with_documented_values() {
     assert_eq!(c.outbound, OutboundConfig::default());
     assert_eq!(c.dns, DnsConfig::default());
     assert_eq!(c.debug, DebugKnobs::default());
+    assert_eq!(c.metrics, MetricsConfig::default());
+    assert_eq!(c.inbound.bare_newline, mta_types::BareNewline::Normalize);
+    assert_eq!(
+        c.metrics.listen,
+        Some("127.0.0.1:9025".parse::<SocketAddr>().unwrap())
+    );
     assert_eq!(
         c.inbound.listen,
         vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
@@ -297,6 +303,33 @@ fn out_of_range_values() {
     assert_located(&e, &file, 2, "debug.SMTPDebugIO", "out of range");
     let (e, file) = config_err("[outbound]\nretry = []\n");
     assert_located(&e, &file, 2, "outbound.retry", "at least one interval");
+}
+
+#[test]
+fn bare_newline_and_metrics_keys() {
+    let f = Fixture::new(
+        "[inbound]\nbare_newline = \"reject\"\n[metrics]\nlisten = \"\"\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.inbound.bare_newline, mta_types::BareNewline::Reject);
+    assert_eq!(c.metrics.listen, None);
+    let (e, file) = config_err("hostname = \"x\"\n[inbound]\nbare_newline = \"fix\"\n");
+    assert_located(
+        &e,
+        &file,
+        3,
+        "inbound.bare_newline",
+        "unknown variant `fix`, expected `normalize` or `reject`",
+    );
+    let (e, file) = config_err("[metrics]\n\nlisten = \"localhost\"\n");
+    assert_located(
+        &e,
+        &file,
+        3,
+        "metrics.listen",
+        "`localhost` is not a socket address",
+    );
 }
 
 #[test]

@@ -222,6 +222,19 @@ impl<'de> Deserialize<'de> for NameserverValue {
     }
 }
 
+/// `ip:port`, `[ipv6]:port`, or `""` (off).
+pub fn optional_socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_str(d, |s| {
+        let t = s.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.parse::<SocketAddr>().map(Some).map_err(|_| {
+            format!("`{s}` is not a socket address (ip:port, [ipv6]:port, or \"\" for off)")
+        })
+    })
+}
+
 pub fn socket_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
     Ok(Vec::<SocketValue>::deserialize(d)?
         .into_iter()

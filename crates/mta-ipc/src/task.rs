@@ -24,6 +24,8 @@ pub enum TaskRequest {
     Refresh,
     /// Stop cleanly: finish what is in hand, release the rest, exit 0.
     Shutdown,
+    /// The task's latency histograms, for the supervisor's `/metrics`.
+    Histograms,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -32,6 +34,20 @@ pub enum TaskResponse {
     Status(TaskStatus),
     Told(String),
     Error(String),
+    Histograms(Vec<HistogramSnapshot>),
+}
+
+/// A latency histogram as a task has counted it so far (since it started).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    /// The metric's name without prefix, e.g. `accept_latency_seconds`.
+    pub name: String,
+    pub help: String,
+    /// Upper bounds of the buckets, in seconds, ascending; a last bucket (+Inf) follows.
+    pub bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative): `bounds.len() + 1` of them.
+    pub counts: Vec<u64>,
+    pub sum_seconds: f64,
 }
 
 /// What a task says about itself for `show tasks`.
@@ -73,6 +89,13 @@ impl TaskClient {
 
     pub async fn request(&mut self, request: &TaskRequest) -> Result<TaskResponse, IpcError> {
         self.conn.call(request, Self::TIMEOUT).await
+    }
+
+    pub async fn histograms(&mut self) -> Result<Vec<HistogramSnapshot>, IpcError> {
+        match self.request(&TaskRequest::Histograms).await? {
+            TaskResponse::Histograms(h) => Ok(h),
+            other => Err(IpcError::Unexpected(format!("{other:?}"))),
+        }
     }
 
     pub async fn status(&mut self) -> Result<TaskStatus, IpcError> {

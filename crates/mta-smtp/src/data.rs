@@ -5,13 +5,19 @@
 //! exactly `.`, ended by CRLF, whose previous line also ended by CRLF (the DATA command's
 //! own CRLF counts for the first line). `<LF>.<LF>`, `<LF>.<CRLF>`, `<CR><LF>.<LF>`,
 //! `<CR>.<CR>`, `<CR>.<CR><LF>` and the like never end the message; they contain a bare CR
-//! or LF, so the message is refused ([`DataOutcome::BareLineEnding`]) once the real end has
-//! been read. One DATA therefore never yields two messages, and whatever follows the real end
+//! or LF. One DATA therefore never yields two messages, and whatever follows the real end
 //! is read as the next command.
+//!
+//! What happens to a bare LF is the policy [`BareNewline`] (`[inbound] bare_newline`):
+//! `Reject` refuses the message ([`DataOutcome::BareLineEnding`]) once the real end has been
+//! read; `Normalize` stores it as CRLF (and a dot after it is unstuffed like any line's),
+//! but the line after it still never ends DATA — so a fake end becomes visible content of
+//! the one message, never a second message. A bare CR is refused under both.
 //!
 //! Memory is bounded: content is kept only while it is within `max_size`; after a failure
 //! the rest is scanned to its end without being stored. Line length is counted, not buffered.
 
+pub use mta_types::BareNewline;
 use std::io;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -22,6 +28,8 @@ pub struct DataLimits {
     pub max_size: u64,
     /// Longest accepted line, in octets, not counting its CRLF.
     pub max_line: usize,
+    /// What a bare LF in the content does.
+    pub bare_newline: BareNewline,
 }
 
 /// What a DATA (or a BDAT sequence) produced. Every variant but `Complete` means the content
@@ -62,8 +70,14 @@ pub struct DataScanner {
     out: Vec<u8>,
     /// The first problem seen; from then on nothing is stored.
     failure: Option<Failure>,
-    /// The current line began right after a CRLF (or at the start of the content).
+    /// The current line began right after a CRLF (or at the start of the content): only
+    /// such a line can end DATA.
     line_after_crlf: bool,
+    /// The current line began after a line ending (CRLF, or a normalized bare LF): a
+    /// leading dot is unstuffed.
+    line_start: bool,
+    /// Bare LFs stored as CRLF (`BareNewline::Normalize`).
+    normalized: usize,
     /// Octets of the current line so far (before unstuffing, without its line ending).
     line_len: usize,
     /// The current line began (after a CRLF) with a dot.
@@ -79,6 +93,8 @@ impl DataScanner {
             out: Vec::new(),
             failure: None,
             line_after_crlf: true,
+            line_start: true,
+            normalized: 0,
             line_len: 0,
             first_dot: false,
             pending_cr: false,
@@ -112,8 +128,19 @@ impl DataScanner {
                     i += 1;
                 }
                 b'\n' => {
-                    self.fail(Failure::BareLineEnding);
-                    self.new_line(false);
+                    match self.limits.bare_newline {
+                        BareNewline::Reject => {
+                            self.fail(Failure::BareLineEnding);
+                            self.new_line(false);
+                        }
+                        BareNewline::Normalize => {
+                            self.normalized += 1;
+                            self.emit(b"\r\n");
+                            // A line like any other for content, but never an end of DATA.
+                            self.new_line(false);
+                            self.line_start = true;
+                        }
+                    }
                     i += 1;
                 }
                 _ => {
@@ -122,7 +149,7 @@ impl DataScanner {
                         .position(|&b| b == b'\r' || b == b'\n')
                         .map_or(buf.len(), |p| i + p);
                     let mut run = &buf[i..end];
-                    if self.line_len == 0 && self.line_after_crlf && run[0] == b'.' {
+                    if self.line_len == 0 && self.line_start && run[0] == b'.' {
                         self.first_dot = true;
                         run = &run[1..];
                     }
@@ -138,6 +165,11 @@ impl DataScanner {
         None
     }
 
+    /// Bare LFs stored as CRLF so far (always 0 under `BareNewline::Reject`).
+    pub fn normalized(&self) -> usize {
+        self.normalized
+    }
+
     /// The outcome once [`DataScanner::feed`] has found the end.
     pub fn finish(self) -> DataOutcome {
         match self.failure {
@@ -150,6 +182,7 @@ impl DataScanner {
 
     fn new_line(&mut self, after_crlf: bool) {
         self.line_after_crlf = after_crlf;
+        self.line_start = after_crlf;
         self.line_len = 0;
         self.first_dot = false;
     }
@@ -174,11 +207,12 @@ impl DataScanner {
 }
 
 /// Reads DATA content up to and including `CRLF . CRLF`, leaving what follows in `r`.
+/// Returns the outcome and how many bare LFs were stored as CRLF (for the session's log).
 /// An end of stream before the end of data is `UnexpectedEof`.
 pub async fn read_data<R: AsyncBufRead + Unpin>(
     r: &mut R,
     limits: DataLimits,
-) -> io::Result<DataOutcome> {
+) -> io::Result<(DataOutcome, usize)> {
     let mut scanner = DataScanner::new(limits);
     loop {
         let buf = r.fill_buf().await?;
@@ -191,7 +225,8 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         match scanner.feed(buf) {
             Some(n) => {
                 r.consume(n);
-                return Ok(scanner.finish());
+                let normalized = scanner.normalized();
+                return Ok((scanner.finish(), normalized));
             }
             None => {
                 let n = buf.len();
@@ -237,11 +272,21 @@ impl ChunkAssembly {
         self.content = Vec::new();
     }
 
-    /// Checks the assembled message. Content that does not end in CRLF gets one.
-    pub fn finish(mut self) -> DataOutcome {
+    /// Checks the assembled message (bare LFs normalized first if the policy says so).
+    /// Content that does not end in CRLF gets one. Returns the outcome and how many bare
+    /// LFs became CRLF.
+    pub fn finish(mut self) -> (DataOutcome, usize) {
         if self.too_big {
-            return DataOutcome::TooBig;
+            return (DataOutcome::TooBig, 0);
         }
+        let mut normalized = 0;
+        if self.limits.bare_newline == BareNewline::Normalize {
+            (self.content, normalized) = normalize_bare_lf(std::mem::take(&mut self.content));
+        }
+        (self.check(), normalized)
+    }
+
+    fn check(mut self) -> DataOutcome {
         if has_bare_line_ending(&self.content) {
             return DataOutcome::BareLineEnding;
         }
@@ -295,6 +340,27 @@ pub async fn read_chunk<R: AsyncBufRead + Unpin>(
     Ok(())
 }
 
+/// `content` with every LF not preceded by CR made CRLF, and how many there were. A bare
+/// CR stays (and is refused by the caller). Allocates only when there is one.
+fn normalize_bare_lf(content: Vec<u8>) -> (Vec<u8>, usize) {
+    let bare = content
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' && (i == 0 || content[i - 1] != b'\r'))
+        .count();
+    if bare == 0 {
+        return (content, 0);
+    }
+    let mut out = Vec::with_capacity(content.len() + bare);
+    for (i, &b) in content.iter().enumerate() {
+        if b == b'\n' && (i == 0 || content[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    (out, bare)
+}
+
 /// True when `content` has an LF not preceded by CR, or a CR not followed by LF.
 pub fn has_bare_line_ending(content: &[u8]) -> bool {
     let mut i = 0;
@@ -340,19 +406,20 @@ mod tests {
     const LIMITS: DataLimits = DataLimits {
         max_size: 10_000,
         max_line: 998,
+        bare_newline: BareNewline::Reject,
     };
 
     /// Reads one DATA from `input` and returns the outcome and the bytes left after it.
     async fn data(input: &[u8], limits: DataLimits) -> (DataOutcome, Vec<u8>) {
         let mut r = input;
-        let outcome = read_data(&mut r, limits).await.unwrap();
+        let (outcome, _) = read_data(&mut r, limits).await.unwrap();
         (outcome, r.to_vec())
     }
 
     /// The same, through a reader that hands over one byte at a time.
     async fn data_bytewise(input: &[u8], limits: DataLimits) -> (DataOutcome, Vec<u8>) {
         let mut r = BufReader::with_capacity(1, input);
-        let outcome = read_data(&mut r, limits).await.unwrap();
+        let (outcome, _) = read_data(&mut r, limits).await.unwrap();
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         (outcome, rest)
@@ -430,6 +497,82 @@ mod tests {
         }
     }
 
+    const NORMALIZE: DataLimits = DataLimits {
+        bare_newline: BareNewline::Normalize,
+        ..LIMITS
+    };
+
+    #[tokio::test]
+    async fn normalize_turns_bare_lf_into_crlf_and_only_crlf_dot_crlf_ends() {
+        let input = b"Subject: lf\n\nline one\n..dotted\r\nend\n.\nstill content\r\n.\r\nQUIT\r\n";
+        for (outcome, rest) in [
+            data(input, NORMALIZE).await,
+            data_bytewise(input, NORMALIZE).await,
+        ] {
+            assert_eq!(
+                outcome,
+                DataOutcome::Complete(
+                    b"Subject: lf\r\n\r\nline one\r\n.dotted\r\nend\r\n\r\nstill content\r\n"
+                        .to_vec()
+                )
+            );
+            assert_eq!(rest, b"QUIT\r\n");
+        }
+        let mut r: &[u8] = b"a\nb\n\r\n.\r\n";
+        let (outcome, normalized) = read_data(&mut r, NORMALIZE).await.unwrap();
+        assert_eq!(outcome, DataOutcome::Complete(b"a\r\nb\r\n\r\n".to_vec()));
+        assert_eq!(normalized, 2);
+        // Plain CRLF content: nothing to normalize.
+        let mut r: &[u8] = b"a\r\n.\r\n";
+        assert_eq!(read_data(&mut r, NORMALIZE).await.unwrap().1, 0);
+    }
+
+    #[tokio::test]
+    async fn smuggling_under_normalize_stays_inside_the_one_message() {
+        let smuggled =
+            b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@y.example>\r\nDATA\r\nforged\r\n";
+        let fake_ends: [&[u8]; 7] = [
+            b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b"\n.\r",
+        ];
+        for fake in fake_ends {
+            let mut input = b"Subject: one\r\n\r\nbody".to_vec();
+            input.extend_from_slice(fake);
+            input.extend_from_slice(smuggled);
+            input.extend_from_slice(b".\r\nQUIT\r\n");
+            for (outcome, rest) in [
+                data(&input, NORMALIZE).await,
+                data_bytewise(&input, NORMALIZE).await,
+            ] {
+                assert_eq!(rest, b"QUIT\r\n", "fake end {fake:?}");
+                if has_bare_line_ending(&normalize_bare_lf(fake.to_vec()).0) {
+                    // A bare CR is refused under both policies.
+                    assert_eq!(outcome, DataOutcome::BareLineEnding, "fake end {fake:?}");
+                } else {
+                    let DataOutcome::Complete(c) = outcome else {
+                        panic!("fake end {fake:?}: {outcome:?}")
+                    };
+                    assert!(c.windows(9).any(|w| w == b"MAIL FROM"), "fake end {fake:?}");
+                    assert!(!has_bare_line_ending(&c), "fake end {fake:?}: {c:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bdat_under_normalize() {
+        let mut asm = ChunkAssembly::new(NORMALIZE);
+        let mut input: &[u8] = b"a\nb\r\nc\n";
+        read_chunk(&mut input, 7, &mut asm).await.unwrap();
+        assert_eq!(
+            asm.finish(),
+            (DataOutcome::Complete(b"a\r\nb\r\nc\r\n".to_vec()), 2)
+        );
+        let mut asm = ChunkAssembly::new(NORMALIZE);
+        let mut input: &[u8] = b"a\rb";
+        read_chunk(&mut input, 3, &mut asm).await.unwrap();
+        assert_eq!(asm.finish().0, DataOutcome::BareLineEnding);
+    }
+
     #[test]
     fn scanner_result_does_not_depend_on_where_reads_split() {
         let inputs: [&[u8]; 4] = [
@@ -438,14 +581,14 @@ mod tests {
             b"a\r.\r\nx\r\n.\r\nNEXT",
             b".\r\nNEXT",
         ];
-        for input in inputs {
+        for (input, limits) in inputs.iter().flat_map(|i| [(*i, LIMITS), (*i, NORMALIZE)]) {
             let whole = {
-                let mut s = DataScanner::new(LIMITS);
+                let mut s = DataScanner::new(limits);
                 let n = s.feed(input).unwrap();
                 (n, s.finish())
             };
             for cut in 0..=input.len() {
-                let mut s = DataScanner::new(LIMITS);
+                let mut s = DataScanner::new(limits);
                 let n = match s.feed(&input[..cut]) {
                     Some(n) => n,
                     None => cut + s.feed(&input[cut..]).unwrap(),
@@ -468,6 +611,7 @@ mod tests {
         let limits = DataLimits {
             max_size: 10,
             max_line: 998,
+            bare_newline: BareNewline::Reject,
         };
         let (outcome, rest) = data(b"12345678\r\n.\r\nNOOP\r\n", limits).await;
         assert_eq!(outcome, DataOutcome::Complete(b"12345678\r\n".to_vec()));
@@ -484,6 +628,7 @@ mod tests {
         let limits = DataLimits {
             max_size: 1 << 20,
             max_line: 10,
+            bare_newline: BareNewline::Reject,
         };
         let (outcome, _) = data(b"0123456789\r\n.\r\n", limits).await;
         assert!(matches!(outcome, DataOutcome::Complete(_)));
@@ -499,6 +644,7 @@ mod tests {
         let mut s = DataScanner::new(DataLimits {
             max_size: 100,
             max_line: 50,
+            bare_newline: BareNewline::Reject,
         });
         for _ in 0..1000 {
             assert_eq!(s.feed(&[b'y'; 1000]), None);
@@ -525,7 +671,7 @@ mod tests {
         read_chunk(&mut rest, 11, &mut asm).await.unwrap();
         assert_eq!(asm.total(), 20);
         assert_eq!(
-            asm.finish(),
+            asm.finish().0,
             DataOutcome::Complete(b"line one\r\nline two\r\n".to_vec())
         );
     }
@@ -535,12 +681,12 @@ mod tests {
         let mut asm = ChunkAssembly::new(LIMITS);
         let mut input: &[u8] = b"a\nb";
         read_chunk(&mut input, 3, &mut asm).await.unwrap();
-        assert_eq!(asm.finish(), DataOutcome::BareLineEnding);
+        assert_eq!(asm.finish().0, DataOutcome::BareLineEnding);
         let mut asm = ChunkAssembly::new(LIMITS);
         let mut input: &[u8] = b"a\r\n.\r\nb";
         read_chunk(&mut input, 7, &mut asm).await.unwrap();
         assert_eq!(
-            asm.finish(),
+            asm.finish().0,
             DataOutcome::Complete(b"a\r\n.\r\nb\r\n".to_vec())
         );
     }
@@ -550,6 +696,7 @@ mod tests {
         let limits = DataLimits {
             max_size: 8,
             max_line: 998,
+            bare_newline: BareNewline::Reject,
         };
         let mut asm = ChunkAssembly::new(limits);
         let mut input: &[u8] = b"12345678abcdefNEXT";
@@ -559,7 +706,7 @@ mod tests {
         assert!(asm.is_too_big());
         assert!(asm.content.is_empty());
         assert_eq!(input, b"NEXT");
-        assert_eq!(asm.finish(), DataOutcome::TooBig);
+        assert_eq!(asm.finish().0, DataOutcome::TooBig);
     }
 
     #[tokio::test]

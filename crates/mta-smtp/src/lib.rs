@@ -30,14 +30,14 @@ pub use command::{
     RcptParams, Ret, ReversePath, Verb, MAX_COMMAND_LINE,
 };
 pub use data::{
-    dot_stuff, has_bare_line_ending, read_chunk, read_data, ChunkAssembly, DataLimits, DataOutcome,
-    DataScanner,
+    dot_stuff, has_bare_line_ending, read_chunk, read_data, BareNewline, ChunkAssembly, DataLimits,
+    DataOutcome, DataScanner,
 };
 pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
-    run_session, ClientInfo, Direction, EndReason, Envelope, RcptVerdict, SessionConfig,
-    SessionHooks, SessionState, SessionSummary,
+    run_session, BareLineEvent, ClientInfo, Direction, EndReason, Envelope, RcptVerdict,
+    SessionConfig, SessionHooks, SessionState, SessionSummary,
 };
 
 /// Parses one command line with no transaction context (SMTPUTF8 not in effect). Pure, no

@@ -48,6 +48,8 @@ pub struct SessionConfig {
     pub session_timeout: Duration,
     /// Command errors tolerated before `421 4.7.0` and disconnect.
     pub max_errors: u32,
+    /// What a bare LF in message content does (`[inbound] bare_newline`).
+    pub bare_newline: crate::data::BareNewline,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +63,7 @@ impl Default for SessionConfig {
             data_timeout: Duration::from_secs(600),
             session_timeout: Duration::from_secs(3600),
             max_errors: 20,
+            bare_newline: crate::data::BareNewline::default(),
         }
     }
 }
@@ -122,6 +125,16 @@ pub enum Direction {
     Out,
 }
 
+/// A message whose content had bare line endings, for the owner's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareLineEvent {
+    /// `BareNewline::Normalize`: `lines` bare LFs were stored as CRLF in message `qid`
+    /// (called before `deliver`).
+    Normalized { qid: QueueId, lines: usize },
+    /// Refused with `554 5.6.0`: a bare LF under `BareNewline::Reject`, or a bare CR.
+    Refused,
+}
+
 /// What the session asks of its owner: recipient policy and durable delivery.
 pub trait SessionHooks: Send {
     /// Called for each RCPT after syntax checks; the hook decides local/relay policy.
@@ -141,6 +154,10 @@ pub trait SessionHooks: Send {
         env: &Envelope,
         content: Vec<u8>,
     ) -> impl Future<Output = Reply> + Send;
+
+    /// The content of the current transaction's message had bare line endings (see
+    /// [`BareLineEvent`]). Default: nothing.
+    fn bare_line_ending(&mut self, _env: &Envelope, _event: BareLineEvent) {}
 
     /// Protocol transcript for debug logging (SMTPDebugIO): each command line as received
     /// and each reply as sent (not message content). Default: nothing.

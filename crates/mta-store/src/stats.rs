@@ -11,6 +11,10 @@ use mta_types::message::ALIAS_EXPANDED;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus};
 use std::collections::BTreeMap;
 
+/// Messages accepted over SMTP (a record created that is not a delivery report).
+pub const RECEIVED: &str = "Mail.Received";
+/// Delivery attempts that ended in a temporary failure, one per recipient and attempt.
+pub const DEFERRED: &str = "Mail.Deferred";
 pub const DELIVERED: &str = "Mail.Delivered";
 pub const TRANSFERRED: &str = "Mail.Transferred";
 pub const TOTAL_FAILURES: &str = "Mail.TotalFailures";
@@ -28,6 +32,7 @@ pub const SIZE_DELIVERED_SUM: &str = "Mail.SizeDelivered.Sum";
 
 /// Every cumulative counter, in the order `show stat mail` lists them.
 pub const CUMULATIVE: &[&str] = &[
+    RECEIVED,
     DELIVERED,
     TRANSFERRED,
     TOTAL_ROUTED,
@@ -37,6 +42,7 @@ pub const CUMULATIVE: &[&str] = &[
     REPORTS_SENT,
     INBOUND_SESSIONS,
     OUTBOUND_SESSIONS,
+    DEFERRED,
     DELIVER_TIME_SUM_MS,
     DELIVER_TIME_COUNT,
     SIZE_DELIVERED_SUM,
@@ -69,6 +75,9 @@ impl Deltas {
         if old.is_none() && new.is_report() {
             self.add(REPORTS_SENT, 1);
         }
+        if old.is_none() && !new.is_report() {
+            self.add(RECEIVED, 1);
+        }
         for (i, r) in new.recipients.iter().enumerate() {
             let was_final = old
                 .and_then(|o| o.recipients.get(i))
@@ -87,7 +96,14 @@ impl Deltas {
                     self.delivery(new, *at);
                 }
                 RcptStatus::Failed { .. } => self.add(TOTAL_FAILURES, 1),
-                RcptStatus::Pending => {}
+                RcptStatus::Pending => {
+                    // A new attempt on a recipient still pending: a temporary failure.
+                    let before = old
+                        .and_then(|o| o.recipients.get(i))
+                        .filter(|o| o.address == r.address)
+                        .map_or(0, |o| o.attempts.len());
+                    self.add(DEFERRED, r.attempts.len().saturating_sub(before) as u64);
+                }
             }
         }
     }
@@ -171,6 +187,31 @@ mod tests {
         assert_eq!(d.0.get(DELIVERED), None);
         assert_eq!(d.0[TRANSFERRED], 1);
         assert_eq!(d.0.get(TOTAL_ROUTED), None);
+    }
+
+    #[test]
+    fn received_once_and_each_temporary_failure_deferred() {
+        let new = record(Location::Queue(QueueName::InboundWork), 2);
+        let mut d = Deltas::default();
+        d.record_change(None, &new);
+        assert_eq!(d.0[RECEIVED], 1);
+        assert_eq!(d.0.get(DEFERRED), None);
+        let mut tried = new.clone();
+        for r in &mut tried.recipients {
+            r.attempts.push(mta_types::message::Attempt {
+                at: 2000,
+                host: "mx".into(),
+                reply: "451 try later".into(),
+            });
+        }
+        let mut d = Deltas::default();
+        d.record_change(Some(&new), &tried);
+        assert_eq!(d.0[DEFERRED], 2);
+        assert_eq!(d.0.get(RECEIVED), None);
+        // Committed again without a new attempt: nothing more.
+        let mut d = Deltas::default();
+        d.record_change(Some(&tried), &tried.clone());
+        assert_eq!(d.0.get(DEFERRED), None);
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
                 TaskResponse::Ack
             }
             TaskRequest::Status => TaskResponse::Status(self.task.status()),
+            TaskRequest::Histograms => TaskResponse::Histograms(self.task.histograms()),
             TaskRequest::Tell(TellCommand::ShowStatus) => {
                 let status = self.task.status();
                 let mut text =

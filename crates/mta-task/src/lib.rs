@@ -13,13 +13,14 @@
 
 mod context;
 mod control;
+pub mod histogram;
 mod logging;
 pub mod outcome_log;
 pub mod queue_worker;
 pub mod test_hooks;
 
 pub use context::TaskContext;
-pub use logging::init_logging;
+pub use logging::{init_logging, LOG_FORMAT_ENV};
 pub use outcome_log::{log_outcome, Outcome};
 pub use queue_worker::{drain, QueueWorker};
 
@@ -72,6 +73,12 @@ pub trait Task: Sized + Send + Sync + 'static {
 
     /// What `show tasks` says about this task and its handlers.
     fn status(&self) -> TaskStatus;
+
+    /// The task's latency histograms (`histogram::Histogram::snapshot`), read by the
+    /// supervisor's `/metrics`. Default: none.
+    fn histograms(&self) -> Vec<mta_ipc::task::HistogramSnapshot> {
+        Vec::new()
+    }
 
     /// A TELL command other than `show status`.
     fn tell(

@@ -169,6 +169,14 @@ impl Suite {
             ("dns", vec![]),
             ("debug", vec![]),
         ];
+        // Suites run in parallel: no fixed metrics port unless a test asks for one.
+        if !opts
+            .sections
+            .iter()
+            .any(|(n, l)| *n == "metrics" && l.trim_start().starts_with("listen"))
+        {
+            sections.push(("metrics", vec!["listen = \"\"".into()]));
+        }
         // Tests never query the Internet's DNS: unless a test runs its own server, queries
         // go to a closed loopback port and fail as temporary errors at once.
         if !opts

@@ -12,4 +12,4 @@ pub mod task;
 pub use address::{Address, AddressError, Domain};
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
 pub use queue_id::QueueId;
-pub use task::{QueueName, TaskName};
+pub use task::{BareNewline, QueueName, TaskName};

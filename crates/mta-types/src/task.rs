@@ -132,3 +132,27 @@ impl fmt::Display for QueueName {
         f.write_str(self.as_str())
     }
 }
+
+/// `[inbound] bare_newline`: what an inbound session does with a bare LF (an LF not preceded
+/// by CR) in message content, like Postfix 3.9's `smtpd_forbid_bare_newline`. Either way only
+/// `<CR><LF>.<CR><LF>` ends DATA, so SMTP smuggling stays impossible; a bare CR is refused
+/// under both (nothing sends one on purpose, and it could end a line at a careless next hop).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewline {
+    /// The bare LF becomes CRLF and the message is accepted (Postfix 3.7's behaviour, which
+    /// many scripts and old clients rely on).
+    #[default]
+    Normalize,
+    /// The message is refused with `554 5.6.0`.
+    Reject,
+}
+
+impl BareNewline {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BareNewline::Normalize => "normalize",
+            BareNewline::Reject => "reject",
+        }
+    }
+}

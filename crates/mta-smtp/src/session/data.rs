@@ -1,7 +1,7 @@
 //! DATA (RFC 5321 4.1.1.4) and BDAT (RFC 3030): read the content, check it, add our
 //! Received header and hand the message to the hooks.
 
-use super::{Flow, Session, SessionHooks, SessionState};
+use super::{BareLineEvent, Flow, Session, SessionHooks, SessionState};
 use crate::data::{read_chunk, read_data, ChunkAssembly, DataLimits, DataOutcome};
 use crate::received::received_header;
 use crate::reply::Reply;
@@ -18,6 +18,7 @@ where
         DataLimits {
             max_size: self.cfg.max_message_size,
             max_line: self.cfg.max_line_length,
+            bare_newline: self.cfg.bare_newline,
         }
     }
 
@@ -37,7 +38,7 @@ where
         self.io.get_mut().set_idle(self.cfg.data_timeout);
         let limits = self.limits();
         match read_data(&mut self.io, limits).await {
-            Ok(outcome) => self.message_read(outcome).await,
+            Ok((outcome, normalized)) => self.message_read(outcome, normalized).await,
             Err(e) => self.io_failed(e),
         }
     }
@@ -61,6 +62,7 @@ where
                     ChunkAssembly::new(DataLimits {
                         max_size: 0,
                         max_line: 0,
+                        bare_newline: self.cfg.bare_newline,
                     }),
                     Some(refusal),
                 )
@@ -74,7 +76,8 @@ where
             return self.error(refusal);
         }
         if last {
-            return self.message_read(assembly.finish()).await;
+            let (outcome, normalized) = assembly.finish();
+            return self.message_read(outcome, normalized).await;
         }
         let too_big = assembly.is_too_big();
         self.state = SessionState::Chunking(assembly);
@@ -86,11 +89,18 @@ where
     }
 
     /// The content is complete (or refused): deliver it or say why not; either way the
-    /// transaction is over.
-    async fn message_read(&mut self, outcome: DataOutcome) -> Flow {
+    /// transaction is over. `normalized`: bare LFs the reader stored as CRLF.
+    async fn message_read(&mut self, outcome: DataOutcome, normalized: usize) -> Flow {
         let reply = match outcome {
             DataOutcome::Complete(content) => {
                 let qid = QueueId::generate();
+                if normalized > 0 {
+                    let event = BareLineEvent::Normalized {
+                        qid,
+                        lines: normalized,
+                    };
+                    self.hooks.bare_line_ending(&self.env, event);
+                }
                 let header = received_header(&self.cfg.hostname, &self.env, qid, SystemTime::now());
                 let mut message = Vec::with_capacity(header.len() + content.len());
                 message.extend_from_slice(header.as_bytes());
@@ -105,6 +115,10 @@ where
                 reply
             }
             refused => {
+                if refused == DataOutcome::BareLineEnding {
+                    self.hooks
+                        .bare_line_ending(&self.env, BareLineEvent::Refused);
+                }
                 self.rejected += 1;
                 refused.rejection().unwrap_or_else(Reply::local_error)
             }

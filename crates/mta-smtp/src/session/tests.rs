@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 struct FakeHooks {
     delivered: Vec<(QueueId, Envelope, Vec<u8>)>,
     transcript: Vec<(Direction, Vec<u8>)>,
+    bare: Vec<BareLineEvent>,
 }
 
 impl SessionHooks for FakeHooks {
@@ -36,6 +37,10 @@ impl SessionHooks for FakeHooks {
     fn transcript(&mut self, dir: Direction, line: &[u8]) {
         self.transcript.push((dir, line.to_vec()));
     }
+
+    fn bare_line_ending(&mut self, _env: &Envelope, event: BareLineEvent) {
+        self.bare.push(event);
+    }
 }
 
 fn test_config() -> SessionConfig {
@@ -48,6 +53,7 @@ fn test_config() -> SessionConfig {
         data_timeout: Duration::from_secs(120),
         session_timeout: Duration::from_secs(600),
         max_errors: 5,
+        bare_newline: crate::data::BareNewline::Reject,
     }
 }
 
@@ -337,6 +343,46 @@ async fn smuggling_is_one_rejected_message_and_next_command_is_read() {
     assert!(hooks.delivered.is_empty());
     assert_eq!(summary.rejected, 1);
     assert_eq!(summary.accepted, 0);
+}
+
+#[tokio::test]
+async fn smuggling_under_normalize_is_one_message_with_crlf_only() {
+    let cfg = SessionConfig {
+        bare_newline: crate::data::BareNewline::Normalize,
+        ..test_config()
+    };
+    let mut t = TestSession::start(cfg).await;
+    t.ehlo().await;
+    t.cmd("MAIL FROM:<a@b.example>", 250).await;
+    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    t.cmd("DATA", 354).await;
+    t.send(b"Subject: one\r\n\r\nbody\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@mx.example>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n").await;
+    t.expect(250).await; // the one message
+    t.expect(250).await; // the NOOP
+                         // A bare CR is still refused.
+    t.cmd("MAIL FROM:<a@b.example>", 250).await;
+    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    t.cmd("DATA", 354).await;
+    t.send(b"x\r.\r\n.\r\n").await;
+    assert_eq!(t.expect(554).await, Reply::bare_lf_rejected());
+    t.cmd("QUIT", 221).await;
+    let (summary, hooks) = t.finish().await;
+    assert_eq!((summary.accepted, summary.rejected), (1, 1));
+    let (qid, _, content) = &hooks.delivered[0];
+    assert!(content.ends_with(
+        b"body\r\n\r\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@mx.example>\r\nDATA\r\nforged\r\n"
+    ));
+    assert!(!crate::has_bare_line_ending(content));
+    assert_eq!(
+        hooks.bare,
+        vec![
+            BareLineEvent::Normalized {
+                qid: *qid,
+                lines: 2
+            },
+            BareLineEvent::Refused
+        ]
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,484 @@
+//! The supervisor's HTTP endpoint (`[metrics] listen`): `/metrics` in the Prometheus /
+//! OpenMetrics text format, built by `prometheus-client`.
+//!
+//! Every value is read when a scrape arrives, from what the supervisor already keeps: the
+//! store's location counts and destination summaries, its statistics counters (the same
+//! atomic batches as the changes they count), the children table, and each controller's
+//! handler table (one status request to each task, as `show tasks` does), and isesctl's
+//! accept-latency histogram (`TaskRequest::Histograms`; isesctl counts it in memory with a
+//! few atomic adds per message, `mta_task::histogram`). A scrape costs the same whether a
+//! hundred or a million messages are queued, and the hot path does not know scrapes exist.
+//!
+//! Two formats: OpenMetrics text for clients that ask for it (a Prometheus server does, in
+//! its `Accept` header), and the classic Prometheus text format (0.0.4) for everyone else
+//! (`curl`, `promtool check metrics`), whose counters' HELP and TYPE lines carry the
+//! `_total` name of their sample ([`to_text_format`]).
+//!
+//! The server is hyper's HTTP/1.1 alone: one request per connection (no keep-alive), at most
+//! `MAX_CONNECTIONS` at once, each bounded by `REQUEST_TIMEOUT`. Only GET and HEAD.
+
+use crate::Supervisor;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use mta_ipc::console::TaskRow;
+use mta_ipc::store::DestinationRow;
+use mta_ipc::task::HistogramSnapshot;
+use mta_ipc::TaskClient;
+use mta_store::stats as names;
+use mta_types::message::now_ms;
+use mta_types::TaskName;
+use mta_types::{Location, QueueName};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Scrapers and browsers served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// A connection that has not had its answer by then is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Destination summaries read per scrape at most (one row per destination, not per
+/// message); the top N are taken from these.
+const MAX_DESTINATION_ROWS: usize = 10_000;
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Binds `[metrics] listen`; a port in use is a clear start-up error, like an SMTP port.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ([metrics] listen)"))
+}
+
+/// Serves until the task is aborted (at shutdown).
+pub async fn serve(sup: Arc<Supervisor>, listener: TcpListener) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let sup = sup.clone();
+                async move { Ok::<_, Infallible>(answer(&sup, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(
+    sup: &Arc<Supervisor>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
+    }
+    let openmetrics = req.headers().get_all("accept").iter().any(|v| {
+        v.to_str()
+            .unwrap_or("")
+            .contains("application/openmetrics-text")
+    });
+    match req.uri().path() {
+        "/metrics" => match scrape(sup).await {
+            Ok(text) => {
+                let (content_type, text) = if openmetrics {
+                    (OPENMETRICS, text)
+                } else {
+                    (TEXT_FORMAT, to_text_format(&text))
+                };
+                Response::builder()
+                    .header("content-type", content_type)
+                    .body(Full::new(Bytes::from(text)))
+                    .expect("valid response")
+            }
+            Err(e) => {
+                tracing::warn!("metrics: {e}");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+            }
+        },
+        "/" => crate::status_page::page(sup).await,
+        _ => plain(StatusCode::NOT_FOUND, "not found; try / or /metrics\n"),
+    }
+}
+
+pub fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(text.to_string())))
+        .expect("valid response")
+}
+
+/// One scrape: the task rows (with handlers) over IPC, then the store's numbers read off the
+/// async threads (sled reads are blocking).
+pub async fn scrape(sup: &Arc<Supervisor>) -> Result<String, String> {
+    let tasks = crate::console::show_tasks(sup).await;
+    let histograms = task_histograms(sup, TaskName::Isesctl).await;
+    let sup = sup.clone();
+    tokio::task::spawn_blocking(move || render(&sup, &tasks, histograms))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// A task's latency histograms; none if it does not answer in time (it may be restarting).
+async fn task_histograms(sup: &Supervisor, task: TaskName) -> Vec<HistogramSnapshot> {
+    let ask = async {
+        let mut c = TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta)
+            .await
+            .ok()?;
+        c.histograms().await.ok()
+    };
+    tokio::time::timeout(Duration::from_millis(1500), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// A task's histogram snapshot in the exposition format (its buckets are already counted).
+#[derive(Debug)]
+struct Snapshot(HistogramSnapshot);
+
+impl EncodeMetric for Snapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let mut buckets: Vec<(f64, u64)> = s
+            .bounds
+            .iter()
+            .copied()
+            .zip(s.counts.iter().copied())
+            .collect();
+        buckets.push((f64::MAX, s.counts.get(s.bounds.len()).copied().unwrap_or(0)));
+        let count = s.counts.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(s.sum_seconds, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format: a counter family `x` has samples
+/// `x_total`, and the older format wants its HELP and TYPE lines under that name; no `# EOF`.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 12);
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The `[metrics] top_destinations` destinations with the most messages waiting in
+/// outbound-work, most first, read from the store's destination summaries (one row per
+/// destination, at most `MAX_DESTINATION_ROWS` read).
+pub fn top_destinations(sup: &Supervisor) -> Result<Vec<DestinationRow>, String> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    let mut read = 0;
+    while read < MAX_DESTINATION_ROWS {
+        let page = sup
+            .store
+            .destinations(after.clone(), 1000)
+            .map_err(|e| format!("queue store: {e}"))?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.location, last.domain.clone()));
+        read += page.len();
+        let full = page.len() == 1000;
+        rows.extend(
+            page.into_iter()
+                .filter(|d| d.location == Location::Queue(QueueName::OutboundWork)),
+        );
+        if !full {
+            break;
+        }
+    }
+    rows.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
+    rows.truncate(sup.config.metrics.top_destinations);
+    Ok(rows)
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A label value for a location: `pending`, `pending_transmission`, `held`, `dead`, …
+fn state_label(loc: Location) -> String {
+    loc.label().to_ascii_lowercase().replace(' ', "_")
+}
+
+fn render(
+    sup: &Supervisor,
+    tasks: &[TaskRow],
+    histograms: Vec<HistogramSnapshot>,
+) -> Result<String, String> {
+    let engine = sup.store.engine();
+    let counters = engine.counters().map_err(|e| format!("queue store: {e}"))?;
+    let get = |n: &str| counters.get(n).copied().unwrap_or(0);
+    let mut r = Registry::with_prefix("smtpmta");
+
+    // A gauge, not an OpenMetrics info: Prometheus' own text parser (promtool) knows no
+    // `info` type.
+    let build = Family::<Labels, Gauge>::default();
+    build
+        .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+    r.register(
+        "build_info",
+        "The running smtpmta version (always 1)",
+        build,
+    );
+    r.register(
+        "start_time_seconds",
+        "When the supervisor started, Unix time",
+        ConstGauge::new(sup.started_ms as f64 / 1000.0),
+    );
+
+    // Queue depth: the store's per-location counts (kept with every change).
+    let queue = Family::<Labels, Gauge>::default();
+    let mut locations: Vec<(Location, &str)> = QueueName::ALL
+        .iter()
+        .map(|q| (Location::Queue(*q), q.as_str()))
+        .collect();
+    locations.extend([
+        (
+            Location::Held {
+                from: QueueName::MailBox,
+            },
+            "none",
+        ),
+        (Location::Dead, "none"),
+        (Location::ConversionError, "none"),
+    ]);
+    for (loc, q) in locations {
+        queue
+            .get_or_create(&labels(&[("queue", q), ("state", &state_label(loc))]))
+            .set(engine.count_in(loc) as i64);
+    }
+    r.register(
+        "queue_messages",
+        "Messages in each queue and state (parked states have queue=\"none\")",
+        queue,
+    );
+
+    // Destinations waiting for transmission: the top N by messages, and when each is tried
+    // next (a destination whose next attempt is in the future is deferred).
+    let rows = top_destinations(sup)?;
+    let dest_messages = Family::<Labels, Gauge>::default();
+    let dest_next = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let now = now_ms();
+    for d in &rows {
+        let l = labels(&[("destination", &d.domain)]);
+        dest_messages.get_or_create(&l).set(d.messages as i64);
+        dest_next
+            .get_or_create(&l)
+            .set(d.next_due.saturating_sub(now) as f64 / 1000.0);
+    }
+    r.register(
+        "destination_messages",
+        "Messages waiting in outbound-work per destination (the top_destinations with the most)",
+        dest_messages,
+    );
+    r.register(
+        "destination_next_attempt_seconds",
+        "Seconds until the next attempt for a destination (0: due now; more: deferred)",
+        dest_next,
+    );
+
+    // Totals, from the statistics counters.
+    for (name, help, counter) in [
+        (
+            "messages_received",
+            "Messages accepted over SMTP (Mail.Received)",
+            names::RECEIVED,
+        ),
+        (
+            "recipients_delivered",
+            "Recipients delivered to a local mailbox (Mail.Delivered)",
+            names::DELIVERED,
+        ),
+        (
+            "recipients_relayed",
+            "Recipients relayed to another host (Mail.Transferred)",
+            names::TRANSFERRED,
+        ),
+        (
+            "recipients_bounced",
+            "Recipients that failed for good: a report goes to the sender (Mail.TotalFailures)",
+            names::TOTAL_FAILURES,
+        ),
+        (
+            "recipients_deferred",
+            "Delivery attempts that failed temporarily, per recipient (Mail.Deferred)",
+            names::DEFERRED,
+        ),
+        (
+            "messages_routed",
+            "Messages routed out of mail.box (Mail.TotalRouted)",
+            names::TOTAL_ROUTED,
+        ),
+        (
+            "messages_dead",
+            "Messages that went Dead (Mail.TotalDead)",
+            names::TOTAL_DEAD,
+        ),
+        (
+            "conversion_errors",
+            "Messages imsgcnv could not convert (Mail.ConversionErrors)",
+            names::CONVERSION_ERRORS,
+        ),
+        (
+            "reports_sent",
+            "Delivery status notifications written (Mail.DeliveryReportsSent)",
+            names::REPORTS_SENT,
+        ),
+    ] {
+        r.register(name, help, ConstCounter::new(get(counter)));
+    }
+    r.register(
+        "delivery_time_seconds",
+        "Sum of arrival-to-delivery times of delivered and relayed recipients (divide by \
+         their count for the average)",
+        ConstCounter::new(get(names::DELIVER_TIME_SUM_MS) as f64 / 1000.0),
+    );
+
+    // Sessions and handlers: cumulative counts from the store, current use from the
+    // controllers' handler tables.
+    let sessions = Family::<Labels, Counter>::default();
+    sessions
+        .get_or_create(&labels(&[("direction", "inbound")]))
+        .inc_by(get(names::INBOUND_SESSIONS));
+    sessions
+        .get_or_create(&labels(&[("direction", "outbound")]))
+        .inc_by(get(names::OUTBOUND_SESSIONS));
+    r.register(
+        "sessions",
+        "SMTP sessions since the store was created",
+        sessions,
+    );
+    let handlers = Family::<Labels, Gauge>::default();
+    let handlers_max = Family::<Labels, Gauge>::default();
+    for (task, max) in [
+        ("isesctl", sup.config.inbound.max_handlers),
+        ("osesctl", sup.config.outbound.max_handlers),
+    ] {
+        handlers_max
+            .get_or_create(&labels(&[("task", task)]))
+            .set(max as i64);
+        for state in ["busy", "idle"] {
+            let n = tasks
+                .iter()
+                .filter(|t| t.parent.as_deref() == Some(task) && t.state == state)
+                .count();
+            handlers
+                .get_or_create(&labels(&[("task", task), ("state", state)]))
+                .set(n as i64);
+        }
+    }
+    r.register(
+        "handlers",
+        "Session handlers in each controller's table by state (busy = a session now)",
+        handlers,
+    );
+    r.register(
+        "handlers_max",
+        "Most session handlers a controller may run (max_handlers)",
+        handlers_max,
+    );
+
+    // Tasks: up and restarts, from the children table.
+    let up = Family::<Labels, Gauge>::default();
+    let restarts = Family::<Labels, Counter>::default();
+    for t in tasks.iter().filter(|t| t.parent.is_none()) {
+        let l = labels(&[("task", &t.name)]);
+        up.get_or_create(&l).set(i64::from(t.state == "running"));
+        restarts.get_or_create(&l).inc_by(u64::from(t.restarts));
+    }
+    r.register("task_up", "1 while the task runs, else 0", up);
+    r.register(
+        "task_restarts",
+        "Unexpected exits of the task since the supervisor started",
+        restarts,
+    );
+
+    r.register(
+        "store_bytes",
+        "Size of the queue store (sled) on disk",
+        ConstGauge::new(engine.size_on_disk() as i64),
+    );
+    r.register(
+        "spool_bytes",
+        "Size of the spool segments holding message content",
+        ConstGauge::new(crate::compaction::spool_bytes(&sup.config.spool_dir()) as i64),
+    );
+
+    // Latency histograms the tasks keep (isesctl: end of DATA to 250).
+    for h in histograms {
+        let (name, help) = (h.name.clone(), h.help.clone());
+        r.register(name, help, Snapshot(h));
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &r).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_text_format;
+
+    #[test]
+    fn counters_take_their_total_name_in_the_text_format() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The read-only status page at `/` of the metrics server: the tasks as `show tasks` lists
+//! them, the queue by state and by destination, and `show stat mail`. It reloads itself
+//! every `REFRESH_SECS`, has no forms, scripts or links that act, and answers only GET and
+//! HEAD, so looking at it changes nothing. It is served wherever `[metrics] listen` binds:
+//! loopback by default.
+//!
+//! The numbers come from the same places as the console's and the metrics' (counters and
+//! summaries, never a walk over the queue), so a reload costs the same at any queue size.
+
+use crate::Supervisor;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+use mta_ipc::console::TaskRow;
+use mta_types::message::now_ms;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Seconds between reloads.
+const REFRESH_SECS: u32 = 5;
+
+pub async fn page(sup: &Arc<Supervisor>) -> Response<Full<Bytes>> {
+    let tasks = crate::console::show_tasks(sup).await;
+    let s = sup.clone();
+    let html = tokio::task::spawn_blocking(move || render(&s, &tasks)).await;
+    match html {
+        Ok(Ok(html)) => Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from(html)))
+            .expect("valid response"),
+        Ok(Err(e)) => crate::metrics::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+        Err(e) => crate::metrics::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+    }
+}
+
+/// Text as HTML: everything shown comes from the mail (domains, errors) or the tasks.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn age(since_ms: Option<u64>) -> String {
+    let Some(since) = since_ms else {
+        return String::new();
+    };
+    let secs = now_ms().saturating_sub(since) / 1000;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
+    let counts = sup.store.engine().counts().rows;
+    let destinations = crate::metrics::top_destinations(sup)?;
+    let stats = crate::stats::show_stat_mail(sup)?;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
+         <title>smtpmta on {host}</title>\
+         <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+         th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}th{{background:#eee}}\
+         td.n{{text-align:right}}tr.handler td:first-child{{padding-left:1.6em}}\
+         .running,.idle{{color:#070}}.busy{{color:#05a}}.restarting,.stopped{{color:#b00}}</style></head><body>\
+         <h1>smtpmta on {host}</h1><p>Version {version}, supervisor pid {pid}, up {up}. \
+         This page reloads every {REFRESH_SECS} s and changes nothing.</p>",
+        host = esc(&sup.config.hostname),
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        up = age(Some(sup.started_ms)),
+    );
+
+    h.push_str(
+        "<h2>Tasks</h2><table id=\"tasks\"><tr><th>Task</th><th>Pid</th><th>State</th>\
+         <th>Description</th><th>Since</th><th>Restarts</th><th>Status</th></tr>",
+    );
+    for t in tasks {
+        let class = if t.parent.is_some() {
+            "handler"
+        } else {
+            "task"
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"{class}\" data-task=\"{name}\"><td>{name}</td><td class=\"n\">{pid}</td>\
+             <td class=\"{state}\">{state}</td><td>{description}</td><td class=\"n\">{since}</td>\
+             <td class=\"n\">{restarts}</td><td>{detail}</td></tr>",
+            name = esc(&t.name),
+            pid = t.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            state = esc(&t.state),
+            description = esc(&t.description),
+            since = age(t.since_ms),
+            restarts = if t.parent.is_some() {
+                String::new()
+            } else {
+                t.restarts.to_string()
+            },
+            detail = esc(&t.detail),
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str(
+        "<h2>Queue by state</h2><table id=\"queue\"><tr><th>State</th><th>Queue</th>\
+         <th>Messages</th></tr>",
+    );
+    for (state, queue, n) in &counts {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{n}</td></tr>",
+            esc(state),
+            esc(queue)
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str(
+        "<h2>Queue by destination</h2><table id=\"destinations\"><tr><th>Destination</th>\
+         <th>Messages</th><th>Next attempt</th><th>Last error</th></tr>",
+    );
+    if destinations.is_empty() {
+        h.push_str("<tr><td colspan=\"4\">nothing waiting for transmission</td></tr>");
+    }
+    let now = now_ms();
+    for d in &destinations {
+        let next = if d.next_due <= now {
+            "now".to_string()
+        } else {
+            format!("in {}s", (d.next_due - now).div_ceil(1000))
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td>{next}</td><td>{}</td></tr>",
+            esc(&d.domain),
+            d.messages,
+            esc(&d.last_error)
+        );
+    }
+    h.push_str("</table>");
+
+    h.push_str(
+        "<h2>show stat mail</h2><table id=\"stats\"><tr><th>Statistic</th><th>Value</th></tr>",
+    );
+    for s in &stats {
+        let unit = if s.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", esc(&s.unit))
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"n\">{}{unit}</td></tr>",
+            esc(&s.name),
+            s.value
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escapes_what_the_mail_brings() {
+        assert_eq!(
+            super::esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
