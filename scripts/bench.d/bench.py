@@ -311,6 +311,9 @@ max_handlers = 1100
 
 [outbound]
 relay_host = "127.0.0.1:{sink_port}"
+
+[metrics]
+listen = ""
 ''')
         with open(os.path.join(self.dir, "directory.toml"), "w") as f:
             f.write(f'''[[user]]
