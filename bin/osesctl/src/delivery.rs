@@ -122,7 +122,9 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
             env.report(&item, Vec::new());
             break;
         }
-        if !first {
+        // With PIPELINING the RSET goes out with the next message's commands.
+        let reset = !first && client.ext.pipelining;
+        if !first && !reset {
             match client.command("RSET").await {
                 Ok(r) if r.is_positive() => {}
                 _ => {
@@ -134,7 +136,7 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         }
         first = false;
         sent_in_session += 1;
-        match transfer(&env, &mut client, &label, &item).await {
+        match transfer(&env, &mut client, &label, &item, reset).await {
             Ok(results) => env.report(&item, results),
             Err((results, e)) => {
                 tracing::info!("qid={} list {id}: {label}: {e}", item.record.id);
@@ -183,6 +185,7 @@ async fn transfer(
     client: &mut SmtpClient,
     label: &str,
     item: &ListItem,
+    reset: bool,
 ) -> Result<Results, (Results, SessionError)> {
     let record: &MessageRecord = &item.record;
     let bounce_all = |status: &str, reason: String| -> Results {
@@ -318,6 +321,9 @@ async fn transfer(
         }
         (results, e)
     };
+    if client.ext.pipelining {
+        return pipelined(client, label, item, reset, mail, &content, broke).await;
+    }
     let reply = client
         .command(&mail)
         .await
@@ -389,5 +395,99 @@ async fn transfer(
         };
         results.push((i, outcome));
     }
+    Ok(results)
+}
+
+/// `transfer` over a server that offers PIPELINING (RFC 2920): [RSET,] MAIL, every RCPT and
+/// DATA in one write, their replies read in order, then the content: two round trips per
+/// message instead of four or more. A refused MAIL makes every recipient's outcome its
+/// reply; a 354 that nobody wants (no recipient accepted) is answered with an empty
+/// message so the session can go on.
+async fn pipelined(
+    client: &mut SmtpClient,
+    label: &str,
+    item: &ListItem,
+    reset: bool,
+    mail: String,
+    content: &[u8],
+    broke: impl Fn(Results, SessionError) -> (Results, SessionError),
+) -> Result<Results, (Results, SessionError)> {
+    let record = &item.record;
+    let mut lines = Vec::with_capacity(item.rcpts.len() + 3);
+    if reset {
+        lines.push("RSET".to_string());
+    }
+    lines.push(mail);
+    for i in &item.rcpts {
+        lines.push(format!("RCPT TO:<{}>", record.recipients[*i].address));
+    }
+    lines.push("DATA".to_string());
+    let replies = client
+        .pipeline(&lines)
+        .await
+        .map_err(|e| broke(Vec::new(), e))?;
+    let mut replies = replies.into_iter();
+    if reset {
+        let r = replies.next().expect("one reply per command");
+        if !r.is_positive() {
+            let e = SessionError::Refused {
+                command: "RSET".into(),
+                reply: reply_text(&r),
+            };
+            return Err(broke(Vec::new(), e));
+        }
+    }
+    let mail_reply = replies.next().expect("one reply per command");
+    let rcpt_replies: Vec<_> = replies.by_ref().take(item.rcpts.len()).collect();
+    let data_reply = replies.next().expect("one reply per command");
+    let outcome_of = |reply: &mta_smtp::Reply| {
+        let text = reply_text(reply);
+        if reply.code / 100 == 2 {
+            RcptOutcome::Sent {
+                host: label.to_string(),
+                reply: text,
+            }
+        } else if reply.is_permanent() {
+            RcptOutcome::Bounced {
+                host: label.to_string(),
+                status: reply_status(reply),
+                reason: text,
+            }
+        } else {
+            RcptOutcome::Deferred {
+                host: label.to_string(),
+                reply: text,
+            }
+        }
+    };
+    let mut results: Results = Vec::new();
+    let mut accepted = Vec::new();
+    if !mail_reply.is_positive() {
+        results.extend(item.rcpts.iter().map(|i| (*i, outcome_of(&mail_reply))));
+    } else {
+        for (i, reply) in item.rcpts.iter().zip(&rcpt_replies) {
+            if reply.is_positive() {
+                accepted.push(*i);
+            } else {
+                results.push((*i, outcome_of(reply)));
+            }
+        }
+    }
+    if data_reply.code != 354 {
+        results.extend(accepted.iter().map(|i| (*i, outcome_of(&data_reply))));
+        return Ok(results);
+    }
+    if accepted.is_empty() {
+        client
+            .abandon_data()
+            .await
+            .map_err(|e| broke(results.clone(), e))?;
+        return Ok(results);
+    }
+    let reply = match client.content(content).await {
+        Ok(r) => r,
+        Err(e) => return Err(broke(results, e)),
+    };
+    results.extend(accepted.iter().map(|i| (*i, outcome_of(&reply))));
     Ok(results)
 }

@@ -28,6 +28,8 @@ pub enum SessionError {
     Timeout { command: String, after: Duration },
     #[error("lost connection after {command}: {source}")]
     Lost { command: String, source: ReplyError },
+    #[error("{command} refused: {reply}")]
+    Refused { command: String, reply: String },
     #[error("write failed during {command}: {source}")]
     Write {
         command: String,
@@ -38,6 +40,8 @@ pub enum SessionError {
 /// What the server offered in its EHLO reply.
 #[derive(Clone, Debug, Default)]
 pub struct Extensions {
+    /// RFC 2920: RSET, MAIL, the RCPTs and DATA go out in one write.
+    pub pipelining: bool,
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub size: Option<u64>,
@@ -50,6 +54,7 @@ impl Extensions {
             let mut words = line.split_whitespace();
             let keyword = words.next().unwrap_or("").to_ascii_uppercase();
             match keyword.as_str() {
+                "PIPELINING" => ext.pipelining = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0),
@@ -132,6 +137,37 @@ impl SmtpClient {
         self.reply(&verb).await
     }
 
+    /// Sends several commands in one write (RFC 2920; only when the server offers
+    /// PIPELINING) and reads their replies, in order.
+    pub async fn pipeline(&mut self, lines: &[String]) -> Result<Vec<Reply>, SessionError> {
+        let mut wire = String::with_capacity(lines.iter().map(|l| l.len() + 2).sum());
+        for line in lines {
+            wire.push_str(line);
+            wire.push_str("\r\n");
+        }
+        self.write("pipelined commands", wire.as_bytes()).await?;
+        let mut replies = Vec::with_capacity(lines.len());
+        for line in lines {
+            let verb = line.split_whitespace().next().unwrap_or("");
+            replies.push(self.reply(verb).await?);
+        }
+        Ok(replies)
+    }
+
+    /// After a 354: the dot-stuffed content and the terminator; returns the final reply.
+    pub async fn content(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
+        let wire = dot_stuff(content);
+        self.write("DATA", &wire).await?;
+        self.reply("end of DATA").await
+    }
+
+    /// After a 354 that is not wanted (no recipient was accepted): an empty message, so
+    /// the session can go on (RFC 2920 section 3.1); its reply is of no interest.
+    pub async fn abandon_data(&mut self) -> Result<(), SessionError> {
+        self.write("DATA", b".\r\n").await?;
+        self.reply("end of DATA").await.map(|_| ())
+    }
+
     /// EHLO, or HELO when EHLO is refused. Records the offered extensions.
     pub async fn hello(&mut self, name: &str) -> Result<Reply, SessionError> {
         let reply = self.command(&format!("EHLO {name}")).await?;
@@ -153,9 +189,7 @@ impl SmtpClient {
         if go.code != 354 {
             return Ok(go);
         }
-        let wire = dot_stuff(content);
-        self.write("DATA", &wire).await?;
-        self.reply("end of DATA").await
+        self.content(content).await
     }
 
     /// QUIT, best effort.
