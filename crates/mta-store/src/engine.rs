@@ -173,6 +173,10 @@ impl Engine {
             // The page cache only speeds reads of hot records; the queue's working set
             // is what is due, so a small cache keeps memory flat under a backlog.
             .cache_capacity(64 * 1024 * 1024)
+            // No background flusher: the committer flushes (and syncs for real) after every
+            // group with a durable commit, and replayable changes within 500 ms; sled's own
+            // timer would only add flushes — and CPU while the queue is idle.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| {
                 let locked = matches!(&e, sled::Error::Io(io) if io.to_string().contains("lock"));
