@@ -703,8 +703,8 @@ impl Engine {
     }
 
     /// Up to `limit` ids of records in `loc` with a pending recipient in `domain` (any
-    /// domain when None), with due times in `due_from..`, after `after` (a key returned
-    /// before), with the key to continue from.
+    /// domain when None), after `after` (a key returned before), with the key to continue
+    /// from.
     pub fn by_destination(
         &self,
         loc: Location,
@@ -712,39 +712,10 @@ impl Engine {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<QueueId>, Option<Vec<u8>>), StoreError> {
-        let Some(b) = keys::location_byte(loc) else {
-            return Ok((Vec::new(), None));
-        };
-        let prefix = match domain {
-            Some(d) => keys::dest_prefix(b, &d.to_ascii_lowercase()),
-            None => vec![keys::DUE, b],
-        };
-        let mut end = prefix.clone();
-        *end.last_mut().expect("non-empty prefix") += 1;
-        let start = match after {
-            Some(a) => std::ops::Bound::Excluded(a.to_vec()),
-            None => std::ops::Bound::Included(prefix),
-        };
-        let mut ids = Vec::new();
-        let mut last = None;
-        for k in self
-            .tree
-            .range((start, std::ops::Bound::Excluded(end)))
-            .keys()
-            .take(limit)
-        {
-            let k = k?;
-            let id = if domain.is_some() {
-                keys::id_of_dest_key(&k)
-            } else {
-                keys::id_of_due_key(&k)
-            };
-            if let Some((_, id)) = id {
-                ids.push(id);
-            }
-            last = Some(k.to_vec());
-        }
-        Ok((ids, last))
+        let domain = domain.map(str::to_ascii_lowercase);
+        let keys = self.index_after(loc, domain.as_deref(), after, limit)?;
+        let last = keys.last().map(|(k, _)| k.clone());
+        Ok((keys.into_iter().map(|(_, id)| id).collect(), last))
     }
 
     /// Spool segments some record still points into (for compaction): read from the

@@ -180,15 +180,7 @@ impl StoreService {
                 queue,
                 max,
                 lease_ms,
-            } => self
-                .claim(
-                    Location::Queue(queue),
-                    max.min(CLAIM_LIMIT),
-                    Duration::from_millis(lease_ms),
-                    owner_pid,
-                )
-                .map(StoreResponse::Claimed)
-                .map_err(|e| e.to_string()),
+            } => self.claim_reply(queue, max, lease_ms, owner_pid),
             StoreRequest::Commit {
                 changes,
                 durability,
@@ -203,15 +195,7 @@ impl StoreService {
                 max,
                 lease_ms,
             } => match self.commit_with(changes, durability).await {
-                Ok(()) => self
-                    .claim(
-                        Location::Queue(queue),
-                        max.min(CLAIM_LIMIT),
-                        Duration::from_millis(lease_ms),
-                        owner_pid,
-                    )
-                    .map(StoreResponse::Claimed)
-                    .map_err(|e| e.to_string()),
+                Ok(()) => self.claim_reply(queue, max, lease_ms, owner_pid),
                 Err(e) => Err(e),
             },
             StoreRequest::Release { ids } => {
@@ -234,6 +218,23 @@ impl StoreService {
             StoreRequest::Counts => Ok(StoreResponse::Counts(engine.counts())),
         };
         result.unwrap_or_else(StoreResponse::Error)
+    }
+
+    fn claim_reply(
+        &self,
+        queue: QueueName,
+        max: u32,
+        lease_ms: u64,
+        owner_pid: u32,
+    ) -> Result<StoreResponse, String> {
+        self.claim(
+            Location::Queue(queue),
+            max.min(CLAIM_LIMIT),
+            Duration::from_millis(lease_ms),
+            owner_pid,
+        )
+        .map(StoreResponse::Claimed)
+        .map_err(|e| e.to_string())
     }
 
     /// Hands out due records of `loc`, oldest due first, reading only the due index's
