@@ -888,6 +888,64 @@ mod damage_tests {
         assert_eq!(store.engine().referenced_segments().unwrap().len(), 1);
     }
 
+    /// `route` hands each message of the destination out once, as due, without rewriting
+    /// it; messages attempted since the route are not taken again, and the route ends.
+    #[tokio::test]
+    async fn a_route_hands_out_each_message_once_then_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreService::open(dir.path(), None).unwrap();
+        let later = now_ms() + 3_600_000;
+        let deferred = |to: &str| {
+            let mut r = record(Location::Queue(QueueName::OutboundWork), to);
+            r.not_before = later;
+            r.recipients[0].next_retry = Some(later);
+            r
+        };
+        let routed: Vec<MessageRecord> = (0..3).map(|_| deferred("x@r.test")).collect();
+        let other = deferred("x@other.test");
+        let mut changes: Vec<Change> = routed.iter().cloned().map(Change::Put).collect();
+        changes.push(Change::Put(other.clone()));
+        store.commit(changes).await.unwrap();
+        let loc = Location::Queue(QueueName::OutboundWork);
+        let lease = Duration::from_secs(60);
+        assert!(store.claim(loc, 10, lease, 1).unwrap().is_empty());
+
+        let result = store.bulk(BulkOp::RouteNow, Some("R.test")).await.unwrap();
+        assert_eq!(result.changed, 3);
+        // Nothing was rewritten: the stored records still wait for their retry.
+        let stored = store.engine().get(routed[0].id).unwrap().unwrap();
+        assert_eq!(stored.recipients[0].next_retry, Some(later));
+        let got = store.claim(loc, 10, lease, 1).unwrap();
+        let mut ids: Vec<QueueId> = got.iter().map(|r| r.id).collect();
+        ids.sort();
+        let mut want: Vec<QueueId> = routed.iter().map(|r| r.id).collect();
+        want.sort();
+        assert_eq!(ids, want, "the routed destination only, once each");
+        assert!(got
+            .iter()
+            .all(|r| r.recipients[0].next_retry.is_none() && r.not_before == 0));
+
+        // Tried and deferred again: they are not handed out again, and the route is over.
+        let retried: Vec<Change> = got
+            .into_iter()
+            .map(|mut r| {
+                r.recipients[0].attempts.push(mta_types::message::Attempt {
+                    at: now_ms(),
+                    host: "r.test".into(),
+                    reply: "4.4.1 connection refused".into(),
+                });
+                r.recipients[0].next_retry = Some(later);
+                r.not_before = later;
+                Change::Put(r)
+            })
+            .collect();
+        store.commit(retried).await.unwrap();
+        assert!(store.claim(loc, 10, lease, 1).unwrap().is_empty());
+        assert!(store.claim(loc, 10, lease, 1).unwrap().is_empty());
+        assert!(store.inner.routed.lock().unwrap().is_empty());
+        assert_eq!(store.engine().count_in(loc), 4);
+    }
+
     /// A store written before the layout existed (or with derived keys lost) is rebuilt
     /// from its records at open.
     #[tokio::test]
