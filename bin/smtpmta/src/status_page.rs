@@ -50,17 +50,7 @@ fn esc(text: &str) -> String {
     out
 }
 
-fn age(since_ms: Option<u64>) -> String {
-    let Some(since) = since_ms else {
-        return String::new();
-    };
-    let secs = now_ms().saturating_sub(since) / 1000;
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
-}
+use mta_types::message::age_label as age;
 
 fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
     let counts = sup.store.engine().counts().rows;

@@ -260,6 +260,20 @@ pub struct MessageRecord {
     pub note: Option<String>,
 }
 
+/// How long ago `since_ms` was, as `show tasks` and the status page print it ("42s",
+/// "3m07s", "2h05m"); empty when unknown.
+pub fn age_label(since_ms: Option<u64>) -> String {
+    let Some(since) = since_ms else {
+        return String::new();
+    };
+    let secs = now_ms().saturating_sub(since) / 1000;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 impl MessageRecord {
     /// The spooled content is gone (a damaged or lost spool segment): nothing can be
     /// delivered, relayed or quoted any more, so the message waits in Dead with the reason
