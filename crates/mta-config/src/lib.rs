@@ -13,6 +13,7 @@
 //! with a binary unit (`"10K"`, `"25M"`, `"25MiB"`, `"1G"`; K = 1024).
 
 mod debug;
+mod dkim;
 mod directory;
 mod error;
 mod values;
@@ -25,6 +26,7 @@ use mta_types::{BareNewline, Domain};
 use serde::Deserialize;
 
 pub use debug::DebugKnobs;
+pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use error::ConfigError;
 pub use values::{parse_duration, parse_size};
@@ -64,6 +66,8 @@ pub struct Config {
     pub debug: DebugKnobs,
     /// `[metrics]`: the supervisor's Prometheus endpoint and status page.
     pub metrics: MetricsConfig,
+    /// `[[dkim]]`: the keys outgoing mail is signed with (see `dkim.rs`). Default none.
+    pub dkim: Vec<DkimKeyConfig>,
 }
 
 /// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
@@ -128,6 +132,15 @@ pub struct InboundConfig {
     /// `smtpd_forbid_bare_newline`). Either way only CRLF.CRLF ends DATA (no SMTP
     /// smuggling), and a bare CR is refused. Default `"normalize"`.
     pub bare_newline: BareNewline,
+    /// `dmarc_reject`: a message failing DMARC whose From domain publishes `p=reject` gets
+    /// `550 5.7.1` at the end of DATA (and is logged); false: it is accepted with
+    /// `dmarc=fail` in its Authentication-Results. Default false.
+    pub dmarc_reject: bool,
+    /// `verify_trusted`: run the SPF, DKIM and DMARC checks on mail from
+    /// `trusted_networks` too. Default false: trusted clients are our own submitters (like
+    /// OpenDKIM's and OpenDMARC's internal hosts), and their mail gets no
+    /// Authentication-Results.
+    pub verify_trusted: bool,
 }
 
 impl Default for InboundConfig {
@@ -144,6 +157,8 @@ impl Default for InboundConfig {
             max_errors: 10,
             max_hops: 25,
             bare_newline: BareNewline::Normalize,
+            dmarc_reject: false,
+            verify_trusted: false,
         }
     }
 }
@@ -237,6 +252,7 @@ struct RawConfig {
     dns: DnsConfig,
     debug: DebugKnobs,
     metrics: MetricsConfig,
+    dkim: Vec<dkim::RawDkim>,
 }
 
 impl Default for RawConfig {
@@ -255,6 +271,7 @@ impl Default for RawConfig {
             dns: DnsConfig::default(),
             debug: DebugKnobs::default(),
             metrics: MetricsConfig::default(),
+            dkim: Vec::new(),
         }
     }
 }
@@ -308,6 +325,21 @@ impl Config {
             }
             other => other?,
         };
+        let mut dkim = Vec::with_capacity(raw.dkim.len());
+        for (i, entry) in raw.dkim.into_iter().enumerate() {
+            let key = entry
+                .into_config(|p| normalize(&base.join(p)))
+                .map_err(|(key, message)| {
+                    src.error_at(&[Seg::Key("dkim"), Seg::Index(i), Seg::Key(key)], message)
+                })?;
+            if dkim.iter().any(|k: &DkimKeyConfig| k.domain == key.domain) {
+                return Err(src.error_at(
+                    &[Seg::Key("dkim"), Seg::Index(i), Seg::Key("domain")],
+                    format!("a second key for `{}` (one signing key per domain)", key.domain),
+                ));
+            }
+            dkim.push(key);
+        }
         Ok(Config {
             path,
             hostname: raw.hostname,
@@ -321,7 +353,24 @@ impl Config {
             dns: raw.dns,
             debug: raw.debug,
             metrics: raw.metrics,
+            dkim,
         })
+    }
+
+    /// An error about `[[dkim]]` entry `index` (0-based), key `key`, found after loading
+    /// (a key file that is not a usable key): names the file, the entry's line and the key.
+    pub fn dkim_error(&self, index: usize, key: &str, message: impl Into<String>) -> ConfigError {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let src = Source {
+            file: self.path.clone(),
+            text,
+        };
+        src.error_at(&[Seg::Key("dkim"), Seg::Index(index), Seg::Key(key)], message)
+    }
+
+    /// The `[[dkim]]` key that signs mail from `domain`, with its index.
+    pub fn dkim_key_for(&self, domain: &Domain) -> Option<(usize, &DkimKeyConfig)> {
+        self.dkim.iter().enumerate().find(|(_, k)| &k.domain == domain)
     }
 
     /// `data_dir/run`: sockets and the pid file.
