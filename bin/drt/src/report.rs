@@ -122,6 +122,7 @@ pub fn report_batch(
                     subject: Some(dsn.subject.clone()),
                     date: Some(date(now)),
                     message_id: Some(dsn.message_id.clone()),
+                    authentication_results: None,
                 }),
                 trace: HopTrace {
                     hop_count: 0,

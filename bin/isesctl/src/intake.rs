@@ -38,6 +38,8 @@ pub struct Intake {
     /// Sessions accepted since the counter was last committed: added to the next batch's
     /// commit (or a periodic one), so counting costs no fsync of its own.
     sessions: Arc<AtomicU64>,
+    /// Other counters (the DKIM verification results), committed the same way.
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
 }
 
 /// How often counted sessions are committed when no mail arrives to carry them.
@@ -64,8 +66,10 @@ impl Intake {
             .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let sessions = Arc::new(AtomicU64::new(0));
+        let counts = Arc::default();
         let actor = Actor {
             sessions: sessions.clone(),
+            counts: Arc::clone(&counts),
             spool: Some(spool),
             store: ctx.store().clone(),
             imsgcnv: ctx.kicker(QueueName::InboundWork),
@@ -73,12 +77,26 @@ impl Intake {
             committing: tokio::task::JoinSet::new(),
         };
         tokio::spawn(actor.run(rx));
-        Ok(Intake { tx, sessions })
+        Ok(Intake {
+            tx,
+            sessions,
+            counts,
+        })
     }
 
     /// Counts one accepted SMTP session for `Mail.Inbound.Sessions`.
     pub fn count_session(&self) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds one to the statistics counter `name` (committed with the next batch).
+    pub fn count(&self, name: &'static str) {
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name)
+            .or_default() += 1;
     }
 
     /// Makes one message durable in the Inbound Work Queue; the reply for the end of DATA.
@@ -107,6 +125,7 @@ impl Intake {
 
 struct Actor {
     sessions: Arc<AtomicU64>,
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
     /// Lent to a blocking thread during each batch's file I/O.
     spool: Option<SpoolWriter>,
     store: StoreClient,
@@ -161,12 +180,20 @@ impl Actor {
 
     /// The session counter change, if any sessions were counted since the last one.
     fn session_counters(&self) -> Vec<Change> {
+        let mut counters: Vec<(String, u64)> = std::mem::take(
+            &mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()),
+        )
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), n))
+        .collect();
         match self.sessions.swap(0, Ordering::Relaxed) {
-            0 => Vec::new(),
-            n => vec![Change::AddCounters(vec![(
-                "Mail.Inbound.Sessions".to_string(),
-                n,
-            )])],
+            0 => {}
+            n => counters.push(("Mail.Inbound.Sessions".to_string(), n)),
+        }
+        if counters.is_empty() {
+            Vec::new()
+        } else {
+            vec![Change::AddCounters(counters)]
         }
     }
 

@@ -12,6 +12,7 @@
 
 use crate::handler_table::{Assigned, HandlerTable};
 use crate::intake::Intake;
+use crate::mail_auth::InboundAuth;
 use crate::policy::SessionPolicy;
 use anyhow::Context as _;
 use mta_ipc::TaskStatus;
@@ -47,6 +48,7 @@ struct Shared {
     permits: Arc<Semaphore>,
     /// End of DATA to the 250 (the durable commit), per accepted message.
     accept_latency: Arc<Histogram>,
+    auth: Arc<InboundAuth>,
 }
 
 struct Running {
@@ -55,7 +57,7 @@ struct Running {
 }
 
 impl Inbound {
-    pub fn new(ctx: &TaskContext, intake: Intake) -> Inbound {
+    pub fn new(ctx: &TaskContext, intake: Intake, auth: InboundAuth) -> Inbound {
         let config = ctx.config();
         let inbound = &config.inbound;
         let session = SessionConfig {
@@ -82,6 +84,7 @@ impl Inbound {
                     "Time from the end of a message's DATA to its 250 (content and record durable)",
                     COMMIT_BOUNDS,
                 )),
+                auth: Arc::new(auth),
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -258,6 +261,7 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler
         peer,
         name.clone(),
         shared.accept_latency.clone(),
+        shared.auth.clone(),
     );
     let summary = run_session(
         stream,

@@ -12,12 +12,16 @@
 //! addresses and one row per handler.
 //! Config: `hostname`, `local_domains`, `trusted_networks`, the directory, `[inbound]`;
 //! debug knobs SMTPDebug (connect/disconnect lines), SMTPDebugIO (protocol transcript).
+//! Mail authentication (`mail_auth.rs`): SPF, DKIM and DMARC results in an
+//! Authentication-Results header before the 250; `[inbound] dmarc_reject` refuses DMARC
+//! `p=reject` failures with 550 5.7.1 at the end of DATA.
 //! Logs: `qid=… from=<…> size=… nrcpt=… client=helo[ip]` per accepted message.
 //! RFCs: see `mta-smtp` (5321, 1870, 6152, 2920, 2034/3463, 6531, 3461, 3030).
 
 mod handler_table;
 mod intake;
 mod listener;
+mod mail_auth;
 mod policy;
 
 use intake::Intake;
@@ -42,7 +46,8 @@ impl Task for Isesctl {
 
     async fn start(ctx: &TaskContext) -> anyhow::Result<Self> {
         let intake = Intake::spawn(ctx)?;
-        let inbound = Inbound::new(ctx, intake);
+        let auth = mail_auth::InboundAuth::new(ctx.config())?;
+        let inbound = Inbound::new(ctx, intake, auth);
         inbound.listen().await?;
         Ok(Isesctl { inbound })
     }

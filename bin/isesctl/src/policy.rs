@@ -6,6 +6,7 @@
 //! Logs (always): each message with bare line endings, normalized (`qid=…`) or refused.
 
 use crate::intake::Intake;
+use crate::mail_auth::InboundAuth;
 use mta_config::{Config, Directory};
 use mta_smtp::{BareLineEvent, Direction, Envelope, RcptVerdict, Reply, SessionHooks};
 use mta_task::histogram::Histogram;
@@ -25,6 +26,8 @@ pub struct SessionPolicy {
     accept_latency: Arc<Histogram>,
     /// SMTPDebugIO, read at session start.
     debug_io: u8,
+    /// SPF, DKIM and DMARC at the end of DATA.
+    auth: Arc<InboundAuth>,
 }
 
 impl SessionPolicy {
@@ -34,6 +37,7 @@ impl SessionPolicy {
         peer: SocketAddr,
         handler: String,
         accept_latency: Arc<Histogram>,
+        auth: Arc<InboundAuth>,
     ) -> SessionPolicy {
         let debug_io = ctx.knobs().smtp_debug_io;
         SessionPolicy {
@@ -43,6 +47,7 @@ impl SessionPolicy {
             handler,
             accept_latency,
             debug_io,
+            auth,
         }
     }
 }
@@ -63,6 +68,14 @@ impl SessionHooks for SessionPolicy {
 
     async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
         let start = std::time::Instant::now();
+        let content = match self
+            .auth
+            .check(self.ctx.config(), &self.intake, qid, env, content)
+            .await
+        {
+            Ok(content) => content,
+            Err(refusal) => return refusal,
+        };
         let reply = self.intake.deliver(qid, env, content).await;
         if reply.is_positive() {
             self.accept_latency.observe(start.elapsed());

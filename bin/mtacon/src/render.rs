@@ -167,6 +167,7 @@ fn message_text(r: &MessageRecord) -> String {
             ("Subject", &f.subject),
             ("Date", &f.date),
             ("Message-ID", &f.message_id),
+            ("Auth-Results", &f.authentication_results),
         ] {
             if let Some(v) = value {
                 let _ = writeln!(out, "{:<13} {v}", format!("{name}:"));

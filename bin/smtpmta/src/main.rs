@@ -18,6 +18,7 @@
 mod children;
 mod compaction;
 mod console;
+mod dkim_keygen;
 mod instance;
 mod metrics;
 mod operations;
@@ -53,6 +54,15 @@ struct Args {
     /// shippers); every task logs the same way.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Writes a new DKIM key pair (the private key as PEM, mode 0600) and prints the TXT
+    /// record to publish and the `[[dkim]]` entry to add. Starts nothing.
+    DkimKeygen(dkim_keygen::Args),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +100,9 @@ impl Supervisor {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::DkimKeygen(keygen)) = &args.command {
+        return dkim_keygen::run(keygen);
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -97,6 +110,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // omsgcnv signs with these keys: a key it could not use is found here, before any task
+    // starts, rather than as a task that keeps failing.
+    if let Err(e) = mta_auth::SigningKeys::load(&config) {
+        eprintln!("smtpmta: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     // The tasks inherit the environment: one setting for every process. Set before any
     // thread exists.
     let format = match args.log_format {

@@ -25,7 +25,7 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
         value,
         unit: unit.to_string(),
     };
-    Ok(vec![
+    let mut stats = vec![
         stat(names::DELIVERED, get(names::DELIVERED), ""),
         stat(names::TRANSFERRED, get(names::TRANSFERRED), ""),
         stat(names::TOTAL_ROUTED, get(names::TOTAL_ROUTED), ""),
@@ -61,5 +61,8 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
         ),
         stat("Mail.Spool.Size", spool_bytes, "bytes"),
         stat("Mail.Store.Size", engine.size_on_disk(), "bytes"),
-    ])
+    ];
+    // DKIM signing and inbound verification (issue 15).
+    stats.extend(mta_auth::counters::ALL.iter().map(|n| stat(n, get(n), "")));
+    Ok(stats)
 }

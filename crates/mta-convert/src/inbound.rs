@@ -101,6 +101,11 @@ pub fn convert_inbound(content: &[u8]) -> Result<Converted, ConversionError> {
         subject: first("Subject"),
         date: first("Date"),
         message_id: first("Message-ID"),
+        // Several are normal (one per hop that checked): no warning; ours is the first.
+        authentication_results: headers
+            .iter()
+            .find(|h| key_is(h, "Authentication-Results"))
+            .map(|h| h.get_value().split_whitespace().collect::<Vec<_>>().join(" ")),
     };
     let hop_count = headers.iter().filter(|h| key_is(h, "Received")).count();
     let hop_count = u32::try_from(hop_count).unwrap_or(u32::MAX);

@@ -239,6 +239,16 @@ impl Reply {
         Reply::enh(554, (5, 7, 1), format!("<{rcpt}>: Relay access denied"))
     }
 
+    /// `550 5.7.1 …`: the From domain's DMARC policy is reject and the message failed it
+    /// (RFC 7489 section 6.6.3; `[inbound] dmarc_reject`). Given at the end of DATA.
+    pub fn dmarc_rejected(domain: impl fmt::Display) -> Reply {
+        Reply::enh(
+            550,
+            (5, 7, 1),
+            format!("Email rejected per DMARC policy for {domain}"),
+        )
+    }
+
     /// `452 4.5.3 Error: too many recipients`
     pub fn too_many_recipients() -> Reply {
         Reply::enh(452, (4, 5, 3), "Error: too many recipients")

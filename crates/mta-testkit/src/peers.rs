@@ -35,6 +35,12 @@ pub struct Dns {
 
 impl Dns {
     pub fn start() -> Dns {
+        Dns::start_with(&[])
+    }
+
+    /// The test zone plus `extra` dnsmasq options (e.g. `--txt-record=name,text`, each
+    /// text one character-string of at most 255 bytes).
+    pub fn start_with(extra: &[String]) -> Dns {
         let port = free_port();
         let child = Command::new("/usr/sbin/dnsmasq")
             .args([
@@ -55,6 +61,7 @@ impl Dns {
                 "--mx-host=null-mx.test,.,0",
                 "--server=/servfail.test/127.0.0.1#1",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

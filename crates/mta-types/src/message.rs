@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bumped whenever `MessageRecord` changes shape; the store refuses records it cannot read.
-pub const RECORD_SCHEMA: u16 = 2;
+pub const RECORD_SCHEMA: u16 = 3;
 
 /// Milliseconds since the Unix epoch (the store's clock unit).
 pub type UnixMillis = u64;
@@ -228,6 +228,9 @@ pub struct ParsedFields {
     pub subject: Option<String>,
     pub date: Option<String>,
     pub message_id: Option<String>,
+    /// The first `Authentication-Results:` field (ours, prepended at intake: isesctl
+    /// removes those claiming our hostname that came from outside). Schema 3.
+    pub authentication_results: Option<String>,
 }
 
 /// Routing trace, like Notes' RouteServers/RouteTimes.
