@@ -53,6 +53,14 @@ pub(crate) fn first_value(content: &[u8], name: &str) -> Option<String> {
     })
 }
 
+/// How many `name` fields the header of `content` has.
+pub(crate) fn count(content: &[u8], name: &str) -> usize {
+    fields(content)
+        .into_iter()
+        .filter(|&(s, e)| field_name(&content[s..e]).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+        .count()
+}
+
 /// The domain of the (first) address in an address header value such as
 /// `"Ann" <ann@Example.COM>` or `ann@example.com (Ann)`, lower-cased.
 pub fn header_domain(value: &str) -> Option<String> {

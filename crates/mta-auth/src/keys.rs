@@ -105,7 +105,19 @@ impl SigningKeys {
             return Ok(None);
         }
         let signature = key.signer.sign(content).map_err(|e| e.to_string())?;
-        Ok(Some((signature.to_header(), &key.config)))
+        Ok(Some((tidy_signature_header(signature.to_header()), &key.config)))
+    }
+}
+
+/// mail-auth 0.13 may fold the header between the `b=` value and the closing `;`, while it
+/// signed the header with `b=;` (no white space): a verifier that keeps that folding white
+/// space (dkimpy does, as RFC 6376 3.2's tag-spec reads) hashes `b= ;` and the signature
+/// fails. Ending the header on `b=<value>;` makes both readings agree.
+fn tidy_signature_header(header: String) -> String {
+    let body = header.trim_end_matches(['\r', '\n']);
+    match body.strip_suffix(';') {
+        Some(rest) => format!("{};\r\n", rest.trim_end_matches([' ', '\t', '\r', '\n'])),
+        None => format!("{body}\r\n"),
     }
 }
 

@@ -169,6 +169,19 @@ impl Verifier {
             .with_spf_mailfrom_result(&spf, input.client_ip, sender, helo)
             .with_dmarc_result(&dmarc);
         let mut header = results.to_header();
+        // mail-auth leaves out signatures it cannot parse: a DKIM-Signature field that gave
+        // no result is malformed, a permanent error (RFC 6376 6.1.1), not "none".
+        let malformed = crate::headers::count(input.content, "dkim-signature") > dkim.len();
+        if dkim.is_empty() {
+            // RFC 8601 2.7.1: say `dkim=none` rather than nothing (mail-auth writes nothing).
+            let word = if malformed {
+                "dkim=permerror (malformed DKIM-Signature)"
+            } else {
+                "dkim=none"
+            };
+            let start = format!("Authentication-Results: {host}");
+            header = header.replacen(&start, &format!("{start};\r\n\t{word}"), 1);
+        }
         if !header.ends_with("\r\n") {
             header.push_str("\r\n");
         }
@@ -183,14 +196,24 @@ impl Verifier {
                 format!("{} (d={dom} s={sel})", dkim_word(d.result()))
             })
             .collect();
+        let mut dkim_words = dkim_words;
+        if malformed {
+            dkim_words.push("permerror (malformed DKIM-Signature)".into());
+        }
         let dkim_count = if dkim.iter().any(|d| d.result() == &DkimResult::Pass) {
             DkimCount::Pass
-        } else if dkim.is_empty() {
+        } else if dkim.is_empty() && !malformed {
             DkimCount::None
         } else {
             DkimCount::Fail
         };
-        let (dmarc_word, failed) = dmarc_verdict(dmarc.spf_result(), dmarc.dkim_result());
+        let (mut dmarc_word, mut failed) = dmarc_verdict(dmarc.spf_result(), dmarc.dkim_result());
+        // A published record and neither identifier aligned and passing: that is a failure
+        // (mail-auth reports both results as `none` then).
+        if dmarc_word == "none" && dmarc.dmarc_record().is_some() {
+            (dmarc_word, failed) = ("fail", true);
+            header = header.replacen("dmarc=none", "dmarc=fail", 1);
+        }
         let policy = match dmarc.policy() {
             Policy::Reject => "reject",
             Policy::Quarantine => "quarantine",
