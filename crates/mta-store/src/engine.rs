@@ -28,6 +28,29 @@ pub enum StoreError {
     Corrupt { id: String, reason: String },
 }
 
+impl StoreError {
+    /// The disk (or the quota) is full: the intake answers 452 4.3.1, a temporary
+    /// condition the client retries, rather than 451.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        let io = match self {
+            StoreError::Sync(e) => Some(e),
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Open { source: sled::Error::Io(e), .. } => Some(e),
+            _ => None,
+        };
+        // sled hands out its stored write error as a new io::Error of the same kind (no OS
+        // code), so the kind decides as well.
+        io.is_some_and(|e| {
+            matches!(e.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+                || matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        })
+    }
+}
+
 /// Per (location, destination): what `tell router show queue` shows without reading the
 /// records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
