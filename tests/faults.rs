@@ -684,3 +684,63 @@ fn a_record_whose_content_is_missing_goes_to_dead_with_the_reason() {
     suite.stop();
     assert!(pids_alive);
 }
+
+/// The queue store's database file is damaged while the suite is down: truncated, with
+/// bytes overwritten in the middle, or at its head. The suite comes back (no crash loop)
+/// and accepts and delivers new mail. What it does not do yet (docs/RELIABILITY.md, "Known
+/// gaps"): sled 0.34 takes the first damaged log entry for the torn end of its log and
+/// drops every later entry without a word, so records after the damage are lost silently.
+#[test]
+fn a_damaged_store_file_at_startup_does_not_stop_the_suite() {
+    for damage in ["truncate", "overwrite", "head"] {
+        let mut suite = Suite::start(&SuiteOptions::default());
+        let stopped = suite.mtacon(&["tell", "smtpmta", "stop", "outbound", "transport"]);
+        assert!(stopped.status.success(), "{stopped:?}");
+        let port = suite.smtp_port;
+        let send = |to: &str, id: &str| -> String {
+            let (mut c, _) = RawSmtp::connect(port);
+            assert!(c.cmd("EHLO damage.test").starts_with("250"));
+            assert!(c.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+            assert!(c.cmd(&format!("RCPT TO:<{to}>")).starts_with("250"));
+            assert!(c.cmd("DATA").starts_with("354"));
+            c.send(format!("Subject: d\r\nMessage-ID: <{id}>\r\n\r\nbody\r\n.\r\n").as_bytes());
+            c.read_reply()
+        };
+        for n in 0..50 {
+            let r = send("rcpt@remote.test", &format!("d{n}@test"));
+            assert!(r.starts_with("250"), "{r}");
+        }
+        suite.stop();
+        let db = suite.data_dir().join("store/db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        match damage {
+            "truncate" => {
+                let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.set_len(len * 2 / 3).unwrap();
+            }
+            "overwrite" => {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.write_all_at(&vec![0x5a; 4096], len / 3).unwrap();
+            }
+            _ => {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.write_all_at(&vec![0x5a; 64], 0).unwrap();
+            }
+        }
+        eprintln!("{damage}: db was {len} bytes");
+        suite.launch();
+        let r = wait_for("accepting after the damage", Duration::from_secs(30), || {
+            let r = send("alice@localhost", &format!("after-{damage}@test"));
+            if r.starts_with("250") { Ok(r) } else { Err(r) }
+        });
+        assert!(r.starts_with("250"));
+        suite.wait_for_mail("alice", 1);
+        let q = suite.mtacon(&["show", "queue"]);
+        eprintln!("{damage}: the queue after restart\n{}", String::from_utf8_lossy(&q.stdout));
+        let supervisor_alive = pid_alive(suite.pid());
+        suite.stop();
+        assert!(supervisor_alive, "{damage}: the supervisor did not stay up");
+    }
+}
