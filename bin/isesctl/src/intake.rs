@@ -164,7 +164,7 @@ impl Actor {
         match self.sessions.swap(0, Ordering::Relaxed) {
             0 => Vec::new(),
             n => vec![Change::AddCounters(vec![(
-                "Mail.Inbound.Sessions".to_string(),
+                mta_types::counters::INBOUND_SESSIONS.to_string(),
                 n,
             )])],
         }

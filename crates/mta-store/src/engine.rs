@@ -102,6 +102,8 @@ pub struct Engine {
     /// the counters, counts and summaries last written, so a batch updates them without
     /// reading them back from sled first.
     writer: Mutex<WriterCache>,
+    /// The last `RECENT_OUTCOMES` recipient outcomes applied (in memory only).
+    recent: Mutex<std::collections::VecDeque<crate::stats::RecentOutcome>>,
 }
 
 /// The last written value of each small derived key (counter, count, segment reference,
@@ -221,6 +223,7 @@ impl Engine {
             tree,
             files: Arc::new(Mutex::new(files)),
             writer: Mutex::new(WriterCache::default()),
+            recent: Mutex::new(Default::default()),
         };
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
         if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
@@ -485,6 +488,15 @@ impl Engine {
         summaries
             .into_iter()
             .for_each(|(k, v)| writer.set_summary(&k, v));
+        if !deltas.1.is_empty() {
+            let mut recent = self.recent.lock().expect("recent outcomes");
+            for o in deltas.1 {
+                if recent.len() == crate::stats::RECENT_OUTCOMES {
+                    recent.pop_front();
+                }
+                recent.push_back(o);
+            }
+        }
         Ok(touched)
     }
 
@@ -494,6 +506,12 @@ impl Engine {
             .get(key)?
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0))
+    }
+
+    /// The most recent recipient outcomes, newest first.
+    pub fn recent_outcomes(&self) -> Vec<crate::stats::RecentOutcome> {
+        let recent = self.recent.lock().expect("recent outcomes");
+        recent.iter().rev().cloned().collect()
     }
 
     /// One statistics counter (0 if never counted).
