@@ -470,7 +470,89 @@ home_mailbox = Maildir/
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-MTAS = {"smtpmta": Smtpmta, "postfix": Postfix}
+class Chasquid:
+    """chasquid (Go; Debian package), the second peer. It relays only for authenticated
+    users, so the bench's unauthenticated load goes to a local alias that forwards to the
+    remote recipient: the same queue-and-relay work per message. Its MX lookup goes to a
+    private dnsmasq (remote.example → 127.0.0.1), and its outgoing port is the sink's
+    (`-testing__outgoing_smtp_port`); /etc/resolv.conf is replaced only in its own mount
+    namespace. chasquid does not fsync its queue (it writes files and renames them)."""
+    name = "chasquid"
+    relay_rcpt = "rcpt@bench.local"
+    DNS_IP = "127.0.0.153"
+    DOMAIN = "bench.local"
+
+    def __init__(self, top, sink_port, **_):
+        self.dir = tempfile.mkdtemp(prefix="chasquid-", dir=top)
+        os.chmod(self.dir, 0o755)
+        etc = os.path.join(self.dir, "etc")
+        os.makedirs(os.path.join(etc, "domains", self.DOMAIN))
+        # chasquid will not start without a certificate (it offers STARTTLS; smtp-source
+        # does not take it).
+        certs = os.path.join(etc, "certs", "bench-chasquid.localhost")
+        os.makedirs(certs)
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+             "-subj", "/CN=bench-chasquid.localhost", "-keyout", os.path.join(certs, "privkey.pem"),
+             "-out", os.path.join(certs, "fullchain.pem")])
+        data = os.path.join(self.dir, "data")
+        os.mkdir(data)
+        self.port = free_port()
+        with open(os.path.join(etc, "chasquid.conf"), "w") as f:
+            f.write(f"""hostname: "bench-chasquid.localhost"
+smtp_address: "127.0.0.1:{self.port}"
+submission_address: "127.0.0.1:{free_port()}"
+submission_over_tls_address: "127.0.0.1:{free_port()}"
+data_dir: "{data}"
+mail_log_path: "{os.path.join(self.dir, 'mail.log')}"
+max_data_size_mb: 200
+""")
+        with open(os.path.join(etc, "domains", self.DOMAIN, "aliases"), "w") as f:
+            f.write("rcpt: %s\n" % REMOTE_RCPT)
+        resolv = os.path.join(self.dir, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write("nameserver %s\noptions timeout:1 attempts:1\n" % self.DNS_IP)
+        self.group = Group("chasquid")
+        self.log = open(os.path.join(self.dir, "chasquid.log"), "ab")
+        self.dns = spawn(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                          "--bind-interfaces", "--listen-address=" + self.DNS_IP, "--port=53",
+                          "--mx-host=remote.example,mx.remote.example,10",
+                          "--address=/remote.example/127.0.0.1",
+                          "--local=/sender.example/", "--local=/%s/" % self.DOMAIN,
+                          "--local=/localhost/", "--pid-file="], self.log)
+        self.cmd = ["unshare", "-m", "--", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv,
+                    "chasquid", "-config_dir", etc, "-testing__outgoing_smtp_port", str(sink_port),
+                    "-logfile", os.path.join(self.dir, "chasquid.log")]
+        self.queue = os.path.join(data, "queue")
+        self.start()
+        wait_port(self.port)
+
+    def start(self):
+        self.p = spawn(self.cmd, self.log, cgroup=self.group)
+        self.group.root_pids = [self.p.pid]
+
+    def halt(self):
+        stop_proc(self.p, wait=60)
+        self.group.kill_rest(timeout=30, remove=False)
+
+    def queued(self):
+        try:
+            return len(os.listdir(self.queue))
+        except FileNotFoundError:
+            return 0
+
+    def queue_empty(self):
+        return self.queued() == 0
+
+    def stop(self):
+        stop_proc(self.p, wait=30)
+        self.group.kill_rest()
+        stop_proc(self.dns)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+MTAS = {"smtpmta": Smtpmta, "postfix": Postfix, "chasquid": Chasquid}
 
 
 class LocalUser:
@@ -541,7 +623,7 @@ def throughput_run(kind, top, sc, trace=False):
         sampler.start()
         cpu0 = mta.group.cpu_usec()
         t0, t1 = smtp_source(mta.port, sc["sessions"], count, sc["size"], sc["reuse"],
-                             LOCAL_RCPT if local else REMOTE_RCPT)
+                             LOCAL_RCPT if local else getattr(mta, "relay_rcpt", REMOTE_RCPT))
         t2 = wait_until(done, 300, "%s to deliver %d messages" % (kind, count))
         wait_until(mta.queue_empty, 60, "%s queue to empty" % kind, every=0.05)
         cpu1 = mta.group.cpu_usec()
@@ -915,6 +997,14 @@ FIGS = [  # key, label, unit, better, target ratio
 ]
 
 
+def kinds_for(sc):
+    """The MTAs a scenario compares: chasquid joins the relay throughput scenarios (it
+    delivers locally only through an external MDA, and has no console for the others)."""
+    if sc["kind"] == "tp" and not sc["local"] and shutil.which("chasquid"):
+        return ("smtpmta", "postfix", "chasquid")
+    return ("smtpmta", "postfix")
+
+
 def fmt(v):
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -939,15 +1029,20 @@ def cell(vals):
 
 
 def table(results, scs):
-    rows = ["| scenario | figure | smtpmta | Postfix | smtpmta / Postfix | target |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| scenario | figure | smtpmta | Postfix | smtpmta / Postfix | target | chasquid (no fsync) | smtpmta / chasquid |",
+            "|---|---|---|---|---|---|---|---|"]
     for sc in scs:
         r = results.get(sc["id"], {})
         first = True
         for key, label, _, better, target in FIGS:
             a, b = r.get("smtpmta", {}).get(key, []), r.get("postfix", {}).get(key, [])
+            c = r.get("chasquid", {}).get(key, [])
             if not a and not b:
                 continue
+            cratio = "—"
+            if a and c and not isinstance(a[0], bool):
+                ma, mc = statistics.median(a), statistics.median(c)
+                cratio = "%.2f×" % (ma / mc) if mc else ("—" if not ma else "∞")
             ratio, tgt = "—", ""
             if a and b and not isinstance(a[0], bool):
                 ma, mb = statistics.median(a), statistics.median(b)
@@ -962,7 +1057,8 @@ def table(results, scs):
                 tgt = "all %d %s" % (sc["count"], "✅" if min(a) >= sc["count"] else "❌")
             if sc["kind"] == "idle" and key == "served" and a:
                 tgt = "yes " + ("✅" if all(a) else "❌")
-            rows.append("| %s | %s | %s | %s | %s | %s |" % (sc["title"] if first else "", label, cell(a), cell(b), ratio, tgt))
+            rows.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                sc["title"] if first else "", label, cell(a), cell(b), ratio, tgt, cell(c), cratio))
             first = False
     return "\n".join(rows)
 
@@ -1056,6 +1152,7 @@ def machine():
         "disk": "%s (%s)" % (disk, {"0": "non-rotational", "1": "reported rotational (virtual disk)"}.get(rota, "?")),
         "os": sh(". /etc/os-release; echo $PRETTY_NAME"),
         "postfix": sh("postconf -d -h mail_version"),
+        "chasquid": sh("chasquid -version 2>&1 | head -1"),
         "smtpmta": sh("cd %s && git rev-parse --short HEAD && git status --porcelain -uno | wc -l" % REPO).replace("\n", ", dirty files: "),
         "cpu_accounting": "cgroup v2 (%s)" % Group.base if Group.base else "/proc tree sums",
     }
@@ -1102,19 +1199,33 @@ def main():
     t_start = time.time()
     try:
         for sc in scs:
-            res = results.setdefault(sc["id"], {"smtpmta": {}, "postfix": {}})
+            res = results.setdefault(sc["id"], {k: {} for k in kinds_for(sc)})
             for rep in range(min(reps, sc.get("reps", reps))):
-                for kind in ("smtpmta", "postfix"):
+                for kind in kinds_for(sc):
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
                           "backlog": backlog_run}[sc["kind"]]
-                    r = fn(kind, top, sc)
+                    try:
+                        r = fn(kind, top, sc)
+                    except Exception as e:
+                        if kind != "chasquid":
+                            raise
+                        # The second peer is a comparison, not the subject: its failure to run
+                        # here leaves its column empty and is said, not fatal.
+                        log("%-18s rep %d chasquid failed: %s" % (sc["id"], rep + 1, e))
+                        continue
                     log("%-18s rep %d %-8s %s" % (sc["id"], rep + 1, kind,
                                                   " ".join("%s=%s" % (k, fmt(v)) for k, v in r.items())))
                     for k, v in r.items():
                         res[kind].setdefault(k, []).append(v)
             if sc["kind"] == "tp" and not a.no_fsync:
-                for kind in ("smtpmta", "postfix"):
-                    r = throughput_run(kind, top, sc, trace=True)
+                for kind in kinds_for(sc):
+                    try:
+                        r = throughput_run(kind, top, sc, trace=True)
+                    except Exception as e:
+                        if kind != "chasquid":
+                            raise
+                        log("%-18s strace   chasquid failed: %s" % (sc["id"], e))
+                        continue
                     log("%-18s strace   %-8s %.2f fsyncs/msg, %.2f sync_file_range/msg %s" % (
                         sc["id"], kind, r["fsync_per_msg"], r["sfr_per_msg"], r["fsync_calls"]))
                     res[kind].setdefault("fsync_per_msg", []).append(r["fsync_per_msg"])
@@ -1172,7 +1283,8 @@ def write_docs(path, tbl, btbl, mach, reps, elapsed, results):
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
     machine_line = ("Machine: %d CPUs (%s), %s, kernel %s, %s RAM, disk %s; Postfix %s; smtpmta %s; CPU from %s." %
                     (mach["nproc"], mach["cpu"], mach["os"], mach["kernel"], mach["memory"], mach["disk"],
-                     mach["postfix"], mach["smtpmta"], mach["cpu_accounting"]))
+                     mach["postfix"], mach["smtpmta"], mach["cpu_accounting"]) +
+                    (" chasquid: %s." % mach["chasquid"] if mach.get("chasquid") else ""))
     if tbl:
         text = write_main_block(text, tbl, machine_line, reps, elapsed, results)
     if btbl:
@@ -1194,7 +1306,7 @@ def write_docs(path, tbl, btbl, mach, reps, elapsed, results):
 def write_main_block(text, tbl, machine_line, reps, elapsed, results):
     fs = []
     for sid, r in results.items():
-        for kind in ("smtpmta", "postfix"):
+        for kind in r:
             for c in r[kind].get("fsync_calls", []):
                 fs.append("%s %s: %s" % (sid, kind, ", ".join("%s %d" % kv for kv in sorted(c.items()))))
     block = ["<!-- bench:begin (generated by scripts/bench; edit outside these markers) -->",
