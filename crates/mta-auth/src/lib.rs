@@ -38,18 +38,12 @@ pub enum AuthError {
     Resolver(String),
 }
 
-/// The statistics counters (`show stat mail`), kept by the store.
+/// The statistics counters (`show stat mail`), kept by the store; named in
+/// `mta_types::counters` with every other statistic.
 pub mod counters {
-    /// Messages omsgcnv signed with a `[[dkim]]` key.
-    pub const SIGNED: &str = "Mail.DKIM.Signed";
-    /// Inbound messages with a DKIM signature that verified.
-    pub const VERIFIED_PASS: &str = "Mail.DKIM.Verified.Pass";
-    /// Inbound messages with DKIM signatures of which none verified.
-    pub const VERIFIED_FAIL: &str = "Mail.DKIM.Verified.Fail";
-    /// Inbound messages without a DKIM signature.
-    pub const VERIFIED_NONE: &str = "Mail.DKIM.Verified.None";
-    /// Inbound messages refused because DMARC failed with `p=reject` (`dmarc_reject`).
-    pub const DMARC_REJECTED: &str = "Mail.DMARC.Rejected";
-    /// Every counter above, in the order `show stat mail` lists them.
-    pub const ALL: &[&str] = &[SIGNED, VERIFIED_PASS, VERIFIED_FAIL, VERIFIED_NONE, DMARC_REJECTED];
+    pub use mta_types::counters::{
+        DKIM_SIGNED as SIGNED, DKIM_VERIFIED_FAIL as VERIFIED_FAIL,
+        DKIM_VERIFIED_NONE as VERIFIED_NONE, DKIM_VERIFIED_PASS as VERIFIED_PASS,
+        DMARC_REJECTED, MAIL_AUTH as ALL,
+    };
 }
