@@ -167,6 +167,13 @@ fn signed_mail_verifies_with_dkimpy_for_rsa_and_ed25519_and_fails_once_altered()
     assert!(log.contains("dkim signed d=rsa.test s=r2026 a=rsa-sha256"), "{}", tail(&log, 30));
     assert!(log.contains("dkim signed d=ed.test s=e2026 a=ed25519-sha256"), "{}", tail(&log, 30));
     assert_eq!(stat(&suite, "Mail.DKIM.Signed"), 3);
+    // `trace` names the key that signs mail from an address's domain.
+    let out = suite.mtacon(&["trace", "a@rsa.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DKIM: mail from rsa.test leaving for another host is signed with d=rsa.test s=r2026 a=rsa-sha256"), "{text}");
+    let out = suite.mtacon(&["trace", "d@other.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DKIM: no [[dkim]] key for other.test"), "{text}");
 }
 
 #[test]

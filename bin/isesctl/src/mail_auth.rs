@@ -120,6 +120,6 @@ mod tests {
     #[test]
     fn first_field_is_the_folded_received_header() {
         let m = b"Received: from a\r\n\tby b; date\r\nFrom: x\r\n\r\nbody";
-        assert_eq!(super::first_field_len(m), 32);
+        assert_eq!(&m[..super::first_field_len(m)], b"Received: from a\r\n\tby b; date\r\n");
     }
 }

@@ -1,7 +1,8 @@
 //! `trace <address>`: the route mail to that address would take, without sending anything —
 //! a local user and its mailbox, an alias and what it expands to (each target traced in
 //! turn), or the next hop of a remote domain (relay host, or MX list with preferences and
-//! addresses, from `mta-dns` with the suite's own `[dns]` settings).
+//! addresses, from `mta-dns` with the suite's own `[dns]` settings) — and the `[[dkim]]` key
+//! that signs mail sent from that address's domain, if any.
 
 use crate::Supervisor;
 use mta_config::Directory;
@@ -19,6 +20,24 @@ pub async fn trace(sup: &Supervisor, address: &str) -> Result<String, String> {
     for domain in remote_domains {
         let _ = writeln!(out, "next hop for {domain}:");
         out.push_str(&next_hop(sup, &domain).await);
+    }
+    let domain = addr.domain();
+    match sup.config.dkim_key_for(domain) {
+        Some((_, key)) => {
+            let _ = writeln!(
+                out,
+                "DKIM: mail from {domain} leaving for another host is signed with d={} s={} a={} (key {}); publish it at {}._domainkey.{}",
+                key.domain,
+                key.selector,
+                key.algorithm.as_str(),
+                key.private_key.display(),
+                key.selector,
+                key.domain
+            );
+        }
+        None => {
+            let _ = writeln!(out, "DKIM: no [[dkim]] key for {domain}: mail from it leaves unsigned");
+        }
     }
     Ok(out.trim_end().to_string())
 }
