@@ -1,5 +1,5 @@
-//! mta-tls — the TLS settings of smtpmta in one place: rustls with the ring provider (no
-//! OpenSSL).
+//! mta-tls — transport security in one place: the TLS settings (rustls with the ring
+//! provider; no OpenSSL) and the directory's password hashes ([`password`], argon2id).
 //!
 //! - Server side: [`ensure_certificate`] makes the self-signed certificate for `hostname`
 //!   under `data_dir/tls/` when `[tls]` names none (the supervisor calls it at start, before
@@ -25,6 +25,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+pub mod password;
 
 pub use rustls;
 pub use tokio_rustls;
@@ -79,14 +81,21 @@ fn generate(hostname: &str, files: &TlsFiles) -> Result<(), TlsError> {
         dir: dir.clone(),
         reason,
     };
-    let certified = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+    // CN and subjectAltName both carry the host name: clients show the CN, verifiers
+    // check the SAN.
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])
         .map_err(|e| fail(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
     // Key first, created 0600 from the start; then the certificate. A crash in between
     // leaves a key without certificate, which the next start replaces.
-    write_new(&files.private_key, certified.signing_key.serialize_pem().as_bytes(), 0o600)
+    write_new(&files.private_key, key.serialize_pem().as_bytes(), 0o600)
         .map_err(|e| fail(e.to_string()))?;
-    write_new(&files.certificate, certified.cert.pem().as_bytes(), 0o644)
+    write_new(&files.certificate, cert.pem().as_bytes(), 0o644)
         .map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
