@@ -164,6 +164,8 @@ fn metrics_pass_promtool_and_a_prometheus_server_scrapes_the_queue() {
     let suite = metrics_suite(port);
     // A message that stays queued for example.net (its DNS fails: deferred).
     send(&suite, "someone@example.net");
+    // And one delivered locally: the time-to-delivery histogram counts it.
+    send(&suite, "alice@localhost");
     let line = "smtpmta_queue_messages{queue=\"outbound-work\",state=\"pending_transmission\"} 1";
     let (status, content_type, body) = wait_for(
         "the deferred message in /metrics",
@@ -175,6 +177,7 @@ fn metrics_pass_promtool_and_a_prometheus_server_scrapes_the_queue() {
                     .2
                     .contains("smtpmta_destination_messages{destination=\"example.net\"} 1")
                 && !got.2.contains("smtpmta_recipients_deferred_total 0\n")
+                && got.2.contains("smtpmta_delivery_time_seconds_count 1\n")
             {
                 Ok(got)
             } else {
@@ -185,16 +188,18 @@ fn metrics_pass_promtool_and_a_prometheus_server_scrapes_the_queue() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
     for expected in [
-        "smtpmta_messages_received_total 1\n",
+        "smtpmta_messages_received_total 2\n",
+        "# TYPE smtpmta_delivery_time_seconds histogram\n",
+        "smtpmta_delivery_time_seconds_bucket{le=\"+Inf\"} 1\n",
         "smtpmta_task_up{task=\"isesctl\"} 1\n",
         "smtpmta_task_restarts_total{task=\"router\"} 0\n",
-        "smtpmta_sessions_total{direction=\"inbound\"} 1\n",
+        "smtpmta_sessions_total{direction=\"inbound\"} 2\n",
         "smtpmta_handlers_max{task=\"isesctl\"} 100\n",
         "# TYPE smtpmta_spool_bytes gauge\n",
         "# TYPE smtpmta_store_bytes gauge\n",
         "# TYPE smtpmta_accept_latency_seconds histogram\n",
-        "smtpmta_accept_latency_seconds_count 1\n",
-        "smtpmta_accept_latency_seconds_bucket{le=\"+Inf\"} 1\n",
+        "smtpmta_accept_latency_seconds_count 2\n",
+        "smtpmta_accept_latency_seconds_bucket{le=\"+Inf\"} 2\n",
     ] {
         assert!(body.contains(expected), "no {expected:?} in:\n{body}");
     }
@@ -312,6 +317,8 @@ fn status_page_in_headless_chromium_has_a_row_for_every_task() {
     let port = free_port();
     let suite = metrics_suite(port);
     send(&suite, "someone@example.net");
+    send(&suite, "alice@localhost");
+    suite.wait_for_mail("alice", 1);
     let tasks = suite.tasks().unwrap();
     let profile = suite.dir.path().join("chromium-profile");
     let out = Command::new("chromium")
@@ -348,6 +355,13 @@ fn status_page_in_headless_chromium_has_a_row_for_every_task() {
     assert!(dom.contains("<table id=\"queue\">"), "{dom}");
     assert!(dom.contains("<td>Mail.Delivered</td>"), "{dom}");
     assert!(dom.contains("<table id=\"destinations\">"), "{dom}");
+    // The last deliveries: alice's, with its outcome.
+    assert!(dom.contains("<table id=\"deliveries\">"), "{dom}");
+    let delivered = dom
+        .split("<tr class=\"delivered\">")
+        .skip(1)
+        .any(|row| row.split("</tr>").next().unwrap_or("").contains("<td>alice@localhost</td>"));
+    assert!(delivered, "no delivered row for alice in:\n{dom}");
 }
 
 /// True when `line` has an RFC 3339 date such as `2026-12-01T19:37:46`.

@@ -294,9 +294,11 @@ def count_files(d):
 class Smtpmta:
     name = "smtpmta"
 
-    def __init__(self, top, sink_port):
+    def __init__(self, top, sink_port, metrics=False):
         self.dir = tempfile.mkdtemp(prefix="smtpmta-", dir=top)
         self.port = free_port()
+        self.metrics_port = free_port() if metrics else None
+        metrics_listen = "127.0.0.1:%d" % self.metrics_port if metrics else ""
         self.cfg = os.path.join(self.dir, "smtpmta.toml")
         with open(self.cfg, "w") as f:
             f.write(f'''hostname = "bench-smtpmta.localhost"
@@ -313,7 +315,7 @@ max_handlers = 1100
 relay_host = "127.0.0.1:{sink_port}"
 
 [metrics]
-listen = ""
+listen = "{metrics_listen}"
 ''')
         with open(os.path.join(self.dir, "directory.toml"), "w") as f:
             f.write(f'''[[user]]
@@ -470,7 +472,89 @@ home_mailbox = Maildir/
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-MTAS = {"smtpmta": Smtpmta, "postfix": Postfix}
+class Chasquid:
+    """chasquid (Go; Debian package), the second peer. It relays only for authenticated
+    users, so the bench's unauthenticated load goes to a local alias that forwards to the
+    remote recipient: the same queue-and-relay work per message. Its MX lookup goes to a
+    private dnsmasq (remote.example → 127.0.0.1), and its outgoing port is the sink's
+    (`-testing__outgoing_smtp_port`); /etc/resolv.conf is replaced only in its own mount
+    namespace. chasquid does not fsync its queue (it writes files and renames them)."""
+    name = "chasquid"
+    relay_rcpt = "rcpt@bench.local"
+    DNS_IP = "127.0.0.153"
+    DOMAIN = "bench.local"
+
+    def __init__(self, top, sink_port, **_):
+        self.dir = tempfile.mkdtemp(prefix="chasquid-", dir=top)
+        os.chmod(self.dir, 0o755)
+        etc = os.path.join(self.dir, "etc")
+        os.makedirs(os.path.join(etc, "domains", self.DOMAIN))
+        # chasquid will not start without a certificate (it offers STARTTLS; smtp-source
+        # does not take it).
+        certs = os.path.join(etc, "certs", "bench-chasquid.localhost")
+        os.makedirs(certs)
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+             "-subj", "/CN=bench-chasquid.localhost", "-keyout", os.path.join(certs, "privkey.pem"),
+             "-out", os.path.join(certs, "fullchain.pem")])
+        data = os.path.join(self.dir, "data")
+        os.mkdir(data)
+        self.port = free_port()
+        with open(os.path.join(etc, "chasquid.conf"), "w") as f:
+            f.write(f"""hostname: "bench-chasquid.localhost"
+smtp_address: "127.0.0.1:{self.port}"
+submission_address: "127.0.0.1:{free_port()}"
+submission_over_tls_address: "127.0.0.1:{free_port()}"
+data_dir: "{data}"
+mail_log_path: "{os.path.join(self.dir, 'mail.log')}"
+max_data_size_mb: 200
+""")
+        with open(os.path.join(etc, "domains", self.DOMAIN, "aliases"), "w") as f:
+            f.write("rcpt: %s\n" % REMOTE_RCPT)
+        resolv = os.path.join(self.dir, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write("nameserver %s\noptions timeout:1 attempts:1\n" % self.DNS_IP)
+        self.group = Group("chasquid")
+        self.log = open(os.path.join(self.dir, "chasquid.log"), "ab")
+        self.dns = spawn(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                          "--bind-interfaces", "--listen-address=" + self.DNS_IP, "--port=53",
+                          "--mx-host=remote.example,mx.remote.example,10",
+                          "--address=/remote.example/127.0.0.1",
+                          "--local=/sender.example/", "--local=/%s/" % self.DOMAIN,
+                          "--local=/localhost/", "--pid-file="], self.log)
+        self.cmd = ["unshare", "-m", "--", "sh", "-c",
+                    'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv,
+                    "chasquid", "-config_dir", etc, "-testing__outgoing_smtp_port", str(sink_port),
+                    "-logfile", os.path.join(self.dir, "chasquid.log")]
+        self.queue = os.path.join(data, "queue")
+        self.start()
+        wait_port(self.port)
+
+    def start(self):
+        self.p = spawn(self.cmd, self.log, cgroup=self.group)
+        self.group.root_pids = [self.p.pid]
+
+    def halt(self):
+        stop_proc(self.p, wait=60)
+        self.group.kill_rest(timeout=30, remove=False)
+
+    def queued(self):
+        try:
+            return len(os.listdir(self.queue))
+        except FileNotFoundError:
+            return 0
+
+    def queue_empty(self):
+        return self.queued() == 0
+
+    def stop(self):
+        stop_proc(self.p, wait=30)
+        self.group.kill_rest()
+        stop_proc(self.dns)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+MTAS = {"smtpmta": Smtpmta, "postfix": Postfix, "chasquid": Chasquid}
 
 
 class LocalUser:
@@ -528,11 +612,13 @@ def strace_fsyncs(mta):
     return finish
 
 
-def throughput_run(kind, top, sc, trace=False):
-    """One run of a relay/local scenario on a fresh daemon; returns its figures."""
+def throughput_run(kind, top, sc, trace=False, metrics=False):
+    """One run of a relay/local scenario on a fresh daemon; returns its figures. With
+    `metrics`, smtpmta serves /metrics and it is scraped every second meanwhile."""
     count = sc["fsync_count"] if trace else sc["count"]
     sink = Sink(top)
-    mta = MTAS[kind](top, sink.port)
+    mta = MTAS[kind](top, sink.port, metrics=True) if metrics else MTAS[kind](top, sink.port)
+    scraper = Scraper(mta.metrics_port) if metrics else None
     try:
         local = sc["local"]
         done = (lambda: count_files(mta.maildir_new) >= count) if local else (lambda: sink.messages() >= count)
@@ -541,7 +627,7 @@ def throughput_run(kind, top, sc, trace=False):
         sampler.start()
         cpu0 = mta.group.cpu_usec()
         t0, t1 = smtp_source(mta.port, sc["sessions"], count, sc["size"], sc["reuse"],
-                             LOCAL_RCPT if local else REMOTE_RCPT)
+                             LOCAL_RCPT if local else getattr(mta, "relay_rcpt", REMOTE_RCPT))
         t2 = wait_until(done, 300, "%s to deliver %d messages" % (kind, count))
         wait_until(mta.queue_empty, 60, "%s queue to empty" % kind, every=0.05)
         cpu1 = mta.group.cpu_usec()
@@ -553,8 +639,73 @@ def throughput_run(kind, top, sc, trace=False):
         return {"accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
                 "cpu_us": (cpu1 - cpu0) / count, "pss_mib": peak / 1024}
     finally:
+        if scraper:
+            scraper.stop()
         mta.stop()
         sink.close()
+
+
+class Scraper(threading.Thread):
+    """GET /metrics once a second, as a Prometheus server with a 1 s interval would."""
+
+    def __init__(self, port, every=1.0):
+        super().__init__(daemon=True)
+        self.port, self.every, self.done, self.scrapes = port, every, threading.Event(), 0
+        self.start()
+
+    def run(self):
+        while not self.done.wait(self.every):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+                self.scrapes += 1
+            except OSError as e:
+                log("scrape failed: %s" % e)
+
+    def stop(self):
+        self.done.set()
+        self.join(timeout=15)
+        return self.scrapes
+
+
+def metrics_run(kind, top, sc):
+    """Issue 13's figures: what scraping /metrics every second costs an idle suite (CPU of
+    all its processes over `idle_secs` with and without scrapes, a queue of `queued`
+    deferred messages so the scrape has destinations to list), and the 1 KiB × 20 relay
+    with metrics on and scraped against metrics off (alternating runs, median each)."""
+    sink = Sink(top)
+    mta = Smtpmta(top, sink.port, metrics=True)
+    try:
+        mta.stop_outbound()
+        smtp_source(mta.port, 20, sc["queued"], 1024, True, "rcpt@deferred.example")
+        wait_until(lambda: mta.held_all(sc["queued"]), 120, "queued messages in outbound-work", every=0.1)
+        time.sleep(2.0)
+        secs = sc["idle_secs"]
+        c0 = mta.group.cpu_usec()
+        time.sleep(secs)
+        c1 = mta.group.cpu_usec()
+        scraper = Scraper(mta.metrics_port)
+        time.sleep(secs)
+        scrapes = scraper.stop()
+        c2 = mta.group.cpu_usec()
+        idle = (c1 - c0) / (secs * 1e4)
+        scraped = (c2 - c1) / (secs * 1e4)
+        out = {"idle_cpu_pct": idle, "scraped_cpu_pct": scraped, "scrape_cost_pct": scraped - idle,
+               "scrapes": scrapes}
+    finally:
+        mta.stop()
+        sink.close()
+    tp = dict(sc, kind="tp", local=False, reuse=False, sessions=20, size=1024)
+    on, off = [], []
+    for _ in range(sc["tp_reps"]):
+        off.append(throughput_run("smtpmta", top, tp)["e2e"])
+        on.append(throughput_run("smtpmta", top, tp, metrics=True)["e2e"])
+    out["e2e_metrics_off"] = statistics.median(off)
+    out["e2e_metrics_on"] = statistics.median(on)
+    out["metrics_on_pct"] = 100.0 * out["e2e_metrics_on"] / out["e2e_metrics_off"]
+    return out
 
 
 def message(i, size):
@@ -892,6 +1043,9 @@ def scenarios(quick):
     out.append(dict(id="drain", title="drain 20,000 × 1 KiB queued with outbound stopped", kind="drain",
                     size=k, sessions=20, reuse=True, count=20000))
     out.append(dict(id="idle", title="1,000 idle connections", kind="idle", count=1000))
+    # issue 13: smtpmta only
+    out.append(dict(id="metrics", title="/metrics: scrape cost and relay with metrics on", kind="metrics", reps=1,
+                    count=3000, queued=2000, idle_secs=20, tp_reps=3))
     # issue 10; one run whatever --reps (~10-15 min); its own table and docs block
     out.append(dict(id="backlog", title="backlog", kind="backlog", reps=1, size=k, sessions=20,
                     count=1_000_000, pf_count=100_000, intake=5000, drain_first=100_000, idle_secs=10))
@@ -912,7 +1066,23 @@ FIGS = [  # key, label, unit, better, target ratio
     ("connections", "idle connections with banner", "", "higher", None),
     ("processes", "processes", "", "lower", None),
     ("served", "new client served", "", "higher", None),
+    ("idle_cpu_pct", "idle CPU, % of a core, not scraped", "", "lower", None),
+    ("scraped_cpu_pct", "idle CPU, % of a core, /metrics scraped every second", "", "lower", None),
+    ("scrape_cost_pct", "cost of the scrapes, % of a core (target < 1 %)", "", "lower", None),
+    ("e2e_metrics_off", "relay 1 KiB × 20 end-to-end msg/s, metrics off", "", "higher", None),
+    ("e2e_metrics_on", "the same, metrics on and scraped every second", "", "higher", None),
+    ("metrics_on_pct", "metrics on, % of off (target ≥ 97 %)", "", "higher", None),
 ]
+
+
+def kinds_for(sc):
+    """The MTAs a scenario compares: chasquid joins the relay throughput scenarios (it
+    delivers locally only through an external MDA, and has no console for the others)."""
+    if sc["kind"] == "tp" and not sc["local"] and shutil.which("chasquid"):
+        return ("smtpmta", "postfix", "chasquid")
+    if sc["kind"] == "metrics":
+        return ("smtpmta",)
+    return ("smtpmta", "postfix")
 
 
 def fmt(v):
@@ -939,15 +1109,20 @@ def cell(vals):
 
 
 def table(results, scs):
-    rows = ["| scenario | figure | smtpmta | Postfix | smtpmta / Postfix | target |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| scenario | figure | smtpmta | Postfix | smtpmta / Postfix | target | chasquid (no fsync) | smtpmta / chasquid |",
+            "|---|---|---|---|---|---|---|---|"]
     for sc in scs:
         r = results.get(sc["id"], {})
         first = True
         for key, label, _, better, target in FIGS:
             a, b = r.get("smtpmta", {}).get(key, []), r.get("postfix", {}).get(key, [])
+            c = r.get("chasquid", {}).get(key, [])
             if not a and not b:
                 continue
+            cratio = "—"
+            if a and c and not isinstance(a[0], bool):
+                ma, mc = statistics.median(a), statistics.median(c)
+                cratio = "%.2f×" % (ma / mc) if mc else ("—" if not ma else "∞")
             ratio, tgt = "—", ""
             if a and b and not isinstance(a[0], bool):
                 ma, mb = statistics.median(a), statistics.median(b)
@@ -962,7 +1137,8 @@ def table(results, scs):
                 tgt = "all %d %s" % (sc["count"], "✅" if min(a) >= sc["count"] else "❌")
             if sc["kind"] == "idle" and key == "served" and a:
                 tgt = "yes " + ("✅" if all(a) else "❌")
-            rows.append("| %s | %s | %s | %s | %s | %s |" % (sc["title"] if first else "", label, cell(a), cell(b), ratio, tgt))
+            rows.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                sc["title"] if first else "", label, cell(a), cell(b), ratio, tgt, cell(c), cratio))
             first = False
     return "\n".join(rows)
 
@@ -1056,6 +1232,7 @@ def machine():
         "disk": "%s (%s)" % (disk, {"0": "non-rotational", "1": "reported rotational (virtual disk)"}.get(rota, "?")),
         "os": sh(". /etc/os-release; echo $PRETTY_NAME"),
         "postfix": sh("postconf -d -h mail_version"),
+        "chasquid": sh("chasquid -version 2>&1 | head -1"),
         "smtpmta": sh("cd %s && git rev-parse --short HEAD && git status --porcelain -uno | wc -l" % REPO).replace("\n", ", dirty files: "),
         "cpu_accounting": "cgroup v2 (%s)" % Group.base if Group.base else "/proc tree sums",
     }
@@ -1079,7 +1256,7 @@ def main():
         keep = a.only.split(",")
         scs = [s for s in scs if s["id"] in keep]
     for s in scs:
-        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first"):
+        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first", "queued"):
             if k in s and s["kind"] != "idle":
                 s[k] = max(10, int(s[k] * a.scale))
         if s["kind"] == "backlog":
@@ -1102,19 +1279,33 @@ def main():
     t_start = time.time()
     try:
         for sc in scs:
-            res = results.setdefault(sc["id"], {"smtpmta": {}, "postfix": {}})
+            res = results.setdefault(sc["id"], {k: {} for k in kinds_for(sc)})
             for rep in range(min(reps, sc.get("reps", reps))):
-                for kind in ("smtpmta", "postfix"):
+                for kind in kinds_for(sc):
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
-                          "backlog": backlog_run}[sc["kind"]]
-                    r = fn(kind, top, sc)
+                          "backlog": backlog_run, "metrics": metrics_run}[sc["kind"]]
+                    try:
+                        r = fn(kind, top, sc)
+                    except Exception as e:
+                        if kind != "chasquid":
+                            raise
+                        # The second peer is a comparison, not the subject: its failure to run
+                        # here leaves its column empty and is said, not fatal.
+                        log("%-18s rep %d chasquid failed: %s" % (sc["id"], rep + 1, e))
+                        continue
                     log("%-18s rep %d %-8s %s" % (sc["id"], rep + 1, kind,
                                                   " ".join("%s=%s" % (k, fmt(v)) for k, v in r.items())))
                     for k, v in r.items():
                         res[kind].setdefault(k, []).append(v)
             if sc["kind"] == "tp" and not a.no_fsync:
-                for kind in ("smtpmta", "postfix"):
-                    r = throughput_run(kind, top, sc, trace=True)
+                for kind in kinds_for(sc):
+                    try:
+                        r = throughput_run(kind, top, sc, trace=True)
+                    except Exception as e:
+                        if kind != "chasquid":
+                            raise
+                        log("%-18s strace   chasquid failed: %s" % (sc["id"], e))
+                        continue
                     log("%-18s strace   %-8s %.2f fsyncs/msg, %.2f sync_file_range/msg %s" % (
                         sc["id"], kind, r["fsync_per_msg"], r["sfr_per_msg"], r["fsync_calls"]))
                     res[kind].setdefault("fsync_per_msg", []).append(r["fsync_per_msg"])
@@ -1172,7 +1363,8 @@ def write_docs(path, tbl, btbl, mach, reps, elapsed, results):
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
     machine_line = ("Machine: %d CPUs (%s), %s, kernel %s, %s RAM, disk %s; Postfix %s; smtpmta %s; CPU from %s." %
                     (mach["nproc"], mach["cpu"], mach["os"], mach["kernel"], mach["memory"], mach["disk"],
-                     mach["postfix"], mach["smtpmta"], mach["cpu_accounting"]))
+                     mach["postfix"], mach["smtpmta"], mach["cpu_accounting"]) +
+                    (" chasquid: %s." % mach["chasquid"] if mach.get("chasquid") else ""))
     if tbl:
         text = write_main_block(text, tbl, machine_line, reps, elapsed, results)
     if btbl:
@@ -1194,7 +1386,7 @@ def write_docs(path, tbl, btbl, mach, reps, elapsed, results):
 def write_main_block(text, tbl, machine_line, reps, elapsed, results):
     fs = []
     for sid, r in results.items():
-        for kind in ("smtpmta", "postfix"):
+        for kind in r:
             for c in r[kind].get("fsync_calls", []):
                 fs.append("%s %s: %s" % (sid, kind, ", ".join("%s %d" % kv for kv in sorted(c.items()))))
     block = ["<!-- bench:begin (generated by scripts/bench; edit outside these markers) -->",

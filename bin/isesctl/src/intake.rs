@@ -164,7 +164,7 @@ impl Actor {
         match self.sessions.swap(0, Ordering::Relaxed) {
             0 => Vec::new(),
             n => vec![Change::AddCounters(vec![(
-                "Mail.Inbound.Sessions".to_string(),
+                mta_types::counters::INBOUND_SESSIONS.to_string(),
                 n,
             )])],
         }
@@ -230,7 +230,11 @@ impl Actor {
                 Err(e) => {
                     for (job, _) in durable {
                         tracing::warn!(qid = %job.record.id, error = %e, "store commit failed: message not accepted");
-                        let _ = job.reply.send(Reply::local_error());
+                        let _ = job.reply.send(if e.is_disk_full() {
+                            Reply::storage_full()
+                        } else {
+                            Reply::local_error()
+                        });
                     }
                 }
             }
@@ -245,6 +249,14 @@ fn write_batch(
     batch: Vec<Job>,
 ) -> (SpoolWriter, Vec<(Job, Result<ContentRef, Reply>)>) {
     let mut written = Vec::with_capacity(batch.len());
+    // Below the reserve, new mail waits (452 4.3.1) so what is queued can still move.
+    if let Some(free) = mta_spool::free_space(spool.dir()).filter(|f| *f < mta_spool::RESERVE_BYTES) {
+        for job in batch {
+            tracing::warn!(qid = %job.record.id, free, reserve = mta_spool::RESERVE_BYTES, "spool file system nearly full: message not accepted");
+            written.push((job, Err(Reply::storage_full())));
+        }
+        return (spool, written);
+    }
     for mut job in batch {
         let content = std::mem::take(&mut job.content);
         let result = spool.append(&[&content]).map_err(|e| {

@@ -161,7 +161,7 @@ pub async fn run_collector(
             let mut changes: Vec<Change> = puts.into_iter().map(Change::Put).collect();
             if sessions > 0 {
                 changes.push(Change::AddCounters(vec![(
-                    "Mail.Outbound.Sessions".to_string(),
+                    mta_types::counters::OUTBOUND_SESSIONS.to_string(),
                     sessions,
                 )]));
             }

@@ -143,7 +143,7 @@ pub async fn compact_now(sup: Arc<Supervisor>) -> Result<Compacted, String> {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let store = sup.store.clone();
-        compact(&sup, || runtime.block_on(store.flush()))
+        compact(&sup, || runtime.block_on(store.flush()).map_err(|e| e.to_string()))
     })
     .await
     .map_err(|e| e.to_string())?

@@ -267,7 +267,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     // Make sure the last commits are on disk before the database closes.
-    sup.store.flush().await.map_err(anyhow::Error::msg)?;
+    sup.store.flush().await?;
     drop(instance);
     tracing::info!("smtpmta supervisor stopped");
     Ok(())

@@ -25,7 +25,7 @@ use mta_ipc::console::TaskRow;
 use mta_ipc::store::DestinationRow;
 use mta_ipc::task::HistogramSnapshot;
 use mta_ipc::TaskClient;
-use mta_store::stats as names;
+use mta_types::counters as names;
 use mta_types::message::now_ms;
 use mta_types::TaskName;
 use mta_types::{Location, QueueName};
@@ -381,11 +381,25 @@ fn render(
     ] {
         r.register(name, help, ConstCounter::new(get(counter)));
     }
+    // Time to delivery, per delivered or relayed recipient: bucket counters the store
+    // keeps with each outcome (so the histogram survives restarts).
+    let counts: Vec<u64> = names::deliver_time_buckets()
+        .iter()
+        .map(|b| get(b))
+        .collect();
     r.register(
         "delivery_time_seconds",
-        "Sum of arrival-to-delivery times of delivered and relayed recipients (divide by \
-         their count for the average)",
-        ConstCounter::new(get(names::DELIVER_TIME_SUM_MS) as f64 / 1000.0),
+        "Arrival to delivered (local mailbox) or relayed (remote 250), per recipient",
+        Snapshot(HistogramSnapshot {
+            name: "delivery_time_seconds".into(),
+            help: String::new(),
+            bounds: names::DELIVER_TIME_BOUNDS_MS
+                .iter()
+                .map(|b| *b as f64 / 1000.0)
+                .collect(),
+            counts,
+            sum_seconds: get(names::DELIVER_TIME_SUM_MS) as f64 / 1000.0,
+        }),
     );
 
     // Sessions and handlers: cumulative counts from the store, current use from the

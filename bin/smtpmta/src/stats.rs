@@ -4,7 +4,7 @@
 
 use crate::Supervisor;
 use mta_ipc::console::Statistic;
-use mta_store::stats as names;
+use mta_types::counters as names;
 use mta_types::{Location, QueueName};
 
 pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
@@ -26,25 +26,27 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
         unit: unit.to_string(),
     };
     Ok(vec![
+        stat(names::RECEIVED, get(names::RECEIVED), ""),
         stat(names::DELIVERED, get(names::DELIVERED), ""),
         stat(names::TRANSFERRED, get(names::TRANSFERRED), ""),
         stat(names::TOTAL_ROUTED, get(names::TOTAL_ROUTED), ""),
-        stat("Mail.Waiting", waiting, ""),
+        stat(names::WAITING, waiting, ""),
         stat(
-            "Mail.WaitingForDeliveryThreads",
+            names::WAITING_FOR_DELIVERY_THREADS,
             engine.count_in(Location::Queue(QueueName::OutboundWork)),
             "",
         ),
-        stat("Mail.Dead", engine.count_in(Location::Dead), ""),
+        stat(names::DEAD, engine.count_in(Location::Dead), ""),
         stat(names::TOTAL_DEAD, get(names::TOTAL_DEAD), ""),
-        stat("Mail.Hold", held, ""),
+        stat(names::HOLD, held, ""),
         stat(names::CONVERSION_ERRORS, get(names::CONVERSION_ERRORS), ""),
         stat(names::TOTAL_FAILURES, get(names::TOTAL_FAILURES), ""),
+        stat(names::DEFERRED, get(names::DEFERRED), ""),
         stat(names::REPORTS_SENT, get(names::REPORTS_SENT), ""),
         stat(names::INBOUND_SESSIONS, get(names::INBOUND_SESSIONS), ""),
         stat(names::OUTBOUND_SESSIONS, get(names::OUTBOUND_SESSIONS), ""),
         stat(
-            "Mail.AverageDeliverTime",
+            names::AVERAGE_DELIVER_TIME,
             average(
                 get(names::DELIVER_TIME_SUM_MS),
                 get(names::DELIVER_TIME_COUNT),
@@ -52,14 +54,14 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
             "ms",
         ),
         stat(
-            "Mail.AverageSizeDelivered",
+            names::AVERAGE_SIZE_DELIVERED,
             average(
                 get(names::SIZE_DELIVERED_SUM),
                 get(names::DELIVER_TIME_COUNT),
             ),
             "bytes",
         ),
-        stat("Mail.Spool.Size", spool_bytes, "bytes"),
-        stat("Mail.Store.Size", engine.size_on_disk(), "bytes"),
+        stat(names::SPOOL_SIZE, spool_bytes, "bytes"),
+        stat(names::STORE_SIZE, engine.size_on_disk(), "bytes"),
     ])
 }

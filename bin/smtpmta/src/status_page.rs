@@ -1,5 +1,5 @@
 //! The read-only status page at `/` of the metrics server: the tasks as `show tasks` lists
-//! them, the queue by state and by destination, and `show stat mail`. It reloads itself
+//! them, the queue by state and by destination, `show stat mail`, and the last 50 recipient outcomes. It reloads itself
 //! every `REFRESH_SECS`, has no forms, scripts or links that act, and answers only GET and
 //! HEAD, so looking at it changes nothing. It is served wherever `[metrics] listen` binds:
 //! loopback by default.
@@ -65,7 +65,7 @@ fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
          <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
          th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}th{{background:#eee}}\
          td.n{{text-align:right}}tr.handler td:first-child{{padding-left:1.6em}}\
-         .running,.idle{{color:#070}}.busy{{color:#05a}}.restarting,.stopped{{color:#b00}}</style></head><body>\
+         .running,.idle,.delivered,.relayed{{color:#070}}.deferred{{color:#a60}}.failed{{color:#b00}}.busy{{color:#05a}}.restarting,.stopped{{color:#b00}}</style></head><body>\
          <h1>smtpmta on {host}</h1><p>Version {version}, supervisor pid {pid}, up {up}. \
          This page reloads every {REFRESH_SECS} s and changes nothing.</p>",
         host = esc(&sup.config.hostname),
@@ -156,6 +156,29 @@ fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
             "<tr><td>{}</td><td class=\"n\">{}{unit}</td></tr>",
             esc(&s.name),
             s.value
+        );
+    }
+    h.push_str("</table>");
+
+    let recent = sup.store.engine().recent_outcomes();
+    let _ = write!(
+        h,
+        "<h2>Last {} deliveries</h2><table id=\"deliveries\"><tr><th>When</th><th>Queue ID</th>\
+         <th>Recipient</th><th>Outcome</th><th>Detail</th></tr>",
+        mta_store::stats::RECENT_OUTCOMES
+    );
+    if recent.is_empty() {
+        h.push_str("<tr><td colspan=\"5\">no delivery since the supervisor started</td></tr>");
+    }
+    for o in &recent {
+        let _ = write!(
+            h,
+            "<tr class=\"{outcome}\"><td>{} ago</td><td>{}</td><td>{}</td><td>{outcome}</td><td>{}</td></tr>",
+            age(Some(o.at)),
+            o.id,
+            esc(&o.recipient),
+            esc(&o.detail),
+            outcome = o.outcome.as_str(),
         );
     }
     h.push_str("</table></body></html>\n");

@@ -4,7 +4,7 @@ use mta_types::TaskName;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever any message in this crate changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The service a socket offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -137,6 +137,8 @@ pub enum StoreResponse {
     Counts(QueueCounts),
     /// The request could not be carried out (the store says why); nothing changed.
     Error(String),
+    /// A commit failed because the disk (or quota) is full; nothing of it is durable.
+    DiskFull(String),
 }
 
 /// A task's handle on the store: cheap to clone, reconnects when the connection breaks.
@@ -155,6 +157,16 @@ pub enum StoreError {
     Refused(String),
     #[error("unexpected store reply: {0}")]
     Unexpected(String),
+    #[error("store disk full: {0}")]
+    DiskFull(String),
+}
+
+impl StoreError {
+    /// The commit failed for lack of disk space: a temporary condition (452 4.3.1 at
+    /// intake), not a local error.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::DiskFull(_))
+    }
 }
 
 impl StoreClient {
@@ -188,6 +200,7 @@ impl StoreClient {
         let client = guard.as_mut().expect("connected above");
         match client.store(request, timeout).await {
             Ok(StoreResponse::Error(e)) => Err(StoreError::Refused(e)),
+            Ok(StoreResponse::DiskFull(e)) => Err(StoreError::DiskFull(e)),
             Ok(r) => Ok(r),
             Err(e) => {
                 // A broken connection is not reused: the reply to a commit in flight is

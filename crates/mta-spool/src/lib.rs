@@ -17,6 +17,20 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Free space kept on the spool's and the store's file systems: below it, new mail is
+/// refused with 452 4.3.1 (as Postfix's smtpd does below `queue_minfree`), so the mail
+/// already queued still has room to move — the queue store cannot take a failed write
+/// (sled stops writing for good after one), and deliveries and removals need a little
+/// room too.
+pub const RESERVE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Bytes available to unprivileged writers on the file system holding `dir` (None when
+/// it cannot be told).
+pub fn free_space(dir: &Path) -> Option<u64> {
+    let fs = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(fs.blocks_available() as u64 * fs.fragment_size() as u64)
+}
+
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -121,6 +135,11 @@ impl SpoolWriter {
     }
 
     /// Appends `parts` (concatenated) as one message's content. Not durable until `sync`.
+    /// The spool directory this writer appends in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn append(&mut self, parts: &[&[u8]]) -> Result<ContentRef, SpoolError> {
         let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if self.current.len > 0 && self.current.len + total > SEGMENT_LIMIT {

@@ -28,6 +28,29 @@ pub enum StoreError {
     Corrupt { id: String, reason: String },
 }
 
+impl StoreError {
+    /// The disk (or the quota) is full: the intake answers 452 4.3.1, a temporary
+    /// condition the client retries, rather than 451.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        let io = match self {
+            StoreError::Sync(e) => Some(e),
+            StoreError::Sled(sled::Error::Io(e)) | StoreError::Open { source: sled::Error::Io(e), .. } => Some(e),
+            _ => None,
+        };
+        // sled hands out its stored write error as a new io::Error of the same kind (no OS
+        // code), so the kind decides as well.
+        io.is_some_and(|e| {
+            matches!(e.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+                || matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        })
+    }
+}
+
 /// Per (location, destination): what `tell router show queue` shows without reading the
 /// records.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -79,6 +102,8 @@ pub struct Engine {
     /// the counters, counts and summaries last written, so a batch updates them without
     /// reading them back from sled first.
     writer: Mutex<WriterCache>,
+    /// The last `RECENT_OUTCOMES` recipient outcomes applied (in memory only).
+    recent: Mutex<std::collections::VecDeque<crate::stats::RecentOutcome>>,
 }
 
 /// The last written value of each small derived key (counter, count, segment reference,
@@ -198,6 +223,7 @@ impl Engine {
             tree,
             files: Arc::new(Mutex::new(files)),
             writer: Mutex::new(WriterCache::default()),
+            recent: Mutex::new(Default::default()),
         };
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
         if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
@@ -462,6 +488,15 @@ impl Engine {
         summaries
             .into_iter()
             .for_each(|(k, v)| writer.set_summary(&k, v));
+        if !deltas.1.is_empty() {
+            let mut recent = self.recent.lock().expect("recent outcomes");
+            for o in deltas.1 {
+                if recent.len() == crate::stats::RECENT_OUTCOMES {
+                    recent.pop_front();
+                }
+                recent.push_back(o);
+            }
+        }
         Ok(touched)
     }
 
@@ -471,6 +506,12 @@ impl Engine {
             .get(key)?
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0))
+    }
+
+    /// The most recent recipient outcomes, newest first.
+    pub fn recent_outcomes(&self) -> Vec<crate::stats::RecentOutcome> {
+        let recent = self.recent.lock().expect("recent outcomes");
+        recent.iter().rev().cloned().collect()
     }
 
     /// One statistics counter (0 if never counted).

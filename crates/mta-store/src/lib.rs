@@ -23,4 +23,4 @@ mod service;
 pub mod stats;
 
 pub use engine::{Engine, StoreError};
-pub use service::{OperateError, StoreService};
+pub use service::{CommitError, OperateError, StoreService};

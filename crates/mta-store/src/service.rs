@@ -26,11 +26,38 @@ const BULK_CHUNK: usize = 500;
 /// (when no durable commit took them along earlier), so a power loss replays at most
 /// about this much of the pipeline's work.
 const REPLAYABLE_FLUSH: Duration = Duration::from_millis(500);
+/// Below `mta_spool::RESERVE_BYTES` free on the store's file system, durable commits
+/// that add or rewrite records (new mail from the intake, an operator's hold) are refused
+/// as "disk full" before anything of them is applied, while the pipeline's own progress
+/// (deliveries, removals: small, and they free space) goes on. sled stops writing for
+/// good after one failed write (it keeps the error and returns it for every later
+/// operation), so the store must refuse before the disk is really full.
+use mta_spool::RESERVE_BYTES;
 
 struct CommitJob {
     changes: Vec<Change>,
     durability: Durability,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Why a commit did not happen (nothing of it is durable).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The disk or quota is full: a temporary condition (the intake answers 452 4.3.1).
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<StoreError> for CommitError {
+    fn from(e: StoreError) -> CommitError {
+        if e.is_disk_full() {
+            CommitError::DiskFull(e.to_string())
+        } else {
+            CommitError::Failed(e.to_string())
+        }
+    }
 }
 
 /// Why a console operation on one record did not happen.
@@ -44,6 +71,12 @@ pub enum OperateError {
     Refused(String),
     #[error("queue store: {0}")]
     Store(String),
+}
+
+/// A request that failed, as the reply will say it.
+enum Answer {
+    DiskFull(String),
+    Error(String),
 }
 
 /// Cheap to clone; every clone serves the same database.
@@ -60,6 +93,8 @@ struct Inner {
     leases: Mutex<Leases>,
     /// Routed destinations of the Outbound Work Queue (lock after `leases`).
     routed: Mutex<Vec<Routed>>,
+    /// The store's directory, whose file system `RESERVE_BYTES` is measured on.
+    dir: std::path::PathBuf,
 }
 
 /// `route <domain>` (or everything, `domain` None): its pending messages are due now,
@@ -91,6 +126,7 @@ impl StoreService {
             engine,
             leases: Mutex::new(Leases::default()),
             routed: Mutex::new(Vec::new()),
+            dir: dir.to_path_buf(),
         });
         let committer_inner = inner.clone();
         std::thread::Builder::new()
@@ -137,7 +173,10 @@ impl StoreService {
             record
         };
         let result = match change(record) {
-            Ok(c) => self.commit(vec![c]).await.map_err(OperateError::Store),
+            Ok(c) => self
+                .commit(vec![c])
+                .await
+                .map_err(|e| OperateError::Store(e.to_string())),
             Err(e) => Err(OperateError::Refused(e)),
         };
         // The commit ended the lease; after a refusal or an error end it here.
@@ -146,7 +185,7 @@ impl StoreService {
     }
 
     /// Applies changes and waits until they are durable.
-    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), String> {
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), CommitError> {
         self.commit_with(changes, Durability::Durable).await
     }
 
@@ -155,7 +194,8 @@ impl StoreService {
         &self,
         changes: Vec<Change>,
         durability: Durability,
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitError> {
+        let shutting_down = || CommitError::Failed("store is shutting down".to_string());
         let (reply, rx) = oneshot::channel();
         self.commits
             .send(CommitJob {
@@ -163,30 +203,36 @@ impl StoreService {
                 durability,
                 reply,
             })
-            .map_err(|_| "store is shutting down".to_string())?;
-        rx.await.map_err(|_| "store is shutting down".to_string())?
+            .map_err(|_| shutting_down())?;
+        rx.await.map_err(|_| shutting_down())?
     }
 
     /// Makes everything committed so far durable (an empty durable commit: it rides the
     /// next group flush).
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), CommitError> {
         self.commit(Vec::new()).await
     }
 
     pub async fn handle(&self, owner_pid: u32, request: StoreRequest) -> StoreResponse {
         let engine = &self.inner.engine;
-        let result: Result<StoreResponse, String> = match request {
+        // A full disk has its own answer, so the intake can say 452 4.3.1.
+        let committed = |r: Result<(), CommitError>| match r {
+            Ok(()) => Ok(()),
+            Err(CommitError::DiskFull(e)) => Err(Answer::DiskFull(e)),
+            Err(CommitError::Failed(e)) => Err(Answer::Error(e)),
+        };
+        let result: Result<StoreResponse, Answer> = match request {
             StoreRequest::Claim {
                 queue,
                 max,
                 lease_ms,
-            } => self.claim_reply(queue, max, lease_ms, owner_pid),
+            } => self
+                .claim_reply(queue, max, lease_ms, owner_pid)
+                .map_err(Answer::Error),
             StoreRequest::Commit {
                 changes,
                 durability,
-            } => self
-                .commit_with(changes, durability)
-                .await
+            } => committed(self.commit_with(changes, durability).await)
                 .map(|_| StoreResponse::Done),
             StoreRequest::CommitClaim {
                 changes,
@@ -194,10 +240,10 @@ impl StoreService {
                 queue,
                 max,
                 lease_ms,
-            } => match self.commit_with(changes, durability).await {
-                Ok(()) => self.claim_reply(queue, max, lease_ms, owner_pid),
-                Err(e) => Err(e),
-            },
+            } => committed(self.commit_with(changes, durability).await).and_then(|()| {
+                self.claim_reply(queue, max, lease_ms, owner_pid)
+                    .map_err(Answer::Error)
+            }),
             StoreRequest::Release { ids } => {
                 let mut leases = self.inner.leases.lock().expect("lease lock");
                 ids.iter().for_each(|id| leases.end(id));
@@ -206,18 +252,22 @@ impl StoreService {
             StoreRequest::Get { id } => engine
                 .get(id)
                 .map(StoreResponse::Record)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| Answer::Error(e.to_string())),
             StoreRequest::Destinations { after, limit } => engine
                 .destinations(after, limit.min(PAGE_LIMIT) as usize)
                 .map(StoreResponse::Destinations)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| Answer::Error(e.to_string())),
             StoreRequest::Bulk { op, domain } => self
                 .bulk(op, domain.as_deref())
                 .await
-                .map(StoreResponse::Bulk),
+                .map(StoreResponse::Bulk)
+                .map_err(Answer::Error),
             StoreRequest::Counts => Ok(StoreResponse::Counts(engine.counts())),
         };
-        result.unwrap_or_else(StoreResponse::Error)
+        result.unwrap_or_else(|answer| match answer {
+            Answer::DiskFull(e) => StoreResponse::DiskFull(e),
+            Answer::Error(e) => StoreResponse::Error(e),
+        })
     }
 
     fn claim_reply(
@@ -379,7 +429,7 @@ impl StoreService {
                 after = last;
                 let changes = self.bulk_chunk(op, domain.as_deref(), &ids, &mut result)?;
                 if !changes.is_empty() {
-                    self.commit(changes).await?;
+                    self.commit(changes).await.map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -522,6 +572,7 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if let Err(e) = inner.engine.flush() {
                             tracing::error!(error = %e, "store flush failed");
+                            exit_if_store_stopped(&inner);
                         }
                         unflushed_since = None;
                         continue;
@@ -538,11 +589,20 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
             }
         }
         let mut waiting: Vec<(
-            Result<Vec<QueueId>, String>,
-            oneshot::Sender<Result<(), String>>,
+            Result<Vec<QueueId>, CommitError>,
+            oneshot::Sender<Result<(), CommitError>>,
         )> = Vec::new();
+        let short_of_space = below_reserve(&inner.dir, &jobs);
         for job in jobs {
-            let applied = inner.engine.apply(&job.changes).map_err(|e| e.to_string());
+            let adds = |job: &CommitJob| job.changes.iter().any(|c| matches!(c, Change::Put(_)));
+            let applied = match &short_of_space {
+                Some(free) if job.durability == Durability::Durable && adds(&job) => {
+                    Err(CommitError::DiskFull(format!(
+                        "{free} bytes free on the queue store's file system, below its reserve of {RESERVE_BYTES}"
+                    )))
+                }
+                _ => inner.engine.apply(&job.changes).map_err(CommitError::from),
+            };
             match job.durability {
                 Durability::Durable => waiting.push((applied, job.reply)),
                 Durability::Replayable => {
@@ -558,11 +618,12 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
         if waiting.is_empty() {
             continue;
         }
-        let flushed = inner.engine.flush().map_err(|e| e.to_string());
+        let flushed = inner.engine.flush().map_err(CommitError::from);
         match &flushed {
             Ok(()) => unflushed_since = None,
             Err(e) => {
-                tracing::error!(error = %e, "store flush failed; commits in this group are refused")
+                tracing::error!(error = %e, "store flush failed; commits in this group are refused");
+                exit_if_store_stopped(&inner);
             }
         }
         let mut leases = inner.leases.lock().expect("lease lock");
@@ -585,6 +646,42 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
             tracing::error!(error = %e, "store flush at close failed");
         }
     }
+}
+
+/// After a failed flush: sled keeps the error of a failed write and returns it for every
+/// later operation, so the database will not write again in this process. Nothing
+/// unacknowledged is at stake (the group's commits get no reply, so their clients retry),
+/// and what was acknowledged is on disk; the supervisor exits with EX_TEMPFAIL so that its
+/// service manager (etc/smtpmta.service: Restart=on-failure) starts it again on a fresh
+/// open, which recovers the database to its last durable state.
+fn exit_if_store_stopped(inner: &Inner) {
+    if let Err(e) = inner.engine.flush() {
+        tracing::error!(error = %e, "the queue store can no longer write; exiting so that the service manager restarts smtpmta");
+        std::process::exit(75);
+    }
+}
+
+/// The free bytes on the store's file system when a durable commit of this group adds
+/// records and they are below `RESERVE_BYTES` (one statvfs per such group).
+fn below_reserve(dir: &Path, jobs: &[CommitJob]) -> Option<u64> {
+    let adds = jobs.iter().any(|j| {
+        j.durability == Durability::Durable
+            && j.changes.iter().any(|c| matches!(c, Change::Put(_)))
+    });
+    if !adds {
+        return None;
+    }
+    // When it cannot be told, the write itself decides.
+    let free = mta_spool::free_space(dir)?;
+    if free >= RESERVE_BYTES {
+        return None;
+    }
+    tracing::warn!(
+        free,
+        reserve = RESERVE_BYTES,
+        "queue store file system nearly full: new mail refused (452 4.3.1)"
+    );
+    Some(free)
 }
 
 #[cfg(test)]

@@ -11,24 +11,7 @@ use mta_types::message::ALIAS_EXPANDED;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus};
 use std::collections::BTreeMap;
 
-/// Messages accepted over SMTP (a record created that is not a delivery report).
-pub const RECEIVED: &str = "Mail.Received";
-/// Delivery attempts that ended in a temporary failure, one per recipient and attempt.
-pub const DEFERRED: &str = "Mail.Deferred";
-pub const DELIVERED: &str = "Mail.Delivered";
-pub const TRANSFERRED: &str = "Mail.Transferred";
-pub const TOTAL_FAILURES: &str = "Mail.TotalFailures";
-pub const TOTAL_ROUTED: &str = "Mail.TotalRouted";
-pub const CONVERSION_ERRORS: &str = "Mail.ConversionErrors";
-pub const TOTAL_DEAD: &str = "Mail.TotalDead";
-pub const REPORTS_SENT: &str = "Mail.DeliveryReportsSent";
-pub const INBOUND_SESSIONS: &str = "Mail.Inbound.Sessions";
-pub const OUTBOUND_SESSIONS: &str = "Mail.Outbound.Sessions";
-/// Sum of (delivered or relayed − received) in ms, and how many: the average delivery time.
-pub const DELIVER_TIME_SUM_MS: &str = "Mail.DeliverTime.SumMs";
-pub const DELIVER_TIME_COUNT: &str = "Mail.DeliverTime.Count";
-/// Sum of the sizes of delivered or relayed copies: the average size delivered.
-pub const SIZE_DELIVERED_SUM: &str = "Mail.SizeDelivered.Sum";
+pub use mta_types::counters::*;
 
 /// Every cumulative counter, in the order `show stat mail` lists them.
 pub const CUMULATIVE: &[&str] = &[
@@ -48,9 +31,43 @@ pub const CUMULATIVE: &[&str] = &[
     SIZE_DELIVERED_SUM,
 ];
 
-/// Increments accumulated while one batch is built.
+/// How many recent outcomes the store remembers (the status page's "last deliveries").
+pub const RECENT_OUTCOMES: usize = 50;
+
+/// One recipient's delivery outcome or attempt, as the status page lists it. Kept in memory
+/// only (since the supervisor started): the lasting history is the record's attempts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentOutcome {
+    pub at: u64,
+    pub id: mta_types::QueueId,
+    pub recipient: String,
+    pub outcome: Outcome,
+    /// The mailbox, the next hop and its reply, or the failure's reason.
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Relayed,
+    Deferred,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Relayed => "relayed",
+            Outcome::Deferred => "deferred",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Increments accumulated while one batch is built, and the outcomes it records.
 #[derive(Default, Debug, PartialEq, Eq)]
-pub struct Deltas(pub BTreeMap<String, u64>);
+pub struct Deltas(pub BTreeMap<String, u64>, pub Vec<RecentOutcome>);
 
 impl Deltas {
     pub fn add(&mut self, name: &str, by: u64) {
@@ -85,23 +102,40 @@ impl Deltas {
             if was_final {
                 continue;
             }
+            let mut outcome = |at: u64, outcome: Outcome, detail: String| {
+                self.1.push(RecentOutcome {
+                    at,
+                    id: new.id,
+                    recipient: r.address.to_string(),
+                    outcome,
+                    detail,
+                })
+            };
             match &r.status {
                 RcptStatus::Delivered { mailbox, .. } if mailbox.starts_with(ALIAS_EXPANDED) => {}
-                RcptStatus::Delivered { at, .. } => {
+                RcptStatus::Delivered { at, mailbox } => {
+                    outcome(*at, Outcome::Delivered, mailbox.clone());
                     self.add(DELIVERED, 1);
                     self.delivery(new, *at);
                 }
-                RcptStatus::Relayed { at, .. } => {
+                RcptStatus::Relayed { at, host, reply } => {
+                    outcome(*at, Outcome::Relayed, format!("{host}: {reply}"));
                     self.add(TRANSFERRED, 1);
                     self.delivery(new, *at);
                 }
-                RcptStatus::Failed { .. } => self.add(TOTAL_FAILURES, 1),
+                RcptStatus::Failed { at, status, reason } => {
+                    outcome(*at, Outcome::Failed, format!("{status} {reason}"));
+                    self.add(TOTAL_FAILURES, 1)
+                }
                 RcptStatus::Pending => {
                     // A new attempt on a recipient still pending: a temporary failure.
                     let before = old
                         .and_then(|o| o.recipients.get(i))
                         .filter(|o| o.address == r.address)
                         .map_or(0, |o| o.attempts.len());
+                    if let Some(a) = r.attempts.last().filter(|_| r.attempts.len() > before) {
+                        outcome(a.at, Outcome::Deferred, format!("{}: {}", a.host, a.reply));
+                    }
                     self.add(DEFERRED, r.attempts.len().saturating_sub(before) as u64);
                 }
             }
@@ -109,7 +143,9 @@ impl Deltas {
     }
 
     fn delivery(&mut self, record: &MessageRecord, at: u64) {
-        self.add(DELIVER_TIME_SUM_MS, at.saturating_sub(record.received_at));
+        let took = at.saturating_sub(record.received_at);
+        self.add(&deliver_time_bucket(took), 1);
+        self.add(DELIVER_TIME_SUM_MS, took);
         self.add(DELIVER_TIME_COUNT, 1);
         self.add(SIZE_DELIVERED_SUM, record.size);
     }
@@ -173,6 +209,7 @@ mod tests {
         assert_eq!(d.0[TOTAL_FAILURES], 1);
         assert_eq!(d.0[TOTAL_ROUTED], 1);
         assert_eq!(d.0[DELIVER_TIME_SUM_MS], 500);
+        assert_eq!(d.0["Mail.DeliverTime.Bucket.500"], 1);
         assert_eq!(d.0[SIZE_DELIVERED_SUM], 100);
         // Committed again (e.g. later relayed): the earlier outcomes are not counted twice.
         let mut later = new.clone();

@@ -5,6 +5,7 @@
 //! serialisable so it can cross process boundaries inside `mta-ipc` frames.
 
 pub mod address;
+pub mod counters;
 pub mod message;
 pub mod queue_id;
 pub mod task;

@@ -1,0 +1,78 @@
+//! The names of every statistic (`show stat mail`, `/metrics`, the status page), in one
+//! place. Domino's names where Domino has one (003's statistics list); `Mail.Received` and
+//! `Mail.Deferred` are ours.
+//!
+//! Cumulative counters are kept by the store (`mta_store::stats`), in the same atomic batch
+//! as the change that caused them; tasks add only what the store cannot see (sessions).
+//! Live values are computed when asked, from the queue indexes.
+
+/// Messages accepted over SMTP (a record created that is not a delivery report).
+pub const RECEIVED: &str = "Mail.Received";
+/// Delivery attempts that ended in a temporary failure, one per recipient and attempt.
+pub const DEFERRED: &str = "Mail.Deferred";
+pub const DELIVERED: &str = "Mail.Delivered";
+pub const TRANSFERRED: &str = "Mail.Transferred";
+pub const TOTAL_FAILURES: &str = "Mail.TotalFailures";
+pub const TOTAL_ROUTED: &str = "Mail.TotalRouted";
+pub const CONVERSION_ERRORS: &str = "Mail.ConversionErrors";
+pub const TOTAL_DEAD: &str = "Mail.TotalDead";
+pub const REPORTS_SENT: &str = "Mail.DeliveryReportsSent";
+/// Added by isesctl per accepted session.
+pub const INBOUND_SESSIONS: &str = "Mail.Inbound.Sessions";
+/// Added by osesctl per session opened.
+pub const OUTBOUND_SESSIONS: &str = "Mail.Outbound.Sessions";
+/// Sum of (delivered or relayed − received) in ms, and how many: the average delivery time.
+pub const DELIVER_TIME_SUM_MS: &str = "Mail.DeliverTime.SumMs";
+pub const DELIVER_TIME_COUNT: &str = "Mail.DeliverTime.Count";
+/// Sum of the sizes of delivered or relayed copies: the average size delivered.
+pub const SIZE_DELIVERED_SUM: &str = "Mail.SizeDelivered.Sum";
+
+/// Upper bounds (ms) of the time-to-delivery histogram's buckets: arrival to delivered or
+/// relayed, per recipient. From a local delivery (well under a second) to a day of retries.
+pub const DELIVER_TIME_BOUNDS_MS: &[u64] = &[
+    10, 50, 100, 250, 500, 1_000, 5_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000,
+    14_400_000, 86_400_000,
+];
+
+/// The counter of the time-to-delivery bucket that holds `ms` (not cumulative: one bucket
+/// per delivery; the last, `…Inf`, holds what took longer than every bound).
+pub fn deliver_time_bucket(ms: u64) -> String {
+    bucket_name(DELIVER_TIME_BOUNDS_MS.iter().copied().find(|b| ms <= *b))
+}
+
+/// Every time-to-delivery bucket counter, in the order of `DELIVER_TIME_BOUNDS_MS`, then
+/// the last (`…Inf`).
+pub fn deliver_time_buckets() -> Vec<String> {
+    let bounds = DELIVER_TIME_BOUNDS_MS.iter().map(|b| Some(*b));
+    bounds.chain([None]).map(bucket_name).collect()
+}
+
+fn bucket_name(bound: Option<u64>) -> String {
+    match bound {
+        Some(ms) => format!("Mail.DeliverTime.Bucket.{ms}"),
+        None => "Mail.DeliverTime.Bucket.Inf".to_string(),
+    }
+}
+
+// Live values (computed when asked).
+pub const WAITING: &str = "Mail.Waiting";
+pub const WAITING_FOR_DELIVERY_THREADS: &str = "Mail.WaitingForDeliveryThreads";
+pub const DEAD: &str = "Mail.Dead";
+pub const HOLD: &str = "Mail.Hold";
+pub const AVERAGE_DELIVER_TIME: &str = "Mail.AverageDeliverTime";
+pub const AVERAGE_SIZE_DELIVERED: &str = "Mail.AverageSizeDelivered";
+pub const SPOOL_SIZE: &str = "Mail.Spool.Size";
+pub const STORE_SIZE: &str = "Mail.Store.Size";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_time_falls_in_the_first_bucket_that_holds_it() {
+        assert_eq!(deliver_time_bucket(0), "Mail.DeliverTime.Bucket.10");
+        assert_eq!(deliver_time_bucket(10), "Mail.DeliverTime.Bucket.10");
+        assert_eq!(deliver_time_bucket(11), "Mail.DeliverTime.Bucket.50");
+        assert_eq!(deliver_time_bucket(86_400_001), "Mail.DeliverTime.Bucket.Inf");
+    }
+}
