@@ -418,3 +418,126 @@ fn refresh_reloads_the_certificate() {
         },
     );
 }
+
+// ----- Outbound STARTTLS (to tests/support/smtp_sink.py, which can offer STARTTLS) -----
+
+use mta_testkit::peers::Sink;
+
+/// A self-signed certificate for the sink: `san` like `DNS:sink.test` or `IP:127.0.0.1`.
+fn sink_cert(dir: &std::path::Path, san: &str) -> (String, String) {
+    let (cert, key) = (dir.join("sink-cert.pem"), dir.join("sink-key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-subj", "/CN=sink.test", "-addext", &format!("subjectAltName={san}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+fn relay_suite(sink: &Sink, tls: &[String]) -> Suite {
+    let mut sections: Vec<(&'static str, String)> = vec![
+        ("outbound", format!("relay_host = \"127.0.0.1:{}\"", sink.port)),
+        ("outbound", "retry = [\"1s\"]".into()),
+        ("outbound", "connect_timeout = \"2s\"".into()),
+        ("outbound", "command_timeout = \"20s\"".into()),
+    ];
+    for line in tls {
+        sections.push(("outbound.tls", line.clone()));
+    }
+    Suite::start(&SuiteOptions {
+        sections,
+        ..SuiteOptions::default()
+    })
+}
+
+fn send_remote(suite: &Suite) {
+    let out = swaks(
+        suite.smtp_port,
+        &["--to", "someone@remote.example", "--from", "x@example.org"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn wait_log(suite: &Suite, what: &str) {
+    wait_for(what, Duration::from_secs(20), || {
+        let log = suite.log();
+        log.contains(what).then_some(()).ok_or_else(|| mta_testkit::peers::tail(&log, 15))
+    });
+}
+
+#[test]
+fn outbound_may_uses_starttls_when_offered() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = sink_cert(certs.path(), "DNS:sink.test");
+    let sink = Sink::start(&["--tls", &cert, &key]);
+    let suite = relay_suite(&sink, &[]);
+    send_remote(&suite);
+    wait_for("the sink's message", Duration::from_secs(20), || {
+        let msgs = sink.messages();
+        (!msgs.is_empty()).then_some(()).ok_or("none yet".to_string())
+    });
+    let (env, _) = &sink.messages()[0];
+    assert_eq!(env["tls"], "TLSv1.3", "{env}");
+    wait_log(&suite, "TLS established: TLSv1.3 with cipher");
+}
+
+#[test]
+fn outbound_may_falls_back_to_plaintext_when_the_handshake_fails() {
+    let sink = Sink::start(&["--starttls-broken"]);
+    let suite = relay_suite(&sink, &[]);
+    // The broken sink cannot take mail at all; what matters is the retry in plaintext on
+    // a new connection, logged.
+    send_remote(&suite);
+    wait_log(&suite, "retrying in plaintext (policy may)");
+}
+
+#[test]
+fn outbound_encrypt_to_a_host_without_starttls_defers() {
+    let sink = Sink::start(&[]);
+    let suite = relay_suite(&sink, &["policy = \"encrypt\"".into()]);
+    send_remote(&suite);
+    wait_log(&suite, "TLS is required (policy encrypt), but was not offered by the host");
+    wait_log(&suite, "status=deferred");
+    assert_eq!(sink.count(), 0);
+}
+
+#[test]
+fn outbound_verify_checks_the_name() {
+    // The sink's certificate is trusted (ca_file) but names another host: deferred.
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = sink_cert(certs.path(), "DNS:wrong.test");
+    let sink = Sink::start(&["--tls", &cert, &key]);
+    let suite = relay_suite(
+        &sink,
+        &["policy = \"verify\"".into(), format!("ca_file = \"{cert}\"")],
+    );
+    send_remote(&suite);
+    wait_log(&suite, "(policy verify)");
+    wait_log(&suite, "status=deferred");
+    assert!(suite.log().contains("not valid for name"), "{}", suite.log());
+    assert_eq!(sink.count(), 0);
+
+    // The same CA with the right name (the relay host is 127.0.0.1): delivered over TLS.
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = sink_cert(certs.path(), "IP:127.0.0.1");
+    let sink = Sink::start(&["--tls", &cert, &key]);
+    let suite = relay_suite(
+        &sink,
+        &["policy = \"verify\"".into(), format!("ca_file = \"{cert}\"")],
+    );
+    send_remote(&suite);
+    wait_for("the verified delivery", Duration::from_secs(20), || {
+        let msgs = sink.messages();
+        (!msgs.is_empty()).then_some(()).ok_or_else(|| mta_testkit::peers::tail(&suite.log(), 15))
+    });
+    assert_eq!(sink.messages()[0].0["tls"], "TLSv1.3");
+}

@@ -6,8 +6,8 @@
 //! stream ([`session`]), and the Received trace header ([`received`]). No task builds an
 //! SMTP reply or parses a command by itself.
 //!
-//! Used by: `isesctl`/`iseshlrN` (the server session), `osesctl`/`oseshlrN` (replies,
-//! dot-stuffing, xtext for the client side). No queues, IPC or config of its own: the
+//! Used by: `isesctl`/`iseshlrN` (the server session), `osesctl`/`oseshlrN` (the client,
+//! [`client`], with STARTTLS). No queues, IPC or config of its own: the
 //! caller passes a [`SessionConfig`] and [`SessionHooks`]. Logs nothing itself; the
 //! hooks' `transcript` carries the protocol trace (SMTPDebugIO).
 //!
@@ -20,6 +20,7 @@
 //! Security: the DATA reader ends a message only at `CRLF . CRLF` and refuses content with
 //! a bare CR or LF after reading to that real end (SMTP smuggling); every buffer is bounded.
 
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod received;
