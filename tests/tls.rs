@@ -541,3 +541,46 @@ fn outbound_verify_checks_the_name() {
     });
     assert_eq!(sink.messages()[0].0["tls"], "TLSv1.3");
 }
+
+// ----- sendmail -----
+
+fn sendmail(config: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(bin("sendmail"))
+        .arg("-C")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sendmail");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sendmail_t_delivers_locally_and_relays() {
+    let sink = Sink::start(&[]);
+    let mut suite = relay_suite(&sink, &[]);
+    // A script's message: LF line ends, Bcc to hide, a lone "." line kept with -oi.
+    let input = "To: Bob <bob@localhost>\nBcc: someone@remote.example\nSubject: from cron\n\nline one\n.\nlast line\n";
+    let out = sendmail(&suite.config, &["-t", "-oi", "-f", "cron@localhost", "-F", "Cron Daemon"], input);
+    assert!(out.status.success(), "{}", text(&out));
+    // (The Maildir holds LF line ends, as Dovecot expects.)
+    let msg = one_message(&suite, "bob").replace("\r\n", "\n");
+    assert!(msg.contains("Subject: from cron\n"), "{msg}");
+    assert!(msg.contains("line one\n.\nlast line\n"), "{msg}");
+    assert!(msg.contains("From: \"Cron Daemon\" <cron@localhost>"), "{msg}");
+    assert!(!msg.contains("Bcc:"), "{msg}");
+    sink.wait_count(&suite, 1, Duration::from_secs(20));
+    let (env, content) = &sink.messages()[0];
+    assert_eq!(env["rcpts"][0], "someone@remote.example");
+    assert!(!String::from_utf8_lossy(content).contains("Bcc:"));
+
+    // With the suite stopped: refused, exit 75, one clear line; nothing half-sent.
+    suite.stop();
+    let out = sendmail(&suite.config, &["bob@localhost"], "Subject: x\n\nbody\n");
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the mail suite is not running") && err.contains("NOT sent"), "{err}");
+}

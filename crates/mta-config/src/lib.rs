@@ -68,11 +68,6 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[tls]`: the inbound certificate.
     pub tls: TlsConfig,
-    /// `user`: the account every task runs as (the supervisor binds the listeners and
-    /// opens the store as root, then drops to it). Default `""`: no change of user.
-    pub user: Option<String>,
-    /// `group`: the group for `user`; default that user's primary group.
-    pub group: Option<String>,
 }
 
 /// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
@@ -269,8 +264,6 @@ struct RawConfig {
     debug: DebugKnobs,
     metrics: MetricsConfig,
     tls: tls::RawTls,
-    user: String,
-    group: String,
 }
 
 impl Default for RawConfig {
@@ -290,8 +283,6 @@ impl Default for RawConfig {
             debug: DebugKnobs::default(),
             metrics: MetricsConfig::default(),
             tls: tls::RawTls::default(),
-            user: String::new(),
-            group: String::new(),
         }
     }
 }
@@ -356,11 +347,6 @@ impl Config {
             .into_iter()
             .map(|(d, p)| (d.to_ascii_lowercase(), p))
             .collect();
-        let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
-        let (user, group) = (nonempty(raw.user), nonempty(raw.group));
-        if group.is_some() && user.is_none() {
-            return Err(src.error_at(&[Seg::Key("group")], "needs `user` as well"));
-        }
         Ok(Config {
             path,
             hostname: raw.hostname,
@@ -375,8 +361,6 @@ impl Config {
             debug: raw.debug,
             metrics: raw.metrics,
             tls,
-            user,
-            group,
         })
     }
 

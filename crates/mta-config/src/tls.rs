@@ -1,6 +1,5 @@
-//! `[tls]` (the server certificate), `[outbound.tls]` (the client's policy) and the
-//! top-level `user`/`group` keys: everything issue 11 ("Mail over TLS and authenticated
-//! submission") reads, kept in its own module.
+//! `[tls]` (the server certificate) and `[outbound.tls]` (the client's policy), kept in
+//! their own module.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
