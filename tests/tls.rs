@@ -11,12 +11,7 @@ const ALICE_PASSWORD: &str = "correct horse battery staple";
 
 fn swaks(port: u16, args: &[&str]) -> std::process::Output {
     Command::new("swaks")
-        .args([
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--timeout",
-            "20",
-        ])
+        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "20"])
         .args(args)
         .output()
         .expect("swaks is installed (scripts/test installs it)")
@@ -121,8 +116,17 @@ fn swaks_implicit_tls_and_auth_on_submissions() {
     let out = swaks(
         suite.submissions_port,
         &[
-            "--tlsc", "-a", "PLAIN", "-au", "alice", "-ap", ALICE_PASSWORD, "--from",
-            "alice@localhost", "--to", "bob@localhost",
+            "--tlsc",
+            "-a",
+            "PLAIN",
+            "-au",
+            "alice",
+            "-ap",
+            ALICE_PASSWORD,
+            "--from",
+            "alice@localhost",
+            "--to",
+            "bob@localhost",
         ],
     );
     let t = text(&out);
@@ -141,8 +145,17 @@ fn swaks_auth_plain_and_login_on_submission() {
         let out = swaks(
             suite.submission_port,
             &[
-                "-tls", "-a", mechanism, "-au", "alice", "-ap", ALICE_PASSWORD, "--from",
-                "alice@localhost", "--to", "bob@localhost",
+                "-tls",
+                "-a",
+                mechanism,
+                "-au",
+                "alice",
+                "-ap",
+                ALICE_PASSWORD,
+                "--from",
+                "alice@localhost",
+                "--to",
+                "bob@localhost",
             ],
         );
         let t = text(&out);
@@ -180,11 +193,20 @@ fn python_smtplib_starttls_then_login() {
     let port = suite.submission_port.to_string();
     let out = python(
         SMTPLIB_SUBMIT,
-        &[&port, "alice", ALICE_PASSWORD, "alice@localhost", "bob@localhost"],
+        &[
+            &port,
+            "alice",
+            ALICE_PASSWORD,
+            "alice@localhost",
+            "bob@localhost",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let msg = one_message(&suite, "bob");
-    assert!(msg.contains("body over TLS") && msg.contains("with ESMTPSA"), "{msg}");
+    assert!(
+        msg.contains("body over TLS") && msg.contains("with ESMTPSA"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -203,7 +225,10 @@ fn openssl_s_client_shows_the_certificate() {
         .expect("openssl");
     let t = text(&out);
     assert!(t.contains("BEGIN CERTIFICATE"), "{t}");
-    assert!(t.contains("CN = mta.test") || t.contains("CN=mta.test"), "{t}");
+    assert!(
+        t.contains("CN = mta.test") || t.contains("CN=mta.test"),
+        "{t}"
+    );
     assert!(t.contains("TLSv1.3"), "{t}");
     // The self-signed certificate lives under data_dir/tls.
     assert!(suite.data_dir().join("tls/selfsigned-cert.pem").exists());
@@ -259,7 +284,10 @@ fn refusals_on_the_submission_listeners() {
     // Submission before STARTTLS: AUTH 538, MAIL 530, and no AUTH in EHLO.
     let (mut c, _) = RawSmtp::connect(suite.submission_port);
     let ehlo = c.cmd("EHLO client.test");
-    assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
     let r = c.cmd("AUTH PLAIN AGFsaWNlAHg=");
     assert!(r.starts_with("538 5.7.11"), "{r}");
     let r = c.cmd("MAIL FROM:<alice@localhost>");
@@ -281,7 +309,10 @@ print(s.mail("alice@localhost"))
         &[&suite.submissions_port.to_string()],
     );
     let t = text(&out);
-    assert!(t.contains("530") && t.contains("5.7.0 Authentication required"), "{t}");
+    assert!(
+        t.contains("530") && t.contains("5.7.0 Authentication required"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -299,7 +330,10 @@ for sender in ["bob@localhost", "team@localhost", "alice@localhost", ""]:
 s.mail("alice@localhost")
 print("remote", s.rcpt("someone@remote.example"))
 "#;
-    let out = python(script, &[&suite.submissions_port.to_string(), ALICE_PASSWORD]);
+    let out = python(
+        script,
+        &[&suite.submissions_port.to_string(), ALICE_PASSWORD],
+    );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
@@ -329,14 +363,20 @@ print("wrong", auth("alice", "wrong"))
 print("wrong", auth("alice", "wrong again"))
 print("locked", auth("alice", sys.argv[2]))
 "#;
-    let out = python(script, &[&suite.submissions_port.to_string(), ALICE_PASSWORD]);
+    let out = python(
+        script,
+        &[&suite.submissions_port.to_string(), ALICE_PASSWORD],
+    );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     let failed = "(535, b'5.7.8 Error: authentication failed')";
     assert!(t.contains(&format!("unknown {failed}")), "{t}");
     assert_eq!(t.matches(&format!("wrong {failed}")).count(), 2, "{t}");
     // Even the right password is refused while locked out.
-    assert!(t.contains("locked (454, b'4.7.0 Too many authentication failures"), "{t}");
+    assert!(
+        t.contains("locked (454, b'4.7.0 Too many authentication failures"),
+        "{t}"
+    );
     assert!(suite.log().contains("AUTH lockout"));
 }
 
@@ -357,7 +397,10 @@ fn a_bad_certificate_stops_the_start_with_key_and_file() {
         .unwrap();
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("key `tls.certificate`") && t.contains("missing-cert.pem"), "{t}");
+    assert!(
+        t.contains("key `tls.certificate`") && t.contains("missing-cert.pem"),
+        "{t}"
+    );
     // A file that is not a certificate: the start fails naming the key and the file.
     std::fs::write(suite.dir.path().join("missing-cert.pem"), "garbage\n").unwrap();
     std::fs::write(suite.dir.path().join("missing-key.pem"), "garbage\n").unwrap();
@@ -368,13 +411,26 @@ fn a_bad_certificate_stops_the_start_with_key_and_file() {
         .unwrap();
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("tls.certificate") && t.contains("missing-cert.pem"), "{t}");
+    assert!(
+        t.contains("tls.certificate") && t.contains("missing-cert.pem"),
+        "{t}"
+    );
     suite.stop();
 }
 
 fn make_cert(dir: &std::path::Path, name: &str) {
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
         .arg("-keyout")
         .arg(dir.join("key.pem"))
         .arg("-out")
@@ -387,7 +443,13 @@ fn make_cert(dir: &std::path::Path, name: &str) {
 
 fn served_cn(port: u16) -> String {
     let out = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -427,12 +489,27 @@ use mta_testkit::peers::Sink;
 fn sink_cert(dir: &std::path::Path, san: &str) -> (String, String) {
     let (cert, key) = (dir.join("sink-cert.pem"), dir.join("sink-key.pem"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
-        .args(["-subj", "/CN=sink.test", "-addext", &format!("subjectAltName={san}")])
+        .args([
+            "-subj",
+            "/CN=sink.test",
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .output()
         .unwrap();
@@ -445,7 +522,10 @@ fn sink_cert(dir: &std::path::Path, san: &str) -> (String, String) {
 
 fn relay_suite(sink: &Sink, tls: &[String]) -> Suite {
     let mut sections: Vec<(&'static str, String)> = vec![
-        ("outbound", format!("relay_host = \"127.0.0.1:{}\"", sink.port)),
+        (
+            "outbound",
+            format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+        ),
         ("outbound", "retry = [\"1s\"]".into()),
         ("outbound", "connect_timeout = \"2s\"".into()),
         ("outbound", "command_timeout = \"20s\"".into()),
@@ -470,7 +550,9 @@ fn send_remote(suite: &Suite) {
 fn wait_log(suite: &Suite, what: &str) {
     wait_for(what, Duration::from_secs(20), || {
         let log = suite.log();
-        log.contains(what).then_some(()).ok_or_else(|| mta_testkit::peers::tail(&log, 15))
+        log.contains(what)
+            .then_some(())
+            .ok_or_else(|| mta_testkit::peers::tail(&log, 15))
     });
 }
 
@@ -483,7 +565,9 @@ fn outbound_may_uses_starttls_when_offered() {
     send_remote(&suite);
     wait_for("the sink's message", Duration::from_secs(20), || {
         let msgs = sink.messages();
-        (!msgs.is_empty()).then_some(()).ok_or("none yet".to_string())
+        (!msgs.is_empty())
+            .then_some(())
+            .ok_or("none yet".to_string())
     });
     let (env, _) = &sink.messages()[0];
     assert_eq!(env["tls"], "TLSv1.3", "{env}");
@@ -505,7 +589,10 @@ fn outbound_encrypt_to_a_host_without_starttls_defers() {
     let sink = Sink::start(&[]);
     let suite = relay_suite(&sink, &["policy = \"encrypt\"".into()]);
     send_remote(&suite);
-    wait_log(&suite, "TLS is required (policy encrypt), but was not offered by the host");
+    wait_log(
+        &suite,
+        "TLS is required (policy encrypt), but was not offered by the host",
+    );
     wait_log(&suite, "status=deferred");
     assert_eq!(sink.count(), 0);
 }
@@ -518,12 +605,19 @@ fn outbound_verify_checks_the_name() {
     let sink = Sink::start(&["--tls", &cert, &key]);
     let suite = relay_suite(
         &sink,
-        &["policy = \"verify\"".into(), format!("ca_file = \"{cert}\"")],
+        &[
+            "policy = \"verify\"".into(),
+            format!("ca_file = \"{cert}\""),
+        ],
     );
     send_remote(&suite);
     wait_log(&suite, "(policy verify)");
     wait_log(&suite, "status=deferred");
-    assert!(suite.log().contains("not valid for name"), "{}", suite.log());
+    assert!(
+        suite.log().contains("not valid for name"),
+        "{}",
+        suite.log()
+    );
     assert_eq!(sink.count(), 0);
 
     // The same CA with the right name (the relay host is 127.0.0.1): delivered over TLS.
@@ -532,12 +626,17 @@ fn outbound_verify_checks_the_name() {
     let sink = Sink::start(&["--tls", &cert, &key]);
     let suite = relay_suite(
         &sink,
-        &["policy = \"verify\"".into(), format!("ca_file = \"{cert}\"")],
+        &[
+            "policy = \"verify\"".into(),
+            format!("ca_file = \"{cert}\""),
+        ],
     );
     send_remote(&suite);
     wait_for("the verified delivery", Duration::from_secs(20), || {
         let msgs = sink.messages();
-        (!msgs.is_empty()).then_some(()).ok_or_else(|| mta_testkit::peers::tail(&suite.log(), 15))
+        (!msgs.is_empty())
+            .then_some(())
+            .ok_or_else(|| mta_testkit::peers::tail(&suite.log(), 15))
     });
     assert_eq!(sink.messages()[0].0["tls"], "TLSv1.3");
 }
@@ -554,7 +653,12 @@ fn sendmail(config: &std::path::Path, args: &[&str], input: &str) -> std::proces
         .stderr(Stdio::piped())
         .spawn()
         .expect("sendmail");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -564,13 +668,20 @@ fn sendmail_t_delivers_locally_and_relays() {
     let mut suite = relay_suite(&sink, &[]);
     // A script's message: LF line ends, Bcc to hide, a lone "." line kept with -oi.
     let input = "To: Bob <bob@localhost>\nBcc: someone@remote.example\nSubject: from cron\n\nline one\n.\nlast line\n";
-    let out = sendmail(&suite.config, &["-t", "-oi", "-f", "cron@localhost", "-F", "Cron Daemon"], input);
+    let out = sendmail(
+        &suite.config,
+        &["-t", "-oi", "-f", "cron@localhost", "-F", "Cron Daemon"],
+        input,
+    );
     assert!(out.status.success(), "{}", text(&out));
     // (The Maildir holds LF line ends, as Dovecot expects.)
     let msg = one_message(&suite, "bob").replace("\r\n", "\n");
     assert!(msg.contains("Subject: from cron\n"), "{msg}");
     assert!(msg.contains("line one\n.\nlast line\n"), "{msg}");
-    assert!(msg.contains("From: \"Cron Daemon\" <cron@localhost>"), "{msg}");
+    assert!(
+        msg.contains("From: \"Cron Daemon\" <cron@localhost>"),
+        "{msg}"
+    );
     assert!(!msg.contains("Bcc:"), "{msg}");
     sink.wait_count(&suite, 1, Duration::from_secs(20));
     let (env, content) = &sink.messages()[0];
@@ -582,5 +693,8 @@ fn sendmail_t_delivers_locally_and_relays() {
     let out = sendmail(&suite.config, &["bob@localhost"], "Subject: x\n\nbody\n");
     assert_eq!(out.status.code(), Some(75), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the mail suite is not running") && err.contains("NOT sent"), "{err}");
+    assert!(
+        err.contains("the mail suite is not running") && err.contains("NOT sent"),
+        "{err}"
+    );
 }

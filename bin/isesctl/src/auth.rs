@@ -39,7 +39,10 @@ impl AuthGuard {
         let Some(list) = map.get_mut(&ip) else {
             return 0;
         };
-        while list.front().is_some_and(|t| now.duration_since(*t) > self.window) {
+        while list
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.window)
+        {
             list.pop_front();
         }
         let n = list.len() as u32;
@@ -48,7 +51,10 @@ impl AuthGuard {
         }
         // Keep the map bounded: an address list of a botnet must not grow it forever.
         if map.len() > 100_000 {
-            map.retain(|_, l| l.back().is_some_and(|t| now.duration_since(*t) <= self.window));
+            map.retain(|_, l| {
+                l.back()
+                    .is_some_and(|t| now.duration_since(*t) <= self.window)
+            });
         }
         n
     }
@@ -80,7 +86,9 @@ impl AuthGuard {
                 });
             let phc = found.and_then(|u| u.password.as_deref());
             let ok = mta_tls::password::verify(phc, &creds.password);
-            (ok && authz_ok).then(|| found.map(|u| u.name.clone())).flatten()
+            (ok && authz_ok)
+                .then(|| found.map(|u| u.name.clone()))
+                .flatten()
         })
         .await
         .unwrap_or(None);

@@ -16,8 +16,8 @@ pub struct TlsClients {
 
 impl TlsClients {
     pub fn new(policy: &OutboundTls) -> Result<TlsClients, mta_tls::TlsError> {
-        let opportunistic = mta_tls::client_config(TlsPolicy::May, None)?
-            .expect("`may` has a client config");
+        let opportunistic =
+            mta_tls::client_config(TlsPolicy::May, None)?.expect("`may` has a client config");
         let verify = mta_tls::client_config(TlsPolicy::Verify, policy.ca_file.as_deref())?
             .expect("`verify` has a client config");
         Ok(TlsClients {

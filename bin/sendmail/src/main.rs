@@ -110,7 +110,11 @@ fn header_fields(message: &[u8]) -> (Vec<(String, String, Vec<u8>)>, usize) {
             last.1.push_str(text.trim());
             last.2.extend_from_slice(line);
         } else if let Some((name, value)) = text.split_once(':') {
-            fields.push((name.trim().to_string(), value.trim().to_string(), line.to_vec()));
+            fields.push((
+                name.trim().to_string(),
+                value.trim().to_string(),
+                line.to_vec(),
+            ));
         }
     }
     (fields, end)
@@ -153,7 +157,10 @@ fn main() -> ExitCode {
     };
     let mut input = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut input) {
-        return fail(EX_TEMPFAIL, format!("cannot read the message from stdin: {e}"));
+        return fail(
+            EX_TEMPFAIL,
+            format!("cannot read the message from stdin: {e}"),
+        );
     }
     let mut message = read_message(&input, opts.ignore_dots);
 
@@ -187,7 +194,10 @@ fn main() -> ExitCode {
         rebuilt.extend_from_slice(&message[header_end..]);
         message = rebuilt;
     }
-    if !fields.iter().any(|(n, _, _)| n.eq_ignore_ascii_case("from")) {
+    if !fields
+        .iter()
+        .any(|(n, _, _)| n.eq_ignore_ascii_case("from"))
+    {
         let from = match &opts.full_name {
             Some(name) => format!("From: \"{}\" <{sender}>\r\n", name.replace('"', "'")),
             None => format!("From: <{sender}>\r\n"),
@@ -202,7 +212,10 @@ fn main() -> ExitCode {
         }
     }
     if recipients.is_empty() {
-        return fail(EX_USAGE, "no recipients (give them as arguments, or use -t)");
+        return fail(
+            EX_USAGE,
+            "no recipients (give them as arguments, or use -t)",
+        );
     }
 
     let Some(mut addr) = config.inbound.listen.first().copied() else {
@@ -215,11 +228,20 @@ fn main() -> ExitCode {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(EX_TEMPFAIL, format!("cannot start: {e}")),
     };
-    runtime.block_on(submit(addr, &config.hostname, &sender, &recipients, &message))
+    runtime.block_on(submit(
+        addr,
+        &config.hostname,
+        &sender,
+        &recipients,
+        &message,
+    ))
 }
 
 async fn submit(
@@ -241,8 +263,15 @@ async fn submit(
             }
         };
     let refused = |what: &str, r: &mta_smtp::Reply| {
-        let code = if r.is_transient() { EX_TEMPFAIL } else { EX_UNAVAILABLE };
-        fail(code, format!("{what}: {} {}; the message was NOT sent", r.code, r.text()))
+        let code = if r.is_transient() {
+            EX_TEMPFAIL
+        } else {
+            EX_UNAVAILABLE
+        };
+        fail(
+            code,
+            format!("{what}: {} {}; the message was NOT sent", r.code, r.text()),
+        )
     };
     if !greeting.is_positive() {
         return refused("greeting", &greeting);

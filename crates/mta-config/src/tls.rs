@@ -86,9 +86,7 @@ impl OutboundTls {
 }
 
 fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    crate::values::parse_str(d, |s| {
-        Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
-    })
+    crate::values::parse_str(d, |s| Ok((!s.trim().is_empty()).then(|| PathBuf::from(s))))
 }
 
 impl TlsConfig {

@@ -62,9 +62,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// supervisor also loads them once here so a bad file stops the start with a clear error.
 pub fn ensure_certificate(config: &Config) -> Result<TlsFiles, TlsError> {
     let files = config.tls_files();
-    if config.tls.files.is_none()
-        && !(files.certificate.exists() && files.private_key.exists())
-    {
+    if config.tls.files.is_none() && !(files.certificate.exists() && files.private_key.exists()) {
         generate(&config.hostname, &files)?;
     }
     server_config(&files)?;
@@ -95,8 +93,7 @@ fn generate(hostname: &str, files: &TlsFiles) -> Result<(), TlsError> {
     // leaves a key without certificate, which the next start replaces.
     write_new(&files.private_key, key.serialize_pem().as_bytes(), 0o600)
         .map_err(|e| fail(e.to_string()))?;
-    write_new(&files.certificate, cert.pem().as_bytes(), 0o644)
-        .map_err(|e| fail(e.to_string()))?;
+    write_new(&files.certificate, cert.pem().as_bytes(), 0o644).map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
 
@@ -288,10 +285,17 @@ mod tests {
         let files = ensure_certificate(&config).unwrap();
         let pem = std::fs::read(&files.certificate).unwrap();
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&files.private_key).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&files.private_key)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         ensure_certificate(&config).unwrap();
-        assert_eq!(std::fs::read(&files.certificate).unwrap(), pem, "kept, not remade");
+        assert_eq!(
+            std::fs::read(&files.certificate).unwrap(),
+            pem,
+            "kept, not remade"
+        );
         let tls = ServerTls::load(&config).unwrap();
         tls.reload().unwrap();
     }

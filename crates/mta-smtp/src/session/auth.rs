@@ -219,7 +219,10 @@ mod tests {
     #[test]
     fn plain_messages() {
         let c = parse_plain(b"\0alice\0secret").unwrap();
-        assert_eq!((c.authzid.as_str(), c.user.as_str(), c.password.as_str()), ("", "alice", "secret"));
+        assert_eq!(
+            (c.authzid.as_str(), c.user.as_str(), c.password.as_str()),
+            ("", "alice", "secret")
+        );
         assert!(parse_plain(b"alice\0secret").is_none());
         assert!(parse_plain(b"\0\0secret").is_none());
         assert!(parse_plain(b"a\0b\0c\0d").is_none());
@@ -229,7 +232,10 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(redact(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n").unwrap(), b"AUTH PLAIN ***\r\n");
+        assert_eq!(
+            redact(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n").unwrap(),
+            b"AUTH PLAIN ***\r\n"
+        );
         assert_eq!(redact(b"auth login\r\n").unwrap(), b"auth login\r\n");
         assert!(redact(b"MAIL FROM:<a@b>\r\n").is_none());
     }

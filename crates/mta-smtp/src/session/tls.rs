@@ -58,11 +58,16 @@ pub(crate) enum Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Runs the server handshake on the plain stream; on success the stream is TLS.
-    pub(crate) async fn upgrade(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<TlsInfo> {
+    pub(crate) async fn upgrade(
+        &mut self,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<TlsInfo> {
         let Conn::Plain(plain) = std::mem::replace(self, Conn::Gone) else {
             return Err(io::Error::other("the stream is not plaintext"));
         };
-        let tls = tokio_rustls::TlsAcceptor::from(config).accept(plain).await?;
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(plain)
+            .await?;
         let info = TlsInfo::of(tls.get_ref().1);
         *self = Conn::Tls(Box::new(tls));
         Ok(info)
