@@ -11,26 +11,35 @@ written .env first, then .eml by rename. Per-recipient behaviour, by the local p
   contains "drop"   -> accepted, then the connection is closed in the middle of DATA
 --tempfail-first N: the first N RCPT commands get 451 whatever the address.
 --greet-451: every connection is greeted with 451 and closed.
+--tls CERT KEY: offer STARTTLS with this certificate; each .env then says which TLS
+  version the session used ("tls": "TLSv1.3", or null for plaintext).
+--starttls-broken: offer STARTTLS, answer 220, then close instead of a handshake.
 Every socket has a timeout, so a stuck client cannot hold the sink."""
-import json, os, socket, sys, threading
+import json, os, socket, ssl, sys, threading
 
 host, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 args = sys.argv[4:]
 tempfail_left = [int(args[args.index("--tempfail-first") + 1]) if "--tempfail-first" in args else 0]
 eight_bit = "--no-8bitmime" not in args
 greet_451 = "--greet-451" in args
+tls_ctx = None
+if "--tls" in args:
+    i = args.index("--tls")
+    tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_ctx.load_cert_chain(args[i + 1], args[i + 2])
+starttls_broken = "--starttls-broken" in args
 lock = threading.Lock()
 counter = [0]
 os.makedirs(folder, exist_ok=True)
 
 
-def save(mail_from, rcpts, data):
+def save(mail_from, rcpts, data, tls):
     with lock:
         counter[0] += 1
         n = counter[0]
     base = os.path.join(folder, "msg-%06d" % n)
     with open(base + ".env", "w") as f:
-        json.dump({"mail_from": mail_from, "rcpts": rcpts}, f)
+        json.dump({"mail_from": mail_from, "rcpts": rcpts, "tls": tls}, f)
     with open(base + ".tmp", "wb") as f:
         f.write(data)
     os.rename(base + ".tmp", base + ".eml")
@@ -48,7 +57,7 @@ def serve(conn):
         conn.close()
         return
     send("220 sink.test ESMTP test sink")
-    mail_from, rcpts, drop = None, [], False
+    mail_from, rcpts, drop, tls = None, [], False, None
     try:
         while True:
             line = f.readline()
@@ -58,11 +67,24 @@ def serve(conn):
             verb = cmd.split(" ")[0].upper()
             if verb == "EHLO":
                 ext = ["SIZE 10000000", "PIPELINING", "SMTPUTF8"]
+                if (tls_ctx is not None or starttls_broken) and tls is None:
+                    ext.append("STARTTLS")
                 if eight_bit:
                     ext.append("8BITMIME")
                 lines = ["sink.test"] + ext
                 for i, l in enumerate(lines):
                     send(("250-" if i < len(lines) - 1 else "250 ") + l)
+            elif verb == "STARTTLS" and starttls_broken:
+                send("220 2.0.0 go ahead")
+                conn.close()
+                return
+            elif verb == "STARTTLS" and tls_ctx is not None and tls is None:
+                send("220 2.0.0 go ahead")
+                conn = tls_ctx.wrap_socket(conn, server_side=True)
+                conn.settimeout(30)
+                f = conn.makefile("rb")
+                tls = conn.version()
+                mail_from, rcpts = None, []
             elif verb == "HELO":
                 send("250 sink.test")
             elif verb == "MAIL":
@@ -103,7 +125,7 @@ def serve(conn):
                     if l.startswith(b"."):
                         l = l[1:]
                     data += l
-                save(mail_from, rcpts, bytes(data))
+                save(mail_from, rcpts, bytes(data), tls)
                 send("250 2.0.0 queued as %d" % counter[0])
             elif verb == "RSET":
                 mail_from, rcpts, drop = None, [], False

@@ -7,16 +7,21 @@
 //! `stop` closes every listening socket (new connections are refused; sessions in progress
 //! finish); `start` binds them again.
 //!
-//! Config read: `[inbound]` (listen, max_handlers, limits and timeouts), `hostname`.
+//! Three kinds of listener share the handlers: `listen` (SMTP, STARTTLS optional),
+//! `submission_listen` (RFC 6409: STARTTLS, then AUTH, before MAIL) and
+//! `submissions_listen` (RFC 8314: implicit TLS, AUTH before MAIL).
+//!
+//! Config read: `[inbound]` (listen, submission_listen, submissions_listen, max_handlers,
+//! limits and timeouts, max_auth_failures, auth_failure_window), `hostname`, `[tls]`.
 //! Logs (SMTPDebug >= 1): one line at connect and one summary line at disconnect.
 
 use crate::handler_table::{Assigned, HandlerTable};
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
-use crate::policy::SessionPolicy;
+use crate::policy::{Security, SessionPolicy};
 use anyhow::Context as _;
 use mta_ipc::TaskStatus;
-use mta_smtp::{run_session, ClientInfo, SessionConfig};
+use mta_smtp::{run_session, ClientInfo, ListenerMode, SessionConfig};
 use mta_task::histogram::{Histogram, COMMIT_BOUNDS};
 use mta_task::TaskContext;
 use std::future::poll_fn;
@@ -35,20 +40,23 @@ pub struct Inbound {
     /// Present while listening; serialises start and stop.
     running: tokio::sync::Mutex<Option<Running>>,
     /// The addresses listened on now (empty: stopped), for `show tasks`.
-    listening: Mutex<Vec<SocketAddr>>,
+    listening: Mutex<Vec<(SocketAddr, ListenerMode)>>,
 }
 
 /// What the accept loop and the sessions share.
 struct Shared {
     ctx: TaskContext,
     intake: Intake,
-    session: SessionConfig,
+    /// One per listener mode (relay, submission, submissions).
+    sessions: [SessionConfig; 3],
+    security: Security,
     table: Arc<HandlerTable>,
     /// One per handler: held by a session, or by the accept loop while it waits in accept.
     permits: Arc<Semaphore>,
     /// End of DATA to the 250 (the durable commit), per accepted message.
     accept_latency: Arc<Histogram>,
-    auth: Arc<InboundAuth>,
+    /// SPF, DKIM and DMARC at the end of DATA.
+    mail_auth: Arc<InboundAuth>,
 }
 
 struct Running {
@@ -57,7 +65,12 @@ struct Running {
 }
 
 impl Inbound {
-    pub fn new(ctx: &TaskContext, intake: Intake, auth: InboundAuth) -> Inbound {
+    pub fn new(
+        ctx: &TaskContext,
+        intake: Intake,
+        mail_auth: InboundAuth,
+        security: Security,
+    ) -> Inbound {
         let config = ctx.config();
         let inbound = &config.inbound;
         let session = SessionConfig {
@@ -70,13 +83,24 @@ impl Inbound {
             session_timeout: inbound.session_timeout,
             max_errors: inbound.max_errors,
             bare_newline: inbound.bare_newline,
+            mode: ListenerMode::Relay,
         };
+        let with_mode = |mode| SessionConfig {
+            mode,
+            ..session.clone()
+        };
+        let sessions = [
+            with_mode(ListenerMode::Relay),
+            with_mode(ListenerMode::Submission),
+            with_mode(ListenerMode::Submissions),
+        ];
         let max = inbound.max_handlers.max(1);
         Inbound {
             shared: Arc::new(Shared {
                 ctx: ctx.clone(),
                 intake,
-                session,
+                sessions,
+                security,
                 table: Arc::new(HandlerTable::new(max)),
                 permits: Arc::new(Semaphore::new(max)),
                 accept_latency: Arc::new(Histogram::new(
@@ -84,7 +108,7 @@ impl Inbound {
                     "Time from the end of a message's DATA to its 250 (content and record durable)",
                     COMMIT_BOUNDS,
                 )),
-                auth: Arc::new(auth),
+                mail_auth: Arc::new(mail_auth),
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -101,11 +125,18 @@ impl Inbound {
         let mut listeners = Vec::new();
         let mut bound = Vec::new();
         let inbound = &self.shared.ctx.config().inbound;
-        for addr in &inbound.listen {
-            let listener = bind_listener(*addr, inbound.max_handlers)
-                .with_context(|| format!("cannot listen on {addr} ([inbound] listen)"))?;
-            bound.push(listener.local_addr().unwrap_or(*addr));
-            listeners.push(listener);
+        let kinds = [
+            (&inbound.listen, ListenerMode::Relay, "listen"),
+            (&inbound.submission_listen, ListenerMode::Submission, "submission_listen"),
+            (&inbound.submissions_listen, ListenerMode::Submissions, "submissions_listen"),
+        ];
+        for (addrs, mode, key) in kinds {
+            for addr in addrs {
+                let listener = bind_listener(*addr, inbound.max_handlers)
+                    .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?;
+                bound.push((listener.local_addr().unwrap_or(*addr), mode));
+                listeners.push((listener, mode));
+            }
         }
         let (stop, stopped) = watch::channel(false);
         let accept = tokio::spawn(accept_loop(self.shared.clone(), listeners, stopped));
@@ -172,7 +203,13 @@ impl Inbound {
 
     fn listening_text(&self) -> String {
         let addrs = self.listening.lock().expect("listening lock");
-        let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        let list: Vec<String> = addrs
+            .iter()
+            .map(|(a, mode)| match mode {
+                ListenerMode::Relay => a.to_string(),
+                other => format!("{a} ({})", other.as_str()),
+            })
+            .collect();
         format!("listening on {}", list.join(", "))
     }
 }
@@ -181,7 +218,7 @@ impl Inbound {
 /// the handler; until told to stop. Returning drops (closes) the listeners.
 async fn accept_loop(
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenerMode)>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -198,9 +235,9 @@ async fn accept_loop(
             accepted = accept_any(&listeners) => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, peer, mode)) => {
                 let handler = shared.table.assign(peer, permit);
-                tokio::spawn(serve(shared.clone(), stream, peer, handler));
+                tokio::spawn(serve(shared.clone(), stream, peer, mode, handler));
             }
             Err(e) => {
                 // Out of descriptors and the like: do not spin.
@@ -216,11 +253,13 @@ async fn accept_loop(
     }
 }
 
-async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketAddr)> {
+async fn accept_any(
+    listeners: &[(TcpListener, ListenerMode)],
+) -> io::Result<(TcpStream, SocketAddr, ListenerMode)> {
     poll_fn(|cx| {
-        for listener in listeners {
+        for (listener, mode) in listeners {
             if let Poll::Ready(accepted) = listener.poll_accept(cx) {
-                return Poll::Ready(accepted);
+                return Poll::Ready(accepted.map(|(s, p)| (s, p, *mode)));
             }
         }
         Poll::Pending
@@ -246,13 +285,19 @@ fn bind_listener(addr: std::net::SocketAddr, max_handlers: usize) -> std::io::Re
     socket.listen(max_handlers.max(1024).min(u32::MAX as usize) as u32)
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler: Assigned) {
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mode: ListenerMode,
+    handler: Assigned,
+) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
     let debug = shared.ctx.knobs().smtp_debug >= 1;
     let name = handler.name();
     if debug {
-        tracing::info!(handler = %name, client = %peer, "connect from [{}]", peer.ip());
+        tracing::info!(handler = %name, client = %peer, listener = mode.as_str(), "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
     let mut hooks = SessionPolicy::new(
@@ -261,14 +306,15 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, handler
         peer,
         name.clone(),
         shared.accept_latency.clone(),
-        shared.auth.clone(),
+        shared.mail_auth.clone(),
+        shared.security.clone(),
     );
-    let summary = run_session(
-        stream,
-        ClientInfo { peer, local },
-        &shared.session,
-        &mut hooks,
-    )
+    let session = match mode {
+        ListenerMode::Relay => &shared.sessions[0],
+        ListenerMode::Submission => &shared.sessions[1],
+        ListenerMode::Submissions => &shared.sessions[2],
+    };
+    let summary = run_session(stream, ClientInfo { peer, local }, session, &mut hooks)
     .await;
     if debug {
         tracing::info!(

@@ -56,7 +56,9 @@ impl InboundAuth {
         }
         let content = stripped.as_deref().unwrap_or(content);
         let ip = client_ip(env);
-        if config.is_trusted(ip) && !self.verify_trusted {
+        // Internal hosts and authenticated submitters (issue 11) are not checked, as
+        // OpenDKIM/OpenDMARC leave them alone: their mail is ours to sign, not to judge.
+        if (config.is_trusted(ip) && !self.verify_trusted) || env.auth.is_some() {
             return Ok(match stripped {
                 Some(s) => [ours, &s].concat(),
                 None => message,

@@ -16,14 +16,20 @@
 //! Authentication-Results header before the 250; `[inbound] dmarc_reject` refuses DMARC
 //! `p=reject` failures with 550 5.7.1 at the end of DATA.
 //! Logs: `qid=… from=<…> size=… nrcpt=… client=helo[ip]` per accepted message.
-//! RFCs: see `mta-smtp` (5321, 1870, 6152, 2920, 2034/3463, 6531, 3461, 3030).
+//! Also listens on `submission_listen` (STARTTLS + AUTH required) and `submissions_listen`
+//! (implicit TLS + AUTH required) with the `[tls]` certificate, re-read at `tell smtpmta
+//! refresh`; see `auth.rs` for AUTH and its lockout.
+//! RFCs: see `mta-smtp` (5321, 1870, 6152, 2920, 2034/3463, 6531, 3461, 3030, 3207, 4954,
+//! 6409, 8314).
 
+mod auth;
 mod handler_table;
 mod intake;
 mod listener;
 mod mail_auth;
 mod policy;
 
+use anyhow::Context as _;
 use intake::Intake;
 use listener::Inbound;
 use mta_ipc::console::TellCommand;
@@ -39,6 +45,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct Isesctl {
     inbound: Inbound,
+    security: policy::Security,
 }
 
 impl Task for Isesctl {
@@ -46,10 +53,20 @@ impl Task for Isesctl {
 
     async fn start(ctx: &TaskContext) -> anyhow::Result<Self> {
         let intake = Intake::spawn(ctx)?;
-        let auth = mail_auth::InboundAuth::new(ctx.config())?;
-        let inbound = Inbound::new(ctx, intake, auth);
+        let config = ctx.config();
+        let mail_auth = mail_auth::InboundAuth::new(config)?;
+        // The supervisor made (or checked) the certificate before starting us.
+        let tls = mta_tls::ServerTls::load(config).context("TLS certificate")?;
+        let security = policy::Security {
+            tls: Some(Arc::new(tls)),
+            auth: Arc::new(auth::AuthGuard::new(
+                config.inbound.max_auth_failures,
+                config.inbound.auth_failure_window,
+            )),
+        };
+        let inbound = Inbound::new(ctx, intake, mail_auth, security.clone());
         inbound.listen().await?;
-        Ok(Isesctl { inbound })
+        Ok(Isesctl { inbound, security })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
@@ -64,6 +81,23 @@ impl Task for Isesctl {
 
     fn histograms(&self) -> Vec<mta_ipc::task::HistogramSnapshot> {
         self.inbound.histograms()
+    }
+
+    /// `tell smtpmta refresh`: re-read the certificate (new sessions use it).
+    fn refresh(&self, _ctx: &TaskContext) -> Result<(), String> {
+        let Some(tls) = &self.security.tls else {
+            return Ok(());
+        };
+        match tls.reload() {
+            Ok(files) => {
+                tracing::info!("TLS certificate re-read from {}", files.certificate.display());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("TLS certificate not re-read, keeping the old one: {e}");
+                Err(format!("TLS certificate not re-read: {e}"))
+            }
+        }
     }
 
     async fn tell(&self, _ctx: &TaskContext, command: TellCommand) -> Result<String, String> {

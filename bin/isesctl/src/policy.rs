@@ -2,13 +2,25 @@
 //! postmaster; relaying only for trusted clients), where accepted messages go (the
 //! intake), and the SMTPDebugIO transcript.
 //!
+//! TLS and AUTH: the certificate in effect (`mta_tls::ServerTls`), credentials checked by
+//! [`crate::auth::AuthGuard`]; an authenticated client may relay anywhere but send only
+//! from its own addresses (or aliases that reach it): otherwise `553 5.7.1`.
+//!
 //! Config read: `local_domains`, `trusted_networks`, the directory, `[inbound] bare_newline`.
-//! Logs (always): each message with bare line endings, normalized (`qid=…`) or refused.
+//! Logs (always): each message with bare line endings, normalized (`qid=…`) or refused;
+//! TLS handshakes (version, cipher) and failures; AUTH successes and failures; pipelined
+//! bytes discarded at STARTTLS.
 
+use crate::auth::AuthGuard;
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
 use mta_config::{Config, Directory};
-use mta_smtp::{BareLineEvent, Direction, Envelope, RcptVerdict, Reply, SessionHooks};
+use mta_smtp::tokio_rustls::rustls;
+use mta_smtp::{
+    AuthVerdict, BareLineEvent, Credentials, Direction, Envelope, RcptVerdict, Reply,
+    SessionHooks, TlsInfo,
+};
+use mta_tls::ServerTls;
 use mta_task::histogram::Histogram;
 use mta_task::TaskContext;
 use mta_types::{Address, QueueId};
@@ -27,7 +39,17 @@ pub struct SessionPolicy {
     /// SMTPDebugIO, read at session start.
     debug_io: u8,
     /// SPF, DKIM and DMARC at the end of DATA.
-    auth: Arc<InboundAuth>,
+    mail_auth: Arc<InboundAuth>,
+    /// The certificate in effect (None: no TLS).
+    tls: Option<Arc<ServerTls>>,
+    auth: Arc<AuthGuard>,
+}
+
+/// What the sessions share for TLS and AUTH.
+#[derive(Clone)]
+pub struct Security {
+    pub tls: Option<Arc<ServerTls>>,
+    pub auth: Arc<AuthGuard>,
 }
 
 impl SessionPolicy {
@@ -37,7 +59,8 @@ impl SessionPolicy {
         peer: SocketAddr,
         handler: String,
         accept_latency: Arc<Histogram>,
-        auth: Arc<InboundAuth>,
+        mail_auth: Arc<InboundAuth>,
+        security: Security,
     ) -> SessionPolicy {
         let debug_io = ctx.knobs().smtp_debug_io;
         SessionPolicy {
@@ -47,19 +70,26 @@ impl SessionPolicy {
             handler,
             accept_latency,
             debug_io,
-            auth,
+            mail_auth,
+            tls: security.tls,
+            auth: security.auth,
         }
     }
 }
 
 impl SessionHooks for SessionPolicy {
-    async fn check_rcpt(&mut self, _env: &Envelope, rcpt: &Address) -> RcptVerdict {
-        let verdict = rcpt_verdict(
-            self.ctx.config(),
-            &self.ctx.directory(),
-            self.peer.ip(),
-            rcpt,
-        );
+    async fn check_rcpt(&mut self, env: &Envelope, rcpt: &Address) -> RcptVerdict {
+        let verdict = if env.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {
+            // RFC 6409: an authenticated submitter may relay anywhere.
+            RcptVerdict::Accept
+        } else {
+            rcpt_verdict(
+                self.ctx.config(),
+                &self.ctx.directory(),
+                self.peer.ip(),
+                rcpt,
+            )
+        };
         if let RcptVerdict::Reject(reply) = &verdict {
             tracing::info!(client = %self.peer, to = %format_args!("<{rcpt}>"), "reject: RCPT: {}", reply.text());
         }
@@ -69,7 +99,7 @@ impl SessionHooks for SessionPolicy {
     async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
         let start = std::time::Instant::now();
         let content = match self
-            .auth
+            .mail_auth
             .check(self.ctx.config(), &self.intake, qid, env, content)
             .await
         {
@@ -81,6 +111,86 @@ impl SessionHooks for SessionPolicy {
             self.accept_latency.observe(start.elapsed());
         }
         reply
+    }
+
+    fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.as_ref().map(|t| t.current())
+    }
+
+    fn auth_available(&self) -> bool {
+        true
+    }
+
+    async fn authenticate(
+        &mut self,
+        _env: &Envelope,
+        mechanism: &str,
+        credentials: Credentials,
+    ) -> AuthVerdict {
+        let user = credentials.user.clone();
+        let verdict = self
+            .auth
+            .authenticate(self.ctx.directory(), self.peer.ip(), credentials)
+            .await;
+        match &verdict {
+            AuthVerdict::Ok(name) => tracing::info!(
+                handler = %self.handler,
+                client = %self.peer,
+                sasl_method = mechanism,
+                sasl_username = %name,
+                "AUTH ok"
+            ),
+            AuthVerdict::Locked => tracing::warn!(
+                handler = %self.handler,
+                client = %self.peer,
+                sasl_username = %user,
+                "reject: AUTH: 454 4.7.0 too many authentication failures from [{}]",
+                self.peer.ip()
+            ),
+            AuthVerdict::Failed => {}
+        }
+        verdict
+    }
+
+    fn check_sender(&mut self, env: &Envelope, from: Option<&Address>) -> Option<Reply> {
+        let (Some(name), Some(from)) = (env.auth.as_deref(), from) else {
+            return None; // `<>` (a report) is anyone's to send
+        };
+        let directory = self.ctx.directory();
+        let owned = directory
+            .users
+            .iter()
+            .find(|u| u.name == name)
+            .is_some_and(|u| directory.owns(u, from));
+        if owned {
+            return None;
+        }
+        let reply = Reply::sender_not_owned(from, name);
+        tracing::info!(
+            handler = %self.handler,
+            client = %self.peer,
+            sasl_username = %name,
+            from = %format_args!("<{from}>"),
+            "reject: MAIL: {}",
+            reply.text()
+        );
+        Some(reply)
+    }
+
+    fn tls_started(&mut self, info: &TlsInfo) {
+        tracing::info!(handler = %self.handler, client = %self.peer, "TLS established: {info}");
+    }
+
+    fn tls_failed(&mut self, reason: &str) {
+        tracing::info!(handler = %self.handler, client = %self.peer, "TLS handshake failed: {reason}");
+    }
+
+    fn injection_discarded(&mut self, octets: usize) {
+        tracing::warn!(
+            handler = %self.handler,
+            client = %self.peer,
+            "discarded {octets} octet(s) pipelined after STARTTLS (command injection attempt?)"
+        );
     }
 
     /// Logged whatever the debug knobs: a sender whose software writes bare LFs, or someone

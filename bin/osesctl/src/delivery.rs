@@ -13,12 +13,20 @@
 //! server without 8BITMIME fails permanently (5.6.3; no 7-bit conversion, which would
 //! break DKIM); SMTPUTF8 mail to a server without SMTPUTF8 fails permanently (5.6.7).
 //! Content with a bare CR or LF is never sent (5.6.0).
+//!
+//! TLS (`[outbound.tls]`, per destination domain): `may` uses STARTTLS when offered and
+//! any certificate, and falls back to plaintext — on a new connection — only when the
+//! handshake fails, before any mail was sent; `encrypt` and `verify` treat a host without
+//! STARTTLS, or a failed handshake, like an unreachable one (next host, then deferred
+//! with the reason); `verify` checks the chain and the host name. The TLS version and
+//! cipher are logged with the list and the host.
 
 use crate::domain_list::{DomainList, ListItem};
 use crate::handler_table::Assigned;
 use crate::outcomes::{reply_status, reply_text, Event, RcptOutcome};
-use crate::smtp_client::{SessionError, SmtpClient};
-use mta_config::OutboundConfig;
+use mta_config::{OutboundConfig, TlsPolicy};
+use mta_smtp::client::{SessionError, SmtpClient};
+use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
 use mta_dns::NextHop;
 use mta_types::MessageRecord;
 use std::path::PathBuf;
@@ -31,6 +39,8 @@ pub struct Env {
     pub config: OutboundConfig,
     pub hostname: String,
     pub spool_dir: PathBuf,
+    /// `[outbound.tls]`.
+    pub tls: crate::tls_policy::TlsClients,
     pub events: mpsc::UnboundedSender<Event>,
     /// True while handlers may start another message.
     pub may_continue: Box<dyn Fn() -> bool + Send + Sync>,
@@ -83,13 +93,14 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
     };
 
     // Connect: hosts in order, each address in order.
+    let policy = env.tls.policy_for(domain.as_str());
     let mut last_error = String::from("no host to try");
     let mut session = None;
     'hosts: for host in &hosts {
         for addr in host.socket_addrs() {
             let label = host.label(addr.ip());
             handler.set_detail(format!("connecting list {id} to {label}"));
-            match open(&env, addr).await {
+            match open(&env, addr, &host.name, policy, &format!("list {id}: {label}")).await {
                 Ok(client) => {
                     session = Some((client, label));
                     break 'hosts;
@@ -155,8 +166,66 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
     }
 }
 
+/// Connects, says hello and starts TLS as `policy` says; an error means "next host".
+async fn open(
+    env: &Env,
+    addr: std::net::SocketAddr,
+    host_name: &str,
+    policy: TlsPolicy,
+    what: &str,
+) -> Result<SmtpClient, String> {
+    let mut client = hello(env, addr).await?;
+    let Some(config) = env.tls.config(policy) else {
+        return Ok(client);
+    };
+    let required = policy != TlsPolicy::May;
+    if !client.ext.starttls {
+        if required {
+            client.quit().await;
+            return Err(format!(
+                "TLS is required (policy {}), but was not offered by the host",
+                policy.as_str()
+            ));
+        }
+        return Ok(client);
+    }
+    let name = ServerName::try_from(host_name.to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
+    match client.starttls(config, name).await {
+        Ok(Ok(info)) => {
+            tracing::info!("{what}: TLS established: {info} (policy {})", policy.as_str());
+            let again = client
+                .hello(&env.hostname)
+                .await
+                .map_err(|e| e.to_string())?;
+            if again.code / 100 != 2 {
+                client.quit().await;
+                return Err(format!("EHLO after STARTTLS: {}", reply_text(&again)));
+            }
+            Ok(client)
+        }
+        Ok(Err(refused)) if !required => {
+            tracing::info!("{what}: STARTTLS refused ({}): going on in plaintext (policy may)", reply_text(&refused));
+            Ok(client)
+        }
+        Ok(Err(refused)) => {
+            client.quit().await;
+            Err(format!("STARTTLS refused: {}", reply_text(&refused)))
+        }
+        // Nothing was sent yet: under `may`, a new connection in plaintext.
+        Err(e) if !required && e.is_handshake() => {
+            tracing::info!("{what}: {e}: retrying in plaintext (policy may)");
+            hello(env, addr).await
+        }
+        Err(e) => Err(match policy {
+            TlsPolicy::Verify => format!("{e} (policy verify)"),
+            _ => e.to_string(),
+        }),
+    }
+}
+
 /// Connects and says hello; a greeting or hello that is not 2xx means "next host".
-async fn open(env: &Env, addr: std::net::SocketAddr) -> Result<SmtpClient, String> {
+async fn hello(env: &Env, addr: std::net::SocketAddr) -> Result<SmtpClient, String> {
     let (mut client, greeting) =
         SmtpClient::connect(addr, env.config.connect_timeout, env.config.command_timeout)
             .await

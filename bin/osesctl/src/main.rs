@@ -6,7 +6,7 @@
 //! reference ID and hands it to an idle handler (`handler_table.rs`; created on demand up
 //! to `[outbound] max_handlers`; lists wait in the controller otherwise). A handler
 //! (`delivery.rs`) resolves the next hop (`mta-dns`), opens one SMTP session
-//! (`smtp_client.rs`) and transfers the list's messages one by one; the collector
+//! (`mta_smtp::client`) and transfers the list's messages one by one; the collector
 //! (`outcomes.rs`) merges the outcomes into the records and commits them in groups.
 //!
 //! Reads/writes: the Outbound Work Queue (records stay there until every recipient is
@@ -21,13 +21,14 @@
 //! RFCs: 5321 (client side), 1870, 6152, 6531, 7505 (null MX), 3463.
 //!
 //! The SMTP client is our own small one over `mta-smtp`'s reply parser rather than
-//! lettre's `AsyncSmtpConnection`: see `smtp_client.rs` for why (byte-exact relay).
+//! lettre's `AsyncSmtpConnection`: see `mta_smtp::client` for why (byte-exact relay).
+//! STARTTLS to the next hop as `[outbound.tls]` says (`tls_policy.rs`, `delivery.rs`).
 
 mod delivery;
 mod domain_list;
 mod handler_table;
 mod outcomes;
-mod smtp_client;
+mod tls_policy;
 
 use anyhow::Context as _;
 use delivery::Env;
@@ -86,6 +87,8 @@ impl Task for Osesctl {
             config: config.outbound.clone(),
             hostname: config.hostname.clone(),
             spool_dir: config.spool_dir(),
+            tls: tls_policy::TlsClients::new(&config.outbound.tls)
+                .map_err(|e| anyhow::anyhow!("[outbound.tls]: {e}"))?,
             events: tx,
             may_continue: Box::new(move || r.load(Ordering::SeqCst) && !c.shutting_down()),
         });

@@ -269,6 +269,7 @@ mod tests {
             name: name.into(),
             addresses: addrs.iter().map(|s| a(s)).collect(),
             maildir: PathBuf::from(format!("/var/mail/{name}")),
+            password: None,
         };
         let mut aliases = BTreeMap::new();
         let mut alias = |k: &str, v: &[&str]| {

@@ -63,6 +63,9 @@ enum Command {
     /// Writes a new DKIM key pair (the private key as PEM, mode 0600) and prints the TXT
     /// record to publish and the `[[dkim]]` entry to add. Starts nothing.
     DkimKeygen(dkim_keygen::Args),
+    /// Reads one password from stdin and prints its argon2id PHC string, for a
+    /// directory user's `password` key.
+    HashPassword,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -100,8 +103,10 @@ impl Supervisor {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::DkimKeygen(keygen)) = &args.command {
-        return dkim_keygen::run(keygen);
+    match &args.command {
+        Some(Command::DkimKeygen(keygen)) => return dkim_keygen::run(keygen),
+        Some(Command::HashPassword) => return hash_password(),
+        None => {}
     }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
@@ -151,11 +156,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// `smtpmta hash-password`: one line from stdin (without its line end) to a PHC string.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("smtpmta hash-password: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("smtpmta hash-password: no password on stdin");
+        return ExitCode::FAILURE;
+    }
+    match mta_tls::password::hash(password) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtpmta hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn supervise(config: Config) -> anyhow::Result<()> {
     let run_dir = config.run_dir();
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let instance = instance::Instance::acquire(&pid_file(&run_dir), &config.data_dir)?;
+    // Before any task starts: make the self-signed certificate if [tls] names none, and
+    // load the certificate once so a bad one stops the start here, with the key and file.
+    let tls = mta_tls::ensure_certificate(&config).context("TLS certificate")?;
+    tracing::info!("TLS certificate: {}", tls.certificate.display());
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
     let store = StoreService::open(&config.store_dir(), Some(&config.data_dir))?;

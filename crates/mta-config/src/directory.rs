@@ -43,9 +43,34 @@ pub struct User {
     pub addresses: Vec<Address>,
     /// `maildir`: absolute, `data_dir.join(value)`; the value must be relative without `..`.
     pub maildir: PathBuf,
+    /// `password`: an argon2id PHC string (`smtpmta hash-password` makes one) for AUTH on
+    /// the submission listeners; absent: the user cannot authenticate.
+    pub password: Option<String>,
 }
 
 impl Directory {
+    /// The user named `name` (AUTH identities are user names or one of their addresses).
+    pub fn user_named(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name).or_else(|| {
+            name.parse::<Address>()
+                .ok()
+                .and_then(|a| self.user_for(&a))
+        })
+    }
+
+    /// Whether `user` may send as `addr`: one of its addresses, or an alias that expands to
+    /// one of them.
+    pub fn owns(&self, user: &User, addr: &Address) -> bool {
+        if self.user_for(addr).is_some_and(|u| u.name == user.name) {
+            return true;
+        }
+        self.aliases_of(addr).is_some()
+            && self
+                .expand(addr)
+                .iter()
+                .any(|a| self.user_for(a).is_some_and(|u| u.name == user.name))
+    }
+
     /// The user owning `addr`, compared by `Address::lookup_key()` (local part case-insensitive).
     pub fn user_for(&self, addr: &Address) -> Option<&User> {
         let key = addr.lookup_key();
@@ -116,6 +141,21 @@ struct RawUser {
     addresses: Vec<AddressValue>,
     #[serde(deserialize_with = "maildir")]
     maildir: PathBuf,
+    #[serde(default, deserialize_with = "password")]
+    password: Option<String>,
+}
+
+/// A PHC string of argon2id (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`): checked for shape
+/// here so a pasted plain-text password is refused at load, not at the first AUTH.
+fn password<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    crate::values::parse_str(d, |s| {
+        let parts: Vec<&str> = s.split('$').collect();
+        if parts.len() == 6 && parts[0].is_empty() && parts[1] == "argon2id" {
+            Ok(Some(s.to_string()))
+        } else {
+            Err("must be an argon2id PHC string (`$argon2id$v=19$...`); make one with `smtpmta hash-password`".to_string())
+        }
+    })
 }
 
 fn maildir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
@@ -216,6 +256,7 @@ pub(crate) fn load(
             name: u.name.clone(),
             addresses: u.addresses.iter().map(|a| a.0.clone()).collect(),
             maildir: data_dir.join(&u.maildir),
+            password: u.password.clone(),
         });
     }
 
@@ -269,6 +310,7 @@ mod tests {
                 name: "pm".into(),
                 addresses: vec![a("postmaster@localhost"), a("Root@localhost")],
                 maildir: "/var/mail/pm".into(),
+                password: None,
             }],
             aliases: aliases
                 .iter()

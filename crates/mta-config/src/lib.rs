@@ -16,6 +16,7 @@ mod debug;
 mod dkim;
 mod directory;
 mod error;
+mod tls;
 mod values;
 
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,7 @@ pub use debug::DebugKnobs;
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use error::ConfigError;
+pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
 
 use error::{Seg, Source};
@@ -68,6 +70,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[[dkim]]`: the keys outgoing mail is signed with (see `dkim.rs`). Default none.
     pub dkim: Vec<DkimKeyConfig>,
+    /// `[tls]`: the inbound certificate.
+    pub tls: TlsConfig,
 }
 
 /// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
@@ -127,6 +131,21 @@ pub struct InboundConfig {
     pub max_errors: u32,
     /// `max_hops`: Received headers before the message goes Dead (mail loop). Default 25.
     pub max_hops: u32,
+    /// `submission_listen`: RFC 6409 submission (port-587 style): STARTTLS then AUTH
+    /// required before MAIL. Default `["127.0.0.1:2587"]`; `[]` for none.
+    #[serde(deserialize_with = "values::socket_list")]
+    pub submission_listen: Vec<SocketAddr>,
+    /// `submissions_listen`: RFC 8314 implicit TLS (port-465 style); AUTH required.
+    /// Default `["127.0.0.1:2465"]`; `[]` for none.
+    #[serde(deserialize_with = "values::socket_list")]
+    pub submissions_listen: Vec<SocketAddr>,
+    /// `max_auth_failures`: failed AUTH attempts allowed from one IP address within
+    /// `auth_failure_window`; beyond that AUTH is answered `454 4.7.0` until the window has
+    /// passed. Default 5.
+    pub max_auth_failures: u32,
+    /// `auth_failure_window`: see `max_auth_failures`. Default 10m.
+    #[serde(deserialize_with = "values::duration")]
+    pub auth_failure_window: Duration,
     /// `bare_newline`: a bare LF (no CR before it) in message content: `"normalize"` stores
     /// it as CRLF, `"reject"` refuses the message with `554 5.6.0` (Postfix 3.9's
     /// `smtpd_forbid_bare_newline`). Either way only CRLF.CRLF ends DATA (no SMTP
@@ -156,6 +175,10 @@ impl Default for InboundConfig {
             session_timeout: Duration::from_secs(3600),
             max_errors: 10,
             max_hops: 25,
+            submission_listen: vec![SocketAddr::from(([127, 0, 0, 1], 2587))],
+            submissions_listen: vec![SocketAddr::from(([127, 0, 0, 1], 2465))],
+            max_auth_failures: 5,
+            auth_failure_window: Duration::from_secs(600),
             bare_newline: BareNewline::Normalize,
             dmarc_reject: false,
             verify_trusted: false,
@@ -196,6 +219,8 @@ pub struct OutboundConfig {
     pub max_messages_per_list: usize,
     /// `max_messages_per_session`: most messages sent over one connection. Default 1000.
     pub max_messages_per_session: usize,
+    /// `[outbound.tls]`: STARTTLS to the next hop.
+    pub tls: OutboundTls,
 }
 
 impl Default for OutboundConfig {
@@ -212,6 +237,7 @@ impl Default for OutboundConfig {
             command_timeout: Duration::from_secs(300),
             max_messages_per_list: 100,
             max_messages_per_session: 1000,
+            tls: OutboundTls::default(),
         }
     }
 }
@@ -253,6 +279,7 @@ struct RawConfig {
     debug: DebugKnobs,
     metrics: MetricsConfig,
     dkim: Vec<dkim::RawDkim>,
+    tls: tls::RawTls,
 }
 
 impl Default for RawConfig {
@@ -272,6 +299,7 @@ impl Default for RawConfig {
             debug: DebugKnobs::default(),
             metrics: MetricsConfig::default(),
             dkim: Vec::new(),
+            tls: tls::RawTls::default(),
         }
     }
 }
@@ -340,6 +368,17 @@ impl Config {
             }
             dkim.push(key);
         }
+        let tls = load_tls(&src, base, &raw.tls)?;
+        let mut outbound = raw.outbound;
+        if let Some(ca) = outbound.tls.ca_file.take() {
+            let ca = normalize(&base.join(ca));
+            readable(&src, &[Seg::Key("outbound"), Seg::Key("tls"), Seg::Key("ca_file")], &ca)?;
+            outbound.tls.ca_file = Some(ca);
+        }
+        outbound.tls.domains = std::mem::take(&mut outbound.tls.domains)
+            .into_iter()
+            .map(|(d, p)| (d.to_ascii_lowercase(), p))
+            .collect();
         Ok(Config {
             path,
             hostname: raw.hostname,
@@ -349,11 +388,12 @@ impl Config {
             directory_path,
             directory,
             inbound: raw.inbound,
-            outbound: raw.outbound,
+            outbound,
             dns: raw.dns,
             debug: raw.debug,
             metrics: raw.metrics,
             dkim,
+            tls,
         })
     }
 
@@ -371,6 +411,15 @@ impl Config {
     /// The `[[dkim]]` key that signs mail from `domain`, with its index.
     pub fn dkim_key_for(&self, domain: &Domain) -> Option<(usize, &DkimKeyConfig)> {
         self.dkim.iter().enumerate().find(|(_, k)| &k.domain == domain)
+    }
+
+    /// The certificate and key the listeners use: `[tls]`'s, or the self-signed pair under
+    /// `data_dir/tls/`.
+    pub fn tls_files(&self) -> TlsFiles {
+        self.tls
+            .files
+            .clone()
+            .unwrap_or_else(|| TlsConfig::selfsigned(&self.data_dir))
     }
 
     /// `data_dir/run`: sockets and the pid file.
@@ -418,6 +467,42 @@ impl Config {
             }
         })
     }
+}
+
+/// `[tls]`: both paths or neither, each readable now (so a typo fails at start, naming the
+/// key and the file).
+fn load_tls(src: &Source, base: &Path, raw: &tls::RawTls) -> Result<TlsConfig, ConfigError> {
+    let cert = raw.certificate.trim();
+    let key = raw.private_key.trim();
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Ok(TlsConfig { files: None }),
+        (false, true) => Err(src.error_at(
+            &[Seg::Key("tls"), Seg::Key("certificate")],
+            "needs `private_key` as well",
+        )),
+        (true, false) => Err(src.error_at(
+            &[Seg::Key("tls"), Seg::Key("private_key")],
+            "needs `certificate` as well",
+        )),
+        (false, false) => {
+            let certificate = normalize(&base.join(cert));
+            let private_key = normalize(&base.join(key));
+            readable(src, &[Seg::Key("tls"), Seg::Key("certificate")], &certificate)?;
+            readable(src, &[Seg::Key("tls"), Seg::Key("private_key")], &private_key)?;
+            Ok(TlsConfig {
+                files: Some(TlsFiles {
+                    certificate,
+                    private_key,
+                }),
+            })
+        }
+    }
+}
+
+fn readable(src: &Source, at: &[Seg<'_>], file: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(file)
+        .map(drop)
+        .map_err(|e| src.error_at(at, format!("cannot read `{}`: {e}", file.display())))
 }
 
 fn absolute(path: &Path) -> PathBuf {

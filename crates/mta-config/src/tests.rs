@@ -425,7 +425,7 @@ fn unknown_key_and_missing_key_in_directory() {
         &file,
         5,
         "user[0].mailbox",
-        "unknown key (expected one of: name, addresses, maildir)",
+        "unknown key (expected one of: name, addresses, maildir, password)",
     );
     let (e, _) = directory_err("[[user]]\nname = \"a\"\nmaildir = \"m/a\"\n");
     assert!(e.to_string().contains("missing key `addresses`"), "{e}");

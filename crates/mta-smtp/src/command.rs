@@ -40,6 +40,7 @@ pub enum Verb {
     Expn,
     Help,
     Starttls,
+    Auth,
 }
 
 /// Whether a verb takes arguments.
@@ -83,6 +84,7 @@ pub const VERBS: &[VerbInfo] = &[
     row("EXPN",     Verb::Expn,     true,  true,  Args::Optional, "Syntax: EXPN list"),
     row("HELP",     Verb::Help,     true,  true,  Args::Optional, "Syntax: HELP"),
     row("STARTTLS", Verb::Starttls, false, true,  Args::None,     "Syntax: STARTTLS"),
+    row("AUTH",     Verb::Auth,     false, true,  Args::Required, "Syntax: AUTH mechanism [initial-response]"),
 ];
 
 const fn row(
@@ -226,6 +228,12 @@ pub enum Command {
     Expn,
     Help,
     Starttls,
+    /// AUTH (RFC 4954): the mechanism, upper-cased, and the initial response as sent
+    /// (base64, or `=` for an empty one).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
     /// A verb not in the table (as sent, at most 64 characters).
     Unknown(String),
 }
@@ -246,6 +254,7 @@ impl Command {
             Command::Expn => Verb::Expn,
             Command::Help => Verb::Help,
             Command::Starttls => Verb::Starttls,
+            Command::Auth { .. } => Verb::Auth,
             Command::Unknown(_) => return None,
         })
     }
@@ -303,6 +312,15 @@ impl Command {
             Verb::Expn => Command::Expn,
             Verb::Help => Command::Help,
             Verb::Starttls => Command::Starttls,
+            Verb::Auth => {
+                let mut words = args.split(' ').filter(|w| !w.is_empty());
+                let mechanism = words.next().ok_or_else(bad_args)?.to_ascii_uppercase();
+                let initial = words.next().map(str::to_string);
+                if words.next().is_some() {
+                    return Err(bad_args());
+                }
+                Command::Auth { mechanism, initial }
+            }
         })
     }
 }

@@ -6,19 +6,21 @@
 //! stream ([`session`]), and the Received trace header ([`received`]). No task builds an
 //! SMTP reply or parses a command by itself.
 //!
-//! Used by: `isesctl`/`iseshlrN` (the server session), `osesctl`/`oseshlrN` (replies,
-//! dot-stuffing, xtext for the client side). No queues, IPC or config of its own: the
+//! Used by: `isesctl`/`iseshlrN` (the server session), `osesctl`/`oseshlrN` (the client,
+//! [`client`], with STARTTLS). No queues, IPC or config of its own: the
 //! caller passes a [`SessionConfig`] and [`SessionHooks`]. Logs nothing itself; the
 //! hooks' `transcript` carries the protocol trace (SMTPDebugIO).
 //!
 //! RFCs implemented: 5321 (SMTP), 1870 (SIZE), 6152 (8BITMIME), 2920 (PIPELINING),
 //! 2034 and 3463 (ENHANCEDSTATUSCODES), 6531 (SMTPUTF8), 3461 (DSN parameters),
 //! 3030 (CHUNKING), 3848 (`with` keywords in Received), 5322 (date format).
-//! Not here: STARTTLS (answered 502), AUTH, BINARYMIME (refused with 555).
+//! 3207 (STARTTLS), 8314 (implicit TLS), 4954/4616 (AUTH PLAIN; and LOGIN), 6409
+//! (submission). Not here: BINARYMIME (refused with 555).
 //!
 //! Security: the DATA reader ends a message only at `CRLF . CRLF` and refuses content with
 //! a bare CR or LF after reading to that real end (SMTP smuggling); every buffer is bounded.
 
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod received;
@@ -36,9 +38,11 @@ pub use data::{
 pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
-    run_session, BareLineEvent, ClientInfo, Direction, EndReason, Envelope, RcptVerdict,
-    SessionConfig, SessionHooks, SessionState, SessionSummary,
+    run_session, AuthVerdict, BareLineEvent, ClientInfo, Credentials, Direction, EndReason,
+    Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState,
+    SessionSummary, TlsInfo,
 };
+pub use tokio_rustls;
 
 /// Parses one command line with no transaction context (SMTPUTF8 not in effect). Pure, no
 /// I/O: the entry point for `cargo fuzz`.

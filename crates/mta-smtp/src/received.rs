@@ -30,8 +30,13 @@ pub fn received_header(hostname: &str, env: &Envelope, qid: QueueId, date: Syste
         env.helo.as_str()
     };
     let date = rfc5322_date(date);
+    // Postfix's form for the TLS session: `(using TLSv1.3 with cipher …)` on its own line.
+    let tls = match &env.tls {
+        Some(info) => format!("\r\n\t(using {info})"),
+        None => String::new(),
+    };
     let mut h = format!(
-        "Received: from {helo} (unknown [{ip}])\r\n\tby {hostname} (smtpmta) with {} id {qid}",
+        "Received: from {helo} (unknown [{ip}]){tls}\r\n\tby {hostname} (smtpmta) with {} id {qid}",
         env.protocol
     );
     match env.rcpts.as_slice() {
@@ -124,6 +129,8 @@ mod tests {
             eight_bit: false,
             client,
             protocol: "ESMTP",
+            tls: None,
+            auth: None,
         }
     }
 

@@ -138,7 +138,7 @@ impl Reply {
         Reply::enh(
             214,
             (2, 0, 0),
-            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+            "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
         )
     }
 
@@ -283,6 +283,101 @@ impl Reply {
     /// `554 5.4.6 Too many hops` (a mail loop).
     pub fn too_many_hops() -> Reply {
         Reply::enh(554, (5, 4, 6), "Too many hops")
+    }
+
+    // ----- TLS and AUTH (RFC 3207, RFC 4954; the texts Postfix uses) -----
+
+    /// `220 2.0.0 Ready to start TLS`
+    pub fn ready_for_tls() -> Reply {
+        Reply::enh(220, (2, 0, 0), "Ready to start TLS")
+    }
+
+    /// `503 5.5.1 Error: TLS already active`
+    pub fn tls_already_active() -> Reply {
+        Reply::enh(503, (5, 5, 1), "Error: TLS already active")
+    }
+
+    /// `530 5.7.0 Must issue a STARTTLS command first` (submission before STARTTLS).
+    pub fn starttls_first() -> Reply {
+        Reply::enh(530, (5, 7, 0), "Must issue a STARTTLS command first")
+    }
+
+    /// `538 5.7.11 Encryption required for requested authentication mechanism`
+    pub fn encryption_required() -> Reply {
+        Reply::enh(
+            538,
+            (5, 7, 11),
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+
+    /// `530 5.7.0 Authentication required` (MAIL on a submission listener without AUTH).
+    pub fn auth_required() -> Reply {
+        Reply::enh(530, (5, 7, 0), "Authentication required")
+    }
+
+    /// `503 5.5.1 Error: authentication not enabled` (AUTH where it is not offered).
+    pub fn auth_not_enabled() -> Reply {
+        Reply::enh(503, (5, 5, 1), "Error: authentication not enabled")
+    }
+
+    /// `503 5.5.1 Error: already authenticated`
+    pub fn already_authenticated() -> Reply {
+        Reply::enh(503, (5, 5, 1), "Error: already authenticated")
+    }
+
+    /// `503 5.5.1 Error: MAIL transaction in progress` (AUTH inside a transaction).
+    pub fn auth_in_transaction() -> Reply {
+        Reply::enh(503, (5, 5, 1), "Error: MAIL transaction in progress")
+    }
+
+    /// `504 5.5.4 Unsupported authentication mechanism`
+    pub fn auth_mechanism_unsupported() -> Reply {
+        Reply::enh(504, (5, 5, 4), "Unsupported authentication mechanism")
+    }
+
+    /// `334 <base64 challenge>` (no enhanced code: RFC 4954 4).
+    pub fn auth_challenge(challenge: &str) -> Reply {
+        Reply::new(334, None, challenge.to_string())
+    }
+
+    /// `501 5.7.0 Authentication aborted` (the client sent `*`).
+    pub fn auth_aborted() -> Reply {
+        Reply::enh(501, (5, 7, 0), "Authentication aborted")
+    }
+
+    /// `501 5.5.2 Cannot decode response` (bad base64 or SASL message).
+    pub fn auth_cannot_decode() -> Reply {
+        Reply::enh(501, (5, 5, 2), "Cannot decode response")
+    }
+
+    /// `235 2.7.0 Authentication successful`
+    pub fn auth_ok() -> Reply {
+        Reply::enh(235, (2, 7, 0), "Authentication successful")
+    }
+
+    /// `535 5.7.8 Error: authentication failed` — the same for an unknown user and a wrong
+    /// password, so the reply tells an attacker nothing.
+    pub fn auth_failed() -> Reply {
+        Reply::enh(535, (5, 7, 8), "Error: authentication failed")
+    }
+
+    /// `454 4.7.0 Too many authentication failures; try again later`
+    pub fn auth_locked() -> Reply {
+        Reply::enh(
+            454,
+            (4, 7, 0),
+            "Too many authentication failures; try again later",
+        )
+    }
+
+    /// `553 5.7.1 <addr>: Sender address rejected: not owned by user <user>`
+    pub fn sender_not_owned(sender: impl fmt::Display, user: &str) -> Reply {
+        Reply::enh(
+            553,
+            (5, 7, 1),
+            format!("<{sender}>: Sender address rejected: not owned by user {user}"),
+        )
     }
 
     // ----- Local trouble -----

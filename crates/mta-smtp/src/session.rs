@@ -10,14 +10,25 @@
 //! is already buffered, so a pipelined group gets its replies in one write; the 354 reply
 //! is always written at once.
 //!
+//! TLS and AUTH (`tls.rs`, `auth.rs`): STARTTLS is offered when the hooks give a TLS
+//! config; AUTH PLAIN/LOGIN only once TLS is up. What a listener demands is its
+//! [`ListenerMode`]: `Relay` (port 25: both optional), `Submission` (RFC 6409, port 587:
+//! STARTTLS before AUTH, AUTH before MAIL) or `Submissions` (RFC 8314, port 465: TLS from
+//! the first byte, AUTH before MAIL).
+//!
 //! Errors counted towards `max_errors` are command errors: unknown verbs, syntax and
 //! parameter errors, and out-of-sequence commands. Recipients refused by the hooks are not.
 
+mod auth;
 mod data;
 mod ehlo;
 mod io;
 mod mail;
 mod rcpt;
+mod tls;
+
+pub use auth::{AuthVerdict, Credentials};
+pub use tls::TlsInfo;
 
 use crate::command::{Command, CommandError, MailParams, RcptParams, MAX_COMMAND_LINE};
 use crate::reply::Reply;
@@ -25,9 +36,38 @@ use io::{has_buffered_line, read_command_line, CommandLine, Deadlined};
 use mta_types::{Address, QueueId};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
+use tokio_rustls::rustls;
+
+/// What a listener demands of its clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListenerMode {
+    /// `[inbound] listen`: STARTTLS and AUTH optional.
+    #[default]
+    Relay,
+    /// `submission_listen` (RFC 6409): STARTTLS before AUTH, AUTH before MAIL.
+    Submission,
+    /// `submissions_listen` (RFC 8314): implicit TLS, AUTH before MAIL.
+    Submissions,
+}
+
+impl ListenerMode {
+    /// Whether MAIL needs an authenticated client.
+    pub fn requires_auth(self) -> bool {
+        self != ListenerMode::Relay
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerMode::Relay => "smtp",
+            ListenerMode::Submission => "submission",
+            ListenerMode::Submissions => "submissions",
+        }
+    }
+}
 
 /// Settings for one session; typically built from the `[smtp]` config section.
 #[derive(Clone, Debug)]
@@ -50,6 +90,8 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// What a bare LF in message content does (`[inbound] bare_newline`).
     pub bare_newline: crate::data::BareNewline,
+    /// What this listener demands (TLS, AUTH).
+    pub mode: ListenerMode,
 }
 
 impl Default for SessionConfig {
@@ -64,6 +106,7 @@ impl Default for SessionConfig {
             session_timeout: Duration::from_secs(3600),
             max_errors: 20,
             bare_newline: crate::data::BareNewline::default(),
+            mode: ListenerMode::Relay,
         }
     }
 }
@@ -90,8 +133,13 @@ pub struct Envelope {
     /// MAIL carried BODY=8BITMIME.
     pub eight_bit: bool,
     pub client: ClientInfo,
-    /// The Received header's `with` value: `SMTP` (HELO), `ESMTP` (EHLO), `UTF8SMTP`.
+    /// The Received header's `with` value (RFC 3848): `SMTP` (HELO), `ESMTP` (EHLO),
+    /// `UTF8SMTP`, each with `S` under TLS and `A` once authenticated (`ESMTPSA`).
     pub protocol: &'static str,
+    /// The TLS session, once STARTTLS (or the implicit handshake) succeeded.
+    pub tls: Option<TlsInfo>,
+    /// The authenticated identity (the directory user), after AUTH.
+    pub auth: Option<String>,
 }
 
 impl Envelope {
@@ -105,6 +153,25 @@ impl Envelope {
             eight_bit: false,
             client,
             protocol: "SMTP",
+            tls: None,
+            auth: None,
+        }
+    }
+
+    /// The `with` keyword for the state of the session (RFC 3848).
+    fn with_keyword(&self, esmtp: bool) -> &'static str {
+        let tls = self.tls.is_some();
+        let auth = self.auth.is_some();
+        match (self.utf8, esmtp, tls, auth) {
+            (true, _, false, false) => "UTF8SMTP",
+            (true, _, true, false) => "UTF8SMTPS",
+            (true, _, false, true) => "UTF8SMTPA",
+            (true, _, true, true) => "UTF8SMTPSA",
+            (false, false, _, _) => "SMTP",
+            (false, true, false, false) => "ESMTP",
+            (false, true, true, false) => "ESMTPS",
+            (false, true, false, true) => "ESMTPA",
+            (false, true, true, true) => "ESMTPSA",
         }
     }
 }
@@ -159,6 +226,43 @@ pub trait SessionHooks: Send {
     /// [`BareLineEvent`]). Default: nothing.
     fn bare_line_ending(&mut self, _env: &Envelope, _event: BareLineEvent) {}
 
+    /// The TLS config to offer STARTTLS (or run the implicit handshake) with; `None`: no
+    /// TLS (STARTTLS answered 502). Default: none.
+    fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        None
+    }
+
+    /// Whether AUTH can be offered (once TLS is up). Default: no.
+    fn auth_available(&self) -> bool {
+        false
+    }
+
+    /// Checks credentials. Called for AUTH PLAIN and LOGIN over TLS only. Default: fail.
+    fn authenticate(
+        &mut self,
+        _env: &Envelope,
+        _mechanism: &str,
+        _credentials: Credentials,
+    ) -> impl Future<Output = AuthVerdict> + Send {
+        async { AuthVerdict::Failed }
+    }
+
+    /// Called at MAIL from an authenticated client (`env.auth` is set): `Some(reply)`
+    /// refuses the sender (someone else's address: `553 5.7.1`). Default: accept.
+    fn check_sender(&mut self, _env: &Envelope, _from: Option<&Address>) -> Option<Reply> {
+        None
+    }
+
+    /// A TLS handshake succeeded. Default: nothing.
+    fn tls_started(&mut self, _info: &TlsInfo) {}
+
+    /// A TLS handshake failed (the session ends). Default: nothing.
+    fn tls_failed(&mut self, _reason: &str) {}
+
+    /// `octets` pipelined after STARTTLS were discarded (a command injection attempt, or a
+    /// broken client). Default: nothing.
+    fn injection_discarded(&mut self, _octets: usize) {}
+
     /// Protocol transcript for debug logging (SMTPDebugIO): each command line as received
     /// and each reply as sent (not message content). Default: nothing.
     fn transcript(&mut self, _dir: Direction, _line: &[u8]) {}
@@ -174,6 +278,8 @@ pub enum EndReason {
     ClientClosed,
     /// A malformed BDAT left the chunk length unknown (see [`CommandError::loses_sync`]).
     LostSync,
+    /// The TLS handshake failed (or an implicit-TLS listener has no certificate).
+    TlsFailed,
 }
 
 /// Counts for the session's summary log line.
@@ -220,7 +326,11 @@ where
     H: SessionHooks,
 {
     let deadline = Instant::now() + cfg.session_timeout;
-    let io = BufReader::new(Deadlined::new(stream, cfg.command_timeout, deadline));
+    let io = BufReader::new(Deadlined::new(
+        tls::Conn::Plain(stream),
+        cfg.command_timeout,
+        deadline,
+    ));
     let postmaster = cfg
         .hostname
         .parse()
@@ -249,7 +359,7 @@ where
 }
 
 pub(crate) struct Session<'a, S, H> {
-    io: BufReader<Deadlined<S>>,
+    io: BufReader<Deadlined<tls::Conn<S>>>,
     /// Replies not yet written.
     out: Vec<u8>,
     cfg: &'a SessionConfig,
@@ -271,6 +381,16 @@ where
     H: SessionHooks,
 {
     async fn run(&mut self) -> EndReason {
+        if self.cfg.mode == ListenerMode::Submissions {
+            // RFC 8314: TLS from the first byte; the greeting comes over TLS.
+            let Some(config) = self.hooks.tls_config() else {
+                self.hooks.tls_failed("no TLS certificate for an implicit-TLS listener");
+                return EndReason::TlsFailed;
+            };
+            if let Flow::Close(reason) = self.handshake(config).await {
+                return reason;
+            }
+        }
         self.reply(Reply::greeting(&self.cfg.hostname));
         let end = loop {
             if !has_buffered_line(&self.io) && !self.flush().await {
@@ -289,7 +409,10 @@ where
                     Flow::Continue => continue,
                 },
             };
-            self.hooks.transcript(Direction::In, &line);
+            match auth::redact(&line) {
+                Some(redacted) => self.hooks.transcript(Direction::In, &redacted),
+                None => self.hooks.transcript(Direction::In, &line),
+            }
             let flow = match Command::parse(&line, self.env.utf8) {
                 Ok(command) => self.dispatch(command).await,
                 Err(e) => self.command_error(e),
@@ -326,7 +449,9 @@ where
                 Flow::Close(EndReason::Quit)
             }
             Command::Vrfy(_) => self.reply(Reply::vrfy_cannot()),
-            Command::Expn | Command::Starttls => self.error(Reply::not_implemented()),
+            Command::Starttls => self.starttls().await,
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial).await,
+            Command::Expn => self.error(Reply::not_implemented()),
             Command::Help => self.reply(Reply::help()),
             Command::Unknown(_) => self.error(Reply::syntax_error()),
         }
@@ -404,7 +529,7 @@ where
         self.env.rcpts.clear();
         self.env.utf8 = false;
         self.env.eight_bit = false;
-        self.env.protocol = if self.esmtp { "ESMTP" } else { "SMTP" };
+        self.env.protocol = self.env.with_keyword(self.esmtp);
         if !matches!(self.state, SessionState::Fresh) {
             self.state = SessionState::Greeted;
         }

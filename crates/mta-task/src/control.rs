@@ -82,7 +82,10 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
             TaskRequest::Refresh => match self.ctx.reload_directory() {
                 Ok(users) => {
                     tracing::info!("directory re-read: {users} users");
-                    TaskResponse::Ack
+                    match self.task.refresh(&self.ctx) {
+                        Ok(()) => TaskResponse::Ack,
+                        Err(e) => TaskResponse::Error(e),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!("directory not re-read, keeping the old one: {e}");

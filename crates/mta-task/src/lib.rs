@@ -80,6 +80,13 @@ pub trait Task: Sized + Send + Sync + 'static {
         Vec::new()
     }
 
+    /// `tell smtpmta refresh` reached this task and the directory was re-read: reload
+    /// whatever else the task keeps from files (isesctl: the TLS certificate). An error
+    /// is reported to the console; the task keeps what it had. Default: nothing.
+    fn refresh(&self, _ctx: &TaskContext) -> Result<(), String> {
+        Ok(())
+    }
+
     /// A TELL command other than `show status`.
     fn tell(
         &self,

@@ -144,6 +144,10 @@ pub struct Suite {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub smtp_port: u16,
+    /// `[inbound] submission_listen` (STARTTLS + AUTH), on a free loopback port.
+    pub submission_port: u16,
+    /// `[inbound] submissions_listen` (implicit TLS + AUTH), on a free loopback port.
+    pub submissions_port: u16,
     child: Option<Child>,
     test_hooks: bool,
     /// Every task pid seen, so none can outlive the test.
@@ -160,11 +164,27 @@ impl Suite {
             .tempdir()
             .expect("tempdir");
         let smtp_port = free_port();
+        let (submission_port, submissions_port) = (free_port(), free_port());
+        // Suites run in parallel: the submission listeners' embedded defaults (2587, 2465)
+        // would collide, so each suite gets free ports unless the test sets them.
+        let given = |key: &str| {
+            opts.sections
+                .iter()
+                .any(|(n, l)| *n == "inbound" && l.trim_start().starts_with(key))
+        };
+        let mut inbound = vec![format!("listen = [\"127.0.0.1:{smtp_port}\"]")];
+        if !given("submission_listen") {
+            inbound.push(format!(
+                "submission_listen = [\"127.0.0.1:{submission_port}\"]"
+            ));
+        }
+        if !given("submissions_listen") {
+            inbound.push(format!(
+                "submissions_listen = [\"127.0.0.1:{submissions_port}\"]"
+            ));
+        }
         let mut sections: Vec<(&str, Vec<String>)> = vec![
-            (
-                "inbound",
-                vec![format!("listen = [\"127.0.0.1:{smtp_port}\"]")],
-            ),
+            ("inbound", inbound),
             ("outbound", vec![]),
             ("dns", vec![]),
             ("debug", vec![]),
@@ -215,6 +235,8 @@ impl Suite {
             dir,
             config,
             smtp_port,
+            submission_port,
+            submissions_port,
             child: None,
             test_hooks: opts.test_hooks,
             seen_pids: Vec::new(),

@@ -11,15 +11,24 @@ where
 {
     /// The extensions advertised in the EHLO reply.
     fn extensions(&self) -> Vec<String> {
-        vec![
+        let mut ext = vec![
             "PIPELINING".into(),
             format!("SIZE {}", self.cfg.max_message_size),
+        ];
+        if self.starttls_offered() {
+            ext.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            ext.push(super::auth::MECHANISMS.into());
+        }
+        ext.extend([
             "8BITMIME".into(),
             "ENHANCEDSTATUSCODES".into(),
             "SMTPUTF8".into(),
             "DSN".into(),
             "CHUNKING".into(),
-        ]
+        ]);
+        ext
     }
 
     pub(super) fn ehlo(&mut self, host: String) -> Flow {

@@ -36,6 +36,11 @@ impl<S> Deadlined<S> {
         self.armed = false;
     }
 
+    /// The stream itself (for the STARTTLS upgrade).
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }

@@ -15,6 +15,17 @@ where
         if !matches!(self.state, SessionState::Greeted) {
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
+        if self.cfg.mode == super::ListenerMode::Submission && self.env.tls.is_none() {
+            return self.error(Reply::starttls_first());
+        }
+        if self.cfg.mode.requires_auth() && self.env.auth.is_none() {
+            return self.error(Reply::auth_required());
+        }
+        if self.env.auth.is_some() {
+            if let Some(refusal) = self.hooks.check_sender(&self.env, from.address()) {
+                return self.error(refusal);
+            }
+        }
         if !self.esmtp && !params.is_empty() {
             return self.error(Reply::esmtp_needs_ehlo());
         }
@@ -30,11 +41,7 @@ where
         self.env.mail_from = from.address().cloned();
         self.env.utf8 = params.smtputf8;
         self.env.eight_bit = params.body == Some(Body::EightBitMime);
-        self.env.protocol = match (params.smtputf8, self.esmtp) {
-            (true, _) => "UTF8SMTP",
-            (false, true) => "ESMTP",
-            (false, false) => "SMTP",
-        };
+        self.env.protocol = self.env.with_keyword(self.esmtp);
         self.env.mail_params = params;
         self.state = SessionState::MailFrom;
         self.reply(Reply::sender_ok())

@@ -54,6 +54,7 @@ fn test_config() -> SessionConfig {
         session_timeout: Duration::from_secs(600),
         max_errors: 5,
         bare_newline: crate::data::BareNewline::Reject,
+        mode: ListenerMode::Relay,
     }
 }
 

@@ -1,18 +1,29 @@
-//! The SMTP client side of one outbound session: greeting, EHLO (HELO fallback), MAIL,
-//! RCPT, DATA, RSET, QUIT — one command, one reply, so every recipient's reply is seen.
+//! The SMTP client side of one outbound session: greeting, EHLO (HELO fallback),
+//! STARTTLS (RFC 3207), MAIL, RCPT, DATA, RSET, QUIT — one command, one reply (or one
+//! pipelined group, RFC 2920), so every recipient's reply is seen. Used by `oseshlrN`;
+//! it lives here, beside the server session, so one crate owns the SMTP grammar for both
+//! directions (as KumoMTA's `rfc5321` crate does).
 //!
 //! Why not lettre's `AsyncSmtpConnection` (DESIGN.md lists it): its `message()` dot-stuffs
 //! and always appends `CRLF . CRLF`, so content already ending in CRLF gains a line, and
 //! its stuffing only sees line starts after CRLF. A relay must be byte-exact and must
-//! never let a bare LF end the transfer, so this client writes `mta_smtp::dot_stuff` of
-//! the spooled bytes itself and reads replies with `mta_smtp::read_reply`: the grammar
-//! stays in mta-smtp, this file is only the socket.
+//! never let a bare LF end the transfer, so this client writes [`crate::dot_stuff`] of
+//! the spooled bytes itself and reads replies with [`crate::read_reply`].
+//!
+//! STARTTLS: after the 220, anything the server sent beyond it is discarded before the
+//! handshake (the client-side twin of the injection defence), and the caller says EHLO
+//! again over TLS.
 
-use mta_smtp::{dot_stuff, read_reply, Reply, ReplyError};
+use crate::session::TlsInfo;
+use crate::{dot_stuff, read_reply, Reply, ReplyError};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 /// Why the session cannot go on (every unfinished recipient is retried).
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +46,17 @@ pub enum SessionError {
         command: String,
         source: std::io::Error,
     },
+    /// The TLS handshake after STARTTLS failed (the certificate, the protocol, a reset).
+    #[error("TLS handshake failed: {reason}")]
+    Handshake { reason: String },
+}
+
+impl SessionError {
+    /// Whether the failure is the TLS handshake (under `may`, a reason to retry in
+    /// plaintext on a new connection).
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, SessionError::Handshake { .. })
+    }
 }
 
 /// What the server offered in its EHLO reply.
@@ -45,6 +67,8 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub size: Option<u64>,
+    /// RFC 3207.
+    pub starttls: bool,
 }
 
 impl Extensions {
@@ -57,6 +81,7 @@ impl Extensions {
                 "PIPELINING" => ext.pipelining = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
+                "STARTTLS" => ext.starttls = true,
                 "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0),
                 _ => {}
             }
@@ -65,10 +90,67 @@ impl Extensions {
     }
 }
 
+/// The client's stream: plaintext, or TLS after STARTTLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Gone,
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "TLS handshake failed")
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 pub struct SmtpClient {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Conn>,
     timeout: Duration,
     pub ext: Extensions,
+    /// The TLS session, after a successful STARTTLS.
+    pub tls: Option<TlsInfo>,
 }
 
 impl SmtpClient {
@@ -90,9 +172,10 @@ impl SmtpClient {
         };
         let _ = stream.set_nodelay(true);
         let mut client = SmtpClient {
-            stream: BufReader::new(stream),
+            stream: BufReader::new(Conn::Plain(stream)),
             timeout: command_timeout,
             ext: Extensions::default(),
+            tls: None,
         };
         let greeting = client.reply("connect").await?;
         Ok((client, greeting))
@@ -166,6 +249,46 @@ impl SmtpClient {
     pub async fn abandon_data(&mut self) -> Result<(), SessionError> {
         self.write("DATA", b".\r\n").await?;
         self.reply("end of DATA").await.map(|_| ())
+    }
+
+    /// STARTTLS and the handshake, checking the certificate against `server_name` as
+    /// `config` says. `Ok(Err(reply))`: the server refused STARTTLS (the session goes on in
+    /// plaintext, if the caller allows). After `Ok(Ok(_))` the caller must say EHLO again.
+    pub async fn starttls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Result<TlsInfo, Reply>, SessionError> {
+        let reply = self.command("STARTTLS").await?;
+        if reply.code != 220 {
+            return Ok(Err(reply));
+        }
+        let buffered = self.stream.buffer().len();
+        self.stream.consume(buffered);
+        let Conn::Plain(plain) = std::mem::replace(self.stream.get_mut(), Conn::Gone) else {
+            return Err(SessionError::Handshake {
+                reason: "STARTTLS on a TLS session".into(),
+            });
+        };
+        let connect = tokio_rustls::TlsConnector::from(config).connect(server_name, plain);
+        let tls = match tokio::time::timeout(self.timeout, connect).await {
+            Err(_) => {
+                return Err(SessionError::Handshake {
+                    reason: format!("timed out after {:?}", self.timeout),
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(SessionError::Handshake {
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        let info = TlsInfo::of(tls.get_ref().1);
+        *self.stream.get_mut() = Conn::Tls(Box::new(tls));
+        self.ext = Extensions::default();
+        self.tls = Some(info.clone());
+        Ok(Ok(info))
     }
 
     /// EHLO, or HELO when EHLO is refused. Records the offered extensions.
