@@ -11,14 +11,17 @@ written .env first, then .eml by rename. Per-recipient behaviour, by the local p
   contains "drop"   -> accepted, then the connection is closed in the middle of DATA
 --tempfail-first N: the first N RCPT commands get 451 whatever the address.
 --greet-451: every connection is greeted with 451 and closed.
+--throttle BPS: message content is read at about BPS bytes a second (a slow next hop:
+  a large message takes long, a small one goes through at once).
 Every socket has a timeout, so a stuck client cannot hold the sink."""
-import json, os, socket, sys, threading
+import json, os, socket, sys, threading, time
 
 host, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 args = sys.argv[4:]
 tempfail_left = [int(args[args.index("--tempfail-first") + 1]) if "--tempfail-first" in args else 0]
 eight_bit = "--no-8bitmime" not in args
 greet_451 = "--greet-451" in args
+throttle = int(args[args.index("--throttle") + 1]) if "--throttle" in args else 0
 lock = threading.Lock()
 counter = [0]
 os.makedirs(folder, exist_ok=True)
@@ -90,7 +93,12 @@ def serve(conn):
                     continue
                 send("354 go ahead")
                 data = bytearray()
+                started = time.monotonic()
                 while True:
+                    if throttle:
+                        ahead = len(data) / throttle - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
                     l = f.readline()
                     if not l:
                         return

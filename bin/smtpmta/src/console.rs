@@ -30,6 +30,7 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
         ConsoleCommand::ReleaseDead { qid } => crate::operations::release_dead(sup, &qid).await,
         ConsoleCommand::Delete { qid } => crate::operations::delete(sup, &qid).await,
         ConsoleCommand::Bulk { op, domain } => crate::operations::bulk(sup, op, &domain).await,
+        ConsoleCommand::RouteLocalDelivery => crate::operations::route_local_delivery(sup).await,
         ConsoleCommand::Trace { address } => match crate::trace::trace(sup, &address).await {
             Ok(text) => ConsoleReply::Text(text),
             Err(e) => ConsoleReply::Error(e),
@@ -187,6 +188,12 @@ pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
     for ((_, mut row), status) in tasks.into_iter().zip(statuses) {
         let handlers = match status {
             Some(s) => {
+                // A controller whose transport is stopped is, to the operator, a stopped
+                // task (Domino's osesctl exits; ours stays to hear `start`): its state
+                // says so, its detail says why.
+                if row.state == "running" && s.detail.contains("transport stopped") {
+                    row.state = "stopped".into();
+                }
                 if row.detail.is_empty() {
                     row.detail = s.detail;
                 }

@@ -89,6 +89,8 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
+    ("route", "try every pending destination now"),
+    ("route localdelivery", "retry local deliveries waiting in mail.box now"),
     ("help", "this list"),
 ];
 
@@ -175,6 +177,8 @@ pub enum ConsoleCommand {
         op: crate::store::BulkOp,
         domain: String,
     },
+    /// `route localdelivery`: local deliveries waiting for a retry are tried now.
+    RouteLocalDelivery,
     Trace {
         address: String,
     },
@@ -248,17 +252,30 @@ impl ConsoleCommand {
             ["set", "config", ..] => {
                 Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
             }
+            ["route", "localdelivery" | "local"] => Ok(ConsoleCommand::RouteLocalDelivery),
             ["route", _] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),
             }),
-            ["route", ..] => {
-                Err("usage: route <domain> (try that destination's messages now)".into())
-            }
+            // Domino's `Route` alone: every pending destination now.
+            ["route"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["route".into()]),
+            }),
+            ["route", ..] => Err(
+                "usage: route [<domain> | localdelivery] (try those messages now)".into(),
+            ),
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
             }),
+            ["tell", task, ..] if handler_controller(task).is_some() => {
+                let (controller, transport) = handler_controller(task).expect("checked");
+                Err(format!(
+                    "{task} is a session handler of {controller}: it takes no TELL commands; \
+                     it stops with its controller (`tell smtpmta stop {transport} transport`)"
+                ))
+            }
             ["tell", task, rest @ ..] if !rest.is_empty() => {
                 let task: TaskName = task
                     .parse()
@@ -274,6 +291,21 @@ impl ConsoleCommand {
             )),
         }
     }
+}
+
+/// For a session handler's name (`oseshlr0`, `iseshlr12`): its controller and its
+/// transport's word (`outbound`, `inbound`). As in Domino, a handler cannot be told
+/// anything (seed 002, exercise 1).
+fn handler_controller(name: &str) -> Option<(&'static str, &'static str)> {
+    let (controller, transport, digits) = if let Some(d) = name.strip_prefix("oseshlr") {
+        ("osesctl", "outbound", d)
+    } else if let Some(d) = name.strip_prefix("iseshlr") {
+        ("isesctl", "inbound", d)
+    } else {
+        return None;
+    };
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((controller, transport))
 }
 
 /// One row of `show tasks`: a task, or a session handler of a controller.
@@ -382,6 +414,11 @@ mod tests {
                 command: TellCommand::ShowStatus
             }
         );
+        let e = ConsoleCommand::parse("tell oseshlr0 quit").unwrap_err();
+        assert!(e.contains("session handler of osesctl"), "{e}");
+        assert!(ConsoleCommand::parse("tell ISESHLR2 show status")
+            .unwrap_err()
+            .contains("stop inbound transport"));
         assert!(ConsoleCommand::parse("tell nobody quit")
             .unwrap_err()
             .contains("unknown task"));
