@@ -294,9 +294,11 @@ def count_files(d):
 class Smtpmta:
     name = "smtpmta"
 
-    def __init__(self, top, sink_port):
+    def __init__(self, top, sink_port, metrics=False):
         self.dir = tempfile.mkdtemp(prefix="smtpmta-", dir=top)
         self.port = free_port()
+        self.metrics_port = free_port() if metrics else None
+        metrics_listen = "127.0.0.1:%d" % self.metrics_port if metrics else ""
         self.cfg = os.path.join(self.dir, "smtpmta.toml")
         with open(self.cfg, "w") as f:
             f.write(f'''hostname = "bench-smtpmta.localhost"
@@ -313,7 +315,7 @@ max_handlers = 1100
 relay_host = "127.0.0.1:{sink_port}"
 
 [metrics]
-listen = ""
+listen = "{metrics_listen}"
 ''')
         with open(os.path.join(self.dir, "directory.toml"), "w") as f:
             f.write(f'''[[user]]
@@ -610,11 +612,13 @@ def strace_fsyncs(mta):
     return finish
 
 
-def throughput_run(kind, top, sc, trace=False):
-    """One run of a relay/local scenario on a fresh daemon; returns its figures."""
+def throughput_run(kind, top, sc, trace=False, metrics=False):
+    """One run of a relay/local scenario on a fresh daemon; returns its figures. With
+    `metrics`, smtpmta serves /metrics and it is scraped every second meanwhile."""
     count = sc["fsync_count"] if trace else sc["count"]
     sink = Sink(top)
-    mta = MTAS[kind](top, sink.port)
+    mta = MTAS[kind](top, sink.port, metrics=True) if metrics else MTAS[kind](top, sink.port)
+    scraper = Scraper(mta.metrics_port) if metrics else None
     try:
         local = sc["local"]
         done = (lambda: count_files(mta.maildir_new) >= count) if local else (lambda: sink.messages() >= count)
@@ -635,8 +639,73 @@ def throughput_run(kind, top, sc, trace=False):
         return {"accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
                 "cpu_us": (cpu1 - cpu0) / count, "pss_mib": peak / 1024}
     finally:
+        if scraper:
+            scraper.stop()
         mta.stop()
         sink.close()
+
+
+class Scraper(threading.Thread):
+    """GET /metrics once a second, as a Prometheus server with a 1 s interval would."""
+
+    def __init__(self, port, every=1.0):
+        super().__init__(daemon=True)
+        self.port, self.every, self.done, self.scrapes = port, every, threading.Event(), 0
+        self.start()
+
+    def run(self):
+        while not self.done.wait(self.every):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+                self.scrapes += 1
+            except OSError as e:
+                log("scrape failed: %s" % e)
+
+    def stop(self):
+        self.done.set()
+        self.join(timeout=15)
+        return self.scrapes
+
+
+def metrics_run(kind, top, sc):
+    """Issue 13's figures: what scraping /metrics every second costs an idle suite (CPU of
+    all its processes over `idle_secs` with and without scrapes, a queue of `queued`
+    deferred messages so the scrape has destinations to list), and the 1 KiB × 20 relay
+    with metrics on and scraped against metrics off (alternating runs, median each)."""
+    sink = Sink(top)
+    mta = Smtpmta(top, sink.port, metrics=True)
+    try:
+        mta.stop_outbound()
+        smtp_source(mta.port, 20, sc["queued"], 1024, True, "rcpt@deferred.example")
+        wait_until(lambda: mta.held_all(sc["queued"]), 120, "queued messages in outbound-work", every=0.1)
+        time.sleep(2.0)
+        secs = sc["idle_secs"]
+        c0 = mta.group.cpu_usec()
+        time.sleep(secs)
+        c1 = mta.group.cpu_usec()
+        scraper = Scraper(mta.metrics_port)
+        time.sleep(secs)
+        scrapes = scraper.stop()
+        c2 = mta.group.cpu_usec()
+        idle = (c1 - c0) / (secs * 1e4)
+        scraped = (c2 - c1) / (secs * 1e4)
+        out = {"idle_cpu_pct": idle, "scraped_cpu_pct": scraped, "scrape_cost_pct": scraped - idle,
+               "scrapes": scrapes}
+    finally:
+        mta.stop()
+        sink.close()
+    tp = dict(sc, kind="tp", local=False, reuse=False, sessions=20, size=1024)
+    on, off = [], []
+    for _ in range(sc["tp_reps"]):
+        off.append(throughput_run("smtpmta", top, tp)["e2e"])
+        on.append(throughput_run("smtpmta", top, tp, metrics=True)["e2e"])
+    out["e2e_metrics_off"] = statistics.median(off)
+    out["e2e_metrics_on"] = statistics.median(on)
+    out["metrics_on_pct"] = 100.0 * out["e2e_metrics_on"] / out["e2e_metrics_off"]
+    return out
 
 
 def message(i, size):
@@ -974,6 +1043,9 @@ def scenarios(quick):
     out.append(dict(id="drain", title="drain 20,000 × 1 KiB queued with outbound stopped", kind="drain",
                     size=k, sessions=20, reuse=True, count=20000))
     out.append(dict(id="idle", title="1,000 idle connections", kind="idle", count=1000))
+    # issue 13: smtpmta only
+    out.append(dict(id="metrics", title="/metrics: scrape cost and relay with metrics on", kind="metrics", reps=1,
+                    count=3000, queued=2000, idle_secs=20, tp_reps=3))
     # issue 10; one run whatever --reps (~10-15 min); its own table and docs block
     out.append(dict(id="backlog", title="backlog", kind="backlog", reps=1, size=k, sessions=20,
                     count=1_000_000, pf_count=100_000, intake=5000, drain_first=100_000, idle_secs=10))
@@ -994,6 +1066,12 @@ FIGS = [  # key, label, unit, better, target ratio
     ("connections", "idle connections with banner", "", "higher", None),
     ("processes", "processes", "", "lower", None),
     ("served", "new client served", "", "higher", None),
+    ("idle_cpu_pct", "idle CPU, % of a core, not scraped", "", "lower", None),
+    ("scraped_cpu_pct", "idle CPU, % of a core, /metrics scraped every second", "", "lower", None),
+    ("scrape_cost_pct", "cost of the scrapes, % of a core (target < 1 %)", "", "lower", None),
+    ("e2e_metrics_off", "relay 1 KiB × 20 end-to-end msg/s, metrics off", "", "higher", None),
+    ("e2e_metrics_on", "the same, metrics on and scraped every second", "", "higher", None),
+    ("metrics_on_pct", "metrics on, % of off (target ≥ 97 %)", "", "higher", None),
 ]
 
 
@@ -1002,6 +1080,8 @@ def kinds_for(sc):
     delivers locally only through an external MDA, and has no console for the others)."""
     if sc["kind"] == "tp" and not sc["local"] and shutil.which("chasquid"):
         return ("smtpmta", "postfix", "chasquid")
+    if sc["kind"] == "metrics":
+        return ("smtpmta",)
     return ("smtpmta", "postfix")
 
 
@@ -1176,7 +1256,7 @@ def main():
         keep = a.only.split(",")
         scs = [s for s in scs if s["id"] in keep]
     for s in scs:
-        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first"):
+        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first", "queued"):
             if k in s and s["kind"] != "idle":
                 s[k] = max(10, int(s[k] * a.scale))
         if s["kind"] == "backlog":
@@ -1203,7 +1283,7 @@ def main():
             for rep in range(min(reps, sc.get("reps", reps))):
                 for kind in kinds_for(sc):
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
-                          "backlog": backlog_run}[sc["kind"]]
+                          "backlog": backlog_run, "metrics": metrics_run}[sc["kind"]]
                     try:
                         r = fn(kind, top, sc)
                     except Exception as e:

@@ -28,6 +28,37 @@ pub struct Stats {
     pub to_smtp: AtomicU64,
 }
 
+/// The Maildirs a batch wrote into, and the files it renamed into each `new/`: every
+/// `new/` is synced once at the end of the batch, before any outcome is committed.
+#[derive(Default)]
+struct Unsynced(Vec<(Maildir, Vec<std::path::PathBuf>)>);
+
+impl Unsynced {
+    fn add(&mut self, maildir: &Path, file: std::path::PathBuf) {
+        match self.0.iter_mut().find(|(m, _)| m.root() == maildir) {
+            Some((_, files)) => files.push(file),
+            None => self.0.push((Maildir::new(maildir), vec![file])),
+        }
+    }
+
+    /// Syncs every `new/`. On a failure the files delivered into that Maildir are taken
+    /// back (their renames may not survive a crash) and the batch is not committed: it is
+    /// retried, and the deliveries into other Maildirs may repeat (at-least-once).
+    fn sync(self) -> Result<(), String> {
+        let mut failed = None;
+        for (maildir, files) in self.0 {
+            if let Err(e) = maildir.sync_new() {
+                for f in &files {
+                    let _ = std::fs::remove_file(f);
+                }
+                tracing::warn!("{e}: {} deliveries taken back; the batch is retried", files.len());
+                failed.get_or_insert(e.to_string());
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}
+
 /// The outcome of a batch.
 pub struct Batch {
     pub changes: Vec<Change>,
@@ -35,6 +66,8 @@ pub struct Batch {
     pub to_smtp: usize,
     /// Messages moved to `reports` (drt is kicked when non-zero).
     pub to_reports: usize,
+    /// A Maildir whose `new/` could not be synced: nothing of the batch may be committed.
+    pub unsynced: Option<String>,
 }
 
 /// Routes and delivers a claimed batch (blocking: reads the spool and writes Maildirs).
@@ -48,8 +81,9 @@ pub fn deliver_batch(
     let mut changes = Vec::with_capacity(records.len());
     let mut to_smtp = 0;
     let mut to_reports = 0;
+    let mut unsynced = Unsynced::default();
     for mut record in records {
-        let location = deliver_one(&mut record, routing, spool_dir, log_level, stats);
+        let location = deliver_one(&mut record, routing, spool_dir, log_level, stats, &mut unsynced);
         if location == Location::Queue(QueueName::SmtpBox) {
             to_smtp += 1;
             stats.to_smtp.fetch_add(1, Ordering::Relaxed);
@@ -63,6 +97,7 @@ pub fn deliver_batch(
         changes,
         to_smtp,
         to_reports,
+        unsynced: unsynced.sync().err(),
     }
 }
 
@@ -72,6 +107,7 @@ fn deliver_one(
     spool_dir: &Path,
     log_level: u8,
     stats: &Stats,
+    unsynced: &mut Unsynced,
 ) -> Location {
     let qid = record.id;
     let now = now_ms();
@@ -109,7 +145,7 @@ fn deliver_one(
                 );
             }
             let result = match &content {
-                Ok(bytes) => write_mailbox(record, delivery, bytes),
+                Ok(bytes) => write_mailbox(record, delivery, bytes, unsynced),
                 Err(e) => Err(LocalFailure {
                     dsn: "4.3.0".into(),
                     reason: format!("cannot read the content: {e}"),
@@ -154,12 +190,13 @@ fn write_mailbox(
     record: &MessageRecord,
     delivery: &MailboxDelivery,
     content: &[u8],
+    unsynced: &mut Unsynced,
 ) -> Result<(), LocalFailure> {
     let prefix =
         trace_headers_for_delivery(record.envelope.mail_from.as_ref(), &delivery.delivered_to);
     Maildir::new(&delivery.maildir)
-        .deliver(prefix.as_bytes(), content)
-        .map(|_| ())
+        .deliver_unsynced(prefix.as_bytes(), content)
+        .map(|file| unsynced.add(&delivery.maildir, file))
         .map_err(|e| {
             // Routing defers every local failure; that is right only while all are transient.
             debug_assert!(e.is_transient(), "a permanent local delivery error: {e}");

@@ -1,7 +1,8 @@
 //! Local delivery to a Maildir (https://cr.yp.to/proto/maildir.html).
 //!
 //! A message is written to `tmp/<unique>`, fsynced, renamed into `new/<unique>,S=<size>`, and
-//! the `new/` directory is fsynced, so that once `deliver` returns `Ok` the message survives a
+//! the `new/` directory is fsynced (once per Maildir per batch: `deliver_unsynced`, then
+//! `sync_new`), so that once the batch's outcomes are committed the message survives a
 //! crash; until then the recipient stays pending and is retried. A failed delivery leaves
 //! nothing behind in `tmp/` (nor in `new/`).
 //!
@@ -123,8 +124,24 @@ impl Maildir {
     }
 
     /// Writes `prefix` (the trace headers) followed by `content` as one new message and
-    /// returns its final path in `new/`. Creates the Maildir if `tmp/` is missing.
+    /// returns its final path in `new/`, durably. Creates the Maildir if `tmp/` is missing.
+    /// (The router delivers a batch with `deliver_unsynced` and one `sync_new` per Maildir.)
+    #[cfg(test)]
     pub fn deliver(&self, prefix: &[u8], content: &[u8]) -> Result<PathBuf, DeliveryError> {
+        let final_path = self.deliver_unsynced(prefix, content)?;
+        // If the directory sync fails the message may or may not survive a crash: take it
+        // back and let the retry deliver it again.
+        let final_guard = RemoveOnDrop(Some(final_path.clone()));
+        self.sync_new()?;
+        final_guard.disarm();
+        Ok(final_path)
+    }
+
+    /// Like `deliver`, but the rename into `new/` is not yet durable: the caller syncs
+    /// `new/` once (`sync_new`) for every message it delivered into this Maildir, before it
+    /// reports any of them delivered. One directory sync per mailbox per batch instead of
+    /// one per message. The message file itself is synced here.
+    pub fn deliver_unsynced(&self, prefix: &[u8], content: &[u8]) -> Result<PathBuf, DeliveryError> {
         let name = unique_name();
         let tmp_path = self.root.join("tmp").join(&name);
         let file = match create_new(&tmp_path) {
@@ -161,18 +178,18 @@ impl Maildir {
             source,
         })?;
         guard.disarm();
+        Ok(final_path)
+    }
 
-        // The rename is durable only once the directory is. If that fails the message may or
-        // may not survive a crash: take it back and let the retry deliver it again.
-        let final_guard = RemoveOnDrop(Some(final_path.clone()));
+    /// Makes every rename into `new/` so far durable (fsync of the directory).
+    pub fn sync_new(&self) -> Result<(), DeliveryError> {
+        let new_dir = self.root.join("new");
         File::open(&new_dir)
             .and_then(|dir| dir.sync_all())
             .map_err(|source| DeliveryError::Sync {
                 path: new_dir.clone(),
                 source,
-            })?;
-        final_guard.disarm();
-        Ok(final_path)
+            })
     }
 }
 

@@ -115,6 +115,9 @@ impl QueueWorker for Router {
         })
         .await
         .map_err(|e| format!("routing panicked: {e}"))?;
+        if let Some(e) = batch.unsynced {
+            return Err(format!("a mailbox could not be made durable: {e}"));
+        }
         // If the commit fails, the mailboxes are written but the outcomes are not recorded:
         // the messages come back and are delivered again (at-least-once, never lost).
         Ok((batch.changes, (batch.to_smtp, batch.to_reports)))

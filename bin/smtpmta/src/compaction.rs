@@ -101,6 +101,10 @@ pub fn compact(
     flushed: impl FnOnce() -> Result<(), String>,
 ) -> Result<Compacted, String> {
     let dir = sup.config.spool_dir();
+    if sup.store.engine().damage().is_some() {
+        // The content of messages whose records the damage lost is only in the spool.
+        return Err("compaction is held off: the queue store was found damaged (see its DAMAGED report)".into());
+    }
     // List first: a segment created after the listing is not looked at.
     let segments = mta_spool::list_segments(&dir).map_err(|e| e.to_string())?;
     let referenced = sup

@@ -226,8 +226,10 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     compaction.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
-    // Make sure the last commits are on disk before the database closes.
+    // Make sure the last commits are on disk before the database closes, and the store's
+    // flush mark with them (the tasks are gone: nothing commits any more).
     sup.store.flush().await?;
+    sup.store.engine().flush_at_close()?;
     drop(instance);
     tracing::info!("smtpmta supervisor stopped");
     Ok(())

@@ -104,6 +104,11 @@ pub struct Engine {
     writer: Mutex<WriterCache>,
     /// The last `RECENT_OUTCOMES` recipient outcomes applied (in memory only).
     recent: Mutex<std::collections::VecDeque<crate::stats::RecentOutcome>>,
+    /// The number of the last flush (`keys::FLUSH_SEQ_KEY`).
+    flush_seq: std::sync::atomic::AtomicU64,
+    /// Set when the database was found behind its mark (`durability.rs`); kept in the
+    /// `DAMAGED` report file until the operator removes it.
+    damage: Option<String>,
 }
 
 /// The last written value of each small derived key (counter, count, segment reference,
@@ -218,13 +223,16 @@ impl Engine {
             })?;
         let tree = db.open_tree("queue")?;
         let files = StoreFiles::open(dir, data_dir)?;
-        let engine = Engine {
+        let mut engine = Engine {
             db,
             tree,
             files: Arc::new(Mutex::new(files)),
             writer: Mutex::new(WriterCache::default()),
             recent: Mutex::new(Default::default()),
+            flush_seq: Default::default(),
+            damage: None,
         };
+        engine.check_flush_mark(dir)?;
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
         if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
             engine.rebuild()?;
@@ -536,9 +544,73 @@ impl Engine {
     /// (`durability.rs`). One call covers any number of batches (group commit). Blocks:
     /// the store's committer thread calls it.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.flush_marked(false)
+    }
+
+    /// `flush`, and the mark rewritten whatever its age (at close).
+    pub fn flush_at_close(&self) -> Result<(), StoreError> {
+        self.flush_marked(true)
+    }
+
+    fn flush_marked(&self, close: bool) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let seq = self.flush_seq.load(Ordering::Relaxed) + 1;
+        self.tree.insert(keys::FLUSH_SEQ_KEY, &seq.to_be_bytes()[..])?;
         self.db.flush()?;
-        self.files.lock().expect("store files").sync()?;
+        let mut files = self.files.lock().expect("store files");
+        files.sync()?;
+        self.flush_seq.store(seq, Ordering::Relaxed);
+        files.mark(seq, close)?;
         Ok(())
+    }
+
+    /// At open: a database whose last flush number is below its mark lost writes that
+    /// were durable (sled dropped its log after a damaged entry, `durability.rs`). Said in
+    /// the log and in the `DAMAGED` report, which stays (and holds spool compaction off, so
+    /// the content of messages whose records were lost is kept) until the operator
+    /// removes it. A report left from an earlier start counts as well.
+    fn check_flush_mark(&mut self, dir: &Path) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let seq = self
+            .tree
+            .get(keys::FLUSH_SEQ_KEY)?
+            .map(|v| keys::u64_value(&v))
+            .unwrap_or(0);
+        self.flush_seq.store(seq, Ordering::Relaxed);
+        let mut files = self.files.lock().expect("store files");
+        let mark = files.mark_at_open;
+        let report_path = dir.join(crate::durability::DAMAGE_REPORT);
+        if seq < mark {
+            let db = dir.join("db");
+            let text = format!(
+                "the queue store {} is damaged: it opened at flush {seq}, but flush {mark} had been \
+                 made durable (mark file {}). sled stops reading its log at the first damaged \
+                 entry (it does not say at which offset) and drops every later one, so records \
+                 written after it are lost: messages accepted or moved since may be missing from \
+                 the queue. Their content stays in the spool: compaction is held off while this \
+                 report ({}) exists; remove it once the spool has been looked at.",
+                db.display(),
+                dir.join(crate::durability::MARK_FILE).display(),
+                report_path.display(),
+            );
+            tracing::error!("{text}");
+            std::fs::write(&report_path, format!("{text}\n"))?;
+            crate::durability::sync_dir(dir)?;
+            files.reset_mark(seq)?;
+            self.damage = Some(text);
+        } else if let Ok(text) = std::fs::read_to_string(&report_path) {
+            tracing::error!(
+                "the queue store was found damaged at an earlier start ({}): spool compaction stays off until it is removed",
+                report_path.display()
+            );
+            self.damage = Some(text.trim().to_string());
+        }
+        Ok(())
+    }
+
+    /// The damage found at open (`check_flush_mark`), while its report exists.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     /// fsync/fdatasync calls made on the store's files since it opened.

@@ -31,6 +31,9 @@ pub const SEGMENT_REFS: u8 = b'g';
 pub const COUNTER: u8 = b's';
 pub const LAYOUT_KEY: &[u8] = b"v";
 pub const DAMAGED: u8 = b'x';
+/// The number of the last flush (u64 big-endian), written with every flush: compared at
+/// open with the mark file beside the database (`durability.rs`).
+pub const FLUSH_SEQ_KEY: &[u8] = b"f";
 /// Prefixes of every derived key (rebuilt from the records).
 pub const DERIVED: &[u8] = &[DUE, DEST, DEST_SUMMARY, LOC_COUNT, SEGMENT_REFS, b'l'];
 

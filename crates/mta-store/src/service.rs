@@ -652,10 +652,8 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
     }
     // The last handle is gone: whatever was applied is made durable before the database
     // closes.
-    if unflushed_since.is_some() {
-        if let Err(e) = inner.engine.flush() {
-            tracing::error!(error = %e, "store flush at close failed");
-        }
+    if let Err(e) = inner.engine.flush_at_close() {
+        tracing::error!(error = %e, "store flush at close failed");
     }
 }
 
