@@ -274,7 +274,7 @@ fn seed_exercise_2_one_console_line_per_burst_when_every_inbound_handler_is_busy
         w.write_all(b"QUIT\r\n").unwrap();
     }
     wait_for("the resume line", Duration::from_secs(10), || {
-        match log_lines(&suite, "inbound session handler is free again") {
+        match log_lines(&suite, "inbound session handlers free again; accepting connections") {
             0 => Err(tail(&suite.log(), 10)),
             n => Ok(n),
         }
@@ -344,4 +344,48 @@ fn seed_exercise_3_a_small_message_overtakes_a_large_one_on_a_second_handler() {
         vec!["Subject: Hello".to_string(), "Subject: large".to_string()],
         "the small message arrived first"
     );
+}
+
+#[test]
+fn route_alone_sends_every_pending_destination_and_route_localdelivery_retries_local_mail() {
+    // Every remote destination's first attempt is deferred, with an hour to the retry.
+    let sink = Sink::start(&["--tempfail-first", "2"]);
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            ("outbound", format!("port = {}", sink.port)),
+            ("outbound", format!("relay_host = \"127.0.0.1:{}\"", sink.port)),
+            ("outbound", "retry = [\"1h\"]".into()),
+        ],
+        ..SuiteOptions::default()
+    });
+    // A mailbox that cannot be written: the local recipient waits in mail.box.
+    let bob = suite.mailbox("bob");
+    std::fs::create_dir_all(bob.parent().unwrap()).unwrap();
+    std::fs::write(&bob, b"not a folder").unwrap();
+    send(&suite, "one@lotus.test", "route-one", b"one\r\n");
+    send(&suite, "two@iris.test", "route-two", b"two\r\n");
+    send(&suite, "bob@localhost", "route-local", b"local\r\n");
+    wait_for("two deferred, one local retry", Duration::from_secs(20), || {
+        let log = suite.log();
+        let deferred = log.lines().filter(|l| l.contains("status=deferred")).count();
+        if deferred >= 3 {
+            Ok(())
+        } else {
+            Err(tail(&log, 10))
+        }
+    });
+    assert_eq!(sink.count(), 0);
+    let (code, out, err) = mtacon_text(&suite, &["route"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("route all pending destinations: 2 messages"), "{out}");
+    sink.wait_count(&suite, 2, Duration::from_secs(20));
+
+    std::fs::remove_file(&bob).unwrap();
+    let (code, out, err) = mtacon_text(&suite, &["Route", "LocalDelivery"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("route LocalDelivery: 1 message(s)"), "{out}");
+    suite.wait_for_mail("bob", 1);
+    let (code, _, err) = mtacon_text(&suite, &["route", "a", "b"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("usage: route"), "{err}");
 }

@@ -288,8 +288,13 @@ async fn wait_while_all_busy(
             }
             poll_fn(|cx| {
                 for fd in listeners {
-                    if fd.poll_read_ready(cx).is_ready() {
-                        return Poll::Ready(());
+                    // The reactor's readiness may be left over from the last accept: ask
+                    // the kernel, and wait for the next edge if nobody is there.
+                    while let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+                        if connection_waiting(fd) {
+                            return Poll::Ready(());
+                        }
+                        guard.clear_ready();
                     }
                 }
                 Poll::Pending
@@ -311,6 +316,19 @@ async fn wait_while_all_busy(
             }
         }
     }
+}
+
+/// Whether a connection waits in the listener's accept queue (poll(2), not accept).
+fn connection_waiting(fd: &Listener) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut pollfd = libc::pollfd {
+        fd: fd.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    n > 0 && pollfd.revents & libc::POLLIN != 0
 }
 
 /// A connection waiting in any listener's queue now, without waiting for one.
