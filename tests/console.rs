@@ -389,3 +389,85 @@ fn route_alone_sends_every_pending_destination_and_route_localdelivery_retries_l
     assert_eq!(code, Some(2));
     assert!(err.contains("usage: route"), "{err}");
 }
+
+#[test]
+fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino() {
+    let sink = Sink::start(&["--throttle", "200000"]);
+    let suite = relay_suite(&sink, &[("outbound", "max_handlers = 4".into())]);
+    let line = "z".repeat(998) + "\r\n";
+    send(&suite, "far@lotus.test", "stat-big", line.repeat(600).as_bytes());
+    send(&suite, "alice@localhost", "stat-local", b"local\r\n");
+    sink.wait_count(&suite, 1, Duration::from_secs(30));
+    suite.wait_for_mail("alice", 1);
+    let (code, text, err) = mtacon_text(&suite, &["show", "stat", "mail"]);
+    assert_eq!(code, Some(0), "{err}");
+    for name in [
+        "Mail.TotalPending",
+        "Mail.Waiting",
+        "Mail.WaitingRecipients",
+        "Mail.WaitingForDNS",
+        "Mail.WaitingForDIR",
+        "Mail.CurrentMessageDeliveryRate",
+        "Mail.CurrentMessageTransferRate",
+        "Mail.CurrentByteDeliveryRate",
+        "Mail.CurrentByteTransferRate",
+        "Mail.TransferThreads.Total",
+        "Mail.TransferThreads.Max",
+        "Mail.TransferThreads.Concurrent.Max",
+        "Mail.TransferThreads.Concurrent.Highest",
+        "Mail.DeliveryThreads.Total",
+        "Mail.DeliveryThreads.Max",
+        "Mail.Domain",
+        "Mail.Hold",
+        "Mail.Dead",
+    ] {
+        assert!(
+            text.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} missing:\n{text}"
+        );
+    }
+    let v: Value = serde_json::from_slice(&suite.mtacon(&["--json", "show", "stat", "mail"]).stdout)
+        .unwrap();
+    let s = &v["stats"];
+    assert_eq!(s["Mail.Domain"], "localhost", "{s}");
+    assert!(s["Mail.CurrentMessageTransferRate"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["Mail.CurrentMessageDeliveryRate"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["Mail.CurrentByteTransferRate"].as_u64().unwrap() >= 600_000, "{s}");
+    assert_eq!(s["Mail.TransferThreads.Max"], 4, "{s}");
+    assert_eq!(s["Mail.TransferThreads.Total"], 1, "oseshlr0: {s}");
+    assert_eq!(s["Mail.TransferThreads.Concurrent.Highest"], 1, "{s}");
+    assert_eq!(s["Mail.TotalPending"], 0, "{s}");
+
+    let (code, text, _) = mtacon_text(&suite, &["show", "stat", "mail.dead"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(text.trim().split_whitespace().collect::<Vec<_>>(), ["Mail.Dead", "=", "0"], "{text}");
+    let (code, text, _) = mtacon_text(&suite, &["sh", "stat", "Mail.*Threads*"]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = text.lines().collect();
+    // The six thread statistics, and Mail.WaitingForDeliveryThreads.
+    assert_eq!(lines.len(), 7, "{text}");
+    assert!(lines.iter().all(|l| l.contains("Threads")), "{text}");
+    let v: Value =
+        serde_json::from_slice(&suite.mtacon(&["show", "stat", "mail.transferthreads", "--json"]).stdout)
+            .unwrap();
+    assert_eq!(v["stats"].as_object().unwrap().len(), 4, "{v}");
+    let (code, _, err) = mtacon_text(&suite, &["show", "stat", "mail.nothing"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no statistics match"), "{err}");
+
+    // show server: figure 10's mail, sessions and transactions.
+    let v: Value = serde_json::from_slice(&suite.mtacon(&["--json", "show", "server"]).stdout).unwrap();
+    let s = &v["server"];
+    assert_eq!(s["pending_mail"], 0, "{s}");
+    assert_eq!(s["dead_mail"], 0, "{s}");
+    assert_eq!(s["held_mail"], 0, "{s}");
+    assert!(s["sessions_peak"].as_u64().unwrap() >= 1, "{s}");
+    // 2 received, 1 delivered, 1 relayed.
+    assert!(s["transactions_minute"].as_u64().unwrap() >= 4, "{s}");
+    assert!(s["transactions_hour"].as_u64().unwrap() >= 4, "{s}");
+    let (code, text, _) = mtacon_text(&suite, &["show", "server"]);
+    assert_eq!(code, Some(0));
+    for label in ["Pending mail:", "Dead mail:", "Held mail:", "Sessions:", "Transactions:"] {
+        assert!(text.contains(label), "{text}");
+    }
+}

@@ -22,7 +22,11 @@ pub const HELP: &[(&str, &str)] = &[
     ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
         "show stat mail",
-        "mail statistics: delivered, transferred, routed, waiting, dead, held, failures, reports, sessions, averages, spool size",
+        "mail statistics: delivered, transferred, routed, waiting, dead, held, failures, rates, threads, sessions, averages, spool size",
+    ),
+    (
+        "show stat <name or pattern>",
+        "the statistics a name or glob selects: show stat mail.dead, show stat mail.*threads*",
     ),
     (
         "show message <queue-id>",
@@ -155,6 +159,11 @@ pub enum ConsoleCommand {
     ShowVersion,
     ShowQueue,
     ShowStatMail,
+    /// `show stat mail.dead`, `show stat mail.*threads*`: the statistics a name, group or
+    /// glob selects (`show stat mail` is all of them).
+    ShowStat {
+        pattern: String,
+    },
     ShowMessage {
         qid: String,
     },
@@ -210,7 +219,17 @@ impl ConsoleCommand {
             ["show" | "sh", "stat" | "stats" | "statistics", "mail"] => {
                 Ok(ConsoleCommand::ShowStatMail)
             }
-            ["show" | "sh", "stat" | "stats" | "statistics"] => Err("usage: show stat mail".into()),
+            ["show" | "sh", "stat" | "stats" | "statistics", pattern]
+                if pattern.starts_with("mail") || pattern.starts_with('*') =>
+            {
+                Ok(ConsoleCommand::ShowStat {
+                    pattern: pattern.to_string(),
+                })
+            }
+            ["show" | "sh", "stat" | "stats" | "statistics", ..] => Err(
+                "usage: show stat mail (or a name or pattern: show stat mail.dead, show stat mail.*threads*)"
+                    .into(),
+            ),
             ["show" | "sh", "message", _] => Ok(ConsoleCommand::ShowMessage {
                 qid: words[2].to_string(),
             }),
@@ -338,6 +357,30 @@ pub struct ServerInfo {
     pub uptime_secs: u64,
     /// Bytes in the spool's segments.
     pub spool_bytes: u64,
+    /// 003's figure 10: mail waiting in any queue, dead and held mail.
+    #[serde(default)]
+    pub pending_mail: u64,
+    #[serde(default)]
+    pub dead_mail: u64,
+    #[serde(default)]
+    pub held_mail: u64,
+    /// SMTP sessions now (inbound and outbound) and the peak since start, with when.
+    #[serde(default)]
+    pub sessions: u64,
+    #[serde(default)]
+    pub sessions_peak: u64,
+    #[serde(default)]
+    pub sessions_peak_ms: u64,
+    /// Transactions (messages received, recipients delivered, relayed or failed) in the
+    /// last minute and hour, and the most in one minute, with when.
+    #[serde(default)]
+    pub transactions_minute: u64,
+    #[serde(default)]
+    pub transactions_hour: u64,
+    #[serde(default)]
+    pub transactions_peak: u64,
+    #[serde(default)]
+    pub transactions_peak_ms: u64,
 }
 
 /// `show queue`: counts per queue and state, and the parked messages one by one.
@@ -368,8 +411,11 @@ pub struct Statistic {
     /// Domino's name, e.g. `Mail.Delivered`.
     pub name: String,
     pub value: u64,
-    /// `""` for counts, `"ms"`, `"bytes"`.
+    /// `""` for counts, `"ms"`, `"bytes"`, `"/min"`.
     pub unit: String,
+    /// A statistic whose value is text (`Mail.Domain`); `value` is then 0.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
