@@ -126,7 +126,12 @@ impl Deltas {
                     self.delivery(new, *at);
                 }
                 RcptStatus::Failed { at, status, reason } => {
-                    outcome(*at, Outcome::Failed, format!("{status} {reason}"));
+                    let detail = if reason.starts_with(status.as_str()) {
+                        reason.clone()
+                    } else {
+                        format!("{status} {reason}")
+                    };
+                    outcome(*at, Outcome::Failed, detail);
                     self.add(TOTAL_FAILURES, 1)
                 }
                 RcptStatus::Pending => {
