@@ -14,8 +14,10 @@ written .env first, then .eml by rename. Per-recipient behaviour, by the local p
 --tls CERT KEY: offer STARTTLS with this certificate; each .env then says which TLS
   version the session used ("tls": "TLSv1.3", or null for plaintext).
 --starttls-broken: offer STARTTLS, answer 220, then close instead of a handshake.
+--throttle BPS: message content is read at about BPS bytes a second (a slow next hop:
+  a large message takes long, a small one goes through at once).
 Every socket has a timeout, so a stuck client cannot hold the sink."""
-import json, os, socket, ssl, sys, threading
+import json, os, socket, ssl, sys, threading, time
 
 host, port, folder = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 args = sys.argv[4:]
@@ -28,6 +30,7 @@ if "--tls" in args:
     tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls_ctx.load_cert_chain(args[i + 1], args[i + 2])
 starttls_broken = "--starttls-broken" in args
+throttle = int(args[args.index("--throttle") + 1]) if "--throttle" in args else 0
 lock = threading.Lock()
 counter = [0]
 os.makedirs(folder, exist_ok=True)
@@ -112,7 +115,12 @@ def serve(conn):
                     continue
                 send("354 go ahead")
                 data = bytearray()
+                started = time.monotonic()
                 while True:
+                    if throttle:
+                        ahead = len(data) / throttle - (time.monotonic() - started)
+                        if ahead > 0:
+                            time.sleep(ahead)
                     l = f.readline()
                     if not l:
                         return

@@ -14,6 +14,8 @@
 //! Config read: `[inbound]` (listen, submission_listen, submissions_listen, max_handlers,
 //! limits and timeouts, max_auth_failures, auth_failure_window), `hostname`, `[tls]`.
 //! Logs (SMTPDebug >= 1): one line at connect and one summary line at disconnect.
+//! Logs (always): when every handler is busy and a connection arrives, one warning for the
+//! burst, and one line when accepting resumes.
 
 use crate::handler_table::{Assigned, HandlerTable};
 use crate::intake::Intake;
@@ -30,6 +32,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -139,6 +143,11 @@ impl Inbound {
             }
         }
         let (stop, stopped) = watch::channel(false);
+        let listeners = listeners
+            .into_iter()
+            .map(|(listener, mode)| watched(listener).map(|fd| (fd, mode)))
+            .collect::<io::Result<Vec<_>>>()
+            .context("cannot watch the listening sockets")?;
         let accept = tokio::spawn(accept_loop(self.shared.clone(), listeners, stopped));
         *running = Some(Running { stop, accept });
         *self.listening.lock().expect("listening lock") = bound;
@@ -214,52 +223,183 @@ impl Inbound {
     }
 }
 
+/// A listening socket, registered with the reactor once: accepting and watching for
+/// waiting connections (without accepting them) use the same registration.
+pub(crate) type Listener = AsyncFd<std::net::TcpListener>;
+
+/// Registers a bound tokio listener for `accept_loop`.
+fn watched(listener: TcpListener) -> io::Result<Listener> {
+    let std_listener = listener.into_std()?;
+    // SAFETY: the std listener owns its descriptor, which stays open and the same for as
+    // long as the AsyncFd holds it.
+    unsafe { AsyncFd::register_with_interest(std_listener, Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
 /// Takes a handler permit, then accepts one connection from any listener and gives it to
 /// the handler; until told to stop. Returning drops (closes) the listeners.
 async fn accept_loop(
     shared: Arc<Shared>,
-    listeners: Vec<(TcpListener, ListenerMode)>,
+    listeners: Vec<(Listener, ListenerMode)>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // A burst: from the first connection that found every handler busy until the listen
+    // queue is empty again. The console hears of it once at each end.
+    let mut burst = false;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            permit = shared.permits.clone().acquire_owned() => {
-                permit.expect("the handler permits are never closed")
-            }
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => match wait_while_all_busy(&shared, &listeners, &mut stop, burst).await {
+                Some((permit, told)) => {
+                    burst |= told;
+                    permit
+                }
+                None => break,
+            },
         };
+        if burst {
+            // Still someone waiting? Take them now; else the burst is over.
+            match accept_now(&listeners) {
+                Some(accepted) => {
+                    take(&shared, accepted, permit).await;
+                    continue;
+                }
+                None => {
+                    burst = false;
+                    tracing::info!("inbound session handlers free again; accepting connections");
+                }
+            }
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => break,
             accepted = accept_any(&listeners) => accepted,
         };
-        match accepted {
-            Ok((stream, peer, mode)) => {
-                let handler = shared.table.assign(peer, permit);
-                tokio::spawn(serve(shared.clone(), stream, peer, mode, handler));
-            }
-            Err(e) => {
-                // Out of descriptors and the like: do not spin.
-                tracing::warn!(error = %e, "accept failed");
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                ) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        take(&shared, accepted, permit).await;
+    }
+}
+
+/// Gives an accepted connection to a handler.
+async fn take(
+    shared: &Arc<Shared>,
+    accepted: io::Result<(std::net::TcpStream, SocketAddr, ListenerMode)>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let accepted = accepted.and_then(|(stream, peer, mode)| {
+        // accept(2) does not pass O_NONBLOCK on to the new socket.
+        stream.set_nonblocking(true)?;
+        Ok((TcpStream::from_std(stream)?, peer, mode))
+    });
+    match accepted {
+        Ok((stream, peer, mode)) => {
+            let handler = shared.table.assign(peer, permit);
+            tokio::spawn(serve(shared.clone(), stream, peer, mode, handler));
+        }
+        Err(e) => {
+            // Out of descriptors and the like: do not spin.
+            tracing::warn!(error = %e, "accept failed");
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+            ) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
+/// Every handler is busy: waits for one to be free, watching the listening sockets without
+/// accepting (the connections stay in the kernel's queue, without a banner). When a
+/// connection arrives meanwhile and no burst is under way (`in_burst`), says so on the
+/// console (seed 002, exercise 2: "what type of message appears on the server console?").
+/// Returns the permit and whether it said so; `None`: told to stop.
+async fn wait_while_all_busy(
+    shared: &Arc<Shared>,
+    listeners: &[(Listener, ListenerMode)],
+    stop: &mut watch::Receiver<bool>,
+    in_burst: bool,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, bool)> {
+    let max = shared.table.max();
+    let mut told = in_burst;
+    loop {
+        let arrived = async {
+            if told {
+                return std::future::pending().await;
+            }
+            poll_fn(|cx| {
+                for (fd, _) in listeners {
+                    // The reactor's readiness may be left over from the last accept: ask
+                    // the kernel, and wait for the next edge if nobody is there.
+                    while let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+                        if connection_waiting(fd) {
+                            return Poll::Ready(());
+                        }
+                        guard.clear_ready();
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return None,
+            permit = shared.permits.clone().acquire_owned() => {
+                let permit = permit.expect("the handler permits are never closed");
+                return Some((permit, told && !in_burst));
+            }
+            () = arrived => {
+                told = true;
+                tracing::warn!(
+                    "all {max} inbound session handlers busy; not accepting connections until one is free (they wait in the listen queue)"
+                );
+            }
+        }
+    }
+}
+
+/// Whether a connection waits in the listener's accept queue (poll(2), not accept).
+fn connection_waiting(fd: &Listener) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut pollfd = libc::pollfd {
+        fd: fd.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; timeout 0 never blocks.
+    let n = unsafe { libc::poll(&mut pollfd, 1, 0) };
+    n > 0 && pollfd.revents & libc::POLLIN != 0
+}
+
+/// A connection waiting in any listener's queue now, without waiting for one.
+#[allow(clippy::type_complexity)]
+fn accept_now(
+    listeners: &[(Listener, ListenerMode)],
+) -> Option<io::Result<(std::net::TcpStream, SocketAddr, ListenerMode)>> {
+    for (fd, mode) in listeners {
+        match fd.get_ref().accept() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Some(other.map(|(s, p)| (s, p, *mode))),
+        }
+    }
+    None
+}
+
 async fn accept_any(
-    listeners: &[(TcpListener, ListenerMode)],
-) -> io::Result<(TcpStream, SocketAddr, ListenerMode)> {
+    listeners: &[(Listener, ListenerMode)],
+) -> io::Result<(std::net::TcpStream, SocketAddr, ListenerMode)> {
     poll_fn(|cx| {
-        for (listener, mode) in listeners {
-            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
-                return Poll::Ready(accepted.map(|(s, p)| (s, p, *mode)));
+        for (fd, mode) in listeners {
+            // A stale readiness gives WouldBlock, which clears it; poll again to wait.
+            while let Poll::Ready(ready) = fd.poll_read_ready(cx) {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                match guard.try_io(|inner| inner.get_ref().accept()) {
+                    Ok(accepted) => return Poll::Ready(accepted.map(|(s, p)| (s, p, *mode))),
+                    Err(_would_block) => continue,
+                }
             }
         }
         Poll::Pending

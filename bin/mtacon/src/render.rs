@@ -52,23 +52,39 @@ pub fn to_text(reply: &ConsoleReply) -> String {
             }
             out.trim_end().to_string()
         }
-        ConsoleReply::Server(s) => format!(
-            "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nSpool size:       {} bytes\nElapsed time:     {}",
-            s.hostname,
-            s.version,
-            s.pid,
-            s.config,
-            s.data_dir,
-            s.spool_bytes,
-            age(Some(s.started_ms)),
-        ),
+        ConsoleReply::Server(s) => {
+            let when = |ms: u64| if ms == 0 { "-".to_string() } else { format!("{} ago", age(Some(ms))) };
+            format!(
+                "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nSpool size:       {} bytes\nElapsed time:     {}\nPending mail:     {}\nDead mail:        {}\nHeld mail:        {}\nSessions:         {} (peak {}, {})\nTransactions:     last minute {}, last hour {}, peak {} in a minute ({})",
+                s.hostname,
+                s.version,
+                s.pid,
+                s.config,
+                s.data_dir,
+                s.spool_bytes,
+                age(Some(s.started_ms)),
+                s.pending_mail,
+                s.dead_mail,
+                s.held_mail,
+                s.sessions,
+                s.sessions_peak,
+                when(s.sessions_peak_ms),
+                s.transactions_minute,
+                s.transactions_hour,
+                s.transactions_peak,
+                when(s.transactions_peak_ms),
+            )
+        }
         ConsoleReply::Stats(stats) => {
             let width = stats.iter().map(|s| s.name.len()).max().unwrap_or(0);
             stats
                 .iter()
                 .map(|s| {
                     let unit = if s.unit.is_empty() { String::new() } else { format!(" {}", s.unit) };
-                    format!("{:<width$} = {}{unit}", s.name, s.value)
+                    match &s.text {
+                        Some(t) => format!("{:<width$} = {t}", s.name),
+                        None => format!("{:<width$} = {}{unit}", s.name, s.value),
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join("\n")
@@ -102,7 +118,10 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
         ConsoleReply::Stats(stats) => {
             let map: serde_json::Map<String, Value> = stats
                 .iter()
-                .map(|s| (s.name.clone(), json!(s.value)))
+                .map(|s| match &s.text {
+                    Some(t) => (s.name.clone(), json!(t)),
+                    None => (s.name.clone(), json!(s.value)),
+                })
                 .collect();
             json!({ "stats": map })
         }

@@ -5,6 +5,11 @@
 //! `max_handlers` exist; otherwise it waits in the controller. A handler is a slot here
 //! plus the tokio task that runs the list's session; when the list is done the slot is
 //! idle again and reused.
+//!
+//! `stop outbound transport` stops the handlers with their controller (seed 002, exercise
+//! 1): idle ones leave the table at once, busy ones are marked `stopping` and leave when
+//! their session ends. `start outbound transport` brings back none of them; new handlers
+//! are created on demand, from the lowest free number.
 
 use mta_ipc::HandlerRow;
 use mta_types::message::{now_ms, UnixMillis};
@@ -15,12 +20,15 @@ struct Handler {
     /// `None` when idle; else what the handler is doing.
     doing: Option<String>,
     since: UnixMillis,
+    /// Stopped with the controller while in session: it leaves when the session ends.
+    stopping: bool,
 }
 
 #[derive(Debug)]
 pub struct HandlerTable {
     max: usize,
-    handlers: Mutex<Vec<Handler>>,
+    /// By number; `None` is a number free for a new handler.
+    handlers: Mutex<Vec<Option<Handler>>>,
 }
 
 impl HandlerTable {
@@ -38,27 +46,69 @@ impl HandlerTable {
         let busy = Handler {
             doing: Some(doing),
             since: now_ms(),
+            stopping: false,
         };
-        let index = match handlers.iter().position(|h| h.doing.is_none()) {
-            Some(i) => {
-                handlers[i] = busy;
-                i
-            }
-            None if handlers.len() < self.max => {
-                handlers.push(busy);
-                handlers.len() - 1
-            }
+        let idle = handlers
+            .iter()
+            .position(|h| h.as_ref().is_some_and(|h| h.doing.is_none()));
+        let live = handlers.iter().filter(|h| h.is_some()).count();
+        let index = match idle {
+            Some(i) => i,
+            None if live < self.max => match handlers.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    handlers.push(None);
+                    handlers.len() - 1
+                }
+            },
             None => return None,
         };
+        handlers[index] = Some(busy);
         Some(Assigned {
             table: self.clone(),
             index,
         })
     }
 
+    #[cfg(test)]
     pub fn busy(&self) -> usize {
         let handlers = self.handlers.lock().expect("handler table lock");
-        handlers.iter().filter(|h| h.doing.is_some()).count()
+        handlers
+            .iter()
+            .flatten()
+            .filter(|h| h.doing.is_some())
+            .count()
+    }
+
+    /// Handlers in the table now (busy, idle or stopping).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        let handlers = self.handlers.lock().expect("handler table lock");
+        handlers.iter().flatten().count()
+    }
+
+    /// Stops the handlers with their controller: idle ones leave now, busy ones when their
+    /// session ends. Returns how many are still finishing a session.
+    pub fn stop_all(&self) -> usize {
+        let mut handlers = self.handlers.lock().expect("handler table lock");
+        let mut finishing = 0;
+        for slot in handlers.iter_mut() {
+            match slot {
+                Some(h) if h.doing.is_some() => {
+                    h.stopping = true;
+                    finishing += 1;
+                }
+                _ => *slot = None,
+            }
+        }
+        Self::trim(&mut handlers);
+        finishing
+    }
+
+    fn trim(handlers: &mut Vec<Option<Handler>>) {
+        while handlers.last().is_some_and(Option::is_none) {
+            handlers.pop();
+        }
     }
 
     pub fn rows(&self) -> Vec<HandlerRow> {
@@ -66,10 +116,20 @@ impl HandlerTable {
         handlers
             .iter()
             .enumerate()
+            .filter_map(|(i, h)| Some((i, h.as_ref()?)))
             .map(|(i, h)| HandlerRow {
                 name: handler_name(i),
-                state: if h.doing.is_some() { "busy" } else { "idle" }.into(),
-                detail: h.doing.clone().unwrap_or_else(|| "idle".into()),
+                state: match (&h.doing, h.stopping) {
+                    (Some(_), true) => "stopping",
+                    (Some(_), false) => "busy",
+                    (None, _) => "idle",
+                }
+                .into(),
+                detail: match (&h.doing, h.stopping) {
+                    (Some(d), true) => format!("{d} (stopped: leaves when this session ends)"),
+                    (Some(d), false) => d.clone(),
+                    (None, _) => "idle".into(),
+                },
                 since_ms: h.since,
             })
             .collect()
@@ -77,7 +137,15 @@ impl HandlerTable {
 
     fn set(&self, index: usize, doing: Option<String>) {
         let mut handlers = self.handlers.lock().expect("handler table lock");
-        if let Some(h) = handlers.get_mut(index) {
+        let Some(slot) = handlers.get_mut(index) else {
+            return;
+        };
+        if doing.is_none() && slot.as_ref().is_some_and(|h| h.stopping) {
+            *slot = None;
+            Self::trim(&mut handlers);
+            return;
+        }
+        if let Some(h) = slot {
             let idle_change = h.doing.is_none() != doing.is_none();
             h.doing = doing;
             if idle_change {
@@ -131,5 +199,27 @@ mod tests {
         assert_eq!(t.rows()[0].detail, "list 3");
         drop((b, c));
         assert_eq!(t.busy(), 0);
+    }
+
+    #[test]
+    fn stop_removes_idle_handlers_now_and_busy_ones_when_their_session_ends() {
+        let t = Arc::new(HandlerTable::new(3));
+        let a = t.assign("list 1".into()).unwrap();
+        let b = t.assign("list 2".into()).unwrap();
+        drop(a);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.stop_all(), 1, "oseshlr1 is still in session");
+        let rows = t.rows();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].name.as_str(), rows[0].state.as_str()), ("oseshlr1", "stopping"));
+        // A new handler after start takes the lowest free number; the stopping one keeps its own.
+        let c = t.assign("list 3".into()).unwrap();
+        assert_eq!(c.name(), "oseshlr0");
+        drop(b);
+        assert_eq!(t.rows().iter().map(|r| r.name.clone()).collect::<Vec<_>>(), vec!["oseshlr0"]);
+        drop(c);
+        assert_eq!(t.stop_all(), 0);
+        assert!(t.rows().is_empty());
+        assert_eq!(t.assign("list 4".into()).unwrap().name(), "oseshlr0");
     }
 }

@@ -180,10 +180,15 @@ impl Task for Osesctl {
             TellCommand::StopOutboundTransport => {
                 let was = self.running.swap(false, Ordering::SeqCst);
                 self.wake.notify_one();
+                // The handlers stop with their controller (seed 002, exercise 1): idle ones
+                // now, busy ones when their session ends.
+                let finishing = self.table.stop_all();
+                tracing::info!(
+                    "outbound transport stopped; session handlers stopped ({finishing} finishing their current message)"
+                );
                 Ok(if was {
                     format!(
-                        "outbound transport stopped ({} sessions finishing their current message)",
-                        self.table.busy()
+                        "outbound transport stopped; session handlers stopped ({finishing} finishing their current message)"
                     )
                 } else {
                     "outbound transport already stopped".into()
@@ -192,16 +197,22 @@ impl Task for Osesctl {
             TellCommand::StartOutboundTransport => {
                 let was = self.running.swap(true, Ordering::SeqCst);
                 self.wake.notify_one();
+                if !was {
+                    tracing::info!("outbound transport started; session handlers start on demand");
+                }
                 Ok(if was {
                     "outbound transport already running".into()
                 } else {
-                    "outbound transport started".into()
+                    "outbound transport started; session handlers start on demand".into()
                 })
             }
             TellCommand::Other(words)
                 if words.len() == 2 && words[0].eq_ignore_ascii_case("route") =>
             {
-                self.route(ctx, &words[1]).await
+                self.route(ctx, Some(&words[1])).await
+            }
+            TellCommand::Other(words) if words.len() == 1 && words[0].eq_ignore_ascii_case("route") => {
+                self.route(ctx, None).await
             }
             other => Err(format!(
                 "{} does not know the command {other:?} (try stop/start outbound transport, route <domain>)",
@@ -307,10 +318,13 @@ impl Osesctl {
     /// meanwhile and the first routed messages leave while the walk continues. The reply
     /// waits `ROUTE_REPLY_WAIT` at most; a longer walk finishes in the background (a
     /// million messages take a while) and logs its count.
-    async fn route(&self, ctx: &TaskContext, target: &str) -> Result<String, String> {
+    async fn route(&self, ctx: &TaskContext, target: Option<&str>) -> Result<String, String> {
         const ROUTE_REPLY_WAIT: Duration = Duration::from_secs(3);
         let relay = self.env.next_hop.relay_host();
-        let everything = relay.as_deref().is_some_and(|h| {
+        // `route` alone (Domino: "sends mail to all pending destinations").
+        let all = target.is_none();
+        let target = target.unwrap_or("all pending destinations");
+        let everything = all || relay.as_deref().is_some_and(|h| {
             h.eq_ignore_ascii_case(target)
                 || h.rsplit_once(':')
                     .is_some_and(|(host, _)| host.eq_ignore_ascii_case(target))

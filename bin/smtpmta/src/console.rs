@@ -17,12 +17,16 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
     match command {
         ConsoleCommand::Help => ConsoleReply::Text(mta_ipc::console::help_text()),
         ConsoleCommand::ShowTasks => ConsoleReply::Tasks(show_tasks(sup).await),
-        ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup)),
+        ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup).await),
         ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
         ConsoleCommand::ShowQueue => show_queue(sup),
-        ConsoleCommand::ShowStatMail => match crate::stats::show_stat_mail(sup) {
+        ConsoleCommand::ShowStatMail => match crate::stats::show_stat(sup, "mail").await {
             Ok(stats) => ConsoleReply::Stats(stats),
-            Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
+            Err(e) => ConsoleReply::Error(e),
+        },
+        ConsoleCommand::ShowStat { pattern } => match crate::stats::show_stat(sup, &pattern).await {
+            Ok(stats) => ConsoleReply::Stats(stats),
+            Err(e) => ConsoleReply::Error(e),
         },
         ConsoleCommand::ShowMessage { qid } => crate::operations::show_message(sup, &qid),
         ConsoleCommand::Hold { qid } => crate::operations::hold(sup, &qid).await,
@@ -30,6 +34,7 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
         ConsoleCommand::ReleaseDead { qid } => crate::operations::release_dead(sup, &qid).await,
         ConsoleCommand::Delete { qid } => crate::operations::delete(sup, &qid).await,
         ConsoleCommand::Bulk { op, domain } => crate::operations::bulk(sup, op, &domain).await,
+        ConsoleCommand::RouteLocalDelivery => crate::operations::route_local_delivery(sup).await,
         ConsoleCommand::Trace { address } => match crate::trace::trace(sup, &address).await {
             Ok(text) => ConsoleReply::Text(text),
             Err(e) => ConsoleReply::Error(e),
@@ -187,6 +192,12 @@ pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
     for ((_, mut row), status) in tasks.into_iter().zip(statuses) {
         let handlers = match status {
             Some(s) => {
+                // A controller whose transport is stopped is, to the operator, a stopped
+                // task (Domino's osesctl exits; ours stays to hear `start`): its state
+                // says so, its detail says why.
+                if row.state == "running" && s.detail.contains("transport stopped") {
+                    row.state = "stopped".into();
+                }
                 if row.detail.is_empty() {
                     row.detail = s.detail;
                 }
@@ -323,8 +334,36 @@ fn show_queue(sup: &Supervisor) -> ConsoleReply {
     })
 }
 
-fn server_info(sup: &Supervisor) -> ServerInfo {
+async fn server_info(sup: &Supervisor) -> ServerInfo {
+    use mta_types::{Location, QueueName};
+    let engine = sup.store.engine();
+    let pending: u64 = QueueName::ALL
+        .iter()
+        .map(|q| engine.count_in(Location::Queue(*q)))
+        .sum();
+    let sessions = crate::rates::busy_handlers(sup, TaskName::Isesctl).await
+        + crate::rates::busy_handlers(sup, TaskName::Osesctl).await;
+    let (_, peak, peak_at) = sup.rates.peaks();
+    let now = crate::rates::sample_now(sup);
+    let (minute, hour, t_peak, t_peak_at) = sup.rates.transactions(&now);
+    let (peak, peak_at) = if sessions > peak {
+        (sessions, now_ms())
+    } else {
+        (peak, peak_at)
+    };
     ServerInfo {
+        pending_mail: pending,
+        dead_mail: engine.count_in(Location::Dead),
+        held_mail: engine.count_in(Location::Held {
+            from: QueueName::MailBox,
+        }),
+        sessions,
+        sessions_peak: peak,
+        sessions_peak_ms: peak_at,
+        transactions_minute: minute,
+        transactions_hour: hour,
+        transactions_peak: t_peak.max(minute),
+        transactions_peak_ms: if minute > t_peak { now_ms() } else { t_peak_at },
         version: env!("CARGO_PKG_VERSION").into(),
         hostname: sup.config.hostname.clone(),
         data_dir: sup.config.data_dir.display().to_string(),

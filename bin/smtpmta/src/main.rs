@@ -22,6 +22,7 @@ mod dkim_keygen;
 mod instance;
 mod metrics;
 mod operations;
+mod rates;
 mod service;
 mod stats;
 mod status_page;
@@ -84,6 +85,8 @@ pub struct Supervisor {
     pub knobs: Mutex<DebugKnobs>,
     /// The directory in effect (`tell smtpmta refresh` swaps it).
     pub directory: Mutex<Arc<Directory>>,
+    /// Counters, handler and session peaks over time (`show stat mail`, `show server`).
+    pub rates: rates::Rates,
     quit: Notify,
 }
 
@@ -207,6 +210,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         store,
         children: children.clone(),
         started_ms: now_ms(),
+        rates: rates::Rates::default(),
         quit: Notify::new(),
     });
 
@@ -260,6 +264,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         })
     };
     let compaction = tokio::spawn(compaction::schedule(sup.clone()));
+    let sampler = tokio::spawn(rates::run(sup.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -276,6 +281,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         m.abort();
     }
     compaction.abort();
+    sampler.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     // Make sure the last commits are on disk before the database closes, and the store's

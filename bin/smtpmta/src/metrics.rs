@@ -451,7 +451,9 @@ fn render(
     let restarts = Family::<Labels, Counter>::default();
     for t in tasks.iter().filter(|t| t.parent.is_none()) {
         let l = labels(&[("task", &t.name)]);
-        up.get_or_create(&l).set(i64::from(t.state == "running"));
+        // A controller with its transport stopped shows `stopped` but its process runs.
+        let runs = t.state == "running" || (t.state == "stopped" && t.pid.is_some());
+        up.get_or_create(&l).set(i64::from(runs));
         restarts.get_or_create(&l).inc_by(u64::from(t.restarts));
     }
     r.register("task_up", "1 while the task runs, else 0", up);

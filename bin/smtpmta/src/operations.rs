@@ -166,7 +166,7 @@ pub async fn bulk(sup: &Supervisor, op: BulkOp, domain: &str) -> ConsoleReply {
                 BulkOp::Hold => "held",
                 BulkOp::Release => "released",
                 BulkOp::Delete => "deleted",
-                BulkOp::RouteNow => "scheduled for delivery now",
+                BulkOp::RouteNow | BulkOp::RouteLocalDelivery => "scheduled for delivery now",
             };
             tracing::info!(
                 "{verb} by the operator: {} message(s) for {domain} ({} busy)",
@@ -184,6 +184,25 @@ pub async fn bulk(sup: &Supervisor, op: BulkOp, domain: &str) -> ConsoleReply {
                 String::new()
             };
             ConsoleReply::Text(format!("{domain}: {} message(s) {verb}{busy}", r.changed))
+        }
+        Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
+    }
+}
+
+/// `route localdelivery`: local recipients waiting in mail.box for a retry (a mailbox that
+/// could not be written) are tried now; the router's claims take them as due.
+pub async fn route_local_delivery(sup: &Supervisor) -> ConsoleReply {
+    match sup.store.bulk(BulkOp::RouteLocalDelivery, None).await {
+        Ok(r) => {
+            kick(sup, QueueName::MailBox).await;
+            tracing::info!(
+                "route LocalDelivery: {} message(s) in mail.box scheduled for delivery now",
+                r.changed
+            );
+            ConsoleReply::Text(format!(
+                "route LocalDelivery: {} message(s) in mail.box scheduled for delivery now",
+                r.changed
+            ))
         }
         Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
     }

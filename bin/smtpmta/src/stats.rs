@@ -24,6 +24,7 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
         name: name.to_string(),
         value,
         unit: unit.to_string(),
+        text: None,
     };
     let mut stats = vec![
         stat(names::RECEIVED, get(names::RECEIVED), ""),
@@ -67,4 +68,161 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
     // DKIM signing and inbound verification (issue 15).
     stats.extend(mta_auth::counters::ALL.iter().map(|n| stat(n, get(n), "")));
     Ok(stats)
+}
+
+/// `show stat mail` with the rest of 003's names (figure 12) that apply here, then only
+/// the statistics `pattern` selects (`mail`: all; `mail.dead`: that one, or a group such as
+/// `mail.transferthreads`; `mail.*threads*`: a glob), case-insensitive as on Domino.
+pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>, String> {
+    let mut stats = show_stat_mail(sup)?;
+    let engine = sup.store.engine();
+    let stat = |name: &str, value: u64, unit: &str| Statistic {
+        name: name.to_string(),
+        value,
+        unit: unit.to_string(),
+        text: None,
+    };
+    let queued: u64 = QueueName::ALL
+        .iter()
+        .map(|q| engine.count_in(Location::Queue(*q)))
+        .sum();
+    let held = engine.count_in(Location::Held {
+        from: QueueName::MailBox,
+    });
+    // Recipients waiting: read from the per-destination summaries (bounded pages), which
+    // count messages per destination — a message with two recipients at one domain counts
+    // once there; the same walk `tell router show queue` does.
+    let mut waiting_recipients = 0;
+    let mut after = None;
+    let mut pages = 0;
+    while pages < 20 {
+        let rows = sup.store.destinations(after.clone(), 500).map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            break;
+        }
+        after = rows.last().map(|r| (r.location, r.domain.clone()));
+        waiting_recipients += rows
+            .iter()
+            .filter(|r| matches!(r.location, Location::Queue(_)) && !r.domain.is_empty())
+            .map(|r| r.messages)
+            .sum::<u64>();
+        pages += 1;
+    }
+    let osesctl = outbound_handlers(sup).await;
+    let resolving = osesctl
+        .iter()
+        .filter(|h| h.detail.starts_with("resolving"))
+        .count() as u64;
+    let now = crate::rates::sample_now(sup);
+    let current = sup.rates.current(&now);
+    let (highest, _, _) = sup.rates.peaks();
+    let busy_now = osesctl.iter().filter(|h| h.state != "idle").count() as u64;
+    let max_out = sup.config.outbound.max_handlers as u64;
+    let domain = sup
+        .config
+        .local_domains
+        .first()
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| sup.config.hostname.clone());
+    stats.extend([
+        stat(names::TOTAL_PENDING, queued + held, ""),
+        stat(names::WAITING_RECIPIENTS, waiting_recipients, ""),
+        stat(names::WAITING_FOR_DNS, resolving, ""),
+        stat(names::WAITING_FOR_DIR, 0, ""),
+        stat(
+            names::CURRENT_MESSAGE_DELIVERY_RATE,
+            current.messages_delivered,
+            "/min",
+        ),
+        stat(
+            names::CURRENT_MESSAGE_TRANSFER_RATE,
+            current.messages_transferred,
+            "/min",
+        ),
+        stat(
+            names::CURRENT_BYTE_DELIVERY_RATE,
+            current.bytes_delivered,
+            "bytes/min",
+        ),
+        stat(
+            names::CURRENT_BYTE_TRANSFER_RATE,
+            current.bytes_transferred,
+            "bytes/min",
+        ),
+        stat(names::TRANSFER_THREADS_TOTAL, osesctl.len() as u64, ""),
+        stat(names::TRANSFER_THREADS_MAX, max_out, ""),
+        stat(names::TRANSFER_THREADS_CONCURRENT_MAX, max_out, ""),
+        stat(
+            names::TRANSFER_THREADS_CONCURRENT_HIGHEST,
+            highest.max(busy_now),
+            "",
+        ),
+        // Local delivery is the router's one worker.
+        stat(names::DELIVERY_THREADS_TOTAL, 1, ""),
+        stat(names::DELIVERY_THREADS_MAX, 1, ""),
+        Statistic {
+            name: names::DOMAIN.to_string(),
+            value: 0,
+            unit: String::new(),
+            text: Some(domain),
+        },
+    ]);
+    stats.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()));
+    let selected: Vec<Statistic> = stats.into_iter().filter(|s| selects(pattern, &s.name)).collect();
+    if selected.is_empty() {
+        return Err(format!("no statistics match `{pattern}` (try `show stat mail`)"));
+    }
+    Ok(selected)
+}
+
+async fn outbound_handlers(sup: &Supervisor) -> Vec<mta_ipc::HandlerRow> {
+    let ask = async {
+        let mut c = mta_ipc::TaskClient::connect(
+            &sup.config.run_dir(),
+            mta_types::TaskName::Osesctl,
+            mta_types::TaskName::Smtpmta,
+        )
+        .await
+        .ok()?;
+        c.status().await.ok()
+    };
+    match tokio::time::timeout(std::time::Duration::from_millis(1500), ask).await {
+        Ok(Some(s)) => s.handlers,
+        _ => Vec::new(),
+    }
+}
+
+/// Domino's statistic selection: a name or a group (`mail.transferthreads` selects
+/// `Mail.TransferThreads.Total`, …), or a glob with `*`; case-insensitive.
+pub fn selects(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    if !p.contains('*') {
+        return n == p || n.starts_with(&format!("{p}."));
+    }
+    glob(p.as_bytes(), n.as_bytes())
+}
+
+fn glob(p: &[u8], n: &[u8]) -> bool {
+    match p.split_first() {
+        None => n.is_empty(),
+        Some((b'*', rest)) => (0..=n.len()).any(|i| glob(rest, &n[i..])),
+        Some((c, rest)) => n.first() == Some(c) && glob(rest, &n[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects;
+
+    #[test]
+    fn names_groups_and_globs_select_like_domino() {
+        assert!(selects("mail", "Mail.Dead"));
+        assert!(selects("MAIL.DEAD", "Mail.Dead"));
+        assert!(!selects("mail.dead", "Mail.DeadX"));
+        assert!(selects("mail.transferthreads", "Mail.TransferThreads.Concurrent.Max"));
+        assert!(selects("mail.*threads*", "Mail.DeliveryThreads.Max"));
+        assert!(selects("mail.*threads*", "Mail.TransferThreads.Total"));
+        assert!(!selects("mail.*threads*", "Mail.Dead"));
+        assert!(selects("*", "Mail.Dead"));
+    }
 }

@@ -22,7 +22,11 @@ pub const HELP: &[(&str, &str)] = &[
     ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
         "show stat mail",
-        "mail statistics: delivered, transferred, routed, waiting, dead, held, failures, reports, sessions, averages, spool size",
+        "mail statistics: delivered, transferred, routed, waiting, dead, held, failures, rates, threads, sessions, averages, spool size",
+    ),
+    (
+        "show stat <name or pattern>",
+        "the statistics a name or glob selects: show stat mail.dead, show stat mail.*threads*",
     ),
     (
         "show message <queue-id>",
@@ -89,6 +93,8 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
+    ("route", "try every pending destination now"),
+    ("route localdelivery", "retry local deliveries waiting in mail.box now"),
     ("help", "this list"),
 ];
 
@@ -153,6 +159,11 @@ pub enum ConsoleCommand {
     ShowVersion,
     ShowQueue,
     ShowStatMail,
+    /// `show stat mail.dead`, `show stat mail.*threads*`: the statistics a name, group or
+    /// glob selects (`show stat mail` is all of them).
+    ShowStat {
+        pattern: String,
+    },
     ShowMessage {
         qid: String,
     },
@@ -175,6 +186,8 @@ pub enum ConsoleCommand {
         op: crate::store::BulkOp,
         domain: String,
     },
+    /// `route localdelivery`: local deliveries waiting for a retry are tried now.
+    RouteLocalDelivery,
     Trace {
         address: String,
     },
@@ -206,7 +219,17 @@ impl ConsoleCommand {
             ["show" | "sh", "stat" | "stats" | "statistics", "mail"] => {
                 Ok(ConsoleCommand::ShowStatMail)
             }
-            ["show" | "sh", "stat" | "stats" | "statistics"] => Err("usage: show stat mail".into()),
+            ["show" | "sh", "stat" | "stats" | "statistics", pattern]
+                if pattern.starts_with("mail") || pattern.starts_with('*') =>
+            {
+                Ok(ConsoleCommand::ShowStat {
+                    pattern: pattern.to_string(),
+                })
+            }
+            ["show" | "sh", "stat" | "stats" | "statistics", ..] => Err(
+                "usage: show stat mail (or a name or pattern: show stat mail.dead, show stat mail.*threads*)"
+                    .into(),
+            ),
             ["show" | "sh", "message", _] => Ok(ConsoleCommand::ShowMessage {
                 qid: words[2].to_string(),
             }),
@@ -248,17 +271,30 @@ impl ConsoleCommand {
             ["set", "config", ..] => {
                 Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
             }
+            ["route", "localdelivery" | "local"] => Ok(ConsoleCommand::RouteLocalDelivery),
             ["route", _] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),
             }),
-            ["route", ..] => {
-                Err("usage: route <domain> (try that destination's messages now)".into())
-            }
+            // Domino's `Route` alone: every pending destination now.
+            ["route"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["route".into()]),
+            }),
+            ["route", ..] => Err(
+                "usage: route [<domain> | localdelivery] (try those messages now)".into(),
+            ),
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
             }),
+            ["tell", task, ..] if handler_controller(task).is_some() => {
+                let (controller, transport) = handler_controller(task).expect("checked");
+                Err(format!(
+                    "{task} is a session handler of {controller}: it takes no TELL commands; \
+                     it stops with its controller (`tell smtpmta stop {transport} transport`)"
+                ))
+            }
             ["tell", task, rest @ ..] if !rest.is_empty() => {
                 let task: TaskName = task
                     .parse()
@@ -274,6 +310,21 @@ impl ConsoleCommand {
             )),
         }
     }
+}
+
+/// For a session handler's name (`oseshlr0`, `iseshlr12`): its controller and its
+/// transport's word (`outbound`, `inbound`). As in Domino, a handler cannot be told
+/// anything (seed 002, exercise 1).
+fn handler_controller(name: &str) -> Option<(&'static str, &'static str)> {
+    let (controller, transport, digits) = if let Some(d) = name.strip_prefix("oseshlr") {
+        ("osesctl", "outbound", d)
+    } else if let Some(d) = name.strip_prefix("iseshlr") {
+        ("isesctl", "inbound", d)
+    } else {
+        return None;
+    };
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((controller, transport))
 }
 
 /// One row of `show tasks`: a task, or a session handler of a controller.
@@ -306,6 +357,30 @@ pub struct ServerInfo {
     pub uptime_secs: u64,
     /// Bytes in the spool's segments.
     pub spool_bytes: u64,
+    /// 003's figure 10: mail waiting in any queue, dead and held mail.
+    #[serde(default)]
+    pub pending_mail: u64,
+    #[serde(default)]
+    pub dead_mail: u64,
+    #[serde(default)]
+    pub held_mail: u64,
+    /// SMTP sessions now (inbound and outbound) and the peak since start, with when.
+    #[serde(default)]
+    pub sessions: u64,
+    #[serde(default)]
+    pub sessions_peak: u64,
+    #[serde(default)]
+    pub sessions_peak_ms: u64,
+    /// Transactions (messages received, recipients delivered, relayed or failed) in the
+    /// last minute and hour, and the most in one minute, with when.
+    #[serde(default)]
+    pub transactions_minute: u64,
+    #[serde(default)]
+    pub transactions_hour: u64,
+    #[serde(default)]
+    pub transactions_peak: u64,
+    #[serde(default)]
+    pub transactions_peak_ms: u64,
 }
 
 /// `show queue`: counts per queue and state, and the parked messages one by one.
@@ -336,8 +411,11 @@ pub struct Statistic {
     /// Domino's name, e.g. `Mail.Delivered`.
     pub name: String,
     pub value: u64,
-    /// `""` for counts, `"ms"`, `"bytes"`.
+    /// `""` for counts, `"ms"`, `"bytes"`, `"/min"`.
     pub unit: String,
+    /// A statistic whose value is text (`Mail.Domain`); `value` is then 0.
+    #[serde(default)]
+    pub text: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,6 +460,11 @@ mod tests {
                 command: TellCommand::ShowStatus
             }
         );
+        let e = ConsoleCommand::parse("tell oseshlr0 quit").unwrap_err();
+        assert!(e.contains("session handler of osesctl"), "{e}");
+        assert!(ConsoleCommand::parse("tell ISESHLR2 show status")
+            .unwrap_err()
+            .contains("stop inbound transport"));
         assert!(ConsoleCommand::parse("tell nobody quit")
             .unwrap_err()
             .contains("unknown task"));

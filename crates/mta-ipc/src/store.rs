@@ -81,6 +81,8 @@ pub enum Durability {
 pub enum BulkOp {
     /// `route`: due now (its recipients for the destination lose their retry time).
     RouteNow,
+    /// `route localdelivery`: local recipients waiting in mail.box for a retry are due now.
+    RouteLocalDelivery,
     /// Queued → Held.
     Hold,
     /// Held → back to the queue it came from, due now.

@@ -91,7 +91,7 @@ pub struct StoreService {
 struct Inner {
     engine: Engine,
     leases: Mutex<Leases>,
-    /// Routed destinations of the Outbound Work Queue (lock after `leases`).
+    /// Routed destinations of the Outbound Work Queue and mail.box (lock after `leases`).
     routed: Mutex<Vec<Routed>>,
     /// The store's directory, whose file system `RESERVE_BYTES` is measured on.
     dir: std::path::PathBuf,
@@ -105,6 +105,8 @@ struct Inner {
 /// drains at claim speed. Kept in memory only: after a restart the retry schedule holds
 /// again (a route is a nudge, as in Domino).
 struct Routed {
+    /// The Outbound Work Queue for `route`, mail.box for `route localdelivery`.
+    loc: Location,
     domain: Option<String>,
     /// When it was routed: a recipient attempted since is not taken again.
     since: u64,
@@ -320,12 +322,12 @@ impl StoreService {
                 }
             }
         }
-        if (out.len() as u32) < max && loc == Location::Queue(QueueName::OutboundWork) {
+        if (out.len() as u32) < max {
             let mut leases = self.inner.leases.lock().expect("lease lock");
             let mut routed = self.inner.routed.lock().expect("routed lock");
             let mut walked = 0;
             routed.retain_mut(|r| {
-                if out.len() as u32 >= max || walked >= ROUTED_WALK {
+                if r.loc != loc || out.len() as u32 >= max || walked >= ROUTED_WALK {
                     return true;
                 }
                 let keys = match engine.index_after(
@@ -368,17 +370,17 @@ impl StoreService {
         Ok(out)
     }
 
-    /// Routes a destination of the Outbound Work Queue (every destination when None):
-    /// returns how many messages it has.
-    fn route(&self, domain: Option<&str>) -> Result<u64, StoreError> {
-        let loc = Location::Queue(QueueName::OutboundWork);
+    /// Routes a destination of `loc` (every destination when None): returns how many
+    /// messages it has.
+    fn route(&self, loc: Location, domain: Option<&str>) -> Result<u64, StoreError> {
         let count = match domain {
             Some(d) => self.inner.engine.destination_count(loc, d)?,
             None => self.inner.engine.count_in(loc),
         };
         let mut routed = self.inner.routed.lock().expect("routed lock");
-        routed.retain(|r| r.domain.as_deref() != domain);
+        routed.retain(|r| r.loc != loc || r.domain.as_deref() != domain);
         routed.push(Routed {
+            loc,
             domain: domain.map(str::to_string),
             since: now_ms(),
             cursor: None,
@@ -391,7 +393,16 @@ impl StoreService {
     pub async fn bulk(&self, op: BulkOp, domain: Option<&str>) -> Result<BulkResult, String> {
         if op == BulkOp::RouteNow {
             let domain = domain.map(str::to_ascii_lowercase);
-            let changed = self.route(domain.as_deref()).map_err(|e| e.to_string())?;
+            let changed = self
+                .route(Location::Queue(QueueName::OutboundWork), domain.as_deref())
+                .map_err(|e| e.to_string())?;
+            return Ok(BulkResult { changed, busy: 0 });
+        }
+        if op == BulkOp::RouteLocalDelivery {
+            // Local recipients waiting for a retry stay in mail.box (the router's queue).
+            let changed = self
+                .route(Location::Queue(QueueName::MailBox), None)
+                .map_err(|e| e.to_string())?;
             return Ok(BulkResult { changed, busy: 0 });
         }
         let queues = QueueName::ALL.map(Location::Queue);
@@ -399,7 +410,7 @@ impl StoreService {
             from: QueueName::MailBox,
         }];
         let locations: &[Location] = match op {
-            BulkOp::RouteNow => &[], // by a `Routed` marker (above)
+            BulkOp::RouteNow | BulkOp::RouteLocalDelivery => &[], // by a `Routed` marker (above)
             BulkOp::Hold => &queues,
             BulkOp::Release => &held,
             BulkOp::Delete => &[
@@ -463,7 +474,7 @@ impl StoreService {
                 continue;
             };
             let changed = match op {
-                BulkOp::RouteNow => false, // by a `Routed` marker, never rewritten here
+                BulkOp::RouteNow | BulkOp::RouteLocalDelivery => false, // by a `Routed` marker, never rewritten here
                 BulkOp::Hold => match r.location {
                     Location::Queue(from) => {
                         r.location = Location::Held { from };

@@ -116,11 +116,13 @@ impl Deltas {
                 RcptStatus::Delivered { at, mailbox } => {
                     outcome(*at, Outcome::Delivered, mailbox.clone());
                     self.add(DELIVERED, 1);
+                    self.add(BYTES_DELIVERED, new.size);
                     self.delivery(new, *at);
                 }
                 RcptStatus::Relayed { at, host, reply } => {
                     outcome(*at, Outcome::Relayed, format!("{host}: {reply}"));
                     self.add(TRANSFERRED, 1);
+                    self.add(BYTES_TRANSFERRED, new.size);
                     self.delivery(new, *at);
                 }
                 RcptStatus::Failed { at, status, reason } => {

@@ -26,6 +26,9 @@ pub const DELIVER_TIME_SUM_MS: &str = "Mail.DeliverTime.SumMs";
 pub const DELIVER_TIME_COUNT: &str = "Mail.DeliverTime.Count";
 /// Sum of the sizes of delivered or relayed copies: the average size delivered.
 pub const SIZE_DELIVERED_SUM: &str = "Mail.SizeDelivered.Sum";
+/// Bytes of the copies delivered locally, and of those relayed: the byte rates.
+pub const BYTES_DELIVERED: &str = "Mail.Bytes.Delivered";
+pub const BYTES_TRANSFERRED: &str = "Mail.Bytes.Transferred";
 
 /// Added by omsgcnv per message signed with a `[[dkim]]` key.
 pub const DKIM_SIGNED: &str = "Mail.DKIM.Signed";
@@ -82,6 +85,22 @@ pub const AVERAGE_DELIVER_TIME: &str = "Mail.AverageDeliverTime";
 pub const AVERAGE_SIZE_DELIVERED: &str = "Mail.AverageSizeDelivered";
 pub const SPOOL_SIZE: &str = "Mail.Spool.Size";
 pub const STORE_SIZE: &str = "Mail.Store.Size";
+// Live values from 003's list (figure 12), computed by the supervisor.
+pub const TOTAL_PENDING: &str = "Mail.TotalPending";
+pub const WAITING_RECIPIENTS: &str = "Mail.WaitingRecipients";
+pub const WAITING_FOR_DNS: &str = "Mail.WaitingForDNS";
+pub const WAITING_FOR_DIR: &str = "Mail.WaitingForDIR";
+pub const CURRENT_MESSAGE_DELIVERY_RATE: &str = "Mail.CurrentMessageDeliveryRate";
+pub const CURRENT_MESSAGE_TRANSFER_RATE: &str = "Mail.CurrentMessageTransferRate";
+pub const CURRENT_BYTE_DELIVERY_RATE: &str = "Mail.CurrentByteDeliveryRate";
+pub const CURRENT_BYTE_TRANSFER_RATE: &str = "Mail.CurrentByteTransferRate";
+pub const TRANSFER_THREADS_TOTAL: &str = "Mail.TransferThreads.Total";
+pub const TRANSFER_THREADS_MAX: &str = "Mail.TransferThreads.Max";
+pub const TRANSFER_THREADS_CONCURRENT_MAX: &str = "Mail.TransferThreads.Concurrent.Max";
+pub const TRANSFER_THREADS_CONCURRENT_HIGHEST: &str = "Mail.TransferThreads.Concurrent.Highest";
+pub const DELIVERY_THREADS_TOTAL: &str = "Mail.DeliveryThreads.Total";
+pub const DELIVERY_THREADS_MAX: &str = "Mail.DeliveryThreads.Max";
+pub const DOMAIN: &str = "Mail.Domain";
 
 #[cfg(test)]
 mod tests {
