@@ -72,8 +72,7 @@ fn log_lines(suite: &Suite, part: &str) -> usize {
 }
 
 #[test]
-fn seed_exercise_1_stop_outbound_transport_stops_its_handlers_and_start_does_not_bring_them_back(
-) {
+fn seed_exercise_1_stop_outbound_transport_stops_its_handlers_and_start_does_not_bring_them_back() {
     let sink = Sink::start(&[]);
     let suite = relay_suite(&sink, &[]);
     // "Notice that the Inbound and Outbound Session Handlers do not appear."
@@ -83,7 +82,12 @@ fn seed_exercise_1_stop_outbound_transport_stops_its_handlers_and_start_does_not
         "no handler before any mail: {tasks:?}"
     );
     // A test message to someone on the Internet spawns oseshlr0.
-    send(&suite, "jdoe@internet.test", "ex1-first", b"Hello World\r\n");
+    send(
+        &suite,
+        "jdoe@internet.test",
+        "ex1-first",
+        b"Hello World\r\n",
+    );
     sink.wait_count(&suite, 1, Duration::from_secs(20));
     let rows = wait_for("oseshlr0 listed", Duration::from_secs(10), || {
         let rows = handlers_of(&suite, "osesctl");
@@ -154,7 +158,12 @@ fn seed_exercise_1_stop_outbound_transport_stops_its_handlers_and_start_does_not
         "the stopped handler does not come back: {tasks:?}"
     );
     // New mail spawns a new handler on demand.
-    send(&suite, "jdoe@internet.test", "ex1-second", b"Hello again\r\n");
+    send(
+        &suite,
+        "jdoe@internet.test",
+        "ex1-second",
+        b"Hello again\r\n",
+    );
     sink.wait_count(&suite, 2, Duration::from_secs(20));
     let rows = wait_for("a new oseshlr0", Duration::from_secs(10), || {
         let rows = handlers_of(&suite, "osesctl");
@@ -177,7 +186,12 @@ fn stop_outbound_transport_lets_a_busy_handler_finish_its_session_then_it_leaves
     let sink = Sink::start(&["--throttle", "200000"]);
     let suite = relay_suite(&sink, &[]);
     let body = "x".repeat(998) + "\r\n";
-    send(&suite, "big@internet.test", "slow", body.repeat(600).as_bytes());
+    send(
+        &suite,
+        "big@internet.test",
+        "slow",
+        body.repeat(600).as_bytes(),
+    );
     wait_for("oseshlr0 busy", Duration::from_secs(20), || {
         let rows = handlers_of(&suite, "osesctl");
         match rows.first() {
@@ -240,14 +254,18 @@ fn seed_exercise_2_one_console_line_per_burst_when_every_inbound_handler_is_busy
     let mut waiting: Vec<std::net::TcpStream> = (0..4)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", suite.smtp_port)).unwrap())
         .collect();
-    let line = wait_for("the busy line on the console", Duration::from_secs(10), || {
-        suite
-            .log()
-            .lines()
-            .find(|l| l.contains(BUSY))
-            .map(str::to_string)
-            .ok_or_else(|| tail(&suite.log(), 10))
-    });
+    let line = wait_for(
+        "the busy line on the console",
+        Duration::from_secs(10),
+        || {
+            suite
+                .log()
+                .lines()
+                .find(|l| l.contains(BUSY))
+                .map(str::to_string)
+                .ok_or_else(|| tail(&suite.log(), 10))
+        },
+    );
     assert!(line.starts_with("isesctl["), "{line}");
     assert!(line.contains("not accepting connections"), "{line}");
     // The fourth session gets no banner (it waits in the kernel's queue).
@@ -260,9 +278,17 @@ fn seed_exercise_2_one_console_line_per_burst_when_every_inbound_handler_is_busy
     // More connections in the same burst: still one line.
     waiting.push(std::net::TcpStream::connect(("127.0.0.1", suite.smtp_port)).unwrap());
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(log_lines(&suite, BUSY), 1, "one line per burst:\n{}", suite.log());
+    assert_eq!(
+        log_lines(&suite, BUSY),
+        1,
+        "one line per burst:\n{}",
+        suite.log()
+    );
     let (_, text, _) = mtacon_text(&suite, &["show", "tasks"]);
-    assert!(text.contains("all 3 handlers busy: not accepting"), "{text}");
+    assert!(
+        text.contains("all 3 handlers busy: not accepting"),
+        "{text}"
+    );
 
     // The held sessions end: the waiting ones are served, and the console says so once.
     drop(held);
@@ -273,12 +299,17 @@ fn seed_exercise_2_one_console_line_per_burst_when_every_inbound_handler_is_busy
         use std::io::Write;
         w.write_all(b"QUIT\r\n").unwrap();
     }
-    wait_for("the resume line", Duration::from_secs(10), || {
-        match log_lines(&suite, "inbound session handlers free again; accepting connections") {
+    wait_for(
+        "the resume line",
+        Duration::from_secs(10),
+        || match log_lines(
+            &suite,
+            "inbound session handlers free again; accepting connections",
+        ) {
             0 => Err(tail(&suite.log(), 10)),
             n => Ok(n),
-        }
-    });
+        },
+    );
     // A second burst later gets its own line.
     drop(waiting);
     wait_for("every handler idle", Duration::from_secs(10), || {
@@ -289,14 +320,18 @@ fn seed_exercise_2_one_console_line_per_burst_when_every_inbound_handler_is_busy
             Err(format!("{rows:?}"))
         }
     });
-    let held: Vec<RawSmtp> = (0..3).map(|_| RawSmtp::connect(suite.smtp_port).0).collect();
+    let held: Vec<RawSmtp> = (0..3)
+        .map(|_| RawSmtp::connect(suite.smtp_port).0)
+        .collect();
     let extra = std::net::TcpStream::connect(("127.0.0.1", suite.smtp_port)).unwrap();
-    wait_for("a second busy line", Duration::from_secs(10), || {
-        match log_lines(&suite, BUSY) {
+    wait_for(
+        "a second busy line",
+        Duration::from_secs(10),
+        || match log_lines(&suite, BUSY) {
             2 => Ok(()),
             n => Err(format!("{n} lines")),
-        }
-    });
+        },
+    );
     drop((held, extra));
 }
 
@@ -306,13 +341,23 @@ fn seed_exercise_3_a_small_message_overtakes_a_large_one_on_a_second_handler() {
     let sink = Sink::start(&["--throttle", "200000"]);
     let suite = relay_suite(&sink, &[]);
     let line = "y".repeat(998) + "\r\n";
-    send(&suite, "jdoe@lotus.test", "large", line.repeat(1100).as_bytes());
+    send(
+        &suite,
+        "jdoe@lotus.test",
+        "large",
+        line.repeat(1100).as_bytes(),
+    );
     // "Once the Outbound Session Controller spawns a new handler and a connection is made
     // with the destination host, send the second message."
     wait_for("oseshlr0 delivering", Duration::from_secs(20), || {
         let rows = handlers_of(&suite, "osesctl");
         match rows.first() {
-            Some(r) if r["state"] == "busy" && r["detail"].as_str().unwrap_or("").contains("127.0.0.1") => Ok(()),
+            Some(r)
+                if r["state"] == "busy"
+                    && r["detail"].as_str().unwrap_or("").contains("127.0.0.1") =>
+            {
+                Ok(())
+            }
             _ => Err(format!("{rows:?}")),
         }
     });
@@ -353,7 +398,10 @@ fn route_alone_sends_every_pending_destination_and_route_localdelivery_retries_l
     let suite = Suite::start(&SuiteOptions {
         sections: vec![
             ("outbound", format!("port = {}", sink.port)),
-            ("outbound", format!("relay_host = \"127.0.0.1:{}\"", sink.port)),
+            (
+                "outbound",
+                format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+            ),
             ("outbound", "retry = [\"1h\"]".into()),
         ],
         ..SuiteOptions::default()
@@ -365,19 +413,29 @@ fn route_alone_sends_every_pending_destination_and_route_localdelivery_retries_l
     send(&suite, "one@lotus.test", "route-one", b"one\r\n");
     send(&suite, "two@iris.test", "route-two", b"two\r\n");
     send(&suite, "bob@localhost", "route-local", b"local\r\n");
-    wait_for("two deferred, one local retry", Duration::from_secs(20), || {
-        let log = suite.log();
-        let deferred = log.lines().filter(|l| l.contains("status=deferred")).count();
-        if deferred >= 3 {
-            Ok(())
-        } else {
-            Err(tail(&log, 10))
-        }
-    });
+    wait_for(
+        "two deferred, one local retry",
+        Duration::from_secs(20),
+        || {
+            let log = suite.log();
+            let deferred = log
+                .lines()
+                .filter(|l| l.contains("status=deferred"))
+                .count();
+            if deferred >= 3 {
+                Ok(())
+            } else {
+                Err(tail(&log, 10))
+            }
+        },
+    );
     assert_eq!(sink.count(), 0);
     let (code, out, err) = mtacon_text(&suite, &["route"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("route all pending destinations: 2 messages"), "{out}");
+    assert!(
+        out.contains("route all pending destinations: 2 messages"),
+        "{out}"
+    );
     sink.wait_count(&suite, 2, Duration::from_secs(20));
 
     std::fs::remove_file(&bob).unwrap();
@@ -395,7 +453,12 @@ fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino
     let sink = Sink::start(&["--throttle", "200000"]);
     let suite = relay_suite(&sink, &[("outbound", "max_handlers = 4".into())]);
     let line = "z".repeat(998) + "\r\n";
-    send(&suite, "far@lotus.test", "stat-big", line.repeat(600).as_bytes());
+    send(
+        &suite,
+        "far@lotus.test",
+        "stat-big",
+        line.repeat(600).as_bytes(),
+    );
     send(&suite, "alice@localhost", "stat-local", b"local\r\n");
     sink.wait_count(&suite, 1, Duration::from_secs(30));
     suite.wait_for_mail("alice", 1);
@@ -422,17 +485,27 @@ fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino
         "Mail.Dead",
     ] {
         assert!(
-            text.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
             "{name} missing:\n{text}"
         );
     }
-    let v: Value = serde_json::from_slice(&suite.mtacon(&["--json", "show", "stat", "mail"]).stdout)
-        .unwrap();
+    let v: Value =
+        serde_json::from_slice(&suite.mtacon(&["--json", "show", "stat", "mail"]).stdout).unwrap();
     let s = &v["stats"];
     assert_eq!(s["Mail.Domain"], "localhost", "{s}");
-    assert!(s["Mail.CurrentMessageTransferRate"].as_u64().unwrap() >= 1, "{s}");
-    assert!(s["Mail.CurrentMessageDeliveryRate"].as_u64().unwrap() >= 1, "{s}");
-    assert!(s["Mail.CurrentByteTransferRate"].as_u64().unwrap() >= 600_000, "{s}");
+    assert!(
+        s["Mail.CurrentMessageTransferRate"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+    assert!(
+        s["Mail.CurrentMessageDeliveryRate"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+    assert!(
+        s["Mail.CurrentByteTransferRate"].as_u64().unwrap() >= 600_000,
+        "{s}"
+    );
     assert_eq!(s["Mail.TransferThreads.Max"], 4, "{s}");
     assert_eq!(s["Mail.TransferThreads.Total"], 1, "oseshlr0: {s}");
     assert_eq!(s["Mail.TransferThreads.Concurrent.Highest"], 1, "{s}");
@@ -440,23 +513,31 @@ fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino
 
     let (code, text, _) = mtacon_text(&suite, &["show", "stat", "mail.dead"]);
     assert_eq!(code, Some(0));
-    assert_eq!(text.trim().split_whitespace().collect::<Vec<_>>(), ["Mail.Dead", "=", "0"], "{text}");
+    assert_eq!(
+        text.trim().split_whitespace().collect::<Vec<_>>(),
+        ["Mail.Dead", "=", "0"],
+        "{text}"
+    );
     let (code, text, _) = mtacon_text(&suite, &["sh", "stat", "Mail.*Threads*"]);
     assert_eq!(code, Some(0));
     let lines: Vec<&str> = text.lines().collect();
     // The six thread statistics, and Mail.WaitingForDeliveryThreads.
     assert_eq!(lines.len(), 7, "{text}");
     assert!(lines.iter().all(|l| l.contains("Threads")), "{text}");
-    let v: Value =
-        serde_json::from_slice(&suite.mtacon(&["show", "stat", "mail.transferthreads", "--json"]).stdout)
-            .unwrap();
+    let v: Value = serde_json::from_slice(
+        &suite
+            .mtacon(&["show", "stat", "mail.transferthreads", "--json"])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(v["stats"].as_object().unwrap().len(), 4, "{v}");
     let (code, _, err) = mtacon_text(&suite, &["show", "stat", "mail.nothing"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("no statistics match"), "{err}");
 
     // show server: figure 10's mail, sessions and transactions.
-    let v: Value = serde_json::from_slice(&suite.mtacon(&["--json", "show", "server"]).stdout).unwrap();
+    let v: Value =
+        serde_json::from_slice(&suite.mtacon(&["--json", "show", "server"]).stdout).unwrap();
     let s = &v["server"];
     assert_eq!(s["pending_mail"], 0, "{s}");
     assert_eq!(s["dead_mail"], 0, "{s}");
@@ -467,7 +548,13 @@ fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino
     assert!(s["transactions_hour"].as_u64().unwrap() >= 4, "{s}");
     let (code, text, _) = mtacon_text(&suite, &["show", "server"]);
     assert_eq!(code, Some(0));
-    for label in ["Pending mail:", "Dead mail:", "Held mail:", "Sessions:", "Transactions:"] {
+    for label in [
+        "Pending mail:",
+        "Dead mail:",
+        "Held mail:",
+        "Sessions:",
+        "Transactions:",
+    ] {
         assert!(text.contains(label), "{text}");
     }
 }

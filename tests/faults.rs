@@ -418,7 +418,11 @@ fn a_full_disk_under_the_queue_store_gets_452_and_nothing_is_half_written() {
         .args(["bs=1M", &format!("count={}", free_mib.saturating_sub(2))])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut refused = Vec::new();
     let mut accepted = vec![0];
     for n in 1..40 {
@@ -447,23 +451,30 @@ fn a_full_disk_under_the_queue_store_gets_452_and_nothing_is_half_written() {
     assert!(again.starts_with("250"));
     accepted.push(100);
     let mailbox = suite.data_dir().join("mail/alice");
-    wait_for("every accepted message delivered", Duration::from_secs(60), || {
-        let ids = mta_testkit::message_ids(&maildir_new(&mailbox));
-        let missing: Vec<_> = accepted
-            .iter()
-            .filter(|n| !ids.contains_key(&format!("<store-{n}@test>")))
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("missing {missing:?}"))
-        }
-    });
+    wait_for(
+        "every accepted message delivered",
+        Duration::from_secs(60),
+        || {
+            let ids = mta_testkit::message_ids(&maildir_new(&mailbox));
+            let missing: Vec<_> = accepted
+                .iter()
+                .filter(|n| !ids.contains_key(&format!("<store-{n}@test>")))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        },
+    );
     // A refused message may still arrive later (its record was applied in memory before the
     // flush failed, and the client retries it anyway): a duplicate at worst, and whole.
     for file in maildir_new(&mailbox) {
         let body = std::fs::read(&file).unwrap();
-        let lines = body.windows(1022).filter(|w| w.iter().all(|b| *b == b's')).count();
+        let lines = body
+            .windows(1022)
+            .filter(|w| w.iter().all(|b| *b == b's'))
+            .count();
         assert!(lines >= 40, "{} is half-written", file.display());
     }
     let supervisor_alive = pid_alive(suite.pid());
@@ -732,10 +743,18 @@ fn a_damaged_store_file_at_startup_is_named_and_does_not_stop_the_suite() {
         }
         eprintln!("{damage}: db was {len} bytes");
         suite.launch();
-        let r = wait_for("accepting after the damage", Duration::from_secs(30), || {
-            let r = send("alice@localhost", &format!("after-{damage}@test"));
-            if r.starts_with("250") { Ok(r) } else { Err(r) }
-        });
+        let r = wait_for(
+            "accepting after the damage",
+            Duration::from_secs(30),
+            || {
+                let r = send("alice@localhost", &format!("after-{damage}@test"));
+                if r.starts_with("250") {
+                    Ok(r)
+                } else {
+                    Err(r)
+                }
+            },
+        );
         assert!(r.starts_with("250"));
         suite.wait_for_mail("alice", 1);
         let q = suite.mtacon(&["--json", "show", "queue"]);
@@ -760,7 +779,10 @@ fn a_damaged_store_file_at_startup_is_named_and_does_not_stop_the_suite() {
             let compact = suite.mtacon(&["tell", "smtpmta", "compact"]);
             let said = String::from_utf8_lossy(&compact.stdout).to_string()
                 + &String::from_utf8_lossy(&compact.stderr);
-            assert!(said.contains("held off"), "{damage}: compaction said {said}");
+            assert!(
+                said.contains("held off"),
+                "{damage}: compaction said {said}"
+            );
             for seg in &segments {
                 assert!(seg.exists(), "{damage}: {} removed", seg.display());
             }

@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 fn support(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(name)
 }
 
 /// `smtpmta dkim-keygen`: the key file and the TXT record's value.
@@ -27,7 +29,11 @@ fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> (PathBuf
         .output()
         .expect("smtpmta dkim-keygen");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with(&format!("{selector}._domainkey.{domain}. IN TXT \"")))
@@ -71,7 +77,14 @@ fn dkim_tool(args: &[&str]) -> (bool, String) {
 }
 
 /// Sends one message; returns the reply to the end of DATA.
-fn send_from(port: u16, source: Option<Ipv4Addr>, helo: &str, from: &str, rcpt: &str, content: &[u8]) -> String {
+fn send_from(
+    port: u16,
+    source: Option<Ipv4Addr>,
+    helo: &str,
+    from: &str,
+    rcpt: &str,
+    content: &[u8],
+) -> String {
     let (mut c, greeting) = RawSmtp::connect_from(source, port);
     assert!(greeting.starts_with("220"), "{greeting}");
     assert!(c.cmd(&format!("EHLO {helo}")).starts_with("250"));
@@ -120,7 +133,10 @@ fn signed_mail_verifies_with_dkimpy_for_rsa_and_ed25519_and_fails_once_altered()
         top: dkim_entry("rsa.test", "r2026", &rsa_key, "rsa-sha256")
             + &dkim_entry("ed.test", "e2026", &ed_key, "ed25519-sha256"),
         sections: vec![
-            ("outbound", format!("relay_host = \"127.0.0.1:{}\"", sink.port)),
+            (
+                "outbound",
+                format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+            ),
             ("outbound", "retry = [\"1s\"]".into()),
             ("dns", format!("nameservers = [\"127.0.0.1:{}\"]", dns.port)),
         ],
@@ -130,11 +146,26 @@ fn signed_mail_verifies_with_dkimpy_for_rsa_and_ed25519_and_fails_once_altered()
         ("a@rsa.test", "rsa", message("a@rsa.test", "rsa")),
         ("b@ed.test", "ed", message("b@ed.test", "ed")),
         // No key for other.test: relayed untouched, but its envelope sender's domain has one.
-        ("c@rsa.test", "fallback", message("c@other.test", "fallback")),
-        ("d@other.test", "unsigned", message("d@other.test", "unsigned")),
+        (
+            "c@rsa.test",
+            "fallback",
+            message("c@other.test", "fallback"),
+        ),
+        (
+            "d@other.test",
+            "unsigned",
+            message("d@other.test", "unsigned"),
+        ),
     ];
     for (from, _, content) in &sent {
-        let reply = send_from(suite.smtp_port, None, "client.test", from, "x@remote.test", content);
+        let reply = send_from(
+            suite.smtp_port,
+            None,
+            "client.test",
+            from,
+            "x@remote.test",
+            content,
+        );
         assert!(reply.starts_with("250"), "{reply}");
     }
     sink.wait_count(&suite, sent.len(), Duration::from_secs(30));
@@ -146,26 +177,44 @@ fn signed_mail_verifies_with_dkimpy_for_rsa_and_ed25519_and_fails_once_altered()
             .unwrap_or_else(|| panic!("{subject} not at the sink"));
         // Byte-exact relay: what the client sent is the tail of what the sink got (only our
         // DKIM-Signature and Received headers are in front of it).
-        assert!(got.ends_with(content), "{subject}: content changed on the way");
+        assert!(
+            got.ends_with(content),
+            "{subject}: content changed on the way"
+        );
         let file = sink.dir.path().join(format!("check-{subject}.eml"));
         std::fs::write(&file, got).unwrap();
         let (ok, why) = dkim_tool(&["verify", &dns.port.to_string(), file.to_str().unwrap()]);
         if *subject == "unsigned" {
-            assert!(!String::from_utf8_lossy(got).contains("DKIM-Signature"), "signed without a key");
+            assert!(
+                !String::from_utf8_lossy(got).contains("DKIM-Signature"),
+                "signed without a key"
+            );
             assert!(!ok);
             continue;
         }
-        assert!(String::from_utf8_lossy(got).starts_with("DKIM-Signature:"), "{subject}");
+        assert!(
+            String::from_utf8_lossy(got).starts_with("DKIM-Signature:"),
+            "{subject}"
+        );
         assert!(ok, "{subject}: dkimpy says {why}");
         // The sink alters the body: the signature no longer verifies.
-        let altered = String::from_utf8_lossy(got).replace("The body line one.", "The body line 1.");
+        let altered =
+            String::from_utf8_lossy(got).replace("The body line one.", "The body line 1.");
         std::fs::write(&file, altered).unwrap();
         let (ok, why) = dkim_tool(&["verify", &dns.port.to_string(), file.to_str().unwrap()]);
         assert!(!ok, "{subject}: an altered body still verifies: {why}");
     }
     let log = suite.log();
-    assert!(log.contains("dkim signed d=rsa.test s=r2026 a=rsa-sha256"), "{}", tail(&log, 30));
-    assert!(log.contains("dkim signed d=ed.test s=e2026 a=ed25519-sha256"), "{}", tail(&log, 30));
+    assert!(
+        log.contains("dkim signed d=rsa.test s=r2026 a=rsa-sha256"),
+        "{}",
+        tail(&log, 30)
+    );
+    assert!(
+        log.contains("dkim signed d=ed.test s=e2026 a=ed25519-sha256"),
+        "{}",
+        tail(&log, 30)
+    );
     assert_eq!(stat(&suite, "Mail.DKIM.Signed"), 3);
     // `trace` names the key that signs mail from an address's domain.
     let out = suite.mtacon(&["trace", "a@rsa.test"]);
@@ -173,7 +222,10 @@ fn signed_mail_verifies_with_dkimpy_for_rsa_and_ed25519_and_fails_once_altered()
     assert!(text.contains("DKIM: mail from rsa.test leaving for another host is signed with d=rsa.test s=r2026 a=rsa-sha256"), "{text}");
     let out = suite.mtacon(&["trace", "d@other.test"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("DKIM: no [[dkim]] key for other.test"), "{text}");
+    assert!(
+        text.contains("DKIM: no [[dkim]] key for other.test"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -181,28 +233,59 @@ fn a_missing_or_short_key_is_a_startup_error_naming_the_entry() {
     let keys = tempfile::tempdir().unwrap();
     // Missing file.
     let mut suite = Suite::prepare(&SuiteOptions {
-        top: dkim_entry("a.test", "s1", &keys.path().join("missing.pem"), "rsa-sha256"),
+        top: dkim_entry(
+            "a.test",
+            "s1",
+            &keys.path().join("missing.pem"),
+            "rsa-sha256",
+        ),
         ..SuiteOptions::default()
     });
     let err = suite.try_launch(Duration::from_secs(10)).unwrap_err();
-    assert!(err.contains("key `dkim[0].private_key`") && err.contains("missing.pem"), "{err}");
+    assert!(
+        err.contains("key `dkim[0].private_key`") && err.contains("missing.pem"),
+        "{err}"
+    );
     // A 512-bit RSA key (RFC 8301: at least 1024).
     let short = keys.path().join("short.pem");
     let out = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:512", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:512",
+            "-out",
+        ])
         .arg(&short)
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut suite = Suite::prepare(&SuiteOptions {
         top: dkim_entry("a.test", "s1", &short, "rsa-sha256"),
         ..SuiteOptions::default()
     });
     let err = suite.try_launch(Duration::from_secs(10)).unwrap_err();
-    assert!(err.contains("key `dkim[0].private_key`") && err.contains("512 bits is too short"), "{err}");
+    assert!(
+        err.contains("key `dkim[0].private_key`") && err.contains("512 bits is too short"),
+        "{err}"
+    );
     // dkim-keygen refuses to make one.
     let out = Command::new(bin("smtpmta"))
-        .args(["dkim-keygen", "--domain", "a.test", "--selector", "s", "--bits", "512", "--out"])
+        .args([
+            "dkim-keygen",
+            "--domain",
+            "a.test",
+            "--selector",
+            "s",
+            "--bits",
+            "512",
+            "--out",
+        ])
         .arg(keys.path().join("new.pem"))
         .output()
         .unwrap();
@@ -245,22 +328,35 @@ fn inbound_suite(dns_port: u16, extra: &[&str]) -> Suite {
 
 /// The Authentication-Results header of the delivered message with `subject`.
 fn delivered_results(suite: &Suite, subject: &str) -> String {
-    let content = wait_for(&format!("{subject} in alice's mailbox"), Duration::from_secs(20), || {
-        let dir = suite.mailbox("alice").join("new");
-        for f in std::fs::read_dir(&dir).map_err(|e| e.to_string())?.flatten() {
-            // Maildir files have LF line endings (the router converts CRLF).
-            let c = std::fs::read_to_string(f.path()).unwrap_or_default().replace('\n', "\r\n");
-            if c.contains(&format!("Subject: {subject}\r\n")) {
-                return Ok(c);
+    let content = wait_for(
+        &format!("{subject} in alice's mailbox"),
+        Duration::from_secs(20),
+        || {
+            let dir = suite.mailbox("alice").join("new");
+            for f in std::fs::read_dir(&dir)
+                .map_err(|e| e.to_string())?
+                .flatten()
+            {
+                // Maildir files have LF line endings (the router converts CRLF).
+                let c = std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .replace('\n', "\r\n");
+                if c.contains(&format!("Subject: {subject}\r\n")) {
+                    return Ok(c);
+                }
             }
-        }
-        Err(tail(&suite.log(), 10))
-    });
+            Err(tail(&suite.log(), 10))
+        },
+    );
     let ours: Vec<&str> = content
         .split("\r\n")
         .filter(|l| l.starts_with("Authentication-Results: mta.test;"))
         .collect();
-    assert_eq!(ours.len(), 1, "one Authentication-Results of ours:\n{content}");
+    assert_eq!(
+        ours.len(),
+        1,
+        "one Authentication-Results of ours:\n{content}"
+    );
     // The header with its folded continuation lines, unfolded.
     let start = content.find("Authentication-Results: mta.test;").unwrap();
     let mut header = String::new();
@@ -285,27 +381,64 @@ fn inbound_spf_dkim_dmarc_results_and_dmarc_reject() {
     let plain = dir.path().join("plain.eml");
     let mut m = message("a@sender.test", "signed").to_vec();
     std::fs::write(&plain, &m).unwrap();
-    let (ok, signed) = dkim_tool(&["sign", key.to_str().unwrap(), "sender.test", "s1", plain.to_str().unwrap()]);
+    let (ok, signed) = dkim_tool(&[
+        "sign",
+        key.to_str().unwrap(),
+        "sender.test",
+        "s1",
+        plain.to_str().unwrap(),
+    ]);
     assert!(ok, "{signed}");
-    let reply = send_from(port, None, "client.sender.test", "a@sender.test", "alice@localhost", signed.as_bytes());
+    let reply = send_from(
+        port,
+        None,
+        "client.sender.test",
+        "a@sender.test",
+        "alice@localhost",
+        signed.as_bytes(),
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let ar = delivered_results(&suite, "signed");
-    assert!(ar.contains("dkim=pass") && ar.contains("header.i=@sender.test"), "{ar}");
+    assert!(
+        ar.contains("dkim=pass") && ar.contains("header.i=@sender.test"),
+        "{ar}"
+    );
     assert!(ar.contains("spf=pass") && ar.contains("dmarc=pass"), "{ar}");
 
     // Unsigned and from outside the SPF record, p=reject: refused at the end of DATA.
     m = message("a@sender.test", "forged");
-    let reply = send_from(port, Some(Ipv4Addr::new(127, 0, 0, 2)), "client.test", "a@sender.test", "alice@localhost", &m);
+    let reply = send_from(
+        port,
+        Some(Ipv4Addr::new(127, 0, 0, 2)),
+        "client.test",
+        "a@sender.test",
+        "alice@localhost",
+        &m,
+    );
     assert!(reply.starts_with("550 5.7.1"), "{reply}");
     let log = suite.log();
-    assert!(log.contains("reject: DATA: DMARC policy reject for header.from=sender.test"), "{}", tail(&log, 20));
+    assert!(
+        log.contains("reject: DATA: DMARC policy reject for header.from=sender.test"),
+        "{}",
+        tail(&log, 20)
+    );
 
     // spf.test has no DMARC record: spf=fail is written down, the message delivered.
     m = message("b@spf.test", "spffail");
-    let reply = send_from(port, Some(Ipv4Addr::new(127, 0, 0, 2)), "client.test", "b@spf.test", "alice@localhost", &m);
+    let reply = send_from(
+        port,
+        Some(Ipv4Addr::new(127, 0, 0, 2)),
+        "client.test",
+        "b@spf.test",
+        "alice@localhost",
+        &m,
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let ar = delivered_results(&suite, "spffail");
-    assert!(ar.contains("spf=fail") && ar.contains("smtp.mailfrom=b@spf.test"), "{ar}");
+    assert!(
+        ar.contains("spf=fail") && ar.contains("smtp.mailfrom=b@spf.test"),
+        "{ar}"
+    );
     assert!(ar.contains("dkim=none"), "{ar}");
 
     // A forged Authentication-Results claiming our hostname is removed; others are kept.
@@ -315,12 +448,21 @@ fn inbound_spf_dkim_dmarc_results_and_dmarc_reject() {
         &message("b@spf.test", "forgedar"),
     ]
     .concat();
-    let reply = send_from(port, None, "client.test", "b@spf.test", "alice@localhost", &forged);
+    let reply = send_from(
+        port,
+        None,
+        "client.test",
+        "b@spf.test",
+        "alice@localhost",
+        &forged,
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let ar = delivered_results(&suite, "forgedar");
     assert!(!ar.contains("forged.example"), "{ar}");
     assert!(ar.contains("spf=pass"), "{ar}");
-    assert!(suite.log().contains("removed Authentication-Results claiming mta.test"));
+    assert!(suite
+        .log()
+        .contains("removed Authentication-Results claiming mta.test"));
 
     // Bad input: a malformed signature and a 10,000-byte key record give results, no crash.
     let malformed = [
@@ -328,22 +470,55 @@ fn inbound_spf_dkim_dmarc_results_and_dmarc_reject() {
         &message("b@spf.test", "malformed"),
     ]
     .concat();
-    let reply = send_from(port, None, "client.test", "b@spf.test", "alice@localhost", &malformed);
+    let reply = send_from(
+        port,
+        None,
+        "client.test",
+        "b@spf.test",
+        "alice@localhost",
+        &malformed,
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let ar = delivered_results(&suite, "malformed");
-    assert!(ar.contains("dkim=neutral") || ar.contains("dkim=permerror") || ar.contains("dkim=fail"), "{ar}");
+    assert!(
+        ar.contains("dkim=neutral") || ar.contains("dkim=permerror") || ar.contains("dkim=fail"),
+        "{ar}"
+    );
 
     let big = dir.path().join("big.eml");
     std::fs::write(&big, message("b@big.test", "bigtxt")).unwrap();
-    let (ok, big_signed) = dkim_tool(&["sign", key.to_str().unwrap(), "big.test", "big", big.to_str().unwrap()]);
+    let (ok, big_signed) = dkim_tool(&[
+        "sign",
+        key.to_str().unwrap(),
+        "big.test",
+        "big",
+        big.to_str().unwrap(),
+    ]);
     assert!(ok, "{big_signed}");
-    let reply = send_from(port, None, "client.test", "b@big.test", "alice@localhost", big_signed.as_bytes());
+    let reply = send_from(
+        port,
+        None,
+        "client.test",
+        "b@big.test",
+        "alice@localhost",
+        big_signed.as_bytes(),
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let ar = delivered_results(&suite, "bigtxt");
-    assert!(ar.contains("dkim=permerror") || ar.contains("dkim=fail") || ar.contains("dkim=neutral"), "{ar}");
+    assert!(
+        ar.contains("dkim=permerror") || ar.contains("dkim=fail") || ar.contains("dkim=neutral"),
+        "{ar}"
+    );
 
     // `show message` shows the results of a message still queued (its relay host is down).
-    let reply = send_from(port, None, "client.sender.test", "a@sender.test", "x@remote.test", signed.as_bytes());
+    let reply = send_from(
+        port,
+        None,
+        "client.sender.test",
+        "a@sender.test",
+        "x@remote.test",
+        signed.as_bytes(),
+    );
     assert!(reply.starts_with("250"), "{reply}");
     let qid = reply.split_whitespace().last().unwrap().to_string();
     let shown = wait_for("show message with results", Duration::from_secs(20), || {
@@ -355,7 +530,10 @@ fn inbound_spf_dkim_dmarc_results_and_dmarc_reject() {
             Err(text)
         }
     });
-    assert!(shown.contains("dkim=pass") && shown.contains("dmarc=pass"), "{shown}");
+    assert!(
+        shown.contains("dkim=pass") && shown.contains("dmarc=pass"),
+        "{shown}"
+    );
     assert_eq!(stat(&suite, "Mail.DKIM.Verified.Pass"), 2);
     assert_eq!(stat(&suite, "Mail.DMARC.Rejected"), 1);
     assert!(stat(&suite, "Mail.DKIM.Verified.None") >= 2);
@@ -379,6 +557,9 @@ fn dns_timeouts_give_temperror_never_a_rejection() {
     assert!(reply.starts_with("250"), "{reply}");
     let ar = delivered_results(&suite, "timeout");
     assert!(ar.contains("spf=temperror"), "{ar}");
-    assert!(ar.contains("dmarc=temperror") || ar.contains("dmarc=none"), "{ar}");
+    assert!(
+        ar.contains("dmarc=temperror") || ar.contains("dmarc=none"),
+        "{ar}"
+    );
     drop(silent);
 }

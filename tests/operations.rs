@@ -357,10 +357,12 @@ fn status_page_in_headless_chromium_has_a_row_for_every_task() {
     assert!(dom.contains("<table id=\"destinations\">"), "{dom}");
     // The last deliveries: alice's, with its outcome.
     assert!(dom.contains("<table id=\"deliveries\">"), "{dom}");
-    let delivered = dom
-        .split("<tr class=\"delivered\">")
-        .skip(1)
-        .any(|row| row.split("</tr>").next().unwrap_or("").contains("<td>alice@localhost</td>"));
+    let delivered = dom.split("<tr class=\"delivered\">").skip(1).any(|row| {
+        row.split("</tr>")
+            .next()
+            .unwrap_or("")
+            .contains("<td>alice@localhost</td>")
+    });
     assert!(delivered, "no delivered row for alice in:\n{dom}");
 }
 

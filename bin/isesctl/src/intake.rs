@@ -180,12 +180,11 @@ impl Actor {
 
     /// The session counter change, if any sessions were counted since the last one.
     fn session_counters(&self) -> Vec<Change> {
-        let mut counters: Vec<(String, u64)> = std::mem::take(
-            &mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()),
-        )
-        .into_iter()
-        .map(|(name, n)| (name.to_string(), n))
-        .collect();
+        let mut counters: Vec<(String, u64)> =
+            std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(|(name, n)| (name.to_string(), n))
+                .collect();
         match self.sessions.swap(0, Ordering::Relaxed) {
             0 => {}
             n => counters.push((mta_types::counters::INBOUND_SESSIONS.to_string(), n)),
@@ -277,7 +276,8 @@ fn write_batch(
 ) -> (SpoolWriter, Vec<(Job, Result<ContentRef, Reply>)>) {
     let mut written = Vec::with_capacity(batch.len());
     // Below the reserve, new mail waits (452 4.3.1) so what is queued can still move.
-    if let Some(free) = mta_spool::free_space(spool.dir()).filter(|f| *f < mta_spool::RESERVE_BYTES) {
+    if let Some(free) = mta_spool::free_space(spool.dir()).filter(|f| *f < mta_spool::RESERVE_BYTES)
+    {
         for job in batch {
             tracing::warn!(qid = %job.record.id, free, reserve = mta_spool::RESERVE_BYTES, "spool file system nearly full: message not accepted");
             written.push((job, Err(Reply::storage_full())));

@@ -131,8 +131,16 @@ impl Inbound {
         let inbound = &self.shared.ctx.config().inbound;
         let kinds = [
             (&inbound.listen, ListenerMode::Relay, "listen"),
-            (&inbound.submission_listen, ListenerMode::Submission, "submission_listen"),
-            (&inbound.submissions_listen, ListenerMode::Submissions, "submissions_listen"),
+            (
+                &inbound.submission_listen,
+                ListenerMode::Submission,
+                "submission_listen",
+            ),
+            (
+                &inbound.submissions_listen,
+                ListenerMode::Submissions,
+                "submissions_listen",
+            ),
         ];
         for (addrs, mode, key) in kinds {
             for addr in addrs {
@@ -454,8 +462,7 @@ async fn serve(
         ListenerMode::Submission => &shared.sessions[1],
         ListenerMode::Submissions => &shared.sessions[2],
     };
-    let summary = run_session(stream, ClientInfo { peer, local }, session, &mut hooks)
-    .await;
+    let summary = run_session(stream, ClientInfo { peer, local }, session, &mut hooks).await;
     if debug {
         tracing::info!(
             handler = %name,

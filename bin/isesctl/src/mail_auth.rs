@@ -100,7 +100,10 @@ impl InboundAuth {
 
 fn client_ip(env: &Envelope) -> IpAddr {
     match env.client.peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
@@ -122,6 +125,9 @@ mod tests {
     #[test]
     fn first_field_is_the_folded_received_header() {
         let m = b"Received: from a\r\n\tby b; date\r\nFrom: x\r\n\r\nbody";
-        assert_eq!(&m[..super::first_field_len(m)], b"Received: from a\r\n\tby b; date\r\n");
+        assert_eq!(
+            &m[..super::first_field_len(m)],
+            b"Received: from a\r\n\tby b; date\r\n"
+        );
     }
 }

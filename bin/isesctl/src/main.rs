@@ -90,7 +90,10 @@ impl Task for Isesctl {
         };
         match tls.reload() {
             Ok(files) => {
-                tracing::info!("TLS certificate re-read from {}", files.certificate.display());
+                tracing::info!(
+                    "TLS certificate re-read from {}",
+                    files.certificate.display()
+                );
                 Ok(())
             }
             Err(e) => {

@@ -17,12 +17,12 @@ use crate::mail_auth::InboundAuth;
 use mta_config::{Config, Directory};
 use mta_smtp::tokio_rustls::rustls;
 use mta_smtp::{
-    AuthVerdict, BareLineEvent, Credentials, Direction, Envelope, RcptVerdict, Reply,
-    SessionHooks, TlsInfo,
+    AuthVerdict, BareLineEvent, Credentials, Direction, Envelope, RcptVerdict, Reply, SessionHooks,
+    TlsInfo,
 };
-use mta_tls::ServerTls;
 use mta_task::histogram::Histogram;
 use mta_task::TaskContext;
+use mta_tls::ServerTls;
 use mta_types::{Address, QueueId};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -10,9 +10,16 @@ use mta_types::message::age_label as age;
 pub fn to_text(reply: &ConsoleReply) -> String {
     match reply {
         ConsoleReply::Tasks(rows) => {
-            let mut out = format!("{:<10} {:>8}  {:<11} {:<30} {:>7}  {}\n", "Task", "Pid", "State", "Description", "Since", "Status");
+            let mut out = format!(
+                "{:<10} {:>8}  {:<11} {:<30} {:>7}  {}\n",
+                "Task", "Pid", "State", "Description", "Since", "Status"
+            );
             for r in rows {
-                let name = if r.parent.is_some() { format!("  {}", r.name) } else { r.name.clone() };
+                let name = if r.parent.is_some() {
+                    format!("  {}", r.name)
+                } else {
+                    r.name.clone()
+                };
                 let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
                 out.push_str(&format!(
                     "{:<10} {:>8}  {:<11} {:<30} {:>7}  {}\n",
@@ -32,7 +39,10 @@ pub fn to_text(reply: &ConsoleReply) -> String {
                 out.push_str(&format!("{state:<22} {queue:<14} {n:>6}\n"));
             }
             if !q.parked.is_empty() {
-                out.push_str(&format!("\n{:<13}  {:<16} {:>8}  {:<30} {}\n", "Queue ID", "State", "Size", "From", "Reason"));
+                out.push_str(&format!(
+                    "\n{:<13}  {:<16} {:>8}  {:<30} {}\n",
+                    "Queue ID", "State", "Size", "From", "Reason"
+                ));
                 for m in &q.parked {
                     out.push_str(&format!(
                         "{:<13}  {:<16} {:>8}  {:<30} {}\n",
@@ -53,7 +63,13 @@ pub fn to_text(reply: &ConsoleReply) -> String {
             out.trim_end().to_string()
         }
         ConsoleReply::Server(s) => {
-            let when = |ms: u64| if ms == 0 { "-".to_string() } else { format!("{} ago", age(Some(ms))) };
+            let when = |ms: u64| {
+                if ms == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{} ago", age(Some(ms)))
+                }
+            };
             format!(
                 "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nSpool size:       {} bytes\nElapsed time:     {}\nPending mail:     {}\nDead mail:        {}\nHeld mail:        {}\nSessions:         {} (peak {}, {})\nTransactions:     last minute {}, last hour {}, peak {} in a minute ({})",
                 s.hostname,
@@ -80,7 +96,11 @@ pub fn to_text(reply: &ConsoleReply) -> String {
             stats
                 .iter()
                 .map(|s| {
-                    let unit = if s.unit.is_empty() { String::new() } else { format!(" {}", s.unit) };
+                    let unit = if s.unit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", s.unit)
+                    };
                     match &s.text {
                         Some(t) => format!("{:<width$} = {t}", s.name),
                         None => format!("{:<width$} = {}{unit}", s.name, s.value),
@@ -92,7 +112,10 @@ pub fn to_text(reply: &ConsoleReply) -> String {
         ConsoleReply::Message(r) => message_text(r),
         ConsoleReply::Config(rows) => {
             let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-            rows.iter().map(|(k, v)| format!("{k:<width$} = {v}")).collect::<Vec<_>>().join("\n")
+            rows.iter()
+                .map(|(k, v)| format!("{k:<width$} = {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         }
         ConsoleReply::Text(t) => t.clone(),
         ConsoleReply::Error(e) => e.clone(),

@@ -65,7 +65,11 @@ impl Batch<'_> {
     /// copy. A signing failure leaves the message unsigned (logged); a spool failure keeps
     /// the record out of this batch's commit.
     pub fn sign(&mut self, record: &mut MessageRecord, content: &[u8]) {
-        let sender = record.envelope.mail_from.as_ref().map(|a| a.domain().as_str());
+        let sender = record
+            .envelope
+            .mail_from
+            .as_ref()
+            .map(|a| a.domain().as_str());
         let (header, key) = match self.signing.keys.sign(content, sender) {
             Ok(Some(signed)) => signed,
             Ok(None) => return,
@@ -88,7 +92,10 @@ impl Batch<'_> {
                 self.written.push(record.id);
             }
             Err(e) => {
-                tracing::warn!("qid={} dkim: cannot write the signed copy, retried later: {e}", record.id);
+                tracing::warn!(
+                    "qid={} dkim: cannot write the signed copy, retried later: {e}",
+                    record.id
+                );
                 self.failed.push(record.id);
             }
         }
@@ -102,7 +109,10 @@ impl Batch<'_> {
             return (dropped, Vec::new());
         }
         if let Err(e) = self.spool.sync() {
-            tracing::warn!("dkim: spool sync failed, {} signed message(s) retried later: {e}", self.written.len());
+            tracing::warn!(
+                "dkim: spool sync failed, {} signed message(s) retried later: {e}",
+                self.written.len()
+            );
             dropped.append(&mut self.written);
             return (dropped, Vec::new());
         }
@@ -110,7 +120,10 @@ impl Batch<'_> {
         self.signing.signed.fetch_add(n, Ordering::Relaxed);
         (
             dropped,
-            vec![Change::AddCounters(vec![(mta_auth::counters::SIGNED.to_string(), n)])],
+            vec![Change::AddCounters(vec![(
+                mta_auth::counters::SIGNED.to_string(),
+                n,
+            )])],
         )
     }
 }

@@ -25,9 +25,9 @@ use crate::domain_list::{DomainList, ListItem};
 use crate::handler_table::Assigned;
 use crate::outcomes::{reply_status, reply_text, Event, RcptOutcome};
 use mta_config::{OutboundConfig, TlsPolicy};
+use mta_dns::NextHop;
 use mta_smtp::client::{SessionError, SmtpClient};
 use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
-use mta_dns::NextHop;
 use mta_types::MessageRecord;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,7 +100,15 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         for addr in host.socket_addrs() {
             let label = host.label(addr.ip());
             handler.set_detail(format!("connecting list {id} to {label}"));
-            match open(&env, addr, &host.name, policy, &format!("list {id}: {label}")).await {
+            match open(
+                &env,
+                addr,
+                &host.name,
+                policy,
+                &format!("list {id}: {label}"),
+            )
+            .await
+            {
                 Ok(client) => {
                     session = Some((client, label));
                     break 'hosts;
@@ -193,7 +201,10 @@ async fn open(
         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
     match client.starttls(config, name).await {
         Ok(Ok(info)) => {
-            tracing::info!("{what}: TLS established: {info} (policy {})", policy.as_str());
+            tracing::info!(
+                "{what}: TLS established: {info} (policy {})",
+                policy.as_str()
+            );
             let again = client
                 .hello(&env.hostname)
                 .await
@@ -205,7 +216,10 @@ async fn open(
             Ok(client)
         }
         Ok(Err(refused)) if !required => {
-            tracing::info!("{what}: STARTTLS refused ({}): going on in plaintext (policy may)", reply_text(&refused));
+            tracing::info!(
+                "{what}: STARTTLS refused ({}): going on in plaintext (policy may)",
+                reply_text(&refused)
+            );
             Ok(client)
         }
         Ok(Err(refused)) => {

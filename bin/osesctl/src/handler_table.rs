@@ -211,12 +211,18 @@ mod tests {
         assert_eq!(t.stop_all(), 1, "oseshlr1 is still in session");
         let rows = t.rows();
         assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!((rows[0].name.as_str(), rows[0].state.as_str()), ("oseshlr1", "stopping"));
+        assert_eq!(
+            (rows[0].name.as_str(), rows[0].state.as_str()),
+            ("oseshlr1", "stopping")
+        );
         // A new handler after start takes the lowest free number; the stopping one keeps its own.
         let c = t.assign("list 3".into()).unwrap();
         assert_eq!(c.name(), "oseshlr0");
         drop(b);
-        assert_eq!(t.rows().iter().map(|r| r.name.clone()).collect::<Vec<_>>(), vec!["oseshlr0"]);
+        assert_eq!(
+            t.rows().iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+            vec!["oseshlr0"]
+        );
         drop(c);
         assert_eq!(t.stop_all(), 0);
         assert!(t.rows().is_empty());

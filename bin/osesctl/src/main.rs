@@ -324,11 +324,12 @@ impl Osesctl {
         // `route` alone (Domino: "sends mail to all pending destinations").
         let all = target.is_none();
         let target = target.unwrap_or("all pending destinations");
-        let everything = all || relay.as_deref().is_some_and(|h| {
-            h.eq_ignore_ascii_case(target)
-                || h.rsplit_once(':')
-                    .is_some_and(|(host, _)| host.eq_ignore_ascii_case(target))
-        });
+        let everything = all
+            || relay.as_deref().is_some_and(|h| {
+                h.eq_ignore_ascii_case(target)
+                    || h.rsplit_once(':')
+                        .is_some_and(|(host, _)| host.eq_ignore_ascii_case(target))
+            });
         let domain = if everything {
             None
         } else {

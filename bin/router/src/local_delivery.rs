@@ -51,7 +51,10 @@ impl Unsynced {
                 for f in &files {
                     let _ = std::fs::remove_file(f);
                 }
-                tracing::warn!("{e}: {} deliveries taken back; the batch is retried", files.len());
+                tracing::warn!(
+                    "{e}: {} deliveries taken back; the batch is retried",
+                    files.len()
+                );
                 failed.get_or_insert(e.to_string());
             }
         }
@@ -83,7 +86,14 @@ pub fn deliver_batch(
     let mut to_reports = 0;
     let mut unsynced = Unsynced::default();
     for mut record in records {
-        let location = deliver_one(&mut record, routing, spool_dir, log_level, stats, &mut unsynced);
+        let location = deliver_one(
+            &mut record,
+            routing,
+            spool_dir,
+            log_level,
+            stats,
+            &mut unsynced,
+        );
         if location == Location::Queue(QueueName::SmtpBox) {
             to_smtp += 1;
             stats.to_smtp.fetch_add(1, Ordering::Relaxed);

@@ -141,7 +141,11 @@ impl Maildir {
     /// `new/` once (`sync_new`) for every message it delivered into this Maildir, before it
     /// reports any of them delivered. One directory sync per mailbox per batch instead of
     /// one per message. The message file itself is synced here.
-    pub fn deliver_unsynced(&self, prefix: &[u8], content: &[u8]) -> Result<PathBuf, DeliveryError> {
+    pub fn deliver_unsynced(
+        &self,
+        prefix: &[u8],
+        content: &[u8],
+    ) -> Result<PathBuf, DeliveryError> {
         let name = unique_name();
         let tmp_path = self.root.join("tmp").join(&name);
         let file = match create_new(&tmp_path) {

@@ -103,7 +103,10 @@ pub fn compact(
     let dir = sup.config.spool_dir();
     if sup.store.engine().damage().is_some() {
         // The content of messages whose records the damage lost is only in the spool.
-        return Err("compaction is held off: the queue store was found damaged (see its DAMAGED report)".into());
+        return Err(
+            "compaction is held off: the queue store was found damaged (see its DAMAGED report)"
+                .into(),
+        );
     }
     // List first: a segment created after the listing is not looked at.
     let segments = mta_spool::list_segments(&dir).map_err(|e| e.to_string())?;
@@ -147,7 +150,9 @@ pub async fn compact_now(sup: Arc<Supervisor>) -> Result<Compacted, String> {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let store = sup.store.clone();
-        compact(&sup, || runtime.block_on(store.flush()).map_err(|e| e.to_string()))
+        compact(&sup, || {
+            runtime.block_on(store.flush()).map_err(|e| e.to_string())
+        })
     })
     .await
     .map_err(|e| e.to_string())?

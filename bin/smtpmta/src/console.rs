@@ -24,10 +24,12 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
             Ok(stats) => ConsoleReply::Stats(stats),
             Err(e) => ConsoleReply::Error(e),
         },
-        ConsoleCommand::ShowStat { pattern } => match crate::stats::show_stat(sup, &pattern).await {
-            Ok(stats) => ConsoleReply::Stats(stats),
-            Err(e) => ConsoleReply::Error(e),
-        },
+        ConsoleCommand::ShowStat { pattern } => {
+            match crate::stats::show_stat(sup, &pattern).await {
+                Ok(stats) => ConsoleReply::Stats(stats),
+                Err(e) => ConsoleReply::Error(e),
+            }
+        }
         ConsoleCommand::ShowMessage { qid } => crate::operations::show_message(sup, &qid),
         ConsoleCommand::Hold { qid } => crate::operations::hold(sup, &qid).await,
         ConsoleCommand::Release { qid } => crate::operations::release(sup, &qid).await,

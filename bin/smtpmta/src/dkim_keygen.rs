@@ -55,9 +55,14 @@ fn generate(args: &Args) -> Result<(), String> {
     let algorithm = match args.algorithm.as_str() {
         "rsa-sha256" | "rsa" => DkimAlgorithm::RsaSha256,
         "ed25519-sha256" | "ed25519" => DkimAlgorithm::Ed25519Sha256,
-        other => return Err(format!("--algorithm `{other}`: use rsa-sha256 or ed25519-sha256")),
+        other => {
+            return Err(format!(
+                "--algorithm `{other}`: use rsa-sha256 or ed25519-sha256"
+            ))
+        }
     };
-    let key = mta_auth::keygen(&domain, &selector, algorithm, args.bits).map_err(|e| e.to_string())?;
+    let key =
+        mta_auth::keygen(&domain, &selector, algorithm, args.bits).map_err(|e| e.to_string())?;
     let out = args
         .out
         .clone()
@@ -72,7 +77,10 @@ fn generate(args: &Args) -> Result<(), String> {
         .and_then(|_| file.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     let shown = std::fs::canonicalize(&out).unwrap_or(out);
-    println!("Private key written to {} (keep it secret).", shown.display());
+    println!(
+        "Private key written to {} (keep it secret).",
+        shown.display()
+    );
     println!();
     println!("Publish this TXT record:");
     println!("{} IN TXT \"{}\"", key.record_name, key.record_value);

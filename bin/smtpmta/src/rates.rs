@@ -156,11 +156,7 @@ pub async fn busy_handlers(sup: &Supervisor, task: TaskName) -> u64 {
         c.status().await.ok()
     };
     match tokio::time::timeout(Duration::from_secs(1), ask).await {
-        Ok(Some(status)) => status
-            .handlers
-            .iter()
-            .filter(|h| h.state != "idle")
-            .count() as u64,
+        Ok(Some(status)) => status.handlers.iter().filter(|h| h.state != "idle").count() as u64,
         _ => 0,
     }
 }

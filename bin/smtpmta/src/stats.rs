@@ -96,7 +96,10 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
     let mut after = None;
     let mut pages = 0;
     while pages < 20 {
-        let rows = sup.store.destinations(after.clone(), 500).map_err(|e| e.to_string())?;
+        let rows = sup
+            .store
+            .destinations(after.clone(), 500)
+            .map_err(|e| e.to_string())?;
         if rows.is_empty() {
             break;
         }
@@ -167,10 +170,19 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
             text: Some(domain),
         },
     ]);
-    stats.sort_by(|a, b| a.name.to_ascii_lowercase().cmp(&b.name.to_ascii_lowercase()));
-    let selected: Vec<Statistic> = stats.into_iter().filter(|s| selects(pattern, &s.name)).collect();
+    stats.sort_by(|a, b| {
+        a.name
+            .to_ascii_lowercase()
+            .cmp(&b.name.to_ascii_lowercase())
+    });
+    let selected: Vec<Statistic> = stats
+        .into_iter()
+        .filter(|s| selects(pattern, &s.name))
+        .collect();
     if selected.is_empty() {
-        return Err(format!("no statistics match `{pattern}` (try `show stat mail`)"));
+        return Err(format!(
+            "no statistics match `{pattern}` (try `show stat mail`)"
+        ));
     }
     Ok(selected)
 }
@@ -219,7 +231,10 @@ mod tests {
         assert!(selects("mail", "Mail.Dead"));
         assert!(selects("MAIL.DEAD", "Mail.Dead"));
         assert!(!selects("mail.dead", "Mail.DeadX"));
-        assert!(selects("mail.transferthreads", "Mail.TransferThreads.Concurrent.Max"));
+        assert!(selects(
+            "mail.transferthreads",
+            "Mail.TransferThreads.Concurrent.Max"
+        ));
         assert!(selects("mail.*threads*", "Mail.DeliveryThreads.Max"));
         assert!(selects("mail.*threads*", "Mail.TransferThreads.Total"));
         assert!(!selects("mail.*threads*", "Mail.Dead"));

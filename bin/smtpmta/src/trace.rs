@@ -36,7 +36,10 @@ pub async fn trace(sup: &Supervisor, address: &str) -> Result<String, String> {
             );
         }
         None => {
-            let _ = writeln!(out, "DKIM: no [[dkim]] key for {domain}: mail from it leaves unsigned");
+            let _ = writeln!(
+                out,
+                "DKIM: no [[dkim]] key for {domain}: mail from it leaves unsigned"
+            );
         }
     }
     Ok(out.trim_end().to_string())

@@ -57,7 +57,9 @@ pub(crate) fn first_value(content: &[u8], name: &str) -> Option<String> {
 pub(crate) fn count(content: &[u8], name: &str) -> usize {
     fields(content)
         .into_iter()
-        .filter(|&(s, e)| field_name(&content[s..e]).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+        .filter(|&(s, e)| {
+            field_name(&content[s..e]).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        })
         .count()
 }
 
@@ -123,8 +125,14 @@ mod tests {
 
     #[test]
     fn from_domain() {
-        assert_eq!(header_domain("\"Ann\" <ann@Example.COM>").as_deref(), Some("example.com"));
-        assert_eq!(header_domain("ann@example.com (Ann)").as_deref(), Some("example.com"));
+        assert_eq!(
+            header_domain("\"Ann\" <ann@Example.COM>").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            header_domain("ann@example.com (Ann)").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(header_domain("no address"), None);
     }
 

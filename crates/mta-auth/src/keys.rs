@@ -47,7 +47,11 @@ impl SigningKeys {
                 config.dkim_error(
                     i,
                     "private_key",
-                    format!("{} ({}): {message}", entry.private_key.display(), entry.algorithm.as_str()),
+                    format!(
+                        "{} ({}): {message}",
+                        entry.private_key.display(),
+                        entry.algorithm.as_str()
+                    ),
                 )
             })?;
             let signer = DkimSigner::from_key(key)
@@ -79,7 +83,11 @@ impl SigningKeys {
     }
 
     /// The key for a message: its From domain's, else the envelope sender's domain's.
-    pub fn key_for_message(&self, content: &[u8], sender_domain: Option<&str>) -> Option<&DkimKeyConfig> {
+    pub fn key_for_message(
+        &self,
+        content: &[u8],
+        sender_domain: Option<&str>,
+    ) -> Option<&DkimKeyConfig> {
         self.pick(content, sender_domain).map(|k| &k.config)
     }
 
@@ -105,7 +113,10 @@ impl SigningKeys {
             return Ok(None);
         }
         let signature = key.signer.sign(content).map_err(|e| e.to_string())?;
-        Ok(Some((tidy_signature_header(signature.to_header()), &key.config)))
+        Ok(Some((
+            tidy_signature_header(signature.to_header()),
+            &key.config,
+        )))
     }
 }
 
@@ -139,8 +150,8 @@ fn already_signed(content: &[u8], key: &DkimKeyConfig) -> bool {
 
 fn load_key(entry: &DkimKeyConfig) -> Result<DkimKey, String> {
     let pem = std::fs::read(&entry.private_key).map_err(|e| format!("cannot read: {e}"))?;
-    let der = PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| format!("not a PEM private key: {e}"))?;
+    let der =
+        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("not a PEM private key: {e}"))?;
     match entry.algorithm {
         DkimAlgorithm::RsaSha256 => {
             if matches!(der, PrivateKeyDer::Sec1(_)) {
@@ -241,7 +252,10 @@ pub fn keygen(
 mod tests {
     use super::*;
 
-    fn config_with(dir: &std::path::Path, entries: &str) -> Result<Config, mta_config::ConfigError> {
+    fn config_with(
+        dir: &std::path::Path,
+        entries: &str,
+    ) -> Result<Config, mta_config::ConfigError> {
         std::fs::write(dir.join("directory.toml"), "").unwrap();
         let path = dir.join("smtpmta.toml");
         std::fs::write(&path, format!("hostname = \"mta.test\"\n{entries}")).unwrap();
@@ -259,7 +273,10 @@ mod tests {
         assert_eq!(ed.record_name, "e1._domainkey.example.test.");
         std::fs::write(dir.path().join("r.pem"), &rsa.private_pem).unwrap();
         std::fs::write(dir.path().join("e.pem"), &ed.private_pem).unwrap();
-        for (file, alg, sel) in [("r.pem", "rsa-sha256", "r1"), ("e.pem", "ed25519-sha256", "e1")] {
+        for (file, alg, sel) in [
+            ("r.pem", "rsa-sha256", "r1"),
+            ("e.pem", "ed25519-sha256", "e1"),
+        ] {
             let config = config_with(
                 dir.path(),
                 &format!("[[dkim]]\ndomain = \"example.test\"\nselector = \"{sel}\"\nprivate_key = \"{file}\"\nalgorithm = \"{alg}\"\n"),
@@ -297,7 +314,10 @@ mod tests {
         std::fs::write(dir.path().join("junk.pem"), "hello\n").unwrap();
         let c = config_with(dir.path(), &entry("junk.pem", "rsa-sha256")).unwrap();
         let text = SigningKeys::load(&c).unwrap_err().to_string();
-        assert!(text.contains("key `dkim[0].private_key`") && text.contains("not a PEM private key"), "{text}");
+        assert!(
+            text.contains("key `dkim[0].private_key`") && text.contains("not a PEM private key"),
+            "{text}"
+        );
         // An RSA key of 512 bits (RFC 8301 forbids < 1024).
         let short = mail_auth::dkim::generate::DkimKeyPair::generate_rsa(512).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(short.private_key());
@@ -308,7 +328,11 @@ mod tests {
         .unwrap();
         let c = config_with(dir.path(), &entry("short.pem", "rsa-sha256")).unwrap();
         let text = SigningKeys::load(&c).unwrap_err().to_string();
-        assert!(text.contains(":7: key `dkim[0].private_key`") && text.contains("512 bits is too short"), "{text}");
+        assert!(
+            text.contains(":7: key `dkim[0].private_key`")
+                && text.contains("512 bits is too short"),
+            "{text}"
+        );
         // An RSA key given as Ed25519.
         let c = config_with(dir.path(), &entry("short.pem", "ed25519-sha256")).unwrap();
         let text = SigningKeys::load(&c).unwrap_err().to_string();

@@ -43,7 +43,7 @@ pub enum AuthError {
 pub mod counters {
     pub use mta_types::counters::{
         DKIM_SIGNED as SIGNED, DKIM_VERIFIED_FAIL as VERIFIED_FAIL,
-        DKIM_VERIFIED_NONE as VERIFIED_NONE, DKIM_VERIFIED_PASS as VERIFIED_PASS,
-        DMARC_REJECTED, MAIL_AUTH as ALL,
+        DKIM_VERIFIED_NONE as VERIFIED_NONE, DKIM_VERIFIED_PASS as VERIFIED_PASS, DMARC_REJECTED,
+        MAIL_AUTH as ALL,
     };
 }

@@ -2,7 +2,9 @@
 //! domain, and the Authentication-Results header that records them under our hostname.
 
 use crate::AuthError;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
@@ -69,7 +71,11 @@ impl AuthSummary {
             dkim,
             self.dmarc,
             self.dmarc_policy,
-            if self.from_domain.is_empty() { "-" } else { &self.from_domain }
+            if self.from_domain.is_empty() {
+                "-"
+            } else {
+                &self.from_domain
+            }
         )
     }
 }
@@ -111,7 +117,10 @@ impl Verifier {
                     NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            (ResolverConfig::from_name_servers(servers), ResolverOpts::default())
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
         };
         opts.timeout = dns.timeout;
         opts.attempts = 1;
@@ -144,7 +153,12 @@ impl Verifier {
         let sender = input.mail_from.unwrap_or("");
         let spf = self
             .auth
-            .verify_spf(SpfParameters::verify_mail_from(input.client_ip, helo, host, sender))
+            .verify_spf(SpfParameters::verify_mail_from(
+                input.client_ip,
+                helo,
+                host,
+                sender,
+            ))
             .await;
         let mail_from_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d);
 
@@ -219,8 +233,8 @@ impl Verifier {
             Policy::Quarantine => "quarantine",
             Policy::None | Policy::Unspecified => "none",
         };
-        let dmarc_reject = (failed && dmarc.policy() == Policy::Reject)
-            .then(|| dmarc.domain().to_string());
+        let dmarc_reject =
+            (failed && dmarc.policy() == Policy::Reject).then(|| dmarc.domain().to_string());
         AuthOutcome {
             header,
             summary: AuthSummary {

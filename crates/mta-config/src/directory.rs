@@ -51,11 +51,10 @@ pub struct User {
 impl Directory {
     /// The user named `name` (AUTH identities are user names or one of their addresses).
     pub fn user_named(&self, name: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.name == name).or_else(|| {
-            name.parse::<Address>()
-                .ok()
-                .and_then(|a| self.user_for(&a))
-        })
+        self.users
+            .iter()
+            .find(|u| u.name == name)
+            .or_else(|| name.parse::<Address>().ok().and_then(|a| self.user_for(&a)))
     }
 
     /// Whether `user` may send as `addr`: one of its addresses, or an alias that expands to

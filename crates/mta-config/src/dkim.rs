@@ -92,12 +92,16 @@ impl RawDkim {
         let valid_label = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if selector.is_empty() || !selector.split('.').all(valid_label) {
             return Err((
                 "selector",
-                format!("`{}` is not a DKIM selector (dot-separated DNS labels)", self.selector),
+                format!(
+                    "`{}` is not a DKIM selector (dot-separated DNS labels)",
+                    self.selector
+                ),
             ));
         }
         if self.private_key.trim().is_empty() {
@@ -112,14 +116,18 @@ impl RawDkim {
         }
         let mut headers: Vec<String> = match self.headers {
             Some(list) => {
-                if let Some(bad) = list.iter().find(|h| {
-                    h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-                }) {
+                if let Some(bad) = list
+                    .iter()
+                    .find(|h| h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':'))
+                {
                     return Err(("headers", format!("`{bad}` is not a header field name")));
                 }
                 list
             }
-            None => DEFAULT_SIGNED_HEADERS.iter().map(|h| h.to_string()).collect(),
+            None => DEFAULT_SIGNED_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
         };
         if !headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
             headers.insert(0, "From".into());

@@ -13,8 +13,8 @@
 //! with a binary unit (`"10K"`, `"25M"`, `"25MiB"`, `"1G"`; K = 1024).
 
 mod debug;
-mod dkim;
 mod directory;
+mod dkim;
 mod error;
 mod tls;
 mod values;
@@ -27,8 +27,8 @@ use mta_types::{BareNewline, Domain};
 use serde::Deserialize;
 
 pub use debug::DebugKnobs;
-pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
+pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
@@ -355,15 +355,19 @@ impl Config {
         };
         let mut dkim = Vec::with_capacity(raw.dkim.len());
         for (i, entry) in raw.dkim.into_iter().enumerate() {
-            let key = entry
-                .into_config(|p| normalize(&base.join(p)))
-                .map_err(|(key, message)| {
-                    src.error_at(&[Seg::Key("dkim"), Seg::Index(i), Seg::Key(key)], message)
-                })?;
+            let key =
+                entry
+                    .into_config(|p| normalize(&base.join(p)))
+                    .map_err(|(key, message)| {
+                        src.error_at(&[Seg::Key("dkim"), Seg::Index(i), Seg::Key(key)], message)
+                    })?;
             if dkim.iter().any(|k: &DkimKeyConfig| k.domain == key.domain) {
                 return Err(src.error_at(
                     &[Seg::Key("dkim"), Seg::Index(i), Seg::Key("domain")],
-                    format!("a second key for `{}` (one signing key per domain)", key.domain),
+                    format!(
+                        "a second key for `{}` (one signing key per domain)",
+                        key.domain
+                    ),
                 ));
             }
             dkim.push(key);
@@ -372,7 +376,11 @@ impl Config {
         let mut outbound = raw.outbound;
         if let Some(ca) = outbound.tls.ca_file.take() {
             let ca = normalize(&base.join(ca));
-            readable(&src, &[Seg::Key("outbound"), Seg::Key("tls"), Seg::Key("ca_file")], &ca)?;
+            readable(
+                &src,
+                &[Seg::Key("outbound"), Seg::Key("tls"), Seg::Key("ca_file")],
+                &ca,
+            )?;
             outbound.tls.ca_file = Some(ca);
         }
         outbound.tls.domains = std::mem::take(&mut outbound.tls.domains)
@@ -405,12 +413,18 @@ impl Config {
             file: self.path.clone(),
             text,
         };
-        src.error_at(&[Seg::Key("dkim"), Seg::Index(index), Seg::Key(key)], message)
+        src.error_at(
+            &[Seg::Key("dkim"), Seg::Index(index), Seg::Key(key)],
+            message,
+        )
     }
 
     /// The `[[dkim]]` key that signs mail from `domain`, with its index.
     pub fn dkim_key_for(&self, domain: &Domain) -> Option<(usize, &DkimKeyConfig)> {
-        self.dkim.iter().enumerate().find(|(_, k)| &k.domain == domain)
+        self.dkim
+            .iter()
+            .enumerate()
+            .find(|(_, k)| &k.domain == domain)
     }
 
     /// The certificate and key the listeners use: `[tls]`'s, or the self-signed pair under
@@ -487,8 +501,16 @@ fn load_tls(src: &Source, base: &Path, raw: &tls::RawTls) -> Result<TlsConfig, C
         (false, false) => {
             let certificate = normalize(&base.join(cert));
             let private_key = normalize(&base.join(key));
-            readable(src, &[Seg::Key("tls"), Seg::Key("certificate")], &certificate)?;
-            readable(src, &[Seg::Key("tls"), Seg::Key("private_key")], &private_key)?;
+            readable(
+                src,
+                &[Seg::Key("tls"), Seg::Key("certificate")],
+                &certificate,
+            )?;
+            readable(
+                src,
+                &[Seg::Key("tls"), Seg::Key("private_key")],
+                &private_key,
+            )?;
             Ok(TlsConfig {
                 files: Some(TlsFiles {
                     certificate,

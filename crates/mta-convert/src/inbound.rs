@@ -105,7 +105,12 @@ pub fn convert_inbound(content: &[u8]) -> Result<Converted, ConversionError> {
         authentication_results: headers
             .iter()
             .find(|h| key_is(h, "Authentication-Results"))
-            .map(|h| h.get_value().split_whitespace().collect::<Vec<_>>().join(" ")),
+            .map(|h| {
+                h.get_value()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
     };
     let hop_count = headers.iter().filter(|h| key_is(h, "Received")).count();
     let hop_count = u32::try_from(hop_count).unwrap_or(u32::MAX);

@@ -39,8 +39,8 @@ pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
     run_session, AuthVerdict, BareLineEvent, ClientInfo, Credentials, Direction, EndReason,
-    Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState,
-    SessionSummary, TlsInfo,
+    Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState, SessionSummary,
+    TlsInfo,
 };
 pub use tokio_rustls;
 

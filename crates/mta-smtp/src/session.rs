@@ -384,7 +384,8 @@ where
         if self.cfg.mode == ListenerMode::Submissions {
             // RFC 8314: TLS from the first byte; the greeting comes over TLS.
             let Some(config) = self.hooks.tls_config() else {
-                self.hooks.tls_failed("no TLS certificate for an implicit-TLS listener");
+                self.hooks
+                    .tls_failed("no TLS certificate for an implicit-TLS listener");
                 return EndReason::TlsFailed;
             };
             if let Flow::Close(reason) = self.handshake(config).await {

@@ -36,7 +36,11 @@ impl StoreError {
         const EDQUOT: i32 = 122;
         let io = match self {
             StoreError::Sync(e) => Some(e),
-            StoreError::Sled(sled::Error::Io(e)) | StoreError::Open { source: sled::Error::Io(e), .. } => Some(e),
+            StoreError::Sled(sled::Error::Io(e))
+            | StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => Some(e),
             _ => None,
         };
         // sled hands out its stored write error as a new io::Error of the same kind (no OS
@@ -555,7 +559,8 @@ impl Engine {
     fn flush_marked(&self, close: bool) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         let seq = self.flush_seq.load(Ordering::Relaxed) + 1;
-        self.tree.insert(keys::FLUSH_SEQ_KEY, &seq.to_be_bytes()[..])?;
+        self.tree
+            .insert(keys::FLUSH_SEQ_KEY, &seq.to_be_bytes()[..])?;
         self.db.flush()?;
         let mut files = self.files.lock().expect("store files");
         files.sync()?;

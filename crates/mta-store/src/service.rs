@@ -234,8 +234,9 @@ impl StoreService {
             StoreRequest::Commit {
                 changes,
                 durability,
-            } => committed(self.commit_with(changes, durability).await)
-                .map(|_| StoreResponse::Done),
+            } => {
+                committed(self.commit_with(changes, durability).await).map(|_| StoreResponse::Done)
+            }
             StoreRequest::CommitClaim {
                 changes,
                 durability,
@@ -674,8 +675,7 @@ fn exit_if_store_stopped(inner: &Inner) {
 /// records and they are below `RESERVE_BYTES` (one statvfs per such group).
 fn below_reserve(dir: &Path, jobs: &[CommitJob]) -> Option<u64> {
     let adds = jobs.iter().any(|j| {
-        j.durability == Durability::Durable
-            && j.changes.iter().any(|c| matches!(c, Change::Put(_)))
+        j.durability == Durability::Durable && j.changes.iter().any(|c| matches!(c, Change::Put(_)))
     });
     if !adds {
         return None;

@@ -52,8 +52,8 @@ pub const MAIL_AUTH: &[&str] = &[
 /// Upper bounds (ms) of the time-to-delivery histogram's buckets: arrival to delivered or
 /// relayed, per recipient. From a local delivery (well under a second) to a day of retries.
 pub const DELIVER_TIME_BOUNDS_MS: &[u64] = &[
-    10, 50, 100, 250, 500, 1_000, 5_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000,
-    14_400_000, 86_400_000,
+    10, 50, 100, 250, 500, 1_000, 5_000, 30_000, 60_000, 300_000, 1_800_000, 3_600_000, 14_400_000,
+    86_400_000,
 ];
 
 /// The counter of the time-to-delivery bucket that holds `ms` (not cumulative: one bucket
@@ -111,6 +111,9 @@ mod tests {
         assert_eq!(deliver_time_bucket(0), "Mail.DeliverTime.Bucket.10");
         assert_eq!(deliver_time_bucket(10), "Mail.DeliverTime.Bucket.10");
         assert_eq!(deliver_time_bucket(11), "Mail.DeliverTime.Bucket.50");
-        assert_eq!(deliver_time_bucket(86_400_001), "Mail.DeliverTime.Bucket.Inf");
+        assert_eq!(
+            deliver_time_bucket(86_400_001),
+            "Mail.DeliverTime.Bucket.Inf"
+        );
     }
 }
