@@ -294,7 +294,7 @@ def count_files(d):
 class Smtpmta:
     name = "smtpmta"
 
-    def __init__(self, top, sink_port, metrics=False):
+    def __init__(self, top, sink_port, metrics=False, extra=""):
         self.dir = tempfile.mkdtemp(prefix="smtpmta-", dir=top)
         self.port = free_port()
         self.metrics_port = free_port() if metrics else None
@@ -316,7 +316,7 @@ relay_host = "127.0.0.1:{sink_port}"
 
 [metrics]
 listen = "{metrics_listen}"
-''')
+{extra}''')
         with open(os.path.join(self.dir, "directory.toml"), "w") as f:
             f.write(f'''[[user]]
 name = "{LOCAL_USER}"
@@ -612,12 +612,16 @@ def strace_fsyncs(mta):
     return finish
 
 
-def throughput_run(kind, top, sc, trace=False, metrics=False):
+def throughput_run(kind, top, sc, trace=False, metrics=False, extra=None):
     """One run of a relay/local scenario on a fresh daemon; returns its figures. With
-    `metrics`, smtpmta serves /metrics and it is scraped every second meanwhile."""
+    `metrics`, smtpmta serves /metrics and it is scraped every second meanwhile; `extra` is
+    appended to smtpmta's config."""
     count = sc["fsync_count"] if trace else sc["count"]
     sink = Sink(top)
-    mta = MTAS[kind](top, sink.port, metrics=True) if metrics else MTAS[kind](top, sink.port)
+    if metrics or extra:
+        mta = MTAS[kind](top, sink.port, metrics=metrics, extra=extra or "")
+    else:
+        mta = MTAS[kind](top, sink.port)
     scraper = Scraper(mta.metrics_port) if metrics else None
     try:
         local = sc["local"]
@@ -636,8 +640,12 @@ def throughput_run(kind, top, sc, trace=False, metrics=False):
             calls = finish()
             return {"fsync_per_msg": sum(calls.get(c, 0) for c in DURABLE_CALLS) / count,
                     "sfr_per_msg": calls.get("sync_file_range", 0) / count, "fsync_calls": calls}
-        return {"accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
-                "cpu_us": (cpu1 - cpu0) / count, "pss_mib": peak / 1024}
+        out = {"accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
+               "cpu_us": (cpu1 - cpu0) / count, "pss_mib": peak / 1024}
+        if extra and "[[dkim]]" in extra:
+            mta.log.flush()
+            out["signed"] = open(os.path.join(mta.dir, "smtpmta.log"), "rb").read().count(b" dkim signed ")
+        return out
     finally:
         if scraper:
             scraper.stop()
@@ -705,6 +713,38 @@ def metrics_run(kind, top, sc):
     out["e2e_metrics_off"] = statistics.median(off)
     out["e2e_metrics_on"] = statistics.median(on)
     out["metrics_on_pct"] = 100.0 * out["e2e_metrics_on"] / out["e2e_metrics_off"]
+    return out
+
+
+def dkim_run(kind, top, sc):
+    """Issue 15's figures: the 1 KiB × 20 relay with DKIM signing off, with an RSA-2048 key
+    and with an Ed25519 key for the sender's domain (smtp-source's From), alternating runs,
+    median each; and the CPU per message that signing adds. A run counts only when its log
+    says every message was signed."""
+    keys = {}
+    for alg in ("rsa-sha256", "ed25519-sha256"):
+        path = os.path.join(top, "dkim-%s.pem" % alg)
+        if not os.path.exists(path):
+            run([SMTPMTA, "dkim-keygen", "--domain", SENDER.split("@")[1], "--selector", "bench",
+                 "--algorithm", alg, "--out", path])
+        keys[alg] = '\n[[dkim]]\ndomain = "%s"\nselector = "bench"\nprivate_key = "%s"\nalgorithm = "%s"\n' % (
+            SENDER.split("@")[1], path, alg)
+    tp = dict(sc, kind="tp", local=False, reuse=False, sessions=20, size=1024)
+    runs = {"off": [], "rsa": [], "ed25519": []}
+    for _ in range(sc["tp_reps"]):
+        runs["off"].append(throughput_run("smtpmta", top, tp))
+        for name, alg in (("rsa", "rsa-sha256"), ("ed25519", "ed25519-sha256")):
+            r = throughput_run("smtpmta", top, tp, extra=keys[alg])
+            if r["signed"] < tp["count"]:
+                raise RuntimeError("%s: only %d of %d messages signed" % (alg, r["signed"], tp["count"]))
+            runs[name].append(r)
+    out = {}
+    for name, rs in runs.items():
+        out["e2e_dkim_" + name] = statistics.median(r["e2e"] for r in rs)
+        out["cpu_us_dkim_" + name] = statistics.median(r["cpu_us"] for r in rs)
+    for name in ("rsa", "ed25519"):
+        out["dkim_%s_pct" % name] = 100.0 * out["e2e_dkim_" + name] / out["e2e_dkim_off"]
+        out["dkim_%s_added_us" % name] = out["cpu_us_dkim_" + name] - out["cpu_us_dkim_off"]
     return out
 
 
@@ -1046,6 +1086,9 @@ def scenarios(quick):
     # issue 13: smtpmta only
     out.append(dict(id="metrics", title="/metrics: scrape cost and relay with metrics on", kind="metrics", reps=1,
                     count=3000, queued=2000, idle_secs=20, tp_reps=3))
+    # issue 15: smtpmta only
+    out.append(dict(id="dkim", title="DKIM signing: relay 1 KiB × 20, off / RSA-2048 / Ed25519", kind="dkim",
+                    reps=1, count=3000, tp_reps=3))
     # issue 10; one run whatever --reps (~10-15 min); its own table and docs block
     out.append(dict(id="backlog", title="backlog", kind="backlog", reps=1, size=k, sessions=20,
                     count=1_000_000, pf_count=100_000, intake=5000, drain_first=100_000, idle_secs=10))
@@ -1072,6 +1115,14 @@ FIGS = [  # key, label, unit, better, target ratio
     ("e2e_metrics_off", "relay 1 KiB × 20 end-to-end msg/s, metrics off", "", "higher", None),
     ("e2e_metrics_on", "the same, metrics on and scraped every second", "", "higher", None),
     ("metrics_on_pct", "metrics on, % of off (target ≥ 97 %)", "", "higher", None),
+    ("e2e_dkim_off", "end-to-end msg/s, signing off", "", "higher", None),
+    ("e2e_dkim_rsa", "end-to-end msg/s, RSA-2048 signing", "", "higher", None),
+    ("e2e_dkim_ed25519", "end-to-end msg/s, Ed25519 signing", "", "higher", None),
+    ("dkim_rsa_pct", "RSA-2048 signing, % of off", "", "higher", None),
+    ("dkim_ed25519_pct", "Ed25519 signing, % of off", "", "higher", None),
+    ("cpu_us_dkim_off", "CPU µs/msg, signing off", "", "lower", None),
+    ("dkim_rsa_added_us", "CPU µs/msg that RSA-2048 signing adds", "", "lower", None),
+    ("dkim_ed25519_added_us", "CPU µs/msg that Ed25519 signing adds", "", "lower", None),
 ]
 
 
@@ -1080,7 +1131,7 @@ def kinds_for(sc):
     delivers locally only through an external MDA, and has no console for the others)."""
     if sc["kind"] == "tp" and not sc["local"] and shutil.which("chasquid"):
         return ("smtpmta", "postfix", "chasquid")
-    if sc["kind"] == "metrics":
+    if sc["kind"] in ("metrics", "dkim"):
         return ("smtpmta",)
     return ("smtpmta", "postfix")
 
@@ -1283,7 +1334,8 @@ def main():
             for rep in range(min(reps, sc.get("reps", reps))):
                 for kind in kinds_for(sc):
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
-                          "backlog": backlog_run, "metrics": metrics_run}[sc["kind"]]
+                          "backlog": backlog_run, "metrics": metrics_run,
+                          "dkim": dkim_run}[sc["kind"]]
                     try:
                         r = fn(kind, top, sc)
                     except Exception as e:

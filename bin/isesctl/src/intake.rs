@@ -286,7 +286,10 @@ fn write_batch(
     }
     for mut job in batch {
         let content = std::mem::take(&mut job.content);
-        let result = spool.append(&[&content]).map_err(|e| {
+        // The message's first record goes beside its content, so a queue store that lost
+        // it can be rebuilt from the spool (the supervisor's `spool_recovery`).
+        let envelope = serde_json::to_vec(&job.record).unwrap_or_default();
+        let result = spool.append_with_envelope(&envelope, &[&content]).map_err(|e| {
             tracing::warn!(qid = %job.record.id, error = %e, "spool write failed: message not accepted");
             spool_reply(&e)
         });

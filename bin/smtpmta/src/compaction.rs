@@ -33,9 +33,11 @@ pub struct Compacted {
     pub spool_bytes: u64,
 }
 
-/// `<owner>-<pid>-<start>-<n>.seg` → (`<owner>-<pid>-<start>`, pid, n).
+/// `<owner>-<pid>-<start>-<n>.seg2` (or `.seg`) → (`<owner>-<pid>-<start>`, pid, n).
 fn parse_name(name: &str) -> Option<(&str, u32, u32)> {
-    let stem = name.strip_suffix(".seg")?;
+    let stem = name
+        .strip_suffix(mta_spool::SEGMENT_SUFFIX)
+        .or_else(|| name.strip_suffix(mta_spool::UNFRAMED_SUFFIX))?;
     let (prefix, n) = stem.rsplit_once('-')?;
     let (rest, _start) = prefix.rsplit_once('-')?;
     let (_owner, pid) = rest.rsplit_once('-')?;
@@ -186,13 +188,13 @@ mod tests {
     fn never_a_live_writers_newest_or_a_referenced_segment() {
         let now = SystemTime::now();
         let segs = vec![
-            seg("isesctl-100-5-0.seg", 3600, now), // live, rotated, old: goes
-            seg("isesctl-100-5-1.seg", 3600, now), // live, newest: stays
-            seg("router-100-5-0.seg", 3600, now),  // other prefix of a live pid, newest: stays
-            seg("drt-200-7-0.seg", 120, now),      // dead writer, idle 2 min: goes
-            seg("drt-200-7-1.seg", 10, now),       // dead writer, just written: stays for now
-            seg("imsgcnv-200-9-0.seg", 3600, now), // referenced: stays
-            seg("isesctl-100-4-0.seg", 60, now),   // live, rotated, recent: stays
+            seg("isesctl-100-5-0.seg2", 3600, now), // live, rotated, old: goes (framed)
+            seg("isesctl-100-5-1.seg2", 3600, now), // live, newest: stays
+            seg("router-100-5-0.seg", 3600, now),   // other prefix of a live pid, newest: stays
+            seg("drt-200-7-0.seg", 120, now),       // dead writer, idle 2 min: goes
+            seg("drt-200-7-1.seg", 10, now),        // dead writer, just written: stays for now
+            seg("imsgcnv-200-9-0.seg", 3600, now),  // referenced: stays
+            seg("isesctl-100-4-0.seg", 60, now),    // live, rotated, recent: stays
             seg("isesctl-100-4-1.seg", 60, now),
             seg("weird.seg", 9999, now), // not our name: stays
         ];
@@ -202,6 +204,6 @@ mod tests {
             &|pid| pid == 100,
             now,
         );
-        assert_eq!(got, vec!["isesctl-100-5-0.seg", "drt-200-7-0.seg"]);
+        assert_eq!(got, vec!["isesctl-100-5-0.seg2", "drt-200-7-0.seg"]);
     }
 }

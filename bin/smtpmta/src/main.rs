@@ -24,6 +24,7 @@ mod metrics;
 mod operations;
 mod rates;
 mod service;
+mod spool_recovery;
 mod stats;
 mod status_page;
 mod trace;
@@ -195,6 +196,12 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
     let store = StoreService::open(&config.store_dir(), Some(&config.data_dir))?;
+    // A rebuild that fails is said and the suite starts anyway (never a crash loop): the
+    // spool keeps the content while the DAMAGED report holds compaction off.
+    if let Err(e) = spool_recovery::run_if_damaged(&store, &config.store_dir(), &config.spool_dir())
+    {
+        tracing::error!("rebuilding lost records from the spool failed: {e:#}");
+    }
 
     let exe_dir = std::env::current_exe()
         .context("cannot find my own executable")?

@@ -114,6 +114,7 @@ pub async fn release_dead(sup: &Supervisor, qid: &str) -> ConsoleReply {
         Ok(id) => id,
         Err(e) => return *e,
     };
+    let to = std::sync::Mutex::new(QueueName::MailBox);
     let result = sup
         .store
         .operate(id, |mut r| {
@@ -127,17 +128,28 @@ pub async fn release_dead(sup: &Supervisor, qid: &str) -> ConsoleReply {
                     rcpt.final_reported = false;
                 }
             }
-            r.location = Location::Queue(QueueName::MailBox);
+            // A record rebuilt from the spool was never converted: imsgcnv first.
+            let queue = if r.fields.is_none() {
+                QueueName::InboundWork
+            } else {
+                QueueName::MailBox
+            };
+            r.location = Location::Queue(queue);
             r.not_before = 0;
             r.note = None;
+            *to.lock().expect("release target") = queue;
             Ok(Change::Put(r))
         })
         .await;
+    let queue = *to.lock().expect("release target");
     match result {
         Ok(()) => {
-            kick(sup, QueueName::MailBox).await;
-            tracing::info!("qid={id} dead message released by the operator to mail.box");
-            ConsoleReply::Text(format!("{id} released to mail.box for routing"))
+            kick(sup, queue).await;
+            tracing::info!(
+                "qid={id} dead message released by the operator to {}",
+                queue.as_str()
+            );
+            ConsoleReply::Text(format!("{id} released to {} for routing", queue.as_str()))
         }
         Err(e) => failed(qid, e),
     }

@@ -157,14 +157,15 @@ fn load_key(entry: &DkimKeyConfig) -> Result<DkimKey, String> {
             if matches!(der, PrivateKeyDer::Sec1(_)) {
                 return Err("not an RSA key".into());
             }
-            let key = RsaKey::<Sha256>::from_key_der(der)
-                .map_err(|e| format!("not an RSA private key: {e}"))?;
-            let bits = rsa_bits(&key.public_key())?;
+            // The size first: ring refuses short keys with a bare "TooSmall".
+            let bits = private_rsa_bits(&der)?;
             if bits < MIN_RSA_BITS {
                 return Err(format!(
                     "an RSA key of {bits} bits is too short: at least {MIN_RSA_BITS} (RFC 8301), 2048 recommended"
                 ));
             }
+            let key = RsaKey::<Sha256>::from_key_der(der)
+                .map_err(|e| format!("not an RSA private key: {e}"))?;
             Ok(DkimKey::Rsa(key))
         }
         DkimAlgorithm::Ed25519Sha256 => match der {
@@ -176,12 +177,18 @@ fn load_key(entry: &DkimKeyConfig) -> Result<DkimKey, String> {
     }
 }
 
-fn rsa_bits(public_pkcs1_der: &[u8]) -> Result<usize, String> {
-    use rsa::pkcs1::DecodeRsaPublicKey;
+fn private_rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
     use rsa::traits::PublicKeyParts;
-    let public = rsa::RsaPublicKey::from_pkcs1_der(public_pkcs1_der)
-        .map_err(|e| format!("RSA public key: {e}"))?;
-    Ok(public.n().bits())
+    let key = match der {
+        PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
+            .map_err(|e| format!("not an RSA private key: {e}"))?,
+        PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
+            .map_err(|e| format!("not an RSA private key: {e}"))?,
+        _ => return Err("not an RSA key".into()),
+    };
+    Ok(key.n().bits())
 }
 
 fn spki(public_pkcs1_der: &[u8]) -> Result<Vec<u8>, AuthError> {

@@ -113,6 +113,8 @@ pub struct Engine {
     /// Set when the database was found behind its mark (`durability.rs`); kept in the
     /// `DAMAGED` report file until the operator removes it.
     damage: Option<String>,
+    /// The damage was found at this open (not reported by an earlier one).
+    damage_found_now: bool,
 }
 
 /// The last written value of each small derived key (counter, count, segment reference,
@@ -235,6 +237,7 @@ impl Engine {
             recent: Mutex::new(Default::default()),
             flush_seq: Default::default(),
             damage: None,
+            damage_found_now: false,
         };
         engine.check_flush_mark(dir)?;
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
@@ -603,6 +606,7 @@ impl Engine {
             crate::durability::sync_dir(dir)?;
             files.reset_mark(seq)?;
             self.damage = Some(text);
+            self.damage_found_now = true;
         } else if let Ok(text) = std::fs::read_to_string(&report_path) {
             tracing::error!(
                 "the queue store was found damaged at an earlier start ({}): spool compaction stays off until it is removed",
@@ -616,6 +620,11 @@ impl Engine {
     /// The damage found at open (`check_flush_mark`), while its report exists.
     pub fn damage(&self) -> Option<&str> {
         self.damage.as_deref()
+    }
+
+    /// Whether this open found the damage (rather than an earlier one's report).
+    pub fn damage_found_now(&self) -> bool {
+        self.damage_found_now
     }
 
     /// fsync/fdatasync calls made on the store's files since it opened.
