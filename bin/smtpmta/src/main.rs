@@ -27,6 +27,7 @@ mod service;
 mod stats;
 mod status_page;
 mod trace;
+mod tracking;
 
 use anyhow::Context;
 use clap::Parser;
@@ -195,6 +196,10 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
     let store = StoreService::open(&config.store_dir(), Some(&config.data_dir))?;
+    store
+        .engine()
+        .set_hold_undeliverable(config.hold_undeliverable);
+    store.engine().set_tracking_days(config.tracking_days);
 
     let exe_dir = std::env::current_exe()
         .context("cannot find my own executable")?
@@ -265,6 +270,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     };
     let compaction = tokio::spawn(compaction::schedule(sup.clone()));
     let sampler = tokio::spawn(rates::run(sup.clone()));
+    let tracking = tokio::spawn(tracking::prune_schedule(sup.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -282,6 +288,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     }
     compaction.abort();
     sampler.abort();
+    tracking.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     // Make sure the last commits are on disk before the database closes, and the store's
