@@ -306,6 +306,7 @@ fn check_text_ids(suite: &Suite, local: &str, relayed: &str) {
     let json = mtacon_json(suite, &["track", "to=erin@far.test"]);
     let rows = json["track"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["qid"], relayed, "{json}");
     assert_eq!(rows[0]["recipients"][0]["outcome"], "relayed", "{json}");
     assert_eq!(rows[0]["from"], "dave@example.org", "{json}");
     let (ok, text) = mtacon_text(suite, &["track", "since=yesterday"]);

@@ -151,9 +151,14 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
             json!({ "stats": map })
         }
         ConsoleReply::Message(r) => json!({ "message": r }),
-        ConsoleReply::History(h) => json!({ "history": h }),
+        // `qid`: the queue id as printed everywhere (`id` is its number).
+        ConsoleReply::History(h) => json!({ "history": h, "qid": h.id.to_string() }),
         ConsoleReply::Track(page) => json!({
-            "track": page.rows,
+            "track": page.rows.iter().map(|h| {
+                let mut v = json!(h);
+                v["qid"] = json!(h.id.to_string());
+                v
+            }).collect::<Vec<_>>(),
             "more_after": page.next.map(|id| id.to_string()),
         }),
         ConsoleReply::Text(t) => json!({ "text": t }),

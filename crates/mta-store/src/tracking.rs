@@ -216,3 +216,149 @@ pub fn query(
     }
     Ok((out, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Engine;
+    use mta_ipc::store::Change;
+    use mta_types::message::{now_ms, ContentRef, Envelope, ParsedFields, RECORD_SCHEMA};
+    use mta_types::{QueueName, RcptStatus, Recipient};
+
+    fn record(id: QueueId, from: &str, to: &str, mid: &str) -> MessageRecord {
+        MessageRecord {
+            schema: RECORD_SCHEMA,
+            id,
+            location: Location::Queue(QueueName::InboundWork),
+            received_at: id.timestamp_ms(),
+            size: 10,
+            envelope: Envelope {
+                mail_from: Some(from.parse().unwrap()),
+                ret: None,
+                envid: None,
+                helo: "h".into(),
+                client_ip: "127.0.0.1".into(),
+                protocol: "ESMTP".into(),
+                utf8: false,
+                eight_bit: false,
+            },
+            recipients: vec![Recipient::new(to.parse().unwrap())],
+            content: ContentRef {
+                segment: "s.seg".into(),
+                offset: 0,
+                len: 10,
+            },
+            fields: Some(ParsedFields {
+                message_id: Some(format!("<{mid}>")),
+                ..Default::default()
+            }),
+            trace: Default::default(),
+            not_before: 0,
+            note: None,
+        }
+    }
+
+    fn query(e: &Engine, q: Query) -> Vec<QueueId> {
+        e.track(&q, 1000).unwrap().0.iter().map(|h| h.id).collect()
+    }
+
+    fn none() -> Query {
+        Query {
+            from: None,
+            to: None,
+            since_ms: None,
+            message_id: None,
+            after: None,
+        }
+    }
+
+    /// A finished message keeps its history with the final outcome; each index finds it;
+    /// pages continue where the last ended; pruning removes only what is past
+    /// `tracking_days`, with its index keys, a bounded chunk at a time.
+    #[test]
+    fn histories_are_found_paged_and_pruned_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), None).unwrap();
+        let now = now_ms();
+        let old = QueueId::first_at(now - 10 * 86_400_000);
+        let new = QueueId::generate();
+        let mut a = record(old, "a@x.test", "r@y.test", "m1@x");
+        let b = record(new, "b@x.test", "R@y.test", "m2@x");
+        e.apply(&[Change::Put(a.clone()), Change::Put(b.clone())])
+            .unwrap();
+        // Delivered and removed: the history stays, with the outcome.
+        a.recipients[0].status = RcptStatus::Delivered {
+            at: now,
+            mailbox: "r".into(),
+        };
+        a.location = Location::Done;
+        e.apply(&[Change::Put(a)]).unwrap();
+        assert!(e.get(old).unwrap().is_none());
+        let h = e.history(old).unwrap().unwrap();
+        assert_eq!(
+            (h.state.as_str(), h.recipients[0].outcome.as_str()),
+            ("Done", "delivered")
+        );
+
+        let by = |f: fn(&mut Query)| {
+            let mut q = none();
+            f(&mut q);
+            query(&e, q)
+        };
+        assert_eq!(by(|q| q.from = Some("A@x.test".into())), vec![old]);
+        assert_eq!(by(|q| q.to = Some("r@y.test".into())), vec![old, new]);
+        assert_eq!(by(|q| q.message_id = Some("<M2@x>".into())), vec![new]);
+        let mut since = none();
+        since.since_ms = Some(now - 86_400_000);
+        assert_eq!(query(&e, since), vec![new]);
+        assert_eq!(by(|_| {}), vec![old, new]);
+        // One row a page: the second page starts after the first.
+        let (page, next) = e.track(&none(), 1).unwrap();
+        assert_eq!((page[0].id, next), (old, Some(old)));
+        let mut q = none();
+        q.after = next;
+        assert_eq!(query(&e, q), vec![new]);
+
+        e.set_tracking_days(7);
+        assert_eq!(e.prune_history(now).unwrap(), 1);
+        assert!(e.history(old).unwrap().is_none());
+        assert_eq!(by(|q| q.to = Some("r@y.test".into())), vec![new]);
+        assert_eq!(
+            by(|q| q.from = Some("a@x.test".into())),
+            Vec::<QueueId>::new()
+        );
+        assert_eq!(e.prune_history(now).unwrap(), 0);
+    }
+
+    /// With `hold_undeliverable`, a task's move of a permanently failed message to the
+    /// Reports queue is held with the reason; an operator's bounce (from Held) is not.
+    #[test]
+    fn hold_undeliverable_holds_a_tasks_failure_but_not_a_bounce() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), None).unwrap();
+        let mut r = record(QueueId::generate(), "a@x.test", "r@y.test", "m@x");
+        r.location = Location::Queue(QueueName::OutboundWork);
+        e.apply(&[Change::Put(r.clone())]).unwrap();
+        r.recipients[0].status = RcptStatus::Failed {
+            at: 1,
+            status: "5.1.1".into(),
+            reason: "550 5.1.1 no such user".into(),
+        };
+        r.location = Location::Queue(QueueName::Reports);
+        e.set_hold_undeliverable(true);
+        e.apply(&[Change::Put(r.clone())]).unwrap();
+        let held = e.get(r.id).unwrap().unwrap();
+        assert!(held.is_held_undeliverable(), "{held:?}");
+        assert!(held
+            .note
+            .unwrap()
+            .contains("550 5.1.1 no such user (r@y.test)"));
+        let mut bounced = e.get(r.id).unwrap().unwrap();
+        bounced.location = Location::Queue(QueueName::Reports);
+        e.apply(&[Change::Put(bounced)]).unwrap();
+        assert_eq!(
+            e.get(r.id).unwrap().unwrap().location,
+            Location::Queue(QueueName::Reports)
+        );
+    }
+}
