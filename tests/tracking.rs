@@ -381,3 +381,29 @@ fn release_retries_a_conversion_error_and_shows_the_result() {
         "{delivered}"
     );
 }
+
+/// `hold_undeliverable = true` in the file: a null MX (RFC 7505) is a permanent failure,
+/// held with its reason from the start.
+#[test]
+fn hold_undeliverable_from_the_file_holds_a_null_mx_failure() {
+    let dns = mta_testkit::peers::Dns::start();
+    let suite = Suite::start(&SuiteOptions {
+        top: "hold_undeliverable = true".into(),
+        directory: Some(directory()),
+        sections: vec![
+            ("dns", format!("nameservers = [\"127.0.0.1:{}\"]", dns.port)),
+            ("outbound", "connect_timeout = \"2s\"".into()),
+        ],
+        ..Default::default()
+    });
+    let config = mtacon_json(&suite, &["show", "config"]);
+    assert_eq!(config["config"]["hold_undeliverable"], "1", "{config}");
+    let id = send(&suite, "alice@localhost", &["u@null-mx.test"], "null-mx");
+    let note = wait_parked(&suite, &id, "Held");
+    assert!(
+        note.contains("undeliverable") && note.contains("5."),
+        "{note}"
+    );
+    assert_eq!(stat(&suite, "Mail.Hold"), 1);
+    assert!(mta_testkit::maildir_new(&suite.mailbox("alice")).is_empty());
+}
