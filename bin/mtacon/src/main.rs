@@ -184,13 +184,45 @@ async fn one_shot(config: &Target, line: &str, json: bool, yes: bool) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    match client.console(command, REPLY_TIMEOUT).await {
+    match ask(&mut client, command).await {
         Ok(reply) => print_reply(&reply, json).unwrap_or(ExitCode::SUCCESS),
         Err(e) => {
             note!("mtacon: no reply from smtpmta: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sends one command. A `track` answer comes a page (one frame) at a time: the pages are
+/// fetched in turn and joined, up to `tracking::MAX_ROWS` histories (the reply then says
+/// where the rest starts).
+async fn ask(
+    client: &mut SupervisorClient,
+    command: ConsoleCommand,
+) -> Result<ConsoleReply, mta_ipc::IpcError> {
+    let ConsoleCommand::Track(mut query) = command else {
+        return client.console(command, REPLY_TIMEOUT).await;
+    };
+    let mut all = mta_ipc::tracking::TrackPage::default();
+    loop {
+        match client
+            .console(ConsoleCommand::Track(query.clone()), REPLY_TIMEOUT)
+            .await?
+        {
+            ConsoleReply::Track(page) => {
+                all.rows.extend(page.rows);
+                all.next = page.next;
+                match page.next {
+                    Some(next) if all.rows.len() < mta_ipc::tracking::MAX_ROWS => {
+                        query.after = Some(next)
+                    }
+                    _ => break,
+                }
+            }
+            other => return Ok(other),
+        }
+    }
+    Ok(ConsoleReply::Track(all))
 }
 
 /// Prints a reply; the exit code says whether the command failed. A closed stdout is not a
@@ -298,7 +330,7 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
             }
         }
         let c = client.as_mut().expect("connected above");
-        match c.console(command, REPLY_TIMEOUT).await {
+        match ask(c, command).await {
             Ok(reply) => {
                 if print_reply(&reply, json).is_err() {
                     break;

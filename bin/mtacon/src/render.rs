@@ -110,6 +110,8 @@ pub fn to_text(reply: &ConsoleReply) -> String {
                 .join("\n")
         }
         ConsoleReply::Message(r) => message_text(r),
+        ConsoleReply::History(h) => history_text(h),
+        ConsoleReply::Track(page) => track_text(page),
         ConsoleReply::Config(rows) => {
             let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
             rows.iter()
@@ -149,6 +151,16 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
             json!({ "stats": map })
         }
         ConsoleReply::Message(r) => json!({ "message": r }),
+        // `qid`: the queue id as printed everywhere (`id` is its number).
+        ConsoleReply::History(h) => json!({ "history": h, "qid": h.id.to_string() }),
+        ConsoleReply::Track(page) => json!({
+            "track": page.rows.iter().map(|h| {
+                let mut v = json!(h);
+                v["qid"] = json!(h.id.to_string());
+                v
+            }).collect::<Vec<_>>(),
+            "more_after": page.next.map(|id| id.to_string()),
+        }),
         ConsoleReply::Text(t) => json!({ "text": t }),
         ConsoleReply::Error(e) => json!({ "error": e }),
     }
@@ -260,6 +272,100 @@ fn message_text(r: &MessageRecord) -> String {
                 a.reply
             );
         }
+    }
+    out.trim_end().to_string()
+}
+
+/// `show message` of a message that left the queue: its tracking history.
+fn history_text(h: &mta_types::tracking::TrackEntry) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Queue ID:     {} (from the message tracking history)",
+        h.id
+    );
+    let _ = writeln!(out, "State:        {}", h.state);
+    if let Some(note) = &h.note {
+        let _ = writeln!(out, "Reason:       {note}");
+    }
+    let _ = writeln!(
+        out,
+        "Received:     {} from [{}]",
+        time(h.received_at),
+        h.client_ip
+    );
+    let _ = writeln!(out, "Return-Path:  <{}>", h.from);
+    let _ = writeln!(out, "Size:         {} bytes", h.size);
+    if let Some(m) = &h.message_id {
+        let _ = writeln!(out, "Message-ID:   <{m}>");
+    }
+    if let Some(s) = &h.subject {
+        let _ = writeln!(out, "Subject:      {s}");
+    }
+    let _ = writeln!(out, "Recipients:");
+    for r in &h.recipients {
+        let when = r.at.map(|t| format!(" {}", time(t))).unwrap_or_default();
+        let detail = if r.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.detail)
+        };
+        let _ = writeln!(out, "  <{}>: {}{when}{detail}", r.address, r.outcome);
+        let skipped = (r.attempts_total as usize).saturating_sub(r.attempts.len());
+        if skipped > 0 {
+            let _ = writeln!(out, "    ({skipped} earlier attempts not kept)");
+        }
+        for a in &r.attempts {
+            let _ = writeln!(
+                out,
+                "    attempt {}: {} said {}",
+                time(a.at),
+                a.host,
+                a.reply
+            );
+        }
+    }
+    if h.more_recipients > 0 {
+        let _ = writeln!(out, "  … and {} more recipients", h.more_recipients);
+    }
+    out.trim_end().to_string()
+}
+
+/// `track`: one line per message, then one per recipient.
+fn track_text(page: &mta_ipc::tracking::TrackPage) -> String {
+    use std::fmt::Write as _;
+    if page.rows.is_empty() {
+        return "no message found".into();
+    }
+    let mut out = String::new();
+    for h in &page.rows {
+        let _ = writeln!(
+            out,
+            "{}  {}  from=<{}> size={} message-id=<{}> state={}",
+            h.id,
+            time(h.received_at),
+            h.from,
+            h.size,
+            h.message_id.as_deref().unwrap_or(""),
+            h.state
+        );
+        for r in &h.recipients {
+            let detail = if r.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.detail)
+            };
+            let _ = writeln!(
+                out,
+                "    to=<{}> {} attempts={}{detail}",
+                r.address, r.outcome, r.attempts_total
+            );
+        }
+    }
+    let _ = writeln!(out, "{} message(s)", page.rows.len());
+    if let Some(next) = page.next {
+        let _ = writeln!(out, "more: add after={next} to see the next ones");
     }
     out.trim_end().to_string()
 }

@@ -34,6 +34,8 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
         ConsoleCommand::Hold { qid } => crate::operations::hold(sup, &qid).await,
         ConsoleCommand::Release { qid } => crate::operations::release(sup, &qid).await,
         ConsoleCommand::ReleaseDead { qid } => crate::operations::release_dead(sup, &qid).await,
+        ConsoleCommand::Bounce { qid } => crate::operations::bounce(sup, &qid).await,
+        ConsoleCommand::Track(query) => crate::tracking::track(sup, &query),
         ConsoleCommand::Delete { qid } => crate::operations::delete(sup, &qid).await,
         ConsoleCommand::Bulk { op, domain } => crate::operations::bulk(sup, op, &domain).await,
         ConsoleCommand::RouteLocalDelivery => crate::operations::route_local_delivery(sup).await,
@@ -234,6 +236,9 @@ pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
 /// Validates the knob here, then pushes every knob to every running task; a task that
 /// (re)starts later gets them when it says it is ready.
 async fn set_config(sup: &Supervisor, knob: &str, value: &str) -> ConsoleReply {
+    if knob.eq_ignore_ascii_case("hold_undeliverable") {
+        return set_hold_undeliverable(sup, value);
+    }
     let knobs = {
         let mut knobs = sup.knobs.lock().expect("knob lock");
         if let Err(e) = knobs.set(knob, value) {
@@ -260,6 +265,32 @@ async fn set_config(sup: &Supervisor, knob: &str, value: &str) -> ConsoleReply {
             failed.join(", ")
         ))
     }
+}
+
+/// `set config hold_undeliverable 1`: applied by the store, which every task's commit
+/// passes through, so it holds at once in every task without being pushed to them. Like
+/// the knobs, it lasts until the supervisor restarts (the file's value then).
+fn set_hold_undeliverable(sup: &Supervisor, value: &str) -> ConsoleReply {
+    let on = match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => true,
+        "0" | "false" | "no" | "off" => false,
+        _ => {
+            return ConsoleReply::Error(format!(
+                "setting `hold_undeliverable`: `{value}` is not 0 or 1 (true or false)"
+            ))
+        }
+    };
+    sup.store.engine().set_hold_undeliverable(on);
+    tracing::info!("hold_undeliverable set to {on} by the operator");
+    ConsoleReply::Text(format!(
+        "hold_undeliverable set to {} ({})",
+        u8::from(on),
+        if on {
+            "permanently failed mail is held; `release` retries it, `bounce` reports it"
+        } else {
+            "permanently failed mail is bounced"
+        }
+    ))
 }
 
 pub async fn push_knobs(
@@ -430,6 +461,14 @@ fn config_view(sup: &Supervisor) -> Vec<(String, String)> {
             list(c.dns.nameservers.iter().map(|a| a.to_string()).collect()),
         ),
     ];
+    rows.push((
+        "hold_undeliverable".into(),
+        u8::from(sup.store.engine().hold_undeliverable()).to_string(),
+    ));
+    rows.push((
+        "tracking_days".into(),
+        sup.store.engine().tracking_days().to_string(),
+    ));
     let knobs = sup.knobs();
     for name in mta_config::DebugKnobs::NAMES {
         rows.push((

@@ -28,6 +28,7 @@ mod spool_recovery;
 mod stats;
 mod status_page;
 mod trace;
+mod tracking;
 
 use anyhow::Context;
 use clap::Parser;
@@ -196,6 +197,10 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
     let store = StoreService::open(&config.store_dir(), Some(&config.data_dir))?;
+    store
+        .engine()
+        .set_hold_undeliverable(config.hold_undeliverable);
+    store.engine().set_tracking_days(config.tracking_days);
     // A rebuild that fails is said and the suite starts anyway (never a crash loop): the
     // spool keeps the content while the DAMAGED report holds compaction off.
     if let Err(e) = spool_recovery::run_if_damaged(&store, &config.store_dir(), &config.spool_dir())
@@ -272,6 +277,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     };
     let compaction = tokio::spawn(compaction::schedule(sup.clone()));
     let sampler = tokio::spawn(rates::run(sup.clone()));
+    let tracking = tokio::spawn(tracking::prune_schedule(sup.clone()));
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -289,6 +295,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     }
     compaction.abort();
     sampler.abort();
+    tracking.abort();
     server.abort();
     let _ = std::fs::remove_file(&socket_path);
     // Make sure the last commits are on disk before the database closes, and the store's

@@ -41,9 +41,15 @@ pub fn show_message(sup: &Supervisor, qid: &str) -> ConsoleReply {
     };
     match sup.store.engine().get(id) {
         Ok(Some(record)) => ConsoleReply::Message(Box::new(record)),
-        Ok(None) => ConsoleReply::Error(format!(
-            "{qid}: no such message in the queue (finished messages are removed)"
-        )),
+        // No longer queued: its history, while tracking keeps it.
+        Ok(None) => match sup.store.engine().history(id) {
+            Ok(Some(entry)) => ConsoleReply::History(Box::new(entry)),
+            Ok(None) => ConsoleReply::Error(format!(
+                "{qid}: no such message in the queue or in the message tracking history (kept {} days)",
+                sup.store.engine().tracking_days()
+            )),
+            Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
+        },
         Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
     }
 }
@@ -82,9 +88,26 @@ pub async fn release(sup: &Supervisor, qid: &str) -> ConsoleReply {
         Err(e) => return *e,
     };
     let mut back_to = None;
+    let mut retried = None;
     let result = sup
         .store
         .operate(id, |mut r| match r.location {
+            _ if r.is_held_undeliverable() => {
+                r.release_undeliverable();
+                back_to = Some(QueueName::MailBox);
+                retried = Some("delivery");
+                Ok(Change::Put(r))
+            }
+            // The conversion is tried again (say after `SMTPSaveImportErrors` was raised
+            // to see why, or once the spool is readable again).
+            Location::ConversionError => {
+                r.location = Location::Queue(QueueName::InboundWork);
+                r.not_before = 0;
+                r.note = None;
+                back_to = Some(QueueName::InboundWork);
+                retried = Some("conversion");
+                Ok(Change::Put(r))
+            }
             Location::Held { from } => {
                 r.location = Location::Queue(from);
                 r.not_before = 0;
@@ -97,6 +120,13 @@ pub async fn release(sup: &Supervisor, qid: &str) -> ConsoleReply {
         })
         .await;
     match (result, back_to) {
+        (Ok(()), Some(queue)) if retried.is_some() => {
+            kick(sup, queue).await;
+            let what = retried.unwrap_or_default();
+            tracing::info!("qid={id} released by the operator: {what} retried");
+            let result = outcome_after(sup, id, Location::Queue(queue)).await;
+            ConsoleReply::Text(format!("{id} released: {what} retried; {result}"))
+        }
         (Ok(()), Some(queue)) => {
             kick(sup, queue).await;
             tracing::info!("qid={id} released by the operator to {queue}");
@@ -150,6 +180,81 @@ pub async fn release_dead(sup: &Supervisor, qid: &str) -> ConsoleReply {
                 queue.as_str()
             );
             ConsoleReply::Text(format!("{id} released to {} for routing", queue.as_str()))
+        }
+        Err(e) => failed(qid, e),
+    }
+}
+
+/// Where a message the console just sent on stands once it has left `from` (or the
+/// deadline passed): the result `release` and `bounce` show.
+async fn outcome_after(sup: &Supervisor, id: QueueId, from: Location) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let record = sup.store.engine().get(id).ok().flatten();
+        match record {
+            None => {
+                let how = sup
+                    .store
+                    .engine()
+                    .history(id)
+                    .ok()
+                    .flatten()
+                    .map(|h| {
+                        h.recipients
+                            .iter()
+                            .map(|r| format!("{} {}", r.address, r.outcome))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                return format!("finished and removed from the queue ({how})");
+            }
+            Some(r)
+                if !matches!(r.location, Location::Queue(_))
+                    || (from == Location::Queue(QueueName::InboundWork) && r.location != from)
+                    || std::time::Instant::now() >= deadline =>
+            {
+                let note = r.note.map(|n| format!(": {n}")).unwrap_or_default();
+                let state = match r.location {
+                    Location::Queue(q) => format!("now {} in {q}", r.location.label()),
+                    Location::Held { .. } if note.is_empty() => "now Held".to_string(),
+                    other => format!("now {}", other.label()),
+                };
+                return format!("{state}{note}");
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// `bounce <id>`: a message held as undeliverable goes to drt, which sends its failure
+/// report now and removes it.
+pub async fn bounce(sup: &Supervisor, qid: &str) -> ConsoleReply {
+    let id = match parse(qid) {
+        Ok(id) => id,
+        Err(e) => return *e,
+    };
+    let result = sup
+        .store
+        .operate(id, |mut r| {
+            if !r.is_held_undeliverable() {
+                return Err(format!(
+                    "it is {}, not held as undeliverable (only those are bounced)",
+                    r.location.label()
+                ));
+            }
+            r.location = Location::Queue(QueueName::Reports);
+            r.not_before = 0;
+            r.note = None;
+            Ok(Change::Put(r))
+        })
+        .await;
+    match result {
+        Ok(()) => {
+            kick(sup, QueueName::Reports).await;
+            tracing::info!("qid={id} bounced by the operator: failure report now");
+            let result = outcome_after(sup, id, Location::Queue(QueueName::Reports)).await;
+            ConsoleReply::Text(format!("{id} bounced: failure report sent; {result}"))
         }
         Err(e) => failed(qid, e),
     }

@@ -58,6 +58,14 @@ pub struct Config {
     pub directory_path: PathBuf,
     /// The users and aliases, loaded from `directory_path` by `Config::load`.
     pub directory: Directory,
+    /// `hold_undeliverable`: a message whose delivery fails permanently (5.x.x: a remote
+    /// 5xx, a local user unknown after acceptance, a null MX) is held with its reason
+    /// instead of bounced, until the operator runs `release` (retry) or `bounce` (send the
+    /// report now). Changeable at runtime with `set config`. Default false.
+    pub hold_undeliverable: bool,
+    /// `tracking_days`: how long the message history (`show message`, `track`) is kept
+    /// after a message arrived; 0 keeps none. Default 7.
+    pub tracking_days: u32,
     /// `[inbound]`: isesctl and its session handlers.
     pub inbound: InboundConfig,
     /// `[outbound]`: osesctl and its session handlers.
@@ -273,6 +281,8 @@ struct RawConfig {
     local_domains: Vec<DomainValue>,
     trusted_networks: Vec<Cidr>,
     directory: String,
+    hold_undeliverable: bool,
+    tracking_days: u32,
     inbound: InboundConfig,
     outbound: OutboundConfig,
     dns: DnsConfig,
@@ -293,6 +303,8 @@ impl Default for RawConfig {
                 Cidr("::1/128".parse().expect("valid CIDR")),
             ],
             directory: "directory.toml".into(),
+            hold_undeliverable: false,
+            tracking_days: 7,
             inbound: InboundConfig::default(),
             outbound: OutboundConfig::default(),
             dns: DnsConfig::default(),
@@ -395,6 +407,8 @@ impl Config {
             trusted_networks: raw.trusted_networks.into_iter().map(|c| c.0).collect(),
             directory_path,
             directory,
+            hold_undeliverable: raw.hold_undeliverable,
+            tracking_days: raw.tracking_days,
             inbound: raw.inbound,
             outbound,
             dns: raw.dns,

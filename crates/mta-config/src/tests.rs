@@ -77,6 +77,8 @@ fn shipped_default_loads_with_documented_values() {
     assert_eq!(c.run_dir(), root.join("var/run"));
     assert_eq!(c.spool_dir(), root.join("var/spool"));
     assert_eq!(c.store_dir(), root.join("var/store"));
+    assert!(!c.hold_undeliverable);
+    assert_eq!(c.tracking_days, 7);
     assert_eq!(
         c.local_domains,
         vec!["localhost".parse::<Domain>().unwrap()]
@@ -132,6 +134,12 @@ fn empty_file_gives_built_in_defaults() {
     assert_eq!(c.trusted_networks.len(), 2);
     assert!(c.is_trusted("::1".parse().unwrap()));
     assert_eq!(c.inbound.max_handlers, 100);
+    assert!(!c.hold_undeliverable);
+    assert_eq!(c.tracking_days, 7);
+    let f = Fixture::new("hold_undeliverable = true\ntracking_days = 0\n", Some(DIRECTORY));
+    let c = f.load().unwrap();
+    assert!(c.hold_undeliverable);
+    assert_eq!(c.tracking_days, 0);
 }
 
 #[test]

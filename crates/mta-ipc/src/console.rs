@@ -33,7 +33,15 @@ pub const HELP: &[(&str, &str)] = &[
         "message tracking: envelope, fields, state, and each recipient's attempts",
     ),
     ("hold <queue-id>", "park a queued message (not routed or sent until released)"),
-    ("release <queue-id>", "put a held message back in the queue it came from"),
+    ("release <queue-id>", "put a held message back in the queue it came from; retry a message held as undeliverable, or the conversion of one in Conversion Error"),
+    (
+        "bounce <queue-id>",
+        "send the delivery failure report of a message held as undeliverable now, and remove it",
+    ),
+    (
+        "track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]",
+        "message tracking: find messages (also delivered ones) in the history of the last tracking_days",
+    ),
     (
         "release dead <queue-id>",
         "re-route a dead message: back to mail.box, failed recipients pending again",
@@ -92,6 +100,7 @@ pub const HELP: &[(&str, &str)] = &[
         "the task's own status line (isesctl, imsgcnv, router, omsgcnv, osesctl, drt)",
     ),
     ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
+    ("set config hold_undeliverable <0|1>", "hold permanently failed mail instead of bouncing it (see `release`, `bounce`)"),
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
     ("route", "try every pending destination now"),
     ("route localdelivery", "retry local deliveries waiting in mail.box now"),
@@ -176,6 +185,12 @@ pub enum ConsoleCommand {
     ReleaseDead {
         qid: String,
     },
+    /// A message held as undeliverable: its failure report is sent now.
+    Bounce {
+        qid: String,
+    },
+    /// Message tracking: one page of the history matching the query.
+    Track(crate::tracking::TrackQuery),
     /// Confirmed by the console before it is sent (interactive prompt or `--yes`).
     Delete {
         qid: String,
@@ -253,6 +268,11 @@ impl ConsoleCommand {
             ["release", _] => Ok(ConsoleCommand::Release {
                 qid: words[1].to_string(),
             }),
+            ["bounce", _] => Ok(ConsoleCommand::Bounce {
+                qid: words[1].to_string(),
+            }),
+            ["bounce", ..] => Err("usage: bounce <queue-id>".into()),
+            ["track", ..] => crate::tracking::TrackQuery::parse(&words[1..]).map(ConsoleCommand::Track),
             ["delete", _] => Ok(ConsoleCommand::Delete {
                 qid: words[1].to_string(),
             }),
@@ -428,6 +448,10 @@ pub enum ConsoleReply {
     Stats(Vec<Statistic>),
     /// `show message`: the native document as stored, and where it is.
     Message(Box<mta_types::MessageRecord>),
+    /// `show message` of a message no longer queued: its history.
+    History(Box<mta_types::tracking::TrackEntry>),
+    /// `track`: one page of matching histories, and where the next page starts.
+    Track(crate::tracking::TrackPage),
     Text(String),
     Error(String),
 }

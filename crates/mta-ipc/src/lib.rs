@@ -21,6 +21,7 @@ pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod task;
+pub mod tracking;
 
 pub use client::{Connection, IpcError};
 pub use hello::{Hello, HelloReply, Service, PROTOCOL_VERSION};

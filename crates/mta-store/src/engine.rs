@@ -115,6 +115,10 @@ pub struct Engine {
     damage: Option<String>,
     /// The damage was found at this open (not reported by an earlier one).
     damage_found_now: bool,
+    /// `hold_undeliverable` (the supervisor sets it from the config and `set config`).
+    hold_undeliverable: std::sync::atomic::AtomicBool,
+    /// `tracking_days` (0: no history is written).
+    tracking_days: std::sync::atomic::AtomicU32,
 }
 
 /// The last written value of each small derived key (counter, count, segment reference,
@@ -238,6 +242,8 @@ impl Engine {
             flush_seq: Default::default(),
             damage: None,
             damage_found_now: false,
+            hold_undeliverable: Default::default(),
+            tracking_days: std::sync::atomic::AtomicU32::new(7),
         };
         engine.check_flush_mark(dir)?;
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
@@ -403,6 +409,8 @@ impl Engine {
         let mut index = IndexDeltas::default();
         // Within one batch a later change to the same id sees the earlier one's record.
         let mut staged: HashMap<QueueId, Option<MessageRecord>> = Default::default();
+        let tracking = self.tracking_days() > 0;
+        let now = mta_types::message::now_ms();
         for change in changes {
             let (id, record) = match change {
                 Change::Put(r) => (r.id, Some(r)),
@@ -428,10 +436,15 @@ impl Engine {
                 remove_index(&mut batch, id, &ix);
                 index.add(&ix, -1, None);
             }
-            if let Some(r) = &record {
+            let mut record = record;
+            if let Some(r) = &mut record {
                 if !fresh {
+                    self.hold_policy(old.as_ref(), r);
                     deltas.record_change(old.as_ref(), r);
                 }
+            }
+            if tracking && !fresh {
+                crate::tracking::record_change(&mut batch, old.as_ref(), record.as_ref(), now);
             }
             match record.filter(|r| r.location != Location::Done) {
                 Some(mut r) => {
@@ -513,6 +526,73 @@ impl Engine {
             }
         }
         Ok(touched)
+    }
+
+    /// Sets `hold_undeliverable`: from now on, messages finished with a permanent
+    /// failure are held instead of reported.
+    pub fn set_hold_undeliverable(&self, on: bool) {
+        self.hold_undeliverable
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn hold_undeliverable(&self) -> bool {
+        self.hold_undeliverable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `hold_undeliverable` is applied here, where every task's commit passes, rather
+    /// than in each task that can finish a message (router, local delivery, osesctl,
+    /// omsgcnv): one place, and the setting changes at once without being pushed to the
+    /// tasks. Only a task's move of a queued message into the Reports queue is held; an
+    /// operator's `bounce` (from Held) goes through.
+    fn hold_policy(&self, old: Option<&MessageRecord>, new: &mut MessageRecord) {
+        let from_task = matches!(
+            old.map(|o| o.location),
+            Some(Location::Queue(q)) if q != QueueName::Reports
+        );
+        if from_task && self.hold_undeliverable() && new.hold_if_undeliverable() {
+            tracing::info!("qid={} {}", new.id, new.note.as_deref().unwrap_or_default());
+        }
+    }
+
+    /// Sets `tracking_days` (0: no history is written; what is kept is pruned).
+    pub fn set_tracking_days(&self, days: u32) {
+        self.tracking_days
+            .store(days, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn tracking_days(&self) -> u32 {
+        self.tracking_days
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One prune pass of message tracking: removes at most `tracking::PRUNE_CHUNK`
+    /// histories older than `tracking_days`; returns how many (call again while it is the
+    /// whole chunk).
+    pub fn prune_history(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let keep_ms = u64::from(self.tracking_days()) * 86_400_000;
+        let _writer = self.writer.lock().expect("store writer");
+        Ok(crate::tracking::prune(
+            &self.tree,
+            now_ms.saturating_sub(keep_ms),
+        )?)
+    }
+
+    /// A message's history (message tracking), queued or not.
+    pub fn history(
+        &self,
+        id: QueueId,
+    ) -> Result<Option<mta_types::tracking::TrackEntry>, StoreError> {
+        Ok(crate::tracking::get(&self.tree, id)?)
+    }
+
+    /// One page of `track` (see `tracking::query`).
+    pub fn track(
+        &self,
+        q: &crate::tracking::Query,
+        rows: usize,
+    ) -> Result<(Vec<mta_types::tracking::TrackEntry>, Option<QueueId>), StoreError> {
+        Ok(crate::tracking::query(&self.tree, q, rows)?)
     }
 
     fn u64_at(&self, key: &[u8]) -> Result<u64, StoreError> {

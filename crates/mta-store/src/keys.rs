@@ -12,6 +12,10 @@
 //! | `s` name | u64 | statistics counters (`stats.rs`) |
 //! | `v` | u8 | the layout version (`LAYOUT`) |
 //! | `x` id | raw bytes | a record that could not be read, kept for the operator |
+//! | `h` id | history (`tracking.rs`) | message tracking: one message's history, kept after it left the queue |
+//! | `j` sender 0 id | – | tracking index by return path (lower case; empty for `<>`) |
+//! | `k` recipient 0 id | – | tracking index by recipient (lower case) |
+//! | `p` message-id 0 id | – | tracking index by Message-ID (`normalize_message_id`) |
 //!
 //! `loc` is one byte per location; `due` and `id` are 8 bytes big-endian, so keys sort by
 //! time.
@@ -31,6 +35,41 @@ pub const SEGMENT_REFS: u8 = b'g';
 pub const COUNTER: u8 = b's';
 pub const LAYOUT_KEY: &[u8] = b"v";
 pub const DAMAGED: u8 = b'x';
+pub const HISTORY: u8 = b'h';
+pub const BY_SENDER: u8 = b'j';
+pub const BY_RECIPIENT: u8 = b'k';
+pub const BY_MESSAGE_ID: u8 = b'p';
+
+pub fn history(id: QueueId) -> [u8; 9] {
+    let mut k = record(id);
+    k[0] = HISTORY;
+    k
+}
+
+/// A tracking index key: `tag` text 0 id. The text has no NUL (addresses and
+/// Message-IDs cannot hold one; one that did would only sort oddly).
+pub fn track_index(tag: u8, text: &str, id: QueueId) -> Vec<u8> {
+    let mut k = track_prefix(tag, text);
+    k.extend_from_slice(&id.to_bytes());
+    k
+}
+
+pub fn track_prefix(tag: u8, text: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(text.len() + 10);
+    k.push(tag);
+    k.extend_from_slice(text.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The id at the end of a tracking index or history key.
+pub fn id_at_end(k: &[u8]) -> Option<QueueId> {
+    let n = k.len();
+    Some(QueueId::from_bytes(
+        k.get(n.checked_sub(8)?..)?.try_into().ok()?,
+    ))
+}
+
 /// The number of the last flush (u64 big-endian), written with every flush: compared at
 /// open with the mark file beside the database (`durability.rs`).
 pub const FLUSH_SEQ_KEY: &[u8] = b"f";

@@ -21,6 +21,7 @@ mod keys;
 mod leases;
 mod service;
 pub mod stats;
+pub mod tracking;
 
 pub use engine::{Engine, StoreError};
 pub use service::{CommitError, OperateError, StoreService};

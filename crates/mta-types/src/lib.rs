@@ -9,6 +9,7 @@ pub mod counters;
 pub mod message;
 pub mod queue_id;
 pub mod task;
+pub mod tracking;
 
 pub use address::{Address, AddressError, Domain};
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};

@@ -191,6 +191,9 @@ impl Recipient {
     }
 }
 
+/// The start of the note of a message held by `hold_undeliverable`.
+pub const HELD_UNDELIVERABLE: &str = "undeliverable, held (hold_undeliverable)";
+
 /// The first `trace.route` stage of a delivery report.
 pub const REPORT_STAGE: &str = "drt";
 
@@ -343,6 +346,63 @@ impl MessageRecord {
             self.note = Some(format!("delivery report undeliverable: {why}"));
         }
         self.location
+    }
+
+    /// `hold_undeliverable`: a message a task has just finished (`finish`) that is going
+    /// to drt for a permanent failure (5.x.x, reportable) is held instead, with the
+    /// failure as its reason. Held in `Held { from: Reports }`: `bounce` sends it on
+    /// there, `release` retries it (`release_undeliverable`). Returns whether it was held.
+    pub fn hold_if_undeliverable(&mut self) -> bool {
+        if self.location != Location::Queue(QueueName::Reports) {
+            return false;
+        }
+        let Some(why) = self.recipients.iter().find_map(|r| match &r.status {
+            RcptStatus::Failed { status, reason, .. }
+                if status.starts_with('5') && r.final_report() == Some(ReportAction::Failed) =>
+            {
+                let reason = if reason.starts_with(status.as_str()) {
+                    reason.clone()
+                } else {
+                    format!("{status} {reason}")
+                };
+                Some(format!("{reason} ({})", r.address))
+            }
+            _ => None,
+        }) else {
+            return false;
+        };
+        self.location = Location::Held {
+            from: QueueName::Reports,
+        };
+        self.note = Some(format!("{HELD_UNDELIVERABLE}: {why}"));
+        true
+    }
+
+    /// Held by `hold_if_undeliverable` (or held by the operator on its way to a failure
+    /// report): a held message with a failure not yet reported.
+    pub fn is_held_undeliverable(&self) -> bool {
+        self.location
+            == Location::Held {
+                from: QueueName::Reports,
+            }
+            && self
+                .recipients
+                .iter()
+                .any(|r| r.final_report() == Some(ReportAction::Failed))
+    }
+
+    /// `release` of a held undeliverable message: its unreported failures become pending
+    /// again (their attempts kept) and it is routed afresh from mail.box.
+    pub fn release_undeliverable(&mut self) {
+        for r in &mut self.recipients {
+            if r.final_report() == Some(ReportAction::Failed) {
+                r.status = RcptStatus::Pending;
+                r.next_retry = None;
+            }
+        }
+        self.location = Location::Queue(QueueName::MailBox);
+        self.not_before = 0;
+        self.note = None;
     }
 
     /// Pending recipients for whom a delay report is due: the message is older than

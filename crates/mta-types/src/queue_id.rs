@@ -55,6 +55,12 @@ impl QueueId {
     pub fn timestamp_ms(self) -> u64 {
         (self.0 >> 24) + EPOCH_2020_MS
     }
+
+    /// The smallest id generated at or after `ms` (Unix milliseconds): where a range of
+    /// ids by arrival time starts.
+    pub fn first_at(ms: u64) -> QueueId {
+        QueueId((ms.saturating_sub(EPOCH_2020_MS) & ((1 << 40) - 1)) << 24)
+    }
 }
 
 impl fmt::Display for QueueId {
