@@ -114,16 +114,15 @@ fn dovecot_as_the_mail_user_reads_over_imap_what_the_router_delivered() {
     let (suite, uid, gid) = suite_as_mail_user(SuiteOptions::default());
 
     // Every process of the suite runs as the mail user, with its group only.
-    let mut pids = vec![suite.pid()];
-    pids.extend(
-        suite
-            .tasks()
-            .unwrap()
-            .iter()
-            .filter(|t| t["parent"].is_null())
-            .filter_map(|t| t["pid"].as_u64().map(|p| p as u32)),
-    );
+    let pids: Vec<u32> = suite
+        .tasks()
+        .unwrap()
+        .iter()
+        .filter(|t| t["parent"].is_null())
+        .filter_map(|t| t["pid"].as_u64().map(|p| p as u32))
+        .collect();
     assert_eq!(pids.len(), 7, "the supervisor and six tasks: {pids:?}");
+    assert!(pids.contains(&suite.pid()));
     for pid in &pids {
         let (uids, gids, groups) = ids(*pid);
         assert_eq!(uids, vec![uid; 4], "pid {pid}: uids");
@@ -134,8 +133,10 @@ fn dovecot_as_the_mail_user_reads_over_imap_what_the_router_delivered() {
 
     let sent = messages();
     for (i, (_, message)) in sent.iter().enumerate() {
+        // swaks ends the data with CRLF . CRLF after the file's last byte (and dot-stuffs):
+        // the file is the message without its last line end.
         let file = suite.dir.path().join(format!("message-{i}.eml"));
-        std::fs::write(&file, message).unwrap();
+        std::fs::write(&file, message.strip_suffix(b"\r\n").unwrap()).unwrap();
         let out = swaks(
             suite.smtp_port,
             &[
@@ -144,7 +145,7 @@ fn dovecot_as_the_mail_user_reads_over_imap_what_the_router_delivered() {
                 "--from",
                 "x@example.org",
                 "--data",
-                file.to_str().unwrap(),
+                &format!("@{}", file.display()),
             ],
         );
         assert!(out.status.success(), "{}", text(&out));
@@ -368,7 +369,7 @@ fn the_sockets_are_closed_to_other_users() {
     assert_eq!(connect_as(uid), "connected");
     // root (the operator's mtacon) still reaches the console.
     let tasks = suite.tasks().unwrap();
-    assert_eq!(tasks.iter().filter(|t| t["parent"].is_null()).count(), 6, "{tasks:?}");
+    assert_eq!(tasks.iter().filter(|t| t["parent"].is_null()).count(), 7, "{tasks:?}");
 }
 
 #[test]
