@@ -1375,7 +1375,7 @@ def main():
         keep = a.only.split(",")
         scs = [s for s in scs if s["id"] in keep]
     for s in scs:
-        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first", "queued"):
+        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first", "queued", "hs_count"):
             if k in s and s["kind"] not in ("idle", "tlsidle"):
                 s[k] = max(10, int(s[k] * a.scale))
         if s["kind"] == "backlog":
