@@ -278,7 +278,11 @@ fn ports_below_1024_work_as_the_mail_user_across_stop_start_and_an_isesctl_resta
     };
     let (suite, uid, _) = suite_as_mail_user(opts);
     let isesctl = suite.task_pid("isesctl").expect("isesctl pid");
-    assert_eq!(ids(isesctl).0, vec![uid; 4], "isesctl runs as the mail user");
+    assert_eq!(
+        ids(isesctl).0,
+        vec![uid; 4],
+        "isesctl runs as the mail user"
+    );
 
     let serving = |what: &str| {
         wait_for(what, Duration::from_secs(20), || {
@@ -303,7 +307,10 @@ fn ports_below_1024_work_as_the_mail_user_across_stop_start_and_an_isesctl_resta
     for port in [relay, submission, submissions] {
         assert!(refused(port), "port {port} still accepts after stop");
     }
-    let said = mtacon_ok(&suite, &["tell", "smtpmta", "start", "inbound", "transport"]);
+    let said = mtacon_ok(
+        &suite,
+        &["tell", "smtpmta", "start", "inbound", "transport"],
+    );
     assert!(said.contains("started"), "{said}");
     serving("greetings after start inbound transport");
 
@@ -313,14 +320,16 @@ fn ports_below_1024_work_as_the_mail_user_across_stop_start_and_an_isesctl_resta
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_for("a new isesctl running", Duration::from_secs(20), || {
-        match suite.tasks()?.iter().find(|t| t["name"] == "isesctl") {
+    wait_for(
+        "a new isesctl running",
+        Duration::from_secs(20),
+        || match suite.tasks()?.iter().find(|t| t["name"] == "isesctl") {
             Some(t) if t["state"] == "running" && t["pid"].as_u64() != Some(isesctl as u64) => {
                 Ok(())
             }
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     serving("greetings after an isesctl restart");
     let out = swaks(relay, &["--to", "bob@localhost", "--from", "x@example.org"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -345,7 +354,11 @@ fn the_sockets_are_closed_to_other_users() {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "sock"))
         .collect();
-    assert_eq!(sockets.len(), 7, "the supervisor's and six tasks': {sockets:?}");
+    assert_eq!(
+        sockets.len(),
+        7,
+        "the supervisor's and six tasks': {sockets:?}"
+    );
     for s in &sockets {
         let meta = std::fs::symlink_metadata(s).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", s.display());
@@ -369,7 +382,11 @@ fn the_sockets_are_closed_to_other_users() {
     assert_eq!(connect_as(uid), "connected");
     // root (the operator's mtacon) still reaches the console.
     let tasks = suite.tasks().unwrap();
-    assert_eq!(tasks.iter().filter(|t| t["parent"].is_null()).count(), 7, "{tasks:?}");
+    assert_eq!(
+        tasks.iter().filter(|t| t["parent"].is_null()).count(),
+        7,
+        "{tasks:?}"
+    );
 }
 
 #[test]

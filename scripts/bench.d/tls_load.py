@@ -185,7 +185,10 @@ def main():
     ap.add_argument("--plain", action="store_true", help="no STARTTLS (the baseline)")
     a = ap.parse_args()
     if a.mode == "idle":
-        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > 65536:
+            hard = 65536
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, hard), hard))
     out = asyncio.run({"send": send, "handshake": handshake, "idle": idle}[a.mode](a))
     print(json.dumps(out), flush=True)
 

@@ -22,6 +22,7 @@ use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
 use crate::policy::{Security, SessionPolicy};
 use anyhow::Context as _;
+use mta_ipc::listeners::{self, Passed};
 use mta_ipc::TaskStatus;
 use mta_smtp::{run_session, ClientInfo, ListenerMode, SessionConfig};
 use mta_task::histogram::{Histogram, COMMIT_BOUNDS};
@@ -34,7 +35,6 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use mta_ipc::listeners::{self, Passed};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -161,9 +161,8 @@ impl Inbound {
                     .position(|p| p.key == key && p.addr == *addr);
                 let listener = match passed {
                     Some(i) => {
-                        let listener =
-                            listeners::relisten(&self.passed[i], inbound.max_handlers)
-                                .with_context(cannot)?;
+                        let listener = listeners::relisten(&self.passed[i], inbound.max_handlers)
+                            .with_context(cannot)?;
                         passed_used.push(i);
                         listener
                     }

@@ -76,8 +76,39 @@ pub fn prepare(config: &Config) -> anyhow::Result<()> {
         );
     }
     if whole {
-        std::fs::write(&mark, &wanted).with_context(|| format!("cannot write {}", mark.display()))?;
+        std::fs::write(&mark, &wanted)
+            .with_context(|| format!("cannot write {}", mark.display()))?;
         chown_path(&mark, run_as)?;
+    }
+    Ok(())
+}
+
+/// After the drop: what the user must reach, with one clear line if it cannot (a data_dir
+/// under root's home, binaries in a folder only root may enter), rather than tasks that
+/// keep failing with a bare "Permission denied".
+pub fn check_reach(config: &Config, run_as: &RunAs) -> anyhow::Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    let hint = |what: &str, path: &Path, e: nix::Error| {
+        anyhow::anyhow!(
+            "`user = \"{}\"` cannot {what} {} ({e}): every folder above it must be traversable by {}",
+            run_as.user,
+            path.display(),
+            run_as.user
+        )
+    };
+    access(
+        &config.data_dir,
+        AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
+    )
+    .map_err(|e| hint("write in data_dir", &config.data_dir, e))?;
+    access(&config.path, AccessFlags::R_OK)
+        .map_err(|e| hint("read the config file", &config.path, e))?;
+    access(&config.directory_path, AccessFlags::R_OK)
+        .map_err(|e| hint("read the directory file", &config.directory_path, e))?;
+    let exe = std::env::current_exe().context("cannot find my own executable")?;
+    if let Some(dir) = exe.parent() {
+        let task = dir.join(mta_types::TaskName::Isesctl.as_str());
+        access(&task, AccessFlags::X_OK).map_err(|e| hint("run", &task, e))?;
     }
     Ok(())
 }
@@ -128,8 +159,11 @@ fn walk(
     }
     for name in names {
         let shown = path.join(name.to_string_lossy().as_ref());
-        let st = match fstatat(&dir, name.as_c_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-        {
+        let st = match fstatat(
+            &dir,
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
             Ok(st) => st,
             Err(nix::Error::ENOENT) => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot stat {}", shown.display())),
@@ -141,9 +175,12 @@ fn walk(
                 Ok(fd) => fd,
                 // Swapped for a link or removed since the stat: not ours to enter.
                 Err(nix::Error::ELOOP | nix::Error::ENOTDIR | nix::Error::ENOENT) => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot open {}", shown.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot open {}", shown.display()))
+                }
             };
-            own_fd(&sub, run_as, done).with_context(|| format!("cannot chown {}", shown.display()))?;
+            own_fd(&sub, run_as, done)
+                .with_context(|| format!("cannot chown {}", shown.display()))?;
             walk(sub, &shown, run_as, depth - 1, done)?;
         } else if mine {
             continue;
@@ -151,20 +188,29 @@ fn walk(
             let file = match openat(
                 &dir,
                 name.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+                OFlag::O_RDONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_NOCTTY
+                    | OFlag::O_CLOEXEC,
                 Mode::empty(),
             ) {
                 Ok(fd) => fd,
                 Err(nix::Error::ELOOP | nix::Error::ENOENT) => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot open {}", shown.display())),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot open {}", shown.display()))
+                }
             };
             let st = fstat(&file).with_context(|| format!("cannot stat {}", shown.display()))?;
-            if st.st_nlink > 1 || SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            if st.st_nlink > 1
+                || SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG
+            {
                 tracing::warn!(file = %shown.display(), links = st.st_nlink, "not given to the mail user: it has other hard links; chown it by hand if it is ours");
                 done.skipped += 1;
                 continue;
             }
-            own_fd(&file, run_as, done).with_context(|| format!("cannot chown {}", shown.display()))?;
+            own_fd(&file, run_as, done)
+                .with_context(|| format!("cannot chown {}", shown.display()))?;
         } else {
             // A socket left by a crash, a symbolic link (changed itself, never its target).
             fchownat(

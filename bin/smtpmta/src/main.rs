@@ -208,6 +208,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
             "running as {}",
             run_as.user
         );
+        mail_user::check_reach(&config, run_as)?;
     }
     // Before any task starts: make the self-signed certificate if [tls] names none, and
     // load the certificate once so a bad one stops the start here, with the key and file.

@@ -182,7 +182,10 @@ mod tests {
     fn a_stopped_socket_refuses_and_listens_again_on_the_same_port() {
         // An explicit port, as in a configuration: only then does the kernel keep it bound
         // to the socket while it is not listening (a port-0 socket gets a new port).
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let listener = bind(addr, 1).unwrap();
         let passed = Passed {
             key: "listen".into(),

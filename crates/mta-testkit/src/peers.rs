@@ -320,7 +320,10 @@ impl Dovecot {
     pub fn start(user: &str, maildirs: &Path) -> Dovecot {
         let (uid, gid) = system_user(user);
         let port = free_port();
-        let dir = tempfile::Builder::new().prefix("dovecot-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("dovecot-")
+            .tempdir()
+            .unwrap();
         let d = dir.path().display();
         let conf = format!(
             r#"# Written by mta-testkit: Dovecot as the mail user, for the suite's Maildirs.
