@@ -15,10 +15,10 @@ Modes (one JSON object on stdout at the end):
   idle       --count N sessions left open after the handshake (with EHLO done); prints
              {"ready": n} once all are up, then holds them until stdin closes
 
-Measured on this 2-core machine, one Python process pushes ~1,000 STARTTLS sessions/s against
-a server that costs nothing (the client's own handshake is OpenSSL's C); the bench reports
-what it reached, so a client-bound figure is visible as such (the `client_cpu_pct` field:
-100 means this process used a whole core).
+Its own cost, measured on the 2-core bench machine (loaded): about 3.5 ms of CPU per STARTTLS
+session with one message (OpenSSL's handshake is C, the rest asyncio), so one process tops out
+near 300 sessions/s per core there. The bench reports `client_cpu_pct` next to the rates: at
+100 (a whole core) the figure is the client's, not the MTA's.
 """
 
 import argparse
