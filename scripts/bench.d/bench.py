@@ -294,7 +294,7 @@ def count_files(d):
 class Smtpmta:
     name = "smtpmta"
 
-    def __init__(self, top, sink_port, metrics=False, extra=""):
+    def __init__(self, top, sink_port, metrics=False, extra="", tls=None):
         self.dir = tempfile.mkdtemp(prefix="smtpmta-", dir=top)
         self.port = free_port()
         self.metrics_port = free_port() if metrics else None
@@ -316,7 +316,11 @@ relay_host = "127.0.0.1:{sink_port}"
 
 [metrics]
 listen = "{metrics_listen}"
-{extra}''')
+{extra}''' + ('''
+[tls]
+certificate = "{0}"
+private_key = "{1}"
+'''.format(*tls) if tls else ""))
         with open(os.path.join(self.dir, "directory.toml"), "w") as f:
             f.write(f'''[[user]]
 name = "{LOCAL_USER}"
@@ -370,7 +374,10 @@ maildir = "mail/{LOCAL_USER}"
 class Postfix:
     name = "postfix"
 
-    def __init__(self, top, sink_port, defer=False, extra=""):
+    def __init__(self, top, sink_port, defer=False, extra="", tls=None):
+        if tls:
+            extra += ("smtpd_tls_security_level = may\nsmtpd_tls_cert_file = %s\n"
+                      "smtpd_tls_key_file = %s\nsmtpd_tls_loglevel = 0\n" % tls)
         self.dir = tempfile.mkdtemp(prefix="postfix-", dir=top)
         os.chmod(self.dir, 0o755)
         self.etc = os.path.join(self.dir, "etc")
@@ -885,6 +892,103 @@ def idle_run(kind, top, sc):
         sink.close()
 
 
+# ---------------------------------------------------------------- TLS (issue 11)
+
+TLS_LOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls_load.py")
+
+
+def bench_certificate(top):
+    """One certificate for both MTAs: ECDSA P-256 (certbot's default key type, and the kind
+    smtpmta makes for itself), self-signed for bench.localhost."""
+    cert, key = os.path.join(top, "tls-cert.pem"), os.path.join(top, "tls-key.pem")
+    if not os.path.exists(cert):
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=bench.localhost",
+             "-addext", "subjectAltName=DNS:bench.localhost"])
+        os.chmod(key, 0o644)  # Postfix's smtpd and smtpmta's isesctl read it unprivileged
+    return cert, key
+
+
+def tls_load(mode, port, count, sessions, extra=()):
+    r = run([sys.executable, TLS_LOAD, mode, "127.0.0.1", str(port), "--count", str(count),
+             "--sessions", str(sessions)] + list(extra), check=False, timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError("tls_load.py %s failed: %s" % (mode, r.stdout[-800:]))
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def tls_run(kind, top, sc):
+    """1 KiB × 20 sessions, each with STARTTLS (our own client), relayed to the sink; then,
+    on the same idle daemon, `hs_count` sessions that only do STARTTLS and QUIT, and as many
+    plaintext ones (connect, EHLO, QUIT): the difference of the MTA's CPU per session is
+    what the handshake costs it."""
+    count = sc["count"]
+    sink = Sink(top)
+    mta = MTAS[kind](top, sink.port, tls=bench_certificate(top))
+    try:
+        sampler = PssSampler(mta.group)
+        sampler.start()
+        cpu0 = mta.group.cpu_usec()
+        r = tls_load("send", mta.port, count, sc["sessions"], ["--size", str(sc["size"])])
+        if sum(v for k, v in r["tls"].items() if k != "plaintext") != count:
+            raise RuntimeError("%s: not every session was TLS: %s" % (kind, r["tls"]))
+        t2 = wait_until(lambda: sink.messages() >= count, 300, "%s to relay %d messages" % (kind, count))
+        wait_until(mta.queue_empty, 60, "%s queue to empty" % kind, every=0.05)
+        cpu1 = mta.group.cpu_usec()
+        out = {"accepted": count / (r["t1"] - r["t0"]), "e2e": count / (t2 - r["t0"]),
+               "cpu_us": (cpu1 - cpu0) / count, "pss_mib": sampler.stop() / 1024,
+               "client_cpu_pct": r["client_cpu_pct"]}
+        log("%s: TLS sessions %s" % (kind, r["tls"]))
+        n = sc["hs_count"]
+        time.sleep(1.0)
+        for key, extra in (("hs_cpu_us", []), ("plain_cpu_us", ["--plain"])):
+            c0 = mta.group.cpu_usec()
+            tls_load("handshake", mta.port, n, sc["sessions"], extra)
+            time.sleep(0.5)  # let the last sessions' ends be accounted
+            out[key] = (mta.group.cpu_usec() - c0) / n
+        out["handshake_cpu_us"] = out["hs_cpu_us"] - out["plain_cpu_us"]
+        return out
+    finally:
+        mta.stop()
+        sink.close()
+
+
+def tls_idle_run(kind, top, sc):
+    """`count` TLS sessions held open and idle after STARTTLS and EHLO: the PSS they add to
+    the MTA's processes, per session; and whether a new client is still served."""
+    n = sc["count"]
+    sink = Sink(top)
+    mta = MTAS[kind](top, sink.port, tls=bench_certificate(top))
+    holder = None
+    try:
+        tls_load("handshake", mta.port, 20, 5)  # warm: the TLS code paths are mapped once
+        time.sleep(1.0)
+        pss0 = mta.group.pss_kib()
+        holder = subprocess.Popen([sys.executable, TLS_LOAD, "idle", "127.0.0.1", str(mta.port),
+                                   "--count", str(n), "--sessions", "50"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        STARTED.append(holder)
+        ready = json.loads(holder.stdout.readline())
+        time.sleep(1.0)
+        pss1 = mta.group.pss_kib()
+        nprocs = len(mta.group.pids())
+        served = True
+        try:
+            tls_load("send", mta.port, 1, 1)
+        except RuntimeError as e:
+            log("%s: new TLS client not served: %s" % (kind, e))
+            served = False
+        held = ready["ready"]
+        return {"tls_connections": held, "pss_mib": pss1 / 1024, "processes": nprocs, "served": served,
+                "pss_per_session_kib": (pss1 - pss0) / max(held, 1)}
+    finally:
+        if holder:
+            holder.stdin.close()
+            stop_proc(holder)
+        mta.stop()
+        sink.close()
+
+
 # ---------------------------------------------------------------- backlog (issue 10)
 
 BACKLOG_DOMAIN = "backlog.example"
@@ -1083,6 +1187,11 @@ def scenarios(quick):
     out.append(dict(id="drain", title="drain 20,000 × 1 KiB queued with outbound stopped", kind="drain",
                     size=k, sessions=20, reuse=True, count=20000))
     out.append(dict(id="idle", title="1,000 idle connections", kind="idle", count=1000))
+    # issue 11: TLS, through our own client (tls_load.py)
+    out.append(dict(id="relay-tls-1k-20", title="relay 1 KiB × 20 sessions, STARTTLS, 1 msg/conn",
+                    kind="tls", size=k, sessions=20, count=3000, hs_count=1000))
+    out.append(dict(id="idle-tls-1000", title="1,000 idle TLS sessions (after STARTTLS + EHLO)",
+                    kind="tlsidle", count=1000))
     # issue 13: smtpmta only
     out.append(dict(id="metrics", title="/metrics: scrape cost and relay with metrics on", kind="metrics", reps=1,
                     count=3000, queued=2000, idle_secs=20, tp_reps=3))
@@ -1123,6 +1232,12 @@ FIGS = [  # key, label, unit, better, target ratio
     ("cpu_us_dkim_off", "CPU µs/msg, signing off", "", "lower", None),
     ("dkim_rsa_added_us", "CPU µs/msg that RSA-2048 signing adds", "", "lower", None),
     ("dkim_ed25519_added_us", "CPU µs/msg that Ed25519 signing adds", "", "lower", None),
+    ("client_cpu_pct", "TLS load client CPU, % of a core (100: client-bound)", "", "lower", None),
+    ("hs_cpu_us", "CPU µs per session: STARTTLS + QUIT, no mail", "", "lower", None),
+    ("plain_cpu_us", "CPU µs per session: plaintext EHLO + QUIT", "", "lower", None),
+    ("handshake_cpu_us", "handshake CPU µs/session (the difference)", "", "lower", None),
+    ("tls_connections", "idle TLS sessions held", "", "higher", None),
+    ("pss_per_session_kib", "PSS added per idle TLS session, KiB", "", "lower", None),
 ]
 
 
@@ -1180,13 +1295,17 @@ def table(results, scs):
                 ratio = "%.2f×" % (ma / mb) if mb else ("—" if not ma else "∞")
                 if key == "e2e" and sc["kind"] in ("tp", "drain"):
                     tgt = "≥ 1.5× " + ("✅" if mb and ma / mb >= 1.5 else "❌")
+                elif key == "e2e" and sc["kind"] == "tls":
+                    tgt = "≥ 2× " + ("✅" if mb and ma / mb >= 2 else "❌")
                 elif target is not None and key != "e2e":
                     tgt = "≤ 1× " + ("✅" if mb and ma / mb <= target else "❌")
             if sc["kind"] == "idle" and key == "pss_mib" and a:
                 tgt = "≤ 64 MiB " + ("✅" if statistics.median(a) <= 64 else "❌")
             if sc["kind"] == "idle" and key == "connections" and a:
                 tgt = "all %d %s" % (sc["count"], "✅" if min(a) >= sc["count"] else "❌")
-            if sc["kind"] == "idle" and key == "served" and a:
+            if sc["kind"] == "tlsidle" and key == "pss_per_session_kib" and a:
+                tgt = "≤ 64 KiB " + ("✅" if statistics.median(a) <= 64 else "❌")
+            if sc["kind"] in ("idle", "tlsidle") and key == "served" and a:
                 tgt = "yes " + ("✅" if all(a) else "❌")
             rows.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 sc["title"] if first else "", label, cell(a), cell(b), ratio, tgt, cell(c), cratio))
@@ -1307,8 +1426,8 @@ def main():
         keep = a.only.split(",")
         scs = [s for s in scs if s["id"] in keep]
     for s in scs:
-        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first", "queued"):
-            if k in s and s["kind"] != "idle":
+        for k in ("count", "fsync_count", "pf_count", "intake", "drain_first", "queued", "hs_count"):
+            if k in s and s["kind"] not in ("idle", "tlsidle"):
                 s[k] = max(10, int(s[k] * a.scale))
         if s["kind"] == "backlog":
             s["count"] = a.backlog_count or s["count"]
@@ -1334,8 +1453,8 @@ def main():
             for rep in range(min(reps, sc.get("reps", reps))):
                 for kind in kinds_for(sc):
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
-                          "backlog": backlog_run, "metrics": metrics_run,
-                          "dkim": dkim_run}[sc["kind"]]
+                          "backlog": backlog_run, "metrics": metrics_run, "tls": tls_run,
+                          "tlsidle": tls_idle_run, "dkim": dkim_run}[sc["kind"]]
                     try:
                         r = fn(kind, top, sc)
                     except Exception as e:

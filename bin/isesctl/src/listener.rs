@@ -22,6 +22,7 @@ use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
 use crate::policy::{Security, SessionPolicy};
 use anyhow::Context as _;
+use mta_ipc::listeners::{self, Passed};
 use mta_ipc::TaskStatus;
 use mta_smtp::{run_session, ClientInfo, ListenerMode, SessionConfig};
 use mta_task::histogram::{Histogram, COMMIT_BOUNDS};
@@ -34,7 +35,7 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -45,6 +46,9 @@ pub struct Inbound {
     running: tokio::sync::Mutex<Option<Running>>,
     /// The addresses listened on now (empty: stopped), for `show tasks`.
     listening: Mutex<Vec<(SocketAddr, ListenerMode)>>,
+    /// The listening sockets the supervisor bound and passed (`mta_ipc::listeners`); an
+    /// address not among them is bound here.
+    passed: Vec<Passed>,
 }
 
 /// What the accept loop and the sessions share.
@@ -66,6 +70,9 @@ struct Shared {
 struct Running {
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
+    /// Indexes into `Inbound::passed` of the supervisor's sockets listened on: stopping
+    /// takes them out of the listening state (closing our copy would not).
+    passed: Vec<usize>,
 }
 
 impl Inbound {
@@ -74,6 +81,7 @@ impl Inbound {
         intake: Intake,
         mail_auth: InboundAuth,
         security: Security,
+        passed: Vec<Passed>,
     ) -> Inbound {
         let config = ctx.config();
         let inbound = &config.inbound;
@@ -116,6 +124,7 @@ impl Inbound {
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
+            passed,
         }
     }
 
@@ -142,10 +151,23 @@ impl Inbound {
                 "submissions_listen",
             ),
         ];
+        let mut passed_used = Vec::new();
         for (addrs, mode, key) in kinds {
             for addr in addrs {
-                let listener = bind_listener(*addr, inbound.max_handlers)
-                    .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?;
+                let cannot = || format!("cannot listen on {addr} ([inbound] {key})");
+                let passed = self
+                    .passed
+                    .iter()
+                    .position(|p| p.key == key && p.addr == *addr);
+                let listener = match passed {
+                    Some(i) => {
+                        let listener = listeners::relisten(&self.passed[i], inbound.max_handlers)
+                            .with_context(cannot)?;
+                        passed_used.push(i);
+                        listener
+                    }
+                    None => listeners::bind(*addr, inbound.max_handlers).with_context(cannot)?,
+                };
                 bound.push((listener.local_addr().unwrap_or(*addr), mode));
                 listeners.push((listener, mode));
             }
@@ -157,7 +179,11 @@ impl Inbound {
             .collect::<io::Result<Vec<_>>>()
             .context("cannot watch the listening sockets")?;
         let accept = tokio::spawn(accept_loop(self.shared.clone(), listeners, stopped));
-        *running = Some(Running { stop, accept });
+        *running = Some(Running {
+            stop,
+            accept,
+            passed: passed_used,
+        });
         *self.listening.lock().expect("listening lock") = bound;
         let text = self.listening_text();
         tracing::info!("inbound transport started: {text}");
@@ -167,12 +193,23 @@ impl Inbound {
     /// Closes every listening socket; sessions in progress go on.
     pub async fn stop(&self) -> bool {
         let mut running = self.running.lock().await;
-        let Some(Running { stop, accept }) = running.take() else {
+        let Some(Running {
+            stop,
+            accept,
+            passed,
+        }) = running.take()
+        else {
             return false;
         };
         let _ = stop.send(true);
-        // The accept loop owns the sockets: once it has returned they are closed.
+        // The accept loop owns the sockets: once it has returned they are closed. The
+        // supervisor's still are open: they stop listening, so connections are refused.
         let _ = accept.await;
+        for i in passed {
+            if let Err(e) = listeners::stop_listening(&self.passed[i]) {
+                tracing::warn!(addr = %self.passed[i].addr, error = %e, "cannot stop listening");
+            }
+        }
         self.listening.lock().expect("listening lock").clear();
         tracing::info!("inbound transport stopped");
         true
@@ -235,9 +272,9 @@ impl Inbound {
 /// waiting connections (without accepting them) use the same registration.
 pub(crate) type Listener = AsyncFd<std::net::TcpListener>;
 
-/// Registers a bound tokio listener for `accept_loop`.
-fn watched(listener: TcpListener) -> io::Result<Listener> {
-    let std_listener = listener.into_std()?;
+/// Registers a bound, non-blocking listener for `accept_loop`.
+fn watched(std_listener: std::net::TcpListener) -> io::Result<Listener> {
+    std_listener.set_nonblocking(true)?;
     // SAFETY: the std listener owns its descriptor, which stays open and the same for as
     // long as the AsyncFd holds it.
     unsafe { AsyncFd::register_with_interest(std_listener, Interest::READABLE) }
@@ -416,23 +453,6 @@ async fn accept_any(
 }
 
 /// One SMTP session on `handler` (iseshlrN); the handler is idle again when this returns.
-/// Binds with a listen backlog of at least `max_handlers` (and 1024): when every handler is
-/// busy, connections wait in the kernel's queue for a banner (seed exercise 2), and a burst
-/// of connections must not overflow it — a dropped handshake leaves a client that believes
-/// it is connected but never hears from us. `TcpListener::bind`'s default backlog (128,
-/// seen with `ss -ltn`) lost handshakes under a burst of 1,000 connections. The kernel caps
-/// the value at `net.core.somaxconn`.
-fn bind_listener(addr: std::net::SocketAddr, max_handlers: usize) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(max_handlers.max(1024).min(u32::MAX as usize) as u32)
-}
-
 async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,

@@ -1,6 +1,7 @@
 //! isesctl — Inbound Session Controller, with its inbound session handlers `iseshlrN`.
 //!
-//! Listens on every `[inbound] listen` address and hands each accepted connection to an
+//! Listens on every `[inbound] listen` address (on the sockets the supervisor bound and
+//! passed, `mta_ipc::listeners`) and hands each accepted connection to an
 //! idle handler (`iseshlr0`, `iseshlr1`, …), creating one while fewer than `max_handlers`
 //! exist; with every handler busy it stops accepting until one frees up. Each handler
 //! speaks ESMTP (`mta-smtp`) with one client, validates recipients (local users, relaying
@@ -64,7 +65,10 @@ impl Task for Isesctl {
                 config.inbound.auth_failure_window,
             )),
         };
-        let inbound = Inbound::new(ctx, intake, mail_auth, security.clone());
+        // The supervisor bound the listening sockets (ports below 1024 need root, which
+        // we no longer have with `user =`); an address it did not pass is bound here.
+        let passed = mta_ipc::listeners::take_passed()?;
+        let inbound = Inbound::new(ctx, intake, mail_auth, security.clone(), passed);
         inbound.listen().await?;
         Ok(Isesctl { inbound, security })
     }

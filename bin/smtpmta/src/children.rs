@@ -40,6 +40,13 @@ struct Entry {
     pid_tx: watch::Sender<Option<u32>>,
 }
 
+/// An `[inbound]` listening socket the supervisor bound, passed to every isesctl it starts.
+pub struct PassedListener {
+    pub key: &'static str,
+    pub addr: std::net::SocketAddr,
+    pub listener: std::net::TcpListener,
+}
+
 #[derive(Clone)]
 pub struct Children {
     table: Arc<Mutex<BTreeMap<TaskName, Entry>>>,
@@ -47,6 +54,8 @@ pub struct Children {
     config_path: PathBuf,
     run_dir: PathBuf,
     store: StoreService,
+    /// The SMTP sockets, open for the supervisor's lifetime (`mta_ipc::listeners`).
+    listeners: Arc<Vec<PassedListener>>,
     stopping: watch::Sender<bool>,
     /// Woken whenever a task says it is ready (for `all_running`).
     ready: Arc<tokio::sync::Notify>,
@@ -58,6 +67,7 @@ impl Children {
         config_path: PathBuf,
         run_dir: PathBuf,
         store: StoreService,
+        listeners: Arc<Vec<PassedListener>>,
     ) -> Children {
         let mut table = BTreeMap::new();
         for task in TaskName::CHILDREN {
@@ -79,6 +89,7 @@ impl Children {
             config_path,
             run_dir,
             store,
+            listeners,
             stopping: watch::channel(false).0,
             ready: Arc::new(tokio::sync::Notify::new()),
         }
@@ -110,14 +121,17 @@ impl Children {
                 break;
             }
             let exe = self.exe_dir.join(task.as_str());
-            let mut child = match tokio::process::Command::new(&exe)
+            let mut command = tokio::process::Command::new(&exe);
+            command
                 .arg("--config")
                 .arg(&self.config_path)
                 .env(mta_task::SUPERVISOR_PID_ENV, std::process::id().to_string())
                 .stdin(std::process::Stdio::null())
-                .kill_on_drop(false)
-                .spawn()
-            {
+                .kill_on_drop(false);
+            if task == TaskName::Isesctl {
+                self.pass_listeners(&mut command);
+            }
+            let mut child = match command.spawn() {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(%task, error = %e, exe = %exe.display(), "cannot start task");
@@ -183,6 +197,33 @@ impl Children {
             e.state = ChildState::Stopped;
             e.pid_tx.send_replace(None);
         });
+    }
+
+    /// isesctl inherits the SMTP sockets: named in `SMTPMTA_LISTEN_FDS`, and made
+    /// inheritable in the forked child only (the supervisor's copies stay close-on-exec,
+    /// so no other task gets them).
+    fn pass_listeners(&self, command: &mut tokio::process::Command) {
+        use std::os::fd::AsRawFd as _;
+        let passed: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|l| (l.key, l.addr, l.listener.as_raw_fd()))
+            .collect();
+        command.env(
+            mta_ipc::listeners::LISTEN_FDS_ENV,
+            mta_ipc::listeners::encode(passed.iter().copied()),
+        );
+        let fds: Vec<_> = passed.iter().map(|(_, _, fd)| *fd).collect();
+        // SAFETY: runs between fork and exec; it only calls fcntl(2) (async-signal-safe)
+        // on descriptors the supervisor keeps open, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in &fds {
+                    mta_ipc::listeners::inheritable(*fd)?;
+                }
+                Ok(())
+            });
+        }
     }
 
     /// Waits out the back-off; false if the suite is stopping meanwhile.

@@ -1,7 +1,8 @@
 //! smtpmta — the supervisor (Domino's SMTPMTA add-in task).
 //!
 //! Reads the configuration, takes the data_dir's pid-file lock (one supervisor per
-//! data_dir), opens the queue store (sled: this is the only process that may), serves it
+//! data_dir), binds every listener, becomes `user` if one is configured (`mail_user.rs`:
+//! the supervisor keeps no root after that), opens the queue store (sled: this is the only process that may), serves it
 //! and the console on `<data_dir>/run/smtpmta.sock`, launches the six task executables and
 //! restarts one that exits unexpectedly, with back-off. `tell smtpmta quit`, SIGTERM or
 //! SIGINT stop every task in order (inbound first), then remove the sockets and the pid
@@ -20,6 +21,7 @@ mod compaction;
 mod console;
 mod dkim_keygen;
 mod instance;
+mod mail_user;
 mod metrics;
 mod operations;
 mod rates;
@@ -187,9 +189,29 @@ fn hash_password() -> ExitCode {
 
 async fn supervise(config: Config) -> anyhow::Result<()> {
     let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    // While still root (with `user =`): data_dir and run/ belong to the mail user.
+    mail_user::prepare(&config)?;
     let instance = instance::Instance::acquire(&pid_file(&run_dir), &config.data_dir)?;
+    // Every listener, bound while we may still bind ports below 1024 (mail_user.rs); the
+    // SMTP sockets stay here for our lifetime and are passed to each isesctl we start.
+    let smtp_listeners = bind_smtp(&config)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(metrics::bind(addr)?),
+        None => None,
+    };
+    if let Some(run_as) = &config.run_as {
+        let dropped = mta_task::privileges::drop_to(run_as)?;
+        tracing::info!(
+            user = %run_as.user,
+            group = %run_as.group,
+            uid = run_as.uid,
+            gid = run_as.gid,
+            ?dropped,
+            "running as {}",
+            run_as.user
+        );
+        mail_user::check_reach(&config, run_as)?;
+    }
     // Before any task starts: make the self-signed certificate if [tls] names none, and
     // load the certificate once so a bad one stops the start here, with the key and file.
     let tls = mta_tls::ensure_certificate(&config).context("TLS certificate")?;
@@ -213,8 +235,13 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         .parent()
         .map(PathBuf::from)
         .context("executable has no folder")?;
-    let children =
-        children::Children::new(exe_dir, config.path.clone(), run_dir.clone(), store.clone());
+    let children = children::Children::new(
+        exe_dir,
+        config.path.clone(),
+        run_dir.clone(),
+        store.clone(),
+        Arc::new(smtp_listeners),
+    );
     let sup = Arc::new(Supervisor {
         knobs: Mutex::new(config.debug.clone()),
         directory: Mutex::new(Arc::new(config.directory.clone())),
@@ -242,9 +269,10 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         Service::Supervisor,
         service::SupervisorService(sup.clone()),
     ));
-    let metrics = match sup.config.metrics.listen {
-        Some(addr) => {
-            let listener = metrics::bind(addr).await?;
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             tracing::info!("metrics: serving http://{addr}/metrics");
             Some(tokio::spawn(metrics::serve(sup.clone(), listener)))
         }
@@ -305,4 +333,28 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     drop(instance);
     tracing::info!("smtpmta supervisor stopped");
     Ok(())
+}
+
+/// Binds every `[inbound]` address (`listen`, `submission_listen`, `submissions_listen`):
+/// a port in use is a clear start-up error naming the key.
+fn bind_smtp(config: &Config) -> anyhow::Result<Vec<children::PassedListener>> {
+    let inbound = &config.inbound;
+    let kinds = [
+        ("listen", &inbound.listen),
+        ("submission_listen", &inbound.submission_listen),
+        ("submissions_listen", &inbound.submissions_listen),
+    ];
+    let mut bound = Vec::new();
+    for (key, addrs) in kinds {
+        for addr in addrs {
+            let listener = mta_ipc::listeners::bind(*addr, inbound.max_handlers)
+                .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?;
+            bound.push(children::PassedListener {
+                key,
+                addr: *addr,
+                listener,
+            });
+        }
+    }
+    Ok(bound)
 }

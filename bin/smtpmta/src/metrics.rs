@@ -54,12 +54,14 @@ const MAX_DESTINATION_ROWS: usize = 10_000;
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Binds `[metrics] listen`; a port in use is a clear start-up error, like an SMTP port.
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+/// Binds `[metrics] listen` (before the supervisor drops root); a port in use is a clear
+/// start-up error, like an SMTP port.
+pub fn bind(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     use anyhow::Context as _;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ([metrics] listen)"))
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} ([metrics] listen)"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// Serves until the task is aborted (at shutdown).

@@ -16,6 +16,7 @@ mod debug;
 mod directory;
 mod dkim;
 mod error;
+mod run_as;
 mod tls;
 mod values;
 
@@ -30,6 +31,7 @@ pub use debug::DebugKnobs;
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
+pub use run_as::RunAs;
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
 
@@ -80,6 +82,10 @@ pub struct Config {
     pub dkim: Vec<DkimKeyConfig>,
     /// `[tls]`: the inbound certificate.
     pub tls: TlsConfig,
+    /// `user` (and `group`): the account every task runs as once the supervisor has bound
+    /// the listeners; resolved from the system's user database at load (see `run_as.rs`).
+    /// Default none: the suite runs as whoever started it, as before.
+    pub run_as: Option<RunAs>,
 }
 
 /// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
@@ -290,6 +296,8 @@ struct RawConfig {
     metrics: MetricsConfig,
     dkim: Vec<dkim::RawDkim>,
     tls: tls::RawTls,
+    user: String,
+    group: String,
 }
 
 impl Default for RawConfig {
@@ -312,6 +320,8 @@ impl Default for RawConfig {
             metrics: MetricsConfig::default(),
             dkim: Vec::new(),
             tls: tls::RawTls::default(),
+            user: String::new(),
+            group: String::new(),
         }
     }
 }
@@ -385,6 +395,7 @@ impl Config {
             dkim.push(key);
         }
         let tls = load_tls(&src, base, &raw.tls)?;
+        let run_as = run_as::resolve(&src, &raw.user, &raw.group)?;
         let mut outbound = raw.outbound;
         if let Some(ca) = outbound.tls.ca_file.take() {
             let ca = normalize(&base.join(ca));
@@ -416,6 +427,7 @@ impl Config {
             metrics: raw.metrics,
             dkim,
             tls,
+            run_as,
         })
     }
 

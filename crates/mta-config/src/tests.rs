@@ -528,3 +528,33 @@ fn reload_directory_sees_changes_and_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn user_and_group_are_resolved_at_load() {
+    // `nobody` and `nogroup` exist on every Debian system.
+    let f = Fixture::new(
+        "hostname = \"mx.example\"\nuser = \"nobody\"\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    let run_as = c.run_as.expect("run_as");
+    assert_eq!(run_as.user, "nobody");
+    assert_eq!(run_as.uid, 65534);
+    assert_eq!(run_as.gid, 65534, "the user's primary group by default");
+    let f = Fixture::new("user = \"nobody\"\ngroup = \"nogroup\"\n", Some(DIRECTORY));
+    assert_eq!(f.load().unwrap().run_as.unwrap().group, "nogroup");
+    let f = Fixture::new("", Some(DIRECTORY));
+    assert_eq!(f.load().unwrap().run_as, None, "no `user`: as today");
+}
+
+#[test]
+fn unknown_user_or_group_names_file_line_and_key() {
+    let (e, file) = config_err("hostname = \"mx.example\"\nuser = \"no-such-mail-user\"\n");
+    assert_located(&e, &file, 2, "user", "no such user `no-such-mail-user`");
+    let (e, file) = config_err("user = \"nobody\"\n\ngroup = \"no-such-group\"\n");
+    assert_located(&e, &file, 3, "group", "no such group `no-such-group`");
+    let (e, file) = config_err("group = \"nogroup\"\n");
+    assert_located(&e, &file, 1, "group", "needs `user`");
+    let (e, file) = config_err("user = \"root\"\n");
+    assert_located(&e, &file, 1, "user", "is root");
+}

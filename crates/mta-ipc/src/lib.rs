@@ -16,6 +16,7 @@ pub mod console;
 pub mod frame;
 pub mod hello;
 pub mod kick;
+pub mod listeners;
 pub mod paths;
 pub mod server;
 pub mod store;

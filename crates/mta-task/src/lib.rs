@@ -8,6 +8,8 @@
 //! a task never outlives its supervisor (its lifeline connection closes, and the kernel
 //! sends SIGTERM through `PR_SET_PDEATHSIG` as a backstop).
 //!
+//! With `user` set it first becomes that user (`privileges.rs`), before any file is opened.
+//!
 //! The task itself implements `Task`: `start` (set up), `run` (the job, returning once
 //! `ctx.shutting_down()`), `status` (for `show tasks`) and optionally `tell`.
 
@@ -16,6 +18,7 @@ mod control;
 pub mod histogram;
 mod logging;
 pub mod outcome_log;
+pub mod privileges;
 pub mod queue_worker;
 pub mod test_hooks;
 
@@ -119,6 +122,15 @@ pub fn run<T: Task>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before anything else runs or opens a file: as `user` (the supervisor's children are
+    // that user already; this also covers a task started by hand as root). And before
+    // PR_SET_PDEATHSIG, which the kernel clears when the credentials change.
+    if let Some(run_as) = &config.run_as {
+        if let Err(e) = privileges::drop_to(run_as) {
+            eprintln!("{}: {e}", T::NAME);
+            return ExitCode::FAILURE;
+        }
+    }
     init_logging(T::NAME);
     test_hooks::abort_on_panic();
     die_with_supervisor();

@@ -172,7 +172,12 @@ impl Suite {
                 .iter()
                 .any(|(n, l)| *n == "inbound" && l.trim_start().starts_with(key))
         };
-        let mut inbound = vec![format!("listen = [\"127.0.0.1:{smtp_port}\"]")];
+        // A test that sets `listen` itself (ports below 1024, tests/mail_user.rs) talks to
+        // its own addresses; `smtp_port` is then unused.
+        let mut inbound = Vec::new();
+        if !given("listen") {
+            inbound.push(format!("listen = [\"127.0.0.1:{smtp_port}\"]"));
+        }
         if !given("submission_listen") {
             inbound.push(format!(
                 "submission_listen = [\"127.0.0.1:{submission_port}\"]"

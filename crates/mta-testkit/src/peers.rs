@@ -264,3 +264,211 @@ pub fn smtp_load_patient(
         errors: result["errors"].clone(),
     }
 }
+
+/// The system account `name` (created with `useradd --system` if missing; tests run as
+/// root in CI): its uid and gid. Safe to call from tests running at the same time: a
+/// concurrent creation ("already exists", or the passwd file locked) is waited out.
+pub fn system_user(name: &str) -> (u32, u32) {
+    let lookup = || nix::unistd::User::from_name(name).ok().flatten();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(user) = lookup() {
+            return (user.uid.as_raw(), user.gid.as_raw());
+        }
+        let out = Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .output()
+            .expect("useradd (package passwd)");
+        // 9: the name was taken meanwhile (by a test running in parallel); 10: the passwd
+        // file is locked by that other useradd.
+        let code = out.status.code();
+        if !(out.status.success() || code == Some(9) || code == Some(10)) {
+            panic!(
+                "useradd {name} failed ({:?}): {} (the mail-user tests need root)",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "user {name} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Dovecot's IMAP server on 127.0.0.1:<port>, with a config file of its own, run wholly
+/// as `user` (Dovecot's rootless mode: every service as that user, no chroot), serving
+/// `maildir:<maildirs>/<login>` to any login with the password `secret`. Killed by pid on
+/// drop.
+pub struct Dovecot {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Dovecot {
+    pub fn start(user: &str, maildirs: &Path) -> Dovecot {
+        let (uid, gid) = system_user(user);
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("dovecot-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"# Written by mta-testkit: Dovecot as the mail user, for the suite's Maildirs.
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+default_internal_user = {user}
+default_internal_group = {user}
+default_login_user = {user}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+first_valid_gid = {gid}
+last_valid_gid = {gid}
+mail_location = maildir:{maildirs}/%n
+passdb {{
+  driver = static
+  args = password=secret
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={maildirs}/%n
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"#,
+            maildirs = maildirs.display()
+        );
+        let path = dir.path().join("dovecot.conf");
+        std::fs::write(&path, conf).unwrap();
+        for p in [dir.path(), path.as_path()] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
+        use std::os::unix::process::CommandExt as _;
+        let child = Command::new("/usr/sbin/dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(&path)
+            .uid(uid)
+            .gid(gid)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dovecot is installed (scripts/test installs dovecot-imapd)");
+        let dovecot = Dovecot { child, port, dir };
+        wait_for("dovecot's IMAP greeting", Duration::from_secs(15), || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+                .map_err(|e| format!("{e}; log: {}", dovecot.log()))?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            let n = std::io::Read::read(&mut s, &mut buf).map_err(|e| e.to_string())?;
+            if buf[..n].starts_with(b"* OK") {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&buf[..n]).into_owned())
+            }
+        });
+        dovecot
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+
+    /// Every message in `login`'s INBOX, read over IMAP with Python's imaplib: its
+    /// Message-ID header and its body (`BODY[TEXT]`), in IMAP order.
+    pub fn fetch(&self, login: &str) -> Vec<(String, Vec<u8>)> {
+        let script = r#"
+import imaplib, json, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login(sys.argv[2], "secret")
+m.select("INBOX", readonly=True)
+out = []
+for n in m.search(None, "ALL")[1][0].split():
+    typ, data = m.fetch(n, "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)] BODY.PEEK[TEXT])")
+    parts = [p for p in data if isinstance(p, tuple)]
+    header = next(p[1] for p in parts if b"HEADER" in p[0])
+    body = next(p[1] for p in parts if b"TEXT" in p[0])
+    mid = header.decode().split(":", 1)[1].strip() if b":" in header else ""
+    out.append({"message_id": mid, "body": body.hex()})
+m.logout()
+print(json.dumps(out))
+"#;
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(self.port.to_string())
+            .arg(login)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "imaplib failed: {}\ndovecot log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        list.iter()
+            .map(|m| {
+                let body = m["body"].as_str().unwrap();
+                (
+                    m["message_id"].as_str().unwrap().to_string(),
+                    (0..body.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&body[i..i + 2], 16).expect("hex"))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its services (imap-login, auth, imap …) itself.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill(&mut self.child);
+    }
+}
