@@ -124,7 +124,7 @@ fn convert_batch(
         let problem = match mta_spool::read(spool_dir, &record.content) {
             Ok(content) if mta_smtp::has_bare_line_ending(&content) => Some((
                 "5.6.0",
-                "5.6.0 content has a bare CR or LF; not relayed (SMTP smuggling risk)".to_string(),
+                "content has a bare CR or LF; not relayed (SMTP smuggling risk)".to_string(),
             )),
             Ok(content) => {
                 if let Some(batch) = batch.as_mut() {
@@ -147,7 +147,7 @@ fn convert_batch(
             }
             // Unreadable content is not retried forever: the spool is ours and fsynced, so
             // this is damage, and the sender should hear of it.
-            Err(e) => Some(("4.3.0", format!("4.3.0 queued content unreadable: {e}"))),
+            Err(e) => Some(("4.3.0", format!("queued content unreadable: {e}"))),
         };
         if let Some((status, reason)) = problem {
             let now = now_ms();
@@ -157,14 +157,14 @@ fn convert_batch(
                 .filter(|r| r.status == RcptStatus::Pending)
             {
                 tracing::info!(
-                    "qid={} to=<{}> relay=none dsn={status} status=bounced ({reason})",
+                    "qid={} to=<{}> relay=none dsn={status} status=bounced ({status} {reason})",
                     record.id,
                     r.address
                 );
                 r.status = RcptStatus::Failed {
                     at: now,
                     status: status.into(),
-                    reason: reason.clone(),
+                    reply: mta_types::outcome::Reply::local(status, reason.clone()),
                 };
             }
             stats.failed.fetch_add(1, Ordering::Relaxed);
