@@ -21,7 +21,7 @@
 //! Answers: `show tasks` ("idle; converted N, failed M").
 
 use mta_ipc::store::Change;
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus, TaskName};
@@ -63,21 +63,25 @@ impl Task for Omsgcnv {
     }
 
     fn status(&self) -> TaskStatus {
-        let state = if self.busy.load(Ordering::Relaxed) {
-            "converting"
+        let (state, current) = if self.busy.load(Ordering::Relaxed) {
+            (TaskState::Busy, "converting")
         } else {
-            "idle"
+            (TaskState::Idle, "idle")
         };
-        TaskStatus {
-            detail: format!(
-                "{state}; converted {}, failed {}{}",
+        let mut counters = vec![
+            (
+                "converted".into(),
                 self.stats.converted.load(Ordering::Relaxed),
-                self.stats.failed.load(Ordering::Relaxed),
-                self.signing
-                    .as_ref()
-                    .map(|s| format!(", signed {}", s.signed()))
-                    .unwrap_or_default()
             ),
+            ("failed".into(), self.stats.failed.load(Ordering::Relaxed)),
+        ];
+        if let Some(s) = &self.signing {
+            counters.push(("signed".into(), s.signed()));
+        }
+        TaskStatus {
+            state,
+            current: current.into(),
+            counters,
             handlers: Vec::new(),
         }
     }
