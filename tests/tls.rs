@@ -698,3 +698,64 @@ fn sendmail_t_delivers_locally_and_relays() {
         "{err}"
     );
 }
+
+/// Issue 11: the authenticated identity is logged with the queue ID at acceptance, kept in
+/// the record and shown by `show message` (text and `--json`).
+#[test]
+fn show_message_shows_the_authenticated_user() {
+    // The relay host is down, so the message stays queued to be looked at.
+    let suite = suite_with(vec![
+        ("outbound", "relay_host = \"127.0.0.1:9\"".into()),
+        ("outbound", "retry = [\"1h\"]".into()),
+    ]);
+    let out = swaks(
+        suite.submission_port,
+        &[
+            "-tls",
+            "-a",
+            "PLAIN",
+            "-au",
+            "alice",
+            "-ap",
+            ALICE_PASSWORD,
+            "--from",
+            "alice@localhost",
+            "--to",
+            "someone@remote.example",
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let qid = t
+        .lines()
+        .find_map(|l| l.split("queued as ").nth(1))
+        .map(|q| q.trim().to_string())
+        .unwrap_or_else(|| panic!("no queue ID in {t}"));
+    let shown = wait_for("show message", Duration::from_secs(20), || {
+        let out = suite.mtacon(&["show", "message", &qid]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("Queue ID:") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    assert!(shown.contains("Auth-User:    alice"), "{shown}");
+    let out = suite.mtacon(&["show", "message", &qid, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["message"]["envelope"]["auth"], "alice", "{v}");
+    // A client that did not authenticate has none.
+    let plain = swaks(
+        suite.smtp_port,
+        &["--to", "someone@remote.example", "--from", "x@example.org"],
+    );
+    let t = text(&plain);
+    let qid = t
+        .lines()
+        .find_map(|l| l.split("queued as ").nth(1))
+        .map(|q| q.trim().to_string())
+        .unwrap_or_else(|| panic!("no queue ID in {t}"));
+    let out = suite.mtacon(&["show", "message", &qid, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["message"]["envelope"]["auth"].is_null(), "{v}");
+}

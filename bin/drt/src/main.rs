@@ -19,7 +19,7 @@
 mod report;
 
 use mta_ipc::store::Change;
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_spool::SpoolWriter;
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::{MessageRecord, QueueName, TaskName};
@@ -52,7 +52,9 @@ impl Task for Drt {
 
     fn status(&self) -> TaskStatus {
         TaskStatus {
-            detail: format!("idle; reports sent {}", self.sent.load(Ordering::Relaxed)),
+            state: TaskState::Idle,
+            current: "idle".into(),
+            counters: vec![("reports sent".into(), self.sent.load(Ordering::Relaxed))],
             handlers: Vec::new(),
         }
     }

@@ -6,9 +6,9 @@ use mta_convert::{render_dsn, DsnInput, ReportLine};
 use mta_ipc::store::Change;
 use mta_spool::{SpoolError, SpoolWriter};
 use mta_types::message::{
-    now_ms, Envelope, HopTrace, ParsedFields, ReportAction, UnixMillis, RECORD_SCHEMA, REPORT_STAGE,
+    now_ms, Envelope, HopTrace, Origin, ParsedFields, ReportAction, UnixMillis, RECORD_SCHEMA,
 };
-use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus, Recipient};
+use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus, Recipient, TaskName};
 use std::time::{Duration, UNIX_EPOCH};
 
 pub struct Batch {
@@ -112,6 +112,7 @@ pub fn report_batch(
                     protocol: "local".into(),
                     utf8: record.envelope.utf8,
                     eight_bit: record.envelope.eight_bit,
+                    auth: None,
                 },
                 recipients: vec![Recipient::new(sender.clone())],
                 content: content_ref,
@@ -126,7 +127,8 @@ pub fn report_batch(
                 }),
                 trace: HopTrace {
                     hop_count: 0,
-                    route: vec![(REPORT_STAGE.to_string(), now)],
+                    route: vec![(TaskName::Drt.to_string(), now)],
+                    origin: Origin::Report,
                 },
                 not_before: 0,
                 note: None,
@@ -153,7 +155,7 @@ pub fn report_batch(
             pending_reports.push(report);
             batch.reports += 1;
         }
-        record.trace.route.push((REPORT_STAGE.to_string(), now));
+        record.trace.route.push((TaskName::Drt.to_string(), now));
         record.location =
             if record.all_final() {
                 batch.log.push(format!("qid={} removed", record.id));

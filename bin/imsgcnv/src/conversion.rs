@@ -204,6 +204,7 @@ mod tests {
                 protocol: "ESMTP".into(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: vec![Recipient::new("postmaster@localhost".parse().unwrap())],
             content: ContentRef {

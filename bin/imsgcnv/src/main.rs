@@ -16,7 +16,7 @@ mod import_errors;
 use conversion::{convert_batch, Stats};
 use import_errors::ImportErrors;
 use mta_ipc::store::Change;
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
@@ -45,18 +45,19 @@ impl Task for Imsgcnv {
 
     fn status(&self) -> TaskStatus {
         let s = &self.stats;
-        let state = if self.busy.load(Ordering::Relaxed) {
-            "converting"
+        let (state, current) = if self.busy.load(Ordering::Relaxed) {
+            (TaskState::Busy, "converting")
         } else {
-            "idle"
+            (TaskState::Idle, "idle")
         };
         TaskStatus {
-            detail: format!(
-                "{state}; converted {}, errors {}, dead {}",
-                s.converted.load(Ordering::Relaxed),
-                s.errors.load(Ordering::Relaxed),
-                s.dead.load(Ordering::Relaxed)
-            ),
+            state,
+            current: current.into(),
+            counters: vec![
+                ("converted".into(), s.converted.load(Ordering::Relaxed)),
+                ("errors".into(), s.errors.load(Ordering::Relaxed)),
+                ("dead".into(), s.dead.load(Ordering::Relaxed)),
+            ],
             handlers: Vec::new(),
         }
     }

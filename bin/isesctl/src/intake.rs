@@ -8,7 +8,8 @@
 //! `imsgcnv` once. Nothing is acknowledged that is not durable: a spool failure answers
 //! `452 4.3.1` (disk full) or `451 4.3.0`, a store failure `451 4.3.0`.
 //!
-//! Logs one line per accepted message: `qid=… from=<…> size=… nrcpt=… client=helo[ip]`.
+//! Logs one line per accepted message: `qid=… from=<…> size=… nrcpt=… client=helo[ip]`
+//! (and `sasl_username=…` when the client authenticated).
 
 use anyhow::Context as _;
 use mta_ipc::store::Change;
@@ -330,6 +331,8 @@ fn log_queued(record: &MessageRecord) {
         size = record.size,
         nrcpt = record.recipients.len(),
         client = %format_args!("{}[{}]", env.helo, env.client_ip),
+        // Postfix's name for the SMTP AUTH identity; absent for unauthenticated clients.
+        sasl_username = env.auth.as_deref(),
         "queued"
     );
 }
@@ -361,6 +364,7 @@ fn record_for(qid: QueueId, env: &mta_smtp::Envelope, size: u64) -> MessageRecor
             protocol: env.protocol.to_string(),
             utf8: env.utf8,
             eight_bit: env.eight_bit,
+            auth: env.auth.clone(),
         },
         recipients: env
             .rcpts

@@ -23,7 +23,7 @@ use crate::mail_auth::InboundAuth;
 use crate::policy::{Security, SessionPolicy};
 use anyhow::Context as _;
 use mta_ipc::listeners::{self, Passed};
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_smtp::{run_session, ClientInfo, ListenerMode, SessionConfig};
 use mta_task::histogram::{Histogram, COMMIT_BOUNDS};
 use mta_task::TaskContext;
@@ -237,15 +237,20 @@ impl Inbound {
     pub fn status(&self) -> TaskStatus {
         let max = self.shared.table.max();
         let listening = !self.listening.lock().expect("listening lock").is_empty();
-        let detail = if !listening {
-            "inbound transport stopped".to_string()
+        let (state, current) = if !listening {
+            (TaskState::Stopped, "inbound transport stopped".to_string())
         } else if self.shared.table.busy() >= max {
-            format!("all {max} handlers busy: not accepting")
+            (
+                TaskState::Saturated,
+                format!("all {max} handlers busy: not accepting"),
+            )
         } else {
-            self.listening_text()
+            (TaskState::Running, self.listening_text())
         };
         TaskStatus {
-            detail,
+            state,
+            current,
+            counters: Vec::new(),
             handlers: self.shared.table.rows(),
         }
     }

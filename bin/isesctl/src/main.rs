@@ -16,7 +16,7 @@
 //! Mail authentication (`mail_auth.rs`): SPF, DKIM and DMARC results in an
 //! Authentication-Results header before the 250; `[inbound] dmarc_reject` refuses DMARC
 //! `p=reject` failures with 550 5.7.1 at the end of DATA.
-//! Logs: `qid=… from=<…> size=… nrcpt=… client=helo[ip]` per accepted message.
+//! Logs: `qid=… from=<…> size=… nrcpt=… client=helo[ip] [sasl_username=…]` per accepted message.
 //! Also listens on `submission_listen` (STARTTLS + AUTH required) and `submissions_listen`
 //! (implicit TLS + AUTH required) with the `[tls]` certificate, re-read at `tell smtpmta
 //! refresh`; see `auth.rs` for AUTH and its lockout.

@@ -201,6 +201,9 @@ fn message_text(r: &MessageRecord) -> String {
         r.envelope.client_ip,
         r.envelope.protocol
     );
+    if let Some(user) = &r.envelope.auth {
+        let _ = writeln!(out, "Auth-User:    {user}");
+    }
     let _ = writeln!(out, "Return-Path:  <{from}>");
     let _ = writeln!(
         out,
@@ -250,11 +253,21 @@ fn message_text(r: &MessageRecord) -> String {
                 _ => "pending".into(),
             },
             RcptStatus::Delivered { at, mailbox } => format!("delivered {} ({mailbox})", time(*at)),
+            RcptStatus::Expanded { at, to } => {
+                let to: Vec<String> = to.iter().map(ToString::to_string).collect();
+                format!("alias expanded {} to {}", time(*at), to.join(", "))
+            }
             RcptStatus::Relayed { at, host, reply } => {
                 format!("relayed {} to {host}: {reply}", time(*at))
             }
-            RcptStatus::Failed { at, status, reason } => {
-                format!("failed {} {status}: {reason}", time(*at))
+            RcptStatus::Failed { at, status, reply } => {
+                // Our own verdicts carry the same status: print it once.
+                let said = if reply.code.is_none() && reply.status.as_ref() == Some(status) {
+                    reply.text.clone()
+                } else {
+                    reply.to_string()
+                };
+                format!("failed {} {status}: {said}", time(*at))
             }
         };
         let orcpt = rc
@@ -266,10 +279,11 @@ fn message_text(r: &MessageRecord) -> String {
         for a in &rc.attempts {
             let _ = writeln!(
                 out,
-                "    attempt {}: {} said {}",
+                "    attempt {}: {} {}: {}",
                 time(a.at),
                 a.host,
-                a.reply
+                a.outcome.label(),
+                a.outcome
             );
         }
     }
@@ -319,10 +333,11 @@ fn history_text(h: &mta_types::tracking::TrackEntry) -> String {
         for a in &r.attempts {
             let _ = writeln!(
                 out,
-                "    attempt {}: {} said {}",
+                "    attempt {}: {} {}: {}",
                 time(a.at),
                 a.host,
-                a.reply
+                a.outcome.label(),
+                a.outcome
             );
         }
     }

@@ -21,7 +21,7 @@
 //! Answers: `show tasks` ("idle; converted N, failed M").
 
 use mta_ipc::store::Change;
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus, TaskName};
@@ -63,21 +63,25 @@ impl Task for Omsgcnv {
     }
 
     fn status(&self) -> TaskStatus {
-        let state = if self.busy.load(Ordering::Relaxed) {
-            "converting"
+        let (state, current) = if self.busy.load(Ordering::Relaxed) {
+            (TaskState::Busy, "converting")
         } else {
-            "idle"
+            (TaskState::Idle, "idle")
         };
-        TaskStatus {
-            detail: format!(
-                "{state}; converted {}, failed {}{}",
+        let mut counters = vec![
+            (
+                "converted".into(),
                 self.stats.converted.load(Ordering::Relaxed),
-                self.stats.failed.load(Ordering::Relaxed),
-                self.signing
-                    .as_ref()
-                    .map(|s| format!(", signed {}", s.signed()))
-                    .unwrap_or_default()
             ),
+            ("failed".into(), self.stats.failed.load(Ordering::Relaxed)),
+        ];
+        if let Some(s) = &self.signing {
+            counters.push(("signed".into(), s.signed()));
+        }
+        TaskStatus {
+            state,
+            current: current.into(),
+            counters,
             handlers: Vec::new(),
         }
     }
@@ -124,7 +128,7 @@ fn convert_batch(
         let problem = match mta_spool::read(spool_dir, &record.content) {
             Ok(content) if mta_smtp::has_bare_line_ending(&content) => Some((
                 "5.6.0",
-                "5.6.0 content has a bare CR or LF; not relayed (SMTP smuggling risk)".to_string(),
+                "content has a bare CR or LF; not relayed (SMTP smuggling risk)".to_string(),
             )),
             Ok(content) => {
                 if let Some(batch) = batch.as_mut() {
@@ -147,7 +151,7 @@ fn convert_batch(
             }
             // Unreadable content is not retried forever: the spool is ours and fsynced, so
             // this is damage, and the sender should hear of it.
-            Err(e) => Some(("4.3.0", format!("4.3.0 queued content unreadable: {e}"))),
+            Err(e) => Some(("4.3.0", format!("queued content unreadable: {e}"))),
         };
         if let Some((status, reason)) = problem {
             let now = now_ms();
@@ -157,14 +161,14 @@ fn convert_batch(
                 .filter(|r| r.status == RcptStatus::Pending)
             {
                 tracing::info!(
-                    "qid={} to=<{}> relay=none dsn={status} status=bounced ({reason})",
+                    "qid={} to=<{}> relay=none dsn={status} status=bounced ({status} {reason})",
                     record.id,
                     r.address
                 );
                 r.status = RcptStatus::Failed {
                     at: now,
                     status: status.into(),
-                    reason: reason.clone(),
+                    reply: mta_types::outcome::Reply::local(status, reason.clone()),
                 };
             }
             stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -28,6 +28,7 @@ use mta_config::{OutboundConfig, TlsPolicy};
 use mta_dns::NextHop;
 use mta_smtp::client::{SessionError, SmtpClient};
 use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
+use mta_types::outcome::Reply;
 use mta_types::MessageRecord;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,13 +77,13 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
             let outcome = if e.is_transient() {
                 RcptOutcome::Deferred {
                     host: key.clone(),
-                    reply: format!("{} {e}", e.status()),
+                    reply: Reply::local(e.status(), e.to_string()),
                 }
             } else {
                 RcptOutcome::Bounced {
                     host: key.clone(),
                     status: e.status().into(),
-                    reason: format!("{} {e}", e.status()),
+                    reply: Reply::local(e.status(), e.to_string()),
                 }
             };
             for item in items {
@@ -123,7 +124,7 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
     let Some((mut client, label)) = session else {
         let outcome = RcptOutcome::Deferred {
             host: key.clone(),
-            reply: format!("4.4.1 {last_error}"),
+            reply: Reply::local("4.4.1", last_error),
         };
         for item in items {
             env.report_all(&item, &outcome);
@@ -271,7 +272,7 @@ async fn transfer(
     reset: bool,
 ) -> Result<Results, (Results, SessionError)> {
     let record: &MessageRecord = &item.record;
-    let bounce_all = |status: &str, reason: String| -> Results {
+    let bounce_all = |status: &str, reply: Reply| -> Results {
         item.rcpts
             .iter()
             .map(|i| {
@@ -280,13 +281,13 @@ async fn transfer(
                     RcptOutcome::Bounced {
                         host: label.to_string(),
                         status: status.into(),
-                        reason: reason.clone(),
+                        reply: reply.clone(),
                     },
                 )
             })
             .collect()
     };
-    let defer_all = |reply: String| -> Results {
+    let defer_all = |reply: Reply| -> Results {
         item.rcpts
             .iter()
             .map(|i| {
@@ -316,20 +317,25 @@ async fn transfer(
             return Ok(item.rcpts.iter().map(|i| (*i, outcome.clone())).collect());
         }
         Ok(Err(e)) => {
-            return Ok(defer_all(format!(
-                "4.3.0 cannot read the queued content: {e}"
+            return Ok(defer_all(Reply::local(
+                "4.3.0",
+                format!("cannot read the queued content: {e}"),
             )))
         }
         Err(e) => {
-            return Ok(defer_all(format!(
-                "4.3.0 cannot read the queued content: {e}"
+            return Ok(defer_all(Reply::local(
+                "4.3.0",
+                format!("cannot read the queued content: {e}"),
             )))
         }
     };
     if mta_smtp::has_bare_line_ending(&content) {
         return Ok(bounce_all(
             "5.6.0",
-            "5.6.0 content has a bare CR or LF; not sent (SMTP smuggling risk)".into(),
+            Reply::local(
+                "5.6.0",
+                "content has a bare CR or LF; not sent (SMTP smuggling risk)",
+            ),
         ));
     }
     let needs_utf8 = record.envelope.utf8
@@ -345,16 +351,22 @@ async fn transfer(
     if needs_utf8 && !client.ext.smtputf8 {
         return Ok(bounce_all(
             "5.6.7",
-            format!("5.6.7 {label} does not support SMTPUTF8, which this message needs"),
+            Reply::local(
+                "5.6.7",
+                format!("{label} does not support SMTPUTF8, which this message needs"),
+            ),
         ));
     }
     let eight_bit = record.envelope.eight_bit || content.iter().any(|b| *b >= 0x80);
     if eight_bit && !client.ext.eight_bit_mime {
         return Ok(bounce_all(
             "5.6.3",
-            format!(
-                "5.6.3 {label} does not support 8BITMIME and the message has 8-bit content \
-                 (not converted, to keep signatures valid)"
+            Reply::local(
+                "5.6.3",
+                format!(
+                    "{label} does not support 8BITMIME and the message has 8-bit content \
+                     (not converted, to keep signatures valid)"
+                ),
             ),
         ));
     }
@@ -362,9 +374,12 @@ async fn transfer(
         if content.len() as u64 > limit {
             return Ok(bounce_all(
                 "5.3.4",
-                format!(
-                    "5.3.4 message size {} exceeds {label}'s limit {limit}",
-                    content.len()
+                Reply::local(
+                    "5.3.4",
+                    format!(
+                        "message size {} exceeds {label}'s limit {limit}",
+                        content.len()
+                    ),
                 ),
             ));
         }
@@ -397,7 +412,7 @@ async fn transfer(
                     *i,
                     RcptOutcome::Deferred {
                         host: label.to_string(),
-                        reply: format!("4.4.2 {e}"),
+                        reply: Reply::local("4.4.2", e.to_string()),
                     },
                 ));
             }
@@ -412,7 +427,7 @@ async fn transfer(
         .await
         .map_err(|e| broke(Vec::new(), e))?;
     if !reply.is_positive() {
-        let text = reply_text(&reply);
+        let text = reply.recorded();
         return Ok(if reply.is_permanent() {
             bounce_all(&reply_status(&reply), text)
         } else {
@@ -428,7 +443,7 @@ async fn transfer(
             Ok(r) => r,
             Err(e) => return Err(broke(results, e)),
         };
-        let text = reply_text(&reply);
+        let text = reply.recorded();
         if reply.is_positive() {
             accepted.push(*i);
         } else if reply.is_permanent() {
@@ -437,7 +452,7 @@ async fn transfer(
                 RcptOutcome::Bounced {
                     host: label.to_string(),
                     status: reply_status(&reply),
-                    reason: text,
+                    reply: text,
                 },
             ));
         } else {
@@ -457,7 +472,7 @@ async fn transfer(
         Ok(r) => r,
         Err(e) => return Err(broke(results, e)),
     };
-    let text = reply_text(&reply);
+    let text = reply.recorded();
     for i in accepted {
         let outcome = if reply.code / 100 == 2 {
             RcptOutcome::Sent {
@@ -468,7 +483,7 @@ async fn transfer(
             RcptOutcome::Bounced {
                 host: label.to_string(),
                 status: reply_status(&reply),
-                reason: text.clone(),
+                reply: text.clone(),
             }
         } else {
             RcptOutcome::Deferred {
@@ -524,7 +539,7 @@ async fn pipelined(
     let rcpt_replies: Vec<_> = replies.by_ref().take(item.rcpts.len()).collect();
     let data_reply = replies.next().expect("one reply per command");
     let outcome_of = |reply: &mta_smtp::Reply| {
-        let text = reply_text(reply);
+        let text = reply.recorded();
         if reply.code / 100 == 2 {
             RcptOutcome::Sent {
                 host: label.to_string(),
@@ -534,7 +549,7 @@ async fn pipelined(
             RcptOutcome::Bounced {
                 host: label.to_string(),
                 status: reply_status(reply),
-                reason: text,
+                reply: text,
             }
         } else {
             RcptOutcome::Deferred {

@@ -37,7 +37,7 @@ use handler_table::HandlerTable;
 use mta_dns::NextHop;
 use mta_ipc::console::TellCommand;
 use mta_ipc::store::BulkOp;
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Domain, MessageRecord, QueueName, TaskName};
@@ -158,19 +158,23 @@ impl Task for Osesctl {
 
     fn status(&self) -> TaskStatus {
         let state = if self.running.load(Ordering::SeqCst) {
-            "running"
+            TaskState::Running
         } else {
-            "stopped"
+            TaskState::Stopped
         };
         let s = &self.stats;
         TaskStatus {
-            detail: format!(
-                "outbound transport {state}; {} lists waiting; sent {}, deferred {}, bounced {}",
+            state,
+            current: format!(
+                "outbound transport {}; {} lists waiting",
+                state.as_str(),
                 self.waiting_count.load(Ordering::SeqCst),
-                s.sent.load(Ordering::Relaxed),
-                s.deferred.load(Ordering::Relaxed),
-                s.bounced.load(Ordering::Relaxed),
             ),
+            counters: vec![
+                ("sent".into(), s.sent.load(Ordering::Relaxed)),
+                ("deferred".into(), s.deferred.load(Ordering::Relaxed)),
+                ("bounced".into(), s.bounced.load(Ordering::Relaxed)),
+            ],
             handlers: self.table.rows(),
         }
     }

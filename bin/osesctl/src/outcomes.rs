@@ -20,9 +20,10 @@
 use mta_config::OutboundConfig;
 use mta_ipc::store::Change;
 use mta_ipc::{Kicker, StoreClient};
-use mta_smtp::Reply;
 use mta_task::{log_outcome, Outcome};
 use mta_types::message::{now_ms, Attempt, UnixMillis};
+use mta_types::outcome::Reply;
+use mta_types::DeliveryOutcome;
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,15 +34,15 @@ use tokio::sync::{mpsc, Notify};
 #[derive(Clone, Debug)]
 pub enum RcptOutcome {
     /// 2xx to DATA: the next hop has it.
-    Sent { host: String, reply: String },
+    Sent { host: String, reply: Reply },
     /// Permanent failure (5xx, null MX, NXDOMAIN, a capability the next hop lacks).
     Bounced {
         host: String,
         status: String,
-        reason: String,
+        reply: Reply,
     },
     /// Temporary failure: retried on the schedule.
-    Deferred { host: String, reply: String },
+    Deferred { host: String, reply: Reply },
     /// The spooled content is gone: the whole message goes to Dead (no retry can help).
     ContentMissing { reason: String },
 }
@@ -74,7 +75,7 @@ struct InFlight {
 }
 
 /// The enhanced code and text of a reply as kept in records: `250 2.0.0 Ok: queued`.
-pub fn reply_text(reply: &Reply) -> String {
+pub fn reply_text(reply: &mta_smtp::Reply) -> String {
     match reply.enhanced {
         Some((c, s, d)) => format!("{} {c}.{s}.{d} {}", reply.code, reply.text()),
         None => format!("{} {}", reply.code, reply.text()),
@@ -82,7 +83,7 @@ pub fn reply_text(reply: &Reply) -> String {
 }
 
 /// The enhanced status of a reply, or `X.0.0` from its code.
-pub fn reply_status(reply: &Reply) -> String {
+pub fn reply_status(reply: &mta_smtp::Reply) -> String {
     match reply.enhanced {
         Some((c, s, d)) => format!("{c}.{s}.{d}"),
         None => format!("{}.0.0", reply.code / 100),
@@ -219,22 +220,25 @@ pub fn apply(
     let delay = now.saturating_sub(received_at) as f64 / 1000.0;
     match outcome {
         RcptOutcome::Sent { host, reply } => {
-            let dsn = enhanced_of(&reply, "2.0.0");
+            let text = reply.to_string();
+            let dsn = reply.status_or("2.0.0");
             log_outcome(
                 id,
                 &r.address,
                 None,
                 &host,
                 delay,
-                dsn,
+                &dsn,
                 Outcome::Sent,
-                &reply,
+                &text,
                 "",
             );
             r.attempts.push(Attempt {
                 at: now,
                 host: host.clone(),
-                reply: reply.clone(),
+                outcome: DeliveryOutcome::Relayed {
+                    reply: reply.clone(),
+                },
             });
             r.status = RcptStatus::Relayed {
                 at: now,
@@ -247,8 +251,12 @@ pub fn apply(
         RcptOutcome::Bounced {
             host,
             status,
-            reason,
+            reply,
         } => {
+            let failed = DeliveryOutcome::Failed {
+                status: status.clone(),
+                reply: reply.clone(),
+            };
             log_outcome(
                 id,
                 &r.address,
@@ -257,34 +265,33 @@ pub fn apply(
                 delay,
                 &status,
                 Outcome::Bounced,
-                &reason,
+                &failed.to_string(),
                 "",
             );
             r.attempts.push(Attempt {
                 at: now,
                 host,
-                reply: reason.clone(),
+                outcome: failed,
             });
             r.status = RcptStatus::Failed {
                 at: now,
                 status,
-                reason,
+                reply,
             };
             r.next_retry = None;
             stats.bounced.fetch_add(1, Ordering::Relaxed);
         }
         RcptOutcome::Deferred { host, reply } => {
-            r.attempts.push(Attempt {
-                at: now,
-                host: host.clone(),
-                reply: reply.clone(),
-            });
             let age = std::time::Duration::from_millis(now.saturating_sub(received_at));
             if age >= config.queue_lifetime {
-                let reason = format!(
-                    "4.4.7 message expired after {}s in the queue; last error: {reply}",
-                    age.as_secs()
+                let verdict = Reply::local(
+                    "4.4.7",
+                    format!(
+                        "message expired after {}s in the queue; last error: {reply}",
+                        age.as_secs()
+                    ),
                 );
+                let text = verdict.to_string();
                 log_outcome(
                     id,
                     &r.address,
@@ -293,21 +300,32 @@ pub fn apply(
                     delay,
                     "4.4.7",
                     Outcome::Expired,
-                    &reason,
+                    &text,
                     "",
                 );
+                // This attempt's own reply was temporary; what it led to is the expiry.
+                r.attempts.push(Attempt {
+                    at: now,
+                    host,
+                    outcome: DeliveryOutcome::Failed {
+                        status: "4.4.7".into(),
+                        reply,
+                    },
+                });
                 r.status = RcptStatus::Failed {
                     at: now,
                     status: "4.4.7".into(),
-                    reason,
+                    reply: verdict,
                 };
                 r.next_retry = None;
                 stats.bounced.fetch_add(1, Ordering::Relaxed);
             } else {
-                let n = r.attempts.len().max(1);
+                let n = r.attempts.len() + 1;
                 let wait = config.retry[(n - 1).min(config.retry.len() - 1)];
-                r.next_retry = Some(now + wait.as_millis() as u64);
-                let dsn = enhanced_of(&reply, "4.0.0");
+                let next = now + wait.as_millis() as u64;
+                r.next_retry = Some(next);
+                let dsn = reply.status_or("4.0.0");
+                let text = reply.to_string();
                 let retry = format!("retry_in={}s", wait.as_secs_f64());
                 log_outcome(
                     id,
@@ -315,11 +333,16 @@ pub fn apply(
                     None,
                     &host,
                     delay,
-                    dsn,
+                    &dsn,
                     Outcome::Deferred,
-                    &reply,
+                    &text,
                     &retry,
                 );
+                r.attempts.push(Attempt {
+                    at: now,
+                    host,
+                    outcome: DeliveryOutcome::Deferred { reply, next },
+                });
                 stats.deferred.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -360,33 +383,6 @@ pub fn finish(record: &mut MessageRecord, now: UnixMillis, delay_warning_ms: u64
         .iter()
         .filter(|r| r.status == RcptStatus::Pending)
         .filter_map(|r| r.attempts.last())
-        .map(|a| a.reply.clone())
+        .filter_map(|a| a.outcome.reply().map(ToString::to_string))
         .last();
-}
-
-/// `"550 5.1.1 User unknown"` or `"4.4.3 lookup failed"` → the enhanced code; else `default`.
-fn enhanced_of<'a>(reply: &'a str, default: &'a str) -> &'a str {
-    let is_code = |w: &&str| {
-        let p: Vec<&str> = w.split('.').collect();
-        p.len() == 3
-            && p.iter()
-                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let mut words = reply.split_whitespace().take(2);
-    words.find(is_code).unwrap_or(default)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enhanced_code_from_reply_text() {
-        assert_eq!(enhanced_of("550 5.1.1 User unknown", "5.0.0"), "5.1.1");
-        assert_eq!(enhanced_of("451 try later", "4.0.0"), "4.0.0");
-        assert_eq!(
-            enhanced_of("4.4.3 servfail.test: timed out", "4.0.0"),
-            "4.4.3"
-        );
-    }
 }

@@ -244,12 +244,17 @@ fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
     };
     match &r.status {
         RcptStatus::Delivered { .. } => log("2.0.0", Outcome::Sent, "delivered to maildir"),
-        RcptStatus::Failed { status, reason, .. } => log(status, Outcome::Bounced, reason),
+        RcptStatus::Failed { status, reply, .. } => log(status, Outcome::Bounced, &reply.text),
         RcptStatus::Pending => {
-            let reply = r.attempts.last().map(|a| a.reply.as_str()).unwrap_or("");
-            let (dsn, reason) = reply.split_once(' ').unwrap_or(("4.3.0", reply));
-            log(dsn, Outcome::Deferred, reason)
+            let reply = r.attempts.last().and_then(|a| a.outcome.reply());
+            let dsn = reply.map_or("4.3.0".into(), |t| t.status_or("4.3.0"));
+            log(
+                &dsn,
+                Outcome::Deferred,
+                reply.map_or("", |t| t.text.as_str()),
+            )
         }
-        RcptStatus::Relayed { .. } => {}
+        // Not written to a mailbox here (expansions are logged with the plan).
+        RcptStatus::Relayed { .. } | RcptStatus::Expanded { .. } => {}
     }
 }

@@ -23,7 +23,7 @@ mod routing;
 use local_delivery::{deliver_batch, Stats};
 use mta_ipc::console::TellCommand;
 use mta_ipc::store::Change;
-use mta_ipc::TaskStatus;
+use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use routing::Routing;
@@ -54,19 +54,20 @@ impl Task for Router {
 
     fn status(&self) -> TaskStatus {
         let s = &self.stats;
-        let state = if self.busy.load(Ordering::Relaxed) {
-            "routing"
+        let (state, current) = if self.busy.load(Ordering::Relaxed) {
+            (TaskState::Busy, "routing")
         } else {
-            "idle"
+            (TaskState::Idle, "idle")
         };
         TaskStatus {
-            detail: format!(
-                "{state}; delivered {}, deferred {}, bounced {}, to smtp.box {}",
-                s.delivered.load(Ordering::Relaxed),
-                s.deferred.load(Ordering::Relaxed),
-                s.bounced.load(Ordering::Relaxed),
-                s.to_smtp.load(Ordering::Relaxed)
-            ),
+            state,
+            current: current.into(),
+            counters: vec![
+                ("delivered".into(), s.delivered.load(Ordering::Relaxed)),
+                ("deferred".into(), s.deferred.load(Ordering::Relaxed)),
+                ("bounced".into(), s.bounced.load(Ordering::Relaxed)),
+                ("to smtp.box".into(), s.to_smtp.load(Ordering::Relaxed)),
+            ],
             handlers: Vec::new(),
         }
     }

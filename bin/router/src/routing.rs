@@ -25,7 +25,9 @@
 //! never in two queues); otherwise → `smtp.box` for the non-local recipients.
 
 use mta_config::Directory;
-use mta_types::message::{Attempt, UnixMillis, ALIAS_EXPANDED};
+use mta_types::message::{Attempt, UnixMillis};
+use mta_types::outcome::Reply;
+use mta_types::DeliveryOutcome;
 use mta_types::{Address, Domain, Location, MessageRecord, QueueName, RcptStatus, Recipient};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -116,7 +118,7 @@ impl Routing<'_> {
                     record.recipients[i].status = RcptStatus::Failed {
                         at: now,
                         status: "5.1.1".into(),
-                        reason: "user unknown".into(),
+                        reply: Reply::local("5.1.1", "user unknown"),
                     };
                     record.recipients[i].next_retry = None;
                     plan.bounced.push(i);
@@ -163,24 +165,23 @@ impl Routing<'_> {
                 record.recipients.push(added);
             }
         }
-        let list = targets.iter().map(ToString::to_string).collect::<Vec<_>>();
-        plan.expansions.push((alias, targets));
+        plan.expansions.push((alias, targets.clone()));
         if includes_itself {
             return true;
         }
         let r = &mut record.recipients[i];
         r.next_retry = None;
-        if list.is_empty() {
+        if targets.is_empty() {
             r.status = RcptStatus::Failed {
                 at: now,
                 status: "5.1.1".into(),
-                reason: "alias has no members".into(),
+                reply: Reply::local("5.1.1", "alias has no members"),
             };
             plan.bounced.push(i);
         } else {
-            r.status = RcptStatus::Delivered {
+            r.status = RcptStatus::Expanded {
                 at: now,
-                mailbox: format!("{ALIAS_EXPANDED}{}", list.join(", ")),
+                to: targets,
             };
         }
         false
@@ -205,13 +206,16 @@ impl Routing<'_> {
                     r.next_retry = None;
                 }
                 Err(failure) => {
+                    let next = now + self.retry_after(r.attempts.len() + 1).as_millis() as u64;
                     r.attempts.push(Attempt {
                         at: now,
                         host: "local".into(),
-                        reply: format!("{} {}", failure.dsn, failure.reason),
+                        outcome: DeliveryOutcome::Deferred {
+                            reply: Reply::local(failure.dsn.clone(), failure.reason.clone()),
+                            next,
+                        },
                     });
-                    r.next_retry =
-                        Some(now + self.retry_after(r.attempts.len()).as_millis() as u64);
+                    r.next_retry = Some(next);
                     record.note = Some(format!(
                         "local delivery to {} deferred: {}",
                         delivery.user, failure.reason
@@ -307,6 +311,7 @@ mod tests {
                 protocol: "ESMTP".into(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: rcpts.iter().map(|s| Recipient::new(a(s))).collect(),
             content: ContentRef {
@@ -398,7 +403,7 @@ mod tests {
         let (plan, loc) = route(&dir, &mut rec, &[], NOW);
         assert_eq!(plan.bounced, vec![0]);
         assert!(matches!(status_of(&rec, "nobody@localhost"),
-            RcptStatus::Failed { status, reason, .. } if status == "5.1.1" && reason == "user unknown"));
+            RcptStatus::Failed { status, reply, .. } if status == "5.1.1" && reply.text == "user unknown"));
         // A failure is reported to the sender: drt takes it from `reports`.
         assert_eq!(loc, Location::Queue(QueueName::Reports));
     }
@@ -433,8 +438,10 @@ mod tests {
         let users: Vec<&str> = plan.deliveries.iter().map(|d| d.user.as_str()).collect();
         assert_eq!(users, ["alice", "bob", "postmaster"]);
         assert_eq!(loc, Location::Done);
-        assert!(matches!(status_of(&rec, "team@localhost"),
-            RcptStatus::Delivered { mailbox, .. } if mailbox.starts_with("alias expanded to")));
+        assert!(matches!(
+            status_of(&rec, "team@localhost"),
+            RcptStatus::Expanded { .. }
+        ));
         let added = rec
             .recipients
             .iter()
@@ -551,7 +558,7 @@ mod tests {
         rec.recipients[0].status = RcptStatus::Failed {
             at: 1,
             status: "5.0.0".into(),
-            reason: "x".into(),
+            reply: Reply::local("5.0.0", "x"),
         };
         let (plan, loc) = route(&dir, &mut rec, &[], NOW);
         assert!(plan.deliveries.is_empty());

@@ -368,6 +368,7 @@ impl Children {
                         detail,
                         since_ms: Some(e.since_ms),
                         restarts: e.restarts,
+                        counters: Vec::new(),
                         parent: None,
                     },
                 )

@@ -4,7 +4,7 @@ use crate::Supervisor;
 use mta_ipc::console::{
     ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TaskRow, TellCommand,
 };
-use mta_ipc::{TaskClient, TaskRequest, TaskResponse};
+use mta_ipc::{TaskClient, TaskRequest, TaskResponse, TaskState};
 use mta_types::message::now_ms;
 use mta_types::TaskName;
 use std::sync::Arc;
@@ -162,6 +162,7 @@ pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
         since_ms: Some(sup.started_ms),
         restarts: 0,
         parent: None,
+        counters: vec![("leased".into(), sup.store.leased() as u64)],
     }];
     let tasks = sup.children.rows();
     // Ask every running task for its status at once.
@@ -199,12 +200,13 @@ pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
                 // A controller whose transport is stopped is, to the operator, a stopped
                 // task (Domino's osesctl exits; ours stays to hear `start`): its state
                 // says so, its detail says why.
-                if row.state == "running" && s.detail.contains("transport stopped") {
+                if row.state == "running" && s.state == TaskState::Stopped {
                     row.state = "stopped".into();
                 }
                 if row.detail.is_empty() {
-                    row.detail = s.detail;
+                    row.detail = s.detail();
                 }
+                row.counters = s.counters;
                 s.handlers
             }
             None => Vec::new(),
@@ -227,6 +229,7 @@ pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
                 since_ms: Some(h.since_ms),
                 restarts: 0,
                 parent: Some(parent.clone()),
+                counters: Vec::new(),
             });
         }
     }

@@ -177,8 +177,8 @@ fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
             age(Some(o.at)),
             o.id,
             esc(&o.recipient),
-            esc(&o.detail),
-            outcome = o.outcome.as_str(),
+            esc(&o.detail()),
+            outcome = o.outcome.label(),
         );
     }
     h.push_str("</table></body></html>\n");

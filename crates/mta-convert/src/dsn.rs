@@ -48,26 +48,6 @@ pub struct Dsn {
     pub from: String,
 }
 
-/// `"550 5.1.1 User unknown"` has a reply code; `"user unknown"` does not.
-fn is_reply(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.len() >= 3 && b[..3].iter().all(u8::is_ascii_digit)
-}
-
-/// The enhanced status of a reply text, if it carries one (`"550 5.1.1 …"` → `5.1.1`).
-fn enhanced_in(reply: &str) -> Option<&str> {
-    let word = reply
-        .split_whitespace()
-        .nth(if is_reply(reply) { 1 } else { 0 })?;
-    let parts: Vec<&str> = word.split('.').collect();
-    (parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
-    .then_some(word)
-}
-
 /// The host part of an attempt's host (`mx.example[192.0.2.1]` → `mx.example`).
 fn host_name(host: &str) -> &str {
     host.split('[').next().unwrap_or(host).trim()
@@ -87,16 +67,17 @@ fn facts(r: &Recipient, action: ReportAction) -> Facts {
         .map(|a| host_name(&a.host).to_string())
         .filter(|h| !h.is_empty() && h != "local");
     let last_attempt = last.map(|a| a.at);
+    let last_reply = last.and_then(|a| a.outcome.reply());
     match (&r.status, action) {
-        (RcptStatus::Failed { at, status, reason }, _) => {
-            let diagnostic = if is_reply(reason) {
-                reason.clone()
-            } else if let Some(reply) = last.map(|a| &a.reply).filter(|t| is_reply(t)) {
-                // expired: the reason is ours, the last reply is the server's
-                reply.clone()
+        (RcptStatus::Failed { at, status, reply }, _) => {
+            let diagnostic = if reply.is_remote() {
+                reply.to_string()
+            } else if let Some(remote) = last_reply.filter(|t| t.is_remote()) {
+                // expired: the verdict is ours, the last reply is the server's
+                remote.to_string()
             } else {
                 let code = if status.starts_with('5') { 550 } else { 450 };
-                format!("{code} {status} <{}>: {reason}", r.address)
+                format!("{code} {status} <{}>: {}", r.address, reply.text)
             };
             Facts {
                 status: status.clone(),
@@ -106,31 +87,26 @@ fn facts(r: &Recipient, action: ReportAction) -> Facts {
             }
         }
         (RcptStatus::Relayed { at, host, reply }, _) => Facts {
-            status: enhanced_in(reply).unwrap_or("2.0.0").to_string(),
+            status: reply.status_or("2.0.0"),
             remote: Some(host_name(host).to_string()),
-            diagnostic: Some(reply.clone()),
+            diagnostic: Some(reply.to_string()),
             last_attempt: Some(*at),
         },
-        (RcptStatus::Delivered { at, .. }, _) => Facts {
+        (RcptStatus::Delivered { at, .. } | RcptStatus::Expanded { at, .. }, _) => Facts {
             status: "2.0.0".into(),
             remote: None,
             diagnostic: None,
             last_attempt: Some(*at),
         },
-        (RcptStatus::Pending, _) => {
-            let reply = last.map(|a| a.reply.clone());
-            Facts {
-                status: reply
-                    .as_deref()
-                    .and_then(enhanced_in)
-                    .filter(|s| s.starts_with('4'))
-                    .unwrap_or("4.0.0")
-                    .to_string(),
-                remote,
-                diagnostic: reply,
-                last_attempt,
-            }
-        }
+        (RcptStatus::Pending, _) => Facts {
+            status: last_reply
+                .and_then(|t| t.status.clone())
+                .filter(|s| s.starts_with('4'))
+                .unwrap_or_else(|| "4.0.0".into()),
+            remote,
+            diagnostic: last_reply.map(ToString::to_string),
+            last_attempt,
+        },
     }
 }
 
@@ -317,26 +293,31 @@ pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
 mod tests {
     use super::*;
     use mta_types::message::{Attempt, ContentRef, Envelope, HopTrace, RECORD_SCHEMA};
+    use mta_types::outcome::Reply;
     use mta_types::{Location, QueueId, QueueName};
 
     fn record() -> MessageRecord {
+        let unknown = Reply::remote(550, Some("5.1.1".into()), "<bob@example.net>: User unknown");
         let mut bad = Recipient::new("bob@example.net".parse().unwrap());
         bad.orcpt = Some("rfc822;Bob@example.net".into());
         bad.attempts.push(Attempt {
             at: 2000,
             host: "mx.example.net[192.0.2.1]".into(),
-            reply: "550 5.1.1 <bob@example.net>: User unknown".into(),
+            outcome: mta_types::DeliveryOutcome::Failed {
+                status: "5.1.1".into(),
+                reply: unknown.clone(),
+            },
         });
         bad.status = RcptStatus::Failed {
             at: 2000,
             status: "5.1.1".into(),
-            reason: "550 5.1.1 <bob@example.net>: User unknown".into(),
+            reply: unknown,
         };
         let mut local = Recipient::new("ghost@localhost".parse().unwrap());
         local.status = RcptStatus::Failed {
             at: 1500,
             status: "5.1.1".into(),
-            reason: "user unknown".into(),
+            reply: Reply::local("5.1.1", "user unknown"),
         };
         MessageRecord {
             schema: RECORD_SCHEMA,
@@ -353,6 +334,7 @@ mod tests {
                 protocol: "ESMTP".into(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: vec![bad, local],
             content: ContentRef {

@@ -364,6 +364,9 @@ pub struct TaskRow {
     pub restarts: u32,
     /// For a session handler: its controller.
     pub parent: Option<String>,
+    /// The task's own counters since it started (`TaskStatus::counters`; none for handlers
+    /// and tasks that are not running).
+    pub counters: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

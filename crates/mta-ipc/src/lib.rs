@@ -29,4 +29,4 @@ pub use hello::{Hello, HelloReply, Service, PROTOCOL_VERSION};
 pub use kick::Kicker;
 pub use store::{StoreClient, StoreRequest, StoreResponse};
 pub use supervisor::{SupervisorClient, SupervisorRequest, SupervisorResponse};
-pub use task::{HandlerRow, TaskClient, TaskRequest, TaskResponse, TaskStatus};
+pub use task::{HandlerRow, TaskClient, TaskRequest, TaskResponse, TaskState, TaskStatus};

@@ -50,13 +50,64 @@ pub struct HistogramSnapshot {
     pub sum_seconds: f64,
 }
 
-/// What a task says about itself for `show tasks`.
+/// What a task says about itself for `show tasks` (and `--json`, the status page).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {
-    /// The task's state in its own words, e.g. "listening on 127.0.0.1:2525" or "idle".
-    pub detail: String,
+    pub state: TaskState,
+    /// What it is doing now in its own words, e.g. "listening on 127.0.0.1:2525" or
+    /// "outbound transport running; 2 lists waiting".
+    pub current: String,
+    /// Its own counters since it started, by name, in the order it lists them
+    /// (e.g. `("sent", 12)`); the lasting statistics are the store's (`show stat mail`).
+    pub counters: Vec<(String, u64)>,
     /// Session handlers (`iseshlrN`, `oseshlrN`) of a controller.
     pub handlers: Vec<HandlerRow>,
+}
+
+/// A running task's state, as it reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for work.
+    #[default]
+    Idle,
+    /// Working on a batch (converting, routing, reporting).
+    Busy,
+    /// A controller whose transport is up (listening, or delivering).
+    Running,
+    /// A controller at its maximum of session handlers: not accepting until one frees up.
+    Saturated,
+    /// A controller whose transport the operator stopped (`tell smtpmta stop … transport`):
+    /// the process stays to hear `start`, but to the operator the task is stopped.
+    Stopped,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Idle => "idle",
+            TaskState::Busy => "busy",
+            TaskState::Running => "running",
+            TaskState::Saturated => "saturated",
+            TaskState::Stopped => "stopped",
+        }
+    }
+}
+
+impl TaskStatus {
+    /// The one line `show tasks` prints: the current work, then the counters
+    /// ("idle; converted 3, failed 0").
+    pub fn detail(&self) -> String {
+        let counters: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        match (self.current.is_empty(), counters.is_empty()) {
+            (_, true) => self.current.clone(),
+            (true, false) => counters.join(", "),
+            (false, false) => format!("{}; {}", self.current, counters.join(", ")),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -419,6 +419,15 @@ impl Reply {
         self.lines.join(" ")
     }
 
+    /// The reply as records keep it (typed: code, enhanced status, text).
+    pub fn recorded(&self) -> mta_types::outcome::Reply {
+        mta_types::outcome::Reply::remote(
+            self.code,
+            self.enhanced.map(|(c, s, d)| format!("{c}.{s}.{d}")),
+            self.text(),
+        )
+    }
+
     /// The wire form: each line `code`, `-` or space, optional enhanced code, text, CRLF.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.to_string().into_bytes()

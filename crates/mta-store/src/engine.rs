@@ -375,6 +375,7 @@ impl Engine {
                 protocol: String::new(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: Vec::new(),
             content: mta_types::ContentRef {

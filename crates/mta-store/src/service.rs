@@ -6,6 +6,7 @@ use mta_ipc::store::{
     BulkOp, BulkResult, Change, DestinationRow, Durability, StoreRequest, StoreResponse,
 };
 use mta_types::message::now_ms;
+use mta_types::outcome::Reply;
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::path::Path;
 use std::sync::mpsc;
@@ -499,7 +500,7 @@ impl StoreService {
                         rc.status = RcptStatus::Failed {
                             at: now_wall,
                             status: "5.0.0".into(),
-                            reason: "deleted by the operator".into(),
+                            reply: Reply::local("5.0.0", "deleted by the operator"),
                         };
                         rc.final_reported = true;
                         hit = true;
@@ -714,6 +715,7 @@ mod tests {
                 protocol: "ESMTP".into(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: vec![Recipient::new("a@localhost".parse().unwrap())],
             content: ContentRef {
@@ -1038,7 +1040,10 @@ mod damage_tests {
                 r.recipients[0].attempts.push(mta_types::message::Attempt {
                     at: now_ms(),
                     host: "r.test".into(),
-                    reply: "4.4.1 connection refused".into(),
+                    outcome: mta_types::DeliveryOutcome::Deferred {
+                        reply: Reply::local("4.4.1", "connection refused"),
+                        next: later,
+                    },
                 });
                 r.recipients[0].next_retry = Some(later);
                 r.not_before = later;

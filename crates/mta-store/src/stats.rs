@@ -7,8 +7,7 @@
 //! created): see `CUMULATIVE`. Live values (Mail.Waiting, Mail.Hold, Mail.Dead,
 //! Mail.WaitingForDeliveryThreads) are counted from the queue indexes at query time.
 
-use mta_types::message::ALIAS_EXPANDED;
-use mta_types::{Location, MessageRecord, QueueName, RcptStatus};
+use mta_types::{DeliveryOutcome, Location, MessageRecord, QueueName, RcptStatus};
 use std::collections::BTreeMap;
 
 pub use mta_types::counters::*;
@@ -41,26 +40,18 @@ pub struct RecentOutcome {
     pub at: u64,
     pub id: mta_types::QueueId,
     pub recipient: String,
-    pub outcome: Outcome,
-    /// The mailbox, the next hop and its reply, or the failure's reason.
-    pub detail: String,
+    /// The next hop (`local` for a Maildir); empty where no host was involved (an alias
+    /// expansion, a report, an operator's delete).
+    pub host: String,
+    pub outcome: DeliveryOutcome,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Delivered,
-    Relayed,
-    Deferred,
-    Failed,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Relayed => "relayed",
-            Outcome::Deferred => "deferred",
-            Outcome::Failed => "failed",
+impl RecentOutcome {
+    /// The mailbox, the next hop and its reply, or the failure's reason, as one line.
+    pub fn detail(&self) -> String {
+        match self.host.as_str() {
+            "" | "local" => self.outcome.to_string(),
+            host => format!("{host}: {}", self.outcome),
         }
     }
 }
@@ -99,49 +90,70 @@ impl Deltas {
             let was_final = old
                 .and_then(|o| o.recipients.get(i))
                 .is_some_and(|o| o.address == r.address && o.status.is_final());
-            if was_final {
-                continue;
-            }
-            let mut outcome = |at: u64, outcome: Outcome, detail: String| {
+            let old_r = old
+                .and_then(|o| o.recipients.get(i))
+                .filter(|o| o.address == r.address);
+            let mut outcome = |at: u64, host: &str, outcome: DeliveryOutcome| {
                 self.1.push(RecentOutcome {
                     at,
                     id: new.id,
                     recipient: r.address.to_string(),
+                    host: host.to_string(),
                     outcome,
-                    detail,
                 })
             };
+            // A delivery report about it went out: drt marks a recipient whose state it
+            // leaves as it was (a final outcome set in the same change, like the operator's
+            // delete, is marked without a report).
+            if old_r.is_some_and(|o| {
+                o.status == r.status
+                    && ((!o.final_reported && r.final_reported)
+                        || (!o.delay_reported && r.delay_reported))
+            }) {
+                outcome(mta_types::message::now_ms(), "", DeliveryOutcome::Reported);
+            }
+            if was_final {
+                continue;
+            }
+            let host = |default: &str| {
+                r.attempts
+                    .last()
+                    .map_or(default.to_string(), |a| a.host.clone())
+            };
             match &r.status {
-                RcptStatus::Delivered { mailbox, .. } if mailbox.starts_with(ALIAS_EXPANDED) => {}
-                RcptStatus::Delivered { at, mailbox } => {
-                    outcome(*at, Outcome::Delivered, mailbox.clone());
+                // Not a delivery: the targets are counted as they are delivered.
+                RcptStatus::Expanded { .. } => {
+                    if let Some((at, o)) = r.status.outcome() {
+                        outcome(at, "", o);
+                    }
+                }
+                RcptStatus::Delivered { at, .. } => {
+                    if let Some((at, o)) = r.status.outcome() {
+                        outcome(at, "local", o);
+                    }
                     self.add(DELIVERED, 1);
                     self.add(BYTES_DELIVERED, new.size);
                     self.delivery(new, *at);
                 }
-                RcptStatus::Relayed { at, host, reply } => {
-                    outcome(*at, Outcome::Relayed, format!("{host}: {reply}"));
+                RcptStatus::Relayed { at, host, .. } => {
+                    if let Some((at, o)) = r.status.outcome() {
+                        outcome(at, host, o);
+                    }
                     self.add(TRANSFERRED, 1);
                     self.add(BYTES_TRANSFERRED, new.size);
                     self.delivery(new, *at);
                 }
-                RcptStatus::Failed { at, status, reason } => {
-                    let detail = if reason.starts_with(status.as_str()) {
-                        reason.clone()
-                    } else {
-                        format!("{status} {reason}")
-                    };
-                    outcome(*at, Outcome::Failed, detail);
+                RcptStatus::Failed { .. } => {
+                    if let Some((at, o)) = r.status.outcome() {
+                        outcome(at, &host(""), o);
+                    }
                     self.add(TOTAL_FAILURES, 1)
                 }
                 RcptStatus::Pending => {
                     // A new attempt on a recipient still pending: a temporary failure.
-                    let before = old
-                        .and_then(|o| o.recipients.get(i))
-                        .filter(|o| o.address == r.address)
-                        .map_or(0, |o| o.attempts.len());
+                    let before = old_r.map_or(0, |o| o.attempts.len());
                     if let Some(a) = r.attempts.last().filter(|_| r.attempts.len() > before) {
-                        outcome(a.at, Outcome::Deferred, format!("{}: {}", a.host, a.reply));
+                        outcome(a.at, &a.host, a.outcome.clone());
                     }
                     self.add(DEFERRED, r.attempts.len().saturating_sub(before) as u64);
                 }
@@ -162,6 +174,7 @@ impl Deltas {
 mod tests {
     use super::*;
     use mta_types::message::{ContentRef, Envelope, HopTrace, RECORD_SCHEMA};
+    use mta_types::outcome::Reply;
     use mta_types::{QueueId, Recipient};
 
     fn record(loc: Location, rcpts: usize) -> MessageRecord {
@@ -180,6 +193,7 @@ mod tests {
                 protocol: "ESMTP".into(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: (0..rcpts)
                 .map(|i| Recipient::new(format!("u{i}@localhost").parse().unwrap()))
@@ -208,7 +222,7 @@ mod tests {
         new.recipients[1].status = RcptStatus::Failed {
             at: 1500,
             status: "5.1.1".into(),
-            reason: "user unknown".into(),
+            reply: Reply::local("5.1.1", "user unknown"),
         };
         let mut d = Deltas::default();
         d.record_change(Some(&old), &new);
@@ -223,7 +237,7 @@ mod tests {
         later.recipients[2].status = RcptStatus::Relayed {
             at: 2000,
             host: "mx".into(),
-            reply: "250 ok".into(),
+            reply: Reply::remote(250, None, "ok"),
         };
         later.location = Location::Done;
         let mut d = Deltas::default();
@@ -245,7 +259,10 @@ mod tests {
             r.attempts.push(mta_types::message::Attempt {
                 at: 2000,
                 host: "mx".into(),
-                reply: "451 try later".into(),
+                outcome: DeliveryOutcome::Deferred {
+                    reply: Reply::remote(451, None, "try later"),
+                    next: 3000,
+                },
             });
         }
         let mut d = Deltas::default();
@@ -262,12 +279,44 @@ mod tests {
     fn alias_expansion_is_not_a_delivery() {
         let old = record(Location::Queue(QueueName::MailBox), 1);
         let mut new = old.clone();
-        new.recipients[0].status = RcptStatus::Delivered {
+        new.recipients[0].status = RcptStatus::Expanded {
             at: 1,
-            mailbox: format!("{ALIAS_EXPANDED}a@localhost"),
+            to: vec!["a@localhost".parse().unwrap()],
         };
         let mut d = Deltas::default();
         d.record_change(Some(&old), &new);
         assert_eq!(d.0.get(DELIVERED), None);
+        assert_eq!(d.1.len(), 1);
+        assert_eq!(d.1[0].outcome.label(), "expanded");
+    }
+
+    #[test]
+    fn a_report_is_an_outcome_and_the_operators_delete_is_not_one() {
+        let mut old = record(Location::Queue(QueueName::Reports), 2);
+        old.recipients[0].status = RcptStatus::Failed {
+            at: 1,
+            status: "5.1.1".into(),
+            reply: Reply::local("5.1.1", "user unknown"),
+        };
+        let mut new = old.clone();
+        new.recipients[0].final_reported = true;
+        new.recipients[1].delay_reported = true;
+        let mut d = Deltas::default();
+        d.record_change(Some(&old), &new);
+        let labels: Vec<_> = d.1.iter().map(|o| o.outcome.label()).collect();
+        assert_eq!(labels, ["reported", "reported"]);
+        assert_eq!(d.0.get(TOTAL_FAILURES), None);
+        // Deleted: failed and marked reported at once, no report sent.
+        let mut deleted = old.clone();
+        deleted.recipients[1].status = RcptStatus::Failed {
+            at: 2,
+            status: "5.0.0".into(),
+            reply: Reply::local("5.0.0", "deleted by the operator"),
+        };
+        deleted.recipients[1].final_reported = true;
+        let mut d = Deltas::default();
+        d.record_change(Some(&old), &deleted);
+        let labels: Vec<_> = d.1.iter().map(|o| o.outcome.label()).collect();
+        assert_eq!(labels, ["failed"]);
     }
 }

@@ -241,6 +241,7 @@ mod tests {
                 protocol: "ESMTP".into(),
                 utf8: false,
                 eight_bit: false,
+                auth: None,
             },
             recipients: vec![Recipient::new(to.parse().unwrap())],
             content: ContentRef {
@@ -342,7 +343,7 @@ mod tests {
         r.recipients[0].status = RcptStatus::Failed {
             at: 1,
             status: "5.1.1".into(),
-            reason: "550 5.1.1 no such user".into(),
+            reply: mta_types::outcome::Reply::remote(550, Some("5.1.1".into()), "no such user"),
         };
         r.location = Location::Queue(QueueName::Reports);
         e.set_hold_undeliverable(true);

@@ -46,8 +46,12 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
             TaskRequest::Histograms => TaskResponse::Histograms(self.task.histograms()),
             TaskRequest::Tell(TellCommand::ShowStatus) => {
                 let status = self.task.status();
-                let mut text =
-                    format!("{} ({}): {}", T::NAME, T::NAME.description(), status.detail);
+                let mut text = format!(
+                    "{} ({}): {}",
+                    T::NAME,
+                    T::NAME.description(),
+                    status.detail()
+                );
                 for h in &status.handlers {
                     text.push_str(&format!("\n  {:<10} {:<5} {}", h.name, h.state, h.detail));
                 }

@@ -7,11 +7,13 @@
 pub mod address;
 pub mod counters;
 pub mod message;
+pub mod outcome;
 pub mod queue_id;
 pub mod task;
 pub mod tracking;
 
 pub use address::{Address, AddressError, Domain};
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
+pub use outcome::DeliveryOutcome;
 pub use queue_id::QueueId;
 pub use task::{BareNewline, QueueName, TaskName};

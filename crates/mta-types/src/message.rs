@@ -2,12 +2,13 @@
 //! Notes mail document. It travels between tasks through the store; the content itself
 //! stays in the spool and is referenced by `ContentRef`.
 
+use crate::outcome::{DeliveryOutcome, Reply};
 use crate::{Address, QueueId, QueueName};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bumped whenever `MessageRecord` changes shape; the store refuses records it cannot read.
-pub const RECORD_SCHEMA: u16 = 3;
+pub const RECORD_SCHEMA: u16 = 4;
 
 /// Milliseconds since the Unix epoch (the store's clock unit).
 pub type UnixMillis = u64;
@@ -88,26 +89,32 @@ pub struct Envelope {
     pub utf8: bool,
     /// BODY=8BITMIME (or the content has 8-bit octets).
     pub eight_bit: bool,
+    /// The SMTP AUTH identity the client authenticated as (RFC 4954), if it did. Schema 4.
+    pub auth: Option<String>,
 }
 
-/// One recipient's state.
+/// One recipient's state. The final states carry typed outcomes (see `crate::outcome`);
+/// `outcome()` gives the one `DeliveryOutcome` each stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RcptStatus {
     /// Not yet handled (or waiting for a retry).
     Pending,
     /// Written to a local Maildir.
     Delivered { at: UnixMillis, mailbox: String },
+    /// A local alias the router replaced by these recipients (added to the message).
+    Expanded { at: UnixMillis, to: Vec<Address> },
     /// Accepted by the next hop.
     Relayed {
         at: UnixMillis,
         host: String,
-        reply: String,
+        reply: Reply,
     },
-    /// Permanently failed (or expired); `status` is the enhanced code, e.g. "5.1.1".
+    /// Permanently failed (or expired); `status` is the enhanced code, e.g. "5.1.1", and
+    /// `reply` the server's reply or our own verdict.
     Failed {
         at: UnixMillis,
         status: String,
-        reason: String,
+        reply: Reply,
     },
 }
 
@@ -115,14 +122,42 @@ impl RcptStatus {
     pub fn is_final(&self) -> bool {
         !matches!(self, RcptStatus::Pending)
     }
+
+    /// The final outcome this status records (`None` while pending), with its time.
+    pub fn outcome(&self) -> Option<(UnixMillis, DeliveryOutcome)> {
+        Some(match self {
+            RcptStatus::Pending => return None,
+            RcptStatus::Delivered { at, mailbox } => (
+                *at,
+                DeliveryOutcome::Delivered {
+                    mailbox: mailbox.clone(),
+                },
+            ),
+            RcptStatus::Expanded { at, to } => (*at, DeliveryOutcome::Expanded { to: to.clone() }),
+            RcptStatus::Relayed { at, reply, .. } => (
+                *at,
+                DeliveryOutcome::Relayed {
+                    reply: reply.clone(),
+                },
+            ),
+            RcptStatus::Failed { at, status, reply } => (
+                *at,
+                DeliveryOutcome::Failed {
+                    status: status.clone(),
+                    reply: reply.clone(),
+                },
+            ),
+        })
+    }
 }
 
 /// One delivery attempt, kept for message tracking and delivery reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub at: UnixMillis,
+    /// The next hop (`mx.example[192.0.2.1]`), or `local` for a Maildir.
     pub host: String,
-    pub reply: String,
+    pub outcome: DeliveryOutcome,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,13 +213,8 @@ impl Recipient {
         }
         match &self.status {
             RcptStatus::Failed { .. } if self.notify_failure() => Some(ReportAction::Failed),
-            RcptStatus::Delivered { mailbox, .. } if self.notify_success() => {
-                Some(if mailbox.starts_with(ALIAS_EXPANDED) {
-                    ReportAction::Expanded
-                } else {
-                    ReportAction::Delivered
-                })
-            }
+            RcptStatus::Delivered { .. } if self.notify_success() => Some(ReportAction::Delivered),
+            RcptStatus::Expanded { .. } if self.notify_success() => Some(ReportAction::Expanded),
             RcptStatus::Relayed { .. } if self.notify_success() => Some(ReportAction::Relayed),
             _ => None,
         }
@@ -193,12 +223,6 @@ impl Recipient {
 
 /// The start of the note of a message held by `hold_undeliverable`.
 pub const HELD_UNDELIVERABLE: &str = "undeliverable, held (hold_undeliverable)";
-
-/// The first `trace.route` stage of a delivery report.
-pub const REPORT_STAGE: &str = "drt";
-
-/// The `Delivered` mailbox text of an alias the router expanded (not a real delivery).
-pub const ALIAS_EXPANDED: &str = "alias expanded to ";
 
 /// RFC 3464 `Action:` of one recipient in a delivery report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +260,15 @@ pub struct ParsedFields {
     pub authentication_results: Option<String>,
 }
 
+/// Who made a message: a client over SMTP (or `sendmail`), or `drt` (a delivery report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Origin {
+    #[default]
+    Received,
+    /// A delivery report written by `drt` (counted as Mail.DeliveryReportsSent).
+    Report,
+}
+
 /// Routing trace, like Notes' RouteServers/RouteTimes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HopTrace {
@@ -243,6 +276,8 @@ pub struct HopTrace {
     pub hop_count: u32,
     /// Tasks and hosts the message passed here, with times.
     pub route: Vec<(String, UnixMillis)>,
+    /// Who made it here (schema 4; earlier records said so by a first stage "drt").
+    pub origin: Origin,
 }
 
 /// The native document.
@@ -293,15 +328,10 @@ impl MessageRecord {
         self.recipients.iter().all(|r| r.status.is_final())
     }
 
-    /// A delivery report written by `drt`: from `<>`, and `drt` is the first stage of its
-    /// route (counted as Mail.DeliveryReportsSent when it enters the store).
+    /// A delivery report written by `drt` (counted as Mail.DeliveryReportsSent when it
+    /// enters the store).
     pub fn is_report(&self) -> bool {
-        self.envelope.mail_from.is_none()
-            && self
-                .trace
-                .route
-                .first()
-                .is_some_and(|(stage, _)| stage == REPORT_STAGE)
+        self.trace.origin == Origin::Report
     }
 
     /// Where a message goes once every recipient is final (router and osesctl use it):
@@ -337,8 +367,12 @@ impl MessageRecord {
                 .recipients
                 .iter()
                 .find_map(|r| match &r.status {
-                    RcptStatus::Failed { status, reason, .. } => {
-                        Some(format!("{status} {reason} ({})", r.address))
+                    RcptStatus::Failed { status, reply, .. } => {
+                        let outcome = DeliveryOutcome::Failed {
+                            status: status.clone(),
+                            reply: reply.clone(),
+                        };
+                        Some(format!("{outcome} ({})", r.address))
                     }
                     _ => None,
                 })
@@ -357,13 +391,12 @@ impl MessageRecord {
             return false;
         }
         let Some(why) = self.recipients.iter().find_map(|r| match &r.status {
-            RcptStatus::Failed { status, reason, .. }
+            RcptStatus::Failed { status, reply, .. }
                 if status.starts_with('5') && r.final_report() == Some(ReportAction::Failed) =>
             {
-                let reason = if reason.starts_with(status.as_str()) {
-                    reason.clone()
-                } else {
-                    format!("{status} {reason}")
+                let reason = DeliveryOutcome::Failed {
+                    status: status.clone(),
+                    reply: reply.clone(),
                 };
                 Some(format!("{reason} ({})", r.address))
             }

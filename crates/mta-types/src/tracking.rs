@@ -93,21 +93,14 @@ impl TrackEntry {
                 .iter()
                 .take(MAX_RECIPIENTS)
                 .map(|r| {
-                    let (outcome, at, detail) = match &r.status {
-                        RcptStatus::Pending => ("pending", None, String::new()),
-                        RcptStatus::Delivered { at, mailbox } => {
-                            ("delivered", Some(*at), mailbox.clone())
-                        }
-                        RcptStatus::Relayed { at, host, reply } => {
-                            ("relayed", Some(*at), format!("{host}: {reply}"))
-                        }
-                        RcptStatus::Failed { at, status, reason } => (
-                            "failed",
-                            Some(*at),
-                            if reason.starts_with(status.as_str()) {
-                                reason.clone()
-                            } else {
-                                format!("{status} {reason}")
+                    let (outcome, at, detail) = match r.status.outcome() {
+                        None => ("pending", None, String::new()),
+                        Some((at, o)) => (
+                            o.label(),
+                            Some(at),
+                            match &r.status {
+                                RcptStatus::Relayed { host, .. } => format!("{host}: {o}"),
+                                _ => o.to_string(),
                             },
                         ),
                     };
@@ -122,7 +115,7 @@ impl TrackEntry {
                             .map(|a| Attempt {
                                 at: a.at,
                                 host: cut(&a.host),
-                                reply: cut(&a.reply),
+                                outcome: a.outcome.clone(),
                             })
                             .collect(),
                         attempts_total: r.attempts.len() as u32,

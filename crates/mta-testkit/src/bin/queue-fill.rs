@@ -69,7 +69,10 @@ fn main() -> anyhow::Result<()> {
             rcpt.attempts.push(Attempt {
                 at: now,
                 host: to.domain().to_string(),
-                reply: "4.4.1 connection refused".into(),
+                outcome: mta_types::DeliveryOutcome::Deferred {
+                    reply: mta_types::outcome::Reply::local("4.4.1", "connection refused"),
+                    next: retry_at,
+                },
             });
             rcpt.next_retry = Some(retry_at);
             changes.push(Change::Put(MessageRecord {
@@ -87,6 +90,7 @@ fn main() -> anyhow::Result<()> {
                     protocol: "ESMTP".into(),
                     utf8: false,
                     eight_bit: false,
+                    auth: None,
                 },
                 recipients: vec![rcpt],
                 content: content_ref,

@@ -1,0 +1,240 @@
+//! Delivery outcomes as data: what happened to one recipient at one step, typed so that no
+//! consumer (delivery reports, counters, the console, the status page, metrics) has to
+//! re-parse a reply string to find out whether it was a delivery, an alias expansion, a
+//! relay, a temporary or a permanent failure, or which code the server gave.
+//!
+//! A recipient's `RcptStatus` says where it stands now; each `Attempt` in its history
+//! carries the `DeliveryOutcome` of that attempt; the store's recent-outcome list (the
+//! status page's "last deliveries") is a list of them too.
+
+use crate::message::UnixMillis;
+use crate::Address;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A reply kept for a recipient: the next hop's SMTP reply, or our own verdict (unknown
+/// user, expiry, DNS failure), which has no SMTP code of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Reply {
+    /// The SMTP reply code, when a server gave it (`None`: our own verdict).
+    pub code: Option<u16>,
+    /// The RFC 3463 enhanced status code ("5.1.1"), when there is one.
+    pub status: Option<String>,
+    /// The text after the codes (multi-line replies joined with a space).
+    pub text: String,
+}
+
+impl Reply {
+    /// A reply a server sent.
+    pub fn remote(code: u16, status: Option<String>, text: impl Into<String>) -> Reply {
+        Reply {
+            code: Some(code),
+            status,
+            text: text.into(),
+        }
+    }
+
+    /// Our own verdict with its enhanced status ("5.1.1", "user unknown").
+    pub fn local(status: impl Into<String>, text: impl Into<String>) -> Reply {
+        Reply {
+            code: None,
+            status: Some(status.into()),
+            text: text.into(),
+        }
+    }
+
+    /// True when a server said it (RFC 3464 Diagnostic-Code `smtp;` quotes these as is).
+    pub fn is_remote(&self) -> bool {
+        self.code.is_some()
+    }
+
+    /// The enhanced status, or `X.0.0` from the code's class, or `default`.
+    pub fn status_or(&self, default: &str) -> String {
+        match (&self.status, self.code) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => format!("{}.0.0", c / 100),
+            (None, None) => default.to_string(),
+        }
+    }
+
+    /// Reads a reply kept as text by a store written before record format 3 ("550 5.1.1
+    /// User unknown", "4.4.3 lookup failed", "user unknown"). Only the format decoder calls
+    /// this: records of this build keep replies typed.
+    pub fn from_legacy_text(text: &str) -> Reply {
+        let text = text.trim();
+        let mut rest = text;
+        let mut code = None;
+        let first = rest.split_whitespace().next().unwrap_or("");
+        if first.len() == 3
+            && first.bytes().all(|b| b.is_ascii_digit())
+            && matches!(first.as_bytes()[0], b'2'..=b'5')
+        {
+            code = first.parse().ok();
+            rest = rest[first.len()..].trim_start();
+        }
+        let mut status = None;
+        let word = rest.split_whitespace().next().unwrap_or("");
+        if is_enhanced(word) {
+            status = Some(word.to_string());
+            rest = rest[word.len()..].trim_start();
+        }
+        Reply {
+            code,
+            status,
+            text: rest.to_string(),
+        }
+    }
+}
+
+/// `2.0.0`, `5.1.1`: class 2, 4 or 5 and two numbers (RFC 3463).
+fn is_enhanced(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `550 5.1.1 User unknown`, `4.4.3 lookup failed`: the form logs and the console print.
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(c) = self.code {
+            write!(f, "{c}")?;
+            sep = " ";
+        }
+        if let Some(s) = &self.status {
+            write!(f, "{sep}{s}")?;
+            sep = " ";
+        }
+        if !self.text.is_empty() {
+            write!(f, "{sep}{}", self.text)?;
+        }
+        Ok(())
+    }
+}
+
+/// What happened to one recipient at one step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryOutcome {
+    /// Written to the local Maildir of this directory user.
+    Delivered { mailbox: String },
+    /// A local alias, replaced by these recipients (not a delivery: RFC 3464 "expanded").
+    Expanded { to: Vec<Address> },
+    /// The next hop accepted it with this reply.
+    Relayed { reply: Reply },
+    /// A temporary failure; the next attempt is due at `next`.
+    Deferred { reply: Reply, next: UnixMillis },
+    /// A permanent failure (or expiry); `status` is the enhanced code reported in the DSN.
+    Failed { status: String, reply: Reply },
+    /// The sender was sent a delivery report about this recipient.
+    Reported,
+}
+
+impl DeliveryOutcome {
+    /// One word, as the status page, `--json` and metrics label it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered { .. } => "delivered",
+            DeliveryOutcome::Expanded { .. } => "expanded",
+            DeliveryOutcome::Relayed { .. } => "relayed",
+            DeliveryOutcome::Deferred { .. } => "deferred",
+            DeliveryOutcome::Failed { .. } => "failed",
+            DeliveryOutcome::Reported => "reported",
+        }
+    }
+
+    /// The reply the outcome carries, if any.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            DeliveryOutcome::Relayed { reply }
+            | DeliveryOutcome::Deferred { reply, .. }
+            | DeliveryOutcome::Failed { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// The enhanced status a log line or report gives it.
+    pub fn status(&self) -> String {
+        match self {
+            DeliveryOutcome::Delivered { .. } | DeliveryOutcome::Expanded { .. } => "2.0.0".into(),
+            DeliveryOutcome::Relayed { reply } => reply.status_or("2.0.0"),
+            DeliveryOutcome::Deferred { reply, .. } => reply.status_or("4.0.0"),
+            DeliveryOutcome::Failed { status, .. } => status.clone(),
+            DeliveryOutcome::Reported => "2.0.0".into(),
+        }
+    }
+}
+
+/// The outcome's details without its label: the mailbox, the targets, or the reply.
+impl fmt::Display for DeliveryOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeliveryOutcome::Delivered { mailbox } => write!(f, "{mailbox}"),
+            DeliveryOutcome::Expanded { to } => {
+                let list: Vec<String> = to.iter().map(ToString::to_string).collect();
+                write!(f, "to {}", list.join(", "))
+            }
+            DeliveryOutcome::Relayed { reply } | DeliveryOutcome::Deferred { reply, .. } => {
+                write!(f, "{reply}")
+            }
+            DeliveryOutcome::Failed { status, reply } => {
+                if reply.status.as_deref() == Some(status.as_str()) {
+                    write!(f, "{reply}")
+                } else {
+                    write!(f, "{status} {reply}")
+                }
+            }
+            DeliveryOutcome::Reported => write!(f, "delivery report sent"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_reply_text_is_split_into_its_codes() {
+        assert_eq!(
+            Reply::from_legacy_text("550 5.1.1 <b@x>: User unknown"),
+            Reply::remote(550, Some("5.1.1".into()), "<b@x>: User unknown")
+        );
+        assert_eq!(
+            Reply::from_legacy_text("451 try later"),
+            Reply::remote(451, None, "try later")
+        );
+        assert_eq!(
+            Reply::from_legacy_text("4.4.3 servfail.test: timed out"),
+            Reply::local("4.4.3", "servfail.test: timed out")
+        );
+        let ours = Reply::from_legacy_text("user unknown");
+        assert_eq!((ours.code, ours.status.as_deref()), (None, None));
+        assert_eq!(ours.text, "user unknown");
+    }
+
+    #[test]
+    fn a_reply_prints_as_it_was_given() {
+        for s in [
+            "250 2.0.0 Ok: queued",
+            "451 try later",
+            "4.4.3 lookup failed",
+        ] {
+            assert_eq!(Reply::from_legacy_text(s).to_string(), s);
+        }
+        let failed = DeliveryOutcome::Failed {
+            status: "5.1.1".into(),
+            reply: Reply::local("5.1.1", "user unknown"),
+        };
+        assert_eq!(failed.to_string(), "5.1.1 user unknown");
+        assert_eq!(
+            DeliveryOutcome::Deferred {
+                reply: Reply::remote(451, None, "later"),
+                next: 0
+            }
+            .status(),
+            "4.0.0"
+        );
+    }
+}
