@@ -267,10 +267,7 @@ pub async fn push_knobs(
     task: TaskName,
     knobs: &mta_config::DebugKnobs,
 ) -> Result<(), String> {
-    let values: Vec<(String, u8)> = mta_config::DebugKnobs::NAMES
-        .iter()
-        .map(|n| (n.to_string(), knobs.get(n).unwrap_or(0)))
-        .collect();
+    let values = knobs.values();
     let mut client = TaskClient::connect(run_dir, task, TaskName::Smtpmta)
         .await
         .map_err(|e| e.to_string())?;
@@ -434,7 +431,7 @@ fn config_view(sup: &Supervisor) -> Vec<(String, String)> {
     for name in mta_config::DebugKnobs::NAMES {
         rows.push((
             format!("debug.{name}"),
-            knobs.get(name).unwrap_or(0).to_string(),
+            knobs.value(name).unwrap_or_default(),
         ));
     }
     rows

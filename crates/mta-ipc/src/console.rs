@@ -91,7 +91,7 @@ pub const HELP: &[(&str, &str)] = &[
         "tell <task> show status",
         "the task's own status line (isesctl, imsgcnv, router, omsgcnv, osesctl, drt)",
     ),
-    ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
+    ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors, DebugRouterLookup, debug_tcp_resolver, debug_outfile (a path; - for none)"),
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
     ("route", "try every pending destination now"),
     ("route localdelivery", "retry local deliveries waiting in mail.box now"),
