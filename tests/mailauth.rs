@@ -293,10 +293,53 @@ fn a_missing_or_short_key_is_a_startup_error_naming_the_entry() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1024"));
 }
 
+/// A 512-bit RSA key made with openssl (our own keygen refuses to make one): the PEM file
+/// and its `v=DKIM1` record value.
+fn short_rsa_key(dir: &Path) -> (PathBuf, String) {
+    let pem = dir.join("short.pem");
+    let out = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&pem)
+        .arg("512")
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&pem)
+        .output()
+        .expect("openssl");
+    assert!(
+        der.status.success(),
+        "{}",
+        String::from_utf8_lossy(&der.stderr)
+    );
+    let b64 = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&der.stdout)?;
+            child.wait_with_output()
+        })
+        .expect("base64");
+    let p = String::from_utf8(b64.stdout).unwrap();
+    (pem, format!("v=DKIM1; k=rsa; p={}", p.trim()))
+}
+
 /// The zone for the inbound tests: sender.test (SPF 127.0.0.1 only, a DKIM key, DMARC
-/// p=reject), spf.test (SPF 127.0.0.1 only, no DMARC), big.test (a 10,000-byte key record).
-fn inbound_zone(dir: &Path) -> (Dns, PathBuf) {
+/// p=reject), spf.test (SPF 127.0.0.1 only, no DMARC), big.test (a 10,000-byte key record),
+/// short.test (a 512-bit RSA key, which RFC 8301 says a verifier must not accept).
+/// Returns the sender.test key and the short.test key.
+fn inbound_zone(dir: &Path) -> (Dns, PathBuf, PathBuf) {
     let (key, key_txt) = keygen(dir, "sender.test", "s1", "rsa-sha256");
+    let (short_key, short_txt) = short_rsa_key(dir);
     let big = format!("v=DKIM1; k=rsa; p={}", "A".repeat(10_000 - 18));
     assert_eq!(big.len(), 10_000);
     let dns = Dns::start_with(&[
@@ -305,8 +348,9 @@ fn inbound_zone(dir: &Path) -> (Dns, PathBuf) {
         txt("_dmarc.sender.test", "v=DMARC1; p=reject"),
         txt("spf.test", "v=spf1 ip4:127.0.0.1 -all"),
         txt("big._domainkey.big.test", &big),
+        txt("short._domainkey.short.test", &short_txt),
     ]);
-    (dns, key)
+    (dns, key, short_key)
 }
 
 fn inbound_suite(dns_port: u16, extra: &[&str]) -> Suite {
@@ -373,7 +417,7 @@ fn delivered_results(suite: &Suite, subject: &str) -> String {
 #[test]
 fn inbound_spf_dkim_dmarc_results_and_dmarc_reject() {
     let dir = tempfile::tempdir().unwrap();
-    let (dns, key) = inbound_zone(dir.path());
+    let (dns, key, short_key) = inbound_zone(dir.path());
     let suite = inbound_suite(dns.port, &["dmarc_reject = true"]);
     let port = suite.smtp_port;
 
@@ -507,6 +551,34 @@ fn inbound_spf_dkim_dmarc_results_and_dmarc_reject() {
     let ar = delivered_results(&suite, "bigtxt");
     assert!(
         ar.contains("dkim=permerror") || ar.contains("dkim=fail") || ar.contains("dkim=neutral"),
+        "{ar}"
+    );
+
+    // A valid signature made with a 512-bit RSA key, whose record is in DNS: not a pass
+    // (RFC 8301 3.2), and the message is delivered with that result.
+    let short = dir.path().join("short.eml");
+    std::fs::write(&short, message("b@short.test", "shortkey")).unwrap();
+    let (ok, short_signed) = dkim_tool(&[
+        "sign",
+        short_key.to_str().unwrap(),
+        "short.test",
+        "short",
+        short.to_str().unwrap(),
+    ]);
+    assert!(ok, "{short_signed}");
+    let reply = send_from(
+        port,
+        None,
+        "client.test",
+        "b@short.test",
+        "alice@localhost",
+        short_signed.as_bytes(),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let ar = delivered_results(&suite, "shortkey");
+    assert!(!ar.contains("dkim=pass"), "{ar}");
+    assert!(
+        ar.contains("dkim=fail") || ar.contains("dkim=permerror") || ar.contains("dkim=policy"),
         "{ar}"
     );
 

@@ -1,17 +1,19 @@
 //! Inbound checks: SPF for HELO and MAIL FROM, every DKIM signature, DMARC for the From
 //! domain, and the Authentication-Results header that records them under our hostname.
 
+use crate::keys::MIN_RSA_BITS;
 use crate::AuthError;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use mail_auth::common::crypto::{Algorithm, CryptoError};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
-    SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult,
+    MessageAuthenticator, SpfResult,
 };
 use mta_config::DnsConfig;
 use std::net::IpAddr;
@@ -169,7 +171,13 @@ impl Verifier {
             Some(m) => m,
             None => &AuthenticatedMessage::parse(empty).expect("an empty message parses"),
         };
-        let dkim = self.auth.verify_dkim(message).await;
+        let dkim: Vec<DkimOutput> = self
+            .auth
+            .verify_dkim(message)
+            .await
+            .into_iter()
+            .map(|output| refuse_short_rsa_keys(message, output))
+            .collect();
         let dmarc = self
             .auth
             .verify_dmarc(DmarcParameters::new(message, &dkim, mail_from_domain, &spf))
@@ -265,6 +273,36 @@ fn spf_word(r: SpfResult) -> &'static str {
         SpfResult::PermError => "permerror",
         SpfResult::None => "none",
     }
+}
+
+/// RFC 8301 3.2: verifiers MUST NOT consider signatures made with RSA keys shorter than
+/// 1024 bits valid. mail-auth's rust-crypto backend verifies any length, so a `pass` from a
+/// short key becomes a `fail` here, before DMARC sees it. A PKCS#1 v1.5 signature is exactly
+/// as long as the key's modulus, so its length gives the key's size.
+fn refuse_short_rsa_keys<'x>(
+    message: &'x AuthenticatedMessage<'_>,
+    output: DkimOutput<'x>,
+) -> DkimOutput<'x> {
+    // The output borrows its signature from `message`; find it there to keep that lifetime.
+    let Some(signature) = output.signature().and_then(|checked| {
+        message
+            .dkim_headers
+            .iter()
+            .map(|h| &h.header)
+            .find(|s| std::ptr::eq(*s, checked))
+    }) else {
+        return output;
+    };
+    let rsa = matches!(signature.a, Algorithm::RsaSha256 | Algorithm::RsaSha1);
+    if output.result() == &DkimResult::Pass && rsa && signature.b.len() * 8 < MIN_RSA_BITS {
+        let why = format!(
+            "RSA key of {} bits, shorter than {MIN_RSA_BITS} (RFC 8301)",
+            signature.b.len() * 8
+        );
+        return DkimOutput::fail(mail_auth::Error::Crypto(CryptoError::Library(why)))
+            .with_signature(signature);
+    }
+    output
 }
 
 fn dkim_word(r: &DkimResult) -> &'static str {
