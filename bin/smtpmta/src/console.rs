@@ -17,6 +17,9 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
     match command {
         ConsoleCommand::Help => ConsoleReply::Text(mta_ipc::console::help_text()),
         ConsoleCommand::ShowTasks => ConsoleReply::Tasks(show_tasks(sup).await),
+        ConsoleCommand::ShowTaskTime => {
+            ConsoleReply::TaskTimes(crate::task_time::show_task_time(&show_tasks(sup).await))
+        }
         ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup).await),
         ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
         ConsoleCommand::ShowQueue => show_queue(sup),

@@ -26,6 +26,7 @@ mod rates;
 mod service;
 mod stats;
 mod status_page;
+mod task_time;
 mod trace;
 
 use anyhow::Context;

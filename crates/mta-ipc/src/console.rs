@@ -11,6 +11,10 @@ pub const HELP: &[(&str, &str)] = &[
         "every task and session handler: pid, state, what it is doing",
     ),
     (
+        "show task time",
+        "every task and session handler: start time, uptime and CPU time",
+    ),
+    (
         "show server",
         "version, uptime, hostname, data directory, supervisor pid",
     ),
@@ -154,6 +158,8 @@ impl TellCommand {
 pub enum ConsoleCommand {
     Help,
     ShowTasks,
+    /// `show task time`: start time, uptime and CPU time of every task and handler.
+    ShowTaskTime,
     ShowServer,
     ShowConfig,
     ShowVersion,
@@ -212,6 +218,7 @@ impl ConsoleCommand {
             [] => Err("empty command; type `help` for the list".into()),
             ["help"] | ["?"] => Ok(ConsoleCommand::Help),
             ["show" | "sh", "tasks" | "task"] => Ok(ConsoleCommand::ShowTasks),
+            ["show" | "sh", "tasks" | "task", "time"] => Ok(ConsoleCommand::ShowTaskTime),
             ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
@@ -346,6 +353,25 @@ pub struct TaskRow {
     pub parent: Option<String>,
 }
 
+/// One row of `show task time`: a task's process times, from `/proc/<pid>/stat`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTime {
+    pub name: String,
+    pub pid: Option<u32>,
+    /// For a session handler: its controller.
+    pub parent: Option<String>,
+    /// Unix ms when the process started (a handler: when it took up its current state).
+    pub started_ms: Option<u64>,
+    pub uptime_secs: Option<u64>,
+    /// User plus system CPU time of the process; a handler runs inside its controller's
+    /// process, so it has none of its own (`None`).
+    pub cpu_ms: Option<u64>,
+    /// User part of `cpu_ms`.
+    pub user_ms: Option<u64>,
+    /// System part of `cpu_ms`.
+    pub system_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub version: String,
@@ -421,6 +447,8 @@ pub struct Statistic {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleReply {
     Tasks(Vec<TaskRow>),
+    /// `show task time`.
+    TaskTimes(Vec<TaskTime>),
     Queue(QueueReport),
     Server(ServerInfo),
     /// `(key, value)` pairs in file order.
@@ -445,6 +473,10 @@ mod tests {
         assert_eq!(
             ConsoleCommand::parse("sh tasks").unwrap(),
             ConsoleCommand::ShowTasks
+        );
+        assert_eq!(
+            ConsoleCommand::parse("Show Task Time").unwrap(),
+            ConsoleCommand::ShowTaskTime
         );
         assert_eq!(
             ConsoleCommand::parse("tell smtpmta stop outbound transport").unwrap(),
