@@ -40,19 +40,34 @@ fn show_task_time_has_start_uptime_and_cpu_of_every_task_and_its_handlers() {
         }
     });
 
-    let v: Value = serde_json::from_str(&mtacon(&suite, &["show", "task", "time", "--json"])).unwrap();
+    let v: Value =
+        serde_json::from_str(&mtacon(&suite, &["show", "task", "time", "--json"])).unwrap();
     let rows = v["task_times"].as_array().expect("task_times").clone();
     let after = now_ms() + 2_000;
-    for name in ["smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt"] {
+    for name in [
+        "smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt",
+    ] {
         let r = rows
             .iter()
             .find(|r| r["name"] == name)
             .unwrap_or_else(|| panic!("no {name} in {rows:?}"));
         let pid = r["pid"].as_u64().unwrap_or_else(|| panic!("{r}"));
-        assert_eq!(Some(pid as u32), suite.task_pid(name).or((name == "smtpmta").then(|| suite.pid())), "{r}");
+        assert_eq!(
+            Some(pid as u32),
+            suite
+                .task_pid(name)
+                .or((name == "smtpmta").then(|| suite.pid())),
+            "{r}"
+        );
         let started = r["started_ms"].as_u64().unwrap_or_else(|| panic!("{r}"));
-        assert!((before..=after).contains(&started), "{name} started at {started}, test ran {before}..{after}");
-        assert!(r["uptime_secs"].as_u64().unwrap() <= (after - before) / 1000 + 1, "{r}");
+        assert!(
+            (before..=after).contains(&started),
+            "{name} started at {started}, test ran {before}..{after}"
+        );
+        assert!(
+            r["uptime_secs"].as_u64().unwrap() <= (after - before) / 1000 + 1,
+            "{r}"
+        );
         let (cpu, user, system) = (
             r["cpu_ms"].as_u64().unwrap(),
             r["user_ms"].as_u64().unwrap(),
@@ -74,7 +89,15 @@ fn show_task_time_has_start_uptime_and_cpu_of_every_task_and_its_handlers() {
 
     let text = mtacon(&suite, &["show", "task", "time"]);
     let header = text.lines().next().unwrap();
-    for column in ["Task", "Pid", "Started (UTC)", "Uptime", "CPU", "User", "System"] {
+    for column in [
+        "Task",
+        "Pid",
+        "Started (UTC)",
+        "Uptime",
+        "CPU",
+        "User",
+        "System",
+    ] {
         assert!(header.contains(column), "{text}");
     }
     let isesctl = text
@@ -82,7 +105,10 @@ fn show_task_time_has_start_uptime_and_cpu_of_every_task_and_its_handlers() {
         .find(|l| l.starts_with("isesctl "))
         .unwrap_or_else(|| panic!("{text}"));
     // e.g. `isesctl      1234  2026-12-02 02:21:36    00:00:01       0.02s     0.01s     0.01s`
-    assert!(isesctl.contains(&suite.task_pid("isesctl").unwrap().to_string()), "{isesctl}");
+    assert!(
+        isesctl.contains(&suite.task_pid("isesctl").unwrap().to_string()),
+        "{isesctl}"
+    );
     assert!(isesctl.contains(" 00:00:"), "{isesctl}");
     assert!(isesctl.trim_end().ends_with('s'), "{isesctl}");
     let handler = text

@@ -13,8 +13,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// `set config <knob> <value>` through mtacon; every task must have taken it.
 fn set(suite: &Suite, knob: &str, value: &str) {
     let out = suite.mtacon(&["set", "config", knob, value]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "set config {knob} {value}: {text}");
     assert!(text.contains("in every task"), "{text}");
 }
@@ -92,15 +92,24 @@ fn smtp_debug_1_2_3_grade_the_inbound_transcript_and_0_stops_it() {
     let q2 = send(&suite, "level-two.test", "alice@localhost", b"two\r\n");
     wait_line(&suite, &["isesctl[", "< EHLO level-two.test"]);
     // From the reply to MAIL on, the transcript carries the transaction's queue ID.
-    wait_line(&suite, &["< RCPT TO:<alice@localhost>", &format!("qid={q2}")]);
-    wait_line(&suite, &["> 250", &format!("queued as {q2}"), &format!("qid={q2}")]);
+    wait_line(
+        &suite,
+        &["< RCPT TO:<alice@localhost>", &format!("qid={q2}")],
+    );
+    wait_line(
+        &suite,
+        &["> 250", &format!("queued as {q2}"), &format!("qid={q2}")],
+    );
     no_line(&suite, &["bytes ([127.0.0.1])"]);
 
     set(&suite, "SMTPDebug", "3");
     let q3 = send(&suite, "level-three.test", "alice@localhost", b"three\r\n");
     wait_line(&suite, &["< EHLO level-three.test"]);
     wait_line(&suite, &["received 23 bytes ([127.0.0.1])"]); // "EHLO level-three.test\r\n"
-    wait_line(&suite, &["sent ", " bytes ([127.0.0.1])", &format!("qid={q3}")]);
+    wait_line(
+        &suite,
+        &["sent ", " bytes ([127.0.0.1])", &format!("qid={q3}")],
+    );
     wait_line(&suite, &["bytes of message data", &format!("qid={q3}")]);
     // Message data itself is SMTPDebugIO 3's, not SMTPDebug's.
     no_line(&suite, &["< data:"]);
@@ -127,15 +136,24 @@ fn smtp_debug_io_1_counts_bytes_and_3_logs_message_data_capped() {
     set(&suite, "SMTPDebugIO", "3");
     // 8 KB of data: the first 4096 bytes are logged, the rest is counted.
     let mut body = b"HEAD-MARKER first line\r\n".to_vec();
-    body.extend("y".repeat(78).repeat(100).as_bytes().chunks(78).flat_map(|c| {
-        let mut l = c.to_vec();
-        l.extend_from_slice(b"\r\n");
-        l
-    }));
+    body.extend(
+        "y".repeat(78)
+            .repeat(100)
+            .as_bytes()
+            .chunks(78)
+            .flat_map(|c| {
+                let mut l = c.to_vec();
+                l.extend_from_slice(b"\r\n");
+                l
+            }),
+    );
     body.extend_from_slice(b"TAIL-MARKER last line\r\n");
     let q3 = send(&suite, "io-three.test", "alice@localhost", &body);
     wait_line(&suite, &["< EHLO io-three.test"]);
-    wait_line(&suite, &["< data: HEAD-MARKER first line", &format!("qid={q3}")]);
+    wait_line(
+        &suite,
+        &["< data: HEAD-MARKER first line", &format!("qid={q3}")],
+    );
     wait_line(&suite, &["more bytes not logged", &format!("qid={q3}")]);
     no_line(&suite, &["TAIL-MARKER"]);
 
@@ -155,8 +173,17 @@ fn smtp_client_debug_1_2_3_grade_the_outbound_transcript_and_0_stops_it() {
     set(&suite, "SMTPClientDebug", "1");
     let q1 = send(&suite, "client-one.test", "far@internet.test", b"one\r\n");
     sink.wait_count(&suite, 1, DEADLINE);
-    wait_line(&suite, &["osesctl[", "SMTPClientDebug: list ", &format!("qid={q1}")]);
-    wait_line(&suite, &["SMTPClientDebug: list ", "next hop for internet.test: 127.0.0.1"]);
+    wait_line(
+        &suite,
+        &["osesctl[", "SMTPClientDebug: list ", &format!("qid={q1}")],
+    );
+    wait_line(
+        &suite,
+        &[
+            "SMTPClientDebug: list ",
+            "next hop for internet.test: 127.0.0.1",
+        ],
+    );
     wait_line(&suite, &["SMTPClientDebug: connected to ", &ip]);
     wait_line(&suite, &["SMTPClientDebug: disconnected from ", &ip]);
     no_line(&suite, &["SMTPClientDebug: >"]);
@@ -167,16 +194,30 @@ fn smtp_client_debug_1_2_3_grade_the_outbound_transcript_and_0_stops_it() {
     wait_line(&suite, &["SMTPClientDebug: > EHLO mta.test"]);
     wait_line(&suite, &["SMTPClientDebug: < 220"]);
     // A message's commands and replies carry its queue ID.
-    wait_line(&suite, &["SMTPClientDebug: > MAIL FROM:<bsmith@univac.test>", &q2]);
+    wait_line(
+        &suite,
+        &["SMTPClientDebug: > MAIL FROM:<bsmith@univac.test>", &q2],
+    );
     wait_line(&suite, &["SMTPClientDebug: < 250", &q2]);
     wait_line(&suite, &["SMTPClientDebug: > QUIT"]);
     no_line(&suite, &["SMTPClientDebug: sent"]);
 
     set(&suite, "SMTPClientDebug", "3");
-    let q3 = send(&suite, "client-three.test", "far@internet.test", b"three\r\n");
+    let q3 = send(
+        &suite,
+        "client-three.test",
+        "far@internet.test",
+        b"three\r\n",
+    );
     sink.wait_count(&suite, 3, DEADLINE);
-    wait_line(&suite, &["SMTPClientDebug: sent ", " bytes of message data", &q3]);
-    wait_line(&suite, &["SMTPClientDebug: received ", " bytes from [127.0.0.1]", &q3]);
+    wait_line(
+        &suite,
+        &["SMTPClientDebug: sent ", " bytes of message data", &q3],
+    );
+    wait_line(
+        &suite,
+        &["SMTPClientDebug: received ", " bytes from [127.0.0.1]", &q3],
+    );
     // The data itself is never in the client's transcript.
     no_line(&suite, &["SMTPClientDebug: > Subject"]);
 
@@ -198,7 +239,12 @@ fn log_mail_routing_10_20_30_40_add_up_and_0_stops_them() {
     let suite = Suite::start(&SuiteOptions::default());
     // team@localhost is an alias of alice and bob.
     let deliver = |n: usize| {
-        let qid = send(&suite, &format!("routing-{n}.test"), "team@localhost", b"hi\r\n");
+        let qid = send(
+            &suite,
+            &format!("routing-{n}.test"),
+            "team@localhost",
+            b"hi\r\n",
+        );
         suite.wait_for_mail("bob", n);
         // `removed` is the router's last line about a message.
         wait_line(&suite, &[&format!("qid={qid} removed")]);
@@ -206,12 +252,18 @@ fn log_mail_routing_10_20_30_40_add_up_and_0_stops_them() {
     };
     set(&suite, "Log_MailRouting", "10");
     let q = deliver(1);
-    wait_line(&suite, &["router[", "Router: 1 message(s) taken from mail.box", &q]);
+    wait_line(
+        &suite,
+        &["router[", "Router: 1 message(s) taken from mail.box", &q],
+    );
     no_line(&suite, &["Router: qid=", "expanded"]);
 
     set(&suite, "Log_MailRouting", "20");
     let q = deliver(2);
-    wait_line(&suite, &[&format!("Router: qid={q} alias <team@localhost> expanded")]);
+    wait_line(
+        &suite,
+        &[&format!("Router: qid={q} alias <team@localhost> expanded")],
+    );
     no_line(&suite, &["Router: qid=", "mailbox of"]);
 
     set(&suite, "Log_MailRouting", "30");
@@ -221,17 +273,31 @@ fn log_mail_routing_10_20_30_40_add_up_and_0_stops_them() {
 
     set(&suite, "Log_MailRouting", "40");
     let q = deliver(4);
-    wait_line(&suite, &[
-        &format!("Router: Message qid={q} has 1 recipient(s) from <bsmith@univac.test>"),
-        "message-id=<routing-4.test@univac.test>",
-    ]);
-    wait_line(&suite, &[&format!("Router: qid={q} Recipient 0 <team@localhost>")]);
-    wait_line(&suite, &[
-        &format!("Router: Message qid={q} delivered to bob@localhost from <bsmith@univac.test>"),
-        "Hop Count",
-    ]);
+    wait_line(
+        &suite,
+        &[
+            &format!("Router: Message qid={q} has 1 recipient(s) from <bsmith@univac.test>"),
+            "message-id=<routing-4.test@univac.test>",
+        ],
+    );
+    wait_line(
+        &suite,
+        &[&format!("Router: qid={q} Recipient 0 <team@localhost>")],
+    );
+    wait_line(
+        &suite,
+        &[
+            &format!(
+                "Router: Message qid={q} delivered to bob@localhost from <bsmith@univac.test>"
+            ),
+            "Hop Count",
+        ],
+    );
     // 40 is cumulative.
-    wait_line(&suite, &[&format!("Router: qid={q} alias <team@localhost> expanded")]);
+    wait_line(
+        &suite,
+        &[&format!("Router: qid={q} alias <team@localhost> expanded")],
+    );
 
     set(&suite, "Log_MailRouting", "0");
     let q = deliver(5);
@@ -247,22 +313,43 @@ fn debug_router_lookup_shows_the_directory_lookups_and_0_stops_them() {
     });
     set(&suite, "DebugRouterLookup", "1");
     let q = send(&suite, "lookup-one.test", "team@localhost", b"hi\r\n");
-    wait_line(&suite, &[
-        "router[",
-        &format!("DebugRLookup: qid={q} Lookup result for <team@localhost>: alias with 2 member(s)"),
-    ]);
-    wait_line(&suite, &[&format!(
-        "DebugRLookup: qid={q} Lookup result for <alice@localhost>: user alice, mailbox "
-    )]);
+    wait_line(
+        &suite,
+        &[
+            "router[",
+            &format!(
+                "DebugRLookup: qid={q} Lookup result for <team@localhost>: alias with 2 member(s)"
+            ),
+        ],
+    );
+    wait_line(
+        &suite,
+        &[&format!(
+            "DebugRLookup: qid={q} Lookup result for <alice@localhost>: user alice, mailbox "
+        )],
+    );
     no_line(&suite, &["DebugRLookup:", "Lookup beginning"]);
 
     set(&suite, "DebugRouterLookup", "3");
     let q = send(&suite, "lookup-three.test", "ghosts@localhost", b"hi\r\n");
-    wait_line(&suite, &[&format!("DebugRLookup: qid={q} Lookup beginning for <ghosts@localhost>")]);
-    wait_line(&suite, &[&format!("DebugRLookup: qid={q} Lookup alias member 1 <nobody@localhost>")]);
-    wait_line(&suite, &[&format!(
+    wait_line(
+        &suite,
+        &[&format!(
+            "DebugRLookup: qid={q} Lookup beginning for <ghosts@localhost>"
+        )],
+    );
+    wait_line(
+        &suite,
+        &[&format!(
+            "DebugRLookup: qid={q} Lookup alias member 1 <nobody@localhost>"
+        )],
+    );
+    wait_line(
+        &suite,
+        &[&format!(
         "DebugRLookup: qid={q} Lookup error for <nobody@localhost>: not listed in the directory"
-    )]);
+    )],
+    );
 
     set(&suite, "DebugRouterLookup", "0");
     let q = send(&suite, "lookup-off.test", "team@localhost", b"hi\r\n");
@@ -288,9 +375,18 @@ fn debug_tcp_resolver_logs_each_query_and_answer_with_ttls_and_0_stops_it() {
     // a-only.test: no MX, an A record (the implicit MX).
     let q = send(&suite, "dns-one.test", "far@a-only.test", b"hi\r\n");
     sink.wait_count(&suite, 1, DEADLINE);
-    wait_line(&suite, &["osesctl[", "debug_tcp_resolver: query MX a-only.test.", &q]);
+    wait_line(
+        &suite,
+        &["osesctl[", "debug_tcp_resolver: query MX a-only.test.", &q],
+    );
     wait_line(&suite, &["debug_tcp_resolver: answer MX a-only.test", &q]);
-    let answer = wait_line(&suite, &["debug_tcp_resolver: answer a-only.test. ttl=", " A 127.0.0.1"]);
+    let answer = wait_line(
+        &suite,
+        &[
+            "debug_tcp_resolver: answer a-only.test. ttl=",
+            " A 127.0.0.1",
+        ],
+    );
     assert!(answer.contains(&q), "{answer}");
 
     set(&suite, "debug_tcp_resolver", "0");
@@ -298,7 +394,10 @@ fn debug_tcp_resolver_logs_each_query_and_answer_with_ttls_and_0_stops_it() {
     let q = send(&suite, "dns-off.test", "other@a-only.test", b"hi\r\n");
     sink.wait_count(&suite, 2, DEADLINE);
     wait_line(&suite, &[&q, "status=sent"]);
-    assert_eq!(lines_with(&suite.log(), &["debug_tcp_resolver:"]).len(), before);
+    assert_eq!(
+        lines_with(&suite.log(), &["debug_tcp_resolver:"]).len(),
+        before
+    );
 }
 
 #[test]
@@ -307,9 +406,17 @@ fn debug_outfile_gets_every_debug_line_and_only_those() {
     let outfile = suite.dir.path().join("debug.txt");
     let read = || std::fs::read_to_string(&outfile).unwrap_or_default();
     // A directory that does not exist: every task refuses it and keeps none.
-    let out = suite.mtacon(&["set", "config", "debug_outfile", "/nonexistent/dir/debug.txt"]);
+    let out = suite.mtacon(&[
+        "set",
+        "config",
+        "debug_outfile",
+        "/nonexistent/dir/debug.txt",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("not reached") && text.contains("/nonexistent/dir"), "{text}");
+    assert!(
+        text.contains("not reached") && text.contains("/nonexistent/dir"),
+        "{text}"
+    );
 
     set(&suite, "debug_outfile", outfile.to_str().unwrap());
     set(&suite, "SMTPDebug", "2");
@@ -319,7 +426,10 @@ fn debug_outfile_gets_every_debug_line_and_only_those() {
     wait_for("the debug lines in debug_outfile", DEADLINE, || {
         let t = read();
         let inbound = lines_with(&t, &["isesctl[", "< EHLO outfile-on.test"]);
-        let routed = lines_with(&t, &["router[", &format!("Router: qid={q} mailbox of alice is")]);
+        let routed = lines_with(
+            &t,
+            &["router[", &format!("Router: qid={q} mailbox of alice is")],
+        );
         if !inbound.is_empty() && !routed.is_empty() {
             Ok(())
         } else {

@@ -316,7 +316,12 @@ fn utc(ms: u64) -> String {
 
 /// Seconds as `1d 02:03:04` or `02:03:04`.
 fn uptime(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
     if d > 0 {
         format!("{d}d {h:02}:{m:02}:{s:02}")
     } else {

@@ -99,7 +99,10 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         let hop = match &resolved {
             Ok(hosts) => hosts
                 .iter()
-                .flat_map(|h| h.socket_addrs().map(move |a| format!("{}:{}", h.label(a.ip()), a.port())))
+                .flat_map(|h| {
+                    h.socket_addrs()
+                        .map(move |a| format!("{}:{}", h.label(a.ip()), a.port()))
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             Err(e) => format!("none ({e})"),

@@ -75,7 +75,10 @@ pub struct Lookup {
 pub enum Found {
     /// An alias, with its expansion (recursive, de-duplicated).
     Alias(Vec<Address>),
-    User { name: String, maildir: PathBuf },
+    User {
+        name: String,
+        maildir: PathBuf,
+    },
     /// Neither a user nor an alias: the recipient fails 5.1.1.
     NotListed,
 }

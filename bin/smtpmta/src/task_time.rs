@@ -105,6 +105,9 @@ mod tests {
     fn this_process_has_times() {
         let t = proc_times(std::process::id()).unwrap();
         let now = now_ms();
-        assert!(t.started_ms <= now && t.started_ms > now - 3_600_000, "{t:?}");
+        assert!(
+            t.started_ms <= now && t.started_ms > now - 3_600_000,
+            "{t:?}"
+        );
     }
 }

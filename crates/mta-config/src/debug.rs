@@ -118,7 +118,11 @@ impl DebugKnobs {
             if path.contains('\0') {
                 return Err(knob_err("a path cannot contain NUL".into()));
             }
-            self.debug_outfile = if path == "-" { String::new() } else { path.to_string() };
+            self.debug_outfile = if path == "-" {
+                String::new()
+            } else {
+                path.to_string()
+            };
             return Ok(());
         }
         let n: i64 = value

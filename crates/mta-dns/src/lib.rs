@@ -205,7 +205,10 @@ impl NextHop {
             answer_lines(
                 domain,
                 "MX",
-                answer.as_ref().map(|l| l.answers()).map_err(|e| e as &dyn fmt::Display),
+                answer
+                    .as_ref()
+                    .map(|l| l.answers())
+                    .map_err(|e| e as &dyn fmt::Display),
             );
         }
         let mut exchanges: Vec<(u16, String)> = match answer {
@@ -318,9 +321,15 @@ fn query_line(kind: &str, name: &Name) {
 }
 
 /// One line per answer record (name, TTL, type, data), or one for the error.
-fn answer_lines(name: &str, kind: &str, answer: Result<&[hickory_resolver::proto::rr::Record], &dyn fmt::Display>) {
+fn answer_lines(
+    name: &str,
+    kind: &str,
+    answer: Result<&[hickory_resolver::proto::rr::Record], &dyn fmt::Display>,
+) {
     match answer {
-        Ok([]) => tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: answer {kind} {name}: no records"),
+        Ok([]) => {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: answer {kind} {name}: no records")
+        }
         Ok(records) => {
             for r in records {
                 tracing::info!(
@@ -333,7 +342,9 @@ fn answer_lines(name: &str, kind: &str, answer: Result<&[hickory_resolver::proto
                 );
             }
         }
-        Err(e) => tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: answer {kind} {name}: {e}"),
+        Err(e) => {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: answer {kind} {name}: {e}")
+        }
     }
 }
 

@@ -420,7 +420,9 @@ where
                 },
             };
             match auth::redact(&line) {
-                Some(redacted) => self.hooks.transcript(self.env.qid, Direction::In, &redacted),
+                Some(redacted) => self
+                    .hooks
+                    .transcript(self.env.qid, Direction::In, &redacted),
                 None => self.hooks.transcript(self.env.qid, Direction::In, &line),
             }
             let flow = match Command::parse(&line, self.env.utf8) {

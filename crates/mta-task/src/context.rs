@@ -28,10 +28,17 @@ struct Inner {
 }
 
 impl TaskContext {
-    pub(crate) fn new(config: Arc<Config>, me: TaskName, outfile: crate::DebugOutfile) -> TaskContext {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        me: TaskName,
+        outfile: crate::DebugOutfile,
+    ) -> TaskContext {
         let store = StoreClient::new(&config.run_dir(), me);
         if let Err(e) = outfile.set(outfile_path(&config, &config.debug.debug_outfile).as_deref()) {
-            tracing::warn!("debug_outfile {}: {e}; debug lines go to the log only", config.debug.debug_outfile);
+            tracing::warn!(
+                "debug_outfile {}: {e}; debug lines go to the log only",
+                config.debug.debug_outfile
+            );
         }
         let knobs = Mutex::new(config.debug.clone());
         let directory = Mutex::new(Arc::new(config.directory.clone()));
