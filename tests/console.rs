@@ -192,13 +192,25 @@ fn stop_outbound_transport_lets_a_busy_handler_finish_its_session_then_it_leaves
         "slow",
         body.repeat(600).as_bytes(),
     );
-    wait_for("oseshlr0 busy", Duration::from_secs(20), || {
-        let rows = handlers_of(&suite, "osesctl");
-        match rows.first() {
-            Some(r) if r["state"] == "busy" => Ok(()),
-            _ => Err(format!("{rows:?}")),
-        }
-    });
+    // Busy with the message itself, not still connecting: a handler stopped before its
+    // first message gives its list back untouched (the message stays queued), which is what
+    // made this test flaky when it stopped the handler as soon as it showed `busy`.
+    wait_for(
+        "oseshlr0 transferring the message",
+        Duration::from_secs(20),
+        || {
+            let rows = handlers_of(&suite, "osesctl");
+            match rows.first() {
+                Some(r)
+                    if r["state"] == "busy"
+                        && r["detail"].as_str().is_some_and(|d| d.contains("qid ")) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{rows:?}")),
+            }
+        },
+    );
     let (code, out, err) = mtacon_text(
         &suite,
         &["tell", "smtpmta", "stop", "outbound", "transport"],

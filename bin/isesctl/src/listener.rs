@@ -470,7 +470,7 @@ async fn serve(
     let debug = shared.ctx.knobs().smtp_debug >= 1;
     let name = handler.name();
     if debug {
-        tracing::info!(handler = %name, client = %peer, listener = mode.as_str(), "connect from [{}]", peer.ip());
+        tracing::info!(target: mta_types::DEBUG_TARGET, handler = %name, client = %peer, listener = mode.as_str(), "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
     let mut hooks = SessionPolicy::new(
@@ -490,6 +490,7 @@ async fn serve(
     let summary = run_session(stream, ClientInfo { peer, local }, session, &mut hooks).await;
     if debug {
         tracing::info!(
+            target: mta_types::DEBUG_TARGET,
             handler = %name,
             client = %peer,
             accepted = summary.accepted,

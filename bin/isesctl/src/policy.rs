@@ -38,6 +38,8 @@ pub struct SessionPolicy {
     accept_latency: Arc<Histogram>,
     /// SMTPDebugIO, read at session start.
     debug_io: u8,
+    /// `SMTPDebug` at the session's start.
+    debug: u8,
     /// SPF, DKIM and DMARC at the end of DATA.
     mail_auth: Arc<InboundAuth>,
     /// The certificate in effect (None: no TLS).
@@ -62,7 +64,9 @@ impl SessionPolicy {
         mail_auth: Arc<InboundAuth>,
         security: Security,
     ) -> SessionPolicy {
-        let debug_io = ctx.knobs().smtp_debug_io;
+        let knobs = ctx.knobs();
+        let debug_io = knobs.smtp_debug_io;
+        let debug = knobs.smtp_debug;
         SessionPolicy {
             ctx,
             intake,
@@ -70,6 +74,7 @@ impl SessionPolicy {
             handler,
             accept_latency,
             debug_io,
+            debug,
             mail_auth,
             tls: security.tls,
             auth: security.auth,
@@ -219,24 +224,67 @@ impl SessionHooks for SessionPolicy {
         }
     }
 
-    fn transcript(&mut self, dir: Direction, line: &[u8]) {
-        if self.debug_io == 0 {
+    /// `SMTPDebug` 2 or `SMTPDebugIO` 2: each command and reply line; `SMTPDebug` 3 or
+    /// `SMTPDebugIO` 1: the byte count of each. Lines carry the qid once MAIL is accepted.
+    fn transcript(&mut self, qid: Option<QueueId>, dir: Direction, line: &[u8]) {
+        let text = self.debug >= 2 || self.debug_io >= 2;
+        let counts = self.debug >= 3 || self.debug_io >= 1;
+        if !text && !counts {
             return;
         }
-        let arrow = match dir {
-            Direction::In => "<",
-            Direction::Out => ">",
+        // `None` records no field: lines before MAIL carry no qid.
+        let qid = qid.map(tracing::field::display);
+        let (arrow, way) = match dir {
+            Direction::In => ("<", "received"),
+            Direction::Out => (">", "sent"),
         };
-        // A multi-line reply comes as one piece: one log line per SMTP line.
-        let text = String::from_utf8_lossy(line);
-        for text in text
-            .split_terminator("\r\n")
-            .map(|t| t.trim_end_matches(['\r', '\n']))
-        {
-            tracing::info!(client = %self.peer, "{arrow} {text}");
+        if text {
+            // A multi-line reply comes as one piece: one log line per SMTP line.
+            let text = String::from_utf8_lossy(line);
+            for text in text
+                .split_terminator("\r\n")
+                .map(|t| t.trim_end_matches(['\r', '\n']))
+            {
+                tracing::info!(target: mta_types::DEBUG_TARGET, handler = %self.handler, client = %self.peer, qid, "{arrow} {text}");
+            }
+        }
+        if counts {
+            let n = line.len();
+            let ip = self.peer.ip();
+            tracing::info!(target: mta_types::DEBUG_TARGET, handler = %self.handler, client = %self.peer, qid, "{way} {n} bytes ([{ip}])");
+        }
+    }
+
+    /// `SMTPDebug` 3 or `SMTPDebugIO` 1: the size of the message data; `SMTPDebugIO` 3:
+    /// its first [`DEBUG_DATA_CAP`] bytes too, line by line (003: "logs all data received",
+    /// capped so one large message cannot flood the log).
+    fn message_data(&mut self, qid: QueueId, content: &[u8]) {
+        if self.debug >= 3 || self.debug_io >= 1 {
+            tracing::info!(target: mta_types::DEBUG_TARGET, handler = %self.handler, client = %self.peer, %qid, "received {} bytes of message data ([{}])", content.len(), self.peer.ip());
+        }
+        if self.debug_io < 3 {
+            return;
+        }
+        let shown = &content[..content.len().min(DEBUG_DATA_CAP)];
+        let text = String::from_utf8_lossy(shown);
+        for line in text.split_terminator("\r\n") {
+            tracing::info!(target: mta_types::DEBUG_TARGET, handler = %self.handler, client = %self.peer, %qid, "< data: {line}");
+        }
+        if content.len() > shown.len() {
+            tracing::info!(
+                target: mta_types::DEBUG_TARGET,
+                handler = %self.handler,
+                client = %self.peer,
+                %qid,
+                "< data: ({} more bytes not logged: SMTPDebugIO logs the first {DEBUG_DATA_CAP})",
+                content.len() - shown.len()
+            );
         }
     }
 }
+
+/// Most bytes of one message's data `SMTPDebugIO 3` logs.
+pub const DEBUG_DATA_CAP: usize = 4096;
 
 /// RCPT policy (RFC 5321 3.6.2: no open relay).
 ///

@@ -33,6 +33,33 @@ pub fn to_text(reply: &ConsoleReply) -> String {
             }
             out.trim_end().to_string()
         }
+        ConsoleReply::TaskTimes(rows) => {
+            let mut out = format!(
+                "{:<10} {:>8}  {:<20} {:>10}  {:>10} {:>9} {:>9}\n",
+                "Task", "Pid", "Started (UTC)", "Uptime", "CPU", "User", "System"
+            );
+            let secs = |ms: Option<u64>| {
+                ms.map(|m| format!("{}.{:02}s", m / 1000, m % 1000 / 10))
+                    .unwrap_or_else(|| "-".into())
+            };
+            for r in rows {
+                let (name, cpu) = match &r.parent {
+                    Some(p) => (format!("  {}", r.name), format!("(in {p})")),
+                    None => (r.name.clone(), secs(r.cpu_ms)),
+                };
+                out.push_str(&format!(
+                    "{:<10} {:>8}  {:<20} {:>10}  {:>10} {:>9} {:>9}\n",
+                    name,
+                    r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    r.started_ms.map(utc).unwrap_or_else(|| "-".into()),
+                    r.uptime_secs.map(uptime).unwrap_or_else(|| "-".into()),
+                    cpu,
+                    secs(r.user_ms),
+                    secs(r.system_ms),
+                ));
+            }
+            out.trim_end().to_string()
+        }
         ConsoleReply::Queue(q) => {
             let mut out = format!("{:<22} {:<14} {:>6}\n", "State", "Queue", "Msgs");
             for (state, queue, n) in &q.counts {
@@ -127,6 +154,7 @@ pub fn to_text(reply: &ConsoleReply) -> String {
 pub fn to_json(reply: &ConsoleReply) -> Value {
     match reply {
         ConsoleReply::Tasks(rows) => json!({ "tasks": rows }),
+        ConsoleReply::TaskTimes(rows) => json!({ "task_times": rows }),
         ConsoleReply::Server(s) => json!({ "server": s }),
         ConsoleReply::Queue(q) => json!({
             "queue": q.counts.iter().map(|(state, queue, n)| json!({"state": state, "queue": queue, "messages": n})).collect::<Vec<_>>(),
@@ -383,4 +411,52 @@ fn track_text(page: &mta_ipc::tracking::TrackPage) -> String {
         let _ = writeln!(out, "more: add after={next} to see the next ones");
     }
     out.trim_end().to_string()
+}
+
+/// Unix ms as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Seconds as `1d 02:03:04` or `02:03:04`.
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
+    if d > 0 {
+        format!("{d}d {h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}")
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_and_uptime() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_796_178_096_000), "2026-12-02 02:21:36");
+        assert_eq!(super::uptime(3_723), "01:02:03");
+        assert_eq!(super::uptime(90_061), "1d 01:01:01");
+    }
 }

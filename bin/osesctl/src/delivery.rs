@@ -20,6 +20,11 @@
 //! STARTTLS, or a failed handshake, like an unreachable one (next host, then deferred
 //! with the reason); `verify` checks the chain and the host name. The TLS version and
 //! cipher are logged with the list and the host.
+//!
+//! Debug knobs, read when the list starts: `SMTPClientDebug` 1 logs the list's messages
+//! (their qids), its next hop and the session's connect and end; 2 and 3 are the client's
+//! transcript (`mta_smtp::client`); `debug_tcp_resolver` logs the DNS queries and answers.
+//! A message's lines carry its qid (a span per message).
 
 use crate::domain_list::{DomainList, ListItem};
 use crate::handler_table::Assigned;
@@ -33,6 +38,7 @@ use mta_types::MessageRecord;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 /// What a handler needs, shared by all handlers.
 pub struct Env {
@@ -45,6 +51,8 @@ pub struct Env {
     pub events: mpsc::UnboundedSender<Event>,
     /// True while handlers may start another message.
     pub may_continue: Box<dyn Fn() -> bool + Send + Sync>,
+    /// The debug knobs in effect now (`set config`).
+    pub knobs: Box<dyn Fn() -> mta_config::DebugKnobs + Send + Sync>,
 }
 
 impl Env {
@@ -69,9 +77,40 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         domain,
         items,
     } = list;
+    let knobs = (env.knobs)();
+    let debug = knobs.smtp_client_debug;
+    let qids: Vec<String> = items.iter().map(|i| i.record.id.to_string()).collect();
+    let qids = qids.join(",");
+    if debug >= 1 {
+        tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "SMTPClientDebug: list {id} for {key}: {} message(s), qid={qids}",
+            items.len(),
+        );
+    }
     let mut items = items.into_iter();
     handler.set_detail(format!("resolving list {id} for {key}"));
-    let hosts = match env.next_hop.resolve(&domain).await {
+    // The DNS lines are the whole list's: they name its messages.
+    let resolved = env
+        .next_hop
+        .resolve_traced(&domain, knobs.debug_tcp_resolver > 0)
+        .instrument(tracing::info_span!("resolve", qid = %qids))
+        .await;
+    if debug >= 1 {
+        let hop = match &resolved {
+            Ok(hosts) => hosts
+                .iter()
+                .flat_map(|h| {
+                    h.socket_addrs()
+                        .map(move |a| format!("{}:{}", h.label(a.ip()), a.port()))
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("none ({e})"),
+        };
+        tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: list {id}: next hop for {domain}: {hop}");
+    }
+    let hosts = match resolved {
         Ok(h) => h,
         Err(e) => {
             let outcome = if e.is_transient() {
@@ -103,6 +142,7 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
             handler.set_detail(format!("connecting list {id} to {label}"));
             match open(
                 &env,
+                debug,
                 addr,
                 &host.name,
                 policy,
@@ -156,7 +196,17 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         }
         first = false;
         sent_in_session += 1;
-        match transfer(&env, &mut client, &label, &item, reset).await {
+        // From here the message is the handler's current one: a `stop outbound transport`
+        // now lets it finish (the check above is the last one before it).
+        handler.set_detail(format!(
+            "delivering list {id} to {label}: qid {} ({sent_in_session} in this session)",
+            item.record.id
+        ));
+        let span = tracing::info_span!("msg", qid = %item.record.id);
+        match transfer(&env, &mut client, &label, &item, reset)
+            .instrument(span)
+            .await
+        {
             Ok(results) => env.report(&item, results),
             Err((results, e)) => {
                 tracing::info!("qid={} list {id}: {label}: {e}", item.record.id);
@@ -178,12 +228,13 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
 /// Connects, says hello and starts TLS as `policy` says; an error means "next host".
 async fn open(
     env: &Env,
+    debug: u8,
     addr: std::net::SocketAddr,
     host_name: &str,
     policy: TlsPolicy,
     what: &str,
 ) -> Result<SmtpClient, String> {
-    let mut client = hello(env, addr).await?;
+    let mut client = hello(env, debug, addr).await?;
     let Some(config) = env.tls.config(policy) else {
         return Ok(client);
     };
@@ -230,7 +281,7 @@ async fn open(
         // Nothing was sent yet: under `may`, a new connection in plaintext.
         Err(e) if !required && e.is_handshake() => {
             tracing::info!("{what}: {e}: retrying in plaintext (policy may)");
-            hello(env, addr).await
+            hello(env, debug, addr).await
         }
         Err(e) => Err(match policy {
             TlsPolicy::Verify => format!("{e} (policy verify)"),
@@ -240,11 +291,15 @@ async fn open(
 }
 
 /// Connects and says hello; a greeting or hello that is not 2xx means "next host".
-async fn hello(env: &Env, addr: std::net::SocketAddr) -> Result<SmtpClient, String> {
-    let (mut client, greeting) =
-        SmtpClient::connect(addr, env.config.connect_timeout, env.config.command_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+async fn hello(env: &Env, debug: u8, addr: std::net::SocketAddr) -> Result<SmtpClient, String> {
+    let (mut client, greeting) = SmtpClient::connect_with_debug(
+        addr,
+        env.config.connect_timeout,
+        env.config.command_timeout,
+        debug,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if greeting.code / 100 != 2 {
         client.quit().await;
         return Err(format!("greeting: {}", reply_text(&greeting)));

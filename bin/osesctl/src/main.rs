@@ -91,6 +91,10 @@ impl Task for Osesctl {
                 .map_err(|e| anyhow::anyhow!("[outbound.tls]: {e}"))?,
             events: tx,
             may_continue: Box::new(move || r.load(Ordering::SeqCst) && !c.shutting_down()),
+            knobs: Box::new({
+                let c = ctx.clone();
+                move || c.knobs()
+            }),
         });
         Ok(Osesctl {
             table: Arc::new(HandlerTable::new(config.outbound.max_handlers)),

@@ -7,11 +7,19 @@
 //! Log lines, Postfix style, one per recipient outcome:
 //! `qid=… to=<…> [orig_to=<…>] relay=local delay=0.12s dsn=2.0.0 status=sent (delivered to maildir)`,
 //! `status=bounced (user unknown)`, `status=deferred (reason)`; `qid=… removed` when the
-//! record is done. `Log_MailRouting` 20 adds alias expansions; 30 adds the mailbox chosen
-//! for each write and where each message goes next.
+//! record is done, whatever the knobs.
+//!
+//! The debug knobs (docs/CONFIG.md defines each level; lines have target
+//! `mta_types::DEBUG_TARGET`, so `debug_outfile` gets them too):
+//! `Log_MailRouting` 10 adds one status line per batch taken from mail.box; 20 the
+//! warnings (a local delivery deferred, an unknown user, alias expansions); 30 the
+//! mailbox chosen for each write and where each message goes next; 40 the whole document
+//! (sender, each recipient and its state, Message-ID, size, hop count) and each successful
+//! delivery as Domino words it. `DebugRouterLookup` 1 logs each directory lookup's result,
+//! 2 also its start, 3 also every member of an alias.
 
 use crate::maildir::Maildir;
-use crate::routing::{LocalFailure, MailboxDelivery, Routing};
+use crate::routing::{Found, LocalFailure, Lookup, MailboxDelivery, Routing};
 use mta_convert::trace_headers_for_delivery;
 use mta_ipc::store::Change;
 use mta_types::message::{now_ms, UnixMillis};
@@ -73,14 +81,32 @@ pub struct Batch {
     pub unsynced: Option<String>,
 }
 
+/// The debug knobs the router reads, as they were when the batch was claimed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Levels {
+    /// `Log_MailRouting`: 0, 10, 20, 30 or 40.
+    pub routing: u8,
+    /// `DebugRouterLookup`: 0 to 3.
+    pub lookup: u8,
+}
+
 /// Routes and delivers a claimed batch (blocking: reads the spool and writes Maildirs).
 pub fn deliver_batch(
     records: Vec<MessageRecord>,
     routing: &Routing<'_>,
     spool_dir: &Path,
-    log_level: u8,
+    levels: Levels,
     stats: &Stats,
 ) -> Batch {
+    if levels.routing >= 10 {
+        let qids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
+        tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "Router: {} message(s) taken from mail.box: qid={}",
+            qids.len(),
+            qids.join(",")
+        );
+    }
     let mut changes = Vec::with_capacity(records.len());
     let mut to_smtp = 0;
     let mut to_reports = 0;
@@ -90,7 +116,7 @@ pub fn deliver_batch(
             &mut record,
             routing,
             spool_dir,
-            log_level,
+            levels,
             stats,
             &mut unsynced,
         );
@@ -115,22 +141,35 @@ fn deliver_one(
     record: &mut MessageRecord,
     routing: &Routing<'_>,
     spool_dir: &Path,
-    log_level: u8,
+    levels: Levels,
     stats: &Stats,
     unsynced: &mut Unsynced,
 ) -> Location {
     let qid = record.id;
+    let log_level = levels.routing;
     let now = now_ms();
+    if log_level >= 40 {
+        log_document(record);
+    }
     let plan = routing.plan(record, now);
+    for lookup in &plan.lookups {
+        log_lookup(record, lookup, levels.lookup);
+    }
     if log_level >= 20 {
         for (alias, targets) in &plan.expansions {
             let list: Vec<String> = targets.iter().map(|t| format!("<{t}>")).collect();
-            tracing::info!("qid={qid} alias <{alias}> expanded to {}", list.join(", "));
+            tracing::info!(target: mta_types::DEBUG_TARGET, "Router: qid={qid} alias <{alias}> expanded to {}", list.join(", "));
         }
     }
     for &i in &plan.bounced {
         log_outcome(record, i, now);
         stats.bounced.fetch_add(1, Ordering::Relaxed);
+        if log_level >= 20 {
+            let r = &record.recipients[i];
+            if let Some((_, outcome)) = r.status.outcome() {
+                tracing::info!(target: mta_types::DEBUG_TARGET, "Router: warning: qid={qid} recipient <{}> failed: {outcome}", r.address);
+            }
+        }
     }
 
     if !plan.deliveries.is_empty() {
@@ -149,7 +188,8 @@ fn deliver_one(
         for delivery in &plan.deliveries {
             if log_level >= 30 {
                 tracing::info!(
-                    "qid={qid} mailbox of {} is {}",
+                    target: mta_types::DEBUG_TARGET,
+                    "Router: qid={qid} mailbox of {} is {}",
                     delivery.user,
                     delivery.maildir.display()
                 );
@@ -162,6 +202,29 @@ fn deliver_one(
                 }),
             };
             let now = now_ms();
+            match &result {
+                Err(f) if log_level >= 20 => tracing::info!(
+                    target: mta_types::DEBUG_TARGET,
+                    "Router: warning: qid={qid} delivery to {} deferred: {} {}",
+                    delivery.user,
+                    f.dsn,
+                    f.reason
+                ),
+                Ok(_) if log_level >= 40 => tracing::info!(
+                    target: mta_types::DEBUG_TARGET,
+                    "Router: Message qid={qid} delivered to {} from <{}> Size {} Hop Count {}",
+                    delivery.delivered_to,
+                    record
+                        .envelope
+                        .mail_from
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    record.size,
+                    record.trace.hop_count
+                ),
+                _ => {}
+            }
             routing.record_delivery(record, delivery, result.as_ref().map(|_| ()), now);
             let counter = if result.is_ok() {
                 &stats.delivered
@@ -187,13 +250,85 @@ fn deliver_one(
             tracing::info!("qid={qid} moved to reports (delivery report due)")
         }
         Location::Queue(QueueName::MailBox) if log_level >= 30 => tracing::info!(
-            "qid={qid} waits in mail.box for a local retry in {}s",
+            target: mta_types::DEBUG_TARGET,
+            "Router: qid={qid} waits in mail.box for a local retry in {}s",
             record.not_before.saturating_sub(now).div_ceil(1000)
         ),
-        _ if log_level >= 30 => tracing::info!("qid={qid} moved to {}", describe(location)),
+        _ if log_level >= 30 => tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "Router: qid={qid} moved to {}",
+            describe(location)
+        ),
         _ => {}
     }
     location
+}
+
+/// `Log_MailRouting` 40: the document as the router sees it (003: "full document
+/// information for Mail Box, the full names of senders and recipients").
+fn log_document(record: &MessageRecord) {
+    let qid = record.id;
+    let from = record
+        .envelope
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let message_id = record
+        .fields
+        .as_ref()
+        .and_then(|f| f.message_id.clone())
+        .unwrap_or_default();
+    tracing::info!(
+        target: mta_types::DEBUG_TARGET,
+        "Router: Message qid={qid} has {} recipient(s) from <{from}> size {} message-id={message_id} hop count {}",
+        record.recipients.len(),
+        record.size,
+        record.trace.hop_count
+    );
+    for (i, r) in record.recipients.iter().enumerate() {
+        tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "Router: qid={qid} Recipient {i} <{}> {:?}",
+            r.address,
+            r.status
+        );
+    }
+}
+
+/// `DebugRouterLookup`, in the words of 003's `DebugRLookup` lines.
+fn log_lookup(record: &MessageRecord, lookup: &Lookup, level: u8) {
+    if level == 0 {
+        return;
+    }
+    let qid = record.id;
+    let address = &lookup.address;
+    if level >= 2 {
+        tracing::info!(target: mta_types::DEBUG_TARGET, "DebugRLookup: qid={qid} Lookup beginning for <{address}> (key {})", address.lookup_key());
+    }
+    match &lookup.found {
+        Found::User { name, maildir } => tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "DebugRLookup: qid={qid} Lookup result for <{address}>: user {name}, mailbox {}",
+            maildir.display()
+        ),
+        Found::Alias(members) => {
+            tracing::info!(
+                target: mta_types::DEBUG_TARGET,
+                "DebugRLookup: qid={qid} Lookup result for <{address}>: alias with {} member(s)",
+                members.len()
+            );
+            if level >= 3 {
+                for (n, m) in members.iter().enumerate() {
+                    tracing::info!(target: mta_types::DEBUG_TARGET, "DebugRLookup: qid={qid} Lookup alias member {} <{m}>", n + 1);
+                }
+            }
+        }
+        Found::NotListed => tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "DebugRLookup: qid={qid} Lookup error for <{address}>: not listed in the directory"
+        ),
+    }
 }
 
 fn write_mailbox(

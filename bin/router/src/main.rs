@@ -102,7 +102,11 @@ impl QueueWorker for Router {
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
     ) -> Result<(Vec<Change>, (usize, usize)), String> {
-        let log_level = ctx.knobs().log_mail_routing;
+        let knobs = ctx.knobs();
+        let levels = local_delivery::Levels {
+            routing: knobs.log_mail_routing,
+            lookup: knobs.debug_router_lookup,
+        };
         let (task_ctx, stats) = (ctx.clone(), self.stats.clone());
         let batch = tokio::task::spawn_blocking(move || {
             let config = task_ctx.config();
@@ -112,7 +116,7 @@ impl QueueWorker for Router {
                 local_domains: &config.local_domains,
                 retry: &config.outbound.retry,
             };
-            deliver_batch(records, &routing, &config.spool_dir(), log_level, &stats)
+            deliver_batch(records, &routing, &config.spool_dir(), levels, &stats)
         })
         .await
         .map_err(|e| format!("routing panicked: {e}"))?;

@@ -62,6 +62,27 @@ pub struct Plan {
     pub expansions: Vec<(Address, Vec<Address>)>,
     /// Recipients that failed for good while planning (unknown users).
     pub bounced: Vec<usize>,
+    /// The directory lookups made, in order (for `DebugRouterLookup`).
+    pub lookups: Vec<Lookup>,
+}
+
+/// One directory lookup of a local address and what it found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub address: Address,
+    pub found: Found,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// An alias, with its expansion (recursive, de-duplicated).
+    Alias(Vec<Address>),
+    User {
+        name: String,
+        maildir: PathBuf,
+    },
+    /// Neither a user nor an alias: the recipient fails 5.1.1.
+    NotListed,
 }
 
 /// A local delivery that did not happen (to be retried).
@@ -100,7 +121,18 @@ impl Routing<'_> {
                 continue;
             }
             let address = &record.recipients[i].address;
-            match self.directory.user_for(address) {
+            let user = self.directory.user_for(address);
+            plan.lookups.push(Lookup {
+                address: address.clone(),
+                found: match user {
+                    Some(u) => Found::User {
+                        name: u.name.clone(),
+                        maildir: u.maildir.clone(),
+                    },
+                    None => Found::NotListed,
+                },
+            });
+            match user {
                 Some(user) => match plan
                     .deliveries
                     .iter_mut()
@@ -165,6 +197,10 @@ impl Routing<'_> {
                 record.recipients.push(added);
             }
         }
+        plan.lookups.push(Lookup {
+            address: alias.clone(),
+            found: Found::Alias(targets.clone()),
+        });
         plan.expansions.push((alias, targets.clone()));
         if includes_itself {
             return true;

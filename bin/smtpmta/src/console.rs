@@ -17,6 +17,9 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
     match command {
         ConsoleCommand::Help => ConsoleReply::Text(mta_ipc::console::help_text()),
         ConsoleCommand::ShowTasks => ConsoleReply::Tasks(show_tasks(sup).await),
+        ConsoleCommand::ShowTaskTime => {
+            ConsoleReply::TaskTimes(crate::task_time::show_task_time(&show_tasks(sup).await))
+        }
         ConsoleCommand::ShowServer => ConsoleReply::Server(server_info(sup).await),
         ConsoleCommand::ShowConfig => ConsoleReply::Config(config_view(sup)),
         ConsoleCommand::ShowQueue => show_queue(sup),
@@ -301,10 +304,7 @@ pub async fn push_knobs(
     task: TaskName,
     knobs: &mta_config::DebugKnobs,
 ) -> Result<(), String> {
-    let values: Vec<(String, u8)> = mta_config::DebugKnobs::NAMES
-        .iter()
-        .map(|n| (n.to_string(), knobs.get(n).unwrap_or(0)))
-        .collect();
+    let values = knobs.values();
     let mut client = TaskClient::connect(run_dir, task, TaskName::Smtpmta)
         .await
         .map_err(|e| e.to_string())?;
@@ -476,7 +476,7 @@ fn config_view(sup: &Supervisor) -> Vec<(String, String)> {
     for name in mta_config::DebugKnobs::NAMES {
         rows.push((
             format!("debug.{name}"),
-            knobs.get(name).unwrap_or(0).to_string(),
+            knobs.value(name).unwrap_or_default(),
         ));
     }
     rows

@@ -29,6 +29,7 @@ mod service;
 mod spool_recovery;
 mod stats;
 mod status_page;
+mod task_time;
 mod trace;
 mod tracking;
 

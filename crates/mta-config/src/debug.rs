@@ -28,6 +28,18 @@ pub struct DebugKnobs {
     /// with the reason, 3: every message).
     #[serde(rename = "SMTPSaveImportErrors", deserialize_with = "zero_to_three")]
     pub smtp_save_import_errors: u8,
+    /// `DebugRouterLookup`, 0..=3: log the router's directory lookups (1 the result, 2 also
+    /// each name tried, 3 also every candidate of an ambiguous match).
+    #[serde(rename = "DebugRouterLookup", deserialize_with = "zero_to_three")]
+    pub debug_router_lookup: u8,
+    /// `debug_tcp_resolver`, 0..=3: log every DNS query and its answer with TTLs (any
+    /// value above 0; notes.ini takes 1).
+    #[serde(rename = "debug_tcp_resolver", deserialize_with = "zero_to_three")]
+    pub debug_tcp_resolver: u8,
+    /// `debug_outfile`: every debug line (the knobs above) is also appended to this file;
+    /// empty: none. A relative path is taken from the data directory.
+    #[serde(rename = "debug_outfile")]
+    pub debug_outfile: String,
 }
 
 fn check(name: &str, value: i64) -> Result<u8, String> {
@@ -54,14 +66,20 @@ fn routing_level<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
 }
 
 impl DebugKnobs {
-    /// The five knob names, as written in the file and in `set config`.
-    pub const NAMES: [&'static str; 5] = [
+    /// The knob names, as written in the file and in `set config`.
+    pub const NAMES: [&'static str; 8] = [
         "SMTPDebug",
         "SMTPDebugIO",
         "SMTPClientDebug",
         "Log_MailRouting",
         "SMTPSaveImportErrors",
+        "DebugRouterLookup",
+        "debug_tcp_resolver",
+        "debug_outfile",
     ];
+
+    /// The one knob whose value is text (a path), not a level.
+    pub const OUTFILE: &'static str = "debug_outfile";
 
     fn canonical(name: &str) -> Option<&'static str> {
         Self::NAMES
@@ -75,6 +93,8 @@ impl DebugKnobs {
             "SMTPDebugIO" => &mut self.smtp_debug_io,
             "SMTPClientDebug" => &mut self.smtp_client_debug,
             "Log_MailRouting" => &mut self.log_mail_routing,
+            "DebugRouterLookup" => &mut self.debug_router_lookup,
+            "debug_tcp_resolver" => &mut self.debug_tcp_resolver,
             _ => &mut self.smtp_save_import_errors,
         }
     }
@@ -92,6 +112,19 @@ impl DebugKnobs {
             name: canonical.to_string(),
             message,
         };
+        if canonical == Self::OUTFILE {
+            // `set config debug_outfile ""` (or `-`, easier to type) turns it off.
+            let path = value.trim().trim_matches('"');
+            if path.contains('\0') {
+                return Err(knob_err("a path cannot contain NUL".into()));
+            }
+            self.debug_outfile = if path == "-" {
+                String::new()
+            } else {
+                path.to_string()
+            };
+            return Ok(());
+        }
         let n: i64 = value
             .trim()
             .parse()
@@ -100,15 +133,45 @@ impl DebugKnobs {
         Ok(())
     }
 
-    /// A knob's value by name (case-insensitive); `None` for an unknown name.
+    /// A level knob's value by name (case-insensitive); `None` for an unknown name and for
+    /// `debug_outfile` (see [`DebugKnobs::value`]).
     pub fn get(&self, name: &str) -> Option<u8> {
         Some(match Self::canonical(name)? {
             "SMTPDebug" => self.smtp_debug,
             "SMTPDebugIO" => self.smtp_debug_io,
             "SMTPClientDebug" => self.smtp_client_debug,
             "Log_MailRouting" => self.log_mail_routing,
+            "DebugRouterLookup" => self.debug_router_lookup,
+            "debug_tcp_resolver" => self.debug_tcp_resolver,
+            "debug_outfile" => return None,
             _ => self.smtp_save_import_errors,
         })
+    }
+
+    /// Any knob's value as text, as `set config` takes it back (an unset outfile is `""`).
+    pub fn value(&self, name: &str) -> Option<String> {
+        if Self::canonical(name)? == Self::OUTFILE {
+            return Some(self.debug_outfile.clone());
+        }
+        self.get(name).map(|v| v.to_string())
+    }
+
+    /// Every knob as (name, text value), for handing the set in effect to a task.
+    pub fn values(&self) -> Vec<(String, String)> {
+        Self::NAMES
+            .iter()
+            .map(|n| (n.to_string(), self.value(n).unwrap_or_default()))
+            .collect()
+    }
+
+    /// Whether any knob writes debug lines (the outfile only matters then).
+    pub fn any_on(&self) -> bool {
+        self.smtp_debug > 0
+            || self.smtp_debug_io > 0
+            || self.smtp_client_debug > 0
+            || self.log_mail_routing > 0
+            || self.debug_router_lookup > 0
+            || self.debug_tcp_resolver > 0
     }
 }
 
@@ -126,6 +189,12 @@ mod tests {
         assert_eq!(k.get("log_mailrouting"), Some(40));
         assert_eq!(k.smtp_save_import_errors, 2);
         assert_eq!(k.get("nope"), None);
+        k.set("DEBUG_OUTFILE", "/tmp/x.txt").unwrap();
+        assert_eq!(k.value("debug_outfile").as_deref(), Some("/tmp/x.txt"));
+        k.set("debug_outfile", "-").unwrap();
+        assert_eq!(k.debug_outfile, "");
+        k.set("debugrouterlookup", "3").unwrap();
+        assert_eq!(k.debug_router_lookup, 3);
     }
 
     #[test]

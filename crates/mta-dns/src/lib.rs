@@ -143,10 +143,22 @@ impl NextHop {
 
     /// The hosts to try for `domain`, best first.
     pub async fn resolve(&self, domain: &Domain) -> Result<Vec<Host>, DnsError> {
+        self.resolve_traced(domain, false).await
+    }
+
+    /// [`NextHop::resolve`]; with `trace` (the `debug_tcp_resolver` knob) every DNS query
+    /// and its answer — each record with its TTL, or the error — is logged (target
+    /// [`mta_types::DEBUG_TARGET`], in the caller's span). TTLs of answers from the
+    /// resolver's cache are what is left of them.
+    pub async fn resolve_traced(
+        &self,
+        domain: &Domain,
+        trace: bool,
+    ) -> Result<Vec<Host>, DnsError> {
         if let Some((host, port)) = &self.relay {
             let addrs = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
-                Err(_) => self.addresses(host).await.map_err(|e| match e {
+                Err(_) => self.addresses(host, trace).await.map_err(|e| match e {
                     t @ DnsError::Temporary { .. } => t,
                     other => DnsError::Temporary {
                         name: host.clone(),
@@ -180,12 +192,26 @@ impl NextHop {
                 preference: 0,
             }]);
         }
-        self.mx_hosts(domain.as_str()).await
+        self.mx_hosts(domain.as_str(), trace).await
     }
 
-    async fn mx_hosts(&self, domain: &str) -> Result<Vec<Host>, DnsError> {
+    async fn mx_hosts(&self, domain: &str, trace: bool) -> Result<Vec<Host>, DnsError> {
         let name = fqdn(domain)?;
-        let mut exchanges: Vec<(u16, String)> = match self.resolver.mx_lookup(name).await {
+        if trace {
+            query_line("MX", &name);
+        }
+        let answer = self.resolver.mx_lookup(name).await;
+        if trace {
+            answer_lines(
+                domain,
+                "MX",
+                answer
+                    .as_ref()
+                    .map(|l| l.answers())
+                    .map_err(|e| e as &dyn fmt::Display),
+            );
+        }
+        let mut exchanges: Vec<(u16, String)> = match answer {
             Ok(lookup) => lookup
                 .answers()
                 .iter()
@@ -204,7 +230,7 @@ impl NextHop {
         };
         if exchanges.is_empty() {
             // Implicit MX: the domain itself.
-            let addrs = self.addresses(domain).await.map_err(|e| match e {
+            let addrs = self.addresses(domain, trace).await.map_err(|e| match e {
                 DnsError::NoAddress { .. } => DnsError::NoAddress {
                     domain: domain.into(),
                 },
@@ -227,7 +253,7 @@ impl NextHop {
         let mut last_err = None;
         for (preference, exchange) in exchanges {
             let name = exchange.trim_end_matches('.').to_string();
-            match self.addresses(&name).await {
+            match self.addresses(&name, trace).await {
                 Ok(addrs) => hosts.push(Host {
                     name,
                     addrs,
@@ -250,9 +276,23 @@ impl NextHop {
     }
 
     /// A and AAAA addresses of `host` (IPv4 first).
-    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+    async fn addresses(&self, host: &str, trace: bool) -> Result<Vec<IpAddr>, DnsError> {
         let name = fqdn(host)?;
-        match self.resolver.lookup_ip(name).await {
+        if trace {
+            query_line("A/AAAA", &name);
+        }
+        let answer = self.resolver.lookup_ip(name).await;
+        if trace {
+            answer_lines(
+                host,
+                "A/AAAA",
+                answer
+                    .as_ref()
+                    .map(|l| l.as_lookup().answers())
+                    .map_err(|e| e as &dyn fmt::Display),
+            );
+        }
+        match answer {
             Ok(lookup) => {
                 let mut addrs: Vec<IpAddr> = lookup.iter().collect();
                 addrs.sort_by_key(|ip| ip.is_ipv6());
@@ -272,6 +312,38 @@ impl NextHop {
                 domain: host.into(),
             }),
             Err(e) => Err(temporary(host, &e)),
+        }
+    }
+}
+
+fn query_line(kind: &str, name: &Name) {
+    tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: query {kind} {name}");
+}
+
+/// One line per answer record (name, TTL, type, data), or one for the error.
+fn answer_lines(
+    name: &str,
+    kind: &str,
+    answer: Result<&[hickory_resolver::proto::rr::Record], &dyn fmt::Display>,
+) {
+    match answer {
+        Ok([]) => {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: answer {kind} {name}: no records")
+        }
+        Ok(records) => {
+            for r in records {
+                tracing::info!(
+                    target: mta_types::DEBUG_TARGET,
+                    "debug_tcp_resolver: answer {} ttl={} {} {}",
+                    r.name,
+                    r.ttl,
+                    r.record_type(),
+                    r.data
+                );
+            }
+        }
+        Err(e) => {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "debug_tcp_resolver: answer {kind} {name}: {e}")
         }
     }
 }

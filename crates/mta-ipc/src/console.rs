@@ -11,6 +11,10 @@ pub const HELP: &[(&str, &str)] = &[
         "every task and session handler: pid, state, what it is doing",
     ),
     (
+        "show task time",
+        "every task and session handler: start time, uptime and CPU time",
+    ),
+    (
         "show server",
         "version, uptime, hostname, data directory, supervisor pid",
     ),
@@ -99,7 +103,7 @@ pub const HELP: &[(&str, &str)] = &[
         "tell <task> show status",
         "the task's own status line (isesctl, imsgcnv, router, omsgcnv, osesctl, drt)",
     ),
-    ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors"),
+    ("set config <knob> <value>", "change a debug knob at once in every task: SMTPDebug, SMTPDebugIO, SMTPClientDebug, Log_MailRouting, SMTPSaveImportErrors, DebugRouterLookup, debug_tcp_resolver, debug_outfile (a path; - for none)"),
     ("set config hold_undeliverable <0|1>", "hold permanently failed mail instead of bouncing it (see `release`, `bounce`)"),
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
     ("route", "try every pending destination now"),
@@ -163,6 +167,8 @@ impl TellCommand {
 pub enum ConsoleCommand {
     Help,
     ShowTasks,
+    /// `show task time`: start time, uptime and CPU time of every task and handler.
+    ShowTaskTime,
     ShowServer,
     ShowConfig,
     ShowVersion,
@@ -227,6 +233,7 @@ impl ConsoleCommand {
             [] => Err("empty command; type `help` for the list".into()),
             ["help"] | ["?"] => Ok(ConsoleCommand::Help),
             ["show" | "sh", "tasks" | "task"] => Ok(ConsoleCommand::ShowTasks),
+            ["show" | "sh", "tasks" | "task", "time"] => Ok(ConsoleCommand::ShowTaskTime),
             ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
@@ -369,6 +376,25 @@ pub struct TaskRow {
     pub counters: Vec<(String, u64)>,
 }
 
+/// One row of `show task time`: a task's process times, from `/proc/<pid>/stat`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTime {
+    pub name: String,
+    pub pid: Option<u32>,
+    /// For a session handler: its controller.
+    pub parent: Option<String>,
+    /// Unix ms when the process started (a handler: when it took up its current state).
+    pub started_ms: Option<u64>,
+    pub uptime_secs: Option<u64>,
+    /// User plus system CPU time of the process; a handler runs inside its controller's
+    /// process, so it has none of its own (`None`).
+    pub cpu_ms: Option<u64>,
+    /// User part of `cpu_ms`.
+    pub user_ms: Option<u64>,
+    /// System part of `cpu_ms`.
+    pub system_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub version: String,
@@ -444,6 +470,8 @@ pub struct Statistic {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleReply {
     Tasks(Vec<TaskRow>),
+    /// `show task time`.
+    TaskTimes(Vec<TaskTime>),
     Queue(QueueReport),
     Server(ServerInfo),
     /// `(key, value)` pairs in file order.
@@ -472,6 +500,10 @@ mod tests {
         assert_eq!(
             ConsoleCommand::parse("sh tasks").unwrap(),
             ConsoleCommand::ShowTasks
+        );
+        assert_eq!(
+            ConsoleCommand::parse("Show Task Time").unwrap(),
+            ConsoleCommand::ShowTaskTime
         );
         assert_eq!(
             ConsoleCommand::parse("tell smtpmta stop outbound transport").unwrap(),

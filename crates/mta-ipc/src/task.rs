@@ -17,8 +17,9 @@ pub enum TaskRequest {
     },
     Status,
     Tell(TellCommand),
-    /// New values of the runtime debug knobs (`set config`), by notes.ini name.
-    SetKnobs(Vec<(String, u8)>),
+    /// New values of the runtime debug knobs (`set config`), by notes.ini name, as text
+    /// (`debug_outfile` is a path).
+    SetKnobs(Vec<(String, String)>),
     /// Re-read the directory file (`tell smtpmta refresh`): the task swaps it in if it is
     /// valid (`Ack`), else keeps the one it has and says why (`Error`).
     Refresh,

@@ -13,6 +13,11 @@
 //! STARTTLS: after the 220, anything the server sent beyond it is discarded before the
 //! handshake (the client-side twin of the injection defence), and the caller says EHLO
 //! again over TLS.
+//!
+//! `SMTPClientDebug` (the level given to [`SmtpClient::connect_with_debug`]): 1 logs the
+//! connection and its end, 2 also every command sent and every reply line received, 3 also
+//! the byte counts of each (message data is counted, never logged). The lines have target
+//! [`mta_types::DEBUG_TARGET`] and carry the caller's span (list, qid).
 
 use crate::session::TlsInfo;
 use crate::{dot_stuff, read_reply, Reply, ReplyError};
@@ -151,6 +156,17 @@ pub struct SmtpClient {
     pub ext: Extensions,
     /// The TLS session, after a successful STARTTLS.
     pub tls: Option<TlsInfo>,
+    /// `SMTPClientDebug` for this session.
+    debug: u8,
+    peer: SocketAddr,
+}
+
+impl Drop for SmtpClient {
+    fn drop(&mut self) {
+        if self.debug >= 1 {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: disconnected from [{}]:{}", self.peer.ip(), self.peer.port());
+        }
+    }
 }
 
 impl SmtpClient {
@@ -159,6 +175,16 @@ impl SmtpClient {
         addr: SocketAddr,
         connect_timeout: Duration,
         command_timeout: Duration,
+    ) -> Result<(SmtpClient, Reply), SessionError> {
+        Self::connect_with_debug(addr, connect_timeout, command_timeout, 0).await
+    }
+
+    /// [`SmtpClient::connect`] with the session's `SMTPClientDebug` level.
+    pub async fn connect_with_debug(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        debug: u8,
     ) -> Result<(SmtpClient, Reply), SessionError> {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Err(_) => {
@@ -176,7 +202,12 @@ impl SmtpClient {
             timeout: command_timeout,
             ext: Extensions::default(),
             tls: None,
+            debug,
+            peer: addr,
         };
+        if debug >= 1 {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: connected to [{}]:{}", addr.ip(), addr.port());
+        }
         let greeting = client.reply("connect").await?;
         Ok((client, greeting))
     }
@@ -191,7 +222,36 @@ impl SmtpClient {
                 command: command.into(),
                 source,
             }),
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                self.trace_reply(&r);
+                Ok(r)
+            }
+        }
+    }
+
+    /// Levels 2 and 3: the command lines that go out (`bytes` is protocol, not content).
+    fn trace_commands(&self, bytes: &[u8]) {
+        if self.debug >= 2 {
+            let text = String::from_utf8_lossy(bytes);
+            for line in text.split_terminator("\r\n") {
+                tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: > {line}");
+            }
+        }
+        if self.debug >= 3 {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: sent {} bytes to [{}]", bytes.len(), self.peer.ip());
+        }
+    }
+
+    fn trace_reply(&self, reply: &Reply) {
+        if self.debug < 2 {
+            return;
+        }
+        let wire = reply.to_string();
+        for line in wire.split_terminator("\r\n") {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: < {line}");
+        }
+        if self.debug >= 3 {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: received {} bytes from [{}]", wire.len(), self.peer.ip());
         }
     }
 
@@ -216,7 +276,9 @@ impl SmtpClient {
     /// Sends one command line (CRLF added) and returns its reply.
     pub async fn command(&mut self, line: &str) -> Result<Reply, SessionError> {
         let verb = line.split_whitespace().next().unwrap_or("").to_string();
-        self.write(&verb, format!("{line}\r\n").as_bytes()).await?;
+        let wire = format!("{line}\r\n");
+        self.trace_commands(wire.as_bytes());
+        self.write(&verb, wire.as_bytes()).await?;
         self.reply(&verb).await
     }
 
@@ -228,6 +290,7 @@ impl SmtpClient {
             wire.push_str(line);
             wire.push_str("\r\n");
         }
+        self.trace_commands(wire.as_bytes());
         self.write("pipelined commands", wire.as_bytes()).await?;
         let mut replies = Vec::with_capacity(lines.len());
         for line in lines {
@@ -240,6 +303,9 @@ impl SmtpClient {
     /// After a 354: the dot-stuffed content and the terminator; returns the final reply.
     pub async fn content(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
         let wire = dot_stuff(content);
+        if self.debug >= 3 {
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: sent {} bytes of message data to [{}]", wire.len(), self.peer.ip());
+        }
         self.write("DATA", &wire).await?;
         self.reply("end of DATA").await
     }
@@ -318,6 +384,7 @@ impl SmtpClient {
     /// QUIT, best effort.
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            self.trace_commands(b"QUIT\r\n");
             if self.write("QUIT", b"QUIT\r\n").await.is_ok() {
                 let _ = self.reply("QUIT").await;
             }

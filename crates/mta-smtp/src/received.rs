@@ -131,6 +131,7 @@ mod tests {
             protocol: "ESMTP",
             tls: None,
             auth: None,
+            qid: None,
         }
     }
 

@@ -140,6 +140,9 @@ pub struct Envelope {
     pub tls: Option<TlsInfo>,
     /// The authenticated identity (the directory user), after AUTH.
     pub auth: Option<String>,
+    /// The transaction's queue id, assigned when MAIL is accepted (as Postfix does), so
+    /// that the debug transcript of the transaction carries it; the message gets it.
+    pub qid: Option<QueueId>,
 }
 
 impl Envelope {
@@ -155,6 +158,7 @@ impl Envelope {
             protocol: "SMTP",
             tls: None,
             auth: None,
+            qid: None,
         }
     }
 
@@ -263,9 +267,14 @@ pub trait SessionHooks: Send {
     /// broken client). Default: nothing.
     fn injection_discarded(&mut self, _octets: usize) {}
 
-    /// Protocol transcript for debug logging (SMTPDebugIO): each command line as received
-    /// and each reply as sent (not message content). Default: nothing.
-    fn transcript(&mut self, _dir: Direction, _line: &[u8]) {}
+    /// Protocol transcript for debug logging (SMTPDebug, SMTPDebugIO): each command line as
+    /// received and each reply as sent (not message content), with the transaction's queue
+    /// id once MAIL is accepted. Default: nothing.
+    fn transcript(&mut self, _qid: Option<QueueId>, _dir: Direction, _line: &[u8]) {}
+
+    /// The message content as the client sent it (dot-unstuffed, before our Received
+    /// header), for SMTPDebugIO 3; called before `deliver`. Default: nothing.
+    fn message_data(&mut self, _qid: QueueId, _content: &[u8]) {}
 }
 
 /// Why a session ended.
@@ -411,8 +420,10 @@ where
                 },
             };
             match auth::redact(&line) {
-                Some(redacted) => self.hooks.transcript(Direction::In, &redacted),
-                None => self.hooks.transcript(Direction::In, &line),
+                Some(redacted) => self
+                    .hooks
+                    .transcript(self.env.qid, Direction::In, &redacted),
+                None => self.hooks.transcript(self.env.qid, Direction::In, &line),
             }
             let flow = match Command::parse(&line, self.env.utf8) {
                 Ok(command) => self.dispatch(command).await,
@@ -471,7 +482,7 @@ where
     /// Queues a reply; the session goes on.
     fn reply(&mut self, reply: Reply) -> Flow {
         let bytes = reply.to_bytes();
-        self.hooks.transcript(Direction::Out, &bytes);
+        self.hooks.transcript(self.env.qid, Direction::Out, &bytes);
         self.out.extend_from_slice(&bytes);
         Flow::Continue
     }
@@ -526,6 +537,7 @@ where
     /// Forgets the transaction (RSET, a new EHLO, or after a message).
     fn reset_transaction(&mut self) {
         self.env.mail_from = None;
+        self.env.qid = None;
         self.env.mail_params = MailParams::default();
         self.env.rcpts.clear();
         self.env.utf8 = false;

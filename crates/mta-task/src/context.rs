@@ -23,11 +23,23 @@ struct Inner {
     /// The directory in effect: the config's, until `tell smtpmta refresh` swaps it.
     directory: Mutex<Arc<Directory>>,
     kickers: Mutex<Vec<(QueueName, Kicker)>>,
+    /// Where the debug lines are copied (`debug_outfile`).
+    outfile: crate::DebugOutfile,
 }
 
 impl TaskContext {
-    pub(crate) fn new(config: Arc<Config>, me: TaskName) -> TaskContext {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        me: TaskName,
+        outfile: crate::DebugOutfile,
+    ) -> TaskContext {
         let store = StoreClient::new(&config.run_dir(), me);
+        if let Err(e) = outfile.set(outfile_path(&config, &config.debug.debug_outfile).as_deref()) {
+            tracing::warn!(
+                "debug_outfile {}: {e}; debug lines go to the log only",
+                config.debug.debug_outfile
+            );
+        }
         let knobs = Mutex::new(config.debug.clone());
         let directory = Mutex::new(Arc::new(config.directory.clone()));
         TaskContext {
@@ -40,6 +52,7 @@ impl TaskContext {
                 knobs,
                 directory,
                 kickers: Mutex::new(Vec::new()),
+                outfile,
             }),
         }
     }
@@ -90,11 +103,18 @@ impl TaskContext {
         Ok(users)
     }
 
-    pub(crate) fn set_knob(&self, name: &str, value: u8) -> Result<(), String> {
-        let mut knobs = self.inner.knobs.lock().expect("knob lock");
-        knobs
-            .set(name, &value.to_string())
-            .map_err(|e| e.to_string())
+    /// Sets one knob from its text; for `debug_outfile` the file is opened first, and a
+    /// file that cannot be opened leaves the knob as it was.
+    pub(crate) fn set_knob(&self, name: &str, value: &str) -> Result<(), String> {
+        let mut fresh = self.knobs();
+        fresh.set(name, value).map_err(|e| e.to_string())?;
+        let path = outfile_path(self.config(), &fresh.debug_outfile);
+        self.inner
+            .outfile
+            .set(path.as_deref())
+            .map_err(|e| format!("debug_outfile {}: {e}", fresh.debug_outfile))?;
+        *self.inner.knobs.lock().expect("knob lock") = fresh;
+        Ok(())
     }
 
     pub(crate) fn kick(&self) {
@@ -133,4 +153,18 @@ impl TaskContext {
     pub fn request_shutdown(&self) {
         self.inner.shutdown.send_replace(true);
     }
+}
+
+/// `debug_outfile` as a path: relative ones are taken from the data directory (as Domino
+/// takes them from its data directory); empty means none.
+fn outfile_path(config: &Config, value: &str) -> Option<std::path::PathBuf> {
+    if value.is_empty() {
+        return None;
+    }
+    let path = std::path::Path::new(value);
+    Some(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        config.data_dir.join(path)
+    })
 }

@@ -77,7 +77,7 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
             },
             TaskRequest::SetKnobs(knobs) => {
                 for (name, value) in knobs {
-                    if let Err(e) = self.ctx.set_knob(&name, value) {
+                    if let Err(e) = self.ctx.set_knob(&name, &value) {
                         return TaskResponse::Error(e);
                     }
                 }

@@ -23,7 +23,7 @@ pub mod queue_worker;
 pub mod test_hooks;
 
 pub use context::TaskContext;
-pub use logging::{init_logging, LOG_FORMAT_ENV};
+pub use logging::{init_logging, DebugOutfile, LOG_FORMAT_ENV};
 pub use outcome_log::{log_outcome, Outcome};
 pub use queue_worker::{drain, QueueWorker};
 
@@ -131,7 +131,7 @@ pub fn run<T: Task>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    init_logging(T::NAME);
+    let outfile = init_logging(T::NAME);
     test_hooks::abort_on_panic();
     die_with_supervisor();
     // One thread per task: the tasks are I/O-bound, and on a small machine the wake-ups
@@ -146,7 +146,7 @@ pub fn run<T: Task>() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve::<T>(config)) {
+    match runtime.block_on(serve::<T>(config, outfile)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(task = %T::NAME, "{e:#}");
@@ -155,7 +155,7 @@ pub fn run<T: Task>() -> ExitCode {
     }
 }
 
-async fn serve<T: Task>(config: Config) -> anyhow::Result<()> {
+async fn serve<T: Task>(config: Config, outfile: DebugOutfile) -> anyhow::Result<()> {
     let run_dir = config.run_dir();
     let supervisor = SupervisorClient::connect(&run_dir, T::NAME)
         .await
@@ -165,7 +165,7 @@ async fn serve<T: Task>(config: Config) -> anyhow::Result<()> {
                 run_dir.display()
             )
         })?;
-    let ctx = TaskContext::new(Arc::new(config), T::NAME);
+    let ctx = TaskContext::new(Arc::new(config), T::NAME, outfile);
     let task = Arc::new(T::start(&ctx).await.context("start-up failed")?);
     let control =
         control::bind::<T>(&ctx, task.clone()).context("cannot open the control socket")?;

@@ -9,14 +9,27 @@
 //! Under systemd the lines go to the journal (`JOURNAL_STREAM` names the stream stderr is
 //! connected to), which stamps each line itself: there the lines carry no timestamp of
 //! their own, so `journalctl` shows one.
+//!
+//! `debug_outfile` (003: "all debug output also written to this file"): the lines of the
+//! debug knobs — events with target [`mta_types::DEBUG_TARGET`] — are also appended to
+//! that file, in the text format with a timestamp, whichever format stderr has. Every
+//! task opens it in append mode and writes each line with one `write`, so the tasks'
+//! lines interleave whole.
 
 use mta_types::TaskName;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
 struct Prefixed<F> {
     task: &'static str,
@@ -94,16 +107,88 @@ fn stderr_is_journal() -> bool {
     dev.parse::<u64>().ok() == Some(st_dev) && ino.parse::<u64>().ok() == Some(st_ino)
 }
 
-/// `RUST_LOG` overrides the default level (`info`).
-pub fn init_logging(task: TaskName) {
+/// Where this process copies its debug lines (`debug_outfile`); none by default.
+#[derive(Clone, Default)]
+pub struct DebugOutfile(Arc<Mutex<Option<(PathBuf, std::fs::File)>>>);
+
+impl DebugOutfile {
+    /// Switches to `path` (opened for appending, created if missing), or to none. The same
+    /// path again keeps the open file. On error the previous file stays in use.
+    pub fn set(&self, path: Option<&Path>) -> std::io::Result<()> {
+        let mut slot = self.0.lock().expect("outfile lock");
+        match path {
+            None => *slot = None,
+            Some(p) if slot.as_ref().is_some_and(|(open, _)| open == p) => {}
+            Some(p) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?;
+                *slot = Some((p.to_path_buf(), file));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One formatted event: the fmt layer writes it with one `write_all`.
+pub struct OutfileWriter(DebugOutfile);
+
+impl std::io::Write for OutfileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some((_, file)) = self.0 .0.lock().expect("outfile lock").as_mut() {
+            // A full disk must not stop the task: the line is also on stderr.
+            let _ = file.write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for DebugOutfile {
+    type Writer = OutfileWriter;
+
+    fn make_writer(&'a self) -> OutfileWriter {
+        OutfileWriter(self.clone())
+    }
+}
+
+fn outfile_layer<S>(task: TaskName, outfile: &DebugOutfile) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let format = tracing_subscriber::fmt::format()
+        .with_target(false)
+        .with_ansi(false)
+        .compact();
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(outfile.clone())
+        .event_format(Prefixed {
+            task: task.as_str(),
+            inner: format,
+        })
+        .with_filter(filter_fn(|meta| meta.target() == mta_types::DEBUG_TARGET))
+}
+
+/// `RUST_LOG` overrides the default level (`info`). The returned handle switches the
+/// `debug_outfile` copy on and off.
+pub fn init_logging(task: TaskName) -> DebugOutfile {
+    let outfile = DebugOutfile::default();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sled=warn"));
     let format = tracing_subscriber::fmt::format()
         .with_target(false)
         .with_ansi(false)
         .compact();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(outfile_layer(task, &outfile));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
         .with_writer(std::io::stderr);
     let json = std::env::var(LOG_FORMAT_ENV).is_ok_and(|v| v == "json");
     // The formats are different types, hence one arm each.
@@ -114,26 +199,30 @@ pub fn init_logging(task: TaskName) {
             .with_current_span(false)
             .with_span_list(true)
             .with_target(false);
-        builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(JsonTagged {
-                task: task.as_str(),
-                inner: format,
-            })
+        registry
+            .with(
+                stderr
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(JsonTagged {
+                        task: task.as_str(),
+                        inner: format,
+                    }),
+            )
             .try_init()
     } else if stderr_is_journal() {
-        builder
-            .event_format(Prefixed {
+        registry
+            .with(stderr.event_format(Prefixed {
                 task: task.as_str(),
                 inner: format.without_time(),
-            })
+            }))
             .try_init()
     } else {
-        builder
-            .event_format(Prefixed {
+        registry
+            .with(stderr.event_format(Prefixed {
                 task: task.as_str(),
                 inner: format,
-            })
+            }))
             .try_init()
     };
+    outfile
 }

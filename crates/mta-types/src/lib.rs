@@ -17,3 +17,8 @@ pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Rec
 pub use outcome::DeliveryOutcome;
 pub use queue_id::QueueId;
 pub use task::{BareNewline, QueueName, TaskName};
+
+/// The `tracing` target of every line a debug knob (`SMTPDebug`, `SMTPClientDebug`,
+/// `Log_MailRouting`, …) turns on: the task skeleton copies exactly these lines to
+/// `debug_outfile`. Use it as `tracing::info!(target: mta_types::DEBUG_TARGET, …)`.
+pub const DEBUG_TARGET: &str = "smtpmta_debug";

@@ -149,7 +149,8 @@ where
             }
             Err(e) => return Step::Closed(self.io_failed(e)),
         };
-        self.hooks.transcript(Direction::In, b"***\r\n");
+        self.hooks
+            .transcript(self.env.qid, Direction::In, b"***\r\n");
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
         if text == "*" {

@@ -93,7 +93,8 @@ where
     async fn message_read(&mut self, outcome: DataOutcome, normalized: usize) -> Flow {
         let reply = match outcome {
             DataOutcome::Complete(content) => {
-                let qid = QueueId::generate();
+                let qid = self.env.qid.unwrap_or_else(QueueId::generate);
+                self.hooks.message_data(qid, &content);
                 if normalized > 0 {
                     let event = BareLineEvent::Normalized {
                         qid,
@@ -123,7 +124,9 @@ where
                 refused.rejection().unwrap_or_else(Reply::local_error)
             }
         };
+        // The reply first, so that its transcript line still carries the queue id.
+        let flow = self.reply(reply);
         self.reset_transaction();
-        self.reply(reply)
+        flow
     }
 }

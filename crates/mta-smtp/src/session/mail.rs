@@ -44,6 +44,7 @@ where
         self.env.protocol = self.env.with_keyword(self.esmtp);
         self.env.mail_params = params;
         self.state = SessionState::MailFrom;
+        self.env.qid = Some(mta_types::QueueId::generate());
         self.reply(Reply::sender_ok())
     }
 

@@ -34,7 +34,7 @@ impl SessionHooks for FakeHooks {
         Reply::queued(qid)
     }
 
-    fn transcript(&mut self, dir: Direction, line: &[u8]) {
+    fn transcript(&mut self, _qid: Option<QueueId>, dir: Direction, line: &[u8]) {
         self.transcript.push((dir, line.to_vec()));
     }
 
