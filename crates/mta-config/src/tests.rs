@@ -136,7 +136,10 @@ fn empty_file_gives_built_in_defaults() {
     assert_eq!(c.inbound.max_handlers, 100);
     assert!(!c.hold_undeliverable);
     assert_eq!(c.tracking_days, 7);
-    let f = Fixture::new("hold_undeliverable = true\ntracking_days = 0\n", Some(DIRECTORY));
+    let f = Fixture::new(
+        "hold_undeliverable = true\ntracking_days = 0\n",
+        Some(DIRECTORY),
+    );
     let c = f.load().unwrap();
     assert!(c.hold_undeliverable);
     assert_eq!(c.tracking_days, 0);

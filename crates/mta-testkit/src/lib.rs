@@ -43,7 +43,26 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A loopback port nobody listens on right now.
+/// A loopback port nothing listens on, for a server the test starts. Taken below the
+/// kernel's ephemeral range (32768 and up by default): a port handed out by binding port 0
+/// comes from that range, which is also where every outgoing connection of the tests
+/// running in parallel takes its source port, so between this call and the server's bind
+/// one of those connections could take it ("Address already in use"). Each test process
+/// starts at its own place in the range (from its pid) and walks on from there.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        let tcp = TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
