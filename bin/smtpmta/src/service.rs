@@ -3,6 +3,7 @@
 use crate::Supervisor;
 use mta_ipc::hello::Hello;
 use mta_ipc::server::Handler;
+use mta_ipc::store::StoreResponse;
 use mta_ipc::{SupervisorRequest, SupervisorResponse};
 use std::sync::Arc;
 
@@ -40,6 +41,21 @@ impl Handler<SupervisorRequest, SupervisorResponse> for SupervisorService {
             SupervisorRequest::Console(command) => {
                 SupervisorResponse::Console(crate::console::execute(sup, command).await)
             }
+        }
+    }
+
+    /// A claim answered after its task died (the supervisor may already have returned
+    /// that task's leases when it saw the exit) would keep its records leased to a dead
+    /// process until the lease runs out: return them to their queues now.
+    async fn undelivered(&self, peer: &Hello, response: SupervisorResponse) {
+        if let SupervisorResponse::Store(StoreResponse::Claimed(records)) = response {
+            let ids: Vec<_> = records.iter().map(|r| r.id).collect();
+            self.0.store.end_leases_of(peer.pid, &ids);
+            tracing::info!(
+                pid = peer.pid,
+                returned = ids.len(),
+                "claims answered after their task had gone returned to their queues"
+            );
         }
     }
 }

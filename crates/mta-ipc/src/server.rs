@@ -33,6 +33,14 @@ pub fn bind(path: &Path) -> std::io::Result<Listener> {
 pub trait Handler<Req, Resp>: Clone + Send + Sync + 'static {
     fn handle(&self, peer: &Hello, request: Req) -> impl Future<Output = Resp> + Send;
 
+    /// Called with a response the client never got: its connection broke while the
+    /// response was written. A client can die between asking and the answer (a task
+    /// killed while its claim waited for a group commit); whatever that answer handed out
+    /// must be taken back, or it stays handed to nobody.
+    fn undelivered(&self, _peer: &Hello, _response: Resp) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Called once the client's connection ends, for whatever reason.
     fn disconnected(&self, _peer: &Hello) -> impl Future<Output = ()> + Send {
         async {}
@@ -101,6 +109,7 @@ where
             Ok(Some(request)) => {
                 let response = handler.handle(&hello, request).await;
                 if write_frame(&mut stream, &response).await.is_err() {
+                    handler.undelivered(&hello, response).await;
                     break;
                 }
             }

@@ -148,6 +148,19 @@ impl StoreService {
         self.inner.leases.lock().expect("lease lock").end_owner(pid)
     }
 
+    /// Ends the leases of `ids` (their holder let them go, or never got them).
+    pub fn end_leases(&self, ids: &[QueueId]) {
+        let mut leases = self.inner.leases.lock().expect("lease lock");
+        ids.iter().for_each(|id| leases.end(id));
+    }
+
+    /// Ends the leases of `ids` that `owner_pid` still holds: an answer that never
+    /// reached it. A lease another process has taken since stays.
+    pub fn end_leases_of(&self, owner_pid: u32, ids: &[QueueId]) {
+        let mut leases = self.inner.leases.lock().expect("lease lock");
+        ids.iter().for_each(|id| leases.end_if_owner(id, owner_pid));
+    }
+
     pub fn leased(&self) -> usize {
         self.inner.leases.lock().expect("lease lock").len()
     }
@@ -249,8 +262,7 @@ impl StoreService {
                     .map_err(Answer::Error)
             }),
             StoreRequest::Release { ids } => {
-                let mut leases = self.inner.leases.lock().expect("lease lock");
-                ids.iter().for_each(|id| leases.end(id));
+                self.end_leases(&ids);
                 Ok(StoreResponse::Done)
             }
             StoreRequest::Get { id } => engine
@@ -601,10 +613,12 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
                 Err(_) => break,
             }
         }
-        let mut waiting: Vec<(
+        // Per job: what applying it gave (the records it ended leases of) and its reply.
+        type Applied = (
             Result<Vec<QueueId>, CommitError>,
             oneshot::Sender<Result<(), CommitError>>,
-        )> = Vec::new();
+        );
+        let mut waiting: Vec<Applied> = Vec::new();
         let short_of_space = below_reserve(&inner.dir, &jobs);
         for job in jobs {
             let adds = |job: &CommitJob| job.changes.iter().any(|c| matches!(c, Change::Put(_)));
