@@ -108,7 +108,7 @@ fn kill_9_every_task_and_the_supervisor_under_load_loses_nothing() {
             .filter(|name| {
                 let pid = name
                     .trim_end_matches(".seg2")
-                    .rsplitn(4, '-')
+                    .rsplit('-')
                     .nth(2)
                     .and_then(|p| p.parse::<u32>().ok());
                 pid.is_some_and(|p| !pid_alive(p))
@@ -411,7 +411,7 @@ fn a_full_disk_under_the_queue_store_gets_452_and_nothing_is_half_written() {
     // commit that adds mail finds it full.
     let filler = store_dir.join("filler");
     let free = nix::sys::statvfs::statvfs(&store_dir).unwrap();
-    let free_mib = free.blocks_available() as u64 * free.fragment_size() as u64 >> 20;
+    let free_mib = (free.blocks_available() as u64 * free.fragment_size() as u64) >> 20;
     let out = Command::new("dd")
         .arg("if=/dev/zero")
         .arg(format!("of={}", filler.display()))
@@ -774,7 +774,7 @@ fn a_damaged_store_file_at_startup_is_named_and_does_not_stop_the_suite() {
             _ => {
                 use std::os::unix::fs::FileExt;
                 let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
-                f.write_all_at(&vec![0x5a; 64], 0).unwrap();
+                f.write_all_at(&[0x5a; 64], 0).unwrap();
             }
         }
         eprintln!("{damage}: db was {len} bytes");

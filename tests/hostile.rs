@@ -257,7 +257,7 @@ fn protocol_abuse_gets_the_right_replies_and_crashes_nothing() {
 
     // A 1 MB command line: 500 5.5.2, nothing buffered, the session survives.
     let mut long = b"MAIL FROM:<".to_vec();
-    long.extend(std::iter::repeat(b'a').take(1 << 20));
+    long.extend(std::iter::repeat_n(b'a', 1 << 20));
     long.extend_from_slice(b"@example.org>\r\n");
     c.send(&long);
     let r = c.read_reply();
@@ -284,7 +284,7 @@ fn protocol_abuse_gets_the_right_replies_and_crashes_nothing() {
             content.extend_from_slice(b"\r\n");
         }
         let fill = 5000 - content.len() - 2 + extra;
-        content.extend(std::iter::repeat(b'z').take(fill));
+        content.extend(std::iter::repeat_n(b'z', fill));
         content.extend_from_slice(b"\r\n");
         assert_eq!(content.len(), 5000 + extra);
         c.send(&content);

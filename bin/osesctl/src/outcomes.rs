@@ -47,6 +47,7 @@ pub enum RcptOutcome {
     ContentMissing { reason: String },
 }
 
+#[allow(clippy::large_enum_variant)] // one per claimed record, moved once
 pub enum Event {
     /// A claimed record and the number of lists carrying its recipients.
     Register { record: MessageRecord, lists: usize },
@@ -384,5 +385,5 @@ pub fn finish(record: &mut MessageRecord, now: UnixMillis, delay_warning_ms: u64
         .filter(|r| r.status == RcptStatus::Pending)
         .filter_map(|r| r.attempts.last())
         .filter_map(|a| a.outcome.reply().map(ToString::to_string))
-        .last();
+        .next_back();
 }

@@ -111,6 +111,9 @@ pub struct DestinationRow {
     pub last_error: String,
 }
 
+// Sent over IPC and moved once; boxing the big variant would add an allocation per
+// message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Change {
     /// Insert or replace the record; its `location` says which queue it is in now.
@@ -129,6 +132,9 @@ pub struct QueueCounts {
     pub rows: Vec<(String, String, u64)>,
 }
 
+// Sent over IPC and moved once; boxing the big variant would add an allocation per
+// message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreResponse {
     Done,

@@ -21,6 +21,9 @@ pub enum SupervisorRequest {
     Console(ConsoleCommand),
 }
 
+// Sent over IPC and moved once; boxing the big variant would add an allocation per
+// message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SupervisorResponse {
     Ack,

@@ -681,12 +681,12 @@ impl State {
                 }
                 kept.insert(name.clone(), ino);
                 *links.entry(ino).or_default() += 1;
-                if !nodes.contains_key(&ino) {
+                nodes.entry(ino).or_insert_with(|| {
                     let mut n = child.clone();
                     n.parent = dir;
                     n.name = name.clone();
-                    nodes.insert(ino, n);
-                }
+                    n
+                });
             }
             let mut n = if dir == ROOT {
                 old.clone()
@@ -1493,6 +1493,7 @@ mod tests {
         let p = m.join("t");
         let mut f = OpenOptions::new()
             .create(true)
+            .truncate(false) // a new file; the test truncates it itself
             .read(true)
             .write(true)
             .open(&p)

@@ -114,7 +114,7 @@ pub fn parent_pid(pid: u32) -> Option<u32> {
 }
 
 /// Options for the generated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SuiteOptions {
     /// Extra lines appended to the top level (before any table).
     pub top: String,
@@ -124,17 +124,6 @@ pub struct SuiteOptions {
     pub directory: Option<String>,
     /// Runs the suite with its test-only fault hooks on (`tell <task> debug panic`).
     pub test_hooks: bool,
-}
-
-impl Default for SuiteOptions {
-    fn default() -> Self {
-        SuiteOptions {
-            top: String::new(),
-            sections: Vec::new(),
-            directory: None,
-            test_hooks: false,
-        }
-    }
 }
 
 pub const DEFAULT_DIRECTORY: &str = r#"
