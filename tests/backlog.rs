@@ -112,10 +112,12 @@ fn fifty_thousand_deferred_messages_cost_no_intake_no_idle_cpu_and_every_view_an
 
     let (queue, queue_took) = timed_mtacon(&suite, &["show", "queue"]);
     let (router, router_took) = timed_mtacon(&suite, &["tell", "router", "show", "queue"]);
+    let (destinations, destinations_took) = timed_mtacon(&suite, &["tell", "router", "show"]);
     let (stats, stats_took) = timed_mtacon(&suite, &["--json", "show", "stat", "mail"]);
     eprintln!(
         "backlog of {BACKLOG}: intake {backlog:.0} msg/s vs {empty:.0} empty ({:.0} %), idle CPU {:.2} % of a core, \
-         show queue {queue_took:?}, tell router show queue {router_took:?}, show stat mail {stats_took:?}",
+         show queue {queue_took:?}, tell router show queue {router_took:?}, tell router show {destinations_took:?}, \
+         show stat mail {stats_took:?}",
         100.0 * backlog / empty,
         100.0 * idle
     );
@@ -130,6 +132,12 @@ fn fifty_thousand_deferred_messages_cost_no_intake_no_idle_cpu_and_every_view_an
             && l.contains(&BACKLOG.to_string())
             && l.contains("Retry")),
         "tell router show queue has the destination in Retry with every message:\n{router}"
+    );
+    assert!(
+        destinations.lines().any(|l| l.starts_with("backlog.test")
+            && l.contains(&BACKLOG.to_string())
+            && l.contains("RETRY")),
+        "tell router show has the destination in RETRY with every message:\n{destinations}"
     );
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
     assert!(

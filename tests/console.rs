@@ -526,7 +526,7 @@ fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino
     let (code, text, _) = mtacon_text(&suite, &["show", "stat", "mail.dead"]);
     assert_eq!(code, Some(0));
     assert_eq!(
-        text.trim().split_whitespace().collect::<Vec<_>>(),
+        text.split_whitespace().collect::<Vec<_>>(),
         ["Mail.Dead", "=", "0"],
         "{text}"
     );
@@ -569,4 +569,147 @@ fn show_stat_mail_has_the_seed_names_computed_from_state_and_filters_like_domino
     ] {
         assert!(text.contains(label), "{text}");
     }
+}
+
+/// `tell router show` as step 6 of 003's troubleshooting reads it: every pending
+/// destination with its state, then the threads. One handler: while it is in session with
+/// a slow next hop for lotus.test (BUSY), a message for iris.test waits for it (WAIT); a
+/// message deferred for an hour is RETRY with its last error, and so is local mail whose
+/// mailbox cannot be written.
+#[test]
+fn tell_router_show_names_each_destination_busy_wait_or_retry_and_the_threads() {
+    // The first RCPT the sink sees gets 451; content is read at 100 kB/s.
+    let sink = Sink::start(&["--tempfail-first", "1", "--throttle", "100000"]);
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            ("outbound", format!("port = {}", sink.port)),
+            (
+                "outbound",
+                format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+            ),
+            ("outbound", "command_timeout = \"60s\"".into()),
+            ("outbound", "retry = [\"1h\"]".into()),
+            ("outbound", "max_handlers = 1".into()),
+        ],
+        ..SuiteOptions::default()
+    });
+    let bob = suite.mailbox("bob");
+    std::fs::create_dir_all(bob.parent().unwrap()).unwrap();
+    std::fs::write(&bob, b"not a folder").unwrap();
+    send(&suite, "later@retry.test", "show-retry", b"retry\r\n");
+    send(&suite, "bob@localhost", "show-local", b"local\r\n");
+    wait_for("both deferred", Duration::from_secs(20), || {
+        let log = suite.log();
+        match log
+            .lines()
+            .filter(|l| l.contains("status=deferred"))
+            .count()
+        {
+            n if n >= 2 => Ok(()),
+            _ => Err(tail(&log, 10)),
+        }
+    });
+    let line = "b".repeat(998) + "\r\n";
+    send(
+        &suite,
+        "far@lotus.test",
+        "show-big",
+        line.repeat(1500).as_bytes(),
+    );
+    wait_for(
+        "oseshlr0 in session",
+        Duration::from_secs(20),
+        || match handlers_of(&suite, "osesctl").first() {
+            Some(r) if r["state"] == "busy" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    send(&suite, "near@iris.test", "show-wait", b"small\r\n");
+
+    let report = wait_for(
+        "iris.test waits for the handler",
+        Duration::from_secs(10),
+        || {
+            let out = suite.mtacon(&["--json", "tell", "router", "show"]);
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+            let r = v["router"].clone();
+            let state = |d: &str| {
+                r["destinations"]
+                    .as_array()
+                    .and_then(|rows| rows.iter().find(|row| row["destination"] == d))
+                    .map(|row| row["state"].as_str().unwrap_or("").to_string())
+            };
+            if state("iris.test").as_deref() == Some("Wait")
+                && state("lotus.test").as_deref() == Some("Busy")
+            {
+                Ok(r)
+            } else {
+                Err(format!("{r}"))
+            }
+        },
+    );
+    let find = |d: &str| {
+        report["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["destination"] == d)
+            .cloned()
+            .unwrap_or_else(|| panic!("{d} missing: {report}"))
+    };
+    let retry = find("retry.test");
+    assert_eq!(retry["state"], "Retry", "{report}");
+    assert!(retry["next_retry_ms"].as_u64().is_some(), "{report}");
+    assert!(
+        retry["last_error"].as_str().unwrap().contains("451"),
+        "{report}"
+    );
+    let local = find("LocalDelivery");
+    assert_eq!(local["state"], "Retry", "{report}");
+    assert_eq!(
+        find("lotus.test")["via"],
+        format!("127.0.0.1:{}", sink.port)
+    );
+    assert_eq!(report["transfer"]["max"], 1, "{report}");
+    assert_eq!(report["transfer"]["busy"], 1, "{report}");
+    assert_eq!(report["transport_running"], true, "{report}");
+
+    // The operator's text: Domino's words and the threads line.
+    let (code, text, err) = mtacon_text(&suite, &["tell", "router", "show"]);
+    assert_eq!(code, Some(0), "{err}");
+    for (dest, state) in [
+        ("LocalDelivery", "RETRY"),
+        ("lotus.test", "BUSY"),
+        ("retry.test", "RETRY"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(dest) && l.contains(state)),
+            "{dest} {state}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("Transfer Threads: Max 1 Total 1 Busy 1"),
+        "{text}"
+    );
+    assert!(text.contains("Delivery Threads: Max 1"), "{text}");
+    eprintln!("tell router show:\n{text}");
+    // `tell router show queue` has the controller's states too.
+    let (_, queue, _) = mtacon_text(&suite, &["tell", "router", "show", "queue"]);
+    assert!(
+        queue
+            .lines()
+            .any(|l| l.contains("Busy") && l.contains("lotus.test")),
+        "{queue}"
+    );
+
+    // Transport stopped: due destinations WAIT, and the report says why.
+    let (code, _, err) = mtacon_text(
+        &suite,
+        &["tell", "smtpmta", "stop", "outbound", "transport"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (_, text, _) = mtacon_text(&suite, &["tell", "router", "show"]);
+    assert!(text.contains("(outbound transport stopped)"), "{text}");
 }

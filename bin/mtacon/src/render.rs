@@ -146,6 +146,7 @@ pub fn to_text(reply: &ConsoleReply) -> String {
                 .collect::<Vec<_>>()
                 .join("\n")
         }
+        ConsoleReply::Router(r) => router_text(r),
         ConsoleReply::Text(t) => t.clone(),
         ConsoleReply::Error(e) => e.clone(),
     }
@@ -189,9 +190,72 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
             }).collect::<Vec<_>>(),
             "more_after": page.next.map(|id| id.to_string()),
         }),
+        ConsoleReply::Router(r) => json!({ "router": r }),
         ConsoleReply::Text(t) => json!({ "text": t }),
         ConsoleReply::Error(e) => json!({ "error": e }),
     }
+}
+
+/// `tell router show`, laid out like Domino's: a row per destination, then the threads.
+fn router_text(r: &mta_ipc::transfers::RouterReport) -> String {
+    let now = now_ms();
+    let mut out = format!(
+        "{:<28} {:<6} {:>6}  {:<22} {:<12} {}\n",
+        "Destination", "State", "Msgs", "Via", "Next retry", "Last error"
+    );
+    for d in &r.destinations {
+        let next = match d.next_retry_ms {
+            Some(ms) if ms > now => format!("in {}s", (ms - now).div_ceil(1000)),
+            _ => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<28} {:<6} {:>6}  {:<22} {:<12} {}\n",
+            d.destination,
+            d.state.as_str(),
+            d.messages,
+            d.via,
+            next,
+            d.last_error
+        ));
+    }
+    if r.destinations.is_empty() {
+        out.push_str("No destinations pending.\n");
+    }
+    if r.more_destinations > 0 {
+        out.push_str(&format!(
+            "… and {} more destinations not listed\n",
+            r.more_destinations
+        ));
+    }
+    if r.in_transit > 0 {
+        out.push_str(&format!(
+            "{} messages not at a destination yet (being converted, routed or reported)\n",
+            r.in_transit
+        ));
+    }
+    let t = &r.transfer;
+    let transport = match r.transport_running {
+        Some(true) => "",
+        Some(false) => " (outbound transport stopped)",
+        None => " (the outbound controller did not answer)",
+    };
+    out.push_str(&format!(
+        "Transfer Threads: Max {} Total {} Busy {} Inactive {} Concurrent Highest {}{transport}\n",
+        t.max,
+        t.total,
+        t.busy,
+        t.total.saturating_sub(t.busy),
+        t.highest
+    ));
+    out.push_str(&format!(
+        "Delivery Threads: Max {} Total {} Busy {} Inactive {}",
+        r.delivery_threads_max,
+        r.delivery_threads_max,
+        r.delivery_threads_busy,
+        r.delivery_threads_max
+            .saturating_sub(r.delivery_threads_busy)
+    ));
+    out
 }
 
 fn time(ms: u64) -> String {

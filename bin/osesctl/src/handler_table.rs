@@ -27,6 +27,8 @@ struct Handler {
 #[derive(Debug)]
 pub struct HandlerTable {
     max: usize,
+    /// The most handlers busy at once so far.
+    highest: std::sync::atomic::AtomicUsize,
     /// By number; `None` is a number free for a new handler.
     handlers: Mutex<Vec<Option<Handler>>>,
 }
@@ -35,6 +37,7 @@ impl HandlerTable {
     pub fn new(max: usize) -> HandlerTable {
         HandlerTable {
             max: max.max(1),
+            highest: Default::default(),
             handlers: Mutex::new(Vec::new()),
         }
     }
@@ -64,6 +67,13 @@ impl HandlerTable {
             None => return None,
         };
         handlers[index] = Some(busy);
+        let busy_now = handlers
+            .iter()
+            .flatten()
+            .filter(|h| h.doing.is_some())
+            .count();
+        self.highest
+            .fetch_max(busy_now, std::sync::atomic::Ordering::Relaxed);
         Some(Assigned {
             table: self.clone(),
             index,
@@ -85,6 +95,19 @@ impl HandlerTable {
     pub fn len(&self) -> usize {
         let handlers = self.handlers.lock().expect("handler table lock");
         handlers.iter().flatten().count()
+    }
+
+    /// Domino's "Transfer Threads" figures: the maximum, how many exist, how many are
+    /// busy, and the most busy at once so far.
+    pub fn threads(&self) -> mta_ipc::transfers::TransferThreads {
+        let handlers = self.handlers.lock().expect("handler table lock");
+        let live = handlers.iter().flatten();
+        mta_ipc::transfers::TransferThreads {
+            max: self.max as u32,
+            total: live.clone().count() as u32,
+            busy: live.filter(|h| h.doing.is_some()).count() as u32,
+            highest: self.highest.load(std::sync::atomic::Ordering::Relaxed) as u32,
+        }
     }
 
     /// Stops the handlers with their controller: idle ones leave now, busy ones when their

@@ -29,6 +29,7 @@ mod domain_list;
 mod handler_table;
 mod outcomes;
 mod tls_policy;
+mod transfers;
 
 use anyhow::Context as _;
 use delivery::Env;
@@ -37,6 +38,7 @@ use handler_table::HandlerTable;
 use mta_dns::NextHop;
 use mta_ipc::console::TellCommand;
 use mta_ipc::store::BulkOp;
+use mta_ipc::transfers::TransferPage;
 use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{Task, TaskContext};
 use mta_types::message::now_ms;
@@ -64,6 +66,8 @@ struct Osesctl {
     table: Arc<HandlerTable>,
     running: Arc<AtomicBool>,
     waiting: Mutex<VecDeque<DomainList>>,
+    /// The lists handlers are delivering, for `tell router show`.
+    active: Arc<transfers::ActiveLists>,
     waiting_count: AtomicUsize,
     next_list: AtomicU64,
     stats: Arc<Stats>,
@@ -100,6 +104,7 @@ impl Task for Osesctl {
             table: Arc::new(HandlerTable::new(config.outbound.max_handlers)),
             running,
             waiting: Mutex::new(VecDeque::new()),
+            active: Arc::default(),
             waiting_count: AtomicUsize::new(0),
             next_list: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
@@ -181,6 +186,25 @@ impl Task for Osesctl {
             ],
             handlers: self.table.rows(),
         }
+    }
+
+    fn transfers(&self, after: Option<String>, limit: u32) -> Option<TransferPage> {
+        let relay = self.env.next_hop.relay_host();
+        let waiting: Vec<_> = self
+            .waiting
+            .lock()
+            .expect("waiting lock")
+            .iter()
+            .map(|list| transfers::ListSummary::of(list, relay.as_deref()))
+            .collect();
+        Some(transfers::page(
+            &self.active,
+            &waiting,
+            after.as_deref(),
+            limit,
+            self.table.threads(),
+            self.running.load(Ordering::SeqCst),
+        ))
     }
 
     async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
@@ -293,10 +317,16 @@ impl Osesctl {
             let list = waiting.pop_front().expect("front exists");
             let env = self.env.clone();
             let wake = self.wake.clone();
+            let (active, list_id) = (self.active.clone(), list.id);
+            active.start(
+                list_id,
+                transfers::ListSummary::of(&list, self.env.next_hop.relay_host().as_deref()),
+            );
             let span = tracing::info_span!("handler", name = %handler.name(), list = list.id);
             handlers.spawn(
                 async move {
                     delivery::deliver_list(list, env, handler).await;
+                    active.end(list_id);
                     wake.notify_one();
                 }
                 .instrument(span),

@@ -14,20 +14,22 @@
 //! `Log_MailRouting` (20: alias expansions; 30: mailboxes and next queues).
 //! Logs: one line per recipient outcome, Postfix style (`local_delivery.rs`).
 //! Answers: `show tasks` ("idle; delivered N, deferred M, bounced B, to smtp.box K"),
-//! `tell router show queue` (messages per location and queue).
+//! `tell router show` (each destination BUSY, WAIT, RETRY or READY, and the threads) and
+//! `tell router show queue` (messages per location and queue): `show.rs`.
 
 mod local_delivery;
 mod maildir;
 mod routing;
+mod show;
 
 use local_delivery::{deliver_batch, Stats};
 use mta_ipc::console::TellCommand;
 use mta_ipc::store::Change;
+use mta_ipc::task::TaskReport;
 use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use routing::Routing;
-use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +74,22 @@ impl Task for Router {
         }
     }
 
+    async fn report(
+        &self,
+        ctx: &TaskContext,
+        command: &TellCommand,
+    ) -> Option<Result<TaskReport, String>> {
+        match command {
+            TellCommand::Other(words)
+                if words.len() == 1 && words[0].eq_ignore_ascii_case("show") =>
+            {
+                let busy = self.busy.load(Ordering::Relaxed);
+                Some(show::show(ctx, busy).await.map(TaskReport::Router))
+            }
+            _ => None,
+        }
+    }
+
     async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
         match command {
             TellCommand::Other(words)
@@ -79,14 +97,14 @@ impl Task for Router {
                     && words[0].eq_ignore_ascii_case("show")
                     && words[1].eq_ignore_ascii_case("queue") =>
             {
-                show_queue(ctx).await
+                show::show_queue(ctx, self.busy.load(Ordering::Relaxed)).await
             }
             TellCommand::Other(words) => Err(format!(
-                "router does not know `{}` (it knows: show queue)",
+                "router does not know `{}` (it knows: show, show queue)",
                 words.join(" ")
             )),
             other => Err(format!(
-                "router does not know the command {other:?} (it knows: show queue)"
+                "router does not know the command {other:?} (it knows: show, show queue)"
             )),
         }
     }
@@ -136,84 +154,6 @@ impl QueueWorker for Router {
             ctx.kicker(QueueName::Reports).kick();
         }
     }
-}
-
-/// Most destination rows `tell router show queue` prints; the totals cover the rest.
-const SHOW_QUEUE_ROWS: usize = 1000;
-
-/// `tell router show queue`, as Domino prints it: one row per destination and state —
-/// Msgs, State, Via (next hop), Destination, Next retry, Last error. Read page by page
-/// from the summaries the store keeps per destination, never from the records.
-async fn show_queue(ctx: &TaskContext) -> Result<String, String> {
-    let relay = ctx.config().outbound.relay_host.clone();
-    let now = mta_types::message::now_ms();
-    let mut out = format!(
-        "{:>5}  {:<20} {:<22} {:<24} {:<10} {}\n",
-        "Msgs", "State", "Via", "Destination", "Next retry", "Last error"
-    );
-    let (mut rows, mut more_rows, mut total) = (0usize, 0u64, 0u64);
-    let mut after = None;
-    loop {
-        let page = ctx
-            .store()
-            .destinations(after.clone(), 500)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.location, last.domain.clone()));
-        for row in page {
-            total += row.messages;
-            if rows >= SHOW_QUEUE_ROWS {
-                more_rows += 1;
-                continue;
-            }
-            rows += 1;
-            let waiting =
-                matches!(row.location, mta_types::Location::Queue(_)) && row.next_due > now;
-            let state = if waiting {
-                "Retry"
-            } else {
-                row.location.label()
-            };
-            let (via, dest) = if row.domain.is_empty() {
-                ("-".to_string(), "-".to_string())
-            } else if row
-                .domain
-                .parse::<mta_types::Domain>()
-                .is_ok_and(|d| ctx.config().is_local_domain(&d))
-            {
-                ("local".to_string(), "LocalDelivery".to_string())
-            } else {
-                (
-                    relay.clone().unwrap_or_else(|| "MX".to_string()),
-                    row.domain.clone(),
-                )
-            };
-            let next = if waiting {
-                format!("in {}s", row.next_due.saturating_sub(now) / 1000)
-            } else {
-                "-".to_string()
-            };
-            let _ = writeln!(
-                out,
-                "{:>5}  {state:<20} {via:<22} {dest:<24} {next:<10} {}",
-                row.messages, row.last_error
-            );
-        }
-    }
-    if rows == 0 {
-        return Ok("No messages in any queue.".into());
-    }
-    if more_rows > 0 {
-        let _ = writeln!(out, "  …  {more_rows} more destinations not listed");
-    }
-    let counts = ctx.store().counts().await.map_err(|e| e.to_string())?;
-    let messages: u64 = counts.rows.iter().map(|(_, _, n)| n).sum();
-    let _ = write!(
-        out,
-        "{messages:>5}  messages in all ({total} per destination)"
-    );
-    Ok(out)
 }
 
 fn main() -> ExitCode {

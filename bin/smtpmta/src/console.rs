@@ -4,6 +4,7 @@ use crate::Supervisor;
 use mta_ipc::console::{
     ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TaskRow, TellCommand,
 };
+use mta_ipc::task::TaskReport;
 use mta_ipc::{TaskClient, TaskRequest, TaskResponse, TaskState};
 use mta_types::message::now_ms;
 use mta_types::TaskName;
@@ -146,6 +147,7 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
     };
     match request.await {
         Ok(TaskResponse::Told(text)) => ConsoleReply::Text(text),
+        Ok(TaskResponse::Report(TaskReport::Router(report))) => ConsoleReply::Router(report),
         Ok(TaskResponse::Error(text)) => ConsoleReply::Error(text),
         Ok(other) => ConsoleReply::Error(format!("unexpected reply from {task}: {other:?}")),
         Err(e) => ConsoleReply::Error(format!("{task} is not answering ({e}); see `show tasks`")),

@@ -78,6 +78,10 @@ pub const HELP: &[(&str, &str)] = &[
         "tell smtpmta compact",
         "compact the queue now: reclaim spool segments no message points into",
     ),
+    (
+        "tell router show",
+        "each pending destination BUSY, WAIT, RETRY or READY, and the threads",
+    ),
     ("tell router show queue", "the router's view of the queue counts"),
     (
         "tell smtpmta quit",
@@ -483,6 +487,8 @@ pub enum ConsoleReply {
     History(Box<mta_types::tracking::TrackEntry>),
     /// `track`: one page of matching histories, and where the next page starts.
     Track(crate::tracking::TrackPage),
+    /// `tell router show`.
+    Router(crate::transfers::RouterReport),
     Text(String),
     Error(String),
 }

@@ -23,6 +23,7 @@ pub mod store;
 pub mod supervisor;
 pub mod task;
 pub mod tracking;
+pub mod transfers;
 
 pub use client::{Connection, IpcError};
 pub use hello::{Hello, HelloReply, Service, PROTOCOL_VERSION};

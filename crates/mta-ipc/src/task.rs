@@ -4,6 +4,7 @@ use crate::client::{Connection, IpcError};
 use crate::console::TellCommand;
 use crate::hello::Service;
 use crate::paths::task_socket;
+use crate::transfers::{RouterReport, TransferPage};
 use mta_types::{QueueName, TaskName};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -27,6 +28,12 @@ pub enum TaskRequest {
     Shutdown,
     /// The task's latency histograms, for the supervisor's `/metrics`.
     Histograms,
+    /// The outbound controller's destinations in memory (Busy, Wait) after `after`, at
+    /// most `limit` rows, for `tell router show`.
+    Transfers {
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,6 +43,17 @@ pub enum TaskResponse {
     Told(String),
     Error(String),
     Histograms(Vec<HistogramSnapshot>),
+    Transfers(TransferPage),
+    /// A TELL command answered with a typed report (the console renders it, `--json`
+    /// prints it as it is).
+    Report(TaskReport),
+}
+
+/// The typed answers of TELL commands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TaskReport {
+    /// `tell router show`.
+    Router(RouterReport),
 }
 
 /// A latency histogram as a task has counted it so far (since it started).
@@ -146,6 +164,20 @@ impl TaskClient {
     pub async fn histograms(&mut self) -> Result<Vec<HistogramSnapshot>, IpcError> {
         match self.request(&TaskRequest::Histograms).await? {
             TaskResponse::Histograms(h) => Ok(h),
+            other => Err(IpcError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn transfers(
+        &mut self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<TransferPage, IpcError> {
+        match self
+            .request(&TaskRequest::Transfers { after, limit })
+            .await?
+        {
+            TaskResponse::Transfers(page) => Ok(page),
             other => Err(IpcError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -71,9 +71,17 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
                     Err(e) => TaskResponse::Error(e),
                 }
             }
-            TaskRequest::Tell(command) => match self.task.tell(&self.ctx, command).await {
-                Ok(text) => TaskResponse::Told(text),
-                Err(text) => TaskResponse::Error(text),
+            TaskRequest::Transfers { after, limit } => match self.task.transfers(after, limit) {
+                Some(page) => TaskResponse::Transfers(page),
+                None => TaskResponse::Error(format!("{} transfers nothing", T::NAME)),
+            },
+            TaskRequest::Tell(command) => match self.task.report(&self.ctx, &command).await {
+                Some(Ok(report)) => TaskResponse::Report(report),
+                Some(Err(text)) => TaskResponse::Error(text),
+                None => match self.task.tell(&self.ctx, command).await {
+                    Ok(text) => TaskResponse::Told(text),
+                    Err(text) => TaskResponse::Error(text),
+                },
             },
             TaskRequest::SetKnobs(knobs) => {
                 for (name, value) in knobs {

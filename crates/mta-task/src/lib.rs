@@ -90,6 +90,26 @@ pub trait Task: Sized + Send + Sync + 'static {
         Ok(())
     }
 
+    /// A TELL command with a typed answer (`tell router show`): `None` for the commands
+    /// that `tell` answers with text. Default: none.
+    fn report(
+        &self,
+        _ctx: &TaskContext,
+        _command: &TellCommand,
+    ) -> impl Future<Output = Option<Result<mta_ipc::task::TaskReport, String>>> + Send {
+        async { None }
+    }
+
+    /// The destinations this task is transferring to or holding for a handler (the
+    /// outbound controller), for `tell router show`. Default: this task has none.
+    fn transfers(
+        &self,
+        _after: Option<String>,
+        _limit: u32,
+    ) -> Option<mta_ipc::transfers::TransferPage> {
+        None
+    }
+
     /// A TELL command other than `show status`.
     fn tell(
         &self,
