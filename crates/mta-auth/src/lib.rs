@@ -13,8 +13,9 @@
 //!   hostname but arrived from outside (RFC 8601 section 5);
 //! - [`keygen`]: `smtpmta dkim-keygen`.
 //!
-//! DNS goes through hickory-resolver, configured from `[dns]` like `mta-dns`. No queues, no
-//! IPC; logs nothing itself (callers log with the queue ID).
+//! DNS goes through hickory-resolver, configured from `[dns]` by `mta_dns::resolver_config`
+//! (the next hop's resolver too). No queues, no IPC; logs nothing itself (callers log with
+//! the queue ID).
 
 mod headers;
 mod keys;

@@ -3,9 +3,6 @@
 
 use crate::keys::MIN_RSA_BITS;
 use crate::AuthError;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
 use mail_auth::common::crypto::{Algorithm, CryptoError};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -104,30 +101,8 @@ impl Verifier {
     /// A verifier asking `[dns] nameservers` (else /etc/resolv.conf) with `[dns] timeout`
     /// per query, never /etc/hosts, writing results under `hostname`.
     pub fn new(dns: &DnsConfig, hostname: &str) -> Result<Verifier, AuthError> {
-        let (config, mut opts) = if dns.nameservers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| AuthError::Resolver(format!("/etc/resolv.conf: {e}")))?
-        } else {
-            let servers = dns
-                .nameservers
-                .iter()
-                .map(|sa| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = sa.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = sa.port();
-                    NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            (
-                ResolverConfig::from_name_servers(servers),
-                ResolverOpts::default(),
-            )
-        };
-        opts.timeout = dns.timeout;
-        opts.attempts = 1;
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.ndots = 0;
+        let (config, opts) =
+            mta_dns::resolver_config(dns).map_err(|e| AuthError::Resolver(e.to_string()))?;
         let auth = MessageAuthenticator::new(config, opts)
             .map_err(|e| AuthError::Resolver(e.to_string()))?;
         Ok(Verifier {

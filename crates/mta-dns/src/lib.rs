@@ -17,7 +17,9 @@
 //! `[dns] timeout` per query; /etc/hosts is never consulted, so tests see only their DNS.
 //! No queues, IPC or logging of its own. RFCs: 5321 section 5, 7505, 1035.
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
@@ -98,33 +100,46 @@ impl fmt::Debug for NextHop {
     }
 }
 
+/// The resolver every part of the suite uses: `[dns] nameservers` when set (UDP, then TCP,
+/// each on its port), else /etc/resolv.conf; `[dns] timeout` per query, one attempt, never
+/// /etc/hosts, names taken as absolute (ndots 0). For the next hop here and for
+/// SPF/DKIM/DMARC lookups (`mta-auth`), so both ask the same servers the same way.
+pub fn resolver_config(dns: &DnsConfig) -> Result<(ResolverConfig, ResolverOpts), DnsError> {
+    let (config, mut opts) = if dns.nameservers.is_empty() {
+        hickory_resolver::system_conf::read_system_conf().map_err(|e| DnsError::Temporary {
+            name: "/etc/resolv.conf".into(),
+            detail: e.to_string(),
+        })?
+    } else {
+        let servers = dns
+            .nameservers
+            .iter()
+            .map(|sa| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = sa.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = sa.port();
+                NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        (
+            ResolverConfig::from_name_servers(servers),
+            ResolverOpts::default(),
+        )
+    };
+    opts.timeout = dns.timeout;
+    opts.attempts = 1;
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.ndots = 0;
+    Ok((config, opts))
+}
+
 impl NextHop {
     pub fn new(outbound: &OutboundConfig, dns: &DnsConfig) -> Result<NextHop, DnsError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if dns.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| DnsError::Temporary {
-                name: "/etc/resolv.conf".into(),
-                detail: e.to_string(),
-            })?
-        } else {
-            let servers = dns
-                .nameservers
-                .iter()
-                .map(|sa| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = sa.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = sa.port();
-                    NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        let opts = builder.options_mut();
-        opts.timeout = dns.timeout;
-        opts.attempts = 1;
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.ndots = 0;
+        let (config, opts) = resolver_config(dns)?;
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        *builder.options_mut() = opts;
         let resolver = builder.build().map_err(|e| DnsError::Temporary {
             name: "resolver".into(),
             detail: e.to_string(),
