@@ -73,6 +73,12 @@ impl Intake {
             counts: Arc::clone(&counts),
             spool: Some(spool),
             store: ctx.store().clone(),
+            // One connection per batch in flight: a connection carries one request at a
+            // time, so batches sharing one would wait for each other's flush.
+            committers: (0..COMMITS_IN_FLIGHT)
+                .map(|_| StoreClient::new(&ctx.config().run_dir(), ctx.me()))
+                .collect(),
+            next_committer: 0,
             imsgcnv: ctx.kicker(QueueName::InboundWork),
             closed: None,
             committing: tokio::task::JoinSet::new(),
@@ -130,6 +136,9 @@ struct Actor {
     /// Lent to a blocking thread during each batch's file I/O.
     spool: Option<SpoolWriter>,
     store: StoreClient,
+    /// The connections batches are committed on, in turn.
+    committers: Vec<StoreClient>,
+    next_committer: usize,
     imsgcnv: Kicker,
     closed: Option<oneshot::Sender<()>>,
     /// Batches written to the spool whose store commit is in flight.
@@ -216,6 +225,7 @@ impl Actor {
         let (spool, written) = tokio::task::spawn_blocking(move || write_batch(spool, batch))
             .await
             .expect("spool writer thread panicked");
+
         self.spool = Some(spool);
 
         let mut durable = Vec::with_capacity(written.len());
@@ -244,7 +254,9 @@ impl Actor {
         while self.committing.len() >= COMMITS_IN_FLIGHT {
             let _ = self.committing.join_next().await;
         }
-        let (store, imsgcnv) = (self.store.clone(), self.imsgcnv.clone());
+        let store = self.committers[self.next_committer].clone();
+        self.next_committer = (self.next_committer + 1) % self.committers.len();
+        let imsgcnv = self.imsgcnv.clone();
         self.committing.spawn(async move {
             match store.commit(changes).await {
                 Ok(()) => {

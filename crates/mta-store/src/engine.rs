@@ -401,6 +401,11 @@ impl Engine {
         self.apply_inner(changes.to_vec(), false)
     }
 
+    /// `apply` for a caller that gives its changes away (the committer): no copy.
+    pub fn apply_owned(&self, changes: Vec<Change>) -> Result<Vec<QueueId>, StoreError> {
+        self.apply_inner(changes, false)
+    }
+
     fn apply_inner(&self, changes: Vec<Change>, fresh: bool) -> Result<Vec<QueueId>, StoreError> {
         let mut writer = self.writer.lock().expect("store writer");
         let writer = &mut *writer;

@@ -620,7 +620,7 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
         );
         let mut waiting: Vec<Applied> = Vec::new();
         let short_of_space = below_reserve(&inner.dir, &jobs);
-        for job in jobs {
+        for mut job in jobs {
             let adds = |job: &CommitJob| job.changes.iter().any(|c| matches!(c, Change::Put(_)));
             let applied = match &short_of_space {
                 Some(free) if job.durability == Durability::Durable && adds(&job) => {
@@ -628,7 +628,11 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
                         "{free} bytes free on the queue store's file system, below its reserve of {RESERVE_BYTES}"
                     )))
                 }
-                _ => inner.engine.apply(&job.changes).map_err(CommitError::from),
+                // The job's changes are moved into the batch, not copied.
+                _ => inner
+                    .engine
+                    .apply_owned(std::mem::take(&mut job.changes))
+                    .map_err(CommitError::from),
             };
             match job.durability {
                 Durability::Durable => waiting.push((applied, job.reply)),
