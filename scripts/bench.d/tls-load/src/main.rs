@@ -219,7 +219,12 @@ fn tls_name(conn: &rustls::CommonState) -> String {
         .negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_else(|| "unknown".to_string());
-    let cipher = match suite.as_str() {
+    format!("{version} {}", cipher_name(&suite))
+}
+
+/// rustls's name of a cipher suite (its `Debug`) as Python's ssl gives it.
+fn cipher_name(rustls_name: &str) -> String {
+    match rustls_name {
         "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => "ECDHE-ECDSA-AES256-GCM-SHA384".to_string(),
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => "ECDHE-ECDSA-AES128-GCM-SHA256".to_string(),
         "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
@@ -233,8 +238,7 @@ fn tls_name(conn: &rustls::CommonState) -> String {
             Some(rest) => format!("TLS_{rest}"),
             None => other.to_string(),
         },
-    };
-    format!("{version} {cipher}")
+    }
 }
 
 /// QUIT, then close_notify (TLS) and FIN; the session is over either way, so failures here
@@ -246,11 +250,7 @@ async fn quit(mut s: Session) {
 
 /// The message of session `i`: the same bytes the Python client's `message()` made
 /// (headers, then 76 × `x` lines cut at a line end so the total is about `size`).
-fn message(i: usize, size: usize, sender: &str, rcpt: &str) -> Vec<u8> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+fn message(i: usize, size: usize, sender: &str, rcpt: &str, now: u64) -> Vec<u8> {
     let head = format!(
         "From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: tls load {i}\r\nMessage-ID: <tls{i}.{now}@tls-load.localhost>\r\n\r\n"
     );
@@ -276,7 +276,11 @@ async fn transaction(s: &mut Session, i: usize, a: &Args) -> Result<(), AttemptE
     cmd(&mut s.io, &mut s.line, b"DATA\r\n", "354").await?;
     // Content and terminator in one write: one TLS record and one syscall where the size
     // allows (the server reads the same bytes either way).
-    let mut data = message(i, a.size, &a.sender, &a.rcpt);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut data = message(i, a.size, &a.sender, &a.rcpt, now);
     data.extend_from_slice(b".\r\n");
     cmd(&mut s.io, &mut s.line, &data, "250").await
 }
@@ -509,4 +513,54 @@ fn run_main() -> anyhow::Result<()> {
     })?;
     println!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cipher_names_are_pythons() {
+        let names = [
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ]
+        .map(|s| cipher_name(&format!("{s:?}")));
+        assert_eq!(
+            names,
+            [
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "ECDHE-ECDSA-AES256-GCM-SHA384"
+            ]
+        );
+    }
+
+    /// Lengths and ends of what tls_load.py's `message(7, size, …)` made at time 1764680000.
+    #[test]
+    fn message_is_the_python_clients() {
+        let (s, r) = ("bench@sender.example", "rcpt@remote.example");
+        let small = message(7, 0, s, r, 1764680000);
+        assert_eq!(
+            small,
+            b"From: <bench@sender.example>\r\nTo: <rcpt@remote.example>\r\nSubject: tls load 7\r\n\
+              Message-ID: <tls7.1764680000@tls-load.localhost>\r\n\r\nxx\r\n"
+        );
+        for (size, len) in [
+            (0, 134),
+            (10, 134),
+            (100, 134),
+            (1024, 988),
+            (102400, 102388),
+        ] {
+            let m = message(7, size, s, r, 1764680000);
+            assert_eq!(m.len(), len, "size {size}");
+            assert!(m.ends_with(b"\r\n"));
+            assert!(
+                !m.windows(3).any(|w| w == b"\n.\r"),
+                "no line needs dot-stuffing"
+            );
+        }
+    }
 }
