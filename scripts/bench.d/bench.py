@@ -901,7 +901,9 @@ def idle_run(kind, top, sc):
 
 # ---------------------------------------------------------------- TLS (issue 11)
 
-TLS_LOAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls_load.py")
+# Our own TLS load client (scripts/bench.d/tls-load, a workspace binary: one thread, rustls,
+# no session resumption); smtp-source has no TLS.
+TLS_LOAD = os.path.join(REL, "tls-load")
 
 
 def bench_certificate(top):
@@ -917,10 +919,13 @@ def bench_certificate(top):
 
 
 def tls_load(mode, port, count, sessions, extra=()):
-    r = run([sys.executable, TLS_LOAD, mode, "127.0.0.1", str(port), "--count", str(count),
+    if not os.path.exists(TLS_LOAD):
+        raise RuntimeError("%s is missing: build it with cargo build --release --workspace --bins"
+                           % TLS_LOAD)
+    r = run([TLS_LOAD, mode, "127.0.0.1", str(port), "--count", str(count),
              "--sessions", str(sessions)] + list(extra), check=False, timeout=900)
     if r.returncode != 0:
-        raise RuntimeError("tls_load.py %s failed: %s" % (mode, r.stdout[-800:]))
+        raise RuntimeError("tls-load %s failed: %s" % (mode, r.stdout[-800:]))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -971,7 +976,7 @@ def tls_idle_run(kind, top, sc):
         tls_load("handshake", mta.port, 20, 5)  # warm: the TLS code paths are mapped once
         time.sleep(1.0)
         pss0 = mta.group.pss_kib()
-        holder = subprocess.Popen([sys.executable, TLS_LOAD, "idle", "127.0.0.1", str(mta.port),
+        holder = subprocess.Popen([TLS_LOAD, "idle", "127.0.0.1", str(mta.port),
                                    "--count", str(n), "--sessions", "50"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         STARTED.append(holder)
@@ -1194,7 +1199,7 @@ def scenarios(quick):
     out.append(dict(id="drain", title="drain 20,000 × 1 KiB queued with outbound stopped", kind="drain",
                     size=k, sessions=20, reuse=True, count=20000))
     out.append(dict(id="idle", title="1,000 idle connections", kind="idle", count=1000))
-    # issue 11: TLS, through our own client (tls_load.py)
+    # issue 11: TLS, through our own client (scripts/bench.d/tls-load)
     out.append(dict(id="relay-tls-1k-20", title="relay 1 KiB × 20 sessions, STARTTLS, 1 msg/conn",
                     kind="tls", size=k, sessions=20, count=3000, hs_count=1000))
     out.append(dict(id="idle-tls-1000", title="1,000 idle TLS sessions (after STARTTLS + EHLO)",
