@@ -577,12 +577,37 @@ fn route_now(record: &mut MessageRecord, route: &Routed, now: u64) -> bool {
 }
 
 /// Group commit, on its own thread: take every commit waiting and apply each as its own
-/// atomic batch. Replayable commits are answered (and their leases ended) right away;
-/// if any durable commit is in the group, flush once — sled's flush plus the real syncs —
-/// then answer those. Replayable changes not yet flushed are flushed within
-/// `REPLAYABLE_FLUSH` when nothing durable comes to take them along.
+/// atomic batch. Replayable commits are answered (and their leases ended) right away; the
+/// durable ones of the group go to the flusher (`flusher`), which flushes — sled's flush
+/// plus the real syncs — and answers them, while this thread applies the next group: a
+/// flush no longer holds up the other stages' commits. Replayable changes not yet flushed
+/// are flushed within `REPLAYABLE_FLUSH` when nothing durable comes to take them along.
 fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
-    // When replayable changes were first applied since the last flush.
+    let (flushes, pending) = mpsc::channel::<Vec<Applied>>();
+    let flusher = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flusher(&inner, pending))
+    };
+    let flusher = match flusher {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            // Without the thread, flush here (the old way) rather than not at all.
+            tracing::warn!(error = %e, "cannot start the store flusher thread; flushing on the committer");
+            None
+        }
+    };
+    let flush_now = |waiting: Vec<Applied>| {
+        if flusher.is_some() {
+            if let Err(mpsc::SendError(waiting)) = flushes.send(waiting) {
+                flush_and_answer(&inner, waiting);
+            }
+        } else {
+            flush_and_answer(&inner, waiting);
+        }
+    };
+    // When replayable changes were first applied since the last flush was asked for.
     let mut unflushed_since: Option<Instant> = None;
     loop {
         let first = match unflushed_since {
@@ -595,10 +620,7 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
                 match rx.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = inner.engine.flush() {
-                            tracing::error!(error = %e, "store flush failed");
-                            exit_if_store_stopped(&inner);
-                        }
+                        flush_now(Vec::new());
                         unflushed_since = None;
                         continue;
                     }
@@ -613,11 +635,6 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
                 Err(_) => break,
             }
         }
-        // Per job: what applying it gave (the records it ended leases of) and its reply.
-        type Applied = (
-            Result<Vec<QueueId>, CommitError>,
-            oneshot::Sender<Result<(), CommitError>>,
-        );
         let mut waiting: Vec<Applied> = Vec::new();
         let short_of_space = below_reserve(&inner.dir, &jobs);
         for mut job in jobs {
@@ -646,34 +663,60 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
                 }
             }
         }
-        if waiting.is_empty() {
-            continue;
-        }
-        let flushed = inner.engine.flush().map_err(CommitError::from);
-        match &flushed {
-            Ok(()) => unflushed_since = None,
-            Err(e) => {
-                tracing::error!(error = %e, "store flush failed; commits in this group are refused");
-                exit_if_store_stopped(&inner);
-            }
-        }
-        let mut leases = inner.leases.lock().expect("lease lock");
-        for (applied, reply) in waiting {
-            let outcome = match (&flushed, applied) {
-                (Ok(()), Ok(ids)) => {
-                    ids.iter().for_each(|id| leases.end(id));
-                    Ok(())
-                }
-                (Err(e), _) => Err(e.clone()),
-                (_, Err(e)) => Err(e),
-            };
-            let _ = reply.send(outcome);
+        if !waiting.is_empty() {
+            // Everything applied so far (replayable changes too) rides this flush: it
+            // starts after these applies.
+            flush_now(waiting);
+            unflushed_since = None;
         }
     }
-    // The last handle is gone: whatever was applied is made durable before the database
-    // closes.
+    // The last handle is gone: the flusher answers what it holds, then whatever was
+    // applied is made durable before the database closes.
+    drop(flushes);
+    if let Some(handle) = flusher {
+        let _ = handle.join();
+    }
     if let Err(e) = inner.engine.flush_at_close() {
         tracing::error!(error = %e, "store flush at close failed");
+    }
+}
+
+/// A durable commit applied and waiting for its flush: what applying it gave (the records
+/// whose leases it ends) and its reply.
+type Applied = (
+    Result<Vec<QueueId>, CommitError>,
+    oneshot::Sender<Result<(), CommitError>>,
+);
+
+/// The flusher thread: takes every group waiting, flushes once for all of them (each was
+/// applied before it was sent here, so the flush covers it), then answers them.
+fn flusher(inner: &Inner, pending: mpsc::Receiver<Vec<Applied>>) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = first;
+        while let Ok(more) = pending.try_recv() {
+            waiting.extend(more);
+        }
+        flush_and_answer(inner, waiting);
+    }
+}
+
+fn flush_and_answer(inner: &Inner, waiting: Vec<Applied>) {
+    let flushed = inner.engine.flush().map_err(CommitError::from);
+    if let Err(e) = &flushed {
+        tracing::error!(error = %e, "store flush failed; commits in this group are refused");
+        exit_if_store_stopped(inner);
+    }
+    let mut leases = inner.leases.lock().expect("lease lock");
+    for (applied, reply) in waiting {
+        let outcome = match (&flushed, applied) {
+            (Ok(()), Ok(ids)) => {
+                ids.iter().for_each(|id| leases.end(id));
+                Ok(())
+            }
+            (Err(e), _) => Err(e.clone()),
+            (_, Err(e)) => Err(e),
+        };
+        let _ = reply.send(outcome);
     }
 }
 
