@@ -131,10 +131,17 @@ impl StoreService {
             routed: Mutex::new(Vec::new()),
             dir: dir.to_path_buf(),
         });
+        // Both threads start here, so a machine that cannot start them fails at open.
+        let (flushes, pending) = mpsc::channel::<Vec<Applied>>();
+        let flusher_inner = inner.clone();
+        let flusher = std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flusher(&flusher_inner, pending))
+            .map_err(StoreError::Sync)?;
         let committer_inner = inner.clone();
         std::thread::Builder::new()
             .name("store-committer".into())
-            .spawn(move || committer(committer_inner, rx))
+            .spawn(move || committer(committer_inner, rx, flushes, flusher))
             .map_err(StoreError::Sync)?;
         Ok(StoreService { inner, commits: tx })
     }
@@ -582,28 +589,15 @@ fn route_now(record: &mut MessageRecord, route: &Routed, now: u64) -> bool {
 /// plus the real syncs — and answers them, while this thread applies the next group: a
 /// flush no longer holds up the other stages' commits. Replayable changes not yet flushed
 /// are flushed within `REPLAYABLE_FLUSH` when nothing durable comes to take them along.
-fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
-    let (flushes, pending) = mpsc::channel::<Vec<Applied>>();
-    let flusher = {
-        let inner = inner.clone();
-        std::thread::Builder::new()
-            .name("store-flusher".into())
-            .spawn(move || flusher(&inner, pending))
-    };
-    let flusher = match flusher {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            // Without the thread, flush here (the old way) rather than not at all.
-            tracing::warn!(error = %e, "cannot start the store flusher thread; flushing on the committer");
-            None
-        }
-    };
+fn committer(
+    inner: Arc<Inner>,
+    rx: mpsc::Receiver<CommitJob>,
+    flushes: mpsc::Sender<Vec<Applied>>,
+    flusher: std::thread::JoinHandle<()>,
+) {
+    // The flusher only stops once this sender is dropped; should it have died, flush here.
     let flush_now = |waiting: Vec<Applied>| {
-        if flusher.is_some() {
-            if let Err(mpsc::SendError(waiting)) = flushes.send(waiting) {
-                flush_and_answer(&inner, waiting);
-            }
-        } else {
+        if let Err(mpsc::SendError(waiting)) = flushes.send(waiting) {
             flush_and_answer(&inner, waiting);
         }
     };
@@ -673,9 +667,7 @@ fn committer(inner: Arc<Inner>, rx: mpsc::Receiver<CommitJob>) {
     // The last handle is gone: the flusher answers what it holds, then whatever was
     // applied is made durable before the database closes.
     drop(flushes);
-    if let Some(handle) = flusher {
-        let _ = handle.join();
-    }
+    let _ = flusher.join();
     if let Err(e) = inner.engine.flush_at_close() {
         tracing::error!(error = %e, "store flush at close failed");
     }
