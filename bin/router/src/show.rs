@@ -102,6 +102,15 @@ async fn each_destination(
     }
 }
 
+/// What "Via" says for a remote destination: the relay host, or the domain's MX.
+fn next_hop(ctx: &TaskContext) -> String {
+    ctx.config()
+        .outbound
+        .relay_host
+        .clone()
+        .unwrap_or_else(|| "MX".to_string())
+}
+
 fn is_local(ctx: &TaskContext, domain: &str) -> bool {
     domain
         .parse::<mta_types::Domain>()
@@ -112,12 +121,7 @@ fn is_local(ctx: &TaskContext, domain: &str) -> bool {
 /// each BUSY, WAIT, RETRY or READY; messages elsewhere in the pipeline are a count.
 pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, String> {
     let transfers = Transfers::ask(ctx).await;
-    let via = ctx
-        .config()
-        .outbound
-        .relay_host
-        .clone()
-        .unwrap_or_else(|| "MX".to_string());
+    let via = next_hop(ctx);
     let now = now_ms();
     let mut report = RouterReport {
         transfer: transfers.threads,
@@ -198,7 +202,7 @@ pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, 
 /// Msgs, State, Via (next hop), Destination, Next retry, Last error.
 pub async fn show_queue(ctx: &TaskContext, router_busy: bool) -> Result<String, String> {
     let transfers = Transfers::ask(ctx).await;
-    let relay = ctx.config().outbound.relay_host.clone();
+    let via = next_hop(ctx);
     let now = now_ms();
     let mut out = format!(
         "{:>5}  {:<20} {:<22} {:<24} {:<10} {}\n",
@@ -232,10 +236,7 @@ pub async fn show_queue(ctx: &TaskContext, router_busy: bool) -> Result<String, 
         } else if local {
             ("local".to_string(), "LocalDelivery".to_string())
         } else {
-            (
-                relay.clone().unwrap_or_else(|| "MX".to_string()),
-                row.domain.clone(),
-            )
+            (via.clone(), row.domain.clone())
         };
         let next = if waiting {
             format!("in {}s", row.next_due.saturating_sub(now) / 1000)
