@@ -1,6 +1,10 @@
 //! `track`: the query an operator types and one page of its answer. A page is one IPC
 //! frame of at most `PAGE_ROWS` histories; the console asks for the next page (`after`)
 //! until the answer ends or it has shown `MAX_ROWS`.
+//!
+//! An answer lists the messages still in the store first (oldest first), then the
+//! finished ones from the tracking log (in the order they finished): a `TrackCursor`
+//! says which part a page ended in and where.
 
 use mta_types::tracking::TrackEntry;
 use mta_types::QueueId;
@@ -20,15 +24,49 @@ pub struct TrackQuery {
     pub since_ms: Option<u64>,
     /// The Message-ID, with or without `<>`.
     pub message_id: Option<String>,
-    /// The page after this queue id (set by the console when it pages).
-    pub after: Option<QueueId>,
+    /// Where the page starts (set by the console when it pages).
+    pub after: Option<TrackCursor>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackPage {
     pub rows: Vec<TrackEntry>,
     /// Where the next page starts; None: this was the last.
-    pub next: Option<QueueId>,
+    pub next: Option<TrackCursor>,
+}
+
+/// Where a `track` page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackCursor {
+    /// Among the messages still in the store: the ones after this queue id.
+    Queued(QueueId),
+    /// In the tracking log: this segment (its start, Unix ms), from this byte offset.
+    Log { segment: u64, offset: u64 },
+}
+
+/// Written as the queue id, or `log-<segment>-<offset>`: what `track ... after=` takes.
+impl std::fmt::Display for TrackCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrackCursor::Queued(id) => write!(f, "{id}"),
+            TrackCursor::Log { segment, offset } => write!(f, "log-{segment}-{offset}"),
+        }
+    }
+}
+
+impl std::str::FromStr for TrackCursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TrackCursor, String> {
+        let bad = || format!("`{s}` is not a queue id or a `log-<segment>-<offset>` position");
+        if let Some(rest) = s.strip_prefix("log-") {
+            let (segment, offset) = rest.split_once('-').ok_or_else(bad)?;
+            return Ok(TrackCursor::Log {
+                segment: segment.parse().map_err(|_| bad())?,
+                offset: offset.parse().map_err(|_| bad())?,
+            });
+        }
+        s.parse().map(TrackCursor::Queued).map_err(|_| bad())
+    }
 }
 
 impl TrackQuery {
@@ -48,13 +86,7 @@ impl TrackQuery {
                 "to" => q.to = Some(addr()),
                 "id" | "message-id" | "messageid" => q.message_id = Some(value.to_string()),
                 "since" => q.since_ms = Some(parse_since(value, mta_types::message::now_ms())?),
-                "after" => {
-                    q.after = Some(
-                        value
-                            .parse()
-                            .map_err(|_| format!("`{value}` is not a queue id"))?,
-                    )
-                }
+                "after" => q.after = Some(value.parse()?),
                 other => return Err(format!("unknown key `{other}`; {usage}")),
             }
         }
@@ -138,5 +170,16 @@ mod tests {
         assert_eq!(parse_since("1796175000", 0).unwrap(), 1_796_175_000_000);
         assert!(parse_since("yesterday", 0).is_err());
         assert!(TrackQuery::parse(&["who=me"]).is_err());
+        for c in [
+            TrackCursor::Log {
+                segment: 1_796_175_000_000,
+                offset: 4096,
+            },
+            TrackCursor::Queued(QueueId::from_u64(77)),
+        ] {
+            let q = TrackQuery::parse(&[&format!("after={c}")]).unwrap();
+            assert_eq!(q.after, Some(c));
+        }
+        assert!(TrackQuery::parse(&["after=log-1"]).is_err());
     }
 }

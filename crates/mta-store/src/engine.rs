@@ -119,6 +119,8 @@ pub struct Engine {
     hold_undeliverable: std::sync::atomic::AtomicBool,
     /// `tracking_days` (0: no history is written).
     tracking_days: std::sync::atomic::AtomicU32,
+    /// Histories of messages that left the store (`tracklog.rs`).
+    tracklog: crate::tracklog::TrackLog,
 }
 
 /// The last written value of each small derived key (counter, count, segment reference,
@@ -244,6 +246,7 @@ impl Engine {
             damage_found_now: false,
             hold_undeliverable: Default::default(),
             tracking_days: std::sync::atomic::AtomicU32::new(7),
+            tracklog: crate::tracklog::TrackLog::open(&dir.join("tracking"))?,
         };
         engine.check_flush_mark(dir)?;
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
@@ -415,8 +418,9 @@ impl Engine {
         let mut index = IndexDeltas::default();
         // Within one batch a later change to the same id sees the earlier one's record.
         let mut staged: HashMap<QueueId, Option<MessageRecord>> = Default::default();
-        let tracking = self.tracking_days() > 0;
+        let tracking = self.tracking_days() > 0 && !fresh;
         let now = mta_types::message::now_ms();
+        let mut finished = Vec::new();
         for change in changes {
             let (id, record) = match change {
                 Change::Put(r) => (r.id, Some(r)),
@@ -449,8 +453,12 @@ impl Engine {
                     deltas.record_change(old.as_ref(), r);
                 }
             }
-            if tracking && !fresh {
-                crate::tracking::record_change(&mut batch, old.as_ref(), record.as_ref(), now);
+            if tracking {
+                finished.extend(crate::tracking::finished(
+                    old.as_ref(),
+                    record.as_ref(),
+                    now,
+                ));
             }
             match record.filter(|r| r.location != Location::Done) {
                 Some(mut r) => {
@@ -518,6 +526,14 @@ impl Engine {
             *writer = WriterCache::default();
             return Err(e.into());
         }
+        // After the batch: a history is never logged for a removal that did not happen.
+        // Tracking never fails a commit.
+        if let Err(e) = self.tracklog.append(&finished, now) {
+            tracing::warn!(
+                "message tracking: {} histories not logged: {e}",
+                finished.len()
+            );
+        }
         writer.numbers.extend(numbers);
         summaries
             .into_iter()
@@ -572,16 +588,18 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// One prune pass of message tracking: removes at most `tracking::PRUNE_CHUNK`
-    /// histories older than `tracking_days`; returns how many (call again while it is the
+    /// One prune pass of message tracking: deletes the log's segments older than
+    /// `tracking_days`, and at most `tracking::PRUNE_CHUNK` keys left by the sled-kept
+    /// tracking of earlier versions; returns how many of those (call again while it is the
     /// whole chunk).
     pub fn prune_history(&self, now_ms: u64) -> Result<usize, StoreError> {
         let keep_ms = u64::from(self.tracking_days()) * 86_400_000;
+        let segments = self.tracklog.prune(now_ms.saturating_sub(keep_ms))?;
+        if segments > 0 {
+            tracing::info!("message tracking: {segments} log segments past tracking_days deleted");
+        }
         let _writer = self.writer.lock().expect("store writer");
-        Ok(crate::tracking::prune(
-            &self.tree,
-            now_ms.saturating_sub(keep_ms),
-        )?)
+        Ok(crate::tracking::prune_legacy(&self.tree)?)
     }
 
     /// A message's history (message tracking), queued or not.
@@ -589,7 +607,7 @@ impl Engine {
         &self,
         id: QueueId,
     ) -> Result<Option<mta_types::tracking::TrackEntry>, StoreError> {
-        Ok(crate::tracking::get(&self.tree, id)?)
+        crate::tracking::get(&self.tree, &self.tracklog, id)
     }
 
     /// One page of `track` (see `tracking::query`).
@@ -597,8 +615,14 @@ impl Engine {
         &self,
         q: &crate::tracking::Query,
         rows: usize,
-    ) -> Result<(Vec<mta_types::tracking::TrackEntry>, Option<QueueId>), StoreError> {
-        Ok(crate::tracking::query(&self.tree, q, rows)?)
+    ) -> Result<
+        (
+            Vec<mta_types::tracking::TrackEntry>,
+            Option<mta_ipc::tracking::TrackCursor>,
+        ),
+        StoreError,
+    > {
+        crate::tracking::query(&self.tree, &self.tracklog, q, rows)
     }
 
     fn u64_at(&self, key: &[u8]) -> Result<u64, StoreError> {
@@ -653,6 +677,7 @@ impl Engine {
         self.db.flush()?;
         let mut files = self.files.lock().expect("store files");
         files.sync()?;
+        self.tracklog.sync(close)?;
         self.flush_seq.store(seq, Ordering::Relaxed);
         files.mark(seq, close)?;
         Ok(())
@@ -950,6 +975,11 @@ impl Engine {
 #[cfg(test)]
 impl Engine {
     /// Overwrites a record's value with garbage (a damaged disk block).
+    #[cfg(test)]
+    pub fn tree_for_test(&self) -> &sled::Tree {
+        &self.tree
+    }
+
     pub fn corrupt_for_test(&self, id: QueueId) {
         self.tree
             .insert(keys::record(id), &b"R\x01\xff\xff\xff\xff\xff\xff"[..])

@@ -35,34 +35,7 @@ pub const SEGMENT_REFS: u8 = b'g';
 pub const COUNTER: u8 = b's';
 pub const LAYOUT_KEY: &[u8] = b"v";
 pub const DAMAGED: u8 = b'x';
-pub const HISTORY: u8 = b'h';
-pub const BY_SENDER: u8 = b'j';
-pub const BY_RECIPIENT: u8 = b'k';
-pub const BY_MESSAGE_ID: u8 = b'p';
-
-pub fn history(id: QueueId) -> [u8; 9] {
-    let mut k = record(id);
-    k[0] = HISTORY;
-    k
-}
-
-/// A tracking index key: `tag` text 0 id. The text has no NUL (addresses and
-/// Message-IDs cannot hold one; one that did would only sort oddly).
-pub fn track_index(tag: u8, text: &str, id: QueueId) -> Vec<u8> {
-    let mut k = track_prefix(tag, text);
-    k.extend_from_slice(&id.to_bytes());
-    k
-}
-
-pub fn track_prefix(tag: u8, text: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(text.len() + 10);
-    k.push(tag);
-    k.extend_from_slice(text.as_bytes());
-    k.push(0);
-    k
-}
-
-/// The id at the end of a tracking index or history key.
+/// The id at the end of a key that ends with one (a record's, an index's).
 pub fn id_at_end(k: &[u8]) -> Option<QueueId> {
     let n = k.len();
     Some(QueueId::from_bytes(

@@ -22,6 +22,7 @@ mod leases;
 mod service;
 pub mod stats;
 pub mod tracking;
+mod tracklog;
 
 pub use engine::{Engine, StoreError};
 pub use service::{CommitError, OperateError, StoreService};

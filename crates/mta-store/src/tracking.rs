@@ -1,26 +1,40 @@
-//! Message tracking in the store: each message's history (`mta_types::tracking`) under
-//! `h` + id, and three indexes (sender, recipient, Message-ID), written in the same atomic
-//! batch as the record change that causes them — so they ride the group commit: no extra
-//! flush, no extra read (the history is computed from the record being written).
+//! Message tracking in the store. A message still in the store is tracked through its
+//! record: its history is computed from it when asked (`of_record`), and nothing is written
+//! for it. When it leaves (delivered, relayed, reported, deleted), its final history goes
+//! to the tracking log (`tracklog.rs`), kept `tracking_days`.
 //!
-//! Written only when something a history shows changes (arrival, parsed fields, a
-//! recipient's outcome or a new attempt, a move into a parked or final state), not on
-//! every move between queues. Pruned by age: keys sort by queue id, which sorts by
-//! arrival, so a pass reads only the oldest entries, at most `PRUNE_CHUNK` of them.
+//! So tracking costs nothing per message while it is queued (a million deferred messages
+//! add no key, no page, no memory), and one append per message when it leaves, riding the
+//! batch that removes its record.
 //!
-//! Value format: `b'H'`, a version byte, then the entry in postcard (the store's own
-//! versioned encoding, independent of the record's).
+//! `track` answers in two parts, each walked a bounded number of entries per page (an IPC
+//! frame): the records still in the store (oldest first), then the log (in the order
+//! messages finished, from the first segment that can hold an arrival at or after
+//! `since`). A message that finishes while an operator pages appears in both parts rather
+//! than in neither.
+//!
+//! Entry format (in the log): `b'H'`, a version byte, then the entry in postcard (the
+//! store's own versioned encoding, independent of the record's).
 //! - Version 1: `TrackEntry` as first defined (issue 12).
+//!
+//! Before the log, histories and three index keys per message were kept in sled under the
+//! prefixes `LEGACY`; `prune_legacy` removes them a chunk at a time.
 
+use crate::format;
 use crate::keys;
+use crate::tracklog::TrackLog;
+use mta_ipc::tracking::TrackCursor;
 use mta_types::tracking::{normalize_message_id, TrackEntry};
 use mta_types::{Location, MessageRecord, QueueId};
 
 const TAG: u8 = b'H';
 const VERSION: u8 = 1;
 
-/// Most history entries one prune pass removes.
+/// Most legacy keys one prune pass removes.
 pub const PRUNE_CHUNK: usize = 2000;
+
+/// Key prefixes of the histories and indexes once kept in sled.
+const LEGACY: [u8; 4] = [b'h', b'j', b'k', b'p'];
 
 pub fn encode(e: &TrackEntry) -> Vec<u8> {
     let mut out = vec![TAG, VERSION];
@@ -39,99 +53,54 @@ fn lower(s: &str) -> String {
     s.to_ascii_lowercase()
 }
 
-/// The history writes one record change causes, added to the change's batch. `new`
-/// None: the record was removed (`Change::Remove`); `new` with `Location::Done`: it
-/// finished.
-pub fn record_change(
-    batch: &mut sled::Batch,
+/// The history of a record in the store: its location, last changed at its latest
+/// attempt or outcome (the record keeps no time of its last move).
+pub fn of_record(r: &MessageRecord) -> TrackEntry {
+    let last = r
+        .recipients
+        .iter()
+        .flat_map(|rc| {
+            rc.attempts
+                .iter()
+                .map(|a| a.at)
+                .chain(rc.status.outcome().map(|(at, _)| at))
+        })
+        .fold(r.received_at, u64::max);
+    TrackEntry::of(r, r.location.label(), last)
+}
+
+/// The final history of a record that leaves the store with this change, if it does:
+/// `new` None (removed: `Deleted`) or in `Location::Done`.
+pub fn finished(
     old: Option<&MessageRecord>,
     new: Option<&MessageRecord>,
     now: u64,
-) {
+) -> Option<TrackEntry> {
     let (record, state) = match (old, new) {
-        (_, Some(n)) => (n, n.location.label()),
+        (_, Some(n)) if n.location == Location::Done => (n, "Done"),
         (Some(o), None) => (o, "Deleted"),
-        (None, None) => return,
+        _ => return None,
     };
-    // A quarantine placeholder (no recipients, no old record) must not overwrite the
-    // history of the message it stands for.
-    if old.is_none() && record.recipients.is_empty() {
-        return;
+    // A quarantine placeholder (an unreadable record's stand-in: no recipients) has no
+    // history to keep.
+    if record.recipients.is_empty() {
+        return None;
     }
-    let changed = match (old, new) {
-        (None, _) | (_, None) => true,
-        (Some(o), Some(n)) => {
-            o.fields != n.fields
-                || o.recipients.len() != n.recipients.len()
-                || o.recipients
-                    .iter()
-                    .zip(&n.recipients)
-                    .any(|(a, b)| a.status != b.status || a.attempts.len() != b.attempts.len())
-                || (o.location != n.location && !matches!(n.location, Location::Queue(_)))
-                || (o.note != n.note && !matches!(n.location, Location::Queue(_)))
-        }
-    };
-    if !changed {
-        return;
-    }
-    let id = record.id;
-    let entry = TrackEntry::of(record, state, now);
-    batch.insert(&keys::history(id)[..], encode(&entry));
-    // Index keys for what is new since `old` (re-inserting an existing key is harmless,
-    // but costs a write).
-    if old.is_none() {
-        batch.insert(
-            keys::track_index(keys::BY_SENDER, &lower(&entry.from), id),
-            &[][..],
-        );
-    }
-    let known = old.map_or(0, |o| o.recipients.len().min(entry.recipients.len()));
-    for r in &entry.recipients[known..] {
-        batch.insert(
-            keys::track_index(keys::BY_RECIPIENT, &lower(&r.address), id),
-            &[][..],
-        );
-    }
-    let old_mid = old
-        .and_then(|o| o.fields.as_ref())
-        .and_then(|f| f.message_id.as_deref())
-        .map(normalize_message_id);
-    if let Some(mid) = entry.message_id_key() {
-        if old_mid.as_deref() != Some(mid.as_str()) {
-            batch.insert(keys::track_index(keys::BY_MESSAGE_ID, &mid, id), &[][..]);
-        }
-    }
+    Some(TrackEntry::of(record, state, now))
 }
 
-/// The index keys of an entry (for pruning).
-fn index_keys(e: &TrackEntry) -> Vec<Vec<u8>> {
-    let mut out = vec![keys::track_index(keys::BY_SENDER, &lower(&e.from), e.id)];
-    for r in &e.recipients {
-        out.push(keys::track_index(
-            keys::BY_RECIPIENT,
-            &lower(&r.address),
-            e.id,
-        ));
-    }
-    if let Some(mid) = e.message_id_key() {
-        out.push(keys::track_index(keys::BY_MESSAGE_ID, &mid, e.id));
-    }
-    out
-}
-
-/// Removes histories of messages that arrived before `cutoff_ms`, oldest first, at most
-/// `PRUNE_CHUNK`; returns how many. Reads only what it removes.
-pub fn prune(tree: &sled::Tree, cutoff_ms: u64) -> Result<usize, sled::Error> {
-    let end = keys::history(QueueId::first_at(cutoff_ms));
+/// One pass over the legacy keys: removes at most `PRUNE_CHUNK`; returns how many.
+pub fn prune_legacy(tree: &sled::Tree) -> Result<usize, sled::Error> {
     let mut batch = sled::Batch::default();
     let mut n = 0;
-    for kv in tree.range(&[keys::HISTORY][..]..&end[..]).take(PRUNE_CHUNK) {
-        let (k, v) = kv?;
-        if let Some(e) = decode(&v) {
-            index_keys(&e).into_iter().for_each(|k| batch.remove(k));
+    for tag in LEGACY {
+        for k in tree.scan_prefix([tag]).keys().take(PRUNE_CHUNK - n) {
+            batch.remove(k?);
+            n += 1;
         }
-        batch.remove(k);
-        n += 1;
+        if n == PRUNE_CHUNK {
+            break;
+        }
     }
     if n > 0 {
         tree.apply_batch(batch)?;
@@ -139,8 +108,38 @@ pub fn prune(tree: &sled::Tree, cutoff_ms: u64) -> Result<usize, sled::Error> {
     Ok(n)
 }
 
-pub fn get(tree: &sled::Tree, id: QueueId) -> Result<Option<TrackEntry>, sled::Error> {
-    Ok(tree.get(keys::history(id))?.and_then(|v| decode(&v)))
+/// A message's history: from its record while it is in the store, else from the log
+/// (searched from the first segment written after it arrived; it is there once).
+pub fn get(
+    tree: &sled::Tree,
+    log: &TrackLog,
+    id: QueueId,
+) -> Result<Option<TrackEntry>, crate::StoreError> {
+    if let Some(v) = tree.get(keys::record(id))? {
+        let r = format::decode(&v).map_err(|e| crate::StoreError::Corrupt {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        return Ok(Some(of_record(&r)));
+    }
+    let arrived = id.timestamp_ms();
+    let segments = log.segments()?;
+    let mut found = None;
+    for (i, &start) in segments.iter().enumerate() {
+        if segments.get(i + 1).is_some_and(|&next| next <= arrived) {
+            continue;
+        }
+        log.read(start, 0, |r| {
+            if r.entry.id == id {
+                found = Some(r.entry);
+            }
+            found.is_none()
+        })?;
+        if found.is_some() {
+            break;
+        }
+    }
+    Ok(found)
 }
 
 /// What `track` asks, normalised.
@@ -149,69 +148,119 @@ pub struct Query {
     pub to: Option<String>,
     pub since_ms: Option<u64>,
     pub message_id: Option<String>,
-    pub after: Option<QueueId>,
+    pub after: Option<TrackCursor>,
 }
 
-/// Most index keys one page walks (a page stays bounded however few of them match).
+/// Most records or log entries one page reads (a page stays bounded however few of them
+/// match).
 pub const SCAN_LIMIT: usize = 20_000;
 
-/// One page: up to `rows` matching histories, oldest first, and where the next page
-/// starts (None: the end). The most selective criterion given drives the walk
-/// (Message-ID, then sender, then recipient, else arrival time); the rest filter.
+struct Filter {
+    from: Option<String>,
+    to: Option<String>,
+    mid: Option<String>,
+    since: Option<u64>,
+}
+
+impl Filter {
+    fn hit(&self, e: &TrackEntry) -> bool {
+        self.from.as_ref().is_none_or(|f| lower(&e.from) == *f)
+            && self
+                .to
+                .as_ref()
+                .is_none_or(|t| e.recipients.iter().any(|r| lower(&r.address) == *t))
+            && self
+                .mid
+                .as_ref()
+                .is_none_or(|m| e.message_id_key().as_ref() == Some(m))
+            && self.since.is_none_or(|s| e.received_at >= s)
+    }
+}
+
+/// One page: up to `rows` matching histories and where the next page starts (None: the
+/// end). See the module's comment for the order.
 pub fn query(
     tree: &sled::Tree,
+    log: &TrackLog,
     q: &Query,
     rows: usize,
-) -> Result<(Vec<TrackEntry>, Option<QueueId>), sled::Error> {
-    let from = q.from.as_deref().map(lower);
-    let to = q.to.as_deref().map(lower);
-    let mid = q.message_id.as_deref().map(normalize_message_id);
-    let prefix = match (&mid, &from, &to) {
-        (Some(m), _, _) => keys::track_prefix(keys::BY_MESSAGE_ID, m),
-        (_, Some(f), _) => keys::track_prefix(keys::BY_SENDER, f),
-        (_, _, Some(t)) => keys::track_prefix(keys::BY_RECIPIENT, t),
-        _ => vec![keys::HISTORY],
+) -> Result<(Vec<TrackEntry>, Option<TrackCursor>), crate::StoreError> {
+    let filter = Filter {
+        from: q.from.as_deref().map(lower),
+        to: q.to.as_deref().map(lower),
+        mid: q.message_id.as_deref().map(normalize_message_id),
+        since: q.since_ms,
     };
-    let first = match (q.after, q.since_ms) {
-        (Some(a), _) => QueueId::from_u64(a.as_u64().saturating_add(1)),
-        (None, Some(s)) => QueueId::first_at(s),
-        (None, None) => QueueId::from_u64(0),
-    };
-    let mut start = prefix.clone();
-    start.extend_from_slice(&first.to_bytes());
-    let mut end = prefix;
-    *end.last_mut().expect("non-empty prefix") += 1;
     let mut out = Vec::new();
     let mut walked = 0;
-    for kv in tree.range(start..end) {
-        let (k, v) = kv?;
-        walked += 1;
-        let Some(id) = keys::id_at_end(&k) else {
-            continue;
-        };
-        let entry = if k.first() == Some(&keys::HISTORY) {
-            decode(&v)
-        } else {
-            get(tree, id)?
-        };
-        if let Some(e) = entry {
-            let hit = from.as_ref().is_none_or(|f| lower(&e.from) == *f)
-                && to
-                    .as_ref()
-                    .is_none_or(|t| e.recipients.iter().any(|r| lower(&r.address) == *t))
-                && mid
-                    .as_ref()
-                    .is_none_or(|m| e.message_id_key().as_ref() == Some(m))
-                && q.since_ms.is_none_or(|s| e.received_at >= s);
-            if hit {
-                out.push(e);
-                if out.len() >= rows {
-                    return Ok((out, Some(id)));
+    let log_from = match q.after {
+        Some(TrackCursor::Log { segment, offset }) => (segment, offset),
+        queued => {
+            let first = match (queued, q.since_ms) {
+                (Some(TrackCursor::Queued(a)), _) => {
+                    QueueId::from_u64(a.as_u64().saturating_add(1))
+                }
+                (_, Some(s)) => QueueId::first_at(s),
+                _ => QueueId::from_u64(0),
+            };
+            let end = [keys::RECORD + 1];
+            for kv in tree.range(&keys::record(first)[..]..&end[..]) {
+                let (k, v) = kv?;
+                walked += 1;
+                let Some(id) = keys::id_at_end(&k) else {
+                    continue;
+                };
+                match format::decode(&v) {
+                    Ok(r) => {
+                        let e = of_record(&r);
+                        if filter.hit(&e) {
+                            out.push(e);
+                        }
+                    }
+                    Err(e) => tracing::warn!("qid={id} track: {e}"),
+                }
+                if out.len() >= rows || walked >= SCAN_LIMIT {
+                    return Ok((out, Some(TrackCursor::Queued(id))));
                 }
             }
+            (0, 0)
         }
-        if walked >= SCAN_LIMIT {
-            return Ok((out, Some(id)));
+    };
+    let segments = log.segments()?;
+    for (i, &start) in segments.iter().enumerate() {
+        let next_start = segments.get(i + 1).copied();
+        let offset = match start.cmp(&log_from.0) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => log_from.1,
+            std::cmp::Ordering::Greater => 0,
+        };
+        // Every entry of a segment was written before the next one started, and after its
+        // message arrived.
+        if let (Some(since), Some(next)) = (filter.since, next_start) {
+            if next <= since {
+                continue;
+            }
+        }
+        let mut stop = None;
+        log.read(start, offset, |r| {
+            walked += 1;
+            if filter.hit(&r.entry) {
+                out.push(r.entry);
+            }
+            if out.len() >= rows || walked >= SCAN_LIMIT {
+                stop = Some(r.next);
+                return false;
+            }
+            true
+        })?;
+        if let Some(offset) = stop {
+            return Ok((
+                out,
+                Some(TrackCursor::Log {
+                    segment: start,
+                    offset,
+                }),
+            ));
         }
     }
     Ok((out, None))
@@ -273,11 +322,11 @@ mod tests {
         }
     }
 
-    /// A finished message keeps its history with the final outcome; each index finds it;
-    /// pages continue where the last ended; pruning removes only what is past
-    /// `tracking_days`, with its index keys, a bounded chunk at a time.
+    /// A queued message is tracked through its record, a finished one through the log,
+    /// with its final outcome; each criterion finds both; the queued come first; pages
+    /// continue where the last ended, across the two parts.
     #[test]
-    fn histories_are_found_paged_and_pruned_by_age() {
+    fn queued_and_finished_messages_are_found_and_paged() {
         let dir = tempfile::tempdir().unwrap();
         let e = Engine::open(dir.path(), None).unwrap();
         let now = now_ms();
@@ -287,6 +336,7 @@ mod tests {
         let b = record(new, "b@x.test", "R@y.test", "m2@x");
         e.apply(&[Change::Put(a.clone()), Change::Put(b.clone())])
             .unwrap();
+        assert_eq!(e.history(new).unwrap().unwrap().state, "Pending");
         // Delivered and removed: the history stays, with the outcome.
         a.recipients[0].status = RcptStatus::Delivered {
             at: now,
@@ -300,6 +350,11 @@ mod tests {
             (h.state.as_str(), h.recipients[0].outcome.as_str()),
             ("Done", "delivered")
         );
+        // Removed without finishing: logged as Deleted.
+        e.apply(&[Change::Remove(new)]).unwrap();
+        assert_eq!(e.history(new).unwrap().unwrap().state, "Deleted");
+        let c = record(QueueId::generate(), "c@x.test", "r@y.test", "m3@x");
+        e.apply(&[Change::Put(c.clone())]).unwrap();
 
         let by = |f: fn(&mut Query)| {
             let mut q = none();
@@ -307,28 +362,44 @@ mod tests {
             query(&e, q)
         };
         assert_eq!(by(|q| q.from = Some("A@x.test".into())), vec![old]);
-        assert_eq!(by(|q| q.to = Some("r@y.test".into())), vec![old, new]);
+        assert_eq!(by(|q| q.to = Some("r@y.test".into())), vec![c.id, old, new]);
         assert_eq!(by(|q| q.message_id = Some("<M2@x>".into())), vec![new]);
         let mut since = none();
         since.since_ms = Some(now - 86_400_000);
-        assert_eq!(query(&e, since), vec![new]);
-        assert_eq!(by(|_| {}), vec![old, new]);
-        // One row a page: the second page starts after the first.
-        let (page, next) = e.track(&none(), 1).unwrap();
-        assert_eq!((page[0].id, next), (old, Some(old)));
+        assert_eq!(query(&e, since), vec![c.id, new]);
+        assert_eq!(by(|_| {}), vec![c.id, old, new]);
+        // One row a page: each page starts after the last, from the queue into the log.
         let mut q = none();
-        q.after = next;
-        assert_eq!(query(&e, q), vec![new]);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let (page, next) = e.track(&q, 1).unwrap();
+            seen.extend(page.iter().map(|h| h.id));
+            match next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![c.id, old, new]);
+    }
 
-        e.set_tracking_days(7);
-        assert_eq!(e.prune_history(now).unwrap(), 1);
-        assert!(e.history(old).unwrap().is_none());
-        assert_eq!(by(|q| q.to = Some("r@y.test".into())), vec![new]);
-        assert_eq!(
-            by(|q| q.from = Some("a@x.test".into())),
-            Vec::<QueueId>::new()
-        );
-        assert_eq!(e.prune_history(now).unwrap(), 0);
+    /// Keys of the sled-kept tracking of earlier versions are removed a chunk at a time;
+    /// nothing else is.
+    #[test]
+    fn legacy_tracking_keys_are_pruned_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path(), None).unwrap();
+        let r = record(QueueId::generate(), "a@x.test", "r@y.test", "m@x");
+        e.apply(&[Change::Put(r.clone())]).unwrap();
+        let tree = e.tree_for_test();
+        for i in 0..(PRUNE_CHUNK as u64 + 10) {
+            let mut k = vec![LEGACY[(i % 4) as usize]];
+            k.extend_from_slice(&i.to_be_bytes());
+            tree.insert(k, &b"x"[..]).unwrap();
+        }
+        assert_eq!(e.prune_history(now_ms()).unwrap(), PRUNE_CHUNK);
+        assert_eq!(e.prune_history(now_ms()).unwrap(), 10);
+        assert_eq!(e.prune_history(now_ms()).unwrap(), 0);
+        assert!(e.get(r.id).unwrap().is_some());
     }
 
     /// With `hold_undeliverable`, a task's move of a permanently failed message to the
