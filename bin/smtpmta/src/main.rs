@@ -22,6 +22,7 @@ mod console;
 mod dkim_keygen;
 mod instance;
 mod mail_user;
+mod memory;
 mod metrics;
 mod operations;
 mod rates;
@@ -219,6 +220,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     tracing::info!("TLS certificate: {}", tls.certificate.display());
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
+    memory::install();
     let store = StoreService::open(&config.store_dir(), Some(&config.data_dir))?;
     store
         .engine()

@@ -25,4 +25,4 @@ pub mod tracking;
 mod tracklog;
 
 pub use engine::{Engine, StoreError};
-pub use service::{CommitError, OperateError, StoreService};
+pub use service::{on_quiet, CommitError, OperateError, StoreService};

@@ -589,6 +589,18 @@ fn route_now(record: &mut MessageRecord, route: &Routed, now: u64) -> bool {
 /// plus the real syncs — and answers them, while this thread applies the next group: a
 /// flush no longer holds up the other stages' commits. Replayable changes not yet flushed
 /// are flushed within `REPLAYABLE_FLUSH` when nothing durable comes to take them along.
+/// How long without a commit counts as quiet (`on_quiet`).
+const QUIET: Duration = Duration::from_secs(3);
+static QUIET_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what the committer thread runs, on itself, once the store has had no commit for
+/// `QUIET` after some: the supervisor gives its allocator's free memory back there (the
+/// committer is the thread that allocates and frees sled's nodes). Set once; later calls
+/// are ignored.
+pub fn on_quiet(hook: fn()) {
+    let _ = QUIET_HOOK.set(hook);
+}
+
 fn committer(
     inner: Arc<Inner>,
     rx: mpsc::Receiver<CommitJob>,
@@ -603,8 +615,21 @@ fn committer(
     };
     // When replayable changes were first applied since the last flush was asked for.
     let mut unflushed_since: Option<Instant> = None;
+    // Whether commits came since the quiet hook last ran.
+    let mut busy = false;
     loop {
         let first = match unflushed_since {
+            None if busy => match rx.recv_timeout(QUIET) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    busy = false;
+                    if let Some(hook) = QUIET_HOOK.get() {
+                        hook();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
             None => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
@@ -622,6 +647,7 @@ fn committer(
                 }
             }
         };
+        busy = true;
         let mut jobs = vec![first];
         while jobs.len() < GROUP_LIMIT {
             match rx.try_recv() {
