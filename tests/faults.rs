@@ -809,10 +809,17 @@ fn a_damaged_store_file_at_startup_is_named_and_does_not_stop_the_suite() {
         eprintln!("{damage}: {survived} of 50 queued messages came back");
         let report = suite.data_dir().join("store/DAMAGED");
         if survived < 50 {
+            let log = suite.log();
             assert!(
-                suite.log().contains("is damaged: it opened at flush"),
+                log.contains("is damaged: it opened at flush"),
                 "{damage}: {survived} of 50 came back and the damage was not named"
             );
+            // Named with the offset in store/db where sled's recovery stopped.
+            let named = log
+                .lines()
+                .find(|l| l.contains("stops reading its log at offset"))
+                .unwrap_or_else(|| panic!("{damage}: no offset named\n{}", tail(&log, 30)));
+            eprintln!("{damage}: {named}");
             assert!(report.exists(), "{damage}: no DAMAGED report");
             // The spool keeps the content of the lost messages.
             let segments = mta_testkit::files_with_suffix(&suite.data_dir().join("spool"), ".seg2");

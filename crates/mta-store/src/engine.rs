@@ -209,6 +209,8 @@ impl Engine {
     /// Opens (or creates) the store in `dir`. `data_dir` is the highest directory whose
     /// entries are synced at open.
     pub fn open(dir: &Path, data_dir: Option<&Path>) -> Result<Engine, StoreError> {
+        // Before sled: its open overwrites the place where its recovery stopped.
+        let log_stop = crate::sled_log::scan(dir);
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -252,7 +254,7 @@ impl Engine {
             tracking_days: std::sync::atomic::AtomicU32::new(7),
             tracklog: crate::tracklog::TrackLog::open(&dir.join("tracking"))?,
         };
-        engine.check_flush_mark(dir)?;
+        engine.check_flush_mark(dir, log_stop)?;
         let layout = engine.tree.get(keys::LAYOUT_KEY)?;
         if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
             engine.rebuild()?;
@@ -695,7 +697,11 @@ impl Engine {
     /// the log and in the `DAMAGED` report, which stays (and holds spool compaction off, so
     /// the content of messages whose records were lost is kept) until the operator
     /// removes it. A report left from an earlier start counts as well.
-    fn check_flush_mark(&mut self, dir: &Path) -> Result<(), StoreError> {
+    fn check_flush_mark(
+        &mut self,
+        dir: &Path,
+        log_stop: Option<crate::sled_log::LogStop>,
+    ) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         let seq = self
             .tree
@@ -708,13 +714,17 @@ impl Engine {
         let report_path = dir.join(crate::durability::DAMAGE_REPORT);
         if seq < mark {
             let db = dir.join("db");
+            let at = match &log_stop {
+                Some(stop) => format!("{stop}"),
+                None => "where, the log's walk could not tell".to_string(),
+            };
             let text = format!(
                 "the queue store {} is damaged: it opened at flush {seq}, but flush {mark} had been \
                  made durable (mark file {}). sled stops reading its log at the first damaged \
-                 entry (it does not say at which offset) and drops every later one, so records \
-                 written after it are lost: messages accepted or moved since may be missing from \
-                 the queue. Their content stays in the spool: compaction is held off while this \
-                 report ({}) exists; remove it once the spool has been looked at.",
+                 entry and drops every later one ({at}), so records written after it are lost: \
+                 messages accepted or moved since may be missing from the queue. Their content \
+                 stays in the spool: compaction is held off while this report ({}) exists; \
+                 remove it once the spool has been looked at.",
                 db.display(),
                 dir.join(crate::durability::MARK_FILE).display(),
                 report_path.display(),

@@ -20,6 +20,7 @@ pub mod format;
 mod keys;
 mod leases;
 mod service;
+mod sled_log;
 pub mod stats;
 pub mod tracking;
 mod tracklog;
