@@ -1,6 +1,7 @@
 //! Real durability under sled.
 //!
-//! sled 0.34.7's flush on Linux ends in `sync_file_range`, which writes no file metadata
+//! sled 0.34.7's flush on Linux ended in `sync_file_range` (our copy, `vendor/README.md`,
+//! no longer calls it and syncs its log before reusing a segment), which writes no file metadata
 //! and flushes no device write cache: after a power loss a flushed record can be gone.
 //! So after every sled flush `StoreFiles::sync` makes it real:
 //! - `fdatasync` of sled's log file (`db`): data, size, and the device cache flush;

@@ -10,7 +10,7 @@
 //!
 //! Every commit is one atomic sled batch; commits arriving together share one flush
 //! (group commit) and are answered only after it, and after the flush is made really
-//! durable with fdatasync (`durability.rs`: sled's own flush is `sync_file_range`). Claims are leases kept in memory: a
+//! durable with fdatasync (`durability.rs`: sled's own flush made nothing durable). Claims are leases kept in memory: a
 //! lease ends with the commit of its record, with an explicit release, when the owning
 //! process exits (`release_owner`), or when it expires.
 

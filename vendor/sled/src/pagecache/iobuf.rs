@@ -728,33 +728,12 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
-                #[cfg(target_os = "linux")]
-                {
-                    use std::os::unix::io::AsRawFd;
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
-                        }
-                    }
-                }
-
-                #[cfg(not(target_os = "linux"))]
-                f.sync_all()?;
-            }
+            // smtpmta: no `sync_file_range` here (vendor/README.md). It waited for the
+            // device on every buffer (two per atomic batch) and made nothing durable (no
+            // metadata, no cache flush). Durability is the store's `fdatasync` after every
+            // flush; the one ordering sled relies on, that nothing overwrites a segment
+            // before what superseded it is on disk, is kept by the `fdatasync` in
+            // `SegmentAccountant::next` before a freed segment is reused.
         }
         io_fail!(self, "buffer write post");
 

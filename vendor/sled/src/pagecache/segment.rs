@@ -1016,6 +1016,11 @@ impl SegmentAccountant {
         let safe = self.free.iter().next().copied();
 
         let lid = if let Some(next) = safe {
+            // smtpmta (vendor/README.md): the log's writes are not synced one by one, so
+            // everything written so far (the pages that superseded this segment's) is
+            // made durable before the segment is overwritten: property A above, on disk
+            // and not only in the page cache.
+            self.config.file.sync_data()?;
             self.free.remove(&next);
             next
         } else {
