@@ -111,6 +111,7 @@ impl Supervisor {
 }
 
 fn main() -> ExitCode {
+    memory::configure_allocator();
     let args = Args::parse();
     match &args.command {
         Some(Command::DkimKeygen(keygen)) => return dkim_keygen::run(keygen),

@@ -19,6 +19,38 @@ extern "C" {
     fn mi_collect(force: bool);
 }
 
+/// The mimalloc option that keeps the supervisor's memory what it uses: arenas committed
+/// as they are used, not eagerly (on Linux mimalloc commits eagerly by default, so the
+/// suite's PSS was 82 MiB in the 1 KiB × 20 relay and 86 MiB with 1,000 idle connections,
+/// against 43 and 49 with this, at the same CPU per message). The operator may set it.
+const ALLOCATOR_ENV: (&str, &str) = ("MIMALLOC_ARENA_EAGER_COMMIT", "0");
+
+/// mimalloc reads its options once, before `main` (the runtime's first allocation creates
+/// the first arena), so setting one from here is too late for that arena: the supervisor
+/// runs itself again, at once, with the option in its environment. The PID stays (exec),
+/// and nothing is open yet but the standard streams. The tasks inherit the environment.
+pub fn configure_allocator() {
+    use std::os::unix::process::CommandExt as _;
+    let (key, value) = ALLOCATOR_ENV;
+    if std::env::var_os(key).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let error = std::process::Command::new(&exe)
+        .arg0(argv0)
+        .args(args)
+        .env(key, value)
+        .exec();
+    // Not fatal: the supervisor runs as it is, with mimalloc's defaults.
+    eprintln!(
+        "smtpmta: could not restart with {key}={value} ({error}); running with mimalloc's defaults"
+    );
+}
+
 pub fn install() {
     mta_store::on_quiet(collect);
 }
