@@ -13,8 +13,13 @@ use std::time::Duration;
 
 /// How long a claim is ours before the store gives it to someone else.
 pub const LEASE: Duration = Duration::from_secs(120);
-/// Poll interval when no kick comes (also how soon a due retry is noticed).
-pub const POLL: Duration = Duration::from_secs(1);
+/// Poll interval when no kick comes: new work always comes with a kick (every stage kicks
+/// the next after its commit), so the poll only finds what no kick announces — a batch
+/// released after a failure, a retry whose time has come, a kick lost while this task was
+/// restarting. Each poll wakes the task and the supervisor (a claim round trip, about four
+/// scheduler slices); at 1 s the four queue tasks' polls were most of an idle suite's
+/// wake-ups.
+pub const POLL: Duration = Duration::from_secs(5);
 
 /// A task's work on one claimed batch.
 pub trait QueueWorker: Send + Sync + 'static {
@@ -40,16 +45,19 @@ pub trait QueueWorker: Send + Sync + 'static {
 /// `show tasks`). Each batch's commit claims the next batch in the same round trip, so a
 /// busy queue costs one store round trip per batch.
 pub async fn drain<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) {
-    while ctx.next_work(POLL).await {
-        let mut records = match ctx.store().claim(W::QUEUE, W::BATCH, LEASE).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("cannot claim from {}: {e}", W::QUEUE);
-                continue;
+    // The first claim is at once: a task that starts (or restarts after a crash) takes
+    // what is waiting for it without waiting for a kick or the poll.
+    while !ctx.shutting_down() {
+        match ctx.store().claim(W::QUEUE, W::BATCH, LEASE).await {
+            Ok(mut records) => {
+                while !records.is_empty() && !ctx.shutting_down() {
+                    records = one_batch(worker, ctx, busy, records).await;
+                }
             }
-        };
-        while !records.is_empty() && !ctx.shutting_down() {
-            records = one_batch(worker, ctx, busy, records).await;
+            Err(e) => tracing::warn!("cannot claim from {}: {e}", W::QUEUE),
+        }
+        if !ctx.next_work(POLL).await {
+            break;
         }
     }
 }
