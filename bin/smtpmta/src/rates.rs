@@ -156,18 +156,60 @@ pub async fn busy_handlers(sup: &Supervisor, task: TaskName) -> u64 {
         c.status().await.ok()
     };
     match tokio::time::timeout(Duration::from_secs(1), ask).await {
-        Ok(Some(status)) => status.handlers.iter().filter(|h| h.state != "idle").count() as u64,
+        Ok(Some(status)) => busy(&status),
         _ => 0,
+    }
+}
+
+fn busy(status: &mta_ipc::TaskStatus) -> u64 {
+    status.handlers.iter().filter(|h| h.state != "idle").count() as u64
+}
+
+/// The sampler's control connection to one controller, kept from one sample to the next:
+/// a new connection every 2 s (connect, hello, status, close) was most of an idle
+/// controller's wake-ups. Dropped after any failure or timeout (the task may have
+/// restarted) and opened again at the next sample.
+struct Controller {
+    task: TaskName,
+    client: Option<TaskClient>,
+}
+
+impl Controller {
+    fn new(task: TaskName) -> Controller {
+        Controller { task, client: None }
+    }
+
+    async fn busy_handlers(&mut self, sup: &Supervisor) -> u64 {
+        let run_dir = sup.config.run_dir();
+        let task = self.task;
+        let client = &mut self.client;
+        let ask = async {
+            if client.is_none() {
+                *client = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
+                    .await
+                    .ok();
+            }
+            client.as_mut()?.status().await.ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(1), ask).await {
+            Ok(Some(status)) => busy(&status),
+            _ => {
+                self.client = None;
+                0
+            }
+        }
     }
 }
 
 /// Samples until the supervisor stops.
 pub async fn run(sup: Arc<Supervisor>) {
     let mut tick = tokio::time::interval(SAMPLE);
+    let mut outbound = Controller::new(TaskName::Osesctl);
+    let mut inbound = Controller::new(TaskName::Isesctl);
     loop {
         tick.tick().await;
-        let out = busy_handlers(&sup, TaskName::Osesctl).await;
-        let inbound = busy_handlers(&sup, TaskName::Isesctl).await;
-        sup.rates.record(sample_now(&sup), out, inbound + out);
+        let out = outbound.busy_handlers(&sup).await;
+        let sessions = inbound.busy_handlers(&sup).await + out;
+        sup.rates.record(sample_now(&sup), out, sessions);
     }
 }
