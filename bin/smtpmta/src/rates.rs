@@ -147,22 +147,10 @@ pub fn sample_now(sup: &Supervisor) -> Sample {
     }
 }
 
-/// Busy handlers of a controller now (0 when it does not answer).
+/// Busy handlers of a controller now (0 when it does not answer), on a connection of its
+/// own.
 pub async fn busy_handlers(sup: &Supervisor, task: TaskName) -> u64 {
-    let ask = async {
-        let mut c = TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta)
-            .await
-            .ok()?;
-        c.status().await.ok()
-    };
-    match tokio::time::timeout(Duration::from_secs(1), ask).await {
-        Ok(Some(status)) => busy(&status),
-        _ => 0,
-    }
-}
-
-fn busy(status: &mta_ipc::TaskStatus) -> u64 {
-    status.handlers.iter().filter(|h| h.state != "idle").count() as u64
+    Controller::new(task).busy_handlers(sup).await
 }
 
 /// The sampler's control connection to one controller, kept from one sample to the next:
@@ -192,7 +180,7 @@ impl Controller {
             client.as_mut()?.status().await.ok()
         };
         match tokio::time::timeout(Duration::from_secs(1), ask).await {
-            Ok(Some(status)) => busy(&status),
+            Ok(Some(status)) => status.handlers.iter().filter(|h| h.state != "idle").count() as u64,
             _ => {
                 self.client = None;
                 0
