@@ -19,12 +19,14 @@ use std::time::Duration;
 const MAIL_USER: &str = "smtpmta-mail";
 
 /// A suite started as root with `user = MAIL_USER`; its folder is made traversable for
-/// that user (a tempdir is 0700 root), as any data_dir's parents must be.
+/// that user (a tempdir is 0700 root), as any data_dir's parents must be, and its binaries
+/// are copied there, as an install would: the build folder may sit in a clone only root may
+/// enter.
 fn suite_as_mail_user(mut opts: SuiteOptions) -> (Suite, u32, u32) {
     let (uid, gid) = system_user(MAIL_USER);
     opts.top.push_str(&format!("user = \"{MAIL_USER}\"\n"));
     let mut suite = Suite::prepare(&opts);
-    std::fs::set_permissions(suite.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    suite.install_binaries();
     suite.launch();
     (suite, uid, gid)
 }
@@ -424,7 +426,7 @@ fn an_unknown_user_stops_the_start_naming_file_line_and_key() {
 fn a_data_dir_written_as_root_is_handed_to_the_mail_user() {
     // First a run as root, as before `user =`: root's Maildir file.
     let mut suite = Suite::prepare(&SuiteOptions::default());
-    std::fs::set_permissions(suite.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    suite.install_binaries();
     suite.launch();
     let out = swaks(
         suite.smtp_port,

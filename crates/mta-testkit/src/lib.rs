@@ -42,6 +42,11 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The binaries a running suite starts: the supervisor, its tasks and the console.
+pub const SUITE_BINARIES: [&str; 8] = [
+    "smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt", "mtacon",
+];
+
 /// A loopback port nobody listens on right now.
 /// A loopback port nothing listens on, for a server the test starts. Taken below the
 /// kernel's ephemeral range (32768 and up by default): a port handed out by binding port 0
@@ -162,6 +167,9 @@ pub struct Suite {
     seen_pids: Vec<u32>,
     /// The power-loss file system under `data_dir`, when mounted.
     lazyfs: Option<lazyfs::LazyFs>,
+    /// Where the suite's binaries are started from: the build folder, or the copy
+    /// [`Suite::install_binaries`] made.
+    bins: PathBuf,
 }
 
 impl Suite {
@@ -254,7 +262,39 @@ impl Suite {
             test_hooks: opts.test_hooks,
             seen_pids: Vec::new(),
             lazyfs: None,
+            bins: bin_dir(),
         }
+    }
+
+    /// Copies the suite's binaries into `<dir>/bin` (a hard link when the build folder is
+    /// on the same file system) and starts them from there, as an install would: a process
+    /// that drops to another user runs its tasks from a folder that user can reach, while the
+    /// build folder may sit in a clone only root may enter. Makes the suite's folder
+    /// traversable (0755) so the copy is reachable. Before `launch`.
+    pub fn install_binaries(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let to = self.dir.path().join("bin");
+        std::fs::create_dir_all(&to).expect("bin folder");
+        for name in SUITE_BINARIES {
+            let from = bin(name);
+            let dest = to.join(name);
+            if std::fs::hard_link(&from, &dest).is_err() {
+                std::fs::copy(&from, &dest)
+                    .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), dest.display()));
+            }
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        for dir in [self.dir.path(), to.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        self.bins = to;
+    }
+
+    /// The suite's binary `name`, from where this suite starts its binaries.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        let path = self.bins.join(name);
+        assert!(path.exists(), "{} is missing", path.display());
+        path
     }
 
     pub fn start(opts: &SuiteOptions) -> Suite {
@@ -278,7 +318,7 @@ impl Suite {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let mut command = Command::new(bin("smtpmta"));
+        let mut command = Command::new(self.bin("smtpmta"));
         if self.test_hooks {
             command.env("SMTPMTA_TEST_HOOKS", "1");
         }
@@ -476,7 +516,7 @@ impl Suite {
 
     /// Runs `mtacon --config … <args>`.
     pub fn mtacon(&self, args: &[&str]) -> Output {
-        Command::new(bin("mtacon"))
+        Command::new(self.bin("mtacon"))
             .arg("--config")
             .arg(&self.config)
             .args(args)
