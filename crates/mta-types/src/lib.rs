@@ -9,6 +9,7 @@ pub mod counters;
 pub mod message;
 pub mod outcome;
 pub mod queue_id;
+pub mod rate;
 pub mod task;
 pub mod tracking;
 
