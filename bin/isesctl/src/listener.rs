@@ -5,7 +5,8 @@
 //! busy the controller stops accepting, new connections wait in the kernel's backlog, and
 //! accepting resumes when a session ends (Domino's behaviour, seed exercise 2).
 //! `stop` closes every listening socket (new connections are refused; sessions in progress
-//! finish); `start` binds them again.
+//! finish); `start` binds them again. `shutdown` (the task stopping) only stops accepting:
+//! sessions get `[inbound] shutdown_grace`, then `421 4.3.2`.
 //!
 //! Three kinds of listener share the handlers: `listen` (SMTP, STARTTLS optional),
 //! `submission_listen` (RFC 6409: STARTTLS, then AUTH, before MAIL) and
@@ -39,6 +40,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+/// After the shutdown grace, how long sessions get to write their `421` and close.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// The inbound transport and its sessions.
 pub struct Inbound {
     shared: Arc<Shared>,
@@ -65,6 +69,8 @@ struct Shared {
     accept_latency: Arc<Histogram>,
     /// SPF, DKIM and DMARC at the end of DATA.
     mail_auth: Arc<InboundAuth>,
+    /// True once the shutdown grace is over: every session answers `421 4.3.2`.
+    closing: watch::Sender<bool>,
 }
 
 struct Running {
@@ -121,6 +127,7 @@ impl Inbound {
                     COMMIT_BOUNDS,
                 )),
                 mail_auth: Arc::new(mail_auth),
+                closing: watch::channel(false).0,
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -192,44 +199,63 @@ impl Inbound {
 
     /// Closes every listening socket; sessions in progress go on.
     pub async fn stop(&self) -> bool {
-        let mut running = self.running.lock().await;
-        let Some(Running {
-            stop,
-            accept,
-            passed,
-        }) = running.take()
-        else {
+        let Some(passed) = self.stop_accepting().await else {
             return false;
         };
-        let _ = stop.send(true);
-        // The accept loop owns the sockets: once it has returned they are closed. The
-        // supervisor's still are open: they stop listening, so connections are refused.
-        let _ = accept.await;
+        // The supervisor's sockets are still open: they stop listening, so connections
+        // are refused.
         for i in passed {
             if let Err(e) = listeners::stop_listening(&self.passed[i]) {
                 tracing::warn!(addr = %self.passed[i].addr, error = %e, "cannot stop listening");
             }
         }
-        self.listening.lock().expect("listening lock").clear();
         tracing::info!("inbound transport stopped");
         true
     }
 
-    /// Stops listening, gives sessions in progress up to `grace` to finish, then lets the
-    /// intake make durable what it holds.
+    /// Ends the accept loop (which owns and closes our own sockets); returns the indexes
+    /// of the supervisor's sockets it listened on, or `None` if it was not running.
+    async fn stop_accepting(&self) -> Option<Vec<usize>> {
+        let Running {
+            stop,
+            accept,
+            passed,
+        } = self.running.lock().await.take()?;
+        let _ = stop.send(true);
+        let _ = accept.await;
+        self.listening.lock().expect("listening lock").clear();
+        Some(passed)
+    }
+
+    /// Stops accepting, gives sessions in progress up to `grace` to finish, answers
+    /// `421 4.3.2` to those left, then lets the intake make durable what it holds.
+    ///
+    /// The supervisor's sockets are left listening: while a new isesctl starts (a
+    /// restart, a reload) connections wait in their queue instead of being refused; when
+    /// the whole suite stops, the supervisor takes them out of the listening state first.
     pub async fn shutdown(&self, grace: Duration) {
-        self.stop().await;
+        self.stop_accepting().await;
         let max = self.shared.table.max() as u32;
         let busy = self.shared.table.busy();
         if busy > 0 {
-            tracing::info!("waiting up to {grace:?} for {busy} session(s) to finish");
+            tracing::info!("shutting down: waiting up to {grace:?} for {busy} session(s) to finish");
         }
         let all_idle = self.shared.permits.acquire_many(max);
-        if tokio::time::timeout(grace, all_idle).await.is_err() {
+        tokio::pin!(all_idle);
+        if tokio::time::timeout(grace, &mut all_idle).await.is_err() {
             tracing::warn!(
-                "{} session(s) still open after {grace:?}: dropping them",
+                "{} session(s) still open after {grace:?}: answering 421 4.3.2 and closing them",
                 self.shared.table.busy()
             );
+            self.shared.closing.send_replace(true);
+            // Each writes its 421 and closes; a session inside a delivery finishes it
+            // first. A client that does not read is not waited for long.
+            if tokio::time::timeout(CLOSE_WAIT, &mut all_idle).await.is_err() {
+                tracing::warn!(
+                    "{} session(s) did not close in time: dropping them",
+                    self.shared.table.busy()
+                );
+            }
         }
         self.shared.intake.close().await;
     }
@@ -344,6 +370,10 @@ async fn take(
         Ok((stream, peer, mode)) => {
             let handler = shared.table.assign(peer, permit);
             tokio::spawn(serve(shared.clone(), stream, peer, mode, handler));
+        }
+        // The supervisor took the socket out of the listening state (the suite stops).
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(e) => {
             // Out of descriptors and the like: do not spin.
@@ -481,7 +511,8 @@ async fn serve(
         shared.accept_latency.clone(),
         shared.mail_auth.clone(),
         shared.security.clone(),
-    );
+    )
+    .with_closing(shared.closing.subscribe());
     let session = match mode {
         ListenerMode::Relay => &shared.sessions[0],
         ListenerMode::Submission => &shared.sessions[1],

@@ -39,10 +39,6 @@ use mta_task::{Task, TaskContext};
 use mta_types::TaskName;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long sessions in progress may go on after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct Isesctl {
     inbound: Inbound,
@@ -75,7 +71,9 @@ impl Task for Isesctl {
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
         ctx.shutdown_requested().await;
-        self.inbound.shutdown(SHUTDOWN_GRACE).await;
+        self.inbound
+            .shutdown(ctx.config().inbound.shutdown_grace)
+            .await;
         Ok(())
     }
 
@@ -120,7 +118,7 @@ impl Task for Isesctl {
                 Err(e) => Err(format!("{e:#}")),
             },
             other => Err(format!(
-                "{} does not know the command {other:?}",
+                "{} does not know `{other}` (it knows: stop inbound transport, start inbound transport, show status)",
                 Self::NAME
             )),
         }

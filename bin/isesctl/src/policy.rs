@@ -45,6 +45,8 @@ pub struct SessionPolicy {
     /// The certificate in effect (None: no TLS).
     tls: Option<Arc<ServerTls>>,
     auth: Arc<AuthGuard>,
+    /// True once the controller's shutdown grace is over: the session ends with 421.
+    closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What the sessions share for TLS and AUTH.
@@ -78,8 +80,68 @@ impl SessionPolicy {
             mail_auth,
             tls: security.tls,
             auth: security.auth,
+            closing: None,
         }
     }
+
+    /// The session ends with `421 4.3.2` once `closing` turns true (the shutdown grace
+    /// is over).
+    pub fn with_closing(mut self, closing: tokio::sync::watch::Receiver<bool>) -> SessionPolicy {
+        self.closing = Some(closing);
+        self
+    }
+
+    /// RFC 6409 §8.2, §8.3: an authenticated submission without `Date:` or `Message-ID:`
+    /// gets them, with our hostname (sendmail adds its own before it submits).
+    fn complete_submission(&self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Vec<u8> {
+        if env.auth.is_none() {
+            return content;
+        }
+        let hostname = &self.ctx.config().hostname;
+        let date = mta_smtp::rfc5322_date(std::time::SystemTime::now());
+        let message_id = format!("{qid}@{hostname}");
+        let fields = mta_convert::SubmissionFields {
+            date: &date,
+            message_id: &message_id,
+        };
+        match mta_convert::complete_submission(&content, &fields) {
+            Some(completed) => {
+                tracing::info!(%qid, "qid={qid} submission without Date or Message-ID: added");
+                completed
+            }
+            None => content,
+        }
+    }
+}
+
+/// One line per refused command of a transaction, at the default level (Postfix's
+/// `NOQUEUE: reject: RCPT from …` line): the client, the reply, the queue id if the
+/// transaction has one, the sender and the recipient if there is one.
+fn log_refusal(
+    peer: SocketAddr,
+    env: &Envelope,
+    stage: &str,
+    reply: &Reply,
+    rcpt: Option<&Address>,
+) {
+    let qid = env
+        .qid
+        .map(|q| q.to_string())
+        .unwrap_or_else(|| "NOQUEUE".into());
+    let reply = reply.to_string().trim_end().replace("\r\n", " ");
+    let from = env.mail_from.as_ref().map(ToString::to_string).unwrap_or_default();
+    let to = rcpt.map(|r| format!(" to=<{r}>")).unwrap_or_default();
+    let user = env
+        .auth
+        .as_deref()
+        .map(|u| format!(" sasl_username={u}"))
+        .unwrap_or_default();
+    tracing::info!(
+        client = %peer,
+        "qid={qid} reject: {stage} from [{}]: {reply}; from=<{from}>{to} helo=<{}>{user}",
+        peer.ip(),
+        env.helo
+    );
 }
 
 impl SessionHooks for SessionPolicy {
@@ -96,13 +158,14 @@ impl SessionHooks for SessionPolicy {
             )
         };
         if let RcptVerdict::Reject(reply) = &verdict {
-            tracing::info!(client = %self.peer, to = %format_args!("<{rcpt}>"), "reject: RCPT: {}", reply.text());
+            log_refusal(self.peer, env, "RCPT", reply, Some(rcpt));
         }
         verdict
     }
 
     async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
         let start = std::time::Instant::now();
+        let content = self.complete_submission(qid, env, content);
         let content = match self
             .mail_auth
             .check(self.ctx.config(), &self.intake, qid, env, content)
@@ -170,16 +233,20 @@ impl SessionHooks for SessionPolicy {
         if owned {
             return None;
         }
-        let reply = Reply::sender_not_owned(from, name);
-        tracing::info!(
-            handler = %self.handler,
-            client = %self.peer,
-            sasl_username = %name,
-            from = %format_args!("<{from}>"),
-            "reject: MAIL: {}",
-            reply.text()
-        );
-        Some(reply)
+        // Logged by `refused`, like every refused MAIL.
+        Some(Reply::sender_not_owned(from, name))
+    }
+
+    fn refused(&mut self, env: &Envelope, stage: &'static str, reply: &Reply) {
+        log_refusal(self.peer, env, stage, reply, None);
+    }
+
+    fn closing(&self) -> Option<mta_smtp::Closing> {
+        let mut closing = self.closing.clone()?;
+        Some(Box::pin(async move {
+            // A dropped sender (the controller gone) ends the session as well.
+            let _ = closing.wait_for(|closing| *closing).await;
+        }))
     }
 
     fn tls_started(&mut self, info: &TlsInfo) {

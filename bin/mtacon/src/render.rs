@@ -401,6 +401,9 @@ fn history_text(h: &mta_types::tracking::TrackEntry) -> String {
         time(h.received_at),
         h.client_ip
     );
+    if let Some(user) = &h.auth {
+        let _ = writeln!(out, "Auth-User:    {user}");
+    }
     let _ = writeln!(out, "Return-Path:  <{}>", h.from);
     let _ = writeln!(out, "Size:         {} bytes", h.size);
     if let Some(m) = &h.message_id {

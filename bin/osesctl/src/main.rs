@@ -247,7 +247,7 @@ impl Task for Osesctl {
                 self.route(ctx, None).await
             }
             other => Err(format!(
-                "{} does not know the command {other:?} (try stop/start outbound transport, route <domain>)",
+                "{} does not know `{other}` (try stop/start outbound transport, route <domain>)",
                 Self::NAME
             )),
         }

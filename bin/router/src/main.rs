@@ -104,7 +104,7 @@ impl Task for Router {
                 words.join(" ")
             )),
             other => Err(format!(
-                "router does not know the command {other:?} (it knows: show, show queue)"
+                "router does not know `{other}` (it knows: show, show queue)"
             )),
         }
     }

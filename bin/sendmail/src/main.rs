@@ -4,6 +4,23 @@
 //! `sendmail [-t] [-i | -oi] [-f sender] [-F "Full Name"] [-C config] [recipient …]`
 //! (other sendmail options such as `-odi`, `-oem`, `-bm` are accepted and ignored).
 //!
+//! Modes besides sending (as Postfix's sendmail):
+//! - `-bv addr…`: verify only. Each address is offered to the suite (MAIL, RCPT, RSET;
+//!   no message is sent) and one line per address says `deliverable` or why not. Exit 0
+//!   when all are deliverable, 69 (EX_UNAVAILABLE) when one is refused for good, 75 when
+//!   one is refused for now.
+//! - `-bi` (what `newaliases` runs, also as `newaliases`): succeeds; the directory is read
+//!   live (`tell smtpmta refresh` re-reads it), there is no alias database to build.
+//! - `-q`: asks the suite to retry everything now (`route` and `route localdelivery`,
+//!   through `mtacon` beside this binary).
+//! - `-bp`, or called as `mailq`: prints the queue (`mtacon show queue`: the counts and
+//!   the parked messages, then `tell router show`: each pending destination, its
+//!   messages and last error).
+//! - `-h`, `--help`: usage.
+//!
+//! A message without `Date:` or `Message-ID:` gets them here (RFC 6409 §8.2, §8.3),
+//! with `hostname` on the right of the Message-ID, as Postfix does.
+//!
 //! The message goes over SMTP to the suite's first `[inbound] listen` address (loopback:
 //! a trusted client, so it may relay) with `mta_smtp::client`; the exit status is 0 only
 //! after the 250 to DATA, which smtpmta sends once the message is durable on disk.
@@ -31,8 +48,42 @@ const EX_UNAVAILABLE: u8 = 69;
 const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
+const USAGE: &str = "\
+usage: sendmail [options] [recipient ...] < message
+  -t              take the recipients from To, Cc and Bcc (Bcc is removed)
+  -i, -oi         a line with only `.` does not end the message
+  -f sender       envelope sender (also -r); default LOGNAME@hostname
+  -F name         full name for the From header added when there is none
+  -C config       the suite's configuration (else $SMTPMTA_CONFIG, else etc/smtpmta.toml)
+  -bv address...  verify the addresses without sending anything
+  -bi             nothing to do: the directory is read live (newaliases)
+  -bp             print the queue (as `mailq`)
+  -q              ask the suite to retry every queued message now
+  -h, --help      this text
+Exit status: 0 sent (or verified); 64 usage; 65 bad address; 69 refused; 75 try again
+(the suite is down or refused for now: the message was NOT sent); 78 configuration.
+";
+
+/// What the command was asked to do.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    #[default]
+    Send,
+    /// `-bv`
+    Verify,
+    /// `-bi`, `newaliases`
+    Rebuild,
+    /// `-bp`, `mailq`
+    PrintQueue,
+    /// `-q`
+    RunQueue,
+    /// `-h`, `--help`
+    Help,
+}
+
 #[derive(Debug, Default)]
 struct Options {
+    mode: Mode,
     from_headers: bool,
     ignore_dots: bool,
     sender: Option<String>,
@@ -56,6 +107,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
         };
         match a.as_str() {
+            "-h" | "--help" => o.mode = Mode::Help,
+            "-bv" => o.mode = Mode::Verify,
+            "-bi" => o.mode = Mode::Rebuild,
+            "-bp" => o.mode = Mode::PrintQueue,
+            // `-q` alone, or with an interval (`-q1h`, as a daemon would): once, now.
+            s if s.starts_with("-q") => o.mode = Mode::RunQueue,
             "-t" => o.from_headers = true,
             "-i" | "-oi" => o.ignore_dots = true,
             "--" => {
@@ -67,7 +124,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             s if s.starts_with("-C") => o.config = Some(value("-C")?),
             // Delivery mode, error mode, verbosity, queue-run flags: no meaning here.
             s if s.starts_with("-o") || s.starts_with("-b") || s == "-v" || s == "-U" => {
-                if s == "-bp" || s == "-bs" || s == "-bd" {
+                if s == "-bs" || s == "-bd" {
                     return Err(format!("{s} is not supported (use mtacon)"));
                 }
             }
@@ -141,29 +198,96 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match parse_args(&args) {
+    let mut args: Vec<String> = std::env::args().collect();
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("sendmail")
+        .to_string();
+    args.remove(0);
+    let mut opts = match parse_args(&args) {
         Ok(o) => o,
-        Err(e) => return fail(EX_USAGE, e),
+        Err(e) => return fail(EX_USAGE, format!("{e}\n{USAGE}")),
     };
-    let path = opts
-        .config
-        .clone()
-        .or_else(|| std::env::var("SMTPMTA_CONFIG").ok())
-        .unwrap_or_else(|| "etc/smtpmta.toml".into());
+    match called.as_str() {
+        "mailq" => opts.mode = Mode::PrintQueue,
+        "newaliases" => opts.mode = Mode::Rebuild,
+        _ => {}
+    }
+    match opts.mode {
+        Mode::Help => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        // Nothing to build: the directory file is read live.
+        Mode::Rebuild => return ExitCode::SUCCESS,
+        Mode::PrintQueue => {
+            return console(&opts, &[&["show", "queue"], &["tell", "router", "show"]])
+        }
+        Mode::RunQueue => return console(&opts, &[&["route"], &["route", "localdelivery"]]),
+        Mode::Send | Mode::Verify => {}
+    }
+    let path = config_path(&opts);
     let config = match mta_config::Config::load(std::path::Path::new(&path)) {
         Ok(c) => c,
         Err(e) => return fail(EX_CONFIG, format!("configuration error: {e}")),
     };
-    let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+    let sender = match sender(&opts, &config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (recipients, message) = if opts.mode == Mode::Verify {
+        (opts.recipients.clone(), Vec::new())
+    } else {
+        match compose(&opts, &config, &sender) {
+            Ok(composed) => composed,
+            Err(code) => return code,
+        }
+    };
+    for r in &recipients {
+        if r.parse::<Address>().is_err() {
+            return fail(EX_DATAERR, format!("bad recipient address `{r}`"));
+        }
+    }
+    if recipients.is_empty() {
         return fail(
-            EX_TEMPFAIL,
-            format!("cannot read the message from stdin: {e}"),
+            EX_USAGE,
+            "no recipients (give them as arguments, or use -t)",
         );
     }
-    let mut message = read_message(&input, opts.ignore_dots);
+    let Some(addr) = submission_address(&config) else {
+        return fail(EX_CONFIG, "[inbound] listen is empty: nowhere to submit to");
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(EX_TEMPFAIL, format!("cannot start: {e}")),
+    };
+    let submission = Submission {
+        addr,
+        hostname: &config.hostname,
+        sender: &sender,
+        recipients: &recipients,
+    };
+    if opts.mode == Mode::Verify {
+        runtime.block_on(verify(submission))
+    } else {
+        runtime.block_on(submit(submission, &message))
+    }
+}
 
+fn config_path(opts: &Options) -> String {
+    opts.config
+        .clone()
+        .or_else(|| std::env::var("SMTPMTA_CONFIG").ok())
+        .unwrap_or_else(|| "etc/smtpmta.toml".into())
+}
+
+/// The envelope sender: `-f`, else LOGNAME@hostname.
+fn sender(opts: &Options, config: &mta_config::Config) -> Result<String, ExitCode> {
     let login = std::env::var("LOGNAME")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "root".into());
@@ -172,9 +296,27 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| format!("{login}@{}", config.hostname));
     if !sender.is_empty() && sender.parse::<Address>().is_err() {
-        return fail(EX_USAGE, format!("bad sender address `{sender}`"));
+        return Err(fail(EX_USAGE, format!("bad sender address `{sender}`")));
     }
+    Ok(sender)
+}
 
+/// Reads the message from stdin and makes it ready to send: the recipients (with `-t`,
+/// from its header, Bcc removed) and the content, with From, Date and Message-ID added
+/// when missing.
+fn compose(
+    opts: &Options,
+    config: &mta_config::Config,
+    sender: &str,
+) -> Result<(Vec<String>, Vec<u8>), ExitCode> {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        return Err(fail(
+            EX_TEMPFAIL,
+            format!("cannot read the message from stdin: {e}"),
+        ));
+    }
+    let mut message = read_message(&input, opts.ignore_dots);
     let mut recipients = opts.recipients.clone();
     let (fields, header_end) = header_fields(&message);
     if opts.from_headers {
@@ -206,21 +348,27 @@ fn main() -> ExitCode {
         with_from.extend_from_slice(&message);
         message = with_from;
     }
-    for r in &recipients {
-        if r.parse::<Address>().is_err() {
-            return fail(EX_DATAERR, format!("bad recipient address `{r}`"));
-        }
-    }
-    if recipients.is_empty() {
-        return fail(
-            EX_USAGE,
-            "no recipients (give them as arguments, or use -t)",
-        );
-    }
+    Ok((recipients, with_date_and_id(message, &config.hostname)))
+}
 
-    let Some(mut addr) = config.inbound.listen.first().copied() else {
-        return fail(EX_CONFIG, "[inbound] listen is empty: nowhere to submit to");
+/// RFC 6409 §8.2, §8.3: Date and Message-ID when the message has none.
+fn with_date_and_id(message: Vec<u8>, hostname: &str) -> Vec<u8> {
+    let date = mta_smtp::rfc5322_date(std::time::SystemTime::now());
+    let message_id = format!(
+        "{}.{}@{hostname}",
+        mta_types::QueueId::generate(),
+        std::process::id()
+    );
+    let fields = mta_convert::SubmissionFields {
+        date: &date,
+        message_id: &message_id,
     };
+    mta_convert::complete_submission(&message, &fields).unwrap_or(message)
+}
+
+/// The suite's first `[inbound] listen` address (a wildcard one as loopback).
+fn submission_address(config: &mta_config::Config) -> Option<std::net::SocketAddr> {
+    let mut addr = config.inbound.listen.first().copied()?;
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -228,29 +376,112 @@ fn main() -> ExitCode {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fail(EX_TEMPFAIL, format!("cannot start: {e}")),
-    };
-    runtime.block_on(submit(
-        addr,
-        &config.hostname,
-        &sender,
-        &recipients,
-        &message,
-    ))
+    Some(addr)
 }
 
-async fn submit(
+/// `-bp` and `-q`: console commands, run by `mtacon` from this binary's folder (the
+/// console's renderer is there; this command stays a small SMTP client).
+fn console(opts: &Options, commands: &[&[&str]]) -> ExitCode {
+    let mtacon = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("mtacon")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "mtacon".into());
+    let config = config_path(opts);
+    for words in commands {
+        let status = std::process::Command::new(&mtacon)
+            .arg("--config")
+            .arg(&config)
+            .args(words.iter())
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return ExitCode::from(s.code().map_or(EX_TEMPFAIL, |c| c as u8)),
+            Err(e) => {
+                return fail(
+                    EX_UNAVAILABLE,
+                    format!("cannot run {}: {e}", mtacon.display()),
+                )
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Where and as whom a message (or a verification) goes.
+struct Submission<'a> {
     addr: std::net::SocketAddr,
-    hostname: &str,
-    sender: &str,
-    recipients: &[String],
-    message: &[u8],
-) -> ExitCode {
+    hostname: &'a str,
+    sender: &'a str,
+    recipients: &'a [String],
+}
+
+/// `-bv`: MAIL and one RCPT per address, then RSET: nothing is sent. One line per
+/// address on stdout; the exit status is the worst verdict's.
+async fn verify(s: Submission<'_>) -> ExitCode {
+    let timeout = Duration::from_secs(60);
+    let (mut client, greeting) =
+        match SmtpClient::connect(s.addr, Duration::from_secs(10), timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    EX_TEMPFAIL,
+                    format!("the mail suite is not running ({e}); nothing verified"),
+                )
+            }
+        };
+    if !greeting.is_positive() {
+        return fail(EX_TEMPFAIL, format!("greeting: {}", greeting.text()));
+    }
+    let steps = async {
+        let mut verdicts = Vec::new();
+        let r = client.hello(s.hostname).await?;
+        let r = if r.is_positive() {
+            client.command(&format!("MAIL FROM:<{}>", s.sender)).await?
+        } else {
+            r
+        };
+        for rcpt in s.recipients {
+            let verdict = if r.is_positive() {
+                client.command(&format!("RCPT TO:<{rcpt}>")).await?
+            } else {
+                r.clone()
+            };
+            verdicts.push((rcpt.clone(), verdict));
+        }
+        let _ = client.command("RSET").await;
+        Ok::<_, mta_smtp::client::SessionError>(verdicts)
+    };
+    let verdicts = match steps.await {
+        Ok(v) => v,
+        Err(e) => return fail(EX_TEMPFAIL, format!("{e}; nothing verified")),
+    };
+    client.quit().await;
+    let mut code = 0;
+    for (rcpt, reply) in verdicts {
+        if reply.is_positive() {
+            println!("{rcpt}... deliverable");
+        } else {
+            println!("{rcpt}... undeliverable: {} {}", reply.code, reply.text());
+            let this = if reply.is_transient() {
+                EX_TEMPFAIL
+            } else {
+                EX_UNAVAILABLE
+            };
+            // A refusal for good outranks one for now.
+            code = if code == EX_UNAVAILABLE { code } else { this };
+        }
+    }
+    ExitCode::from(code)
+}
+
+async fn submit(s: Submission<'_>, message: &[u8]) -> ExitCode {
+    let Submission {
+        addr,
+        hostname,
+        sender,
+        recipients,
+    } = s;
     let timeout = Duration::from_secs(60);
     let (mut client, greeting) =
         match SmtpClient::connect(addr, Duration::from_secs(10), timeout).await {
@@ -324,6 +555,13 @@ mod tests {
         assert_eq!(o.recipients, vec!["you@y.test"]);
         assert!(a(&["-odi", "-oem", "x@y.test"]).is_ok());
         assert!(a(&["-Q"]).is_err());
+        assert_eq!(a(&["-bv", "x@y.test"]).unwrap().mode, Mode::Verify);
+        assert_eq!(a(&["-bi"]).unwrap().mode, Mode::Rebuild);
+        assert_eq!(a(&["-bp"]).unwrap().mode, Mode::PrintQueue);
+        assert_eq!(a(&["-q"]).unwrap().mode, Mode::RunQueue);
+        assert_eq!(a(&["-q30m"]).unwrap().mode, Mode::RunQueue);
+        assert_eq!(a(&["--help"]).unwrap().mode, Mode::Help);
+        assert_eq!(a(&["-h"]).unwrap().mode, Mode::Help);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use mta_types::message::now_ms;
 use mta_types::TaskName;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -17,7 +18,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A task that ran this long before exiting starts its back-off afresh.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// How long a task may take to stop cleanly before it is killed.
+/// How long a task may take to stop cleanly before it is killed (isesctl: its
+/// `shutdown_grace` more, see `Children::stop_grace`).
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +40,8 @@ struct Entry {
     last_exit: Option<String>,
     /// Current pid, watched by `stop_all`.
     pid_tx: watch::Sender<Option<u32>>,
+    /// `tell <task> restart` (or a reload): start a new copy, retire the running one.
+    restart: Arc<tokio::sync::Notify>,
 }
 
 /// An `[inbound]` listening socket the supervisor bound, passed to every isesctl it starts.
@@ -59,6 +63,17 @@ pub struct Children {
     stopping: watch::Sender<bool>,
     /// Woken whenever a task says it is ready (for `all_running`).
     ready: Arc<tokio::sync::Notify>,
+    /// isesctl's `[inbound] shutdown_grace` in milliseconds (a reload may change it).
+    inbound_grace_ms: Arc<AtomicU64>,
+    /// Old copies of restarted tasks finishing their work; `stop_all` waits for them.
+    retiring: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+/// How a task's run ended, as the supervise loop sees it.
+enum RunEnd {
+    Exited(String),
+    /// A restart was asked: the old copy is retiring, a new one starts now.
+    Replaced,
 }
 
 impl Children {
@@ -68,6 +83,7 @@ impl Children {
         run_dir: PathBuf,
         store: StoreService,
         listeners: Arc<Vec<PassedListener>>,
+        inbound_grace: Duration,
     ) -> Children {
         let mut table = BTreeMap::new();
         for task in TaskName::CHILDREN {
@@ -80,6 +96,7 @@ impl Children {
                     restarts: 0,
                     last_exit: None,
                     pid_tx: watch::channel(None).0,
+                    restart: Arc::new(tokio::sync::Notify::new()),
                 },
             );
         }
@@ -92,7 +109,93 @@ impl Children {
             listeners,
             stopping: watch::channel(false).0,
             ready: Arc::new(tokio::sync::Notify::new()),
+            inbound_grace_ms: Arc::new(AtomicU64::new(inbound_grace.as_millis() as u64)),
+            retiring: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// A new `[inbound] shutdown_grace` (from a reload).
+    pub fn set_inbound_grace(&self, grace: Duration) {
+        self.inbound_grace_ms
+            .store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long `task` may take to stop before it is killed: isesctl lets its sessions
+    /// run `shutdown_grace`, then gives them time to write their 421.
+    fn stop_grace(&self, task: TaskName) -> Duration {
+        if task == TaskName::Isesctl {
+            let grace = Duration::from_millis(self.inbound_grace_ms.load(Ordering::Relaxed));
+            grace + STOP_GRACE + Duration::from_secs(5)
+        } else {
+            STOP_GRACE
+        }
+    }
+
+    /// `tell <task> restart`: a new copy of the task starts at once and the running one
+    /// stops gracefully beside it (isesctl: the listening sockets stay open in the
+    /// supervisor, so no connection is refused; the old copy accepts no more and finishes
+    /// its sessions). Returns what happened, for the console.
+    pub async fn restart(&self, task: TaskName) -> Result<String, String> {
+        let (notify, mut pid_rx, old) = {
+            let table = self.table.lock().expect("task table lock");
+            let e = table.get(&task).ok_or(format!("{task} is not a task"))?;
+            if !matches!(e.state, ChildState::Running | ChildState::Starting) || e.pid.is_none() {
+                return Err(format!("{task} is not running (see `show tasks`)"));
+            }
+            (e.restart.clone(), e.pid_tx.subscribe(), e.pid)
+        };
+        notify.notify_one();
+        let changed = pid_rx.wait_for(|p| p.is_some() && *p != old);
+        let new = match tokio::time::timeout(Duration::from_secs(10), changed).await {
+            Ok(Ok(pid)) => *pid,
+            _ => None,
+        };
+        let (old, new) = (old.unwrap_or(0), new.unwrap_or(0));
+        Ok(match task {
+            TaskName::Isesctl => format!(
+                "isesctl restarted: pid {new} accepts connections; pid {old} accepts no more and finishes its sessions (up to {}s, then 421)",
+                Duration::from_millis(self.inbound_grace_ms.load(Ordering::Relaxed)).as_secs()
+            ),
+            _ => format!("{task} restarted: pid {new} runs; pid {old} finishes its work and stops"),
+        })
+    }
+
+    /// The running copy of `task` (pid) was replaced: asks it to stop (before the new copy
+    /// opens its control socket, so the request reaches the old one), then watches it in
+    /// the background: killed after its stop grace, its claims returned when it exits.
+    async fn retire(&self, task: TaskName, mut child: tokio::process::Child, pid: Option<u32>) {
+        let asked = tokio::time::timeout(Duration::from_secs(2), self.ask_to_stop(task)).await;
+        if !matches!(asked, Ok(Ok(()))) {
+            if let Some(pid) = pid {
+                signal(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        tracing::info!(%task, pid = pid.unwrap_or(0), "retiring the old copy of the task");
+        let grace = self.stop_grace(task);
+        let store = self.store.clone();
+        let handle = tokio::spawn(async move {
+            let exit = match tokio::time::timeout(grace, child.wait()).await {
+                Ok(status) => status.map(|s| s.to_string()),
+                Err(_) => {
+                    tracing::warn!(%task, pid = pid.unwrap_or(0), "old copy did not stop in time; killing it");
+                    let _ = child.start_kill();
+                    child.wait().await.map(|s| s.to_string())
+                }
+            };
+            let exit = exit.unwrap_or_else(|e| format!("wait failed: {e}"));
+            if let Some(pid) = pid {
+                let released = store.release_owner(pid);
+                tracing::info!(%task, pid, %exit, released, "old copy stopped");
+            }
+        });
+        let mut retiring = self.retiring.lock().expect("retiring lock");
+        retiring.retain(|h| !h.is_finished());
+        retiring.push(handle);
+    }
+
+    async fn ask_to_stop(&self, task: TaskName) -> Result<(), mta_ipc::IpcError> {
+        let mut c = TaskClient::connect(&self.run_dir, task, TaskName::Smtpmta).await?;
+        c.request(&TaskRequest::Shutdown).await.map(|_| ())
     }
 
     /// Launches every task, downstream first so each queue's consumer is up before its
@@ -159,10 +262,13 @@ impl Children {
                 e.pid_tx.send_replace(pid);
             });
             tracing::info!(%task, pid = pid.unwrap_or(0), "task started");
-            let status = child.wait().await;
-            let exit = match &status {
-                Ok(s) => s.to_string(),
-                Err(e) => format!("wait failed: {e}"),
+            let exit = match self.run_until_end(task, &mut child).await {
+                RunEnd::Exited(exit) => exit,
+                RunEnd::Replaced => {
+                    self.retire(task, child, pid).await;
+                    consecutive = 0;
+                    continue;
+                }
             };
             if let Some(pid) = pid {
                 let released = self.store.release_owner(pid);
@@ -197,6 +303,24 @@ impl Children {
             e.state = ChildState::Stopped;
             e.pid_tx.send_replace(None);
         });
+    }
+
+    /// Waits for the task to exit, or for a restart to be asked.
+    async fn run_until_end(&self, task: TaskName, child: &mut tokio::process::Child) -> RunEnd {
+        let restart = {
+            let table = self.table.lock().expect("task table lock");
+            table.get(&task).map(|e| e.restart.clone())
+        };
+        let Some(restart) = restart else {
+            return RunEnd::Exited("not in the task table".into());
+        };
+        tokio::select! {
+            status = child.wait() => RunEnd::Exited(match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            }),
+            () = restart.notified() => RunEnd::Replaced,
+        }
     }
 
     /// isesctl inherits the SMTP sockets: named in `SMTPMTA_LISTEN_FDS`, and made
@@ -299,6 +423,8 @@ impl Children {
     /// SIGKILL.
     pub async fn stop_all(&self) {
         self.stopping.send_replace(true);
+        // New connections are refused from now on; isesctl finishes the sessions it has.
+        self.stop_listening();
         for task in TaskName::CHILDREN {
             let mut pid_rx = {
                 let mut table = self.table.lock().expect("task table lock");
@@ -325,13 +451,30 @@ impl Children {
             {
                 signal(pid, nix::sys::signal::Signal::SIGTERM);
             }
-            let exited = tokio::time::timeout(STOP_GRACE, pid_rx.wait_for(|p| p.is_none()))
-                .await
-                .is_ok();
+            let exited =
+                tokio::time::timeout(self.stop_grace(task), pid_rx.wait_for(|p| p.is_none()))
+                    .await
+                    .is_ok();
             if !exited {
                 tracing::warn!(%task, pid, "task did not stop in time; killing it");
                 signal(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = tokio::time::timeout(STOP_GRACE, pid_rx.wait_for(|p| p.is_none())).await;
+            }
+        }
+        let retiring = std::mem::take(&mut *self.retiring.lock().expect("retiring lock"));
+        for handle in retiring {
+            let _ = handle.await;
+        }
+    }
+
+    /// Takes the SMTP sockets out of the listening state (the suite is stopping).
+    fn stop_listening(&self) {
+        use std::os::fd::AsRawFd as _;
+        for l in self.listeners.iter() {
+            let fd = l.listener.as_raw_fd();
+            match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}
+                Err(e) => tracing::warn!(addr = %l.addr, error = %e, "cannot stop listening"),
             }
         }
     }

@@ -73,6 +73,10 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
             tell_task(sup, TaskName::Osesctl, command).await
         }
         TellCommand::Refresh => refresh(sup).await,
+        TellCommand::Reload => refresh(sup).await,
+        TellCommand::Restart => ConsoleReply::Error(
+            "smtpmta restart (a binary upgrade in place) is not built yet: restart one task with `tell <task> restart`, or the suite with systemctl restart".into(),
+        ),
         TellCommand::Compact => match crate::compaction::compact_now(sup.clone()).await {
             Ok(c) => ConsoleReply::Text(format!(
                 "queue compacted: {} spool segment(s) removed ({} bytes freed), {} kept ({} bytes)",
@@ -140,6 +144,13 @@ async fn refresh(sup: &Supervisor) -> ConsoleReply {
 }
 
 async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
+    if command == TellCommand::Restart {
+        return match sup.children.restart(task).await {
+            Ok(text) => ConsoleReply::Text(text),
+            Err(text) => ConsoleReply::Error(text),
+        };
+    }
+    let command_text = command.to_string();
     let request = async {
         let mut client =
             TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta).await?;
@@ -149,7 +160,9 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
         Ok(TaskResponse::Told(text)) => ConsoleReply::Text(text),
         Ok(TaskResponse::Report(TaskReport::Router(report))) => ConsoleReply::Router(report),
         Ok(TaskResponse::Error(text)) => ConsoleReply::Error(text),
-        Ok(other) => ConsoleReply::Error(format!("unexpected reply from {task}: {other:?}")),
+        Ok(_) => ConsoleReply::Error(format!(
+            "{task} answered `{command_text}` with something else than text (a mismatched binary?)"
+        )),
         Err(e) => ConsoleReply::Error(format!("{task} is not answering ({e}); see `show tasks`")),
     }
 }

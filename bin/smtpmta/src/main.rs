@@ -245,6 +245,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         run_dir.clone(),
         store.clone(),
         Arc::new(smtp_listeners),
+        config.inbound.shutdown_grace,
     );
     let sup = Arc::new(Supervisor {
         knobs: Mutex::new(config.debug.clone()),

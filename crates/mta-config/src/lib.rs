@@ -174,6 +174,11 @@ pub struct InboundConfig {
     /// OpenDKIM's and OpenDMARC's internal hosts), and their mail gets no
     /// Authentication-Results.
     pub verify_trusted: bool,
+    /// `shutdown_grace`: when isesctl stops (`tell smtpmta quit`, `tell isesctl restart`,
+    /// a reload that restarts it), sessions in progress may go on this long; then each
+    /// one left is answered `421 4.3.2` and closed. Default 30s.
+    #[serde(deserialize_with = "values::duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for InboundConfig {
@@ -196,6 +201,7 @@ impl Default for InboundConfig {
             bare_newline: BareNewline::Normalize,
             dmarc_reject: false,
             verify_trusted: false,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }

@@ -135,6 +135,18 @@ pub fn has_header(content: &[u8], name: &str) -> bool {
     }
 }
 
+/// The field names of the header section and the offset where the body starts; `None`
+/// when the content has no header section (or cannot be read as one).
+pub(crate) fn header_names(content: &[u8]) -> Option<(Vec<String>, usize)> {
+    match read_header_section(content) {
+        Ok(HeaderSection::Fields {
+            headers,
+            body_start,
+        }) => Some((headers.iter().map(|h| h.get_key()).collect(), body_start)),
+        _ => None,
+    }
+}
+
 enum HeaderSection<'a> {
     Fields {
         headers: Vec<MailHeader<'a>>,

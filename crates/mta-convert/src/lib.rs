@@ -11,6 +11,8 @@
 //! - `trace_headers_for_delivery` (used by `router`) renders the `Return-Path:` and
 //!   `Delivered-To:` fields prepended to a message written to a local Maildir.
 //!
+//! - `complete_submission` (used by `isesctl` for authenticated submissions and by
+//!   `sendmail`) adds a missing `Date:` and `Message-ID:` (RFC 6409 §8).
 //! - `render_dsn` (used by `drt`) writes an RFC 3464 delivery status notification.
 //!
 //! A relayed message's content is never rewritten here: only trace headers are prepended, so
@@ -23,8 +25,10 @@
 
 mod dsn;
 mod inbound;
+mod submission;
 mod trace;
 
 pub use dsn::{render_dsn, Dsn, DsnInput, ReportLine};
 pub use inbound::{convert_inbound, has_header, ConversionError, Converted};
+pub use submission::{complete_submission, SubmissionFields};
 pub use trace::trace_headers_for_delivery;

@@ -75,6 +75,14 @@ pub const HELP: &[(&str, &str)] = &[
         "re-read the directory file and the [debug] knobs (a bad file keeps the old one)",
     ),
     (
+        "tell smtpmta reload",
+        "re-read the configuration and the directory; apply what changed (restarting a task gracefully if it must); a bad file changes nothing",
+    ),
+    (
+        "tell <task> restart",
+        "start a new copy of the task and stop the old one gracefully (isesctl: sessions get shutdown_grace, then 421)",
+    ),
+    (
         "tell smtpmta compact",
         "compact the queue now: reclaim spool segments no message points into",
     ),
@@ -137,6 +145,12 @@ pub enum TellCommand {
     Refresh,
     /// Compact the queue now (`tell smtpmta compact`).
     Compact,
+    /// `tell <task> restart`: the supervisor starts a new copy of the task and stops the
+    /// old one gracefully (isesctl: no new connection refused, sessions get
+    /// `[inbound] shutdown_grace`).
+    Restart,
+    /// `tell smtpmta reload`: re-read the configuration and the directory and apply them.
+    Reload,
     /// Anything else: passed to the task, which says whether it knows it.
     Other(Vec<String>),
 }
@@ -162,8 +176,30 @@ impl TellCommand {
             }
             ["refresh"] => TellCommand::Refresh,
             ["compact"] => TellCommand::Compact,
+            ["restart"] => TellCommand::Restart,
+            ["reload"] => TellCommand::Reload,
             _ => TellCommand::Other(words.iter().map(|w| w.to_string()).collect()),
         }
+    }
+}
+
+/// As an operator types it (`stop inbound transport`): what console errors show.
+impl std::fmt::Display for TellCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            TellCommand::Quit => "quit",
+            TellCommand::ShowStatus => "show status",
+            TellCommand::StopInboundTransport => "stop inbound transport",
+            TellCommand::StartInboundTransport => "start inbound transport",
+            TellCommand::StopOutboundTransport => "stop outbound transport",
+            TellCommand::StartOutboundTransport => "start outbound transport",
+            TellCommand::Refresh => "refresh",
+            TellCommand::Compact => "compact",
+            TellCommand::Restart => "restart",
+            TellCommand::Reload => "reload",
+            TellCommand::Other(words) => return f.write_str(&words.join(" ")),
+        };
+        f.write_str(text)
     }
 }
 

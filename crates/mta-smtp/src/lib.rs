@@ -38,7 +38,7 @@ pub use data::{
 pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
-    run_session, AuthVerdict, BareLineEvent, ClientInfo, Credentials, Direction, EndReason,
+    run_session, AuthVerdict, BareLineEvent, ClientInfo, Closing, Credentials, Direction, EndReason,
     Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState, SessionSummary,
     TlsInfo,
 };

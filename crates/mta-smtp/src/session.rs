@@ -28,6 +28,7 @@ mod rcpt;
 mod tls;
 
 pub use auth::{AuthVerdict, Credentials};
+pub use io::Closing;
 pub use tls::TlsInfo;
 
 use crate::command::{Command, CommandError, MailParams, RcptParams, MAX_COMMAND_LINE};
@@ -275,6 +276,18 @@ pub trait SessionHooks: Send {
     /// The message content as the client sent it (dot-unstuffed, before our Received
     /// header), for SMTPDebugIO 3; called before `deliver`. Default: nothing.
     fn message_data(&mut self, _qid: QueueId, _content: &[u8]) {}
+
+    /// A transaction was refused at MAIL or at the end of its content (`stage`: `MAIL`,
+    /// `DATA` or `BDAT`), with `reply`; for the owner's log (RCPT refusals come from
+    /// `check_rcpt`, which the owner sees already). Default: nothing.
+    fn refused(&mut self, _env: &Envelope, _stage: &'static str, _reply: &Reply) {}
+
+    /// Resolves when the server shuts down and this session must end: the session then
+    /// answers `421 4.3.2` instead of reading on (also in the middle of DATA; never while
+    /// `deliver` runs) and closes. Asked once, at the start. Default: never.
+    fn closing(&self) -> Option<Closing> {
+        None
+    }
 }
 
 /// Why a session ended.
@@ -289,6 +302,8 @@ pub enum EndReason {
     LostSync,
     /// The TLS handshake failed (or an implicit-TLS listener has no certificate).
     TlsFailed,
+    /// The server shut down (`421 4.3.2`).
+    ShuttingDown,
 }
 
 /// Counts for the session's summary log line.
@@ -335,11 +350,9 @@ where
     H: SessionHooks,
 {
     let deadline = Instant::now() + cfg.session_timeout;
-    let io = BufReader::new(Deadlined::new(
-        tls::Conn::Plain(stream),
-        cfg.command_timeout,
-        deadline,
-    ));
+    let mut stream = Deadlined::new(tls::Conn::Plain(stream), cfg.command_timeout, deadline);
+    stream.close_when(hooks.closing());
+    let io = BufReader::new(stream);
     let postmaster = cfg
         .hostname
         .parse()
@@ -500,6 +513,10 @@ where
 
     /// A read failed: a timeout gets its 421, anything else means the client is gone.
     fn io_failed(&mut self, e: std::io::Error) -> Flow {
+        if io::is_shutting_down(&e) {
+            self.reply(Reply::shutting_down(&self.cfg.hostname));
+            return Flow::Close(EndReason::ShuttingDown);
+        }
         if e.kind() == std::io::ErrorKind::TimedOut {
             self.reply(Reply::timeout(&self.cfg.hostname));
             Flow::Close(EndReason::Timeout)

@@ -16,6 +16,9 @@
 //! Entry format (in the log): `b'H'`, a version byte, then the entry in postcard (the
 //! store's own versioned encoding, independent of the record's).
 //! - Version 1: `TrackEntry` as first defined (issue 12).
+//! - Version 2: `TrackEntry.auth` (the SMTP AUTH identity) added as the last field: postcard
+//!   writes `None` as one 0 byte, so a version-1 entry is read as version 2 with that
+//!   byte appended.
 //!
 //! Before the log, histories and three index keys per message were kept in sled under the
 //! prefixes `LEGACY`; `prune_legacy` removes them a chunk at a time.
@@ -28,7 +31,9 @@ use mta_types::tracking::{normalize_message_id, TrackEntry};
 use mta_types::{Location, MessageRecord, QueueId};
 
 const TAG: u8 = b'H';
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The layout without `auth`; see the module's header.
+const VERSION_1: u8 = 1;
 
 /// Most legacy keys one prune pass removes.
 pub const PRUNE_CHUNK: usize = 2000;
@@ -45,6 +50,11 @@ pub fn encode(e: &TrackEntry) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Option<TrackEntry> {
     match bytes {
         [TAG, VERSION, body @ ..] => postcard::from_bytes(body).ok(),
+        [TAG, VERSION_1, body @ ..] => {
+            let mut with_no_auth = body.to_vec();
+            with_no_auth.push(0);
+            postcard::from_bytes(&with_no_auth).ok()
+        }
         _ => None,
     }
 }
@@ -325,6 +335,24 @@ mod tests {
     /// A queued message is tracked through its record, a finished one through the log,
     /// with its final outcome; each criterion finds both; the queued come first; pages
     /// continue where the last ended, across the two parts.
+    /// An entry written before `auth` (version 1) still reads, without it; a new one
+    /// keeps it.
+    #[test]
+    fn version_1_entries_read_without_auth() {
+        let mut record = record(QueueId::generate(), "a@x.test", "b@y.test", "m@x");
+        record.envelope.auth = Some("alice".into());
+        let entry = of_record(&record);
+        let encoded = encode(&entry);
+        assert_eq!(decode(&encoded).unwrap().auth.as_deref(), Some("alice"));
+        let mut v1 = entry.clone();
+        v1.auth = None;
+        let mut bytes = encode(&v1);
+        // The version-1 layout: the same fields without the trailing `None`.
+        assert_eq!(bytes.pop(), Some(0));
+        bytes[1] = VERSION_1;
+        assert_eq!(decode(&bytes), Some(v1));
+    }
+
     #[test]
     fn queued_and_finished_messages_are_found_and_paged() {
         let dir = tempfile::tempdir().unwrap();

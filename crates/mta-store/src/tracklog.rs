@@ -272,6 +272,7 @@ mod tests {
             recipients: Vec::new(),
             more_recipients: 0,
             updated_at: 1,
+            auth: None,
         }
     }
 

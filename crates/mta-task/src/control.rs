@@ -11,13 +11,20 @@ use std::sync::Arc;
 
 pub(crate) struct ControlSocket {
     path: PathBuf,
+    /// The socket file's inode as bound: a restarted copy of the task binds the same path
+    /// while this one finishes, and this one must not remove the new copy's file.
+    inode: Option<u64>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl ControlSocket {
     pub(crate) fn close(self) {
+        use std::os::unix::fs::MetadataExt as _;
         self.server.abort();
-        let _ = std::fs::remove_file(&self.path);
+        let current = std::fs::metadata(&self.path).ok().map(|m| m.ino());
+        if current.is_some() && current == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -125,5 +132,13 @@ pub(crate) fn bind<T: Task>(ctx: &TaskContext, task: Arc<T>) -> std::io::Result<
         Service::Control(T::NAME),
         handler,
     ));
-    Ok(ControlSocket { path, server })
+    let inode = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&path).ok().map(|m| m.ino())
+    };
+    Ok(ControlSocket {
+        path,
+        inode,
+        server,
+    })
 }

@@ -118,7 +118,7 @@ pub trait Task: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, String>> + Send {
         async move {
             Err(format!(
-                "{} does not know the command {command:?}",
+                "{} does not know `{command}`",
                 Self::NAME
             ))
         }

@@ -36,6 +36,10 @@ pub struct TrackEntry {
     pub more_recipients: u32,
     /// When this entry was last written.
     pub updated_at: UnixMillis,
+    /// The SMTP AUTH identity the message was submitted under, if any. Last, so that an
+    /// entry of the first layout reads as this one without it (`mta-store`'s tracking
+    /// format, version 2).
+    pub auth: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +128,7 @@ impl TrackEntry {
                 .collect(),
             more_recipients: record.recipients.len().saturating_sub(MAX_RECIPIENTS) as u32,
             updated_at: now,
+            auth: record.envelope.auth.as_deref().map(cut),
         }
     }
 

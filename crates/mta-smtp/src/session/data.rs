@@ -124,6 +124,14 @@ where
                 refused.rejection().unwrap_or_else(Reply::local_error)
             }
         };
+        if !reply.is_positive() {
+            let stage = if matches!(self.state, SessionState::Chunking(_)) {
+                "BDAT"
+            } else {
+                "DATA"
+            };
+            self.hooks.refused(&self.env, stage, &reply);
+        }
         // The reply first, so that its transcript line still carries the queue id.
         let flow = self.reply(reply);
         self.reset_transaction();

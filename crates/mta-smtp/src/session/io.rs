@@ -9,14 +9,32 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The server is shutting down and this session's grace is over (see
+/// [`super::SessionHooks::closing`]): what a read fails with from then on.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is shutting down")]
+pub(crate) struct ShuttingDown;
+
+/// Whether a read failed because the server is shutting down.
+pub(crate) fn is_shutting_down(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<ShuttingDown>())
+}
+
+/// Resolves when the session must end (the server's shutdown grace is over).
+pub type Closing = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A stream whose reads fail with `TimedOut` after `idle` without progress, or at the hard
-/// `deadline`, whichever comes first. Writes pass through (the session times them itself).
+/// `deadline`, whichever comes first, and with [`ShuttingDown`] once `closing` resolves
+/// (checked before every read, so a client streaming content fast is stopped too).
+/// Writes pass through (the session times them itself), so the last reply still goes out.
 pub(crate) struct Deadlined<S> {
     inner: S,
     idle: Duration,
     deadline: Instant,
     sleep: Pin<Box<Sleep>>,
     armed: bool,
+    closing: Option<Closing>,
+    closed: bool,
 }
 
 impl<S> Deadlined<S> {
@@ -27,7 +45,14 @@ impl<S> Deadlined<S> {
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed: false,
+            closing: None,
+            closed: false,
         }
+    }
+
+    /// Ends reads with [`ShuttingDown`] once `closing` resolves.
+    pub(crate) fn close_when(&mut self, closing: Option<Closing>) {
+        self.closing = closing;
     }
 
     /// Sets the idle time for the reads that start from now on.
@@ -53,6 +78,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlined<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(closing) = &mut this.closing {
+            if closing.as_mut().poll(cx).is_ready() {
+                this.closing = None;
+                this.closed = true;
+            }
+        }
+        if this.closed {
+            return Poll::Ready(Err(io::Error::other(ShuttingDown)));
+        }
         if !this.armed {
             let when = (Instant::now() + this.idle).min(this.deadline);
             this.sleep.as_mut().reset(when);

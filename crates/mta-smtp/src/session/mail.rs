@@ -16,14 +16,14 @@ where
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
         if self.cfg.mode == super::ListenerMode::Submission && self.env.tls.is_none() {
-            return self.error(Reply::starttls_first());
+            return self.refuse_mail(Reply::starttls_first(), true);
         }
         if self.cfg.mode.requires_auth() && self.env.auth.is_none() {
-            return self.error(Reply::auth_required());
+            return self.refuse_mail(Reply::auth_required(), true);
         }
         if self.env.auth.is_some() {
             if let Some(refusal) = self.hooks.check_sender(&self.env, from.address()) {
-                return self.error(refusal);
+                return self.refuse_mail(refusal, true);
             }
         }
         if !self.esmtp && !params.is_empty() {
@@ -36,7 +36,7 @@ where
             .size
             .is_some_and(|size| size > self.cfg.max_message_size)
         {
-            return self.reply(Reply::message_too_big());
+            return self.refuse_mail(Reply::message_too_big(), false);
         }
         self.env.mail_from = from.address().cloned();
         self.env.utf8 = params.smtputf8;
@@ -46,6 +46,16 @@ where
         self.state = SessionState::MailFrom;
         self.env.qid = Some(mta_types::QueueId::generate());
         self.reply(Reply::sender_ok())
+    }
+
+    /// A refused MAIL: told to the hooks (for the log); `counted`: a command error too.
+    fn refuse_mail(&mut self, reply: Reply, counted: bool) -> Flow {
+        self.hooks.refused(&self.env, "MAIL", &reply);
+        if counted {
+            self.error(reply)
+        } else {
+            self.reply(reply)
+        }
     }
 
     pub(super) fn rset(&mut self) -> Flow {
