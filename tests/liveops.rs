@@ -290,3 +290,227 @@ fn isesctl_restart_refuses_nothing_and_finishes_sessions_in_progress() {
     let t = mtacon_text(&suite, &["tell", "isesctl", "restart"]);
     assert!(t.contains("isesctl restarted"), "{t}");
 }
+
+// ----- reload -----
+
+/// A self-signed certificate for `cn` in `dir` (certificate, key).
+fn certificate(dir: &std::path::Path, cn: &str) -> (String, String) {
+    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", text(&out));
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// The subject of the certificate isesctl presents after STARTTLS on `port`.
+fn served_subject(port: u16) -> String {
+    let script = format!(
+        "openssl s_client -starttls smtp -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -subject"
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The config file with `[inbound]` and `[tls]` lines replaced.
+fn rewrite_config(suite: &Suite, inbound: &[String], tls: (&str, &str)) {
+    let text = std::fs::read_to_string(&suite.config).unwrap();
+    let mut out = String::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        if line.starts_with('[') {
+            section = line.to_string();
+            out.push_str(line);
+            out.push('\n');
+            if section == "[inbound]" {
+                for l in inbound {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            continue;
+        }
+        let replaced = (section == "[inbound]"
+            && inbound.iter().any(|l| line.split('=').next() == l.split('=').next()))
+            || (section == "[tls]" && (line.starts_with("certificate") || line.starts_with("private_key")));
+        if !replaced {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !out.contains("[tls]") {
+        out.push_str("\n[tls]\n");
+    }
+    let out = out.replacen(
+        "[tls]\n",
+        &format!("[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n", tls.0, tls.1),
+        1,
+    );
+    std::fs::write(&suite.config, out).unwrap();
+}
+
+fn show_config(suite: &Suite, key: &str) -> String {
+    let t = mtacon_text(suite, &["show", "config"]);
+    t.lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn reload_under_load_changes_limits_listeners_and_certificate_without_a_refused_connection() {
+    let certs = tempfile::tempdir().unwrap();
+    let one = certificate(certs.path(), "reload-one.test");
+    let two = certificate(certs.path(), "reload-two.test");
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![
+            ("tls", format!("certificate = \"{}\"\nprivate_key = \"{}\"", one.0, one.1)),
+        ],
+        ..SuiteOptions::default()
+    });
+    let port = suite.smtp_port;
+    let second = mta_testkit::free_port();
+    assert!(served_subject(port).contains("reload-one.test"), "{}", served_subject(port));
+
+    let load = std::thread::spawn(move || mta_testkit::peers::smtp_load(port, 2000, 20, "alice@localhost", 10));
+    let listen = format!("listen = [\"127.0.0.1:{port}\", \"127.0.0.1:{second}\"]");
+    let steps: [(Vec<String>, (&str, &str)); 3] = [
+        (vec!["max_handlers = 40".into()], (&one.0, &one.1)),
+        (vec!["max_handlers = 40".into(), listen.clone()], (&one.0, &one.1)),
+        (vec!["max_handlers = 30".into(), listen.clone()], (&two.0, &two.1)),
+    ];
+    let mut replies = Vec::new();
+    for (inbound, tls) in steps {
+        std::thread::sleep(Duration::from_millis(700));
+        rewrite_config(&suite, &inbound, tls);
+        let out = suite.mtacon(&["tell", "smtpmta", "reload"]);
+        assert!(out.status.success(), "{}", text(&out));
+        replies.push(text(&out));
+    }
+    let result = load.join().unwrap();
+    assert_eq!(result.errors, serde_json::json!([]), "clients saw errors; replies:\n{}", replies.join("\n"));
+    assert_eq!(result.accepted.len(), 2000);
+    eprintln!("reload replies:\n{}", replies.join("\n---\n"));
+    assert!(replies[0].contains("inbound.max_handlers (100 -> 40)"), "{}", replies[0]);
+    assert!(replies[0].contains("restarted gracefully: isesctl"), "{}", replies[0]);
+    assert!(replies[1].contains("inbound.listen"), "{}", replies[1]);
+    assert!(replies[2].contains("tls"), "{}", replies[2]);
+
+    // Every message delivered once.
+    let files = suite.wait_for_mail("alice", 2000);
+    let ids = mta_testkit::message_ids(&files);
+    assert_eq!(ids.len(), 2000);
+    assert!(ids.values().all(|n| *n == 1), "duplicates");
+    for id in &result.accepted {
+        assert_eq!(ids.get(id), Some(&1), "{id}");
+    }
+    // The new values are in effect.
+    assert!(show_config(&suite, "inbound.max_handlers").ends_with("30"), "{}", show_config(&suite, "inbound.max_handlers"));
+    assert!(show_config(&suite, "inbound.listen").contains(&second.to_string()));
+    let (_, greeting) = RawSmtp::connect(second);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(served_subject(port).contains("reload-two.test"), "{}", served_subject(port));
+
+    // A broken file changes nothing and says where.
+    let good = std::fs::read_to_string(&suite.config).unwrap();
+    std::fs::write(&suite.config, good.replace("max_handlers = 30", "max_handlers = \"ten\"")).unwrap();
+    let out = suite.mtacon(&["tell", "smtpmta", "reload"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("nothing changed") && t.contains("smtpmta.toml:") && t.contains("inbound.max_handlers"), "{t}");
+    assert!(show_config(&suite, "inbound.max_handlers").ends_with("30"));
+    let check = Command::new(bin("smtpmta"))
+        .args(["check-config", "--config"])
+        .arg(&suite.config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert!(text(&check).contains("inbound.max_handlers"), "{}", text(&check));
+    std::fs::write(&suite.config, good).unwrap();
+    let check = Command::new(bin("smtpmta"))
+        .args(["check-config", "--config"])
+        .arg(&suite.config)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    // SIGHUP reloads as well (nothing changed now: nothing restarted).
+    let isesctl = suite.task_pid("isesctl");
+    suite.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the SIGHUP reload is logged", Duration::from_secs(10), || {
+        let log = suite.log();
+        (log.matches("reloaded ").count() >= 4).then_some(()).ok_or(String::new())
+    });
+    assert_eq!(suite.task_pid("isesctl"), isesctl);
+}
+
+// ----- status page charts -----
+
+fn chromium(profile: &std::path::Path, extra: &[String], url: &str) -> Output {
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed (scripts/test installs it)")
+}
+
+#[test]
+fn status_page_charts_show_the_traffic_in_headless_chromium() {
+    let port = mta_testkit::free_port();
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![("metrics", format!("listen = \"127.0.0.1:{port}\""))],
+        ..SuiteOptions::default()
+    });
+    // Traffic: 40 messages delivered to alice, 2 deferred (their DNS fails).
+    let load = mta_testkit::peers::smtp_load(suite.smtp_port, 40, 4, "alice@localhost", 10);
+    assert_eq!(load.accepted.len(), 40, "{:?}", load.errors);
+    for _ in 0..2 {
+        let out = sendmail(&suite, &["someone@example.net"], "Subject: later\n\nbody\n");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    suite.wait_for_mail("alice", 40);
+    let profile = suite.dir.path().join("chromium-profile");
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = wait_for("the charts count the traffic", Duration::from_secs(60), || {
+        let out = chromium(&profile, &["--dump-dom".into()], &url);
+        let dom = String::from_utf8_lossy(&out.stdout).to_string();
+        let hour = dom.split("<figure id=\"chart-hour\">").nth(1).unwrap_or("").to_string();
+        (hour.contains(">received 42<") && hour.contains(">delivered 40<") && hour.contains(">deferred 2<"))
+            .then_some(dom.clone())
+            .ok_or(hour)
+    });
+    for id in ["hour-traffic", "hour-queue", "day-traffic", "day-queue"] {
+        assert!(dom.contains(&format!("<svg id=\"{id}\"")), "no chart {id}");
+    }
+    assert!(!dom.contains("<script"), "the page has a script");
+    // The day chart has a point a minute.
+    let day = dom.split("<svg id=\"day-traffic\"").nth(1).unwrap();
+    let points = day.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert_eq!(points.split(' ').count(), 1440);
+    // A screenshot, as an operator sees it.
+    let shot = std::env::var("SMTPMTA_STATUS_SCREENSHOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| suite.dir.path().join("status-page.png"));
+    let out = chromium(
+        &profile,
+        &[format!("--screenshot={}", shot.display()), "--window-size=1000,1500".into()],
+        &url,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+}

@@ -58,8 +58,9 @@ pub struct Children {
     config_path: PathBuf,
     run_dir: PathBuf,
     store: StoreService,
-    /// The SMTP sockets, open for the supervisor's lifetime (`mta_ipc::listeners`).
-    listeners: Arc<Vec<PassedListener>>,
+    /// The SMTP sockets (`mta_ipc::listeners`): open for the supervisor's lifetime, or
+    /// until a reload removes one; each isesctl started gets those in effect.
+    listeners: Arc<Mutex<Arc<Vec<PassedListener>>>>,
     stopping: watch::Sender<bool>,
     /// Woken whenever a task says it is ready (for `all_running`).
     ready: Arc<tokio::sync::Notify>,
@@ -106,12 +107,51 @@ impl Children {
             config_path,
             run_dir,
             store,
-            listeners,
+            listeners: Arc::new(Mutex::new(listeners)),
             stopping: watch::channel(false).0,
             ready: Arc::new(tokio::sync::Notify::new()),
             inbound_grace_ms: Arc::new(AtomicU64::new(inbound_grace.as_millis() as u64)),
             retiring: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    fn listeners(&self) -> Arc<Vec<PassedListener>> {
+        self.listeners.lock().expect("listeners lock").clone()
+    }
+
+    /// A reload: the `[inbound]` addresses of `config` become the sockets passed to the
+    /// next isesctl. Kept sockets stay the same (their queues with them), new ones are
+    /// bound now (an address that cannot be bound fails the reload before anything
+    /// changed), removed ones are closed here (the old isesctl's copy closes when it
+    /// stops). Returns whether the set changed.
+    pub fn rebind(&self, config: &mta_config::Config) -> anyhow::Result<bool> {
+        use anyhow::Context as _;
+        let current = self.listeners();
+        let mut next = Vec::new();
+        for (key, addrs) in crate::listener_keys(config) {
+            for addr in addrs {
+                let kept = current.iter().find(|l| l.key == key && l.addr == *addr);
+                let listener = match kept {
+                    Some(l) => l.listener.try_clone()?,
+                    None => mta_ipc::listeners::bind(*addr, config.inbound.max_handlers)
+                        .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?,
+                };
+                next.push(PassedListener {
+                    key,
+                    addr: *addr,
+                    listener,
+                });
+            }
+        }
+        let same = next.len() == current.len()
+            && next
+                .iter()
+                .zip(current.iter())
+                .all(|(a, b)| a.key == b.key && a.addr == b.addr);
+        if !same {
+            *self.listeners.lock().expect("listeners lock") = Arc::new(next);
+        }
+        Ok(!same)
     }
 
     /// A new `[inbound] shutdown_grace` (from a reload).
@@ -328,8 +368,8 @@ impl Children {
     /// so no other task gets them).
     fn pass_listeners(&self, command: &mut tokio::process::Command) {
         use std::os::fd::AsRawFd as _;
-        let passed: Vec<_> = self
-            .listeners
+        let listeners = self.listeners();
+        let passed: Vec<_> = listeners
             .iter()
             .map(|l| (l.key, l.addr, l.listener.as_raw_fd()))
             .collect();
@@ -470,7 +510,7 @@ impl Children {
     /// Takes the SMTP sockets out of the listening state (the suite is stopping).
     fn stop_listening(&self) {
         use std::os::fd::AsRawFd as _;
-        for l in self.listeners.iter() {
+        for l in self.listeners().iter() {
             let fd = l.listener.as_raw_fd();
             match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read) {
                 Ok(()) | Err(nix::errno::Errno::ENOTCONN) => {}

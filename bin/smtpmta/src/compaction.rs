@@ -102,7 +102,7 @@ pub fn compact(
     sup: &Supervisor,
     flushed: impl FnOnce() -> Result<(), String>,
 ) -> Result<Compacted, String> {
-    let dir = sup.config.spool_dir();
+    let dir = sup.config().spool_dir();
     if sup.store.engine().damage().is_some() {
         // The content of messages whose records the damage lost is only in the spool.
         return Err(

@@ -73,7 +73,7 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
             tell_task(sup, TaskName::Osesctl, command).await
         }
         TellCommand::Refresh => refresh(sup).await,
-        TellCommand::Reload => refresh(sup).await,
+        TellCommand::Reload => crate::reload::reload(sup).await,
         TellCommand::Restart => ConsoleReply::Error(
             "smtpmta restart (a binary upgrade in place) is not built yet: restart one task with `tell <task> restart`, or the suite with systemctl restart".into(),
         ),
@@ -95,7 +95,7 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
 /// directory; if either is bad, nothing changes and the reply says why. Other settings
 /// (listeners, limits) need a restart.
 async fn refresh(sup: &Supervisor) -> ConsoleReply {
-    let fresh = match mta_config::Config::load(&sup.config.path) {
+    let fresh = match mta_config::Config::load(&sup.config().path) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("refresh refused, keeping the configuration in effect: {e}");
@@ -109,24 +109,7 @@ async fn refresh(sup: &Supervisor) -> ConsoleReply {
     *sup.knobs.lock().expect("knob lock") = fresh.debug.clone();
     let mut failed = Vec::new();
     for task in TaskName::CHILDREN {
-        let run_dir = sup.config.run_dir();
-        let told = async {
-            let mut client = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
-                .await
-                .map_err(|e| e.to_string())?;
-            match client
-                .request(&TaskRequest::Refresh)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                TaskResponse::Ack => Ok(()),
-                TaskResponse::Error(e) => Err(e),
-                other => Err(format!("{other:?}")),
-            }
-        };
-        if let Err(e) = told.await {
-            failed.push(format!("{task}: {e}"));
-        } else if let Err(e) = push_knobs(&run_dir, task, &fresh.debug).await {
+        if let Err(e) = refresh_task(sup, task, &fresh.debug).await {
             failed.push(format!("{task}: {e}"));
         }
     }
@@ -143,6 +126,28 @@ async fn refresh(sup: &Supervisor) -> ConsoleReply {
     ConsoleReply::Text(text)
 }
 
+/// Tells a task to re-read the directory and its files (`refresh`), then gives it `knobs`.
+pub async fn refresh_task(
+    sup: &Supervisor,
+    task: TaskName,
+    knobs: &mta_config::DebugKnobs,
+) -> Result<(), String> {
+    let run_dir = sup.config().run_dir();
+    let mut client = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
+        .await
+        .map_err(|e| e.to_string())?;
+    match client
+        .request(&TaskRequest::Refresh)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        TaskResponse::Ack => {}
+        TaskResponse::Error(e) => return Err(e),
+        _ => return Err("an answer that is not an acknowledgement".into()),
+    }
+    push_knobs(&run_dir, task, knobs).await
+}
+
 async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
     if command == TellCommand::Restart {
         return match sup.children.restart(task).await {
@@ -153,7 +158,7 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
     let command_text = command.to_string();
     let request = async {
         let mut client =
-            TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta).await?;
+            TaskClient::connect(&sup.config().run_dir(), task, TaskName::Smtpmta).await?;
         client.request(&TaskRequest::Tell(command)).await
     };
     match request.await {
@@ -170,7 +175,7 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
 /// `show tasks`: the supervisor, every task, and each controller's handlers (asking each
 /// running task for its status at once). Also read by `/metrics`.
 pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
-    let run_dir = sup.config.run_dir();
+    let run_dir = sup.config().run_dir();
     let mut rows = vec![TaskRow {
         name: "smtpmta".into(),
         pid: Some(std::process::id()),
@@ -269,7 +274,7 @@ async fn set_config(sup: &Supervisor, knob: &str, value: &str) -> ConsoleReply {
     };
     let mut failed = Vec::new();
     for task in TaskName::CHILDREN {
-        if let Err(e) = push_knobs(&sup.config.run_dir(), task, &knobs).await {
+        if let Err(e) = push_knobs(&sup.config().run_dir(), task, &knobs).await {
             failed.push(format!("{task}: {e}"));
         }
     }
@@ -416,18 +421,18 @@ async fn server_info(sup: &Supervisor) -> ServerInfo {
         transactions_peak: t_peak.max(minute),
         transactions_peak_ms: if minute > t_peak { now_ms() } else { t_peak_at },
         version: env!("CARGO_PKG_VERSION").into(),
-        hostname: sup.config.hostname.clone(),
-        data_dir: sup.config.data_dir.display().to_string(),
-        config: sup.config.path.display().to_string(),
+        hostname: sup.config().hostname.clone(),
+        data_dir: sup.config().data_dir.display().to_string(),
+        config: sup.config().path.display().to_string(),
         pid: std::process::id(),
         started_ms: sup.started_ms,
         uptime_secs: now_ms().saturating_sub(sup.started_ms) / 1000,
-        spool_bytes: crate::compaction::spool_bytes(&sup.config.spool_dir()),
+        spool_bytes: crate::compaction::spool_bytes(&sup.config().spool_dir()),
     }
 }
 
 fn config_view(sup: &Supervisor) -> Vec<(String, String)> {
-    let c = &sup.config;
+    let c = sup.config();
     let list = |v: Vec<String>| format!("[{}]", v.join(", "));
     let mut rows = vec![
         ("config".into(), c.path.display().to_string()),

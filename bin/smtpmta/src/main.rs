@@ -9,7 +9,8 @@
 //! file and exit 0. Compacts the queue's spool every 10 minutes and on
 //! `tell smtpmta compact` (`compaction.rs`).
 //!
-//! Serves `/metrics` (Prometheus) and a status page on `[metrics] listen` (`metrics.rs`).
+//! Serves `/metrics` (Prometheus) and a status page with charts on `[metrics] listen`
+//! (`http/`), the charts from a minute-by-minute history of the last day (`history.rs`).
 //! Under systemd (`etc/smtpmta.service`, Type=notify) it sends READY=1 once every task
 //! runs, and STOPPING=1 when it starts to stop them.
 //!
@@ -20,16 +21,17 @@ mod children;
 mod compaction;
 mod console;
 mod dkim_keygen;
+mod history;
+mod http;
 mod instance;
 mod mail_user;
 mod memory;
-mod metrics;
 mod operations;
 mod rates;
+mod reload;
 mod service;
 mod spool_recovery;
 mod stats;
-mod status_page;
 mod task_time;
 mod trace;
 mod tracking;
@@ -55,7 +57,7 @@ use tokio::sync::Notify;
 )]
 struct Args {
     /// The configuration file.
-    #[arg(long, default_value = "etc/smtpmta.toml")]
+    #[arg(long, global = true, default_value = "etc/smtpmta.toml")]
     config: PathBuf,
     /// `text` (one line per event, for people) or `json` (one object per line, for log
     /// shippers); every task logs the same way.
@@ -73,6 +75,10 @@ enum Command {
     /// Reads one password from stdin and prints its argon2id PHC string, for a
     /// directory user's `password` key.
     HashPassword,
+    /// Checks the configuration (the file, the directory, the DKIM keys and a named TLS
+    /// certificate) as a reload would, changes nothing: exit 0 if it is good, else 1 with
+    /// the file, line and key. For scripts and the unit's `ExecReload` (`postfix check`).
+    CheckConfig,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -83,7 +89,10 @@ enum LogFormat {
 
 /// What the supervisor's request handlers share.
 pub struct Supervisor {
-    pub config: Config,
+    /// The configuration in effect (`tell smtpmta reload` swaps it).
+    config: Mutex<Arc<Config>>,
+    /// One reload at a time.
+    pub reloading: tokio::sync::Mutex<()>,
     pub store: StoreService,
     pub children: children::Children,
     pub started_ms: u64,
@@ -93,10 +102,28 @@ pub struct Supervisor {
     pub directory: Mutex<Arc<Directory>>,
     /// Counters, handler and session peaks over time (`show stat mail`, `show server`).
     pub rates: rates::Rates,
+    /// The last day minute by minute (the status page's charts).
+    pub history: history::History,
     quit: Notify,
 }
 
 impl Supervisor {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.lock().expect("config lock").clone()
+    }
+
+    /// Makes `fresh` the configuration in effect, with what the supervisor keeps from it
+    /// (a reload; the caller tells the tasks).
+    pub fn apply_config(&self, fresh: Arc<Config>) {
+        let engine = self.store.engine();
+        engine.set_hold_undeliverable(fresh.hold_undeliverable);
+        engine.set_tracking_days(fresh.tracking_days);
+        *self.directory.lock().expect("directory lock") = Arc::new(fresh.directory.clone());
+        *self.knobs.lock().expect("knob lock") = fresh.debug.clone();
+        self.children.set_inbound_grace(fresh.inbound.shutdown_grace);
+        *self.config.lock().expect("config lock") = fresh;
+    }
+
     pub fn request_quit(&self) {
         self.quit.notify_one();
     }
@@ -116,6 +143,7 @@ fn main() -> ExitCode {
     match &args.command {
         Some(Command::DkimKeygen(keygen)) => return dkim_keygen::run(keygen),
         Some(Command::HashPassword) => return hash_password(),
+        Some(Command::CheckConfig) => return check_config(&args.config),
         None => {}
     }
     let config = match Config::load(&args.config) {
@@ -166,6 +194,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// `smtpmta check-config`: the checks of a reload, nothing applied.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match reload::check(path) {
+        Ok(config) => {
+            println!(
+                "{}: good ({} users, {} aliases)",
+                config.path.display(),
+                config.directory.users.len(),
+                config.directory.aliases.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtpmta check-config: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `smtpmta hash-password`: one line from stdin (without its line end) to a PHC string.
 fn hash_password() -> ExitCode {
     let mut line = String::new();
@@ -199,7 +246,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     // SMTP sockets stay here for our lifetime and are passed to each isesctl we start.
     let smtp_listeners = bind_smtp(&config)?;
     let metrics_listener = match config.metrics.listen {
-        Some(addr) => Some(metrics::bind(addr)?),
+        Some(addr) => Some(http::bind(addr)?),
         None => None,
     };
     if let Some(run_as) = &config.run_as {
@@ -250,11 +297,13 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     let sup = Arc::new(Supervisor {
         knobs: Mutex::new(config.debug.clone()),
         directory: Mutex::new(Arc::new(config.directory.clone())),
-        config,
+        config: Mutex::new(Arc::new(config)),
+        reloading: tokio::sync::Mutex::new(()),
         store,
         children: children.clone(),
         started_ms: now_ms(),
         rates: rates::Rates::default(),
+        history: history::History::default(),
         quit: Notify::new(),
     });
 
@@ -279,14 +328,14 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tracing::info!("metrics: serving http://{addr}/metrics");
-            Some(tokio::spawn(metrics::serve(sup.clone(), listener)))
+            Some(tokio::spawn(http::serve(sup.clone(), listener)))
         }
         None => None,
     };
     tracing::info!(
         pid = std::process::id(),
-        data_dir = %sup.config.data_dir.display(),
-        listen = ?sup.config.inbound.listen,
+        data_dir = %sup.config().data_dir.display(),
+        listen = ?sup.config().inbound.listen,
         "smtpmta supervisor started"
     );
     children.launch_all();
@@ -315,10 +364,21 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = sup.quit.notified() => tracing::info!("quit requested from the console"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sup.quit.notified() => tracing::info!("quit requested from the console"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            // A reload logs its own reply.
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                let sup = sup.clone();
+                tokio::spawn(async move { crate::reload::reload(&sup).await });
+                continue;
+            }
+        }
+        break;
     }
     notify_ready.abort();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -340,17 +400,22 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `[inbound]` listening keys and their addresses.
+pub fn listener_keys(config: &Config) -> [(&'static str, &Vec<std::net::SocketAddr>); 3] {
+    let inbound = &config.inbound;
+    [
+        ("listen", &inbound.listen),
+        ("submission_listen", &inbound.submission_listen),
+        ("submissions_listen", &inbound.submissions_listen),
+    ]
+}
+
 /// Binds every `[inbound]` address (`listen`, `submission_listen`, `submissions_listen`):
 /// a port in use is a clear start-up error naming the key.
 fn bind_smtp(config: &Config) -> anyhow::Result<Vec<children::PassedListener>> {
     let inbound = &config.inbound;
-    let kinds = [
-        ("listen", &inbound.listen),
-        ("submission_listen", &inbound.submission_listen),
-        ("submissions_listen", &inbound.submissions_listen),
-    ];
     let mut bound = Vec::new();
-    for (key, addrs) in kinds {
+    for (key, addrs) in listener_keys(config) {
         for addr in addrs {
             let listener = mta_ipc::listeners::bind(*addr, inbound.max_handlers)
                 .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?;

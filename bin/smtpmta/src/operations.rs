@@ -28,7 +28,7 @@ fn failed(qid: &str, e: OperateError) -> ConsoleReply {
 /// Best effort: a lost kick delays the message by one poll interval.
 async fn kick(sup: &Supervisor, queue: QueueName) {
     if let Ok(mut c) =
-        TaskClient::connect(&sup.config.run_dir(), queue.consumer(), TaskName::Smtpmta).await
+        TaskClient::connect(&sup.config().run_dir(), queue.consumer(), TaskName::Smtpmta).await
     {
         let _ = c.request(&TaskRequest::Kick { queue }).await;
     }

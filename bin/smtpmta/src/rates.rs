@@ -147,6 +147,18 @@ pub fn sample_now(sup: &Supervisor) -> Sample {
     }
 }
 
+/// What the charts count, now: the store's counters and the messages in its queues.
+pub fn totals_now(sup: &Supervisor) -> Result<crate::history::Totals, String> {
+    use mta_types::{Location, QueueName};
+    let engine = sup.store.engine();
+    let counters = engine.counters().map_err(|e| format!("queue store: {e}"))?;
+    let queued = QueueName::ALL
+        .iter()
+        .map(|q| engine.count_in(Location::Queue(*q)))
+        .sum();
+    Ok(crate::history::Totals::from_counters(&counters, queued))
+}
+
 /// Busy handlers of a controller now (0 when it does not answer), on a connection of its
 /// own.
 pub async fn busy_handlers(sup: &Supervisor, task: TaskName) -> u64 {
@@ -168,7 +180,7 @@ impl Controller {
     }
 
     async fn busy_handlers(&mut self, sup: &Supervisor) -> u64 {
-        let run_dir = sup.config.run_dir();
+        let run_dir = sup.config().run_dir();
         let task = self.task;
         let client = &mut self.client;
         let ask = async {
@@ -199,5 +211,9 @@ pub async fn run(sup: Arc<Supervisor>) {
         let out = outbound.busy_handlers(&sup).await;
         let sessions = inbound.busy_handlers(&sup).await + out;
         sup.rates.record(sample_now(&sup), out, sessions);
+        match totals_now(&sup) {
+            Ok(totals) => sup.history.record(now_ms(), totals),
+            Err(e) => tracing::warn!("charts: cannot read the counters: {e}"),
+        }
     }
 }

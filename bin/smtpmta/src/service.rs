@@ -24,8 +24,8 @@ impl Handler<SupervisorRequest, SupervisorResponse> for SupervisorService {
                 sup.children.mark_ready(task, peer.pid);
                 // A restarted task starts from the file's knobs: give it the ones in effect.
                 let knobs = sup.knobs();
-                if knobs != sup.config.debug {
-                    let run_dir = sup.config.run_dir();
+                if knobs != sup.config().debug {
+                    let run_dir = sup.config().run_dir();
                     tokio::spawn(async move {
                         if let Err(e) = crate::console::push_knobs(&run_dir, task, &knobs).await {
                             tracing::warn!(%task, error = %e, "could not give the task the debug knobs in effect");

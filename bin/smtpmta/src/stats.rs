@@ -19,7 +19,7 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
         from: QueueName::MailBox,
     });
     let average = |sum: u64, n: u64| sum.checked_div(n).unwrap_or(0);
-    let spool_bytes = crate::compaction::spool_bytes(&sup.config.spool_dir());
+    let spool_bytes = crate::compaction::spool_bytes(&sup.config().spool_dir());
     let stat = |name: &str, value: u64, unit: &str| Statistic {
         name: name.to_string(),
         value,
@@ -120,13 +120,13 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
     let current = sup.rates.current(&now);
     let (highest, _, _) = sup.rates.peaks();
     let busy_now = osesctl.iter().filter(|h| h.state != "idle").count() as u64;
-    let max_out = sup.config.outbound.max_handlers as u64;
+    let max_out = sup.config().outbound.max_handlers as u64;
     let domain = sup
-        .config
+        .config()
         .local_domains
         .first()
         .map(|d| d.to_string())
-        .unwrap_or_else(|| sup.config.hostname.clone());
+        .unwrap_or_else(|| sup.config().hostname.clone());
     stats.extend([
         stat(names::TOTAL_PENDING, queued + held, ""),
         stat(names::WAITING_RECIPIENTS, waiting_recipients, ""),
@@ -190,7 +190,7 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
 async fn outbound_handlers(sup: &Supervisor) -> Vec<mta_ipc::HandlerRow> {
     let ask = async {
         let mut c = mta_ipc::TaskClient::connect(
-            &sup.config.run_dir(),
+            &sup.config().run_dir(),
             mta_types::TaskName::Osesctl,
             mta_types::TaskName::Smtpmta,
         )
@@ -241,3 +241,37 @@ mod tests {
         assert!(selects("*", "Mail.Dead"));
     }
 }
+
+/// Destination summaries read at most for `top_destinations` (one row per destination,
+/// not per message); the top N are taken from these.
+const MAX_DESTINATION_ROWS: usize = 10_000;
+
+/// The `[metrics] top_destinations` destinations with the most messages waiting in
+/// outbound-work, most first, read from the store's destination summaries (one row per
+/// destination, at most `MAX_DESTINATION_ROWS` read).
+pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::DestinationRow>, String> {
+    let mut rows = Vec::new();
+    let mut after = None;
+    let mut read = 0;
+    while read < MAX_DESTINATION_ROWS {
+        let page = sup
+            .store
+            .destinations(after.clone(), 1000)
+            .map_err(|e| format!("queue store: {e}"))?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.location, last.domain.clone()));
+        read += page.len();
+        let full = page.len() == 1000;
+        rows.extend(
+            page.into_iter()
+                .filter(|d| d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)),
+        );
+        if !full {
+            break;
+        }
+    }
+    rows.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
+    rows.truncate(sup.config().metrics.top_destinations);
+    Ok(rows)
+}
+

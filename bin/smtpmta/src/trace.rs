@@ -22,7 +22,7 @@ pub async fn trace(sup: &Supervisor, address: &str) -> Result<String, String> {
         out.push_str(&next_hop(sup, &domain).await);
     }
     let domain = addr.domain();
-    match sup.config.dkim_key_for(domain) {
+    match sup.config().dkim_key_for(domain) {
         Some((_, key)) => {
             let _ = writeln!(
                 out,
@@ -54,7 +54,7 @@ fn describe(
     remote: &mut Vec<mta_types::Domain>,
 ) {
     let pad = "  ".repeat(depth);
-    if !sup.config.is_local_domain(addr.domain()) {
+    if !sup.config().is_local_domain(addr.domain()) {
         let _ = writeln!(out, "{pad}{addr}: remote ({}), via smtp.box", addr.domain());
         if !remote.contains(addr.domain()) {
             remote.push(addr.domain().clone());
@@ -97,7 +97,7 @@ fn describe(
 }
 
 async fn next_hop(sup: &Supervisor, domain: &mta_types::Domain) -> String {
-    let resolver = match mta_dns::NextHop::new(&sup.config.outbound, &sup.config.dns) {
+    let resolver = match mta_dns::NextHop::new(&sup.config().outbound, &sup.config().dns) {
         Ok(r) => r,
         Err(e) => return format!("  cannot build the resolver: {e}\n"),
     };

@@ -1,5 +1,4 @@
-//! The supervisor's HTTP endpoint (`[metrics] listen`): `/metrics` in the Prometheus /
-//! OpenMetrics text format, built by `prometheus-client`.
+//! `/metrics` in the Prometheus / OpenMetrics text format, built by `prometheus-client`.
 //!
 //! Every value is read when a scrape arrives, from what the supervisor already keeps: the
 //! store's location counts and destination summaries, its statistics counters (the same
@@ -13,16 +12,13 @@
 //! its `Accept` header), and the classic Prometheus text format (0.0.4) for everyone else
 //! (`curl`, `promtool check metrics`), whose counters' HELP and TYPE lines carry the
 //! `_total` name of their sample ([`to_text_format`]).
-//!
-//! The server is hyper's HTTP/1.1 alone: one request per connection (no keep-alive), at most
-//! `MAX_CONNECTIONS` at once, each bounded by `REQUEST_TIMEOUT`. Only GET and HEAD.
 
+use super::response;
 use crate::Supervisor;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use mta_ipc::console::TaskRow;
-use mta_ipc::store::DestinationRow;
 use mta_ipc::task::HistogramSnapshot;
 use mta_ipc::TaskClient;
 use mta_types::counters as names;
@@ -36,110 +32,37 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::convert::Infallible;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-
-/// Scrapers and browsers served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 16;
-/// A connection that has not had its answer by then is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Destination summaries read per scrape at most (one row per destination, not per
-/// message); the top N are taken from these.
-const MAX_DESTINATION_ROWS: usize = 10_000;
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Binds `[metrics] listen` (before the supervisor drops root); a port in use is a clear
-/// start-up error, like an SMTP port.
-pub fn bind(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    use anyhow::Context as _;
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen on {addr} ([metrics] listen)"))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// Serves until the task is aborted (at shutdown).
-pub async fn serve(sup: Arc<Supervisor>, listener: TcpListener) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let sup = sup.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let sup = sup.clone();
-                async move { Ok::<_, Infallible>(answer(&sup, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
-            drop(permit);
-        });
+/// `GET /metrics`, in OpenMetrics when the client asked for it.
+pub async fn answer(sup: &Arc<Supervisor>, openmetrics: bool) -> Response<Full<Bytes>> {
+    match scrape(sup).await {
+        Ok(text) => {
+            let (content_type, text) = if openmetrics {
+                (OPENMETRICS, text)
+            } else {
+                (TEXT_FORMAT, to_text_format(&text))
+            };
+            Response::builder()
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from(text)))
+                .expect("valid response")
+        }
+        Err(e) => {
+            tracing::warn!("metrics: {e}");
+            response::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
+        }
     }
-}
-
-async fn answer(
-    sup: &Arc<Supervisor>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD only\n");
-    }
-    let openmetrics = req.headers().get_all("accept").iter().any(|v| {
-        v.to_str()
-            .unwrap_or("")
-            .contains("application/openmetrics-text")
-    });
-    match req.uri().path() {
-        "/metrics" => match scrape(sup).await {
-            Ok(text) => {
-                let (content_type, text) = if openmetrics {
-                    (OPENMETRICS, text)
-                } else {
-                    (TEXT_FORMAT, to_text_format(&text))
-                };
-                Response::builder()
-                    .header("content-type", content_type)
-                    .body(Full::new(Bytes::from(text)))
-                    .expect("valid response")
-            }
-            Err(e) => {
-                tracing::warn!("metrics: {e}");
-                plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"))
-            }
-        },
-        "/" => crate::status_page::page(sup).await,
-        _ => plain(StatusCode::NOT_FOUND, "not found; try / or /metrics\n"),
-    }
-}
-
-pub fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from(text.to_string())))
-        .expect("valid response")
 }
 
 /// One scrape: the task rows (with handlers) over IPC, then the store's numbers read off the
 /// async threads (sled reads are blocking).
-pub async fn scrape(sup: &Arc<Supervisor>) -> Result<String, String> {
+async fn scrape(sup: &Arc<Supervisor>) -> Result<String, String> {
     let tasks = crate::console::show_tasks(sup).await;
     let histograms = task_histograms(sup, TaskName::Isesctl).await;
     let sup = sup.clone();
@@ -151,7 +74,7 @@ pub async fn scrape(sup: &Arc<Supervisor>) -> Result<String, String> {
 /// A task's latency histograms; none if it does not answer in time (it may be restarting).
 async fn task_histograms(sup: &Supervisor, task: TaskName) -> Vec<HistogramSnapshot> {
     let ask = async {
-        let mut c = TaskClient::connect(&sup.config.run_dir(), task, TaskName::Smtpmta)
+        let mut c = TaskClient::connect(&sup.config().run_dir(), task, TaskName::Smtpmta)
             .await
             .ok()?;
         c.histograms().await.ok()
@@ -212,35 +135,6 @@ pub fn to_text_format(openmetrics: &str) -> String {
     out
 }
 
-/// The `[metrics] top_destinations` destinations with the most messages waiting in
-/// outbound-work, most first, read from the store's destination summaries (one row per
-/// destination, at most `MAX_DESTINATION_ROWS` read).
-pub fn top_destinations(sup: &Supervisor) -> Result<Vec<DestinationRow>, String> {
-    let mut rows = Vec::new();
-    let mut after = None;
-    let mut read = 0;
-    while read < MAX_DESTINATION_ROWS {
-        let page = sup
-            .store
-            .destinations(after.clone(), 1000)
-            .map_err(|e| format!("queue store: {e}"))?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.location, last.domain.clone()));
-        read += page.len();
-        let full = page.len() == 1000;
-        rows.extend(
-            page.into_iter()
-                .filter(|d| d.location == Location::Queue(QueueName::OutboundWork)),
-        );
-        if !full {
-            break;
-        }
-    }
-    rows.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
-    rows.truncate(sup.config.metrics.top_destinations);
-    Ok(rows)
-}
-
 type Labels = Vec<(String, String)>;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -264,7 +158,25 @@ fn render(
     let counters = engine.counters().map_err(|e| format!("queue store: {e}"))?;
     let get = |n: &str| counters.get(n).copied().unwrap_or(0);
     let mut r = Registry::with_prefix("smtpmta");
+    register_build(&mut r, sup);
+    register_queue(&mut r, sup);
+    register_destinations(&mut r, sup)?;
+    register_totals(&mut r, &get);
+    register_delivery_time(&mut r, &get);
+    register_sessions(&mut r, sup, tasks, &get);
+    register_tasks(&mut r, tasks);
+    register_sizes(&mut r, sup);
+    // Latency histograms the tasks keep (isesctl: end of DATA to 250).
+    for h in histograms {
+        let (name, help) = (h.name.clone(), h.help.clone());
+        r.register(name, help, Snapshot(h));
+    }
+    let mut text = String::new();
+    encode(&mut text, &r).map_err(|e| e.to_string())?;
+    Ok(text)
+}
 
+fn register_build(r: &mut Registry, sup: &Supervisor) {
     // A gauge, not an OpenMetrics info: Prometheus' own text parser (promtool) knows no
     // `info` type.
     let build = Family::<Labels, Gauge>::default();
@@ -282,6 +194,10 @@ fn render(
         ConstGauge::new(sup.started_ms as f64 / 1000.0),
     );
 
+}
+
+fn register_queue(r: &mut Registry, sup: &Supervisor) {
+    let engine = sup.store.engine();
     // Queue depth: the store's per-location counts (kept with every change).
     let queue = Family::<Labels, Gauge>::default();
     let mut locations: Vec<(Location, &str)> = QueueName::ALL
@@ -309,9 +225,12 @@ fn render(
         queue,
     );
 
+}
+
+fn register_destinations(r: &mut Registry, sup: &Supervisor) -> Result<(), String> {
     // Destinations waiting for transmission: the top N by messages, and when each is tried
     // next (a destination whose next attempt is in the future is deferred).
-    let rows = top_destinations(sup)?;
+    let rows = crate::stats::top_destinations(sup)?;
     let dest_messages = Family::<Labels, Gauge>::default();
     let dest_next = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     let now = now_ms();
@@ -333,6 +252,10 @@ fn render(
         dest_next,
     );
 
+    Ok(())
+}
+
+fn register_totals(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
     // Totals, from the statistics counters.
     for (name, help, counter) in [
         (
@@ -383,6 +306,9 @@ fn render(
     ] {
         r.register(name, help, ConstCounter::new(get(counter)));
     }
+}
+
+fn register_delivery_time(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
     // Time to delivery, per delivered or relayed recipient: bucket counters the store
     // keeps with each outcome (so the histogram survives restarts).
     let counts: Vec<u64> = names::deliver_time_buckets()
@@ -404,6 +330,9 @@ fn render(
         }),
     );
 
+}
+
+fn register_sessions(r: &mut Registry, sup: &Supervisor, tasks: &[TaskRow], get: &dyn Fn(&str) -> u64) {
     // Sessions and handlers: cumulative counts from the store, current use from the
     // controllers' handler tables.
     let sessions = Family::<Labels, Counter>::default();
@@ -421,8 +350,8 @@ fn render(
     let handlers = Family::<Labels, Gauge>::default();
     let handlers_max = Family::<Labels, Gauge>::default();
     for (task, max) in [
-        ("isesctl", sup.config.inbound.max_handlers),
-        ("osesctl", sup.config.outbound.max_handlers),
+        ("isesctl", sup.config().inbound.max_handlers),
+        ("osesctl", sup.config().outbound.max_handlers),
     ] {
         handlers_max
             .get_or_create(&labels(&[("task", task)]))
@@ -448,6 +377,9 @@ fn render(
         handlers_max,
     );
 
+}
+
+fn register_tasks(r: &mut Registry, tasks: &[TaskRow]) {
     // Tasks: up and restarts, from the children table.
     let up = Family::<Labels, Gauge>::default();
     let restarts = Family::<Labels, Counter>::default();
@@ -465,6 +397,10 @@ fn render(
         restarts,
     );
 
+}
+
+fn register_sizes(r: &mut Registry, sup: &Supervisor) {
+    let engine = sup.store.engine();
     r.register(
         "store_bytes",
         "Size of the queue store (sled) on disk",
@@ -473,18 +409,9 @@ fn render(
     r.register(
         "spool_bytes",
         "Size of the spool segments holding message content",
-        ConstGauge::new(crate::compaction::spool_bytes(&sup.config.spool_dir()) as i64),
+        ConstGauge::new(crate::compaction::spool_bytes(&sup.config().spool_dir()) as i64),
     );
 
-    // Latency histograms the tasks keep (isesctl: end of DATA to 250).
-    for h in histograms {
-        let (name, help) = (h.name.clone(), h.help.clone());
-        r.register(name, help, Snapshot(h));
-    }
-
-    let mut text = String::new();
-    encode(&mut text, &r).map_err(|e| e.to_string())?;
-    Ok(text)
 }
 
 #[cfg(test)]
