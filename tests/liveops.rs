@@ -514,3 +514,55 @@ fn status_page_charts_show_the_traffic_in_headless_chromium() {
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
 }
+
+// ----- binary upgrade in place -----
+
+#[test]
+fn smtpmta_restart_under_load_refuses_loses_and_doubles_nothing() {
+    let suite = Suite::start(&SuiteOptions {
+        sections: vec![("inbound", "shutdown_grace = \"10s\"".into())],
+        ..SuiteOptions::default()
+    });
+    let supervisor = suite.pid();
+    let old_isesctl = suite.task_pid("isesctl").unwrap();
+    let port = suite.smtp_port;
+    let load = std::thread::spawn(move || {
+        mta_testkit::peers::smtp_load(port, 1000, 20, "bob@localhost", 10)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let t = mtacon_text(&suite, &["tell", "smtpmta", "restart"]);
+    assert!(t.contains("restarting from its binary"), "{t}");
+    let result = load.join().unwrap();
+    assert_eq!(result.errors, serde_json::json!([]), "clients saw errors");
+    assert_eq!(result.accepted.len(), 1000);
+    // The same supervisor process, new tasks.
+    wait_for("every task runs again", Duration::from_secs(30), || {
+        let tasks = suite.tasks().map_err(|e| e.to_string())?;
+        let running = tasks
+            .iter()
+            .filter(|t| t["parent"].is_null() && t["state"] == "running")
+            .count();
+        (running == 7).then_some(()).ok_or(format!("{running} running"))
+    });
+    assert_eq!(suite.pid(), supervisor);
+    assert!(mta_testkit::pid_alive(supervisor));
+    assert_ne!(suite.task_pid("isesctl"), Some(old_isesctl));
+    let files = suite.wait_for_mail("bob", 1000);
+    let ids = mta_testkit::message_ids(&files);
+    assert_eq!(ids.len(), 1000);
+    assert!(ids.values().all(|n| *n == 1), "duplicates");
+    for id in &result.accepted {
+        assert_eq!(ids.get(id), Some(&1), "{id}");
+    }
+    let log = suite.log();
+    assert!(log.contains("starting again from its binary"));
+    // The load ran across the restart: both copies of isesctl accepted part of it.
+    let new_isesctl = suite.task_pid("isesctl").unwrap();
+    for pid in [old_isesctl, new_isesctl] {
+        let accepted = log
+            .lines()
+            .filter(|l| l.starts_with(&format!("isesctl[{pid}]:")) && l.contains(" queued qid="))
+            .count();
+        assert!(accepted > 0, "isesctl {pid} accepted nothing");
+    }
+}

@@ -115,6 +115,15 @@ impl Children {
         }
     }
 
+    /// The SMTP sockets as passed on: key, address, descriptor.
+    pub fn passed(&self) -> Vec<(&'static str, std::net::SocketAddr, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd as _;
+        self.listeners()
+            .iter()
+            .map(|l| (l.key, l.addr, l.listener.as_raw_fd()))
+            .collect()
+    }
+
     fn listeners(&self) -> Arc<Vec<PassedListener>> {
         self.listeners.lock().expect("listeners lock").clone()
     }
@@ -367,12 +376,7 @@ impl Children {
     /// inheritable in the forked child only (the supervisor's copies stay close-on-exec,
     /// so no other task gets them).
     fn pass_listeners(&self, command: &mut tokio::process::Command) {
-        use std::os::fd::AsRawFd as _;
-        let listeners = self.listeners();
-        let passed: Vec<_> = listeners
-            .iter()
-            .map(|l| (l.key, l.addr, l.listener.as_raw_fd()))
-            .collect();
+        let passed = self.passed();
         command.env(
             mta_ipc::listeners::LISTEN_FDS_ENV,
             mta_ipc::listeners::encode(passed.iter().copied()),
@@ -461,10 +465,15 @@ impl Children {
 
     /// Stops every task in order, inbound first; each gets `STOP_GRACE` to finish, then
     /// SIGKILL.
-    pub async fn stop_all(&self) {
+    /// `refuse_new`: take the SMTP sockets out of the listening state first (a quit); a
+    /// restart of the supervisor keeps them listening, so connections wait for the next
+    /// isesctl.
+    pub async fn stop_all(&self, refuse_new: bool) {
         self.stopping.send_replace(true);
         // New connections are refused from now on; isesctl finishes the sessions it has.
-        self.stop_listening();
+        if refuse_new {
+            self.stop_listening();
+        }
         for task in TaskName::CHILDREN {
             let mut pid_rx = {
                 let mut table = self.table.lock().expect("task table lock");

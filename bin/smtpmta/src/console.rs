@@ -74,9 +74,12 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
         }
         TellCommand::Refresh => refresh(sup).await,
         TellCommand::Reload => crate::reload::reload(sup).await,
-        TellCommand::Restart => ConsoleReply::Error(
-            "smtpmta restart (a binary upgrade in place) is not built yet: restart one task with `tell <task> restart`, or the suite with systemctl restart".into(),
-        ),
+        TellCommand::Restart => {
+            sup.request_restart();
+            ConsoleReply::Text(
+                "smtpmta: restarting from its binary on disk: every task stops gracefully (the SMTP sockets stay open: connections wait), then the supervisor and the tasks start again on the new binaries".into(),
+            )
+        }
         TellCommand::Compact => match crate::compaction::compact_now(sup.clone()).await {
             Ok(c) => ConsoleReply::Text(format!(
                 "queue compacted: {} spool segment(s) removed ({} bytes freed), {} kept ({} bytes)",

@@ -105,6 +105,9 @@ pub struct Supervisor {
     /// The last day minute by minute (the status page's charts).
     pub history: history::History,
     quit: Notify,
+    /// `tell smtpmta restart`: after the stop, run the binary on disk again (exec) with the
+    /// listening sockets.
+    restart: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
@@ -122,6 +125,14 @@ impl Supervisor {
         *self.knobs.lock().expect("knob lock") = fresh.debug.clone();
         self.children.set_inbound_grace(fresh.inbound.shutdown_grace);
         *self.config.lock().expect("config lock") = fresh;
+    }
+
+    /// `tell smtpmta restart`: stop as for quit, keeping the listening sockets listening,
+    /// then exec the supervisor's binary from disk (`reexec`).
+    pub fn request_restart(&self) {
+        self.restart
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.quit.notify_one();
     }
 
     pub fn request_quit(&self) {
@@ -305,6 +316,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         rates: rates::Rates::default(),
         history: history::History::default(),
         quit: Notify::new(),
+        restart: std::sync::atomic::AtomicBool::new(false),
     });
 
     let socket_path = supervisor_socket(&run_dir);
@@ -382,7 +394,8 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     }
     notify_ready.abort();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    children.stop_all().await;
+    let restart = sup.restart.load(std::sync::atomic::Ordering::SeqCst);
+    children.stop_all(!restart).await;
     if let Some(m) = metrics {
         m.abort();
     }
@@ -396,8 +409,40 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     sup.store.flush().await?;
     sup.store.engine().flush_at_close()?;
     drop(instance);
+    if restart {
+        return Err(reexec(&children));
+    }
     tracing::info!("smtpmta supervisor stopped");
     Ok(())
+}
+
+/// The end of `tell smtpmta restart`: every task has stopped, the store is flushed and
+/// closed, the pid-file lock given up. Runs this binary from disk again with the same
+/// arguments (same pid: systemd and scripts see no exit), passing the listening sockets
+/// as isesctl gets them (`SMTPMTA_LISTEN_FDS`, close-on-exec cleared): connections that
+/// arrive meanwhile wait in their queues and are served by the new isesctl. Returns only
+/// if the exec failed.
+fn reexec(children: &children::Children) -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+    let passed = children.passed();
+    for (_, _, fd) in &passed {
+        if let Err(e) = mta_ipc::listeners::inheritable(*fd) {
+            return anyhow::anyhow!("restart: cannot pass a listening socket on: {e}");
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return anyhow::anyhow!("restart: cannot find my own executable: {e}"),
+    };
+    tracing::info!(exe = %exe.display(), "smtpmta supervisor stopped; starting again from its binary");
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(
+            mta_ipc::listeners::LISTEN_FDS_ENV,
+            mta_ipc::listeners::encode(passed.iter().map(|(k, a, fd)| (*k, *a, *fd))),
+        )
+        .exec();
+    anyhow::anyhow!("restart: cannot run {}: {e}", exe.display())
 }
 
 /// The `[inbound]` listening keys and their addresses.
@@ -415,10 +460,21 @@ pub fn listener_keys(config: &Config) -> [(&'static str, &Vec<std::net::SocketAd
 fn bind_smtp(config: &Config) -> anyhow::Result<Vec<children::PassedListener>> {
     let inbound = &config.inbound;
     let mut bound = Vec::new();
+    // After `tell smtpmta restart`, the sockets the previous run passed on (still
+    // listening, with their waiting connections); an address no longer configured closes.
+    let mut passed = mta_ipc::listeners::take_passed().context("restart")?;
+    std::env::remove_var(mta_ipc::listeners::LISTEN_FDS_ENV);
     for (key, addrs) in listener_keys(config) {
         for addr in addrs {
-            let listener = mta_ipc::listeners::bind(*addr, inbound.max_handlers)
-                .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?;
+            let kept = passed
+                .iter()
+                .position(|p| p.key == key && p.addr == *addr)
+                .map(|i| std::net::TcpListener::from(passed.swap_remove(i).fd));
+            let listener = match kept {
+                Some(listener) => listener,
+                None => mta_ipc::listeners::bind(*addr, inbound.max_handlers)
+                    .with_context(|| format!("cannot listen on {addr} ([inbound] {key})"))?,
+            };
             bound.push(children::PassedListener {
                 key,
                 addr: *addr,

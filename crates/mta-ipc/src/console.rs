@@ -79,6 +79,10 @@ pub const HELP: &[(&str, &str)] = &[
         "re-read the configuration and the directory; apply what changed (restarting a task gracefully if it must); a bad file changes nothing",
     ),
     (
+        "tell smtpmta restart",
+        "upgrade in place: stop every task gracefully keeping the SMTP sockets open, then run the supervisor's binary again (same pid) and start the tasks on the new binaries",
+    ),
+    (
         "tell <task> restart",
         "start a new copy of the task and stop the old one gracefully (isesctl: sessions get shutdown_grace, then 421)",
     ),
