@@ -8,7 +8,7 @@
 //!   them can fail half-way through.
 //! - What the supervisor keeps itself changes at once: the directory and the debug knobs
 //!   (pushed to every task, as `refresh`), `hold_undeliverable`, `tracking_days`,
-//!   `[inbound] shutdown_grace`, the listening sockets (`[inbound] listen`,
+//!   the listening sockets (`[inbound] listen`,
 //!   `submission_listen`, `submissions_listen`: new ones bound, removed ones closed).
 //! - A task whose settings changed is restarted gracefully (`Children::restart`): a new
 //!   copy starts on the new file and the old one finishes its work beside it; isesctl's
@@ -38,7 +38,6 @@ const SUPERVISOR: &[&str] = &[
     "hold_undeliverable",
     "tracking_days",
     "metrics.top_destinations",
-    "inbound.shutdown_grace",
 ];
 
 /// Key prefixes each task reads (a key matches a prefix equal to it or to one of its
@@ -327,6 +326,8 @@ mod tests {
         new.inbound.max_handlers = 50;
         new.inbound.listen.push("127.0.0.1:2600".parse().unwrap());
         new.hold_undeliverable = true;
+        // isesctl applies its grace when it stops: it is restarted to have the new one.
+        new.inbound.shutdown_grace = std::time::Duration::from_secs(5);
         new.data_dir = "/tmp/y".into();
         let plan = Plan::new(&old, &new);
         let keys: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
