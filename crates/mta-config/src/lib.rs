@@ -16,6 +16,7 @@ mod debug;
 mod directory;
 mod dkim;
 mod error;
+mod milter;
 mod run_as;
 mod tls;
 mod values;
@@ -31,6 +32,7 @@ pub use debug::DebugKnobs;
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
+pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
@@ -80,6 +82,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[[dkim]]`: the keys outgoing mail is signed with (see `dkim.rs`). Default none.
     pub dkim: Vec<DkimKeyConfig>,
+    /// `[[milter]]`: the mail filters inbound sessions consult, in order (see `milter.rs`).
+    /// Default none.
+    pub milters: Vec<MilterConfig>,
     /// `[tls]`: the inbound certificate.
     pub tls: TlsConfig,
     /// `user` (and `group`): the account every task runs as once the supervisor has bound
@@ -301,6 +306,7 @@ struct RawConfig {
     debug: DebugKnobs,
     metrics: MetricsConfig,
     dkim: Vec<dkim::RawDkim>,
+    milter: Vec<milter::RawMilter>,
     tls: tls::RawTls,
     user: String,
     group: String,
@@ -325,6 +331,7 @@ impl Default for RawConfig {
             debug: DebugKnobs::default(),
             metrics: MetricsConfig::default(),
             dkim: Vec::new(),
+            milter: Vec::new(),
             tls: tls::RawTls::default(),
             user: String::new(),
             group: String::new(),
@@ -400,6 +407,7 @@ impl Config {
             }
             dkim.push(key);
         }
+        let milters = load_milters(&src, base, raw.milter)?;
         let tls = load_tls(&src, base, &raw.tls)?;
         let run_as = run_as::resolve(&src, &raw.user, &raw.group)?;
         let mut outbound = raw.outbound;
@@ -432,6 +440,7 @@ impl Config {
             debug: raw.debug,
             metrics: raw.metrics,
             dkim,
+            milters,
             tls,
             run_as,
         })
@@ -513,6 +522,26 @@ impl Config {
             }
         })
     }
+}
+
+/// `[[milter]]`: each entry valid, names unique.
+fn load_milters(
+    src: &Source,
+    base: &Path,
+    raw: Vec<milter::RawMilter>,
+) -> Result<Vec<MilterConfig>, ConfigError> {
+    let mut milters: Vec<MilterConfig> = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let at = |key| [Seg::Key("milter"), Seg::Index(i), Seg::Key(key)];
+        let m = entry
+            .into_config(|p| normalize(&base.join(p)))
+            .map_err(|(key, message)| src.error_at(&at(key), message))?;
+        if milters.iter().any(|other| other.name == m.name) {
+            return Err(src.error_at(&at("name"), format!("a second milter called `{}`", m.name)));
+        }
+        milters.push(m);
+    }
+    Ok(milters)
 }
 
 /// `[tls]`: both paths or neither, each readable now (so a typo fails at start, naming the

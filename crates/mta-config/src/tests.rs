@@ -561,3 +561,65 @@ fn unknown_user_or_group_names_file_line_and_key() {
     let (e, file) = config_err("user = \"root\"\n");
     assert_located(&e, &file, 1, "user", "is root");
 }
+
+#[test]
+fn milters_load_in_order_with_defaults() {
+    let f = Fixture::new(
+        "[[milter]]\nname = \"rspamd\"\naddress = \"inet:127.0.0.1:11332\"\nlisteners = [\"smtp\"]\n\n[[milter]]\nname = \"clamav\"\naddress = \"unix:run/clamav.sock\"\ndefault_action = \"accept\"\ncontent_timeout = \"5m\"\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.milters.len(), 2);
+    let r = &c.milters[0];
+    assert_eq!(
+        r.address,
+        MilterAddress::Inet {
+            host: "127.0.0.1".into(),
+            port: 11332
+        }
+    );
+    assert_eq!(r.default_action, MilterDefault::Tempfail);
+    assert_eq!(r.connect_timeout, Duration::from_secs(5));
+    assert_eq!(r.command_timeout, Duration::from_secs(30));
+    assert_eq!(r.content_timeout, Duration::from_secs(120));
+    assert_eq!(r.listeners, vec!["smtp".to_string()]);
+    let m = &c.milters[1];
+    assert_eq!(m.address, MilterAddress::Unix(f.path("run/clamav.sock")));
+    assert_eq!(m.default_action, MilterDefault::Accept);
+    assert_eq!(m.content_timeout, Duration::from_secs(300));
+    assert_eq!(m.listeners.len(), 3);
+    assert!(Fixture::new("", Some(DIRECTORY))
+        .load()
+        .unwrap()
+        .milters
+        .is_empty());
+}
+
+#[test]
+fn milter_errors_name_file_line_and_key() {
+    let head = "hostname = \"x\"\n[[milter]]\nname = \"a\"\n";
+    let (e, file) = config_err(&format!("{head}address = \"tcp:1.2.3.4:5\"\n"));
+    assert_located(&e, &file, 4, "milter[0].address", "is not a milter address");
+    let (e, file) = config_err(&format!(
+        "{head}address = \"inet:h:1\"\nlisteners = [\"lmtp\"]\n"
+    ));
+    assert_located(
+        &e,
+        &file,
+        5,
+        "milter[0].listeners",
+        "`lmtp` is not a listener",
+    );
+    let (e, file) = config_err(&format!(
+        "{head}address = \"inet:h:1\"\ndefault_action = \"bounce\"\n"
+    ));
+    assert_located(&e, &file, 5, "milter[0].default_action", "bounce");
+    let (e, file) = config_err(&format!(
+        "{head}address = \"inet:h:1\"\n[[milter]]\nname = \"a\"\naddress = \"inet:h:2\"\n"
+    ));
+    assert_located(&e, &file, 6, "milter[1].name", "a second milter called `a`");
+    let (e, file) = config_err(&format!(
+        "{head}address = \"inet:h:1\"\ncommand_timeout = \"0s\"\n"
+    ));
+    assert_located(&e, &file, 5, "milter[0].command_timeout", "more than 0");
+}
