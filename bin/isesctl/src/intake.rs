@@ -43,7 +43,7 @@ pub struct Intake {
     /// commit (or a periodic one), so counting costs no fsync of its own.
     sessions: Arc<AtomicU64>,
     /// Other counters (the DKIM verification results), committed the same way.
-    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>,
 }
 
 /// How often counted sessions are committed when no mail arrives to carry them.
@@ -101,19 +101,38 @@ impl Intake {
 
     /// Adds one to the statistics counter `name` (committed with the next batch).
     pub fn count(&self, name: &'static str) {
+        self.count_named(std::borrow::Cow::Borrowed(name));
+    }
+
+    /// `count` for a name made at run time (a milter's counters carry its name).
+    pub fn count_named(&self, name: impl Into<std::borrow::Cow<'static, str>>) {
         *self
             .counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(name)
+            .entry(name.into())
             .or_default() += 1;
     }
 
-    /// Makes one message durable in the Inbound Work Queue; the reply for the end of DATA.
-    pub async fn deliver(&self, qid: QueueId, env: &mta_smtp::Envelope, content: Vec<u8>) -> Reply {
+    /// Makes one message durable in the Inbound Work Queue (or, `held` with a milter's
+    /// quarantine reason, in Held: `release` sends it on); the reply for the end of DATA.
+    pub async fn deliver(
+        &self,
+        qid: QueueId,
+        env: &mta_smtp::Envelope,
+        content: Vec<u8>,
+        held: Option<String>,
+    ) -> Reply {
         let (reply, answer) = oneshot::channel();
+        let mut record = record_for(qid, env, content.len() as u64);
+        if let Some(reason) = held {
+            record.location = Location::Held {
+                from: QueueName::InboundWork,
+            };
+            record.note = Some(reason);
+        }
         let job = Job {
-            record: record_for(qid, env, content.len() as u64),
+            record,
             content,
             reply,
         };
@@ -135,7 +154,7 @@ impl Intake {
 
 struct Actor {
     sessions: Arc<AtomicU64>,
-    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>,
     /// Lent to a blocking thread during each batch's file I/O.
     spool: Option<SpoolWriter>,
     store: StoreClient,
@@ -196,7 +215,7 @@ impl Actor {
         let mut counters: Vec<(String, u64)> =
             std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
-                .map(|(name, n)| (name.to_string(), n))
+                .map(|(name, n)| (name.into_owned(), n))
                 .collect();
         match self.sessions.swap(0, Ordering::Relaxed) {
             0 => {}

@@ -21,6 +21,7 @@
 use crate::handler_table::{Assigned, HandlerTable};
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
+use crate::milter::Milters;
 use crate::policy::{Security, SessionPolicy};
 use anyhow::Context as _;
 use mta_ipc::listeners::{self, Passed};
@@ -71,6 +72,8 @@ struct Shared {
     mail_auth: Arc<InboundAuth>,
     /// True once the shutdown grace is over: every session answers `421 4.3.2`.
     closing: watch::Sender<bool>,
+    /// `[[milter]]`.
+    milters: Milters,
 }
 
 struct Running {
@@ -128,6 +131,7 @@ impl Inbound {
                 )),
                 mail_auth: Arc::new(mail_auth),
                 closing: watch::channel(false).0,
+                milters: Milters::new(config),
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -238,7 +242,9 @@ impl Inbound {
         let max = self.shared.table.max() as u32;
         let busy = self.shared.table.busy();
         if busy > 0 {
-            tracing::info!("shutting down: waiting up to {grace:?} for {busy} session(s) to finish");
+            tracing::info!(
+                "shutting down: waiting up to {grace:?} for {busy} session(s) to finish"
+            );
         }
         let all_idle = self.shared.permits.acquire_many(max);
         tokio::pin!(all_idle);
@@ -250,7 +256,10 @@ impl Inbound {
             self.shared.closing.send_replace(true);
             // Each writes its 421 and closes; a session inside a delivery finishes it
             // first. A client that does not read is not waited for long.
-            if tokio::time::timeout(CLOSE_WAIT, &mut all_idle).await.is_err() {
+            if tokio::time::timeout(CLOSE_WAIT, &mut all_idle)
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     "{} session(s) did not close in time: dropping them",
                     self.shared.table.busy()
@@ -503,6 +512,7 @@ async fn serve(
         tracing::info!(target: mta_types::DEBUG_TARGET, handler = %name, client = %peer, listener = mode.as_str(), "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
+    let milters = shared.milters.session(mode.as_str(), &shared.intake);
     let mut hooks = SessionPolicy::new(
         shared.ctx.clone(),
         shared.intake.clone(),
@@ -512,13 +522,15 @@ async fn serve(
         shared.mail_auth.clone(),
         shared.security.clone(),
     )
-    .with_closing(shared.closing.subscribe());
+    .with_closing(shared.closing.subscribe())
+    .with_milters(milters);
     let session = match mode {
         ListenerMode::Relay => &shared.sessions[0],
         ListenerMode::Submission => &shared.sessions[1],
         ListenerMode::Submissions => &shared.sessions[2],
     };
     let summary = run_session(stream, ClientInfo { peer, local }, session, &mut hooks).await;
+    hooks.finish().await;
     if debug {
         tracing::info!(
             target: mta_types::DEBUG_TARGET,

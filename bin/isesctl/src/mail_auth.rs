@@ -36,7 +36,9 @@ impl InboundAuth {
     }
 
     /// `message` is our Received header followed by the content as received. Answers the
-    /// message to make durable, or the refusal for the end of DATA.
+    /// message to make durable with the number of header fields at its top that are ours
+    /// (Received, and Authentication-Results when added), or the refusal for the end of
+    /// DATA.
     pub async fn check(
         &self,
         config: &Config,
@@ -44,7 +46,7 @@ impl InboundAuth {
         qid: QueueId,
         env: &Envelope,
         message: Vec<u8>,
-    ) -> Result<Vec<u8>, Reply> {
+    ) -> Result<(Vec<u8>, usize), Reply> {
         let received = first_field_len(&message);
         let (ours, content) = message.split_at(received);
         let stripped = strip_forged_results(content, &self.hostname);
@@ -59,10 +61,13 @@ impl InboundAuth {
         // Internal hosts and authenticated submitters (issue 11) are not checked, as
         // OpenDKIM/OpenDMARC leave them alone: their mail is ours to sign, not to judge.
         if (config.is_trusted(ip) && !self.verify_trusted) || env.auth.is_some() {
-            return Ok(match stripped {
-                Some(s) => [ours, &s].concat(),
-                None => message,
-            });
+            return Ok((
+                match stripped {
+                    Some(s) => [ours, &s].concat(),
+                    None => message,
+                },
+                1,
+            ));
         }
         let mail_from = env.mail_from.as_ref().map(ToString::to_string);
         let outcome = self
@@ -94,7 +99,7 @@ impl InboundAuth {
         out.extend_from_slice(outcome.header.as_bytes());
         out.extend_from_slice(ours);
         out.extend_from_slice(content);
-        Ok(out)
+        Ok((out, 2))
     }
 }
 

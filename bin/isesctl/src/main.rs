@@ -28,6 +28,7 @@ mod handler_table;
 mod intake;
 mod listener;
 mod mail_auth;
+mod milter;
 mod policy;
 
 use anyhow::Context as _;

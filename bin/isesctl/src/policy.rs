@@ -14,6 +14,7 @@
 use crate::auth::AuthGuard;
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
+use crate::milter::{MilterSession, Outcome};
 use mta_config::{Config, Directory};
 use mta_smtp::tokio_rustls::rustls;
 use mta_smtp::{
@@ -47,6 +48,8 @@ pub struct SessionPolicy {
     auth: Arc<AuthGuard>,
     /// True once the controller's shutdown grace is over: the session ends with 421.
     closing: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The milters this listener consults (`None`: none, and no cost).
+    milters: Option<MilterSession>,
 }
 
 /// What the sessions share for TLS and AUTH.
@@ -70,6 +73,7 @@ impl SessionPolicy {
         let debug_io = knobs.smtp_debug_io;
         let debug = knobs.smtp_debug;
         SessionPolicy {
+            milters: None,
             ctx,
             intake,
             peer,
@@ -129,7 +133,11 @@ fn log_refusal(
         .map(|q| q.to_string())
         .unwrap_or_else(|| "NOQUEUE".into());
     let reply = reply.to_string().trim_end().replace("\r\n", " ");
-    let from = env.mail_from.as_ref().map(ToString::to_string).unwrap_or_default();
+    let from = env
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let to = rcpt.map(|r| format!(" to=<{r}>")).unwrap_or_default();
     let user = env
         .auth
@@ -144,7 +152,62 @@ fn log_refusal(
     );
 }
 
+impl SessionPolicy {
+    /// Consult these milters (`crate::milter`) at each stage.
+    pub fn with_milters(mut self, milters: Option<MilterSession>) -> SessionPolicy {
+        self.milters = milters;
+        self
+    }
+
+    /// The session is over: QUIT to the milters.
+    pub async fn finish(self) {
+        if let Some(m) = self.milters {
+            m.finish().await;
+        }
+    }
+
+    /// The milters' end of message: `Ok((content, changed envelope, quarantine))` to make
+    /// durable, or the reply (a refusal, or the 250 of a discarded message).
+    async fn filter(
+        &mut self,
+        qid: QueueId,
+        env: &Envelope,
+        content: Vec<u8>,
+        ours: usize,
+    ) -> Result<(Vec<u8>, Option<Box<Envelope>>, Option<String>), Reply> {
+        let Some(milters) = &mut self.milters else {
+            return Ok((content, None, None));
+        };
+        match milters.end_of_message(qid, env, content, ours).await {
+            Outcome::Deliver { content, env, held } => Ok((content, env, held)),
+            Outcome::Refuse(reply) => Err(reply),
+            Outcome::Discard { by } => {
+                let from = env.mail_from.as_ref().map(ToString::to_string);
+                tracing::info!(
+                    "qid={qid} discarded by {by}: from=<{}> nrcpt={} client=[{}]",
+                    from.unwrap_or_default(),
+                    env.rcpts.len(),
+                    self.peer.ip()
+                );
+                Err(Reply::queued(qid))
+            }
+        }
+    }
+}
+
 impl SessionHooks for SessionPolicy {
+    async fn check_helo(&mut self, env: &Envelope, helo: &str) -> Option<Reply> {
+        self.milters.as_mut()?.helo(env, helo).await
+    }
+
+    async fn check_mail(&mut self, env: &Envelope) -> Option<Reply> {
+        self.milters.as_mut()?.mail(env).await
+    }
+
+    async fn check_data(&mut self, env: &Envelope) -> Option<Reply> {
+        self.milters.as_mut()?.data(env).await
+    }
+
     async fn check_rcpt(&mut self, env: &Envelope, rcpt: &Address) -> RcptVerdict {
         let verdict = if env.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {
             // RFC 6409: an authenticated submitter may relay anywhere.
@@ -159,22 +222,34 @@ impl SessionHooks for SessionPolicy {
         };
         if let RcptVerdict::Reject(reply) = &verdict {
             log_refusal(self.peer, env, "RCPT", reply, Some(rcpt));
+            return verdict;
         }
-        verdict
+        match self.milters.as_mut() {
+            Some(m) => match m.rcpt(env, rcpt).await {
+                Some(reply) => RcptVerdict::Reject(reply),
+                None => verdict,
+            },
+            None => verdict,
+        }
     }
 
     async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
         let start = std::time::Instant::now();
         let content = self.complete_submission(qid, env, content);
-        let content = match self
+        let (content, ours) = match self
             .mail_auth
             .check(self.ctx.config(), &self.intake, qid, env, content)
             .await
         {
-            Ok(content) => content,
+            Ok(checked) => checked,
             Err(refusal) => return refusal,
         };
-        let reply = self.intake.deliver(qid, env, content).await;
+        let (content, changed, held) = match self.filter(qid, env, content, ours).await {
+            Ok(filtered) => filtered,
+            Err(reply) => return reply,
+        };
+        let env = changed.as_deref().unwrap_or(env);
+        let reply = self.intake.deliver(qid, env, content, held).await;
         if reply.is_positive() {
             self.accept_latency.observe(start.elapsed());
         }

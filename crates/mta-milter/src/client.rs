@@ -82,6 +82,9 @@ pub struct EndOfMessage {
     pub modifications: Vec<Modification>,
     /// SMFIR_QUARANTINE's reason, sent at end of message (or any earlier stage).
     pub quarantine: Option<String>,
+    /// End of message was sent and answered (the milter's message is over). False when it
+    /// decided during the header or body: an ABORT is owed before the next message.
+    pub finished: bool,
 }
 
 /// The client's end of one milter connection.
@@ -299,6 +302,7 @@ impl<S: Io> Milter<S> {
             verdict,
             modifications: Vec::new(),
             quarantine: self.quarantine.take(),
+            finished: false,
         }
     }
 
@@ -318,6 +322,7 @@ impl<S: Io> Milter<S> {
                         verdict,
                         modifications,
                         quarantine: self.quarantine.take(),
+                        finished: true,
                     });
                 }
             }

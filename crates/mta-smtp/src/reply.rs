@@ -383,6 +383,35 @@ impl Reply {
     // ----- Local trouble -----
 
     /// `452 4.3.1 Insufficient system storage`
+    /// `550 5.7.1 Command rejected`: a milter's REJECT (Postfix's text).
+    pub fn milter_rejected() -> Reply {
+        Reply::enh(550, (5, 7, 1), "Command rejected")
+    }
+
+    /// `451 4.7.1 Service unavailable - try again later`: a milter's TEMPFAIL, or a
+    /// milter that cannot be used with `default_action = "tempfail"` (Postfix's text).
+    pub fn milter_tempfail() -> Reply {
+        Reply::enh(451, (4, 7, 1), "Service unavailable - try again later")
+    }
+
+    /// `421 4.7.0 <host> Service unavailable - closing connection`: a milter's SHUTDOWN.
+    pub fn milter_shutdown(hostname: &str) -> Reply {
+        Reply::enh(
+            421,
+            (4, 7, 0),
+            format!("{hostname} Service unavailable - closing connection"),
+        )
+    }
+
+    /// A milter's own reply (SMFIR_REPLYCODE), e.g. `554 5.7.1 Gtube pattern`, possibly
+    /// several lines: `None` unless it is a well-formed 4xx or 5xx reply.
+    pub fn from_milter(text: &str) -> Option<Reply> {
+        let mut bytes = text.trim_end().as_bytes().to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        let reply = Reply::parse_lines(&bytes).ok()?;
+        (400..600).contains(&reply.code).then_some(reply)
+    }
+
     pub fn storage_full() -> Reply {
         Reply::enh(452, (4, 3, 1), "Insufficient system storage")
     }

@@ -216,6 +216,29 @@ pub trait SessionHooks: Send {
         rcpt: &Address,
     ) -> impl Future<Output = RcptVerdict> + Send;
 
+    /// Called at HELO/EHLO before it is taken (`env.helo` is still the previous name):
+    /// `Some(reply)` refuses it and the session stays where it was. Default: take it.
+    fn check_helo(
+        &mut self,
+        _env: &Envelope,
+        _helo: &str,
+    ) -> impl Future<Output = Option<Reply>> + Send {
+        async { None }
+    }
+
+    /// Called at MAIL once the session's own checks passed; `env` carries the new sender,
+    /// its parameters and the transaction's queue id. `Some(reply)` refuses the sender and
+    /// the transaction is forgotten. Default: accept.
+    fn check_mail(&mut self, _env: &Envelope) -> impl Future<Output = Option<Reply>> + Send {
+        async { None }
+    }
+
+    /// Called at DATA before the 354: `Some(reply)` refuses it (the transaction stays).
+    /// Not called for BDAT. Default: accept.
+    fn check_data(&mut self, _env: &Envelope) -> impl Future<Output = Option<Reply>> + Send {
+        async { None }
+    }
+
     /// Called at the end of DATA / BDAT LAST with the complete content (our Received header
     /// already prepended). Returns the reply to send: `Reply::queued(qid)` on success,
     /// `storage_full` / `local_error` otherwise. The content must be durable BEFORE this
@@ -461,9 +484,9 @@ where
             }
         }
         match command {
-            Command::Ehlo(host) => self.ehlo(host),
-            Command::Helo(host) => self.helo(host),
-            Command::Mail { from, params } => self.mail(from, params),
+            Command::Ehlo(host) => self.ehlo(host).await,
+            Command::Helo(host) => self.helo(host).await,
+            Command::Mail { from, params } => self.mail(from, params).await,
             Command::Rcpt { to, params } => self.rcpt(to, params).await,
             Command::Data => self.data().await,
             Command::Bdat { size, last } => self.bdat(size, last).await,

@@ -164,6 +164,7 @@ fn render(
     register_totals(&mut r, &get);
     register_delivery_time(&mut r, &get);
     register_sessions(&mut r, sup, tasks, &get);
+    register_milters(&mut r, &counters);
     register_tasks(&mut r, tasks);
     register_sizes(&mut r, sup);
     // Latency histograms the tasks keep (isesctl: end of DATA to 250).
@@ -193,7 +194,6 @@ fn register_build(r: &mut Registry, sup: &Supervisor) {
         "When the supervisor started, Unix time",
         ConstGauge::new(sup.started_ms as f64 / 1000.0),
     );
-
 }
 
 fn register_queue(r: &mut Registry, sup: &Supervisor) {
@@ -224,7 +224,6 @@ fn register_queue(r: &mut Registry, sup: &Supervisor) {
         "Messages in each queue and state (parked states have queue=\"none\")",
         queue,
     );
-
 }
 
 fn register_destinations(r: &mut Registry, sup: &Supervisor) -> Result<(), String> {
@@ -329,10 +328,49 @@ fn register_delivery_time(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
             sum_seconds: get(names::DELIVER_TIME_SUM_MS) as f64 / 1000.0,
         }),
     );
-
 }
 
-fn register_sessions(r: &mut Registry, sup: &Supervisor, tasks: &[TaskRow], get: &dyn Fn(&str) -> u64) {
+fn register_milters(r: &mut Registry, counters: &std::collections::BTreeMap<String, u64>) {
+    // Milters (isesctl, `[[milter]]`): verdicts and failures per milter, from the
+    // `Mail.Milter.{Action,Failure}.<what>.<name>` counters.
+    let milter_actions = Family::<Labels, Counter>::default();
+    let milter_failures = Family::<Labels, Counter>::default();
+    for (name, n) in counters.range("Mail.Milter.".to_string()..) {
+        let Some(rest) = name.strip_prefix("Mail.Milter.") else {
+            break;
+        };
+        let mut parts = rest.splitn(3, '.');
+        let (Some(kind), Some(what), Some(milter)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (family, label) = match kind {
+            "Action" => (&milter_actions, "action"),
+            "Failure" => (&milter_failures, "reason"),
+            _ => continue,
+        };
+        family
+            .get_or_create(&labels(&[("milter", milter), (label, what)]))
+            .inc_by(*n);
+    }
+    r.register(
+        "milter_actions",
+        "Milter decisions by milter and action (accept, reject, tempfail, discard, quarantine)",
+        milter_actions,
+    );
+    r.register(
+        "milter_failures",
+        "Milters that could not be used (unreachable, timeout, broken): default_action applied",
+        milter_failures,
+    );
+}
+
+fn register_sessions(
+    r: &mut Registry,
+    sup: &Supervisor,
+    tasks: &[TaskRow],
+    get: &dyn Fn(&str) -> u64,
+) {
     // Sessions and handlers: cumulative counts from the store, current use from the
     // controllers' handler tables.
     let sessions = Family::<Labels, Counter>::default();
@@ -376,7 +414,6 @@ fn register_sessions(r: &mut Registry, sup: &Supervisor, tasks: &[TaskRow], get:
         "Most session handlers a controller may run (max_handlers)",
         handlers_max,
     );
-
 }
 
 fn register_tasks(r: &mut Registry, tasks: &[TaskRow]) {
@@ -396,7 +433,6 @@ fn register_tasks(r: &mut Registry, tasks: &[TaskRow]) {
         "Unexpected exits of the task since the supervisor started",
         restarts,
     );
-
 }
 
 fn register_sizes(r: &mut Registry, sup: &Supervisor) {
@@ -411,7 +447,6 @@ fn register_sizes(r: &mut Registry, sup: &Supervisor) {
         "Size of the spool segments holding message content",
         ConstGauge::new(crate::compaction::spool_bytes(&sup.config().spool_dir()) as i64),
     );
-
 }
 
 #[cfg(test)]

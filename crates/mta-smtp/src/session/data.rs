@@ -31,6 +31,9 @@ where
                 return self.error(Reply::bad_sequence("need RCPT command"));
             }
         }
+        if let Some(refusal) = self.hooks.check_data(&self.env).await {
+            return self.reply(refusal);
+        }
         self.reply(Reply::start_data());
         if !self.flush().await {
             return Flow::Close(super::EndReason::ClientClosed);

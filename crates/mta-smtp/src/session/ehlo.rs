@@ -31,13 +31,19 @@ where
         ext
     }
 
-    pub(super) fn ehlo(&mut self, host: String) -> Flow {
+    pub(super) async fn ehlo(&mut self, host: String) -> Flow {
+        if let Some(refusal) = self.hooks.check_helo(&self.env, &host).await {
+            return self.reply(refusal);
+        }
         self.greeted(host, true);
         let reply = Reply::ehlo(&self.cfg.hostname, &self.env.helo, &self.extensions());
         self.reply(reply)
     }
 
-    pub(super) fn helo(&mut self, host: String) -> Flow {
+    pub(super) async fn helo(&mut self, host: String) -> Flow {
+        if let Some(refusal) = self.hooks.check_helo(&self.env, &host).await {
+            return self.reply(refusal);
+        }
         self.greeted(host, false);
         let reply = Reply::helo(&self.cfg.hostname, &self.env.helo);
         self.reply(reply)

@@ -11,7 +11,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: SessionHooks,
 {
-    pub(super) fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
+    pub(super) async fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
         if !matches!(self.state, SessionState::Greeted) {
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
@@ -45,6 +45,10 @@ where
         self.env.mail_params = params;
         self.state = SessionState::MailFrom;
         self.env.qid = Some(mta_types::QueueId::generate());
+        if let Some(refusal) = self.hooks.check_mail(&self.env).await {
+            self.reset_transaction();
+            return self.reply(refusal);
+        }
         self.reply(Reply::sender_ok())
     }
 
