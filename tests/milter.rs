@@ -431,3 +431,35 @@ fn rspamd_as_a_milter() {
     assert!(r.last().unwrap().starts_with("250 2.0.0"), "{r:?}");
     suite.wait_for_mail("alice", 1);
 }
+
+/// A rough figure, not asserted (`cargo nextest run --release --test milter --run-ignored
+/// only`): smtp_load.py's small messages over 20 sessions of 10, to a local mailbox, without milters, with
+/// a milter that answers "continue" to everything and "accept" at end of message (the
+/// client's own cost), and with rspamd.
+#[test]
+#[ignore]
+fn rough_cost_of_the_milter_client() {
+    const N: usize = 1000;
+    let rate = |milters: &str| {
+        let suite = suite_with(milters, None);
+        let started = std::time::Instant::now();
+        let load = mta_testkit::peers::smtp_load(suite.smtp_port, N, 20, "alice@localhost", 10);
+        let took = started.elapsed();
+        assert_eq!(load.accepted.len(), N, "{}", load.errors);
+        suite.wait_for_mail("alice", N);
+        N as f64 / took.as_secs_f64()
+    };
+    let none = rate("");
+    let accept_all = TestMilter::start(Mode::Script(Arc::new(|e: &Event| match e.code {
+        'E' => vec![reply::accept()],
+        _ => vec![],
+    })));
+    let with_test = rate(&milter_entry("accept", &accept_all.address(), ""));
+    let rspamd = Rspamd::start();
+    let with_rspamd = rate(&milter_entry("rspamd", &rspamd.address(), ""));
+    eprintln!(
+        "msg/s accepted: no milter {none:.0}; accept-all milter {with_test:.0} ({:.0} %); rspamd {with_rspamd:.0} ({:.0} %)",
+        100.0 * with_test / none,
+        100.0 * with_rspamd / none
+    );
+}
