@@ -243,9 +243,7 @@ impl Task for Osesctl {
             {
                 self.route(ctx, Some(&words[1])).await
             }
-            TellCommand::Other(words)
-                if words.len() == 1 && words[0].eq_ignore_ascii_case("route") =>
-            {
+            TellCommand::Other(words) if words.len() == 1 && words[0].eq_ignore_ascii_case("route") => {
                 self.route(ctx, None).await
             }
             other => Err(format!(

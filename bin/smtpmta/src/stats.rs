@@ -262,9 +262,10 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
         after = Some((last.location, last.domain.clone()));
         read += page.len();
         let full = page.len() == 1000;
-        rows.extend(page.into_iter().filter(|d| {
-            d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)
-        }));
+        rows.extend(
+            page.into_iter()
+                .filter(|d| d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)),
+        );
         if !full {
             break;
         }
@@ -273,3 +274,4 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
     rows.truncate(sup.config().metrics.top_destinations);
     Ok(rows)
 }
+

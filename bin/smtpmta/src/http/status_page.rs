@@ -95,6 +95,7 @@ fn head(h: &mut String, sup: &Supervisor) {
         pid = std::process::id(),
         up = age(Some(sup.started_ms)),
     );
+
 }
 
 fn tasks_table(h: &mut String, tasks: &[TaskRow]) {
@@ -127,6 +128,7 @@ fn tasks_table(h: &mut String, tasks: &[TaskRow]) {
         );
     }
     h.push_str("</table>");
+
 }
 
 fn queue_table(h: &mut String, counts: &[(String, String, u64)]) {
@@ -143,6 +145,7 @@ fn queue_table(h: &mut String, counts: &[(String, String, u64)]) {
         );
     }
     h.push_str("</table>");
+
 }
 
 fn destinations_table(h: &mut String, destinations: &[DestinationRow]) {
@@ -169,6 +172,7 @@ fn destinations_table(h: &mut String, destinations: &[DestinationRow]) {
         );
     }
     h.push_str("</table>");
+
 }
 
 fn stats_table(h: &mut String, stats: &[mta_ipc::console::Statistic]) {
@@ -189,6 +193,7 @@ fn stats_table(h: &mut String, stats: &[mta_ipc::console::Statistic]) {
         );
     }
     h.push_str("</table>");
+
 }
 
 fn deliveries_table(h: &mut String, sup: &Supervisor) {
