@@ -54,7 +54,7 @@ struct Entry {
 impl Milters {
     pub fn new(config: &Config) -> Milters {
         let entries = config
-            .milters
+            .milter
             .iter()
             .map(|m| {
                 Arc::new(Entry {

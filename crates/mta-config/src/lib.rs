@@ -84,7 +84,7 @@ pub struct Config {
     pub dkim: Vec<DkimKeyConfig>,
     /// `[[milter]]`: the mail filters inbound sessions consult, in order (see `milter.rs`).
     /// Default none.
-    pub milters: Vec<MilterConfig>,
+    pub milter: Vec<MilterConfig>,
     /// `[tls]`: the inbound certificate.
     pub tls: TlsConfig,
     /// `user` (and `group`): the account every task runs as once the supervisor has bound
@@ -440,7 +440,7 @@ impl Config {
             debug: raw.debug,
             metrics: raw.metrics,
             dkim,
-            milters,
+            milter: milters,
             tls,
             run_as,
         })

@@ -569,8 +569,8 @@ fn milters_load_in_order_with_defaults() {
         Some(DIRECTORY),
     );
     let c = f.load().unwrap();
-    assert_eq!(c.milters.len(), 2);
-    let r = &c.milters[0];
+    assert_eq!(c.milter.len(), 2);
+    let r = &c.milter[0];
     assert_eq!(
         r.address,
         MilterAddress::Inet {
@@ -583,7 +583,7 @@ fn milters_load_in_order_with_defaults() {
     assert_eq!(r.command_timeout, Duration::from_secs(30));
     assert_eq!(r.content_timeout, Duration::from_secs(120));
     assert_eq!(r.listeners, vec!["smtp".to_string()]);
-    let m = &c.milters[1];
+    let m = &c.milter[1];
     assert_eq!(m.address, MilterAddress::Unix(f.path("run/clamav.sock")));
     assert_eq!(m.default_action, MilterDefault::Accept);
     assert_eq!(m.content_timeout, Duration::from_secs(300));
@@ -591,7 +591,7 @@ fn milters_load_in_order_with_defaults() {
     assert!(Fixture::new("", Some(DIRECTORY))
         .load()
         .unwrap()
-        .milters
+        .milter
         .is_empty());
 }
 
