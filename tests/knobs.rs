@@ -115,13 +115,31 @@ fn smtp_debug_1_2_3_grade_the_inbound_transcript_and_0_stops_it() {
     no_line(&suite, &["< data:"]);
 
     set(&suite, "SMTPDebug", "0");
+    let disconnects =
+        || lines_with(&suite.log(), &["isesctl[", "disconnect from [127.0.0.1]"]).len();
+    let before = disconnects();
     let q4 = send(&suite, "level-off.test", "alice@localhost", b"off\r\n");
     suite.wait_for_mail("alice", 4);
     // The session's knobs are read when it starts: this one has none, so nothing at all.
     no_line(&suite, &["< EHLO level-off.test"]);
-    no_line(&suite, &["disconnect from", "level-off"]);
     no_line(&suite, &[&format!("qid={q4}"), "bytes"]);
-    let _ = (q1, q4);
+    // Nor a disconnect line (which names no EHLO): a session at level 1 after it logs
+    // its own, and by then the level-0 session's would have been logged before it.
+    set(&suite, "SMTPDebug", "1");
+    send(
+        &suite,
+        "level-one-again.test",
+        "alice@localhost",
+        b"again\r\n",
+    );
+    wait_for("the next session's disconnect line", DEADLINE, || {
+        let n = disconnects();
+        (n > before)
+            .then_some(n)
+            .ok_or(format!("{n} disconnect lines"))
+    });
+    assert_eq!(disconnects(), before + 1, "{}", tail(&suite.log(), 30));
+    let _ = q1;
 }
 
 #[test]

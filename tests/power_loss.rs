@@ -9,11 +9,12 @@
 //! flush is `sync_file_range`, which never reaches a FUSE file system (nor flushes the
 //! disk's cache), so a store that relies on it loses accepted messages here.
 //!
-//! 2,000 messages from 20 clients, each to a local user and to a relayed recipient (the
+//! 3,000 messages from 20 clients, each to a local user and to a relayed recipient (the
 //! sink). At 5 random moments (the seed is printed; `POWER_LOSS_SEED` repeats a run) every
 //! process of the suite gets SIGKILL at once, the file system drops what was not durable,
-//! and the suite starts again on what survived. Then every accepted Message-ID must be in
-//! alice's Maildir and at the sink. Needs root and /dev/fuse: without them it fails and
+//! and the suite starts again on what survived; each cut must fall while the clients send
+//! and drop unsynced data. Then every accepted Message-ID must be in alice's Maildir and at
+//! the sink, and still be there after one more cut once all is delivered. Needs root and /dev/fuse: without them it fails and
 //! says so, it never skips. `LAZYFS_KEEP_ALL=1` runs the control (power loss keeps
 //! everything): it must pass on any code, else the harness itself is wrong.
 
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const COUNT: usize = 2_000;
+const COUNT: usize = 3_000;
 const CLIENTS: usize = 20;
 const CUTS: usize = 5;
 
@@ -93,14 +94,24 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
     });
 
     let mut came_back = Ok(());
+    // Each cut: whether messages were in flight, and what it dropped.
+    let mut cuts = Vec::new();
     for cut in 1..=CUTS {
-        let delay = 300 + next(&mut seed) % 2_500;
+        let delay = 300 + next(&mut seed) % 1_500;
         std::thread::sleep(Duration::from_millis(delay));
         let at = started.elapsed().as_secs_f64();
+        // In flight: clients still sending, or accepted mail not yet at both places.
+        let sending = !load.is_finished() || {
+            let local = message_ids(&maildir_files(&suite.mailbox("alice"))).len();
+            let remote =
+                message_ids(&mta_testkit::files_with_suffix(sink.dir.path(), ".eml")).len();
+            local < COUNT || remote < COUNT
+        };
         let dropped = suite
             .power_loss()
             .unwrap_or_else(|e| panic!("power cut {cut}: {e}"));
         eprintln!("power cut {cut} at {at:.1}s (+{delay} ms): {dropped}");
+        cuts.push((cut, sending, dropped.dropped_bytes + dropped.dropped_names));
         let t = Instant::now();
         match suite.try_launch(Duration::from_secs(30)) {
             Ok(()) => eprintln!(
@@ -173,6 +184,14 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
         eprintln!("---- smtpmta log tail ----\n{}", tail(&suite.log(), 60));
     }
     came_back.unwrap();
+    // A cut with no message in flight, or on a file system with nothing unsynced, would
+    // test nothing: each fell while mail was on its way and dropped data not yet fsynced
+    // (except in the control run, where power loss keeps everything).
+    let control = std::env::var_os("LAZYFS_KEEP_ALL").is_some();
+    for (cut, sending, dropped) in &cuts {
+        assert!(*sending, "power cut {cut} fell with no message in flight");
+        assert!(control || *dropped > 0, "power cut {cut} dropped nothing");
+    }
     assert!(
         accepted.len() >= COUNT / 2,
         "too few accepted: {} ({})",
@@ -183,6 +202,20 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
         (lost_local, lost_remote),
         (0, 0),
         "accepted messages lost at power loss (local, relayed)"
+    );
+    // One more cut once everything is delivered: what was delivered stays delivered (the
+    // Maildir files and their names were durable before their records went), and the
+    // suite starts again on what is left.
+    let dropped = suite.power_loss().expect("power cut after delivery");
+    eprintln!("power cut after delivery: {dropped}");
+    suite
+        .try_launch(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the suite did not come back after the last cut: {e}"));
+    let (_, _, lost_local, lost_remote) = count(&sink);
+    assert_eq!(
+        (lost_local, lost_remote),
+        (0, 0),
+        "delivered messages lost at a power cut after delivery (local, relayed)"
     );
     // A power cut is not damage: the store's flush mark never runs ahead of what sled
     // made durable, so no start after a cut may report the store damaged.

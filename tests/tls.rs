@@ -578,10 +578,25 @@ fn outbound_may_uses_starttls_when_offered() {
 fn outbound_may_falls_back_to_plaintext_when_the_handshake_fails() {
     let sink = Sink::start(&["--starttls-broken"]);
     let suite = relay_suite(&sink, &[]);
-    // The broken sink cannot take mail at all; what matters is the retry in plaintext on
-    // a new connection, logged.
+    // The sink closes the connection where the handshake should start; the retry on a
+    // new connection skips STARTTLS, and the sink takes the message there, in plaintext.
     send_remote(&suite);
     wait_log(&suite, "retrying in plaintext (policy may)");
+    wait_for("the plaintext delivery", Duration::from_secs(20), || {
+        let msgs = sink.messages();
+        (!msgs.is_empty())
+            .then_some(())
+            .ok_or_else(|| mta_testkit::peers::tail(&suite.log(), 15))
+    });
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].0["tls"].is_null(), "{}", msgs[0].0);
+    assert_eq!(
+        msgs[0].0["rcpts"][0], "someone@remote.example",
+        "{}",
+        msgs[0].0
+    );
+    wait_log(&suite, "status=sent");
 }
 
 #[test]

@@ -18,8 +18,7 @@ use mta_smtp::Reply;
 use mta_spool::SpoolWriter;
 use mta_task::TaskContext;
 use mta_types::message::{
-    now_ms, ContentRef, Envelope, HopTrace, Location, MessageRecord, Notify, Recipient, Ret,
-    RECORD_SCHEMA,
+    now_ms, ContentRef, Envelope, HopTrace, Location, MessageRecord, Recipient, RECORD_SCHEMA,
 };
 use mta_types::{QueueId, QueueName};
 use std::net::IpAddr;
@@ -388,10 +387,7 @@ fn record_for(qid: QueueId, env: &mta_smtp::Envelope, size: u64) -> MessageRecor
         size,
         envelope: Envelope {
             mail_from: env.mail_from.clone(),
-            ret: env.mail_params.ret.map(|r| match r {
-                mta_smtp::Ret::Full => Ret::Full,
-                mta_smtp::Ret::Hdrs => Ret::Hdrs,
-            }),
+            ret: env.mail_params.ret,
             envid: env.mail_params.envid.clone(),
             helo: env.helo.clone(),
             client_ip: ip.to_string(),
@@ -409,7 +405,7 @@ fn record_for(qid: QueueId, env: &mta_smtp::Envelope, size: u64) -> MessageRecor
                     .orcpt
                     .as_ref()
                     .map(|(kind, addr)| format!("{kind};{addr}"));
-                r.notify = params.notify.map(notify);
+                r.notify = params.notify;
                 r
             })
             .collect(),
@@ -422,24 +418,5 @@ fn record_for(qid: QueueId, env: &mta_smtp::Envelope, size: u64) -> MessageRecor
         trace: HopTrace::default(),
         not_before: 0,
         note: None,
-    }
-}
-
-fn notify(n: mta_smtp::Notify) -> Notify {
-    match n {
-        mta_smtp::Notify::Never => Notify {
-            never: true,
-            ..Notify::default()
-        },
-        mta_smtp::Notify::On {
-            success,
-            failure,
-            delay,
-        } => Notify {
-            never: false,
-            success,
-            failure,
-            delay,
-        },
     }
 }

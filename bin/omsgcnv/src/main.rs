@@ -127,7 +127,7 @@ fn convert_batch(
     for mut record in records {
         let problem = match mta_spool::read(spool_dir, &record.content) {
             Ok(content) if mta_smtp::has_bare_line_ending(&content) => Some((
-                "5.6.0",
+                mta_types::Enhanced::new(5, 6, 0),
                 "content has a bare CR or LF; not relayed (SMTP smuggling risk)".to_string(),
             )),
             Ok(content) => {
@@ -151,7 +151,10 @@ fn convert_batch(
             }
             // Unreadable content is not retried forever: the spool is ours and fsynced, so
             // this is damage, and the sender should hear of it.
-            Err(e) => Some(("4.3.0", format!("queued content unreadable: {e}"))),
+            Err(e) => Some((
+                mta_types::Enhanced::new(4, 3, 0),
+                format!("queued content unreadable: {e}"),
+            )),
         };
         if let Some((status, reason)) = problem {
             let now = now_ms();
@@ -167,7 +170,7 @@ fn convert_batch(
                 );
                 r.status = RcptStatus::Failed {
                     at: now,
-                    status: status.into(),
+                    status,
                     reply: mta_types::outcome::Reply::local(status, reason.clone()),
                 };
             }

@@ -34,7 +34,7 @@ use mta_dns::NextHop;
 use mta_smtp::client::{SessionError, SmtpClient};
 use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
 use mta_types::outcome::Reply;
-use mta_types::MessageRecord;
+use mta_types::{Enhanced, MessageRecord};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -164,7 +164,7 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
     let Some((mut client, label)) = session else {
         let outcome = RcptOutcome::Deferred {
             host: key.clone(),
-            reply: Reply::local("4.4.1", last_error),
+            reply: Reply::local((4, 4, 1), last_error),
         };
         for item in items {
             env.report_all(&item, &outcome);
@@ -327,7 +327,7 @@ async fn transfer(
     reset: bool,
 ) -> Result<Results, (Results, SessionError)> {
     let record: &MessageRecord = &item.record;
-    let bounce_all = |status: &str, reply: Reply| -> Results {
+    let bounce_all = |status: Enhanced, reply: Reply| -> Results {
         item.rcpts
             .iter()
             .map(|i| {
@@ -335,7 +335,7 @@ async fn transfer(
                     *i,
                     RcptOutcome::Bounced {
                         host: label.to_string(),
-                        status: status.into(),
+                        status,
                         reply: reply.clone(),
                     },
                 )
@@ -373,22 +373,22 @@ async fn transfer(
         }
         Ok(Err(e)) => {
             return Ok(defer_all(Reply::local(
-                "4.3.0",
+                Enhanced::new(4, 3, 0),
                 format!("cannot read the queued content: {e}"),
             )))
         }
         Err(e) => {
             return Ok(defer_all(Reply::local(
-                "4.3.0",
+                Enhanced::new(4, 3, 0),
                 format!("cannot read the queued content: {e}"),
             )))
         }
     };
     if mta_smtp::has_bare_line_ending(&content) {
         return Ok(bounce_all(
-            "5.6.0",
+            Enhanced::new(5, 6, 0),
             Reply::local(
-                "5.6.0",
+                Enhanced::new(5, 6, 0),
                 "content has a bare CR or LF; not sent (SMTP smuggling risk)",
             ),
         ));
@@ -405,9 +405,9 @@ async fn transfer(
             .any(|i| record.recipients[*i].address.is_utf8());
     if needs_utf8 && !client.ext.smtputf8 {
         return Ok(bounce_all(
-            "5.6.7",
+            Enhanced::new(5, 6, 7),
             Reply::local(
-                "5.6.7",
+                Enhanced::new(5, 6, 7),
                 format!("{label} does not support SMTPUTF8, which this message needs"),
             ),
         ));
@@ -415,9 +415,9 @@ async fn transfer(
     let eight_bit = record.envelope.eight_bit || content.iter().any(|b| *b >= 0x80);
     if eight_bit && !client.ext.eight_bit_mime {
         return Ok(bounce_all(
-            "5.6.3",
+            Enhanced::new(5, 6, 3),
             Reply::local(
-                "5.6.3",
+                Enhanced::new(5, 6, 3),
                 format!(
                     "{label} does not support 8BITMIME and the message has 8-bit content \
                      (not converted, to keep signatures valid)"
@@ -428,9 +428,9 @@ async fn transfer(
     if let Some(limit) = client.ext.size {
         if content.len() as u64 > limit {
             return Ok(bounce_all(
-                "5.3.4",
+                Enhanced::new(5, 3, 4),
                 Reply::local(
-                    "5.3.4",
+                    Enhanced::new(5, 3, 4),
                     format!(
                         "message size {} exceeds {label}'s limit {limit}",
                         content.len()
@@ -467,7 +467,7 @@ async fn transfer(
                     *i,
                     RcptOutcome::Deferred {
                         host: label.to_string(),
-                        reply: Reply::local("4.4.2", e.to_string()),
+                        reply: Reply::local((4, 4, 2), e.to_string()),
                     },
                 ));
             }
@@ -484,7 +484,7 @@ async fn transfer(
     if !reply.is_positive() {
         let text = reply.recorded();
         return Ok(if reply.is_permanent() {
-            bounce_all(&reply_status(&reply), text)
+            bounce_all(reply_status(&reply), text)
         } else {
             defer_all(text)
         });

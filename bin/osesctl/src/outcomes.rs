@@ -23,7 +23,7 @@ use mta_ipc::{Kicker, StoreClient};
 use mta_task::{log_outcome, Outcome};
 use mta_types::message::{now_ms, Attempt, UnixMillis};
 use mta_types::outcome::Reply;
-use mta_types::DeliveryOutcome;
+use mta_types::{DeliveryOutcome, Enhanced};
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +38,7 @@ pub enum RcptOutcome {
     /// Permanent failure (5xx, null MX, NXDOMAIN, a capability the next hop lacks).
     Bounced {
         host: String,
-        status: String,
+        status: Enhanced,
         reply: Reply,
     },
     /// Temporary failure: retried on the schedule.
@@ -78,17 +78,14 @@ struct InFlight {
 /// The enhanced code and text of a reply as kept in records: `250 2.0.0 Ok: queued`.
 pub fn reply_text(reply: &mta_smtp::Reply) -> String {
     match reply.enhanced {
-        Some((c, s, d)) => format!("{} {c}.{s}.{d} {}", reply.code, reply.text()),
+        Some(e) => format!("{} {e} {}", reply.code, reply.text()),
         None => format!("{} {}", reply.code, reply.text()),
     }
 }
 
 /// The enhanced status of a reply, or `X.0.0` from its code.
-pub fn reply_status(reply: &mta_smtp::Reply) -> String {
-    match reply.enhanced {
-        Some((c, s, d)) => format!("{c}.{s}.{d}"),
-        None => format!("{}.0.0", reply.code / 100),
-    }
+pub fn reply_status(reply: &mta_smtp::Reply) -> Enhanced {
+    reply.enhanced.unwrap_or(Enhanced::of_code(reply.code))
 }
 
 pub async fn run_collector(
@@ -222,14 +219,14 @@ pub fn apply(
     match outcome {
         RcptOutcome::Sent { host, reply } => {
             let text = reply.to_string();
-            let dsn = reply.status_or("2.0.0");
+            let dsn = reply.status_or((2, 0, 0));
             log_outcome(
                 id,
                 &r.address,
                 None,
                 &host,
                 delay,
-                &dsn,
+                &dsn.to_string(),
                 Outcome::Sent,
                 &text,
                 "",
@@ -255,7 +252,7 @@ pub fn apply(
             reply,
         } => {
             let failed = DeliveryOutcome::Failed {
-                status: status.clone(),
+                status,
                 reply: reply.clone(),
             };
             log_outcome(
@@ -264,7 +261,7 @@ pub fn apply(
                 None,
                 &host,
                 delay,
-                &status,
+                &status.to_string(),
                 Outcome::Bounced,
                 &failed.to_string(),
                 "",
@@ -286,7 +283,7 @@ pub fn apply(
             let age = std::time::Duration::from_millis(now.saturating_sub(received_at));
             if age >= config.queue_lifetime {
                 let verdict = Reply::local(
-                    "4.4.7",
+                    (4, 4, 7),
                     format!(
                         "message expired after {}s in the queue; last error: {reply}",
                         age.as_secs()
@@ -309,13 +306,13 @@ pub fn apply(
                     at: now,
                     host,
                     outcome: DeliveryOutcome::Failed {
-                        status: "4.4.7".into(),
+                        status: (4, 4, 7).into(),
                         reply,
                     },
                 });
                 r.status = RcptStatus::Failed {
                     at: now,
-                    status: "4.4.7".into(),
+                    status: (4, 4, 7).into(),
                     reply: verdict,
                 };
                 r.next_retry = None;
@@ -325,7 +322,7 @@ pub fn apply(
                 let wait = config.retry[(n - 1).min(config.retry.len() - 1)];
                 let next = now + wait.as_millis() as u64;
                 r.next_retry = Some(next);
-                let dsn = reply.status_or("4.0.0");
+                let dsn = reply.status_or((4, 0, 0));
                 let text = reply.to_string();
                 let retry = format!("retry_in={}s", wait.as_secs_f64());
                 log_outcome(
@@ -334,7 +331,7 @@ pub fn apply(
                     None,
                     &host,
                     delay,
-                    &dsn,
+                    &dsn.to_string(),
                     Outcome::Deferred,
                     &text,
                     &retry,

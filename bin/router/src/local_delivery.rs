@@ -23,7 +23,7 @@ use crate::routing::{Found, LocalFailure, Lookup, MailboxDelivery, Routing};
 use mta_convert::trace_headers_for_delivery;
 use mta_ipc::store::Change;
 use mta_types::message::{now_ms, UnixMillis};
-use mta_types::{Location, MessageRecord, QueueName, RcptStatus, Recipient};
+use mta_types::{Enhanced, Location, MessageRecord, QueueName, RcptStatus, Recipient};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -197,7 +197,7 @@ fn deliver_one(
             let result = match &content {
                 Ok(bytes) => write_mailbox(record, delivery, bytes, unsynced),
                 Err(e) => Err(LocalFailure {
-                    dsn: "4.3.0".into(),
+                    dsn: (4, 3, 0).into(),
                     reason: format!("cannot read the content: {e}"),
                 }),
             };
@@ -346,7 +346,7 @@ fn write_mailbox(
             // Routing defers every local failure; that is right only while all are transient.
             debug_assert!(e.is_transient(), "a permanent local delivery error: {e}");
             LocalFailure {
-                dsn: e.enhanced_status().to_string(),
+                dsn: e.enhanced_status(),
                 reason: e.to_string(),
             }
         })
@@ -372,19 +372,31 @@ fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
     let r = &record.recipients[i];
     let orig = orig_to(r);
     let delay = now.saturating_sub(record.received_at) as f64 / 1000.0;
-    let log = |dsn: &str, outcome, text: &str| {
+    let log = |dsn: Enhanced, outcome, text: &str| {
         mta_task::log_outcome(
-            record.id, &r.address, orig, "local", delay, dsn, outcome, text, "",
+            record.id,
+            &r.address,
+            orig,
+            "local",
+            delay,
+            &dsn.to_string(),
+            outcome,
+            text,
+            "",
         )
     };
     match &r.status {
-        RcptStatus::Delivered { .. } => log("2.0.0", Outcome::Sent, "delivered to maildir"),
-        RcptStatus::Failed { status, reply, .. } => log(status, Outcome::Bounced, &reply.text),
+        RcptStatus::Delivered { .. } => log(
+            Enhanced::new(2, 0, 0),
+            Outcome::Sent,
+            "delivered to maildir",
+        ),
+        RcptStatus::Failed { status, reply, .. } => log(*status, Outcome::Bounced, &reply.text),
         RcptStatus::Pending => {
             let reply = r.attempts.last().and_then(|a| a.outcome.reply());
-            let dsn = reply.map_or("4.3.0".into(), |t| t.status_or("4.3.0"));
+            let dsn = reply.map_or(Enhanced::new(4, 3, 0), |t| t.status_or((4, 3, 0)));
             log(
-                &dsn,
+                dsn,
                 Outcome::Deferred,
                 reply.map_or("", |t| t.text.as_str()),
             )

@@ -12,6 +12,7 @@
 //! through one buffer; a lone CR is kept as it is). The `,S=<size>` in the name is the size of
 //! the file on disk, after that conversion (Dovecot reads it for quota).
 
+use mta_types::Enhanced;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -57,11 +58,11 @@ impl DeliveryError {
     }
 
     /// The RFC 3463 code for the recipient's status and log line.
-    pub fn enhanced_status(&self) -> &'static str {
+    pub fn enhanced_status(&self) -> Enhanced {
         match self.io_error().raw_os_error() {
-            Some(libc::EDQUOT) => "4.2.2", // mailbox full
-            Some(libc::ENOSPC) => "4.3.1", // mail system full
-            _ => "4.3.0",
+            Some(libc::EDQUOT) => Enhanced::new(4, 2, 2), // mailbox full
+            Some(libc::ENOSPC) => Enhanced::new(4, 3, 1), // mail system full
+            _ => Enhanced::new(4, 3, 0),
         }
     }
 
@@ -277,15 +278,9 @@ fn unique_name() -> String {
 fn escaped_hostname() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for writes of its length; gethostname NUL-terminates
-        // within it or truncates, and we read only up to the first NUL or the end.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        let name = if rc == 0 && len > 0 {
-            String::from_utf8_lossy(&buf[..len]).into_owned()
-        } else {
-            "localhost".to_string()
+        let name = match nix::unistd::gethostname() {
+            Ok(name) if !name.is_empty() => name.to_string_lossy().into_owned(),
+            _ => "localhost".to_string(),
         };
         name.replace('/', "\\057").replace(':', "\\072")
     })
@@ -368,7 +363,7 @@ mod tests {
             .deliver(b"", b"Subject: x\r\n")
             .unwrap_err();
         assert!(err.is_transient());
-        assert_eq!(err.enhanced_status(), "4.3.0");
+        assert_eq!(err.enhanced_status().to_string(), "4.3.0");
         assert_eq!(fs::read(&root).unwrap(), b"x");
     }
 

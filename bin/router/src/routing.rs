@@ -27,8 +27,8 @@
 use mta_config::Directory;
 use mta_types::message::{Attempt, UnixMillis};
 use mta_types::outcome::Reply;
-use mta_types::DeliveryOutcome;
 use mta_types::{Address, Domain, Location, MessageRecord, QueueName, RcptStatus, Recipient};
+use mta_types::{DeliveryOutcome, Enhanced};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,8 +88,8 @@ pub enum Found {
 /// A local delivery that did not happen (to be retried).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalFailure {
-    /// RFC 3463 code, e.g. "4.3.0".
-    pub dsn: String,
+    /// RFC 3463 code, e.g. 4.3.0.
+    pub dsn: Enhanced,
     pub reason: String,
 }
 
@@ -149,8 +149,8 @@ impl Routing<'_> {
                 None => {
                     record.recipients[i].status = RcptStatus::Failed {
                         at: now,
-                        status: "5.1.1".into(),
-                        reply: Reply::local("5.1.1", "user unknown"),
+                        status: (5, 1, 1).into(),
+                        reply: Reply::local((5, 1, 1), "user unknown"),
                     };
                     record.recipients[i].next_retry = None;
                     plan.bounced.push(i);
@@ -210,8 +210,8 @@ impl Routing<'_> {
         if targets.is_empty() {
             r.status = RcptStatus::Failed {
                 at: now,
-                status: "5.1.1".into(),
-                reply: Reply::local("5.1.1", "alias has no members"),
+                status: (5, 1, 1).into(),
+                reply: Reply::local((5, 1, 1), "alias has no members"),
             };
             plan.bounced.push(i);
         } else {
@@ -247,7 +247,7 @@ impl Routing<'_> {
                         at: now,
                         host: "local".into(),
                         outcome: DeliveryOutcome::Deferred {
-                            reply: Reply::local(failure.dsn.clone(), failure.reason.clone()),
+                            reply: Reply::local(failure.dsn, failure.reason.clone()),
                             next,
                         },
                     });
@@ -380,7 +380,7 @@ mod tests {
         };
         let plan = routing.plan(rec, now);
         let failure = LocalFailure {
-            dsn: "4.3.0".into(),
+            dsn: (4, 3, 0).into(),
             reason: "disk on fire".into(),
         };
         for d in &plan.deliveries {
@@ -439,7 +439,7 @@ mod tests {
         let (plan, loc) = route(&dir, &mut rec, &[], NOW);
         assert_eq!(plan.bounced, vec![0]);
         assert!(matches!(status_of(&rec, "nobody@localhost"),
-            RcptStatus::Failed { status, reply, .. } if status == "5.1.1" && reply.text == "user unknown"));
+            RcptStatus::Failed { status, reply, .. } if status.to_string() == "5.1.1" && reply.text == "user unknown"));
         // A failure is reported to the sender: drt takes it from `reports`.
         assert_eq!(loc, Location::Queue(QueueName::Reports));
     }
@@ -593,8 +593,8 @@ mod tests {
         let mut rec = record(&["alice@localhost"]);
         rec.recipients[0].status = RcptStatus::Failed {
             at: 1,
-            status: "5.0.0".into(),
-            reply: Reply::local("5.0.0", "x"),
+            status: (5, 0, 0).into(),
+            reply: Reply::local((5, 0, 0), "x"),
         };
         let (plan, loc) = route(&dir, &mut rec, &[], NOW);
         assert!(plan.deliveries.is_empty());

@@ -381,13 +381,12 @@ impl Children {
             mta_ipc::listeners::LISTEN_FDS_ENV,
             mta_ipc::listeners::encode(passed.iter().copied()),
         );
-        let fds: Vec<_> = passed.iter().map(|(_, _, fd)| *fd).collect();
         // SAFETY: runs between fork and exec; it only calls fcntl(2) (async-signal-safe)
         // on descriptors the supervisor keeps open, and allocates nothing.
         unsafe {
             command.pre_exec(move || {
-                for fd in &fds {
-                    mta_ipc::listeners::inheritable(*fd)?;
+                for l in listeners.iter() {
+                    mta_ipc::listeners::inheritable(&l.listener)?;
                 }
                 Ok(())
             });

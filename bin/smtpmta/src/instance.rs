@@ -3,7 +3,6 @@
 use anyhow::{bail, Context};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Held for the supervisor's lifetime; removes the pid file when released.
@@ -21,9 +20,8 @@ impl Instance {
             .truncate(false)
             .open(pid_path)
             .with_context(|| format!("cannot open the pid file {}", pid_path.display()))?;
-        // SAFETY: flock on a valid, owned descriptor.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !locked {
+        // flock(2), held as long as the file stays open.
+        if file.try_lock().is_err() {
             let mut other = String::new();
             let _ = file.read_to_string(&mut other);
             bail!(

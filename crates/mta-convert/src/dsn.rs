@@ -13,7 +13,7 @@
 //! Pure: no I/O; dates come formatted from the caller. Lines end in CRLF like spool content.
 
 use mta_types::message::{ReportAction, Ret, UnixMillis};
-use mta_types::{MessageRecord, RcptStatus, Recipient};
+use mta_types::{Enhanced, MessageRecord, RcptStatus, Recipient};
 use std::fmt::Write as _;
 
 /// One recipient to report, and how.
@@ -55,7 +55,7 @@ fn host_name(host: &str) -> &str {
 
 /// Status, Remote-MTA, diagnostic reply, and last attempt time of one recipient.
 struct Facts {
-    status: String,
+    status: Enhanced,
     remote: Option<String>,
     diagnostic: Option<String>,
     last_attempt: Option<UnixMillis>,
@@ -76,33 +76,33 @@ fn facts(r: &Recipient, action: ReportAction) -> Facts {
                 // expired: the verdict is ours, the last reply is the server's
                 remote.to_string()
             } else {
-                let code = if status.starts_with('5') { 550 } else { 450 };
+                let code = if status.is_permanent() { 550 } else { 450 };
                 format!("{code} {status} <{}>: {}", r.address, reply.text)
             };
             Facts {
-                status: status.clone(),
+                status: *status,
                 remote,
                 diagnostic: Some(diagnostic),
                 last_attempt: last_attempt.or(Some(*at)),
             }
         }
         (RcptStatus::Relayed { at, host, reply }, _) => Facts {
-            status: reply.status_or("2.0.0"),
+            status: reply.status_or((2, 0, 0)),
             remote: Some(host_name(host).to_string()),
             diagnostic: Some(reply.to_string()),
             last_attempt: Some(*at),
         },
         (RcptStatus::Delivered { at, .. } | RcptStatus::Expanded { at, .. }, _) => Facts {
-            status: "2.0.0".into(),
+            status: (2, 0, 0).into(),
             remote: None,
             diagnostic: None,
             last_attempt: Some(*at),
         },
         (RcptStatus::Pending, _) => Facts {
             status: last_reply
-                .and_then(|t| t.status.clone())
-                .filter(|s| s.starts_with('4'))
-                .unwrap_or_else(|| "4.0.0".into()),
+                .and_then(|t| t.status)
+                .filter(|s| s.is_transient())
+                .unwrap_or(Enhanced::new(4, 0, 0)),
             remote,
             diagnostic: last_reply.map(ToString::to_string),
             last_attempt,
@@ -125,18 +125,11 @@ fn header_section(content: &[u8]) -> &[u8] {
     content
 }
 
-/// Renders the report.
-pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
-    let rec = input.original;
-    let host = input.hostname;
-    let sender = rec
-        .envelope
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let any = |a: ReportAction| input.lines.iter().any(|l| l.action == a);
-    let (subject, intro) = if any(ReportAction::Failed) {
+/// The report's subject and the first words of its human-readable part, by the gravest
+/// action it reports (a failure, then a delay, then a success).
+fn subject_and_intro(lines: &[ReportLine<'_>]) -> (&'static str, &'static str) {
+    let any = |a: ReportAction| lines.iter().any(|l| l.action == a);
+    if any(ReportAction::Failed) {
         (
             "Undelivered Mail Returned to Sender",
             "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.",
@@ -151,7 +144,128 @@ pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
             "Successful Mail Delivery Report",
             "Your message was successfully delivered to the destination(s)\r\nlisted below, as you asked with NOTIFY=SUCCESS.",
         )
-    };
+    }
+}
+
+/// One line of the human-readable part per recipient: what happened, in words.
+fn write_summary(out: &mut String, lines: &[ReportLine<'_>], facts: &[Facts]) {
+    for (line, f) in lines.iter().zip(facts) {
+        let r = line.recipient;
+        let what = match (line.action, &f.remote, &f.diagnostic) {
+            (ReportAction::Failed | ReportAction::Delayed, Some(h), Some(d)) => {
+                format!("host {h} said: {d}")
+            }
+            (ReportAction::Failed | ReportAction::Delayed, None, Some(d)) => d.clone(),
+            (ReportAction::Relayed, Some(h), Some(d)) => format!("relayed to {h}: {d}"),
+            (ReportAction::Expanded, _, _) => "delivered to the members of the alias".into(),
+            (ReportAction::Delivered, _, _) => "delivered to the mailbox".into(),
+            (a, _, _) => a.as_str().to_string(),
+        };
+        let _ = write!(out, "<{}>: {what}\r\n", r.address);
+    }
+}
+
+/// The per-message fields of the message/delivery-status part (RFC 3464 2.2).
+fn write_message_fields(out: &mut String, input: &DsnInput<'_>, sender: &str) {
+    let rec = input.original;
+    let _ = write!(
+        out,
+        "Reporting-MTA: dns; {}\r\nX-Queue-ID: {}\r\n",
+        input.hostname, rec.id
+    );
+    if let Some(envid) = &rec.envelope.envid {
+        let _ = write!(out, "Original-Envelope-Id: {envid}\r\n");
+    }
+    if !sender.is_empty() {
+        let _ = write!(out, "X-Original-Sender: rfc822; {sender}\r\n");
+    }
+    let _ = write!(out, "Arrival-Date: {}\r\n", (input.date)(rec.received_at));
+}
+
+/// The per-recipient fields of the message/delivery-status part (RFC 3464 2.3).
+fn write_recipient_fields(out: &mut String, input: &DsnInput<'_>, facts: &[Facts]) {
+    for (line, f) in input.lines.iter().zip(facts) {
+        let r = line.recipient;
+        out.push_str("\r\n");
+        if let Some(orcpt) = &r.orcpt {
+            let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+            let _ = write!(
+                out,
+                "Original-Recipient: {}; {}\r\n",
+                kind.trim(),
+                addr.trim()
+            );
+        }
+        let _ = write!(
+            out,
+            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
+            r.address,
+            line.action.as_str(),
+            f.status
+        );
+        if let Some(h) = &f.remote {
+            let _ = write!(out, "Remote-MTA: dns; {h}\r\n");
+        }
+        if let Some(d) = &f.diagnostic {
+            let _ = write!(out, "Diagnostic-Code: smtp; {d}\r\n");
+        }
+        if let Some(t) = f.last_attempt {
+            let _ = write!(out, "Last-Attempt-Date: {}\r\n", (input.date)(t));
+        }
+        if let (ReportAction::Delayed, Some(until)) = (line.action, input.retry_until) {
+            let _ = write!(out, "Will-Retry-Until: {}\r\n", (input.date)(until));
+        }
+    }
+}
+
+/// The third part: the original message (RET=FULL) or its header (otherwise, RFC 3461
+/// 4.3), or a note that its content could not be read; then the closing boundary.
+fn append_original(bytes: &mut Vec<u8>, input: &DsnInput<'_>, boundary: &str) {
+    let full = input.original.envelope.ret == Some(Ret::Full);
+    match input.content {
+        Some(content) => {
+            let (ctype, desc, body) = if full {
+                ("message/rfc822", "Undelivered Message", content)
+            } else {
+                (
+                    "text/rfc822-headers",
+                    "Undelivered Message Headers",
+                    header_section(content),
+                )
+            };
+            bytes.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\nContent-Description: {desc}\r\nContent-Type: {ctype}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            bytes.extend_from_slice(body);
+            if !body.ends_with(b"\n") {
+                bytes.extend_from_slice(b"\r\n");
+            }
+        }
+        None => bytes.extend_from_slice(
+            format!(
+                "\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\n(the original message could not be read)\r\n"
+            )
+            .as_bytes(),
+        ),
+    }
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+}
+
+/// Renders the report: a multipart/report (RFC 6522) of a human-readable part, the
+/// message/delivery-status part (RFC 3464) and the original message or its header.
+pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
+    let rec = input.original;
+    let host = input.hostname;
+    let sender = rec
+        .envelope
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let (subject, intro) = subject_and_intro(&input.lines);
     let boundary = format!("{}/{host}", input.unique);
     let message_id = format!("<{}@{host}>", input.unique);
     let from = format!("MAILER-DAEMON@{host}");
@@ -186,101 +300,18 @@ pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
         .iter()
         .map(|l| facts(l.recipient, l.action))
         .collect();
-    for (line, f) in input.lines.iter().zip(&facts) {
-        let r = line.recipient;
-        let what = match (line.action, &f.remote, &f.diagnostic) {
-            (ReportAction::Failed | ReportAction::Delayed, Some(h), Some(d)) => {
-                format!("host {h} said: {d}")
-            }
-            (ReportAction::Failed | ReportAction::Delayed, None, Some(d)) => d.clone(),
-            (ReportAction::Relayed, Some(h), Some(d)) => format!("relayed to {h}: {d}"),
-            (ReportAction::Expanded, _, _) => "delivered to the members of the alias".into(),
-            (ReportAction::Delivered, _, _) => "delivered to the mailbox".into(),
-            (a, _, _) => a.as_str().to_string(),
-        };
-        let _ = write!(out, "<{}>: {what}\r\n", r.address);
-    }
+    write_summary(&mut out, &input.lines, &facts);
     let _ = write!(
         out,
         "\r\n--{boundary}\r\n\
          Content-Description: Delivery report\r\n\
          Content-Type: message/delivery-status\r\n\
-         \r\n\
-         Reporting-MTA: dns; {host}\r\n\
-         X-Queue-ID: {qid}\r\n",
-        qid = rec.id
+         \r\n"
     );
-    if let Some(envid) = &rec.envelope.envid {
-        let _ = write!(out, "Original-Envelope-Id: {envid}\r\n");
-    }
-    if !sender.is_empty() {
-        let _ = write!(out, "X-Original-Sender: rfc822; {sender}\r\n");
-    }
-    let _ = write!(out, "Arrival-Date: {}\r\n", (input.date)(rec.received_at));
-    for (line, f) in input.lines.iter().zip(&facts) {
-        let r = line.recipient;
-        out.push_str("\r\n");
-        if let Some(orcpt) = &r.orcpt {
-            let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
-            let _ = write!(
-                out,
-                "Original-Recipient: {}; {}\r\n",
-                kind.trim(),
-                addr.trim()
-            );
-        }
-        let _ = write!(
-            out,
-            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
-            r.address,
-            line.action.as_str(),
-            f.status
-        );
-        if let Some(h) = &f.remote {
-            let _ = write!(out, "Remote-MTA: dns; {h}\r\n");
-        }
-        if let Some(d) = &f.diagnostic {
-            let _ = write!(out, "Diagnostic-Code: smtp; {d}\r\n");
-        }
-        if let Some(t) = f.last_attempt {
-            let _ = write!(out, "Last-Attempt-Date: {}\r\n", (input.date)(t));
-        }
-        if let (ReportAction::Delayed, Some(until)) = (line.action, input.retry_until) {
-            let _ = write!(out, "Will-Retry-Until: {}\r\n", (input.date)(until));
-        }
-    }
+    write_message_fields(&mut out, input, &sender);
+    write_recipient_fields(&mut out, input, &facts);
     let mut bytes = out.into_bytes();
-    let full = rec.envelope.ret == Some(Ret::Full);
-    match input.content {
-        Some(content) => {
-            let (ctype, desc, body) = if full {
-                ("message/rfc822", "Undelivered Message", content)
-            } else {
-                (
-                    "text/rfc822-headers",
-                    "Undelivered Message Headers",
-                    header_section(content),
-                )
-            };
-            bytes.extend_from_slice(
-                format!(
-                    "\r\n--{boundary}\r\nContent-Description: {desc}\r\nContent-Type: {ctype}\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            bytes.extend_from_slice(body);
-            if !body.ends_with(b"\n") {
-                bytes.extend_from_slice(b"\r\n");
-            }
-        }
-        None => bytes.extend_from_slice(
-            format!(
-                "\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\n(the original message could not be read)\r\n"
-            )
-            .as_bytes(),
-        ),
-    }
-    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    append_original(&mut bytes, input, &boundary);
     Dsn {
         content: bytes,
         subject: subject.to_string(),
@@ -297,27 +328,31 @@ mod tests {
     use mta_types::{Location, QueueId, QueueName};
 
     fn record() -> MessageRecord {
-        let unknown = Reply::remote(550, Some("5.1.1".into()), "<bob@example.net>: User unknown");
+        let unknown = Reply::remote(
+            550,
+            Some((5, 1, 1).into()),
+            "<bob@example.net>: User unknown",
+        );
         let mut bad = Recipient::new("bob@example.net".parse().unwrap());
         bad.orcpt = Some("rfc822;Bob@example.net".into());
         bad.attempts.push(Attempt {
             at: 2000,
             host: "mx.example.net[192.0.2.1]".into(),
             outcome: mta_types::DeliveryOutcome::Failed {
-                status: "5.1.1".into(),
+                status: (5, 1, 1).into(),
                 reply: unknown.clone(),
             },
         });
         bad.status = RcptStatus::Failed {
             at: 2000,
-            status: "5.1.1".into(),
+            status: (5, 1, 1).into(),
             reply: unknown,
         };
         let mut local = Recipient::new("ghost@localhost".parse().unwrap());
         local.status = RcptStatus::Failed {
             at: 1500,
-            status: "5.1.1".into(),
-            reply: Reply::local("5.1.1", "user unknown"),
+            status: (5, 1, 1).into(),
+            reply: Reply::local((5, 1, 1), "user unknown"),
         };
         MessageRecord {
             schema: RECORD_SCHEMA,

@@ -73,12 +73,13 @@ impl DnsError {
     }
 
     /// The enhanced status code for the recipients' outcome (RFC 3463, 7505).
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> mta_types::Enhanced {
+        use mta_types::Enhanced;
         match self {
-            DnsError::NullMx { .. } => "5.1.10",
-            DnsError::NoSuchDomain { .. } | DnsError::NoAddress { .. } => "5.1.2",
-            DnsError::Temporary { .. } => "4.4.3",
-            DnsError::BadName(_) => "5.1.2",
+            DnsError::NullMx { .. } => Enhanced::new(5, 1, 10),
+            DnsError::NoSuchDomain { .. } | DnsError::NoAddress { .. } => Enhanced::new(5, 1, 2),
+            DnsError::Temporary { .. } => Enhanced::new(4, 4, 3),
+            DnsError::BadName(_) => Enhanced::new(5, 1, 2),
         }
     }
 }
@@ -451,7 +452,10 @@ mod tests {
     #[test]
     fn classification() {
         let d = || "x.test".to_string();
-        assert_eq!(DnsError::NullMx { domain: d() }.status(), "5.1.10");
+        assert_eq!(
+            DnsError::NullMx { domain: d() }.status().to_string(),
+            "5.1.10"
+        );
         assert!(!DnsError::NoSuchDomain { domain: d() }.is_transient());
         assert!(DnsError::Temporary {
             name: d(),

@@ -19,9 +19,12 @@
 //! The same bind (`SO_REUSEADDR`, a backlog of at least `max_handlers` and 1024) serves
 //! isesctl when it runs without a supervisor's sockets (started by hand).
 
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::{shutdown, Backlog, Shutdown};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The environment variable through which the supervisor names the sockets it passes.
 pub const LISTEN_FDS_ENV: &str = "SMTPMTA_LISTEN_FDS";
@@ -60,17 +63,11 @@ pub fn backlog(max_handlers: usize) -> i32 {
 
 /// Binds and listens on `addr` (`SO_REUSEADDR`, close-on-exec, non-blocking).
 pub fn bind(addr: SocketAddr, max_handlers: usize) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let fd = socket.into_raw_fd();
-    // SAFETY: `fd` was just given up by the TcpSocket: we own it from here.
-    let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    listen(listener.as_raw_fd(), max_handlers)?;
+    // std's bind sets SO_REUSEADDR and close-on-exec and listens with its own backlog;
+    // listening again sets ours.
+    let listener = TcpListener::bind(addr)?;
+    listen(&listener, max_handlers)?;
+    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
@@ -104,23 +101,20 @@ pub fn take_passed() -> Result<Vec<Passed>, ListenFdsError> {
             fd,
             reason,
         };
-        // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is not open
-        // gives EBADF and is never taken.
-        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        // An fd that is not open is never taken (its /proc entry is how Linux says it is).
+        if fd < 3 || std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_err() {
             return Err(not("not an open descriptor".into()));
         }
         // SAFETY: the supervisor passed this descriptor for us to own (it is open, above);
         // nothing else in this process refers to it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let raw = fd.as_raw_fd();
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| not(e.to_string()))?;
         let listener = TcpListener::from(fd);
         match listener.local_addr() {
             Ok(bound) if bound == addr || addr.port() == 0 => {}
             Ok(bound) => return Err(not(format!("it is bound to {bound}"))),
             Err(e) => return Err(not(e.to_string())),
         }
-        // SAFETY: setting the close-on-exec flag of a descriptor we own.
-        unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
         passed.push(Passed {
             key: key.to_string(),
             addr,
@@ -134,7 +128,7 @@ pub fn take_passed() -> Result<Vec<Passed>, ListenFdsError> {
 /// non-blocking. Closing it leaves the socket open in the supervisor.
 pub fn relisten(passed: &Passed, max_handlers: usize) -> io::Result<TcpListener> {
     let fd = passed.fd.try_clone()?;
-    listen(fd.as_raw_fd(), max_handlers)?;
+    listen(&fd, max_handlers)?;
     let listener = TcpListener::from(fd);
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -144,32 +138,22 @@ pub fn relisten(passed: &Passed, max_handlers: usize) -> io::Result<TcpListener>
 /// those waiting in its queue reset), for every process that holds it; the port stays
 /// bound to it, so [`relisten`] needs no privilege.
 pub fn stop_listening(passed: &Passed) -> io::Result<()> {
-    // SAFETY: shutdown(2) on a descriptor we own.
-    if unsafe { libc::shutdown(passed.fd.as_raw_fd(), libc::SHUT_RD) } < 0 {
-        let e = io::Error::last_os_error();
+    match shutdown(passed.fd.as_raw_fd(), Shutdown::Read) {
         // Not listening already (stopped twice, or never started): nothing to do.
-        if e.raw_os_error() != Some(libc::ENOTCONN) {
-            return Err(e);
-        }
+        Ok(()) | Err(Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Makes `fd` inheritable across `exec` (for the supervisor's `pre_exec`, in the forked
 /// child: one fcntl, async-signal-safe).
-pub fn inheritable(fd: RawFd) -> io::Result<()> {
-    // SAFETY: F_SETFD on a descriptor the caller keeps open.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+pub fn inheritable(fd: impl AsFd) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
     Ok(())
 }
 
-fn listen(fd: RawFd, max_handlers: usize) -> io::Result<()> {
-    // SAFETY: listen(2) on a descriptor the caller owns.
-    if unsafe { libc::listen(fd, backlog(max_handlers)) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn listen(fd: &impl AsFd, max_handlers: usize) -> io::Result<()> {
+    nix::sys::socket::listen(fd, Backlog::new(backlog(max_handlers))?)?;
     Ok(())
 }
 

@@ -157,23 +157,9 @@ pub enum Body {
     BinaryMime,
 }
 
-/// RET= (RFC 3461 4.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ret {
-    Full,
-    Hdrs,
-}
-
-/// NOTIFY= (RFC 3461 4.1): NEVER, or any of SUCCESS, FAILURE, DELAY.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Notify {
-    Never,
-    On {
-        success: bool,
-        failure: bool,
-        delay: bool,
-    },
-}
+/// RET= (RFC 3461 4.3) and NOTIFY= (RFC 3461 4.1): the records' types, so the parameters
+/// go from the command to the record unchanged.
+pub use mta_types::message::{Notify, Ret};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MailParams {
@@ -607,7 +593,7 @@ fn parse_rcpt(args: &str, utf8: bool) -> Result<Command, CommandError> {
 
 fn parse_notify(v: &str) -> Option<Notify> {
     if v.eq_ignore_ascii_case("NEVER") {
-        return Some(Notify::Never);
+        return Some(Notify::NEVER);
     }
     let (mut success, mut failure, mut delay) = (false, false, false);
     for item in v.split(',') {
@@ -622,11 +608,7 @@ fn parse_notify(v: &str) -> Option<Notify> {
         }
         *flag = true;
     }
-    Some(Notify::On {
-        success,
-        failure,
-        delay,
-    })
+    Some(Notify::on(success, failure, delay))
 }
 
 fn parse_bdat(args: &str) -> Result<Command, CommandError> {
@@ -862,7 +844,10 @@ mod tests {
         let e = p("MAIL FROM:<a@b.c> AUTH=<>").unwrap_err();
         assert_eq!(e, CommandError::UnknownParameter("AUTH".into()));
         assert_eq!(e.to_reply().code, 555);
-        assert_eq!(e.to_reply().enhanced, Some((5, 5, 4)));
+        assert_eq!(
+            e.to_reply().enhanced,
+            Some(mta_types::Enhanced::new(5, 5, 4))
+        );
         let e = p("MAIL FROM:<a@b.c> SIZE=1 size=2").unwrap_err();
         assert_eq!(e, CommandError::DuplicateParameter("SIZE".into()));
         assert_eq!(e.to_reply().code, 501);
@@ -937,25 +922,18 @@ mod tests {
         ));
         assert_eq!(
             p("RCPT TO:<user>").unwrap_err().to_reply().enhanced,
-            Some((5, 1, 3))
+            Some(mta_types::Enhanced::new(5, 1, 3))
         );
         let c = p("RCPT TO:<u@d.e> NOTIFY=SUCCESS,delay ORCPT=rfc822;u+2Bx@d.e").unwrap();
         let Command::Rcpt { params, .. } = c else {
             panic!()
         };
-        assert_eq!(
-            params.notify,
-            Some(Notify::On {
-                success: true,
-                failure: false,
-                delay: true
-            })
-        );
+        assert_eq!(params.notify, Some(Notify::on(true, false, true)));
         assert_eq!(params.orcpt, Some(("rfc822".into(), "u+x@d.e".into())));
         let Command::Rcpt { params, .. } = p("RCPT TO:<u@d.e> NOTIFY=NEVER").unwrap() else {
             panic!()
         };
-        assert_eq!(params.notify, Some(Notify::Never));
+        assert_eq!(params.notify, Some(Notify::NEVER));
         for bad in [
             "NOTIFY=NEVER,SUCCESS",
             "NOTIFY=",

@@ -6,8 +6,9 @@
 use std::fmt;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 
-/// An enhanced status code `class.subject.detail` (RFC 3463), e.g. `(5, 1, 1)`.
-pub type Enhanced = (u8, u16, u16);
+/// An enhanced status code `class.subject.detail` (RFC 3463): the records' type, so a reply
+/// goes from the wire to a record without a change of form.
+pub use mta_types::outcome::Enhanced;
 
 /// One SMTP reply, possibly multi-line.
 #[derive(Clone, PartialEq, Eq)]
@@ -27,8 +28,8 @@ impl Reply {
         }
     }
 
-    fn enh(code: u16, class_subject_detail: Enhanced, text: impl Into<String>) -> Reply {
-        Reply::new(code, Some(class_subject_detail), text)
+    fn enh(code: u16, class_subject_detail: (u8, u16, u16), text: impl Into<String>) -> Reply {
+        Reply::new(code, Some(class_subject_detail.into()), text)
     }
 
     // ----- Connection -----
@@ -450,11 +451,7 @@ impl Reply {
 
     /// The reply as records keep it (typed: code, enhanced status, text).
     pub fn recorded(&self) -> mta_types::outcome::Reply {
-        mta_types::outcome::Reply::remote(
-            self.code,
-            self.enhanced.map(|(c, s, d)| format!("{c}.{s}.{d}")),
-            self.text(),
-        )
+        mta_types::outcome::Reply::remote(self.code, self.enhanced, self.text())
     }
 
     /// The wire form: each line `code`, `-` or space, optional enhanced code, text, CRLF.
@@ -517,8 +514,8 @@ impl fmt::Display for Reply {
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
             write!(f, "{}{}", self.code, sep)?;
-            if let Some((c, s, d)) = self.enhanced {
-                write!(f, "{c}.{s}.{d} ")?;
+            if let Some(e) = self.enhanced {
+                write!(f, "{e} ")?;
             }
             write!(f, "{line}\r\n")?;
         }
@@ -559,20 +556,15 @@ fn parse_reply_line(line: &str) -> Result<(u16, bool, &str), ReplyError> {
     }
 }
 
-/// `"5.1.1 User unknown"` with code 550 → `((5,1,1), "User unknown")`.
+/// `"5.1.1 User unknown"` with code 550 → `(5.1.1, "User unknown")`: an enhanced code
+/// whose class is the reply code's.
 fn split_enhanced(code: u16, text: &str) -> Option<(Enhanced, &str)> {
     let (token, rest) = match text.split_once(' ') {
         Some((t, r)) => (t, r),
         None => (text, ""),
     };
-    let mut parts = token.split('.');
-    let class: u8 = parts.next()?.parse().ok()?;
-    let subject: u16 = parts.next()?.parse().ok()?;
-    let detail: u16 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || u16::from(class) != code / 100 || subject > 999 || detail > 999 {
-        return None;
-    }
-    Some(((class, subject, detail), rest))
+    let e: Enhanced = token.parse().ok()?;
+    (u16::from(e.class) == code / 100).then_some((e, rest))
 }
 
 /// The longest reply [`read_reply`] accepts, all lines together.
@@ -642,7 +634,7 @@ mod tests {
     fn multi_line_enhanced_on_every_line() {
         let r = Reply {
             code: 550,
-            enhanced: Some((5, 7, 1)),
+            enhanced: Some((5, 7, 1).into()),
             lines: vec!["a".into(), "b".into()],
         };
         assert_eq!(r.to_string(), "550-5.7.1 a\r\n550 5.7.1 b\r\n");
@@ -666,7 +658,7 @@ mod tests {
             Reply::ehlo("mx", "c", &["8BITMIME".into(), "DSN".into()]),
             Reply {
                 code: 550,
-                enhanced: Some((5, 7, 1)),
+                enhanced: Some((5, 7, 1).into()),
                 lines: vec!["a".into(), "b".into()],
             },
         ] {

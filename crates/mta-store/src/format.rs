@@ -31,7 +31,7 @@ mod old {
     use mta_types::message::{
         Attempt, ContentRef, Envelope, HopTrace, Notify, Origin, ParsedFields, Ret, UnixMillis,
     };
-    use mta_types::outcome::{DeliveryOutcome, Reply};
+    use mta_types::outcome::{DeliveryOutcome, Enhanced, Reply};
     use mta_types::{Address, Location, MessageRecord, QueueId, RcptStatus, Recipient};
     use serde::Deserialize;
 
@@ -161,7 +161,9 @@ mod old {
                 },
                 OldStatus::Failed { at, status, reason } => RcptStatus::Failed {
                     at,
-                    status,
+                    // Old records kept the code as text; one that is not a code was
+                    // still a permanent failure.
+                    status: status.parse().unwrap_or(Enhanced::new(5, 0, 0)),
                     reply: Reply::from_legacy_text(&reason),
                 },
             }
@@ -187,7 +189,7 @@ mod old {
                             reply: reply.clone(),
                         },
                         (RcptStatus::Failed { status, .. }, true) => DeliveryOutcome::Failed {
-                            status: status.clone(),
+                            status: *status,
                             reply,
                         },
                         _ => DeliveryOutcome::Deferred {
@@ -455,7 +457,7 @@ mod version_tests {
                 at: 100,
                 host: "mx.example.net[192.0.2.1]".into(),
                 outcome: DeliveryOutcome::Deferred {
-                    reply: Reply::remote(451, Some("4.7.1".into()), "later"),
+                    reply: Reply::remote(451, Some((4, 7, 1).into()), "later"),
                     next: 200,
                 },
             },
@@ -463,14 +465,14 @@ mod version_tests {
                 at: 200,
                 host: "mx.example.net[192.0.2.1]".into(),
                 outcome: DeliveryOutcome::Deferred {
-                    reply: Reply::local("4.4.3", "lookup failed"),
+                    reply: Reply::local((4, 4, 3), "lookup failed"),
                     next: 900,
                 },
             },
         ];
         p.next_retry = Some(900);
         p.delay_reported = true;
-        let ok = Reply::remote(250, Some("2.0.0".into()), "Ok: queued");
+        let ok = Reply::remote(250, Some((2, 0, 0).into()), "Ok: queued");
         let mut r = Recipient::new(a("r@example.net"));
         r.orcpt = Some("rfc822;R@example.net".into());
         r.status = RcptStatus::Relayed {
@@ -483,18 +485,18 @@ mod version_tests {
             host: "mx[192.0.2.1]".into(),
             outcome: DeliveryOutcome::Relayed { reply: ok },
         }];
-        let unknown = Reply::remote(550, Some("5.1.1".into()), "<f@example.net>: User unknown");
+        let unknown = Reply::remote(550, Some((5, 1, 1).into()), "<f@example.net>: User unknown");
         let mut f = Recipient::new(a("f@example.net"));
         f.status = RcptStatus::Failed {
             at: 400,
-            status: "5.1.1".into(),
+            status: (5, 1, 1).into(),
             reply: unknown.clone(),
         };
         f.attempts = vec![Attempt {
             at: 400,
             host: "mx[192.0.2.1]".into(),
             outcome: DeliveryOutcome::Failed {
-                status: "5.1.1".into(),
+                status: (5, 1, 1).into(),
                 reply: unknown,
             },
         }];

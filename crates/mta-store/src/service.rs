@@ -518,8 +518,8 @@ impl StoreService {
                     for rc in r.recipients.iter_mut().filter(|rc| in_domain(rc)) {
                         rc.status = RcptStatus::Failed {
                             at: now_wall,
-                            status: "5.0.0".into(),
-                            reply: Reply::local("5.0.0", "deleted by the operator"),
+                            status: (5, 0, 0).into(),
+                            reply: Reply::local((5, 0, 0), "deleted by the operator"),
                         };
                         rc.final_reported = true;
                         hit = true;
@@ -1120,7 +1120,7 @@ mod damage_tests {
                     at: now_ms(),
                     host: "r.test".into(),
                     outcome: mta_types::DeliveryOutcome::Deferred {
-                        reply: Reply::local("4.4.1", "connection refused"),
+                        reply: Reply::local((4, 4, 1), "connection refused"),
                         next: later,
                     },
                 });

@@ -221,8 +221,8 @@ mod tests {
         };
         new.recipients[1].status = RcptStatus::Failed {
             at: 1500,
-            status: "5.1.1".into(),
-            reply: Reply::local("5.1.1", "user unknown"),
+            status: (5, 1, 1).into(),
+            reply: Reply::local((5, 1, 1), "user unknown"),
         };
         let mut d = Deltas::default();
         d.record_change(Some(&old), &new);
@@ -295,8 +295,8 @@ mod tests {
         let mut old = record(Location::Queue(QueueName::Reports), 2);
         old.recipients[0].status = RcptStatus::Failed {
             at: 1,
-            status: "5.1.1".into(),
-            reply: Reply::local("5.1.1", "user unknown"),
+            status: (5, 1, 1).into(),
+            reply: Reply::local((5, 1, 1), "user unknown"),
         };
         let mut new = old.clone();
         new.recipients[0].final_reported = true;
@@ -310,8 +310,8 @@ mod tests {
         let mut deleted = old.clone();
         deleted.recipients[1].status = RcptStatus::Failed {
             at: 2,
-            status: "5.0.0".into(),
-            reply: Reply::local("5.0.0", "deleted by the operator"),
+            status: (5, 0, 0).into(),
+            reply: Reply::local((5, 0, 0), "deleted by the operator"),
         };
         deleted.recipients[1].final_reported = true;
         let mut d = Deltas::default();

@@ -441,8 +441,8 @@ mod tests {
         e.apply(&[Change::Put(r.clone())]).unwrap();
         r.recipients[0].status = RcptStatus::Failed {
             at: 1,
-            status: "5.1.1".into(),
-            reply: mta_types::outcome::Reply::remote(550, Some("5.1.1".into()), "no such user"),
+            status: (5, 1, 1).into(),
+            reply: mta_types::outcome::Reply::remote(550, Some((5, 1, 1).into()), "no such user"),
         };
         r.location = Location::Queue(QueueName::Reports);
         e.set_hold_undeliverable(true);

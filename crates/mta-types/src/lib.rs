@@ -15,7 +15,7 @@ pub mod tracking;
 
 pub use address::{Address, AddressError, Domain};
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
-pub use outcome::DeliveryOutcome;
+pub use outcome::{DeliveryOutcome, Enhanced};
 pub use queue_id::QueueId;
 pub use task::{BareNewline, QueueName, TaskName};
 

@@ -2,7 +2,7 @@
 //! Notes mail document. It travels between tasks through the store; the content itself
 //! stays in the spool and is referenced by `ContentRef`.
 
-use crate::outcome::{DeliveryOutcome, Reply};
+use crate::outcome::{DeliveryOutcome, Enhanced, Reply};
 use crate::{Address, QueueId, QueueName};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,20 +58,41 @@ impl Location {
     }
 }
 
-/// RFC 3461 RET.
+/// RFC 3461 RET: the one type for it, from the MAIL parameter (mta-smtp) to the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ret {
     Full,
     Hdrs,
 }
 
-/// RFC 3461 NOTIFY: `never`, or any of success/failure/delay.
+/// RFC 3461 NOTIFY: `never`, or any of success/failure/delay. The one type for it, from
+/// the RCPT parameter (mta-smtp) to the record and drt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notify {
     pub never: bool,
     pub success: bool,
     pub failure: bool,
     pub delay: bool,
+}
+
+impl Notify {
+    /// `NOTIFY=NEVER`.
+    pub const NEVER: Notify = Notify {
+        never: true,
+        success: false,
+        failure: false,
+        delay: false,
+    };
+
+    /// `NOTIFY=` some of SUCCESS, FAILURE, DELAY.
+    pub const fn on(success: bool, failure: bool, delay: bool) -> Notify {
+        Notify {
+            never: false,
+            success,
+            failure,
+            delay,
+        }
+    }
 }
 
 /// The SMTP envelope as received, plus the session facts the Received header and the
@@ -109,11 +130,11 @@ pub enum RcptStatus {
         host: String,
         reply: Reply,
     },
-    /// Permanently failed (or expired); `status` is the enhanced code, e.g. "5.1.1", and
+    /// Permanently failed (or expired); `status` is the enhanced code, e.g. 5.1.1, and
     /// `reply` the server's reply or our own verdict.
     Failed {
         at: UnixMillis,
-        status: String,
+        status: Enhanced,
         reply: Reply,
     },
 }
@@ -143,7 +164,7 @@ impl RcptStatus {
             RcptStatus::Failed { at, status, reply } => (
                 *at,
                 DeliveryOutcome::Failed {
-                    status: status.clone(),
+                    status: *status,
                     reply: reply.clone(),
                 },
             ),
@@ -369,7 +390,7 @@ impl MessageRecord {
                 .find_map(|r| match &r.status {
                     RcptStatus::Failed { status, reply, .. } => {
                         let outcome = DeliveryOutcome::Failed {
-                            status: status.clone(),
+                            status: *status,
                             reply: reply.clone(),
                         };
                         Some(format!("{outcome} ({})", r.address))
@@ -392,10 +413,10 @@ impl MessageRecord {
         }
         let Some(why) = self.recipients.iter().find_map(|r| match &r.status {
             RcptStatus::Failed { status, reply, .. }
-                if status.starts_with('5') && r.final_report() == Some(ReportAction::Failed) =>
+                if status.is_permanent() && r.final_report() == Some(ReportAction::Failed) =>
             {
                 let reason = DeliveryOutcome::Failed {
-                    status: status.clone(),
+                    status: *status,
                     reply: reply.clone(),
                 };
                 Some(format!("{reason} ({})", r.address))

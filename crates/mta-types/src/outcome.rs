@@ -12,21 +12,109 @@ use crate::Address;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// An enhanced status code `class.subject.detail` (RFC 3463), e.g. 5.1.1: the one type for
+/// it on the wire (mta-smtp's replies), in records, logs and delivery reports. Kept in
+/// records and frames as its text ("5.1.1"), so records written as text read unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Enhanced {
+    /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+impl Enhanced {
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Enhanced {
+        Enhanced {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// `X.0.0` for a reply code's class (`451` -> 4.0.0).
+    pub const fn of_code(code: u16) -> Enhanced {
+        Enhanced::new((code / 100) as u8, 0, 0)
+    }
+
+    /// A permanent failure (class 5).
+    pub fn is_permanent(self) -> bool {
+        self.class == 5
+    }
+
+    /// A temporary failure (class 4).
+    pub fn is_transient(self) -> bool {
+        self.class == 4
+    }
+}
+
+impl From<(u8, u16, u16)> for Enhanced {
+    fn from((class, subject, detail): (u8, u16, u16)) -> Enhanced {
+        Enhanced::new(class, subject, detail)
+    }
+}
+
+impl fmt::Display for Enhanced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// Text that is not an enhanced status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an enhanced status code (class 2, 4 or 5, then two numbers up to 999)")]
+pub struct NotEnhanced(pub String);
+
+impl std::str::FromStr for Enhanced {
+    type Err = NotEnhanced;
+    fn from_str(s: &str) -> Result<Enhanced, NotEnhanced> {
+        let bad = || NotEnhanced(s.to_string());
+        let mut parts = s.split('.');
+        let mut number = |max: u16| -> Result<u16, NotEnhanced> {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u16>().ok().filter(|n| *n <= max).ok_or_else(bad)
+        };
+        let class = number(9)? as u8;
+        let (subject, detail) = (number(999)?, number(999)?);
+        if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
+            return Err(bad());
+        }
+        Ok(Enhanced::new(class, subject, detail))
+    }
+}
+
+impl From<Enhanced> for String {
+    fn from(e: Enhanced) -> String {
+        e.to_string()
+    }
+}
+
+impl TryFrom<String> for Enhanced {
+    type Error = NotEnhanced;
+    fn try_from(s: String) -> Result<Enhanced, NotEnhanced> {
+        s.parse()
+    }
+}
+
 /// A reply kept for a recipient: the next hop's SMTP reply, or our own verdict (unknown
 /// user, expiry, DNS failure), which has no SMTP code of its own.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Reply {
     /// The SMTP reply code, when a server gave it (`None`: our own verdict).
     pub code: Option<u16>,
-    /// The RFC 3463 enhanced status code ("5.1.1"), when there is one.
-    pub status: Option<String>,
+    /// The RFC 3463 enhanced status code (5.1.1), when there is one.
+    pub status: Option<Enhanced>,
     /// The text after the codes (multi-line replies joined with a space).
     pub text: String,
 }
 
 impl Reply {
     /// A reply a server sent.
-    pub fn remote(code: u16, status: Option<String>, text: impl Into<String>) -> Reply {
+    pub fn remote(code: u16, status: Option<Enhanced>, text: impl Into<String>) -> Reply {
         Reply {
             code: Some(code),
             status,
@@ -34,8 +122,8 @@ impl Reply {
         }
     }
 
-    /// Our own verdict with its enhanced status ("5.1.1", "user unknown").
-    pub fn local(status: impl Into<String>, text: impl Into<String>) -> Reply {
+    /// Our own verdict with its enhanced status (5.1.1, "user unknown").
+    pub fn local(status: impl Into<Enhanced>, text: impl Into<String>) -> Reply {
         Reply {
             code: None,
             status: Some(status.into()),
@@ -49,11 +137,11 @@ impl Reply {
     }
 
     /// The enhanced status, or `X.0.0` from the code's class, or `default`.
-    pub fn status_or(&self, default: &str) -> String {
-        match (&self.status, self.code) {
-            (Some(s), _) => s.clone(),
-            (None, Some(c)) => format!("{}.0.0", c / 100),
-            (None, None) => default.to_string(),
+    pub fn status_or(&self, default: impl Into<Enhanced>) -> Enhanced {
+        match (self.status, self.code) {
+            (Some(s), _) => s,
+            (None, Some(c)) => Enhanced::of_code(c),
+            (None, None) => default.into(),
         }
     }
 
@@ -72,10 +160,9 @@ impl Reply {
             code = first.parse().ok();
             rest = rest[first.len()..].trim_start();
         }
-        let mut status = None;
         let word = rest.split_whitespace().next().unwrap_or("");
-        if is_enhanced(word) {
-            status = Some(word.to_string());
+        let status = word.parse::<Enhanced>().ok();
+        if status.is_some() {
             rest = rest[word.len()..].trim_start();
         }
         Reply {
@@ -84,16 +171,6 @@ impl Reply {
             text: rest.to_string(),
         }
     }
-}
-
-/// `2.0.0`, `5.1.1`: class 2, 4 or 5 and two numbers (RFC 3463).
-fn is_enhanced(word: &str) -> bool {
-    let parts: Vec<&str> = word.split('.').collect();
-    parts.len() == 3
-        && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..]
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `550 5.1.1 User unknown`, `4.4.3 lookup failed`: the form logs and the console print.
@@ -127,7 +204,7 @@ pub enum DeliveryOutcome {
     /// A temporary failure; the next attempt is due at `next`.
     Deferred { reply: Reply, next: UnixMillis },
     /// A permanent failure (or expiry); `status` is the enhanced code reported in the DSN.
-    Failed { status: String, reply: Reply },
+    Failed { status: Enhanced, reply: Reply },
     /// The sender was sent a delivery report about this recipient.
     Reported,
 }
@@ -156,13 +233,14 @@ impl DeliveryOutcome {
     }
 
     /// The enhanced status a log line or report gives it.
-    pub fn status(&self) -> String {
+    pub fn status(&self) -> Enhanced {
+        const OK: Enhanced = Enhanced::new(2, 0, 0);
         match self {
-            DeliveryOutcome::Delivered { .. } | DeliveryOutcome::Expanded { .. } => "2.0.0".into(),
-            DeliveryOutcome::Relayed { reply } => reply.status_or("2.0.0"),
-            DeliveryOutcome::Deferred { reply, .. } => reply.status_or("4.0.0"),
-            DeliveryOutcome::Failed { status, .. } => status.clone(),
-            DeliveryOutcome::Reported => "2.0.0".into(),
+            DeliveryOutcome::Delivered { .. } | DeliveryOutcome::Expanded { .. } => OK,
+            DeliveryOutcome::Relayed { reply } => reply.status_or(OK),
+            DeliveryOutcome::Deferred { reply, .. } => reply.status_or((4, 0, 0)),
+            DeliveryOutcome::Failed { status, .. } => *status,
+            DeliveryOutcome::Reported => OK,
         }
     }
 }
@@ -180,7 +258,7 @@ impl fmt::Display for DeliveryOutcome {
                 write!(f, "{reply}")
             }
             DeliveryOutcome::Failed { status, reply } => {
-                if reply.status.as_deref() == Some(status.as_str()) {
+                if reply.status == Some(*status) {
                     write!(f, "{reply}")
                 } else {
                     write!(f, "{status} {reply}")
@@ -199,7 +277,7 @@ mod tests {
     fn legacy_reply_text_is_split_into_its_codes() {
         assert_eq!(
             Reply::from_legacy_text("550 5.1.1 <b@x>: User unknown"),
-            Reply::remote(550, Some("5.1.1".into()), "<b@x>: User unknown")
+            Reply::remote(550, Some((5, 1, 1).into()), "<b@x>: User unknown")
         );
         assert_eq!(
             Reply::from_legacy_text("451 try later"),
@@ -207,10 +285,10 @@ mod tests {
         );
         assert_eq!(
             Reply::from_legacy_text("4.4.3 servfail.test: timed out"),
-            Reply::local("4.4.3", "servfail.test: timed out")
+            Reply::local((4, 4, 3), "servfail.test: timed out")
         );
         let ours = Reply::from_legacy_text("user unknown");
-        assert_eq!((ours.code, ours.status.as_deref()), (None, None));
+        assert_eq!((ours.code, ours.status), (None, None));
         assert_eq!(ours.text, "user unknown");
     }
 
@@ -224,8 +302,8 @@ mod tests {
             assert_eq!(Reply::from_legacy_text(s).to_string(), s);
         }
         let failed = DeliveryOutcome::Failed {
-            status: "5.1.1".into(),
-            reply: Reply::local("5.1.1", "user unknown"),
+            status: (5, 1, 1).into(),
+            reply: Reply::local((5, 1, 1), "user unknown"),
         };
         assert_eq!(failed.to_string(), "5.1.1 user unknown");
         assert_eq!(
@@ -233,8 +311,28 @@ mod tests {
                 reply: Reply::remote(451, None, "later"),
                 next: 0
             }
-            .status(),
+            .status()
+            .to_string(),
             "4.0.0"
         );
+    }
+
+    #[test]
+    fn enhanced_codes_parse_print_and_keep_their_text_form() {
+        let e: Enhanced = "5.1.10".parse().unwrap();
+        assert_eq!(e, Enhanced::new(5, 1, 10));
+        assert_eq!(e.to_string(), "5.1.10");
+        for bad in [
+            "", "5.1", "3.0.0", "5.1.1.1", "5.1000.0", "5.a.1", "5..1", "25.0.0",
+        ] {
+            assert!(bad.parse::<Enhanced>().is_err(), "{bad}");
+        }
+        // Records and frames keep the text: "5.1.1" in JSON, the same bytes as a String.
+        assert_eq!(serde_json::to_string(&e).unwrap(), "\"5.1.10\"");
+        assert_eq!(
+            serde_json::from_str::<Enhanced>("\"4.4.7\"").unwrap(),
+            Enhanced::new(4, 4, 7)
+        );
+        assert!(Enhanced::new(5, 0, 0).is_permanent() && Enhanced::new(4, 0, 0).is_transient());
     }
 }

@@ -136,13 +136,13 @@ async fn happy_path() {
         t.cmd("MAIL FROM:<sender@client.example> BODY=8BITMIME", 250)
             .await
             .enhanced,
-        Some((2, 1, 0))
+        Some(mta_types::Enhanced::new(2, 1, 0))
     );
     assert_eq!(
         t.cmd("RCPT TO:<user@mx.example> NOTIFY=FAILURE", 250)
             .await
             .enhanced,
-        Some((2, 1, 5))
+        Some(mta_types::Enhanced::new(2, 1, 5))
     );
     t.cmd("DATA", 354).await;
     t.send(b"Subject: test\r\n\r\n..dot\r\nbody\r\n.\r\n").await;
@@ -219,7 +219,7 @@ async fn sequence_errors() {
     })
     .await;
     let r = t.cmd("MAIL FROM:<a@b.example>", 503).await;
-    assert_eq!(r.enhanced, Some((5, 5, 1)));
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(5, 5, 1)));
     t.cmd("NOOP", 250).await;
     t.ehlo().await;
     t.cmd("RCPT TO:<a@mx.example>", 503).await;
@@ -292,7 +292,7 @@ async fn too_many_recipients() {
         t.cmd(&format!("RCPT TO:<u{i}@mx.example>"), 250).await;
     }
     let r = t.cmd("RCPT TO:<u9@mx.example>", 452).await;
-    assert_eq!(r.enhanced, Some((4, 5, 3)));
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(4, 5, 3)));
     t.cmd("DATA", 354).await;
     t.send(b"x\r\n.\r\n").await;
     t.expect(250).await;
@@ -307,7 +307,7 @@ async fn size_limits_at_mail_and_in_data() {
     let mut t = TestSession::start(test_config()).await;
     t.ehlo().await;
     let r = t.cmd("MAIL FROM:<a@b.example> SIZE=1001", 552).await;
-    assert_eq!(r.enhanced, Some((5, 3, 4)));
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(5, 3, 4)));
     t.cmd("MAIL FROM:<a@b.example> SIZE=1000", 250).await;
     t.cmd("RCPT TO:<u@mx.example>", 250).await;
     t.cmd("DATA", 354).await;
@@ -501,7 +501,7 @@ async fn too_many_errors_disconnects() {
     }
     t.cmd("MAIL FROM:<a@b.example>", 503).await;
     let r = t.expect(421).await;
-    assert_eq!(r.enhanced, Some((4, 7, 0)));
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(4, 7, 0)));
     let (summary, _) = t.finish().await;
     assert_eq!(summary.end, EndReason::TooManyErrors);
     assert_eq!(summary.errors, 5);

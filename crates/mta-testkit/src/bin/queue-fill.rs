@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
                 at: now,
                 host: to.domain().to_string(),
                 outcome: mta_types::DeliveryOutcome::Deferred {
-                    reply: mta_types::outcome::Reply::local("4.4.1", "connection refused"),
+                    reply: mta_types::outcome::Reply::local((4, 4, 1), "connection refused"),
                     next: retry_at,
                 },
             });
