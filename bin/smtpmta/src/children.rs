@@ -124,7 +124,7 @@ impl Children {
             .collect()
     }
 
-    fn listeners(&self) -> Arc<Vec<PassedListener>> {
+    pub fn listeners(&self) -> Arc<Vec<PassedListener>> {
         self.listeners.lock().expect("listeners lock").clone()
     }
 
@@ -381,6 +381,7 @@ impl Children {
             mta_ipc::listeners::LISTEN_FDS_ENV,
             mta_ipc::listeners::encode(passed.iter().copied()),
         );
+        let listeners = self.listeners();
         // SAFETY: runs between fork and exec; it only calls fcntl(2) (async-signal-safe)
         // on descriptors the supervisor keeps open, and allocates nothing.
         unsafe {

@@ -425,8 +425,8 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
 fn reexec(children: &children::Children) -> anyhow::Error {
     use std::os::unix::process::CommandExt as _;
     let passed = children.passed();
-    for (_, _, fd) in &passed {
-        if let Err(e) = mta_ipc::listeners::inheritable(*fd) {
+    for l in children.listeners().iter() {
+        if let Err(e) = mta_ipc::listeners::inheritable(&l.listener) {
             return anyhow::anyhow!("restart: cannot pass a listening socket on: {e}");
         }
     }
