@@ -17,6 +17,8 @@
 //! `[dns] timeout` per query; /etc/hosts is never consulted, so tests see only their DNS.
 //! No queues, IPC or logging of its own. RFCs: 5321 section 5, 7505, 1035.
 
+pub mod secure;
+
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
