@@ -28,6 +28,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 
 pub mod dane;
 pub mod password;
+pub mod sts;
 
 pub use rustls;
 pub use tokio_rustls;
