@@ -29,7 +29,7 @@
 use crate::domain_list::{DomainList, ListItem};
 use crate::handler_table::Assigned;
 use crate::outcomes::{reply_status, reply_text, Event, RcptOutcome};
-use mta_config::{OutboundConfig, TlsPolicy};
+use mta_config::OutboundConfig;
 use mta_dns::NextHop;
 use mta_smtp::client::{SessionError, SmtpClient};
 use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
@@ -132,11 +132,23 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         }
     };
 
-    // Connect: hosts in order, each address in order.
-    let policy = env.tls.policy_for(domain.as_str());
+    // Connect: hosts in order, each address in order, each as the TLS policy says
+    // (`tls_policy`: DANE, MTA-STS, or the config's).
+    let plan = env
+        .tls
+        .plan(domain.as_str(), env.next_hop.relay_host().is_some())
+        .await;
     let mut last_error = String::from("no host to try");
     let mut session = None;
     'hosts: for host in &hosts {
+        let host_tls = match env.tls.for_host(&plan, &host.name, host.port).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::info!("list {id}: {}: {e}", host.name);
+                last_error = format!("{}: {e}", host.name);
+                continue;
+            }
+        };
         for addr in host.socket_addrs() {
             let label = host.label(addr.ip());
             handler.set_detail(format!("connecting list {id} to {label}"));
@@ -145,12 +157,17 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
                 debug,
                 addr,
                 &host.name,
-                policy,
+                &host_tls,
                 &format!("list {id}: {label}"),
             )
             .await
             {
                 Ok(client) => {
+                    // DANE and MTA-STS are named with the relay (`show message`, logs).
+                    let label = match &host_tls.report {
+                        Some(_) => format!("{label} (tls policy {})", host_tls.used),
+                        None => label,
+                    };
                     session = Some((client, label));
                     break 'hosts;
                 }
@@ -225,38 +242,46 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
     }
 }
 
-/// Connects, says hello and starts TLS as `policy` says; an error means "next host".
+/// Connects, says hello and starts TLS as `tls` says; an error means "next host". Each
+/// outcome under a DANE or MTA-STS policy is counted for TLS-RPT.
 async fn open(
     env: &Env,
     debug: u8,
     addr: std::net::SocketAddr,
     host_name: &str,
-    policy: TlsPolicy,
+    tls: &crate::tls_policy::HostTls,
     what: &str,
 ) -> Result<SmtpClient, String> {
     let mut client = hello(env, debug, addr).await?;
-    let Some(config) = env.tls.config(policy) else {
+    let Some(config) = tls.config.clone() else {
         return Ok(client);
     };
-    let required = policy != TlsPolicy::May;
+    let required = tls.required;
+    let policy = &tls.used;
     if !client.ext.starttls {
+        env.tls.outcome(tls, host_name, addr.ip(), Err(crate::tls_report::Failure::StarttlsNotSupported));
         if required {
             client.quit().await;
             return Err(format!(
-                "TLS is required (policy {}), but was not offered by the host",
-                policy.as_str()
+                "TLS is required (policy {policy}), but STARTTLS was not offered by the host \
+                 (starttls-not-supported); not sent in plaintext"
             ));
         }
         return Ok(client);
     }
     let name = ServerName::try_from(host_name.to_string())
         .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
-    match client.starttls(config, name).await {
+    let handshake = client.starttls(config, name).await;
+    if let Err(e) = &handshake {
+        if e.is_handshake() {
+            let failure = crate::tls_report::Failure::of_handshake(&e.to_string());
+            env.tls.outcome(tls, host_name, addr.ip(), Err(failure));
+        }
+    }
+    match handshake {
         Ok(Ok(info)) => {
-            tracing::info!(
-                "{what}: TLS established: {info} (policy {})",
-                policy.as_str()
-            );
+            env.tls.outcome(tls, host_name, addr.ip(), Ok(()));
+            tracing::info!("{what}: TLS established: {info} (policy {policy})");
             let again = client
                 .hello(&env.hostname)
                 .await
@@ -269,7 +294,7 @@ async fn open(
         }
         Ok(Err(refused)) if !required => {
             tracing::info!(
-                "{what}: STARTTLS refused ({}): going on in plaintext (policy may)",
+                "{what}: STARTTLS refused ({}): going on in plaintext (policy {policy})",
                 reply_text(&refused)
             );
             Ok(client)
@@ -280,13 +305,14 @@ async fn open(
         }
         // Nothing was sent yet: under `may`, a new connection in plaintext.
         Err(e) if !required && e.is_handshake() => {
-            tracing::info!("{what}: {e}: retrying in plaintext (policy may)");
+            tracing::info!("{what}: {e}: retrying in plaintext (policy {policy})");
             hello(env, debug, addr).await
         }
-        Err(e) => Err(match policy {
-            TlsPolicy::Verify => format!("{e} (policy verify)"),
-            _ => e.to_string(),
-        }),
+        Err(e) if e.is_handshake() => {
+            let failure = crate::tls_report::Failure::of_handshake(&e.to_string());
+            Err(format!("{e} (policy {policy}: {}); not sent in plaintext", failure.result_type()))
+        }
+        Err(e) => Err(format!("{e} (policy {policy})")),
     }
 }
 

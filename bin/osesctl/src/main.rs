@@ -29,6 +29,7 @@ mod domain_list;
 mod handler_table;
 mod outcomes;
 mod tls_policy;
+mod tls_report;
 mod transfers;
 
 use anyhow::Context as _;
@@ -91,7 +92,7 @@ impl Task for Osesctl {
             config: config.outbound.clone(),
             hostname: config.hostname.clone(),
             spool_dir: config.spool_dir(),
-            tls: tls_policy::TlsClients::new(&config.outbound.tls)
+            tls: tls_policy::TlsClients::new(config, Some(ctx.store().clone()))
                 .map_err(|e| anyhow::anyhow!("[outbound.tls]: {e}"))?,
             events: tx,
             may_continue: Box::new(move || r.load(Ordering::SeqCst) && !c.shutting_down()),

@@ -246,6 +246,23 @@ pub struct OutboundConfig {
     pub max_messages_per_session: usize,
     /// `[outbound.tls]`: STARTTLS to the next hop.
     pub tls: OutboundTls,
+    /// `ip_preference`: the order of a next hop's addresses: `"ipv6"` (AAAA first, then
+    /// A), `"ipv4"` (A first), `"ipv4-only"`, `"ipv6-only"`. Default `"ipv6"`.
+    pub ip_preference: IpPreference,
+}
+
+/// `[outbound] ip_preference`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum IpPreference {
+    #[default]
+    #[serde(rename = "ipv6")]
+    Ipv6,
+    #[serde(rename = "ipv4")]
+    Ipv4,
+    #[serde(rename = "ipv4-only")]
+    Ipv4Only,
+    #[serde(rename = "ipv6-only")]
+    Ipv6Only,
 }
 
 impl Default for OutboundConfig {
@@ -263,6 +280,7 @@ impl Default for OutboundConfig {
             max_messages_per_list: 100,
             max_messages_per_session: 1000,
             tls: OutboundTls::default(),
+            ip_preference: IpPreference::default(),
         }
     }
 }

@@ -66,6 +66,13 @@ impl std::fmt::Display for Tlsa {
     }
 }
 
+/// Which address records [`SecureResolver::addresses`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressKind {
+    V4,
+    V6,
+}
+
 /// Asks the configured resolvers and reports the AD bit.
 #[derive(Clone, Debug)]
 pub struct SecureResolver {
@@ -134,6 +141,32 @@ impl SecureResolver {
                     matching: t.matching.into(),
                     data: t.cert_data,
                 }),
+                _ => None,
+            })
+            .collect();
+        Ok(Secure {
+            value,
+            authenticated: answer.authenticated,
+        })
+    }
+
+    /// A or AAAA addresses of `host` (for `mta-sts.<domain>`).
+    pub async fn addresses(
+        &self,
+        host: &str,
+        kind: AddressKind,
+    ) -> Result<Secure<Vec<std::net::IpAddr>>, SecureError> {
+        let record_type = match kind {
+            AddressKind::V4 => RecordType::A,
+            AddressKind::V6 => RecordType::AAAA,
+        };
+        let answer = self.query(host, record_type).await?;
+        let value = answer
+            .value
+            .into_iter()
+            .filter_map(|r| match r {
+                RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
                 _ => None,
             })
             .collect();

@@ -286,6 +286,14 @@ impl StoreService {
                 .map(StoreResponse::Bulk)
                 .map_err(Answer::Error),
             StoreRequest::Counts => Ok(StoreResponse::Counts(engine.counts())),
+            StoreRequest::PolicyGet { name } => engine
+                .policy_get(&name)
+                .map(StoreResponse::Policy)
+                .map_err(|e| Answer::Error(e.to_string())),
+            StoreRequest::PolicyPut { name, value } => engine
+                .policy_put(&name, value)
+                .map(|()| StoreResponse::Done)
+                .map_err(|e| Answer::Error(e.to_string())),
         };
         result.unwrap_or_else(|answer| match answer {
             Answer::DiskFull(e) => StoreResponse::DiskFull(e),
