@@ -154,7 +154,7 @@ def serve(conn):
             pass
 
 
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((host, port))
 srv.listen(128)

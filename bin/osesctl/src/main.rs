@@ -130,6 +130,10 @@ impl Task for Osesctl {
             self.wake.clone(),
             ctx.kicker(QueueName::Reports),
         ));
+        let reports = tokio::spawn(tls_report::run(
+            self.env.clone(),
+            ctx.config().outbound.tls.tls_reports,
+        ));
         let mut handlers = JoinSet::new();
         loop {
             if ctx.shutting_down() {
@@ -163,6 +167,8 @@ impl Task for Osesctl {
         handlers.abort_all();
         let _ = self.env.events.send(Event::Shutdown);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, collector).await;
+        reports.abort();
+        self.env.tls.reports.save().await;
         Ok(())
     }
 
@@ -246,6 +252,27 @@ impl Task for Osesctl {
             }
             TellCommand::Other(words) if words.len() == 1 && words[0].eq_ignore_ascii_case("route") => {
                 self.route(ctx, None).await
+            }
+            TellCommand::Other(words) if is_words(&words, &["send", "tls", "reports"]) => {
+                let lines = tls_report::send_now(&self.env).await;
+                Ok(if lines.is_empty() {
+                    "no TLS-RPT counts to report".into()
+                } else {
+                    lines.join("\n")
+                })
+            }
+            TellCommand::Other(words) if is_words(&words, &["show", "tls", "reports"]) => {
+                let summary = self.env.tls.reports.summary();
+                Ok(if summary.is_empty() {
+                    "no TLS-RPT counts yet".into()
+                } else {
+                    summary
+                })
+            }
+            TellCommand::Other(words)
+                if words.len() == 4 && is_words(&words[..3], &["show", "tls", "policy"]) =>
+            {
+                Ok(self.show_tls_policy(&words[3]).await)
             }
             other => Err(format!(
                 "{} does not know `{other}` (try stop/start outbound transport, route <domain>)",
@@ -410,4 +437,30 @@ impl Osesctl {
 
 fn main() -> ExitCode {
     mta_task::run::<Osesctl>()
+}
+
+/// Whether `words` are `expected`, ignoring case.
+fn is_words(words: &[String], expected: &[&str]) -> bool {
+    words.len() == expected.len()
+        && words
+            .iter()
+            .zip(expected)
+            .all(|(w, e)| w.eq_ignore_ascii_case(e))
+}
+
+impl Osesctl {
+    /// `show tls policy <domain>`: the next hop's hosts and the policy module's view.
+    async fn show_tls_policy(&self, domain: &str) -> String {
+        let hosts = match domain.parse::<Domain>() {
+            Ok(d) => match self.env.next_hop.resolve(&d).await {
+                Ok(hosts) => hosts.into_iter().map(|h| (h.name, h.port)).collect(),
+                Err(e) => return format!("{domain}: no next hop: {e}"),
+            },
+            Err(e) => return format!("{domain}: {e}"),
+        };
+        let hosts: Vec<(String, u16)> = hosts;
+        let port = hosts.first().map(|h| h.1).unwrap_or(self.env.config.port);
+        let names: Vec<String> = hosts.into_iter().map(|h| h.0).collect();
+        self.env.tls.describe(domain, port, &names).await
+    }
 }

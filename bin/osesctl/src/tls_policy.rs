@@ -44,6 +44,9 @@ pub struct TlsClients {
     /// MTA-STS state per domain, in memory (the store holds the policies across restarts).
     sts: Mutex<HashMap<String, StsState>>,
     pub reports: Arc<ReportBook>,
+    /// Where TLS-RPT reports are submitted: our own first `[inbound] listen` address
+    /// (loopback when it listens on every address).
+    pub report_submit: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone)]
@@ -129,6 +132,17 @@ impl TlsClients {
             store: store.clone(),
             sts: Mutex::new(HashMap::new()),
             reports: Arc::new(ReportBook::new(store)),
+            report_submit: config.inbound.listen.first().map(|a| {
+                let mut a = *a;
+                if a.ip().is_unspecified() {
+                    a.set_ip(if a.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                a
+            }),
         })
     }
 

@@ -268,6 +268,36 @@ impl ReportBook {
     }
 }
 
+/// `tell smtpmta send tls reports`: every count, today's included.
+pub async fn send_now(env: &crate::delivery::Env) -> Vec<String> {
+    send(env, true).await
+}
+
+async fn send(env: &crate::delivery::Env, now_too: bool) -> Vec<String> {
+    let sender = ReportSender {
+        hostname: &env.hostname,
+        secure: env.tls.secure(),
+        submit_to: env.tls.report_submit,
+    };
+    env.tls.reports.send(now_too, &sender).await
+}
+
+/// The book's life in osesctl: loaded at start, saved every few seconds while it changes,
+/// and the past days' reports sent (checked every five minutes, so shortly after 00:00
+/// UTC) when `[outbound.tls] tls_reports` is on.
+pub async fn run(env: std::sync::Arc<crate::delivery::Env>, send_daily: bool) {
+    env.tls.reports.load().await;
+    let mut ticks = 0u64;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        env.tls.reports.save().await;
+        ticks += 1;
+        if send_daily && ticks % 60 == 0 {
+            send(&env, false).await;
+        }
+    }
+}
+
 /// What sending a report needs.
 pub struct ReportSender<'a> {
     pub hostname: &'a str,

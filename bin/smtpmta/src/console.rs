@@ -87,6 +87,15 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
             )),
             Err(e) => ConsoleReply::Error(format!("compaction failed: {e}")),
         },
+        // The TLS-RPT counts and the sending live in osesctl (issue 28).
+        TellCommand::Other(words)
+            if words
+                .iter()
+                .map(|w| w.to_ascii_lowercase())
+                .eq(["send", "tls", "reports"]) =>
+        {
+            tell_task(sup, TaskName::Osesctl, TellCommand::Other(words)).await
+        }
         TellCommand::Other(words) => ConsoleReply::Error(format!(
             "smtpmta does not know `{}`; type `help` for the list",
             words.join(" ")

@@ -139,7 +139,10 @@ pub fn resolver_config(dns: &DnsConfig) -> Result<(ResolverConfig, ResolverOpts)
 
 impl NextHop {
     pub fn new(outbound: &OutboundConfig, dns: &DnsConfig) -> Result<NextHop, DnsError> {
-        let (config, opts) = resolver_config(dns)?;
+        let (config, mut opts) = resolver_config(dns)?;
+        // Both families, ordered afterwards by `ip_preference` (hickory's default asks
+        // AAAA only when there is no A).
+        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
         let mut builder =
             TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
         *builder.options_mut() = opts;

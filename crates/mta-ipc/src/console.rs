@@ -124,6 +124,9 @@ pub const HELP: &[(&str, &str)] = &[
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
     ("route", "try every pending destination now"),
     ("route localdelivery", "retry local deliveries waiting in mail.box now"),
+    ("show tls policy <domain>", "which outbound TLS policy applies to the domain and why (DANE with its TLSA records, MTA-STS, or the config)"),
+    ("show tls reports", "the TLS-RPT counts not yet reported, per day, domain and policy"),
+    ("tell smtpmta send tls reports", "send the TLS-RPT reports now (today's counts so far included)"),
     ("help", "this list"),
 ];
 
@@ -343,6 +346,21 @@ impl ConsoleCommand {
                 Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
             }
             ["route", "localdelivery" | "local"] => Ok(ConsoleCommand::RouteLocalDelivery),
+            // Outbound TLS policy (issue 28): osesctl holds the policy module and the counts.
+            ["show" | "sh", "tls", "policy", _] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec![
+                    "show".into(),
+                    "tls".into(),
+                    "policy".into(),
+                    words[3].to_ascii_lowercase(),
+                ]),
+            }),
+            ["show" | "sh", "tls", "policy", ..] => Err("usage: show tls policy <domain>".into()),
+            ["show" | "sh", "tls", "reports" | "report"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["show".into(), "tls".into(), "reports".into()]),
+            }),
             ["route", _] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),

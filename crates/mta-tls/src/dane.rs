@@ -178,8 +178,14 @@ impl ServerCertVerifier for DaneVerifier {
     }
 }
 
-#[derive(Debug)]
+/// rustls shows an `OtherError` by its `Debug`: it says what happened in words.
 struct Mismatch;
+
+impl std::fmt::Debug for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MISMATCH)
+    }
+}
 
 impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,6 +281,10 @@ mod tests {
         ];
         let kept = usable(&all);
         assert_eq!(kept, vec![mk(3, 1, 1, 32), mk(2, 0, 2, 64)]);
-        assert!(is_tlsa_mismatch(&format!("invalid peer certificate: {Mismatch}")));
+        let shown = rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(Mismatch)),
+        ))
+        .to_string();
+        assert!(is_tlsa_mismatch(&shown), "{shown}");
     }
 }
