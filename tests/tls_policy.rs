@@ -44,7 +44,10 @@ fn ca_cert(dir: &Path, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
     let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
     std::fs::write(
         dir.join(format!("{tag}.ext")),
-        format!("subjectAltName={}\nbasicConstraints=CA:FALSE\n", san.join(",")),
+        format!(
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\n",
+            san.join(",")
+        ),
     )
     .unwrap();
     sh(&format!(
@@ -108,7 +111,12 @@ fn send(suite: &Suite, rcpt: &str) {
     let reply = c.cmd(&format!("RCPT TO:<{rcpt}>"));
     assert!(reply.starts_with("250"), "RCPT {rcpt}: {reply}");
     assert!(c.cmd("DATA").starts_with("354"));
-    c.send(format!("From: sender@client.test\r\nTo: {rcpt}\r\nSubject: tls policy\r\n\r\nhello\r\n.\r\n").as_bytes());
+    c.send(
+        format!(
+            "From: sender@client.test\r\nTo: {rcpt}\r\nSubject: tls policy\r\n\r\nhello\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
     let reply = c.read_reply();
     assert!(reply.starts_with("250"), "{reply}");
     c.cmd("QUIT");
@@ -148,24 +156,44 @@ fn dane_authenticates_by_tlsa_defers_mismatch_and_bogus_and_unsigned_falls_back(
     let zones = [
         Zone::signed(
             "sec.test",
-            &["@ MX 10 mx".into(), "mx A 127.0.0.21".into(), tlsa(&good_cert)],
+            &[
+                "@ MX 10 mx".into(),
+                "mx A 127.0.0.21".into(),
+                tlsa(&good_cert),
+            ],
         ),
         Zone::signed(
             "mismatch.test",
-            &["@ MX 10 mx".into(), "mx A 127.0.0.22".into(), tlsa(&other_cert)],
+            &[
+                "@ MX 10 mx".into(),
+                "mx A 127.0.0.22".into(),
+                tlsa(&other_cert),
+            ],
         ),
         Zone::unsigned(
             "plain.test",
-            &["@ MX 10 mx".into(), "mx A 127.0.0.23".into(), tlsa(&other_cert)],
+            &[
+                "@ MX 10 mx".into(),
+                "mx A 127.0.0.23".into(),
+                tlsa(&other_cert),
+            ],
         ),
         Zone::bogus(
             "bogus.test",
-            &["@ MX 10 mx".into(), "mx A 127.0.0.24".into(), tlsa(&good_cert)],
+            &[
+                "@ MX 10 mx".into(),
+                "mx A 127.0.0.24".into(),
+                tlsa(&good_cert),
+            ],
         ),
         Zone::unsigned("v6.test", &["@ MX 10 mx".into(), "mx AAAA ::1".into()]),
     ];
     let dns = SignedDns::start(&zones);
-    let tls_args = ["--tls", good_cert.to_str().unwrap(), good_key.to_str().unwrap()];
+    let tls_args = [
+        "--tls",
+        good_cert.to_str().unwrap(),
+        good_key.to_str().unwrap(),
+    ];
     let sec = Sink::start_on("127.0.0.21", port, &tls_args);
     let mismatch = Sink::start_on("127.0.0.22", port, &tls_args);
     let plain = Sink::start_on("127.0.0.23", port, &[]);
@@ -192,21 +220,42 @@ fn dane_authenticates_by_tlsa_defers_mismatch_and_bogus_and_unsigned_falls_back(
     assert_eq!(tls_of(&plain), vec![None]);
     // IPv6: the MX has only an AAAA record, on ::1.
     v6.wait_count(&suite, 1, DEADLINE);
-    wait_line(&suite, &["to=<e@v6.test>", "relay=mx.v6.test[::1]", "status=sent"]);
+    wait_line(
+        &suite,
+        &["to=<e@v6.test>", "relay=mx.v6.test[::1]", "status=sent"],
+    );
     // Mismatch: deferred as tlsa-invalid, nothing sent (no plaintext retry).
     let line = wait_line(&suite, &["to=<b@mismatch.test>", "status=deferred"]);
-    assert!(line.contains("tlsa-invalid") && line.contains("not sent in plaintext"), "{line}");
+    assert!(
+        line.contains("tlsa-invalid") && line.contains("not sent in plaintext"),
+        "{line}"
+    );
     // Bogus: the validator answers SERVFAIL for the zone (its MX already): deferred.
     let line = wait_line(&suite, &["to=<d@bogus.test>", "status=deferred"]);
     assert!(line.contains("Server Failure"), "{line}");
     assert_eq!(mismatch.count(), 0, "nothing reached the mismatching host");
-    assert_eq!(bogus.count(), 0, "nothing reached the host of the bogus zone");
+    let router = console(&suite, &["tell", "router", "show"]);
+    assert!(
+        router.contains("mismatch.test") && router.contains("tlsa-invalid"),
+        "{router}"
+    );
+    assert_eq!(
+        bogus.count(),
+        0,
+        "nothing reached the host of the bogus zone"
+    );
 
     let shown = console(&suite, &["show", "tls", "policy", "sec.test"]);
-    assert!(shown.contains("DNSSEC-validated") && shown.contains("dane (1 TLSA)"), "{shown}");
+    assert!(
+        shown.contains("DNSSEC-validated") && shown.contains("dane (1 TLSA)"),
+        "{shown}"
+    );
     assert!(shown.contains("TLSA 3 1 1"), "{shown}");
     let shown = console(&suite, &["show", "tls", "policy", "plain.test"]);
-    assert!(shown.contains("not validated") && shown.contains("mx.plain.test: may"), "{shown}");
+    assert!(
+        shown.contains("not validated") && shown.contains("mx.plain.test: may"),
+        "{shown}"
+    );
 }
 
 /// The policy text RFC 8461 3.2 describes.
@@ -231,16 +280,29 @@ fn sts_records(mx_ip: &str, id: &str, rua: bool) -> Vec<String> {
 fn mta_sts_enforces_verified_tls_testing_reports_and_a_cached_policy_survives_a_fetch_failure() {
     let certs = tempfile::tempdir().unwrap();
     let ca = make_ca(certs.path());
-    let sts_hosts = ["mta-sts.sts.test", "mta-sts.nostls.test", "mta-sts.wrongname.test", "mta-sts.testing.test"];
+    let sts_hosts = [
+        "mta-sts.sts.test",
+        "mta-sts.nostls.test",
+        "mta-sts.wrongname.test",
+        "mta-sts.testing.test",
+    ];
     let (web_cert, web_key) = ca_cert(certs.path(), "web", &sts_hosts);
     let (mx_cert, mx_key) = ca_cert(certs.path(), "mx", &["mx.sts.test", "mx.testing.test"]);
     let (wrong_cert, wrong_key) = ca_cert(certs.path(), "wrong", &["other.example"]);
     let policies = tempfile::tempdir().unwrap();
-    let write = |host: &str, text: &str| std::fs::write(policies.path().join(format!("{host}.txt")), text).unwrap();
+    let write = |host: &str, text: &str| {
+        std::fs::write(policies.path().join(format!("{host}.txt")), text).unwrap()
+    };
     write("mta-sts.sts.test", &policy("enforce", "mx.sts.test"));
     write("mta-sts.nostls.test", &policy("enforce", "mx.nostls.test"));
-    write("mta-sts.wrongname.test", &policy("enforce", "*.wrongname.test"));
-    write("mta-sts.testing.test", &policy("testing", "mx.testing.test"));
+    write(
+        "mta-sts.wrongname.test",
+        &policy("enforce", "*.wrongname.test"),
+    );
+    write(
+        "mta-sts.testing.test",
+        &policy("testing", "mx.testing.test"),
+    );
     let web = StsServer::start("127.0.0.30", &web_cert, &web_key, policies.path());
 
     let port = free_port();
@@ -249,10 +311,17 @@ fn mta_sts_enforces_verified_tls_testing_reports_and_a_cached_policy_survives_a_
         Zone::unsigned("nostls.test", &sts_records("127.0.0.32", "1", false)),
         Zone::unsigned("wrongname.test", &sts_records("127.0.0.33", "1", false)),
         Zone::unsigned("testing.test", &sts_records("127.0.0.34", "1", true)),
-        Zone::unsigned("reports.test", &["@ MX 10 mx".into(), "mx A 127.0.0.35".into()]),
+        Zone::unsigned(
+            "reports.test",
+            &["@ MX 10 mx".into(), "mx A 127.0.0.35".into()],
+        ),
     ]);
     let good = ["--tls", mx_cert.to_str().unwrap(), mx_key.to_str().unwrap()];
-    let wrong = ["--tls", wrong_cert.to_str().unwrap(), wrong_key.to_str().unwrap()];
+    let wrong = [
+        "--tls",
+        wrong_cert.to_str().unwrap(),
+        wrong_key.to_str().unwrap(),
+    ];
     let sts = Sink::start_on("127.0.0.31", port, &good);
     let nostls = Sink::start_on("127.0.0.32", port, &[]);
     let wrongname = Sink::start_on("127.0.0.33", port, &wrong);
@@ -260,7 +329,12 @@ fn mta_sts_enforces_verified_tls_testing_reports_and_a_cached_policy_survives_a_
     let reports = Sink::start_on("127.0.0.35", port, &[]);
     let mut suite = suite(&dns, port, &[format!("ca_file = \"{}\"", ca.display())]);
 
-    for rcpt in ["a@sts.test", "b@nostls.test", "c@wrongname.test", "d@testing.test"] {
+    for rcpt in [
+        "a@sts.test",
+        "b@nostls.test",
+        "c@wrongname.test",
+        "d@testing.test",
+    ] {
         send(&suite, rcpt);
     }
     // enforce + matching MX + a certificate the CA signed for the MX name: verified TLS.
@@ -278,22 +352,46 @@ fn mta_sts_enforces_verified_tls_testing_reports_and_a_cached_policy_survives_a_
     assert_eq!((nostls.count(), wrongname.count()), (0, 0));
 
     let shown = console(&suite, &["show", "tls", "policy", "sts.test"]);
-    assert!(shown.contains("MTA-STS: id 1 mode enforce max_age 86400 mx mx.sts.test"), "{shown}");
+    assert!(
+        shown.contains("MTA-STS: id 1 mode enforce max_age 86400 mx mx.sts.test"),
+        "{shown}"
+    );
 
     // TLS-RPT: sent now, through our own queue, to the rua of sts.test and testing.test.
     let told = console(&suite, &["tell", "smtpmta", "send", "tls", "reports"]);
-    assert!(told.contains("sts.test: report sent to tlsrpt@reports.test"), "{told}");
+    assert!(
+        told.contains("sts.test: report sent to tlsrpt@reports.test"),
+        "{told}"
+    );
     reports.wait_count(&suite, 2, DEADLINE);
     let reports_json = decode_reports(&reports);
-    let testing_report = reports_json.iter().find(|r| r["policies"][0]["policy"]["policy-domain"] == "testing.test").expect("testing.test report");
+    let testing_report = reports_json
+        .iter()
+        .find(|r| r["policies"][0]["policy"]["policy-domain"] == "testing.test")
+        .expect("testing.test report");
     let p = &testing_report["policies"][0];
     assert_eq!(p["policy"]["policy-type"], "sts");
     assert_eq!(p["summary"]["total-failure-session-count"], 1, "{p}");
-    assert_eq!(p["failure-details"][0]["result-type"], "certificate-host-mismatch", "{p}");
-    assert_eq!(p["failure-details"][0]["receiving-mx-hostname"], "mx.testing.test", "{p}");
-    let sts_report = reports_json.iter().find(|r| r["policies"][0]["policy"]["policy-domain"] == "sts.test").expect("sts.test report");
-    assert_eq!(sts_report["policies"][0]["summary"]["total-successful-session-count"], 1, "{sts_report}");
-    assert!(sts_report["date-range"]["start-datetime"].as_str().unwrap().ends_with("T00:00:00Z"));
+    assert_eq!(
+        p["failure-details"][0]["result-type"], "certificate-host-mismatch",
+        "{p}"
+    );
+    assert_eq!(
+        p["failure-details"][0]["receiving-mx-hostname"], "mx.testing.test",
+        "{p}"
+    );
+    let sts_report = reports_json
+        .iter()
+        .find(|r| r["policies"][0]["policy"]["policy-domain"] == "sts.test")
+        .expect("sts.test report");
+    assert_eq!(
+        sts_report["policies"][0]["summary"]["total-successful-session-count"], 1,
+        "{sts_report}"
+    );
+    assert!(sts_report["date-range"]["start-datetime"]
+        .as_str()
+        .unwrap()
+        .ends_with("T00:00:00Z"));
 
     // A cached policy outlives a failed refresh: the TXT id changes, the policy server
     // answers 404, and the MX no longer offers STARTTLS: enforce still holds (deferred,
@@ -313,7 +411,10 @@ fn mta_sts_enforces_verified_tls_testing_reports_and_a_cached_policy_survives_a_
     let line = wait_line(&suite, &["to=<f@sts.test>", "status=deferred"]);
     assert!(line.contains("starttls-not-supported"), "{line}");
     wait_line(&suite, &["MTA-STS policy of sts.test", "HTTP status 404"]);
-    assert!(web.hits("mta-sts.sts.test") > fetches, "a refresh was tried");
+    assert!(
+        web.hits("mta-sts.sts.test") > fetches,
+        "a refresh was tried"
+    );
     assert_eq!(nostarttls.count(), 0, "nothing in plaintext");
 }
 
@@ -332,7 +433,11 @@ for part in msg.walk():
     for entry in std::fs::read_dir(sink.dir.path()).unwrap().flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "eml") {
-            let o = Command::new("python3").args(["-c", script]).arg(&path).output().unwrap();
+            let o = Command::new("python3")
+                .args(["-c", script])
+                .arg(&path)
+                .output()
+                .unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             out.push(serde_json::from_slice(&o.stdout).unwrap());
         }

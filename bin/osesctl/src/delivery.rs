@@ -259,11 +259,16 @@ async fn open(
     let required = tls.required;
     let policy = &tls.used;
     if !client.ext.starttls {
-        env.tls.outcome(tls, host_name, addr.ip(), Err(crate::tls_report::Failure::StarttlsNotSupported));
+        env.tls.outcome(
+            tls,
+            host_name,
+            addr.ip(),
+            Err(crate::tls_report::Failure::StarttlsNotSupported),
+        );
         if required {
             client.quit().await;
             return Err(format!(
-                "TLS is required (policy {policy}), but STARTTLS was not offered by the host \
+                "TLS is required (policy {policy}), but was not offered by the host \
                  (starttls-not-supported); not sent in plaintext"
             ));
         }
@@ -310,7 +315,10 @@ async fn open(
         }
         Err(e) if e.is_handshake() => {
             let failure = crate::tls_report::Failure::of_handshake(&e.to_string());
-            Err(format!("{e} (policy {policy}: {}); not sent in plaintext", failure.result_type()))
+            Err(format!(
+                "{e} (policy {policy}) ({}); not sent in plaintext",
+                failure.result_type()
+            ))
         }
         Err(e) => Err(format!("{e} (policy {policy})")),
     }

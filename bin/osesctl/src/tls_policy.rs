@@ -82,7 +82,9 @@ pub struct Plan {
 /// Which policy a connection was made under (named in logs, `show message`, TLS-RPT).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyUsed {
-    Dane { records: usize },
+    Dane {
+        records: usize,
+    },
     /// TLSA records exist but none is usable: TLS required, no authentication.
     DaneUnusable,
     Sts(StsMode),
@@ -114,7 +116,10 @@ pub struct HostTls {
 }
 
 impl TlsClients {
-    pub fn new(config: &Config, store: Option<StoreClient>) -> Result<TlsClients, mta_tls::TlsError> {
+    pub fn new(
+        config: &Config,
+        store: Option<StoreClient>,
+    ) -> Result<TlsClients, mta_tls::TlsError> {
         let policy = &config.outbound.tls;
         let opportunistic =
             mta_tls::client_config(TlsPolicy::May, None)?.expect("`may` has a client config");
@@ -205,7 +210,8 @@ impl TlsClients {
             match secure.tlsa(host, port).await {
                 Err(e) => {
                     let key = crate::tls_report::PolicyKey::tlsa(&plan.domain);
-                    self.reports.failure(&key, host, None, Failure::DnssecInvalid);
+                    self.reports
+                        .failure(&key, host, None, Failure::DnssecInvalid);
                     return Err(format!("DANE: {e} (dnssec-invalid); host not used"));
                 }
                 Ok(answer) if answer.authenticated && !answer.value.is_empty() => {
@@ -250,8 +256,7 @@ impl TlsClients {
     fn sts_host(&self, plan: &Plan, policy: &StsPolicy, host: &str) -> Result<HostTls, String> {
         let key = crate::tls_report::PolicyKey::sts(&plan.domain, policy);
         if !policy.mx_matches(host) {
-            self.reports
-                .failure(&key, host, None, Failure::MxMismatch);
+            self.reports.failure(&key, host, None, Failure::MxMismatch);
             if policy.mode == StsMode::Enforce {
                 return Err(format!(
                     "MTA-STS policy of {} (enforce) does not list this MX host (mx: {})",
@@ -281,7 +286,11 @@ impl TlsClients {
         Ok(host_tls)
     }
 
-    fn config_host(&self, policy: TlsPolicy, report: Option<crate::tls_report::PolicyKey>) -> HostTls {
+    fn config_host(
+        &self,
+        policy: TlsPolicy,
+        report: Option<crate::tls_report::PolicyKey>,
+    ) -> HostTls {
         HostTls {
             used: PolicyUsed::Config(policy),
             config: self.config(policy),
@@ -321,7 +330,10 @@ impl TlsClients {
         let Some(id) = id else {
             // No (or no readable) TXT record: a cached policy stays in force until it
             // expires (RFC 8461 5.1).
-            return cached.map_or(StsFound::None, |policy| StsFound::Policy { policy, note: None });
+            return cached.map_or(StsFound::None, |policy| StsFound::Policy {
+                policy,
+                note: None,
+            });
         };
         if let Some(policy) = cached.as_ref().filter(|p| p.id == id) {
             return StsFound::Policy {
@@ -366,12 +378,16 @@ impl TlsClients {
     ) -> Result<StsPolicy, mta_tls::sts::StsError> {
         let host = format!("mta-sts.{domain}");
         let mut addrs = Vec::new();
-        for kind in [mta_dns::secure::AddressKind::V6, mta_dns::secure::AddressKind::V4] {
+        for kind in [
+            mta_dns::secure::AddressKind::V6,
+            mta_dns::secure::AddressKind::V4,
+        ] {
             if let Ok(found) = secure.addresses(&host, kind).await {
                 addrs.extend(found.value);
             }
         }
-        let text = mta_tls::sts::fetch(domain, &addrs, 443, self.verify.clone(), FETCH_TIMEOUT).await?;
+        let text =
+            mta_tls::sts::fetch(domain, &addrs, 443, self.verify.clone(), FETCH_TIMEOUT).await?;
         StsPolicy::parse(&text, id, now)
     }
 
@@ -383,8 +399,13 @@ impl TlsClients {
 
     async fn store_policy(&self, domain: &str, policy: &StsPolicy) {
         let Some(store) = &self.store else { return };
-        let Ok(bytes) = serde_json::to_vec(policy) else { return };
-        if let Err(e) = store.policy_put(&format!("sts:{domain}"), Some(bytes)).await {
+        let Ok(bytes) = serde_json::to_vec(policy) else {
+            return;
+        };
+        if let Err(e) = store
+            .policy_put(&format!("sts:{domain}"), Some(bytes))
+            .await
+        {
             tracing::warn!("MTA-STS policy of {domain}: not cached in the store: {e}");
         }
     }
@@ -426,7 +447,11 @@ impl TlsClients {
         let mut out = format!("TLS policy for {}\n", plan.domain);
         out.push_str(&format!(
             "  MX RRset: {}\n",
-            if plan.mx_secure { "DNSSEC-validated (AD)" } else { "not validated: DANE does not apply" }
+            if plan.mx_secure {
+                "DNSSEC-validated (AD)"
+            } else {
+                "not validated: DANE does not apply"
+            }
         ));
         out.push_str(&match &plan.sts {
             StsFound::None => "  MTA-STS: no policy\n".to_string(),
@@ -450,7 +475,14 @@ impl TlsClients {
             if let (true, Some(secure)) = (plan.mx_secure, &self.secure) {
                 if let Ok(a) = secure.tlsa(host, port).await {
                     for t in a.value {
-                        out.push_str(&format!("    TLSA {t}{}\n", if a.authenticated { "" } else { " (not validated)" }));
+                        out.push_str(&format!(
+                            "    TLSA {t}{}\n",
+                            if a.authenticated {
+                                ""
+                            } else {
+                                " (not validated)"
+                            }
+                        ));
                     }
                 }
             }

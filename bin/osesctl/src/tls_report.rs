@@ -169,7 +169,11 @@ impl ReportBook {
     }
 
     pub fn failure(&self, key: &PolicyKey, mx: &str, ip: Option<IpAddr>, failure: Failure) {
-        let reason = if failure == Failure::MxMismatch { "mx-mismatch" } else { "" };
+        let reason = if failure == Failure::MxMismatch {
+            "mx-mismatch"
+        } else {
+            ""
+        };
         let ip = ip.map(|i| i.to_string()).unwrap_or_default();
         let detail = format!("{}|{mx}|{ip}|{reason}", failure.result_type());
         self.entry(key, |c| *c.failures.entry(detail).or_default() += 1);
@@ -198,7 +202,9 @@ impl ReportBook {
                         book.entries.entry(k).or_insert(v);
                     }
                 }
-                Err(e) => tracing::warn!("TLS-RPT counts in the store unreadable ({e}); starting afresh"),
+                Err(e) => {
+                    tracing::warn!("TLS-RPT counts in the store unreadable ({e}); starting afresh")
+                }
             }
         }
     }
@@ -309,12 +315,20 @@ impl ReportSender<'_> {
     async fn send(&self, day: &str, domain: &str, counts: &[Counts]) -> String {
         let rua = match self.rua(domain).await {
             Some(r) if !r.is_empty() => r,
-            _ => return format!("{day} {domain}: no mailto: rua in _smtp._tls.{domain}; counts dropped"),
+            _ => {
+                return format!(
+                    "{day} {domain}: no mailto: rua in _smtp._tls.{domain}; counts dropped"
+                )
+            }
         };
         let Some(addr) = self.submit_to else {
             return format!("{day} {domain}: no [inbound] listen address to submit to");
         };
-        let id = format!("{day}.{domain}.{}@{}", crate::tls_policy::now_secs(), self.hostname);
+        let id = format!(
+            "{day}.{domain}.{}@{}",
+            crate::tls_policy::now_secs(),
+            self.hostname
+        );
         let json = report_json(day, domain, counts, self.hostname, &id);
         let message = match report_message(&json, day, domain, self.hostname, &id, &rua) {
             Ok(m) => m,
@@ -323,7 +337,10 @@ impl ReportSender<'_> {
         let from = format!("postmaster@{}", self.hostname);
         match submit(addr, self.hostname, &from, &rua, &message).await {
             Ok(()) => {
-                tracing::info!("TLS-RPT report for {domain} ({day}) submitted to {}", rua.join(", "));
+                tracing::info!(
+                    "TLS-RPT report for {domain} ({day}) submitted to {}",
+                    rua.join(", ")
+                );
                 format!("{day} {domain}: report sent to {}", rua.join(", "))
             }
             Err(e) => {
@@ -335,7 +352,11 @@ impl ReportSender<'_> {
 
     /// The `mailto:` addresses of `_smtp._tls.<domain>` (RFC 8460 3).
     async fn rua(&self, domain: &str) -> Option<Vec<String>> {
-        let answer = self.secure?.txt(&format!("_smtp._tls.{domain}")).await.ok()?;
+        let answer = self
+            .secure?
+            .txt(&format!("_smtp._tls.{domain}"))
+            .await
+            .ok()?;
         let record = answer
             .value
             .into_iter()
@@ -354,24 +375,36 @@ impl ReportSender<'_> {
 }
 
 /// The RFC 8460 4.4 JSON report.
-fn report_json(day: &str, domain: &str, counts: &[Counts], hostname: &str, id: &str) -> serde_json::Value {
+fn report_json(
+    day: &str,
+    domain: &str,
+    counts: &[Counts],
+    hostname: &str,
+    id: &str,
+) -> serde_json::Value {
     let policies: Vec<serde_json::Value> = counts
         .iter()
         .map(|c| {
-            let key = c.policy.clone().unwrap_or_else(|| PolicyKey::no_policy(domain));
+            let key = c
+                .policy
+                .clone()
+                .unwrap_or_else(|| PolicyKey::no_policy(domain));
             let failed: u64 = c.failures.values().sum();
             let details: Vec<serde_json::Value> = c
                 .failures
                 .iter()
                 .map(|(d, n)| {
                     let mut p = d.split('|');
-                    let (result, mx, ip, reason) =
-                        (p.next(), p.next(), p.next(), p.next());
+                    let (result, mx, ip, reason) = (p.next(), p.next(), p.next(), p.next());
                     let mut v = serde_json::json!({
                         "result-type": result.unwrap_or_default(),
                         "failed-session-count": n,
                     });
-                    let opt = [("receiving-mx-hostname", mx), ("receiving-ip", ip), ("failure-reason-code", reason)];
+                    let opt = [
+                        ("receiving-mx-hostname", mx),
+                        ("receiving-ip", ip),
+                        ("failure-reason-code", reason),
+                    ];
                     for (name, value) in opt {
                         if let Some(value) = value.filter(|s| !s.is_empty()) {
                             v[name] = value.into();
@@ -428,9 +461,14 @@ fn report_message(
     m.push_str(&format!(
         "Subject: Report Domain: {domain} Submitter: {hostname} Report-ID: <{id}>\r\n"
     ));
-    m.push_str(&format!("Date: {}\r\n", mta_smtp::received::rfc5322_date(std::time::SystemTime::now())));
+    m.push_str(&format!(
+        "Date: {}\r\n",
+        mta_smtp::received::rfc5322_date(std::time::SystemTime::now())
+    ));
     m.push_str(&format!("Message-ID: <{id}>\r\n"));
-    m.push_str(&format!("TLS-Report-Domain: {domain}\r\nTLS-Report-Submitter: {hostname}\r\n"));
+    m.push_str(&format!(
+        "TLS-Report-Domain: {domain}\r\nTLS-Report-Submitter: {hostname}\r\n"
+    ));
     m.push_str("Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n");
     m.push_str(&format!(
         "Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary=\"{boundary}\"\r\n\r\n"
@@ -458,9 +496,10 @@ async fn submit(
 ) -> Result<(), String> {
     use mta_smtp::client::SmtpClient;
     let timeout = std::time::Duration::from_secs(60);
-    let (mut client, greeting) = SmtpClient::connect(addr, std::time::Duration::from_secs(10), timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut client, greeting) =
+        SmtpClient::connect(addr, std::time::Duration::from_secs(10), timeout)
+            .await
+            .map_err(|e| e.to_string())?;
     let steps = async {
         let check = |what: &str, r: mta_smtp::Reply| {
             if r.is_positive() {
@@ -470,14 +509,20 @@ async fn submit(
             }
         };
         check("greeting", greeting)?;
-        check("EHLO", client.hello(hostname).await.map_err(|e| e.to_string())?)?;
+        check(
+            "EHLO",
+            client.hello(hostname).await.map_err(|e| e.to_string())?,
+        )?;
         let mail = client.command(&format!("MAIL FROM:<{from}>")).await;
         check("MAIL FROM", mail.map_err(|e| e.to_string())?)?;
         for rcpt in rua {
             let r = client.command(&format!("RCPT TO:<{rcpt}>")).await;
             check("RCPT TO", r.map_err(|e| e.to_string())?)?;
         }
-        check("DATA", client.data(message).await.map_err(|e| e.to_string())?)
+        check(
+            "DATA",
+            client.data(message).await.map_err(|e| e.to_string())?,
+        )
     };
     let result = steps.await;
     client.quit().await;
@@ -496,13 +541,19 @@ mod tests {
 
     #[test]
     fn handshake_errors_map_to_result_types() {
-        let dane = format!("invalid peer certificate: {}", "no TLSA record matches the server's certificate chain");
+        let dane = format!(
+            "invalid peer certificate: {}",
+            "no TLSA record matches the server's certificate chain"
+        );
         assert_eq!(Failure::of_handshake(&dane), Failure::TlsaInvalid);
         assert_eq!(
             Failure::of_handshake("invalid peer certificate: certificate not valid for name \"x\""),
             Failure::CertificateHostMismatch
         );
-        assert_eq!(Failure::of_handshake("invalid peer certificate: UnknownIssuer"), Failure::CertificateNotTrusted);
+        assert_eq!(
+            Failure::of_handshake("invalid peer certificate: UnknownIssuer"),
+            Failure::CertificateNotTrusted
+        );
         assert_eq!(day_string(0), "1970-01-01");
         assert_eq!(day_string(1_700_000_000), "2023-11-14");
     }
@@ -512,7 +563,12 @@ mod tests {
         let book = ReportBook::new(None);
         let key = PolicyKey::tlsa("sec.test");
         book.success(&key);
-        book.failure(&key, "mx.sec.test", "127.0.0.1".parse().ok(), Failure::TlsaInvalid);
+        book.failure(
+            &key,
+            "mx.sec.test",
+            "127.0.0.1".parse().ok(),
+            Failure::TlsaInvalid,
+        );
         let due = book.take_due(true);
         let counts: Vec<Counts> = due.into_iter().map(|(_, c)| c).collect();
         let json = report_json("2026-01-01", "sec.test", &counts, "mta.test", "id1");
@@ -522,9 +578,19 @@ mod tests {
         assert_eq!(p["summary"]["total-failure-session-count"], 1);
         assert_eq!(p["failure-details"][0]["result-type"], "tlsa-invalid");
         assert_eq!(p["failure-details"][0]["receiving-ip"], "127.0.0.1");
-        let msg = report_message(&json, "2026-01-01", "sec.test", "mta.test", "id1", &["r@x.test".into()]).unwrap();
+        let msg = report_message(
+            &json,
+            "2026-01-01",
+            "sec.test",
+            "mta.test",
+            "id1",
+            &["r@x.test".into()],
+        )
+        .unwrap();
         let text = String::from_utf8(msg).unwrap();
-        assert!(text.contains("report-type=\"tlsrpt\"") && text.contains("application/tlsrpt+gzip"));
+        assert!(
+            text.contains("report-type=\"tlsrpt\"") && text.contains("application/tlsrpt+gzip")
+        );
         assert!(book.take_due(true).is_empty(), "taken once");
     }
 }

@@ -83,9 +83,13 @@ fn shipped_default_loads_with_documented_values() {
         c.local_domains,
         vec!["localhost".parse::<Domain>().unwrap()]
     );
+    // The shipped file shows the code's true default (IPv6 loopback included).
     assert_eq!(
         c.trusted_networks,
-        vec!["127.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+        vec![
+            "127.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            "::1/128".parse::<ipnet::IpNet>().unwrap()
+        ]
     );
     assert_eq!(c.directory_path, root.join("etc/directory.toml"));
     // Every section equals the built-in defaults.

@@ -374,10 +374,14 @@ mod tests {
 
     #[tokio::test]
     async fn servfail_is_a_failure_and_nxdomain_is_empty() {
-        let addr = server(|q| Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::ServFail)).await;
+        let addr =
+            server(|q| Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::ServFail))
+                .await;
         let e = resolver(addr).tlsa("mx.bogus.test", 25).await.unwrap_err();
         assert!(e.to_string().contains("SERVFAIL"), "{e}");
-        let addr = server(|q| Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::NXDomain)).await;
+        let addr =
+            server(|q| Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::NXDomain))
+                .await;
         let answer = resolver(addr).mx("none.test").await.unwrap();
         assert!(answer.value.is_empty() && !answer.authenticated);
     }

@@ -60,7 +60,9 @@ pub enum StoreRequest {
     /// Counts per location.
     Counts,
     /// A TLS policy state record (osesctl's MTA-STS cache, TLS-RPT counts), by name.
-    PolicyGet { name: String },
+    PolicyGet {
+        name: String,
+    },
     /// Sets (`Some`) or removes a TLS policy state record; applied at once, durable with
     /// the next flush.
     PolicyPut {
@@ -358,7 +360,10 @@ impl StoreClient {
     /// Sets or removes a TLS policy state record (`StoreRequest::PolicyPut`).
     pub async fn policy_put(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
         let name = name.to_string();
-        match self.request(StoreRequest::PolicyPut { name, value }).await? {
+        match self
+            .request(StoreRequest::PolicyPut { name, value })
+            .await?
+        {
             StoreResponse::Done => Ok(()),
             other => Err(StoreError::Unexpected(format!("{other:?}"))),
         }

@@ -78,7 +78,10 @@ fn kill(child: &mut Child) {
 
 impl SignedDns {
     pub fn start(zones: &[Zone]) -> SignedDns {
-        let dir = tempfile::Builder::new().prefix("dnssec-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("dnssec-")
+            .tempdir()
+            .unwrap();
         let knot_port = free_port();
         let knot_conf = write_knot(dir.path(), knot_port, zones);
         let knot = Command::new("knotd")
@@ -121,7 +124,10 @@ impl SignedDns {
             if answers(port, &probe) {
                 Ok(())
             } else {
-                Err(format!("no answer; unbound log:\n{}", dns.log("unbound.log")))
+                Err(format!(
+                    "no answer; unbound log:\n{}",
+                    dns.log("unbound.log")
+                ))
             }
         });
         dns
@@ -135,20 +141,35 @@ impl SignedDns {
     /// Replaces a zone's records and has Knot load them (re-signed at once); unbound keeps
     /// answers at most 1 s (`cache-max-ttl`), so see [`SignedDns::dig`] for when it shows.
     pub fn set_records(&mut self, zone: &str, records: &[String]) {
-        let z = self.zones.iter_mut().find(|z| z.name == zone).expect("a zone of this server");
+        let z = self
+            .zones
+            .iter_mut()
+            .find(|z| z.name == zone)
+            .expect("a zone of this server");
         z.records = records.to_vec();
         write_zone_file(self.dir.path(), z);
         let out = Command::new("knotc")
             .args(["-c", self.knot_conf.to_str().unwrap(), "zone-reload", zone])
             .output()
             .expect("knotc");
-        assert!(out.status.success(), "knotc zone-reload: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "knotc zone-reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `kdig +short <kind> <name>` through unbound: the answer's records, one a line.
     pub fn dig(&self, kind: &str, name: &str) -> String {
         let out = Command::new("kdig")
-            .args([&format!("@127.0.0.1"), "-p", &self.port.to_string(), "+short", kind, name])
+            .args([
+                &format!("@127.0.0.1"),
+                "-p",
+                &self.port.to_string(),
+                "+short",
+                kind,
+                name,
+            ])
             .output()
             .expect("kdig (Debian package knot-dnsutils)");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -231,7 +252,13 @@ fn spoil(ds: &str) -> String {
     fields.join(" ")
 }
 
-fn write_unbound(dir: &Path, port: u16, knot_port: u16, zones: &[Zone], anchors: &str) -> std::path::PathBuf {
+fn write_unbound(
+    dir: &Path,
+    port: u16,
+    knot_port: u16,
+    zones: &[Zone],
+    anchors: &str,
+) -> std::path::PathBuf {
     let d = dir.display();
     std::fs::write(dir.join("anchors.txt"), anchors).unwrap();
     let mut conf = format!(
@@ -259,7 +286,8 @@ fn write_unbound(dir: &Path, port: u16, knot_port: u16, zones: &[Zone], anchors:
 /// Sends an SOA query for `zone` and reports whether any answer came back.
 fn answers(port: u16, zone: &str) -> bool {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut q = vec![0x43, 0x21, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in zone.split('.').filter(|l| !l.is_empty()) {
         q.push(label.len() as u8);

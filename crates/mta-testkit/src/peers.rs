@@ -128,11 +128,7 @@ impl Sink {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "sink did not start");
+        wait_ready(&mut child, "sink");
         Sink { child, port, dir }
     }
 
@@ -198,6 +194,15 @@ impl Drop for Sink {
     fn drop(&mut self) {
         kill(&mut self.child);
     }
+}
+
+/// Reads the helper's first line, which must be `ready`.
+fn wait_ready(child: &mut Child, what: &str) {
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{what} did not start");
 }
 
 /// The last `n` lines of `s`.
@@ -498,11 +503,7 @@ impl StsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "MTA-STS policy server did not start on {host}:443");
+        wait_ready(&mut child, &format!("MTA-STS policy server on {host}:443"));
         StsServer {
             child,
             policy_dir: policy_dir.to_path_buf(),
@@ -512,7 +513,11 @@ impl StsServer {
     /// How many policy fetches for `host` it has answered (or refused).
     pub fn hits(&self, host: &str) -> usize {
         std::fs::read_to_string(self.policy_dir.join("hits"))
-            .map(|t| t.lines().filter(|l| l.starts_with(&format!("{host} "))).count())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with(&format!("{host} ")))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }

@@ -19,7 +19,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use std::sync::Arc;
 
 /// The records DANE can use for SMTP: usage 2 or 3, selector 0 or 1, matching 0, 1 or 2.
@@ -104,11 +106,9 @@ impl DaneVerifier {
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Option<Result<ServerCertVerified, rustls::Error>> {
-        let anchor = intermediates.iter().find(|c| {
-            self.records
-                .iter()
-                .any(|r| r.usage == 2 && matches(r, c))
-        })?;
+        let anchor = intermediates
+            .iter()
+            .find(|c| self.records.iter().any(|r| r.usage == 2 && matches(r, c)))?;
         let mut roots = RootCertStore::empty();
         roots.add(anchor.clone().into_owned()).ok()?;
         let verifier =
@@ -149,12 +149,7 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        crate::AnyCertificate(self.provider.clone()).verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -163,18 +158,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        crate::AnyCertificate(self.provider.clone()).verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        crate::AnyCertificate(self.provider.clone()).supported_verify_schemes()
     }
 }
 
@@ -258,8 +246,14 @@ mod tests {
         };
         let chain = [ca.der().clone()];
         assert!(verify(vec![rec.clone()], &ee("mx.sec.test"), &chain));
-        assert!(!verify(vec![rec.clone()], &ee("wrong.sec.test"), &chain), "name checked");
-        assert!(!verify(vec![rec], &ee("mx.sec.test"), &[]), "TA must be in the chain");
+        assert!(
+            !verify(vec![rec.clone()], &ee("wrong.sec.test"), &chain),
+            "name checked"
+        );
+        assert!(
+            !verify(vec![rec], &ee("mx.sec.test"), &[]),
+            "TA must be in the chain"
+        );
     }
 
     #[test]
@@ -281,9 +275,9 @@ mod tests {
         ];
         let kept = usable(&all);
         assert_eq!(kept, vec![mk(3, 1, 1, 32), mk(2, 0, 2, 64)]);
-        let shown = rustls::Error::InvalidCertificate(CertificateError::Other(
-            rustls::OtherError(Arc::new(Mismatch)),
-        ))
+        let shown = rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            Arc::new(Mismatch),
+        )))
         .to_string();
         assert!(is_tlsa_mismatch(&shown), "{shown}");
     }

@@ -135,12 +135,14 @@ impl StsPolicy {
     /// a leading `*.` matches exactly one label).
     pub fn mx_matches(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.mx.iter().any(|pattern| match pattern.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
-            None => *pattern == host,
-        })
+        self.mx
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => host
+                    .split_once('.')
+                    .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+                None => *pattern == host,
+            })
     }
 
     /// Still usable at `now` (seconds since the epoch).
