@@ -18,6 +18,7 @@ mod dkim;
 mod error;
 mod milter;
 mod run_as;
+mod shaping;
 mod tls;
 mod values;
 
@@ -34,6 +35,7 @@ pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use error::ConfigError;
 pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
+pub use shaping::{OnReply, ReplyAction, ShapingRule};
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
 
@@ -246,6 +248,9 @@ pub struct OutboundConfig {
     pub max_messages_per_session: usize,
     /// `[outbound.tls]`: STARTTLS to the next hop.
     pub tls: OutboundTls,
+    /// `[[outbound.shaping]]`: traffic shaping per destination site (first match wins).
+    /// Default: none (no limits).
+    pub shaping: Vec<ShapingRule>,
 }
 
 impl Default for OutboundConfig {
@@ -263,6 +268,7 @@ impl Default for OutboundConfig {
             max_messages_per_list: 100,
             max_messages_per_session: 1000,
             tls: OutboundTls::default(),
+            shaping: Vec::new(),
         }
     }
 }

@@ -623,3 +623,28 @@ fn milter_errors_name_file_line_and_key() {
     ));
     assert_located(&e, &file, 5, "milter[0].command_timeout", "more than 0");
 }
+
+#[test]
+fn the_starter_shaping_rules_load() {
+    let f = Fixture::new(include_str!("../../../etc/shaping.toml"), Some(DIRECTORY));
+    let config = f.load().expect("etc/shaping.toml loads");
+    let rules = &config.outbound.shaping;
+    assert_eq!(rules.len(), 5);
+    assert_eq!(rules[0].label(), "google");
+    assert_eq!(rules[0].connection_limit, Some(10));
+    assert_eq!(rules[0].max_message_rate.unwrap().to_string(), "300/min");
+    assert_eq!(rules[1].on_reply[1].action, ReplyAction::ConnectionLimit(2));
+    assert!(rules[4].patterns.is_empty(), "the last rule is the default");
+}
+
+#[test]
+fn a_bad_shaping_value_names_its_line_and_key() {
+    let (e, file) = config_err(
+        "[outbound]\n[[outbound.shaping]]\nmatch = [\"a.test\"]\nmax_message_rate = \"300/fortnight\"\n",
+    );
+    assert_located(&e, &file, 4, "outbound.shaping[0].max_message_rate", "fortnight");
+    let (e, _) = config_err(
+        "[[outbound.shaping]]\n[[outbound.shaping.on_reply]]\nmatch = \"(\"\naction = \"suspend\"\nfor = \"1m\"\n",
+    );
+    assert!(e.to_string().contains("bad regex"), "{e}");
+}

@@ -92,9 +92,21 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "tell router show",
-        "each pending destination BUSY, WAIT, RETRY or READY, and the threads",
+        "each pending destination BUSY, WAIT, RETRY, READY, THROTTLED or SUSPENDED, and the threads",
     ),
     ("tell router show queue", "the router's view of the queue counts"),
+    (
+        "tell router suspend <domain|site> [for <duration>]",
+        "deliver nothing to that destination or site for a while (default 1h; kept across restarts)",
+    ),
+    (
+        "tell router resume <domain|site>",
+        "end a suspension; the destination's messages are due at once",
+    ),
+    (
+        "show shaping",
+        "traffic shaping: each site seen, its rule and limits, connections, sent, throttled, suspended",
+    ),
     (
         "tell smtpmta quit",
         "stop every task (inbound first) and the supervisor",
@@ -358,6 +370,16 @@ impl ConsoleCommand {
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
+            }),
+            // Traffic shaping lives with the outbound controller; the operator says it to
+            // the router, as Domino's operators say everything about delivery.
+            ["tell", "router", "suspend" | "resume", ..] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(words[2..].iter().map(|w| w.to_string()).collect()),
+            }),
+            ["show" | "sh", "shaping"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["show".into(), "shaping".into()]),
             }),
             ["tell", task, ..] if handler_controller(task).is_some() => {
                 let (controller, transport) = handler_controller(task).expect("checked");

@@ -433,6 +433,49 @@ fn register_tasks(r: &mut Registry, tasks: &[TaskRow]) {
         "Unexpected exits of the task since the supervisor started",
         restarts,
     );
+    register_sites(r, tasks);
+}
+
+/// Traffic shaping per site, from osesctl's status (its `site:<name>:<what>` counters,
+/// already bounded to the `top_destinations` busiest sites).
+fn register_sites(r: &mut Registry, tasks: &[TaskRow]) {
+    let site_connections = Family::<Labels, Gauge>::default();
+    let site_throttled = Family::<Labels, Counter>::default();
+    let site_suspended = Family::<Labels, Counter>::default();
+    let osesctl = tasks.iter().find(|t| t.name == "osesctl" && t.parent.is_none());
+    for (name, n) in osesctl.map(|t| t.counters.as_slice()).unwrap_or_default() {
+        let Some((site, what)) = name.strip_prefix("site:").and_then(|r| r.rsplit_once(':')) else {
+            continue;
+        };
+        let l = labels(&[("site", site)]);
+        match what {
+            "connections" => {
+                site_connections.get_or_create(&l).set(*n as i64);
+            }
+            "throttled" => {
+                site_throttled.get_or_create(&l).inc_by(*n);
+            }
+            "suspended" => {
+                site_suspended.get_or_create(&l).inc_by(*n);
+            }
+            _ => {}
+        }
+    }
+    r.register(
+        "site_connections",
+        "Outbound connections open per destination site (traffic shaping)",
+        site_connections,
+    );
+    r.register(
+        "site_throttled",
+        "Times a site's list or message was held back by a shaping limit",
+        site_throttled,
+    );
+    r.register(
+        "site_suspended",
+        "Lists or messages deferred because their site or domain was suspended",
+        site_suspended,
+    );
 }
 
 fn register_sizes(r: &mut Registry, sup: &Supervisor) {
