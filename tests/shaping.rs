@@ -55,13 +55,15 @@ fn max_concurrent(conns: &[Conn], local: &str) -> usize {
     most as usize
 }
 
-/// Delivery times (sink clock) of messages to recipients containing `needle`.
+/// When the transactions of messages to recipients containing `needle` started (their
+/// MAIL FROM at the sink): the rate limits messages started, and a start is not moved by
+/// another connection's slower DATA.
 fn arrivals(sink: &Sink, needle: &str) -> Vec<f64> {
     let mut at: Vec<f64> = sink
         .messages()
         .iter()
         .filter(|(env, _)| env["rcpts"].to_string().contains(needle))
-        .map(|(env, _)| env["at"].as_f64().unwrap())
+        .map(|(env, _)| env["mail_at"].as_f64().unwrap())
         .collect();
     at.sort_by(|a, b| a.partial_cmp(b).unwrap());
     at

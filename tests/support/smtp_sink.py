@@ -22,7 +22,7 @@ written .env first, then .eml by rename. Per-recipient behaviour, by the local p
 --greet-421-first N: the first N connections are greeted "421 4.7.0 rate limited, try
   again later" and closed.
 --conn-log FILE: one JSON line per connection when it closes: {"local", "open", "close",
-  "refused"} (times from time.time()); each .env also gets "local" and "at". A session
+  "refused"} (times from time.time()); each .env also gets "local", "at" (saved) and "mail_at" (its MAIL FROM arrived). A session
   that ends with QUIT counts as closed when the QUIT arrives (before the 221: the client
   may open its next connection as soon as it reads it, before this thread runs again).
 Every socket has a timeout, so a stuck client cannot hold the sink."""
@@ -50,13 +50,13 @@ open_on = {}
 os.makedirs(folder, exist_ok=True)
 
 
-def save(mail_from, rcpts, data, tls, local=None, session=None):
+def save(mail_from, rcpts, data, tls, local=None, session=None, mail_at=None):
     with lock:
         counter[0] += 1
         n = counter[0]
     base = os.path.join(folder, "msg-%06d" % n)
     with open(base + ".env", "w") as f:
-        json.dump({"mail_from": mail_from, "rcpts": rcpts, "tls": tls, "local": local, "at": time.time(), "session": session}, f)
+        json.dump({"mail_from": mail_from, "rcpts": rcpts, "tls": tls, "local": local, "at": time.time(), "mail_at": mail_at, "session": session}, f)
     with open(base + ".tmp", "wb") as f:
         f.write(data)
     os.rename(base + ".tmp", base + ".eml")
@@ -110,7 +110,7 @@ def serve_session(conn, server_ip, end=lambda: None):
         conn.close()
         return
     send("220 sink.test ESMTP test sink")
-    mail_from, rcpts, drop, tls = None, [], False, None
+    mail_from, rcpts, drop, tls, mail_at = None, [], False, None, None
     try:
         while True:
             line = f.readline()
@@ -142,6 +142,7 @@ def serve_session(conn, server_ip, end=lambda: None):
                 send("250 sink.test")
             elif verb == "MAIL":
                 mail_from, rcpts, drop = cmd[10:].split(">")[0].lstrip("<"), [], False
+                mail_at = time.time()
                 send("250 2.1.0 ok")
             elif verb == "RCPT":
                 addr = cmd[8:].split(">")[0].lstrip("<")
@@ -183,7 +184,7 @@ def serve_session(conn, server_ip, end=lambda: None):
                     if l.startswith(b"."):
                         l = l[1:]
                     data += l
-                save(mail_from, rcpts, bytes(data), tls, server_ip, "%s:%d" % conn.getpeername())
+                save(mail_from, rcpts, bytes(data), tls, server_ip, "%s:%d" % conn.getpeername(), mail_at)
                 send("250 2.0.0 queued as %d" % counter[0])
             elif verb == "RSET":
                 mail_from, rcpts, drop = None, [], False

@@ -135,6 +135,19 @@ fn is_local(ctx: &TaskContext, domain: &str) -> bool {
 
 /// `tell router show`: LocalDelivery, then every destination of the Outbound Work Queue,
 /// each BUSY, WAIT, RETRY or READY; messages elsewhere in the pipeline are a count.
+/// The LocalDelivery row before the summaries are read.
+fn local_row() -> RouterDestination {
+    RouterDestination {
+        destination: "LocalDelivery".into(),
+        state: DestinationState::Retry,
+        messages: 0,
+        via: "local".into(),
+        next_retry_ms: None,
+        last_error: String::new(),
+        shaping: String::new(),
+    }
+}
+
 pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, String> {
     let transfers = Transfers::ask(ctx).await;
     let via = next_hop(ctx);
@@ -146,15 +159,7 @@ pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, 
         transport_running: transfers.running,
         ..RouterReport::default()
     };
-    let mut local = RouterDestination {
-        destination: "LocalDelivery".into(),
-        state: DestinationState::Retry,
-        messages: 0,
-        via: "local".into(),
-        next_retry_ms: None,
-        last_error: String::new(),
-        shaping: String::new(),
-    };
+    let mut local = local_row();
     let mut local_due = false;
     each_destination(ctx, |row| match row.location {
         Location::Queue(QueueName::MailBox) if is_local(ctx, &row.domain) => {

@@ -3,7 +3,7 @@
 //! applies them (`bin/osesctl/src/shaping.rs`); the values are checked here, at load, so
 //! a bad rate or regex names its file, line and key.
 
-use mta_limit::Rate;
+use mta_types::rate::Rate;
 use serde::{de, Deserialize, Deserializer};
 use std::time::Duration;
 

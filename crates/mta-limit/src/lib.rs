@@ -3,8 +3,9 @@
 //! and isesctl can hold per-client inbound limits with the same two questions.
 //!
 //! The two questions a [`Limiter`] answers, for a key (a site name, a client address):
-//! - [`Limiter::check`]: may one more event happen now under a [`Rate`]? (GCRA: the
-//!   generic cell rate algorithm, one timestamp per key) — [`Verdict::Allowed`], or
+//! - [`Limiter::check`]: may one more event happen now under a [`Rate`]? (GCRA, the
+//!   arithmetic of `mta_types::rate`, one timestamp per key, burst [`burst`]) —
+//!   [`Verdict::Allowed`], or
 //!   [`Verdict::RetryAfter`] with how long until it may.
 //! - [`Limiter::lease`]: one of at most `max` concurrent slots (a connection); the
 //!   [`Lease`] gives the slot back when dropped.
@@ -18,89 +19,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// `count` events per `period`, e.g. `"300/min"`, `"120/10s"`, `"2/s"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rate {
-    pub count: u32,
-    pub period: Duration,
-}
+pub use mta_types::rate::{BadRate, Gcra, Rate};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RateError {
-    #[error("`{0}`: a rate is COUNT/PERIOD, e.g. \"300/min\", \"120/10s\", \"5000/h\"")]
-    Form(String),
-    #[error("`{0}`: the count must be a whole number above 0")]
-    Count(String),
-    #[error("`{0}`: the period must be s, sec, min, m, h, hour, d, day, or a number with one of those (10s, 5min)")]
-    Period(String),
-}
-
-impl FromStr for Rate {
-    type Err = RateError;
-
-    fn from_str(s: &str) -> Result<Rate, RateError> {
-        let (count, period) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| RateError::Form(s.into()))?;
-        let count: u32 = match count.trim().parse() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(RateError::Count(s.into())),
-        };
-        let period = period.trim();
-        let split = period
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(period.len());
-        let (n, unit) = period.split_at(split);
-        let n: u64 = if n.is_empty() {
-            1
-        } else {
-            n.parse().map_err(|_| RateError::Period(s.into()))?
-        };
-        let unit_secs = match unit.trim() {
-            "s" | "sec" | "second" => 1,
-            "m" | "min" | "minute" => 60,
-            "h" | "hour" => 3600,
-            "d" | "day" => 86400,
-            _ => return Err(RateError::Period(s.into())),
-        };
-        if n == 0 {
-            return Err(RateError::Period(s.into()));
-        }
-        Ok(Rate {
-            count,
-            period: Duration::from_secs(n * unit_secs),
-        })
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.period.as_secs();
-        match secs {
-            60 => write!(f, "{}/min", self.count),
-            3600 => write!(f, "{}/h", self.count),
-            86400 => write!(f, "{}/day", self.count),
-            _ => write!(f, "{}/{}s", self.count, secs),
-        }
-    }
-}
-
-impl Rate {
-    /// The time one event costs: `period / count`.
-    pub fn interval(&self) -> Duration {
-        self.period / self.count
-    }
-
-    /// The burst a quiet key may spend at once: a tenth of a period's worth (at least 1).
-    pub fn burst(&self) -> u32 {
-        (self.count / 10).max(1)
-    }
+/// The burst a quiet key may spend at once: a tenth of a period's worth (at least 1).
+pub fn burst(rate: Rate) -> u32 {
+    (rate.count / 10).max(1)
 }
 
 /// The answer to a rate check.
@@ -153,9 +80,10 @@ pub trait Limiter: Send + Sync {
 /// counter per lease key. Each check is one short lock; nothing waits.
 #[derive(Default)]
 pub struct MemoryLimiter {
-    /// The theoretical arrival time of the next event, per key.
-    tats: Mutex<HashMap<String, Instant>>,
+    /// The theoretical arrival time of the next event (µs since `epoch`), per key.
+    tats: Mutex<HashMap<String, u64>>,
     leases: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 impl MemoryLimiter {
@@ -163,28 +91,23 @@ impl MemoryLimiter {
         MemoryLimiter::default()
     }
 
-    /// The GCRA step at `now`. A key seen for the first time starts with no burst
-    /// credit: credit (up to `Rate::burst`) builds up only while the key is quiet, so a
-    /// steady stream never exceeds `count` in any `period`.
+    /// The GCRA step at `now` (burst: [`burst`]). A key seen for the first time starts
+    /// with no burst credit: credit builds up only while the key is quiet, so a steady
+    /// stream never exceeds `count` in any `period`.
     pub fn check_at(&self, key: &str, rate: Rate, now: Instant) -> Verdict {
-        let interval = rate.interval();
-        let tolerance = interval * (rate.burst() - 1);
+        let epoch = *self.epoch.get_or_init(|| now);
+        let now_us = u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+        let gcra = Gcra::new(rate, burst(rate));
         let mut tats = self.tats.lock().expect("limiter lock");
-        let tat = match tats.get(key) {
-            Some(t) => (*t).max(now),
-            None => now + tolerance,
-        };
-        let earliest = tat.checked_sub(tolerance).unwrap_or(now);
-        if earliest > now {
-            return Verdict::RetryAfter(earliest - now);
+        let tat = tats.entry(key.to_string()).or_insert_with(|| {
+            let interval = u64::try_from(rate.period.as_micros()).unwrap_or(u64::MAX)
+                / u64::from(rate.count.max(1));
+            now_us + interval.max(1) * u64::from(burst(rate) - 1)
+        });
+        match gcra.check(tat, now_us) {
+            Ok(()) => Verdict::Allowed,
+            Err(wait) => Verdict::RetryAfter(wait),
         }
-        match tats.get_mut(key) {
-            Some(t) => *t = tat + interval,
-            None => {
-                tats.insert(key.to_string(), tat + interval);
-            }
-        }
-        Verdict::Allowed
     }
 
     /// Slots of `key` in use now.
@@ -225,17 +148,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_parse_and_print() {
-        let r: Rate = "300/min".parse().unwrap();
-        assert_eq!((r.count, r.period), (300, Duration::from_secs(60)));
-        assert_eq!(r.burst(), 30);
-        assert_eq!(r.to_string(), "300/min");
-        let r: Rate = "120/10s".parse().unwrap();
-        assert_eq!(r.interval(), Duration::from_millis(83) + Duration::from_nanos(333_333));
-        assert_eq!("5/h".parse::<Rate>().unwrap().period, Duration::from_secs(3600));
-        assert!(matches!("0/min".parse::<Rate>(), Err(RateError::Count(_))));
-        assert!(matches!("5/fortnight".parse::<Rate>(), Err(RateError::Period(_))));
-        assert!(matches!("5".parse::<Rate>(), Err(RateError::Form(_))));
+    fn the_burst_is_a_tenth_of_a_period() {
+        assert_eq!(burst("300/min".parse().unwrap()), 30);
+        assert_eq!(burst("5/min".parse().unwrap()), 1);
     }
 
     #[test]
@@ -270,7 +185,7 @@ mod tests {
             .count();
         assert_eq!(burst, 10);
         match l.check_at("k", rate, later) {
-            Verdict::RetryAfter(d) => assert!(d <= rate.interval(), "{d:?}"),
+            Verdict::RetryAfter(d) => assert!(d <= Duration::from_millis(600), "{d:?}"),
             v => panic!("{v:?}"),
         }
         assert_eq!(l.check_at("other", rate, later), Verdict::Allowed);
