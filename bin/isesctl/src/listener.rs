@@ -18,6 +18,7 @@
 //! Logs (always): when every handler is busy and a connection arrives, one warning for the
 //! burst, and one line when accepting resumes.
 
+use crate::door::Door;
 use crate::handler_table::{Assigned, HandlerTable};
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
@@ -71,6 +72,8 @@ struct Shared {
     mail_auth: Arc<InboundAuth>,
     /// True once the shutdown grace is over: every session answers `421 4.3.2`.
     closing: watch::Sender<bool>,
+    /// Per-client limits, DNS lists and the pregreet test, before the banner.
+    door: Door,
 }
 
 struct Running {
@@ -88,6 +91,7 @@ impl Inbound {
         mail_auth: InboundAuth,
         security: Security,
         passed: Vec<Passed>,
+        door: Door,
     ) -> Inbound {
         let config = ctx.config();
         let inbound = &config.inbound;
@@ -128,6 +132,7 @@ impl Inbound {
                 )),
                 mail_auth: Arc::new(mail_auth),
                 closing: watch::channel(false).0,
+                door,
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -279,6 +284,11 @@ impl Inbound {
             counters: Vec::new(),
             handlers: self.shared.table.rows(),
         }
+    }
+
+    /// `show clients`: the per-client counters, busiest first.
+    pub fn clients(&self) -> mta_ipc::clients::ClientReport {
+        self.shared.door.clients()
     }
 
     /// For `/metrics`: the accept latency so far.
@@ -490,7 +500,7 @@ async fn accept_any(
 /// One SMTP session on `handler` (iseshlrN); the handler is idle again when this returns.
 async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
     handler: Assigned,
@@ -503,6 +513,10 @@ async fn serve(
         tracing::info!(target: mta_types::DEBUG_TARGET, handler = %name, client = %peer, listener = mode.as_str(), "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
+    let config = shared.ctx.config();
+    let Some(door) = shared.door.admit(config, &mut stream, peer, mode).await else {
+        return; // refused before the banner (logged); the handler is idle again
+    };
     let mut hooks = SessionPolicy::new(
         shared.ctx.clone(),
         shared.intake.clone(),
@@ -511,6 +525,7 @@ async fn serve(
         shared.accept_latency.clone(),
         shared.mail_auth.clone(),
         shared.security.clone(),
+        door,
     )
     .with_closing(shared.closing.subscribe());
     let session = match mode {

@@ -12,6 +12,7 @@
 //! bytes discarded at STARTTLS.
 
 use crate::auth::AuthGuard;
+use crate::door::ClientPass;
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
 use mta_config::{Config, Directory};
@@ -47,6 +48,8 @@ pub struct SessionPolicy {
     auth: Arc<AuthGuard>,
     /// True once the controller's shutdown grace is over: the session ends with 421.
     closing: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What the door knows of this client: the DNS lists' verdict, its limits.
+    door: ClientPass,
 }
 
 /// What the sessions share for TLS and AUTH.
@@ -65,6 +68,7 @@ impl SessionPolicy {
         accept_latency: Arc<Histogram>,
         mail_auth: Arc<InboundAuth>,
         security: Security,
+        door: ClientPass,
     ) -> SessionPolicy {
         let knobs = ctx.knobs();
         let debug_io = knobs.smtp_debug_io;
@@ -81,6 +85,7 @@ impl SessionPolicy {
             tls: security.tls,
             auth: security.auth,
             closing: None,
+            door,
         }
     }
 
@@ -146,6 +151,9 @@ fn log_refusal(
 
 impl SessionHooks for SessionPolicy {
     async fn check_rcpt(&mut self, env: &Envelope, rcpt: &Address) -> RcptVerdict {
+        if let Some(limit) = self.door.rcpt(env.qid).await {
+            return RcptVerdict::Reject(limit);
+        }
         let verdict = if env.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {
             // RFC 6409: an authenticated submitter may relay anywhere.
             RcptVerdict::Accept
@@ -179,6 +187,14 @@ impl SessionHooks for SessionPolicy {
             self.accept_latency.observe(start.elapsed());
         }
         reply
+    }
+
+    async fn first_command(&mut self) -> Option<Reply> {
+        self.door.first_command().await
+    }
+
+    fn early_pipelining(&mut self, command: &str, octets: usize) -> Option<Reply> {
+        self.door.early_pipelining(command, octets)
     }
 
     fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
