@@ -39,8 +39,18 @@ fn suite(dns: &Dns, inbound: &[&str]) -> Suite {
 fn tcp_from(source: Ipv4Addr, port: u16) -> TcpStream {
     use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
     use std::os::fd::AsRawFd as _;
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
-    bind(fd.as_raw_fd(), &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0))).unwrap();
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )
+    .unwrap();
     let to = SockaddrIn::from(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     connect(fd.as_raw_fd(), &to).unwrap();
     let stream = TcpStream::from(fd);
@@ -128,10 +138,18 @@ fn dns_blocklists_refuse_listed_clients_and_allowlists_bypass() {
 
     // Not listed (swaks, a real client): delivered.
     let out = swaks_from(ip(3), suite.smtp_port, "alice@localhost");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Listed but allowlisted (-5): delivered.
     let out = swaks_from(ip(4), suite.smtp_port, "alice@localhost");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Trusted: never looked up, so served although its name is in the list.
     let (mut c, _) = RawSmtp::connect(suite.smtp_port);
     assert!(c.cmd("EHLO inside.test").starts_with("250"));
@@ -144,12 +162,14 @@ fn dns_blocklists_refuse_listed_clients_and_allowlists_bypass() {
         "{log}"
     );
     assert!(!log.contains("[127.0.0.4]: 554"), "{log}");
-    wait_for("the blocked counter", Duration::from_secs(10), || {
-        match stat(&suite, "Mail.Inbound.DNSBL.Blocked") {
+    wait_for(
+        "the blocked counter",
+        Duration::from_secs(10),
+        || match stat(&suite, "Mail.Inbound.DNSBL.Blocked") {
             1 => Ok(()),
             n => Err(format!("{n}")),
-        }
-    });
+        },
+    );
 }
 
 #[test]
@@ -163,12 +183,15 @@ fn a_dns_failure_counts_as_not_listed() {
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     assert!(start.elapsed() < Duration::from_secs(10));
     assert!(send_message(&mut c, "alice@localhost").starts_with("250"));
-    assert!(suite.log().contains("DNS list zone dead-bl.test failed for [127.0.0.2]"));
-    wait_for("the error counter", Duration::from_secs(10), || {
-        match stat(&suite, "Mail.Inbound.DNSBL.Errors") {
-            0 => Err("0".into()),
-            _ => Ok(()),
-        }
+    assert!(suite
+        .log()
+        .contains("DNS list zone dead-bl.test failed for [127.0.0.2]"));
+    wait_for("the error counter", Duration::from_secs(10), || match stat(
+        &suite,
+        "Mail.Inbound.DNSBL.Errors",
+    ) {
+        0 => Err("0".into()),
+        _ => Ok(()),
     });
 }
 
@@ -277,7 +300,10 @@ fn the_message_rate_per_client_is_limited_and_show_clients_counts() {
     let cols: Vec<&str> = row.split_whitespace().collect();
     // Client, Open, Sessions, Messages, Recipients, Refused.
     assert_eq!(&cols[..6], ["127.0.0.2", "0", "2", "2", "2", "2"], "{text}");
-    assert!(!text.contains("127.0.0.1 "), "trusted clients are not counted:\n{text}");
+    assert!(
+        !text.contains("127.0.0.1 "),
+        "trusted clients are not counted:\n{text}"
+    );
     assert!(text.contains("max_message_rate_per_client 2/min"), "{text}");
     let out = suite.mtacon(&["--json", "show", "clients"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -293,7 +319,9 @@ fn the_recipient_rate_per_client_is_limited() {
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<s@outside.test>").starts_with("250"));
     for to in ["alice", "bob", "postmaster"] {
-        assert!(c.cmd(&format!("RCPT TO:<{to}@localhost>")).starts_with("250"));
+        assert!(c
+            .cmd(&format!("RCPT TO:<{to}@localhost>"))
+            .starts_with("250"));
     }
     let fourth = c.cmd("RCPT TO:<alice@localhost>");
     assert_eq!(
@@ -320,7 +348,11 @@ fn early_talkers_are_dropped_and_patient_clients_served() {
     let start = Instant::now();
     let (mut c, greeting) = RawSmtp::connect_from(Some(ip(3)), suite.smtp_port);
     assert!(greeting.starts_with("220"), "{greeting}");
-    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(c.cmd("EHLO patient.test").starts_with("250"));
     assert!(send_message(&mut c, "alice@localhost").starts_with("250"));
     // The trusted client is not made to wait: it may even talk first.
@@ -328,7 +360,11 @@ fn early_talkers_are_dropped_and_patient_clients_served() {
     trusted.write_all(b"NOOP\r\n").unwrap();
     let mut buf = [0u8; 512];
     let n = trusted.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"220"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"220"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 #[test]
@@ -338,7 +374,10 @@ fn commands_sent_before_the_ehlo_reply_are_refused() {
     let (mut c, _) = RawSmtp::connect_from(Some(ip(2)), suite.smtp_port);
     c.send(b"EHLO bot.test\r\nMAIL FROM:<s@bot.test>\r\nRCPT TO:<alice@localhost>\r\n");
     assert!(c.read_reply().starts_with("250"));
-    assert_eq!(c.read_reply(), "554 5.5.0 Error: SMTP protocol synchronization");
+    assert_eq!(
+        c.read_reply(),
+        "554 5.5.0 Error: SMTP protocol synchronization"
+    );
     assert_eq!(c.read_reply(), "");
     assert!(suite
         .log()

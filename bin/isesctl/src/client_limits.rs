@@ -269,9 +269,8 @@ impl MemoryLimiter {
         if max > 0 && entry.open >= max {
             return Err(Exceeded::Connections(max));
         }
-        rate(self.connection_gcra, &mut entry.connection_tat, now).map_err(|()| {
-            Exceeded::ConnectionRate(self.limits.connection_rate.expect("set"))
-        })?;
+        rate(self.connection_gcra, &mut entry.connection_tat, now)
+            .map_err(|()| Exceeded::ConnectionRate(self.limits.connection_rate.expect("set")))?;
         entry.open += 1;
         entry.connections += 1;
         Ok(())
@@ -289,9 +288,8 @@ fn rate(gcra: Option<Gcra>, tat: &mut u64, now: u64) -> Result<(), ()> {
 /// Forgets idle clients not seen for `KEEP` (all idle ones with `all_idle`).
 fn sweep(clients: &mut HashMap<ClientKey, Entry>, now: u64, all_idle: bool) {
     let keep = KEEP.as_micros() as u64;
-    clients.retain(|_, e| {
-        !(e.is_idle(now) && (all_idle || now.saturating_sub(e.last_seen) >= keep))
-    });
+    clients
+        .retain(|_, e| !(e.is_idle(now) && (all_idle || now.saturating_sub(e.last_seen) >= keep)));
 }
 
 /// The table is full: forget idle clients; if none is idle (a flood from more clients
@@ -427,7 +425,11 @@ mod tests {
         let report = l.busiest(10);
         assert_eq!(report.rows[0].client, "192.0.2.1");
         assert_eq!(
-            (report.rows[0].open, report.rows[0].connections, report.rows[0].refused),
+            (
+                report.rows[0].open,
+                report.rows[0].connections,
+                report.rows[0].refused
+            ),
             (2, 3, 1)
         );
     }

@@ -47,7 +47,12 @@ impl DnsLists {
             return Ok(None);
         }
         let resolver = mta_dns::resolver(&config.dns)?;
-        let sites: Vec<DnsListSite> = inbound.dnsbl.iter().chain(&inbound.dnswl).cloned().collect();
+        let sites: Vec<DnsListSite> = inbound
+            .dnsbl
+            .iter()
+            .chain(&inbound.dnswl)
+            .cloned()
+            .collect();
         let mut zones: Vec<String> = sites.iter().map(|s| s.zone.clone()).collect();
         zones.sort();
         zones.dedup();
@@ -162,10 +167,8 @@ mod tests {
         };
         let run = |threshold, zones: &'static [&'static str]| {
             let f = only(zones);
-            let answers: Vec<(String, Vec<Ipv4Addr>)> = sites
-                .iter()
-                .map(|s| (s.zone.clone(), f(&s.zone)))
-                .collect();
+            let answers: Vec<(String, Vec<Ipv4Addr>)> =
+                sites.iter().map(|s| (s.zone.clone(), f(&s.zone))).collect();
             score(&sites, threshold, |zone| {
                 answers
                     .iter()
@@ -189,7 +192,10 @@ mod tests {
                 zone: "zen.example".into()
             }
         );
-        assert_eq!(run(4, &["bl.example", "zen.example"]), Verdict::Pass { score: 3 });
+        assert_eq!(
+            run(4, &["bl.example", "zen.example"]),
+            Verdict::Pass { score: 3 }
+        );
         assert_eq!(
             run(1, &["bl.example", "zen.example", "list.dnswl.example"]),
             Verdict::Pass { score: -2 }

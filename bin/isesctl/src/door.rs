@@ -23,7 +23,7 @@
 //! Config read: `trusted_networks`, `hostname`, `[inbound]` dnsbl, dnswl, dnsbl_threshold,
 //! greet_pause, forbid_unauth_pipelining and the per-client limits.
 //! Logs (always): each refusal, Postfix style: `reject: CONNECT from [ip]: 421 4.7.0 …`,
-//! `reject: RCPT from [ip]: …`, `PREGREET N after T from [ip]: …`,
+//! (RCPT refusals: the policy's `qid=… reject: RCPT from [ip]: …` line), `PREGREET N after T from [ip]: …`,
 //! `reject: … improper command pipelining …`. Counters: `Mail.Inbound.*` (see
 //! `mta_types::counters::DOOR`).
 
@@ -106,7 +106,7 @@ impl Door {
     ) -> Option<ClientPass> {
         let ip = peer.ip();
         if config.is_trusted(ip) {
-            return Some(ClientPass { untrusted: None });
+            return Some(ClientPass::trusted());
         }
         let key = ClientKey::of(ip);
         let session = match Admitted::connect(&self.limiter, key).await {
@@ -157,7 +157,9 @@ impl Door {
             Ok(Ok(0)) | Ok(Err(_)) => return false,
             Ok(Ok(n)) => n,
         };
-        let said = String::from_utf8_lossy(&peek[..n]).escape_debug().to_string();
+        let said = String::from_utf8_lossy(&peek[..n])
+            .escape_debug()
+            .to_string();
         tracing::info!(
             client = %peer,
             "PREGREET {n} after {:.3}s from [{}]: {said}",
@@ -185,6 +187,11 @@ async fn refuse(stream: &mut TcpStream, reply: &Reply) {
 }
 
 impl ClientPass {
+    /// A trusted client's: nothing is counted or checked.
+    pub fn trusted() -> ClientPass {
+        ClientPass { untrusted: None }
+    }
+
     /// At the client's first command: the DNS lists' verdict (awaited if still pending;
     /// bounded by `[dns] timeout`). `Some`: the reply to every command of the session.
     pub async fn first_command(&mut self) -> Option<Reply> {
@@ -217,8 +224,8 @@ impl ClientPass {
             verdict = limiter.check(u.key, Event::Recipient).await;
         }
         let exceeded = verdict.err()?;
+        // Logged by the caller with the transaction (qid, sender, recipient).
         let reply = Reply::client_limit(&u.hostname, &exceeded.reason(u.key));
-        tracing::info!(client = %u.ip, "reject: RCPT from [{}]: {reply}", u.ip);
         u.intake.count(counters::INBOUND_LIMIT_REFUSED);
         Some(reply)
     }

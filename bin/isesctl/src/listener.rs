@@ -525,9 +525,9 @@ async fn serve(
         shared.accept_latency.clone(),
         shared.mail_auth.clone(),
         shared.security.clone(),
-        door,
     )
-    .with_closing(shared.closing.subscribe());
+    .with_closing(shared.closing.subscribe())
+    .with_door(door);
     let session = match mode {
         ListenerMode::Relay => &shared.sessions[0],
         ListenerMode::Submission => &shared.sessions[1],

@@ -68,7 +68,6 @@ impl SessionPolicy {
         accept_latency: Arc<Histogram>,
         mail_auth: Arc<InboundAuth>,
         security: Security,
-        door: ClientPass,
     ) -> SessionPolicy {
         let knobs = ctx.knobs();
         let debug_io = knobs.smtp_debug_io;
@@ -85,7 +84,7 @@ impl SessionPolicy {
             tls: security.tls,
             auth: security.auth,
             closing: None,
-            door,
+            door: ClientPass::trusted(),
         }
     }
 
@@ -94,6 +93,11 @@ impl SessionPolicy {
     pub fn with_closing(mut self, closing: tokio::sync::watch::Receiver<bool>) -> SessionPolicy {
         self.closing = Some(closing);
         self
+    }
+
+    /// What the door learnt about the client (default: trusted, nothing to check).
+    pub fn with_door(self, door: ClientPass) -> SessionPolicy {
+        SessionPolicy { door, ..self }
     }
 
     /// RFC 6409 §8.2, §8.3: an authenticated submission without `Date:` or `Message-ID:`
@@ -152,6 +156,7 @@ fn log_refusal(
 impl SessionHooks for SessionPolicy {
     async fn check_rcpt(&mut self, env: &Envelope, rcpt: &Address) -> RcptVerdict {
         if let Some(limit) = self.door.rcpt(env.qid).await {
+            log_refusal(self.peer, env, "RCPT", &limit, Some(rcpt));
             return RcptVerdict::Reject(limit);
         }
         let verdict = if env.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {

@@ -6,12 +6,12 @@ use mta_types::message::age_label as age;
 
 pub fn text(r: &ClientReport) -> String {
     let mut out = format!(
-        "{:<40} {:>4} {:>9} {:>9} {:>10} {:>8}  {}\n",
+        "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {}\n",
         "Client", "Open", "Sessions", "Messages", "Recipients", "Refused", "Last seen"
     );
     for c in &r.rows {
         out.push_str(&format!(
-            "{:<40} {:>4} {:>9} {:>9} {:>10} {:>8}  {} ago\n",
+            "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {} ago\n",
             c.client,
             c.open,
             c.connections,
@@ -26,7 +26,10 @@ pub fn text(r: &ClientReport) -> String {
     }
     let listed = r.rows.len() as u64;
     if r.tracked > listed {
-        out.push_str(&format!("… and {} more clients counted\n", r.tracked - listed));
+        out.push_str(&format!(
+            "… and {} more clients counted\n",
+            r.tracked - listed
+        ));
     }
     let limits: Vec<String> = r.limits.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out.push_str(&match limits.is_empty() {

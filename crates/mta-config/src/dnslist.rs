@@ -71,19 +71,25 @@ impl std::str::FromStr for DnsListSite {
         let (rest, weight) = match text.rsplit_once('*') {
             Some((rest, w)) => (
                 rest,
-                w.trim().parse::<i32>().map_err(|_| bad("the weight is not an integer"))?,
+                w.trim()
+                    .parse::<i32>()
+                    .map_err(|_| bad("the weight is not an integer"))?,
             ),
             None => (text, 1),
         };
         let (zone, filter) = match rest.split_once('=') {
-            Some((zone, filter)) => (zone, Some(parse_filter(filter.trim()).map_err(|e| bad(&e))?)),
+            Some((zone, filter)) => (
+                zone,
+                Some(parse_filter(filter.trim()).map_err(|e| bad(&e))?),
+            ),
             None => (rest, None),
         };
         let zone = zone.trim().trim_end_matches('.').to_ascii_lowercase();
         let label_ok = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if zone.is_empty() || zone.len() > 180 || !zone.split('.').all(label_ok) {
             return Err(bad("the zone is not a domain name"));
@@ -174,7 +180,10 @@ mod tests {
     #[test]
     fn postscreen_syntax() {
         let s = site("zen.example*2");
-        assert_eq!((s.zone.as_str(), s.weight, s.filter.is_none()), ("zen.example", 2, true));
+        assert_eq!(
+            (s.zone.as_str(), s.weight, s.filter.is_none()),
+            ("zen.example", 2, true)
+        );
         let s = site("BL.Example.=127.0.0.[2..11]*1");
         assert_eq!(s.zone, "bl.example");
         assert!(s.lists(&["127.0.0.2".parse().unwrap()]));

@@ -575,14 +575,18 @@ fn door_keys_load_and_bad_values_are_located() {
     assert_eq!(c.inbound.dnsbl_threshold, 2);
     assert_eq!(c.inbound.greet_pause, Duration::from_secs(3));
     assert_eq!(
-        c.inbound.max_connection_rate_per_client.unwrap().to_string(),
+        c.inbound
+            .max_connection_rate_per_client
+            .unwrap()
+            .to_string(),
         "60/min"
     );
     assert_eq!(c.inbound.max_message_rate_per_client, None);
     assert_eq!(c.inbound.max_connections_per_client, 50);
     assert!(c.inbound.forbid_unauth_pipelining);
 
-    let (e, file) = config_err("[inbound]\ndnsbl = [\n  \"ok.example\",\n  \"bad.example=127.0.0\",\n]\n");
+    let (e, file) =
+        config_err("[inbound]\ndnsbl = [\n  \"ok.example\",\n  \"bad.example=127.0.0\",\n]\n");
     assert_located(&e, &file, 4, "inbound.dnsbl", "is not a DNS list site");
     let (e, file) = config_err("[inbound]\n\nmax_recipient_rate_per_client = \"60 a minute\"\n");
     assert_located(

@@ -317,7 +317,9 @@ pub fn optional_rate<'de, D: Deserializer<'de>>(
         if s.trim().is_empty() {
             return Ok(None);
         }
-        s.parse().map(Some).map_err(|e| format!("{e}, or \"\" for no limit"))
+        s.parse()
+            .map(Some)
+            .map_err(|e| format!("{e}, or \"\" for no limit"))
     })
 }
 

@@ -63,9 +63,7 @@ impl SessionHooks for FakeHooks {
     }
 
     fn early_pipelining(&mut self, _command: &str, _octets: usize) -> Option<Reply> {
-        self.door
-            .strict_pipelining
-            .then(Reply::pipelining_refused)
+        self.door.strict_pipelining.then(Reply::pipelining_refused)
     }
 }
 
@@ -618,7 +616,10 @@ async fn session_future_is_send() {
 #[tokio::test]
 async fn a_refused_client_gets_the_refusal_to_every_command_but_quit() {
     let door = DoorHooks {
-        refuse_all: Some(Reply::dnsbl_blocked("192.0.2.7".parse().unwrap(), "bl.example")),
+        refuse_all: Some(Reply::dnsbl_blocked(
+            "192.0.2.7".parse().unwrap(),
+            "bl.example",
+        )),
         ..DoorHooks::default()
     };
     let mut t = TestSession::start_with(test_config(), door).await;
@@ -638,7 +639,10 @@ async fn a_refused_client_gets_the_refusal_to_every_command_but_quit() {
 #[tokio::test]
 async fn a_refused_client_is_dropped_after_max_errors() {
     let door = DoorHooks {
-        refuse_all: Some(Reply::dnsbl_blocked("192.0.2.7".parse().unwrap(), "bl.example")),
+        refuse_all: Some(Reply::dnsbl_blocked(
+            "192.0.2.7".parse().unwrap(),
+            "bl.example",
+        )),
         ..DoorHooks::default()
     };
     let mut t = TestSession::start_with(test_config(), door).await;
