@@ -23,9 +23,9 @@
 //! Config read: `trusted_networks`, `hostname`, `[inbound]` dnsbl, dnswl, dnsbl_threshold,
 //! greet_pause, forbid_unauth_pipelining and the per-client limits.
 //! Logs (always): each refusal, Postfix style: `reject: CONNECT from [ip]: 421 4.7.0 …`,
-//! (RCPT refusals: the policy's `qid=… reject: RCPT from [ip]: …` line), `PREGREET N after T from [ip]: …`,
-//! `reject: … improper command pipelining …`. Counters: `Mail.Inbound.*` (see
-//! `mta_types::counters::DOOR`).
+//! `PREGREET N after T from [ip]: …`, `reject: improper command pipelining …` (a RCPT
+//! refusal is the policy's `qid=… reject: RCPT from [ip]: …` line). Counters:
+//! `Mail.Inbound.*` (see `mta_types::counters::DOOR`).
 
 use crate::client_limits::{Admitted, ClientKey, Event, Limiter as _, Limits, MemoryLimiter};
 use crate::dnsbl::{DnsLists, Verdict};
