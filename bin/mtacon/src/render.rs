@@ -147,6 +147,7 @@ pub fn to_text(reply: &ConsoleReply) -> String {
                 .join("\n")
         }
         ConsoleReply::Router(r) => router_text(r),
+        ConsoleReply::Clients(r) => crate::clients::text(r),
         ConsoleReply::Text(t) => t.clone(),
         ConsoleReply::Error(e) => e.clone(),
     }
@@ -191,6 +192,7 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
             "more_after": page.next.map(|id| id.to_string()),
         }),
         ConsoleReply::Router(r) => json!({ "router": r }),
+        ConsoleReply::Clients(r) => json!({ "clients": r }),
         ConsoleReply::Text(t) => json!({ "text": t }),
         ConsoleReply::Error(e) => json!({ "error": e }),
     }

@@ -53,6 +53,8 @@ const READERS: &[(TaskName, &[&str])] = &[
             "inbound",
             "tls",
             "milter",
+            // SPF/DKIM/DMARC lookups and the DNS lists.
+            "dns",
         ],
     ),
     (TaskName::Imsgcnv, &["hostname", "inbound.max_hops"]),

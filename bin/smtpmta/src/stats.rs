@@ -67,6 +67,8 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
     ];
     // DKIM signing and inbound verification (issue 15).
     stats.extend(mta_auth::counters::ALL.iter().map(|n| stat(n, get(n), "")));
+    // Refusals at the door: DNS lists, per-client limits, pregreet, pipelining (issue 25).
+    stats.extend(names::DOOR.iter().map(|n| stat(n, get(n), "")));
     Ok(stats)
 }
 

@@ -23,6 +23,10 @@ pub const HELP: &[(&str, &str)] = &[
         "the configuration in effect and the runtime debug knobs",
     ),
     ("show version", "the smtpmta version"),
+    (
+        "show clients",
+        "the busiest inbound clients with their sessions, messages, recipients and refusals (per-client limits)",
+    ),
     ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
         "show stat mail",
@@ -228,6 +232,8 @@ pub enum ConsoleCommand {
     ShowServer,
     ShowConfig,
     ShowVersion,
+    /// `show clients`: isesctl's per-client counters, busiest first.
+    ShowClients,
     ShowQueue,
     ShowStatMail,
     /// `show stat mail.dead`, `show stat mail.*threads*`: the statistics a name, group or
@@ -293,6 +299,7 @@ impl ConsoleCommand {
             ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
+            ["show" | "sh", "clients" | "client"] => Ok(ConsoleCommand::ShowClients),
             ["show" | "sh", "queue"] => Ok(ConsoleCommand::ShowQueue),
             ["show" | "sh", "stat" | "stats" | "statistics", "mail"] => {
                 Ok(ConsoleCommand::ShowStatMail)
@@ -551,6 +558,8 @@ pub enum ConsoleReply {
     Track(crate::tracking::TrackPage),
     /// `tell router show`.
     Router(crate::transfers::RouterReport),
+    /// `show clients`.
+    Clients(crate::clients::ClientReport),
     Text(String),
     Error(String),
 }

@@ -165,6 +165,7 @@ fn render(
     register_delivery_time(&mut r, &get);
     register_sessions(&mut r, sup, tasks, &get);
     register_milters(&mut r, &counters);
+    register_door(&mut r, &get);
     register_tasks(&mut r, tasks);
     register_sizes(&mut r, sup);
     // Latency histograms the tasks keep (isesctl: end of DATA to 250).
@@ -327,6 +328,31 @@ fn register_delivery_time(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
             counts,
             sum_seconds: get(names::DELIVER_TIME_SUM_MS) as f64 / 1000.0,
         }),
+    );
+}
+
+/// Clients refused at the door (isesctl), by reason; DNS list queries that failed.
+fn register_door(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
+    let refused = Family::<Labels, Counter>::default();
+    for (reason, counter) in [
+        ("dnsbl", names::INBOUND_DNSBL_BLOCKED),
+        ("client_limit", names::INBOUND_LIMIT_REFUSED),
+        ("pregreet", names::INBOUND_PREGREET),
+        ("pipelining", names::INBOUND_PIPELINING_REFUSED),
+    ] {
+        refused
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(get(counter));
+    }
+    r.register(
+        "inbound_refused",
+        "Inbound clients, messages or recipients refused at the door, by reason",
+        refused,
+    );
+    r.register(
+        "dnsbl_lookup_errors",
+        "DNS list queries that failed (the client was taken as not listed)",
+        ConstCounter::new(get(names::INBOUND_DNSBL_ERRORS)),
     );
 }
 
