@@ -58,20 +58,31 @@ pub async fn command(
         shaping.set_hold(&target, Some(s));
         save(shaping, &file)?;
         tracing::info!("{target} suspended by the operator for {}s", wait.as_secs());
-        return Ok(format!("{target} suspended for {}s (until {})", wait.as_secs(), clock(now_ms() + wait.as_millis() as u64)));
+        return Ok(format!(
+            "{target} suspended for {}s (until {})",
+            wait.as_secs(),
+            clock(now_ms() + wait.as_millis() as u64)
+        ));
     }
     let was = shaping.set_hold(&target, None);
     save(shaping, &file)?;
     tracing::info!("{target} resumed by the operator");
     let domains = shaping.domains_of(&target);
     for domain in &domains {
-        if let Err(e) = ctx.store().bulk(BulkOp::RouteNow, Some(domain.clone())).await {
+        if let Err(e) = ctx
+            .store()
+            .bulk(BulkOp::RouteNow, Some(domain.clone()))
+            .await
+        {
             tracing::warn!("resume {target}: cannot make {domain}'s messages due now: {e}");
         }
     }
     wake.notify_one();
     Ok(if was {
-        format!("{target} resumed; messages for {} due now", domains.join(", "))
+        format!(
+            "{target} resumed; messages for {} due now",
+            domains.join(", ")
+        )
     } else {
         format!("{target} was not suspended")
     })
@@ -116,7 +127,10 @@ pub fn load(shaping: &Shaping, data_dir: &Path) {
             (Some(target), Some(until)) if until > now_ms() => {
                 let by = fields.get(2).unwrap_or(&"operator").to_string();
                 shaping.set_hold(target, Some(Suspension { until, by }));
-                tracing::info!("{target} stays suspended until {} (kept across the restart)", clock(until));
+                tracing::info!(
+                    "{target} stays suspended until {} (kept across the restart)",
+                    clock(until)
+                );
             }
             (Some(_), Some(_)) => {}
             _ => tracing::warn!("{}: line not understood, skipped: {line}", file.display()),
@@ -195,7 +209,12 @@ pub fn show(shaping: &Shaping) -> String {
         );
     }
     for (target, s) in holds.iter().filter(|(t, _)| !shaping.is_site(t)) {
-        let _ = writeln!(out, "{target:<36} (domain) SUSPENDED until {} by {}", clock(s.until), s.by);
+        let _ = writeln!(
+            out,
+            "{target:<36} (domain) SUSPENDED until {} by {}",
+            clock(s.until),
+            s.by
+        );
     }
     out
 }

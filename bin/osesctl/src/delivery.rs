@@ -117,7 +117,11 @@ pub struct Parked {
 
 /// Works one list until it is done (every item reported exactly once) or shaping hands
 /// the rest back.
-pub async fn deliver_list(mut list: DomainList, env: Arc<Env>, handler: Assigned) -> Option<Parked> {
+pub async fn deliver_list(
+    mut list: DomainList,
+    env: Arc<Env>,
+    handler: Assigned,
+) -> Option<Parked> {
     let knobs = (env.knobs)();
     let debug = knobs.smtp_client_debug;
     let (id, key) = (list.id, list.key.clone());
@@ -142,7 +146,9 @@ pub async fn deliver_list(mut list: DomainList, env: Arc<Env>, handler: Assigned
             let hosts = match resolve(&env, &list, trace, debug).await {
                 Ok(hosts) => hosts,
                 Err(outcome) => {
-                    list.items.iter().for_each(|i| env.report_all(i, &outcome, None));
+                    list.items
+                        .iter()
+                        .for_each(|i| env.report_all(i, &outcome, None));
                     return None;
                 }
             };
@@ -160,19 +166,30 @@ pub async fn deliver_list(mut list: DomainList, env: Arc<Env>, handler: Assigned
         }
         Admission::Throttled(why) => {
             let until = after(why.wait());
-            return Some(Parked { list, until, why: Some(why) });
+            return Some(Parked {
+                list,
+                until,
+                why: Some(why),
+            });
         }
     };
     let session = match open_any(&env, &list, &hop, &ticket, debug, &handler).await {
         Ok(session) => session,
         Err(outcome) => {
-            list.items.iter().for_each(|i| env.report_all(i, &outcome, Some(&tag)));
+            list.items
+                .iter()
+                .for_each(|i| env.report_all(i, &outcome, Some(&tag)));
             return None;
         }
     };
     handler.set_detail(format!("delivering list {id} to {}", session.label));
     let _ = env.events.send(Event::SessionOpened);
-    let run = Run { env: &env, handler: &handler, ticket: &ticket, tag };
+    let run = Run {
+        env: &env,
+        handler: &handler,
+        ticket: &ticket,
+        tag,
+    };
     run.send_all(session, list).await
 }
 
@@ -241,7 +258,11 @@ async fn open_any(
                         let s = env.shaping.on_reply(&ticket.site, &ticket.rule, reply);
                         if let Some(s) = s {
                             let by = s.by;
-                            return Err(RcptOutcome::Suspended { host: label, until: s.until, by });
+                            return Err(RcptOutcome::Suspended {
+                                host: label,
+                                until: s.until,
+                                by,
+                            });
                         }
                     }
                     last_error = format!("{label}: {e}");
@@ -283,7 +304,9 @@ impl Run<'_> {
         let (why, wait) = match end {
             End::Finished | End::Broken => {
                 // Whatever was not reached stays queued (reported as not attempted).
-                items.iter().for_each(|i| self.env.report(i, Vec::new(), tag));
+                items
+                    .iter()
+                    .for_each(|i| self.env.report(i, Vec::new(), tag));
                 return None;
             }
             End::Suspended(s) => {
@@ -296,8 +319,15 @@ impl Run<'_> {
         if items.is_empty() {
             return None;
         }
-        let rest = DomainList { items: items.into(), ..list_shell(&list) };
-        Some(Parked { list: rest, until: after(wait), why })
+        let rest = DomainList {
+            items: items.into(),
+            ..list_shell(&list)
+        };
+        Some(Parked {
+            list: rest,
+            until: after(wait),
+            why,
+        })
     }
 
     async fn messages(

@@ -44,7 +44,6 @@ mod transfers;
 
 use anyhow::Context as _;
 use delivery::{Env, Parked};
-use shaping::{Shaping, Throttle};
 use domain_list::{build_lists, DomainList};
 use handler_table::HandlerTable;
 use mta_dns::NextHop;
@@ -56,6 +55,7 @@ use mta_task::{Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Domain, MessageRecord, QueueName, TaskName};
 use outcomes::{Event, Stats};
+use shaping::{Shaping, Throttle};
 use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -287,7 +287,9 @@ impl Task for Osesctl {
             {
                 self.route(ctx, Some(&words[1])).await
             }
-            TellCommand::Other(words) if words.len() == 1 && words[0].eq_ignore_ascii_case("route") => {
+            TellCommand::Other(words)
+                if words.len() == 1 && words[0].eq_ignore_ascii_case("route") =>
+            {
                 self.route(ctx, None).await
             }
             TellCommand::Other(words) if console::is_shaping_command(&words) => {
@@ -416,7 +418,10 @@ impl Osesctl {
         let due = |p: &Parked| {
             p.until <= now
                 || (p.why == Some(Throttle::Connections)
-                    && p.list.hop.as_ref().is_some_and(|h| shaping.has_free_connection(&h.site)))
+                    && p.list
+                        .hop
+                        .as_ref()
+                        .is_some_and(|h| shaping.has_free_connection(&h.site)))
         };
         let (ready, later): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(due);
         *parked = later;

@@ -68,7 +68,11 @@ pub async fn prepare(
 }
 
 fn cannot_read(label: &str, e: impl std::fmt::Display) -> RcptOutcome {
-    RcptOutcome::local(label, "4.3.0", format!("cannot read the queued content: {e}"))
+    RcptOutcome::local(
+        label,
+        "4.3.0",
+        format!("cannot read the queued content: {e}"),
+    )
 }
 
 /// The checks against the next hop's extensions: `(needs SMTPUTF8, 8-bit)`, or the

@@ -223,7 +223,15 @@ impl Collector {
         };
         let tag = tag.as_deref();
         for (i, outcome) in results {
-            apply(&mut f.record, i, outcome, tag, &self.config, now, &self.stats);
+            apply(
+                &mut f.record,
+                i,
+                outcome,
+                tag,
+                &self.config,
+                now,
+                &self.stats,
+            );
             f.changed = true;
         }
         f.lists_left -= 1;

@@ -83,9 +83,8 @@ impl Session {
         let replies = match replies {
             Ok(r) => r,
             Err((partial, e)) => {
-                let decided = partial.map_or_else(Results::new, |r| {
-                    self.envelope_outcomes(item, &r).0
-                });
+                let decided =
+                    partial.map_or_else(Results::new, |r| self.envelope_outcomes(item, &r).0);
                 return Err(self.broken(item, decided, e));
             }
         };
@@ -144,7 +143,11 @@ impl Session {
         let mail = replies.next().expect("one reply per command");
         let rcpts: Vec<Reply> = replies.by_ref().take(item.rcpts.len()).collect();
         let data = replies.next().expect("one reply per command");
-        let rcpts = if mail.is_positive() { rcpts } else { Vec::new() };
+        let rcpts = if mail.is_positive() {
+            rcpts
+        } else {
+            Vec::new()
+        };
         Ok(Replies {
             mail,
             rcpts,
@@ -160,7 +163,11 @@ impl Session {
         item: &ListItem,
         msg: &Prepared,
     ) -> Result<Replies, (Option<Replies>, SessionError)> {
-        let mail = self.client.command(&msg.mail).await.map_err(|e| (None, e))?;
+        let mail = self
+            .client
+            .command(&msg.mail)
+            .await
+            .map_err(|e| (None, e))?;
         let mut replies = Replies {
             mail,
             rcpts: Vec::new(),

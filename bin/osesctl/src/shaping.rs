@@ -375,7 +375,10 @@ impl Shaping {
             ticket.site.suspended.fetch_add(1, Ordering::Relaxed);
             return Next::Suspended(s);
         }
-        if rule.max_deliveries_per_connection.is_some_and(|n| sent >= n) {
+        if rule
+            .max_deliveries_per_connection
+            .is_some_and(|n| sent >= n)
+        {
             return Next::NewConnection;
         }
         if let Some(rate) = rule.max_message_rate {
@@ -458,7 +461,13 @@ impl Shaping {
     pub fn domains_of(&self, target: &str) -> Vec<String> {
         let sites = self.sites.lock().expect("sites lock");
         match sites.get(target) {
-            Some(site) => site.domains.lock().expect("site lock").iter().cloned().collect(),
+            Some(site) => site
+                .domains
+                .lock()
+                .expect("site lock")
+                .iter()
+                .cloned()
+                .collect(),
             None => vec![target.to_string()],
         }
     }

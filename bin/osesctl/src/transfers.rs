@@ -94,10 +94,10 @@ pub fn page(
 ) -> TransferPage {
     let mut by_domain: BTreeMap<(String, TransferState), (u64, String, &str)> = BTreeMap::new();
     let busy = active.snapshot();
-    let tagged = busy
-        .iter()
-        .map(|s| (s, TransferState::Busy, ""))
-        .chain(held.iter().map(|h| (&h.summary, h.state, h.shaping.as_str())));
+    let tagged = busy.iter().map(|s| (s, TransferState::Busy, "")).chain(
+        held.iter()
+            .map(|h| (&h.summary, h.state, h.shaping.as_str())),
+    );
     for (summary, state, shaping) in tagged {
         for (domain, n) in &summary.domains {
             if after.is_some_and(|a| domain.as_str() <= a) {
@@ -154,7 +154,10 @@ mod tests {
             state: TransferState::Wait,
             shaping: String::new(),
         };
-        let waiting = [wait(summary(&[("b.test", 4)])), wait(summary(&[("c.test", 1)]))];
+        let waiting = [
+            wait(summary(&[("b.test", 4)])),
+            wait(summary(&[("c.test", 1)])),
+        ];
         let threads = TransferThreads::default();
         let first = page(&active, &waiting, None, 2, threads, true);
         let rows: Vec<_> = first

@@ -65,7 +65,11 @@ impl Transfers {
                     TransferState::Wait => &mut out.waiting,
                     TransferState::Throttled | TransferState::Suspended => {
                         // Suspended wins over throttled for the same domain.
-                        if out.shaped.get(&row.domain).is_some_and(|r| r.state == TransferState::Suspended) {
+                        if out
+                            .shaped
+                            .get(&row.domain)
+                            .is_some_and(|r| r.state == TransferState::Suspended)
+                        {
                             continue;
                         }
                         &mut out.shaped

@@ -264,10 +264,9 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
         after = Some((last.location, last.domain.clone()));
         read += page.len();
         let full = page.len() == 1000;
-        rows.extend(
-            page.into_iter()
-                .filter(|d| d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)),
-        );
+        rows.extend(page.into_iter().filter(|d| {
+            d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)
+        }));
         if !full {
             break;
         }
@@ -276,4 +275,3 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
     rows.truncate(sup.config().metrics.top_destinations);
     Ok(rows)
 }
-

@@ -86,7 +86,9 @@ impl<'de> Deserialize<'de> for OnReply {
         let action = match (raw.action.as_str(), raw.value) {
             ("suspend", None) => ReplyAction::Suspend,
             ("suspend", Some(_)) => {
-                return Err(de::Error::custom("`value` goes with action \"connection_limit\""))
+                return Err(de::Error::custom(
+                    "`value` goes with action \"connection_limit\"",
+                ))
             }
             ("connection_limit", Some(n)) if n > 0 => ReplyAction::ConnectionLimit(n),
             ("connection_limit", _) => {
@@ -109,7 +111,9 @@ impl<'de> Deserialize<'de> for OnReply {
 }
 
 fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
-    crate::values::parse_str(d, |s| s.parse::<Rate>().map(Some).map_err(|e| e.to_string()))
+    crate::values::parse_str(d, |s| {
+        s.parse::<Rate>().map(Some).map_err(|e| e.to_string())
+    })
 }
 
 fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -642,7 +642,13 @@ fn a_bad_shaping_value_names_its_line_and_key() {
     let (e, file) = config_err(
         "[outbound]\n[[outbound.shaping]]\nmatch = [\"a.test\"]\nmax_message_rate = \"300/fortnight\"\n",
     );
-    assert_located(&e, &file, 4, "outbound.shaping[0].max_message_rate", "fortnight");
+    assert_located(
+        &e,
+        &file,
+        4,
+        "outbound.shaping[0].max_message_rate",
+        "fortnight",
+    );
     let (e, _) = config_err(
         "[[outbound.shaping]]\n[[outbound.shaping.on_reply]]\nmatch = \"(\"\naction = \"suspend\"\nfor = \"1m\"\n",
     );

@@ -96,7 +96,8 @@ impl MemoryLimiter {
     /// stream never exceeds `count` in any `period`.
     pub fn check_at(&self, key: &str, rate: Rate, now: Instant) -> Verdict {
         let epoch = *self.epoch.get_or_init(|| now);
-        let now_us = u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+        let now_us =
+            u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
         let gcra = Gcra::new(rate, burst(rate));
         let mut tats = self.tats.lock().expect("limiter lock");
         let tat = tats.entry(key.to_string()).or_insert_with(|| {
@@ -167,7 +168,10 @@ mod tests {
             }
         }
         for window in allowed.windows(121) {
-            assert!(window[120] - window[0] >= 60_000, "121 events within a minute");
+            assert!(
+                window[120] - window[0] >= 60_000,
+                "121 events within a minute"
+            );
         }
         assert!((239..=241).contains(&allowed.len()), "{}", allowed.len());
     }

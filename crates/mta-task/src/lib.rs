@@ -116,12 +116,7 @@ pub trait Task: Sized + Send + Sync + 'static {
         _ctx: &TaskContext,
         command: TellCommand,
     ) -> impl Future<Output = Result<String, String>> + Send {
-        async move {
-            Err(format!(
-                "{} does not know `{command}`",
-                Self::NAME
-            ))
-        }
+        async move { Err(format!("{} does not know `{command}`", Self::NAME)) }
     }
 }
 

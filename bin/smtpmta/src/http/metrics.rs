@@ -468,7 +468,9 @@ fn register_sites(r: &mut Registry, tasks: &[TaskRow]) {
     let site_connections = Family::<Labels, Gauge>::default();
     let site_throttled = Family::<Labels, Counter>::default();
     let site_suspended = Family::<Labels, Counter>::default();
-    let osesctl = tasks.iter().find(|t| t.name == "osesctl" && t.parent.is_none());
+    let osesctl = tasks
+        .iter()
+        .find(|t| t.name == "osesctl" && t.parent.is_none());
     for (name, n) in osesctl.map(|t| t.counters.as_slice()).unwrap_or_default() {
         let Some((site, what)) = name.strip_prefix("site:").and_then(|r| r.rsplit_once(':')) else {
             continue;
