@@ -128,28 +128,46 @@ fn connection_limit_and_message_rate_hold_and_another_site_is_not_slowed() {
     let fast = smtp_load(suite.smtp_port, 60, 2, "user@fast.test", 30);
     assert_eq!(fast.accepted.len(), 60, "{:?}", fast.errors);
     // While slow.test is held to its rate, the console says so.
-    let shown = wait_for("slow.test THROTTLED in tell router show", Duration::from_secs(30), || {
-        let text = router_show(&suite);
-        if text.lines().any(|l| l.starts_with("slow.test") && l.contains("THROTTLED")) {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    });
+    let shown = wait_for(
+        "slow.test THROTTLED in tell router show",
+        Duration::from_secs(30),
+        || {
+            let text = router_show(&suite);
+            if text
+                .lines()
+                .any(|l| l.starts_with("slow.test") && l.contains("THROTTLED"))
+            {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
     eprintln!("tell router show while throttled:\n{shown}");
     assert!(shown.contains("mx.slow.test"), "{shown}");
-    wait_for("400 + 60 messages at the sink", Duration::from_secs(120), || {
-        let (slow, fast) = (arrivals(&sink, "slow.test").len(), arrivals(&sink, "fast.test").len());
-        if slow >= 400 && fast >= 60 {
-            Ok(())
-        } else {
-            Err(format!("{slow} + {fast}; {}", tail(&suite.log(), 10)))
-        }
-    });
+    wait_for(
+        "400 + 60 messages at the sink",
+        Duration::from_secs(120),
+        || {
+            let (slow, fast) = (
+                arrivals(&sink, "slow.test").len(),
+                arrivals(&sink, "fast.test").len(),
+            );
+            if slow >= 400 && fast >= 60 {
+                Ok(())
+            } else {
+                Err(format!("{slow} + {fast}; {}", tail(&suite.log(), 10)))
+            }
+        },
+    );
     let took = sent.elapsed();
     // Each message once: a record claimed twice (a store lease ended by a commit's late
     // flush) showed up here as duplicates.
-    let twice: Vec<_> = sink.message_ids().into_iter().filter(|(_, n)| *n > 1).collect();
+    let twice: Vec<_> = sink
+        .message_ids()
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
     let slow_at = arrivals(&sink, "slow.test");
     let fast_at = arrivals(&sink, "fast.test");
@@ -163,11 +181,17 @@ fn connection_limit_and_message_rate_hold_and_another_site_is_not_slowed() {
         .unwrap();
     assert!(most <= 121, "{most} deliveries to slow.test within 10 s");
     let span = slow_at[n - 1] - slow_at[0];
-    assert!(span >= 30.0, "{n} messages at 120/10s took only {span:.1}s: not shaped");
+    assert!(
+        span >= 30.0,
+        "{n} messages at 120/10s took only {span:.1}s: not shaped"
+    );
     // The connection limit: never more than 3 at once, and the sink never had to refuse.
     let conns = conns(&conn_log);
     assert!(max_concurrent(&conns, "127.0.0.1") <= 3, "{conns:?}");
-    assert!(!conns.iter().any(|c| c.refused), "the sink refused a connection over 3");
+    assert!(
+        !conns.iter().any(|c| c.refused),
+        "the sink refused a connection over 3"
+    );
     // The other site is not slowed: all of it is in long before slow.test finishes.
     let fast_done = fast_at[fast_at.len() - 1];
     assert!(
@@ -205,7 +229,12 @@ fn mx_rules_and_implicit_sites_share_one_limit() {
     ]);
     let log_dir = tempfile::tempdir().unwrap();
     let conn_log = log_dir.path().join("conns.jsonl");
-    let sink = Sink::start(&["--also-bind", "127.0.0.2", "--conn-log", conn_log.to_str().unwrap()]);
+    let sink = Sink::start(&[
+        "--also-bind",
+        "127.0.0.2",
+        "--conn-log",
+        conn_log.to_str().unwrap(),
+    ]);
     // mx.shared.test by an mx: rule (1 connection); mx.other.test by the default rule
     // (2), which no rule names: its two domains are one site all the same.
     let suite = suite_with(
@@ -216,7 +245,12 @@ fn mx_rules_and_implicit_sites_share_one_limit() {
             r#"shaping = [{ match = ["mx:*.shared.test"], connection_limit = 1, name = "shared" }, { connection_limit = 2 }]"#,
         ],
     );
-    for (rcpt, n) in [("u@a1.test", 15), ("u@a2.test", 15), ("u@b1.test", 15), ("u@b2.test", 15)] {
+    for (rcpt, n) in [
+        ("u@a1.test", 15),
+        ("u@a2.test", 15),
+        ("u@b1.test", 15),
+        ("u@b2.test", 15),
+    ] {
         let r = smtp_load(suite.smtp_port, n, 2, rcpt, 15);
         assert_eq!(r.accepted.len(), n, "{:?}", r.errors);
     }
@@ -238,7 +272,10 @@ fn mx_rules_and_implicit_sites_share_one_limit() {
         assert!(line.contains(tag), "{line}");
     }
     let shaping = String::from_utf8_lossy(&suite.mtacon(&["show", "shaping"]).stdout).into_owned();
-    assert!(shaping.contains("mx.shared.test") && shaping.contains("shared"), "{shaping}");
+    assert!(
+        shaping.contains("mx.shared.test") && shaping.contains("shared"),
+        "{shaping}"
+    );
 }
 
 #[test]
@@ -260,14 +297,21 @@ fn a_rate_limit_reply_suspends_the_site_which_resumes_by_itself() {
     );
     let r = smtp_load(suite.smtp_port, 3, 1, "user@sus.test", 3);
     assert_eq!(r.accepted.len(), 3, "{:?}", r.errors);
-    let shown = wait_for("sus.test SUSPENDED in tell router show", Duration::from_secs(20), || {
-        let text = router_show(&suite);
-        if text.lines().any(|l| l.starts_with("sus.test") && l.contains("SUSPENDED")) {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    });
+    let shown = wait_for(
+        "sus.test SUSPENDED in tell router show",
+        Duration::from_secs(20),
+        || {
+            let text = router_show(&suite);
+            if text
+                .lines()
+                .any(|l| l.starts_with("sus.test") && l.contains("SUSPENDED"))
+            {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
     eprintln!("tell router show while suspended:\n{shown}");
     assert!(shown.contains("by rule sus.test"), "{shown}");
     let suspended_at = Instant::now();
@@ -278,17 +322,27 @@ fn a_rate_limit_reply_suspends_the_site_which_resumes_by_itself() {
         "delivered before the suspension ended"
     );
     let log = suite.log();
-    assert!(log.contains("site mx.sus.test suspended for 6s by rule sus.test"), "{}", tail(&log, 30));
+    assert!(
+        log.contains("site mx.sus.test suspended for 6s by rule sus.test"),
+        "{}",
+        tail(&log, 30)
+    );
     assert!(!log.contains("status=bounced"), "{}", tail(&log, 30));
 }
 
 #[test]
 fn operator_suspend_and_resume_survive_a_restart() {
-    let dns = dns_for(&["--mx-host=op.test,mx.op.test,10", "--host-record=mx.op.test,127.0.0.1"]);
+    let dns = dns_for(&[
+        "--mx-host=op.test,mx.op.test,10",
+        "--host-record=mx.op.test,127.0.0.1",
+    ]);
     let sink = Sink::start(&[]);
     let mut suite = suite_with(&dns, &sink, &[]);
     let out = suite.mtacon(&["tell", "router", "suspend", "op.test", "for", "1h"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("op.test suspended"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("op.test suspended"),
+        "{out:?}"
+    );
     let r = smtp_load(suite.smtp_port, 2, 1, "user@op.test", 2);
     assert_eq!(r.accepted.len(), 2, "{:?}", r.errors);
     wait_for("the suspended deferral", Duration::from_secs(20), || {
@@ -301,17 +355,26 @@ fn operator_suspend_and_resume_survive_a_restart() {
     });
     suite.stop();
     suite.launch();
-    let shown = wait_for("op.test still SUSPENDED after the restart", Duration::from_secs(20), || {
-        let text = router_show(&suite);
-        if text.lines().any(|l| l.starts_with("op.test") && l.contains("SUSPENDED") && l.contains("by operator")) {
-            Ok(text)
-        } else {
-            Err(text)
-        }
-    });
+    let shown = wait_for(
+        "op.test still SUSPENDED after the restart",
+        Duration::from_secs(20),
+        || {
+            let text = router_show(&suite);
+            if text.lines().any(|l| {
+                l.starts_with("op.test") && l.contains("SUSPENDED") && l.contains("by operator")
+            }) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
     eprintln!("{shown}");
     assert_eq!(sink.count(), 0);
     let out = suite.mtacon(&["tell", "router", "resume", "op.test"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("op.test resumed"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("op.test resumed"),
+        "{out:?}"
+    );
     sink.wait_count(&suite, 2, Duration::from_secs(20));
 }
