@@ -48,6 +48,10 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
             Err(e) => ConsoleReply::Error(e),
         },
         ConsoleCommand::SetConfig { knob, value } => set_config(sup, &knob, &value).await,
+        ConsoleCommand::ShowClients => {
+            let words = vec!["show".to_string(), "clients".to_string()];
+            tell_task(sup, TaskName::Isesctl, TellCommand::Other(words)).await
+        }
         ConsoleCommand::ShowVersion => {
             ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
         }
@@ -176,6 +180,7 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
     match request.await {
         Ok(TaskResponse::Told(text)) => ConsoleReply::Text(text),
         Ok(TaskResponse::Report(TaskReport::Router(report))) => ConsoleReply::Router(report),
+        Ok(TaskResponse::Report(TaskReport::Clients(report))) => ConsoleReply::Clients(report),
         Ok(TaskResponse::Error(text)) => ConsoleReply::Error(text),
         Ok(_) => ConsoleReply::Error(format!(
             "{task} answered `{command_text}` with something else than text (a mismatched binary?)"

@@ -627,3 +627,70 @@ fn milter_errors_name_file_line_and_key() {
     ));
     assert_located(&e, &file, 5, "milter[0].command_timeout", "more than 0");
 }
+
+#[test]
+fn the_starter_shaping_rules_load() {
+    let f = Fixture::new(include_str!("../../../etc/shaping.toml"), Some(DIRECTORY));
+    let config = f.load().expect("etc/shaping.toml loads");
+    let rules = &config.outbound.shaping;
+    assert_eq!(rules.len(), 5);
+    assert_eq!(rules[0].label(), "google");
+    assert_eq!(rules[0].connection_limit, Some(10));
+    assert_eq!(rules[0].max_message_rate.unwrap().to_string(), "300/min");
+    assert_eq!(rules[1].on_reply[1].action, ReplyAction::ConnectionLimit(2));
+    assert!(rules[4].patterns.is_empty(), "the last rule is the default");
+}
+
+#[test]
+fn a_bad_shaping_value_names_its_line_and_key() {
+    let (e, file) = config_err(
+        "[outbound]\n[[outbound.shaping]]\nmatch = [\"a.test\"]\nmax_message_rate = \"300/fortnight\"\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        4,
+        "outbound.shaping[0].max_message_rate",
+        "fortnight",
+    );
+    let (e, _) = config_err(
+        "[[outbound.shaping]]\n[[outbound.shaping.on_reply]]\nmatch = \"(\"\naction = \"suspend\"\nfor = \"1m\"\n",
+    );
+    assert!(e.to_string().contains("bad regex"), "{e}");
+}
+
+#[test]
+fn door_keys_load_and_bad_values_are_located() {
+    let f = Fixture::new(
+        "[inbound]\ndnsbl = [\"zen.example*2\", \"bl.example=127.0.0.[2..11]*1\"]\ndnswl = [\"list.dnswl.example*-5\"]\ndnsbl_threshold = 2\ngreet_pause = \"3s\"\nmax_connection_rate_per_client = \"60/min\"\nmax_message_rate_per_client = \"\"\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.inbound.dnsbl.len(), 2);
+    assert_eq!(c.inbound.dnsbl[0].weight, 2);
+    assert_eq!(c.inbound.dnswl[0].weight, -5);
+    assert_eq!(c.inbound.dnsbl_threshold, 2);
+    assert_eq!(c.inbound.greet_pause, Duration::from_secs(3));
+    assert_eq!(
+        c.inbound
+            .max_connection_rate_per_client
+            .unwrap()
+            .to_string(),
+        "60/min"
+    );
+    assert_eq!(c.inbound.max_message_rate_per_client, None);
+    assert_eq!(c.inbound.max_connections_per_client, 50);
+    assert!(c.inbound.forbid_unauth_pipelining);
+
+    let (e, file) =
+        config_err("[inbound]\ndnsbl = [\n  \"ok.example\",\n  \"bad.example=127.0.0\",\n]\n");
+    assert_located(&e, &file, 4, "inbound.dnsbl", "is not a DNS list site");
+    let (e, file) = config_err("[inbound]\n\nmax_recipient_rate_per_client = \"60 a minute\"\n");
+    assert_located(
+        &e,
+        &file,
+        3,
+        "inbound.max_recipient_rate_per_client",
+        "is not a rate",
+    );
+}

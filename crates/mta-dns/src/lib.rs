@@ -15,9 +15,13 @@
 //!
 //! The resolver is `[dns] nameservers` when set (else /etc/resolv.conf), with
 //! `[dns] timeout` per query; /etc/hosts is never consulted, so tests see only their DNS.
+//! DNS list (DNSBL/DNSWL) queries for isesctl: [`dnslist`].
 //! No queues, IPC or logging of its own. RFCs: 5321 section 5, 7505, 1035.
 
+pub mod dnslist;
 pub mod secure;
+
+pub use hickory_resolver::TokioResolver;
 
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -25,7 +29,6 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::TokioResolver;
 use mta_config::{DnsConfig, IpPreference, OutboundConfig};
 use mta_types::Domain;
 use std::fmt;
@@ -137,19 +140,28 @@ pub fn resolver_config(dns: &DnsConfig) -> Result<(ResolverConfig, ResolverOpts)
     Ok((config, opts))
 }
 
+/// A resolver built from [`resolver_config`] (with hickory's answer cache).
+pub fn resolver(dns: &DnsConfig) -> Result<TokioResolver, DnsError> {
+    let (config, opts) = resolver_config(dns)?;
+    build_resolver(config, opts)
+}
+
+fn build_resolver(config: ResolverConfig, opts: ResolverOpts) -> Result<TokioResolver, DnsError> {
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *builder.options_mut() = opts;
+    builder.build().map_err(|e| DnsError::Temporary {
+        name: "resolver".into(),
+        detail: e.to_string(),
+    })
+}
+
 impl NextHop {
     pub fn new(outbound: &OutboundConfig, dns: &DnsConfig) -> Result<NextHop, DnsError> {
         let (config, mut opts) = resolver_config(dns)?;
         // Both families, ordered afterwards by `ip_preference` (hickory's default asks
         // AAAA only when there is no A).
         opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
-        let mut builder =
-            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
-        *builder.options_mut() = opts;
-        let resolver = builder.build().map_err(|e| DnsError::Temporary {
-            name: "resolver".into(),
-            detail: e.to_string(),
-        })?;
+        let resolver = build_resolver(config, opts)?;
         Ok(NextHop {
             resolver,
             relay: outbound.relay_host.as_deref().map(split_host_port),

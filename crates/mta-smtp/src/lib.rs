@@ -38,9 +38,9 @@ pub use data::{
 pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
-    run_session, AuthVerdict, BareLineEvent, ClientInfo, Closing, Credentials, Direction, EndReason,
-    Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState, SessionSummary,
-    TlsInfo,
+    run_session, AuthVerdict, BareLineEvent, ClientInfo, Closing, Credentials, Direction,
+    EndReason, Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState,
+    SessionSummary, TlsInfo,
 };
 pub use tokio_rustls;
 

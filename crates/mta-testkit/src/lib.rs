@@ -281,8 +281,9 @@ impl Suite {
             let from = bin(name);
             let dest = to.join(name);
             if std::fs::hard_link(&from, &dest).is_err() {
-                std::fs::copy(&from, &dest)
-                    .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), dest.display()));
+                std::fs::copy(&from, &dest).unwrap_or_else(|e| {
+                    panic!("copy {} to {}: {e}", from.display(), dest.display())
+                });
             }
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }

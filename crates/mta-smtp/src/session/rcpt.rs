@@ -42,6 +42,11 @@ where
                 self.state = SessionState::RcptTo;
                 self.reply(Reply::recipient_ok())
             }
+            // A 421 (a per-client limit) closes the session (RFC 5321 3.8).
+            RcptVerdict::Reject(reply) if reply.closes_connection() => {
+                self.reply(reply);
+                Flow::Close(super::EndReason::Refused)
+            }
             RcptVerdict::Reject(reply) => self.reply(reply),
         }
     }
