@@ -8,7 +8,6 @@ pub mod address;
 pub mod counters;
 pub mod fleet;
 pub mod message;
-pub mod node;
 pub mod outcome;
 pub mod queue_id;
 pub mod rate;
@@ -17,7 +16,6 @@ pub mod tracking;
 
 pub use address::{Address, AddressError, Domain};
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
-pub use node::NodeState;
 pub use outcome::DeliveryOutcome;
 pub use queue_id::QueueId;
 pub use task::{BareNewline, QueueName, TaskName};
