@@ -12,6 +12,7 @@
 //! `"30s"`, `"5m"`, `"1h"`, `"2d"`, `"1h30m"`; sizes are an integer number of bytes or a string
 //! with a binary unit (`"10K"`, `"25M"`, `"25MiB"`, `"1G"`; K = 1024).
 
+mod cluster;
 mod debug;
 mod directory;
 mod dkim;
@@ -31,6 +32,7 @@ use mta_types::rate::Rate;
 use mta_types::{BareNewline, Domain};
 use serde::Deserialize;
 
+pub use cluster::{ClusterConfig, PeerPassword, RedisUrl};
 pub use debug::DebugKnobs;
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
@@ -96,6 +98,8 @@ pub struct Config {
     /// the listeners; resolved from the system's user database at load (see `run_as.rs`).
     /// Default none: the suite runs as whoever started it, as before.
     pub run_as: Option<RunAs>,
+    /// `[cluster]`: this node's place in a fleet (see `cluster.rs`). Default: a single node.
+    pub cluster: ClusterConfig,
 }
 
 /// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
@@ -385,6 +389,7 @@ struct RawConfig {
     tls: tls::RawTls,
     user: String,
     group: String,
+    cluster: cluster::RawCluster,
 }
 
 impl Default for RawConfig {
@@ -410,6 +415,7 @@ impl Default for RawConfig {
             tls: tls::RawTls::default(),
             user: String::new(),
             group: String::new(),
+            cluster: cluster::RawCluster::default(),
         }
     }
 }
@@ -485,6 +491,9 @@ impl Config {
         let milters = load_milters(&src, base, raw.milter)?;
         let tls = load_tls(&src, base, &raw.tls)?;
         let run_as = run_as::resolve(&src, &raw.user, &raw.group)?;
+        let cluster = raw.cluster.into_config(base).map_err(|(key, message)| {
+            src.error_at(&[Seg::Key("cluster"), Seg::Key(key)], message)
+        })?;
         let mut outbound = raw.outbound;
         if let Some(ca) = outbound.tls.ca_file.take() {
             let ca = normalize(&base.join(ca));
@@ -518,6 +527,7 @@ impl Config {
             milter: milters,
             tls,
             run_as,
+            cluster,
         })
     }
 

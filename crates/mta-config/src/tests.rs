@@ -694,3 +694,38 @@ fn door_keys_load_and_bad_values_are_located() {
         "is not a rate",
     );
 }
+
+#[test]
+fn cluster_keys_load_and_bad_values_are_located() {
+    let c = Fixture::new("", Some(DIRECTORY)).load().unwrap().cluster;
+    assert_eq!(c.redis, None);
+    assert!(!c.node.is_empty(), "\"\" is the system's host name");
+    assert_eq!(c.peer_password, None);
+    assert_eq!(c.timeout, Duration::from_millis(250));
+    assert_eq!(c.heartbeat_ttl(), Duration::from_secs(15));
+
+    let f = Fixture::new(
+        "[cluster]\nredis = \"redis://:pw@127.0.0.1:6379/0\"\nnode = \"mx1\"\npeer_password_file = \"peer.secret\"\nlease_ttl = \"5s\"\n",
+        Some(DIRECTORY),
+    );
+    fs::write(f.path("peer.secret"), "s3cret\n").unwrap();
+    let c = f.load().unwrap().cluster;
+    assert_eq!(c.node, "mx1");
+    assert_eq!(c.peer_password_file, Some(f.path("peer.secret")));
+    assert_eq!(c.peer_password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(c.lease_ttl, Duration::from_secs(5));
+    let redis = c.redis.as_ref().unwrap();
+    assert_eq!(redis.to_string(), "redis://:***@127.0.0.1:6379/0");
+    assert!(!format!("{c:?}").contains("s3cret") && !format!("{c:?}").contains("pw@"));
+
+    let (e, file) = config_err("[cluster]\nnode = \"a\"\nredis = \"localhost:6379\"\n");
+    assert_located(&e, &file, 3, "cluster.redis", "is not a Redis URL");
+    let (e, file) = config_err("[cluster]\nnode = \"two words\"\n");
+    assert_located(&e, &file, 2, "cluster.node", "is not a node name");
+    let (e, file) = config_err("[cluster]\n\npeer_password_file = \"missing.secret\"\n");
+    assert_located(&e, &file, 3, "cluster.peer_password_file", "cannot read");
+    let (e, file) = config_err("[cluster]\nheartbeat = \"0s\"\n");
+    assert_located(&e, &file, 2, "cluster.heartbeat", "more than 0");
+    let (e, file) = config_err("[cluster]\nredis_url = \"redis://h:1\"\n");
+    assert_located(&e, &file, 2, "cluster.redis_url", "unknown key");
+}

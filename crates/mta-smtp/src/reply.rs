@@ -189,6 +189,19 @@ impl Reply {
         Reply::enh(555, (5, 5, 4), format!("Unsupported option: {name}"))
     }
 
+    /// `555 5.7.1 XFLEET is for authenticated fleet peers only` (a client that is not the
+    /// fleet peer used the hand-off parameter, `crate::handoff`).
+    pub fn handoff_peers_only() -> Reply {
+        Reply::enh(
+            555,
+            (5, 7, 1),
+            format!(
+                "{} is for authenticated fleet peers only",
+                crate::handoff::KEYWORD
+            ),
+        )
+    }
+
     /// `502 5.5.1 Error: command not implemented`
     pub fn not_implemented() -> Reply {
         Reply::enh(502, (5, 5, 1), "Error: command not implemented")

@@ -163,6 +163,12 @@ impl Envelope {
         }
     }
 
+    /// The client authenticated as the fleet peer (`crate::handoff::PEER_USER`): it may
+    /// use `XFLEET`.
+    pub fn is_fleet_peer(&self) -> bool {
+        self.auth.as_deref() == Some(crate::handoff::PEER_USER)
+    }
+
     /// The `with` keyword for the state of the session (RFC 3848).
     fn with_keyword(&self, esmtp: bool) -> &'static str {
         let tls = self.tls.is_some();

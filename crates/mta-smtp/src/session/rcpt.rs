@@ -25,6 +25,11 @@ where
         if !self.esmtp && !params.is_empty() {
             return self.error(Reply::esmtp_needs_ehlo());
         }
+        if params.handoff.is_some() && !self.env.is_fleet_peer() {
+            self.hooks
+                .refused(&self.env, "RCPT", &Reply::handoff_peers_only());
+            return self.error(Reply::handoff_peers_only());
+        }
         if self.env.rcpts.len() >= self.cfg.max_recipients {
             return self.reply(Reply::too_many_recipients());
         }

@@ -710,3 +710,19 @@ async fn commands_before_the_ehlo_reply_are_refused_when_the_hooks_say_so() {
     t.expect(250).await;
     t.expect(250).await;
 }
+
+#[tokio::test]
+async fn handoff_parameter_is_for_fleet_peers_only() {
+    let mut t = TestSession::start(test_config()).await;
+    t.ehlo().await;
+    let r = t
+        .cmd("MAIL FROM:<a@b.example> XFLEET=1,mx1,Q1,5", 555)
+        .await;
+    assert_eq!(r.enhanced, Some((5, 7, 1)), "{r:?}");
+    t.cmd("MAIL FROM:<a@b.example> XFLEET=9,mx1", 501).await;
+    t.cmd("MAIL FROM:<a@b.example>", 250).await;
+    t.cmd("RCPT TO:<c@d.example> XFLEET=1,0,0,0,-", 555).await;
+    t.cmd("RCPT TO:<c@d.example>", 250).await;
+    t.cmd("QUIT", 221).await;
+    t.finish().await;
+}
