@@ -16,7 +16,12 @@ fn text(out: &Output) -> String {
 }
 
 /// Runs `program` (sendmail, or a link to it) with `-C config`, `args` and `input`.
-fn run_with_input(program: &std::path::Path, config: &std::path::Path, args: &[&str], input: &str) -> Output {
+fn run_with_input(
+    program: &std::path::Path,
+    config: &std::path::Path,
+    args: &[&str],
+    input: &str,
+) -> Output {
     let mut child = Command::new(program)
         .arg("-C")
         .arg(config)
@@ -50,10 +55,18 @@ fn sendmail_verifies_rebuilds_runs_and_prints_the_queue() {
     // -bv: a verdict per address, nothing sent; exit 0 only if all are deliverable.
     let out = sendmail(&suite, &["-bv", "alice@localhost"], "");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("alice@localhost... deliverable"), "{}", text(&out));
+    assert!(
+        text(&out).contains("alice@localhost... deliverable"),
+        "{}",
+        text(&out)
+    );
     let out = sendmail(&suite, &["-bv", "alice@localhost", "nobody@localhost"], "");
     assert_eq!(out.status.code(), Some(69), "{}", text(&out));
-    assert!(text(&out).contains("nobody@localhost... undeliverable: 550"), "{}", text(&out));
+    assert!(
+        text(&out).contains("nobody@localhost... undeliverable: 550"),
+        "{}",
+        text(&out)
+    );
 
     // -bi (newaliases) has nothing to build; --help and -h print the usage.
     let out = sendmail(&suite, &["-bi"], "");
@@ -61,25 +74,47 @@ fn sendmail_verifies_rebuilds_runs_and_prints_the_queue() {
     for flag in ["--help", "-h"] {
         let out = sendmail(&suite, &[flag], "");
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("usage: sendmail"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("usage: sendmail"),
+            "{}",
+            text(&out)
+        );
     }
 
     // A message to a remote destination stays queued (its DNS fails): mailq shows it,
     // -q asks for a retry now.
-    let out = sendmail(&suite, &["someone@example.net"], "Subject: queued\n\nbody\n");
+    let out = sendmail(
+        &suite,
+        &["someone@example.net"],
+        "Subject: queued\n\nbody\n",
+    );
     assert!(out.status.success(), "{}", text(&out));
     let mailq = suite.dir.path().join("mailq");
     std::os::unix::fs::symlink(bin("sendmail"), &mailq).unwrap();
-    wait_for("mailq lists the queued message", Duration::from_secs(20), || {
-        let out = run_with_input(&mailq, &suite.config, &[], "");
-        let t = text(&out);
-        (out.status.success() && t.contains("example.net") && t.contains("RETRY")).then_some(()).ok_or(t)
-    });
+    wait_for(
+        "mailq lists the queued message",
+        Duration::from_secs(20),
+        || {
+            let out = run_with_input(&mailq, &suite.config, &[], "");
+            let t = text(&out);
+            (out.status.success() && t.contains("example.net") && t.contains("RETRY"))
+                .then_some(())
+                .ok_or(t)
+        },
+    );
     let out = sendmail(&suite, &["-bp"], "");
-    assert!(out.status.success() && text(&out).contains("example.net"), "{}", text(&out));
+    assert!(
+        out.status.success() && text(&out).contains("example.net"),
+        "{}",
+        text(&out)
+    );
     let out = sendmail(&suite, &["-q"], "");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("1 messages scheduled for delivery now"), "-q: {}", text(&out));
+    assert!(
+        text(&out).contains("1 messages scheduled for delivery now"),
+        "-q: {}",
+        text(&out)
+    );
 
     // Nothing was ever delivered to alice: -bv sent nothing.
     assert!(mta_testkit::maildir_new(&suite.mailbox("alice")).is_empty());
@@ -153,7 +188,12 @@ fn authenticated_submission_gets_date_and_message_id_and_keeps_its_user_in_histo
         ..SuiteOptions::default()
     });
     let out = Command::new("python3")
-        .args(["-c", SUBMIT, &suite.submission_port.to_string(), ALICE_PASSWORD])
+        .args([
+            "-c",
+            SUBMIT,
+            &suite.submission_port.to_string(),
+            ALICE_PASSWORD,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -173,12 +213,16 @@ fn authenticated_submission_gets_date_and_message_id_and_keeps_its_user_in_histo
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_alphanumeric()).next())
         .expect("queue id in Received")
         .to_string();
-    wait_for("the history keeps Auth-User", Duration::from_secs(20), || {
-        let t = mtacon_text(&suite, &["show", "message", &qid]);
-        (t.contains("tracking history") && t.contains("Auth-User:    alice"))
-            .then_some(())
-            .ok_or(t)
-    });
+    wait_for(
+        "the history keeps Auth-User",
+        Duration::from_secs(20),
+        || {
+            let t = mtacon_text(&suite, &["show", "message", &qid]);
+            (t.contains("tracking history") && t.contains("Auth-User:    alice"))
+                .then_some(())
+                .ok_or(t)
+        },
+    );
 }
 
 #[test]
@@ -195,15 +239,22 @@ fn refusals_are_logged_and_console_errors_are_words() {
     c.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(5000)).as_bytes());
     let reply = c.read_reply();
     assert!(reply.starts_with("552 5.3.4"), "{reply}");
-    assert!(c.cmd("MAIL FROM:<big@example.org> SIZE=9999").starts_with("552"));
+    assert!(c
+        .cmd("MAIL FROM:<big@example.org> SIZE=9999")
+        .starts_with("552"));
     c.cmd("QUIT");
     wait_for("both refusals logged", Duration::from_secs(10), || {
         let log = suite.log();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("reject: ")).collect();
-        let data = lines
+        let data = lines.iter().any(|l| {
+            l.contains("reject: DATA from [127.0.0.1]: 552 5.3.4")
+                && l.contains("from=<big@example.org>")
+                && l.contains("qid=")
+                && !l.contains("NOQUEUE")
+        });
+        let mail = lines
             .iter()
-            .any(|l| l.contains("reject: DATA from [127.0.0.1]: 552 5.3.4") && l.contains("from=<big@example.org>") && l.contains("qid=") && !l.contains("NOQUEUE"));
-        let mail = lines.iter().any(|l| l.contains("reject: MAIL from [127.0.0.1]: 552"));
+            .any(|l| l.contains("reject: MAIL from [127.0.0.1]: 552"));
         (data && mail).then_some(()).ok_or(lines.join("\n"))
     });
 
@@ -251,12 +302,19 @@ fn quit_answers_421_to_a_client_in_the_middle_of_data_after_the_grace() {
     let reply = c.read_reply();
     let waited = asked.elapsed();
     assert!(reply.starts_with("421 4.3.2"), "{reply:?} after {waited:?}");
-    assert!(waited >= Duration::from_millis(1500), "421 after {waited:?}, before the grace");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "421 after {waited:?}, before the grace"
+    );
     assert!(waited < Duration::from_secs(15), "421 after {waited:?}");
     // Then the connection closes, and the suite stops.
     assert_eq!(c.read_reply(), "");
     assert_eq!(suite.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(suite.log().contains("answering 421 4.3.2"), "{}", suite.log());
+    assert!(
+        suite.log().contains("answering 421 4.3.2"),
+        "{}",
+        suite.log()
+    );
 }
 
 #[test]
@@ -284,7 +342,9 @@ fn isesctl_restart_refuses_nothing_and_finishes_sessions_in_progress() {
     suite.wait_for_mail("alice", 1);
     suite.wait_for_mail("bob", 1);
     wait_for("the old isesctl exits", Duration::from_secs(20), || {
-        (!mta_testkit::pid_alive(old)).then_some(()).ok_or("still alive".to_string())
+        (!mta_testkit::pid_alive(old))
+            .then_some(())
+            .ok_or("still alive".to_string())
     });
     // An unknown task command is refused in words.
     let t = mtacon_text(&suite, &["tell", "isesctl", "restart"]);
@@ -297,7 +357,9 @@ fn isesctl_restart_refuses_nothing_and_finishes_sessions_in_progress() {
 fn certificate(dir: &std::path::Path, cn: &str) -> (String, String) {
     let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
         .arg(format!("/CN={cn}"))
         .arg("-keyout")
         .arg(&key)
@@ -337,8 +399,11 @@ fn rewrite_config(suite: &Suite, inbound: &[String], tls: (&str, &str)) {
             continue;
         }
         let replaced = (section == "[inbound]"
-            && inbound.iter().any(|l| line.split('=').next() == l.split('=').next()))
-            || (section == "[tls]" && (line.starts_with("certificate") || line.starts_with("private_key")));
+            && inbound
+                .iter()
+                .any(|l| line.split('=').next() == l.split('=').next()))
+            || (section == "[tls]"
+                && (line.starts_with("certificate") || line.starts_with("private_key")));
         if !replaced {
             out.push_str(line);
             out.push('\n');
@@ -349,7 +414,10 @@ fn rewrite_config(suite: &Suite, inbound: &[String], tls: (&str, &str)) {
     }
     let out = out.replacen(
         "[tls]\n",
-        &format!("[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n", tls.0, tls.1),
+        &format!(
+            "[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            tls.0, tls.1
+        ),
         1,
     );
     std::fs::write(&suite.config, out).unwrap();
@@ -369,21 +437,34 @@ fn reload_under_load_changes_limits_listeners_and_certificate_without_a_refused_
     let one = certificate(certs.path(), "reload-one.test");
     let two = certificate(certs.path(), "reload-two.test");
     let suite = Suite::start(&SuiteOptions {
-        sections: vec![
-            ("tls", format!("certificate = \"{}\"\nprivate_key = \"{}\"", one.0, one.1)),
-        ],
+        sections: vec![(
+            "tls",
+            format!("certificate = \"{}\"\nprivate_key = \"{}\"", one.0, one.1),
+        )],
         ..SuiteOptions::default()
     });
     let port = suite.smtp_port;
     let second = mta_testkit::free_port();
-    assert!(served_subject(port).contains("reload-one.test"), "{}", served_subject(port));
+    assert!(
+        served_subject(port).contains("reload-one.test"),
+        "{}",
+        served_subject(port)
+    );
 
-    let load = std::thread::spawn(move || mta_testkit::peers::smtp_load(port, 2000, 20, "alice@localhost", 10));
+    let load = std::thread::spawn(move || {
+        mta_testkit::peers::smtp_load(port, 2000, 20, "alice@localhost", 10)
+    });
     let listen = format!("listen = [\"127.0.0.1:{port}\", \"127.0.0.1:{second}\"]");
     let steps: [(Vec<String>, (&str, &str)); 3] = [
         (vec!["max_handlers = 40".into()], (&one.0, &one.1)),
-        (vec!["max_handlers = 40".into(), listen.clone()], (&one.0, &one.1)),
-        (vec!["max_handlers = 30".into(), listen.clone()], (&two.0, &two.1)),
+        (
+            vec!["max_handlers = 40".into(), listen.clone()],
+            (&one.0, &one.1),
+        ),
+        (
+            vec!["max_handlers = 30".into(), listen.clone()],
+            (&two.0, &two.1),
+        ),
     ];
     let mut replies = Vec::new();
     for (inbound, tls) in steps {
@@ -394,11 +475,24 @@ fn reload_under_load_changes_limits_listeners_and_certificate_without_a_refused_
         replies.push(text(&out));
     }
     let result = load.join().unwrap();
-    assert_eq!(result.errors, serde_json::json!([]), "clients saw errors; replies:\n{}", replies.join("\n"));
+    assert_eq!(
+        result.errors,
+        serde_json::json!([]),
+        "clients saw errors; replies:\n{}",
+        replies.join("\n")
+    );
     assert_eq!(result.accepted.len(), 2000);
     eprintln!("reload replies:\n{}", replies.join("\n---\n"));
-    assert!(replies[0].contains("inbound.max_handlers (100 -> 40)"), "{}", replies[0]);
-    assert!(replies[0].contains("restarted gracefully: isesctl"), "{}", replies[0]);
+    assert!(
+        replies[0].contains("inbound.max_handlers (100 -> 40)"),
+        "{}",
+        replies[0]
+    );
+    assert!(
+        replies[0].contains("restarted gracefully: isesctl"),
+        "{}",
+        replies[0]
+    );
     assert!(replies[1].contains("inbound.listen"), "{}", replies[1]);
     assert!(replies[2].contains("tls"), "{}", replies[2]);
 
@@ -411,19 +505,36 @@ fn reload_under_load_changes_limits_listeners_and_certificate_without_a_refused_
         assert_eq!(ids.get(id), Some(&1), "{id}");
     }
     // The new values are in effect.
-    assert!(show_config(&suite, "inbound.max_handlers").ends_with("30"), "{}", show_config(&suite, "inbound.max_handlers"));
+    assert!(
+        show_config(&suite, "inbound.max_handlers").ends_with("30"),
+        "{}",
+        show_config(&suite, "inbound.max_handlers")
+    );
     assert!(show_config(&suite, "inbound.listen").contains(&second.to_string()));
     let (_, greeting) = RawSmtp::connect(second);
     assert!(greeting.starts_with("220"), "{greeting}");
-    assert!(served_subject(port).contains("reload-two.test"), "{}", served_subject(port));
+    assert!(
+        served_subject(port).contains("reload-two.test"),
+        "{}",
+        served_subject(port)
+    );
 
     // A broken file changes nothing and says where.
     let good = std::fs::read_to_string(&suite.config).unwrap();
-    std::fs::write(&suite.config, good.replace("max_handlers = 30", "max_handlers = \"ten\"")).unwrap();
+    std::fs::write(
+        &suite.config,
+        good.replace("max_handlers = 30", "max_handlers = \"ten\""),
+    )
+    .unwrap();
     let out = suite.mtacon(&["tell", "smtpmta", "reload"]);
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(t.contains("nothing changed") && t.contains("smtpmta.toml:") && t.contains("inbound.max_handlers"), "{t}");
+    assert!(
+        t.contains("nothing changed")
+            && t.contains("smtpmta.toml:")
+            && t.contains("inbound.max_handlers"),
+        "{t}"
+    );
     assert!(show_config(&suite, "inbound.max_handlers").ends_with("30"));
     let check = Command::new(bin("smtpmta"))
         .args(["check-config", "--config"])
@@ -431,7 +542,11 @@ fn reload_under_load_changes_limits_listeners_and_certificate_without_a_refused_
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(1), "{}", text(&check));
-    assert!(text(&check).contains("inbound.max_handlers"), "{}", text(&check));
+    assert!(
+        text(&check).contains("inbound.max_handlers"),
+        "{}",
+        text(&check)
+    );
     std::fs::write(&suite.config, good).unwrap();
     let check = Command::new(bin("smtpmta"))
         .args(["check-config", "--config"])
@@ -442,10 +557,16 @@ fn reload_under_load_changes_limits_listeners_and_certificate_without_a_refused_
     // SIGHUP reloads as well (nothing changed now: nothing restarted).
     let isesctl = suite.task_pid("isesctl");
     suite.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_for("the SIGHUP reload is logged", Duration::from_secs(10), || {
-        let log = suite.log();
-        (log.matches("reloaded ").count() >= 4).then_some(()).ok_or(String::new())
-    });
+    wait_for(
+        "the SIGHUP reload is logged",
+        Duration::from_secs(10),
+        || {
+            let log = suite.log();
+            (log.matches("reloaded ").count() >= 4)
+                .then_some(())
+                .ok_or(String::new())
+        },
+    );
     assert_eq!(suite.task_pid("isesctl"), isesctl);
 }
 
@@ -485,21 +606,37 @@ fn status_page_charts_show_the_traffic_in_headless_chromium() {
     suite.wait_for_mail("alice", 40);
     let profile = suite.dir.path().join("chromium-profile");
     let url = format!("http://127.0.0.1:{port}/");
-    let dom = wait_for("the charts count the traffic", Duration::from_secs(60), || {
-        let out = chromium(&profile, &["--dump-dom".into()], &url);
-        let dom = String::from_utf8_lossy(&out.stdout).to_string();
-        let hour = dom.split("<figure id=\"chart-hour\">").nth(1).unwrap_or("").to_string();
-        (hour.contains(">received 42<") && hour.contains(">delivered 40<") && hour.contains(">deferred 2<"))
+    let dom = wait_for(
+        "the charts count the traffic",
+        Duration::from_secs(60),
+        || {
+            let out = chromium(&profile, &["--dump-dom".into()], &url);
+            let dom = String::from_utf8_lossy(&out.stdout).to_string();
+            let hour = dom
+                .split("<figure id=\"chart-hour\">")
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            (hour.contains(">received 42<")
+                && hour.contains(">delivered 40<")
+                && hour.contains(">deferred 2<"))
             .then_some(dom.clone())
             .ok_or(hour)
-    });
+        },
+    );
     for id in ["hour-traffic", "hour-queue", "day-traffic", "day-queue"] {
         assert!(dom.contains(&format!("<svg id=\"{id}\"")), "no chart {id}");
     }
     assert!(!dom.contains("<script"), "the page has a script");
     // The day chart has a point a minute.
     let day = dom.split("<svg id=\"day-traffic\"").nth(1).unwrap();
-    let points = day.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    let points = day
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
     assert_eq!(points.split(' ').count(), 1440);
     // A screenshot, as an operator sees it.
     let shot = std::env::var("SMTPMTA_STATUS_SCREENSHOT")
@@ -507,12 +644,19 @@ fn status_page_charts_show_the_traffic_in_headless_chromium() {
         .unwrap_or_else(|_| suite.dir.path().join("status-page.png"));
     let out = chromium(
         &profile,
-        &[format!("--screenshot={}", shot.display()), "--window-size=1000,1500".into()],
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1000,1500".into(),
+        ],
         &url,
     );
     assert!(out.status.success(), "{}", text(&out));
     let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
 }
 
 // ----- binary upgrade in place -----
@@ -542,7 +686,9 @@ fn smtpmta_restart_under_load_refuses_loses_and_doubles_nothing() {
             .iter()
             .filter(|t| t["parent"].is_null() && t["state"] == "running")
             .count();
-        (running == 7).then_some(()).ok_or(format!("{running} running"))
+        (running == 7)
+            .then_some(())
+            .ok_or(format!("{running} running"))
     });
     assert_eq!(suite.pid(), supervisor);
     assert!(mta_testkit::pid_alive(supervisor));

@@ -405,7 +405,8 @@ maildir = "mail/{LOCAL_USER}"
 class Postfix:
     name = "postfix"
 
-    def __init__(self, top, sink_port, defer=False, extra="", tls=None):
+    def __init__(self, top, sink_port, defer=False, extra="", tls=None, metrics=False):
+        # `metrics`: smtpmta's /metrics; Postfix has none.
         if tls:
             extra += ("smtpd_tls_security_level = may\nsmtpd_tls_cert_file = %s\n"
                       "smtpd_tls_key_file = %s\nsmtpd_tls_loglevel = 0\n" % tls)
@@ -790,6 +791,213 @@ def dkim_run(kind, top, sc):
     for name in ("rsa", "ed25519"):
         out["dkim_%s_pct" % name] = 100.0 * out["e2e_dkim_" + name] / out["e2e_dkim_off"]
         out["dkim_%s_added_us" % name] = out["cpu_us_dkim_" + name] - out["cpu_us_dkim_off"]
+    return out
+
+
+
+# ---------------------------------------------------------------- round 3: milters, shaping
+
+ACCEPT_MILTER = os.path.join(REPO, "scripts", "bench.d", "accept_milter.py")
+# rspamd modules that need the network or redis (as crates/mta-testkit/src/milter.rs).
+RSPAMD_OFF = ("rbl fuzzy_check asn dkim_signing arc spf dkim dmarc phishing surbl url_redirector "
+              "multimap neural reputation replies ratelimit greylist history_redis dcc maillist "
+              "mx_check rspamd_update").split()
+
+
+class Rspamd:
+    """Debian's rspamd as a milter (its proxy worker, scanning by itself) on a free port, its
+    own config folder and cgroup (its CPU is counted apart from the MTA's); network modules
+    off, DNS pointed at a closed port. The system's rspamd service is not touched."""
+
+    def __init__(self, top):
+        self.dir = tempfile.mkdtemp(prefix="rspamd-", dir=top)
+        for sub in ("override.d", "local.d", "db", "run", "log"):
+            os.mkdir(os.path.join(self.dir, sub))
+        self.port, normal, controller = free_port(), free_port(), free_port()
+
+        def write(name, text):
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+        write("override.d/worker-normal.inc", 'bind_socket = "127.0.0.1:%d";\ncount = 1;\n' % normal)
+        write("override.d/worker-controller.inc", 'bind_socket = "127.0.0.1:%d";\ncount = 1;\n' % controller)
+        # One proxy process per core: the scanning is the proxy's own (self_scan).
+        write("override.d/worker-proxy.inc",
+              'bind_socket = "127.0.0.1:%d";\nmilter = yes;\ntimeout = 120s;\nself_scan = yes;\n'
+              'count = %d;\nspam_header = "X-Spam";\nupstream "local" {\n  default = yes;\n'
+              '  self_scan = yes;\n}\n' % (self.port, os.cpu_count() or 1))
+        write("override.d/logging.inc", 'type = "file";\nfilename = "%s/log/rspamd.log";\nlevel = "warning";\n'
+              % self.dir)
+        write("tld.dat", "com\norg\nnet\ntest\nexample\nlocalhost\n")
+        write("local.d/options.inc", 'dns {\n  nameserver = ["127.0.0.1:9"];\n  timeout = 1s;\n'
+              '  retransmits = 1;\n}\nurl_tld = "%s/tld.dat";\n' % self.dir)
+        write("local.d/milter_headers.conf", "extended_spam_headers = true;\nskip_local = false;\n"
+              "skip_authenticated = false;\n")
+        for m in RSPAMD_OFF:
+            write("local.d/%s.conf" % m, "enabled = false;\n")
+        self.group = Group("rspamd")
+        self.out = open(os.path.join(self.dir, "stdout.txt"), "wb")
+        self.p = spawn(["rspamd", "-f", "-i", "-u", "root", "-g", "root", "-c", "/etc/rspamd/rspamd.conf",
+                        "--var=LOCAL_CONFDIR=" + self.dir, "--var=DBDIR=%s/db" % self.dir,
+                        "--var=RUNDIR=%s/run" % self.dir, "--var=LOGDIR=%s/log" % self.dir],
+                       self.out, cgroup=self.group, start_new_session=True)
+        self.group.root_pids = [self.p.pid]
+        wait_port(self.port, banner=False, timeout=120)
+
+    def address(self):
+        return "inet:127.0.0.1:%d" % self.port
+
+    def stop(self):
+        stop_proc(self.p, wait=10)
+        self.group.kill_rest()
+        self.out.close()
+        discard(self.dir)
+
+
+class AcceptMilter:
+    """scripts/bench.d/accept_milter.py on a free port, in its own cgroup."""
+
+    def __init__(self, top):
+        self.port = free_port()
+        self.group = Group("accept-milter")
+        self.p = spawn([sys.executable, ACCEPT_MILTER, str(self.port)], subprocess.DEVNULL, cgroup=self.group)
+        self.group.root_pids = [self.p.pid]
+        wait_port(self.port, banner=False)
+
+    def address(self):
+        return "inet:127.0.0.1:%d" % self.port
+
+    def stop(self):
+        stop_proc(self.p)
+        self.group.kill_rest()
+
+
+def milter_config(kind, address):
+    if kind == "postfix":
+        return ("smtpd_milters = %s\nmilter_protocol = 6\nmilter_default_action = tempfail\n"
+                "milter_connect_timeout = 5s\nmilter_command_timeout = 30s\n"
+                "milter_content_timeout = 120s\n" % address)
+    return ('\n[[milter]]\nname = "bench"\naddress = "%s"\ndefault_action = "tempfail"\n'
+            'connect_timeout = "5s"\ncommand_timeout = "30s"\ncontent_timeout = "120s"\n' % address)
+
+
+def milter_run(kind, top, sc):
+    """Issue 25's figures: relay 1 KiB × 20 without a milter, with a milter that accepts at
+    connect (smtpmta only: the cost of our milter client) and with rspamd as the milter
+    (`[[milter]]` / Postfix's `smtpd_milters`), alternating runs, median each; the MTA's CPU
+    per message and rspamd's, apart."""
+    tp = dict(sc, kind="tp", local=False, reuse=False, sessions=20, size=1024)
+    variants = ("off", "accept", "rspamd") if kind == "smtpmta" else ("off", "rspamd")
+    runs = {v: [] for v in variants}
+    rspamd_cpu, accept_cpu = [], []
+    for _ in range(sc["tp_reps"]):
+        for v in variants:
+            if v == "off":
+                runs[v].append(throughput_run(kind, top, tp))
+                continue
+            milter = Rspamd(top) if v == "rspamd" else AcceptMilter(top)
+            try:
+                cpu0 = milter.group.cpu_usec()
+                runs[v].append(throughput_run(kind, top, tp, extra=milter_config(kind, milter.address())))
+                (rspamd_cpu if v == "rspamd" else accept_cpu).append(
+                    (milter.group.cpu_usec() - cpu0) / tp["count"])
+            finally:
+                milter.stop()
+    out = {}
+    for v, rs in runs.items():
+        out["e2e_milter_" + v] = statistics.median(r["e2e"] for r in rs)
+        out["cpu_us_milter_" + v] = statistics.median(r["cpu_us"] for r in rs)
+    out["rspamd_cpu_us"] = statistics.median(rspamd_cpu)
+    out["milter_rspamd_pct"] = 100.0 * out["e2e_milter_rspamd"] / out["e2e_milter_off"]
+    if "accept" in runs:
+        out["accept_milter_cpu_us"] = statistics.median(accept_cpu)
+        out["milter_accept_pct"] = 100.0 * out["e2e_milter_accept"] / out["e2e_milter_off"]
+    return out
+
+
+SHAPED_DOMAIN = REMOTE_RCPT.split("@")[1]
+
+
+def shaping_rule(rate=None, connections=None):
+    rule = '\n[[outbound.shaping]]\nname = "bench"\nmatch = ["%s"]\n' % SHAPED_DOMAIN
+    if connections:
+        rule += "connection_limit = %d\n" % connections
+    if rate:
+        rule += 'max_message_rate = "%s"\n' % rate
+    return rule
+
+
+def queued_drain(top, sc, extra, samples=None):
+    """`count` messages queued with outbound stopped, then the outbound started: the drain's
+    figures, and (with `samples`) the sink's count every 0.5 s appended as (seconds, count)."""
+    count = sc["count"]
+    sink = Sink(top)
+    mta = Smtpmta(top, sink.port, extra=extra)
+    try:
+        mta.stop_outbound()
+        smtp_source(mta.port, 20, count, 1024, True, REMOTE_RCPT)
+        wait_until(lambda: mta.held_all(count), 600, "%d messages queued" % count, every=0.2)
+        cpu0 = mta.group.cpu_usec()
+        t0 = time.time()
+        mta.start_outbound()
+        if samples is None:
+            t1 = wait_until(lambda: sink.messages() >= count, 900, "the drain")
+        else:
+            while sink.messages() < count:
+                if time.time() - t0 > 900:
+                    raise RuntimeError("the shaped drain did not end in 900 s")
+                samples.append((time.time() - t0, sink.messages()))
+                time.sleep(0.5)
+            t1 = time.time()
+            samples.append((t1 - t0, count))
+        wait_until(mta.queue_empty, 120, "queue to empty", every=0.05)
+        return {"e2e": count / (t1 - t0), "cpu_us": (mta.group.cpu_usec() - cpu0) / count}
+    finally:
+        mta.stop()
+        sink.close()
+
+
+def shaping_rate_run(kind, top, sc):
+    """Issue 26's rate accuracy: `count` messages to one site limited to `rate`, queued with
+    outbound stopped, then drained; the sink's count per whole minute from the start (the
+    first minute includes the limiter's burst of a tenth of the rate), the steady rate over
+    the minutes after the first, and the CPU per message against the same drain without a
+    limit."""
+    per_min = float(sc["rate"].split("/")[0])
+    samples = []
+    limited = queued_drain(top, sc, shaping_rule(rate=sc["rate"]), samples)
+    free = queued_drain(top, sc, "")
+
+    def at(t):  # the sink's count at t seconds (last sample at or before t)
+        return max([n for s, n in samples if s <= t] or [0])
+    minutes = int(samples[-1][0] // 60)
+    counts = [at(60 * (m + 1)) - at(60 * m) for m in range(minutes)]
+    out = {"shaped_minutes": " ".join(str(c) for c in counts), "shaped_first_min": counts[0] if counts else 0,
+           "cpu_us_shaped": limited["cpu_us"], "cpu_us_unshaped": free["cpu_us"],
+           "e2e_unshaped": free["e2e"]}
+    if minutes >= 2:
+        steady = (at(60 * minutes) - at(60)) / (minutes - 1)
+        out["shaped_per_min"] = steady
+        out["shaped_error_pct"] = 100.0 * (steady - per_min) / per_min
+        out["shaped_worst_min_pct"] = max(abs(c - per_min) for c in counts[1:]) * 100.0 / per_min
+    return out
+
+
+def shaping_drain_run(kind, top, sc):
+    """Issue 26: the drain of `count` queued messages without shaping rules and with the
+    shipped starter set (etc/shaping.toml) plus a rule for the sink's domain whose limits
+    never bind (connection limit above the sessions, a rate far above the drain's), so the
+    difference is the cost of the checks; alternating runs, median each."""
+    starter = open(os.path.join(REPO, "etc", "shaping.toml")).read()
+    rules = starter + shaping_rule(rate="1000000/min", connections=1000)
+    off, on = [], []
+    for _ in range(sc["tp_reps"]):
+        off.append(queued_drain(top, sc, ""))
+        on.append(queued_drain(top, sc, rules))
+    out = {"e2e_drain_rules_off": statistics.median(r["e2e"] for r in off),
+           "e2e_drain_rules_on": statistics.median(r["e2e"] for r in on),
+           "cpu_us_drain_rules_off": statistics.median(r["cpu_us"] for r in off),
+           "cpu_us_drain_rules_on": statistics.median(r["cpu_us"] for r in on)}
+    out["drain_rules_pct"] = 100.0 * out["e2e_drain_rules_on"] / out["e2e_drain_rules_off"]
     return out
 
 
@@ -1241,6 +1449,14 @@ def scenarios(quick):
     # issue 15: smtpmta only
     out.append(dict(id="dkim", title="DKIM signing: relay 1 KiB × 20, off / RSA-2048 / Ed25519", kind="dkim",
                     reps=1, count=3000, tp_reps=3))
+    # issue 25: relay with milters (none, accept-all, rspamd), smtpmta and Postfix
+    out.append(dict(id="milter", title="milters: relay 1 KiB × 20, none / accept-all / rspamd", kind="milter",
+                    reps=1, count=3000, tp_reps=3))
+    # issue 26: smtpmta only
+    out.append(dict(id="shaping-rate", title="shaping: 3,000 × 1 KiB queued to one site limited to 600/min",
+                    kind="shaperate", reps=1, count=3000, rate="600/min"))
+    out.append(dict(id="shaping-drain", title="shaping: drain 20,000 × 1 KiB queued, rules off / on",
+                    kind="shapedrain", reps=1, count=20000, tp_reps=3))
     # issue 10; one run whatever --reps (~10-15 min); its own table and docs block
     out.append(dict(id="backlog", title="backlog", kind="backlog", reps=1, size=k, sessions=20,
                     count=1_000_000, pf_count=100_000, intake=5000, drain_first=100_000, idle_secs=10))
@@ -1277,6 +1493,29 @@ FIGS = [  # key, label, unit, better, target ratio
     ("cpu_us_dkim_off", "CPU µs/msg, signing off", "", "lower", None),
     ("dkim_rsa_added_us", "CPU µs/msg that RSA-2048 signing adds", "", "lower", None),
     ("dkim_ed25519_added_us", "CPU µs/msg that Ed25519 signing adds", "", "lower", None),
+    ("e2e_milter_off", "end-to-end msg/s, no milter", "", "higher", None),
+    ("e2e_milter_accept", "end-to-end msg/s, a milter that accepts at connect", "", "higher", None),
+    ("e2e_milter_rspamd", "end-to-end msg/s, rspamd as the milter", "", "higher", None),
+    ("milter_accept_pct", "accept-all milter, % of no milter", "", "higher", None),
+    ("milter_rspamd_pct", "rspamd, % of no milter", "", "higher", None),
+    ("cpu_us_milter_off", "MTA CPU µs/msg, no milter", "", "lower", None),
+    ("cpu_us_milter_accept", "MTA CPU µs/msg, accept-all milter", "", "lower", None),
+    ("cpu_us_milter_rspamd", "MTA CPU µs/msg, rspamd (the MTA's share)", "", "lower", None),
+    ("rspamd_cpu_us", "rspamd's CPU µs/msg", "", "lower", None),
+    ("accept_milter_cpu_us", "the accept-all milter's CPU µs/msg (Python)", "", "lower", None),
+    ("shaped_minutes", "delivered in each whole minute from the start", "", "higher", None),
+    ("shaped_first_min", "first minute (includes the burst: a tenth of the rate)", "", "higher", None),
+    ("shaped_per_min", "steady rate after the first minute, msg/min", "", "higher", None),
+    ("shaped_error_pct", "steady rate against the limit, %", "", "lower", None),
+    ("shaped_worst_min_pct", "worst whole minute after the first, % off the limit", "", "lower", None),
+    ("cpu_us_shaped", "CPU µs/msg, limited to the rate", "", "lower", None),
+    ("cpu_us_unshaped", "CPU µs/msg, the same drain without a limit", "", "lower", None),
+    ("e2e_unshaped", "the same drain without a limit, msg/s", "", "higher", None),
+    ("e2e_drain_rules_off", "drain msg/s, no shaping rules", "", "higher", None),
+    ("e2e_drain_rules_on", "drain msg/s, starter rules + a non-binding rule for the site", "", "higher", None),
+    ("drain_rules_pct", "rules on, % of off", "", "higher", None),
+    ("cpu_us_drain_rules_off", "drain CPU µs/msg, no rules", "", "lower", None),
+    ("cpu_us_drain_rules_on", "drain CPU µs/msg, rules on", "", "lower", None),
     ("client_cpu_pct", "TLS load client CPU, % of a core (100: client-bound)", "", "lower", None),
     ("hs_cpu_us", "CPU µs per session: STARTTLS + QUIT, no mail", "", "lower", None),
     ("plain_cpu_us", "CPU µs per session: plaintext EHLO + QUIT", "", "lower", None),
@@ -1291,12 +1530,14 @@ def kinds_for(sc):
     delivers locally only through an external MDA, and has no console for the others)."""
     if sc["kind"] == "tp" and not sc["local"] and shutil.which("chasquid"):
         return ("smtpmta", "postfix", "chasquid")
-    if sc["kind"] in ("metrics", "dkim"):
+    if sc["kind"] in ("metrics", "dkim", "shaperate", "shapedrain"):
         return ("smtpmta",)
     return ("smtpmta", "postfix")
 
 
 def fmt(v):
+    if isinstance(v, str):
+        return v
     if isinstance(v, bool):
         return "yes" if v else "no"
     if v >= 100:
@@ -1311,8 +1552,8 @@ def fmt(v):
 def cell(vals):
     if not vals:
         return "—"
-    if isinstance(vals[0], bool):
-        return "/".join(fmt(v) for v in vals)
+    if isinstance(vals[0], (bool, str)):
+        return " / ".join(fmt(v) for v in vals)
     m = statistics.median(vals)
     if len(vals) == 1:
         return fmt(m)
@@ -1344,6 +1585,14 @@ def table(results, scs):
                     tgt = "≥ 2× " + ("✅" if mb and ma / mb >= 2 else "❌")
                 elif target is not None and key != "e2e":
                     tgt = "≤ 1× " + ("✅" if mb and ma / mb <= target else "❌")
+            if key == "e2e_milter_rspamd" and a and b:
+                tgt = "≥ 2× " + ("✅" if ma / mb >= 2 else "❌")
+            if key == "milter_accept_pct" and a:
+                tgt = "≥ 90 % " + ("✅" if statistics.median(a) >= 90 else "❌")
+            if key in ("shaped_error_pct", "shaped_worst_min_pct") and a:
+                tgt = "within ± 2 % " + ("✅" if abs(statistics.median(a)) <= 2 else "❌")
+            if key == "drain_rules_pct" and a:
+                tgt = "within 10 % " + ("✅" if statistics.median(a) >= 90 else "❌")
             if sc["kind"] == "idle" and key == "pss_mib" and a:
                 tgt = "≤ 64 MiB " + ("✅" if statistics.median(a) <= 64 else "❌")
             if sc["kind"] == "idle" and key == "connections" and a:
@@ -1500,7 +1749,8 @@ def main():
                 for kind in kinds_for(sc):
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
                           "backlog": backlog_run, "metrics": metrics_run, "tls": tls_run,
-                          "tlsidle": tls_idle_run, "dkim": dkim_run}[sc["kind"]]
+                          "tlsidle": tls_idle_run, "dkim": dkim_run, "milter": milter_run,
+                          "shaperate": shaping_rate_run, "shapedrain": shaping_drain_run}[sc["kind"]]
                     try:
                         r = fn(kind, top, sc)
                     except Exception as e:

@@ -16,6 +16,15 @@ written .env first, then .eml by rename. Per-recipient behaviour, by the local p
 --starttls-broken: offer STARTTLS, answer 220, then close instead of a handshake.
 --throttle BPS: message content is read at about BPS bytes a second (a slow next hop:
   a large message takes long, a small one goes through at once).
+--also-bind IP: listen on IP too (same port): two "sites" on one sink.
+--max-concurrent N: refuse a connection to the first address with 421 4.7.0 while N are
+  already open there (a receiver's connection limit).
+--greet-421-first N: the first N connections are greeted "421 4.7.0 rate limited, try
+  again later" and closed.
+--conn-log FILE: one JSON line per connection when it closes: {"local", "open", "close",
+  "refused"} (times from time.time()); each .env also gets "local", "at" (saved) and "mail_at" (its MAIL FROM arrived). A session
+  that ends with QUIT counts as closed when the QUIT arrives (before the 221: the client
+  may open its next connection as soon as it reads it, before this thread runs again).
 Every socket has a timeout, so a stuck client cannot hold the sink."""
 import json, os, socket, ssl, sys, threading, time
 
@@ -31,24 +40,65 @@ if "--tls" in args:
     tls_ctx.load_cert_chain(args[i + 1], args[i + 2])
 starttls_broken = "--starttls-broken" in args
 throttle = int(args[args.index("--throttle") + 1]) if "--throttle" in args else 0
+also_bind = args[args.index("--also-bind") + 1] if "--also-bind" in args else None
+max_concurrent = int(args[args.index("--max-concurrent") + 1]) if "--max-concurrent" in args else 0
+greet_421_left = [int(args[args.index("--greet-421-first") + 1]) if "--greet-421-first" in args else 0]
+conn_log = args[args.index("--conn-log") + 1] if "--conn-log" in args else None
 lock = threading.Lock()
 counter = [0]
+open_on = {}
 os.makedirs(folder, exist_ok=True)
 
 
-def save(mail_from, rcpts, data, tls):
+def save(mail_from, rcpts, data, tls, local=None, session=None, mail_at=None):
     with lock:
         counter[0] += 1
         n = counter[0]
     base = os.path.join(folder, "msg-%06d" % n)
     with open(base + ".env", "w") as f:
-        json.dump({"mail_from": mail_from, "rcpts": rcpts, "tls": tls}, f)
+        json.dump({"mail_from": mail_from, "rcpts": rcpts, "tls": tls, "local": local, "at": time.time(), "mail_at": mail_at, "session": session}, f)
     with open(base + ".tmp", "wb") as f:
         f.write(data)
     os.rename(base + ".tmp", base + ".eml")
 
 
 def serve(conn):
+    local = conn.getsockname()[0]
+    opened = time.time()
+    with lock:
+        busy = open_on.get(local, 0)
+        refuse = max_concurrent and local == host and busy >= max_concurrent
+        greet_421 = greet_421_left[0] > 0
+        if greet_421:
+            greet_421_left[0] -= 1
+        if not refuse:
+            open_on[local] = busy + 1
+    ended = [False]
+
+    def end():
+        if ended[0]:
+            return
+        ended[0] = True
+        closed = time.time()
+        with lock:
+            if not refuse:
+                open_on[local] -= 1
+            if conn_log:
+                with open(conn_log, "a") as f:
+                    f.write(json.dumps({"local": local, "open": opened, "close": closed, "refused": bool(refuse or greet_421)}) + "\n")
+
+    try:
+        if refuse or greet_421:
+            why = "too many connections" if refuse else "rate limited, try again later"
+            conn.sendall(("421 4.7.0 %s\r\n" % why).encode())
+            conn.close()
+        else:
+            serve_session(conn, local, end)
+    finally:
+        end()
+
+
+def serve_session(conn, server_ip, end=lambda: None):
     conn.settimeout(30)
     f = conn.makefile("rb")
 
@@ -60,7 +110,7 @@ def serve(conn):
         conn.close()
         return
     send("220 sink.test ESMTP test sink")
-    mail_from, rcpts, drop, tls = None, [], False, None
+    mail_from, rcpts, drop, tls, mail_at = None, [], False, None, None
     try:
         while True:
             line = f.readline()
@@ -92,6 +142,7 @@ def serve(conn):
                 send("250 sink.test")
             elif verb == "MAIL":
                 mail_from, rcpts, drop = cmd[10:].split(">")[0].lstrip("<"), [], False
+                mail_at = time.time()
                 send("250 2.1.0 ok")
             elif verb == "RCPT":
                 addr = cmd[8:].split(">")[0].lstrip("<")
@@ -133,7 +184,7 @@ def serve(conn):
                     if l.startswith(b"."):
                         l = l[1:]
                     data += l
-                save(mail_from, rcpts, bytes(data), tls)
+                save(mail_from, rcpts, bytes(data), tls, server_ip, "%s:%d" % conn.getpeername()[:2], mail_at)
                 send("250 2.0.0 queued as %d" % counter[0])
             elif verb == "RSET":
                 mail_from, rcpts, drop = None, [], False
@@ -141,6 +192,7 @@ def serve(conn):
             elif verb == "NOOP":
                 send("250 2.0.0 ok")
             elif verb == "QUIT":
+                end()
                 send("221 2.0.0 bye")
                 return
             else:
@@ -154,11 +206,22 @@ def serve(conn):
             pass
 
 
-srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((host, port))
-srv.listen(128)
+def listen(ip):
+    srv = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((ip, port))
+    srv.listen(128)
+    return srv
+
+
+def accept_loop(srv):
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
+servers = [listen(host)] + ([listen(also_bind)] if also_bind else [])
 print("ready", flush=True)
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
+for extra in servers[1:]:
+    threading.Thread(target=accept_loop, args=(extra,), daemon=True).start()
+accept_loop(servers[0])

@@ -18,6 +18,7 @@
 //! Logs (always): when every handler is busy and a connection arrives, one warning for the
 //! burst, and one line when accepting resumes.
 
+use crate::door::Door;
 use crate::handler_table::{Assigned, HandlerTable};
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
@@ -74,6 +75,8 @@ struct Shared {
     closing: watch::Sender<bool>,
     /// `[[milter]]`.
     milters: Milters,
+    /// Per-client limits, DNS lists and the pregreet test, before the banner.
+    door: Door,
 }
 
 struct Running {
@@ -91,6 +94,7 @@ impl Inbound {
         mail_auth: InboundAuth,
         security: Security,
         passed: Vec<Passed>,
+        door: Door,
     ) -> Inbound {
         let config = ctx.config();
         let inbound = &config.inbound;
@@ -132,6 +136,7 @@ impl Inbound {
                 mail_auth: Arc::new(mail_auth),
                 closing: watch::channel(false).0,
                 milters: Milters::new(config),
+                door,
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -288,6 +293,11 @@ impl Inbound {
             counters: Vec::new(),
             handlers: self.shared.table.rows(),
         }
+    }
+
+    /// `show clients`: the per-client counters, busiest first.
+    pub fn clients(&self) -> mta_ipc::clients::ClientReport {
+        self.shared.door.clients()
     }
 
     /// For `/metrics`: the accept latency so far.
@@ -499,7 +509,7 @@ async fn accept_any(
 /// One SMTP session on `handler` (iseshlrN); the handler is idle again when this returns.
 async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     mode: ListenerMode,
     handler: Assigned,
@@ -512,6 +522,10 @@ async fn serve(
         tracing::info!(target: mta_types::DEBUG_TARGET, handler = %name, client = %peer, listener = mode.as_str(), "connect from [{}]", peer.ip());
     }
     shared.intake.count_session();
+    let config = shared.ctx.config();
+    let Some(door) = shared.door.admit(config, &mut stream, peer, mode).await else {
+        return; // refused before the banner (logged); the handler is idle again
+    };
     let milters = shared.milters.session(mode.as_str(), &shared.intake);
     let mut hooks = SessionPolicy::new(
         shared.ctx.clone(),
@@ -523,7 +537,8 @@ async fn serve(
         shared.security.clone(),
     )
     .with_closing(shared.closing.subscribe())
-    .with_milters(milters);
+    .with_milters(milters)
+    .with_door(door);
     let session = match mode {
         ListenerMode::Relay => &shared.sessions[0],
         ListenerMode::Submission => &shared.sessions[1],

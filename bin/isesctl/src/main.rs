@@ -24,6 +24,9 @@
 //! 6409, 8314).
 
 mod auth;
+mod client_limits;
+mod dnsbl;
+mod door;
 mod handler_table;
 mod intake;
 mod listener;
@@ -65,7 +68,8 @@ impl Task for Isesctl {
         // The supervisor bound the listening sockets (ports below 1024 need root, which
         // we no longer have with `user =`); an address it did not pass is bound here.
         let passed = mta_ipc::listeners::take_passed()?;
-        let inbound = Inbound::new(ctx, intake, mail_auth, security.clone(), passed);
+        let door = door::Door::new(config, intake.clone()).context("DNS lists")?;
+        let inbound = Inbound::new(ctx, intake, mail_auth, security.clone(), passed, door);
         inbound.listen().await?;
         Ok(Isesctl { inbound, security })
     }
@@ -84,6 +88,26 @@ impl Task for Isesctl {
 
     fn histograms(&self) -> Vec<mta_ipc::task::HistogramSnapshot> {
         self.inbound.histograms()
+    }
+
+    /// `show clients` (`tell isesctl show clients`): the per-client counters.
+    async fn report(
+        &self,
+        _ctx: &TaskContext,
+        command: &TellCommand,
+    ) -> Option<Result<mta_ipc::task::TaskReport, String>> {
+        match command {
+            TellCommand::Other(words)
+                if words.len() == 2
+                    && words[0].eq_ignore_ascii_case("show")
+                    && words[1].eq_ignore_ascii_case("clients") =>
+            {
+                Some(Ok(mta_ipc::task::TaskReport::Clients(
+                    self.inbound.clients(),
+                )))
+            }
+            _ => None,
+        }
     }
 
     /// `tell smtpmta refresh`: re-read the certificate (new sessions use it).

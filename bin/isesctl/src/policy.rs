@@ -12,6 +12,7 @@
 //! bytes discarded at STARTTLS.
 
 use crate::auth::AuthGuard;
+use crate::door::ClientPass;
 use crate::intake::Intake;
 use crate::mail_auth::InboundAuth;
 use crate::milter::{MilterSession, Outcome};
@@ -50,6 +51,8 @@ pub struct SessionPolicy {
     closing: Option<tokio::sync::watch::Receiver<bool>>,
     /// The milters this listener consults (`None`: none, and no cost).
     milters: Option<MilterSession>,
+    /// What the door knows of this client: the DNS lists' verdict, its limits.
+    door: ClientPass,
 }
 
 /// What the sessions share for TLS and AUTH.
@@ -85,6 +88,7 @@ impl SessionPolicy {
             tls: security.tls,
             auth: security.auth,
             closing: None,
+            door: ClientPass::trusted(),
         }
     }
 
@@ -93,6 +97,11 @@ impl SessionPolicy {
     pub fn with_closing(mut self, closing: tokio::sync::watch::Receiver<bool>) -> SessionPolicy {
         self.closing = Some(closing);
         self
+    }
+
+    /// What the door learnt about the client (default: trusted, nothing to check).
+    pub fn with_door(self, door: ClientPass) -> SessionPolicy {
+        SessionPolicy { door, ..self }
     }
 
     /// RFC 6409 §8.2, §8.3: an authenticated submission without `Date:` or `Message-ID:`
@@ -209,6 +218,10 @@ impl SessionHooks for SessionPolicy {
     }
 
     async fn check_rcpt(&mut self, env: &Envelope, rcpt: &Address) -> RcptVerdict {
+        if let Some(limit) = self.door.rcpt(env.qid).await {
+            log_refusal(self.peer, env, "RCPT", &limit, Some(rcpt));
+            return RcptVerdict::Reject(limit);
+        }
         let verdict = if env.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {
             // RFC 6409: an authenticated submitter may relay anywhere.
             RcptVerdict::Accept
@@ -254,6 +267,14 @@ impl SessionHooks for SessionPolicy {
             self.accept_latency.observe(start.elapsed());
         }
         reply
+    }
+
+    async fn first_command(&mut self) -> Option<Reply> {
+        self.door.first_command().await
+    }
+
+    fn early_pipelining(&mut self, command: &str, octets: usize) -> Option<Reply> {
+        self.door.early_pipelining(command, octets)
     }
 
     fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {

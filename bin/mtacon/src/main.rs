@@ -9,6 +9,7 @@
 //! prompt). When the reader of stdout goes away (`mtacon "show tasks" | head -1`) mtacon
 //! stops writing and exits 0, as other Unix filters do.
 
+mod clients;
 mod render;
 
 /// `eprintln!` that never panics: a console whose stderr is closed has no one to tell.

@@ -147,6 +147,7 @@ pub fn to_text(reply: &ConsoleReply) -> String {
                 .join("\n")
         }
         ConsoleReply::Router(r) => router_text(r),
+        ConsoleReply::Clients(r) => crate::clients::text(r),
         ConsoleReply::Text(t) => t.clone(),
         ConsoleReply::Error(e) => e.clone(),
     }
@@ -191,6 +192,7 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
             "more_after": page.next.map(|id| id.to_string()),
         }),
         ConsoleReply::Router(r) => json!({ "router": r }),
+        ConsoleReply::Clients(r) => json!({ "clients": r }),
         ConsoleReply::Text(t) => json!({ "text": t }),
         ConsoleReply::Error(e) => json!({ "error": e }),
     }
@@ -200,7 +202,7 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
 fn router_text(r: &mta_ipc::transfers::RouterReport) -> String {
     let now = now_ms();
     let mut out = format!(
-        "{:<28} {:<6} {:>6}  {:<22} {:<12} {}\n",
+        "{:<28} {:<9} {:>6}  {:<22} {:<12} {}\n",
         "Destination", "State", "Msgs", "Via", "Next retry", "Last error"
     );
     for d in &r.destinations {
@@ -208,14 +210,20 @@ fn router_text(r: &mta_ipc::transfers::RouterReport) -> String {
             Some(ms) if ms > now => format!("in {}s", (ms - now).div_ceil(1000)),
             _ => "-".to_string(),
         };
+        // Shaping says why a THROTTLED or SUSPENDED destination waits, before its last error.
+        let last = match (d.shaping.as_str(), d.last_error.as_str()) {
+            ("", e) => e.to_string(),
+            (s, "") => format!("[{s}]"),
+            (s, e) => format!("[{s}] {e}"),
+        };
         out.push_str(&format!(
-            "{:<28} {:<6} {:>6}  {:<22} {:<12} {}\n",
+            "{:<28} {:<9} {:>6}  {:<22} {:<12} {}\n",
             d.destination,
             d.state.as_str(),
             d.messages,
             d.via,
             next,
-            d.last_error
+            last
         ));
     }
     if r.destinations.is_empty() {

@@ -1,18 +1,23 @@
 //! oseshlrN — one outbound session handler's work on one Domain List.
 //!
-//! Resolves the list's next hop (`mta-dns`), connects to the hosts in order (next host on
-//! connection failure, or a greeting/EHLO that is not 2xx), then transfers the list's
-//! messages one at a time over that one session: MAIL FROM (SIZE, BODY=8BITMIME,
-//! SMTPUTF8 as needed), one RCPT per recipient (each reply kept), DATA with the spooled
-//! bytes dot-stuffed, RSET between messages. Each message's outcomes go to the collector
-//! as soon as the message is done. Between messages the handler stops when the transport
-//! is stopped or the task shuts down; the messages it did not reach are reported as not
+//! The list's way through one session, each step its own function:
+//! resolve the next hop (`mta-dns`) → open a session to the first host that answers
+//! (`connect.rs`: connect → EHLO → STARTTLS → EHLO) → for each message: RSET when needed,
+//! prepare it (`message.rs`: content and capability checks), its transaction
+//! (`session.rs`: MAIL/RCPT pipelined or not → DATA) → QUIT. Each message's outcomes go
+//! to the collector (`outcomes.rs`) as soon as the message is done. Between messages the
+//! handler stops when the transport is stopped, the task shuts down or the session has
+//! carried `max_messages_per_session`; the messages it did not reach are reported as not
 //! attempted and stay Pending Transmission.
 //!
-//! Capability checks (RFC 6152, 6531), decided here at send time: 8-bit content to a
-//! server without 8BITMIME fails permanently (5.6.3; no 7-bit conversion, which would
-//! break DKIM); SMTPUTF8 mail to a server without SMTPUTF8 fails permanently (5.6.7).
-//! Content with a bare CR or LF is never sent (5.6.0).
+//! Traffic shaping (`shaping.rs`) has three doors on this way: after resolution the list
+//! learns its site and rule and asks for a session (connection lease, connection rate);
+//! before each message it asks again (message rate, deliveries per connection, a
+//! suspension); after each message the replies go to the rule's `on_reply` reactions.
+//! A "not now" that is short, while no other list waits for a handler, is waited out in
+//! the session; otherwise the session ends and the rest of the list goes back to the
+//! controller (`Parked`) with the time it may go on, and the handler is free for another
+//! site. A suspended destination's messages are deferred until the suspension ends.
 //!
 //! TLS (`[outbound.tls]`, per destination domain): `may` uses STARTTLS when offered and
 //! any certificate, and falls back to plaintext — on a new connection — only when the
@@ -26,19 +31,29 @@
 //! transcript (`mta_smtp::client`); `debug_tcp_resolver` logs the DNS queries and answers.
 //! A message's lines carry its qid (a span per message).
 
+use crate::connect::{self, Target};
 use crate::domain_list::{DomainList, ListItem};
 use crate::handler_table::Assigned;
-use crate::outcomes::{reply_status, reply_text, Event, RcptOutcome};
-use mta_config::{OutboundConfig, TlsPolicy};
-use mta_dns::NextHop;
-use mta_smtp::client::{SessionError, SmtpClient};
-use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
-use mta_types::outcome::Reply;
-use mta_types::{Enhanced, MessageRecord};
+use crate::message;
+use crate::outcomes::{Event, RcptOutcome};
+use crate::session::Session;
+use crate::shaping::{after, Admission, Hop, Next, Shaping, Suspension, Throttle, Ticket};
+use mta_config::OutboundConfig;
+use mta_dns::{Host, NextHop};
+use mta_types::Enhanced;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
+
+/// One message's outcomes: (recipient index, outcome).
+pub type Results = Vec<(usize, RcptOutcome)>;
+
+/// The longest shaping wait a handler spends in its session (when no other list waits
+/// for a handler); a longer one hands the rest of the list back to the controller.
+const IN_SESSION_WAIT: Duration = Duration::from_secs(2);
 
 /// What a handler needs, shared by all handlers.
 pub struct Env {
@@ -53,48 +68,146 @@ pub struct Env {
     pub may_continue: Box<dyn Fn() -> bool + Send + Sync>,
     /// The debug knobs in effect now (`set config`).
     pub knobs: Box<dyn Fn() -> mta_config::DebugKnobs + Send + Sync>,
+    /// `[[outbound.shaping]]`.
+    pub shaping: Arc<Shaping>,
+    /// True when another list waits for a handler and none is free: a handler must not
+    /// wait out a throttle in its session then.
+    pub pressure: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Env {
-    fn report(&self, item: &ListItem, results: Vec<(usize, RcptOutcome)>) {
+    fn report(&self, item: &ListItem, results: Results, tag: Option<&Arc<str>>) {
         let _ = self.events.send(Event::Report {
             id: item.record.id,
             results,
+            tag: tag.cloned(),
         });
     }
 
-    fn report_all(&self, item: &ListItem, outcome: &RcptOutcome) {
+    fn report_all(&self, item: &ListItem, outcome: &RcptOutcome, tag: Option<&Arc<str>>) {
         let results = item.rcpts.iter().map(|i| (*i, outcome.clone())).collect();
-        self.report(item, results);
+        self.report(item, results, tag);
+    }
+
+    fn suspend_all<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a ListItem>,
+        key: &str,
+        s: &Suspension,
+        tag: Option<&Arc<str>>,
+    ) {
+        let outcome = RcptOutcome::Suspended {
+            host: key.to_string(),
+            until: s.until,
+            by: s.by.clone(),
+        };
+        for item in items {
+            self.report_all(item, &outcome, tag);
+        }
     }
 }
 
-/// Works one list to the end; every item is reported exactly once.
-pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
-    let DomainList {
-        id,
-        key,
-        domain,
-        items,
-    } = list;
+/// The rest of a list handed back to the controller by traffic shaping: it goes on at
+/// `until` (or when one of the site's connections ends, for `Throttle::Connections`).
+pub struct Parked {
+    pub list: DomainList,
+    pub until: Instant,
+    /// `None`: the session carried its rule's `max_deliveries_per_connection`.
+    pub why: Option<Throttle>,
+}
+
+/// Works one list until it is done (every item reported exactly once) or shaping hands
+/// the rest back.
+pub async fn deliver_list(
+    mut list: DomainList,
+    env: Arc<Env>,
+    handler: Assigned,
+) -> Option<Parked> {
     let knobs = (env.knobs)();
     let debug = knobs.smtp_client_debug;
-    let qids: Vec<String> = items.iter().map(|i| i.record.id.to_string()).collect();
-    let qids = qids.join(",");
+    let (id, key) = (list.id, list.key.clone());
     if debug >= 1 {
+        let qids: Vec<String> = list.items.iter().map(|i| i.record.id.to_string()).collect();
         tracing::info!(
             target: mta_types::DEBUG_TARGET,
-            "SMTPClientDebug: list {id} for {key}: {} message(s), qid={qids}",
-            items.len(),
+            "SMTPClientDebug: list {id} for {key}: {} message(s), qid={}",
+            list.items.len(),
+            qids.join(","),
         );
     }
-    let mut items = items.into_iter();
-    handler.set_detail(format!("resolving list {id} for {key}"));
+    if let Some(s) = env.shaping.suspension(list.domain.as_str(), None) {
+        env.suspend_all(&list.items, &key, &s, None);
+        return None;
+    }
+    let hop = match list.hop.clone() {
+        Some(hop) => hop,
+        None => {
+            handler.set_detail(format!("resolving list {id} for {key}"));
+            let trace = knobs.debug_tcp_resolver > 0;
+            let hosts = match resolve(&env, &list, trace, debug).await {
+                Ok(hosts) => hosts,
+                Err(outcome) => {
+                    list.items
+                        .iter()
+                        .for_each(|i| env.report_all(i, &outcome, None));
+                    return None;
+                }
+            };
+            let relay = env.next_hop.relay_host();
+            Arc::new(env.shaping.hop(&list, relay.as_deref(), hosts))
+        }
+    };
+    list.hop = Some(hop.clone());
+    let tag: Arc<str> = hop.tag().into();
+    let ticket = match env.shaping.admit(&hop, list.domain.as_str()).await {
+        Admission::Go(ticket) => ticket,
+        Admission::Suspended(s) => {
+            env.suspend_all(&list.items, &key, &s, Some(&tag));
+            return None;
+        }
+        Admission::Throttled(why) => {
+            let until = after(why.wait());
+            return Some(Parked {
+                list,
+                until,
+                why: Some(why),
+            });
+        }
+    };
+    let session = match open_any(&env, &list, &hop, &ticket, debug, &handler).await {
+        Ok(session) => session,
+        Err(outcome) => {
+            list.items
+                .iter()
+                .for_each(|i| env.report_all(i, &outcome, Some(&tag)));
+            return None;
+        }
+    };
+    handler.set_detail(format!("delivering list {id} to {}", session.label));
+    let _ = env.events.send(Event::SessionOpened);
+    let run = Run {
+        env: &env,
+        handler: &handler,
+        ticket: &ticket,
+        tag,
+    };
+    run.send_all(session, list).await
+}
+
+/// The list's next hop; the outcome for all its recipients when there is none.
+async fn resolve(
+    env: &Env,
+    list: &DomainList,
+    trace: bool,
+    debug: u8,
+) -> Result<Vec<Host>, RcptOutcome> {
+    let (id, domain) = (list.id, &list.domain);
+    let qids: Vec<String> = list.items.iter().map(|i| i.record.id.to_string()).collect();
     // The DNS lines are the whole list's: they name its messages.
     let resolved = env
         .next_hop
-        .resolve_traced(&domain, knobs.debug_tcp_resolver > 0)
-        .instrument(tracing::info_span!("resolve", qid = %qids))
+        .resolve_traced(domain, trace)
+        .instrument(tracing::info_span!("resolve", qid = %qids.join(",")))
         .await;
     if debug >= 1 {
         let hop = match &resolved {
@@ -110,537 +223,235 @@ pub async fn deliver_list(list: DomainList, env: Arc<Env>, handler: Assigned) {
         };
         tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: list {id}: next hop for {domain}: {hop}");
     }
-    let hosts = match resolved {
-        Ok(h) => h,
-        Err(e) => {
-            let outcome = if e.is_transient() {
-                RcptOutcome::Deferred {
-                    host: key.clone(),
-                    reply: Reply::local(e.status(), e.to_string()),
-                }
-            } else {
-                RcptOutcome::Bounced {
-                    host: key.clone(),
-                    status: e.status().into(),
-                    reply: Reply::local(e.status(), e.to_string()),
-                }
-            };
-            for item in items {
-                env.report_all(&item, &outcome);
-            }
-            return;
-        }
-    };
+    // A temporary DNS failure (4.4.3) defers; a permanent one (5.1.x) bounces.
+    resolved.map_err(|e| RcptOutcome::local(&list.key, e.status(), e.to_string()))
+}
 
-    // Connect: hosts in order, each address in order.
-    let policy = env.tls.policy_for(domain.as_str());
+/// Opens a session to the hosts in order, each address in order; the outcome for all the
+/// list's recipients when none answers. A refusing reply goes to the `on_reply` rules.
+async fn open_any(
+    env: &Env,
+    list: &DomainList,
+    hop: &Hop,
+    ticket: &Ticket,
+    debug: u8,
+    handler: &Assigned,
+) -> Result<Session, RcptOutcome> {
+    // The TLS policy (`tls_policy`: DANE, MTA-STS, or the config's) once per list, then
+    // what it asks of each host; a host the policy rules out is skipped like a dead one.
+    let relay = env.next_hop.relay_host().is_some();
+    let plan = env.tls.plan(list.domain.as_str(), relay).await;
     let mut last_error = String::from("no host to try");
-    let mut session = None;
-    'hosts: for host in &hosts {
+    for host in &hop.hosts {
+        let tls = match env.tls.for_host(&plan, &host.name, host.port).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::info!("list {}: {}: {e}", list.id, host.name);
+                last_error = format!("{}: {e}", host.name);
+                continue;
+            }
+        };
         for addr in host.socket_addrs() {
             let label = host.label(addr.ip());
-            handler.set_detail(format!("connecting list {id} to {label}"));
-            match open(
-                &env,
-                debug,
+            handler.set_detail(format!("connecting list {} to {label}", list.id));
+            let what = format!("list {}: {label}", list.id);
+            let target = Target {
                 addr,
-                &host.name,
-                policy,
-                &format!("list {id}: {label}"),
-            )
-            .await
-            {
+                host_name: &host.name,
+                tls: &tls,
+                what: &what,
+                debug,
+            };
+            match connect::open(env, &target).await {
                 Ok(client) => {
-                    session = Some((client, label));
-                    break 'hosts;
+                    // DANE and MTA-STS are named with the relay (`show message`, logs).
+                    let label = match &tls.report {
+                        Some(_) => format!("{label} (tls policy {})", tls.used),
+                        None => label,
+                    };
+                    return Ok(Session::new(client, label));
                 }
                 Err(e) => {
-                    tracing::info!("list {id}: {label}: {e}");
+                    tracing::info!("{what}: {e}");
+                    if let Some(reply) = &e.reply {
+                        let s = env.shaping.on_reply(&ticket.site, &ticket.rule, reply);
+                        if let Some(s) = s {
+                            let by = s.by;
+                            return Err(RcptOutcome::Suspended {
+                                host: label,
+                                until: s.until,
+                                by,
+                            });
+                        }
+                    }
                     last_error = format!("{label}: {e}");
                 }
             }
         }
     }
-    let Some((mut client, label)) = session else {
-        let outcome = RcptOutcome::Deferred {
-            host: key.clone(),
-            reply: Reply::local((4, 4, 1), last_error),
-        };
-        for item in items {
-            env.report_all(&item, &outcome);
-        }
-        return;
-    };
-    handler.set_detail(format!("delivering list {id} to {label}"));
-    let _ = env.events.send(Event::SessionOpened);
+    Err(RcptOutcome::local(
+        &list.key,
+        Enhanced::new(4, 4, 1),
+        last_error,
+    ))
+}
 
-    let mut sent_in_session = 0usize;
-    let mut first = true;
-    let mut broken = false;
-    for item in items.by_ref() {
-        if !(env.may_continue)() || sent_in_session >= env.config.max_messages_per_session {
-            env.report(&item, Vec::new());
-            break;
+/// One session's run through its list.
+struct Run<'a> {
+    env: &'a Env,
+    handler: &'a Assigned,
+    ticket: &'a Ticket,
+    tag: Arc<str>,
+}
+
+/// How the message loop ended.
+enum End {
+    /// Done, or stopped: what is left is reported as not attempted.
+    Finished,
+    Broken,
+    Parked(Throttle, Duration),
+    NewConnection,
+    Suspended(Suspension),
+}
+
+impl Run<'_> {
+    /// The list's messages over the open session, then QUIT (unless it broke); the rest
+    /// of the list when shaping hands it back.
+    async fn send_all(&self, mut session: Session, mut list: DomainList) -> Option<Parked> {
+        let mut items: VecDeque<ListItem> = std::mem::take(&mut list.items).into();
+        let end = self.messages(&mut session, &list, &mut items).await;
+        if !matches!(end, End::Broken) {
+            session.quit().await;
         }
-        // With PIPELINING the RSET goes out with the next message's commands.
-        let reset = !first && client.ext.pipelining;
-        if !first && !reset {
-            match client.command("RSET").await {
-                Ok(r) if r.is_positive() => {}
-                _ => {
-                    env.report(&item, Vec::new());
-                    broken = true;
-                    break;
+        let tag = Some(&self.tag);
+        let (why, wait) = match end {
+            End::Finished | End::Broken => {
+                // Whatever was not reached stays queued (reported as not attempted).
+                items
+                    .iter()
+                    .for_each(|i| self.env.report(i, Vec::new(), tag));
+                return None;
+            }
+            End::Suspended(s) => {
+                self.env.suspend_all(&items, &list.key, &s, tag);
+                return None;
+            }
+            End::Parked(why, wait) => (Some(why), wait),
+            End::NewConnection => (None, Duration::ZERO),
+        };
+        if items.is_empty() {
+            return None;
+        }
+        let rest = DomainList {
+            items: items.into(),
+            ..list_shell(&list)
+        };
+        Some(Parked {
+            list: rest,
+            until: after(wait),
+            why,
+        })
+    }
+
+    async fn messages(
+        &self,
+        session: &mut Session,
+        list: &DomainList,
+        items: &mut VecDeque<ListItem>,
+    ) -> End {
+        let (env, id, domain) = (self.env, list.id, list.domain.as_str());
+        let tag = Some(&self.tag);
+        let mut sent = 0usize;
+        while !items.is_empty() {
+            if !(env.may_continue)() || sent >= env.config.max_messages_per_session {
+                return End::Finished;
+            }
+            match env.shaping.next(self.ticket, domain, sent).await {
+                Next::Send => {}
+                Next::NewConnection => return End::NewConnection,
+                Next::Suspended(s) => return End::Suspended(s),
+                Next::Throttled(why) => {
+                    let wait = why.wait();
+                    if wait > IN_SESSION_WAIT || (env.pressure)() {
+                        return End::Parked(why, wait);
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
             }
+            let item = items.pop_front().expect("front exists");
+            if !session.ready_for_next().await {
+                env.report(&item, Vec::new(), tag);
+                return End::Broken;
+            }
+            sent += 1;
+            // From here the message is the handler's current one: a `stop outbound
+            // transport` now lets it finish (the check above is the last one before it).
+            self.handler.set_detail(format!(
+                "delivering list {id} to {}: qid {} ({sent} in this session)",
+                session.label, item.record.id
+            ));
+            let span = tracing::info_span!("msg", qid = %item.record.id);
+            let (results, broke) = match send_one(env, session, &item).instrument(span).await {
+                Ok(results) => (results, None),
+                Err(b) => (b.results, Some(b.error)),
+            };
+            let suspension = self.watch(&results);
+            env.report(&item, results, tag);
+            if let Some(e) = broke {
+                let (qid, label) = (item.record.id, &session.label);
+                tracing::info!("qid={qid} list {id}: {label}: {e}");
+                return End::Broken;
+            }
+            if let Some(s) = suspension {
+                return End::Suspended(s);
+            }
         }
-        first = false;
-        sent_in_session += 1;
-        // From here the message is the handler's current one: a `stop outbound transport`
-        // now lets it finish (the check above is the last one before it).
-        handler.set_detail(format!(
-            "delivering list {id} to {label}: qid {} ({sent_in_session} in this session)",
-            item.record.id
-        ));
-        let span = tracing::info_span!("msg", qid = %item.record.id);
-        match transfer(&env, &mut client, &label, &item, reset)
-            .instrument(span)
-            .await
-        {
-            Ok(results) => env.report(&item, results),
-            Err((results, e)) => {
-                tracing::info!("qid={} list {id}: {label}: {e}", item.record.id);
-                env.report(&item, results);
-                broken = true;
+        End::Finished
+    }
+
+    /// The rule's `on_reply` reactions to a message's refusals.
+    fn watch(&self, results: &Results) -> Option<Suspension> {
+        let rule = &self.ticket.rule;
+        if !rule.reacts() {
+            return None;
+        }
+        let replies = results.iter().filter_map(|(_, o)| match o {
+            RcptOutcome::Deferred { reply, .. } | RcptOutcome::Bounced { reply, .. } => {
+                reply.code.map(|_| reply.to_string())
+            }
+            _ => None,
+        });
+        let mut found = None;
+        for reply in replies {
+            if let Some(s) = self.env.shaping.on_reply(&self.ticket.site, rule, &reply) {
+                found = Some(s);
                 break;
             }
         }
-    }
-    // Whatever was not reached stays queued (reported as not attempted).
-    for item in items {
-        env.report(&item, Vec::new());
-    }
-    if !broken {
-        client.quit().await;
+        found
     }
 }
 
-/// Connects, says hello and starts TLS as `policy` says; an error means "next host".
-async fn open(
+/// A list's identity and hop without its items.
+fn list_shell(list: &DomainList) -> DomainList {
+    DomainList {
+        id: list.id,
+        key: list.key.clone(),
+        domain: list.domain.clone(),
+        items: Vec::new(),
+        hop: list.hop.clone(),
+    }
+}
+
+/// One message: prepared, then its transaction.
+async fn send_one(
     env: &Env,
-    debug: u8,
-    addr: std::net::SocketAddr,
-    host_name: &str,
-    policy: TlsPolicy,
-    what: &str,
-) -> Result<SmtpClient, String> {
-    let mut client = hello(env, debug, addr).await?;
-    let Some(config) = env.tls.config(policy) else {
-        return Ok(client);
-    };
-    let required = policy != TlsPolicy::May;
-    if !client.ext.starttls {
-        if required {
-            client.quit().await;
-            return Err(format!(
-                "TLS is required (policy {}), but was not offered by the host",
-                policy.as_str()
-            ));
-        }
-        return Ok(client);
-    }
-    let name = ServerName::try_from(host_name.to_string())
-        .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
-    match client.starttls(config, name).await {
-        Ok(Ok(info)) => {
-            tracing::info!(
-                "{what}: TLS established: {info} (policy {})",
-                policy.as_str()
-            );
-            let again = client
-                .hello(&env.hostname)
-                .await
-                .map_err(|e| e.to_string())?;
-            if again.code / 100 != 2 {
-                client.quit().await;
-                return Err(format!("EHLO after STARTTLS: {}", reply_text(&again)));
-            }
-            Ok(client)
-        }
-        Ok(Err(refused)) if !required => {
-            tracing::info!(
-                "{what}: STARTTLS refused ({}): going on in plaintext (policy may)",
-                reply_text(&refused)
-            );
-            Ok(client)
-        }
-        Ok(Err(refused)) => {
-            client.quit().await;
-            Err(format!("STARTTLS refused: {}", reply_text(&refused)))
-        }
-        // Nothing was sent yet: under `may`, a new connection in plaintext.
-        Err(e) if !required && e.is_handshake() => {
-            tracing::info!("{what}: {e}: retrying in plaintext (policy may)");
-            hello(env, debug, addr).await
-        }
-        Err(e) => Err(match policy {
-            TlsPolicy::Verify => format!("{e} (policy verify)"),
-            _ => e.to_string(),
-        }),
-    }
-}
-
-/// Connects and says hello; a greeting or hello that is not 2xx means "next host".
-async fn hello(env: &Env, debug: u8, addr: std::net::SocketAddr) -> Result<SmtpClient, String> {
-    let (mut client, greeting) = SmtpClient::connect_with_debug(
-        addr,
-        env.config.connect_timeout,
-        env.config.command_timeout,
-        debug,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    if greeting.code / 100 != 2 {
-        client.quit().await;
-        return Err(format!("greeting: {}", reply_text(&greeting)));
-    }
-    let hello = client
-        .hello(&env.hostname)
-        .await
-        .map_err(|e| e.to_string())?;
-    if hello.code / 100 != 2 {
-        client.quit().await;
-        return Err(format!("EHLO/HELO: {}", reply_text(&hello)));
-    }
-    Ok(client)
-}
-
-type Results = Vec<(usize, RcptOutcome)>;
-
-/// One message over the open session. `Err` when the session broke: the results so far,
-/// with every recipient of this message not yet decided deferred.
-async fn transfer(
-    env: &Env,
-    client: &mut SmtpClient,
-    label: &str,
+    session: &mut Session,
     item: &ListItem,
-    reset: bool,
-) -> Result<Results, (Results, SessionError)> {
-    let record: &MessageRecord = &item.record;
-    let bounce_all = |status: Enhanced, reply: Reply| -> Results {
-        item.rcpts
-            .iter()
-            .map(|i| {
-                (
-                    *i,
-                    RcptOutcome::Bounced {
-                        host: label.to_string(),
-                        status,
-                        reply: reply.clone(),
-                    },
-                )
-            })
-            .collect()
-    };
-    let defer_all = |reply: Reply| -> Results {
-        item.rcpts
-            .iter()
-            .map(|i| {
-                (
-                    *i,
-                    RcptOutcome::Deferred {
-                        host: label.to_string(),
-                        reply: reply.clone(),
-                    },
-                )
-            })
-            .collect()
-    };
-
-    let spool_dir = env.spool_dir.clone();
-    let content_ref = record.content.clone();
-    let content = match mta_task::read_work(content_ref.len, move || {
-        mta_spool::read(&spool_dir, &content_ref)
-    })
-    .await
-    {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) if e.is_missing() => {
-            let outcome = RcptOutcome::ContentMissing {
-                reason: e.to_string(),
-            };
-            return Ok(item.rcpts.iter().map(|i| (*i, outcome.clone())).collect());
-        }
-        Ok(Err(e)) => {
-            return Ok(defer_all(Reply::local(
-                Enhanced::new(4, 3, 0),
-                format!("cannot read the queued content: {e}"),
-            )))
-        }
-        Err(e) => {
-            return Ok(defer_all(Reply::local(
-                Enhanced::new(4, 3, 0),
-                format!("cannot read the queued content: {e}"),
-            )))
-        }
-    };
-    if mta_smtp::has_bare_line_ending(&content) {
-        return Ok(bounce_all(
-            Enhanced::new(5, 6, 0),
-            Reply::local(
-                Enhanced::new(5, 6, 0),
-                "content has a bare CR or LF; not sent (SMTP smuggling risk)",
-            ),
-        ));
+) -> Result<Results, crate::session::Broken> {
+    match message::prepare(env, session.ext(), &session.label, item).await {
+        Ok(msg) => session.send(item, &msg).await,
+        Err(results) => Ok(results),
     }
-    let needs_utf8 = record.envelope.utf8
-        || record
-            .envelope
-            .mail_from
-            .as_ref()
-            .is_some_and(|a| a.is_utf8())
-        || item
-            .rcpts
-            .iter()
-            .any(|i| record.recipients[*i].address.is_utf8());
-    if needs_utf8 && !client.ext.smtputf8 {
-        return Ok(bounce_all(
-            Enhanced::new(5, 6, 7),
-            Reply::local(
-                Enhanced::new(5, 6, 7),
-                format!("{label} does not support SMTPUTF8, which this message needs"),
-            ),
-        ));
-    }
-    let eight_bit = record.envelope.eight_bit || content.iter().any(|b| *b >= 0x80);
-    if eight_bit && !client.ext.eight_bit_mime {
-        return Ok(bounce_all(
-            Enhanced::new(5, 6, 3),
-            Reply::local(
-                Enhanced::new(5, 6, 3),
-                format!(
-                    "{label} does not support 8BITMIME and the message has 8-bit content \
-                     (not converted, to keep signatures valid)"
-                ),
-            ),
-        ));
-    }
-    if let Some(limit) = client.ext.size {
-        if content.len() as u64 > limit {
-            return Ok(bounce_all(
-                Enhanced::new(5, 3, 4),
-                Reply::local(
-                    Enhanced::new(5, 3, 4),
-                    format!(
-                        "message size {} exceeds {label}'s limit {limit}",
-                        content.len()
-                    ),
-                ),
-            ));
-        }
-    }
-
-    let mut mail = format!(
-        "MAIL FROM:<{}>",
-        record
-            .envelope
-            .mail_from
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
-    if client.ext.size.is_some() {
-        mail.push_str(&format!(" SIZE={}", content.len()));
-    }
-    if eight_bit {
-        mail.push_str(" BODY=8BITMIME");
-    }
-    if needs_utf8 {
-        mail.push_str(" SMTPUTF8");
-    }
-    let broke = |results: Results, e: SessionError| {
-        let decided: Vec<usize> = results.iter().map(|(i, _)| *i).collect();
-        let mut results = results;
-        for i in &item.rcpts {
-            if !decided.contains(i) {
-                results.push((
-                    *i,
-                    RcptOutcome::Deferred {
-                        host: label.to_string(),
-                        reply: Reply::local((4, 4, 2), e.to_string()),
-                    },
-                ));
-            }
-        }
-        (results, e)
-    };
-    if client.ext.pipelining {
-        return pipelined(client, label, item, reset, mail, &content, broke).await;
-    }
-    let reply = client
-        .command(&mail)
-        .await
-        .map_err(|e| broke(Vec::new(), e))?;
-    if !reply.is_positive() {
-        let text = reply.recorded();
-        return Ok(if reply.is_permanent() {
-            bounce_all(reply_status(&reply), text)
-        } else {
-            defer_all(text)
-        });
-    }
-
-    let mut results: Results = Vec::new();
-    let mut accepted = Vec::new();
-    for i in &item.rcpts {
-        let rcpt = &record.recipients[*i];
-        let reply = match client.command(&format!("RCPT TO:<{}>", rcpt.address)).await {
-            Ok(r) => r,
-            Err(e) => return Err(broke(results, e)),
-        };
-        let text = reply.recorded();
-        if reply.is_positive() {
-            accepted.push(*i);
-        } else if reply.is_permanent() {
-            results.push((
-                *i,
-                RcptOutcome::Bounced {
-                    host: label.to_string(),
-                    status: reply_status(&reply),
-                    reply: text,
-                },
-            ));
-        } else {
-            results.push((
-                *i,
-                RcptOutcome::Deferred {
-                    host: label.to_string(),
-                    reply: text,
-                },
-            ));
-        }
-    }
-    if accepted.is_empty() {
-        return Ok(results);
-    }
-    let reply = match client.data(&content).await {
-        Ok(r) => r,
-        Err(e) => return Err(broke(results, e)),
-    };
-    let text = reply.recorded();
-    for i in accepted {
-        let outcome = if reply.code / 100 == 2 {
-            RcptOutcome::Sent {
-                host: label.to_string(),
-                reply: text.clone(),
-            }
-        } else if reply.is_permanent() {
-            RcptOutcome::Bounced {
-                host: label.to_string(),
-                status: reply_status(&reply),
-                reply: text.clone(),
-            }
-        } else {
-            RcptOutcome::Deferred {
-                host: label.to_string(),
-                reply: text.clone(),
-            }
-        };
-        results.push((i, outcome));
-    }
-    Ok(results)
-}
-
-/// `transfer` over a server that offers PIPELINING (RFC 2920): [RSET,] MAIL, every RCPT and
-/// DATA in one write, their replies read in order, then the content: two round trips per
-/// message instead of four or more. A refused MAIL makes every recipient's outcome its
-/// reply; a 354 that nobody wants (no recipient accepted) is answered with an empty
-/// message so the session can go on.
-async fn pipelined(
-    client: &mut SmtpClient,
-    label: &str,
-    item: &ListItem,
-    reset: bool,
-    mail: String,
-    content: &[u8],
-    broke: impl Fn(Results, SessionError) -> (Results, SessionError),
-) -> Result<Results, (Results, SessionError)> {
-    let record = &item.record;
-    let mut lines = Vec::with_capacity(item.rcpts.len() + 3);
-    if reset {
-        lines.push("RSET".to_string());
-    }
-    lines.push(mail);
-    for i in &item.rcpts {
-        lines.push(format!("RCPT TO:<{}>", record.recipients[*i].address));
-    }
-    lines.push("DATA".to_string());
-    let replies = client
-        .pipeline(&lines)
-        .await
-        .map_err(|e| broke(Vec::new(), e))?;
-    let mut replies = replies.into_iter();
-    if reset {
-        let r = replies.next().expect("one reply per command");
-        if !r.is_positive() {
-            let e = SessionError::Refused {
-                command: "RSET".into(),
-                reply: reply_text(&r),
-            };
-            return Err(broke(Vec::new(), e));
-        }
-    }
-    let mail_reply = replies.next().expect("one reply per command");
-    let rcpt_replies: Vec<_> = replies.by_ref().take(item.rcpts.len()).collect();
-    let data_reply = replies.next().expect("one reply per command");
-    let outcome_of = |reply: &mta_smtp::Reply| {
-        let text = reply.recorded();
-        if reply.code / 100 == 2 {
-            RcptOutcome::Sent {
-                host: label.to_string(),
-                reply: text,
-            }
-        } else if reply.is_permanent() {
-            RcptOutcome::Bounced {
-                host: label.to_string(),
-                status: reply_status(reply),
-                reply: text,
-            }
-        } else {
-            RcptOutcome::Deferred {
-                host: label.to_string(),
-                reply: text,
-            }
-        }
-    };
-    let mut results: Results = Vec::new();
-    let mut accepted = Vec::new();
-    if !mail_reply.is_positive() {
-        results.extend(item.rcpts.iter().map(|i| (*i, outcome_of(&mail_reply))));
-    } else {
-        for (i, reply) in item.rcpts.iter().zip(&rcpt_replies) {
-            if reply.is_positive() {
-                accepted.push(*i);
-            } else {
-                results.push((*i, outcome_of(reply)));
-            }
-        }
-    }
-    if data_reply.code != 354 {
-        results.extend(accepted.iter().map(|i| (*i, outcome_of(&data_reply))));
-        return Ok(results);
-    }
-    if accepted.is_empty() {
-        client
-            .abandon_data()
-            .await
-            .map_err(|e| broke(results.clone(), e))?;
-        return Ok(results);
-    }
-    let reply = match client.content(content).await {
-        Ok(r) => r,
-        Err(e) => return Err(broke(results, e)),
-    };
-    results.extend(accepted.iter().map(|i| (*i, outcome_of(&reply))));
-    Ok(results)
 }

@@ -34,6 +34,9 @@ pub struct DomainList {
     /// The domain to resolve (any of the list's recipient domains in relay-host mode).
     pub domain: Domain,
     pub items: Vec<ListItem>,
+    /// Its next hop, site and rule once resolved (a list handed back to the controller by
+    /// traffic shaping keeps them).
+    pub hop: Option<Arc<crate::shaping::Hop>>,
 }
 
 /// Sorts `records` into lists. Returns the lists and, for each record (same order), the
@@ -82,6 +85,7 @@ pub fn build_lists(
                 key: key.clone(),
                 domain: domain.clone(),
                 items: chunk,
+                hop: None,
             });
         }
     }

@@ -80,7 +80,11 @@ impl HandlerTable {
         })
     }
 
-    #[cfg(test)]
+    /// Whether every handler the table may have is busy.
+    pub fn is_full(&self) -> bool {
+        self.busy() >= self.max
+    }
+
     pub fn busy(&self) -> usize {
         let handlers = self.handlers.lock().expect("handler table lock");
         handlers

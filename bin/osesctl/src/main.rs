@@ -6,44 +6,57 @@
 //! reference ID and hands it to an idle handler (`handler_table.rs`; created on demand up
 //! to `[outbound] max_handlers`; lists wait in the controller otherwise). A handler
 //! (`delivery.rs`) resolves the next hop (`mta-dns`), opens one SMTP session
-//! (`mta_smtp::client`) and transfers the list's messages one by one; the collector
+//! (`connect.rs`: connect → EHLO → STARTTLS → EHLO) and transfers the list's messages one
+//! by one (`message.rs` prepares each, `session.rs` runs its transaction); the collector
 //! (`outcomes.rs`) merges the outcomes into the records and commits them in groups.
+//! Traffic shaping per destination site (`shaping.rs`, `[[outbound.shaping]]`): a list a
+//! limit holds back is parked here until it may go on, never in a handler.
 //!
 //! Reads/writes: the Outbound Work Queue (records stay there until every recipient is
 //! final, then `Done`). Woken by kicks (from omsgcnv) and a 1 s poll.
 //! TELL: `stop outbound transport` (no new sessions; sessions finish their current
 //! message; unsent messages stay Pending Transmission), `start outbound transport` (drains
-//! at once), `route <domain>` (that destination's messages now, ignoring retry times).
+//! at once), `route <domain>` (that destination's messages now, ignoring retry times),
+//! `suspend <domain|site> [for D]`, `resume <domain|site>`, `show shaping` (`console.rs`;
+//! the console sends `tell router suspend|resume` and `show shaping` here).
 //! Status: transport state, lists waiting, counters; one row per handler
 //! ("delivering list N to host[ip]:port" / idle).
 //! Config: `hostname`, `[outbound]` (all keys), `[dns]`.
-//! Logs: `qid=… to=<…> relay=host[ip]:port delay=… dsn=… status=sent|deferred|bounced (…)`.
+//! Logs: `qid=… to=<…> relay=host[ip]:port delay=… dsn=… status=sent|deferred|bounced (…)
+//! [retry_in=…] site=… rule=…`.
 //! RFCs: 5321 (client side), 1870, 6152, 6531, 7505 (null MX), 3463.
 //!
 //! The SMTP client is our own small one over `mta-smtp`'s reply parser rather than
 //! lettre's `AsyncSmtpConnection`: see `mta_smtp::client` for why (byte-exact relay).
 //! STARTTLS to the next hop as `[outbound.tls]` says (`tls_policy.rs`, `delivery.rs`).
 
+mod connect;
+mod console;
 mod delivery;
 mod domain_list;
 mod handler_table;
+mod message;
 mod outcomes;
+mod session;
+mod shaping;
 mod tls_policy;
+mod tls_report;
 mod transfers;
 
 use anyhow::Context as _;
-use delivery::Env;
+use delivery::{Env, Parked};
 use domain_list::{build_lists, DomainList};
 use handler_table::HandlerTable;
 use mta_dns::NextHop;
 use mta_ipc::console::TellCommand;
 use mta_ipc::store::BulkOp;
-use mta_ipc::transfers::TransferPage;
+use mta_ipc::transfers::{TransferPage, TransferState};
 use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Domain, MessageRecord, QueueName, TaskName};
 use outcomes::{Event, Stats};
+use shaping::{Shaping, Throttle};
 use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -66,14 +79,18 @@ struct Osesctl {
     table: Arc<HandlerTable>,
     running: Arc<AtomicBool>,
     waiting: Mutex<VecDeque<DomainList>>,
+    /// Lists traffic shaping handed back, until they may go on.
+    parked: Arc<Mutex<Vec<Parked>>>,
     /// The lists handlers are delivering, for `tell router show`.
     active: Arc<transfers::ActiveLists>,
-    waiting_count: AtomicUsize,
+    waiting_count: Arc<AtomicUsize>,
     next_list: AtomicU64,
     stats: Arc<Stats>,
     env: Arc<Env>,
     wake: Arc<Notify>,
     collector: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// `[metrics] top_destinations`: the most sites whose counters `status` reports.
+    top_sites: usize,
 }
 
 impl Task for Osesctl {
@@ -86,12 +103,18 @@ impl Task for Osesctl {
         let running = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::unbounded_channel();
         let (r, c) = (running.clone(), ctx.clone());
+        let table = Arc::new(HandlerTable::new(config.outbound.max_handlers));
+        let waiting_count = Arc::new(AtomicUsize::new(0));
+        let (t, w) = (table.clone(), waiting_count.clone());
+        let limiter: Arc<dyn mta_limit::Limiter> = Arc::new(mta_limit::MemoryLimiter::new());
+        let shaping = Arc::new(Shaping::new(&config.outbound.shaping, limiter));
+        console::load(&shaping, &config.data_dir);
         let env = Arc::new(Env {
             next_hop,
             config: config.outbound.clone(),
             hostname: config.hostname.clone(),
             spool_dir: config.spool_dir(),
-            tls: tls_policy::TlsClients::new(&config.outbound.tls)
+            tls: tls_policy::TlsClients::new(config, Some(ctx.store().clone()))
                 .map_err(|e| anyhow::anyhow!("[outbound.tls]: {e}"))?,
             events: tx,
             may_continue: Box::new(move || r.load(Ordering::SeqCst) && !c.shutting_down()),
@@ -99,18 +122,22 @@ impl Task for Osesctl {
                 let c = ctx.clone();
                 move || c.knobs()
             }),
+            shaping,
+            pressure: Box::new(move || t.is_full() && w.load(Ordering::SeqCst) > 0),
         });
         Ok(Osesctl {
-            table: Arc::new(HandlerTable::new(config.outbound.max_handlers)),
+            table,
             running,
             waiting: Mutex::new(VecDeque::new()),
+            parked: Arc::default(),
             active: Arc::default(),
-            waiting_count: AtomicUsize::new(0),
+            waiting_count,
             next_list: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
             env,
             wake: Arc::new(Notify::new()),
             collector: Mutex::new(Some(rx)),
+            top_sites: config.metrics.top_destinations,
         })
     }
 
@@ -129,6 +156,10 @@ impl Task for Osesctl {
             self.wake.clone(),
             ctx.kicker(QueueName::Reports),
         ));
+        let reports = tokio::spawn(tls_report::run(
+            self.env.clone(),
+            ctx.config().outbound.tls.tls_reports,
+        ));
         let mut handlers = JoinSet::new();
         loop {
             if ctx.shutting_down() {
@@ -136,6 +167,7 @@ impl Task for Osesctl {
             }
             while handlers.try_join_next().is_some() {}
             let mut again = false;
+            let next_unpark = self.unpark();
             if self.running.load(Ordering::SeqCst) {
                 if self.waiting_count.load(Ordering::SeqCst) < self.table_max() {
                     again = self.claim_lists(&ctx).await >= BATCH as usize;
@@ -148,9 +180,14 @@ impl Task for Osesctl {
             if again {
                 continue;
             }
+            let unpark_at = next_unpark.map_or_else(
+                || tokio::time::Instant::now() + POLL,
+                tokio::time::Instant::from_std,
+            );
             tokio::select! {
                 _ = ctx.next_work(POLL) => {}
                 _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(unpark_at) => {}
             }
         }
         // Shutdown: waiting lists stay queued; sessions finish their current message.
@@ -162,6 +199,8 @@ impl Task for Osesctl {
         handlers.abort_all();
         let _ = self.env.events.send(Event::Shutdown);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, collector).await;
+        reports.abort();
+        self.env.tls.reports.save().await;
         Ok(())
     }
 
@@ -179,27 +218,39 @@ impl Task for Osesctl {
                 state.as_str(),
                 self.waiting_count.load(Ordering::SeqCst),
             ),
-            counters: vec![
+            counters: [
                 ("sent".into(), s.sent.load(Ordering::Relaxed)),
                 ("deferred".into(), s.deferred.load(Ordering::Relaxed)),
                 ("bounced".into(), s.bounced.load(Ordering::Relaxed)),
-            ],
+            ]
+            .into_iter()
+            .chain(console::site_counters(&self.env.shaping, self.top_sites))
+            .collect(),
             handlers: self.table.rows(),
         }
     }
 
     fn transfers(&self, after: Option<String>, limit: u32) -> Option<TransferPage> {
         let relay = self.env.next_hop.relay_host();
-        let waiting: Vec<_> = self
+        let mut held: Vec<transfers::Held> = self
             .waiting
             .lock()
             .expect("waiting lock")
             .iter()
-            .map(|list| transfers::ListSummary::of(list, relay.as_deref()))
+            .map(|list| transfers::Held {
+                summary: transfers::ListSummary::of(list, relay.as_deref()),
+                state: TransferState::Wait,
+                shaping: String::new(),
+            })
             .collect();
+        held.extend(console::shaped(
+            &self.env.shaping,
+            &self.parked.lock().expect("parked lock"),
+            relay.as_deref(),
+        ));
         Some(transfers::page(
             &self.active,
-            &waiting,
+            &held,
             after.as_deref(),
             limit,
             self.table.threads(),
@@ -243,8 +294,34 @@ impl Task for Osesctl {
             {
                 self.route(ctx, Some(&words[1])).await
             }
-            TellCommand::Other(words) if words.len() == 1 && words[0].eq_ignore_ascii_case("route") => {
+            TellCommand::Other(words)
+                if words.len() == 1 && words[0].eq_ignore_ascii_case("route") =>
+            {
                 self.route(ctx, None).await
+            }
+            TellCommand::Other(words) if is_words(&words, &["send", "tls", "reports"]) => {
+                let lines = tls_report::send_now(&self.env).await;
+                Ok(if lines.is_empty() {
+                    "no TLS-RPT counts to report".into()
+                } else {
+                    lines.join("\n")
+                })
+            }
+            TellCommand::Other(words) if is_words(&words, &["show", "tls", "reports"]) => {
+                let summary = self.env.tls.reports.summary();
+                Ok(if summary.is_empty() {
+                    "no TLS-RPT counts yet".into()
+                } else {
+                    summary
+                })
+            }
+            TellCommand::Other(words)
+                if words.len() == 4 && is_words(&words[..3], &["show", "tls", "policy"]) =>
+            {
+                Ok(self.show_tls_policy(&words[3]).await)
+            }
+            TellCommand::Other(words) if console::is_shaping_command(&words) => {
+                console::command(&self.env.shaping, ctx, &words, &self.wake).await
             }
             other => Err(format!(
                 "{} does not know `{other}` (try stop/start outbound transport, route <domain>)",
@@ -323,10 +400,14 @@ impl Osesctl {
                 transfers::ListSummary::of(&list, self.env.next_hop.relay_host().as_deref()),
             );
             let span = tracing::info_span!("handler", name = %handler.name(), list = list.id);
+            let parked = self.parked.clone();
             handlers.spawn(
                 async move {
-                    delivery::deliver_list(list, env, handler).await;
+                    let rest = delivery::deliver_list(list, env, handler).await;
                     active.end(list_id);
+                    if let Some(rest) = rest {
+                        parked.lock().expect("parked lock").push(rest);
+                    }
                     wake.notify_one();
                 }
                 .instrument(span),
@@ -335,18 +416,53 @@ impl Osesctl {
         self.waiting_count.store(waiting.len(), Ordering::SeqCst);
     }
 
-    /// Gives back lists not yet handed out: their messages stay Pending Transmission.
+    /// Gives back lists not yet handed out (waiting or parked by traffic shaping): their
+    /// messages stay Pending Transmission.
     fn abandon_waiting(&self) {
+        let parked: Vec<Parked> = std::mem::take(&mut *self.parked.lock().expect("parked lock"));
         let mut waiting = self.waiting.lock().expect("waiting lock");
-        for list in waiting.drain(..) {
+        let lists = waiting.drain(..).chain(parked.into_iter().map(|p| p.list));
+        for list in lists {
             for item in list.items {
                 let _ = self.env.events.send(Event::Report {
                     id: item.record.id,
                     results: Vec::new(),
+                    tag: None,
                 });
             }
         }
         self.waiting_count.store(0, Ordering::SeqCst);
+    }
+
+    /// Moves parked lists whose time has come (or whose site has a free connection again)
+    /// to the front of the waiting lists; returns when the next parked one is due.
+    fn unpark(&self) -> Option<std::time::Instant> {
+        let mut parked = self.parked.lock().expect("parked lock");
+        if parked.is_empty() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let shaping = &self.env.shaping;
+        let due = |p: &Parked| {
+            p.until <= now
+                || (p.why == Some(Throttle::Connections)
+                    && p.list
+                        .hop
+                        .as_ref()
+                        .is_some_and(|h| shaping.has_free_connection(&h.site)))
+        };
+        let (ready, later): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(due);
+        *parked = later;
+        let next = parked.iter().map(|p| p.until).min();
+        drop(parked);
+        if !ready.is_empty() {
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            for p in ready.into_iter().rev() {
+                waiting.push_front(p.list);
+            }
+            self.waiting_count.store(waiting.len(), Ordering::SeqCst);
+        }
+        next
     }
 
     /// `route <domain>`: that destination's pending recipients lose their retry time, so
@@ -409,4 +525,30 @@ impl Osesctl {
 
 fn main() -> ExitCode {
     mta_task::run::<Osesctl>()
+}
+
+/// Whether `words` are `expected`, ignoring case.
+fn is_words(words: &[String], expected: &[&str]) -> bool {
+    words.len() == expected.len()
+        && words
+            .iter()
+            .zip(expected)
+            .all(|(w, e)| w.eq_ignore_ascii_case(e))
+}
+
+impl Osesctl {
+    /// `show tls policy <domain>`: the next hop's hosts and the policy module's view.
+    async fn show_tls_policy(&self, domain: &str) -> String {
+        let hosts = match domain.parse::<Domain>() {
+            Ok(d) => match self.env.next_hop.resolve(&d).await {
+                Ok(hosts) => hosts.into_iter().map(|h| (h.name, h.port)).collect(),
+                Err(e) => return format!("{domain}: no next hop: {e}"),
+            },
+            Err(e) => return format!("{domain}: {e}"),
+        };
+        let hosts: Vec<(String, u16)> = hosts;
+        let port = hosts.first().map(|h| h.1).unwrap_or(self.env.config.port);
+        let names: Vec<String> = hosts.into_iter().map(|h| h.0).collect();
+        self.env.tls.describe(domain, port, &names).await
+    }
 }

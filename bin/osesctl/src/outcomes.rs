@@ -20,14 +20,15 @@
 use mta_config::OutboundConfig;
 use mta_ipc::store::Change;
 use mta_ipc::{Kicker, StoreClient};
-use mta_task::{log_outcome, Outcome};
-use mta_types::message::{now_ms, Attempt, UnixMillis};
+use mta_task::{log_outcome, Outcome, OutcomeLine};
+use mta_types::message::{now_ms, Attempt, Recipient, UnixMillis};
 use mta_types::outcome::Reply;
 use mta_types::{DeliveryOutcome, Enhanced};
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 /// What happened to one recipient in one attempt.
@@ -45,6 +46,13 @@ pub enum RcptOutcome {
     Deferred { host: String, reply: Reply },
     /// The spooled content is gone: the whole message goes to Dead (no retry can help).
     ContentMissing { reason: String },
+    /// Not attempted: the destination is suspended (traffic shaping) until `until`; due
+    /// again then, with no attempt counted.
+    Suspended {
+        host: String,
+        until: UnixMillis,
+        by: String,
+    },
 }
 
 #[allow(clippy::large_enum_variant)] // one per claimed record, moved once
@@ -55,6 +63,8 @@ pub enum Event {
     Report {
         id: QueueId,
         results: Vec<(usize, RcptOutcome)>,
+        /// `site=… rule=…`, added to each outcome line (traffic shaping).
+        tag: Option<Arc<str>>,
     },
     /// A handler opened an SMTP session (for `Mail.Outbound.Sessions`).
     SessionOpened,
@@ -88,6 +98,47 @@ pub fn reply_status(reply: &mta_smtp::Reply) -> Enhanced {
     reply.enhanced.unwrap_or(Enhanced::of_code(reply.code))
 }
 
+impl RcptOutcome {
+    /// The one place a reply becomes a recipient's outcome: 2xx sent, 5xx bounced (with
+    /// the reply's enhanced status), anything else deferred.
+    pub fn of_reply(host: &str, reply: &mta_smtp::Reply) -> RcptOutcome {
+        let host = host.to_string();
+        let recorded = reply.recorded();
+        if reply.code / 100 == 2 {
+            RcptOutcome::Sent {
+                host,
+                reply: recorded,
+            }
+        } else if reply.is_permanent() {
+            RcptOutcome::Bounced {
+                host,
+                status: reply_status(reply),
+                reply: recorded,
+            }
+        } else {
+            RcptOutcome::Deferred {
+                host,
+                reply: recorded,
+            }
+        }
+    }
+
+    /// Our own verdict (no remote reply): a 5.x.x status bounces, anything else defers.
+    pub fn local(host: &str, status: Enhanced, text: impl Into<String>) -> RcptOutcome {
+        let host = host.to_string();
+        let reply = Reply::local(status, text.into());
+        if status.is_permanent() {
+            RcptOutcome::Bounced {
+                host,
+                status,
+                reply,
+            }
+        } else {
+            RcptOutcome::Deferred { host, reply }
+        }
+    }
+}
+
 pub async fn run_collector(
     mut rx: mpsc::UnboundedReceiver<Event>,
     store: StoreClient,
@@ -96,92 +147,28 @@ pub async fn run_collector(
     wake: Arc<Notify>,
     drt: Kicker,
 ) {
-    let mut inflight: HashMap<QueueId, InFlight> = HashMap::new();
-    let mut sessions = 0u64;
-    let mut stop = false;
-    while !stop {
+    let mut c = Collector {
+        inflight: HashMap::new(),
+        sessions: 0,
+        stop: false,
+        puts: Vec::new(),
+        releases: Vec::new(),
+        config,
+        stats,
+    };
+    while !c.stop {
         let Some(first) = rx.recv().await else { break };
-        let mut events = vec![first];
-        while events.len() < 4096 {
+        let now = now_ms();
+        c.handle(first, now);
+        for _ in 1..4096 {
             match rx.try_recv() {
-                Ok(e) => events.push(e),
+                Ok(e) => c.handle(e, now),
                 Err(_) => break,
             }
         }
-        let now = now_ms();
-        let mut puts = Vec::new();
-        let mut releases = Vec::new();
-        for event in events {
-            match event {
-                Event::Shutdown => stop = true,
-                Event::SessionOpened => sessions += 1,
-                Event::Register { record, lists } => {
-                    if lists == 0 {
-                        releases.push(record.id);
-                    } else {
-                        inflight.insert(
-                            record.id,
-                            InFlight {
-                                record,
-                                lists_left: lists,
-                                changed: false,
-                            },
-                        );
-                    }
-                }
-                Event::Report { id, results } => {
-                    let Some(f) = inflight.get_mut(&id) else {
-                        continue;
-                    };
-                    for (i, outcome) in results {
-                        apply(&mut f.record, i, outcome, &config, now, &stats);
-                        f.changed = true;
-                    }
-                    f.lists_left -= 1;
-                    if f.lists_left == 0 {
-                        let f = inflight.remove(&id).expect("present");
-                        if f.changed {
-                            let mut record = f.record;
-                            finish(&mut record, now, config.delay_warning.as_millis() as u64);
-                            puts.push(record);
-                        } else {
-                            releases.push(id);
-                        }
-                    }
-                }
-            }
-        }
-        if !puts.is_empty() || sessions > 0 {
-            let ids: Vec<QueueId> = puts.iter().map(|r| r.id).collect();
-            let n = puts.len();
-            let reports = puts
-                .iter()
-                .any(|r| r.location == Location::Queue(QueueName::Reports));
-            let mut changes: Vec<Change> = puts.into_iter().map(Change::Put).collect();
-            if sessions > 0 {
-                changes.push(Change::AddCounters(vec![(
-                    mta_types::counters::OUTBOUND_SESSIONS.to_string(),
-                    sessions,
-                )]));
-            }
-            // Replayable: if a power loss undoes it, the messages are sent again (the
-            // remote may see a duplicate, nothing is lost).
-            match store.commit_replayable(changes).await {
-                Ok(()) => {
-                    sessions = 0;
-                    if reports {
-                        drt.kick();
-                    }
-                }
-                Err(e) => {
-                    // Nothing changed in the store: the messages are sent again later
-                    // (at-least-once; the remote may see a duplicate).
-                    tracing::warn!("cannot commit {n} outbound outcomes: {e}");
-                    releases.extend(ids);
-                }
-            }
-        }
-        if !releases.is_empty() {
+        c.commit(&store, &drt).await;
+        if !c.releases.is_empty() {
+            let releases = std::mem::take(&mut c.releases);
             if let Err(e) = store.release(releases).await {
                 tracing::warn!("cannot release messages: {e} (their leases will expire)");
             }
@@ -190,162 +177,328 @@ pub async fn run_collector(
     }
 }
 
-/// Applies one recipient's outcome to the record and logs it.
+/// The collector's state between batches of events.
+struct Collector {
+    inflight: HashMap<QueueId, InFlight>,
+    /// Sessions opened since the last commit.
+    sessions: u64,
+    stop: bool,
+    /// Records finished in this batch, and ids nobody touched.
+    puts: Vec<MessageRecord>,
+    releases: Vec<QueueId>,
+    config: OutboundConfig,
+    stats: Arc<Stats>,
+}
+
+impl Collector {
+    fn handle(&mut self, event: Event, now: UnixMillis) {
+        match event {
+            Event::Shutdown => self.stop = true,
+            Event::SessionOpened => self.sessions += 1,
+            Event::Register { record, lists: 0 } => self.releases.push(record.id),
+            Event::Register { record, lists } => {
+                let f = InFlight {
+                    record,
+                    lists_left: lists,
+                    changed: false,
+                };
+                self.inflight.insert(f.record.id, f);
+            }
+            Event::Report { id, results, tag } => self.report(id, results, tag, now),
+        }
+    }
+
+    fn report(
+        &mut self,
+        id: QueueId,
+        results: Vec<(usize, RcptOutcome)>,
+        tag: Option<Arc<str>>,
+        now: UnixMillis,
+    ) {
+        let Some(f) = self.inflight.get_mut(&id) else {
+            return;
+        };
+        let tag = tag.as_deref();
+        for (i, outcome) in results {
+            apply(
+                &mut f.record,
+                i,
+                outcome,
+                tag,
+                &self.config,
+                now,
+                &self.stats,
+            );
+            f.changed = true;
+        }
+        f.lists_left -= 1;
+        if f.lists_left > 0 {
+            return;
+        }
+        let f = self.inflight.remove(&id).expect("present");
+        if f.changed {
+            let mut record = f.record;
+            let warning = self.config.delay_warning.as_millis() as u64;
+            finish(&mut record, now, warning);
+            self.puts.push(record);
+        } else {
+            self.releases.push(id);
+        }
+    }
+
+    /// Commits the finished records and the session counter (one store commit).
+    async fn commit(&mut self, store: &StoreClient, drt: &Kicker) {
+        if self.puts.is_empty() && self.sessions == 0 {
+            return;
+        }
+        let puts = std::mem::take(&mut self.puts);
+        let ids: Vec<QueueId> = puts.iter().map(|r| r.id).collect();
+        let n = puts.len();
+        let reports = puts
+            .iter()
+            .any(|r| r.location == Location::Queue(QueueName::Reports));
+        let mut changes: Vec<Change> = puts.into_iter().map(Change::Put).collect();
+        if self.sessions > 0 {
+            changes.push(Change::AddCounters(vec![(
+                mta_types::counters::OUTBOUND_SESSIONS.to_string(),
+                self.sessions,
+            )]));
+        }
+        // Replayable: if a power loss undoes it, the messages are sent again (the
+        // remote may see a duplicate, nothing is lost).
+        match store.commit_replayable(changes).await {
+            Ok(()) => {
+                self.sessions = 0;
+                if reports {
+                    drt.kick();
+                }
+            }
+            Err(e) => {
+                // Nothing changed in the store: the messages are sent again later
+                // (at-least-once; the remote may see a duplicate).
+                tracing::warn!("cannot commit {n} outbound outcomes: {e}");
+                self.releases.extend(ids);
+            }
+        }
+    }
+}
+
+/// What one applied outcome says in the log.
+struct Logged {
+    host: String,
+    dsn: Enhanced,
+    outcome: Outcome,
+    text: String,
+    extra: String,
+}
+
+/// Applies one recipient's outcome to the record and logs it (the one place that does).
 pub fn apply(
     record: &mut MessageRecord,
     i: usize,
     outcome: RcptOutcome,
+    tag: Option<&str>,
     config: &OutboundConfig,
     now: UnixMillis,
     stats: &Stats,
 ) {
-    let received_at = record.received_at;
-    let id = record.id;
+    let (received_at, id) = (record.received_at, record.id);
     if let RcptOutcome::ContentMissing { reason } = &outcome {
         if record.location != Location::Dead {
             record.content_missing(reason);
-            tracing::error!(
-                "qid={} moved to Dead: {}",
-                record.id,
-                record.note.as_deref().unwrap_or("")
-            );
+            let note = record.note.as_deref().unwrap_or("");
+            tracing::error!("qid={id} moved to Dead: {note}");
         }
         return;
     }
     let Some(r) = record.recipients.get_mut(i) else {
         return;
     };
-    let delay = now.saturating_sub(received_at) as f64 / 1000.0;
-    match outcome {
-        RcptOutcome::Sent { host, reply } => {
-            let text = reply.to_string();
-            let dsn = reply.status_or((2, 0, 0));
-            log_outcome(
-                id,
-                &r.address,
-                None,
-                &host,
-                delay,
-                &dsn.to_string(),
-                Outcome::Sent,
-                &text,
-                "",
-            );
-            r.attempts.push(Attempt {
-                at: now,
-                host: host.clone(),
-                outcome: DeliveryOutcome::Relayed {
-                    reply: reply.clone(),
-                },
-            });
-            r.status = RcptStatus::Relayed {
-                at: now,
-                host,
-                reply,
-            };
-            r.next_retry = None;
-            stats.sent.fetch_add(1, Ordering::Relaxed);
-        }
+    let logged = match outcome {
+        RcptOutcome::Sent { host, reply } => sent(r, host, reply, now),
         RcptOutcome::Bounced {
             host,
             status,
             reply,
-        } => {
-            let failed = DeliveryOutcome::Failed {
-                status,
-                reply: reply.clone(),
-            };
-            log_outcome(
-                id,
-                &r.address,
-                None,
-                &host,
-                delay,
-                &status.to_string(),
-                Outcome::Bounced,
-                &failed.to_string(),
-                "",
-            );
-            r.attempts.push(Attempt {
-                at: now,
-                host,
-                outcome: failed,
-            });
-            r.status = RcptStatus::Failed {
-                at: now,
-                status,
-                reply,
-            };
-            r.next_retry = None;
-            stats.bounced.fetch_add(1, Ordering::Relaxed);
-        }
+        } => bounced(r, host, status, reply, now),
         RcptOutcome::Deferred { host, reply } => {
-            let age = std::time::Duration::from_millis(now.saturating_sub(received_at));
+            let age = Duration::from_millis(now.saturating_sub(received_at));
             if age >= config.queue_lifetime {
-                let verdict = Reply::local(
-                    (4, 4, 7),
-                    format!(
-                        "message expired after {}s in the queue; last error: {reply}",
-                        age.as_secs()
-                    ),
-                );
-                let text = verdict.to_string();
-                log_outcome(
-                    id,
-                    &r.address,
-                    None,
-                    &host,
-                    delay,
-                    "4.4.7",
-                    Outcome::Expired,
-                    &text,
-                    "",
-                );
-                // This attempt's own reply was temporary; what it led to is the expiry.
-                r.attempts.push(Attempt {
-                    at: now,
-                    host,
-                    outcome: DeliveryOutcome::Failed {
-                        status: (4, 4, 7).into(),
-                        reply,
-                    },
-                });
-                r.status = RcptStatus::Failed {
-                    at: now,
-                    status: (4, 4, 7).into(),
-                    reply: verdict,
-                };
-                r.next_retry = None;
-                stats.bounced.fetch_add(1, Ordering::Relaxed);
+                expired(r, host, reply, age, now)
             } else {
-                let n = r.attempts.len() + 1;
-                let wait = config.retry[(n - 1).min(config.retry.len() - 1)];
-                let next = now + wait.as_millis() as u64;
-                r.next_retry = Some(next);
-                let dsn = reply.status_or((4, 0, 0));
-                let text = reply.to_string();
-                let retry = format!("retry_in={}s", wait.as_secs_f64());
-                log_outcome(
-                    id,
-                    &r.address,
-                    None,
-                    &host,
-                    delay,
-                    &dsn.to_string(),
-                    Outcome::Deferred,
-                    &text,
-                    &retry,
-                );
-                r.attempts.push(Attempt {
-                    at: now,
-                    host,
-                    outcome: DeliveryOutcome::Deferred { reply, next },
-                });
-                stats.deferred.fetch_add(1, Ordering::Relaxed);
+                deferred(r, host, reply, config, now)
             }
         }
-        RcptOutcome::ContentMissing { .. } => {} // handled above, for the whole record
+        RcptOutcome::Suspended { host, until, by } => suspended(r, host, until, by, now),
+        RcptOutcome::ContentMissing { .. } => return, // handled above, for the whole record
+    };
+    let extra = match (logged.extra.as_str(), tag) {
+        (e, None) => e.to_string(),
+        ("", Some(t)) => t.to_string(),
+        (e, Some(t)) => format!("{e} {t}"),
+    };
+    let counter = match logged.outcome {
+        Outcome::Sent => &stats.sent,
+        Outcome::Deferred => &stats.deferred,
+        Outcome::Bounced | Outcome::Expired => &stats.bounced,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    log_outcome(&OutcomeLine {
+        qid: id,
+        to: &r.address,
+        orig_to: None,
+        relay: &logged.host,
+        delay_secs: now.saturating_sub(received_at) as f64 / 1000.0,
+        dsn: &logged.dsn.to_string(),
+        outcome: logged.outcome,
+        text: &logged.text,
+        extra: &extra,
+    });
+}
+
+/// Not attempted (the destination is suspended): due again when the suspension ends; no
+/// attempt is added, so the retry schedule and the attempt count stay as they were.
+fn suspended(
+    r: &mut Recipient,
+    host: String,
+    until: UnixMillis,
+    by: String,
+    now: UnixMillis,
+) -> Logged {
+    r.next_retry = Some(until);
+    let secs = until.saturating_sub(now).div_ceil(1000);
+    Logged {
+        host,
+        dsn: Enhanced::new(4, 7, 0),
+        outcome: Outcome::Deferred,
+        text: format!("destination suspended for {secs}s more by {by}; not attempted"),
+        extra: format!("retry_in={secs}s"),
     }
+}
+
+fn sent(r: &mut Recipient, host: String, reply: Reply, now: UnixMillis) -> Logged {
+    let logged = Logged {
+        host: host.clone(),
+        dsn: reply.status_or((2, 0, 0)),
+        outcome: Outcome::Sent,
+        text: reply.to_string(),
+        extra: String::new(),
+    };
+    r.attempts.push(Attempt {
+        at: now,
+        host: host.clone(),
+        outcome: DeliveryOutcome::Relayed {
+            reply: reply.clone(),
+        },
+    });
+    r.status = RcptStatus::Relayed {
+        at: now,
+        host,
+        reply,
+    };
+    r.next_retry = None;
+    logged
+}
+
+fn bounced(
+    r: &mut Recipient,
+    host: String,
+    status: Enhanced,
+    reply: Reply,
+    now: UnixMillis,
+) -> Logged {
+    let failed = DeliveryOutcome::Failed {
+        status,
+        reply: reply.clone(),
+    };
+    let logged = Logged {
+        host: host.clone(),
+        dsn: status,
+        outcome: Outcome::Bounced,
+        text: failed.to_string(),
+        extra: String::new(),
+    };
+    r.attempts.push(Attempt {
+        at: now,
+        host,
+        outcome: failed,
+    });
+    r.status = RcptStatus::Failed {
+        at: now,
+        status,
+        reply,
+    };
+    r.next_retry = None;
+    logged
+}
+
+/// A temporary failure of a message older than `queue_lifetime`: final, 4.4.7.
+const EXPIRED: Enhanced = Enhanced::new(4, 4, 7);
+
+/// The expiry of a recipient (see [`EXPIRED`]).
+fn expired(
+    r: &mut Recipient,
+    host: String,
+    reply: Reply,
+    age: Duration,
+    now: UnixMillis,
+) -> Logged {
+    let verdict = Reply::local(
+        EXPIRED,
+        format!(
+            "message expired after {}s in the queue; last error: {reply}",
+            age.as_secs()
+        ),
+    );
+    let logged = Logged {
+        host: host.clone(),
+        dsn: EXPIRED,
+        outcome: Outcome::Expired,
+        text: verdict.to_string(),
+        extra: String::new(),
+    };
+    // This attempt's own reply was temporary; what it led to is the expiry.
+    r.attempts.push(Attempt {
+        at: now,
+        host,
+        outcome: DeliveryOutcome::Failed {
+            status: EXPIRED,
+            reply,
+        },
+    });
+    r.status = RcptStatus::Failed {
+        at: now,
+        status: EXPIRED,
+        reply: verdict,
+    };
+    r.next_retry = None;
+    logged
+}
+
+fn deferred(
+    r: &mut Recipient,
+    host: String,
+    reply: Reply,
+    config: &OutboundConfig,
+    now: UnixMillis,
+) -> Logged {
+    let n = r.attempts.len() + 1;
+    let wait = config.retry[(n - 1).min(config.retry.len() - 1)];
+    let next = now + wait.as_millis() as u64;
+    r.next_retry = Some(next);
+    let logged = Logged {
+        host: host.clone(),
+        dsn: reply.status_or((4, 0, 0)),
+        outcome: Outcome::Deferred,
+        text: reply.to_string(),
+        extra: format!("retry_in={}s", wait.as_secs_f64()),
+    };
+    r.attempts.push(Attempt {
+        at: now,
+        host,
+        outcome: DeliveryOutcome::Deferred { reply, next },
+    });
+    logged
 }
 
 /// Sets the record's location and retry time after its outcomes are in: finished records

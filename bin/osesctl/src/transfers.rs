@@ -1,6 +1,8 @@
 //! What the controller holds per destination, for `tell router show`: lists a handler is
-//! delivering (Busy) and lists waiting for a free handler (Wait). Everything here is
-//! already in memory (at most a few lists per handler), so a page costs no store read.
+//! delivering (Busy), lists waiting for a free handler (Wait), lists traffic shaping
+//! holds back (Throttled) and suspended destinations (Suspended, with no list: their
+//! messages wait in the store). Everything here is already in memory (at most a few
+//! lists per handler), so a page costs no store read.
 
 use crate::domain_list::DomainList;
 use mta_ipc::transfers::{TransferPage, TransferRow, TransferState, TransferThreads};
@@ -15,6 +17,14 @@ pub struct ListSummary {
 }
 
 impl ListSummary {
+    /// A destination the controller holds no list for (a suspended one).
+    pub fn domain(domain: &str, via: &str) -> ListSummary {
+        ListSummary {
+            via: via.to_string(),
+            domains: vec![(domain.to_string(), 0)],
+        }
+    }
+
     /// A message with recipients in two of the list's domains counts in both.
     pub fn of(list: &DomainList, relay_host: Option<&str>) -> ListSummary {
         let mut domains: Vec<(String, u64)> = Vec::new();
@@ -66,34 +76,42 @@ impl ActiveLists {
 
 /// Rows for domains after `after`, ordered by domain then state; a page ends at a domain
 /// boundary once it has `limit` rows, so a domain's Busy and Wait rows stay together.
+/// A list (or destination) the controller holds that no handler is delivering: waiting,
+/// throttled or suspended, with the shaping detail for the last two.
+pub struct Held {
+    pub summary: ListSummary,
+    pub state: TransferState,
+    pub shaping: String,
+}
+
 pub fn page(
     active: &ActiveLists,
-    waiting: &[ListSummary],
+    held: &[Held],
     after: Option<&str>,
     limit: u32,
     threads: TransferThreads,
     transport_running: bool,
 ) -> TransferPage {
-    let mut by_domain: BTreeMap<(String, TransferState), (u64, String)> = BTreeMap::new();
+    let mut by_domain: BTreeMap<(String, TransferState), (u64, String, &str)> = BTreeMap::new();
     let busy = active.snapshot();
-    let tagged = busy
-        .iter()
-        .map(|s| (s, TransferState::Busy))
-        .chain(waiting.iter().map(|s| (s, TransferState::Wait)));
-    for (summary, state) in tagged {
+    let tagged = busy.iter().map(|s| (s, TransferState::Busy, "")).chain(
+        held.iter()
+            .map(|h| (&h.summary, h.state, h.shaping.as_str())),
+    );
+    for (summary, state, shaping) in tagged {
         for (domain, n) in &summary.domains {
             if after.is_some_and(|a| domain.as_str() <= a) {
                 continue;
             }
             let entry = by_domain
                 .entry((domain.clone(), state))
-                .or_insert_with(|| (0, summary.via.clone()));
+                .or_insert_with(|| (0, summary.via.clone(), shaping));
             entry.0 += n;
         }
     }
     let mut rows: Vec<TransferRow> = Vec::new();
     let mut more = false;
-    for ((domain, state), (messages, via)) in by_domain {
+    for ((domain, state), (messages, via, shaping)) in by_domain {
         let full = rows.len() >= limit.max(1) as usize;
         if full && rows.last().is_some_and(|r| r.domain != domain) {
             more = true;
@@ -104,6 +122,7 @@ pub fn page(
             state,
             messages,
             via,
+            shaping: shaping.to_string(),
         });
     }
     TransferPage {
@@ -130,7 +149,15 @@ mod tests {
         let active = ActiveLists::default();
         active.start(1, summary(&[("b.test", 2)]));
         active.start(2, summary(&[("b.test", 1), ("a.test", 1)]));
-        let waiting = [summary(&[("b.test", 4)]), summary(&[("c.test", 1)])];
+        let wait = |s| Held {
+            summary: s,
+            state: TransferState::Wait,
+            shaping: String::new(),
+        };
+        let waiting = [
+            wait(summary(&[("b.test", 4)])),
+            wait(summary(&[("c.test", 1)])),
+        ];
         let threads = TransferThreads::default();
         let first = page(&active, &waiting, None, 2, threads, true);
         let rows: Vec<_> = first

@@ -373,17 +373,17 @@ fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
     let orig = orig_to(r);
     let delay = now.saturating_sub(record.received_at) as f64 / 1000.0;
     let log = |dsn: Enhanced, outcome, text: &str| {
-        mta_task::log_outcome(
-            record.id,
-            &r.address,
-            orig,
-            "local",
-            delay,
-            &dsn.to_string(),
+        mta_task::log_outcome(&mta_task::OutcomeLine {
+            qid: record.id,
+            to: &r.address,
+            orig_to: orig,
+            relay: "local",
+            delay_secs: delay,
+            dsn: &dsn.to_string(),
             outcome,
             text,
-            "",
-        )
+            extra: "",
+        })
     };
     match &r.status {
         RcptStatus::Delivered { .. } => log(

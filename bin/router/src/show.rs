@@ -31,6 +31,8 @@ const TRANSFER_PAGES: usize = 64;
 struct Transfers {
     busy: HashMap<String, TransferRow>,
     waiting: HashMap<String, TransferRow>,
+    /// Held back by traffic shaping (a rate, a connection slot, a suspension).
+    shaped: HashMap<String, TransferRow>,
     threads: TransferThreads,
     /// `None`: the controller did not answer.
     running: Option<bool>,
@@ -61,6 +63,17 @@ impl Transfers {
                 let map = match row.state {
                     TransferState::Busy => &mut out.busy,
                     TransferState::Wait => &mut out.waiting,
+                    TransferState::Throttled | TransferState::Suspended => {
+                        // Suspended wins over throttled for the same domain.
+                        if out
+                            .shaped
+                            .get(&row.domain)
+                            .is_some_and(|r| r.state == TransferState::Suspended)
+                        {
+                            continue;
+                        }
+                        &mut out.shaped
+                    }
                 };
                 map.insert(row.domain.clone(), row);
             }
@@ -71,8 +84,15 @@ impl Transfers {
         out
     }
 
-    /// Busy or Wait, if the controller holds the domain.
+    /// Suspended, Throttled, Busy or Wait, if the controller holds the domain.
     fn state_of(&self, domain: &str) -> Option<(DestinationState, &TransferRow)> {
+        if let Some(row) = self.shaped.get(domain) {
+            let state = match row.state {
+                TransferState::Suspended => DestinationState::Suspended,
+                _ => DestinationState::Throttled,
+            };
+            return Some((state, row));
+        }
         if let Some(row) = self.busy.get(domain) {
             return Some((DestinationState::Busy, row));
         }
@@ -119,6 +139,19 @@ fn is_local(ctx: &TaskContext, domain: &str) -> bool {
 
 /// `tell router show`: LocalDelivery, then every destination of the Outbound Work Queue,
 /// each BUSY, WAIT, RETRY or READY; messages elsewhere in the pipeline are a count.
+/// The LocalDelivery row before the summaries are read.
+fn local_row() -> RouterDestination {
+    RouterDestination {
+        destination: "LocalDelivery".into(),
+        state: DestinationState::Retry,
+        messages: 0,
+        via: "local".into(),
+        next_retry_ms: None,
+        last_error: String::new(),
+        shaping: String::new(),
+    }
+}
+
 pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, String> {
     let transfers = Transfers::ask(ctx).await;
     let via = next_hop(ctx);
@@ -130,14 +163,7 @@ pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, 
         transport_running: transfers.running,
         ..RouterReport::default()
     };
-    let mut local = RouterDestination {
-        destination: "LocalDelivery".into(),
-        state: DestinationState::Retry,
-        messages: 0,
-        via: "local".into(),
-        next_retry_ms: None,
-        last_error: String::new(),
-    };
+    let mut local = local_row();
     let mut local_due = false;
     each_destination(ctx, |row| match row.location {
         Location::Queue(QueueName::MailBox) if is_local(ctx, &row.domain) => {
@@ -161,6 +187,7 @@ pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, 
                 return;
             }
             let held = transfers.state_of(&row.domain);
+            let shaping = held.map(|(_, t)| t.shaping.clone()).unwrap_or_default();
             let (state, via) = match held {
                 Some((state, t)) => (state, t.via.clone()),
                 None if row.next_due > now => (DestinationState::Retry, via.clone()),
@@ -175,6 +202,7 @@ pub async fn show(ctx: &TaskContext, router_busy: bool) -> Result<RouterReport, 
                 via,
                 next_retry_ms: (row.next_due > now).then_some(row.next_due),
                 last_error: row.last_error,
+                shaping,
             });
         }
         Location::Queue(_) => report.in_transit += row.messages,
@@ -224,6 +252,8 @@ pub async fn show_queue(ctx: &TaskContext, router_busy: bool) -> Result<String, 
             .flatten();
         let state = match held {
             Some((DestinationState::Busy, _)) => "Busy",
+            Some((DestinationState::Throttled, _)) => "Throttled",
+            Some((DestinationState::Suspended, _)) => "Suspended",
             Some(_) => "Wait",
             None if local && router_busy && row.location == Location::Queue(QueueName::MailBox) => {
                 "Busy"

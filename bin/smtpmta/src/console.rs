@@ -48,6 +48,10 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
             Err(e) => ConsoleReply::Error(e),
         },
         ConsoleCommand::SetConfig { knob, value } => set_config(sup, &knob, &value).await,
+        ConsoleCommand::ShowClients => {
+            let words = vec!["show".to_string(), "clients".to_string()];
+            tell_task(sup, TaskName::Isesctl, TellCommand::Other(words)).await
+        }
         ConsoleCommand::ShowVersion => {
             ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
         }
@@ -87,6 +91,15 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
             )),
             Err(e) => ConsoleReply::Error(format!("compaction failed: {e}")),
         },
+        // The TLS-RPT counts and the sending live in osesctl (issue 28).
+        TellCommand::Other(words)
+            if words
+                .iter()
+                .map(|w| w.to_ascii_lowercase())
+                .eq(["send", "tls", "reports"]) =>
+        {
+            tell_task(sup, TaskName::Osesctl, TellCommand::Other(words)).await
+        }
         TellCommand::Other(words) => ConsoleReply::Error(format!(
             "smtpmta does not know `{}`; type `help` for the list",
             words.join(" ")
@@ -167,6 +180,7 @@ async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> Co
     match request.await {
         Ok(TaskResponse::Told(text)) => ConsoleReply::Text(text),
         Ok(TaskResponse::Report(TaskReport::Router(report))) => ConsoleReply::Router(report),
+        Ok(TaskResponse::Report(TaskReport::Clients(report))) => ConsoleReply::Clients(report),
         Ok(TaskResponse::Error(text)) => ConsoleReply::Error(text),
         Ok(_) => ConsoleReply::Error(format!(
             "{task} answered `{command_text}` with something else than text (a mismatched binary?)"

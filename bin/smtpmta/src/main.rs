@@ -123,7 +123,8 @@ impl Supervisor {
         engine.set_tracking_days(fresh.tracking_days);
         *self.directory.lock().expect("directory lock") = Arc::new(fresh.directory.clone());
         *self.knobs.lock().expect("knob lock") = fresh.debug.clone();
-        self.children.set_inbound_grace(fresh.inbound.shutdown_grace);
+        self.children
+            .set_inbound_grace(fresh.inbound.shutdown_grace);
         *self.config.lock().expect("config lock") = fresh;
     }
 

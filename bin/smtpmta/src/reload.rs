@@ -53,6 +53,8 @@ const READERS: &[(TaskName, &[&str])] = &[
             "inbound",
             "tls",
             "milter",
+            // SPF/DKIM/DMARC lookups and the DNS lists.
+            "dns",
         ],
     ),
     (TaskName::Imsgcnv, &["hostname", "inbound.max_hops"]),
@@ -208,7 +210,10 @@ fn fields(text: &str, indent: usize) -> Vec<(String, Vec<String>)> {
                 .split_once(": ")
                 .is_some_and(|(name, _)| name.chars().all(|c| c.is_alphanumeric() || c == '_'));
         if starts_field {
-            let name = body.split_once(": ").map(|(n, _)| n.to_string()).unwrap_or_default();
+            let name = body
+                .split_once(": ")
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_default();
             out.push((name, vec![line.to_string()]));
         } else if depth >= indent {
             if let Some((_, lines)) = out.last_mut() {
@@ -270,7 +275,12 @@ pub async fn reload(sup: &Arc<Supervisor>) -> ConsoleReply {
     ConsoleReply::Text(text)
 }
 
-fn reply_text(config: &Config, plan: &Plan, restarted: &[String], not_reached: &[String]) -> String {
+fn reply_text(
+    config: &Config,
+    plan: &Plan,
+    restarted: &[String],
+    not_reached: &[String],
+) -> String {
     let list = |items: Vec<String>| {
         if items.is_empty() {
             "none".to_string()
@@ -331,18 +341,30 @@ mod tests {
         new.data_dir = "/tmp/y".into();
         let plan = Plan::new(&old, &new);
         let keys: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
-        assert!(keys.contains(&"inbound.max_handlers (100 -> 50)".to_string()), "{keys:?}");
+        assert!(
+            keys.contains(&"inbound.max_handlers (100 -> 50)".to_string()),
+            "{keys:?}"
+        );
         assert!(keys.contains(&"inbound.listen".to_string()), "{keys:?}");
-        assert!(keys.contains(&"hold_undeliverable (false -> true)".to_string()), "{keys:?}");
+        assert!(
+            keys.contains(&"hold_undeliverable (false -> true)".to_string()),
+            "{keys:?}"
+        );
         assert_eq!(plan.next_start, vec!["data_dir".to_string()]);
-        assert_eq!(plan.restart.iter().copied().collect::<Vec<_>>(), vec![TaskName::Isesctl]);
+        assert_eq!(
+            plan.restart.iter().copied().collect::<Vec<_>>(),
+            vec![TaskName::Isesctl]
+        );
     }
 
     #[test]
     fn nothing_changed_restarts_nothing() {
         let old = load("data_dir = \"/tmp/x\"\n");
         let plan = Plan::new(&old, &old.clone());
-        assert!(plan.changes.is_empty() && plan.restart.is_empty(), "{plan:?}");
+        assert!(
+            plan.changes.is_empty() && plan.restart.is_empty(),
+            "{plan:?}"
+        );
         let mut new = old.clone();
         new.outbound.relay_host = Some("relay.test:25".into());
         let plan = Plan::new(&old, &new);

@@ -67,6 +67,8 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
     ];
     // DKIM signing and inbound verification (issue 15).
     stats.extend(mta_auth::counters::ALL.iter().map(|n| stat(n, get(n), "")));
+    // Refusals at the door: DNS lists, per-client limits, pregreet, pipelining (issue 25).
+    stats.extend(names::DOOR.iter().map(|n| stat(n, get(n), "")));
     Ok(stats)
 }
 
@@ -262,10 +264,9 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
         after = Some((last.location, last.domain.clone()));
         read += page.len();
         let full = page.len() == 1000;
-        rows.extend(
-            page.into_iter()
-                .filter(|d| d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)),
-        );
+        rows.extend(page.into_iter().filter(|d| {
+            d.location == mta_types::Location::Queue(mta_types::QueueName::OutboundWork)
+        }));
         if !full {
             break;
         }
@@ -274,4 +275,3 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
     rows.truncate(sup.config().metrics.top_destinations);
     Ok(rows)
 }
-

@@ -12,12 +12,15 @@
 //! `"30s"`, `"5m"`, `"1h"`, `"2d"`, `"1h30m"`; sizes are an integer number of bytes or a string
 //! with a binary unit (`"10K"`, `"25M"`, `"25MiB"`, `"1G"`; K = 1024).
 
+mod cluster;
 mod debug;
 mod directory;
 mod dkim;
+mod dnslist;
 mod error;
 mod milter;
 mod run_as;
+mod shaping;
 mod tls;
 mod values;
 
@@ -25,15 +28,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use mta_types::rate::Rate;
 use mta_types::{BareNewline, Domain};
 use serde::Deserialize;
 
+pub use cluster::{ClusterConfig, PeerPassword, RedisUrl};
 pub use debug::DebugKnobs;
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
+pub use dnslist::{AddrFilter, DnsListSite};
 pub use error::ConfigError;
 pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
+pub use shaping::{OnReply, ReplyAction, ShapingRule};
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
 
@@ -91,6 +98,8 @@ pub struct Config {
     /// the listeners; resolved from the system's user database at load (see `run_as.rs`).
     /// Default none: the suite runs as whoever started it, as before.
     pub run_as: Option<RunAs>,
+    /// `[cluster]`: this node's place in a fleet (see `cluster.rs`). Default: a single node.
+    pub cluster: ClusterConfig,
 }
 
 /// `[metrics]` — the HTTP endpoint the supervisor serves: `/metrics` in the Prometheus
@@ -184,6 +193,45 @@ pub struct InboundConfig {
     /// one left is answered `421 4.3.2` and closed. Default 30s.
     #[serde(deserialize_with = "values::duration")]
     pub shutdown_grace: Duration,
+    /// `dnsbl`: DNS blocklists asked about each client of the `listen` (port 25) listener
+    /// that is not in `trusted_networks`, in Postfix's `postscreen_dnsbl_sites` syntax
+    /// `zone[=filter][*weight]` (see `dnslist.rs`). Default `[]`.
+    #[serde(deserialize_with = "dnslist::site_list")]
+    pub dnsbl: Vec<DnsListSite>,
+    /// `dnswl`: DNS allowlists, same syntax, asked with the blocklists; their (negative)
+    /// weights add to the same score. Default `[]`.
+    #[serde(deserialize_with = "dnslist::site_list")]
+    pub dnswl: Vec<DnsListSite>,
+    /// `dnsbl_threshold`: a client whose summed weights reach this gets `554 5.7.1` at
+    /// every command. Default 1.
+    pub dnsbl_threshold: i32,
+    /// `greet_pause`: how long untrusted clients of the `listen` listener wait for the
+    /// banner; one that sends anything meanwhile gets `554 5.5.1` and is dropped
+    /// (postscreen's pregreet test). `"0s"`: banner at once, no test. Default `"0s"`.
+    #[serde(deserialize_with = "values::duration")]
+    pub greet_pause: Duration,
+    /// `forbid_unauth_pipelining`: an untrusted client of the `listen` listener that sends
+    /// more after EHLO or HELO before their reply, or pipelines at all after HELO (where
+    /// PIPELINING is not offered), gets `554 5.5.0` and is dropped (Postfix 3.9's key of
+    /// the same name). Default true.
+    pub forbid_unauth_pipelining: bool,
+    /// `max_connections_per_client`: most simultaneous sessions from one client (an IPv4
+    /// address, or an IPv6 /64), trusted_networks exempt; beyond: `421 4.7.0` and close.
+    /// 0: no limit. Default 50 (Postfix's `smtpd_client_connection_count_limit`).
+    pub max_connections_per_client: u32,
+    /// `max_connection_rate_per_client`: new sessions per client per period, e.g.
+    /// `"60/min"` (a GCRA allowing the whole count at once, then one per period/count);
+    /// `""`: no limit. Default `""`.
+    #[serde(deserialize_with = "values::optional_rate")]
+    pub max_connection_rate_per_client: Option<Rate>,
+    /// `max_message_rate_per_client`: transactions per client per period (counted at
+    /// their first RCPT), as above. Default `""`.
+    #[serde(deserialize_with = "values::optional_rate")]
+    pub max_message_rate_per_client: Option<Rate>,
+    /// `max_recipient_rate_per_client`: RCPT commands per client per period, as above.
+    /// Default `""`.
+    #[serde(deserialize_with = "values::optional_rate")]
+    pub max_recipient_rate_per_client: Option<Rate>,
 }
 
 impl Default for InboundConfig {
@@ -207,6 +255,15 @@ impl Default for InboundConfig {
             dmarc_reject: false,
             verify_trusted: false,
             shutdown_grace: Duration::from_secs(30),
+            dnsbl: Vec::new(),
+            dnswl: Vec::new(),
+            dnsbl_threshold: 1,
+            greet_pause: Duration::ZERO,
+            forbid_unauth_pipelining: true,
+            max_connections_per_client: 50,
+            max_connection_rate_per_client: None,
+            max_message_rate_per_client: None,
+            max_recipient_rate_per_client: None,
         }
     }
 }
@@ -246,6 +303,26 @@ pub struct OutboundConfig {
     pub max_messages_per_session: usize,
     /// `[outbound.tls]`: STARTTLS to the next hop.
     pub tls: OutboundTls,
+    /// `ip_preference`: the order of a next hop's addresses: `"ipv6"` (AAAA first, then
+    /// A), `"ipv4"` (A first), `"ipv4-only"`, `"ipv6-only"`. Default `"ipv6"`.
+    pub ip_preference: IpPreference,
+    /// `[[outbound.shaping]]`: traffic shaping per destination site (first match wins).
+    /// Default: none (no limits).
+    pub shaping: Vec<ShapingRule>,
+}
+
+/// `[outbound] ip_preference`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum IpPreference {
+    #[default]
+    #[serde(rename = "ipv6")]
+    Ipv6,
+    #[serde(rename = "ipv4")]
+    Ipv4,
+    #[serde(rename = "ipv4-only")]
+    Ipv4Only,
+    #[serde(rename = "ipv6-only")]
+    Ipv6Only,
 }
 
 impl Default for OutboundConfig {
@@ -263,6 +340,8 @@ impl Default for OutboundConfig {
             max_messages_per_list: 100,
             max_messages_per_session: 1000,
             tls: OutboundTls::default(),
+            ip_preference: IpPreference::default(),
+            shaping: Vec::new(),
         }
     }
 }
@@ -310,6 +389,7 @@ struct RawConfig {
     tls: tls::RawTls,
     user: String,
     group: String,
+    cluster: cluster::RawCluster,
 }
 
 impl Default for RawConfig {
@@ -335,6 +415,7 @@ impl Default for RawConfig {
             tls: tls::RawTls::default(),
             user: String::new(),
             group: String::new(),
+            cluster: cluster::RawCluster::default(),
         }
     }
 }
@@ -410,6 +491,9 @@ impl Config {
         let milters = load_milters(&src, base, raw.milter)?;
         let tls = load_tls(&src, base, &raw.tls)?;
         let run_as = run_as::resolve(&src, &raw.user, &raw.group)?;
+        let cluster = raw.cluster.into_config(base).map_err(|(key, message)| {
+            src.error_at(&[Seg::Key("cluster"), Seg::Key(key)], message)
+        })?;
         let mut outbound = raw.outbound;
         if let Some(ca) = outbound.tls.ca_file.take() {
             let ca = normalize(&base.join(ca));
@@ -443,6 +527,7 @@ impl Config {
             milter: milters,
             tls,
             run_as,
+            cluster,
         })
     }
 

@@ -83,9 +83,13 @@ fn shipped_default_loads_with_documented_values() {
         c.local_domains,
         vec!["localhost".parse::<Domain>().unwrap()]
     );
+    // The shipped file shows the code's true default (IPv6 loopback included).
     assert_eq!(
         c.trusted_networks,
-        vec!["127.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+        vec![
+            "127.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            "::1/128".parse::<ipnet::IpNet>().unwrap()
+        ]
     );
     assert_eq!(c.directory_path, root.join("etc/directory.toml"));
     // Every section equals the built-in defaults.
@@ -622,4 +626,106 @@ fn milter_errors_name_file_line_and_key() {
         "{head}address = \"inet:h:1\"\ncommand_timeout = \"0s\"\n"
     ));
     assert_located(&e, &file, 5, "milter[0].command_timeout", "more than 0");
+}
+
+#[test]
+fn the_starter_shaping_rules_load() {
+    let f = Fixture::new(include_str!("../../../etc/shaping.toml"), Some(DIRECTORY));
+    let config = f.load().expect("etc/shaping.toml loads");
+    let rules = &config.outbound.shaping;
+    assert_eq!(rules.len(), 5);
+    assert_eq!(rules[0].label(), "google");
+    assert_eq!(rules[0].connection_limit, Some(10));
+    assert_eq!(rules[0].max_message_rate.unwrap().to_string(), "300/min");
+    assert_eq!(rules[1].on_reply[1].action, ReplyAction::ConnectionLimit(2));
+    assert!(rules[4].patterns.is_empty(), "the last rule is the default");
+}
+
+#[test]
+fn a_bad_shaping_value_names_its_line_and_key() {
+    let (e, file) = config_err(
+        "[outbound]\n[[outbound.shaping]]\nmatch = [\"a.test\"]\nmax_message_rate = \"300/fortnight\"\n",
+    );
+    assert_located(
+        &e,
+        &file,
+        4,
+        "outbound.shaping[0].max_message_rate",
+        "fortnight",
+    );
+    let (e, _) = config_err(
+        "[[outbound.shaping]]\n[[outbound.shaping.on_reply]]\nmatch = \"(\"\naction = \"suspend\"\nfor = \"1m\"\n",
+    );
+    assert!(e.to_string().contains("bad regex"), "{e}");
+}
+
+#[test]
+fn door_keys_load_and_bad_values_are_located() {
+    let f = Fixture::new(
+        "[inbound]\ndnsbl = [\"zen.example*2\", \"bl.example=127.0.0.[2..11]*1\"]\ndnswl = [\"list.dnswl.example*-5\"]\ndnsbl_threshold = 2\ngreet_pause = \"3s\"\nmax_connection_rate_per_client = \"60/min\"\nmax_message_rate_per_client = \"\"\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert_eq!(c.inbound.dnsbl.len(), 2);
+    assert_eq!(c.inbound.dnsbl[0].weight, 2);
+    assert_eq!(c.inbound.dnswl[0].weight, -5);
+    assert_eq!(c.inbound.dnsbl_threshold, 2);
+    assert_eq!(c.inbound.greet_pause, Duration::from_secs(3));
+    assert_eq!(
+        c.inbound
+            .max_connection_rate_per_client
+            .unwrap()
+            .to_string(),
+        "60/min"
+    );
+    assert_eq!(c.inbound.max_message_rate_per_client, None);
+    assert_eq!(c.inbound.max_connections_per_client, 50);
+    assert!(c.inbound.forbid_unauth_pipelining);
+
+    let (e, file) =
+        config_err("[inbound]\ndnsbl = [\n  \"ok.example\",\n  \"bad.example=127.0.0\",\n]\n");
+    assert_located(&e, &file, 4, "inbound.dnsbl", "is not a DNS list site");
+    let (e, file) = config_err("[inbound]\n\nmax_recipient_rate_per_client = \"60 a minute\"\n");
+    assert_located(
+        &e,
+        &file,
+        3,
+        "inbound.max_recipient_rate_per_client",
+        "is not a rate",
+    );
+}
+
+#[test]
+fn cluster_keys_load_and_bad_values_are_located() {
+    let c = Fixture::new("", Some(DIRECTORY)).load().unwrap().cluster;
+    assert_eq!(c.redis, None);
+    assert!(!c.node.is_empty(), "\"\" is the system's host name");
+    assert_eq!(c.peer_password, None);
+    assert_eq!(c.timeout, Duration::from_millis(250));
+    assert_eq!(c.heartbeat_ttl(), Duration::from_secs(15));
+
+    let f = Fixture::new(
+        "[cluster]\nredis = \"redis://:pw@127.0.0.1:6379/0\"\nnode = \"mx1\"\npeer_password_file = \"peer.secret\"\nlease_ttl = \"5s\"\n",
+        Some(DIRECTORY),
+    );
+    fs::write(f.path("peer.secret"), "s3cret\n").unwrap();
+    let c = f.load().unwrap().cluster;
+    assert_eq!(c.node, "mx1");
+    assert_eq!(c.peer_password_file, Some(f.path("peer.secret")));
+    assert_eq!(c.peer_password.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(c.lease_ttl, Duration::from_secs(5));
+    let redis = c.redis.as_ref().unwrap();
+    assert_eq!(redis.to_string(), "redis://:***@127.0.0.1:6379/0");
+    assert!(!format!("{c:?}").contains("s3cret") && !format!("{c:?}").contains("pw@"));
+
+    let (e, file) = config_err("[cluster]\nnode = \"a\"\nredis = \"localhost:6379\"\n");
+    assert_located(&e, &file, 3, "cluster.redis", "is not a Redis URL");
+    let (e, file) = config_err("[cluster]\nnode = \"two words\"\n");
+    assert_located(&e, &file, 2, "cluster.node", "is not a node name");
+    let (e, file) = config_err("[cluster]\n\npeer_password_file = \"missing.secret\"\n");
+    assert_located(&e, &file, 3, "cluster.peer_password_file", "cannot read");
+    let (e, file) = config_err("[cluster]\nheartbeat = \"0s\"\n");
+    assert_located(&e, &file, 2, "cluster.heartbeat", "more than 0");
+    let (e, file) = config_err("[cluster]\nredis_url = \"redis://h:1\"\n");
+    assert_located(&e, &file, 2, "cluster.redis_url", "unknown key");
 }

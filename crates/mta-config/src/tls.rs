@@ -61,7 +61,7 @@ impl TlsPolicy {
 }
 
 /// `[outbound.tls]` — STARTTLS to the next hop.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundTls {
     /// `policy`: the default for every destination. Default `"may"`.
@@ -73,6 +73,30 @@ pub struct OutboundTls {
     /// `[outbound.tls.domains]`: `"example.com" = "verify"` overrides `policy` for mail to
     /// that domain (keyed by the lower-case recipient domain). Default empty.
     pub domains: BTreeMap<String, TlsPolicy>,
+    /// `dane`: authenticate MX hosts by their DNSSEC-validated TLSA records (RFC 7672),
+    /// trusting the AD bit of `[dns] nameservers` (a validating resolver). Over `mta_sts`
+    /// and `policy`. Default true (with a resolver that does not validate, no answer is
+    /// authenticated and nothing changes).
+    pub dane: bool,
+    /// `mta_sts`: apply the destination's MTA-STS policy (RFC 8461) where no DANE record
+    /// applies. Default true.
+    pub mta_sts: bool,
+    /// `tls_reports`: send the daily TLS-RPT reports (RFC 8460) to domains that ask for
+    /// them in `_smtp._tls` TXT (`mailto:` only). Default true.
+    pub tls_reports: bool,
+}
+
+impl Default for OutboundTls {
+    fn default() -> Self {
+        OutboundTls {
+            policy: TlsPolicy::default(),
+            ca_file: None,
+            domains: BTreeMap::new(),
+            dane: true,
+            mta_sts: true,
+            tls_reports: true,
+        }
+    }
 }
 
 impl OutboundTls {

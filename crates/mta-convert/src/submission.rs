@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn keeps_what_is_there() {
-        let m = b"From: a@b\r\nDATE: Sun, 6 Dec 2026 01:00:00 +0000\r\nmessage-id: <x@y>\r\n\r\nb\r\n";
+        let m =
+            b"From: a@b\r\nDATE: Sun, 6 Dec 2026 01:00:00 +0000\r\nmessage-id: <x@y>\r\n\r\nb\r\n";
         assert!(complete_submission(m, &FIELDS).is_none());
         let m = b"From: a@b\r\nMessage-Id: <x@y>\r\n\r\nb\r\n";
         let out = String::from_utf8(complete_submission(m, &FIELDS).unwrap()).unwrap();

@@ -15,7 +15,13 @@
 //!
 //! The resolver is `[dns] nameservers` when set (else /etc/resolv.conf), with
 //! `[dns] timeout` per query; /etc/hosts is never consulted, so tests see only their DNS.
+//! DNS list (DNSBL/DNSWL) queries for isesctl: [`dnslist`].
 //! No queues, IPC or logging of its own. RFCs: 5321 section 5, 7505, 1035.
+
+pub mod dnslist;
+pub mod secure;
+
+pub use hickory_resolver::TokioResolver;
 
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
@@ -23,8 +29,7 @@ use hickory_resolver::config::{
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::TokioResolver;
-use mta_config::{DnsConfig, OutboundConfig};
+use mta_config::{DnsConfig, IpPreference, OutboundConfig};
 use mta_types::Domain;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -90,6 +95,7 @@ pub struct NextHop {
     resolver: TokioResolver,
     relay: Option<(String, u16)>,
     port: u16,
+    ip_preference: IpPreference,
 }
 
 impl fmt::Debug for NextHop {
@@ -135,20 +141,33 @@ pub fn resolver_config(dns: &DnsConfig) -> Result<(ResolverConfig, ResolverOpts)
     Ok((config, opts))
 }
 
+/// A resolver built from [`resolver_config`] (with hickory's answer cache).
+pub fn resolver(dns: &DnsConfig) -> Result<TokioResolver, DnsError> {
+    let (config, opts) = resolver_config(dns)?;
+    build_resolver(config, opts)
+}
+
+fn build_resolver(config: ResolverConfig, opts: ResolverOpts) -> Result<TokioResolver, DnsError> {
+    let mut builder = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *builder.options_mut() = opts;
+    builder.build().map_err(|e| DnsError::Temporary {
+        name: "resolver".into(),
+        detail: e.to_string(),
+    })
+}
+
 impl NextHop {
     pub fn new(outbound: &OutboundConfig, dns: &DnsConfig) -> Result<NextHop, DnsError> {
-        let (config, opts) = resolver_config(dns)?;
-        let mut builder =
-            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
-        *builder.options_mut() = opts;
-        let resolver = builder.build().map_err(|e| DnsError::Temporary {
-            name: "resolver".into(),
-            detail: e.to_string(),
-        })?;
+        let (config, mut opts) = resolver_config(dns)?;
+        // Both families, ordered afterwards by `ip_preference` (hickory's default asks
+        // AAAA only when there is no A).
+        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
+        let resolver = build_resolver(config, opts)?;
         Ok(NextHop {
             resolver,
             relay: outbound.relay_host.as_deref().map(split_host_port),
             port: outbound.port,
+            ip_preference: outbound.ip_preference,
         })
     }
 
@@ -291,7 +310,7 @@ impl NextHop {
         Ok(hosts)
     }
 
-    /// A and AAAA addresses of `host` (IPv4 first).
+    /// A and AAAA addresses of `host`, ordered (and filtered) by `[outbound] ip_preference`.
     async fn addresses(&self, host: &str, trace: bool) -> Result<Vec<IpAddr>, DnsError> {
         let name = fqdn(host)?;
         if trace {
@@ -311,8 +330,7 @@ impl NextHop {
         match answer {
             Ok(lookup) => {
                 let mut addrs: Vec<IpAddr> = lookup.iter().collect();
-                addrs.sort_by_key(|ip| ip.is_ipv6());
-                addrs.dedup();
+                order_addresses(&mut addrs, self.ip_preference);
                 if addrs.is_empty() {
                     Err(DnsError::NoAddress {
                         domain: host.into(),
@@ -330,6 +348,18 @@ impl NextHop {
             Err(e) => Err(temporary(host, &e)),
         }
     }
+}
+
+/// Sorts (stable: the resolver's order within a family) and filters by preference.
+fn order_addresses(addrs: &mut Vec<IpAddr>, preference: IpPreference) {
+    match preference {
+        IpPreference::Ipv6 => addrs.sort_by_key(|ip| ip.is_ipv4()),
+        IpPreference::Ipv4 => addrs.sort_by_key(|ip| ip.is_ipv6()),
+        IpPreference::Ipv4Only => addrs.retain(|ip| ip.is_ipv4()),
+        IpPreference::Ipv6Only => addrs.retain(|ip| ip.is_ipv6()),
+    }
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|ip| seen.insert(*ip));
 }
 
 fn query_line(kind: &str, name: &Name) {
@@ -431,6 +461,21 @@ mod tests {
             seen_first.insert(ex[0].1.clone());
         }
         assert_eq!(seen_first.len(), 2, "equal preferences are randomised");
+    }
+
+    #[test]
+    fn address_order_follows_the_preference() {
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let run = |p| {
+            let mut a = vec![v4, v6, v4];
+            order_addresses(&mut a, p);
+            a
+        };
+        assert_eq!(run(IpPreference::Ipv6), vec![v6, v4]);
+        assert_eq!(run(IpPreference::Ipv4), vec![v4, v6]);
+        assert_eq!(run(IpPreference::Ipv4Only), vec![v4]);
+        assert_eq!(run(IpPreference::Ipv6Only), vec![v6]);
     }
 
     #[test]

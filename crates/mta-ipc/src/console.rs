@@ -23,6 +23,10 @@ pub const HELP: &[(&str, &str)] = &[
         "the configuration in effect and the runtime debug knobs",
     ),
     ("show version", "the smtpmta version"),
+    (
+        "show clients",
+        "the busiest inbound clients with their sessions, messages, recipients and refusals (per-client limits)",
+    ),
     ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
         "show stat mail",
@@ -92,9 +96,21 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "tell router show",
-        "each pending destination BUSY, WAIT, RETRY or READY, and the threads",
+        "each pending destination BUSY, WAIT, RETRY, READY, THROTTLED or SUSPENDED, and the threads",
     ),
     ("tell router show queue", "the router's view of the queue counts"),
+    (
+        "tell router suspend <domain|site> [for <duration>]",
+        "deliver nothing to that destination or site for a while (default 1h; kept across restarts)",
+    ),
+    (
+        "tell router resume <domain|site>",
+        "end a suspension; the destination's messages are due at once",
+    ),
+    (
+        "show shaping",
+        "traffic shaping: each site seen, its rule and limits, connections, sent, throttled, suspended",
+    ),
     (
         "tell smtpmta quit",
         "stop every task (inbound first) and the supervisor",
@@ -124,6 +140,9 @@ pub const HELP: &[(&str, &str)] = &[
     ("route <domain>", "try that destination's queued messages now, ignoring their retry times"),
     ("route", "try every pending destination now"),
     ("route localdelivery", "retry local deliveries waiting in mail.box now"),
+    ("show tls policy <domain>", "which outbound TLS policy applies to the domain and why (DANE with its TLSA records, MTA-STS, or the config)"),
+    ("show tls reports", "the TLS-RPT counts not yet reported, per day, domain and policy"),
+    ("tell smtpmta send tls reports", "send the TLS-RPT reports now (today's counts so far included)"),
     ("help", "this list"),
 ];
 
@@ -216,6 +235,8 @@ pub enum ConsoleCommand {
     ShowServer,
     ShowConfig,
     ShowVersion,
+    /// `show clients`: isesctl's per-client counters, busiest first.
+    ShowClients,
     ShowQueue,
     ShowStatMail,
     /// `show stat mail.dead`, `show stat mail.*threads*`: the statistics a name, group or
@@ -281,6 +302,7 @@ impl ConsoleCommand {
             ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
             ["show" | "sh", "config"] => Ok(ConsoleCommand::ShowConfig),
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
+            ["show" | "sh", "clients" | "client"] => Ok(ConsoleCommand::ShowClients),
             ["show" | "sh", "queue"] => Ok(ConsoleCommand::ShowQueue),
             ["show" | "sh", "stat" | "stats" | "statistics", "mail"] => {
                 Ok(ConsoleCommand::ShowStatMail)
@@ -343,6 +365,21 @@ impl ConsoleCommand {
                 Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
             }
             ["route", "localdelivery" | "local"] => Ok(ConsoleCommand::RouteLocalDelivery),
+            // Outbound TLS policy (issue 28): osesctl holds the policy module and the counts.
+            ["show" | "sh", "tls", "policy", _] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec![
+                    "show".into(),
+                    "tls".into(),
+                    "policy".into(),
+                    words[3].to_ascii_lowercase(),
+                ]),
+            }),
+            ["show" | "sh", "tls", "policy", ..] => Err("usage: show tls policy <domain>".into()),
+            ["show" | "sh", "tls", "reports" | "report"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["show".into(), "tls".into(), "reports".into()]),
+            }),
             ["route", _] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),
@@ -358,6 +395,16 @@ impl ConsoleCommand {
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
+            }),
+            // Traffic shaping lives with the outbound controller; the operator says it to
+            // the router, as Domino's operators say everything about delivery.
+            ["tell", "router", "suspend" | "resume", ..] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(words[2..].iter().map(|w| w.to_string()).collect()),
+            }),
+            ["show" | "sh", "shaping"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["show".into(), "shaping".into()]),
             }),
             ["tell", task, ..] if handler_controller(task).is_some() => {
                 let (controller, transport) = handler_controller(task).expect("checked");
@@ -529,6 +576,8 @@ pub enum ConsoleReply {
     Track(crate::tracking::TrackPage),
     /// `tell router show`.
     Router(crate::transfers::RouterReport),
+    /// `show clients`.
+    Clients(crate::clients::ClientReport),
     Text(String),
     Error(String),
 }

@@ -12,6 +12,7 @@
 //! `TaskClient`, `StoreClient`, `Kicker`); nobody builds frames by hand.
 
 pub mod client;
+pub mod clients;
 pub mod console;
 pub mod frame;
 pub mod hello;

@@ -59,6 +59,16 @@ pub enum StoreRequest {
     },
     /// Counts per location.
     Counts,
+    /// A TLS policy state record (osesctl's MTA-STS cache, TLS-RPT counts), by name.
+    PolicyGet {
+        name: String,
+    },
+    /// Sets (`Some`) or removes a TLS policy state record; applied at once, durable with
+    /// the next flush.
+    PolicyPut {
+        name: String,
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// When a commit's reply may go out.
@@ -143,6 +153,7 @@ pub enum StoreResponse {
     Destinations(Vec<DestinationRow>),
     Bulk(BulkResult),
     Counts(QueueCounts),
+    Policy(Option<Vec<u8>>),
     /// The request could not be carried out (the store says why); nothing changed.
     Error(String),
     /// A commit failed because the disk (or quota) is full; nothing of it is durable.
@@ -333,6 +344,27 @@ impl StoreClient {
             .await?
         {
             StoreResponse::Bulk(r) => Ok(r),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// A TLS policy state record (`StoreRequest::PolicyGet`).
+    pub async fn policy_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_string();
+        match self.request(StoreRequest::PolicyGet { name }).await? {
+            StoreResponse::Policy(v) => Ok(v),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sets or removes a TLS policy state record (`StoreRequest::PolicyPut`).
+    pub async fn policy_put(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let name = name.to_string();
+        match self
+            .request(StoreRequest::PolicyPut { name, value })
+            .await?
+        {
+            StoreResponse::Done => Ok(()),
             other => Err(StoreError::Unexpected(format!("{other:?}"))),
         }
     }

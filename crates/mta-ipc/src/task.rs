@@ -54,6 +54,8 @@ pub enum TaskResponse {
 pub enum TaskReport {
     /// `tell router show`.
     Router(RouterReport),
+    /// `show clients` (`tell isesctl show clients`).
+    Clients(crate::clients::ClientReport),
 }
 
 /// A latency histogram as a task has counted it so far (since it started).

@@ -15,6 +15,10 @@ pub enum TransferState {
     Busy,
     /// Its list waits in the controller for a free handler.
     Wait,
+    /// Traffic shaping holds its list back: waiting for a rate or a connection slot.
+    Throttled,
+    /// Suspended (by an `on_reply` rule or the operator): not attempted until then.
+    Suspended,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +28,8 @@ pub struct TransferRow {
     pub messages: u64,
     /// The next hop as the controller groups it: the relay host, or the domain's MX.
     pub via: String,
+    /// Throttled or suspended: why, until when, the site's limit and use.
+    pub shaping: String,
 }
 
 /// Handler counts, as Domino's "Transfer Threads" line prints them.
@@ -60,6 +66,10 @@ pub enum DestinationState {
     Retry,
     /// Due and not yet picked up.
     Ready,
+    /// Traffic shaping holds it back (a rate or a connection slot of its site).
+    Throttled,
+    /// Suspended until a time, by a shaping rule or the operator.
+    Suspended,
 }
 
 impl DestinationState {
@@ -69,6 +79,8 @@ impl DestinationState {
             DestinationState::Wait => "WAIT",
             DestinationState::Retry => "RETRY",
             DestinationState::Ready => "READY",
+            DestinationState::Throttled => "THROTTLED",
+            DestinationState::Suspended => "SUSPENDED",
         }
     }
 }
@@ -83,6 +95,8 @@ pub struct RouterDestination {
     /// When the first of its messages is due (ms since the epoch), if later than now.
     pub next_retry_ms: Option<u64>,
     pub last_error: String,
+    /// THROTTLED or SUSPENDED: why, until when, the site's limit and use.
+    pub shaping: String,
 }
 
 /// `tell router show`.

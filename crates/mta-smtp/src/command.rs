@@ -169,6 +169,8 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// xtext-decoded.
     pub envid: Option<String>,
+    /// `XFLEET` (fleet peers only, `crate::handoff`): the message's origin.
+    pub handoff: Option<crate::handoff::HandoffMessage>,
 }
 
 impl MailParams {
@@ -182,6 +184,8 @@ pub struct RcptParams {
     pub notify: Option<Notify>,
     /// `(addr-type, xtext-decoded address)`, e.g. `("rfc822", "user@example.com")`.
     pub orcpt: Option<(String, String)>,
+    /// `XFLEET` (fleet peers only, `crate::handoff`): the recipient's history.
+    pub handoff: Option<crate::handoff::HandoffRcpt>,
 }
 
 impl RcptParams {
@@ -526,6 +530,10 @@ fn parse_mail(args: &str, utf8_allowed: bool) -> Result<Command, CommandError> {
                 }
                 params.envid = Some(xtext_decode(v).ok_or_else(bad)?);
             }
+            crate::handoff::KEYWORD => {
+                let v = value.ok_or_else(bad)?;
+                params.handoff = Some(crate::handoff::HandoffMessage::decode(v).ok_or_else(bad)?);
+            }
             _ => return Err(CommandError::UnknownParameter(key)),
         }
     }
@@ -572,6 +580,10 @@ fn parse_rcpt(args: &str, utf8: bool) -> Result<Command, CommandError> {
                     .filter(|a| !a.is_empty())
                     .ok_or_else(bad)?;
                 params.orcpt = Some((kind.to_ascii_lowercase(), addr));
+            }
+            crate::handoff::KEYWORD => {
+                let v = value.ok_or_else(bad)?;
+                params.handoff = Some(crate::handoff::HandoffRcpt::decode(v).ok_or_else(bad)?);
             }
             _ => return Err(CommandError::UnknownParameter(key)),
         }
@@ -820,7 +832,8 @@ mod tests {
                 body: Some(Body::EightBitMime),
                 smtputf8: true,
                 ret: Some(Ret::Hdrs),
-                envid: Some("QQ+=x".into())
+                envid: Some("QQ+=x".into()),
+                handoff: None,
             }
         );
         let Command::Mail { params, .. } = p("MAIL FROM:<> BODY=7BIT RET=full").unwrap() else {

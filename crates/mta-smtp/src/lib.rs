@@ -15,7 +15,7 @@
 //! 2034 and 3463 (ENHANCEDSTATUSCODES), 6531 (SMTPUTF8), 3461 (DSN parameters),
 //! 3030 (CHUNKING), 3848 (`with` keywords in Received), 5322 (date format).
 //! 3207 (STARTTLS), 8314 (implicit TLS), 4954/4616 (AUTH PLAIN; and LOGIN), 6409
-//! (submission). Not here: BINARYMIME (refused with 555).
+//! (submission). The fleet hand-off parameter `XFLEET` ([`handoff`], peers only). Not here: BINARYMIME (refused with 555).
 //!
 //! Security: the DATA reader ends a message only at `CRLF . CRLF` and refuses content with
 //! a bare CR or LF after reading to that real end (SMTP smuggling); every buffer is bounded.
@@ -23,6 +23,7 @@
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod handoff;
 pub mod received;
 pub mod reply;
 pub mod session;
@@ -38,9 +39,9 @@ pub use data::{
 pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
-    run_session, AuthVerdict, BareLineEvent, ClientInfo, Closing, Credentials, Direction, EndReason,
-    Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState, SessionSummary,
-    TlsInfo,
+    run_session, AuthVerdict, BareLineEvent, ClientInfo, Closing, Credentials, Direction,
+    EndReason, Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState,
+    SessionSummary, TlsInfo,
 };
 pub use tokio_rustls;
 

@@ -190,6 +190,19 @@ impl Reply {
         Reply::enh(555, (5, 5, 4), format!("Unsupported option: {name}"))
     }
 
+    /// `555 5.7.1 XFLEET is for authenticated fleet peers only` (a client that is not the
+    /// fleet peer used the hand-off parameter, `crate::handoff`).
+    pub fn handoff_peers_only() -> Reply {
+        Reply::enh(
+            555,
+            (5, 7, 1),
+            format!(
+                "{} is for authenticated fleet peers only",
+                crate::handoff::KEYWORD
+            ),
+        )
+    }
+
     /// `502 5.5.1 Error: command not implemented`
     pub fn not_implemented() -> Reply {
         Reply::enh(502, (5, 5, 1), "Error: command not implemented")
@@ -379,6 +392,40 @@ impl Reply {
             (5, 7, 1),
             format!("<{sender}>: Sender address rejected: not owned by user {user}"),
         )
+    }
+
+    // ----- At the door (isesctl's per-client checks) -----
+
+    /// `554 5.7.1 Service unavailable; client [ip] blocked using <zone>` (Postfix's
+    /// wording): a DNS blocklist lists the client. The reply to every command.
+    pub fn dnsbl_blocked(ip: std::net::IpAddr, zone: &str) -> Reply {
+        Reply::enh(
+            554,
+            (5, 7, 1),
+            format!("Service unavailable; client [{ip}] blocked using {zone}"),
+        )
+    }
+
+    /// `421 4.7.0 <host> Error: <reason>`: a per-client limit (`too many connections
+    /// from [ip] (limit 10)`); the session ends.
+    pub fn client_limit(hostname: &str, reason: &str) -> Reply {
+        Reply::enh(421, (4, 7, 0), format!("{hostname} Error: {reason}"))
+    }
+
+    /// `554 5.5.1 <host> Error: talked before the greeting` (the pregreet test); the
+    /// connection is dropped.
+    pub fn pregreet(hostname: &str) -> Reply {
+        Reply::enh(
+            554,
+            (5, 5, 1),
+            format!("{hostname} Error: protocol error: talked before the greeting"),
+        )
+    }
+
+    /// `554 5.5.0 Error: SMTP protocol synchronization` (Postfix's wording): commands sent
+    /// before the reply they had to wait for; the session ends.
+    pub fn pipelining_refused() -> Reply {
+        Reply::enh(554, (5, 5, 0), "Error: SMTP protocol synchronization")
     }
 
     // ----- Local trouble -----

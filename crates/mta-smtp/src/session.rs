@@ -163,6 +163,12 @@ impl Envelope {
         }
     }
 
+    /// The client authenticated as the fleet peer (`crate::handoff::PEER_USER`): it may
+    /// use `XFLEET`.
+    pub fn is_fleet_peer(&self) -> bool {
+        self.auth.as_deref() == Some(crate::handoff::PEER_USER)
+    }
+
     /// The `with` keyword for the state of the session (RFC 3848).
     fn with_keyword(&self, esmtp: bool) -> &'static str {
         let tls = self.tls.is_some();
@@ -311,6 +317,22 @@ pub trait SessionHooks: Send {
     fn closing(&self) -> Option<Closing> {
         None
     }
+
+    /// Called once, when the client's first command has been read (a DNS blocklist's
+    /// verdict, looked up meanwhile): `Some(reply)` answers that command and every later
+    /// one (QUIT still gets 221; they count as errors towards `max_errors`). Default:
+    /// none.
+    fn first_command(&mut self) -> impl Future<Output = Option<Reply>> + Send {
+        async { None }
+    }
+
+    /// The client sent `octets` more after `command` (EHLO or HELO; after HELO, any
+    /// command but DATA/BDAT) before its reply: pipelining where it was not offered (RFC
+    /// 2920 section 3.1). `Some(reply)` refuses it and ends the session. Default:
+    /// tolerated.
+    fn early_pipelining(&mut self, _command: &str, _octets: usize) -> Option<Reply> {
+        None
+    }
 }
 
 /// Why a session ended.
@@ -327,6 +349,9 @@ pub enum EndReason {
     TlsFailed,
     /// The server shut down (`421 4.3.2`).
     ShuttingDown,
+    /// The hooks refused the client and ended the session: a `421` to a RCPT (a
+    /// per-client limit), or pipelining where it was not offered.
+    Refused,
 }
 
 /// Counts for the session's summary log line.
@@ -351,6 +376,16 @@ pub enum SessionState {
     RcptTo,
     /// BDAT chunks (not yet LAST) are being collected.
     Chunking(crate::data::ChunkAssembly),
+}
+
+/// Whether the client may be served, as [`SessionHooks::first_command`] said.
+#[derive(Debug)]
+enum Admission {
+    /// No command yet.
+    Unasked,
+    Admitted,
+    /// Every command gets this reply.
+    Refused(Reply),
 }
 
 /// What the loop does after a command.
@@ -389,6 +424,7 @@ where
         state: SessionState::Fresh,
         env: Envelope::new(client),
         esmtp: false,
+        admission: Admission::Unasked,
         postmaster,
         errors: 0,
         accepted: 0,
@@ -413,6 +449,7 @@ pub(crate) struct Session<'a, S, H> {
     env: Envelope,
     /// EHLO (not HELO) was used: ESMTP parameters are allowed.
     esmtp: bool,
+    admission: Admission,
     /// `postmaster@<hostname>`, for `RCPT TO:<postmaster>`.
     postmaster: Option<Address>,
     errors: u32,
@@ -461,16 +498,68 @@ where
                     .transcript(self.env.qid, Direction::In, &redacted),
                 None => self.hooks.transcript(self.env.qid, Direction::In, &line),
             }
-            let flow = match Command::parse(&line, self.env.utf8) {
-                Ok(command) => self.dispatch(command).await,
-                Err(e) => self.command_error(e),
-            };
-            if let Flow::Close(reason) = flow {
+            if let Flow::Close(reason) = self.command(&line).await {
                 break reason;
             }
         };
         self.close().await;
         end
+    }
+
+    /// One command line: refused for the whole session, or parsed and answered, then
+    /// checked for pipelining where it was not offered.
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        if let Some(reply) = self.refusal().await {
+            return match Command::parse(line, self.env.utf8) {
+                Ok(Command::Quit) => {
+                    self.reply(Reply::bye());
+                    Flow::Close(EndReason::Quit)
+                }
+                _ => self.error(reply),
+            };
+        }
+        let command = match Command::parse(line, self.env.utf8) {
+            Ok(command) => command,
+            Err(e) => return self.command_error(e),
+        };
+        // The replies a client must wait for before it sends more (RFC 2920 3.1): EHLO's
+        // and HELO's; without PIPELINING (after HELO) every one but the end of content.
+        let name = match &command {
+            Command::Ehlo(_) => Some("EHLO"),
+            Command::Helo(_) => Some("HELO"),
+            Command::Data | Command::Bdat { .. } | Command::Quit => None,
+            _ if !self.esmtp => Some("a command"),
+            _ => None,
+        };
+        let flow = self.dispatch(command).await;
+        match name {
+            Some(name) if flow == Flow::Continue && !self.io.buffer().is_empty() => {
+                match self.hooks.early_pipelining(name, self.io.buffer().len()) {
+                    Some(reply) => {
+                        self.reply(reply);
+                        Flow::Close(EndReason::Refused)
+                    }
+                    None => flow,
+                }
+            }
+            _ => flow,
+        }
+    }
+
+    /// The refusal in force for the session, asking the hooks at the first command.
+    async fn refusal(&mut self) -> Option<Reply> {
+        match &self.admission {
+            Admission::Admitted => None,
+            Admission::Refused(reply) => Some(reply.clone()),
+            Admission::Unasked => {
+                let verdict = self.hooks.first_command().await;
+                self.admission = match &verdict {
+                    Some(reply) => Admission::Refused(reply.clone()),
+                    None => Admission::Admitted,
+                };
+                verdict
+            }
+        }
     }
 
     async fn dispatch(&mut self, command: Command) -> Flow {

@@ -336,6 +336,23 @@ impl Engine {
         })
     }
 
+    /// A TLS policy state record (`keys::POLICY`): small values one task owns (osesctl's
+    /// MTA-STS cache and TLS-RPT counts). Written outside the committer's batches: they
+    /// touch no index or counter, and reach the disk with the next flush (a cache: losing
+    /// the last write to a power cut costs one more fetch).
+    pub fn policy_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(keys::policy(name))?.map(|v| v.to_vec()))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a TLS policy state record.
+    pub fn policy_put(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => self.tree.insert(keys::policy(name), v)?,
+            None => self.tree.remove(keys::policy(name))?,
+        };
+        Ok(())
+    }
+
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StoreError> {
         match self.tree.get(keys::record(id))? {
             Some(v) => Ok(Some(self.decode(&keys::record(id), &v)?)),

@@ -12,6 +12,7 @@
 //! | `s` name | u64 | statistics counters (`stats.rs`) |
 //! | `v` | u8 | the layout version (`LAYOUT`) |
 //! | `x` id | raw bytes | a record that could not be read, kept for the operator |
+//! | `P` name | the caller's bytes | outbound TLS policy state (`policy_get`/`policy_put`): cached MTA-STS policies (`sts:<domain>`), TLS-RPT counts (`tlsrpt`) |
 //! | `h` id | history (`tracking.rs`) | message tracking: one message's history, kept after it left the queue |
 //! | `j` sender 0 id | – | tracking index by return path (lower case; empty for `<>`) |
 //! | `k` recipient 0 id | – | tracking index by recipient (lower case) |
@@ -35,6 +36,15 @@ pub const SEGMENT_REFS: u8 = b'g';
 pub const COUNTER: u8 = b's';
 pub const LAYOUT_KEY: &[u8] = b"v";
 pub const DAMAGED: u8 = b'x';
+pub const POLICY: u8 = b'P';
+
+/// The key of a TLS policy state record.
+pub fn policy(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(POLICY);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 /// The id at the end of a key that ends with one (a record's, an index's).
 pub fn id_at_end(k: &[u8]) -> Option<QueueId> {
     let n = k.len();

@@ -24,7 +24,7 @@ pub mod test_hooks;
 
 pub use context::TaskContext;
 pub use logging::{init_logging, DebugOutfile, LOG_FORMAT_ENV};
-pub use outcome_log::{log_outcome, Outcome};
+pub use outcome_log::{log_outcome, Outcome, OutcomeLine};
 pub use queue_worker::{drain, QueueWorker};
 
 /// Below this many bytes of message content, reading and parsing it is done on the task's
@@ -116,12 +116,7 @@ pub trait Task: Sized + Send + Sync + 'static {
         _ctx: &TaskContext,
         command: TellCommand,
     ) -> impl Future<Output = Result<String, String>> + Send {
-        async move {
-            Err(format!(
-                "{} does not know `{command}`",
-                Self::NAME
-            ))
-        }
+        async move { Err(format!("{} does not know `{command}`", Self::NAME)) }
     }
 }
 

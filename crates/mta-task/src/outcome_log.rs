@@ -25,20 +25,38 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// One recipient's outcome. `orig_to` is shown when the recipient came from an alias;
-/// `extra` (e.g. `retry_in=60s`) goes at the end.
-#[allow(clippy::too_many_arguments)]
-pub fn log_outcome(
-    qid: QueueId,
-    to: &Address,
-    orig_to: Option<&str>,
-    relay: &str,
-    delay_secs: f64,
-    dsn: &str,
-    outcome: Outcome,
-    text: &str,
-    extra: &str,
-) {
+/// One recipient's outcome line, as every task that delivers writes it.
+#[derive(Clone, Copy, Debug)]
+pub struct OutcomeLine<'a> {
+    pub qid: QueueId,
+    pub to: &'a Address,
+    /// Shown as `orig_to=<…>` when the recipient came from an alias.
+    pub orig_to: Option<&'a str>,
+    /// `relay=`: `host[ip]:port`, `local`, or the next hop as grouped.
+    pub relay: &'a str,
+    /// Since the message arrived.
+    pub delay_secs: f64,
+    pub dsn: &'a str,
+    pub outcome: Outcome,
+    /// The reply or verdict, shown in parentheses.
+    pub text: &'a str,
+    /// At the end of the line, e.g. `retry_in=60s site=… rule=…` (empty: nothing).
+    pub extra: &'a str,
+}
+
+/// Writes one recipient's outcome line (deferrals at WARN, everything else at INFO).
+pub fn log_outcome(line: &OutcomeLine<'_>) {
+    let OutcomeLine {
+        qid,
+        to,
+        orig_to,
+        relay,
+        delay_secs,
+        dsn,
+        outcome,
+        text,
+        extra,
+    } = *line;
     let orig = orig_to
         .map(|o| format!(" orig_to=<{o}>"))
         .unwrap_or_default();

@@ -11,6 +11,7 @@
 //! `Suite::power_loss` kills every process of the suite with SIGKILL and drops whatever was
 //! not fsynced.
 
+pub mod dnssec;
 pub mod lazyfs;
 pub mod milter;
 pub mod peers;

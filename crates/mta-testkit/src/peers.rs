@@ -112,22 +112,23 @@ pub struct Sink {
 impl Sink {
     /// Flags as in tests/support/smtp_sink.py (`--tempfail-first N`, `--no-8bitmime`, …).
     pub fn start(extra: &[&str]) -> Sink {
-        let port = free_port();
+        Sink::start_on("127.0.0.1", free_port(), extra)
+    }
+
+    /// On another loopback address (`127.0.0.21`, `::1`) and a given port: several sinks
+    /// on one port, as MX hosts of one suite (whose `[outbound] port` is that port).
+    pub fn start_on(host: &str, port: u16, extra: &[&str]) -> Sink {
         let dir = tempfile::Builder::new().prefix("sink-").tempdir().unwrap();
         let mut child = Command::new("python3")
             .arg(support("smtp_sink.py"))
-            .args(["127.0.0.1", &port.to_string()])
+            .args([host, &port.to_string()])
             .arg(dir.path())
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "sink did not start");
+        wait_ready(&mut child, "sink");
         Sink { child, port, dir }
     }
 
@@ -193,6 +194,15 @@ impl Drop for Sink {
     fn drop(&mut self) {
         kill(&mut self.child);
     }
+}
+
+/// Reads the helper's first line, which must be `ready`.
+fn wait_ready(child: &mut Child, what: &str) {
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{what} did not start");
 }
 
 /// The last `n` lines of `s`.
@@ -469,6 +479,51 @@ impl Drop for Dovecot {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        kill(&mut self.child);
+    }
+}
+
+/// An MTA-STS policy server (tests/support/sts_server.py): HTTPS on `host:443` with the
+/// given certificate, serving `policy_dir/<Host>.txt` (re-read at each request; absent:
+/// 404). Killed on drop.
+pub struct StsServer {
+    child: Child,
+    pub policy_dir: PathBuf,
+}
+
+impl StsServer {
+    pub fn start(host: &str, cert: &Path, key: &Path, policy_dir: &Path) -> StsServer {
+        let mut child = Command::new("python3")
+            .arg(support("sts_server.py"))
+            .args([host, "443"])
+            .arg(cert)
+            .arg(key)
+            .arg(policy_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        wait_ready(&mut child, &format!("MTA-STS policy server on {host}:443"));
+        StsServer {
+            child,
+            policy_dir: policy_dir.to_path_buf(),
+        }
+    }
+
+    /// How many policy fetches for `host` it has answered (or refused).
+    pub fn hits(&self, host: &str) -> usize {
+        std::fs::read_to_string(self.policy_dir.join("hits"))
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with(&format!("{host} ")))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for StsServer {
+    fn drop(&mut self) {
         kill(&mut self.child);
     }
 }

@@ -26,7 +26,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
+pub mod dane;
 pub mod password;
+pub mod sts;
 
 pub use rustls;
 pub use tokio_rustls;
@@ -194,22 +196,119 @@ pub fn client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
             .with_no_client_auth(),
-        TlsPolicy::Verify => {
-            let mut roots = RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            if let Some(ca) = ca_file {
-                for cert in read_certs(ca, "outbound.tls.ca_file")? {
-                    roots.add(cert).map_err(|e| TlsError::File {
-                        key: "outbound.tls.ca_file",
-                        file: ca.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
-                }
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+        TlsPolicy::Verify => builder
+            .with_root_certificates(root_store(ca_file)?)
+            .with_no_client_auth(),
     };
     Ok(Some(Arc::new(config)))
+}
+
+/// The webpki roots plus the PEM certificates of `ca_file` (`[outbound.tls] ca_file`).
+pub fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = ca_file {
+        for cert in read_certs(ca, "outbound.tls.ca_file")? {
+            roots.add(cert).map_err(|e| TlsError::File {
+                key: "outbound.tls.ca_file",
+                file: ca.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+/// What a verification would have said, for MTA-STS `testing` (TLS-RPT): `Some(error)`
+/// after a failed one, `None` while it passed or did not run.
+pub type Observed = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Verifies like `verify` (roots plus `ca_file`, the host name) but takes any
+/// certificate, noting the verdict: MTA-STS `testing` delivers as before and reports.
+pub struct Observer(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl Observer {
+    pub fn new(ca_file: Option<&Path>) -> Result<Observer, TlsError> {
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(root_store(ca_file)?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::File {
+            key: "outbound.tls.ca_file",
+            file: ca_file.map(Path::to_path_buf).unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        Ok(Observer(verifier))
+    }
+
+    /// A client config for one connection and the slot its verdict lands in.
+    pub fn config(&self) -> (Arc<ClientConfig>, Observed) {
+        let observed = Observed::default();
+        let verifier = Observing {
+            inner: self.0.clone(),
+            observed: observed.clone(),
+            any: AnyCertificate(provider()),
+        };
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        (Arc::new(config), observed)
+    }
+}
+
+#[derive(Debug)]
+struct Observing {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    observed: Observed,
+    any: AnyCertificate,
+}
+
+impl ServerCertVerifier for Observing {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Err(e) = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            *self.observed.lock().expect("observed") = Some(e.to_string());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.any.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.any.supported_verify_schemes()
+    }
 }
 
 /// Opportunistic TLS (`may`, `encrypt`): any certificate is taken — MX hosts commonly
@@ -217,7 +316,7 @@ pub fn client_config(
 /// plaintext — but the handshake signatures are verified, so the session key really is
 /// the peer's.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
+pub(crate) struct AnyCertificate(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -49,6 +49,25 @@ pub const MAIL_AUTH: &[&str] = &[
     DMARC_REJECTED,
 ];
 
+/// Added by isesctl per client blocked by the DNS lists (`[inbound] dnsbl`).
+pub const INBOUND_DNSBL_BLOCKED: &str = "Mail.Inbound.DNSBL.Blocked";
+/// … per DNS list query that failed (timeout, SERVFAIL): the client was taken as not listed.
+pub const INBOUND_DNSBL_ERRORS: &str = "Mail.Inbound.DNSBL.Errors";
+/// … per session, message or recipient refused for a per-client limit (`421 4.7.0`).
+pub const INBOUND_LIMIT_REFUSED: &str = "Mail.Inbound.ClientLimit.Refused";
+/// … per client dropped for talking before the banner (`greet_pause`).
+pub const INBOUND_PREGREET: &str = "Mail.Inbound.Pregreet";
+/// … per client dropped for pipelining where it was not offered.
+pub const INBOUND_PIPELINING_REFUSED: &str = "Mail.Inbound.Pipelining.Refused";
+/// The door's counters (isesctl before and around the banner), in `show stat mail` order.
+pub const DOOR: &[&str] = &[
+    INBOUND_DNSBL_BLOCKED,
+    INBOUND_DNSBL_ERRORS,
+    INBOUND_LIMIT_REFUSED,
+    INBOUND_PREGREET,
+    INBOUND_PIPELINING_REFUSED,
+];
+
 /// Upper bounds (ms) of the time-to-delivery histogram's buckets: arrival to delivered or
 /// relayed, per recipient. From a local delivery (well under a second) to a day of retries.
 pub const DELIVER_TIME_BOUNDS_MS: &[u64] = &[

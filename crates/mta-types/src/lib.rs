@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod counters;
+pub mod fleet;
 pub mod message;
 pub mod outcome;
 pub mod queue_id;

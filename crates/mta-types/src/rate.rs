@@ -124,11 +124,23 @@ mod tests {
         let r: Rate = "60/min".parse().unwrap();
         assert_eq!((r.count, r.period), (60, Duration::from_secs(60)));
         assert_eq!(r.to_string(), "60/min");
-        assert_eq!("10/s".parse::<Rate>().unwrap().period, Duration::from_secs(1));
+        assert_eq!(
+            "10/s".parse::<Rate>().unwrap().period,
+            Duration::from_secs(1)
+        );
         assert_eq!(" 5 / 10s ".parse::<Rate>().unwrap().to_string(), "5/10s");
         assert_eq!("500/hour".parse::<Rate>().unwrap().to_string(), "500/h");
         assert_eq!("1000/d".parse::<Rate>().unwrap().period.as_secs(), 86400);
-        for bad in ["", "60", "0/min", "60/", "60/fortnight", "x/min", "5/0s", "-1/s"] {
+        for bad in [
+            "",
+            "60",
+            "0/min",
+            "60/",
+            "60/fortnight",
+            "x/min",
+            "5/0s",
+            "-1/s",
+        ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad} parsed");
         }
     }

@@ -23,12 +23,32 @@ struct Series {
 pub fn span(id: &str, title: &str, minutes: &[Minute]) -> String {
     let pick = |f: fn(&Minute) -> u64| minutes.iter().map(f).collect::<Vec<u64>>();
     let traffic = [
-        Series { label: "received", color: "#05a", values: pick(|m| m.received) },
-        Series { label: "delivered", color: "#070", values: pick(|m| m.delivered) },
-        Series { label: "deferred", color: "#d80", values: pick(|m| m.deferred) },
-        Series { label: "bounced", color: "#b00", values: pick(|m| m.bounced) },
+        Series {
+            label: "received",
+            color: "#05a",
+            values: pick(|m| m.received),
+        },
+        Series {
+            label: "delivered",
+            color: "#070",
+            values: pick(|m| m.delivered),
+        },
+        Series {
+            label: "deferred",
+            color: "#d80",
+            values: pick(|m| m.deferred),
+        },
+        Series {
+            label: "bounced",
+            color: "#b00",
+            values: pick(|m| m.bounced),
+        },
     ];
-    let queue = [Series { label: "queued", color: "#555", values: pick(|m| m.queued) }];
+    let queue = [Series {
+        label: "queued",
+        color: "#555",
+        values: pick(|m| m.queued),
+    }];
     let span_label = span_label(minutes.len());
     format!(
         "<figure id=\"chart-{id}\"><figcaption>{title}: per minute</figcaption>{}\
@@ -146,14 +166,23 @@ mod tests {
             .collect();
         let html = span("hour", "Last hour", &minutes);
         for class in ["received", "delivered", "deferred", "bounced", "queued"] {
-            assert!(html.contains(&format!("<polyline class=\"{class}\"")), "{class}");
+            assert!(
+                html.contains(&format!("<polyline class=\"{class}\"")),
+                "{class}"
+            );
         }
         assert!(html.contains(">received 1770<"), "{html}");
         assert!(html.contains(">3 now<"), "{html}");
         assert!(!html.contains("<script"));
         // 60 points per line.
         let line = html.split("<polyline class=\"received\"").nth(1).unwrap();
-        let points = line.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(points.split(' ').count(), 60);
     }
 }

@@ -165,6 +165,7 @@ fn render(
     register_delivery_time(&mut r, &get);
     register_sessions(&mut r, sup, tasks, &get);
     register_milters(&mut r, &counters);
+    register_door(&mut r, &get);
     register_tasks(&mut r, tasks);
     register_sizes(&mut r, sup);
     // Latency histograms the tasks keep (isesctl: end of DATA to 250).
@@ -330,6 +331,31 @@ fn register_delivery_time(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
     );
 }
 
+/// Clients refused at the door (isesctl), by reason; DNS list queries that failed.
+fn register_door(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
+    let refused = Family::<Labels, Counter>::default();
+    for (reason, counter) in [
+        ("dnsbl", names::INBOUND_DNSBL_BLOCKED),
+        ("client_limit", names::INBOUND_LIMIT_REFUSED),
+        ("pregreet", names::INBOUND_PREGREET),
+        ("pipelining", names::INBOUND_PIPELINING_REFUSED),
+    ] {
+        refused
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(get(counter));
+    }
+    r.register(
+        "inbound_refused",
+        "Inbound clients, messages or recipients refused at the door, by reason",
+        refused,
+    );
+    r.register(
+        "dnsbl_lookup_errors",
+        "DNS list queries that failed (the client was taken as not listed)",
+        ConstCounter::new(get(names::INBOUND_DNSBL_ERRORS)),
+    );
+}
+
 fn register_milters(r: &mut Registry, counters: &std::collections::BTreeMap<String, u64>) {
     // Milters (isesctl, `[[milter]]`): verdicts and failures per milter, from the
     // `Mail.Milter.{Action,Failure}.<what>.<name>` counters.
@@ -432,6 +458,51 @@ fn register_tasks(r: &mut Registry, tasks: &[TaskRow]) {
         "task_restarts",
         "Unexpected exits of the task since the supervisor started",
         restarts,
+    );
+    register_sites(r, tasks);
+}
+
+/// Traffic shaping per site, from osesctl's status (its `site:<name>:<what>` counters,
+/// already bounded to the `top_destinations` busiest sites).
+fn register_sites(r: &mut Registry, tasks: &[TaskRow]) {
+    let site_connections = Family::<Labels, Gauge>::default();
+    let site_throttled = Family::<Labels, Counter>::default();
+    let site_suspended = Family::<Labels, Counter>::default();
+    let osesctl = tasks
+        .iter()
+        .find(|t| t.name == "osesctl" && t.parent.is_none());
+    for (name, n) in osesctl.map(|t| t.counters.as_slice()).unwrap_or_default() {
+        let Some((site, what)) = name.strip_prefix("site:").and_then(|r| r.rsplit_once(':')) else {
+            continue;
+        };
+        let l = labels(&[("site", site)]);
+        match what {
+            "connections" => {
+                site_connections.get_or_create(&l).set(*n as i64);
+            }
+            "throttled" => {
+                site_throttled.get_or_create(&l).inc_by(*n);
+            }
+            "suspended" => {
+                site_suspended.get_or_create(&l).inc_by(*n);
+            }
+            _ => {}
+        }
+    }
+    r.register(
+        "site_connections",
+        "Outbound connections open per destination site (traffic shaping)",
+        site_connections,
+    );
+    r.register(
+        "site_throttled",
+        "Times a site's list or message was held back by a shaping limit",
+        site_throttled,
+    );
+    r.register(
+        "site_suspended",
+        "Lists or messages deferred because their site or domain was suspended",
+        site_suspended,
     );
 }
 

@@ -95,7 +95,6 @@ fn head(h: &mut String, sup: &Supervisor) {
         pid = std::process::id(),
         up = age(Some(sup.started_ms)),
     );
-
 }
 
 fn tasks_table(h: &mut String, tasks: &[TaskRow]) {
@@ -128,7 +127,6 @@ fn tasks_table(h: &mut String, tasks: &[TaskRow]) {
         );
     }
     h.push_str("</table>");
-
 }
 
 fn queue_table(h: &mut String, counts: &[(String, String, u64)]) {
@@ -145,7 +143,6 @@ fn queue_table(h: &mut String, counts: &[(String, String, u64)]) {
         );
     }
     h.push_str("</table>");
-
 }
 
 fn destinations_table(h: &mut String, destinations: &[DestinationRow]) {
@@ -172,7 +169,6 @@ fn destinations_table(h: &mut String, destinations: &[DestinationRow]) {
         );
     }
     h.push_str("</table>");
-
 }
 
 fn stats_table(h: &mut String, stats: &[mta_ipc::console::Statistic]) {
@@ -193,7 +189,6 @@ fn stats_table(h: &mut String, stats: &[mta_ipc::console::Statistic]) {
         );
     }
     h.push_str("</table>");
-
 }
 
 fn deliveries_table(h: &mut String, sup: &Supervisor) {

@@ -29,6 +29,9 @@ where
         if !self.esmtp && !params.is_empty() {
             return self.error(Reply::esmtp_needs_ehlo());
         }
+        if params.handoff.is_some() && !self.env.is_fleet_peer() {
+            return self.refuse_mail(Reply::handoff_peers_only(), true);
+        }
         if params.body == Some(Body::BinaryMime) {
             return self.error(Reply::body_type_unsupported());
         }

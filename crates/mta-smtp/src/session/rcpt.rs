@@ -25,6 +25,11 @@ where
         if !self.esmtp && !params.is_empty() {
             return self.error(Reply::esmtp_needs_ehlo());
         }
+        if params.handoff.is_some() && !self.env.is_fleet_peer() {
+            self.hooks
+                .refused(&self.env, "RCPT", &Reply::handoff_peers_only());
+            return self.error(Reply::handoff_peers_only());
+        }
         if self.env.rcpts.len() >= self.cfg.max_recipients {
             return self.reply(Reply::too_many_recipients());
         }
@@ -41,6 +46,11 @@ where
                 self.env.rcpts.push((rcpt, params));
                 self.state = SessionState::RcptTo;
                 self.reply(Reply::recipient_ok())
+            }
+            // A 421 (a per-client limit) closes the session (RFC 5321 3.8).
+            RcptVerdict::Reject(reply) if reply.closes_connection() => {
+                self.reply(reply);
+                Flow::Close(super::EndReason::Refused)
             }
             RcptVerdict::Reject(reply) => self.reply(reply),
         }

@@ -13,10 +13,26 @@ struct FakeHooks {
     delivered: Vec<(QueueId, Envelope, Vec<u8>)>,
     transcript: Vec<(Direction, Vec<u8>)>,
     bare: Vec<BareLineEvent>,
+    /// The door's answers: a refusal for every command, and pipelining refused.
+    door: DoorHooks,
+}
+
+#[derive(Clone, Default)]
+struct DoorHooks {
+    refuse_all: Option<Reply>,
+    strict_pipelining: bool,
+    /// Recipients accepted before a `421` (a per-client limit).
+    rcpt_limit: Option<usize>,
 }
 
 impl SessionHooks for FakeHooks {
     async fn check_rcpt(&mut self, _env: &Envelope, rcpt: &Address) -> RcptVerdict {
+        if let Some(n) = &mut self.door.rcpt_limit {
+            if *n == 0 {
+                return RcptVerdict::Reject(Reply::client_limit("mx.example", "too many"));
+            }
+            *n -= 1;
+        }
         if rcpt.local_part() == "unknown" {
             RcptVerdict::Reject(Reply::mailbox_unknown(rcpt))
         } else if rcpt.domain().as_str() == "remote.example" {
@@ -40,6 +56,14 @@ impl SessionHooks for FakeHooks {
 
     fn bare_line_ending(&mut self, _env: &Envelope, event: BareLineEvent) {
         self.bare.push(event);
+    }
+
+    async fn first_command(&mut self) -> Option<Reply> {
+        self.door.refuse_all.clone()
+    }
+
+    fn early_pipelining(&mut self, _command: &str, _octets: usize) -> Option<Reply> {
+        self.door.strict_pipelining.then(Reply::pipelining_refused)
     }
 }
 
@@ -66,13 +90,20 @@ struct TestSession {
 impl TestSession {
     /// Starts a session and checks the greeting.
     async fn start(cfg: SessionConfig) -> TestSession {
+        TestSession::start_with(cfg, DoorHooks::default()).await
+    }
+
+    async fn start_with(cfg: SessionConfig, door: DoorHooks) -> TestSession {
         let (client, server) = tokio::io::duplex(1 << 16);
         let info = ClientInfo {
             peer: "192.0.2.7:40000".parse().unwrap(),
             local: "192.0.2.1:25".parse().unwrap(),
         };
         let server = tokio::spawn(async move {
-            let mut hooks = FakeHooks::default();
+            let mut hooks = FakeHooks {
+                door,
+                ..FakeHooks::default()
+            };
             let summary = run_session(server, info, &cfg, &mut hooks).await;
             (summary, hooks)
         });
@@ -580,4 +611,118 @@ async fn session_future_is_send() {
     let mut hooks = FakeHooks::default();
     let fut = run_session(b, info, &cfg, &mut hooks);
     assert_send(&fut);
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_the_refusal_to_every_command_but_quit() {
+    let door = DoorHooks {
+        refuse_all: Some(Reply::dnsbl_blocked(
+            "192.0.2.7".parse().unwrap(),
+            "bl.example",
+        )),
+        ..DoorHooks::default()
+    };
+    let mut t = TestSession::start_with(test_config(), door).await;
+    let r = t.cmd("EHLO client.example", 554).await;
+    assert_eq!(
+        r.to_string(),
+        "554 5.7.1 Service unavailable; client [192.0.2.7] blocked using bl.example\r\n"
+    );
+    t.cmd("MAIL FROM:<a@client.example>", 554).await;
+    t.cmd("NOOP", 554).await;
+    t.cmd("QUIT", 221).await;
+    let (summary, hooks) = t.finish().await;
+    assert_eq!(summary.end, EndReason::Quit);
+    assert!(hooks.delivered.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_client_is_dropped_after_max_errors() {
+    let door = DoorHooks {
+        refuse_all: Some(Reply::dnsbl_blocked(
+            "192.0.2.7".parse().unwrap(),
+            "bl.example",
+        )),
+        ..DoorHooks::default()
+    };
+    let mut t = TestSession::start_with(test_config(), door).await;
+    for _ in 0..4 {
+        t.cmd("HELO client.example", 554).await;
+    }
+    t.send(b"HELO client.example\r\n").await;
+    t.expect(554).await;
+    t.expect(421).await;
+    assert_eq!(t.finish().await.0.end, EndReason::TooManyErrors);
+}
+
+#[tokio::test]
+async fn a_421_to_rcpt_ends_the_session() {
+    let door = DoorHooks {
+        rcpt_limit: Some(1),
+        ..DoorHooks::default()
+    };
+    let mut t = TestSession::start_with(test_config(), door).await;
+    t.ehlo().await;
+    t.cmd("MAIL FROM:<a@client.example>", 250).await;
+    t.cmd("RCPT TO:<x@mx.example>", 250).await;
+    let r = t.cmd("RCPT TO:<y@mx.example>", 421).await;
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(4, 7, 0)));
+    let (summary, _) = t.finish().await;
+    assert_eq!(summary.end, EndReason::Refused);
+}
+
+#[tokio::test]
+async fn commands_before_the_ehlo_reply_are_refused_when_the_hooks_say_so() {
+    let strict = DoorHooks {
+        strict_pipelining: true,
+        ..DoorHooks::default()
+    };
+    let mut t = TestSession::start_with(test_config(), strict.clone()).await;
+    t.send(b"EHLO client.example\r\nMAIL FROM:<a@client.example>\r\n")
+        .await;
+    t.expect(250).await;
+    let r = t.expect(554).await;
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(5, 5, 0)));
+    assert_eq!(t.finish().await.0.end, EndReason::Refused);
+
+    // After HELO nothing is offered: any pipelining is refused.
+    let mut t = TestSession::start_with(test_config(), strict.clone()).await;
+    t.cmd("HELO client.example", 250).await;
+    t.send(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<x@mx.example>\r\n")
+        .await;
+    t.expect(250).await;
+    t.expect(554).await;
+    assert_eq!(t.finish().await.0.end, EndReason::Refused);
+
+    // After EHLO's reply, PIPELINING is offered: a pipelined group is fine.
+    let mut t = TestSession::start_with(test_config(), strict).await;
+    t.ehlo().await;
+    t.send(b"MAIL FROM:<a@client.example>\r\nRCPT TO:<x@mx.example>\r\nDATA\r\n")
+        .await;
+    t.expect(250).await;
+    t.expect(250).await;
+    t.expect(354).await;
+
+    // Without the hooks' say-so (a trusted client), EHLO and MAIL in one packet pass.
+    let mut t = TestSession::start(test_config()).await;
+    t.send(b"EHLO client.example\r\nMAIL FROM:<a@client.example>\r\n")
+        .await;
+    t.expect(250).await;
+    t.expect(250).await;
+}
+
+#[tokio::test]
+async fn handoff_parameter_is_for_fleet_peers_only() {
+    let mut t = TestSession::start(test_config()).await;
+    t.ehlo().await;
+    let r = t
+        .cmd("MAIL FROM:<a@b.example> XFLEET=1,mx1,Q1,5", 555)
+        .await;
+    assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(5, 7, 1)), "{r:?}");
+    t.cmd("MAIL FROM:<a@b.example> XFLEET=9,mx1", 501).await;
+    t.cmd("MAIL FROM:<a@b.example>", 250).await;
+    t.cmd("RCPT TO:<c@d.example> XFLEET=1,0,0,0,-", 555).await;
+    t.cmd("RCPT TO:<c@d.example>", 250).await;
+    t.cmd("QUIT", 221).await;
+    t.finish().await;
 }

@@ -1,0 +1,40 @@
+//! `show clients` as text: one row per client (an IPv4 address or an IPv6 /64), busiest
+//! first, then the limits in force.
+
+use mta_ipc::clients::ClientReport;
+use mta_types::message::age_label as age;
+
+pub fn text(r: &ClientReport) -> String {
+    let mut out = format!(
+        "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {}\n",
+        "Client", "Open", "Sessions", "Messages", "Recipients", "Refused", "Last seen"
+    );
+    for c in &r.rows {
+        out.push_str(&format!(
+            "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {} ago\n",
+            c.client,
+            c.open,
+            c.connections,
+            c.messages,
+            c.recipients,
+            c.refused,
+            age(Some(c.last_seen_ms))
+        ));
+    }
+    if r.rows.is_empty() {
+        out.push_str("No untrusted client seen lately (trusted_networks are not counted).\n");
+    }
+    let listed = r.rows.len() as u64;
+    if r.tracked > listed {
+        out.push_str(&format!(
+            "… and {} more clients counted\n",
+            r.tracked - listed
+        ));
+    }
+    let limits: Vec<String> = r.limits.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push_str(&match limits.is_empty() {
+        true => "Limits: none".to_string(),
+        false => format!("Limits: {}", limits.join(", ")),
+    });
+    out
+}

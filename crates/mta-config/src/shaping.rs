@@ -1,0 +1,135 @@
+//! `[[outbound.shaping]]` — traffic shaping per destination site, and the
+//! `[[outbound.shaping.on_reply]]` rules that react to what the receiver says. osesctl
+//! applies them (`bin/osesctl/src/shaping.rs`); the values are checked here, at load, so
+//! a bad rate or regex names its file, line and key.
+
+use mta_types::rate::Rate;
+use serde::{de, Deserialize, Deserializer};
+use std::time::Duration;
+
+/// One rule; the first whose `match` fits a destination applies, a rule without `match`
+/// is the default (for every destination no earlier rule matched).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingRule {
+    /// `name`: how logs and the console name the rule. Default: its first `match`
+    /// pattern, or `default`.
+    pub name: String,
+    /// `match`: recipient domains (`gmail.com`), a domain and its subdomains
+    /// (`.example.com`), or every domain whose MX hosts all match a glob
+    /// (`mx:*.google.com`). Empty: the default rule.
+    #[serde(rename = "match", deserialize_with = "patterns")]
+    pub patterns: Vec<String>,
+    /// `connection_limit`: most concurrent connections to the site. Default: none.
+    pub connection_limit: Option<u32>,
+    /// `max_deliveries_per_connection`: messages per connection before a new one.
+    /// Default: none (`[outbound] max_messages_per_session` still applies).
+    pub max_deliveries_per_connection: Option<usize>,
+    /// `max_message_rate`: messages started per period, `"300/min"` (GCRA; a quiet site
+    /// may burst a tenth of a period's worth). Default: none.
+    #[serde(deserialize_with = "rate")]
+    pub max_message_rate: Option<Rate>,
+    /// `max_connection_rate`: connections opened per period. Default: none.
+    #[serde(deserialize_with = "rate")]
+    pub max_connection_rate: Option<Rate>,
+    /// `[[outbound.shaping.on_reply]]`: reactions to the receiver's replies.
+    pub on_reply: Vec<OnReply>,
+}
+
+impl ShapingRule {
+    /// The rule's name in logs: `name`, else its first pattern, else `default`.
+    pub fn label(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        self.patterns
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "default".into())
+    }
+}
+
+/// What an `on_reply` rule does to the site when a reply matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyAction {
+    /// `action = "suspend"`: no delivery to the site for `for`.
+    Suspend,
+    /// `action = "connection_limit"`, `value = N`: the site's connection limit is N for `for`.
+    ConnectionLimit(u32),
+}
+
+/// `[[outbound.shaping.on_reply]]`: `match` a regex on the full reply (`421 4.7.0 …`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnReply {
+    pub pattern: String,
+    pub action: ReplyAction,
+    pub duration: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnReply {
+    #[serde(rename = "match")]
+    pattern: String,
+    action: String,
+    #[serde(rename = "for", deserialize_with = "crate::values::duration")]
+    duration: Duration,
+    value: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for OnReply {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OnReply, D::Error> {
+        let raw = RawOnReply::deserialize(d)?;
+        if let Err(e) = regex::Regex::new(&raw.pattern) {
+            return Err(de::Error::custom(format!("`match`: bad regex: {e}")));
+        }
+        let action = match (raw.action.as_str(), raw.value) {
+            ("suspend", None) => ReplyAction::Suspend,
+            ("suspend", Some(_)) => {
+                return Err(de::Error::custom(
+                    "`value` goes with action \"connection_limit\"",
+                ))
+            }
+            ("connection_limit", Some(n)) if n > 0 => ReplyAction::ConnectionLimit(n),
+            ("connection_limit", _) => {
+                return Err(de::Error::custom(
+                    "action \"connection_limit\" needs `value` (at least 1)",
+                ))
+            }
+            (other, _) => {
+                return Err(de::Error::custom(format!(
+                    "`action`: `{other}` is not one of \"suspend\", \"connection_limit\""
+                )))
+            }
+        };
+        Ok(OnReply {
+            pattern: raw.pattern,
+            action,
+            duration: raw.duration,
+        })
+    }
+}
+
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    crate::values::parse_str(d, |s| {
+        s.parse::<Rate>().map(Some).map_err(|e| e.to_string())
+    })
+}
+
+fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list: Vec<String> = Vec::deserialize(d)?;
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        let p = p.trim().to_ascii_lowercase();
+        let body = p.strip_prefix("mx:").unwrap_or(&p);
+        let body = body.strip_prefix('.').unwrap_or(body);
+        let glob_ok = p.starts_with("mx:") || !body.contains('*');
+        if body.is_empty() || body.contains(char::is_whitespace) || !glob_ok {
+            return Err(de::Error::custom(format!(
+                "`{p}` is not a domain, .domain or mx:glob pattern"
+            )));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
