@@ -397,6 +397,20 @@ fn rspamd_as_a_milter() {
         text.contains(&format!("X-Rspamd-Queue-Id: {qid}")),
         "{text}"
     );
+    // A second session, on the connection the first gave back (QUIT_NC): rspamd scans it.
+    let (mut c2, _) = RawSmtp::connect(suite.smtp_port);
+    assert!(c2.cmd("EHLO client.test").starts_with("250"));
+    let again = clean.replace("<clean@", "<clean2@");
+    let r = transaction(&mut c2, "sender@localhost", &["alice@localhost"], &again);
+    assert!(r.last().unwrap().starts_with("250 2.0.0"), "{r:?}");
+    let qid2 = queued_id(r.last().unwrap());
+    c2.cmd("QUIT");
+    let files = suite.wait_for_mail("alice", 2);
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(all.contains(&format!("X-Rspamd-Queue-Id: {qid2}")), "{all}");
     // rspamd logs the queue ID we sent (macro i): ours.
     let logged = wait_for("rspamd's log line", Duration::from_secs(10), || {
         let log = rspamd.log();
@@ -419,7 +433,7 @@ fn rspamd_as_a_milter() {
         log.contains("milter rspamd (inet:127.0.0.1:") && log.contains("default_action = tempfail"),
         "{log}"
     );
-    assert_eq!(log.matches(" queued").count(), 1, "{log}");
+    assert_eq!(log.matches(" queued").count(), 2, "{log}");
     drop(suite);
 
     // The same with default_action = accept: delivered without rspamd.
@@ -430,6 +444,66 @@ fn rspamd_as_a_milter() {
     let r = transaction(&mut c, "sender@localhost", &["alice@localhost"], clean);
     assert!(r.last().unwrap().starts_with("250 2.0.0"), "{r:?}");
     suite.wait_for_mail("alice", 1);
+}
+
+/// A connection serves one session after another (SMFIC_QUIT_NC): four sessions in turn,
+/// to a milter that follows every message to its end and to one that accepts at connect,
+/// cost each milter fewer TCP connections than sessions, and every session still sends its
+/// own connect event with its own macros.
+#[test]
+fn milter_connections_serve_session_after_session() {
+    let follow = TestMilter::start(Mode::Script(Arc::new(|e: &Event| match e.code {
+        'E' => vec![reply::accept()],
+        _ => vec![],
+    })));
+    let at_connect = TestMilter::start(Mode::Script(Arc::new(|e: &Event| match e.code {
+        'C' => vec![reply::accept()],
+        _ => vec![],
+    })));
+    let entries = milter_entry("follow", &follow.address(), "")
+        + &milter_entry("early", &at_connect.address(), "");
+    let suite = suite_with(&entries, None);
+    const SESSIONS: usize = 4;
+    let mut qids = Vec::new();
+    for n in 0..SESSIONS {
+        let (mut c, _) = RawSmtp::connect(suite.smtp_port);
+        assert!(c.cmd("EHLO client.test").starts_with("250"));
+        let r = transaction(
+            &mut c,
+            "sender@localhost",
+            &["alice@localhost"],
+            &msg(&format!("session {n}")),
+        );
+        assert!(r.last().unwrap().starts_with("250 2.0.0"), "{r:?}");
+        qids.push(queued_id(r.last().unwrap()));
+        c.cmd("QUIT");
+    }
+    suite.wait_for_mail("alice", SESSIONS);
+    let events = follow.events();
+    let connects: Vec<&Event> = events.iter().filter(|e| e.code == 'C').collect();
+    assert_eq!(connects.len(), SESSIONS, "{events:?}");
+    assert!(connects
+        .iter()
+        .all(|e| e.macros.get("{client_addr}").map(String::as_str) == Some("127.0.0.1")));
+    // Each end of message carried its own queue ID (macros are per session, not left over).
+    let eom_qids: Vec<String> = events
+        .iter()
+        .filter(|e| e.code == 'E')
+        .filter_map(|e| e.macros.get("i").cloned())
+        .collect();
+    assert_eq!(eom_qids, qids, "{events:?}");
+    assert_eq!(
+        at_connect.events().iter().filter(|e| e.code == 'C').count(),
+        SESSIONS
+    );
+    // Without reuse each milter would have seen one connection per session.
+    for (name, milter) in [("follow", &follow), ("early", &at_connect)] {
+        assert!(
+            milter.connections() < SESSIONS,
+            "{name}: {} connections for {SESSIONS} sessions",
+            milter.connections()
+        );
+    }
 }
 
 /// A rough figure, not asserted (`cargo nextest run --release --test milter --run-ignored

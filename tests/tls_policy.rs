@@ -372,9 +372,14 @@ fn mta_sts_enforces_verified_tls_testing_reports_and_a_cached_policy_survives_a_
     let p = &testing_report["policies"][0];
     assert_eq!(p["policy"]["policy-type"], "sts");
     // At least the delivered session (a retry of the list may add one).
-    let failed = p["summary"]["total-failure-session-count"].as_u64().unwrap_or(0);
+    let failed = p["summary"]["total-failure-session-count"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(failed >= 1, "{p}");
-    assert_eq!(p["failure-details"][0]["failed-session-count"], failed, "{p}");
+    assert_eq!(
+        p["failure-details"][0]["failed-session-count"], failed,
+        "{p}"
+    );
     assert_eq!(
         p["failure-details"][0]["result-type"], "certificate-host-mismatch",
         "{p}"

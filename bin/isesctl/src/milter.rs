@@ -1,6 +1,12 @@
 //! The inbound session's milters (`[[milter]]`, protocol in `mta-milter`): one connection
-//! per milter per SMTP session, opened at the first HELO/EHLO and reused for every message
-//! of the session; QUIT when the session ends.
+//! per milter per SMTP session, taken at the first HELO/EHLO and used for every message of
+//! the session. When the session ends cleanly (or the milter said ACCEPT for the whole
+//! session) the connection goes back to its milter's pool with SMFIC_QUIT_NC and serves
+//! the next session, which starts with its own connect event: a TCP connection and an
+//! option negotiation are paid once per pooled connection, not once per SMTP session
+//! (the milter's cost per message, docs/BENCHMARKS.md). A pooled connection the milter has
+//! closed meanwhile is replaced by a fresh one at once, unseen by the client. Milters that
+//! speak a version before 6 (no QUIT_NC) get SMFIC_QUIT and a connection per session.
 //!
 //! Each stage (connect + HELO, MAIL, RCPT, DATA, end of message) goes to the milters in
 //! their configured order; the first that decides anything but "continue" answers the SMTP
@@ -33,9 +39,16 @@ use mta_config::{Config, MilterAddress, MilterDefault};
 use mta_milter::{Endpoint, Io, Milter, MilterError, Timeouts, Verdict};
 use mta_smtp::{Envelope, Reply};
 use mta_types::Address;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 type Conn = Milter<Box<dyn Io>>;
+
+/// Most idle connections kept per milter (about the sessions that run at once).
+const POOL_MAX: usize = 64;
+/// An idle connection older than this is closed rather than reused: milters time out idle
+/// clients (rspamd after its `timeout`, 120 s by default).
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// The configured milters, shared by every session.
 pub struct Milters {
@@ -49,6 +62,56 @@ struct Entry {
     timeouts: Timeouts,
     default: MilterDefault,
     listeners: Vec<String>,
+    /// Connections that served a session and wait for the next, newest last.
+    idle: Mutex<Vec<(Instant, Box<Conn>)>>,
+}
+
+impl Entry {
+    /// The newest idle connection young enough to reuse and not closed by the milter;
+    /// the others are dropped (closed).
+    fn take_idle(&self) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(since, _)| since.elapsed() < POOL_IDLE);
+        while let Some((_, mut conn)) = idle.pop() {
+            if conn.looks_alive() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// A connection whose session ended cleanly: QUIT_NC and into the pool, or QUIT when
+    /// the milter cannot be reused or the pool is full.
+    async fn give_back(&self, mut conn: Box<Conn>) {
+        let full = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len() >= POOL_MAX;
+        if full || !conn.reusable() {
+            conn.quit().await;
+        } else if conn.quit_nc().await.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.push((Instant::now(), conn));
+        }
+    }
+
+    /// A connection that has seen this session's connect event, and the milter's verdict:
+    /// a pooled one when there is one (replaced by a fresh one if it fails), else a new one.
+    async fn connected(
+        &self,
+        name: &str,
+        peer: std::net::SocketAddr,
+        macros: &[(&str, &str)],
+    ) -> (Option<Box<Conn>>, Result<Verdict, MilterError>) {
+        if let Some(mut conn) = self.take_idle() {
+            if let Ok(verdict) = conn.connect_event(name, peer, macros).await {
+                return (Some(conn), Ok(verdict));
+            }
+        }
+        let mut conn = match mta_milter::connect(&self.endpoint, self.timeouts).await {
+            Ok(conn) => Box::new(conn),
+            Err(e) => return (None, Err(e)),
+        };
+        let verdict = conn.connect_event(name, peer, macros).await;
+        (Some(conn), verdict)
+    }
 }
 
 impl Milters {
@@ -73,6 +136,7 @@ impl Milters {
                     },
                     default: m.default_action,
                     listeners: m.listeners.clone(),
+                    idle: Mutex::new(Vec::new()),
                 })
             })
             .collect();
@@ -94,6 +158,7 @@ impl Milters {
                 state: LinkState::Unopened,
                 message_accepted: false,
                 in_message: false,
+                spare: None,
             })
             .collect();
         if links.is_empty() {
@@ -130,6 +195,8 @@ struct Link {
     message_accepted: bool,
     /// A MAIL was sent and the message not finished (an ABORT is owed before the next).
     in_message: bool,
+    /// The connection of a milter that said ACCEPT for the session, kept for the pool.
+    spare: Option<Box<Conn>>,
 }
 
 /// One SMTP stage, with what the milter is told.
@@ -217,11 +284,19 @@ impl MilterSession {
         self.stage(Stage::Data, env).await
     }
 
-    /// The session is over: QUIT to every open milter.
+    /// The session is over: each connection back to its milter's pool (QUIT_NC), or QUIT
+    /// when a message was left unfinished.
     pub async fn finish(self) {
         for link in self.links {
+            if let Some(conn) = link.spare {
+                link.entry.give_back(conn).await;
+            }
             if let LinkState::Open(conn) = link.state {
-                conn.quit().await;
+                if link.in_message {
+                    conn.quit().await;
+                } else {
+                    link.entry.give_back(conn).await;
+                }
             }
         }
     }
@@ -229,10 +304,6 @@ impl MilterSession {
     /// Connects milter `i` and sends the connect event; a refusal holds for the session.
     async fn open(&mut self, i: usize, env: &Envelope) -> Option<Reply> {
         let entry = Arc::clone(&self.links[i].entry);
-        let mut conn = match mta_milter::connect(&entry.endpoint, entry.timeouts).await {
-            Ok(conn) => Box::new(conn),
-            Err(e) => return self.failed(i, e, "CONNECT", env),
-        };
         let ip = client_ip(env);
         let name = format!("[{ip}]");
         let underscore = format!("unknown [{ip}]");
@@ -243,8 +314,10 @@ impl MilterSession {
             ("{client_addr}", ip.as_str()),
             ("{client_name}", "unknown"),
         ];
-        let verdict = conn.connect_event(&name, env.client.peer, &macros).await;
-        self.links[i].state = LinkState::Open(conn);
+        let (conn, verdict) = entry.connected(&name, env.client.peer, &macros).await;
+        if let Some(conn) = conn {
+            self.links[i].state = LinkState::Open(conn);
+        }
         match verdict {
             Ok(v) => self.decided(i, v, "CONNECT", env),
             Err(e) => self.failed(i, e, "CONNECT", env),
@@ -289,7 +362,12 @@ impl MilterSession {
             Verdict::Accept => {
                 self.count(i, "accept");
                 if connection {
-                    self.links[i].state = LinkState::Bypassed;
+                    let link = &mut self.links[i];
+                    if let LinkState::Open(conn) =
+                        std::mem::replace(&mut link.state, LinkState::Bypassed)
+                    {
+                        link.spare = Some(conn);
+                    }
                 } else {
                     self.links[i].message_accepted = true;
                 }

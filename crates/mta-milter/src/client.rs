@@ -97,6 +97,8 @@ pub struct Milter<S> {
     pub actions: u32,
     /// SMFIP_* the milter asked for (events it skips, replies it will not send).
     pub protocol: u32,
+    /// The protocol version the milter answered with.
+    pub version: u32,
     quarantine: Option<String>,
 }
 
@@ -146,6 +148,7 @@ impl<S: Io> Milter<S> {
             timeouts,
             actions: 0,
             protocol: 0,
+            version: 0,
             quarantine: None,
         };
         let offer = [
@@ -168,6 +171,7 @@ impl<S: Io> Milter<S> {
                         proto::VERSION
                     )));
                 }
+                m.version = version;
                 m.actions = actions & action::OFFERED;
                 m.protocol = protocol & protocol::OFFERED;
                 Ok(m)
@@ -288,6 +292,31 @@ impl<S: Io> Milter<S> {
         self.quarantine = None;
         proto::encode(&mut self.out, cmd::ABORT, &[]);
         self.send("abort", self.timeouts.command).await
+    }
+
+    /// Whether the connection may serve another SMTP client after [`Milter::quit_nc`]:
+    /// SMFIC_QUIT_NC is a version 6 command.
+    pub fn reusable(&self) -> bool {
+        self.version >= 6
+    }
+
+    /// Whether an idle connection still looks usable: nothing to read (a closed one reads
+    /// as end of file, a reset one as an error; an idle milter sends nothing). Checked
+    /// before a pooled connection is reused, without waiting.
+    pub fn looks_alive(&mut self) -> bool {
+        use tokio::io::AsyncBufRead as _;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(&mut self.io)
+            .poll_fill_buf(&mut cx)
+            .is_pending()
+    }
+
+    /// SMFIC_QUIT_NC: this SMTP client is done and the connection stays open for the next
+    /// one, which starts with its connect event (the options negotiated hold). No reply.
+    pub async fn quit_nc(&mut self) -> Result<(), MilterError> {
+        self.quarantine = None;
+        proto::encode(&mut self.out, cmd::QUIT_NC, &[]);
+        self.send("quit", self.timeouts.command).await
     }
 
     /// SMFIC_QUIT, then the connection closes.

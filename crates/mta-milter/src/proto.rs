@@ -27,6 +27,8 @@ pub mod cmd {
     pub const EOH: u8 = b'N';
     pub const OPTNEG: u8 = b'O';
     pub const QUIT: u8 = b'Q';
+    /// SMFIC_QUIT_NC (v6): this client is done, another follows on the same connection.
+    pub const QUIT_NC: u8 = b'K';
     pub const RCPT: u8 = b'R';
     pub const DATA: u8 = b'T';
 }

@@ -12,7 +12,7 @@ use crate::free_port;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +41,7 @@ pub struct TestMilter {
     pub port: u16,
     events: Arc<Mutex<Vec<Event>>>,
     stop: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
 }
 
 /// Reply builders (SMFIR_*).
@@ -115,11 +116,17 @@ impl TestMilter {
         listener.set_nonblocking(true).expect("nonblocking");
         let events = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (ev, st) = (Arc::clone(&events), Arc::clone(&stop));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (ev, st, n) = (
+            Arc::clone(&events),
+            Arc::clone(&stop),
+            Arc::clone(&connections),
+        );
         std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        n.fetch_add(1, Ordering::Relaxed);
                         let (mode, ev, st) = (mode.clone(), Arc::clone(&ev), Arc::clone(&st));
                         std::thread::spawn(move || serve(stream, mode, ev, st));
                     }
@@ -127,7 +134,17 @@ impl TestMilter {
                 }
             }
         });
-        TestMilter { port, events, stop }
+        TestMilter {
+            port,
+            events,
+            stop,
+            connections,
+        }
+    }
+
+    /// TCP connections the MTA has opened to this milter so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// `inet:127.0.0.1:<port>`
@@ -210,6 +227,11 @@ fn serve(mut s: TcpStream, mode: Mode, events: Arc<Mutex<Vec<Event>>>, stop: Arc
                 continue;
             }
             b'Q' => return,
+            // QUIT_NC: this client is done, the next starts with its connect event.
+            b'K' => {
+                macros.clear();
+                continue;
+            }
             _ => {}
         }
         let args = if code == b'B' {
