@@ -104,15 +104,9 @@ pub fn report_batch(
                 received_at: now,
                 size: dsn.content.len() as u64,
                 envelope: Envelope {
-                    mail_from: None,
-                    ret: None,
-                    envid: None,
-                    helo: config.hostname.clone(),
-                    client_ip: "127.0.0.1".into(),
-                    protocol: "local".into(),
                     utf8: record.envelope.utf8,
                     eight_bit: record.envelope.eight_bit,
-                    auth: None,
+                    ..Envelope::new(None, config.hostname.clone(), "127.0.0.1", "local")
                 },
                 recipients: vec![Recipient::new(sender.clone())],
                 content: content_ref,

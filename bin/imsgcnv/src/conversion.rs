@@ -195,17 +195,12 @@ mod tests {
             location: Location::Queue(QueueName::InboundWork),
             received_at: 1,
             size: 0,
-            envelope: Envelope {
-                mail_from: Some("a@example.org".parse().unwrap()),
-                ret: None,
-                envid: None,
-                helo: "client".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: Envelope::new(
+                Some("a@example.org".parse().unwrap()),
+                "client",
+                "127.0.0.1",
+                "ESMTP",
+            ),
             recipients: vec![Recipient::new("postmaster@localhost".parse().unwrap())],
             content: ContentRef {
                 segment: "x.seg".into(),

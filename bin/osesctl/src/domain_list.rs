@@ -114,17 +114,7 @@ mod tests {
             location: Location::Queue(QueueName::OutboundWork),
             received_at: 0,
             size: 10,
-            envelope: Envelope {
-                mail_from: None,
-                ret: None,
-                envid: None,
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: Envelope::new(None, "h", "127.0.0.1", "ESMTP"),
             recipients: rcpts
                 .iter()
                 .map(|a| Recipient::new(a.parse().unwrap()))

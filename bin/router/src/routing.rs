@@ -338,17 +338,12 @@ mod tests {
             location: Location::Queue(QueueName::MailBox),
             received_at: 0,
             size: 10,
-            envelope: Envelope {
-                mail_from: Some(a("sender@example.org")),
-                ret: None,
-                envid: None,
-                helo: "client".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: Envelope::new(
+                Some(a("sender@example.org")),
+                "client",
+                "127.0.0.1",
+                "ESMTP",
+            ),
             recipients: rcpts.iter().map(|s| Recipient::new(a(s))).collect(),
             content: ContentRef {
                 segment: "s".into(),

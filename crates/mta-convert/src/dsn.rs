@@ -361,15 +361,13 @@ mod tests {
             received_at: 1000,
             size: 40,
             envelope: Envelope {
-                mail_from: Some("alice@localhost".parse().unwrap()),
-                ret: None,
                 envid: Some("E1".into()),
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
+                ..Envelope::new(
+                    Some("alice@localhost".parse().unwrap()),
+                    "h",
+                    "127.0.0.1",
+                    "ESMTP",
+                )
             },
             recipients: vec![bad, local],
             content: ContentRef {

@@ -392,17 +392,7 @@ impl Engine {
             location: Location::Dead,
             received_at: id.timestamp_ms(),
             size: 0,
-            envelope: mta_types::Envelope {
-                mail_from: None,
-                ret: None,
-                envid: None,
-                helo: String::new(),
-                client_ip: String::new(),
-                protocol: String::new(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: mta_types::Envelope::new(None, "", "", ""),
             recipients: Vec::new(),
             content: mta_types::ContentRef {
                 segment: String::new(),

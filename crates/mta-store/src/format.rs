@@ -527,15 +527,9 @@ mod version_tests {
             received_at: 1_000,
             size: 42,
             envelope: Envelope {
-                mail_from: Some(a("s@example.org")),
-                ret: None,
                 envid: Some("env-1".into()),
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
                 eight_bit: true,
-                auth: None,
+                ..Envelope::new(Some(a("s@example.org")), "h", "127.0.0.1", "ESMTP")
             },
             recipients: converted_recipients(),
             content: content(),

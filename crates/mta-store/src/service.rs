@@ -797,17 +797,7 @@ mod tests {
             location: loc,
             received_at: now_ms(),
             size: 5,
-            envelope: Envelope {
-                mail_from: None,
-                ret: None,
-                envid: None,
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: Envelope::new(None, "h", "127.0.0.1", "ESMTP"),
             recipients: vec![Recipient::new("a@localhost".parse().unwrap())],
             content: ContentRef {
                 segment: "s.seg".into(),

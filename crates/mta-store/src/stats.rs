@@ -184,17 +184,12 @@ mod tests {
             location: loc,
             received_at: 1000,
             size: 100,
-            envelope: Envelope {
-                mail_from: Some("s@example.org".parse().unwrap()),
-                ret: None,
-                envid: None,
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: Envelope::new(
+                Some("s@example.org".parse().unwrap()),
+                "h",
+                "127.0.0.1",
+                "ESMTP",
+            ),
             recipients: (0..rcpts)
                 .map(|i| Recipient::new(format!("u{i}@localhost").parse().unwrap()))
                 .collect(),

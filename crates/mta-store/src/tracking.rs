@@ -291,17 +291,7 @@ mod tests {
             location: Location::Queue(QueueName::InboundWork),
             received_at: id.timestamp_ms(),
             size: 10,
-            envelope: Envelope {
-                mail_from: Some(from.parse().unwrap()),
-                ret: None,
-                envid: None,
-                helo: "h".into(),
-                client_ip: "127.0.0.1".into(),
-                protocol: "ESMTP".into(),
-                utf8: false,
-                eight_bit: false,
-                auth: None,
-            },
+            envelope: Envelope::new(Some(from.parse().unwrap()), "h", "127.0.0.1", "ESMTP"),
             recipients: vec![Recipient::new(to.parse().unwrap())],
             content: ContentRef {
                 segment: "s.seg".into(),

@@ -114,6 +114,29 @@ pub struct Envelope {
     pub auth: Option<String>,
 }
 
+impl Envelope {
+    /// An envelope with no DSN parameters, no AUTH identity and 7-bit ASCII content: what
+    /// our own messages (delivery reports, TLS reports) carry; set the rest with `..`.
+    pub fn new(
+        mail_from: Option<Address>,
+        helo: impl Into<String>,
+        client_ip: impl Into<String>,
+        protocol: impl Into<String>,
+    ) -> Envelope {
+        Envelope {
+            mail_from,
+            ret: None,
+            envid: None,
+            helo: helo.into(),
+            client_ip: client_ip.into(),
+            protocol: protocol.into(),
+            utf8: false,
+            eight_bit: false,
+            auth: None,
+        }
+    }
+}
+
 /// One recipient's state. The final states carry typed outcomes (see `crate::outcome`);
 /// `outcome()` gives the one `DeliveryOutcome` each stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
