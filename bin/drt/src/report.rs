@@ -2,13 +2,16 @@
 //! (`mta_convert::render_dsn`), append it to the spool, and return the store changes.
 
 use mta_config::Config;
-use mta_convert::{render_dsn, DsnInput, ReportLine};
+use mta_convert::{render_dsn, Dsn, DsnInput, ReportLine};
 use mta_ipc::store::Change;
 use mta_spool::{SpoolError, SpoolWriter};
 use mta_types::message::{
     now_ms, Envelope, HopTrace, Origin, ParsedFields, ReportAction, UnixMillis, RECORD_SCHEMA,
 };
-use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus, Recipient, TaskName};
+use mta_types::{
+    Address, ContentRef, Location, MessageRecord, QueueId, QueueName, RcptStatus, Recipient,
+    TaskName,
+};
 use std::time::{Duration, UNIX_EPOCH};
 
 pub struct Batch {
@@ -97,36 +100,8 @@ pub fn report_batch(
                 ),
             });
             let content_ref = spool.append(&[&dsn.content])?;
-            let report = MessageRecord {
-                schema: RECORD_SCHEMA,
-                id: dsn_id,
-                location: Location::Queue(QueueName::MailBox),
-                received_at: now,
-                size: dsn.content.len() as u64,
-                envelope: Envelope {
-                    utf8: record.envelope.utf8,
-                    eight_bit: record.envelope.eight_bit,
-                    ..Envelope::new(None, config.hostname.clone(), "127.0.0.1", "local")
-                },
-                recipients: vec![Recipient::new(sender.clone())],
-                content: content_ref,
-                fields: Some(ParsedFields {
-                    from: Some(format!("Mail Delivery System <{}>", dsn.from)),
-                    to: Some(format!("<{sender}>")),
-                    cc: None,
-                    subject: Some(dsn.subject.clone()),
-                    date: Some(date(now)),
-                    message_id: Some(dsn.message_id.clone()),
-                    authentication_results: None,
-                }),
-                trace: HopTrace {
-                    hop_count: 0,
-                    route: vec![(TaskName::Drt.to_string(), now)],
-                    origin: Origin::Report,
-                },
-                not_before: 0,
-                note: None,
-            };
+            let original = &record.envelope;
+            let report = report_record(config, original, &sender, dsn_id, &dsn, content_ref, now);
             let actions: Vec<&str> = {
                 let mut a: Vec<&str> = lines.iter().map(|(_, a)| a.as_str()).collect();
                 a.dedup();
@@ -150,18 +125,12 @@ pub fn report_batch(
             batch.reports += 1;
         }
         record.trace.route.push((TaskName::Drt.to_string(), now));
-        record.location =
-            if record.all_final() {
-                batch.log.push(format!("qid={} removed", record.id));
-                Location::Done
-            } else if record.recipients.iter().any(|r| {
-                r.status == RcptStatus::Pending && config.is_local_domain(r.address.domain())
-            }) {
-                Location::Queue(QueueName::MailBox)
-            } else {
-                batch.to_outbound += 1;
-                Location::Queue(QueueName::OutboundWork)
-            };
+        record.location = next_location(&record, config);
+        match record.location {
+            Location::Done => batch.log.push(format!("qid={} removed", record.id)),
+            Location::Queue(QueueName::OutboundWork) => batch.to_outbound += 1,
+            _ => {}
+        }
         batch.changes.push(Change::Put(record));
     }
     if !pending_reports.is_empty() {
@@ -172,4 +141,63 @@ pub fn report_batch(
         .changes
         .extend(pending_reports.into_iter().map(Change::Put));
     Ok(batch)
+}
+
+/// The delivery report's own record: from `<>` to the original's sender, in mail.box
+/// (local senders are delivered by the router, others go out through omsgcnv).
+fn report_record(
+    config: &Config,
+    original: &Envelope,
+    sender: &Address,
+    dsn_id: QueueId,
+    dsn: &Dsn,
+    content: ContentRef,
+    now: UnixMillis,
+) -> MessageRecord {
+    MessageRecord {
+        schema: RECORD_SCHEMA,
+        id: dsn_id,
+        location: Location::Queue(QueueName::MailBox),
+        received_at: now,
+        size: dsn.content.len() as u64,
+        envelope: Envelope {
+            utf8: original.utf8,
+            eight_bit: original.eight_bit,
+            ..Envelope::new(None, config.hostname.clone(), "127.0.0.1", "local")
+        },
+        recipients: vec![Recipient::new(sender.clone())],
+        content,
+        fields: Some(ParsedFields {
+            from: Some(format!("Mail Delivery System <{}>", dsn.from)),
+            to: Some(format!("<{sender}>")),
+            cc: None,
+            subject: Some(dsn.subject.clone()),
+            date: Some(date(now)),
+            message_id: Some(dsn.message_id.clone()),
+            authentication_results: None,
+        }),
+        trace: HopTrace {
+            hop_count: 0,
+            route: vec![(TaskName::Drt.to_string(), now)],
+            origin: Origin::Report,
+        },
+        not_before: 0,
+        note: None,
+    }
+}
+
+/// Where the original goes after its report: done when every recipient is final, mail.box
+/// while a local recipient waits, else back to the outbound queue.
+fn next_location(record: &MessageRecord, config: &Config) -> Location {
+    if record.all_final() {
+        Location::Done
+    } else if record
+        .recipients
+        .iter()
+        .any(|r| r.status == RcptStatus::Pending && config.is_local_domain(r.address.domain()))
+    {
+        Location::Queue(QueueName::MailBox)
+    } else {
+        Location::Queue(QueueName::OutboundWork)
+    }
 }
