@@ -183,27 +183,7 @@ impl Verifier {
             header.push_str("\r\n");
         }
 
-        let dkim_words: Vec<String> = dkim
-            .iter()
-            .map(|d| {
-                let (dom, sel) = d
-                    .signature()
-                    .map(|s| (s.d.as_str(), s.s.as_str()))
-                    .unwrap_or(("?", "?"));
-                format!("{} (d={dom} s={sel})", dkim_word(d.result()))
-            })
-            .collect();
-        let mut dkim_words = dkim_words;
-        if malformed {
-            dkim_words.push("permerror (malformed DKIM-Signature)".into());
-        }
-        let dkim_count = if dkim.iter().any(|d| d.result() == &DkimResult::Pass) {
-            DkimCount::Pass
-        } else if dkim.is_empty() && !malformed {
-            DkimCount::None
-        } else {
-            DkimCount::Fail
-        };
+        let (dkim_words, dkim_count) = dkim_summary(&dkim, malformed);
         let (mut dmarc_word, mut failed) = dmarc_verdict(dmarc.spf_result(), dmarc.dkim_result());
         // A published record and neither identifier aligned and passing: that is a failure
         // (mail-auth reports both results as `none` then).
@@ -236,6 +216,32 @@ impl Verifier {
             dmarc_reject,
         }
     }
+}
+
+/// Each DKIM result as a word with its domain and selector (plus one for a malformed
+/// signature mail-auth left out), and the message's DKIM verdict.
+fn dkim_summary(dkim: &[DkimOutput], malformed: bool) -> (Vec<String>, DkimCount) {
+    let mut words: Vec<String> = dkim
+        .iter()
+        .map(|d| {
+            let (dom, sel) = d
+                .signature()
+                .map(|s| (s.d.as_str(), s.s.as_str()))
+                .unwrap_or(("?", "?"));
+            format!("{} (d={dom} s={sel})", dkim_word(d.result()))
+        })
+        .collect();
+    if malformed {
+        words.push("permerror (malformed DKIM-Signature)".into());
+    }
+    let count = if dkim.iter().any(|d| d.result() == &DkimResult::Pass) {
+        DkimCount::Pass
+    } else if dkim.is_empty() && !malformed {
+        DkimCount::None
+    } else {
+        DkimCount::Fail
+    };
+    (words, count)
 }
 
 fn spf_word(r: SpfResult) -> &'static str {
