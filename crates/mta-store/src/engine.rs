@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// New counter values and destination summaries of a batch, cached once it is applied.
+type StagedCounts = (Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, DestSummary)>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the queue store {path} is in use by another process (sled holds it locked): is another smtpmta running on this data_dir?")]
@@ -491,6 +494,45 @@ impl Engine {
         }
         // Only the holder of the writer lock applies batches: read-add-write is safe. The
         // new values go to the cache only once the batch is applied.
+        let (numbers, summaries) = self.stage_counts(writer, &mut batch, &deltas, index)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // What sled holds now is not known for sure: read it again next time.
+            *writer = WriterCache::default();
+            return Err(e.into());
+        }
+        // After the batch: a history is never logged for a removal that did not happen.
+        // Tracking never fails a commit.
+        if let Err(e) = self.tracklog.append(&finished, now) {
+            tracing::warn!(
+                "message tracking: {} histories not logged: {e}",
+                finished.len()
+            );
+        }
+        writer.numbers.extend(numbers);
+        summaries
+            .into_iter()
+            .for_each(|(k, v)| writer.set_summary(&k, v));
+        if !deltas.1.is_empty() {
+            let mut recent = self.recent.lock().expect("recent outcomes");
+            for o in deltas.1 {
+                if recent.len() == crate::stats::RECENT_OUTCOMES {
+                    recent.pop_front();
+                }
+                recent.push_back(o);
+            }
+        }
+        Ok(touched)
+    }
+
+    /// Adds the batch's counter, location, destination and segment-reference changes to
+    /// `batch`; returns the new values, for the writer's cache once the batch is applied.
+    fn stage_counts(
+        &self,
+        writer: &mut WriterCache,
+        batch: &mut sled::Batch,
+        deltas: &Deltas,
+        index: IndexDeltas,
+    ) -> Result<StagedCounts, StoreError> {
         let mut numbers: Vec<(Vec<u8>, u64)> = Vec::new();
         let mut summaries: Vec<(Vec<u8>, DestSummary)> = Vec::new();
         for (name, by) in &deltas.0 {
@@ -534,33 +576,7 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = self.tree.apply_batch(batch) {
-            // What sled holds now is not known for sure: read it again next time.
-            *writer = WriterCache::default();
-            return Err(e.into());
-        }
-        // After the batch: a history is never logged for a removal that did not happen.
-        // Tracking never fails a commit.
-        if let Err(e) = self.tracklog.append(&finished, now) {
-            tracing::warn!(
-                "message tracking: {} histories not logged: {e}",
-                finished.len()
-            );
-        }
-        writer.numbers.extend(numbers);
-        summaries
-            .into_iter()
-            .for_each(|(k, v)| writer.set_summary(&k, v));
-        if !deltas.1.is_empty() {
-            let mut recent = self.recent.lock().expect("recent outcomes");
-            for o in deltas.1 {
-                if recent.len() == crate::stats::RECENT_OUTCOMES {
-                    recent.pop_front();
-                }
-                recent.push_back(o);
-            }
-        }
-        Ok(touched)
+        Ok((numbers, summaries))
     }
 
     /// Sets `hold_undeliverable`: from now on, messages finished with a permanent
