@@ -7,10 +7,15 @@
 //! answered `454 4.7.0` without looking at the password, until old failures leave the
 //! window. The lockout is logged once when it begins.
 //!
+//! The fleet peer (`mta_smtp::handoff::PEER_USER`) is checked against `[cluster]
+//! peer_password_file` instead of the directory (no peer secret: it cannot log in); its
+//! failures count towards the lockout like anyone's.
+//!
 //! Unknown users and wrong passwords get the same reply after the same work (a dummy hash
 //! is checked for unknown users: `mta_tls::password::verify`).
 
 use mta_config::Directory;
+use mta_smtp::handoff::PEER_USER;
 use mta_smtp::{AuthVerdict, Credentials};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -72,12 +77,20 @@ impl AuthGuard {
         directory: Arc<Directory>,
         ip: IpAddr,
         creds: Credentials,
+        peer_secret: Option<String>,
     ) -> AuthVerdict {
         if self.recent(ip, Instant::now()) >= self.max_failures {
             return AuthVerdict::Locked;
         }
         let user = creds.user.clone();
         let check = tokio::task::spawn_blocking(move || {
+            // The fleet peer is never looked up in the directory, so no directory user
+            // can borrow its right to use XFLEET.
+            if creds.user == PEER_USER {
+                let ok = (creds.authzid.is_empty() || creds.authzid == PEER_USER)
+                    && peer_secret.is_some_and(|s| same_secret(&s, &creds.password));
+                return ok.then(|| PEER_USER.to_string());
+            }
             let found = directory.user_named(&creds.user);
             // PLAIN's authzid may only name the user itself (no proxy authorisation).
             let authz_ok = creds.authzid.is_empty()
@@ -108,6 +121,17 @@ impl AuthGuard {
             }
         }
     }
+}
+
+/// Compares the peer secret without stopping at the first difference (its length is
+/// not a secret worth hiding).
+fn same_secret(expected: &str, given: &str) -> bool {
+    expected.len() == given.len()
+        && expected
+            .bytes()
+            .zip(given.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]

@@ -124,6 +124,8 @@ impl Intake {
     ) -> Reply {
         let (reply, answer) = oneshot::channel();
         let mut record = record_for(qid, env, content.len() as u64);
+        let now = record.received_at;
+        crate::handoff::apply(&mut record, env, now);
         if let Some(reason) = held {
             record.location = Location::Held {
                 from: QueueName::InboundWork,

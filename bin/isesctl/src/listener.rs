@@ -5,7 +5,7 @@
 //! busy the controller stops accepting, new connections wait in the kernel's backlog, and
 //! accepting resumes when a session ends (Domino's behaviour, seed exercise 2).
 //! `stop` closes every listening socket (new connections are refused; sessions in progress
-//! finish); `start` binds them again. `shutdown` (the task stopping) only stops accepting:
+//! finish); while the node is drained (`set_draining`) new connections get `421 4.3.2`; `start` binds them again. `shutdown` (the task stopping) only stops accepting:
 //! sessions get `[inbound] shutdown_grace`, then `421 4.3.2`.
 //!
 //! Three kinds of listener share the handlers: `listen` (SMTP, STARTTLS optional),
@@ -33,6 +33,7 @@ use mta_task::TaskContext;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -75,6 +76,9 @@ struct Shared {
     closing: watch::Sender<bool>,
     /// `[[milter]]`.
     milters: Milters,
+    /// The node is being drained (`tell smtpmta drain`): every new connection gets
+    /// `421 4.3.2` instead of a banner.
+    draining: AtomicBool,
     /// Per-client limits, DNS lists and the pregreet test, before the banner.
     door: Door,
 }
@@ -137,6 +141,7 @@ impl Inbound {
                 closing: watch::channel(false).0,
                 milters: Milters::new(config),
                 door,
+                draining: AtomicBool::new(false),
             }),
             running: tokio::sync::Mutex::new(None),
             listening: Mutex::new(Vec::new()),
@@ -279,6 +284,11 @@ impl Inbound {
         let listening = !self.listening.lock().expect("listening lock").is_empty();
         let (state, current) = if !listening {
             (TaskState::Stopped, "inbound transport stopped".to_string())
+        } else if self.shared.draining.load(Ordering::Relaxed) {
+            (
+                TaskState::Running,
+                format!("draining: 421 to new connections on {}", self.listening_text()),
+            )
         } else if self.shared.table.busy() >= max {
             (
                 TaskState::Saturated,
@@ -293,6 +303,23 @@ impl Inbound {
             counters: Vec::new(),
             handlers: self.shared.table.rows(),
         }
+    }
+
+    /// `tell smtpmta drain`: new connections get `421 4.3.2` (true) or a banner again
+    /// (false); sessions in progress finish either way. Says whether it changed.
+    pub fn set_draining(&self, on: bool) -> bool {
+        let was = self.shared.draining.swap(on, Ordering::Relaxed);
+        if was != on {
+            tracing::info!(
+                "inbound transport {}",
+                if on {
+                    "draining: new connections get 421 4.3.2"
+                } else {
+                    "no longer draining: new connections get the banner"
+                }
+            );
+        }
+        was != on
     }
 
     /// `show clients`: the per-client counters, busiest first.
@@ -506,6 +533,17 @@ async fn accept_any(
     .await
 }
 
+/// A node being drained answers `421 4.3.2` and closes (a client tries another MX).
+/// Implicit TLS (`submissions`) has no plaintext reply: the connection is just closed.
+async fn refuse_draining(mut stream: TcpStream, hostname: &str, mode: ListenerMode) {
+    use tokio::io::AsyncWriteExt as _;
+    if mode != ListenerMode::Submissions {
+        let reply = mta_smtp::Reply::draining(hostname).to_string();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
 /// One SMTP session on `handler` (iseshlrN); the handler is idle again when this returns.
 async fn serve(
     shared: Arc<Shared>,
@@ -523,6 +561,10 @@ async fn serve(
     }
     shared.intake.count_session();
     let config = shared.ctx.config();
+    if shared.draining.load(Ordering::Relaxed) {
+        refuse_draining(stream, &config.hostname, mode).await;
+        return;
+    }
     let Some(door) = shared.door.admit(config, &mut stream, peer, mode).await else {
         return; // refused before the banner (logged); the handler is idle again
     };

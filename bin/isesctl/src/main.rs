@@ -9,7 +9,10 @@
 //! durable in groups (spool sync + one store commit) before answering 250.
 //!
 //! Writes: the Inbound Work Queue (and spool segments `isesctl-*.seg`). Kicks: imsgcnv.
-//! TELL: `stop inbound transport`, `start inbound transport`. Status: the listening
+//! TELL: `stop inbound transport`, `start inbound transport`; from the supervisor during
+//! `tell smtpmta drain`: `InboundDraining` (new connections get 421 4.3.2).
+//! A fleet peer (AUTH as `mta_smtp::handoff::PEER_USER` with `[cluster]
+//! peer_password_file`) may hand messages off with `XFLEET` (`handoff.rs`). Status: the listening
 //! addresses and one row per handler.
 //! Config: `hostname`, `local_domains`, `trusted_networks`, the directory, `[inbound]`;
 //! debug knobs SMTPDebug (connect/disconnect lines), SMTPDebugIO (protocol transcript).
@@ -28,6 +31,7 @@ mod client_limits;
 mod dnsbl;
 mod door;
 mod handler_table;
+mod handoff;
 mod intake;
 mod listener;
 mod mail_auth;
@@ -142,6 +146,13 @@ impl Task for Isesctl {
                 Ok((false, listening)) => Ok(format!("inbound transport already {listening}")),
                 Err(e) => Err(format!("{e:#}")),
             },
+            TellCommand::InboundDraining(on) => Ok(match (self.inbound.set_draining(on), on) {
+                (true, true) => "inbound transport draining: new connections get 421 4.3.2",
+                (true, false) => "inbound transport no longer draining",
+                (false, true) => "inbound transport already draining",
+                (false, false) => "inbound transport was not draining",
+            }
+            .into()),
             other => Err(format!(
                 "{} does not know `{other}` (it knows: stop inbound transport, start inbound transport, show status)",
                 Self::NAME

@@ -294,7 +294,17 @@ impl SessionHooks for SessionPolicy {
         let user = credentials.user.clone();
         let verdict = self
             .auth
-            .authenticate(self.ctx.directory(), self.peer.ip(), credentials)
+            .authenticate(
+                self.ctx.directory(),
+                self.peer.ip(),
+                credentials,
+                self.ctx
+                    .config()
+                    .cluster
+                    .peer_password
+                    .as_ref()
+                    .map(|p| p.expose().to_string()),
+            )
             .await;
         match &verdict {
             AuthVerdict::Ok(name) => tracing::info!(
@@ -320,6 +330,9 @@ impl SessionHooks for SessionPolicy {
         let (Some(name), Some(from)) = (env.auth.as_deref(), from) else {
             return None; // `<>` (a report) is anyone's to send
         };
+        if env.is_fleet_peer() {
+            return None; // a hand-off: the sender was checked where it arrived first
+        }
         let directory = self.ctx.directory();
         let owned = directory
             .users

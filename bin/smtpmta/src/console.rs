@@ -100,6 +100,10 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
         {
             tell_task(sup, TaskName::Osesctl, TellCommand::Other(words)).await
         }
+        TellCommand::Drain(command) => crate::drain::command(sup, command).await,
+        TellCommand::InboundDraining(_) => ConsoleReply::Error(
+            "smtpmta sends this to isesctl itself; use `tell smtpmta drain to|stop`".into(),
+        ),
         TellCommand::Other(words) => ConsoleReply::Error(format!(
             "smtpmta does not know `{}`; type `help` for the list",
             words.join(" ")
@@ -164,7 +168,7 @@ pub async fn refresh_task(
     push_knobs(&run_dir, task, knobs).await
 }
 
-async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
+pub async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
     if command == TellCommand::Restart {
         return match sup.children.restart(task).await {
             Ok(text) => ConsoleReply::Text(text),

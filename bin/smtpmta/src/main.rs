@@ -21,6 +21,7 @@ mod children;
 mod compaction;
 mod console;
 mod dkim_keygen;
+mod drain;
 mod history;
 mod http;
 mod instance;
@@ -104,6 +105,9 @@ pub struct Supervisor {
     pub rates: rates::Rates,
     /// The last day minute by minute (the status page's charts).
     pub history: history::History,
+    /// `tell smtpmta drain`: the hand-off of this node's queue to a fleet peer, and the
+    /// node's state (`drain.node_state()`, what the fleet heartbeat publishes).
+    pub drain: drain::Drain,
     quit: Notify,
     /// `tell smtpmta restart`: after the stop, run the binary on disk again (exec) with the
     /// listening sockets.
@@ -316,6 +320,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         started_ms: now_ms(),
         rates: rates::Rates::default(),
         history: history::History::default(),
+        drain: drain::Drain::default(),
         quit: Notify::new(),
         restart: std::sync::atomic::AtomicBool::new(false),
     });

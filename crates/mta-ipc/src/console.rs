@@ -143,6 +143,18 @@ pub const HELP: &[(&str, &str)] = &[
     ("show tls policy <domain>", "which outbound TLS policy applies to the domain and why (DANE with its TLSA records, MTA-STS, or the config)"),
     ("show tls reports", "the TLS-RPT counts not yet reported, per day, domain and policy"),
     ("tell smtpmta send tls reports", "send the TLS-RPT reports now (today's counts so far included)"),
+    (
+        "tell smtpmta drain to <node|host:port> [include held|dead]",
+        "take this node out of service: new connections get 421, and every queued message (pending and deferred; held or dead only if included) is handed off to that fleet peer over SMTP",
+    ),
+    (
+        "tell smtpmta drain status",
+        "the drain's progress: handed off, left, failed, the last error",
+    ),
+    (
+        "tell smtpmta drain stop",
+        "end the drain: what is left stays queued here, and inbound connections are served again",
+    ),
     ("help", "this list"),
 ];
 
@@ -174,6 +186,11 @@ pub enum TellCommand {
     Restart,
     /// `tell smtpmta reload`: re-read the configuration and the directory and apply them.
     Reload,
+    /// `tell smtpmta drain …`: hand this node's queue off to a fleet peer.
+    Drain(DrainCommand),
+    /// From the supervisor to isesctl during a drain: new connections get `421 4.3.2`
+    /// (true) or the banner again (false).
+    InboundDraining(bool),
     /// Anything else: passed to the task, which says whether it knows it.
     Other(Vec<String>),
 }
@@ -220,9 +237,86 @@ impl std::fmt::Display for TellCommand {
             TellCommand::Compact => "compact",
             TellCommand::Restart => "restart",
             TellCommand::Reload => "reload",
+            TellCommand::Drain(d) => return write!(f, "drain {d}"),
+            TellCommand::InboundDraining(true) => "drain inbound",
+            TellCommand::InboundDraining(false) => "undrain inbound",
             TellCommand::Other(words) => return f.write_str(&words.join(" ")),
         };
         f.write_str(text)
+    }
+}
+
+/// `tell smtpmta drain …`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DrainCommand {
+    /// `drain to <node|host:port> [include held|dead]`.
+    To { target: String, include: DrainScope },
+    Status,
+    Stop,
+}
+
+/// What a drain hands off beyond pending and deferred mail (which it always does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainScope {
+    pub held: bool,
+    pub dead: bool,
+}
+
+const DRAIN_USAGE: &str = "usage: tell smtpmta drain to <node|host:port> [include held|dead], tell smtpmta drain status, tell smtpmta drain stop";
+
+impl DrainCommand {
+    /// The words after `drain`.
+    pub fn parse(words: &[&str]) -> Result<DrainCommand, String> {
+        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+        match l.as_slice() {
+            ["status"] => Ok(DrainCommand::Status),
+            ["stop"] => Ok(DrainCommand::Stop),
+            ["to", _, rest @ ..] => {
+                let mut include = DrainScope::default();
+                match rest {
+                    [] => {}
+                    ["include", kinds @ ..] if !kinds.is_empty() => {
+                        for kind in kinds.iter().flat_map(|k| k.split(',')) {
+                            match kind {
+                                "held" => include.held = true,
+                                "dead" => include.dead = true,
+                                "" | "and" => {}
+                                other => {
+                                    return Err(format!(
+                                        "drain: cannot include `{other}` (held, dead); {DRAIN_USAGE}"
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                    _ => return Err(DRAIN_USAGE.into()),
+                }
+                Ok(DrainCommand::To {
+                    target: words[1].to_string(),
+                    include,
+                })
+            }
+            _ => Err(DRAIN_USAGE.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for DrainCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrainCommand::Status => f.write_str("status"),
+            DrainCommand::Stop => f.write_str("stop"),
+            DrainCommand::To { target, include } => {
+                write!(f, "to {target}")?;
+                match (include.held, include.dead) {
+                    (true, true) => f.write_str(" include held dead"),
+                    (true, false) => f.write_str(" include held"),
+                    (false, true) => f.write_str(" include dead"),
+                    (false, false) => Ok(()),
+                }
+            }
+        }
     }
 }
 
@@ -405,6 +499,10 @@ impl ConsoleCommand {
             ["show" | "sh", "shaping"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["show".into(), "shaping".into()]),
+            }),
+            ["tell", "smtpmta", "drain", ..] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Smtpmta,
+                command: TellCommand::Drain(DrainCommand::parse(&words[3..])?),
             }),
             ["tell", task, ..] if handler_controller(task).is_some() => {
                 let (controller, transport) = handler_controller(task).expect("checked");
@@ -639,6 +737,32 @@ mod tests {
                 address: "Alice@localhost".into()
             }
         );
+        assert_eq!(
+            ConsoleCommand::parse("Tell SMTPMTA drain to mx2:25 include held,dead").unwrap(),
+            ConsoleCommand::Tell {
+                task: TaskName::Smtpmta,
+                command: TellCommand::Drain(DrainCommand::To {
+                    target: "mx2:25".into(),
+                    include: DrainScope {
+                        held: true,
+                        dead: true
+                    }
+                })
+            }
+        );
+        assert_eq!(
+            ConsoleCommand::parse("tell smtpmta drain status").unwrap(),
+            ConsoleCommand::Tell {
+                task: TaskName::Smtpmta,
+                command: TellCommand::Drain(DrainCommand::Status)
+            }
+        );
+        assert!(ConsoleCommand::parse("tell smtpmta drain to mx2 include queued")
+            .unwrap_err()
+            .contains("cannot include `queued`"));
+        assert!(ConsoleCommand::parse("tell smtpmta drain")
+            .unwrap_err()
+            .contains("usage"));
         assert_eq!(
             ConsoleCommand::parse("tell smtpmta refresh").unwrap(),
             ConsoleCommand::Tell {

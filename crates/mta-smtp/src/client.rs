@@ -371,6 +371,24 @@ impl SmtpClient {
         self.command(&format!("HELO {name}")).await
     }
 
+    /// AUTH PLAIN (RFC 4954, 4616) with an initial response; returns the server's reply
+    /// (235 on success). Only over TLS: the caller checks [`SmtpClient::is_tls`]. The
+    /// credentials never reach the SMTPClientDebug trace.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<Reply, SessionError> {
+        use base64::Engine as _;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.trace_commands(b"AUTH PLAIN ***\r\n");
+        self.write("AUTH", format!("AUTH PLAIN {token}\r\n").as_bytes())
+            .await?;
+        self.reply("AUTH").await
+    }
+
+    /// Whether STARTTLS has succeeded on this session.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// DATA, then the dot-stuffed content and the terminator; returns the final reply, or
     /// the reply to DATA when it was not 354.
     pub async fn data(&mut self, content: &[u8]) -> Result<Reply, SessionError> {

@@ -19,6 +19,8 @@
 //! line stays far below [`crate::MAX_COMMAND_LINE`].
 
 use crate::command::{xtext_decode, xtext_encode};
+use mta_types::message::Ret;
+use mta_types::{MessageRecord, Recipient};
 
 /// The ESMTP parameter keyword (on MAIL and RCPT).
 pub const KEYWORD: &str = "XFLEET";
@@ -138,6 +140,73 @@ impl HandoffRcpt {
     }
 }
 
+/// The MAIL command that hands `record` off: the sender with SIZE, BODY, SMTPUTF8, the
+/// DSN parameters it arrived with (RET, ENVID) and `XFLEET` (`origin`).
+pub fn mail_command(
+    record: &MessageRecord,
+    size: usize,
+    eight_bit: bool,
+    utf8: bool,
+    origin: &HandoffMessage,
+) -> String {
+    let env = &record.envelope;
+    let from = env.mail_from.as_ref().map(ToString::to_string);
+    let mut line = format!("MAIL FROM:<{}> SIZE={size}", from.unwrap_or_default());
+    if eight_bit {
+        line.push_str(" BODY=8BITMIME");
+    }
+    if utf8 {
+        line.push_str(" SMTPUTF8");
+    }
+    match env.ret {
+        Some(Ret::Full) => line.push_str(" RET=FULL"),
+        Some(Ret::Hdrs) => line.push_str(" RET=HDRS"),
+        None => {}
+    }
+    if let Some(envid) = &env.envid {
+        line.push_str(&format!(" ENVID={}", xtext_encode(envid)));
+    }
+    line.push_str(&format!(" {KEYWORD}={}", origin.encode()));
+    line
+}
+
+/// The RCPT command for one recipient: NOTIFY and ORCPT as it arrived, and `XFLEET` with
+/// its history.
+pub fn rcpt_command(rcpt: &Recipient, history: &HandoffRcpt) -> String {
+    let mut line = format!("RCPT TO:<{}>", rcpt.address);
+    if let Some(n) = rcpt.notify {
+        let words: Vec<&str> = [
+            (n.success, "SUCCESS"),
+            (n.failure, "FAILURE"),
+            (n.delay, "DELAY"),
+        ]
+        .iter()
+        .filter_map(|(on, w)| on.then_some(*w))
+        .collect();
+        if n.never || words.is_empty() {
+            line.push_str(" NOTIFY=NEVER");
+        } else {
+            line.push_str(&format!(" NOTIFY={}", words.join(",")));
+        }
+    }
+    if let Some((kind, addr)) = rcpt.orcpt.as_deref().and_then(|o| o.split_once(';')) {
+        line.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
+    }
+    line.push_str(&format!(" {KEYWORD}={}", history.encode()));
+    line
+}
+
+/// The queue ID in a peer's `250 2.0.0 Ok: queued as <QID>` (ours, `Reply::queued`).
+pub fn queued_id(reply: &crate::Reply) -> Option<String> {
+    let text = reply.text();
+    let (_, rest) = text.rsplit_once("queued as ")?;
+    let id: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +238,30 @@ mod tests {
         ] {
             assert_eq!(HandoffMessage::decode(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn commands_carry_dsn_parameters() {
+        let mut r = mta_types::Recipient::new("b@y.example".parse().unwrap());
+        r.notify = Some(mta_types::message::Notify {
+            failure: true,
+            delay: true,
+            ..Default::default()
+        });
+        r.orcpt = Some("rfc822;B+x@y.example".into());
+        let line = rcpt_command(&r, &HandoffRcpt::default());
+        assert_eq!(
+            line,
+            "RCPT TO:<b@y.example> NOTIFY=FAILURE,DELAY ORCPT=rfc822;B+2Bx@y.example XFLEET=1,0,0,0,-"
+        );
+        let crate::Command::Rcpt { params, .. } = crate::parse_command_line(line.as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(params.orcpt, Some(("rfc822".into(), "B+x@y.example".into())));
+        assert_eq!(params.handoff, Some(HandoffRcpt::default()));
+        let reply = crate::Reply::queued("0AB12CD");
+        assert_eq!(queued_id(&reply).as_deref(), Some("0AB12CD"));
     }
 
     #[test]

@@ -83,6 +83,16 @@ impl Reply {
         )
     }
 
+    /// `421 4.3.2 <host> Service not available: this node is being drained, try another`
+    /// (the greeting of a node under `tell smtpmta drain`).
+    pub fn draining(hostname: &str) -> Reply {
+        Reply::enh(
+            421,
+            (4, 3, 2),
+            format!("{hostname} Service not available: this node is being drained, try another"),
+        )
+    }
+
     /// `421 4.5.0`: the session cannot tell where the next command starts (a BDAT whose
     /// size could not be read), so it closes.
     pub fn lost_sync(hostname: &str) -> Reply {

@@ -547,6 +547,41 @@ impl StoreService {
         Ok(changes)
     }
 
+    /// For a drain (`tell smtpmta drain`): the records of `loc` after index key `after`,
+    /// whatever their due time, walking at most `max` index keys; those no task holds are
+    /// leased to this process for `lease` and returned. The second value is the last key
+    /// walked (the next page starts after it; None: the end of `loc`).
+    pub fn claim_page(
+        &self,
+        loc: Location,
+        after: Option<&[u8]>,
+        max: usize,
+        lease: Duration,
+    ) -> Result<(Vec<MessageRecord>, Option<Vec<u8>>), StoreError> {
+        let engine = &self.inner.engine;
+        let keys = engine.index_after(loc, None, after, max)?;
+        let last = keys.last().map(|(k, _)| k.clone());
+        let now = Instant::now();
+        let mut leases = self.inner.leases.lock().expect("lease lock");
+        let mut out = Vec::new();
+        for (_, id) in keys {
+            if leases.is_leased(&id, now) {
+                continue;
+            }
+            // A record moved since the key was read is met again where it is now.
+            if let Some(record) = engine.get(id)?.filter(|r| same_place(r.location, loc)) {
+                leases.grant(id, std::process::id(), lease, now);
+                out.push(record);
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// Gives records this process leased (`claim_page`) back unchanged.
+    pub fn release(&self, ids: &[QueueId]) {
+        self.end_leases(ids);
+    }
+
     /// One page of the parked messages (Held, Dead, Conversion Error) of `loc`.
     pub fn parked(
         &self,
@@ -564,6 +599,14 @@ impl StoreService {
         limit: usize,
     ) -> Result<Vec<DestinationRow>, StoreError> {
         self.inner.engine.destinations(after, limit)
+    }
+}
+
+/// Held messages share one index whatever queue they came from.
+fn same_place(a: Location, b: Location) -> bool {
+    match (a, b) {
+        (Location::Held { .. }, Location::Held { .. }) => true,
+        _ => a == b,
     }
 }
 
