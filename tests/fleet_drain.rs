@@ -19,7 +19,10 @@ const SECRET: &str = "fleet-drain-test-secret";
 fn node(name: &str, sink: &Sink, secret: &Path) -> Suite {
     Suite::start(&SuiteOptions {
         sections: vec![
-            ("outbound", format!("relay_host = \"127.0.0.1:{}\"", sink.port)),
+            (
+                "outbound",
+                format!("relay_host = \"127.0.0.1:{}\"", sink.port),
+            ),
             ("outbound", "connect_timeout = \"2s\"".into()),
             ("cluster", format!("node = \"{name}\"")),
             (
@@ -105,15 +108,23 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
         .map(|i| {
             // The first asks for a success report: B writes it, A must not.
             let notify = if i == 0 { "NOTIFY=SUCCESS,FAILURE" } else { "" };
-            send(a.smtp_port, "", "user@far.test", notify, &format!("drain-tracked-{i}"))
+            send(
+                a.smtp_port,
+                "",
+                "user@far.test",
+                notify,
+                &format!("drain-tracked-{i}"),
+            )
         })
         .collect();
-    wait_for("A's queue holds 154 messages", Duration::from_secs(60), || {
-        match queued(&a) {
+    wait_for(
+        "A's queue holds 154 messages",
+        Duration::from_secs(60),
+        || match queued(&a) {
             154 => Ok(()),
             n => Err(format!("{n}")),
-        }
-    });
+        },
+    );
 
     // Clients go on sending to B and C while A drains to B.
     let (b_port, c_port) = (b.smtp_port, c.smtp_port);
@@ -121,11 +132,20 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
     let on_c = std::thread::spawn(move || smtp_load(c_port, 100, 2, "user@far.test", 20));
     let started = ok(
         &a,
-        &["tell", "smtpmta", "drain", "to", &format!("127.0.0.1:{}", b.smtp_port)],
+        &[
+            "tell",
+            "smtpmta",
+            "drain",
+            "to",
+            &format!("127.0.0.1:{}", b.smtp_port),
+        ],
     );
     assert!(started.contains("draining to"), "{started}");
     let (_, greeting) = RawSmtp::connect(a.smtp_port);
-    assert!(greeting.starts_with("421 4.3.2"), "A's greeting while draining: {greeting}");
+    assert!(
+        greeting.starts_with("421 4.3.2"),
+        "A's greeting while draining: {greeting}"
+    );
     let again = console(&a, &["tell", "smtpmta", "drain", "to", "127.0.0.1:9"]);
     assert!(!again.0 && again.1.contains("is on"), "{}", again.1);
 
@@ -150,30 +170,46 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
     // success report (relayed) one of A's messages asked for.
     sink.wait_count(&b, 150 + 3 + 200 + 2, Duration::from_secs(120));
     let ids = sink.message_ids();
-    for id in on_a.accepted.iter().chain(&on_b.accepted).chain(&on_c.accepted) {
+    for id in on_a
+        .accepted
+        .iter()
+        .chain(&on_b.accepted)
+        .chain(&on_c.accepted)
+    {
         assert_eq!(ids.get(id), Some(&1), "{id} at the sink");
     }
-    wait_for("A's queue is empty", Duration::from_secs(30), || match queued(&a) {
-        0 => Ok(()),
-        n => Err(format!("{n} left")),
-    });
+    wait_for(
+        "A's queue is empty",
+        Duration::from_secs(30),
+        || match queued(&a) {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        },
+    );
 
     // Tracking: A names B's queue ID; B's record kept A's arrival time.
     for qid in &tracked {
         let on_a = json(&a, &["show", "message", qid]);
-        let note = on_a["history"]["note"].as_str().unwrap_or_default().to_string();
+        let note = on_a["history"]["note"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let b_qid = note
             .strip_prefix(&format!("handed off to [127.0.0.1]:{} as ", b.smtp_port))
             .unwrap_or_else(|| panic!("show message {qid} on A: {on_a}"));
-        let on_b = wait_for("B's history of the hand-off", Duration::from_secs(30), || {
-            let v = json(&b, &["show", "message", b_qid]);
-            let done = v["history"]["state"] == "Done";
-            if done {
-                Ok(v)
-            } else {
-                Err(v.to_string())
-            }
-        });
+        let on_b = wait_for(
+            "B's history of the hand-off",
+            Duration::from_secs(30),
+            || {
+                let v = json(&b, &["show", "message", b_qid]);
+                let done = v["history"]["state"] == "Done";
+                if done {
+                    Ok(v)
+                } else {
+                    Err(v.to_string())
+                }
+            },
+        );
         assert_eq!(
             on_b["history"]["received_at"], on_a["history"]["received_at"],
             "arrival time on B ({b_qid}) and A ({qid})"
@@ -197,7 +233,10 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
         .iter()
         .find(|r| r.contains("Action: failed"))
         .expect("a failure report");
-    assert!(report.contains("Original-Envelope-Id: drain-env-1"), "{report}");
+    assert!(
+        report.contains("Original-Envelope-Id: drain-env-1"),
+        "{report}"
+    );
     assert!(
         report.contains("Original-Recipient: rfc822; Original-Drain@far.test"),
         "{report}"
@@ -221,5 +260,8 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
     assert!(stopped.contains("stopped"), "{stopped}");
     println!("{}", ok(&a, &["show", "message", &tracked[0]]));
     let (_, greeting) = RawSmtp::connect(a.smtp_port);
-    assert!(greeting.starts_with("220"), "A after drain stop: {greeting}");
+    assert!(
+        greeting.starts_with("220"),
+        "A after drain stop: {greeting}"
+    );
 }

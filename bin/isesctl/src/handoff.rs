@@ -52,7 +52,11 @@ fn restore(rcpt: &mut Recipient, history: &HandoffRcpt, node: &str, arrival: Uni
                 format!("attempt {i} on {node}, before the hand-off")
             };
             Attempt {
-                at: if last { history.last_at.max(arrival) } else { arrival },
+                at: if last {
+                    history.last_at.max(arrival)
+                } else {
+                    arrival
+                },
                 host: node.to_string(),
                 outcome: DeliveryOutcome::Deferred {
                     reply: Reply::local("4.0.0", text),

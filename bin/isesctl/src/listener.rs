@@ -287,7 +287,10 @@ impl Inbound {
         } else if self.shared.draining.load(Ordering::Relaxed) {
             (
                 TaskState::Running,
-                format!("draining: 421 to new connections on {}", self.listening_text()),
+                format!(
+                    "draining: 421 to new connections on {}",
+                    self.listening_text()
+                ),
             )
         } else if self.shared.table.busy() >= max {
             (
@@ -539,7 +542,8 @@ async fn refuse_draining(mut stream: TcpStream, hostname: &str, mode: ListenerMo
     use tokio::io::AsyncWriteExt as _;
     if mode != ListenerMode::Submissions {
         let reply = mta_smtp::Reply::draining(hostname).to_string();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
     }
     let _ = stream.shutdown().await;
 }

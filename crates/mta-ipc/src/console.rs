@@ -250,7 +250,10 @@ impl std::fmt::Display for TellCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DrainCommand {
     /// `drain to <node|host:port> [include held|dead]`.
-    To { target: String, include: DrainScope },
+    To {
+        target: String,
+        include: DrainScope,
+    },
     Status,
     Stop,
 }
@@ -282,11 +285,9 @@ impl DrainCommand {
                                 "held" => include.held = true,
                                 "dead" => include.dead = true,
                                 "" | "and" => {}
-                                other => {
-                                    return Err(format!(
-                                        "drain: cannot include `{other}` (held, dead); {DRAIN_USAGE}"
-                                    ))
-                                }
+                                other => return Err(format!(
+                                    "drain: cannot include `{other}` (held, dead); {DRAIN_USAGE}"
+                                )),
                             }
                         }
                     }
@@ -757,9 +758,11 @@ mod tests {
                 command: TellCommand::Drain(DrainCommand::Status)
             }
         );
-        assert!(ConsoleCommand::parse("tell smtpmta drain to mx2 include queued")
-            .unwrap_err()
-            .contains("cannot include `queued`"));
+        assert!(
+            ConsoleCommand::parse("tell smtpmta drain to mx2 include queued")
+                .unwrap_err()
+                .contains("cannot include `queued`")
+        );
         assert!(ConsoleCommand::parse("tell smtpmta drain")
             .unwrap_err()
             .contains("usage"));

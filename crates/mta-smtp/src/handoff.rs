@@ -1,4 +1,4 @@
-//! The fleet hand-off extension `XFLEET` (docs/SCALING.md, "Hand-off between nodes"):
+//! The fleet hand-off extension `XFLEET` (docs/DRAIN.md, "The wire format"):
 //! how a node being drained tells its peer what the envelope alone cannot carry.
 //!
 //! Only a client authenticated as the fleet peer ([`PEER_USER`], with the secret of
@@ -254,11 +254,15 @@ mod tests {
             line,
             "RCPT TO:<b@y.example> NOTIFY=FAILURE,DELAY ORCPT=rfc822;B+2Bx@y.example XFLEET=1,0,0,0,-"
         );
-        let crate::Command::Rcpt { params, .. } = crate::parse_command_line(line.as_bytes()).unwrap()
+        let crate::Command::Rcpt { params, .. } =
+            crate::parse_command_line(line.as_bytes()).unwrap()
         else {
             panic!()
         };
-        assert_eq!(params.orcpt, Some(("rfc822".into(), "B+x@y.example".into())));
+        assert_eq!(
+            params.orcpt,
+            Some(("rfc822".into(), "B+x@y.example".into()))
+        );
         assert_eq!(params.handoff, Some(HandoffRcpt::default()));
         let reply = crate::Reply::queued("0AB12CD");
         assert_eq!(queued_id(&reply).as_deref(), Some("0AB12CD"));

@@ -1,5 +1,5 @@
 //! `tell smtpmta drain …`: take this node out of service by handing its queue off to a
-//! fleet peer (issue 27; docs/SCALING.md, "Draining a node").
+//! fleet peer (issue 27; docs/DRAIN.md).
 //!
 //! `drain to <node|host:port> [include held|dead]`: isesctl answers new connections with
 //! `421 4.3.2` (sessions in progress finish), osesctl starts no new outbound session, and
@@ -156,7 +156,9 @@ async fn start(sup: &Arc<Supervisor>, target: &str, include: DrainScope) -> Cons
         stop: stop_tx,
         handle: Some(handle),
     });
-    tracing::info!("drain to {target} ({peer}) started: inbound refused with 421, the queue goes to the peer");
+    tracing::info!(
+        "drain to {target} ({peer}) started: inbound refused with 421, the queue goes to the peer"
+    );
     let transports = set_transports(sup, true).await;
     ConsoleReply::Text(format!(
         "draining to {target} ({peer}): new connections get 421 4.3.2, outbound transport stopped, {} being handed off{transports}; see `tell smtpmta drain status`",

@@ -42,7 +42,11 @@ pub fn apply(
 ) -> Effect {
     let sent = match sent {
         Ok(s) => s,
-        Err(e) => return Effect::Retry { reason: format!("{peer}: {e}") },
+        Err(e) => {
+            return Effect::Retry {
+                reason: format!("{peer}: {e}"),
+            }
+        }
     };
     if !sent.mail.is_positive() {
         let reason = format!("{peer} refused MAIL: {}", line(&sent.mail));

@@ -72,7 +72,11 @@ pub async fn run(
         let pause = if left == 0 {
             if progress.empty_since_ms.load(Ordering::Relaxed) == 0 {
                 progress.empty_since_ms.store(now_ms(), Ordering::Relaxed);
-                tracing::info!("drain to {}: nothing left to hand off ({} sent)", plan.label, before);
+                tracing::info!(
+                    "drain to {}: nothing left to hand off ({} sent)",
+                    plan.label,
+                    before
+                );
             }
             progress.set_phase(Phase::Empty);
             WATCH
@@ -104,9 +108,9 @@ fn left(sup: &Supervisor, include: DrainScope, passed: &Passed) -> u64 {
         .map(|l| engine.count_in(l))
         .sum();
     let mut passed = passed.lock().expect("passed lock");
-    passed.retain(|id| {
-        matches!(engine.get(*id), Ok(Some(r)) if super::in_scope(r.location, include))
-    });
+    passed.retain(
+        |id| matches!(engine.get(*id), Ok(Some(r)) if super::in_scope(r.location, include)),
+    );
     all.saturating_sub(passed.len() as u64)
 }
 
@@ -138,9 +142,7 @@ async fn pass(
     'walk: for loc in super::locations(plan.include) {
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let page = sup
-                .store
-                .claim_page(loc, after.as_deref(), PAGE, LEASE);
+            let page = sup.store.claim_page(loc, after.as_deref(), PAGE, LEASE);
             let (records, last) = match page {
                 Ok(p) => p,
                 Err(e) => {
@@ -155,7 +157,10 @@ async fn pass(
                     sup.store.release(&[record.id]);
                     continue;
                 }
-                if *stop.borrow() || broken.load(Ordering::Relaxed) || tx.send(record).await.is_err() {
+                if *stop.borrow()
+                    || broken.load(Ordering::Relaxed)
+                    || tx.send(record).await.is_err()
+                {
                     let rest: Vec<QueueId> = records.map(|r| r.id).collect();
                     sup.store.release(&rest);
                     break 'walk;
