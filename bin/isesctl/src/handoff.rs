@@ -59,7 +59,7 @@ fn restore(rcpt: &mut Recipient, history: &HandoffRcpt, node: &str, arrival: Uni
                 },
                 host: node.to_string(),
                 outcome: DeliveryOutcome::Deferred {
-                    reply: Reply::local("4.0.0", text),
+                    reply: Reply::local(mta_types::outcome::Enhanced::new(4, 0, 0), text),
                     next: 0,
                 },
             }
