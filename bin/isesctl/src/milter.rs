@@ -35,7 +35,7 @@
 mod eom;
 
 use crate::intake::Intake;
-use mta_config::{Config, MilterAddress, MilterDefault};
+use mta_config::{Config, MilterDefault};
 use mta_milter::{Endpoint, Io, Milter, MilterError, Timeouts, Verdict};
 use mta_smtp::{Envelope, Reply};
 use mta_types::Address;
@@ -122,13 +122,7 @@ impl Milters {
             .map(|m| {
                 Arc::new(Entry {
                     name: m.name.clone(),
-                    endpoint: match &m.address {
-                        MilterAddress::Inet { host, port } => Endpoint::Inet {
-                            host: host.clone(),
-                            port: *port,
-                        },
-                        MilterAddress::Unix(path) => Endpoint::Unix(path.clone()),
-                    },
+                    endpoint: m.address.clone(),
                     timeouts: Timeouts {
                         connect: m.connect_timeout,
                         command: m.command_timeout,

@@ -95,7 +95,7 @@ pub fn reply_text(reply: &mta_smtp::Reply) -> String {
 
 /// The enhanced status of a reply, or `X.0.0` from its code.
 pub fn reply_status(reply: &mta_smtp::Reply) -> Enhanced {
-    reply.enhanced.unwrap_or(Enhanced::of_code(reply.code))
+    reply.status()
 }
 
 impl RcptOutcome {

@@ -1,11 +1,16 @@
-//! One claimed batch of `mail.box`: route each message (`routing.rs`), write its local
-//! mailboxes (`maildir.rs`), log each recipient's outcome and return the changes to commit.
+//! One claimed batch of `mail.box`, in three phases: route each message (`routing.rs`) and
+//! write its Maildirs (`maildir.rs`), blocking, then sync them (`route_batch`); deliver
+//! the LMTP mailboxes (`lmtp.rs`, async, only once the Maildirs are durable); then move
+//! each message on and return the changes to commit (`finish_batch`). Every mailbox's
+//! outcome is recorded, counted and logged by one function (`record_outcome`).
 //!
 //! Content is read from the spool once per message, and only when it has a mailbox to write.
-//! Each mailbox gets `Return-Path:` and `Delivered-To:` prepended (`mta-convert`).
+//! Each Maildir copy gets `Return-Path:` and `Delivered-To:` prepended (`mta-convert`); an
+//! LMTP server adds its own.
 //!
 //! Log lines, Postfix style, one per recipient outcome:
 //! `qid=… to=<…> [orig_to=<…>] relay=local delay=0.12s dsn=2.0.0 status=sent (delivered to maildir)`,
+//! `relay=lmtp[unix:/run/dovecot/lmtp] … status=sent (250 2.0.0 <alice@localhost> Saved)`,
 //! `status=bounced (user unknown)`, `status=deferred (reason)`; `qid=… removed` when the
 //! record is done, whatever the knobs.
 //!
@@ -19,10 +24,11 @@
 //! 2 also its start, 3 also every member of an alias.
 
 use crate::maildir::Maildir;
-use crate::routing::{Found, LocalFailure, Lookup, MailboxDelivery, Routing};
+use crate::routing::{Found, Lookup, MailboxDelivery, MailboxOutcome, Routing};
 use mta_convert::trace_headers_for_delivery;
 use mta_ipc::store::Change;
 use mta_types::message::{now_ms, UnixMillis};
+use mta_types::outcome::Reply;
 use mta_types::{Enhanced, Location, MessageRecord, QueueName, RcptStatus, Recipient};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +40,8 @@ pub struct Stats {
     pub deferred: AtomicU64,
     pub bounced: AtomicU64,
     pub to_smtp: AtomicU64,
+    /// Connections opened to LMTP servers.
+    pub lmtp_connections: AtomicU64,
 }
 
 /// The Maildirs a batch wrote into, and the files it renamed into each `new/`: every
@@ -77,7 +85,21 @@ pub struct Batch {
     pub to_smtp: usize,
     /// Messages moved to `reports` (drt is kicked when non-zero).
     pub to_reports: usize,
-    /// A Maildir whose `new/` could not be synced: nothing of the batch may be committed.
+}
+
+/// A claimed message between the phases of a batch: routed, its Maildirs written, its
+/// LMTP mailboxes still to deliver (`lmtp.rs`), not yet moved on.
+pub struct Routed {
+    pub record: MessageRecord,
+    /// The mailboxes an LMTP server holds, delivered after the Maildirs are synced.
+    pub lmtp: Vec<MailboxDelivery>,
+}
+
+/// The first phase's outcome.
+pub struct RoutedBatch {
+    pub messages: Vec<Routed>,
+    /// A Maildir whose `new/` could not be synced: nothing of the batch may be committed
+    /// (and nothing more delivered: the batch is retried).
     pub unsynced: Option<String>,
 }
 
@@ -90,14 +112,15 @@ pub struct Levels {
     pub lookup: u8,
 }
 
-/// Routes and delivers a claimed batch (blocking: reads the spool and writes Maildirs).
-pub fn deliver_batch(
+/// First phase (blocking: reads the spool and writes Maildirs): routes each message and
+/// writes its Maildirs; LMTP mailboxes are left in `Routed::lmtp`.
+pub fn route_batch(
     records: Vec<MessageRecord>,
     routing: &Routing<'_>,
     spool_dir: &Path,
     levels: Levels,
     stats: &Stats,
-) -> Batch {
+) -> RoutedBatch {
     if levels.routing >= 10 {
         let qids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
         tracing::info!(
@@ -107,137 +130,194 @@ pub fn deliver_batch(
             qids.join(",")
         );
     }
-    let mut changes = Vec::with_capacity(records.len());
-    let mut to_smtp = 0;
-    let mut to_reports = 0;
     let mut unsynced = Unsynced::default();
-    for mut record in records {
-        let location = deliver_one(
-            &mut record,
-            routing,
-            spool_dir,
-            levels,
-            stats,
-            &mut unsynced,
-        );
-        if location == Location::Queue(QueueName::SmtpBox) {
-            to_smtp += 1;
-            stats.to_smtp.fetch_add(1, Ordering::Relaxed);
-        }
-        if location == Location::Queue(QueueName::Reports) {
-            to_reports += 1;
-        }
-        changes.push(Change::Put(record));
-    }
-    Batch {
-        changes,
-        to_smtp,
-        to_reports,
+    let messages = records
+        .into_iter()
+        .map(|record| route_one(record, routing, spool_dir, levels, stats, &mut unsynced))
+        .collect();
+    RoutedBatch {
+        messages,
         unsynced: unsynced.sync().err(),
     }
 }
 
-fn deliver_one(
-    record: &mut MessageRecord,
+/// Last phase: moves each message on (`Routing::finish`) and makes the batch's changes.
+pub fn finish_batch(
+    messages: Vec<Routed>,
+    routing: &Routing<'_>,
+    levels: Levels,
+    stats: &Stats,
+) -> Batch {
+    let mut batch = Batch {
+        changes: Vec::with_capacity(messages.len()),
+        to_smtp: 0,
+        to_reports: 0,
+    };
+    for Routed { mut record, .. } in messages {
+        let location = if record.location == Location::Dead {
+            Location::Dead
+        } else {
+            finish_one(&mut record, routing, levels.routing)
+        };
+        if location == Location::Queue(QueueName::SmtpBox) {
+            batch.to_smtp += 1;
+            stats.to_smtp.fetch_add(1, Ordering::Relaxed);
+        }
+        if location == Location::Queue(QueueName::Reports) {
+            batch.to_reports += 1;
+        }
+        batch.changes.push(Change::Put(record));
+    }
+    batch
+}
+
+fn route_one(
+    mut record: MessageRecord,
     routing: &Routing<'_>,
     spool_dir: &Path,
     levels: Levels,
     stats: &Stats,
     unsynced: &mut Unsynced,
-) -> Location {
+) -> Routed {
     let qid = record.id;
-    let log_level = levels.routing;
     let now = now_ms();
-    if log_level >= 40 {
-        log_document(record);
+    if levels.routing >= 40 {
+        log_document(&record);
     }
-    let plan = routing.plan(record, now);
+    let plan = routing.plan(&mut record, now);
     for lookup in &plan.lookups {
-        log_lookup(record, lookup, levels.lookup);
+        log_lookup(&record, lookup, levels.lookup);
     }
-    if log_level >= 20 {
+    if levels.routing >= 20 {
         for (alias, targets) in &plan.expansions {
             let list: Vec<String> = targets.iter().map(|t| format!("<{t}>")).collect();
             tracing::info!(target: mta_types::DEBUG_TARGET, "Router: qid={qid} alias <{alias}> expanded to {}", list.join(", "));
         }
     }
     for &i in &plan.bounced {
-        log_outcome(record, i, now);
+        log_outcome(&record, i, now, "local", "");
         stats.bounced.fetch_add(1, Ordering::Relaxed);
-        if log_level >= 20 {
+        if levels.routing >= 20 {
             let r = &record.recipients[i];
             if let Some((_, outcome)) = r.status.outcome() {
                 tracing::info!(target: mta_types::DEBUG_TARGET, "Router: warning: qid={qid} recipient <{}> failed: {outcome}", r.address);
             }
         }
     }
+    let (lmtp, maildirs): (Vec<_>, Vec<_>) =
+        plan.deliveries.into_iter().partition(|d| d.lmtp.is_some());
+    if !maildirs.is_empty() {
+        write_maildirs(
+            &mut record,
+            &maildirs,
+            routing,
+            spool_dir,
+            levels,
+            stats,
+            unsynced,
+        );
+    }
+    Routed { record, lmtp }
+}
 
-    if !plan.deliveries.is_empty() {
-        let content = mta_spool::read(spool_dir, &record.content);
-        if let Err(e) = &content {
-            if e.is_missing() {
-                record.content_missing(e);
-                tracing::error!(
-                    "qid={} moved to Dead: {}",
-                    record.id,
-                    record.note.as_deref().unwrap_or("")
-                );
-                return Location::Dead;
-            }
-        }
-        for delivery in &plan.deliveries {
-            if log_level >= 30 {
-                tracing::info!(
-                    target: mta_types::DEBUG_TARGET,
-                    "Router: qid={qid} mailbox of {} is {}",
-                    delivery.user,
-                    delivery.maildir.display()
-                );
-            }
-            let result = match &content {
-                Ok(bytes) => write_mailbox(record, delivery, bytes, unsynced),
-                Err(e) => Err(LocalFailure {
-                    dsn: (4, 3, 0).into(),
-                    reason: format!("cannot read the content: {e}"),
-                }),
-            };
-            let now = now_ms();
-            match &result {
-                Err(f) if log_level >= 20 => tracing::info!(
-                    target: mta_types::DEBUG_TARGET,
-                    "Router: warning: qid={qid} delivery to {} deferred: {} {}",
-                    delivery.user,
-                    f.dsn,
-                    f.reason
-                ),
-                Ok(_) if log_level >= 40 => tracing::info!(
-                    target: mta_types::DEBUG_TARGET,
-                    "Router: Message qid={qid} delivered to {} from <{}> Size {} Hop Count {}",
-                    delivery.delivered_to,
-                    record
-                        .envelope
-                        .mail_from
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    record.size,
-                    record.trace.hop_count
-                ),
-                _ => {}
-            }
-            routing.record_delivery(record, delivery, result.as_ref().map(|_| ()), now);
-            let counter = if result.is_ok() {
-                &stats.delivered
-            } else {
-                &stats.deferred
-            };
-            for &i in &delivery.recipients {
-                log_outcome(record, i, now);
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
+/// Writes the message into each of `maildirs` and records each outcome (the record goes
+/// Dead when its content is gone).
+fn write_maildirs(
+    record: &mut MessageRecord,
+    maildirs: &[MailboxDelivery],
+    routing: &Routing<'_>,
+    spool_dir: &Path,
+    levels: Levels,
+    stats: &Stats,
+    unsynced: &mut Unsynced,
+) {
+    let content = mta_spool::read(spool_dir, &record.content);
+    if let Err(e) = &content {
+        if e.is_missing() {
+            record.content_missing(e);
+            tracing::error!(
+                "qid={} moved to Dead: {}",
+                record.id,
+                record.note.as_deref().unwrap_or("")
+            );
+            return;
         }
     }
+    for delivery in maildirs {
+        if levels.routing >= 30 {
+            tracing::info!(
+                target: mta_types::DEBUG_TARGET,
+                "Router: qid={} mailbox of {} is {}",
+                record.id,
+                delivery.user,
+                delivery.maildir.display()
+            );
+        }
+        let outcome = match &content {
+            Ok(bytes) => write_mailbox(record, delivery, bytes, unsynced),
+            Err(e) => MailboxOutcome::Deferred(Reply::local(
+                (4, 3, 0),
+                format!("cannot read the content: {e}"),
+            )),
+        };
+        record_outcome(record, delivery, &outcome, routing, levels, stats);
+    }
+}
 
+/// Records one mailbox's outcome in the record, counts it and logs it (one line per
+/// recipient); the Maildir and the LMTP paths both end here.
+pub fn record_outcome(
+    record: &mut MessageRecord,
+    delivery: &MailboxDelivery,
+    outcome: &MailboxOutcome,
+    routing: &Routing<'_>,
+    levels: Levels,
+    stats: &Stats,
+) {
+    let qid = record.id;
+    let now = now_ms();
+    match outcome {
+        MailboxOutcome::Deferred(reply) | MailboxOutcome::Failed(reply) if levels.routing >= 20 => {
+            tracing::info!(
+                target: mta_types::DEBUG_TARGET,
+                "Router: warning: qid={qid} delivery to {} {}: {} {}",
+                delivery.user,
+                if matches!(outcome, MailboxOutcome::Failed(_)) { "failed" } else { "deferred" },
+                reply.status_or((4, 3, 0)),
+                reply.text
+            )
+        }
+        MailboxOutcome::Delivered(_) if levels.routing >= 40 => tracing::info!(
+            target: mta_types::DEBUG_TARGET,
+            "Router: Message qid={qid} delivered to {} from <{}> Size {} Hop Count {}",
+            delivery.delivered_to,
+            record
+                .envelope
+                .mail_from
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            record.size,
+            record.trace.hop_count
+        ),
+        _ => {}
+    }
+    routing.record_delivery(record, delivery, outcome, now);
+    let (counter, sent) = match outcome {
+        MailboxOutcome::Delivered(text) => (&stats.delivered, text.as_str()),
+        MailboxOutcome::Deferred(_) => (&stats.deferred, ""),
+        MailboxOutcome::Failed(_) => (&stats.bounced, ""),
+    };
+    let relay = delivery.relay();
+    for &i in &delivery.recipients {
+        log_outcome(record, i, now, &relay, sent);
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Moves the message on and logs where it went.
+fn finish_one(record: &mut MessageRecord, routing: &Routing<'_>, log_level: u8) -> Location {
+    let qid = record.id;
     let now = now_ms();
     let location = routing.finish(record, now);
     match location {
@@ -307,10 +387,15 @@ fn log_lookup(record: &MessageRecord, lookup: &Lookup, level: u8) {
         tracing::info!(target: mta_types::DEBUG_TARGET, "DebugRLookup: qid={qid} Lookup beginning for <{address}> (key {})", address.lookup_key());
     }
     match &lookup.found {
-        Found::User { name, maildir } => tracing::info!(
+        Found::User {
+            name,
+            maildir,
+            lmtp,
+        } => tracing::info!(
             target: mta_types::DEBUG_TARGET,
             "DebugRLookup: qid={qid} Lookup result for <{address}>: user {name}, mailbox {}",
-            maildir.display()
+            lmtp.as_ref()
+                .map_or_else(|| maildir.display().to_string(), |e| format!("lmtp {e}"))
         ),
         Found::Alias(members) => {
             tracing::info!(
@@ -336,20 +421,20 @@ fn write_mailbox(
     delivery: &MailboxDelivery,
     content: &[u8],
     unsynced: &mut Unsynced,
-) -> Result<(), LocalFailure> {
+) -> MailboxOutcome {
     let prefix =
         trace_headers_for_delivery(record.envelope.mail_from.as_ref(), &delivery.delivered_to);
-    Maildir::new(&delivery.maildir)
-        .deliver_unsynced(prefix.as_bytes(), content)
-        .map(|file| unsynced.add(&delivery.maildir, file))
-        .map_err(|e| {
-            // Routing defers every local failure; that is right only while all are transient.
+    match Maildir::new(&delivery.maildir).deliver_unsynced(prefix.as_bytes(), content) {
+        Ok(file) => {
+            unsynced.add(&delivery.maildir, file);
+            MailboxOutcome::Delivered("delivered to maildir".into())
+        }
+        Err(e) => {
+            // Every local failure is deferred; that is right only while all are transient.
             debug_assert!(e.is_transient(), "a permanent local delivery error: {e}");
-            LocalFailure {
-                dsn: e.enhanced_status(),
-                reason: e.to_string(),
-            }
-        })
+            MailboxOutcome::Deferred(Reply::local(e.enhanced_status(), e.to_string()))
+        }
+    }
 }
 
 fn describe(location: Location) -> String {
@@ -367,7 +452,9 @@ fn orig_to(r: &Recipient) -> Option<&str> {
     (!original.eq_ignore_ascii_case(&r.address.to_string())).then_some(original)
 }
 
-fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
+/// One line for recipient `i`: `relay` is `local` or the LMTP server; `sent` the text
+/// of a delivery (`delivered to maildir`, or the LMTP server's reply).
+fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis, relay: &str, sent: &str) {
     use mta_task::Outcome;
     let r = &record.recipients[i];
     let orig = orig_to(r);
@@ -377,7 +464,7 @@ fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
             qid: record.id,
             to: &r.address,
             orig_to: orig,
-            relay: "local",
+            relay,
             delay_secs: delay,
             dsn: &dsn.to_string(),
             outcome,
@@ -386,11 +473,7 @@ fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis) {
         })
     };
     match &r.status {
-        RcptStatus::Delivered { .. } => log(
-            Enhanced::new(2, 0, 0),
-            Outcome::Sent,
-            "delivered to maildir",
-        ),
+        RcptStatus::Delivered { .. } => log(Enhanced::new(2, 0, 0), Outcome::Sent, sent),
         RcptStatus::Failed { status, reply, .. } => log(*status, Outcome::Bounced, &reply.text),
         RcptStatus::Pending => {
             let reply = r.attempts.last().and_then(|a| a.outcome.reply());

@@ -16,7 +16,8 @@
 //!   delivered as an address. Added recipients are never expanded again.
 //! - **Local address**: the directory's user for it; recipients sharing a user's Maildir are
 //!   grouped so the message is written **once per mailbox**. No user: `Failed` 5.1.1 "user
-//!   unknown".
+//!   unknown". A user delivered by LMTP (their `lmtp` key, or `[lmtp] address`) is one
+//!   mailbox too: one RCPT for the user, whatever address of theirs the sender wrote.
 //!
 //! After the deliveries (`record_delivery`), `finish` moves the message on: every recipient
 //! final → `MessageRecord::finished_location` (`Done`; `reports` when a DSN is due; `Dead` for
@@ -27,7 +28,9 @@
 use mta_config::Directory;
 use mta_types::message::{Attempt, UnixMillis};
 use mta_types::outcome::Reply;
-use mta_types::{Address, Domain, Location, MessageRecord, QueueName, RcptStatus, Recipient};
+use mta_types::{
+    Address, Domain, Endpoint, Location, MessageRecord, QueueName, RcptStatus, Recipient,
+};
 use mta_types::{DeliveryOutcome, Enhanced};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +44,8 @@ pub struct Routing<'a> {
     pub local_domains: &'a [Domain],
     /// `[outbound] retry`: waits between attempts, the last one repeating.
     pub retry: &'a [Duration],
+    /// `[lmtp] address`: where users without an `lmtp` key of their own are delivered.
+    pub lmtp_default: Option<&'a Endpoint>,
 }
 
 /// One mailbox to write, and the recipients (indexes into `record.recipients`) it satisfies.
@@ -49,9 +54,35 @@ pub struct MailboxDelivery {
     /// The directory user's name (for logs and the recipient's `Delivered` status).
     pub user: String,
     pub maildir: PathBuf,
+    /// The LMTP server that holds this mailbox; `None`: the Maildir above.
+    pub lmtp: Option<Endpoint>,
     /// The `Delivered-To:` address: the first recipient for this mailbox.
     pub delivered_to: Address,
+    /// The user's first address: the `RCPT TO` of an LMTP delivery.
+    pub mailbox_address: Address,
     pub recipients: Vec<usize>,
+}
+
+impl MailboxDelivery {
+    /// `relay=` in the log and the host of a deferred attempt: `local`, or
+    /// `lmtp[unix:/run/dovecot/lmtp]`.
+    pub fn relay(&self) -> String {
+        match &self.lmtp {
+            None => "local".into(),
+            Some(e) => format!("lmtp[{e}]"),
+        }
+    }
+}
+
+/// What became of one mailbox's delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailboxOutcome {
+    /// Written (Maildir) or accepted (an LMTP 2xx); the text is for the log.
+    Delivered(String),
+    /// Retried on the schedule (a local failure, an LMTP 4xx, an LMTP server down).
+    Deferred(Reply),
+    /// Failed for good (an LMTP 5xx): a delivery report goes to the sender.
+    Failed(Reply),
 }
 
 /// What `plan` decided.
@@ -80,17 +111,11 @@ pub enum Found {
     User {
         name: String,
         maildir: PathBuf,
+        /// The LMTP server instead of the Maildir.
+        lmtp: Option<Endpoint>,
     },
     /// Neither a user nor an alias: the recipient fails 5.1.1.
     NotListed,
-}
-
-/// A local delivery that did not happen (to be retried).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalFailure {
-    /// RFC 3463 code, e.g. 4.3.0.
-    pub dsn: Enhanced,
-    pub reason: String,
 }
 
 impl Routing<'_> {
@@ -128,6 +153,7 @@ impl Routing<'_> {
                     Some(u) => Found::User {
                         name: u.name.clone(),
                         maildir: u.maildir.clone(),
+                        lmtp: u.lmtp_server(self.lmtp_default).cloned(),
                     },
                     None => Found::NotListed,
                 },
@@ -142,7 +168,9 @@ impl Routing<'_> {
                     None => plan.deliveries.push(MailboxDelivery {
                         user: user.name.clone(),
                         maildir: user.maildir.clone(),
+                        lmtp: user.lmtp_server(self.lmtp_default).cloned(),
                         delivered_to: address.clone(),
+                        mailbox_address: user.addresses[0].clone(),
                         recipients: vec![i],
                     }),
                 },
@@ -223,38 +251,46 @@ impl Routing<'_> {
         false
     }
 
-    /// Records the outcome of writing `delivery`'s mailbox for each of its recipients.
+    /// Records the outcome of `delivery`'s mailbox for each of its recipients.
     pub fn record_delivery(
         &self,
         record: &mut MessageRecord,
         delivery: &MailboxDelivery,
-        outcome: Result<(), &LocalFailure>,
+        outcome: &MailboxOutcome,
         now: UnixMillis,
     ) {
         for &i in &delivery.recipients {
             let r = &mut record.recipients[i];
             match outcome {
-                Ok(()) => {
+                MailboxOutcome::Delivered(_) => {
                     r.status = RcptStatus::Delivered {
                         at: now,
                         mailbox: delivery.user.clone(),
                     };
                     r.next_retry = None;
                 }
-                Err(failure) => {
+                MailboxOutcome::Failed(reply) => {
+                    r.status = RcptStatus::Failed {
+                        at: now,
+                        status: reply.status_or((5, 0, 0)),
+                        reply: reply.clone(),
+                    };
+                    r.next_retry = None;
+                }
+                MailboxOutcome::Deferred(reply) => {
                     let next = now + self.retry_after(r.attempts.len() + 1).as_millis() as u64;
                     r.attempts.push(Attempt {
                         at: now,
-                        host: "local".into(),
+                        host: delivery.relay(),
                         outcome: DeliveryOutcome::Deferred {
-                            reply: Reply::local(failure.dsn, failure.reason.clone()),
+                            reply: reply.clone(),
                             next,
                         },
                     });
                     r.next_retry = Some(next);
                     record.note = Some(format!(
                         "local delivery to {} deferred: {}",
-                        delivery.user, failure.reason
+                        delivery.user, reply.text
                     ));
                 }
             }
@@ -310,6 +346,7 @@ mod tests {
             addresses: addrs.iter().map(|s| a(s)).collect(),
             maildir: PathBuf::from(format!("/var/mail/{name}")),
             password: None,
+            lmtp: mta_config::UserLmtp::Default,
         };
         let mut aliases = BTreeMap::new();
         let mut alias = |k: &str, v: &[&str]| {
@@ -372,19 +409,16 @@ mod tests {
             directory: dir,
             local_domains: &domains,
             retry: &RETRY,
+            lmtp_default: None,
         };
         let plan = routing.plan(rec, now);
-        let failure = LocalFailure {
-            dsn: (4, 3, 0).into(),
-            reason: "disk on fire".into(),
-        };
         for d in &plan.deliveries {
             let outcome = if fail.contains(&d.user.as_str()) {
-                Err(&failure)
+                MailboxOutcome::Deferred(Reply::local((4, 3, 0), "disk on fire"))
             } else {
-                Ok(())
+                MailboxOutcome::Delivered("delivered to maildir".into())
             };
-            routing.record_delivery(rec, d, outcome, now);
+            routing.record_delivery(rec, d, &outcome, now);
         }
         let loc = routing.finish(rec, now);
         (plan, loc)
@@ -580,6 +614,60 @@ mod tests {
             "the alias is not expanded twice"
         );
         assert_eq!(loc, Location::Done);
+    }
+
+    #[test]
+    fn lmtp_users_get_one_rcpt_each_and_their_own_outcomes() {
+        let dir = directory();
+        let domains: [Domain; 1] = ["localhost".parse().unwrap()];
+        let server = Endpoint::Unix("/run/dovecot/lmtp".into());
+        let routing = Routing {
+            directory: &dir,
+            local_domains: &domains,
+            retry: &RETRY,
+            lmtp_default: Some(&server),
+        };
+        let mut rec = record(&["root@localhost", "alice@localhost", "bob@localhost"]);
+        let plan = routing.plan(&mut rec, NOW);
+        assert_eq!(plan.deliveries.len(), 3);
+        assert!(plan
+            .deliveries
+            .iter()
+            .all(|d| d.lmtp.as_ref() == Some(&server)));
+        // root@ is an address of postmaster: the server is asked for the user's first.
+        assert_eq!(
+            plan.deliveries[0].mailbox_address,
+            a("postmaster@localhost")
+        );
+        assert_eq!(plan.deliveries[0].relay(), "lmtp[unix:/run/dovecot/lmtp]");
+        let outcomes = [
+            MailboxOutcome::Delivered("250 2.0.0 Saved".into()),
+            MailboxOutcome::Deferred(Reply::remote(452, Some((4, 2, 2).into()), "Quota exceeded")),
+            MailboxOutcome::Failed(Reply::remote(
+                550,
+                Some((5, 1, 1).into()),
+                "User doesn't exist",
+            )),
+        ];
+        for (d, o) in plan.deliveries.iter().zip(&outcomes) {
+            routing.record_delivery(&mut rec, d, o, NOW);
+        }
+        assert!(matches!(
+            rec.recipients[0].status,
+            RcptStatus::Delivered { .. }
+        ));
+        assert_eq!(rec.recipients[1].next_retry, Some(NOW + 60_000));
+        assert_eq!(
+            rec.recipients[1].attempts[0].host,
+            "lmtp[unix:/run/dovecot/lmtp]"
+        );
+        assert!(matches!(&rec.recipients[2].status,
+            RcptStatus::Failed { status, .. } if status.to_string() == "5.1.1"));
+        // alice waits for her retry in mail.box; bob's report goes when she is final.
+        assert_eq!(
+            routing.finish(&mut rec, NOW),
+            Location::Queue(QueueName::MailBox)
+        );
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
     stats.extend(mta_auth::counters::ALL.iter().map(|n| stat(n, get(n), "")));
     // Refusals at the door: DNS lists, per-client limits, pregreet, pipelining (issue 25).
     stats.extend(names::DOOR.iter().map(|n| stat(n, get(n), "")));
+    // Local delivery over LMTP (issue 29): connections opened, transactions deferred.
+    stats.extend(names::LMTP.iter().map(|n| stat(n, get(n), "")));
     Ok(stats)
 }
 

@@ -4,7 +4,8 @@
 //! [[user]]
 //! name = "postmaster"
 //! addresses = ["postmaster@localhost", "root@localhost"]
-//! maildir = "mail/postmaster"      # relative to data_dir
+//! maildir = "mail/postmaster"      # relative to data_dir; default "mail/<name>"
+//! # lmtp = "unix:/run/dovecot/lmtp" # LMTP instead of Maildir; "none": Maildir always
 //!
 //! [aliases]
 //! "abuse@localhost" = ["postmaster@localhost"]
@@ -13,13 +14,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use mta_types::{Address, Domain};
+use mta_types::{Address, Domain, Endpoint};
 use serde::de::Deserializer;
 use serde::Deserialize;
 
 use crate::error::{Seg, Source};
 use crate::values::{parse_address, AddressValue};
-use crate::ConfigError;
+use crate::{ConfigError, UserLmtp};
 
 /// How deep alias expansion goes before an address is taken as it is.
 pub const MAX_ALIAS_DEPTH: usize = 20;
@@ -42,10 +43,26 @@ pub struct User {
     /// `addresses`: at least one; each in a local domain and owned by this user only.
     pub addresses: Vec<Address>,
     /// `maildir`: absolute, `data_dir.join(value)`; the value must be relative without `..`.
+    /// Default `mail/<name>`.
     pub maildir: PathBuf,
+    /// `lmtp`: deliver over LMTP to this server (`"unix:/path"`, `"inet:host:port"`; a
+    /// relative path is relative to the directory file's folder), or `"none"`: Maildir even
+    /// when `[lmtp] address` is set. Absent: `[lmtp] address`, else Maildir.
+    pub lmtp: UserLmtp,
     /// `password`: an argon2id PHC string (`smtpmta hash-password` makes one) for AUTH on
     /// the submission listeners; absent: the user cannot authenticate.
     pub password: Option<String>,
+}
+
+impl User {
+    /// The LMTP server this user's mail goes to, given `[lmtp] address`; `None`: Maildir.
+    pub fn lmtp_server<'a>(&'a self, default: Option<&'a Endpoint>) -> Option<&'a Endpoint> {
+        match &self.lmtp {
+            UserLmtp::Default => default,
+            UserLmtp::Maildir => None,
+            UserLmtp::Server(e) => Some(e),
+        }
+    }
 }
 
 impl Directory {
@@ -138,10 +155,12 @@ struct RawDirectory {
 struct RawUser {
     name: String,
     addresses: Vec<AddressValue>,
-    #[serde(deserialize_with = "maildir")]
-    maildir: PathBuf,
+    #[serde(default, deserialize_with = "optional_maildir")]
+    maildir: Option<PathBuf>,
     #[serde(default, deserialize_with = "password")]
     password: Option<String>,
+    #[serde(default)]
+    lmtp: Option<String>,
 }
 
 /// A PHC string of argon2id (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`): checked for shape
@@ -155,6 +174,46 @@ fn password<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
             Err("must be an argon2id PHC string (`$argon2id$v=19$...`); make one with `smtpmta hash-password`".to_string())
         }
     })
+}
+
+fn optional_maildir<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    maildir(d).map(Some)
+}
+
+/// `lmtp`: `"none"` or an LMTP server's address.
+fn user_lmtp(s: &str, folder: &Path) -> Result<UserLmtp, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(UserLmtp::Maildir);
+    }
+    crate::lmtp::parse(s, |p| folder.join(p))
+        .map(UserLmtp::Server)
+        .map_err(|m| format!("{m}, or \"none\" for Maildir"))
+}
+
+/// User `i`'s Maildir (relative to data_dir) and its `lmtp` choice.
+fn user_mailbox(src: &Source, i: usize, u: &RawUser) -> Result<(PathBuf, UserLmtp), ConfigError> {
+    let at = |key| [Seg::Key("user"), Seg::Index(i), Seg::Key(key)];
+    let maildir = match &u.maildir {
+        Some(m) => m.clone(),
+        None => default_maildir(&u.name).map_err(|m| src.error_at(&at("maildir"), m))?,
+    };
+    let folder = src.file.parent().unwrap_or(Path::new("/"));
+    let lmtp = match &u.lmtp {
+        None => UserLmtp::Default,
+        Some(s) => user_lmtp(s, folder).map_err(|m| src.error_at(&at("lmtp"), m))?,
+    };
+    Ok((maildir, lmtp))
+}
+
+/// `mail/<name>` when `maildir` is absent, if the name can be a folder's name.
+fn default_maildir(name: &str) -> Result<PathBuf, String> {
+    if name.contains('/') || name == "." || name == ".." {
+        Err(format!(
+            "needed: the name `{name}` cannot be a folder's name"
+        ))
+    } else {
+        Ok(Path::new("mail").join(name))
+    }
 }
 
 fn maildir<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
@@ -251,11 +310,13 @@ pub(crate) fn load(
             }
             owners.insert(a.0.lookup_key(), i);
         }
+        let (maildir, lmtp) = user_mailbox(&src, i, u)?;
         users.push(User {
             name: u.name.clone(),
             addresses: u.addresses.iter().map(|a| a.0.clone()).collect(),
-            maildir: data_dir.join(&u.maildir),
+            maildir: data_dir.join(maildir),
             password: u.password.clone(),
+            lmtp,
         });
     }
 
@@ -310,6 +371,7 @@ mod tests {
                 addresses: vec![a("postmaster@localhost"), a("Root@localhost")],
                 maildir: "/var/mail/pm".into(),
                 password: None,
+                lmtp: UserLmtp::Default,
             }],
             aliases: aliases
                 .iter()

@@ -18,6 +18,7 @@ mod directory;
 mod dkim;
 mod dnslist;
 mod error;
+mod lmtp;
 mod milter;
 mod run_as;
 mod shaping;
@@ -38,6 +39,7 @@ pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
 pub use dnslist::{AddrFilter, DnsListSite};
 pub use error::ConfigError;
+pub use lmtp::{LmtpConfig, UserLmtp};
 pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
 pub use shaping::{OnReply, ReplyAction, ShapingRule};
@@ -94,6 +96,8 @@ pub struct Config {
     pub milter: Vec<MilterConfig>,
     /// `[tls]`: the inbound certificate.
     pub tls: TlsConfig,
+    /// `[lmtp]`: local delivery over LMTP (see `lmtp.rs`).
+    pub lmtp: LmtpConfig,
     /// `user` (and `group`): the account every task runs as once the supervisor has bound
     /// the listeners; resolved from the system's user database at load (see `run_as.rs`).
     /// Default none: the suite runs as whoever started it, as before.
@@ -387,6 +391,7 @@ struct RawConfig {
     dkim: Vec<dkim::RawDkim>,
     milter: Vec<milter::RawMilter>,
     tls: tls::RawTls,
+    lmtp: lmtp::RawLmtp,
     user: String,
     group: String,
     cluster: cluster::RawCluster,
@@ -413,6 +418,7 @@ impl Default for RawConfig {
             dkim: Vec::new(),
             milter: Vec::new(),
             tls: tls::RawTls::default(),
+            lmtp: lmtp::RawLmtp::default(),
             user: String::new(),
             group: String::new(),
             cluster: cluster::RawCluster::default(),
@@ -490,6 +496,10 @@ impl Config {
         }
         let milters = load_milters(&src, base, raw.milter)?;
         let tls = load_tls(&src, base, &raw.tls)?;
+        let lmtp = raw
+            .lmtp
+            .into_config(|p| normalize(&base.join(p)))
+            .map_err(|(key, message)| src.error_at(&[Seg::Key("lmtp"), Seg::Key(key)], message))?;
         let run_as = run_as::resolve(&src, &raw.user, &raw.group)?;
         let cluster = raw.cluster.into_config(base).map_err(|(key, message)| {
             src.error_at(&[Seg::Key("cluster"), Seg::Key(key)], message)
@@ -526,6 +536,7 @@ impl Config {
             dkim,
             milter: milters,
             tls,
+            lmtp,
             run_as,
             cluster,
         })

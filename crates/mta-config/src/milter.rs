@@ -11,14 +11,9 @@ use serde::Deserialize;
 
 use crate::values;
 
-/// `address`: where a milter listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MilterAddress {
-    /// `"inet:host:port"` (host a name, an IPv4 address or `[ipv6]`).
-    Inet { host: String, port: u16 },
-    /// `"unix:/path/to/socket"` (relative to the config file's folder if relative).
-    Unix(PathBuf),
-}
+/// `address`: where a milter listens (`"inet:host:port"` or `"unix:/path"`, relative to
+/// the config file's folder if relative): the one endpoint type LMTP uses too.
+pub type MilterAddress = mta_types::Endpoint;
 
 /// `default_action`: what a message gets when its milter is down, too slow or speaks
 /// garbage (Postfix's `milter_default_action`).
@@ -144,26 +139,7 @@ impl RawMilter {
 
 /// `inet:host:port` or `unix:/path` (Postfix's `smtpd_milters` syntax).
 fn parse_address(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<MilterAddress, String> {
-    let bad = || format!("`{s}` is not a milter address (\"inet:host:port\" or \"unix:/path\")");
-    let s = s.trim();
-    if let Some(path) = s.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err(bad());
-        }
-        return Ok(MilterAddress::Unix(resolve(path)));
-    }
-    let rest = s.strip_prefix("inet:").ok_or_else(bad)?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok(MilterAddress::Inet {
-        host: host.to_string(),
-        port,
+    MilterAddress::parse(s, resolve).map_err(|_| {
+        format!("`{s}` is not a milter address (\"inet:host:port\" or \"unix:/path\")")
     })
 }

@@ -440,7 +440,7 @@ fn unknown_key_and_missing_key_in_directory() {
         &file,
         5,
         "user[0].mailbox",
-        "unknown key (expected one of: name, addresses, maildir, password)",
+        "unknown key (expected one of: name, addresses, maildir, password, lmtp)",
     );
     let (e, _) = directory_err("[[user]]\nname = \"a\"\nmaildir = \"m/a\"\n");
     assert!(e.to_string().contains("missing key `addresses`"), "{e}");
@@ -728,4 +728,50 @@ fn cluster_keys_load_and_bad_values_are_located() {
     assert_located(&e, &file, 2, "cluster.heartbeat", "more than 0");
     let (e, file) = config_err("[cluster]\nredis_url = \"redis://h:1\"\n");
     assert_located(&e, &file, 2, "cluster.redis_url", "unknown key");
+}
+
+#[test]
+fn lmtp_default_and_per_user_choices() {
+    let f = Fixture::new(
+        "[lmtp]\naddress = \"unix:run/lmtp\"\nmax_connections = 2\n",
+        Some("[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\n\n[[user]]\nname = \"b\"\naddresses = [\"b@localhost\"]\nlmtp = \"inet:[::1]:24\"\n\n[[user]]\nname = \"c\"\naddresses = [\"c@localhost\"]\nlmtp = \"none\"\n"),
+    );
+    let c = f.load().unwrap();
+    let default = mta_types::Endpoint::Unix(f.path("run/lmtp"));
+    assert_eq!(c.lmtp.address.as_ref(), Some(&default));
+    assert_eq!(c.lmtp.max_connections, 2);
+    assert_eq!(c.lmtp.timeout, Duration::from_secs(60));
+    let users = &c.directory.users;
+    assert_eq!(
+        users[0].maildir,
+        c.data_dir.join("mail/a"),
+        "maildir defaults"
+    );
+    assert_eq!(
+        users[0].lmtp_server(c.lmtp.address.as_ref()),
+        Some(&default)
+    );
+    assert_eq!(
+        users[1].lmtp_server(c.lmtp.address.as_ref()),
+        Some(&mta_types::Endpoint::Inet {
+            host: "::1".into(),
+            port: 24
+        })
+    );
+    assert_eq!(users[2].lmtp_server(c.lmtp.address.as_ref()), None);
+    // No [lmtp]: everyone on the Maildir.
+    let plain = Fixture::new("", Some(DIRECTORY)).load().unwrap();
+    assert_eq!(plain.lmtp.address, None);
+}
+
+#[test]
+fn lmtp_errors_name_file_line_and_key() {
+    let (e, file) = config_err("[lmtp]\naddress = \"/run/dovecot/lmtp\"\n");
+    assert_located(&e, &file, 2, "lmtp.address", "is not an LMTP address");
+    let (e, file) = config_err("[lmtp]\ntimeout = \"0s\"\n");
+    assert_located(&e, &file, 2, "lmtp.timeout", "more than 0");
+    let (e, file) = directory_err(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nlmtp = \"dovecot\"\n",
+    );
+    assert_located(&e, &file, 4, "user[0].lmtp", "is not an LMTP address");
 }

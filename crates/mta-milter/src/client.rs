@@ -14,27 +14,12 @@
 use crate::error::MilterError;
 use crate::message::Message;
 use crate::proto::{self, action, cmd, protocol, Modification, Response};
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-/// Where a milter listens (`inet:host:port` or `unix:/path`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Inet { host: String, port: u16 },
-    Unix(PathBuf),
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Inet { host, port } => write!(f, "inet:{host}:{port}"),
-            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
+/// Where a milter listens (`inet:host:port` or `unix:/path`): the shared endpoint type.
+pub use mta_types::Endpoint;
 
 /// How long to wait for each kind of answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -40,6 +40,14 @@ pub enum SessionError {
     },
     #[error("connect to {addr} timed out after {after:?}")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
+    /// Connecting to an `inet:`/`unix:` endpoint (LMTP) failed.
+    #[error("connect to {endpoint} failed: {source}")]
+    EndpointConnect {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("connect to {endpoint} timed out after {after:?}")]
+    EndpointTimeout { endpoint: String, after: Duration },
     #[error("timeout after {after:?} waiting for the reply to {command}")]
     Timeout { command: String, after: Duration },
     #[error("lost connection after {command}: {source}")]
@@ -77,7 +85,7 @@ pub struct Extensions {
 }
 
 impl Extensions {
-    fn from_ehlo(reply: &Reply) -> Extensions {
+    pub(crate) fn from_ehlo(reply: &Reply) -> Extensions {
         let mut ext = Extensions::default();
         for line in reply.lines.iter().skip(1) {
             let mut words = line.split_whitespace();
@@ -95,9 +103,10 @@ impl Extensions {
     }
 }
 
-/// The client's stream: plaintext, or TLS after STARTTLS.
+/// The client's stream: plaintext, TLS after STARTTLS, or a Unix socket (LMTP).
 enum Conn {
     Plain(TcpStream),
+    Unix(tokio::net::UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Gone,
 }
@@ -114,6 +123,7 @@ impl AsyncRead for Conn {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Gone => Poll::Ready(Err(gone())),
         }
@@ -128,6 +138,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Gone => Poll::Ready(Err(gone())),
         }
@@ -136,6 +147,7 @@ impl AsyncWrite for Conn {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::Gone => Poll::Ready(Ok(())),
         }
@@ -144,8 +156,34 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Who the client talks to, for the debug lines.
+enum Peer {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl Peer {
+    /// `[ip]`, or `unix:/path`.
+    fn host(&self) -> String {
+        match self {
+            Peer::Tcp(a) => format!("[{}]", a.ip()),
+            Peer::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => write!(f, "[{}]:{}", a.ip(), a.port()),
+            Peer::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }
@@ -158,13 +196,13 @@ pub struct SmtpClient {
     pub tls: Option<TlsInfo>,
     /// `SMTPClientDebug` for this session.
     debug: u8,
-    peer: SocketAddr,
+    peer: Peer,
 }
 
 impl Drop for SmtpClient {
     fn drop(&mut self) {
         if self.debug >= 1 {
-            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: disconnected from [{}]:{}", self.peer.ip(), self.peer.port());
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: disconnected from {}", self.peer);
         }
     }
 }
@@ -197,22 +235,69 @@ impl SmtpClient {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        Self::greeted(Conn::Plain(stream), Peer::Tcp(addr), command_timeout, debug).await
+    }
+
+    /// Connects to an `inet:host:port` or `unix:/path` endpoint (LMTP) and reads the
+    /// greeting, as [`SmtpClient::connect`].
+    pub async fn connect_endpoint(
+        endpoint: &mta_types::Endpoint,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        debug: u8,
+    ) -> Result<(SmtpClient, Reply), SessionError> {
+        use mta_types::Endpoint;
+        let failed = |source| SessionError::EndpointConnect {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let connecting = async {
+            match endpoint {
+                Endpoint::Inet { host, port } => {
+                    let s = TcpStream::connect((host.as_str(), *port)).await?;
+                    let _ = s.set_nodelay(true);
+                    let peer = Peer::Tcp(s.peer_addr()?);
+                    Ok((Conn::Plain(s), peer))
+                }
+                Endpoint::Unix(path) => {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok((Conn::Unix(s), Peer::Unix(path.clone())))
+                }
+            }
+        };
+        let (conn, peer) = tokio::time::timeout(connect_timeout, connecting)
+            .await
+            .map_err(|_| SessionError::EndpointTimeout {
+                endpoint: endpoint.to_string(),
+                after: connect_timeout,
+            })?
+            .map_err(failed)?;
+        Self::greeted(conn, peer, command_timeout, debug).await
+    }
+
+    /// The client over a connected stream, and the server's greeting.
+    async fn greeted(
+        conn: Conn,
+        peer: Peer,
+        command_timeout: Duration,
+        debug: u8,
+    ) -> Result<(SmtpClient, Reply), SessionError> {
         let mut client = SmtpClient {
-            stream: BufReader::new(Conn::Plain(stream)),
+            stream: BufReader::new(conn),
             timeout: command_timeout,
             ext: Extensions::default(),
             tls: None,
             debug,
-            peer: addr,
+            peer,
         };
         if debug >= 1 {
-            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: connected to [{}]:{}", addr.ip(), addr.port());
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: connected to {}", client.peer);
         }
         let greeting = client.reply("connect").await?;
         Ok((client, greeting))
     }
 
-    async fn reply(&mut self, command: &str) -> Result<Reply, SessionError> {
+    pub(crate) async fn reply(&mut self, command: &str) -> Result<Reply, SessionError> {
         match tokio::time::timeout(self.timeout, read_reply(&mut self.stream)).await {
             Err(_) => Err(SessionError::Timeout {
                 command: command.into(),
@@ -238,7 +323,7 @@ impl SmtpClient {
             }
         }
         if self.debug >= 3 {
-            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: sent {} bytes to [{}]", bytes.len(), self.peer.ip());
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: sent {} bytes to {}", bytes.len(), self.peer.host());
         }
     }
 
@@ -251,11 +336,11 @@ impl SmtpClient {
             tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: < {line}");
         }
         if self.debug >= 3 {
-            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: received {} bytes from [{}]", wire.len(), self.peer.ip());
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: received {} bytes from {}", wire.len(), self.peer.host());
         }
     }
 
-    async fn write(&mut self, command: &str, bytes: &[u8]) -> Result<(), SessionError> {
+    pub(crate) async fn write(&mut self, command: &str, bytes: &[u8]) -> Result<(), SessionError> {
         let w = async {
             self.stream.get_mut().write_all(bytes).await?;
             self.stream.get_mut().flush().await
@@ -302,12 +387,18 @@ impl SmtpClient {
 
     /// After a 354: the dot-stuffed content and the terminator; returns the final reply.
     pub async fn content(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
+        self.send_content(content).await?;
+        self.reply("end of DATA").await
+    }
+
+    /// The dot-stuffed content and the terminator, without reading a reply (LMTP reads
+    /// one per recipient).
+    pub(crate) async fn send_content(&mut self, content: &[u8]) -> Result<(), SessionError> {
         let wire = dot_stuff(content);
         if self.debug >= 3 {
-            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: sent {} bytes of message data to [{}]", wire.len(), self.peer.ip());
+            tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: sent {} bytes of message data to {}", wire.len(), self.peer.host());
         }
-        self.write("DATA", &wire).await?;
-        self.reply("end of DATA").await
+        self.write("DATA", &wire).await
     }
 
     /// After a 354 that is not wanted (no recipient was accepted): an empty message, so

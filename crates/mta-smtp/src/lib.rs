@@ -7,7 +7,8 @@
 //! SMTP reply or parses a command by itself.
 //!
 //! Used by: `isesctl`/`iseshlrN` (the server session), `osesctl`/`oseshlrN` (the client,
-//! [`client`], with STARTTLS). No queues, IPC or config of its own: the
+//! [`client`], with STARTTLS), `router` (the LMTP client, [`lmtp`], on the same client).
+//! No queues, IPC or config of its own: the
 //! caller passes a [`SessionConfig`] and [`SessionHooks`]. Logs nothing itself; the
 //! hooks' `transcript` carries the protocol trace (SMTPDebugIO).
 //!
@@ -15,7 +16,8 @@
 //! 2034 and 3463 (ENHANCEDSTATUSCODES), 6531 (SMTPUTF8), 3461 (DSN parameters),
 //! 3030 (CHUNKING), 3848 (`with` keywords in Received), 5322 (date format).
 //! 3207 (STARTTLS), 8314 (implicit TLS), 4954/4616 (AUTH PLAIN; and LOGIN), 6409
-//! (submission). The fleet hand-off parameter `XFLEET` ([`handoff`], peers only). Not here: BINARYMIME (refused with 555).
+//! (submission), 2033 (LMTP, client side). The fleet hand-off parameter `XFLEET` ([`handoff`],
+//! peers only). Not here: BINARYMIME (refused with 555).
 //!
 //! Security: the DATA reader ends a message only at `CRLF . CRLF` and refuses content with
 //! a bare CR or LF after reading to that real end (SMTP smuggling); every buffer is bounded.
@@ -24,6 +26,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod handoff;
+pub mod lmtp;
 pub mod received;
 pub mod reply;
 pub mod session;

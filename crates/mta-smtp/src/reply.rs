@@ -501,6 +501,12 @@ impl Reply {
         self.code == 421 || self.code == 221
     }
 
+    /// The enhanced status (`5.1.1`), or `X.0.0` from the code when the reply has none:
+    /// what a recipient's outcome records.
+    pub fn status(&self) -> Enhanced {
+        self.enhanced.unwrap_or(Enhanced::of_code(self.code))
+    }
+
     /// All lines' text joined with a space (without codes), for logs.
     pub fn text(&self) -> String {
         self.lines.join(" ")

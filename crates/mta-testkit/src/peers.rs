@@ -334,24 +334,11 @@ impl Dovecot {
             .prefix("dovecot-")
             .tempdir()
             .unwrap();
-        let d = dir.path().display();
         let conf = format!(
             r#"# Written by mta-testkit: Dovecot as the mail user, for the suite's Maildirs.
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
+{prelude}protocols = imap
 disable_plaintext_auth = no
 auth_mechanisms = plain
-default_internal_user = {user}
-default_internal_group = {user}
-default_login_user = {user}
-first_valid_uid = {uid}
-last_valid_uid = {uid}
-first_valid_gid = {gid}
-last_valid_gid = {gid}
 mail_location = maildir:{maildirs}/%n
 passdb {{
   driver = static
@@ -375,6 +362,7 @@ service anvil {{
   chroot =
 }}
 "#,
+            prelude = rootless_prelude(dir.path(), user, uid, gid),
             maildirs = maildirs.display()
         );
         let path = dir.path().join("dovecot.conf");
@@ -382,19 +370,7 @@ service anvil {{
         for p in [dir.path(), path.as_path()] {
             std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
         }
-        use std::os::unix::process::CommandExt as _;
-        let child = Command::new("/usr/sbin/dovecot")
-            .arg("-F")
-            .arg("-c")
-            .arg(&path)
-            .uid(uid)
-            .gid(gid)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dovecot is installed (scripts/test installs dovecot-imapd)");
+        let child = spawn_dovecot(dir.path(), uid, gid);
         let dovecot = Dovecot { child, port, dir };
         wait_for("dovecot's IMAP greeting", Duration::from_secs(15), || {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -469,17 +445,222 @@ print(json.dumps(out))
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
-        // SIGTERM: the master stops its services (imap-login, auth, imap …) itself.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        stop_dovecot(&mut self.child);
+    }
+}
+
+/// The settings every test Dovecot shares: its folders under `dir`, its log, and every
+/// service as `user` (rootless: no chroot, no privileged listener).
+fn rootless_prelude(dir: &Path, user: &str, uid: u32, gid: u32) -> String {
+    let d = dir.display();
+    format!(
+        "base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+listen = 127.0.0.1
+ssl = no
+default_internal_user = {user}
+default_internal_group = {user}
+default_login_user = {user}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+first_valid_gid = {gid}
+last_valid_gid = {gid}
+"
+    )
+}
+
+/// Starts `dir/dovecot.conf` in the foreground as `uid`/`gid`.
+fn spawn_dovecot(dir: &Path, uid: u32, gid: u32) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    Command::new("/usr/sbin/dovecot")
+        .arg("-F")
+        .arg("-c")
+        .arg(dir.join("dovecot.conf"))
+        .uid(uid)
+        .gid(gid)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dovecot is installed (scripts/test installs dovecot-imapd and dovecot-lmtpd)")
+}
+
+/// SIGTERM (the master stops its services itself), then SIGKILL after 10 s.
+fn stop_dovecot(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
         }
-        kill(&mut self.child);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(child);
+}
+
+/// Dovecot's LMTP server, run wholly as `user` (rootless, as [`Dovecot`]), listening on a
+/// Unix socket ([`DovecotLmtp::socket`], mode 0666) and on 127.0.0.1:<port>. It knows the
+/// users of its `users` file (passwd-file; [`DovecotLmtp::set_users`] rewrites it, and
+/// Dovecot reads it again at the next lookup) and delivers to `maildir:<dir>/mail/<user>`
+/// with the quota plugin: a user's `quota` is a quota rule (`"*:storage=1K"`), and a
+/// message over it gets `452 4.2.2` (`quota_full_tempfail = yes`). User names are the
+/// local parts of the RCPT addresses (`auth_username_format = %Ln`); anyone else gets
+/// `550 5.1.1`. Prepared first (the socket's path is known before it listens), then
+/// started; killed by pid on drop.
+pub struct DovecotLmtp {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    uid: u32,
+    gid: u32,
+    user: String,
+}
+
+impl DovecotLmtp {
+    /// Writes the config and the users (`(name, quota rule)`), starts nothing.
+    pub fn prepare(user: &str, users: &[(&str, Option<&str>)]) -> DovecotLmtp {
+        let (uid, gid) = system_user(user);
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("dovecot-lmtp-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        let conf = format!(
+            r#"# Written by mta-testkit: Dovecot LMTP as the mail user, with quotas.
+{prelude}protocols = lmtp
+auth_username_format = %Ln
+mail_location = maildir:{d}/mail/%n
+mail_plugins = quota
+quota_full_tempfail = yes
+lmtp_rcpt_check_quota = no
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/users
+  default_fields = uid={uid} gid={gid} home={d}/mail/%n
+}}
+plugin {{
+  quota = maildir:User quota
+}}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"#,
+            prelude = rootless_prelude(dir.path(), user, uid, gid),
+        );
+        let path = dir.path().join("dovecot.conf");
+        std::fs::write(&path, conf).unwrap();
+        let lmtp = DovecotLmtp {
+            child: None,
+            port,
+            dir,
+            uid,
+            gid,
+            user: user.to_string(),
+        };
+        lmtp.set_users(users);
+        for p in [lmtp.dir.path(), path.as_path()] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
+        lmtp
+    }
+
+    /// Rewrites the users file: `(name, quota rule)`; no rule: no quota.
+    pub fn set_users(&self, users: &[(&str, Option<&str>)]) {
+        let text: String = users
+            .iter()
+            .map(|(name, quota)| match quota {
+                // user:password:uid:gid:gecos:home:shell:extra fields
+                Some(rule) => format!("{name}:::::::userdb_quota_rule={rule}\n"),
+                None => format!("{name}:::::::\n"),
+            })
+            .collect();
+        let path = self.dir.path().join("users");
+        std::fs::write(&path, text).unwrap();
+        std::os::unix::fs::chown(&path, Some(self.uid), Some(self.gid)).unwrap();
+    }
+
+    /// The LMTP Unix socket (it exists once Dovecot listens).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/lmtp")
+    }
+
+    /// Starts Dovecot and waits for its Unix socket and its port to answer `220`.
+    pub fn start(&mut self) {
+        self.child = Some(spawn_dovecot(self.dir.path(), self.uid, self.gid));
+        let greeting = |mut s: Box<dyn std::io::Read>| -> Result<(), String> {
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+            if buf[..n].starts_with(b"220") {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&buf[..n]).into_owned())
+            }
+        };
+        wait_for("dovecot's LMTP greeting", Duration::from_secs(15), || {
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", self.port))
+                .map_err(|e| format!("{e}; log: {}", self.log()))?;
+            tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            greeting(Box::new(tcp))?;
+            let unix = std::os::unix::net::UnixStream::connect(self.socket())
+                .map_err(|e| format!("{e}; log: {}", self.log()))?;
+            unix.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            greeting(Box::new(unix))
+        });
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `user`'s Maildir as Dovecot writes it.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir.path().join("mail").join(user)
+    }
+
+    /// Every message file in `user`'s INBOX (`new/` and `cur/`).
+    pub fn messages(&self, user: &str) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.maildir(user).join(sub)) {
+                files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+        }
+        files.sort();
+        files
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+
+    /// The account Dovecot runs as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl Drop for DovecotLmtp {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            stop_dovecot(child);
+        }
     }
 }
 

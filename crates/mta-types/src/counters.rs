@@ -68,6 +68,14 @@ pub const DOOR: &[&str] = &[
     INBOUND_PIPELINING_REFUSED,
 ];
 
+/// Added by the router per connection opened to an LMTP server (`[lmtp]`).
+pub const LMTP_CONNECTIONS: &str = "Mail.LMTP.Connections";
+/// … per transaction deferred because its LMTP server failed (unreachable, timed out,
+/// lost the connection); its recipients are retried on the schedule.
+pub const LMTP_FAILURES: &str = "Mail.LMTP.Failures";
+/// The LMTP counters, in `show stat mail` order.
+pub const LMTP: &[&str] = &[LMTP_CONNECTIONS, LMTP_FAILURES];
+
 /// Upper bounds (ms) of the time-to-delivery histogram's buckets: arrival to delivered or
 /// relayed, per recipient. From a local delivery (well under a second) to a day of retries.
 pub const DELIVER_TIME_BOUNDS_MS: &[u64] = &[

@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod counters;
+pub mod endpoint;
 pub mod fleet;
 pub mod message;
 pub mod outcome;
@@ -15,6 +16,7 @@ pub mod task;
 pub mod tracking;
 
 pub use address::{Address, AddressError, Domain};
+pub use endpoint::Endpoint;
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
 pub use outcome::{DeliveryOutcome, Enhanced};
 pub use queue_id::QueueId;

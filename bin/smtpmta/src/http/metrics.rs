@@ -166,6 +166,7 @@ fn render(
     register_sessions(&mut r, sup, tasks, &get);
     register_milters(&mut r, &counters);
     register_door(&mut r, &get);
+    register_lmtp(&mut r, &get);
     register_tasks(&mut r, tasks);
     register_sizes(&mut r, sup);
     // Latency histograms the tasks keep (isesctl: end of DATA to 250).
@@ -353,6 +354,20 @@ fn register_door(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
         "dnsbl_lookup_errors",
         "DNS list queries that failed (the client was taken as not listed)",
         ConstCounter::new(get(names::INBOUND_DNSBL_ERRORS)),
+    );
+}
+
+/// Local delivery over LMTP (the router, `[lmtp]`).
+fn register_lmtp(r: &mut Registry, get: &dyn Fn(&str) -> u64) {
+    r.register(
+        "lmtp_connections",
+        "Connections the router opened to LMTP servers (reused across messages)",
+        ConstCounter::new(get(names::LMTP_CONNECTIONS)),
+    );
+    r.register(
+        "lmtp_failures",
+        "LMTP transactions deferred because the server failed (unreachable, timeout, lost)",
+        ConstCounter::new(get(names::LMTP_FAILURES)),
     );
 }
 
