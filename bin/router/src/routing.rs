@@ -31,7 +31,7 @@ use mta_types::outcome::Reply;
 use mta_types::{
     Address, Domain, Endpoint, Location, MessageRecord, QueueName, RcptStatus, Recipient,
 };
-use mta_types::{DeliveryOutcome, Enhanced};
+use mta_types::DeliveryOutcome;
 use std::path::PathBuf;
 use std::time::Duration;
 
