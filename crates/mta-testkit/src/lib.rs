@@ -15,6 +15,7 @@ pub mod dnssec;
 pub mod lazyfs;
 pub mod milter;
 pub mod peers;
+pub mod redis;
 
 use serde_json::Value;
 use std::net::TcpListener;
