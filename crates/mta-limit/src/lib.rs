@@ -10,10 +10,11 @@
 //! - [`Limiter::lease`]: one of at most `max` concurrent slots (a connection); the
 //!   [`Lease`] gives the slot back when dropped.
 //!
-//! [`MemoryLimiter`] answers both from this process's memory. A fleet-wide implementation
-//! (Redis, one Lua script call per check) plugs in behind the same trait: the checks are
-//! `async` for it, and callers never learn which one they talk to. Reads no config and
-//! logs nothing: the caller owns both.
+//! [`MemoryLimiter`] answers both from this process's memory; [`FleetLimiter`]
+//! (`shared.rs`) counts them across a fleet of nodes in Redis (one Lua script call per
+//! check, [`fleet::Fleet`]), falling back to local shares when Redis is away. Callers
+//! never learn which one they talk to. Reads no config (the caller passes
+//! [`fleet::FleetSettings`]); only the fleet's link changes are logged.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use mta_types::rate::{BadRate, Gcra, Rate};
+pub use shared::{FleetLimiter, LOCAL};
+
+pub mod fleet;
+mod shared;
 
 /// The burst a quiet key may spend at once: a tenth of a period's worth (at least 1).
 pub fn burst(rate: Rate) -> u32 {
