@@ -55,7 +55,8 @@ pub async fn command(
             until: now_ms() + wait.as_millis() as u64,
             by: "operator".into(),
         };
-        shaping.set_hold(&target, Some(s));
+        shaping.set_hold(&target, Some(s.clone()));
+        shaping.publish(&target, Some(&s));
         save(shaping, &file)?;
         tracing::info!("{target} suspended by the operator for {}s", wait.as_secs());
         return Ok(format!(
@@ -64,7 +65,8 @@ pub async fn command(
             clock(now_ms() + wait.as_millis() as u64)
         ));
     }
-    let was = shaping.set_hold(&target, None);
+    let was = shaping.set_hold(&target, None) | shaping.holds().iter().any(|(t, _)| *t == target);
+    shaping.publish(&target, None);
     save(shaping, &file)?;
     tracing::info!("{target} resumed by the operator");
     let domains = shaping.domains_of(&target);

@@ -106,9 +106,10 @@ impl Task for Osesctl {
         let table = Arc::new(HandlerTable::new(config.outbound.max_handlers));
         let waiting_count = Arc::new(AtomicUsize::new(0));
         let (t, w) = (table.clone(), waiting_count.clone());
-        let limiter: Arc<dyn mta_limit::Limiter> = Arc::new(mta_limit::MemoryLimiter::new());
-        let shaping = Arc::new(Shaping::new(&config.outbound.shaping, limiter));
+        let (limiter, fleet) = mta_task::fleet::limiter(&config).await?;
+        let shaping = Arc::new(Shaping::new(&config.outbound.shaping, limiter, fleet));
         console::load(&shaping, &config.data_dir);
+        tokio::spawn(shaping.clone().sync_fleet());
         let env = Arc::new(Env {
             next_hop,
             config: config.outbound.clone(),

@@ -20,9 +20,16 @@
 //! here with their end; a list for a suspended destination is deferred until the end
 //! without an attempt being counted. The operator's survive a restart (the store keeps
 //! them; `main.rs` loads them at start).
+//!
+//! In a fleet (`[cluster] redis`) the limiter is `mta_limit::FleetLimiter` (the counts are
+//! the fleet's; a limit written `local:` keeps its key under `local:` and stays per node),
+//! and every suspension is also written to the fleet's hash; [`Shaping::sync_fleet`] reads
+//! that hash once a second, so a 421 that suspends a site on one node suspends it on all
+//! within a second, at one round trip per second per node, none per message.
 
 use crate::domain_list::DomainList;
-use mta_config::{ReplyAction, ShapingRule};
+use mta_config::{LocalLimits, ReplyAction, ShapingRule};
+use mta_limit::fleet::Fleet;
 use mta_dns::Host;
 use mta_limit::{Lease, Limiter, Rate, Verdict};
 use mta_types::message::{now_ms, UnixMillis};
@@ -35,6 +42,8 @@ use std::time::{Duration, Instant};
 /// How often a list waiting for a connection slot looks again when no local session
 /// ends (the slot may be another node's, with a fleet-wide limiter).
 const LEASE_RECHECK: Duration = Duration::from_secs(1);
+/// How often the fleet's suspensions are read.
+const FLEET_SYNC: Duration = Duration::from_secs(1);
 /// Domains remembered per site for the console.
 const SITE_DOMAINS: usize = 50;
 
@@ -48,6 +57,8 @@ pub struct Rule {
     pub max_message_rate: Option<Rate>,
     pub max_connection_rate: Option<Rate>,
     on_reply: Vec<(Regex, ReplyAction, Duration)>,
+    /// The limits that stay per node in a fleet.
+    local: LocalLimits,
 }
 
 impl Rule {
@@ -73,6 +84,7 @@ impl Rule {
                     (re, r.action, r.duration)
                 })
                 .collect(),
+            local: rule.local,
         }
     }
 
@@ -264,10 +276,23 @@ pub struct Shaping {
     sites: Mutex<HashMap<String, Arc<Site>>>,
     /// Suspensions by domain or site name.
     holds: Mutex<HashMap<String, Suspension>>,
+    /// The fleet's suspensions as last read from Redis (none without a fleet).
+    fleet_holds: Mutex<HashMap<String, Suspension>>,
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// The limiter's key for a limit of `site`: under `local:` when the rule keeps it per node.
+fn limit_key(local: bool, kind: &str, site: &str) -> String {
+    let prefix = if local { mta_limit::LOCAL } else { "" };
+    format!("{prefix}{kind}{site}")
 }
 
 impl Shaping {
-    pub fn new(rules: &[ShapingRule], limiter: Arc<dyn Limiter>) -> Shaping {
+    pub fn new(
+        rules: &[ShapingRule],
+        limiter: Arc<dyn Limiter>,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Shaping {
         let rules: Vec<Arc<Rule>> = rules.iter().map(|r| Arc::new(Rule::new(r))).collect();
         let default = rules
             .iter()
@@ -280,6 +305,8 @@ impl Shaping {
             limiter,
             sites: Mutex::default(),
             holds: Mutex::default(),
+            fleet_holds: Mutex::default(),
+            fleet,
         }
     }
 
@@ -324,16 +351,19 @@ impl Shaping {
 
     /// A suspension of the domain or the site in force now.
     pub fn suspension(&self, domain: &str, site: Option<&str>) -> Option<Suspension> {
-        let mut holds = self.holds.lock().expect("holds lock");
-        if holds.is_empty() {
-            return None;
-        }
-        let now = now_ms();
-        holds.retain(|_, s| s.until > now);
-        holds
-            .get(&domain.to_ascii_lowercase())
-            .or_else(|| site.and_then(|s| holds.get(s)))
-            .cloned()
+        let domain = domain.to_ascii_lowercase();
+        [&self.holds, &self.fleet_holds].into_iter().find_map(|map| {
+            let mut holds = map.lock().expect("holds lock");
+            if holds.is_empty() {
+                return None;
+            }
+            let now = now_ms();
+            holds.retain(|_, s| s.until > now);
+            holds
+                .get(&domain)
+                .or_else(|| site.and_then(|s| holds.get(s)))
+                .cloned()
+        })
     }
 
     /// May a new session to the hop's site start now?
@@ -344,13 +374,16 @@ impl Shaping {
         }
         let lease = match hop.site.connection_limit(&hop.rule) {
             None => None,
-            Some(max) => match self.limiter.lease(&hop.site.name, max).await {
-                Some(lease) => Some(lease),
-                None => return self.throttled(hop, Throttle::Connections),
-            },
+            Some(max) => {
+                let key = limit_key(hop.rule.local.connection_limit, "", &hop.site.name);
+                match self.limiter.lease(&key, max).await {
+                    Some(lease) => Some(lease),
+                    None => return self.throttled(hop, Throttle::Connections),
+                }
+            }
         };
         if let Some(rate) = hop.rule.max_connection_rate {
-            let key = format!("connect {}", hop.site.name);
+            let key = limit_key(hop.rule.local.max_connection_rate, "connect ", &hop.site.name);
             if let Verdict::RetryAfter(d) = self.limiter.check(&key, rate).await {
                 return self.throttled(hop, Throttle::ConnectionRate(d));
             }
@@ -382,7 +415,7 @@ impl Shaping {
             return Next::NewConnection;
         }
         if let Some(rate) = rule.max_message_rate {
-            let key = format!("message {}", ticket.site.name);
+            let key = limit_key(rule.local.max_message_rate, "message ", &ticket.site.name);
             if let Verdict::RetryAfter(d) = self.limiter.check(&key, rate).await {
                 ticket.site.throttled.fetch_add(1, Ordering::Relaxed);
                 return Next::Throttled(Throttle::MessageRate(d));
@@ -419,6 +452,8 @@ impl Shaping {
                 );
                 let mut holds = self.holds.lock().expect("holds lock");
                 holds.insert(site.name.clone(), s.clone());
+                drop(holds);
+                self.publish(&site.name, Some(&s));
                 Some(s)
             }
             ReplyAction::ConnectionLimit(n) => {
@@ -444,17 +479,57 @@ impl Shaping {
         }
     }
 
-    /// Every suspension in force, by target.
+    /// Every suspension in force, by target: this node's, then the fleet's others.
     pub fn holds(&self) -> Vec<(String, Suspension)> {
         let now = now_ms();
-        let holds = self.holds.lock().expect("holds lock");
-        let mut out: Vec<_> = holds
-            .iter()
-            .filter(|(_, s)| s.until > now)
-            .map(|(t, s)| (t.clone(), s.clone()))
-            .collect();
+        let mut merged: HashMap<String, Suspension> = HashMap::new();
+        for map in [&self.fleet_holds, &self.holds] {
+            let holds = map.lock().expect("holds lock");
+            for (t, s) in holds.iter().filter(|(_, s)| s.until > now) {
+                merged.insert(t.clone(), s.clone());
+            }
+        }
+        let mut out: Vec<_> = merged.into_iter().collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Writes a suspension (or its end, `None`) to the fleet, in the background: a
+    /// suspension is this node's at once, the fleet's within a round trip.
+    pub fn publish(&self, target: &str, hold: Option<&Suspension>) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        if hold.is_none() {
+            self.fleet_holds.lock().expect("holds lock").remove(target);
+        }
+        let (target, hold) = (target.to_string(), hold.cloned());
+        tokio::spawn(async move {
+            match hold {
+                Some(s) => fleet.suspend(&target, s.until, &s.by).await,
+                None => fleet.resume(&target).await,
+            };
+        });
+    }
+
+    /// Reads the fleet's suspensions every second (while Redis answers; meanwhile the
+    /// last ones read stay, each until its own end). Runs forever.
+    pub async fn sync_fleet(self: Arc<Self>) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        loop {
+            if let Some(list) = fleet.suspensions().await {
+                let now = now_ms();
+                let fresh: HashMap<String, Suspension> = list
+                    .into_iter()
+                    .filter(|(_, until, _)| *until > now)
+                    .map(|(target, until, by)| (target, Suspension { until, by }))
+                    .collect();
+                *self.fleet_holds.lock().expect("holds lock") = fresh;
+            }
+            tokio::time::sleep(FLEET_SYNC).await;
+        }
     }
 
     /// The domains a target (a domain, or a site's name) stands for.

@@ -42,7 +42,7 @@ pub use error::ConfigError;
 pub use lmtp::{LmtpConfig, UserLmtp};
 pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
-pub use shaping::{OnReply, ReplyAction, ShapingRule};
+pub use shaping::{LocalLimits, OnReply, ReplyAction, ShapingRule};
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
 

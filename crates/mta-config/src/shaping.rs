@@ -9,8 +9,12 @@ use std::time::Duration;
 
 /// One rule; the first whose `match` fits a destination applies, a rule without `match`
 /// is the default (for every destination no earlier rule matched).
+///
+/// With `[cluster] redis` set, `connection_limit`, `max_message_rate` and
+/// `max_connection_rate` are counted across the fleet; written as `"local:4"`,
+/// `"local:300/min"`, a limit stays per node (its flag in [`LocalLimits`]).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(from = "RawRule")]
 pub struct ShapingRule {
     /// `name`: how logs and the console name the rule. Default: its first `match`
     /// pattern, or `default`.
@@ -18,7 +22,6 @@ pub struct ShapingRule {
     /// `match`: recipient domains (`gmail.com`), a domain and its subdomains
     /// (`.example.com`), or every domain whose MX hosts all match a glob
     /// (`mx:*.google.com`). Empty: the default rule.
-    #[serde(rename = "match", deserialize_with = "patterns")]
     pub patterns: Vec<String>,
     /// `connection_limit`: most concurrent connections to the site. Default: none.
     pub connection_limit: Option<u32>,
@@ -27,13 +30,100 @@ pub struct ShapingRule {
     pub max_deliveries_per_connection: Option<usize>,
     /// `max_message_rate`: messages started per period, `"300/min"` (GCRA; a quiet site
     /// may burst a tenth of a period's worth). Default: none.
-    #[serde(deserialize_with = "rate")]
     pub max_message_rate: Option<Rate>,
     /// `max_connection_rate`: connections opened per period. Default: none.
-    #[serde(deserialize_with = "rate")]
     pub max_connection_rate: Option<Rate>,
     /// `[[outbound.shaping.on_reply]]`: reactions to the receiver's replies.
     pub on_reply: Vec<OnReply>,
+    /// Which of the limits were written `local:` (per node even in a fleet).
+    pub local: LocalLimits,
+}
+
+/// The limits of a rule that stay per node in a fleet (`"local:…"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalLimits {
+    pub connection_limit: bool,
+    pub max_message_rate: bool,
+    pub max_connection_rate: bool,
+}
+
+/// The rule as written: the limits may carry `local:`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRule {
+    name: String,
+    #[serde(rename = "match", deserialize_with = "patterns")]
+    patterns: Vec<String>,
+    #[serde(deserialize_with = "scoped_count")]
+    connection_limit: Option<(u32, bool)>,
+    max_deliveries_per_connection: Option<usize>,
+    #[serde(deserialize_with = "scoped_rate")]
+    max_message_rate: Option<(Rate, bool)>,
+    #[serde(deserialize_with = "scoped_rate")]
+    max_connection_rate: Option<(Rate, bool)>,
+    on_reply: Vec<OnReply>,
+}
+
+impl From<RawRule> for ShapingRule {
+    fn from(raw: RawRule) -> ShapingRule {
+        ShapingRule {
+            name: raw.name,
+            patterns: raw.patterns,
+            connection_limit: raw.connection_limit.map(|(n, _)| n),
+            max_deliveries_per_connection: raw.max_deliveries_per_connection,
+            max_message_rate: raw.max_message_rate.map(|(r, _)| r),
+            max_connection_rate: raw.max_connection_rate.map(|(r, _)| r),
+            on_reply: raw.on_reply,
+            local: LocalLimits {
+                connection_limit: is_local(raw.connection_limit),
+                max_message_rate: is_local(raw.max_message_rate),
+                max_connection_rate: is_local(raw.max_connection_rate),
+            },
+        }
+    }
+}
+
+fn is_local<T>(limit: Option<(T, bool)>) -> bool {
+    limit.is_some_and(|(_, local)| local)
+}
+
+/// `4` or `"local:4"` (at least 1).
+fn scoped_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, bool)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Count {
+        N(u32),
+        S(String),
+    }
+    let (n, local) = match Count::deserialize(d)? {
+        Count::N(n) => (n, false),
+        Count::S(s) => {
+            let body = s.trim().strip_prefix("local:").ok_or_else(|| {
+                de::Error::custom(format!("`{s}` is not a count (`4` or `\"local:4\"`)"))
+            })?;
+            let n = body.trim().parse::<u32>().map_err(|_| {
+                de::Error::custom(format!("`{s}` is not a count (`4` or `\"local:4\"`)"))
+            })?;
+            (n, true)
+        }
+    };
+    if n == 0 {
+        return Err(de::Error::custom("must be at least 1"));
+    }
+    Ok(Some((n, local)))
+}
+
+/// `"300/min"` or `"local:300/min"`.
+fn scoped_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Rate, bool)>, D::Error> {
+    crate::values::parse_str(d, |s| {
+        let (body, local) = match s.trim().strip_prefix("local:") {
+            Some(rest) => (rest.trim(), true),
+            None => (s, false),
+        };
+        body.parse::<Rate>()
+            .map(|r| Some((r, local)))
+            .map_err(|e| e.to_string())
+    })
 }
 
 impl ShapingRule {
@@ -108,12 +198,6 @@ impl<'de> Deserialize<'de> for OnReply {
             duration: raw.duration,
         })
     }
-}
-
-fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
-    crate::values::parse_str(d, |s| {
-        s.parse::<Rate>().map(Some).map_err(|e| e.to_string())
-    })
 }
 
 fn patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

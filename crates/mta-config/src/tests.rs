@@ -774,4 +774,27 @@ fn lmtp_errors_name_file_line_and_key() {
         "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nlmtp = \"dovecot\"\n",
     );
     assert_located(&e, &file, 4, "user[0].lmtp", "is not an LMTP address");
+
+fn shaping_limits_may_be_local_to_the_node() {
+    let f = Fixture::new(
+        "[[outbound.shaping]]\nmatch = [\"a.test\"]\nconnection_limit = \"local:4\"\nmax_message_rate = \"local:300/min\"\nmax_connection_rate = \"10/s\"\n[[outbound.shaping]]\nconnection_limit = 2\n",
+        Some(DIRECTORY),
+    );
+    let rules = f.load().unwrap().outbound.shaping;
+    assert_eq!(rules[0].connection_limit, Some(4));
+    assert_eq!(rules[0].max_message_rate.unwrap().to_string(), "300/min");
+    assert_eq!(
+        rules[0].local,
+        LocalLimits {
+            connection_limit: true,
+            max_message_rate: true,
+            max_connection_rate: false
+        }
+    );
+    assert_eq!(rules[1].connection_limit, Some(2));
+    assert_eq!(rules[1].local, LocalLimits::default());
+    let (e, file) = config_err("[[outbound.shaping]]\nconnection_limit = \"lokal:4\"\n");
+    assert_located(&e, &file, 2, "outbound.shaping[0].connection_limit", "is not a count");
+    let (e, file) = config_err("[[outbound.shaping]]\nconnection_limit = 0\n");
+    assert_located(&e, &file, 2, "outbound.shaping[0].connection_limit", "at least 1");
 }

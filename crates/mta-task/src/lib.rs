@@ -15,6 +15,7 @@
 
 mod context;
 mod control;
+pub mod fleet;
 pub mod histogram;
 mod logging;
 pub mod outcome_log;
