@@ -10,6 +10,7 @@
 //! stops writing and exits 0, as other Unix filters do.
 
 mod clients;
+mod fleet;
 mod render;
 
 /// `eprintln!` that never panics: a console whose stderr is closed has no one to tell.

@@ -148,6 +148,7 @@ pub fn to_text(reply: &ConsoleReply) -> String {
         }
         ConsoleReply::Router(r) => router_text(r),
         ConsoleReply::Clients(r) => crate::clients::text(r),
+        ConsoleReply::Fleet(r) => crate::fleet::text(r),
         ConsoleReply::Text(t) => t.clone(),
         ConsoleReply::Error(e) => e.clone(),
     }
@@ -193,6 +194,7 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
         }),
         ConsoleReply::Router(r) => json!({ "router": r }),
         ConsoleReply::Clients(r) => json!({ "clients": r }),
+        ConsoleReply::Fleet(r) => json!({ "fleet": r }),
         ConsoleReply::Text(t) => json!({ "text": t }),
         ConsoleReply::Error(e) => json!({ "error": e }),
     }

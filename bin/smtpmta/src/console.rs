@@ -52,6 +52,7 @@ pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleR
             let words = vec!["show".to_string(), "clients".to_string()];
             tell_task(sup, TaskName::Isesctl, TellCommand::Other(words)).await
         }
+        ConsoleCommand::ShowFleet => ConsoleReply::Fleet(crate::fleet::report(sup).await),
         ConsoleCommand::ShowVersion => {
             ConsoleReply::Text(format!("smtpmta {}", env!("CARGO_PKG_VERSION")))
         }

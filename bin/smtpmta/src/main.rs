@@ -22,6 +22,7 @@ mod compaction;
 mod console;
 mod dkim_keygen;
 mod drain;
+mod fleet;
 mod history;
 mod http;
 mod instance;
@@ -112,6 +113,8 @@ pub struct Supervisor {
     /// `tell smtpmta restart`: after the stop, run the binary on disk again (exec) with the
     /// listening sockets.
     restart: std::sync::atomic::AtomicBool,
+    /// `[cluster] redis`: the link to the fleet (heartbeat, `show fleet`); none alone.
+    pub fleet: Option<fleet::FleetStatus>,
 }
 
 impl Supervisor {
@@ -310,7 +313,11 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         Arc::new(smtp_listeners),
         config.inbound.shutdown_grace,
     );
+    let fleet = mta_task::fleet::join(&config)
+        .await?
+        .map(fleet::FleetStatus::new);
     let sup = Arc::new(Supervisor {
+        fleet,
         knobs: Mutex::new(config.debug.clone()),
         directory: Mutex::new(Arc::new(config.directory.clone())),
         config: Mutex::new(Arc::new(config)),
@@ -357,6 +364,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         "smtpmta supervisor started"
     );
     children.launch_all();
+    tokio::spawn(fleet::heartbeat(sup.clone()));
     // systemd (Type=notify): ready once every task runs, listeners included. Without
     // NOTIFY_SOCKET (not under systemd) this does nothing.
     let notify_ready = {

@@ -27,6 +27,10 @@ pub const HELP: &[(&str, &str)] = &[
         "show clients",
         "the busiest inbound clients with their sessions, messages, recipients and refusals (per-client limits)",
     ),
+    (
+        "show fleet",
+        "every node of the fleet ([cluster]): UP, DOWN or DRAINING, with its tasks, queue and sessions (--json too)",
+    ),
     ("show queue", "messages per queue and state; held, dead and conversion-error messages one by one"),
     (
         "show stat mail",
@@ -332,6 +336,8 @@ pub enum ConsoleCommand {
     ShowVersion,
     /// `show clients`: isesctl's per-client counters, busiest first.
     ShowClients,
+    /// `show fleet`: every node of the fleet (`[cluster]`), UP, DOWN or DRAINING.
+    ShowFleet,
     ShowQueue,
     ShowStatMail,
     /// `show stat mail.dead`, `show stat mail.*threads*`: the statistics a name, group or
@@ -399,6 +405,7 @@ impl ConsoleCommand {
             ["show" | "sh", "version"] => Ok(ConsoleCommand::ShowVersion),
             ["show" | "sh", "clients" | "client"] => Ok(ConsoleCommand::ShowClients),
             ["show" | "sh", "queue"] => Ok(ConsoleCommand::ShowQueue),
+            ["show" | "sh", "fleet" | "cluster"] => Ok(ConsoleCommand::ShowFleet),
             ["show" | "sh", "stat" | "stats" | "statistics", "mail"] => {
                 Ok(ConsoleCommand::ShowStatMail)
             }
@@ -677,6 +684,8 @@ pub enum ConsoleReply {
     Router(crate::transfers::RouterReport),
     /// `show clients`.
     Clients(crate::clients::ClientReport),
+    /// `show fleet`.
+    Fleet(crate::fleet::FleetReport),
     Text(String),
     Error(String),
 }

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod clients;
 pub mod console;
+pub mod fleet;
 pub mod frame;
 pub mod hello;
 pub mod kick;

@@ -199,6 +199,13 @@ impl Fleet {
         .await;
         match attempt {
             Ok(Ok(conn)) => {
+                // The leases held now (taken from Redis before an outage, or local shares
+                // during it) go into Redis before anyone may take a fleet lease again, so
+                // the connections open now are counted from the first moment.
+                if let Err(why) = self.renew_on(conn.clone()).await {
+                    self.set_link(Link::Down, &why);
+                    return false;
+                }
                 *self.conn.lock().expect("fleet lock") = Some(conn);
                 self.set_link(Link::Up, "");
                 true
@@ -331,26 +338,49 @@ impl Fleet {
         });
     }
 
+    /// Counts a local lease (taken while Redis was away) as one of the fleet's: it is
+    /// renewed, so added to Redis, as soon as the link is back; returns its id for
+    /// [`Fleet::release_lease`].
+    pub fn adopt_lease(&self, key: &str) -> String {
+        let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}:{}:{n}", self.settings.node, std::process::id());
+        let zset = format!("{PREFIX}lease:{key}");
+        self.leases.lock().expect("fleet lock").insert(id.clone(), zset);
+        id
+    }
+
     /// Pushes the end of every lease this process holds `lease_ttl` ahead (re-adding any
     /// that Redis lost): one round trip for all of them.
     async fn renew(&self) {
+        let Some(conn) = self.conn.lock().expect("fleet lock").clone() else {
+            return;
+        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        if let Err(why) = self.renew_on(conn).await {
+            self.lost(&why);
+        }
+    }
+
+    async fn renew_on(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
         let held: Vec<(String, String)> = {
             let leases = self.leases.lock().expect("fleet lock");
             leases.iter().map(|(id, z)| (z.clone(), id.clone())).collect()
         };
         if held.is_empty() {
-            return;
+            return Ok(());
         }
         let ttl = self.settings.lease_ttl.as_millis() as u64;
-        self.call("lease renewal", |mut c| async move {
-            let mut inv = RENEW.prepare_invoke();
-            inv.arg(ttl);
-            for (zset, id) in &held {
-                inv.key(zset).arg(id);
-            }
-            inv.invoke_async::<i64>(&mut c).await
-        })
-        .await;
+        let mut inv = RENEW.prepare_invoke();
+        inv.arg(ttl);
+        for (zset, id) in &held {
+            inv.key(zset).arg(id);
+        }
+        match tokio::time::timeout(self.settings.timeout, inv.invoke_async::<i64>(&mut conn)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("lease renewal: {e}")),
+            Err(_) => Err(format!("lease renewal: no answer within {:?}", self.settings.timeout)),
+        }
     }
 
     async fn count_alive(&self) {

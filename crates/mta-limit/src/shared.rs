@@ -52,7 +52,16 @@ impl FleetLimiter {
                 Some(Lease::new(move || fleet.release_lease(id)))
             }
             Some(None) => None,
-            None => self.local.lease(key, self.fleet.share(max)).await,
+            None => {
+                // Redis is away: a local share, counted in Redis once it is back.
+                let local = self.local.lease(key, self.fleet.share(max)).await?;
+                let id = self.fleet.adopt_lease(key);
+                let fleet = self.fleet.clone();
+                Some(Lease::new(move || {
+                    drop(local);
+                    fleet.release_lease(id);
+                }))
+            }
         }
     }
 }

@@ -196,6 +196,18 @@ fn register_build(r: &mut Registry, sup: &Supervisor) {
         "When the supervisor started, Unix time",
         ConstGauge::new(sup.started_ms as f64 / 1000.0),
     );
+    if let Some(status) = &sup.fleet {
+        r.register(
+            "cluster_up",
+            "1 while this node reaches the fleet's Redis (shared limits), 0 while it runs on local shares",
+            ConstGauge::new(i64::from(status.fleet.is_up())),
+        );
+        r.register(
+            "cluster_nodes_alive",
+            "Nodes of the fleet whose heartbeat was fresh when last counted",
+            ConstGauge::new(i64::from(status.fleet.alive_nodes())),
+        );
+    }
 }
 
 fn register_queue(r: &mut Registry, sup: &Supervisor) {

@@ -1,0 +1,38 @@
+//! `show fleet` as text: one row per node (UP, DOWN or DRAINING) with its heartbeat's
+//! figures, under a line that says whether this node reaches Redis.
+
+use mta_ipc::fleet::FleetReport;
+
+pub fn text(r: &FleetReport) -> String {
+    if r.redis.is_empty() {
+        return format!("Node {}: a single node (no [cluster] redis)", r.node);
+    }
+    let link = if r.cluster_up { "up" } else { "DOWN" };
+    let mut out = format!("Fleet via {} (cluster {link}), this node: {}\n", r.redis, r.node);
+    if !r.fresh {
+        out.push_str("Redis is unreachable: limits are local shares; the nodes as last seen:\n");
+    }
+    out.push_str(&format!(
+        "{:<16} {:<9} {:>9} {:>7} {:>8} {:>5} {:>5} {:>9}  {}\n",
+        "Node", "State", "Last seen", "Tasks", "Pending", "Held", "Dead", "Sessions", "Version"
+    ));
+    for n in &r.nodes {
+        let s = &n.summary;
+        out.push_str(&format!(
+            "{:<16} {:<9} {:>8}s {:>7} {:>8} {:>5} {:>5} {:>9}  {}\n",
+            n.node,
+            n.status.as_str(),
+            n.last_seen_ms / 1000,
+            format!("{}/{}", s.tasks_up, s.tasks),
+            s.pending,
+            s.held,
+            s.dead,
+            format!("{}/{}", s.sessions_in, s.sessions_out),
+            s.version
+        ));
+    }
+    if r.nodes.is_empty() {
+        out.push_str("No heartbeat seen yet.\n");
+    }
+    out.trim_end().to_string()
+}

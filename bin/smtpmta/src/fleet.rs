@@ -1,0 +1,137 @@
+//! This node in its fleet (`[cluster] redis`): the heartbeat (every `[cluster] heartbeat`,
+//! with the node's summary: version, state, tasks up, queue counts, sessions), `show fleet`
+//! and the cluster's line in `/metrics` and on the status page.
+//!
+//! A node is UP or DRAINING as its own heartbeat says (the state drain keeps,
+//! `Drain::node_state`), DOWN when its heartbeat is older than three
+//! intervals. While Redis is away `show fleet` says so and lists the nodes as last seen,
+//! and the count of nodes alive is kept in `<data_dir>/cluster/alive` for the tasks' local
+//! shares (`mta_task::fleet`).
+
+use crate::Supervisor;
+use mta_ipc::fleet::{FleetReport, NodeRow, NodeStatus, NodeSummary};
+use mta_limit::fleet::Fleet;
+use mta_types::fleet::NodeState;
+use mta_types::{Location, QueueName, TaskName};
+use std::sync::{Arc, Mutex};
+
+/// The supervisor's link to the fleet and what it last saw of it.
+pub struct FleetStatus {
+    pub fleet: Arc<Fleet>,
+    last: Mutex<Vec<NodeRow>>,
+}
+
+impl FleetStatus {
+    pub fn new(fleet: Arc<Fleet>) -> FleetStatus {
+        FleetStatus {
+            fleet,
+            last: Mutex::default(),
+        }
+    }
+}
+
+/// Publishes the heartbeat every interval, forever.
+pub async fn heartbeat(sup: Arc<Supervisor>) {
+    let Some(status) = &sup.fleet else {
+        return;
+    };
+    let mut alive_kept = 0;
+    loop {
+        let summary = summary(&sup).await;
+        let json = serde_json::to_string(&summary).expect("serialisable");
+        status.fleet.heartbeat(json).await;
+        let alive = status.fleet.alive_nodes();
+        if alive != alive_kept {
+            keep_alive_count(&sup, alive);
+            alive_kept = alive;
+        }
+        tokio::time::sleep(status.fleet.settings().heartbeat).await;
+    }
+}
+
+fn keep_alive_count(sup: &Supervisor, alive: u32) {
+    let file = mta_task::fleet::alive_file(&sup.config().data_dir);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(file.parent().expect("a folder"))?;
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{alive}\n"))?;
+        std::fs::rename(&tmp, &file)
+    };
+    if let Err(e) = write() {
+        tracing::warn!("cluster: cannot keep the count of nodes alive in {}: {e}", file.display());
+    }
+}
+
+/// This node now, as its heartbeat tells the fleet.
+async fn summary(sup: &Supervisor) -> NodeSummary {
+    let engine = sup.store.engine();
+    let rows = sup.children.rows();
+    let tasks_up = rows.iter().filter(|(_, r)| r.state == "running").count() as u32;
+    let state = sup.drain.node_state();
+    NodeSummary {
+        version: env!("CARGO_PKG_VERSION").into(),
+        state,
+        tasks_up: tasks_up + 1,
+        tasks: rows.len() as u32 + 1,
+        pending: QueueName::ALL
+            .iter()
+            .map(|q| engine.count_in(Location::Queue(*q)))
+            .sum(),
+        held: engine.count_in(Location::Held {
+            from: QueueName::MailBox,
+        }),
+        dead: engine.count_in(Location::Dead),
+        sessions_in: crate::rates::busy_handlers(sup, TaskName::Isesctl).await,
+        sessions_out: crate::rates::busy_handlers(sup, TaskName::Osesctl).await,
+        started_ms: sup.started_ms,
+    }
+}
+
+/// `show fleet`: every node that ever published, from Redis; what was last seen when
+/// Redis is away.
+pub async fn report(sup: &Supervisor) -> FleetReport {
+    let config = sup.config();
+    let Some(status) = &sup.fleet else {
+        return FleetReport {
+            node: config.cluster.node.clone(),
+            ..FleetReport::default()
+        };
+    };
+    let down_after = (status.fleet.settings().heartbeat * 3).as_millis() as u64;
+    let view = status.fleet.nodes().await;
+    let fresh = view.is_some();
+    if let Some(view) = view {
+        let rows = view
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let summary: NodeSummary = serde_json::from_str(&n.summary).unwrap_or_default();
+                let age = view.now_ms.saturating_sub(n.last_ms);
+                let status = match (age > down_after, summary.state) {
+                    (true, _) => NodeStatus::Down,
+                    (false, NodeState::Draining) => NodeStatus::Draining,
+                    (false, NodeState::Up) => NodeStatus::Up,
+                };
+                NodeRow {
+                    node: n.node,
+                    status,
+                    last_seen_ms: age,
+                    summary,
+                }
+            })
+            .collect();
+        *status.last.lock().expect("fleet lock") = rows;
+    }
+    FleetReport {
+        node: config.cluster.node.clone(),
+        redis: config
+            .cluster
+            .redis
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
+        cluster_up: status.fleet.is_up(),
+        fresh,
+        nodes: status.last.lock().expect("fleet lock").clone(),
+    }
+}
