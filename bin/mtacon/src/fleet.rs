@@ -2,13 +2,17 @@
 //! figures, under a line that says whether this node reaches Redis.
 
 use mta_ipc::fleet::FleetReport;
+use mta_types::message::now_ms;
 
 pub fn text(r: &FleetReport) -> String {
     if r.redis.is_empty() {
         return format!("Node {}: a single node (no [cluster] redis)", r.node);
     }
     let link = if r.cluster_up { "up" } else { "DOWN" };
-    let mut out = format!("Fleet via {} (cluster {link}), this node: {}\n", r.redis, r.node);
+    let mut out = format!(
+        "Fleet via {} (cluster {link}), this node: {}\n",
+        r.redis, r.node
+    );
     if !r.fresh {
         out.push_str("Redis is unreachable: limits are local shares; the nodes as last seen:\n");
     }
@@ -33,6 +37,14 @@ pub fn text(r: &FleetReport) -> String {
     }
     if r.nodes.is_empty() {
         out.push_str("No heartbeat seen yet.\n");
+    }
+    for s in &r.suspended {
+        out.push_str(&format!(
+            "{} SUSPENDED across the fleet for {}s more, by {}\n",
+            s.target,
+            s.until_ms.saturating_sub(now_ms()).div_ceil(1000),
+            s.by
+        ));
     }
     out.trim_end().to_string()
 }

@@ -225,6 +225,18 @@ impl Task for Osesctl {
                 ("bounced".into(), s.bounced.load(Ordering::Relaxed)),
             ]
             .into_iter()
+            .chain(
+                self.env
+                    .shaping
+                    .redis_calls()
+                    .into_iter()
+                    .flat_map(|(all, limits)| {
+                        [
+                            ("redis_calls".into(), all),
+                            ("redis_limit_calls".into(), limits),
+                        ]
+                    }),
+            )
             .chain(console::site_counters(&self.env.shaping, self.top_sites))
             .collect(),
             handlers: self.table.rows(),
@@ -452,7 +464,32 @@ impl Osesctl {
                         .as_ref()
                         .is_some_and(|h| shaping.has_free_connection(&h.site)))
         };
-        let (ready, later): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(due);
+        let (ready, mut later): (Vec<Parked>, Vec<Parked>) = parked.drain(..).partition(due);
+        // A site whose connections the fleet counts: one of its waiting lists asks Redis
+        // per recheck, the others wait one more (a full site costs one call a second,
+        // not one per list).
+        let mut asking = std::collections::HashSet::new();
+        let ready: Vec<Parked> = ready
+            .into_iter()
+            .filter_map(|mut p| {
+                let hop = p
+                    .list
+                    .hop
+                    .as_ref()
+                    .filter(|_| p.why == Some(Throttle::Connections));
+                match hop {
+                    Some(h)
+                        if shaping.shares_connections(&h.rule)
+                            && !asking.insert(h.site.name.clone()) =>
+                    {
+                        p.until = now + Throttle::Connections.wait();
+                        later.push(p);
+                        None
+                    }
+                    _ => Some(p),
+                }
+            })
+            .collect();
         *parked = later;
         let next = parked.iter().map(|p| p.until).min();
         drop(parked);

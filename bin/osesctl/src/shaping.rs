@@ -29,8 +29,8 @@
 
 use crate::domain_list::DomainList;
 use mta_config::{LocalLimits, ReplyAction, ShapingRule};
-use mta_limit::fleet::Fleet;
 use mta_dns::Host;
+use mta_limit::fleet::Fleet;
 use mta_limit::{Lease, Limiter, Rate, Verdict};
 use mta_types::message::{now_ms, UnixMillis};
 use regex::Regex;
@@ -175,6 +175,13 @@ pub struct Site {
     pub sent: AtomicU64,
     /// An `on_reply` rule's lowered connection limit and its end.
     lowered: Mutex<Option<(u32, UnixMillis)>>,
+    /// Until when the fleet's connection slots are taken as far as this node knows (a
+    /// lease refused then): lists of the site wait without asking Redis again, until
+    /// then or until one of this node's own sessions to the site ends.
+    full_until: AtomicU64,
+    /// Until when the site's message rate refused (Unix ms): no session asks before.
+    rate_until: AtomicU64,
+    rate_gate: tokio::sync::Mutex<()>,
     pub domains: Mutex<BTreeSet<String>>,
 }
 
@@ -237,6 +244,7 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.site.connections.fetch_sub(1, Ordering::Relaxed);
+        self.site.full_until.store(0, Ordering::Relaxed);
     }
 }
 
@@ -335,6 +343,9 @@ impl Shaping {
                         suspended: AtomicU64::new(0),
                         sent: AtomicU64::new(0),
                         lowered: Mutex::new(None),
+                        full_until: AtomicU64::new(0),
+                        rate_until: AtomicU64::new(0),
+                        rate_gate: tokio::sync::Mutex::new(()),
                         domains: Mutex::default(),
                     })
                 })
@@ -352,18 +363,20 @@ impl Shaping {
     /// A suspension of the domain or the site in force now.
     pub fn suspension(&self, domain: &str, site: Option<&str>) -> Option<Suspension> {
         let domain = domain.to_ascii_lowercase();
-        [&self.holds, &self.fleet_holds].into_iter().find_map(|map| {
-            let mut holds = map.lock().expect("holds lock");
-            if holds.is_empty() {
-                return None;
-            }
-            let now = now_ms();
-            holds.retain(|_, s| s.until > now);
-            holds
-                .get(&domain)
-                .or_else(|| site.and_then(|s| holds.get(s)))
-                .cloned()
-        })
+        [&self.holds, &self.fleet_holds]
+            .into_iter()
+            .find_map(|map| {
+                let mut holds = map.lock().expect("holds lock");
+                if holds.is_empty() {
+                    return None;
+                }
+                let now = now_ms();
+                holds.retain(|_, s| s.until > now);
+                holds
+                    .get(&domain)
+                    .or_else(|| site.and_then(|s| holds.get(s)))
+                    .cloned()
+            })
     }
 
     /// May a new session to the hop's site start now?
@@ -375,15 +388,29 @@ impl Shaping {
         let lease = match hop.site.connection_limit(&hop.rule) {
             None => None,
             Some(max) => {
+                let shared = self.shares_connections(&hop.rule);
+                if shared && hop.site.full_until.load(Ordering::Relaxed) > now_ms() {
+                    return self.throttled(hop, Throttle::Connections);
+                }
                 let key = limit_key(hop.rule.local.connection_limit, "", &hop.site.name);
                 match self.limiter.lease(&key, max).await {
                     Some(lease) => Some(lease),
-                    None => return self.throttled(hop, Throttle::Connections),
+                    None => {
+                        if shared {
+                            let until = now_ms() + LEASE_RECHECK.as_millis() as u64;
+                            hop.site.full_until.store(until, Ordering::Relaxed);
+                        }
+                        return self.throttled(hop, Throttle::Connections);
+                    }
                 }
             }
         };
         if let Some(rate) = hop.rule.max_connection_rate {
-            let key = limit_key(hop.rule.local.max_connection_rate, "connect ", &hop.site.name);
+            let key = limit_key(
+                hop.rule.local.max_connection_rate,
+                "connect ",
+                &hop.site.name,
+            );
             if let Verdict::RetryAfter(d) = self.limiter.check(&key, rate).await {
                 return self.throttled(hop, Throttle::ConnectionRate(d));
             }
@@ -415,9 +442,24 @@ impl Shaping {
             return Next::NewConnection;
         }
         if let Some(rate) = rule.max_message_rate {
-            let key = limit_key(rule.local.max_message_rate, "message ", &ticket.site.name);
+            // One check of the site's rate at a time on this node, and every session
+            // waits out a refusal one of them already got instead of asking again: with
+            // a fleet, one round trip per refusal, not one per session.
+            let site = &ticket.site;
+            let _one_at_a_time = site.rate_gate.lock().await;
+            let wait = site
+                .rate_until
+                .load(Ordering::Relaxed)
+                .saturating_sub(now_ms());
+            if wait > 0 {
+                site.throttled.fetch_add(1, Ordering::Relaxed);
+                return Next::Throttled(Throttle::MessageRate(Duration::from_millis(wait)));
+            }
+            let key = limit_key(rule.local.max_message_rate, "message ", &site.name);
             if let Verdict::RetryAfter(d) = self.limiter.check(&key, rate).await {
-                ticket.site.throttled.fetch_add(1, Ordering::Relaxed);
+                site.rate_until
+                    .store(now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+                site.throttled.fetch_add(1, Ordering::Relaxed);
                 return Next::Throttled(Throttle::MessageRate(d));
             }
         }
@@ -425,11 +467,21 @@ impl Shaping {
         Next::Send
     }
 
-    /// Whether a connection slot of the site is free as far as this process knows.
+    /// Whether a connection slot of the site is free as far as this process knows. A
+    /// limit the fleet shares is never known free here (the slot may be another node's):
+    /// its lists wait for their recheck time.
     pub fn has_free_connection(&self, site: &Site) -> bool {
         let rule = site.rule.lock().expect("site lock").clone();
+        if self.shares_connections(&rule) {
+            return false;
+        }
         site.connection_limit(&rule)
             .is_none_or(|max| site.connections.load(Ordering::Relaxed) < max)
+    }
+
+    /// Whether the rule's connection limit is counted by the fleet (in Redis).
+    pub fn shares_connections(&self, rule: &Rule) -> bool {
+        self.fleet.is_some() && rule.connection_limit.is_some() && !rule.local.connection_limit
     }
 
     /// The receiver said `reply` (a full reply, `421 4.7.0 …`): the rule's `on_reply`
@@ -477,6 +529,12 @@ impl Shaping {
             Some(s) => holds.insert(target.to_string(), s).is_some(),
             None => holds.remove(target).is_some(),
         }
+    }
+
+    /// `(calls to Redis, of which for the limits)` by this process; none alone.
+    pub fn redis_calls(&self) -> Option<(u64, u64)> {
+        let f = self.fleet.as_ref()?;
+        Some((f.round_trips(), f.limit_round_trips()))
     }
 
     /// Every suspension in force, by target: this node's, then the fleet's others.

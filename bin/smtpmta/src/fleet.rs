@@ -9,7 +9,7 @@
 //! shares (`mta_task::fleet`).
 
 use crate::Supervisor;
-use mta_ipc::fleet::{FleetReport, NodeRow, NodeStatus, NodeSummary};
+use mta_ipc::fleet::{FleetReport, FleetSuspension, NodeRow, NodeStatus, NodeSummary};
 use mta_limit::fleet::Fleet;
 use mta_types::fleet::NodeState;
 use mta_types::{Location, QueueName, TaskName};
@@ -39,7 +39,10 @@ pub async fn heartbeat(sup: Arc<Supervisor>) {
     loop {
         let summary = summary(&sup).await;
         let json = serde_json::to_string(&summary).expect("serialisable");
-        status.fleet.heartbeat(json).await;
+        if status.fleet.heartbeat(json).await {
+            // What `show fleet` shows while Redis is away: the fleet as last seen.
+            refresh(status).await;
+        }
         let alive = status.fleet.alive_nodes();
         if alive != alive_kept {
             keep_alive_count(&sup, alive);
@@ -58,7 +61,10 @@ fn keep_alive_count(sup: &Supervisor, alive: u32) {
         std::fs::rename(&tmp, &file)
     };
     if let Err(e) = write() {
-        tracing::warn!("cluster: cannot keep the count of nodes alive in {}: {e}", file.display());
+        tracing::warn!(
+            "cluster: cannot keep the count of nodes alive in {}: {e}",
+            file.display()
+        );
     }
 }
 
@@ -97,32 +103,23 @@ pub async fn report(sup: &Supervisor) -> FleetReport {
             ..FleetReport::default()
         };
     };
-    let down_after = (status.fleet.settings().heartbeat * 3).as_millis() as u64;
-    let view = status.fleet.nodes().await;
-    let fresh = view.is_some();
-    if let Some(view) = view {
-        let rows = view
-            .nodes
-            .into_iter()
-            .map(|n| {
-                let summary: NodeSummary = serde_json::from_str(&n.summary).unwrap_or_default();
-                let age = view.now_ms.saturating_sub(n.last_ms);
-                let status = match (age > down_after, summary.state) {
-                    (true, _) => NodeStatus::Down,
-                    (false, NodeState::Draining) => NodeStatus::Draining,
-                    (false, NodeState::Up) => NodeStatus::Up,
-                };
-                NodeRow {
-                    node: n.node,
-                    status,
-                    last_seen_ms: age,
-                    summary,
-                }
-            })
-            .collect();
-        *status.last.lock().expect("fleet lock") = rows;
+    let fresh = refresh(status).await;
+    let now = mta_types::message::now_ms();
+    let mut suspended: Vec<FleetSuspension> = match fresh {
+        true => status.fleet.suspensions().await.unwrap_or_default(),
+        false => Vec::new(),
     }
+    .into_iter()
+    .filter(|(_, until_ms, _)| *until_ms > now)
+    .map(|(target, until_ms, by)| FleetSuspension {
+        target,
+        until_ms,
+        by,
+    })
+    .collect();
+    suspended.sort_by(|a, b| a.target.cmp(&b.target));
     FleetReport {
+        suspended,
         node: config.cluster.node.clone(),
         redis: config
             .cluster
@@ -134,4 +131,33 @@ pub async fn report(sup: &Supervisor) -> FleetReport {
         fresh,
         nodes: status.last.lock().expect("fleet lock").clone(),
     }
+}
+
+/// Reads every node's heartbeat from Redis into `status.last`; false when Redis is away.
+async fn refresh(status: &FleetStatus) -> bool {
+    let down_after = (status.fleet.settings().heartbeat * 3).as_millis() as u64;
+    let Some(view) = status.fleet.nodes().await else {
+        return false;
+    };
+    let rows = view
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let summary: NodeSummary = serde_json::from_str(&n.summary).unwrap_or_default();
+            let age = view.now_ms.saturating_sub(n.last_ms);
+            let status = match (age > down_after, summary.state) {
+                (true, _) => NodeStatus::Down,
+                (false, NodeState::Draining) => NodeStatus::Draining,
+                (false, NodeState::Up) => NodeStatus::Up,
+            };
+            NodeRow {
+                node: n.node,
+                status,
+                last_seen_ms: age,
+                summary,
+            }
+        })
+        .collect();
+    *status.last.lock().expect("fleet lock") = rows;
+    true
 }

@@ -794,7 +794,19 @@ fn shaping_limits_may_be_local_to_the_node() {
     assert_eq!(rules[1].connection_limit, Some(2));
     assert_eq!(rules[1].local, LocalLimits::default());
     let (e, file) = config_err("[[outbound.shaping]]\nconnection_limit = \"lokal:4\"\n");
-    assert_located(&e, &file, 2, "outbound.shaping[0].connection_limit", "is not a count");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "outbound.shaping[0].connection_limit",
+        "is not a count",
+    );
     let (e, file) = config_err("[[outbound.shaping]]\nconnection_limit = 0\n");
-    assert_located(&e, &file, 2, "outbound.shaping[0].connection_limit", "at least 1");
+    assert_located(
+        &e,
+        &file,
+        2,
+        "outbound.shaping[0].connection_limit",
+        "at least 1",
+    );
 }

@@ -64,4 +64,15 @@ pub struct FleetReport {
     /// False: Redis is away and `nodes` is what was last seen.
     pub fresh: bool,
     pub nodes: Vec<NodeRow>,
+    /// The fleet's suspensions in force (by an operator or an `on_reply` rule on any
+    /// node); empty while Redis is away.
+    pub suspended: Vec<FleetSuspension>,
+}
+
+/// A destination (a domain or a site) no node delivers to until `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetSuspension {
+    pub target: String,
+    pub until_ms: u64,
+    pub by: String,
 }

@@ -97,6 +97,8 @@ pub struct Fleet {
     /// Nodes whose heartbeat was fresh at the last look (at least 1: this one).
     alive: AtomicU32,
     round_trips: AtomicU64,
+    /// Of those, the limits' own: rate checks, lease takes and releases.
+    limit_round_trips: AtomicU64,
     /// The fleet leases this process holds: id → lease key, renewed by `maintain`.
     leases: Mutex<HashMap<String, String>>,
     next_lease: AtomicU64,
@@ -104,10 +106,11 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(settings: FleetSettings) -> Result<Arc<Fleet>, FleetError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|source| FleetError::Url {
-            url: settings.shown_url.clone(),
-            source,
-        })?;
+        let client =
+            redis::Client::open(settings.url.as_str()).map_err(|source| FleetError::Url {
+                url: settings.shown_url.clone(),
+                source,
+            })?;
         Ok(Arc::new(Fleet {
             settings,
             client,
@@ -115,6 +118,7 @@ impl Fleet {
             link: AtomicU8::new(0),
             alive: AtomicU32::new(1),
             round_trips: AtomicU64::new(0),
+            limit_round_trips: AtomicU64::new(0),
             leases: Mutex::default(),
             next_lease: AtomicU64::new(0),
         }))
@@ -139,6 +143,12 @@ impl Fleet {
     /// Calls made to Redis by this process.
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Calls made for the limits themselves (rate checks, lease takes and releases): the
+    /// cost per message, without the background's (heartbeat, renewals, suspension sync).
+    pub fn limit_round_trips(&self) -> u64 {
+        self.limit_round_trips.load(Ordering::Relaxed)
     }
 
     /// Nodes last seen alive (at least 1).
@@ -194,7 +204,8 @@ impl Fleet {
             .set_response_timeout(Some(t));
         let attempt = tokio::time::timeout(
             t * 4,
-            self.client.get_multiplexed_async_connection_with_config(&config),
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await;
         match attempt {
@@ -240,10 +251,25 @@ impl Fleet {
                 None
             }
             Err(_) => {
-                self.lost(&format!("{what}: no answer within {:?}", self.settings.timeout));
+                self.lost(&format!(
+                    "{what}: no answer within {:?}",
+                    self.settings.timeout
+                ));
                 None
             }
         }
+    }
+
+    /// [`Fleet::call`], counted as a limit's round trip.
+    async fn limit_call<T, F, Fut>(&self, what: &str, f: F) -> Option<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if self.is_up() {
+            self.limit_round_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        self.call(what, f).await
     }
 
     fn lost(&self, why: &str) {
@@ -286,7 +312,7 @@ impl Fleet {
         let tolerance = interval * u64::from(burst(rate) - 1);
         let key = format!("{PREFIX}rate:{key}");
         let wait_us: u64 = self
-            .call("rate check", |mut c| async move {
+            .limit_call("rate check", |mut c| async move {
                 GCRA.key(key)
                     .arg(interval)
                     .arg(tolerance)
@@ -309,14 +335,23 @@ impl Fleet {
         let ttl = self.settings.lease_ttl.as_millis() as u64;
         let (z, member) = (zset.clone(), id.clone());
         let taken: i64 = self
-            .call("lease", |mut c| async move {
-                LEASE.key(z).arg(max).arg(ttl).arg(member).invoke_async(&mut c).await
+            .limit_call("lease", |mut c| async move {
+                LEASE
+                    .key(z)
+                    .arg(max)
+                    .arg(ttl)
+                    .arg(member)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         if taken == 0 {
             return Some(None);
         }
-        self.leases.lock().expect("fleet lock").insert(id.clone(), zset);
+        self.leases
+            .lock()
+            .expect("fleet lock")
+            .insert(id.clone(), zset);
         Some(Some(id))
     }
 
@@ -331,8 +366,12 @@ impl Fleet {
         let fleet = self.clone();
         rt.spawn(async move {
             fleet
-                .call("lease release", |mut c| async move {
-                    redis::cmd("ZREM").arg(zset).arg(id).query_async::<i64>(&mut c).await
+                .limit_call("lease release", |mut c| async move {
+                    redis::cmd("ZREM")
+                        .arg(zset)
+                        .arg(id)
+                        .query_async::<i64>(&mut c)
+                        .await
                 })
                 .await;
         });
@@ -345,7 +384,10 @@ impl Fleet {
         let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}:{}:{n}", self.settings.node, std::process::id());
         let zset = format!("{PREFIX}lease:{key}");
-        self.leases.lock().expect("fleet lock").insert(id.clone(), zset);
+        self.leases
+            .lock()
+            .expect("fleet lock")
+            .insert(id.clone(), zset);
         id
     }
 
@@ -364,7 +406,10 @@ impl Fleet {
     async fn renew_on(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
         let held: Vec<(String, String)> = {
             let leases = self.leases.lock().expect("fleet lock");
-            leases.iter().map(|(id, z)| (z.clone(), id.clone())).collect()
+            leases
+                .iter()
+                .map(|(id, z)| (z.clone(), id.clone()))
+                .collect()
         };
         if held.is_empty() {
             return Ok(());
@@ -379,7 +424,10 @@ impl Fleet {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("lease renewal: {e}")),
-            Err(_) => Err(format!("lease renewal: no answer within {:?}", self.settings.timeout)),
+            Err(_) => Err(format!(
+                "lease renewal: no answer within {:?}",
+                self.settings.timeout
+            )),
         }
     }
 
@@ -432,8 +480,8 @@ impl Fleet {
                     .await
             })
             .await?;
-        let now_ms = time.first().copied().unwrap_or(0) * 1000
-            + time.get(1).copied().unwrap_or(0) / 1000;
+        let now_ms =
+            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
         let nodes = alive
             .into_iter()
             .map(|(node, last_ms)| NodeEntry {

@@ -48,8 +48,14 @@ impl FleetLimiter {
     async fn shared_lease(&self, key: &str, max: u32) -> Option<Lease> {
         match self.fleet.take_lease(key, max).await {
             Some(Some(id)) => {
+                // Counted here too (without a limit), so that a local share taken during
+                // an outage counts the connections this process already holds.
+                let counted = self.local.lease(key, u32::MAX).await;
                 let fleet = self.fleet.clone();
-                Some(Lease::new(move || fleet.release_lease(id)))
+                Some(Lease::new(move || {
+                    drop(counted);
+                    fleet.release_lease(id);
+                }))
             }
             Some(None) => None,
             None => {

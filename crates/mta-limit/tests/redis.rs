@@ -42,7 +42,10 @@ async fn leases_and_rates_are_shared_and_fall_back_to_local_shares() {
     drop((first, second));
     let dead = node(&redis, "dead");
     assert!(dead.connect().await);
-    let held = FleetLimiter::new(dead).lease("site", 2).await.expect("dead's");
+    let held = FleetLimiter::new(dead)
+        .lease("site", 2)
+        .await
+        .expect("dead's");
     std::mem::forget(held);
     let _a_again = la.lease("site", 2).await.expect("a's");
     assert!(lb.lease("site", 2).await.is_none());
@@ -54,13 +57,24 @@ async fn leases_and_rates_are_shared_and_fall_back_to_local_shares() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(got.len(), 1, "b reaches the full limit once the dead one's lease expired");
-    assert!(start.elapsed() >= Duration::from_millis(1500), "{:?}", start.elapsed());
+    assert_eq!(
+        got.len(),
+        1,
+        "b reaches the full limit once the dead one's lease expired"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
 
     // A rate of 10/min: burst 1, then one per 6 s, across both nodes.
     let rate: Rate = "10/min".parse().unwrap();
     assert_eq!(la.check("msg", rate).await, Verdict::Allowed);
-    assert!(matches!(lb.check("msg", rate).await, Verdict::RetryAfter(_)));
+    assert!(matches!(
+        lb.check("msg", rate).await,
+        Verdict::RetryAfter(_)
+    ));
     let rounds = a.round_trips();
 
     assert_eq!(a.alive_nodes(), 2, "two heartbeats seen");
@@ -68,11 +82,21 @@ async fn leases_and_rates_are_shared_and_fall_back_to_local_shares() {
     redis.kill9();
     let t = Instant::now();
     let _ = la.check("other", rate).await;
-    assert!(t.elapsed() < Duration::from_millis(600), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(a.link(), Link::Down);
-    let one = la.lease("site2", 4).await.expect("local share of 4 ÷ 2 nodes");
+    let one = la
+        .lease("site2", 4)
+        .await
+        .expect("local share of 4 ÷ 2 nodes");
     let two = la.lease("site2", 4).await.expect("the share's second");
-    assert!(la.lease("site2", 4).await.is_none(), "share is 2 (2 nodes alive)");
+    assert!(
+        la.lease("site2", 4).await.is_none(),
+        "share is 2 (2 nodes alive)"
+    );
     assert!(a.round_trips() <= rounds + 3);
     drop((one, two));
 

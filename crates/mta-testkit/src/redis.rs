@@ -54,14 +54,18 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {REDIS_SERVER} (scripts/test installs redis-server): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start {REDIS_SERVER} (scripts/test installs redis-server): {e}")
+            });
         self.child = Some(child);
-        wait_for("redis-server to answer PING", Duration::from_secs(10), || {
-            match self.cli(&["PING"]) {
+        wait_for(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || match self.cli(&["PING"]) {
                 Ok(out) if out.trim() == "PONG" => Ok(()),
                 other => Err(format!("{other:?}")),
-            }
-        });
+            },
+        );
     }
 
     /// `redis-cli -p <port> ARGS…`: its standard output, or why it failed.

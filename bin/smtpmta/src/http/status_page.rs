@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use mta_ipc::console::TaskRow;
+use mta_ipc::fleet::FleetReport;
 use mta_ipc::store::DestinationRow;
 use mta_types::message::now_ms;
 use std::fmt::Write as _;
@@ -24,8 +25,12 @@ const REFRESH_SECS: u32 = 5;
 
 pub async fn page(sup: &Arc<Supervisor>) -> Response<Full<Bytes>> {
     let tasks = crate::console::show_tasks(sup).await;
+    let fleet = match &sup.fleet {
+        Some(_) => Some(crate::fleet::report(sup).await),
+        None => None,
+    };
     let s = sup.clone();
-    match tokio::task::spawn_blocking(move || render(&s, &tasks)).await {
+    match tokio::task::spawn_blocking(move || render(&s, &tasks, fleet.as_ref())).await {
         Ok(Ok(html)) => response::with_type("text/html; charset=utf-8", html),
         Ok(Err(e)) => response::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
         Err(e) => response::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
@@ -50,7 +55,11 @@ fn esc(text: &str) -> String {
 
 use mta_types::message::age_label as age;
 
-fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
+fn render(
+    sup: &Supervisor,
+    tasks: &[TaskRow],
+    fleet: Option<&FleetReport>,
+) -> Result<String, String> {
     let counts = sup.store.engine().counts().rows;
     let destinations = crate::stats::top_destinations(sup)?;
     let stats = crate::stats::show_stat_mail(sup)?;
@@ -58,6 +67,9 @@ fn render(sup: &Supervisor, tasks: &[TaskRow]) -> Result<String, String> {
     head(&mut h, sup);
     charts_section(&mut h, sup)?;
     tasks_table(&mut h, tasks);
+    if let Some(fleet) = fleet {
+        fleet_table(&mut h, fleet);
+    }
     queue_table(&mut h, &counts);
     destinations_table(&mut h, &destinations);
     stats_table(&mut h, &stats);
@@ -124,6 +136,42 @@ fn tasks_table(h: &mut String, tasks: &[TaskRow]) {
                 t.restarts.to_string()
             },
             detail = esc(&t.detail),
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// `show fleet`: every node, UP, DOWN or DRAINING, with its heartbeat's figures.
+fn fleet_table(h: &mut String, f: &FleetReport) {
+    let link = if f.cluster_up {
+        "up"
+    } else {
+        "DOWN: local limits"
+    };
+    let _ = write!(
+        *h,
+        "<h2>Fleet (cluster {link})</h2><table id=\"fleet\"><tr><th>Node</th><th>State</th>\
+         <th>Last seen</th><th>Tasks</th><th>Pending</th><th>Held</th><th>Dead</th>\
+         <th>Sessions in/out</th><th>Version</th></tr>"
+    );
+    for n in &f.nodes {
+        let s = &n.summary;
+        let _ = write!(
+            *h,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}s</td><td>{}/{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td>{}/{}</td><td>{}</td></tr>",
+            esc(&n.node),
+            n.status.as_str(),
+            n.last_seen_ms / 1000,
+            s.tasks_up,
+            s.tasks,
+            s.pending,
+            s.held,
+            s.dead,
+            s.sessions_in,
+            s.sessions_out,
+            esc(&s.version)
         );
     }
     h.push_str("</table>");
