@@ -139,7 +139,7 @@ async fn refresh(status: &FleetStatus) -> bool {
     let Some(view) = status.fleet.nodes().await else {
         return false;
     };
-    let rows = view
+    let mut rows: Vec<NodeRow> = view
         .nodes
         .into_iter()
         .map(|n| {
@@ -158,6 +158,7 @@ async fn refresh(status: &FleetStatus) -> bool {
             }
         })
         .collect();
+    rows.sort_by(|a, b| a.node.cmp(&b.node));
     *status.last.lock().expect("fleet lock") = rows;
     true
 }
