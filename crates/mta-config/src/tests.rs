@@ -774,7 +774,9 @@ fn lmtp_errors_name_file_line_and_key() {
         "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nlmtp = \"dovecot\"\n",
     );
     assert_located(&e, &file, 4, "user[0].lmtp", "is not an LMTP address");
+}
 
+#[test]
 fn shaping_limits_may_be_local_to_the_node() {
     let f = Fixture::new(
         "[[outbound.shaping]]\nmatch = [\"a.test\"]\nconnection_limit = \"local:4\"\nmax_message_rate = \"local:300/min\"\nmax_connection_rate = \"10/s\"\n[[outbound.shaping]]\nconnection_limit = 2\n",
