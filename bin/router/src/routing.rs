@@ -28,10 +28,10 @@
 use mta_config::Directory;
 use mta_types::message::{Attempt, UnixMillis};
 use mta_types::outcome::Reply;
+use mta_types::DeliveryOutcome;
 use mta_types::{
     Address, Domain, Endpoint, Location, MessageRecord, QueueName, RcptStatus, Recipient,
 };
-use mta_types::DeliveryOutcome;
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -289,9 +289,11 @@ impl DrainCommand {
                                 "held" => include.held = true,
                                 "dead" => include.dead = true,
                                 "" | "and" => {}
-                                other => return Err(format!(
+                                other => {
+                                    return Err(format!(
                                     "drain: cannot include `{other}` (held, dead); {DRAIN_USAGE}"
-                                )),
+                                ))
+                                }
                             }
                         }
                     }
