@@ -90,21 +90,12 @@ fn wait_cluster(nodes: &[Suite], up: bool, deadline: Duration) {
 /// connection with its open and close times).
 fn max_concurrent(log: &Path) -> usize {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut edges: Vec<(f64, i32)> = Vec::new();
-    for line in text.lines() {
+    let opened = text.lines().filter_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        if v["refused"].as_bool() == Some(false) {
-            edges.push((v["open"].as_f64().unwrap(), 1));
-            edges.push((v["close"].as_f64().unwrap(), -1));
-        }
-    }
-    edges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
+        (v["refused"].as_bool() == Some(false))
+            .then(|| (v["open"].as_f64().unwrap(), v["close"].as_f64().unwrap()))
+    });
+    mta_testkit::most_at_once(opened)
 }
 
 /// osesctl's counter `name` (`redis_calls`, `redis_limit_calls`, `sent`) on a node.

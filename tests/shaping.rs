@@ -40,19 +40,12 @@ fn conns(path: &std::path::Path) -> Vec<Conn> {
 
 /// The most connections to `local` open at once.
 fn max_concurrent(conns: &[Conn], local: &str) -> usize {
-    let mut edges: Vec<(f64, i32)> = Vec::new();
-    for c in conns.iter().filter(|c| c.local == local && !c.refused) {
-        edges.push((c.open, 1));
-        edges.push((c.close, -1));
-    }
-    // A close and an open at the same instant: the close first.
-    edges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
+    mta_testkit::most_at_once(
+        conns
+            .iter()
+            .filter(|c| c.local == local && !c.refused)
+            .map(|c| (c.open, c.close)),
+    )
 }
 
 /// When the transactions of messages to recipients containing `needle` started (their

@@ -78,6 +78,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The most intervals (open, close) in effect at once: connections open together, from a
+/// sink's connection log. A close and an open at the same instant: the close first.
+pub fn most_at_once(intervals: impl IntoIterator<Item = (f64, f64)>) -> usize {
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for (open, close) in intervals {
+        edges.push((open, 1));
+        edges.push((close, -1));
+    }
+    edges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
 /// Polls `probe` every 50 ms until it returns `Ok`, or panics after `deadline` with the
 /// last `Err` it returned.
 pub fn wait_for<T>(
