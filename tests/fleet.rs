@@ -11,7 +11,7 @@
 
 use mta_testkit::peers::{smtp_load, tail, Dns, Sink};
 use mta_testkit::redis::Redis;
-use mta_testkit::{wait_for, Suite, SuiteOptions};
+use mta_testkit::{wait_for, RawSmtp, Suite, SuiteOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,26 @@ fn dns() -> Dns {
 
 /// Node `name` of the fleet on `redis`, delivering to `sink` under `shaping`.
 fn node(redis: &Redis, dns: &Dns, sink: &Sink, name: &str, outbound: &[&str]) -> Suite {
+    Suite::start(&options(redis, dns, sink, name, outbound))
+}
+
+/// As [`node`], with `[inbound]` lines and only 127.0.0.1 trusted: clients from
+/// 127.0.0.2 are strangers, whose per-client limits count.
+fn door_node(redis: &Redis, dns: &Dns, sink: &Sink, name: &str, inbound: &[&str]) -> Suite {
+    let mut opts = options(redis, dns, sink, name, &[]);
+    for line in inbound {
+        opts.sections.push(("inbound", line.to_string()));
+    }
+    let mut suite = Suite::prepare(&opts);
+    let text = std::fs::read_to_string(&suite.config)
+        .unwrap()
+        .replace("\"127.0.0.0/8\"", "\"127.0.0.1/32\"");
+    std::fs::write(&suite.config, text).unwrap();
+    suite.launch();
+    suite
+}
+
+fn options(redis: &Redis, dns: &Dns, sink: &Sink, name: &str, outbound: &[&str]) -> SuiteOptions {
     let mut sections: Vec<(&'static str, String)> = vec![
         ("outbound", format!("port = {}", sink.port)),
         ("outbound", "connect_timeout = \"2s\"".into()),
@@ -42,10 +62,10 @@ fn node(redis: &Redis, dns: &Dns, sink: &Sink, name: &str, outbound: &[&str]) ->
     for line in outbound {
         sections.push(("outbound", line.to_string()));
     }
-    Suite::start(&SuiteOptions {
+    SuiteOptions {
         sections,
         ..SuiteOptions::default()
-    })
+    }
 }
 
 fn fleet(redis: &Redis, dns: &Dns, sink: &Sink, outbound: &[&str]) -> Vec<Suite> {
@@ -100,8 +120,13 @@ fn max_concurrent(log: &Path) -> usize {
 
 /// osesctl's counter `name` (`redis_calls`, `redis_limit_calls`, `sent`) on a node.
 fn osesctl_counter(suite: &Suite, name: &str) -> u64 {
+    task_counter(suite, "osesctl", name)
+}
+
+/// Task `task`'s counter `name` on a node (0 when it has none).
+fn task_counter(suite: &Suite, task: &str, name: &str) -> u64 {
     let tasks = suite.tasks().unwrap_or_default();
-    let row = tasks.iter().find(|t| t["name"] == "osesctl");
+    let row = tasks.iter().find(|t| t["name"] == task);
     row.and_then(|r| r["counters"].as_array().cloned())
         .unwrap_or_default()
         .iter()
@@ -420,4 +445,124 @@ fn a_shared_message_rate_holds_across_the_fleet() {
         span >= 15.0,
         "60 messages at 30/10s took only {span:.1}s: not shared"
     );
+}
+
+/// Waits until isesctl on every node says its link to Redis is `up` (or not), and has
+/// seen the whole fleet alive (what its local shares divide by).
+fn wait_isesctl_redis(nodes: &[Suite], up: bool) {
+    for (i, n) in nodes.iter().enumerate() {
+        wait_for(
+            &format!(
+                "isesctl of node{} with Redis {}",
+                i + 1,
+                if up { "up" } else { "down" }
+            ),
+            Duration::from_secs(15),
+            || {
+                let link = task_counter(n, "isesctl", "redis_up") == u64::from(up);
+                let alive = task_counter(n, "isesctl", "cluster_nodes_alive");
+                match link && alive == nodes.len() as u64 {
+                    true => Ok(()),
+                    false => Err(format!("{:?}", n.tasks())),
+                }
+            },
+        );
+    }
+}
+
+/// One session from the stranger 127.0.0.2: `n` messages to alice@localhost; the reply to
+/// each message's end of DATA (or to its RCPT when that was refused, which ends it).
+fn stranger_session(node: &Suite, n: usize) -> Vec<String> {
+    let (mut c, greeting) = RawSmtp::connect_from(Some([127, 0, 0, 2].into()), node.smtp_port);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(c.cmd("EHLO client.test").starts_with("250"));
+    let mut replies = Vec::new();
+    for i in 0..n {
+        assert!(c
+            .cmd("MAIL FROM:<stranger@outside.test>")
+            .starts_with("250"));
+        let rcpt = c.cmd("RCPT TO:<alice@localhost>");
+        if !rcpt.starts_with("250") {
+            replies.push(rcpt);
+            return replies;
+        }
+        assert!(c.cmd("DATA").starts_with("354"));
+        replies.push(c.cmd(&format!("Subject: client limit {i}\r\n\r\nhello\r\n.")));
+    }
+    c.cmd("QUIT");
+    replies
+}
+
+/// All but the last reply are 250s; the last is `last`.
+fn accepted_then(replies: &[String], accepted: usize, last: Option<&str>) {
+    let ok = replies.iter().filter(|r| r.starts_with("250")).count();
+    assert_eq!(ok, accepted, "{replies:?}");
+    assert_eq!(
+        replies.get(accepted).map(String::as_str),
+        last,
+        "{replies:?}"
+    );
+}
+
+#[test]
+fn a_clients_message_rate_is_counted_by_the_fleet_and_locally_while_redis_is_away() {
+    let mut redis = Redis::start();
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let inbound = [
+        "max_message_rate_per_client = \"6/h\"",
+        "max_connections_per_client = \"local:10\"",
+    ];
+    let nodes: Vec<Suite> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| door_node(&redis, &dns, &sink, n, &inbound))
+        .collect();
+    wait_isesctl_redis(&nodes, true);
+    let refusal = |limit: &str| {
+        format!("421 4.7.0 mta.test Error: too many messages from [127.0.0.2] (limit {limit})")
+    };
+    // 6 an hour for the fleet: 3 on node1, 3 on node2, then node3 refuses the 7th.
+    accepted_then(&stranger_session(&nodes[0], 3), 3, None);
+    accepted_then(&stranger_session(&nodes[1], 3), 3, None);
+    let on_node3 = stranger_session(&nodes[2], 1);
+    accepted_then(&on_node3, 0, Some(&refusal("6/h")));
+    let shown = text(&nodes[2], &["show", "clients"]);
+    assert!(
+        shown.contains("max_message_rate_per_client 6/h (fleet-wide)")
+            && shown.contains("max_connections_per_client 10 (local: this node)"),
+        "{shown}"
+    );
+    // One round trip per message (7 asked), none at connect: the connection count is local.
+    let calls: u64 = nodes
+        .iter()
+        .map(|n| task_counter(n, "isesctl", "redis_limit_calls"))
+        .sum();
+    eprintln!("isesctl Redis round trips for the per-client limits: {calls} for 6 messages accepted and 1 refused");
+    assert_eq!(calls, 7);
+
+    // Redis killed: each node counts its local share, 6 ÷ 3 nodes = 2 an hour, at once.
+    redis.kill9();
+    for node in &nodes[..2] {
+        accepted_then(&stranger_session(node, 3), 2, Some(&refusal("2/h")));
+    }
+    wait_isesctl_redis(&nodes, false);
+    // Nothing accepted was lost.
+    for node in &nodes[..2] {
+        node.wait_for_mail("alice", 5);
+    }
+    assert!(
+        nodes[0].log().contains("local limits now"),
+        "{}",
+        tail(&nodes[0].log(), 20)
+    );
+
+    // Redis back (empty): shared again, so node3 takes 3 (its local share was 2) and the
+    // fleet's 7th is refused on node1.
+    redis.restart();
+    wait_isesctl_redis(&nodes, true);
+    accepted_then(&stranger_session(&nodes[2], 3), 3, None);
+    accepted_then(&stranger_session(&nodes[1], 3), 3, None);
+    accepted_then(&stranger_session(&nodes[0], 1), 0, Some(&refusal("6/h")));
+    nodes[2].wait_for_mail("alice", 3);
+    nodes[1].wait_for_mail("alice", 8);
 }

@@ -2,11 +2,11 @@
 //! sessions, messages and recipients, per client (an IPv4 address, or an IPv6 /64).
 //! Clients in `trusted_networks` are never counted (the caller does not ask).
 //!
-//! The counting sits behind [`Limiter`]: one call per event, which may be async, so that a
-//! fleet-wide implementation (Redis, one script call per check, issue "fleet") can take
-//! the place of the in-memory [`MemoryLimiter`] without touching the sessions. Rates are
-//! GCRA (`mta_types::rate`) with a burst of the whole count: `60/min` lets 60 sessions in
-//! at once, then one a second.
+//! The counting sits behind [`Limiter`]: one call per event, which may be async, so that
+//! the fleet-wide implementation (`fleet_limits.rs`: Redis, one script call per event)
+//! takes the place of the in-memory [`MemoryLimiter`] without touching the sessions. Rates
+//! are GCRA (`mta_types::rate`) with a burst of the whole count: `60/min` lets 60 sessions
+//! in at once, then one a second.
 //!
 //! Memory is bounded: a client with no session open whose rates are back to their initial
 //! state is forgotten after [`KEEP`] (it is then as if never seen), and the table never
@@ -71,8 +71,10 @@ pub enum Event {
     /// A session begins (counted against the simultaneous and the rate limit; when it
     /// is admitted, [`Limiter::disconnected`] must follow).
     Connect,
-    /// A transaction reaches its first RCPT.
+    /// A transaction reaches its first RCPT: the message and that recipient, counted
+    /// together (one question to the fleet, not two).
     Message,
+    /// Any later RCPT of the transaction.
     Recipient,
 }
 
@@ -111,38 +113,117 @@ pub struct Limits {
     pub connection_rate: Option<Rate>,
     pub message_rate: Option<Rate>,
     pub recipient_rate: Option<Rate>,
+    /// Which were written `local:` (per node even in a fleet).
+    pub local: LocalFlags,
+}
+
+/// The limits written `local:`, in [`Limits`]' order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalFlags {
+    pub connections: bool,
+    pub connection_rate: bool,
+    pub message_rate: bool,
+    pub recipient_rate: bool,
 }
 
 impl Limits {
     pub fn from_config(inbound: &InboundConfig) -> Limits {
         Limits {
-            max_connections: inbound.max_connections_per_client,
-            connection_rate: inbound.max_connection_rate_per_client,
-            message_rate: inbound.max_message_rate_per_client,
-            recipient_rate: inbound.max_recipient_rate_per_client,
+            max_connections: inbound.max_connections_per_client.limit,
+            connection_rate: inbound.max_connection_rate_per_client.limit,
+            message_rate: inbound.max_message_rate_per_client.limit,
+            recipient_rate: inbound.max_recipient_rate_per_client.limit,
+            local: LocalFlags {
+                connections: inbound.max_connections_per_client.local,
+                connection_rate: inbound.max_connection_rate_per_client.local,
+                message_rate: inbound.max_message_rate_per_client.local,
+                recipient_rate: inbound.max_recipient_rate_per_client.local,
+            },
         }
     }
 
-    /// `(name, value)` of each limit in force, for `show clients`.
-    fn described(&self) -> Vec<(String, String)> {
+    /// Each limit as `keep(is_local)` says: the count or rate itself, divided by
+    /// `share`, or none.
+    pub fn scoped(&self, keep: impl Fn(bool) -> Scope, share: impl Fn(u32) -> u32) -> Limits {
+        let rate = |r: Option<Rate>, local: bool| match (r, keep(local)) {
+            (Some(r), Scope::Full) => Some(r),
+            (Some(r), Scope::Share) => Some(Rate {
+                count: share(r.count),
+                period: r.period,
+            }),
+            _ => None,
+        };
+        let connections = match keep(self.local.connections) {
+            Scope::Full => self.max_connections,
+            Scope::Share if self.max_connections > 0 => share(self.max_connections),
+            _ => 0,
+        };
+        Limits {
+            max_connections: connections,
+            connection_rate: rate(self.connection_rate, self.local.connection_rate),
+            message_rate: rate(self.message_rate, self.local.message_rate),
+            recipient_rate: rate(self.recipient_rate, self.local.recipient_rate),
+            local: self.local,
+        }
+    }
+
+    /// Whether any limit in force is shared by the fleet (not `local:`).
+    pub fn any_shared(&self) -> bool {
+        let l = self.local;
+        (self.max_connections > 0 && !l.connections)
+            || (self.connection_rate.is_some() && !l.connection_rate)
+            || (self.message_rate.is_some() && !l.message_rate)
+            || (self.recipient_rate.is_some() && !l.recipient_rate)
+    }
+
+    /// `(name, value)` of each limit in force, for `show clients`; in a fleet, each says
+    /// whether it is counted by the fleet or by this node.
+    pub fn described(&self, fleet: bool) -> Vec<(String, String)> {
+        let scope = |local: bool| match (fleet, local) {
+            (false, _) => "",
+            (true, false) => " (fleet-wide)",
+            (true, true) => " (local: this node)",
+        };
         let mut out = Vec::new();
         if self.max_connections > 0 {
             out.push((
                 "max_connections_per_client".into(),
-                self.max_connections.to_string(),
+                format!("{}{}", self.max_connections, scope(self.local.connections)),
             ));
         }
-        for (name, rate) in [
-            ("max_connection_rate_per_client", self.connection_rate),
-            ("max_message_rate_per_client", self.message_rate),
-            ("max_recipient_rate_per_client", self.recipient_rate),
+        for (name, rate, local) in [
+            (
+                "max_connection_rate_per_client",
+                self.connection_rate,
+                self.local.connection_rate,
+            ),
+            (
+                "max_message_rate_per_client",
+                self.message_rate,
+                self.local.message_rate,
+            ),
+            (
+                "max_recipient_rate_per_client",
+                self.recipient_rate,
+                self.local.recipient_rate,
+            ),
         ] {
             if let Some(rate) = rate {
-                out.push((name.into(), rate.to_string()));
+                out.push((name.into(), format!("{rate}{}", scope(local))));
             }
         }
         out
     }
+}
+
+/// How [`Limits::scoped`] keeps one limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Full,
+    /// Divided (a fleet limit's local share while Redis is away).
+    Share,
+    /// Not counted here (the fleet counts it).
+    None,
 }
 
 /// The counting behind the limits: one call per event.
@@ -199,12 +280,9 @@ struct Table {
     last_sweep: u64,
 }
 
-/// The limiter of one isesctl process.
+/// The limiter of one isesctl process (and the local side of the fleet's).
 pub struct MemoryLimiter {
     limits: Limits,
-    connection_gcra: Option<Gcra>,
-    message_gcra: Option<Gcra>,
-    recipient_gcra: Option<Gcra>,
     /// The clock's zero (µs are counted from here).
     epoch: Instant,
     /// The same instant as Unix ms, for `show clients`' "last seen".
@@ -216,9 +294,6 @@ impl MemoryLimiter {
     pub fn new(limits: Limits) -> MemoryLimiter {
         MemoryLimiter {
             limits,
-            connection_gcra: limits.connection_rate.map(Gcra::full_burst),
-            message_gcra: limits.message_rate.map(Gcra::full_burst),
-            recipient_gcra: limits.recipient_rate.map(Gcra::full_burst),
             epoch: Instant::now(),
             epoch_unix_ms: mta_types::message::now_ms(),
             table: Mutex::new(Table {
@@ -237,8 +312,40 @@ impl MemoryLimiter {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Counts `event` under `limits` (the fleet's limiter passes the part it counts
+    /// here); `Err` counts a refusal.
+    pub fn count_under(
+        &self,
+        limits: &Limits,
+        client: ClientKey,
+        event: Event,
+    ) -> Result<(), Exceeded> {
+        self.count(limits, client, event, self.now_us())
+    }
+
+    /// A refusal decided elsewhere (by the fleet), for `show clients`.
+    pub fn note_refused(&self, client: ClientKey) {
+        let now = self.now_us();
+        let mut table = self.lock();
+        if table.clients.contains_key(&client) || table.clients.len() < MAX_CLIENTS {
+            let entry = table.clients.entry(client).or_default();
+            entry.refused += 1;
+            entry.last_seen = now;
+        }
+    }
+
     /// The check itself, under the lock (no await).
-    fn count(&self, client: ClientKey, event: Event, now: u64) -> Result<(), Exceeded> {
+    fn count(
+        &self,
+        limits: &Limits,
+        client: ClientKey,
+        event: Event,
+        now: u64,
+    ) -> Result<(), Exceeded> {
         let mut table = self.lock();
         if now.saturating_sub(table.last_sweep) >= SWEEP_EVERY.as_micros() as u64 {
             sweep(&mut table.clients, now, false);
@@ -250,37 +357,42 @@ impl MemoryLimiter {
         let entry = table.clients.entry(client).or_default();
         entry.last_seen = now;
         let verdict = match event {
-            Event::Connect => self.connect(entry, now),
-            Event::Message => rate(self.message_gcra, &mut entry.message_tat, now)
-                .map_err(|()| Exceeded::MessageRate(self.limits.message_rate.expect("set")))
-                .map(|()| entry.messages += 1),
-            Event::Recipient => rate(self.recipient_gcra, &mut entry.recipient_tat, now)
-                .map_err(|()| Exceeded::RecipientRate(self.limits.recipient_rate.expect("set")))
-                .map(|()| entry.recipients += 1),
+            Event::Connect => connect(limits, entry, now),
+            Event::Message => rate(limits.message_rate, &mut entry.message_tat, now)
+                .map_err(Exceeded::MessageRate)
+                .map(|()| entry.messages += 1)
+                .and_then(|()| recipient(limits, entry, now)),
+            Event::Recipient => recipient(limits, entry, now),
         };
         if verdict.is_err() {
             entry.refused += 1;
         }
         verdict
     }
-
-    fn connect(&self, entry: &mut Entry, now: u64) -> Result<(), Exceeded> {
-        let max = self.limits.max_connections;
-        if max > 0 && entry.open >= max {
-            return Err(Exceeded::Connections(max));
-        }
-        rate(self.connection_gcra, &mut entry.connection_tat, now)
-            .map_err(|()| Exceeded::ConnectionRate(self.limits.connection_rate.expect("set")))?;
-        entry.open += 1;
-        entry.connections += 1;
-        Ok(())
-    }
 }
 
-/// One event against an optional rate.
-fn rate(gcra: Option<Gcra>, tat: &mut u64, now: u64) -> Result<(), ()> {
-    match gcra {
-        Some(g) => g.check(tat, now).map_err(|_wait| ()),
+fn connect(limits: &Limits, entry: &mut Entry, now: u64) -> Result<(), Exceeded> {
+    let max = limits.max_connections;
+    if max > 0 && entry.open >= max {
+        return Err(Exceeded::Connections(max));
+    }
+    rate(limits.connection_rate, &mut entry.connection_tat, now)
+        .map_err(Exceeded::ConnectionRate)?;
+    entry.open += 1;
+    entry.connections += 1;
+    Ok(())
+}
+
+fn recipient(limits: &Limits, entry: &mut Entry, now: u64) -> Result<(), Exceeded> {
+    rate(limits.recipient_rate, &mut entry.recipient_tat, now)
+        .map_err(Exceeded::RecipientRate)
+        .map(|()| entry.recipients += 1)
+}
+
+/// One event against an optional rate; `Err` names the rate.
+fn rate(limit: Option<Rate>, tat: &mut u64, now: u64) -> Result<(), Rate> {
+    match limit {
+        Some(r) => Gcra::full_burst(r).check(tat, now).map_err(|_wait| r),
         None => Ok(()),
     }
 }
@@ -319,7 +431,7 @@ impl Limiter for MemoryLimiter {
         client: ClientKey,
         event: Event,
     ) -> impl Future<Output = Result<(), Exceeded>> + Send {
-        let verdict = self.count(client, event, self.now_us());
+        let verdict = self.count(&self.limits, client, event, self.now_us());
         std::future::ready(verdict)
     }
 
@@ -330,6 +442,13 @@ impl Limiter for MemoryLimiter {
     }
 
     fn busiest(&self, n: usize) -> ClientReport {
+        self.report(n, false)
+    }
+}
+
+impl MemoryLimiter {
+    /// `show clients`; `fleet`: the limits say how they are counted.
+    pub fn report(&self, n: usize, fleet: bool) -> ClientReport {
         let now = self.now_us();
         let table = self.lock();
         let mut rows: Vec<(&ClientKey, &Entry)> = table.clients.iter().collect();
@@ -339,7 +458,7 @@ impl Limiter for MemoryLimiter {
         let to_ms = |us: u64| self.epoch_unix_ms + us.saturating_sub(1_000_000) / 1000;
         ClientReport {
             tracked: table.clients.len() as u64,
-            limits: self.limits.described(),
+            limits: self.limits.described(fleet),
             rows: rows
                 .into_iter()
                 .take(n)
@@ -449,9 +568,8 @@ mod tests {
             l.check(c, Event::Message).await,
             Err(Exceeded::MessageRate(_))
         ));
-        for _ in 0..3 {
-            assert_eq!(l.check(c, Event::Recipient).await, Ok(()));
-        }
+        // Each message counted its first recipient too (the refused third did not).
+        assert_eq!(l.check(c, Event::Recipient).await, Ok(()));
         let e = l.check(c, Event::Recipient).await.unwrap_err();
         assert_eq!(
             e.reason(c),
@@ -468,7 +586,7 @@ mod tests {
         let now = l.now_us();
         for i in 0..(MAX_CLIENTS as u32 + 500) {
             let client = ClientKey::V4(Ipv4Addr::from(0x0a00_0000 + i));
-            assert_eq!(l.count(client, Event::Connect, now), Ok(()));
+            assert_eq!(l.count(&l.limits, client, Event::Connect, now), Ok(()));
             l.disconnected(client);
         }
         assert!(l.lock().clients.len() <= MAX_CLIENTS);

@@ -13,7 +13,7 @@
 //! 3. On the `listen` listener with `greet_pause` set: no banner for that long; a client
 //!    that sends anything meanwhile gets `554 5.5.1` and is dropped (pregreet test).
 //! 4. In the session: the message rate at each transaction's first RCPT and the recipient
-//!    rate at each RCPT (`421 4.7.0`, and the session ends); sending more after EHLO or
+//!    rate at each RCPT (with `[cluster] redis`, counted by the fleet: `fleet_limits.rs`) (`421 4.7.0`, and the session ends); sending more after EHLO or
 //!    HELO before its reply, or pipelining after HELO, with `forbid_unauth_pipelining`:
 //!    `554 5.5.0`, and the session ends.
 //!
@@ -27,8 +27,9 @@
 //! refusal is the policy's `qid=… reject: RCPT from [ip]: …` line). Counters:
 //! `Mail.Inbound.*` (see `mta_types::counters::DOOR`).
 
-use crate::client_limits::{Admitted, ClientKey, Event, Limiter as _, Limits, MemoryLimiter};
+use crate::client_limits::{Admitted, ClientKey, Event, Limiter as _, Limits};
 use crate::dnsbl::{DnsLists, Verdict};
+use crate::fleet_limits::ClientLimiter;
 use crate::intake::Intake;
 use mta_config::Config;
 use mta_ipc::clients::ClientReport;
@@ -48,7 +49,7 @@ pub const SHOW_CLIENTS: usize = 50;
 
 /// The door of one isesctl: shared by every session.
 pub struct Door {
-    limiter: Arc<MemoryLimiter>,
+    limiter: Arc<ClientLimiter>,
     lists: Option<Arc<DnsLists>>,
     greet_pause: Duration,
     forbid_pipelining: bool,
@@ -66,7 +67,7 @@ struct Untrusted {
     key: ClientKey,
     ip: IpAddr,
     /// Holds the session open in the limiter until dropped.
-    session: Admitted<MemoryLimiter>,
+    session: Admitted<ClientLimiter>,
     lists: Lists,
     strict_pipelining: bool,
     /// The transaction whose first RCPT counted as a message.
@@ -84,9 +85,16 @@ enum Lists {
 }
 
 impl Door {
-    pub fn new(config: &Config, intake: Intake) -> anyhow::Result<Door> {
+    /// `fleet`: the fleet's link when `[cluster] redis` is set (the shared per-client
+    /// limits are counted there).
+    pub fn new(
+        config: &Config,
+        intake: Intake,
+        fleet: Option<Arc<mta_limit::fleet::Fleet>>,
+    ) -> anyhow::Result<Door> {
+        let limits = Limits::from_config(&config.inbound);
         Ok(Door {
-            limiter: Arc::new(MemoryLimiter::new(Limits::from_config(&config.inbound))),
+            limiter: Arc::new(ClientLimiter::new(limits, fleet)),
             lists: DnsLists::new(config, intake.clone())?,
             greet_pause: config.inbound.greet_pause,
             forbid_pipelining: config.inbound.forbid_unauth_pipelining,
@@ -175,6 +183,11 @@ impl Door {
     pub fn clients(&self) -> ClientReport {
         self.limiter.busiest(SHOW_CLIENTS)
     }
+
+    /// The fleet link's status counters when the limits are the fleet's.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        self.limiter.counters()
+    }
 }
 
 /// Writes a refusal before the banner and shuts the connection down.
@@ -215,15 +228,14 @@ impl ClientPass {
     pub async fn rcpt(&mut self, qid: Option<QueueId>) -> Option<Reply> {
         let u = self.untrusted.as_mut()?;
         let limiter = u.session.limiter().clone();
-        let mut verdict = Ok(());
-        if u.counted != qid {
+        // The first RCPT counts the message and itself in one question.
+        let event = if u.counted != qid {
             u.counted = qid;
-            verdict = limiter.check(u.key, Event::Message).await;
-        }
-        if verdict.is_ok() {
-            verdict = limiter.check(u.key, Event::Recipient).await;
-        }
-        let exceeded = verdict.err()?;
+            Event::Message
+        } else {
+            Event::Recipient
+        };
+        let exceeded = limiter.check(u.key, event).await.err()?;
         // Logged by the caller with the transaction (qid, sender, recipient).
         let reply = Reply::client_limit(&u.hostname, &exceeded.reason(u.key));
         u.intake.count(counters::INBOUND_LIMIT_REFUSED);

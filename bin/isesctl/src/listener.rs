@@ -300,10 +300,12 @@ impl Inbound {
         } else {
             (TaskState::Running, self.listening_text())
         };
+        // With shared per-client limits: the fleet's link and its cost.
+        let counters = self.shared.door.counters();
         TaskStatus {
             state,
             current,
-            counters: Vec::new(),
+            counters,
             handlers: self.shared.table.rows(),
         }
     }

@@ -14,7 +14,11 @@
 //! A fleet peer (AUTH as `mta_smtp::handoff::PEER_USER` with `[cluster]
 //! peer_password_file`) may hand messages off with `XFLEET` (`handoff.rs`). Status: the listening
 //! addresses and one row per handler.
-//! Config: `hostname`, `local_domains`, `trusted_networks`, the directory, `[inbound]`;
+//! Per-client limits (`client_limits.rs`): with `[cluster] redis` those not written
+//! `local:` are counted by the fleet in Redis (`fleet_limits.rs`); status counters
+//! `redis_up`, `cluster_nodes_alive`, `redis_calls`, `redis_limit_calls`.
+//! Config: `hostname`, `local_domains`, `trusted_networks`, the directory, `[inbound]`,
+//! `[cluster]`;
 //! debug knobs SMTPDebug (connect/disconnect lines), SMTPDebugIO (protocol transcript).
 //! Mail authentication (`mail_auth.rs`): SPF, DKIM and DMARC results in an
 //! Authentication-Results header before the 250; `[inbound] dmarc_reject` refuses DMARC
@@ -30,6 +34,7 @@ mod auth;
 mod client_limits;
 mod dnsbl;
 mod door;
+mod fleet_limits;
 mod handler_table;
 mod handoff;
 mod intake;
@@ -72,7 +77,12 @@ impl Task for Isesctl {
         // The supervisor bound the listening sockets (ports below 1024 need root, which
         // we no longer have with `user =`); an address it did not pass is bound here.
         let passed = mta_ipc::listeners::take_passed()?;
-        let door = door::Door::new(config, intake.clone()).context("DNS lists")?;
+        // The fleet's link, when a per-client limit is shared (`fleet_limits.rs`).
+        let fleet = match client_limits::Limits::from_config(&config.inbound).any_shared() {
+            true => mta_task::fleet::join(config).await?,
+            false => None,
+        };
+        let door = door::Door::new(config, intake.clone(), fleet).context("DNS lists")?;
         let inbound = Inbound::new(ctx, intake, mail_auth, security.clone(), passed, door);
         inbound.listen().await?;
         Ok(Isesctl { inbound, security })

@@ -42,7 +42,7 @@ pub use error::ConfigError;
 pub use lmtp::{LmtpConfig, UserLmtp};
 pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
-pub use shaping::{LocalLimits, OnReply, ReplyAction, ShapingRule};
+pub use shaping::{LocalLimits, OnReply, ReplyAction, Scoped, ShapingRule};
 pub use tls::{OutboundTls, TlsConfig, TlsFiles, TlsPolicy};
 pub use values::{parse_duration, parse_size};
 
@@ -222,20 +222,23 @@ pub struct InboundConfig {
     /// `max_connections_per_client`: most simultaneous sessions from one client (an IPv4
     /// address, or an IPv6 /64), trusted_networks exempt; beyond: `421 4.7.0` and close.
     /// 0: no limit. Default 50 (Postfix's `smtpd_client_connection_count_limit`).
-    pub max_connections_per_client: u32,
+    /// Each per-client limit is counted across the fleet with `[cluster] redis`, unless
+    /// written `"local:…"` ([`Scoped`]).
+    #[serde(deserialize_with = "shaping::client_count")]
+    pub max_connections_per_client: Scoped<u32>,
     /// `max_connection_rate_per_client`: new sessions per client per period, e.g.
     /// `"60/min"` (a GCRA allowing the whole count at once, then one per period/count);
     /// `""`: no limit. Default `""`.
-    #[serde(deserialize_with = "values::optional_rate")]
-    pub max_connection_rate_per_client: Option<Rate>,
+    #[serde(deserialize_with = "shaping::client_rate")]
+    pub max_connection_rate_per_client: Scoped<Option<Rate>>,
     /// `max_message_rate_per_client`: transactions per client per period (counted at
     /// their first RCPT), as above. Default `""`.
-    #[serde(deserialize_with = "values::optional_rate")]
-    pub max_message_rate_per_client: Option<Rate>,
+    #[serde(deserialize_with = "shaping::client_rate")]
+    pub max_message_rate_per_client: Scoped<Option<Rate>>,
     /// `max_recipient_rate_per_client`: RCPT commands per client per period, as above.
     /// Default `""`.
-    #[serde(deserialize_with = "values::optional_rate")]
-    pub max_recipient_rate_per_client: Option<Rate>,
+    #[serde(deserialize_with = "shaping::client_rate")]
+    pub max_recipient_rate_per_client: Scoped<Option<Rate>>,
 }
 
 impl Default for InboundConfig {
@@ -264,10 +267,10 @@ impl Default for InboundConfig {
             dnsbl_threshold: 1,
             greet_pause: Duration::ZERO,
             forbid_unauth_pipelining: true,
-            max_connections_per_client: 50,
-            max_connection_rate_per_client: None,
-            max_message_rate_per_client: None,
-            max_recipient_rate_per_client: None,
+            max_connections_per_client: Scoped::shared(50),
+            max_connection_rate_per_client: Scoped::shared(None),
+            max_message_rate_per_client: Scoped::shared(None),
+            max_recipient_rate_per_client: Scoped::shared(None),
         }
     }
 }

@@ -87,26 +87,56 @@ fn is_local<T>(limit: Option<(T, bool)>) -> bool {
     limit.is_some_and(|(_, local)| local)
 }
 
-/// `4` or `"local:4"` (at least 1).
-fn scoped_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, bool)>, D::Error> {
+/// A limit that a fleet shares with `[cluster] redis`, unless written `"local:…"` (then
+/// each node counts it alone): the per-client limits of `[inbound]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scoped<T> {
+    pub limit: T,
+    /// Written `local:`: per node even in a fleet.
+    pub local: bool,
+}
+
+impl<T> Scoped<T> {
+    pub const fn shared(limit: T) -> Scoped<T> {
+        Scoped {
+            limit,
+            local: false,
+        }
+    }
+}
+
+/// `"local:X"` → (`X`, true); anything else → (itself, false).
+fn split_local(s: &str) -> (&str, bool) {
+    match s.trim().strip_prefix("local:") {
+        Some(rest) => (rest.trim(), true),
+        None => (s.trim(), false),
+    }
+}
+
+/// `4` or `"local:4"`, any count (0 included).
+fn any_scoped_count<'de, D: Deserializer<'de>>(d: D) -> Result<(u32, bool), D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Count {
         N(u32),
         S(String),
     }
-    let (n, local) = match Count::deserialize(d)? {
-        Count::N(n) => (n, false),
+    match Count::deserialize(d)? {
+        Count::N(n) => Ok((n, false)),
         Count::S(s) => {
-            let body = s.trim().strip_prefix("local:").ok_or_else(|| {
-                de::Error::custom(format!("`{s}` is not a count (`4` or `\"local:4\"`)"))
-            })?;
-            let n = body.trim().parse::<u32>().map_err(|_| {
-                de::Error::custom(format!("`{s}` is not a count (`4` or `\"local:4\"`)"))
-            })?;
-            (n, true)
+            let bad = || de::Error::custom(format!("`{s}` is not a count (`4` or `\"local:4\"`)"));
+            let (body, local) = split_local(&s);
+            if !local {
+                return Err(bad());
+            }
+            Ok((body.parse::<u32>().map_err(|_| bad())?, true))
         }
-    };
+    }
+}
+
+/// `4` or `"local:4"` (at least 1).
+fn scoped_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, bool)>, D::Error> {
+    let (n, local) = any_scoped_count(d)?;
     if n == 0 {
         return Err(de::Error::custom("must be at least 1"));
     }
@@ -116,13 +146,34 @@ fn scoped_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, bool)>, 
 /// `"300/min"` or `"local:300/min"`.
 fn scoped_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Rate, bool)>, D::Error> {
     crate::values::parse_str(d, |s| {
-        let (body, local) = match s.trim().strip_prefix("local:") {
-            Some(rest) => (rest.trim(), true),
-            None => (s, false),
-        };
+        let (body, local) = split_local(s);
         body.parse::<Rate>()
             .map(|r| Some((r, local)))
             .map_err(|e| e.to_string())
+    })
+}
+
+/// A per-client count: `50`, `"local:50"`; 0: no limit.
+pub(crate) fn client_count<'de, D: Deserializer<'de>>(d: D) -> Result<Scoped<u32>, D::Error> {
+    let (limit, local) = any_scoped_count(d)?;
+    Ok(Scoped { limit, local })
+}
+
+/// A per-client rate: `"60/min"`, `"local:60/min"`, or `""` for none.
+pub(crate) fn client_rate<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Scoped<Option<Rate>>, D::Error> {
+    crate::values::parse_str(d, |s| {
+        let (body, local) = split_local(s);
+        if body.is_empty() {
+            return Ok(Scoped::default());
+        }
+        body.parse::<Rate>()
+            .map(|r| Scoped {
+                limit: Some(r),
+                local,
+            })
+            .map_err(|e| format!("{e}, or \"\" for no limit"))
     })
 }
 

@@ -674,12 +674,31 @@ fn door_keys_load_and_bad_values_are_located() {
     assert_eq!(
         c.inbound
             .max_connection_rate_per_client
+            .limit
             .unwrap()
             .to_string(),
         "60/min"
     );
-    assert_eq!(c.inbound.max_message_rate_per_client, None);
-    assert_eq!(c.inbound.max_connections_per_client, 50);
+    assert_eq!(c.inbound.max_message_rate_per_client.limit, None);
+    assert_eq!(c.inbound.max_connections_per_client.limit, 50);
+    assert!(!c.inbound.max_connections_per_client.local);
+    let f = Fixture::new(
+        "[inbound]\nmax_connections_per_client = \"local:7\"\nmax_message_rate_per_client = \"local:60/min\"\n",
+        Some(DIRECTORY),
+    );
+    let c = f.load().unwrap();
+    assert_eq!(
+        c.inbound.max_connections_per_client,
+        Scoped {
+            limit: 7,
+            local: true
+        }
+    );
+    let rate = c.inbound.max_message_rate_per_client;
+    assert!(
+        rate.local && rate.limit.unwrap().to_string() == "60/min",
+        "{rate:?}"
+    );
     assert!(c.inbound.forbid_unauth_pipelining);
 
     let (e, file) =

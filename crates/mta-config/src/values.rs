@@ -309,20 +309,6 @@ fn valid_host_port(s: &str) -> bool {
             .is_ok_and(|d| !d.is_address_literal())
 }
 
-/// A rate (`"60/min"`, see `mta_types::rate::Rate`), or `""` for none.
-pub fn optional_rate<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<mta_types::rate::Rate>, D::Error> {
-    parse_str(d, |s| {
-        if s.trim().is_empty() {
-            return Ok(None);
-        }
-        s.parse()
-            .map(Some)
-            .map_err(|e| format!("{e}, or \"\" for no limit"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,6 +88,27 @@ static LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("leas
 static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("renew.lua")));
 static BEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("heartbeat.lua")));
 static ALIVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("alive.lua")));
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
+
+/// One rate of a [`Fleet::admit`] call: GCRA under `rate` with a burst of `burst`; a key
+/// not seen yet may spend its burst at once.
+#[derive(Clone, Debug)]
+pub struct RateCheck {
+    pub key: String,
+    pub rate: Rate,
+    pub burst: u32,
+}
+
+/// The answer to a [`Fleet::admit`] call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Every limit allowed, and counted; the lease's id when one was asked for (give it
+    /// back with [`Fleet::release_lease`]).
+    Allowed { lease: Option<String> },
+    /// The limit at `index` refused (`index` = the number of rates: the lease); nothing
+    /// was counted. `wait`: until the rate allows (zero for the lease).
+    Refused { index: usize, wait: Duration },
+}
 
 pub struct Fleet {
     settings: FleetSettings,
@@ -353,6 +374,55 @@ impl Fleet {
             .expect("fleet lock")
             .insert(id.clone(), zset);
         Some(Some(id))
+    }
+
+    /// Several limits in one round trip, all or nothing: every rate of `rates` and, with
+    /// `lease` = `(key, slots)`, one of `slots` fleet-wide leases of `key` (renewed like
+    /// [`Fleet::take_lease`]'s). `None` when Redis cannot answer.
+    pub async fn admit(
+        &self,
+        rates: &[RateCheck],
+        lease: Option<(&str, u32)>,
+    ) -> Option<Admission> {
+        let n = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}:{}:{n}", self.settings.node, std::process::id());
+        let zset = lease.map(|(key, _)| format!("{PREFIX}lease:{key}"));
+        let mut inv = ADMIT.prepare_invoke();
+        inv.arg(rates.len())
+            .arg(lease.map_or(0, |(_, slots)| slots.max(1)))
+            .arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(&id);
+        for check in rates {
+            let period_us = u64::try_from(check.rate.period.as_micros()).unwrap_or(u64::MAX);
+            let interval = (period_us / u64::from(check.rate.count.max(1))).max(1);
+            inv.key(format!("{PREFIX}rate:{}", check.key))
+                .arg(interval)
+                .arg(interval.saturating_mul(u64::from(check.burst.max(1) - 1)));
+        }
+        if let Some(z) = &zset {
+            inv.key(z);
+        }
+        let (refused, wait_us): (usize, u64) = self
+            .limit_call(
+                "limits",
+                |mut c| async move { inv.invoke_async(&mut c).await },
+            )
+            .await?;
+        if refused > 0 {
+            let wait = Duration::from_micros(wait_us);
+            return Some(Admission::Refused {
+                index: refused - 1,
+                wait,
+            });
+        }
+        let lease = zset.map(|z| {
+            self.leases
+                .lock()
+                .expect("fleet lock")
+                .insert(id.clone(), z);
+            id
+        });
+        Some(Admission::Allowed { lease })
     }
 
     /// Gives a lease back (in the background; if Redis is away it lapses by its TTL).

@@ -113,3 +113,55 @@ async fn leases_and_rates_are_shared_and_fall_back_to_local_shares() {
     }
     assert!(lb.lease("site3", 1).await.is_none(), "shared again");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn admit_counts_several_limits_in_one_call_all_or_nothing() {
+    use mta_limit::fleet::{Admission, RateCheck};
+    let redis = Redis::start();
+    let (a, b) = (node(&redis, "a"), node(&redis, "b"));
+    assert!(a.connect().await && b.connect().await);
+    let rate: Rate = "3/h".parse().unwrap();
+    let checks = |key: &str| {
+        vec![RateCheck {
+            key: key.into(),
+            rate,
+            burst: rate.count,
+        }]
+    };
+    // A new key spends its whole burst at once, shared by both nodes.
+    for node in [&a, &b, &a] {
+        let got = node.admit(&checks("c"), Some(("c", 2))).await.unwrap();
+        let Admission::Allowed { lease: Some(id) } = got else {
+            panic!("{got:?}")
+        };
+        node.release_lease(id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match b.admit(&checks("c"), None).await.unwrap() {
+        Admission::Refused { index: 0, wait } => {
+            assert!(wait > Duration::from_secs(1000), "{wait:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The lease refuses: the rate of another key is not counted.
+    let other = checks("d");
+    assert!(matches!(
+        a.admit(&[], Some(("full", 1))).await,
+        Some(Admission::Allowed { lease: Some(_) })
+    ));
+    assert_eq!(
+        b.admit(&other, Some(("full", 1))).await,
+        Some(Admission::Refused {
+            index: 1,
+            wait: Duration::ZERO
+        })
+    );
+    for _ in 0..3 {
+        assert!(matches!(
+            b.admit(&other, None).await,
+            Some(Admission::Allowed { lease: None })
+        ));
+    }
+    // One round trip each: 3 admitted and their 3 releases, then 1 + 1 + 1 + 3.
+    assert_eq!(a.limit_round_trips() + b.limit_round_trips(), 3 + 3 + 6);
+}
