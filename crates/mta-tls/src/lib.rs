@@ -260,6 +260,35 @@ impl Observer {
     }
 }
 
+/// The handshake-signature methods of a `ServerCertVerifier`, the same for every verifier
+/// here whatever it makes of the certificate: the signatures are checked with the crypto
+/// provider that `$provider` names (an `Arc<CryptoProvider>`; `$this` is `self`).
+macro_rules! handshake_signatures {
+    ($this:ident => $provider:expr) => {
+        $crate::handshake_signatures!(@check verify_tls12_signature, $this => $provider);
+        $crate::handshake_signatures!(@check verify_tls13_signature, $this => $provider);
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            let $this = self;
+            $provider.signature_verification_algorithms.supported_schemes()
+        }
+    };
+    // One of the two checks, by the name that trait method and rustls function share.
+    (@check $method:ident, $this:ident => $provider:expr) => {
+        fn $method(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let $this = self;
+            let algorithms = &$provider.signature_verification_algorithms;
+            rustls::crypto::$method(message, cert, dss, algorithms)
+        }
+    };
+}
+pub(crate) use handshake_signatures;
+
 #[derive(Debug)]
 struct Observing {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
@@ -288,27 +317,7 @@ impl ServerCertVerifier for Observing {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.any.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.any.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.any.supported_verify_schemes()
-    }
+    handshake_signatures!(this => this.any.0);
 }
 
 /// Opportunistic TLS (`may`, `encrypt`): any certificate is taken — MX hosts commonly
@@ -330,37 +339,7 @@ impl ServerCertVerifier for AnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    handshake_signatures!(this => this.0);
 }
 
 #[cfg(test)]
