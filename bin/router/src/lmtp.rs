@@ -81,6 +81,14 @@ impl Server {
         }
         None
     }
+
+    /// Keeps a connection for the next message, if the server lets it be reused.
+    fn keep(&self, client: LmtpClient, reusable: bool) {
+        if reusable {
+            let mut idle = self.idle.lock().expect("lmtp lock");
+            idle.push((client, Instant::now()));
+        }
+    }
 }
 
 /// One message for one server: which of its LMTP mailboxes, and what to send.
@@ -255,7 +263,7 @@ async fn run(pool: &Pool, job: &Job, spool_dir: &std::path::Path, debug: u8) -> 
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) if e.is_missing() => return JobEnd::ContentMissing(e.to_string()),
         Ok(Err(e)) => return all(deferred((4, 3, 0), format!("cannot read the content: {e}"))),
-        Err(e) => return all(deferred((4, 3, 0), e)),
+        Err(e) => return all(deferred((4, 3, 0), e.to_string())),
     };
     let tx = Transaction {
         mail_from: &job.mail_from,
@@ -287,13 +295,7 @@ async fn transfer(
     if let Some(mut client) = server.take_idle() {
         let t = client.deliver(tx).await;
         if t.error.is_none() || t.content_sent || t.replies.iter().any(Option::is_some) {
-            if t.reusable {
-                server
-                    .idle
-                    .lock()
-                    .expect("lmtp lock")
-                    .push((client, Instant::now()));
-            }
+            server.keep(client, t.reusable);
             return Ok(t);
         }
         // The server dropped the idle connection: a new one below.
@@ -309,13 +311,7 @@ async fn transfer(
     .await?;
     pool.opened.fetch_add(1, Ordering::Relaxed);
     let t = client.deliver(tx).await;
-    if t.reusable {
-        server
-            .idle
-            .lock()
-            .expect("lmtp lock")
-            .push((client, Instant::now()));
-    }
+    server.keep(client, t.reusable);
     Ok(t)
 }
 
