@@ -1,26 +1,35 @@
 //! `show clients` as text: one row per client (an IPv4 address or an IPv6 /64), busiest
 //! first, then the limits in force.
 
+use crate::table::Table;
 use mta_ipc::clients::ClientReport;
 use mta_types::message::age_label as age;
 
 pub fn text(r: &ClientReport) -> String {
-    let mut out = format!(
-        "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {}\n",
-        "Client", "Open", "Sessions", "Messages", "Recipients", "Refused", "Last seen"
-    );
+    const COLS: &str = "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {}";
+    let header = [
+        "Client",
+        "Open",
+        "Sessions",
+        "Messages",
+        "Recipients",
+        "Refused",
+        "Last seen",
+    ];
+    let mut t = Table::new(COLS, &header);
     for c in &r.rows {
-        out.push_str(&format!(
-            "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {} ago\n",
-            c.client,
-            c.open,
-            c.connections,
-            c.messages,
-            c.recipients,
-            c.refused,
-            age(Some(c.last_seen_ms))
-        ));
+        let seen = format!("{} ago", age(Some(c.last_seen_ms)));
+        t.row(&[
+            &c.client,
+            &c.open,
+            &c.connections,
+            &c.messages,
+            &c.recipients,
+            &c.refused,
+            &seen,
+        ]);
     }
+    let mut out = t.out;
     if r.rows.is_empty() {
         out.push_str("No untrusted client seen lately (trusted_networks are not counted).\n");
     }

@@ -12,6 +12,7 @@
 mod clients;
 mod fleet;
 mod render;
+mod table;
 
 /// `eprintln!` that never panics: a console whose stderr is closed has no one to tell.
 macro_rules! note {
@@ -282,72 +283,67 @@ async fn interactive(config: &Target, json: bool) -> ExitCode {
         if matches!(line, "exit" | "bye") {
             break;
         }
-        let (line, json_once) = json_suffix(line);
-        let json = json || json_once;
-        let command = match ConsoleCommand::parse(&line) {
-            Ok(c) => c,
-            Err(e) => {
-                if out(&e).is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        if command == ConsoleCommand::Help {
-            let help = format!("{}\nexit  leave the console", mta_ipc::console::help_text());
-            if out(&help).is_err() {
-                break;
-            }
-            continue;
-        }
-        let confirm = match &command {
-            ConsoleCommand::Delete { qid } => Some(qid.clone()),
-            ConsoleCommand::Bulk {
-                op: mta_ipc::store::BulkOp::Delete,
-                domain,
-            } => Some(format!("all mail for {domain}")),
-            _ => None,
-        };
-        if let Some(what) = confirm {
-            let answer = editor.readline(&format!("delete {what}? [y/N] "));
-            if !matches!(
-                answer.as_deref().map(str::trim),
-                Ok("y" | "Y" | "yes" | "YES")
-            ) {
-                if out("not deleted").is_err() {
-                    break;
-                }
-                continue;
-            }
-        }
-        if client.is_none() {
-            match connect(config).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    if out(&e).is_err() {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        let c = client.as_mut().expect("connected above");
-        match ask(c, command).await {
-            Ok(reply) => {
-                if print_reply(&reply, json).is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                client = None;
-                if out(&format!("no reply from smtpmta: {e}")).is_err() {
-                    break;
-                }
-            }
+        if answer(&mut editor, &mut client, config, line, json)
+            .await
+            .is_err()
+        {
+            break;
         }
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
     ExitCode::SUCCESS
+}
+
+/// One line typed at the console: parsed, confirmed if it deletes, sent (connecting first
+/// if need be), and its reply printed. `Err`: our output is gone, the console ends.
+async fn answer(
+    editor: &mut rustyline::DefaultEditor,
+    client: &mut Option<SupervisorClient>,
+    config: &Target,
+    line: &str,
+    json: bool,
+) -> Result<(), Closed> {
+    let (line, json_once) = json_suffix(line);
+    let json = json || json_once;
+    let command = match ConsoleCommand::parse(&line) {
+        Ok(c) => c,
+        Err(e) => return out(&e),
+    };
+    if command == ConsoleCommand::Help {
+        let help = format!("{}\nexit  leave the console", mta_ipc::console::help_text());
+        return out(&help);
+    }
+    let confirm = match &command {
+        ConsoleCommand::Delete { qid } => Some(qid.clone()),
+        ConsoleCommand::Bulk {
+            op: mta_ipc::store::BulkOp::Delete,
+            domain,
+        } => Some(format!("all mail for {domain}")),
+        _ => None,
+    };
+    if let Some(what) = confirm {
+        let answer = editor.readline(&format!("delete {what}? [y/N] "));
+        if !matches!(
+            answer.as_deref().map(str::trim),
+            Ok("y" | "Y" | "yes" | "YES")
+        ) {
+            return out("not deleted");
+        }
+    }
+    if client.is_none() {
+        match connect(config).await {
+            Ok(c) => *client = Some(c),
+            Err(e) => return out(&e),
+        }
+    }
+    let c = client.as_mut().expect("connected above");
+    match ask(c, command).await {
+        Ok(reply) => print_reply(&reply, json).map(|_| ()),
+        Err(e) => {
+            *client = None;
+            out(&format!("no reply from smtpmta: {e}"))
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Console replies as text for people and as JSON for scripts.
 
-use mta_ipc::console::ConsoleReply;
+use crate::table::Table;
+use mta_ipc::console::{ConsoleReply, QueueReport, ServerInfo, TaskRow, TaskTime};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, RcptStatus};
 use serde_json::{json, Value};
@@ -9,115 +10,10 @@ use mta_types::message::age_label as age;
 
 pub fn to_text(reply: &ConsoleReply) -> String {
     match reply {
-        ConsoleReply::Tasks(rows) => {
-            let mut out = format!(
-                "{:<10} {:>8}  {:<11} {:<30} {:>7}  {}\n",
-                "Task", "Pid", "State", "Description", "Since", "Status"
-            );
-            for r in rows {
-                let name = if r.parent.is_some() {
-                    format!("  {}", r.name)
-                } else {
-                    r.name.clone()
-                };
-                let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-                out.push_str(&format!(
-                    "{:<10} {:>8}  {:<11} {:<30} {:>7}  {}\n",
-                    name,
-                    pid,
-                    r.state,
-                    r.description,
-                    age(r.since_ms),
-                    r.detail
-                ));
-            }
-            out.trim_end().to_string()
-        }
-        ConsoleReply::TaskTimes(rows) => {
-            let mut out = format!(
-                "{:<10} {:>8}  {:<20} {:>10}  {:>10} {:>9} {:>9}\n",
-                "Task", "Pid", "Started (UTC)", "Uptime", "CPU", "User", "System"
-            );
-            let secs = |ms: Option<u64>| {
-                ms.map(|m| format!("{}.{:02}s", m / 1000, m % 1000 / 10))
-                    .unwrap_or_else(|| "-".into())
-            };
-            for r in rows {
-                let (name, cpu) = match &r.parent {
-                    Some(p) => (format!("  {}", r.name), format!("(in {p})")),
-                    None => (r.name.clone(), secs(r.cpu_ms)),
-                };
-                out.push_str(&format!(
-                    "{:<10} {:>8}  {:<20} {:>10}  {:>10} {:>9} {:>9}\n",
-                    name,
-                    r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                    r.started_ms.map(utc).unwrap_or_else(|| "-".into()),
-                    r.uptime_secs.map(uptime).unwrap_or_else(|| "-".into()),
-                    cpu,
-                    secs(r.user_ms),
-                    secs(r.system_ms),
-                ));
-            }
-            out.trim_end().to_string()
-        }
-        ConsoleReply::Queue(q) => {
-            let mut out = format!("{:<22} {:<14} {:>6}\n", "State", "Queue", "Msgs");
-            for (state, queue, n) in &q.counts {
-                out.push_str(&format!("{state:<22} {queue:<14} {n:>6}\n"));
-            }
-            if !q.parked.is_empty() {
-                out.push_str(&format!(
-                    "\n{:<13}  {:<16} {:>8}  {:<30} {}\n",
-                    "Queue ID", "State", "Size", "From", "Reason"
-                ));
-                for m in &q.parked {
-                    out.push_str(&format!(
-                        "{:<13}  {:<16} {:>8}  {:<30} {}\n",
-                        m.qid,
-                        m.state,
-                        m.size,
-                        format!("<{}>", m.from),
-                        m.note
-                    ));
-                }
-            }
-            if q.parked_more > 0 {
-                out.push_str(&format!(
-                    "… and {} more parked messages (see the counts above)\n",
-                    q.parked_more
-                ));
-            }
-            out.trim_end().to_string()
-        }
-        ConsoleReply::Server(s) => {
-            let when = |ms: u64| {
-                if ms == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{} ago", age(Some(ms)))
-                }
-            };
-            format!(
-                "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nSpool size:       {} bytes\nElapsed time:     {}\nPending mail:     {}\nDead mail:        {}\nHeld mail:        {}\nSessions:         {} (peak {}, {})\nTransactions:     last minute {}, last hour {}, peak {} in a minute ({})",
-                s.hostname,
-                s.version,
-                s.pid,
-                s.config,
-                s.data_dir,
-                s.spool_bytes,
-                age(Some(s.started_ms)),
-                s.pending_mail,
-                s.dead_mail,
-                s.held_mail,
-                s.sessions,
-                s.sessions_peak,
-                when(s.sessions_peak_ms),
-                s.transactions_minute,
-                s.transactions_hour,
-                s.transactions_peak,
-                when(s.transactions_peak_ms),
-            )
-        }
+        ConsoleReply::Tasks(rows) => tasks_text(rows),
+        ConsoleReply::TaskTimes(rows) => task_times_text(rows),
+        ConsoleReply::Queue(q) => queue_text(q),
+        ConsoleReply::Server(s) => server_text(s),
         ConsoleReply::Stats(stats) => {
             let width = stats.iter().map(|s| s.name.len()).max().unwrap_or(0);
             stats
@@ -152,6 +48,116 @@ pub fn to_text(reply: &ConsoleReply) -> String {
         ConsoleReply::Text(t) => t.clone(),
         ConsoleReply::Error(e) => e.clone(),
     }
+}
+
+/// `show tasks`: a row per task, its handlers indented under it.
+fn tasks_text(rows: &[TaskRow]) -> String {
+    const COLS: &str = "{:<10} {:>8}  {:<11} {:<30} {:>7}  {}";
+    let header = ["Task", "Pid", "State", "Description", "Since", "Status"];
+    let mut t = Table::new(COLS, &header);
+    for r in rows {
+        let name = if r.parent.is_some() {
+            format!("  {}", r.name)
+        } else {
+            r.name.clone()
+        };
+        let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let since = age(r.since_ms);
+        t.row(&[&name, &pid, &r.state, &r.description, &since, &r.detail]);
+    }
+    t.out.trim_end().to_string()
+}
+
+/// `show task time`: each process's start, uptime and CPU times.
+fn task_times_text(rows: &[TaskTime]) -> String {
+    const COLS: &str = "{:<10} {:>8}  {:<20} {:>10}  {:>10} {:>9} {:>9}";
+    let header = [
+        "Task",
+        "Pid",
+        "Started (UTC)",
+        "Uptime",
+        "CPU",
+        "User",
+        "System",
+    ];
+    let mut t = Table::new(COLS, &header);
+    let secs = |ms: Option<u64>| {
+        ms.map(|m| format!("{}.{:02}s", m / 1000, m % 1000 / 10))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in rows {
+        let (name, cpu) = match &r.parent {
+            Some(p) => (format!("  {}", r.name), format!("(in {p})")),
+            None => (r.name.clone(), secs(r.cpu_ms)),
+        };
+        t.row(&[
+            &name,
+            &r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            &r.started_ms.map(utc).unwrap_or_else(|| "-".into()),
+            &r.uptime_secs.map(uptime).unwrap_or_else(|| "-".into()),
+            &cpu,
+            &secs(r.user_ms),
+            &secs(r.system_ms),
+        ]);
+    }
+    t.out.trim_end().to_string()
+}
+
+/// `show queue`: the counts, then the first page of each parked state.
+fn queue_text(q: &QueueReport) -> String {
+    const COUNTS: &str = "{:<22} {:<14} {:>6}";
+    const PARKED: &str = "{:<13}  {:<16} {:>8}  {:<30} {}";
+    let mut t = Table::new(COUNTS, &["State", "Queue", "Msgs"]);
+    for (state, queue, n) in &q.counts {
+        t.row(&[state, queue, n]);
+    }
+    let mut out = t.out;
+    if !q.parked.is_empty() {
+        let mut t = Table::new(PARKED, &["Queue ID", "State", "Size", "From", "Reason"]);
+        for m in &q.parked {
+            t.row(&[&m.qid, &m.state, &m.size, &format!("<{}>", m.from), &m.note]);
+        }
+        out.push('\n');
+        out.push_str(&t.out);
+    }
+    if q.parked_more > 0 {
+        out.push_str(&format!(
+            "… and {} more parked messages (see the counts above)\n",
+            q.parked_more
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// `show server`.
+fn server_text(s: &ServerInfo) -> String {
+    let when = |ms: u64| {
+        if ms == 0 {
+            "-".to_string()
+        } else {
+            format!("{} ago", age(Some(ms)))
+        }
+    };
+    format!(
+        "Server name:      {}\nVersion:          smtpmta {}\nSupervisor pid:   {}\nConfiguration:    {}\nData directory:   {}\nSpool size:       {} bytes\nElapsed time:     {}\nPending mail:     {}\nDead mail:        {}\nHeld mail:        {}\nSessions:         {} (peak {}, {})\nTransactions:     last minute {}, last hour {}, peak {} in a minute ({})",
+        s.hostname,
+        s.version,
+        s.pid,
+        s.config,
+        s.data_dir,
+        s.spool_bytes,
+        age(Some(s.started_ms)),
+        s.pending_mail,
+        s.dead_mail,
+        s.held_mail,
+        s.sessions,
+        s.sessions_peak,
+        when(s.sessions_peak_ms),
+        s.transactions_minute,
+        s.transactions_hour,
+        s.transactions_peak,
+        when(s.transactions_peak_ms),
+    )
 }
 
 pub fn to_json(reply: &ConsoleReply) -> Value {
@@ -202,11 +208,17 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
 
 /// `tell router show`, laid out like Domino's: a row per destination, then the threads.
 fn router_text(r: &mta_ipc::transfers::RouterReport) -> String {
+    const COLS: &str = "{:<28} {:<9} {:>6}  {:<22} {:<12} {}";
     let now = now_ms();
-    let mut out = format!(
-        "{:<28} {:<9} {:>6}  {:<22} {:<12} {}\n",
-        "Destination", "State", "Msgs", "Via", "Next retry", "Last error"
-    );
+    let header = [
+        "Destination",
+        "State",
+        "Msgs",
+        "Via",
+        "Next retry",
+        "Last error",
+    ];
+    let mut t = Table::new(COLS, &header);
     for d in &r.destinations {
         let next = match d.next_retry_ms {
             Some(ms) if ms > now => format!("in {}s", (ms - now).div_ceil(1000)),
@@ -218,16 +230,10 @@ fn router_text(r: &mta_ipc::transfers::RouterReport) -> String {
             (s, "") => format!("[{s}]"),
             (s, e) => format!("[{s}] {e}"),
         };
-        out.push_str(&format!(
-            "{:<28} {:<9} {:>6}  {:<22} {:<12} {}\n",
-            d.destination,
-            d.state.as_str(),
-            d.messages,
-            d.via,
-            next,
-            last
-        ));
+        let state = d.state.as_str();
+        t.row(&[&d.destination, &state, &d.messages, &d.via, &next, &last]);
     }
+    let mut out = t.out;
     if r.destinations.is_empty() {
         out.push_str("No destinations pending.\n");
     }
@@ -319,19 +325,7 @@ fn message_text(r: &MessageRecord) -> String {
         let _ = writeln!(out, "ENVID:        {envid}");
     }
     if let Some(f) = &r.fields {
-        for (name, value) in [
-            ("From", &f.from),
-            ("To", &f.to),
-            ("Cc", &f.cc),
-            ("Subject", &f.subject),
-            ("Date", &f.date),
-            ("Message-ID", &f.message_id),
-            ("Auth-Results", &f.authentication_results),
-        ] {
-            if let Some(v) = value {
-                let _ = writeln!(out, "{:<13} {v}", format!("{name}:"));
-            }
-        }
+        field_lines(&mut out, f);
     }
     let route: Vec<String> = r
         .trace
@@ -347,49 +341,78 @@ fn message_text(r: &MessageRecord) -> String {
     );
     let _ = writeln!(out, "Recipients:");
     for rc in &r.recipients {
-        let status = match &rc.status {
-            RcptStatus::Pending => match rc.next_retry {
-                Some(t) if t > now_ms() => {
-                    format!("pending, next try in {}s", (t - now_ms()).div_ceil(1000))
-                }
-                _ => "pending".into(),
-            },
-            RcptStatus::Delivered { at, mailbox } => format!("delivered {} ({mailbox})", time(*at)),
-            RcptStatus::Expanded { at, to } => {
-                let to: Vec<String> = to.iter().map(ToString::to_string).collect();
-                format!("alias expanded {} to {}", time(*at), to.join(", "))
-            }
-            RcptStatus::Relayed { at, host, reply } => {
-                format!("relayed {} to {host}: {reply}", time(*at))
-            }
-            RcptStatus::Failed { at, status, reply } => {
-                // Our own verdicts carry the same status: print it once.
-                let said = if reply.code.is_none() && reply.status.as_ref() == Some(status) {
-                    reply.text.clone()
-                } else {
-                    reply.to_string()
-                };
-                format!("failed {} {status}: {said}", time(*at))
-            }
-        };
+        let status = rcpt_status(rc);
         let orcpt = rc
             .orcpt
             .as_deref()
             .map(|o| format!(" (ORCPT {o})"))
             .unwrap_or_default();
         let _ = writeln!(out, "  <{}>{orcpt}: {status}", rc.address);
-        for a in &rc.attempts {
-            let _ = writeln!(
-                out,
-                "    attempt {}: {} {}: {}",
-                time(a.at),
-                a.host,
-                a.outcome.label(),
-                a.outcome
-            );
-        }
+        attempt_lines(&mut out, &rc.attempts);
     }
     out.trim_end().to_string()
+}
+
+/// The header fields the conversion kept, in `show message`.
+fn field_lines(out: &mut String, f: &mta_types::message::ParsedFields) {
+    use std::fmt::Write as _;
+    for (name, value) in [
+        ("From", &f.from),
+        ("To", &f.to),
+        ("Cc", &f.cc),
+        ("Subject", &f.subject),
+        ("Date", &f.date),
+        ("Message-ID", &f.message_id),
+        ("Auth-Results", &f.authentication_results),
+    ] {
+        if let Some(v) = value {
+            let _ = writeln!(out, "{:<13} {v}", format!("{name}:"));
+        }
+    }
+}
+
+/// A queued recipient's state in `show message`.
+fn rcpt_status(rc: &mta_types::Recipient) -> String {
+    match &rc.status {
+        RcptStatus::Pending => match rc.next_retry {
+            Some(t) if t > now_ms() => {
+                format!("pending, next try in {}s", (t - now_ms()).div_ceil(1000))
+            }
+            _ => "pending".into(),
+        },
+        RcptStatus::Delivered { at, mailbox } => format!("delivered {} ({mailbox})", time(*at)),
+        RcptStatus::Expanded { at, to } => {
+            let to: Vec<String> = to.iter().map(ToString::to_string).collect();
+            format!("alias expanded {} to {}", time(*at), to.join(", "))
+        }
+        RcptStatus::Relayed { at, host, reply } => {
+            format!("relayed {} to {host}: {reply}", time(*at))
+        }
+        RcptStatus::Failed { at, status, reply } => {
+            // Our own verdicts carry the same status: print it once.
+            let said = if reply.code.is_none() && reply.status.as_ref() == Some(status) {
+                reply.text.clone()
+            } else {
+                reply.to_string()
+            };
+            format!("failed {} {status}: {said}", time(*at))
+        }
+    }
+}
+
+/// A recipient's attempts under it, in `show message` (queued or from the history).
+fn attempt_lines(out: &mut String, attempts: &[mta_types::message::Attempt]) {
+    use std::fmt::Write as _;
+    for a in attempts {
+        let _ = writeln!(
+            out,
+            "    attempt {}: {} {}: {}",
+            time(a.at),
+            a.host,
+            a.outcome.label(),
+            a.outcome
+        );
+    }
 }
 
 /// `show message` of a message that left the queue: its tracking history.
@@ -435,16 +458,7 @@ fn history_text(h: &mta_types::tracking::TrackEntry) -> String {
         if skipped > 0 {
             let _ = writeln!(out, "    ({skipped} earlier attempts not kept)");
         }
-        for a in &r.attempts {
-            let _ = writeln!(
-                out,
-                "    attempt {}: {} {}: {}",
-                time(a.at),
-                a.host,
-                a.outcome.label(),
-                a.outcome
-            );
-        }
+        attempt_lines(&mut out, &r.attempts);
     }
     if h.more_recipients > 0 {
         let _ = writeln!(out, "  … and {} more recipients", h.more_recipients);
