@@ -21,34 +21,23 @@ struct Series {
 
 /// The two charts for one span (`hour` or `day`): traffic per minute, and the queue.
 pub fn span(id: &str, title: &str, minutes: &[Minute]) -> String {
-    let pick = |f: fn(&Minute) -> u64| minutes.iter().map(f).collect::<Vec<u64>>();
-    let traffic = [
-        Series {
-            label: "received",
-            color: "#05a",
-            values: pick(|m| m.received),
-        },
-        Series {
-            label: "delivered",
-            color: "#070",
-            values: pick(|m| m.delivered),
-        },
-        Series {
-            label: "deferred",
-            color: "#d80",
-            values: pick(|m| m.deferred),
-        },
-        Series {
-            label: "bounced",
-            color: "#b00",
-            values: pick(|m| m.bounced),
-        },
-    ];
-    let queue = [Series {
-        label: "queued",
-        color: "#555",
-        values: pick(|m| m.queued),
-    }];
+    type Pick = fn(&Minute) -> u64;
+    let series = |list: &[(&'static str, &'static str, Pick)]| -> Vec<Series> {
+        list.iter()
+            .map(|&(label, color, pick)| Series {
+                label,
+                color,
+                values: minutes.iter().map(pick).collect(),
+            })
+            .collect()
+    };
+    let traffic = series(&[
+        ("received", "#05a", |m| m.received),
+        ("delivered", "#070", |m| m.delivered),
+        ("deferred", "#d80", |m| m.deferred),
+        ("bounced", "#b00", |m| m.bounced),
+    ]);
+    let queue = series(&[("queued", "#555", |m| m.queued)]);
     let span_label = span_label(minutes.len());
     format!(
         "<figure id=\"chart-{id}\"><figcaption>{title}: per minute</figcaption>{}\
