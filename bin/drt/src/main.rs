@@ -21,7 +21,7 @@ mod report;
 use mta_ipc::store::Change;
 use mta_ipc::{TaskState, TaskStatus};
 use mta_spool::SpoolWriter;
-use mta_task::{QueueWorker, Task, TaskContext};
+use mta_task::{QueueWorker, Task, TaskContext, WorkError};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,7 +75,7 @@ impl QueueWorker for Drt {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, Reported), String> {
+    ) -> Result<(Vec<Change>, Reported), WorkError> {
         let (task_ctx, spool) = (ctx.clone(), self.spool.clone());
         // If the commit fails, the reports are in the spool but not recorded: they are
         // written again (the orphaned bytes are reclaimed by compaction).
@@ -84,8 +84,11 @@ impl QueueWorker for Drt {
             report::report_batch(records, task_ctx.config(), &mut spool)
         })
         .await
-        .map_err(|e| format!("reporting panicked: {e}"))?
-        .map_err(|e| format!("cannot write delivery reports: {e}"))?;
+        .map_err(|e| WorkError::panicked("reporting", e))?
+        .map_err(|e| WorkError::Output {
+            what: "cannot write delivery reports",
+            detail: e.to_string(),
+        })?;
         let done = Reported {
             reports: batch.reports,
             to_outbound: batch.to_outbound,

@@ -16,7 +16,7 @@ mod import_errors;
 use conversion::{convert_batch, Stats};
 use import_errors::ImportErrors;
 use mta_ipc::store::Change;
-use mta_ipc::{TaskState, TaskStatus};
+use mta_ipc::TaskStatus;
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
@@ -45,21 +45,15 @@ impl Task for Imsgcnv {
 
     fn status(&self) -> TaskStatus {
         let s = &self.stats;
-        let (state, current) = if self.busy.load(Ordering::Relaxed) {
-            (TaskState::Busy, "converting")
-        } else {
-            (TaskState::Idle, "idle")
-        };
-        TaskStatus {
-            state,
-            current: current.into(),
-            counters: vec![
+        mta_task::queue_worker::status(
+            &self.busy,
+            "converting",
+            vec![
                 ("converted".into(), s.converted.load(Ordering::Relaxed)),
                 ("errors".into(), s.errors.load(Ordering::Relaxed)),
                 ("dead".into(), s.dead.load(Ordering::Relaxed)),
             ],
-            handlers: Vec::new(),
-        }
+        )
     }
 }
 
@@ -72,7 +66,7 @@ impl QueueWorker for Imsgcnv {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, usize), String> {
+    ) -> Result<(Vec<Change>, usize), mta_task::WorkError> {
         let config = ctx.config();
         let (spool_dir, max_hops) = (config.spool_dir(), config.inbound.max_hops);
         let import_errors =

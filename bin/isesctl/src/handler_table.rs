@@ -87,13 +87,13 @@ impl HandlerTable {
             .map(|(i, h)| match h.state {
                 HandlerState::Idle => HandlerRow {
                     name: handler_name(i),
-                    state: "idle".into(),
+                    state: mta_ipc::console::RowState::Idle,
                     detail: "idle".into(),
                     since_ms: h.since,
                 },
                 HandlerState::InSession { peer } => HandlerRow {
                     name: handler_name(i),
-                    state: "busy".into(),
+                    state: mta_ipc::console::RowState::Busy,
                     detail: format!("in session with {peer}"),
                     since_ms: h.since,
                 },
@@ -162,7 +162,7 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].detail, "in session with 127.0.0.1:4000");
         drop((a, c, d));
-        assert!(table.rows().iter().all(|r| r.state == "idle"));
+        assert!(table.rows().iter().all(|r| r.state == mta_ipc::console::RowState::Idle));
         assert_eq!(permits.available_permits(), 3);
     }
 }

@@ -48,7 +48,7 @@ use intake::Intake;
 use listener::Inbound;
 use mta_ipc::console::TellCommand;
 use mta_ipc::TaskStatus;
-use mta_task::{Task, TaskContext};
+use mta_task::{Task, TaskContext, TellError};
 use mta_types::TaskName;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl Task for Isesctl {
         &self,
         _ctx: &TaskContext,
         command: &TellCommand,
-    ) -> Option<Result<mta_ipc::task::TaskReport, String>> {
+    ) -> Option<Result<mta_ipc::task::TaskReport, TellError>> {
         match command {
             TellCommand::Other(words)
                 if words.len() == 2
@@ -125,7 +125,7 @@ impl Task for Isesctl {
     }
 
     /// `tell smtpmta refresh`: re-read the certificate (new sessions use it).
-    fn refresh(&self, _ctx: &TaskContext) -> Result<(), String> {
+    fn refresh(&self, _ctx: &TaskContext) -> Result<(), TellError> {
         let Some(tls) = &self.security.tls else {
             return Ok(());
         };
@@ -139,12 +139,14 @@ impl Task for Isesctl {
             }
             Err(e) => {
                 tracing::warn!("TLS certificate not re-read, keeping the old one: {e}");
-                Err(format!("TLS certificate not re-read: {e}"))
+                Err(TellError::Failed(format!(
+                    "TLS certificate not re-read: {e}"
+                )))
             }
         }
     }
 
-    async fn tell(&self, _ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
+    async fn tell(&self, _ctx: &TaskContext, command: TellCommand) -> Result<String, TellError> {
         match command {
             TellCommand::StopInboundTransport => Ok(if self.inbound.stop().await {
                 "inbound transport stopped".into()
@@ -154,7 +156,7 @@ impl Task for Isesctl {
             TellCommand::StartInboundTransport => match self.inbound.listen().await {
                 Ok((true, listening)) => Ok(format!("inbound transport started: {listening}")),
                 Ok((false, listening)) => Ok(format!("inbound transport already {listening}")),
-                Err(e) => Err(format!("{e:#}")),
+                Err(e) => Err(TellError::Failed(format!("{e:#}"))),
             },
             TellCommand::InboundDraining(on) => Ok(match (self.inbound.set_draining(on), on) {
                 (true, true) => "inbound transport draining: new connections get 421 4.3.2",
@@ -163,9 +165,10 @@ impl Task for Isesctl {
                 (false, false) => "inbound transport was not draining",
             }
             .into()),
-            other => Err(format!(
-                "{} does not know `{other}` (it knows: stop inbound transport, start inbound transport, show status)",
-                Self::NAME
+            other => Err(TellError::unknown(
+                Self::NAME,
+                other,
+                "it knows: stop inbound transport, start inbound transport, show status",
             )),
         }
     }

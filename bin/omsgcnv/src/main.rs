@@ -21,7 +21,7 @@
 //! Answers: `show tasks` ("idle; converted N, failed M").
 
 use mta_ipc::store::Change;
-use mta_ipc::{TaskState, TaskStatus};
+use mta_ipc::TaskStatus;
 use mta_task::{QueueWorker, Task, TaskContext};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus, TaskName};
@@ -63,11 +63,6 @@ impl Task for Omsgcnv {
     }
 
     fn status(&self) -> TaskStatus {
-        let (state, current) = if self.busy.load(Ordering::Relaxed) {
-            (TaskState::Busy, "converting")
-        } else {
-            (TaskState::Idle, "idle")
-        };
         let mut counters = vec![
             (
                 "converted".into(),
@@ -78,12 +73,7 @@ impl Task for Omsgcnv {
         if let Some(s) = &self.signing {
             counters.push(("signed".into(), s.signed()));
         }
-        TaskStatus {
-            state,
-            current: current.into(),
-            counters,
-            handlers: Vec::new(),
-        }
+        mta_task::queue_worker::status(&self.busy, "converting", counters)
     }
 }
 
@@ -96,7 +86,7 @@ impl QueueWorker for Omsgcnv {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, usize), String> {
+    ) -> Result<(Vec<Change>, usize), mta_task::WorkError> {
         let spool_dir = ctx.config().spool_dir();
         let stats = self.stats.clone();
         let signing = self.signing.clone();
@@ -157,23 +147,7 @@ fn convert_batch(
             )),
         };
         if let Some((status, reason)) = problem {
-            let now = now_ms();
-            for r in record
-                .recipients
-                .iter_mut()
-                .filter(|r| r.status == RcptStatus::Pending)
-            {
-                tracing::info!(
-                    "qid={} to=<{}> relay=none dsn={status} status=bounced ({status} {reason})",
-                    record.id,
-                    r.address
-                );
-                r.status = RcptStatus::Failed {
-                    at: now,
-                    status,
-                    reply: mta_types::outcome::Reply::local(status, reason.clone()),
-                };
-            }
+            bounce_pending(&mut record, status, &reason);
             stats.failed.fetch_add(1, Ordering::Relaxed);
         }
         if record.all_final() {
@@ -201,6 +175,27 @@ fn convert_batch(
         changes.extend(counters);
     }
     (changes, to_outbound)
+}
+
+/// Fails every pending recipient of a message that cannot be sent (`status`, `reason`).
+fn bounce_pending(record: &mut MessageRecord, status: mta_types::Enhanced, reason: &str) {
+    let now = now_ms();
+    for r in record
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == RcptStatus::Pending)
+    {
+        tracing::info!(
+            "qid={} to=<{}> relay=none dsn={status} status=bounced ({status} {reason})",
+            record.id,
+            r.address
+        );
+        r.status = RcptStatus::Failed {
+            at: now,
+            status,
+            reply: mta_types::outcome::Reply::local(status, reason.to_string()),
+        };
+    }
 }
 
 fn main() -> ExitCode {

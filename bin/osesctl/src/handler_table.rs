@@ -11,6 +11,7 @@
 //! their session ends. `start outbound transport` brings back none of them; new handlers
 //! are created on demand, from the lowest free number.
 
+use mta_ipc::console::RowState;
 use mta_ipc::HandlerRow;
 use mta_types::message::{now_ms, UnixMillis};
 use std::sync::{Arc, Mutex};
@@ -147,11 +148,10 @@ impl HandlerTable {
             .map(|(i, h)| HandlerRow {
                 name: handler_name(i),
                 state: match (&h.doing, h.stopping) {
-                    (Some(_), true) => "stopping",
-                    (Some(_), false) => "busy",
-                    (None, _) => "idle",
-                }
-                .into(),
+                    (Some(_), true) => RowState::Stopping,
+                    (Some(_), false) => RowState::Busy,
+                    (None, _) => RowState::Idle,
+                },
                 detail: match (&h.doing, h.stopping) {
                     (Some(d), true) => format!("{d} (stopped: leaves when this session ends)"),
                     (Some(d), false) => d.clone(),

@@ -52,7 +52,7 @@ use mta_ipc::console::TellCommand;
 use mta_ipc::store::BulkOp;
 use mta_ipc::transfers::{TransferPage, TransferState};
 use mta_ipc::{TaskState, TaskStatus};
-use mta_task::{Task, TaskContext};
+use mta_task::{Task, TaskContext, TellError};
 use mta_types::message::now_ms;
 use mta_types::{Domain, MessageRecord, QueueName, TaskName};
 use outcomes::{Event, Stats};
@@ -271,7 +271,7 @@ impl Task for Osesctl {
         ))
     }
 
-    async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
+    async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, TellError> {
         match command {
             TellCommand::StopOutboundTransport => {
                 let was = self.running.swap(false, Ordering::SeqCst);
@@ -305,12 +305,14 @@ impl Task for Osesctl {
             TellCommand::Other(words)
                 if words.len() == 2 && words[0].eq_ignore_ascii_case("route") =>
             {
-                self.route(ctx, Some(&words[1])).await
+                self.route(ctx, Some(&words[1]))
+                    .await
+                    .map_err(TellError::Failed)
             }
             TellCommand::Other(words)
                 if words.len() == 1 && words[0].eq_ignore_ascii_case("route") =>
             {
-                self.route(ctx, None).await
+                self.route(ctx, None).await.map_err(TellError::Failed)
             }
             TellCommand::Other(words) if is_words(&words, &["send", "tls", "reports"]) => {
                 let lines = tls_report::send_now(&self.env).await;
@@ -334,11 +336,14 @@ impl Task for Osesctl {
                 Ok(self.show_tls_policy(&words[3]).await)
             }
             TellCommand::Other(words) if console::is_shaping_command(&words) => {
-                console::command(&self.env.shaping, ctx, &words, &self.wake).await
+                console::command(&self.env.shaping, ctx, &words, &self.wake)
+                    .await
+                    .map_err(TellError::Failed)
             }
-            other => Err(format!(
-                "{} does not know `{other}` (try stop/start outbound transport, route <domain>)",
-                Self::NAME
+            other => Err(TellError::unknown(
+                Self::NAME,
+                other,
+                "try stop/start outbound transport, route <domain>",
             )),
         }
     }

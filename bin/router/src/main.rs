@@ -32,8 +32,8 @@ use local_delivery::{finish_batch, route_batch, Stats};
 use mta_ipc::console::TellCommand;
 use mta_ipc::store::Change;
 use mta_ipc::task::TaskReport;
-use mta_ipc::{TaskState, TaskStatus};
-use mta_task::{QueueWorker, Task, TaskContext};
+use mta_ipc::TaskStatus;
+use mta_task::{QueueWorker, Task, TaskContext, TellError, WorkError};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use routing::Routing;
 use std::process::ExitCode;
@@ -65,15 +65,10 @@ impl Task for Router {
 
     fn status(&self) -> TaskStatus {
         let s = &self.stats;
-        let (state, current) = if self.busy.load(Ordering::Relaxed) {
-            (TaskState::Busy, "routing")
-        } else {
-            (TaskState::Idle, "idle")
-        };
-        TaskStatus {
-            state,
-            current: current.into(),
-            counters: vec![
+        mta_task::queue_worker::status(
+            &self.busy,
+            "routing",
+            vec![
                 ("delivered".into(), s.delivered.load(Ordering::Relaxed)),
                 ("deferred".into(), s.deferred.load(Ordering::Relaxed)),
                 ("bounced".into(), s.bounced.load(Ordering::Relaxed)),
@@ -83,41 +78,45 @@ impl Task for Router {
                     s.lmtp_connections.load(Ordering::Relaxed),
                 ),
             ],
-            handlers: Vec::new(),
-        }
+        )
     }
 
     async fn report(
         &self,
         ctx: &TaskContext,
         command: &TellCommand,
-    ) -> Option<Result<TaskReport, String>> {
+    ) -> Option<Result<TaskReport, TellError>> {
         match command {
             TellCommand::Other(words)
                 if words.len() == 1 && words[0].eq_ignore_ascii_case("show") =>
             {
                 let busy = self.busy.load(Ordering::Relaxed);
-                Some(show::show(ctx, busy).await.map(TaskReport::Router))
+                Some(
+                    show::show(ctx, busy)
+                        .await
+                        .map(TaskReport::Router)
+                        .map_err(TellError::Failed),
+                )
             }
             _ => None,
         }
     }
 
-    async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, String> {
+    async fn tell(&self, ctx: &TaskContext, command: TellCommand) -> Result<String, TellError> {
         match command {
             TellCommand::Other(words)
                 if words.len() == 2
                     && words[0].eq_ignore_ascii_case("show")
                     && words[1].eq_ignore_ascii_case("queue") =>
             {
-                show::show_queue(ctx, self.busy.load(Ordering::Relaxed)).await
+                show::show_queue(ctx, self.busy.load(Ordering::Relaxed))
+                    .await
+                    .map_err(TellError::Failed)
             }
-            TellCommand::Other(words) => Err(format!(
-                "router does not know `{}` (it knows: show, show queue)",
-                words.join(" ")
-            )),
-            other => Err(format!(
-                "router does not know `{other}` (it knows: show, show queue)"
+            other => Err(TellError::unknown(
+                Self::NAME,
+                other,
+                "it knows: show, show queue",
             )),
         }
     }
@@ -132,7 +131,7 @@ impl QueueWorker for Router {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, (usize, usize)), String> {
+    ) -> Result<(Vec<Change>, (usize, usize)), WorkError> {
         let knobs = ctx.knobs();
         let levels = local_delivery::Levels {
             routing: knobs.log_mail_routing,
@@ -147,9 +146,12 @@ impl QueueWorker for Router {
             route_batch(records, &routing, &config.spool_dir(), levels, &stats)
         })
         .await
-        .map_err(|e| format!("routing panicked: {e}"))?;
+        .map_err(|e| WorkError::panicked("routing", e))?;
         if let Some(e) = routed.unsynced {
-            return Err(format!("a mailbox could not be made durable: {e}"));
+            return Err(WorkError::Output {
+                what: "a mailbox could not be made durable",
+                detail: e.to_string(),
+            });
         }
         // LMTP only now that the Maildirs are durable: a batch retried for a Maildir
         // would otherwise hand its LMTP mailboxes over twice.

@@ -1,7 +1,7 @@
 //! The task table: launch the six task executables, watch them, restart one that exits
 //! unexpectedly (with back-off), and stop them in order.
 
-use mta_ipc::console::TaskRow;
+use mta_ipc::console::{RowState, TaskRow};
 use mta_ipc::{TaskClient, TaskRequest};
 use mta_store::StoreService;
 use mta_types::message::now_ms;
@@ -536,10 +536,10 @@ impl Children {
             .filter_map(|t| table.get(t).map(|e| (*t, e)))
             .map(|(task, e)| {
                 let (state, detail) = match &e.state {
-                    ChildState::Starting => ("starting", String::new()),
-                    ChildState::Running => ("running", String::new()),
+                    ChildState::Starting => (RowState::Starting, String::new()),
+                    ChildState::Running => (RowState::Running, String::new()),
                     ChildState::Restarting { at_ms } => (
-                        "restarting",
+                        RowState::Restarting,
                         format!(
                             "restart #{} in {:.1}s (last exit: {})",
                             e.restarts,
@@ -547,15 +547,17 @@ impl Children {
                             e.last_exit.as_deref().unwrap_or("?")
                         ),
                     ),
-                    ChildState::Stopping => ("stopping", String::new()),
-                    ChildState::Stopped => ("stopped", e.last_exit.clone().unwrap_or_default()),
+                    ChildState::Stopping => (RowState::Stopping, String::new()),
+                    ChildState::Stopped => {
+                        (RowState::Stopped, e.last_exit.clone().unwrap_or_default())
+                    }
                 };
                 (
                     task,
                     TaskRow {
                         name: task.as_str().to_string(),
                         pid: e.pid,
-                        state: state.to_string(),
+                        state,
                         description: task.description().to_string(),
                         detail,
                         since_ms: Some(e.since_ms),

@@ -1,18 +1,13 @@
 //! The supervisor's side of the console: execute a `ConsoleCommand`.
 
+use crate::tasks::{push_knobs, refresh_task, show_tasks, tell_task};
 use crate::Supervisor;
 use mta_ipc::console::{
-    ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TaskRow, TellCommand,
+    ConsoleCommand, ConsoleReply, ParkedMessage, QueueReport, ServerInfo, TellCommand,
 };
-use mta_ipc::task::TaskReport;
-use mta_ipc::{TaskClient, TaskRequest, TaskResponse, TaskState};
 use mta_types::message::now_ms;
 use mta_types::TaskName;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long `show tasks` waits for each task's own status.
-const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub async fn execute(sup: &Arc<Supervisor>, command: ConsoleCommand) -> ConsoleReply {
     match command {
@@ -147,140 +142,6 @@ async fn refresh(sup: &Supervisor) -> ConsoleReply {
     ConsoleReply::Text(text)
 }
 
-/// Tells a task to re-read the directory and its files (`refresh`), then gives it `knobs`.
-pub async fn refresh_task(
-    sup: &Supervisor,
-    task: TaskName,
-    knobs: &mta_config::DebugKnobs,
-) -> Result<(), String> {
-    let run_dir = sup.config().run_dir();
-    let mut client = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
-        .await
-        .map_err(|e| e.to_string())?;
-    match client
-        .request(&TaskRequest::Refresh)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        TaskResponse::Ack => {}
-        TaskResponse::Error(e) => return Err(e),
-        _ => return Err("an answer that is not an acknowledgement".into()),
-    }
-    push_knobs(&run_dir, task, knobs).await
-}
-
-pub async fn tell_task(sup: &Supervisor, task: TaskName, command: TellCommand) -> ConsoleReply {
-    if command == TellCommand::Restart {
-        return match sup.children.restart(task).await {
-            Ok(text) => ConsoleReply::Text(text),
-            Err(text) => ConsoleReply::Error(text),
-        };
-    }
-    let command_text = command.to_string();
-    let request = async {
-        let mut client =
-            TaskClient::connect(&sup.config().run_dir(), task, TaskName::Smtpmta).await?;
-        client.request(&TaskRequest::Tell(command)).await
-    };
-    match request.await {
-        Ok(TaskResponse::Told(text)) => ConsoleReply::Text(text),
-        Ok(TaskResponse::Report(TaskReport::Router(report))) => ConsoleReply::Router(report),
-        Ok(TaskResponse::Report(TaskReport::Clients(report))) => ConsoleReply::Clients(report),
-        Ok(TaskResponse::Error(text)) => ConsoleReply::Error(text),
-        Ok(_) => ConsoleReply::Error(format!(
-            "{task} answered `{command_text}` with something else than text (a mismatched binary?)"
-        )),
-        Err(e) => ConsoleReply::Error(format!("{task} is not answering ({e}); see `show tasks`")),
-    }
-}
-
-/// `show tasks`: the supervisor, every task, and each controller's handlers (asking each
-/// running task for its status at once). Also read by `/metrics`.
-pub async fn show_tasks(sup: &Supervisor) -> Vec<TaskRow> {
-    let run_dir = sup.config().run_dir();
-    let mut rows = vec![TaskRow {
-        name: "smtpmta".into(),
-        pid: Some(std::process::id()),
-        state: "running".into(),
-        description: TaskName::Smtpmta.description().into(),
-        detail: format!("serving the queue store ({} leased)", sup.store.leased()),
-        since_ms: Some(sup.started_ms),
-        restarts: 0,
-        parent: None,
-        counters: vec![("leased".into(), sup.store.leased() as u64)],
-    }];
-    let tasks = sup.children.rows();
-    // Ask every running task for its status at once.
-    let pending: Vec<_> = tasks
-        .iter()
-        .map(|(task, row)| {
-            let run_dir = run_dir.clone();
-            let task = *task;
-            let alive = row.pid.is_some() && row.state == "running";
-            let ask_one = async move {
-                if !alive {
-                    return None;
-                }
-                let ask = async {
-                    let mut c = TaskClient::connect(&run_dir, task, TaskName::Smtpmta)
-                        .await
-                        .ok()?;
-                    c.status().await.ok()
-                };
-                tokio::time::timeout(STATUS_TIMEOUT, ask)
-                    .await
-                    .ok()
-                    .flatten()
-            };
-            tokio::spawn(ask_one)
-        })
-        .collect();
-    let mut statuses = Vec::with_capacity(pending.len());
-    for handle in pending {
-        statuses.push(handle.await.ok().flatten());
-    }
-    for ((_, mut row), status) in tasks.into_iter().zip(statuses) {
-        let handlers = match status {
-            Some(s) => {
-                // A controller whose transport is stopped is, to the operator, a stopped
-                // task (Domino's osesctl exits; ours stays to hear `start`): its state
-                // says so, its detail says why.
-                if row.state == "running" && s.state == TaskState::Stopped {
-                    row.state = "stopped".into();
-                }
-                if row.detail.is_empty() {
-                    row.detail = s.detail();
-                }
-                row.counters = s.counters;
-                s.handlers
-            }
-            None => Vec::new(),
-        };
-        let parent = row.name.clone();
-        let pid = row.pid;
-        rows.push(row);
-        for h in handlers {
-            rows.push(TaskRow {
-                name: h.name,
-                pid,
-                state: h.state,
-                description: if parent == "isesctl" {
-                    "Inbound Session Handler"
-                } else {
-                    "Outbound Session Handler"
-                }
-                .into(),
-                detail: h.detail,
-                since_ms: Some(h.since_ms),
-                restarts: 0,
-                parent: Some(parent.clone()),
-                counters: Vec::new(),
-            });
-        }
-    }
-    rows
-}
-
 /// Validates the knob here, then pushes every knob to every running task; a task that
 /// (re)starts later gets them when it says it is ready.
 async fn set_config(sup: &Supervisor, knob: &str, value: &str) -> ConsoleReply {
@@ -339,25 +200,6 @@ fn set_hold_undeliverable(sup: &Supervisor, value: &str) -> ConsoleReply {
             "permanently failed mail is bounced"
         }
     ))
-}
-
-pub async fn push_knobs(
-    run_dir: &std::path::Path,
-    task: TaskName,
-    knobs: &mta_config::DebugKnobs,
-) -> Result<(), String> {
-    let values = knobs.values();
-    let mut client = TaskClient::connect(run_dir, task, TaskName::Smtpmta)
-        .await
-        .map_err(|e| e.to_string())?;
-    match client
-        .request(&TaskRequest::SetKnobs(values))
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        TaskResponse::Ack => Ok(()),
-        other => Err(format!("{other:?}")),
-    }
 }
 
 /// Most parked messages listed per state; the counts cover the rest.

@@ -72,7 +72,10 @@ fn keep_alive_count(sup: &Supervisor, alive: u32) {
 async fn summary(sup: &Supervisor) -> NodeSummary {
     let engine = sup.store.engine();
     let rows = sup.children.rows();
-    let tasks_up = rows.iter().filter(|(_, r)| r.state == "running").count() as u32;
+    let tasks_up = rows
+        .iter()
+        .filter(|(_, r)| r.state == mta_ipc::console::RowState::Running)
+        .count() as u32;
     let state = sup.drain.node_state();
     NodeSummary {
         version: env!("CARGO_PKG_VERSION").into(),

@@ -35,6 +35,7 @@ mod service;
 mod spool_recovery;
 mod stats;
 mod task_time;
+mod tasks;
 mod trace;
 mod tracking;
 
@@ -256,14 +257,22 @@ fn hash_password() -> ExitCode {
     }
 }
 
-async fn supervise(config: Config) -> anyhow::Result<()> {
-    let run_dir = config.run_dir();
-    // While still root (with `user =`): data_dir and run/ belong to the mail user.
-    mail_user::prepare(&config)?;
-    let instance = instance::Instance::acquire(&pid_file(&run_dir), &config.data_dir)?;
-    // Every listener, bound while we may still bind ports below 1024 (mail_user.rs); the
-    // SMTP sockets stay here for our lifetime and are passed to each isesctl we start.
-    let smtp_listeners = bind_smtp(&config)?;
+/// What the supervisor holds from its start to its stop: the data_dir lock and the sockets
+/// bound before privileges were dropped.
+struct Held {
+    instance: instance::Instance,
+    smtp_listeners: Vec<children::PassedListener>,
+    metrics_listener: Option<std::net::TcpListener>,
+}
+
+/// While still root (with `user =`): takes the data_dir, binds every listener while ports
+/// below 1024 may still be bound (mail_user.rs), then becomes the mail user.
+fn take_place(config: &Config) -> anyhow::Result<Held> {
+    // data_dir and run/ belong to the mail user.
+    mail_user::prepare(config)?;
+    let instance = instance::Instance::acquire(&pid_file(&config.run_dir()), &config.data_dir)?;
+    // The SMTP sockets stay here for our lifetime and are passed to each isesctl we start.
+    let smtp_listeners = bind_smtp(config)?;
     let metrics_listener = match config.metrics.listen {
         Some(addr) => Some(http::bind(addr)?),
         None => None,
@@ -279,11 +288,21 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
             "running as {}",
             run_as.user
         );
-        mail_user::check_reach(&config, run_as)?;
+        mail_user::check_reach(config, run_as)?;
     }
+    Ok(Held {
+        instance,
+        smtp_listeners,
+        metrics_listener,
+    })
+}
+
+/// Opens the store (and what must be ready before it: the certificate, the spool folder,
+/// the allocator), with the settings the console may later change.
+fn open_store(config: &Config) -> anyhow::Result<StoreService> {
     // Before any task starts: make the self-signed certificate if [tls] names none, and
     // load the certificate once so a bad one stops the start here, with the key and file.
-    let tls = mta_tls::ensure_certificate(&config).context("TLS certificate")?;
+    let tls = mta_tls::ensure_certificate(config).context("TLS certificate")?;
     tracing::info!("TLS certificate: {}", tls.certificate.display());
     std::fs::create_dir_all(config.spool_dir())
         .with_context(|| format!("cannot create {}", config.spool_dir().display()))?;
@@ -299,7 +318,13 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     {
         tracing::error!("rebuilding lost records from the spool failed: {e:#}");
     }
+    Ok(store)
+}
 
+async fn supervise(config: Config) -> anyhow::Result<()> {
+    let run_dir = config.run_dir();
+    let held = take_place(&config)?;
+    let store = open_store(&config)?;
     let exe_dir = std::env::current_exe()
         .context("cannot find my own executable")?
         .parent()
@@ -310,7 +335,7 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         config.path.clone(),
         run_dir.clone(),
         store.clone(),
-        Arc::new(smtp_listeners),
+        Arc::new(held.smtp_listeners),
         config.inbound.shutdown_grace,
     );
     let fleet = mta_task::fleet::join(&config)
@@ -333,30 +358,8 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     });
 
     let socket_path = supervisor_socket(&run_dir);
-    let listener = mta_ipc::server::bind(&socket_path).with_context(|| {
-        format!(
-            "cannot open the supervisor socket {}",
-            socket_path.display()
-        )
-    })?;
-    let server = tokio::spawn(mta_ipc::server::serve::<
-        SupervisorRequest,
-        SupervisorResponse,
-        _,
-    >(
-        listener,
-        Service::Supervisor,
-        service::SupervisorService(sup.clone()),
-    ));
-    let metrics = match metrics_listener {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            tracing::info!("metrics: serving http://{addr}/metrics");
-            Some(tokio::spawn(http::serve(sup.clone(), listener)))
-        }
-        None => None,
-    };
+    let server = serve_socket(&sup, &socket_path)?;
+    let metrics = serve_http(&sup, held.metrics_listener)?;
     tracing::info!(
         pid = std::process::id(),
         data_dir = %sup.config().data_dir.display(),
@@ -365,28 +368,92 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
     );
     children.launch_all();
     tokio::spawn(fleet::heartbeat(sup.clone()));
-    // systemd (Type=notify): ready once every task runs, listeners included. Without
-    // NOTIFY_SOCKET (not under systemd) this does nothing.
-    let notify_ready = {
-        let children = children.clone();
-        tokio::spawn(async move {
-            children.all_running().await;
-            tracing::info!("all tasks running");
-            if let Err(e) = sd_notify::notify(
-                false,
-                &[
-                    sd_notify::NotifyState::Ready,
-                    sd_notify::NotifyState::Status("all tasks running"),
-                ],
-            ) {
-                tracing::warn!("cannot tell systemd we are ready: {e}");
-            }
-        })
-    };
-    let compaction = tokio::spawn(compaction::schedule(sup.clone()));
-    let sampler = tokio::spawn(rates::run(sup.clone()));
-    let tracking = tokio::spawn(tracking::prune_schedule(sup.clone()));
+    let notify_ready = tokio::spawn(notify_ready(children.clone()));
+    let background = [
+        tokio::spawn(compaction::schedule(sup.clone())),
+        tokio::spawn(rates::run(sup.clone())),
+        tokio::spawn(tracking::prune_schedule(sup.clone())),
+    ];
+    wait_for_stop(&sup).await?;
+    notify_ready.abort();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let restart = sup.restart.load(std::sync::atomic::Ordering::SeqCst);
+    children.stop_all(!restart).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    for task in background {
+        task.abort();
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    // Make sure the last commits are on disk before the database closes, and the store's
+    // flush mark with them (the tasks are gone: nothing commits any more).
+    sup.store.flush().await?;
+    sup.store.engine().flush_at_close()?;
+    drop(held.instance);
+    if restart {
+        return Err(reexec(&children));
+    }
+    tracing::info!("smtpmta supervisor stopped");
+    Ok(())
+}
 
+/// The supervisor socket: task registration, the store service, the console.
+fn serve_socket(
+    sup: &Arc<Supervisor>,
+    socket_path: &std::path::Path,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = mta_ipc::server::bind(socket_path).with_context(|| {
+        format!(
+            "cannot open the supervisor socket {}",
+            socket_path.display()
+        )
+    })?;
+    Ok(tokio::spawn(mta_ipc::server::serve::<
+        SupervisorRequest,
+        SupervisorResponse,
+        _,
+    >(
+        listener,
+        Service::Supervisor,
+        service::SupervisorService(sup.clone()),
+    )))
+}
+
+/// `/metrics` and the status page, where `[metrics] listen` is set.
+fn serve_http(
+    sup: &Arc<Supervisor>,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let addr = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!("metrics: serving http://{addr}/metrics");
+    Ok(Some(tokio::spawn(http::serve(sup.clone(), listener))))
+}
+
+/// systemd (Type=notify): ready once every task runs, listeners included. Without
+/// NOTIFY_SOCKET (not under systemd) this does nothing.
+async fn notify_ready(children: children::Children) {
+    children.all_running().await;
+    tracing::info!("all tasks running");
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("all tasks running"),
+        ],
+    ) {
+        tracing::warn!("cannot tell systemd we are ready: {e}");
+    }
+}
+
+/// Until a quit: from the console, SIGTERM or SIGINT. SIGHUP reloads the configuration
+/// meanwhile (a reload logs its own reply).
+async fn wait_for_stop(sup: &Arc<Supervisor>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -396,7 +463,6 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
             _ = sup.quit.notified() => tracing::info!("quit requested from the console"),
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = int.recv() => tracing::info!("SIGINT received"),
-            // A reload logs its own reply.
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
                 let sup = sup.clone();
@@ -404,30 +470,8 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
                 continue;
             }
         }
-        break;
+        return Ok(());
     }
-    notify_ready.abort();
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    let restart = sup.restart.load(std::sync::atomic::Ordering::SeqCst);
-    children.stop_all(!restart).await;
-    if let Some(m) = metrics {
-        m.abort();
-    }
-    compaction.abort();
-    sampler.abort();
-    tracking.abort();
-    server.abort();
-    let _ = std::fs::remove_file(&socket_path);
-    // Make sure the last commits are on disk before the database closes, and the store's
-    // flush mark with them (the tasks are gone: nothing commits any more).
-    sup.store.flush().await?;
-    sup.store.engine().flush_at_close()?;
-    drop(instance);
-    if restart {
-        return Err(reexec(&children));
-    }
-    tracing::info!("smtpmta supervisor stopped");
-    Ok(())
 }
 
 /// The end of `tell smtpmta restart`: every task has stopped, the store is flushed and

@@ -192,7 +192,11 @@ impl Controller {
             client.as_mut()?.status().await.ok()
         };
         match tokio::time::timeout(Duration::from_secs(1), ask).await {
-            Ok(Some(status)) => status.handlers.iter().filter(|h| h.state != "idle").count() as u64,
+            Ok(Some(status)) => status
+                .handlers
+                .iter()
+                .filter(|h| h.state != mta_ipc::console::RowState::Idle)
+                .count() as u64,
             _ => {
                 self.client = None;
                 0

@@ -259,7 +259,7 @@ pub async fn reload(sup: &Arc<Supervisor>) -> ConsoleReply {
         if plan.restart.contains(&task) {
             continue;
         }
-        if let Err(e) = crate::console::refresh_task(sup, task, &fresh.debug).await {
+        if let Err(e) = crate::tasks::refresh_task(sup, task, &fresh.debug).await {
             not_reached.push(format!("{task}: {e}"));
         }
     }

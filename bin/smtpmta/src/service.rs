@@ -27,7 +27,7 @@ impl Handler<SupervisorRequest, SupervisorResponse> for SupervisorService {
                 if knobs != sup.config().debug {
                     let run_dir = sup.config().run_dir();
                     tokio::spawn(async move {
-                        if let Err(e) = crate::console::push_knobs(&run_dir, task, &knobs).await {
+                        if let Err(e) = crate::tasks::push_knobs(&run_dir, task, &knobs).await {
                             tracing::warn!(%task, error = %e, "could not give the task the debug knobs in effect");
                         }
                     });

@@ -18,13 +18,11 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
     let held = engine.count_in(Location::Held {
         from: QueueName::MailBox,
     });
-    let average = |sum: u64, n: u64| sum.checked_div(n).unwrap_or(0);
     let spool_bytes = crate::compaction::spool_bytes(&sup.config().spool_dir());
-    let stat = |name: &str, value: u64, unit: &str| Statistic {
-        name: name.to_string(),
-        value,
-        unit: unit.to_string(),
-        text: None,
+    // A sum over the deliveries counted, as an average per delivery.
+    let per_delivery = |name: &str, sum: &str, unit: &str| {
+        let n = get(names::DELIVER_TIME_COUNT);
+        stat(name, get(sum).checked_div(n).unwrap_or(0), unit)
     };
     let mut stats = vec![
         stat(names::RECEIVED, get(names::RECEIVED), ""),
@@ -46,20 +44,14 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
         stat(names::REPORTS_SENT, get(names::REPORTS_SENT), ""),
         stat(names::INBOUND_SESSIONS, get(names::INBOUND_SESSIONS), ""),
         stat(names::OUTBOUND_SESSIONS, get(names::OUTBOUND_SESSIONS), ""),
-        stat(
+        per_delivery(
             names::AVERAGE_DELIVER_TIME,
-            average(
-                get(names::DELIVER_TIME_SUM_MS),
-                get(names::DELIVER_TIME_COUNT),
-            ),
+            names::DELIVER_TIME_SUM_MS,
             "ms",
         ),
-        stat(
+        per_delivery(
             names::AVERAGE_SIZE_DELIVERED,
-            average(
-                get(names::SIZE_DELIVERED_SUM),
-                get(names::DELIVER_TIME_COUNT),
-            ),
+            names::SIZE_DELIVERED_SUM,
             "bytes",
         ),
         stat(names::SPOOL_SIZE, spool_bytes, "bytes"),
@@ -80,12 +72,6 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
 pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>, String> {
     let mut stats = show_stat_mail(sup)?;
     let engine = sup.store.engine();
-    let stat = |name: &str, value: u64, unit: &str| Statistic {
-        name: name.to_string(),
-        value,
-        unit: unit.to_string(),
-        text: None,
-    };
     let queued: u64 = QueueName::ALL
         .iter()
         .map(|q| engine.count_in(Location::Queue(*q)))
@@ -93,28 +79,7 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
     let held = engine.count_in(Location::Held {
         from: QueueName::MailBox,
     });
-    // Recipients waiting: read from the per-destination summaries (bounded pages), which
-    // count messages per destination — a message with two recipients at one domain counts
-    // once there; the same walk `tell router show queue` does.
-    let mut waiting_recipients = 0;
-    let mut after = None;
-    let mut pages = 0;
-    while pages < 20 {
-        let rows = sup
-            .store
-            .destinations(after.clone(), 500)
-            .map_err(|e| e.to_string())?;
-        if rows.is_empty() {
-            break;
-        }
-        after = rows.last().map(|r| (r.location, r.domain.clone()));
-        waiting_recipients += rows
-            .iter()
-            .filter(|r| matches!(r.location, Location::Queue(_)) && !r.domain.is_empty())
-            .map(|r| r.messages)
-            .sum::<u64>();
-        pages += 1;
-    }
+    let waiting_recipients = waiting_recipients(sup)?;
     let osesctl = outbound_handlers(sup).await;
     let resolving = osesctl
         .iter()
@@ -123,7 +88,10 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
     let now = crate::rates::sample_now(sup);
     let current = sup.rates.current(&now);
     let (highest, _, _) = sup.rates.peaks();
-    let busy_now = osesctl.iter().filter(|h| h.state != "idle").count() as u64;
+    let busy_now = osesctl
+        .iter()
+        .filter(|h| h.state != mta_ipc::console::RowState::Idle)
+        .count() as u64;
     let max_out = sup.config().outbound.max_handlers as u64;
     let domain = sup
         .config()
@@ -174,6 +142,11 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
             text: Some(domain),
         },
     ]);
+    select(stats, pattern)
+}
+
+/// The statistics `pattern` selects, by name (case-insensitive); none is an error.
+fn select(mut stats: Vec<Statistic>, pattern: &str) -> Result<Vec<Statistic>, String> {
     stats.sort_by(|a, b| {
         a.name
             .to_ascii_lowercase()
@@ -189,6 +162,40 @@ pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>
         ));
     }
     Ok(selected)
+}
+
+/// A statistic that is a number (`unit` may be empty).
+fn stat(name: &str, value: u64, unit: &str) -> Statistic {
+    Statistic {
+        name: name.to_string(),
+        value,
+        unit: unit.to_string(),
+        text: None,
+    }
+}
+
+/// Recipients waiting: read from the per-destination summaries (bounded pages), which
+/// count messages per destination — a message with two recipients at one domain counts
+/// once there; the same walk `tell router show queue` does.
+fn waiting_recipients(sup: &Supervisor) -> Result<u64, String> {
+    let mut waiting = 0;
+    let mut after = None;
+    for _ in 0..20 {
+        let rows = sup
+            .store
+            .destinations(after.clone(), 500)
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            break;
+        }
+        after = rows.last().map(|r| (r.location, r.domain.clone()));
+        waiting += rows
+            .iter()
+            .filter(|r| matches!(r.location, Location::Queue(_)) && !r.domain.is_empty())
+            .map(|r| r.messages)
+            .sum::<u64>();
+    }
+    Ok(waiting)
 }
 
 async fn outbound_handlers(sup: &Supervisor) -> Vec<mta_ipc::HandlerRow> {

@@ -58,11 +58,22 @@ fn check(name: &str, value: i64) -> Result<u8, String> {
 }
 
 fn zero_to_three<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
-    check("SMTPDebug", i64::deserialize(d)?).map_err(de::Error::custom)
+    level("SMTPDebug", d)
 }
 
 fn routing_level<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
-    check("Log_MailRouting", i64::deserialize(d)?).map_err(de::Error::custom)
+    level("Log_MailRouting", d)
+}
+
+/// A level as written: an integer in the file (TOML), checked here so the error names the
+/// range; a byte in an IPC frame (`TaskRequest::SetKnobs`, bincode), as `Serialize` wrote it.
+fn level<'de, D: Deserializer<'de>>(name: &str, d: D) -> Result<u8, D::Error> {
+    let value = if d.is_human_readable() {
+        i64::deserialize(d)?
+    } else {
+        i64::from(u8::deserialize(d)?)
+    };
+    check(name, value).map_err(de::Error::custom)
 }
 
 impl DebugKnobs {
@@ -154,14 +165,6 @@ impl DebugKnobs {
             return Some(self.debug_outfile.clone());
         }
         self.get(name).map(|v| v.to_string())
-    }
-
-    /// Every knob as (name, text value), for handing the set in effect to a task.
-    pub fn values(&self) -> Vec<(String, String)> {
-        Self::NAMES
-            .iter()
-            .map(|n| (n.to_string(), self.value(n).unwrap_or_default()))
-            .collect()
     }
 
     /// Whether any knob writes debug lines (the outfile only matters then).

@@ -400,6 +400,20 @@ impl ConsoleCommand {
         match l.as_slice() {
             [] => Err("empty command; type `help` for the list".into()),
             ["help"] | ["?"] => Ok(ConsoleCommand::Help),
+            _ => Self::parse_show(&l, &words)
+                .or_else(|| Self::parse_message_op(&l, &words))
+                .or_else(|| Self::parse_delivery(&l, &words))
+                .unwrap_or_else(|| {
+                    Err(format!(
+                        "unknown command `{line}`; type `help` for the list"
+                    ))
+                }),
+        }
+    }
+
+    /// `show …`: the views, and the TLS and shaping views that osesctl answers.
+    fn parse_show(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, String>> {
+        Some(match l {
             ["show" | "sh", "tasks" | "task"] => Ok(ConsoleCommand::ShowTasks),
             ["show" | "sh", "tasks" | "task", "time"] => Ok(ConsoleCommand::ShowTaskTime),
             ["show" | "sh", "server"] => Ok(ConsoleCommand::ShowServer),
@@ -426,6 +440,32 @@ impl ConsoleCommand {
                 qid: words[2].to_string(),
             }),
             ["show" | "sh", "message", ..] => Err("usage: show message <queue-id>".into()),
+            // Outbound TLS policy (issue 28): osesctl holds the policy module and the counts.
+            ["show" | "sh", "tls", "policy", _] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec![
+                    "show".into(),
+                    "tls".into(),
+                    "policy".into(),
+                    words[3].to_ascii_lowercase(),
+                ]),
+            }),
+            ["show" | "sh", "tls", "policy", ..] => Err("usage: show tls policy <domain>".into()),
+            ["show" | "sh", "tls", "reports" | "report"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["show".into(), "tls".into(), "reports".into()]),
+            }),
+            ["show" | "sh", "shaping"] => Ok(ConsoleCommand::Tell {
+                task: TaskName::Osesctl,
+                command: TellCommand::Other(vec!["show".into(), "shaping".into()]),
+            }),
+            _ => return None,
+        })
+    }
+
+    /// Operations on one message or one destination's messages, `track`, `trace`, `set config`.
+    fn parse_message_op(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, String>> {
+        Some(match l {
             [verb @ ("hold" | "release" | "delete"), "domain" | "destination", _] => {
                 Ok(ConsoleCommand::Bulk {
                     op: match *verb {
@@ -449,7 +489,9 @@ impl ConsoleCommand {
                 qid: words[1].to_string(),
             }),
             ["bounce", ..] => Err("usage: bounce <queue-id>".into()),
-            ["track", ..] => crate::tracking::TrackQuery::parse(&words[1..]).map(ConsoleCommand::Track),
+            ["track", ..] => {
+                crate::tracking::TrackQuery::parse(&words[1..]).map(ConsoleCommand::Track)
+            }
             ["delete", _] => Ok(ConsoleCommand::Delete {
                 qid: words[1].to_string(),
             }),
@@ -468,22 +510,14 @@ impl ConsoleCommand {
             ["set", "config", ..] => {
                 Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
             }
+            _ => return None,
+        })
+    }
+
+    /// `route`, `quit` and `tell <task> …`.
+    fn parse_delivery(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, String>> {
+        Some(match l {
             ["route", "localdelivery" | "local"] => Ok(ConsoleCommand::RouteLocalDelivery),
-            // Outbound TLS policy (issue 28): osesctl holds the policy module and the counts.
-            ["show" | "sh", "tls", "policy", _] => Ok(ConsoleCommand::Tell {
-                task: TaskName::Osesctl,
-                command: TellCommand::Other(vec![
-                    "show".into(),
-                    "tls".into(),
-                    "policy".into(),
-                    words[3].to_ascii_lowercase(),
-                ]),
-            }),
-            ["show" | "sh", "tls", "policy", ..] => Err("usage: show tls policy <domain>".into()),
-            ["show" | "sh", "tls", "reports" | "report"] => Ok(ConsoleCommand::Tell {
-                task: TaskName::Osesctl,
-                command: TellCommand::Other(vec!["show".into(), "tls".into(), "reports".into()]),
-            }),
             ["route", _] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into(), words[1].to_string()]),
@@ -493,9 +527,9 @@ impl ConsoleCommand {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into()]),
             }),
-            ["route", ..] => Err(
-                "usage: route [<domain> | localdelivery] (try those messages now)".into(),
-            ),
+            ["route", ..] => {
+                Err("usage: route [<domain> | localdelivery] (try those messages now)".into())
+            }
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
@@ -506,14 +540,12 @@ impl ConsoleCommand {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(words[2..].iter().map(|w| w.to_string()).collect()),
             }),
-            ["show" | "sh", "shaping"] => Ok(ConsoleCommand::Tell {
-                task: TaskName::Osesctl,
-                command: TellCommand::Other(vec!["show".into(), "shaping".into()]),
-            }),
-            ["tell", "smtpmta", "drain", ..] => Ok(ConsoleCommand::Tell {
-                task: TaskName::Smtpmta,
-                command: TellCommand::Drain(DrainCommand::parse(&words[3..])?),
-            }),
+            ["tell", "smtpmta", "drain", ..] => {
+                DrainCommand::parse(&words[3..]).map(|drain| ConsoleCommand::Tell {
+                    task: TaskName::Smtpmta,
+                    command: TellCommand::Drain(drain),
+                })
+            }
             ["tell", task, ..] if handler_controller(task).is_some() => {
                 let (controller, transport) = handler_controller(task).expect("checked");
                 Err(format!(
@@ -521,20 +553,16 @@ impl ConsoleCommand {
                      it stops with its controller (`tell smtpmta stop {transport} transport`)"
                 ))
             }
-            ["tell", task, rest @ ..] if !rest.is_empty() => {
-                let task: TaskName = task
-                    .parse()
-                    .map_err(|e: mta_types::task::UnknownTask| e.to_string())?;
-                Ok(ConsoleCommand::Tell {
+            ["tell", task, rest @ ..] if !rest.is_empty() => task
+                .parse()
+                .map_err(|e: mta_types::task::UnknownTask| e.to_string())
+                .map(|task: TaskName| ConsoleCommand::Tell {
                     task,
                     command: TellCommand::parse(&words[2..]),
-                })
-            }
+                }),
             ["tell", ..] => Err("usage: tell <task> <command>, e.g. `tell smtpmta quit`".into()),
-            _ => Err(format!(
-                "unknown command `{line}`; type `help` for the list"
-            )),
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -558,8 +586,7 @@ fn handler_controller(name: &str) -> Option<(&'static str, &'static str)> {
 pub struct TaskRow {
     pub name: String,
     pub pid: Option<u32>,
-    /// `running`, `starting`, `restarting`, `stopped`; for handlers `idle` or `busy`.
-    pub state: String,
+    pub state: RowState,
     /// The Domino description, e.g. "Inbound Session Controller".
     pub description: String,
     /// What it is doing now, e.g. "listening on 127.0.0.1:2525".
@@ -573,6 +600,41 @@ pub struct TaskRow {
     /// The task's own counters since it started (`TaskStatus::counters`; none for handlers
     /// and tasks that are not running).
     pub counters: Vec<(String, u64)>,
+}
+
+/// A row's state in `show tasks`: a task as the supervisor runs it (`Starting` …
+/// `Stopped`), or a session handler (`Idle`, `Busy`, `Stopping`). Text only in the
+/// renderers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowState {
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+    Stopped,
+    Idle,
+    Busy,
+}
+
+impl RowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowState::Starting => "starting",
+            RowState::Running => "running",
+            RowState::Restarting => "restarting",
+            RowState::Stopping => "stopping",
+            RowState::Stopped => "stopped",
+            RowState::Idle => "idle",
+            RowState::Busy => "busy",
+        }
+    }
+}
+
+impl std::fmt::Display for RowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One row of `show task time`: a task's process times, from `/proc/<pid>/stat`.

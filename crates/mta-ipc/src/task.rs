@@ -5,6 +5,7 @@ use crate::console::TellCommand;
 use crate::hello::Service;
 use crate::paths::task_socket;
 use crate::transfers::{RouterReport, TransferPage};
+use mta_config::DebugKnobs;
 use mta_types::{QueueName, TaskName};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -18,9 +19,9 @@ pub enum TaskRequest {
     },
     Status,
     Tell(TellCommand),
-    /// New values of the runtime debug knobs (`set config`), by notes.ini name, as text
-    /// (`debug_outfile` is a path).
-    SetKnobs(Vec<(String, String)>),
+    /// The runtime debug knobs now in effect (`set config`), all of them: the task swaps
+    /// them in (`Ack`), or keeps its own if it cannot open the new `debug_outfile` (`Error`).
+    SetKnobs(DebugKnobs),
     /// Re-read the directory file (`tell smtpmta refresh`): the task swaps it in if it is
     /// valid (`Ack`), else keeps the one it has and says why (`Error`).
     Refresh,
@@ -134,8 +135,8 @@ impl TaskStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerRow {
     pub name: String,
-    /// `idle`, or `busy`.
-    pub state: String,
+    /// `Idle`, `Busy`, or (outbound, stopped with its transport) `Stopping`.
+    pub state: crate::console::RowState,
     /// e.g. "in session with 127.0.0.1:40312" or "delivering list 7 to mx.example[10.0.0.1]".
     pub detail: String,
     pub since_ms: u64,
@@ -188,6 +189,28 @@ impl TaskClient {
         match self.request(&TaskRequest::Status).await? {
             TaskResponse::Status(s) => Ok(s),
             other => Err(IpcError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The knobs cross the control socket as the typed set the supervisor holds (TOML
+    /// reads their levels as integers, the frame as bytes).
+    #[test]
+    fn set_knobs_crosses_a_frame_typed() {
+        let knobs = DebugKnobs {
+            smtp_debug_io: 3,
+            log_mail_routing: 40,
+            debug_outfile: "debug.txt".into(),
+            ..DebugKnobs::default()
+        };
+        let payload = crate::frame::encode_payload(&TaskRequest::SetKnobs(knobs.clone())).unwrap();
+        match crate::frame::decode::<TaskRequest>(&payload).unwrap() {
+            TaskRequest::SetKnobs(got) => assert_eq!(got, knobs),
+            other => panic!("decoded {other:?}"),
         }
     }
 }

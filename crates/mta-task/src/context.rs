@@ -93,26 +93,24 @@ impl TaskContext {
     }
 
     /// Re-reads the directory file; a bad one keeps the current directory.
-    pub(crate) fn reload_directory(&self) -> Result<usize, String> {
-        let fresh = self
-            .config()
-            .reload_directory()
-            .map_err(|e| e.to_string())?;
+    pub(crate) fn reload_directory(&self) -> Result<usize, mta_config::ConfigError> {
+        let fresh = self.config().reload_directory()?;
         let users = fresh.users.len();
         *self.inner.directory.lock().expect("directory lock") = Arc::new(fresh);
         Ok(users)
     }
 
-    /// Sets one knob from its text; for `debug_outfile` the file is opened first, and a
-    /// file that cannot be opened leaves the knob as it was.
-    pub(crate) fn set_knob(&self, name: &str, value: &str) -> Result<(), String> {
-        let mut fresh = self.knobs();
-        fresh.set(name, value).map_err(|e| e.to_string())?;
+    /// Takes the knobs the supervisor sends (`set config`); the `debug_outfile` is opened
+    /// first, and one that cannot be opened leaves every knob as it was.
+    pub(crate) fn set_knobs(&self, fresh: DebugKnobs) -> Result<(), crate::KnobError> {
         let path = outfile_path(self.config(), &fresh.debug_outfile);
         self.inner
             .outfile
             .set(path.as_deref())
-            .map_err(|e| format!("debug_outfile {}: {e}", fresh.debug_outfile))?;
+            .map_err(|source| crate::KnobError::Outfile {
+                path: fresh.debug_outfile.clone(),
+                source,
+            })?;
         *self.inner.knobs.lock().expect("knob lock") = fresh;
         Ok(())
     }

@@ -75,7 +75,7 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
             {
                 match crate::test_hooks::arm_panic() {
                     Ok(()) => TaskResponse::Told(format!("{}: panic armed", T::NAME)),
-                    Err(e) => TaskResponse::Error(e),
+                    Err(e) => TaskResponse::Error(e.to_string()),
                 }
             }
             TaskRequest::Transfers { after, limit } => match self.task.transfers(after, limit) {
@@ -84,31 +84,27 @@ impl<T: Task> Handler<TaskRequest, TaskResponse> for Control<T> {
             },
             TaskRequest::Tell(command) => match self.task.report(&self.ctx, &command).await {
                 Some(Ok(report)) => TaskResponse::Report(report),
-                Some(Err(text)) => TaskResponse::Error(text),
+                Some(Err(e)) => TaskResponse::Error(e.to_string()),
                 None => match self.task.tell(&self.ctx, command).await {
                     Ok(text) => TaskResponse::Told(text),
-                    Err(text) => TaskResponse::Error(text),
+                    Err(e) => TaskResponse::Error(e.to_string()),
                 },
             },
-            TaskRequest::SetKnobs(knobs) => {
-                for (name, value) in knobs {
-                    if let Err(e) = self.ctx.set_knob(&name, &value) {
-                        return TaskResponse::Error(e);
-                    }
-                }
-                TaskResponse::Ack
-            }
+            TaskRequest::SetKnobs(knobs) => match self.ctx.set_knobs(knobs) {
+                Ok(()) => TaskResponse::Ack,
+                Err(e) => TaskResponse::Error(e.to_string()),
+            },
             TaskRequest::Refresh => match self.ctx.reload_directory() {
                 Ok(users) => {
                     tracing::info!("directory re-read: {users} users");
                     match self.task.refresh(&self.ctx) {
                         Ok(()) => TaskResponse::Ack,
-                        Err(e) => TaskResponse::Error(e),
+                        Err(e) => TaskResponse::Error(e.to_string()),
                     }
                 }
                 Err(e) => {
                     tracing::warn!("directory not re-read, keeping the old one: {e}");
-                    TaskResponse::Error(e)
+                    TaskResponse::Error(e.to_string())
                 }
             },
             TaskRequest::Shutdown => {

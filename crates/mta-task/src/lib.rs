@@ -15,6 +15,7 @@
 
 mod context;
 mod control;
+pub mod error;
 pub mod fleet;
 pub mod histogram;
 mod logging;
@@ -24,6 +25,7 @@ pub mod queue_worker;
 pub mod test_hooks;
 
 pub use context::TaskContext;
+pub use error::{KnobError, TellError, WorkError};
 pub use logging::{init_logging, DebugOutfile, LOG_FORMAT_ENV};
 pub use outcome_log::{log_outcome, Outcome, OutcomeLine};
 pub use queue_worker::{drain, QueueWorker};
@@ -39,13 +41,13 @@ pub const INLINE_WORK_BYTES: u64 = 1 << 20;
 pub async fn read_work<R: Send + 'static>(
     bytes: u64,
     work: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, String> {
+) -> Result<R, WorkError> {
     if bytes < INLINE_WORK_BYTES {
         Ok(work())
     } else {
         tokio::task::spawn_blocking(work)
             .await
-            .map_err(|e| format!("worker thread panicked: {e}"))
+            .map_err(|e| WorkError::panicked("worker thread", e))
     }
 }
 
@@ -87,7 +89,7 @@ pub trait Task: Sized + Send + Sync + 'static {
     /// `tell smtpmta refresh` reached this task and the directory was re-read: reload
     /// whatever else the task keeps from files (isesctl: the TLS certificate). An error
     /// is reported to the console; the task keeps what it had. Default: nothing.
-    fn refresh(&self, _ctx: &TaskContext) -> Result<(), String> {
+    fn refresh(&self, _ctx: &TaskContext) -> Result<(), TellError> {
         Ok(())
     }
 
@@ -97,7 +99,7 @@ pub trait Task: Sized + Send + Sync + 'static {
         &self,
         _ctx: &TaskContext,
         _command: &TellCommand,
-    ) -> impl Future<Output = Option<Result<mta_ipc::task::TaskReport, String>>> + Send {
+    ) -> impl Future<Output = Option<Result<mta_ipc::task::TaskReport, TellError>>> + Send {
         async { None }
     }
 
@@ -116,8 +118,8 @@ pub trait Task: Sized + Send + Sync + 'static {
         &self,
         _ctx: &TaskContext,
         command: TellCommand,
-    ) -> impl Future<Output = Result<String, String>> + Send {
-        async move { Err(format!("{} does not know `{command}`", Self::NAME)) }
+    ) -> impl Future<Output = Result<String, TellError>> + Send {
+        async move { Err(TellError::unknown(Self::NAME, command, "")) }
     }
 }
 

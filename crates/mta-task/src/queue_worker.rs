@@ -4,8 +4,9 @@
 //! is released at once, so the next pass retries it (if the release fails too, the leases
 //! expire): at-least-once, never lost.
 
-use crate::TaskContext;
+use crate::{TaskContext, WorkError};
 use mta_ipc::store::{Change, Durability};
+use mta_ipc::{TaskState, TaskStatus};
 use mta_types::{MessageRecord, QueueName};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,10 +36,26 @@ pub trait QueueWorker: Send + Sync + 'static {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> impl Future<Output = Result<(Vec<Change>, Self::Done), String>> + Send;
+    ) -> impl Future<Output = Result<(Vec<Change>, Self::Done), WorkError>> + Send;
 
     /// Called after the batch's commit succeeded.
     fn committed(&self, ctx: &TaskContext, done: Self::Done);
+}
+
+/// What `show tasks` says of a queue task: `Busy` doing `doing` ("converting", "routing")
+/// while `drain` works a batch, else `Idle`; and its own counters.
+pub fn status(busy: &AtomicBool, doing: &str, counters: Vec<(String, u64)>) -> TaskStatus {
+    let (state, current) = if busy.load(Ordering::Relaxed) {
+        (TaskState::Busy, doing)
+    } else {
+        (TaskState::Idle, "idle")
+    };
+    TaskStatus {
+        state,
+        current: current.into(),
+        counters,
+        handlers: Vec::new(),
+    }
 }
 
 /// Drains `W::QUEUE` until shutdown; `busy` is true while a batch is being worked (for
@@ -82,7 +99,7 @@ async fn one_batch<W: QueueWorker>(
             .await
             .map(|next| (next, done))
             .map_err(|e| e.to_string()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     };
     busy.store(false, Ordering::Relaxed);
     match outcome {

@@ -17,11 +17,11 @@ pub fn enabled() -> bool {
 }
 
 /// Arms the panic (refused when the hooks are off).
-pub fn arm_panic() -> Result<(), String> {
+pub fn arm_panic() -> Result<(), crate::TellError> {
     if !enabled() {
-        return Err(format!(
+        return Err(crate::TellError::Failed(format!(
             "test hooks are off (set {ENV}=1 in the suite's environment)"
-        ));
+        )));
     }
     PANIC_ARMED.store(true, Ordering::SeqCst);
     Ok(())

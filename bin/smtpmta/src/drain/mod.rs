@@ -201,7 +201,7 @@ async fn set_transports(sup: &Supervisor, draining: bool) -> String {
         (TaskName::Isesctl, TellCommand::InboundDraining(draining)),
         (TaskName::Osesctl, outbound),
     ] {
-        if let ConsoleReply::Error(e) = crate::console::tell_task(sup, task, command).await {
+        if let ConsoleReply::Error(e) = crate::tasks::tell_task(sup, task, command).await {
             problems.push(format!("{task}: {e}"));
         }
     }

@@ -18,7 +18,7 @@ use crate::Supervisor;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
-use mta_ipc::console::TaskRow;
+use mta_ipc::console::{RowState, TaskRow};
 use mta_ipc::task::HistogramSnapshot;
 use mta_ipc::TaskClient;
 use mta_types::counters as names;
@@ -63,7 +63,7 @@ pub async fn answer(sup: &Arc<Supervisor>, openmetrics: bool) -> Response<Full<B
 /// One scrape: the task rows (with handlers) over IPC, then the store's numbers read off the
 /// async threads (sled reads are blocking).
 async fn scrape(sup: &Arc<Supervisor>) -> Result<String, String> {
-    let tasks = crate::console::show_tasks(sup).await;
+    let tasks = crate::tasks::show_tasks(sup).await;
     let histograms = task_histograms(sup, TaskName::Isesctl).await;
     let sup = sup.clone();
     tokio::task::spawn_blocking(move || render(&sup, &tasks, histograms))
@@ -447,13 +447,13 @@ fn register_sessions(
         handlers_max
             .get_or_create(&labels(&[("task", task)]))
             .set(max as i64);
-        for state in ["busy", "idle"] {
+        for state in [RowState::Busy, RowState::Idle] {
             let n = tasks
                 .iter()
                 .filter(|t| t.parent.as_deref() == Some(task) && t.state == state)
                 .count();
             handlers
-                .get_or_create(&labels(&[("task", task), ("state", state)]))
+                .get_or_create(&labels(&[("task", task), ("state", state.as_str())]))
                 .set(n as i64);
         }
     }
@@ -476,7 +476,8 @@ fn register_tasks(r: &mut Registry, tasks: &[TaskRow]) {
     for t in tasks.iter().filter(|t| t.parent.is_none()) {
         let l = labels(&[("task", &t.name)]);
         // A controller with its transport stopped shows `stopped` but its process runs.
-        let runs = t.state == "running" || (t.state == "stopped" && t.pid.is_some());
+        let runs =
+            t.state == RowState::Running || (t.state == RowState::Stopped && t.pid.is_some());
         up.get_or_create(&l).set(i64::from(runs));
         restarts.get_or_create(&l).inc_by(u64::from(t.restarts));
     }

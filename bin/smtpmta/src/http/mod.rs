@@ -5,7 +5,7 @@
 //! most `MAX_CONNECTIONS` at once, each bounded by `REQUEST_TIMEOUT`. Only GET and HEAD,
 //! so nothing here changes anything. The modules form no circle: this one routes to
 //! `metrics` and `status_page`; both answer through `response`; what they show comes
-//! from the supervisor (`crate::console::show_tasks`, `crate::stats`, `crate::history`),
+//! from the supervisor (`crate::tasks::show_tasks`, `crate::stats`, `crate::history`),
 //! which knows nothing of HTTP.
 
 mod charts;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 const REFRESH_SECS: u32 = 5;
 
 pub async fn page(sup: &Arc<Supervisor>) -> Response<Full<Bytes>> {
-    let tasks = crate::console::show_tasks(sup).await;
+    let tasks = crate::tasks::show_tasks(sup).await;
     let fleet = match &sup.fleet {
         Some(_) => Some(crate::fleet::report(sup).await),
         None => None,
@@ -127,7 +127,7 @@ fn tasks_table(h: &mut String, tasks: &[TaskRow]) {
              <td class=\"n\">{restarts}</td><td>{detail}</td></tr>",
             name = esc(&t.name),
             pid = t.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            state = esc(&t.state),
+            state = esc(t.state.as_str()),
             description = esc(&t.description),
             since = age(t.since_ms),
             restarts = if t.parent.is_some() {
