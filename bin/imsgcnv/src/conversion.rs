@@ -119,12 +119,7 @@ pub fn convert_batch(
     for mut record in records {
         let content = match mta_spool::read(spool_dir, &record.content) {
             Err(e) if e.is_missing() => {
-                record.content_missing(&e);
-                tracing::error!(
-                    "qid={} moved to Dead: {}",
-                    record.id,
-                    record.note.as_deref().unwrap_or("")
-                );
+                mta_task::queue_worker::content_missing(&mut record, &e);
                 changes.push(Change::Put(record));
                 continue;
             }

@@ -64,12 +64,7 @@ fn trace_text(record: &MessageRecord, verdict: &Verdict) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "qid: {}", record.id);
     let _ = writeln!(t, "received-at-ms: {}", record.received_at);
-    let from = record
-        .envelope
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let from = record.envelope.return_path();
     let _ = writeln!(t, "from: <{from}>");
     for r in &record.recipients {
         let _ = writeln!(t, "to: <{}>", r.address);

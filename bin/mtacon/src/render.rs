@@ -290,12 +290,7 @@ fn message_text(r: &MessageRecord) -> String {
         Location::Held { from } => format!("Held (from {from})"),
         other => other.label().to_string(),
     };
-    let from = r
-        .envelope
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let from = r.envelope.return_path();
     let _ = writeln!(out, "Queue ID:     {}", r.id);
     let _ = writeln!(out, "State:        {state}");
     if let Some(note) = &r.note {

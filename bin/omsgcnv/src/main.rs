@@ -129,12 +129,7 @@ fn convert_batch(
                 None
             }
             Err(e) if e.is_missing() => {
-                record.content_missing(&e);
-                tracing::error!(
-                    "qid={} moved to Dead: {}",
-                    record.id,
-                    record.note.as_deref().unwrap_or("")
-                );
+                mta_task::queue_worker::content_missing(&mut record, &e);
                 stats.failed.fetch_add(1, Ordering::Relaxed);
                 changes.push(Change::Put(record));
                 continue;

@@ -89,21 +89,12 @@ fn check(
         return Err((Enhanced::new(5, 6, 0), text.into()));
     }
     let record = &item.record;
-    let needs_utf8 = record.envelope.utf8
-        || record
-            .envelope
-            .mail_from
-            .as_ref()
-            .is_some_and(|a| a.is_utf8())
-        || item
-            .rcpts
-            .iter()
-            .any(|i| record.recipients[*i].address.is_utf8());
+    let needs_utf8 = record.needs_utf8(&item.rcpts);
     if needs_utf8 && !ext.smtputf8 {
         let text = format!("{label} does not support SMTPUTF8, which this message needs");
         return Err((Enhanced::new(5, 6, 7), text));
     }
-    let eight_bit = record.envelope.eight_bit || content.iter().any(|b| *b >= 0x80);
+    let eight_bit = record.is_8bit(content);
     if eight_bit && !ext.eight_bit_mime {
         let text = format!(
             "{label} does not support 8BITMIME and the message has 8-bit content \

@@ -384,19 +384,7 @@ fn sent(r: &mut Recipient, host: String, reply: Reply, now: UnixMillis) -> Logge
         text: reply.to_string(),
         extra: String::new(),
     };
-    r.attempts.push(Attempt {
-        at: now,
-        host: host.clone(),
-        outcome: DeliveryOutcome::Relayed {
-            reply: reply.clone(),
-        },
-    });
-    r.status = RcptStatus::Relayed {
-        at: now,
-        host,
-        reply,
-    };
-    r.next_retry = None;
+    r.relayed(now, host, reply);
     logged
 }
 
@@ -418,17 +406,12 @@ fn bounced(
         text: failed.to_string(),
         extra: String::new(),
     };
-    r.attempts.push(Attempt {
-        at: now,
-        host,
-        outcome: failed,
-    });
-    r.status = RcptStatus::Failed {
+    r.attempted(now, host, failed);
+    r.finish(RcptStatus::Failed {
         at: now,
         status,
         reply,
-    };
-    r.next_retry = None;
+    });
     logged
 }
 
@@ -458,20 +441,16 @@ fn expired(
         extra: String::new(),
     };
     // This attempt's own reply was temporary; what it led to is the expiry.
-    r.attempts.push(Attempt {
-        at: now,
-        host,
-        outcome: DeliveryOutcome::Failed {
-            status: EXPIRED,
-            reply,
-        },
-    });
-    r.status = RcptStatus::Failed {
+    let failed = DeliveryOutcome::Failed {
+        status: EXPIRED,
+        reply,
+    };
+    r.attempted(now, host, failed);
+    r.finish(RcptStatus::Failed {
         at: now,
         status: EXPIRED,
         reply: verdict,
-    };
-    r.next_retry = None;
+    });
     logged
 }
 

@@ -230,12 +230,7 @@ fn jobs(messages: &[Routed]) -> Vec<Job> {
                 deliveries: vec![d],
                 endpoint: endpoint.clone(),
                 qid: record.id,
-                mail_from: record
-                    .envelope
-                    .mail_from
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
+                mail_from: record.envelope.return_path(),
                 recipients: vec![rcpt],
                 content: record.content.clone(),
                 eight_bit: record.envelope.eight_bit,

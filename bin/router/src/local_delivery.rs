@@ -234,12 +234,7 @@ fn write_maildirs(
     let content = mta_spool::read(spool_dir, &record.content);
     if let Err(e) = &content {
         if e.is_missing() {
-            record.content_missing(e);
-            tracing::error!(
-                "qid={} moved to Dead: {}",
-                record.id,
-                record.note.as_deref().unwrap_or("")
-            );
+            mta_task::queue_worker::content_missing(record, e);
             return;
         }
     }
@@ -291,12 +286,7 @@ pub fn record_outcome(
             target: mta_types::DEBUG_TARGET,
             "Router: Message qid={qid} delivered to {} from <{}> Size {} Hop Count {}",
             delivery.delivered_to,
-            record
-                .envelope
-                .mail_from
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            record.envelope.return_path(),
             record.size,
             record.trace.hop_count
         ),
@@ -348,12 +338,7 @@ fn finish_one(record: &mut MessageRecord, routing: &Routing<'_>, log_level: u8) 
 /// information for Mail Box, the full names of senders and recipients").
 fn log_document(record: &MessageRecord) {
     let qid = record.id;
-    let from = record
-        .envelope
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let from = record.envelope.return_path();
     let message_id = record
         .fields
         .as_ref()

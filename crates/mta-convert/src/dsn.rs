@@ -259,12 +259,7 @@ fn append_original(bytes: &mut Vec<u8>, input: &DsnInput<'_>, boundary: &str) {
 pub fn render_dsn(input: &DsnInput<'_>) -> Dsn {
     let rec = input.original;
     let host = input.hostname;
-    let sender = rec
-        .envelope
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let sender = rec.envelope.return_path();
     let (subject, intro) = subject_and_intro(&input.lines);
     let boundary = format!("{}/{host}", input.unique);
     let message_id = format!("<{}@{host}>", input.unique);

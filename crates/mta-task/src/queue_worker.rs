@@ -42,6 +42,14 @@ pub trait QueueWorker: Send + Sync + 'static {
     fn committed(&self, ctx: &TaskContext, done: Self::Done);
 }
 
+/// The content of `record` is gone from the spool (`reason`): the record goes to Dead, and
+/// the log says so (the one line every stage writes for it).
+pub fn content_missing(record: &mut MessageRecord, reason: impl std::fmt::Display) {
+    record.content_missing(reason);
+    let note = record.note.as_deref().unwrap_or("");
+    tracing::error!("qid={} moved to Dead: {note}", record.id);
+}
+
 /// What `show tasks` says of a queue task: `Busy` doing `doing` ("converting", "routing")
 /// while `drain` works a batch, else `Idle`; and its own counters.
 pub fn status(busy: &AtomicBool, doing: &str, counters: Vec<(String, u64)>) -> TaskStatus {

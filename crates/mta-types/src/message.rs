@@ -135,6 +135,14 @@ impl Envelope {
             auth: None,
         }
     }
+
+    /// The reverse-path as logs and reports print it inside `<>`: empty for the null path.
+    pub fn return_path(&self) -> String {
+        self.mail_from
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
 }
 
 /// One recipient's state. The final states carry typed outcomes (see `crate::outcome`);
@@ -232,6 +240,27 @@ impl Recipient {
             delay_reported: false,
             final_reported: false,
         }
+    }
+
+    /// Keeps one attempt at `host` and what it came to (tracking, reports, retry schedule).
+    pub fn attempted(&mut self, at: UnixMillis, host: impl Into<String>, outcome: DeliveryOutcome) {
+        let host = host.into();
+        self.attempts.push(Attempt { at, host, outcome });
+    }
+
+    /// A final state: no retry follows.
+    pub fn finish(&mut self, status: RcptStatus) {
+        self.status = status;
+        self.next_retry = None;
+    }
+
+    /// Relayed to `host`, which took it with `reply`: the attempt and the final state.
+    pub fn relayed(&mut self, at: UnixMillis, host: String, reply: Reply) {
+        let outcome = DeliveryOutcome::Relayed {
+            reply: reply.clone(),
+        };
+        self.attempted(at, host.clone(), outcome);
+        self.finish(RcptStatus::Relayed { at, host, reply });
     }
 
     /// NOTIFY allows a failure report (RFC 3461: the default is FAILURE).
@@ -360,6 +389,20 @@ pub fn age_label(since_ms: Option<u64>) -> String {
 }
 
 impl MessageRecord {
+    /// The next hop must speak SMTPUTF8 for this message to reach `rcpts` (indexes of its
+    /// recipients): it came with SMTPUTF8, or its reverse-path or one of them is not ASCII.
+    pub fn needs_utf8(&self, rcpts: &[usize]) -> bool {
+        let from = self.envelope.mail_from.as_ref();
+        self.envelope.utf8
+            || from.is_some_and(|a| a.is_utf8())
+            || rcpts.iter().any(|i| self.recipients[*i].address.is_utf8())
+    }
+
+    /// The message is 8-bit: BODY=8BITMIME was given, or `content` has an octet over 127.
+    pub fn is_8bit(&self, content: &[u8]) -> bool {
+        self.envelope.eight_bit || content.iter().any(|b| *b >= 0x80)
+    }
+
     /// The spooled content is gone (a damaged or lost spool segment): nothing can be
     /// delivered, relayed or quoted any more, so the message waits in Dead with the reason
     /// for the operator instead of being retried forever.

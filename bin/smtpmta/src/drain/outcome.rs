@@ -16,8 +16,8 @@
 use super::peer::Sent;
 use mta_smtp::client::SessionError;
 use mta_smtp::Reply;
-use mta_types::message::{Attempt, UnixMillis};
-use mta_types::{DeliveryOutcome, Location, MessageRecord, RcptStatus};
+use mta_types::message::UnixMillis;
+use mta_types::{Location, MessageRecord};
 
 /// What to do with the record after the attempt.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,19 +79,7 @@ pub fn apply(
         let reply = data.expect("taken only after DATA").recorded();
         for i in &taken {
             let r = &mut record.recipients[*i];
-            r.attempts.push(Attempt {
-                at: now,
-                host: peer.to_string(),
-                outcome: DeliveryOutcome::Relayed {
-                    reply: reply.clone(),
-                },
-            });
-            r.status = RcptStatus::Relayed {
-                at: now,
-                host: peer.to_string(),
-                reply: reply.clone(),
-            };
-            r.next_retry = None;
+            r.relayed(now, peer.to_string(), reply.clone());
             r.final_reported = true;
         }
         record.note = Some(format!("handed off to {peer} as {qid}"));

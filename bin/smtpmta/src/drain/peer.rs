@@ -91,16 +91,8 @@ impl PeerSession {
             qid: record.id.to_string(),
             arrival_ms: record.received_at,
         };
-        let utf8 = record.envelope.utf8
-            || record
-                .envelope
-                .mail_from
-                .as_ref()
-                .is_some_and(|a| a.is_utf8())
-            || rcpts
-                .iter()
-                .any(|i| record.recipients[*i].address.is_utf8());
-        let eight_bit = record.envelope.eight_bit || content.iter().any(|b| *b >= 0x80);
+        let utf8 = record.needs_utf8(rcpts);
+        let eight_bit = record.is_8bit(content);
         let line = handoff::mail_command(record, content.len(), eight_bit, utf8, &origin);
         let mail = self.client.command(&line).await?;
         let mut sent = Sent {
