@@ -269,11 +269,36 @@ pub struct DrainScope {
     pub dead: bool,
 }
 
+/// A console line that is not a command, or a command typed wrongly: the text says how
+/// to type it (`usage: …`, `unknown command …`), and reads as a `str`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl From<&str> for UsageError {
+    fn from(text: &str) -> UsageError {
+        UsageError(text.to_string())
+    }
+}
+
+impl From<String> for UsageError {
+    fn from(text: String) -> UsageError {
+        UsageError(text)
+    }
+}
+
+impl std::ops::Deref for UsageError {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 const DRAIN_USAGE: &str = "usage: tell smtpmta drain to <node|host:port> [include held|dead], tell smtpmta drain status, tell smtpmta drain stop";
 
 impl DrainCommand {
     /// The words after `drain`.
-    pub fn parse(words: &[&str]) -> Result<DrainCommand, String> {
+    pub fn parse(words: &[&str]) -> Result<DrainCommand, UsageError> {
         let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
         let l: Vec<&str> = lower.iter().map(String::as_str).collect();
         match l.as_slice() {
@@ -290,21 +315,21 @@ impl DrainCommand {
                                 "dead" => include.dead = true,
                                 "" | "and" => {}
                                 other => {
-                                    return Err(format!(
+                                    return Err(UsageError::from(format!(
                                     "drain: cannot include `{other}` (held, dead); {DRAIN_USAGE}"
-                                ))
+                                )))
                                 }
                             }
                         }
                     }
-                    _ => return Err(DRAIN_USAGE.into()),
+                    _ => return Err(UsageError::from(DRAIN_USAGE)),
                 }
                 Ok(DrainCommand::To {
                     target: words[1].to_string(),
                     include,
                 })
             }
-            _ => Err(DRAIN_USAGE.into()),
+            _ => Err(UsageError::from(DRAIN_USAGE)),
         }
     }
 }
@@ -393,26 +418,26 @@ pub enum ConsoleCommand {
 impl ConsoleCommand {
     /// Parses a command line as an operator types it (case-insensitive, Domino spelling;
     /// `sh` abbreviates `show`).
-    pub fn parse(line: &str) -> Result<ConsoleCommand, String> {
+    pub fn parse(line: &str) -> Result<ConsoleCommand, UsageError> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
         let l: Vec<&str> = lower.iter().map(String::as_str).collect();
         match l.as_slice() {
-            [] => Err("empty command; type `help` for the list".into()),
+            [] => Err(UsageError::from("empty command; type `help` for the list")),
             ["help"] | ["?"] => Ok(ConsoleCommand::Help),
             _ => Self::parse_show(&l, &words)
                 .or_else(|| Self::parse_message_op(&l, &words))
                 .or_else(|| Self::parse_delivery(&l, &words))
                 .unwrap_or_else(|| {
-                    Err(format!(
+                    Err(UsageError::from(format!(
                         "unknown command `{line}`; type `help` for the list"
-                    ))
+                    )))
                 }),
         }
     }
 
     /// `show …`: the views, and the TLS and shaping views that osesctl answers.
-    fn parse_show(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, String>> {
+    fn parse_show(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, UsageError>> {
         Some(match l {
             ["show" | "sh", "tasks" | "task"] => Ok(ConsoleCommand::ShowTasks),
             ["show" | "sh", "tasks" | "task", "time"] => Ok(ConsoleCommand::ShowTaskTime),
@@ -432,14 +457,13 @@ impl ConsoleCommand {
                     pattern: pattern.to_string(),
                 })
             }
-            ["show" | "sh", "stat" | "stats" | "statistics", ..] => Err(
+            ["show" | "sh", "stat" | "stats" | "statistics", ..] => Err(UsageError::from(
                 "usage: show stat mail (or a name or pattern: show stat mail.dead, show stat mail.*threads*)"
-                    .into(),
-            ),
+            )),
             ["show" | "sh", "message", _] => Ok(ConsoleCommand::ShowMessage {
                 qid: words[2].to_string(),
             }),
-            ["show" | "sh", "message", ..] => Err("usage: show message <queue-id>".into()),
+            ["show" | "sh", "message", ..] => Err(UsageError::from("usage: show message <queue-id>")),
             // Outbound TLS policy (issue 28): osesctl holds the policy module and the counts.
             ["show" | "sh", "tls", "policy", _] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
@@ -450,7 +474,7 @@ impl ConsoleCommand {
                     words[3].to_ascii_lowercase(),
                 ]),
             }),
-            ["show" | "sh", "tls", "policy", ..] => Err("usage: show tls policy <domain>".into()),
+            ["show" | "sh", "tls", "policy", ..] => Err(UsageError::from("usage: show tls policy <domain>")),
             ["show" | "sh", "tls", "reports" | "report"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["show".into(), "tls".into(), "reports".into()]),
@@ -464,7 +488,7 @@ impl ConsoleCommand {
     }
 
     /// Operations on one message or one destination's messages, `track`, `trace`, `set config`.
-    fn parse_message_op(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, String>> {
+    fn parse_message_op(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, UsageError>> {
         Some(match l {
             [verb @ ("hold" | "release" | "delete"), "domain" | "destination", _] => {
                 Ok(ConsoleCommand::Bulk {
@@ -488,34 +512,36 @@ impl ConsoleCommand {
             ["bounce", _] => Ok(ConsoleCommand::Bounce {
                 qid: words[1].to_string(),
             }),
-            ["bounce", ..] => Err("usage: bounce <queue-id>".into()),
-            ["track", ..] => {
-                crate::tracking::TrackQuery::parse(&words[1..]).map(ConsoleCommand::Track)
-            }
+            ["bounce", ..] => Err(UsageError::from("usage: bounce <queue-id>")),
+            ["track", ..] => crate::tracking::TrackQuery::parse(&words[1..])
+                .map(ConsoleCommand::Track)
+                .map_err(UsageError),
             ["delete", _] => Ok(ConsoleCommand::Delete {
                 qid: words[1].to_string(),
             }),
-            ["hold" | "release" | "delete", ..] => Err(format!(
+            ["hold" | "release" | "delete", ..] => Err(UsageError::from(format!(
                 "usage: {} <queue-id> (or release dead <queue-id>)",
                 l[0]
-            )),
+            ))),
             ["trace", _] => Ok(ConsoleCommand::Trace {
                 address: words[1].trim_matches(|c| c == '<' || c == '>').to_string(),
             }),
-            ["trace", ..] => Err("usage: trace <address>, e.g. `trace alice@localhost`".into()),
+            ["trace", ..] => Err(UsageError::from(
+                "usage: trace <address>, e.g. `trace alice@localhost`",
+            )),
             ["set", "config", _, _] => Ok(ConsoleCommand::SetConfig {
                 knob: words[2].to_string(),
                 value: words[3].to_string(),
             }),
-            ["set", "config", ..] => {
-                Err("usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`".into())
-            }
+            ["set", "config", ..] => Err(UsageError::from(
+                "usage: set config <knob> <value>, e.g. `set config SMTPDebugIO 3`",
+            )),
             _ => return None,
         })
     }
 
     /// `route`, `quit` and `tell <task> …`.
-    fn parse_delivery(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, String>> {
+    fn parse_delivery(l: &[&str], words: &[&str]) -> Option<Result<ConsoleCommand, UsageError>> {
         Some(match l {
             ["route", "localdelivery" | "local"] => Ok(ConsoleCommand::RouteLocalDelivery),
             ["route", _] => Ok(ConsoleCommand::Tell {
@@ -527,9 +553,9 @@ impl ConsoleCommand {
                 task: TaskName::Osesctl,
                 command: TellCommand::Other(vec!["route".into()]),
             }),
-            ["route", ..] => {
-                Err("usage: route [<domain> | localdelivery] (try those messages now)".into())
-            }
+            ["route", ..] => Err(UsageError::from(
+                "usage: route [<domain> | localdelivery] (try those messages now)",
+            )),
             ["quit"] => Ok(ConsoleCommand::Tell {
                 task: TaskName::Smtpmta,
                 command: TellCommand::Quit,
@@ -548,19 +574,21 @@ impl ConsoleCommand {
             }
             ["tell", task, ..] if handler_controller(task).is_some() => {
                 let (controller, transport) = handler_controller(task).expect("checked");
-                Err(format!(
+                Err(UsageError::from(format!(
                     "{task} is a session handler of {controller}: it takes no TELL commands; \
                      it stops with its controller (`tell smtpmta stop {transport} transport`)"
-                ))
+                )))
             }
             ["tell", task, rest @ ..] if !rest.is_empty() => task
                 .parse()
-                .map_err(|e: mta_types::task::UnknownTask| e.to_string())
+                .map_err(|e: mta_types::task::UnknownTask| UsageError(e.to_string()))
                 .map(|task: TaskName| ConsoleCommand::Tell {
                     task,
                     command: TellCommand::parse(&words[2..]),
                 }),
-            ["tell", ..] => Err("usage: tell <task> <command>, e.g. `tell smtpmta quit`".into()),
+            ["tell", ..] => Err(UsageError::from(
+                "usage: tell <task> <command>, e.g. `tell smtpmta quit`",
+            )),
             _ => return None,
         })
     }
