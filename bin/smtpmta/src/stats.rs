@@ -11,13 +11,7 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
     let engine = sup.store.engine();
     let counters = engine.counters().map_err(|e| e.to_string())?;
     let get = |n: &str| counters.get(n).copied().unwrap_or(0);
-    let waiting: u64 = QueueName::ALL
-        .iter()
-        .map(|q| engine.count_in(Location::Queue(*q)))
-        .sum();
-    let held = engine.count_in(Location::Held {
-        from: QueueName::MailBox,
-    });
+    let (waiting, held) = queued_and_held(engine);
     let spool_bytes = crate::compaction::spool_bytes(&sup.config().spool_dir());
     // A sum over the deliveries counted, as an average per delivery.
     let per_delivery = |name: &str, sum: &str, unit: &str| {
@@ -71,14 +65,7 @@ pub fn show_stat_mail(sup: &Supervisor) -> Result<Vec<Statistic>, String> {
 /// `mail.transferthreads`; `mail.*threads*`: a glob), case-insensitive as on Domino.
 pub async fn show_stat(sup: &Supervisor, pattern: &str) -> Result<Vec<Statistic>, String> {
     let mut stats = show_stat_mail(sup)?;
-    let engine = sup.store.engine();
-    let queued: u64 = QueueName::ALL
-        .iter()
-        .map(|q| engine.count_in(Location::Queue(*q)))
-        .sum();
-    let held = engine.count_in(Location::Held {
-        from: QueueName::MailBox,
-    });
+    let (queued, held) = queued_and_held(sup.store.engine());
     let waiting_recipients = waiting_recipients(sup)?;
     let osesctl = outbound_handlers(sup).await;
     let resolving = osesctl
@@ -162,6 +149,18 @@ fn select(mut stats: Vec<Statistic>, pattern: &str) -> Result<Vec<Statistic>, St
         ));
     }
     Ok(selected)
+}
+
+/// Messages in the queues (waiting for a task), and held ones.
+fn queued_and_held(engine: &mta_store::Engine) -> (u64, u64) {
+    let queued = QueueName::ALL
+        .iter()
+        .map(|q| engine.count_in(Location::Queue(*q)))
+        .sum();
+    let held = engine.count_in(Location::Held {
+        from: QueueName::MailBox,
+    });
+    (queued, held)
 }
 
 /// A statistic that is a number (`unit` may be empty).
