@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[1].detail, "in session with 127.0.0.1:4000");
         drop((a, c, d));
-        assert!(table.rows().iter().all(|r| r.state == mta_ipc::console::RowState::Idle));
+        assert!(table
+            .rows()
+            .iter()
+            .all(|r| r.state == mta_ipc::console::RowState::Idle));
         assert_eq!(permits.available_permits(), 3);
     }
 }
