@@ -1,14 +1,17 @@
-//! Draining a node (issue 27, point 5): `tell smtpmta drain to <host:port>` on node A
-//! while clients keep sending to B and C — three suites on loopback relaying to one sink
-//! (no Redis: the hand-off is SMTP between peers, it needs none).
+//! Draining a node (issue 27, point 5): `tell smtpmta drain to node-b` on node A while
+//! clients keep sending to B and C — three suites on loopback relaying to one sink, in a
+//! fleet on a real Redis (the hand-off is SMTP between peers; Redis only tells A where
+//! node-b's SMTP listener is, from B's heartbeat).
 //!
 //! What a user sees: A answers new connections with 421; every message A accepted
 //! arrives at the sink (by Message-ID); A's queue ends empty; `show message` on A names
 //! B's queue ID, and B's record keeps A's arrival time; a DSN written by B after a
 //! permanent failure carries the ENVID and ORCPT the client gave A; a client that is not
-//! a fleet peer cannot use the hand-off parameter; `drain stop` opens A again.
+//! a fleet peer cannot use the hand-off parameter; `drain stop` opens A again; a node that
+//! is unknown or DOWN is refused by name.
 
 use mta_testkit::peers::{smtp_load, tail, Sink};
+use mta_testkit::redis::Redis;
 use mta_testkit::{wait_for, RawSmtp, Suite, SuiteOptions};
 use serde_json::Value;
 use std::path::Path;
@@ -16,9 +19,11 @@ use std::time::Duration;
 
 const SECRET: &str = "fleet-drain-test-secret";
 
-fn node(name: &str, sink: &Sink, secret: &Path) -> Suite {
+fn node(name: &str, sink: &Sink, secret: &Path, redis: &Redis) -> Suite {
     Suite::start(&SuiteOptions {
         sections: vec![
+            ("cluster", format!("redis = \"{}\"", redis.url())),
+            ("cluster", "heartbeat = \"1s\"".into()),
             (
                 "outbound",
                 format!("relay_host = \"127.0.0.1:{}\"", sink.port),
@@ -89,9 +94,10 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
     let secret = secret_dir.path().join("peer.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let sink = Sink::start(&[]);
-    let a = node("node-a", &sink, &secret);
-    let b = node("node-b", &sink, &secret);
-    let c = node("node-c", &sink, &secret);
+    let redis = Redis::start();
+    let a = node("node-a", &sink, &secret, &redis);
+    let b = node("node-b", &sink, &secret, &redis);
+    let mut c = node("node-c", &sink, &secret, &redis);
 
     // A keeps what it accepts: its outbound transport is stopped.
     ok(&a, &["tell", "smtpmta", "stop", "outbound", "transport"]);
@@ -130,17 +136,32 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
     let (b_port, c_port) = (b.smtp_port, c.smtp_port);
     let on_b = std::thread::spawn(move || smtp_load(b_port, 100, 2, "user@far.test", 20));
     let on_c = std::thread::spawn(move || smtp_load(c_port, 100, 2, "user@far.test", 20));
-    let started = ok(
-        &a,
-        &[
-            "tell",
-            "smtpmta",
-            "drain",
-            "to",
-            &format!("127.0.0.1:{}", b.smtp_port),
-        ],
+    // By name: A finds node-b's SMTP listener in its heartbeat.
+    wait_for(
+        "node-b UP in A's show fleet",
+        Duration::from_secs(20),
+        || {
+            let f = ok(&a, &["show", "fleet"]);
+            match f
+                .lines()
+                .any(|l| l.starts_with("node-b") && l.contains(" UP "))
+            {
+                true => Ok(()),
+                false => Err(f),
+            }
+        },
     );
-    assert!(started.contains("draining to"), "{started}");
+    let unknown = console(&a, &["tell", "smtpmta", "drain", "to", "node-x"]);
+    assert!(
+        !unknown.0 && unknown.1.contains("no node of the fleet"),
+        "{}",
+        unknown.1
+    );
+    let started = ok(&a, &["tell", "smtpmta", "drain", "to", "node-b"]);
+    assert!(
+        started.contains(&format!("draining to node-b (127.0.0.1:{})", b.smtp_port)),
+        "{started}"
+    );
     let (_, greeting) = RawSmtp::connect(a.smtp_port);
     assert!(
         greeting.starts_with("421 4.3.2"),
@@ -157,7 +178,7 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
             Err(format!("{s}\nA's log:\n{}", tail(&a.log(), 15)))
         }
     });
-    println!("{status}");
+    eprintln!("drain status after a finished drain:\n{status}");
     assert!(status.contains("sent: 154"), "{status}");
     assert!(status.contains("node state: DRAINING"), "{status}");
     let on_b = on_b.join().unwrap();
@@ -195,7 +216,7 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
             .unwrap_or_default()
             .to_string();
         let b_qid = note
-            .strip_prefix(&format!("handed off to [127.0.0.1]:{} as ", b.smtp_port))
+            .strip_prefix("handed off to node-b as ")
             .unwrap_or_else(|| panic!("show message {qid} on A: {on_a}"));
         let on_b = wait_for(
             "B's history of the hand-off",
@@ -263,5 +284,25 @@ fn drain_hands_the_queue_to_a_peer_under_load() {
     assert!(
         greeting.starts_with("220"),
         "A after drain stop: {greeting}"
+    );
+
+    // A node that died shows DOWN, and cannot be drained to by name.
+    c.kill9_all();
+    let shown = wait_for("node-c DOWN in show fleet", Duration::from_secs(20), || {
+        let t = ok(&a, &["show", "fleet"]);
+        match t
+            .lines()
+            .any(|l| l.starts_with("node-c") && l.contains("DOWN"))
+        {
+            true => Ok(t),
+            false => Err(t),
+        }
+    });
+    eprintln!("show fleet with node-c killed:\n{shown}");
+    let down = console(&a, &["tell", "smtpmta", "drain", "to", "node-c"]);
+    assert!(
+        !down.0 && down.1.contains("node node-c is DOWN"),
+        "{}",
+        down.1
     );
 }

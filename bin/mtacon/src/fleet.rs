@@ -17,13 +17,22 @@ pub fn text(r: &FleetReport) -> String {
         out.push_str("Redis is unreachable: limits are local shares; the nodes as last seen:\n");
     }
     out.push_str(&format!(
-        "{:<16} {:<9} {:>9} {:>7} {:>8} {:>5} {:>5} {:>9}  {}\n",
-        "Node", "State", "Last seen", "Tasks", "Pending", "Held", "Dead", "Sessions", "Version"
+        "{:<16} {:<9} {:>9} {:>7} {:>8} {:>5} {:>5} {:>9}  {:<8} {}\n",
+        "Node",
+        "State",
+        "Last seen",
+        "Tasks",
+        "Pending",
+        "Held",
+        "Dead",
+        "Sessions",
+        "Version",
+        "SMTP"
     ));
     for n in &r.nodes {
         let s = &n.summary;
         out.push_str(&format!(
-            "{:<16} {:<9} {:>8}s {:>7} {:>8} {:>5} {:>5} {:>9}  {}\n",
+            "{:<16} {:<9} {:>8}s {:>7} {:>8} {:>5} {:>5} {:>9}  {:<8} {}\n",
             n.node,
             n.status.as_str(),
             n.last_seen_ms / 1000,
@@ -32,7 +41,8 @@ pub fn text(r: &FleetReport) -> String {
             s.held,
             s.dead,
             format!("{}/{}", s.sessions_in, s.sessions_out),
-            s.version
+            s.version,
+            if s.smtp.is_empty() { "-" } else { &s.smtp }
         ));
     }
     if r.nodes.is_empty() {

@@ -93,6 +93,7 @@ async fn summary(sup: &Supervisor) -> NodeSummary {
         sessions_in: crate::rates::busy_handlers(sup, TaskName::Isesctl).await,
         sessions_out: crate::rates::busy_handlers(sup, TaskName::Osesctl).await,
         started_ms: sup.started_ms,
+        smtp: sup.config().peer_smtp_address(),
     }
 }
 
@@ -133,6 +134,39 @@ pub async fn report(sup: &Supervisor) -> FleetReport {
         cluster_up: status.fleet.is_up(),
         fresh,
         nodes: status.last.lock().expect("fleet lock").clone(),
+    }
+}
+
+/// Where fleet node `name` takes hand-offs, from its heartbeat: `Ok(None)` when this
+/// node is not in a fleet or knows no node by that name; `Err` when the node cannot take
+/// them (DOWN, DRAINING, this node, or no address published).
+pub async fn peer_address(sup: &Supervisor, name: &str) -> Result<Option<String>, String> {
+    let Some(status) = &sup.fleet else {
+        return Ok(None);
+    };
+    let fresh = refresh(status).await;
+    let rows = status.last.lock().expect("fleet lock").clone();
+    let Some(row) = rows.iter().find(|r| r.node == name) else {
+        return Ok(None);
+    };
+    let stale = if fresh {
+        ""
+    } else {
+        " (as last seen: Redis is unreachable)"
+    };
+    if name == sup.config().cluster.node {
+        return Err(format!("drain: {name} is this node"));
+    }
+    match row.status {
+        NodeStatus::Down => Err(format!(
+            "drain: node {name} is DOWN{stale}: its last heartbeat is {}s old",
+            row.last_seen_ms / 1000
+        )),
+        NodeStatus::Draining => Err(format!("drain: node {name} is DRAINING itself{stale}")),
+        NodeStatus::Up if row.summary.smtp.is_empty() => Err(format!(
+            "drain: node {name} publishes no SMTP address (an older version); name it host:port"
+        )),
+        NodeStatus::Up => Ok(Some(row.summary.smtp.clone())),
     }
 }
 

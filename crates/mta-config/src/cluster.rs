@@ -34,6 +34,11 @@ pub struct ClusterConfig {
     /// `lease_ttl`: how long a fleet connection lease lives unless its holder renews it
     /// (every third of it): a dead node's connections are free again after this. Default 30s.
     pub lease_ttl: Duration,
+    /// `peer_address`: `host:port` of the SMTP listener fleet peers hand mail to this
+    /// node on (`tell smtpmta drain to <node>` on another node), published in the
+    /// heartbeat. `None` (`""`): the first `[inbound] listen` address
+    /// ([`crate::Config::peer_smtp_address`]).
+    pub peer_address: Option<String>,
 }
 
 impl ClusterConfig {
@@ -135,6 +140,7 @@ pub(crate) struct RawCluster {
     heartbeat: Duration,
     #[serde(deserialize_with = "values::duration")]
     lease_ttl: Duration,
+    peer_address: String,
 }
 
 impl Default for RawCluster {
@@ -146,6 +152,7 @@ impl Default for RawCluster {
             timeout: Duration::from_millis(250),
             heartbeat: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
+            peer_address: String::new(),
         }
     }
 }
@@ -181,7 +188,12 @@ impl RawCluster {
                 (Some(path), Some(secret))
             }
         };
+        let peer_address = match self.peer_address.trim() {
+            "" => None,
+            addr => Some(check_host_port(addr).map_err(|m| ("peer_address", m))?),
+        };
         Ok(ClusterConfig {
+            peer_address,
             redis,
             node,
             peer_password_file,
@@ -191,6 +203,23 @@ impl RawCluster {
             lease_ttl: self.lease_ttl,
         })
     }
+}
+
+/// `host:port` (host a name, an IPv4 address or `[ipv6]`).
+fn check_host_port(addr: &str) -> Result<String, String> {
+    let bad =
+        || format!("`{addr}` is not host:port (e.g. \"mx2.example:25\", \"[2001:db8::2]:25\")");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let name_ok = !host.is_empty() && !host.contains(|c: char| c.is_whitespace() || c == '/');
+    let v6_ok = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_none_or(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    if !name_ok || !v6_ok || (host.contains(':') && !host.starts_with('[')) {
+        return Err(bad());
+    }
+    Ok(addr.to_string())
 }
 
 fn read_secret(path: &Path) -> Result<PeerPassword, String> {

@@ -595,6 +595,20 @@ impl Config {
         self.local_domains.contains(d)
     }
 
+    /// Where fleet peers hand mail to this node (`[cluster] peer_address`, else the first
+    /// `[inbound] listen` address, with `hostname` for a wildcard one); `""` with no
+    /// listener at all.
+    pub fn peer_smtp_address(&self) -> String {
+        if let Some(addr) = &self.cluster.peer_address {
+            return addr.clone();
+        }
+        match self.inbound.listen.first() {
+            Some(a) if a.ip().is_unspecified() => format!("{}:{}", self.hostname, a.port()),
+            Some(a) => a.to_string(),
+            None => String::new(),
+        }
+    }
+
     /// True if `ip` is in `trusted_networks`; an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`)
     /// is also checked as the IPv4 address it carries.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {

@@ -722,9 +722,13 @@ fn cluster_keys_load_and_bad_values_are_located() {
     assert_eq!(c.peer_password, None);
     assert_eq!(c.timeout, Duration::from_millis(250));
     assert_eq!(c.heartbeat_ttl(), Duration::from_secs(15));
+    let whole = Fixture::new("[inbound]\nlisten = [\"0.0.0.0:25\"]\n", Some(DIRECTORY))
+        .load()
+        .unwrap();
+    assert_eq!(whole.peer_smtp_address(), format!("{}:25", whole.hostname));
 
     let f = Fixture::new(
-        "[cluster]\nredis = \"redis://:pw@127.0.0.1:6379/0\"\nnode = \"mx1\"\npeer_password_file = \"peer.secret\"\nlease_ttl = \"5s\"\n",
+        "[cluster]\nredis = \"redis://:pw@127.0.0.1:6379/0\"\nnode = \"mx1\"\npeer_password_file = \"peer.secret\"\nlease_ttl = \"5s\"\npeer_address = \"mx1.example:2525\"\n",
         Some(DIRECTORY),
     );
     fs::write(f.path("peer.secret"), "s3cret\n").unwrap();
@@ -733,6 +737,7 @@ fn cluster_keys_load_and_bad_values_are_located() {
     assert_eq!(c.peer_password_file, Some(f.path("peer.secret")));
     assert_eq!(c.peer_password.as_ref().unwrap().expose(), "s3cret");
     assert_eq!(c.lease_ttl, Duration::from_secs(5));
+    assert_eq!(c.peer_address.as_deref(), Some("mx1.example:2525"));
     let redis = c.redis.as_ref().unwrap();
     assert_eq!(redis.to_string(), "redis://:***@127.0.0.1:6379/0");
     assert!(!format!("{c:?}").contains("s3cret") && !format!("{c:?}").contains("pw@"));
@@ -743,6 +748,8 @@ fn cluster_keys_load_and_bad_values_are_located() {
     assert_located(&e, &file, 2, "cluster.node", "is not a node name");
     let (e, file) = config_err("[cluster]\n\npeer_password_file = \"missing.secret\"\n");
     assert_located(&e, &file, 3, "cluster.peer_password_file", "cannot read");
+    let (e, file) = config_err("[cluster]\npeer_address = \"mx1.example\"\n");
+    assert_located(&e, &file, 2, "cluster.peer_address", "is not host:port");
     let (e, file) = config_err("[cluster]\nheartbeat = \"0s\"\n");
     assert_located(&e, &file, 2, "cluster.heartbeat", "more than 0");
     let (e, file) = config_err("[cluster]\nredis_url = \"redis://h:1\"\n");

@@ -23,6 +23,10 @@ pub struct NodeSummary {
     pub sessions_out: u64,
     /// When its supervisor started (Unix ms).
     pub started_ms: u64,
+    /// `host:port` of its SMTP listener for fleet peers (`[cluster] peer_address`):
+    /// where `tell smtpmta drain to <node>` hands its mail. Empty from a node that does
+    /// not say.
+    pub smtp: String,
 }
 
 /// A node's state as `show fleet` shows it.

@@ -130,7 +130,7 @@ async fn start(sup: &Arc<Supervisor>, target: &str, include: DrainScope) -> Cons
             "drain needs [cluster] peer_password_file: the secret the peer checks before it takes a hand-off".into(),
         );
     };
-    let (label, peer) = match resolve(target).await {
+    let (label, peer) = match resolve(sup, target).await {
         Ok(p) => p,
         Err(e) => return ConsoleReply::Error(e),
     };
@@ -212,17 +212,32 @@ async fn set_transports(sup: &Supervisor, draining: bool) -> String {
     }
 }
 
-/// `host:port` (or `[v6]:port`), resolved now. A fleet node's name is looked up in the
-/// fleet status when it has the node's address; until then a name needs its port.
-async fn resolve(target: &str) -> Result<(String, SocketAddr), String> {
+/// The peer and how the records name it: a fleet node by its name (at the SMTP address
+/// its heartbeat publishes; the label is the name), else `host:port` (or `[v6]:port`),
+/// resolved now.
+async fn resolve(sup: &Supervisor, target: &str) -> Result<(String, SocketAddr), String> {
     if let Ok(addr) = target.parse::<SocketAddr>() {
         return Ok((format!("[{}]:{}", addr.ip(), addr.port()), addr));
     }
-    let Some((host, port)) = target.rsplit_once(':') else {
+    if let Some(smtp) = crate::fleet::peer_address(sup, target).await? {
+        let (_, found) = lookup(&smtp).await?;
+        return Ok((target.to_string(), found));
+    }
+    if !target.contains(':') {
+        let why = match sup.fleet {
+            Some(_) => "no node of the fleet (`show fleet`) has that name",
+            None => "this node is in no fleet ([cluster] redis), so it knows no node by name",
+        };
         return Err(format!(
-            "drain: `{target}` is not host:port, and this node knows no fleet peer by that name; name it host:port (its SMTP listener)"
+            "drain: `{target}` is not host:port, and {why}; name a node or host:port (its SMTP listener)"
         ));
-    };
+    }
+    lookup(target).await
+}
+
+/// `host:port` resolved now: `host[ip]:port` and the address.
+async fn lookup(target: &str) -> Result<(String, SocketAddr), String> {
+    let (host, port) = target.rsplit_once(':').unwrap_or((target, ""));
     let found = tokio::net::lookup_host(target)
         .await
         .map_err(|e| format!("drain: cannot resolve {target}: {e}"))?
