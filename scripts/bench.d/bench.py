@@ -1069,6 +1069,102 @@ def latency_run(kind, top, sc):
         sink.close()
 
 
+def perf_sched_events(data):
+    """(time, event, fields) of a `perf record` file: sched_wakeup / sched_switch / sync syscalls."""
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "tid,time,event,trace"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    for line in out.splitlines():
+        m = re.match(r"\s*(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)", line)
+        if m:
+            yield int(m.group(1)), float(m.group(2)), m.group(3), m.group(4)
+
+
+def wakeups_run(kind, top, sc):
+    """Between the final "." and the 250 of one message (one session, one message at a time,
+    the pipeline quiet in between): how many times a thread of the MTA is woken, how many
+    times one sleeps on the device (D state), and the fsync/fdatasync calls per message,
+    counted by `perf record` on the scheduler and syscall tracepoints (issue 30)."""
+    count = sc["count"]
+    sink = Sink(top)
+    mta = MTAS[kind](top, sink.port)
+    data = os.path.join(mta.dir, "sched.data")
+    tids, stop = set(), threading.Event()
+
+    def sample_tids():
+        while not stop.is_set():
+            for pid in mta.group.pids():
+                try:
+                    tids.update(int(t) for t in os.listdir("/proc/%d/task" % pid))
+                except OSError:
+                    pass
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample_tids, daemon=True)
+    sampler.start()
+    perf = None
+    try:
+        c = Client(mta.port)
+        c.reply()
+        c.cmd(b"EHLO client.localhost\r\n", b"250")
+        warm = 20
+        for i in range(warm):
+            c.transaction(message(i, sc["size"]))
+        wait_until(lambda: sink.messages() >= warm, 60, "warm-up delivered")
+        errf = open(os.path.join(mta.dir, "perf.err"), "wb")
+        perf = spawn(["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-a", "-o", data, "-e",
+                      "sched:sched_wakeup,sched:sched_switch,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"],
+                     errf)
+        time.sleep(1.5)  # perf is recording
+        windows = []
+        for i in range(warm, warm + count):
+            c.cmd(b"MAIL FROM:<%s>\r\n" % SENDER.encode(), b"250")
+            c.cmd(b"RCPT TO:<%s>\r\n" % REMOTE_RCPT.encode(), b"250")
+            c.cmd(b"DATA\r\n", b"354")
+            c.s.sendall(message(i, sc["size"]))
+            t0 = time.monotonic()
+            c.cmd(b".\r\n", b"250")
+            windows.append((t0, time.monotonic()))
+            wait_until(lambda: sink.messages() >= i + 1, 60, "message %d delivered" % i, every=0.001)
+            time.sleep(0.02)  # the delivery's own commits finish: the next window is quiet
+        c.cmd(b"QUIT\r\n", b"221")
+        stop_proc(perf, sig=signal.SIGINT, wait=60)
+        perf = None
+        errf.close()
+    finally:
+        stop.set()
+        if perf:
+            stop_proc(perf, sig=signal.SIGINT)
+        mta.stop()
+        sink.close()
+    wakes, dwaits, syncs = [0] * len(windows), [0] * len(windows), [0] * len(windows)
+    chains = [[] for _ in windows]
+    w = 0
+    for tid, t, event, trace in perf_sched_events(data):
+        while w < len(windows) and t > windows[w][1]:
+            w += 1
+        if w == len(windows):
+            break
+        if t < windows[w][0]:
+            continue
+        if event == "sched:sched_wakeup":
+            m = re.search(r"comm=(.*) pid=(\d+)", trace)
+            if m and int(m.group(2)) in tids:
+                wakes[w] += 1
+                chains[w].append(m.group(1))
+        elif event == "sched:sched_switch":
+            m = re.search(r"prev_pid=(\d+) .*prev_state=(\S+)", trace)
+            if m and int(m.group(1)) in tids and m.group(2).startswith("D"):
+                dwaits[w] += 1
+        elif event.startswith("syscalls:sys_enter_f") and tid in tids:
+            syncs[w] += 1
+    order = sorted(range(len(windows)), key=lambda k: wakes[k])
+    median = order[len(order) // 2]
+    log("%s wake-ups, the median message's: %s" % (kind, " → ".join(chains[median])))
+    return {"wakeups": statistics.median(wakes), "device_waits": statistics.median(dwaits),
+            "syncs_per_msg_serial": sum(syncs) / len(windows),
+            "wake_chain": " → ".join(chains[median])}
+
+
 def drain_run(kind, top, sc):
     count = sc["count"]
     sink = Sink(top)
@@ -1435,6 +1531,8 @@ def scenarios(quick):
     out.append(dict(id="local-1k-20", title="local Maildir 1 KiB × 20 sessions, 1 msg/conn", kind="tp",
                     size=k, sessions=20, reuse=False, local=True, count=5000, fsync_count=1000))
     out.append(dict(id="latency", title="serial latency: 1 session, 2,000 × 1 KiB", kind="lat", size=k, count=2000))
+    out.append(dict(id="wakeups", title="between the final \".\" and the 250: wake-ups, device waits (1 session, 200 × 1 KiB, one at a time)",
+                    kind="wake", reps=1, size=k, count=200))
     out.append(dict(id="drain", title="drain 20,000 × 1 KiB queued with outbound stopped", kind="drain",
                     size=k, sessions=20, reuse=True, count=20000))
     out.append(dict(id="idle", title="1,000 idle connections", kind="idle", count=1000))
@@ -1473,6 +1571,9 @@ FIGS = [  # key, label, unit, better, target ratio
     ("fsync_per_msg", "fsyncs/msg (fsync, fdatasync)", "", "lower", None),
     ("sfr_per_msg", "sync_file_range/msg (not durable)", "", "lower", None),
     ("p50_ms", "p50 DATA-end→250 ms", "", "lower", None),
+    ("wakeups", "wake-ups of MTA threads between \".\" and 250 (median)", "", "lower", None),
+    ("device_waits", "device waits (D-state sleeps) between \".\" and 250 (median)", "", "lower", None),
+    ("syncs_per_msg_serial", "fsync + fdatasync calls per message before its 250 (serial)", "", "lower", None),
     ("p99_ms", "p99 DATA-end→250 ms", "", "lower", 1.0),
     ("connections", "idle connections with banner", "", "higher", None),
     ("processes", "processes", "", "lower", None),
@@ -1750,7 +1851,8 @@ def main():
                     fn = {"tp": throughput_run, "lat": latency_run, "drain": drain_run, "idle": idle_run,
                           "backlog": backlog_run, "metrics": metrics_run, "tls": tls_run,
                           "tlsidle": tls_idle_run, "dkim": dkim_run, "milter": milter_run,
-                          "shaperate": shaping_rate_run, "shapedrain": shaping_drain_run}[sc["kind"]]
+                          "shaperate": shaping_rate_run, "shapedrain": shaping_drain_run,
+                          "wake": wakeups_run}[sc["kind"]]
                     try:
                         r = fn(kind, top, sc)
                     except Exception as e:

@@ -2,11 +2,16 @@
 //!
 //! One actor task owns this process's spool writer. A session's `deliver` sends its
 //! message here and waits; the actor takes the first message waiting, then every other
-//! one already queued (up to `MAX_BATCH`), appends their contents to the spool segment,
-//! syncs the spool ONCE, commits all their records to the Inbound Work Queue in ONE store
-//! transaction, and only then answers each session `250 … queued as <QID>` and kicks
-//! `imsgcnv` once. Nothing is acknowledged that is not durable: a spool failure answers
-//! `452 4.3.1` (disk full) or `451 4.3.0`, a store failure `451 4.3.0`.
+//! one already queued (up to `MAX_BATCH`), appends each message's record (the frame's
+//! envelope) and content to the spool segment, syncs the spool ONCE — the one device
+//! wait of the 250 — then commits all their records to the Inbound Work Queue in ONE
+//! store transaction, *spooled* (`Durability::Spooled`: the reply comes once the store has
+//! applied it, and its flush follows within half a second; should a crash come first, the
+//! supervisor puts the records back from the spool at its next start, `spool_recovery`),
+//! and only then answers each session `250 … queued as <QID>` and kicks `imsgcnv` once.
+//! Batches are committed one after the other in spool order, on one connection: the
+//! store's spool mark relies on it. Nothing is acknowledged that is not durable: a spool
+//! failure answers `452 4.3.1` (disk full) or `451 4.3.0`, a store failure `451 4.3.0`.
 //!
 //! Logs one line per accepted message: `qid=… from=<…> size=… nrcpt=… client=helo[ip]`
 //! (and `sasl_username=…` when the client authenticated).
@@ -28,10 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Most messages made durable by one spool sync and one store commit.
 const MAX_BATCH: usize = 256;
-/// Batches whose store commit may be in flight while the next one is written to the spool.
-/// The store's flusher answers every batch waiting with one flush, so more in flight means
-/// fewer flushes per message under load (4 against 2: +2 to +8 % in 12 pairs of 1 KiB × 20
-/// relays, docs/BENCHMARKS.md).
+/// Batches written to the spool that may wait for their store commit while the next one is
+/// written: the commit of one batch overlaps the spool write of the next.
 const COMMITS_IN_FLIGHT: usize = 4;
 
 /// The sessions' handle on the intake actor (cheap to clone).
@@ -42,7 +45,29 @@ pub struct Intake {
     /// commit (or a periodic one), so counting costs no fsync of its own.
     sessions: Arc<AtomicU64>,
     /// Other counters (the DKIM verification results), committed the same way.
-    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>,
+    counts: Counts,
+}
+
+/// Counters added by name (the DKIM verification results, a milter's counters), committed
+/// with the next batch.
+type Counts = Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>;
+
+/// The counter change for the sessions and named counts since the last one, if any.
+fn session_counters(sessions: &AtomicU64, counts: &Counts) -> Vec<Change> {
+    let mut counters: Vec<(String, u64)> =
+        std::mem::take(&mut *counts.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .map(|(name, n)| (name.into_owned(), n))
+            .collect();
+    match sessions.swap(0, Ordering::Relaxed) {
+        0 => {}
+        n => counters.push((mta_types::counters::INBOUND_SESSIONS.to_string(), n)),
+    }
+    if counters.is_empty() {
+        Vec::new()
+    } else {
+        vec![Change::AddCounters(counters)]
+    }
 }
 
 /// How often counted sessions are committed when no mail arrives to carry them.
@@ -68,22 +93,25 @@ impl Intake {
         let spool = SpoolWriter::open(&dir, ctx.me().as_str())
             .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (commits, batches) = mpsc::channel(COMMITS_IN_FLIGHT);
         let sessions = Arc::new(AtomicU64::new(0));
-        let counts = Arc::default();
+        let counts: Counts = Arc::default();
         let actor = Actor {
             sessions: sessions.clone(),
             counts: Arc::clone(&counts),
             spool: Some(spool),
             store: ctx.store().clone(),
-            // One connection per batch in flight: a connection carries one request at a
-            // time, so batches sharing one would wait for each other's flush.
-            committers: (0..COMMITS_IN_FLIGHT)
-                .map(|_| StoreClient::new(&ctx.config().run_dir(), ctx.me()))
-                .collect(),
-            next_committer: 0,
-            imsgcnv: ctx.kicker(QueueName::InboundWork),
+            commits: Some(commits),
+            committer: tokio::spawn(commit_in_order(
+                batches,
+                Committer {
+                    store: StoreClient::new(&ctx.config().run_dir(), ctx.me()),
+                    sessions: sessions.clone(),
+                    counts: Arc::clone(&counts),
+                    imsgcnv: ctx.kicker(QueueName::InboundWork),
+                },
+            )),
             closed: None,
-            committing: tokio::task::JoinSet::new(),
         };
         tokio::spawn(actor.run(rx));
         Ok(Intake {
@@ -155,17 +183,14 @@ impl Intake {
 
 struct Actor {
     sessions: Arc<AtomicU64>,
-    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>,
+    counts: Counts,
     /// Lent to a blocking thread during each batch's file I/O.
     spool: Option<SpoolWriter>,
     store: StoreClient,
-    /// The connections batches are committed on, in turn.
-    committers: Vec<StoreClient>,
-    next_committer: usize,
-    imsgcnv: Kicker,
+    /// Batches synced in the spool, to the committer in spool order (`None` once closed).
+    commits: Option<mpsc::Sender<Vec<(Job, ContentRef)>>>,
+    committer: tokio::task::JoinHandle<()>,
     closed: Option<oneshot::Sender<()>>,
-    /// Batches written to the spool whose store commit is in flight.
-    committing: tokio::task::JoinSet<()>,
 }
 
 impl Actor {
@@ -178,7 +203,7 @@ impl Actor {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    let counters = self.session_counters();
+                    let counters = session_counters(&self.sessions, &self.counts);
                     if !counters.is_empty() {
                         if let Err(e) = self.store.commit_replayable(counters).await {
                             tracing::warn!(error = %e, "could not record the session counter");
@@ -200,32 +225,16 @@ impl Actor {
                 self.make_durable(batch).await;
             }
         }
-        // Closed and drained (or every session handle is gone).
-        while self.committing.join_next().await.is_some() {}
-        let counters = self.session_counters();
+        // Closed and drained (or every session handle is gone): the committer answers
+        // what it holds, then stops.
+        self.commits = None;
+        let _ = (&mut self.committer).await;
+        let counters = session_counters(&self.sessions, &self.counts);
         if !counters.is_empty() {
             let _ = self.store.commit(counters).await; // durable: the last counts before exit
         }
         if let Some(done) = self.closed.take() {
             let _ = done.send(());
-        }
-    }
-
-    /// The session counter change, if any sessions were counted since the last one.
-    fn session_counters(&self) -> Vec<Change> {
-        let mut counters: Vec<(String, u64)> =
-            std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
-                .into_iter()
-                .map(|(name, n)| (name.into_owned(), n))
-                .collect();
-        match self.sessions.swap(0, Ordering::Relaxed) {
-            0 => {}
-            n => counters.push((mta_types::counters::INBOUND_SESSIONS.to_string(), n)),
-        }
-        if counters.is_empty() {
-            Vec::new()
-        } else {
-            vec![Change::AddCounters(counters)]
         }
     }
 
@@ -251,19 +260,43 @@ impl Actor {
 
         self.spool = Some(spool);
 
-        let mut durable = Vec::with_capacity(written.len());
+        let mut synced = Vec::with_capacity(written.len());
         for (job, result) in written {
             match result {
-                Ok(content) => durable.push((job, content)),
+                Ok(content) => synced.push((job, content)),
                 Err(reply) => {
                     let _ = job.reply.send(reply);
                 }
             }
         }
-        if durable.is_empty() {
+        if synced.is_empty() {
             return;
         }
-        let mut changes: Vec<Change> = durable
+        // Waits only when `COMMITS_IN_FLIGHT` batches are ahead of this one.
+        if let Some(commits) = &self.commits {
+            if let Err(mpsc::error::SendError(batch)) = commits.send(synced).await {
+                for (job, _) in batch {
+                    let _ = job.reply.send(Reply::local_error());
+                }
+            }
+        }
+    }
+}
+
+/// The committer's handles: its own store connection (one request at a time, so batches
+/// reach the store in the order they were sent), the counters to carry, imsgcnv to kick.
+struct Committer {
+    store: StoreClient,
+    sessions: Arc<AtomicU64>,
+    counts: Counts,
+    imsgcnv: Kicker,
+}
+
+/// Commits the batches synced in the spool, one after the other in spool order, and
+/// answers their sessions.
+async fn commit_in_order(mut batches: mpsc::Receiver<Vec<(Job, ContentRef)>>, c: Committer) {
+    while let Some(synced) = batches.recv().await {
+        let mut changes: Vec<Change> = synced
             .iter()
             .map(|(job, content)| {
                 let mut record = job.record.clone();
@@ -271,36 +304,26 @@ impl Actor {
                 Change::Put(record)
             })
             .collect();
-        changes.extend(self.session_counters());
-        // The store's flush of this batch overlaps the next batch's spool write: at most
-        // `COMMITS_IN_FLIGHT` batches wait for the store at once.
-        while self.committing.len() >= COMMITS_IN_FLIGHT {
-            let _ = self.committing.join_next().await;
-        }
-        let store = self.committers[self.next_committer].clone();
-        self.next_committer = (self.next_committer + 1) % self.committers.len();
-        let imsgcnv = self.imsgcnv.clone();
-        self.committing.spawn(async move {
-            match store.commit(changes).await {
-                Ok(()) => {
-                    for (job, _) in durable {
-                        log_queued(&job.record);
-                        let _ = job.reply.send(Reply::queued(job.record.id));
-                    }
-                    imsgcnv.kick();
+        changes.extend(session_counters(&c.sessions, &c.counts));
+        match c.store.commit_spooled(changes).await {
+            Ok(()) => {
+                for (job, _) in synced {
+                    log_queued(&job.record);
+                    let _ = job.reply.send(Reply::queued(job.record.id));
                 }
-                Err(e) => {
-                    for (job, _) in durable {
-                        tracing::warn!(qid = %job.record.id, error = %e, "store commit failed: message not accepted");
-                        let _ = job.reply.send(if e.is_disk_full() {
-                            Reply::storage_full()
-                        } else {
-                            Reply::local_error()
-                        });
-                    }
+                c.imsgcnv.kick();
+            }
+            Err(e) => {
+                for (job, _) in synced {
+                    tracing::warn!(qid = %job.record.id, error = %e, "store commit failed: message not accepted");
+                    let _ = job.reply.send(if e.is_disk_full() {
+                        Reply::storage_full()
+                    } else {
+                        Reply::local_error()
+                    });
                 }
             }
-        });
+        }
     }
 }
 
@@ -324,7 +347,16 @@ fn write_batch(
         let content = std::mem::take(&mut job.content);
         // The message's first record goes beside its content, so a queue store that lost
         // it can be rebuilt from the spool (the supervisor's `spool_recovery`).
-        let envelope = serde_json::to_vec(&job.record).unwrap_or_default();
+        // It is what `spool_recovery` puts back should the store lose the commit: a message
+        // without one is not accepted.
+        let envelope = match serde_json::to_vec(&job.record) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                tracing::warn!(qid = %job.record.id, error = %e, "cannot encode the spool envelope: message not accepted");
+                written.push((job, Err(Reply::local_error())));
+                continue;
+            }
+        };
         let result = spool.append_with_envelope(&envelope, &[&content]).map_err(|e| {
             tracing::warn!(qid = %job.record.id, error = %e, "spool write failed: message not accepted");
             spool_reply(&e)

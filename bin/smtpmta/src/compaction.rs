@@ -125,12 +125,14 @@ pub fn compact(
         SystemTime::now(),
     );
     let mut out = Compacted::default();
+    let mut gone = Vec::new();
     for s in &segments {
         if doomed.contains(&s.name) {
             match mta_spool::remove_segment(&dir, &s.name) {
                 Ok(()) => {
                     out.removed += 1;
                     out.freed += s.size;
+                    gone.push(s.name.clone());
                     continue;
                 }
                 Err(e) => tracing::warn!("compaction: cannot remove {}: {e}", s.name),
@@ -138,6 +140,10 @@ pub fn compact(
         }
         out.kept += 1;
         out.spool_bytes += s.size;
+    }
+    // A deleted segment's spool mark says nothing any more (`spool_recovery`).
+    if let Err(e) = sup.store.engine().forget_spool_marks(&gone) {
+        tracing::warn!("compaction: the spool marks of deleted segments stay: {e}");
     }
     tracing::info!(
         removed = out.removed,

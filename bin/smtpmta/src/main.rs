@@ -318,6 +318,11 @@ fn open_store(config: &Config) -> anyhow::Result<StoreService> {
     {
         tracing::error!("rebuilding lost records from the spool failed: {e:#}");
     }
+    if let Err(e) = spool_recovery::replay_unsaved(&store, &config.spool_dir()) {
+        tracing::error!(
+            "putting back the records of spooled messages failed (the next start tries again): {e:#}"
+        );
+    }
     Ok(store)
 }
 

@@ -84,6 +84,22 @@ pub enum Durability {
     /// whose result lives outside the record (a Maildir file, spooled content) must be
     /// durable itself before it is committed this way.
     Replayable,
+    /// As `Replayable` (the reply goes out once the changes are applied), for records whose
+    /// message isesctl has just made durable in the spool together with the record itself
+    /// (the frame's envelope): if a crash or power loss takes the change away before the
+    /// store's next flush, the supervisor puts the record back from the spool at its next
+    /// start (`spool_recovery`). So the 250 waits for one device flush — the spool's —
+    /// instead of two in a row. It is new mail: below the store's free-space reserve it is
+    /// refused, as a durable commit adding records is.
+    Spooled,
+}
+
+impl Durability {
+    /// Whether a commit of this kind that puts records may be new mail (refused below
+    /// the store's free-space reserve, so queued mail can still move).
+    pub fn adds_mail(self) -> bool {
+        matches!(self, Durability::Durable | Durability::Spooled)
+    }
 }
 
 /// What `Bulk` does to each message of the destination.
@@ -257,6 +273,11 @@ impl StoreClient {
     /// Commits without waiting for the disk (see `Durability::Replayable`).
     pub async fn commit_replayable(&self, changes: Vec<Change>) -> Result<(), StoreError> {
         self.commit_with(changes, Durability::Replayable).await
+    }
+
+    /// Commits the records of messages made durable in the spool (see `Durability::Spooled`).
+    pub async fn commit_spooled(&self, changes: Vec<Change>) -> Result<(), StoreError> {
+        self.commit_with(changes, Durability::Spooled).await
     }
 
     pub async fn commit_with(

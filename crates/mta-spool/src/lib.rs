@@ -338,17 +338,33 @@ pub struct Frame {
 /// the end, or at the first damaged or torn frame with `SpoolError::Corrupt` naming its
 /// offset, after handing over every frame before it. A torn frame at the end of the newest
 /// segment is normal after a crash (its message was never acknowledged).
-pub fn scan_segment(dir: &Path, name: &str, mut each: impl FnMut(Frame)) -> Result<(), SpoolError> {
+pub fn scan_segment(dir: &Path, name: &str, each: impl FnMut(Frame)) -> Result<(), SpoolError> {
+    scan_segment_from(dir, name, 0, each)
+}
+
+/// `scan_segment` starting at `from`, which must be where a frame starts (0, or the end of
+/// a message's content as `ContentRef::offset + len` gives it): the supervisor reads only
+/// the frames appended after the store's mark (`spool_recovery`).
+pub fn scan_segment_from(
+    dir: &Path,
+    name: &str,
+    from: u64,
+    mut each: impl FnMut(Frame),
+) -> Result<(), SpoolError> {
     use std::io::{BufReader, Read, Seek, SeekFrom};
     check_name(name)?;
     let path = dir.join(name);
     if !name.ends_with(SEGMENT_SUFFIX) {
         return Ok(());
     }
-    let file = File::open(&path).map_err(io_err(&path))?;
+    let mut file = File::open(&path).map_err(io_err(&path))?;
     let size = file.metadata().map_err(io_err(&path))?.len();
+    if from >= size {
+        return Ok(());
+    }
+    file.seek(SeekFrom::Start(from)).map_err(io_err(&path))?;
     let mut r = BufReader::with_capacity(64 * 1024, file);
-    let mut at = 0u64;
+    let mut at = from;
     let corrupt = |offset, why| SpoolError::Corrupt {
         segment: name.to_string(),
         offset,
@@ -503,6 +519,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("frame"));
+    }
+
+    #[test]
+    fn scan_from_a_messages_end_gives_only_the_frames_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter::open(dir.path(), "test").unwrap();
+        let a = w.append_with_envelope(b"env a", &[b"content a"]).unwrap();
+        let b = w.append_with_envelope(b"env b", &[b"content b"]).unwrap();
+        w.sync().unwrap();
+        let name = w.current_segment().to_string();
+        let mut seen = Vec::new();
+        scan_segment_from(dir.path(), &name, a.offset + a.len, |f| seen.push(f)).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((&seen[0].envelope[..], &seen[0].content), (&b"env b"[..], &b));
+        let mut seen = Vec::new();
+        scan_segment_from(dir.path(), &name, b.offset + b.len, |f| seen.push(f)).unwrap();
+        assert!(seen.is_empty());
     }
 
     #[test]

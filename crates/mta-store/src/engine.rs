@@ -173,6 +173,9 @@ struct IndexDeltas {
     locations: BTreeMap<u8, i64>,
     destinations: BTreeMap<Vec<u8>, (i64, Option<String>)>,
     segments: BTreeMap<String, i64>,
+    /// Per spool segment, the furthest end of content a record put in this batch points at
+    /// (the spool mark, `keys::spool_mark`).
+    marks: BTreeMap<String, u64>,
 }
 
 impl IndexDeltas {
@@ -191,6 +194,16 @@ impl IndexDeltas {
             }
         }
         *self.segments.entry(ix.segment.clone()).or_default() += by;
+    }
+
+    /// Notes that a record put in this batch points at `content`.
+    fn mark(&mut self, content: &mta_types::ContentRef) {
+        if content.segment.is_empty() {
+            return;
+        }
+        let end = content.offset + content.len;
+        let mark = self.marks.entry(content.segment.clone()).or_default();
+        *mark = (*mark).max(end);
     }
 }
 
@@ -482,6 +495,7 @@ impl Engine {
                     let ix = index_of(&r).expect("a location other than Done is indexed");
                     insert_index(&mut batch, id, &ix);
                     index.add(&ix, 1, r.note.as_ref());
+                    index.mark(&r.content);
                     batch.insert(&keys::record(id)[..], format::encode(&r));
                     staged.insert(id, Some(r));
                 }
@@ -562,6 +576,15 @@ impl Engine {
                 batch.insert(&key[..], value);
             }
             summaries.push((key, summary));
+        }
+        for (segment, end) in index.marks {
+            // Marks only move forward: a record of an older frame put again (a retry, a
+            // release) says nothing about the frames after it.
+            let key = keys::spool_mark(&segment);
+            if end > writer.number(&self.tree, &key)? {
+                batch.insert(&key[..], &end.to_be_bytes()[..]);
+                numbers.push((key, end));
+            }
         }
         for (segment, by) in index.segments {
             if by != 0 {
@@ -994,6 +1017,50 @@ impl Engine {
         let keys = self.index_after(loc, domain.as_deref(), after, limit)?;
         let last = keys.last().map(|(k, _)| k.clone());
         Ok((keys.into_iter().map(|(_, id)| id).collect(), last))
+    }
+
+    /// Whether this store keeps spool marks (every start since the first one that did).
+    pub fn spool_marks_kept(&self) -> Result<bool, StoreError> {
+        Ok(self.tree.get(keys::SPOOL_MARKS_KEPT)?.is_some())
+    }
+
+    /// Where the frames of `segment` that no committed record has pointed at begin (0: none
+    /// has).
+    pub fn spool_mark(&self, segment: &str) -> Result<u64, StoreError> {
+        let mut writer = self.writer.lock().expect("store writer");
+        writer.number(&self.tree, &keys::spool_mark(segment))
+    }
+
+    /// Moves the marks of these segments forward to the given ends (never back) and notes
+    /// that the store keeps marks from now on. Durable with the next flush.
+    pub fn set_spool_marks(&self, marks: &[(String, u64)]) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().expect("store writer");
+        let mut batch = sled::Batch::default();
+        let mut numbers = Vec::new();
+        for (segment, end) in marks {
+            let key = keys::spool_mark(segment);
+            if *end > writer.number(&self.tree, &key)? {
+                batch.insert(&key[..], &end.to_be_bytes()[..]);
+                numbers.push((key, *end));
+            }
+        }
+        batch.insert(keys::SPOOL_MARKS_KEPT, &[][..]);
+        self.tree.apply_batch(batch)?;
+        writer.numbers.extend(numbers);
+        Ok(())
+    }
+
+    /// Drops the marks of segments compaction deleted.
+    pub fn forget_spool_marks(&self, segments: &[String]) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().expect("store writer");
+        let mut batch = sled::Batch::default();
+        for segment in segments {
+            let key = keys::spool_mark(segment);
+            batch.remove(&key[..]);
+            writer.numbers.remove(&key);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Spool segments some record still points into (for compaction): read from the

@@ -9,6 +9,8 @@
 //! | `D` loc domain 0 | `DestSummary` | per (location, destination): messages and the last error |
 //! | `n` loc | u64 | messages per location |
 //! | `g` segment | u64 | records pointing into a spool segment (compaction) |
+//! | `c` segment | u64 | the spool mark: where in the segment the last frame a committed record points at ends (`spool_recovery` replays the frames after it) |
+//! | `C` | – | the spool marks are kept (set at the first start that keeps them) |
 //! | `s` name | u64 | statistics counters (`stats.rs`) |
 //! | `v` | u8 | the layout version (`LAYOUT`) |
 //! | `x` id | raw bytes | a record that could not be read, kept for the operator |
@@ -186,6 +188,16 @@ pub fn loc_count(loc: u8) -> [u8; 2] {
 pub fn segment_refs(segment: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(segment.len() + 1);
     k.push(SEGMENT_REFS);
+    k.extend_from_slice(segment.as_bytes());
+    k
+}
+
+pub const SPOOL_MARK: u8 = b'c';
+pub const SPOOL_MARKS_KEPT: &[u8] = b"C";
+
+pub fn spool_mark(segment: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(segment.len() + 1);
+    k.push(SPOOL_MARK);
     k.extend_from_slice(segment.as_bytes());
     k
 }

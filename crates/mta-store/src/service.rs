@@ -27,6 +27,19 @@ const BULK_CHUNK: usize = 500;
 /// (when no durable commit took them along earlier), so a power loss replays at most
 /// about this much of the pipeline's work.
 const REPLAYABLE_FLUSH: Duration = Duration::from_millis(500);
+
+/// `REPLAYABLE_FLUSH`, unless a test stretches it (`SMTPMTA_TEST_HOOKS=1` with
+/// `SMTPMTA_TEST_STORE_FLUSH_MS`) to kill the suite while spooled records are certainly not
+/// on disk yet (tests/faults.rs checks the replay from the spool that way).
+fn replayable_flush() -> Duration {
+    let hooks = std::env::var("SMTPMTA_TEST_HOOKS").is_ok_and(|v| v == "1");
+    std::env::var("SMTPMTA_TEST_STORE_FLUSH_MS")
+        .ok()
+        .filter(|_| hooks)
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(REPLAYABLE_FLUSH)
+}
 /// Below `mta_spool::RESERVE_BYTES` free on the store's file system, durable commits
 /// that add or rewrite records (new mail from the intake, an operator's hold) are refused
 /// as "disk full" before anything of them is applied, while the pipeline's own progress
@@ -664,6 +677,7 @@ fn committer(
             flush_and_answer(&inner, waiting);
         }
     };
+    let replayable_flush = replayable_flush();
     // When replayable changes were first applied since the last flush was asked for.
     let mut unflushed_since: Option<Instant> = None;
     // Whether commits came since the quiet hook last ran.
@@ -686,7 +700,7 @@ fn committer(
                 Err(_) => break,
             },
             Some(since) => {
-                let wait = REPLAYABLE_FLUSH.saturating_sub(since.elapsed());
+                let wait = replayable_flush.saturating_sub(since.elapsed());
                 match rx.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -711,7 +725,7 @@ fn committer(
         for mut job in jobs {
             let adds = |job: &CommitJob| job.changes.iter().any(|c| matches!(c, Change::Put(_)));
             let applied = match &short_of_space {
-                Some(free) if job.durability == Durability::Durable && adds(&job) => {
+                Some(free) if job.durability.adds_mail() && adds(&job) => {
                     Err(CommitError::DiskFull(format!(
                         "{free} bytes free on the queue store's file system, below its reserve of {RESERVE_BYTES}"
                     )))
@@ -733,7 +747,7 @@ fn committer(
             }
             match job.durability {
                 Durability::Durable => waiting.push((applied, job.reply)),
-                Durability::Replayable => {
+                Durability::Replayable | Durability::Spooled => {
                     if applied.is_ok() {
                         unflushed_since.get_or_insert_with(Instant::now);
                     }
@@ -806,11 +820,11 @@ fn exit_if_store_stopped(inner: &Inner) {
     }
 }
 
-/// The free bytes on the store's file system when a durable commit of this group adds
-/// records and they are below `RESERVE_BYTES` (one statvfs per such group).
+/// The free bytes on the store's file system when a durable or spooled commit of this
+/// group adds records and they are below `RESERVE_BYTES` (one statvfs per such group).
 fn below_reserve(dir: &Path, jobs: &[CommitJob]) -> Option<u64> {
     let adds = jobs.iter().any(|j| {
-        j.durability == Durability::Durable && j.changes.iter().any(|c| matches!(c, Change::Put(_)))
+        j.durability.adds_mail() && j.changes.iter().any(|c| matches!(c, Change::Put(_)))
     });
     if !adds {
         return None;
@@ -852,6 +866,41 @@ mod tests {
             not_before: 0,
             note: None,
         }
+    }
+
+    /// The spool mark moves with every record put, forward only, in the same batch; a
+    /// spooled commit answers before any flush.
+    #[tokio::test]
+    async fn a_put_moves_its_segments_spool_mark_forward_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreService::open(dir.path(), None).unwrap();
+        let engine = store.engine();
+        assert!(!engine.spool_marks_kept().unwrap());
+        assert_eq!(engine.spool_mark("s.seg").unwrap(), 0);
+        let mut a = record(Location::Queue(QueueName::InboundWork));
+        a.content.offset = 100;
+        a.content.len = 50;
+        let mut b = record(Location::Queue(QueueName::InboundWork));
+        b.content.offset = 20;
+        store
+            .commit_with(vec![Change::Put(a.clone())], Durability::Spooled)
+            .await
+            .unwrap();
+        assert_eq!(engine.spool_mark("s.seg").unwrap(), 150);
+        store
+            .commit_with(vec![Change::Put(b)], Durability::Spooled)
+            .await
+            .unwrap();
+        assert_eq!(engine.spool_mark("s.seg").unwrap(), 150, "an older frame");
+        engine
+            .set_spool_marks(&[("s.seg".into(), 120), ("t.seg".into(), 7)])
+            .unwrap();
+        assert!(engine.spool_marks_kept().unwrap());
+        assert_eq!(engine.spool_mark("s.seg").unwrap(), 150, "never back");
+        assert_eq!(engine.spool_mark("t.seg").unwrap(), 7);
+        engine.forget_spool_marks(&["t.seg".into()]).unwrap();
+        assert_eq!(engine.spool_mark("t.seg").unwrap(), 0);
+        assert!(engine.tree_for_test().get(crate::keys::spool_mark("t.seg")).unwrap().is_none());
     }
 
     #[tokio::test]

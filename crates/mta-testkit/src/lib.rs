@@ -149,6 +149,8 @@ pub struct SuiteOptions {
     pub directory: Option<String>,
     /// Runs the suite with its test-only fault hooks on (`tell <task> debug panic`).
     pub test_hooks: bool,
+    /// Extra environment for the supervisor (and so its tasks), e.g. a test hook's setting.
+    pub env: Vec<(&'static str, String)>,
 }
 
 pub const DEFAULT_DIRECTORY: &str = r#"
@@ -183,6 +185,7 @@ pub struct Suite {
     pub submissions_port: u16,
     child: Option<Child>,
     test_hooks: bool,
+    env: Vec<(&'static str, String)>,
     /// Every task pid seen, so none can outlive the test.
     seen_pids: Vec<u32>,
     /// The power-loss file system under `data_dir`, when mounted.
@@ -280,6 +283,7 @@ impl Suite {
             submissions_port,
             child: None,
             test_hooks: opts.test_hooks,
+            env: opts.env.clone(),
             seen_pids: Vec::new(),
             lazyfs: None,
             bins: bin_dir(),
@@ -343,6 +347,7 @@ impl Suite {
         if self.test_hooks {
             command.env("SMTPMTA_TEST_HOOKS", "1");
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .arg("--config")
             .arg(&self.config)
