@@ -661,6 +661,53 @@ fn status_page_charts_show_the_traffic_in_headless_chromium() {
 
 // ----- binary upgrade in place -----
 
+/// The order in which the supervisor brings the tasks back: downstream first.
+const ONE_BY_ONE: [&str; 6] = ["drt", "osesctl", "omsgcnv", "router", "imsgcnv", "isesctl"];
+
+/// After the re-exec, the supervisor's log shows each task started only once the one
+/// before it was up (`task started` after the previous `task ready`), in order, each on a
+/// new pid; `show tasks` has those pids.
+fn tasks_came_back_one_by_one(suite: &Suite, log: &str, old_pids: &[u32]) {
+    let after = log
+        .find("starting again from its binary")
+        .expect("the re-exec line");
+    let lines: Vec<&str> = log[after..]
+        .lines()
+        .filter(|l| l.starts_with("smtpmta["))
+        .collect();
+    let at = |what: &str, task: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what) && l.contains(&format!("task={task} ")))
+            .unwrap_or_else(|| panic!("no `{what}` for {task}:\n{}", lines.join("\n")))
+    };
+    for pair in ONE_BY_ONE.windows(2) {
+        let (ready, next) = (at("task ready", pair[0]), at("task started", pair[1]));
+        assert!(
+            ready < next,
+            "{} started before {} was up:\n{}",
+            pair[1],
+            pair[0],
+            lines.join("\n")
+        );
+    }
+    let up = lines
+        .iter()
+        .filter(|l| l.contains("task up on the new binary"))
+        .count();
+    assert_eq!(up, ONE_BY_ONE.len(), "{}", lines.join("\n"));
+    assert!(log.contains("every task restarted, one by one"));
+    for (task, old) in ONE_BY_ONE.iter().zip(old_pids) {
+        let new = suite.task_pid(task).unwrap();
+        assert_ne!(new, *old, "{task} runs on a new pid");
+        assert!(
+            at("task ready", task) < lines.len()
+                && lines[at("task ready", task)].contains(&format!("pid={new}")),
+            "{task}: pid {new} is the one that came up"
+        );
+    }
+}
+
 #[test]
 fn smtpmta_restart_under_load_refuses_loses_and_doubles_nothing() {
     let suite = Suite::start(&SuiteOptions {
@@ -669,6 +716,10 @@ fn smtpmta_restart_under_load_refuses_loses_and_doubles_nothing() {
     });
     let supervisor = suite.pid();
     let old_isesctl = suite.task_pid("isesctl").unwrap();
+    let old_pids: Vec<u32> = ONE_BY_ONE
+        .iter()
+        .map(|t| suite.task_pid(t).unwrap())
+        .collect();
     let port = suite.smtp_port;
     let load = std::thread::spawn(move || {
         mta_testkit::peers::smtp_load(port, 1000, 20, "bob@localhost", 10)
@@ -702,6 +753,7 @@ fn smtpmta_restart_under_load_refuses_loses_and_doubles_nothing() {
     }
     let log = suite.log();
     assert!(log.contains("starting again from its binary"));
+    tasks_came_back_one_by_one(&suite, &log, &old_pids);
     // The load ran across the restart: both copies of isesctl accepted part of it.
     let new_isesctl = suite.task_pid("isesctl").unwrap();
     for pid in [old_isesctl, new_isesctl] {

@@ -21,6 +21,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// How long a task may take to stop cleanly before it is killed (isesctl: its
 /// `shutdown_grace` more, see `Children::stop_grace`).
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a restart waits for a task to come up before it starts the next one.
+const UP_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, PartialEq)]
 enum ChildState {
@@ -254,6 +256,47 @@ impl Children {
             let this = self.clone();
             let task = *task;
             tokio::spawn(async move { this.supervise(task).await });
+        }
+    }
+
+    /// Launches the tasks one by one, downstream first, each only once the one before it
+    /// is up (registered ready): how the supervisor brings the suite back after `tell
+    /// smtpmta restart`, so each new binary is seen to start before the next runs, and
+    /// isesctl, started last, finds every queue's consumer up. A task not up within
+    /// `UP_WAIT` is left to its back-off, and the next one starts.
+    pub async fn launch_one_by_one(&self) {
+        let stopping = self.stopping.subscribe();
+        let of = TaskName::CHILDREN.len();
+        for (k, task) in TaskName::CHILDREN.iter().rev().enumerate() {
+            if *stopping.borrow() {
+                return;
+            }
+            let (task, this) = (*task, self.clone());
+            tokio::spawn(async move { this.supervise(task).await });
+            match tokio::time::timeout(UP_WAIT, self.running(task)).await {
+                Ok(pid) => tracing::info!(%task, pid, step = k + 1, of, "task up on the new binary"),
+                Err(_) => tracing::warn!(%task, step = k + 1, of, wait_s = UP_WAIT.as_secs(), "task not up in time; starting the next"),
+            }
+        }
+        tracing::info!("every task restarted, one by one");
+    }
+
+    /// Returns `task`'s pid once it runs (has registered ready).
+    async fn running(&self, task: TaskName) -> u32 {
+        loop {
+            // Registered before the check, so a task ready in between is not missed.
+            let changed = self.ready.notified();
+            let pid = {
+                let table = self.table.lock().expect("task table lock");
+                table
+                    .get(&task)
+                    .filter(|e| e.state == ChildState::Running)
+                    .and_then(|e| e.pid)
+            };
+            if let Some(pid) = pid {
+                return pid;
+            }
+            changed.await;
         }
     }
 

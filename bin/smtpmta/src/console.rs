@@ -77,7 +77,7 @@ async fn tell_supervisor(sup: &Arc<Supervisor>, command: TellCommand) -> Console
         TellCommand::Restart => {
             sup.request_restart();
             ConsoleReply::Text(
-                "smtpmta: restarting from its binary on disk: every task stops gracefully (the SMTP sockets stay open: connections wait), then the supervisor and the tasks start again on the new binaries".into(),
+                "smtpmta: restarting from its binary on disk: every task stops gracefully, isesctl first (the SMTP sockets stay open: connections wait), then the supervisor starts again and brings the tasks back one by one on the new binaries, isesctl last".into(),
             )
         }
         TellCommand::Compact => match crate::compaction::compact_now(sup.clone()).await {

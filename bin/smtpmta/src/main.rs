@@ -335,6 +335,9 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         .parent()
         .map(PathBuf::from)
         .context("executable has no folder")?;
+    // Started again by `tell smtpmta restart` (set by `reexec`; the tasks do not see it).
+    let restarted = std::env::var_os(RESTARTED_ENV).is_some();
+    std::env::remove_var(RESTARTED_ENV);
     let children = children::Children::new(
         exe_dir,
         config.path.clone(),
@@ -371,7 +374,13 @@ async fn supervise(config: Config) -> anyhow::Result<()> {
         listen = ?sup.config().inbound.listen,
         "smtpmta supervisor started"
     );
-    children.launch_all();
+    if restarted {
+        // After `tell smtpmta restart`: the tasks come back one by one on the new binaries.
+        let children = children.clone();
+        tokio::spawn(async move { children.launch_one_by_one().await });
+    } else {
+        children.launch_all();
+    }
     tokio::spawn(fleet::heartbeat(sup.clone()));
     let notify_ready = tokio::spawn(notify_ready(children.clone()));
     let background = [
@@ -500,6 +509,7 @@ fn reexec(children: &children::Children) -> anyhow::Error {
     tracing::info!(exe = %exe.display(), "smtpmta supervisor stopped; starting again from its binary");
     let e = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
+        .env(RESTARTED_ENV, "1")
         .env(
             mta_ipc::listeners::LISTEN_FDS_ENV,
             mta_ipc::listeners::encode(passed.iter().map(|(k, a, fd)| (*k, *a, *fd))),
@@ -507,6 +517,9 @@ fn reexec(children: &children::Children) -> anyhow::Error {
         .exec();
     anyhow::anyhow!("restart: cannot run {}: {e}", exe.display())
 }
+
+/// Set by `reexec` for the next run: the tasks start one by one (`launch_one_by_one`).
+const RESTARTED_ENV: &str = "SMTPMTA_RESTARTED";
 
 /// The `[inbound]` listening keys and their addresses.
 pub fn listener_keys(config: &Config) -> [(&'static str, &Vec<std::net::SocketAddr>); 3] {
