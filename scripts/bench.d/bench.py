@@ -1042,11 +1042,44 @@ class Client:
         return time.perf_counter() - t0
 
 
+FLAME_DIR = None
+FLAMED = set()
+
+
+def perf_profile(mta, kind):
+    """With --flame, the first time for `kind`: perf record (call graphs) of the MTA's processes
+    until the returned finish() runs, which draws DIR/flamegraph-serial-<kind>.svg."""
+    if not FLAME_DIR or kind in FLAMED:
+        return lambda: None
+    FLAMED.add(kind)
+    data = os.path.join(mta.dir, "flame.data")
+    pids = ",".join(str(p) for p in mta.group.pids())
+    cmd = ["perf", "record", "-q", "-F", "997", "--call-graph", "dwarf,16384", "-o", data, "-p", pids]
+    errf = open(os.path.join(mta.dir, "flame.err"), "wb")
+    perf = spawn(cmd, errf)
+    time.sleep(1.0)
+
+    def finish():
+        stop_proc(perf, sig=signal.SIGINT, wait=120)
+        errf.close()
+        out = os.path.join(FLAME_DIR, "flamegraph-serial-%s.svg" % kind)
+        script = subprocess.run(["perf", "script", "-i", data], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL).stdout
+        folded = subprocess.run(["inferno-collapse-perf"], input=script, stdout=subprocess.PIPE).stdout
+        svg = subprocess.run(["inferno-flamegraph", "--minwidth", "0.3", "--title",
+                              "%s: serial, 1 session, 1 KiB (every process of the MTA)" % kind],
+                             input=folded, stdout=subprocess.PIPE).stdout
+        open(out, "wb").write(svg)
+        log("flame graph: %s (%d bytes)" % (out, len(svg)))
+    return finish
+
+
 def latency_run(kind, top, sc):
     count = sc["count"]
     sink = Sink(top)
     mta = MTAS[kind](top, sink.port)
     try:
+        flame = perf_profile(mta, kind)
         sampler = PssSampler(mta.group)
         sampler.start()
         cpu0 = mta.group.cpu_usec()
@@ -1060,6 +1093,7 @@ def latency_run(kind, top, sc):
         t2 = wait_until(lambda: sink.messages() >= count, 300, "sink")
         wait_until(mta.queue_empty, 60, "queue to empty", every=0.05)
         cpu1 = mta.group.cpu_usec()
+        flame()
         lat.sort()
         return {"p50_ms": 1000 * lat[len(lat) // 2], "p99_ms": 1000 * lat[int(len(lat) * 0.99) - 1],
                 "accepted": count / (t1 - t0), "e2e": count / (t2 - t0),
@@ -1809,12 +1843,17 @@ def main():
     ap.add_argument("--reps", type=int)
     ap.add_argument("--only", help="comma-separated scenario ids")
     ap.add_argument("--no-fsync", action="store_true", help="skip the strace runs")
+    ap.add_argument("--flame", metavar="DIR",
+                    help="profile the first serial latency run of each MTA with perf and write "
+                         "DIR/flamegraph-serial-<mta>.svg (needs inferno: cargo install inferno)")
     ap.add_argument("--docs", help="write the results section into this markdown file")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every message count (debugging)")
     ap.add_argument("--backlog-count", type=int, help="backlog: smtpmta's deferred messages (after --scale)")
     ap.add_argument("--backlog-postfix-count", type=int, help="backlog: Postfix's deferred messages")
     a = ap.parse_args()
+    global FLAME_DIR
+    FLAME_DIR = a.flame
     reps = a.reps or (1 if a.quick else 3)
     scs = scenarios(a.quick)
     if a.only:
