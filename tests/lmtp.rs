@@ -139,7 +139,25 @@ fn wait_messages(dovecot: &DovecotLmtp, suite: &Suite, user: &str, n: usize) -> 
 /// over TCP (the message waits in mail.box), ghost failed 5.1.1 — in the log and in
 /// `show queue` / `show message`.
 fn first_attempt_outcomes(suite: &Suite, dovecot: &DovecotLmtp, qid: &str) {
-    let log = suite.log();
+    // Dovecot writes alice's file before it answers: the router's outcome lines may follow
+    // the file by a moment.
+    let log = wait_for(
+        "the first attempt's three outcome lines",
+        Duration::from_secs(30),
+        || {
+            let log = suite.log();
+            let lines = log
+                .lines()
+                .filter(|l| l.contains(&format!("qid={qid}")) && l.contains(" to=<"))
+                .filter(|l| l.contains("status="))
+                .count();
+            if lines >= 3 {
+                Ok(log)
+            } else {
+                Err(format!("{lines} of 3:\n{}", tail(&log, 20)))
+            }
+        },
+    );
     let line = |to: &str| {
         log.lines()
             .find(|l| l.contains(&format!("qid={qid}")) && l.contains(&format!("to=<{to}>")))

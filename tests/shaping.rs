@@ -6,8 +6,8 @@
 //! Two "sites" share the sink's port on two loopback addresses: MX hosts on 127.0.0.1 and
 //! 127.0.0.2. The rate test runs at "120/10s" rather than the "120/min": the same
 //! limit per period (120, burst 12) over a period six times shorter, so 400 messages take
-//! ~33 s instead of ~200 s of CI time, and the assertion is as strict: no sliding 10-second
-//! window holds more than 120 (+1) deliveries.
+//! ~33 s instead of ~200 s of CI time, and the assertion is the rule's own promise: no sliding 10-second
+//! window holds more than 120 deliveries plus the burst (12) at the sink.
 //! Needs: python3 (tests/support/smtp_sink.py, smtp_load.py) and /usr/sbin/dnsmasq.
 
 use mta_testkit::peers::{smtp_load, tail, Dns, Sink};
@@ -165,14 +165,18 @@ fn connection_limit_and_message_rate_hold_and_another_site_is_not_slowed() {
     let slow_at = arrivals(&sink, "slow.test");
     let fast_at = arrivals(&sink, "fast.test");
     let n = slow_at.len();
-    // The rate: no 10-second window (the rule's period) over 120, one over for timing.
+    // The rate: no 10-second window (the rule's period) over 120 plus the burst (12). A GCRA
+    // admits at most that in any period; with a steady backlog the sends keep to 120, but
+    // the sink sees arrival times, which move with each delivery's own latency: on a busy
+    // machine a delayed delivery and the next ones arrive together (123 seen in CI-like
+    // runs). A site without the limit would take all 400 in a second or two.
     let most = slow_at
         .iter()
         .enumerate()
         .map(|(i, t)| slow_at[i..].iter().take_while(|u| **u < t + 10.0).count())
         .max()
         .unwrap();
-    assert!(most <= 121, "{most} deliveries to slow.test within 10 s");
+    assert!(most <= 120 + 12, "{most} deliveries to slow.test within 10 s");
     let span = slow_at[n - 1] - slow_at[0];
     assert!(
         span >= 30.0,
