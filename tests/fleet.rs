@@ -2,9 +2,9 @@
 //! (Debian's redis-server, started here on a free loopback port with its own folder), all
 //! delivering through real DNS (dnsmasq) to the Python sink on loopback.
 //!
-//! Scaled for a loaded 2-core machine (the issue says 200 messages per node): 40 per node
-//! for the shared connection limit, 20 per node for the shared rate, whose period is 10 s
-//! instead of a minute (the same check, six times shorter). Leases live 3 s and heartbeats
+//! The shared connection limit carries the issue's 200 messages per node (600 in all);
+//! scaled for a loaded 2-core machine: 20 per node for the shared rate, whose period is
+//! 10 s instead of a minute (the same check, six times shorter). Leases live 3 s and heartbeats
 //! come every second, so a dead node's leases and heartbeat lapse within seconds.
 //! Needs: python3 (tests/support/smtp_sink.py, smtp_load.py), /usr/sbin/dnsmasq,
 //! /usr/bin/redis-server and redis-cli.
@@ -14,6 +14,9 @@ use mta_testkit::redis::Redis;
 use mta_testkit::{wait_for, RawSmtp, Suite, SuiteOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// Messages per node under the shared connection limit (the issue's count).
+const PER_NODE: usize = 200;
 
 fn dns() -> Dns {
     Dns::start_with(&[
@@ -203,9 +206,9 @@ fn a_shared_connection_limit_holds_across_the_fleet_and_through_a_redis_crash() 
             }
         },
     );
-    // Shared: 40 messages per node, never more than 4 connections at the sink.
-    let accepted = load_all(&nodes, 40, "user@fleet.test");
-    wait_delivered(&sink, &nodes[0], &accepted, Duration::from_secs(120));
+    // Shared: 200 messages per node (600 in all), never more than 4 connections at the sink.
+    let accepted = load_all(&nodes, PER_NODE, "user@fleet.test");
+    wait_delivered(&sink, &nodes[0], &accepted, Duration::from_secs(180));
     let most = max_concurrent(&conn_log);
     let sum = |name| nodes.iter().map(|n| osesctl_counter(n, name)).sum::<u64>();
     let (sent, limit_calls, calls) = (sum("sent"), sum("redis_limit_calls"), sum("redis_calls"));
@@ -218,7 +221,7 @@ fn a_shared_connection_limit_holds_across_the_fleet_and_through_a_redis_crash() 
         most <= 4,
         "{most} connections at once to a site limited to 4 fleet-wide"
     );
-    assert!(sent >= 120, "{sent}");
+    assert!(sent >= 3 * PER_NODE as u64, "{sent}");
     assert!(
         limit_calls <= 2 * sent,
         "{limit_calls} limit calls for {sent} messages"
@@ -241,7 +244,7 @@ fn a_shared_connection_limit_holds_across_the_fleet_and_through_a_redis_crash() 
     });
     wait_for("the second load under way", Duration::from_secs(60), || {
         let n = sink.count();
-        if n >= 130 {
+        if n >= 3 * PER_NODE + 10 {
             Ok(())
         } else {
             Err(format!("{n}"))
