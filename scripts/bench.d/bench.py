@@ -325,7 +325,8 @@ def count_files(d):
 class Smtpmta:
     name = "smtpmta"
 
-    def __init__(self, top, sink_port, metrics=False, extra="", tls=None):
+    def __init__(self, top, sink_port, metrics=False, extra="", tls=None, trusted="127.0.0.0/8",
+                 directory_extra="", inbound=""):
         self.dir = tempfile.mkdtemp(prefix="smtpmta-", dir=top)
         self.port = free_port()
         self.metrics_port = free_port() if metrics else None
@@ -335,12 +336,13 @@ class Smtpmta:
             f.write(f'''hostname = "bench-smtpmta.localhost"
 data_dir = "data"
 local_domains = ["localhost"]
-trusted_networks = ["127.0.0.0/8"]
+trusted_networks = ["{trusted}"]
 directory = "directory.toml"
 
 [inbound]
 listen = ["127.0.0.1:{self.port}"]
 max_handlers = 1100
+{inbound}
 
 [outbound]
 relay_host = "127.0.0.1:{sink_port}"
@@ -357,7 +359,7 @@ private_key = "{1}"
 name = "{LOCAL_USER}"
 addresses = ["{LOCAL_RCPT}"]
 maildir = "mail/{LOCAL_USER}"
-''')
+{directory_extra}''')
         self.maildir_new = os.path.join(self.dir, "data", "mail", LOCAL_USER, "new")
         self.group = Group("smtpmta")
         self.log = open(os.path.join(self.dir, "smtpmta.log"), "ab")
@@ -1001,6 +1003,209 @@ def shaping_drain_run(kind, top, sc):
     return out
 
 
+# ---------------------------------------------------------------- round 3: the fleet (issue 27)
+
+REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_CLI = "/usr/bin/redis-cli"
+PY_SINK = os.path.join(REPO, "tests", "support", "smtp_sink.py")
+RELAY_ALIAS = "relay@localhost"   # an alias to REMOTE_RCPT: untrusted clients may send to it
+
+
+class Redis:
+    """Debian's redis-server on a free loopback port with its own folder (no persistence),
+    stopped by pid; its command count (INFO commandstats, without INFO itself) and its CPU
+    (/proc/<pid>/stat utime + stime)."""
+
+    def __init__(self, top):
+        self.dir = tempfile.mkdtemp(prefix="redis-", dir=top)
+        self.port = free_port()
+        self.out = open(os.path.join(self.dir, "redis.out"), "wb")
+        self.p = spawn([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                        "--protected-mode", "no", "--save", "", "--appendonly", "no",
+                        "--daemonize", "no", "--dir", self.dir], self.out)
+        wait_until(lambda: self.cli("PING").strip() == "PONG", 30, "redis-server to answer", every=0.05)
+
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
+
+    def cli(self, *args):
+        return run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port)] + list(args), check=False).stdout
+
+    def calls(self):
+        total = 0
+        for line in self.cli("INFO", "commandstats").splitlines():
+            m = re.match(r"cmdstat_([a-z|]+):calls=(\d+)", line)
+            if m and m.group(1) != "info":
+                total += int(m.group(2))
+        return total
+
+    def cpu_usec(self):
+        f = open("/proc/%d/stat" % self.p.pid).read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) * 1_000_000 // os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        stop_proc(self.p)
+        self.out.close()
+        discard(self.dir)
+
+
+class NoDns:
+    """dnsmasq on a free loopback port answering NXDOMAIN for every name, so the SPF, DKIM
+    and DMARC checks of an untrusted client's mail end at once (no upstream is asked)."""
+
+    def __init__(self, top):
+        self.port = free_port()
+        self.out = open(os.path.join(top, "nodns-%d.out" % self.port), "wb")
+        self.p = spawn(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                        "--bind-interfaces", "--listen-address=127.0.0.1", "--port=%d" % self.port,
+                        "--local=/#/"], self.out)
+        time.sleep(0.3)
+
+    def stop(self):
+        stop_proc(self.p)
+        self.out.close()
+
+
+def cluster_config(redis, node):
+    return '\n[cluster]\nredis = "%s"\nnode = "%s"\n' % (redis.url(), node)
+
+
+def task_counter(mta, task, name):
+    for t in mta.con("show tasks", json_out=True)["tasks"]:
+        if t["name"] == task:
+            return dict((k, v) for k, v in t["counters"]).get(name, 0)
+    return 0
+
+
+def cluster_on_off(top, sc, redis):
+    """(a) one node, relay 1 KiB × 20, [cluster] on against off, the same non-binding
+    shaping rule either way (so that with [cluster] each delivery asks Redis); alternating
+    runs, median each; Redis's commands and CPU over the runs with the cluster on."""
+    rule = shaping_rule(rate="1000000/min", connections=1000)
+    tp = dict(size=1024, sessions=20, reuse=False, local=False, count=sc["count"])
+    runs = {"off": [], "on": []}
+    calls = cpu = 0
+    for rep_ in range(sc["tp_reps"]):
+        for v in ("off", "on"):
+            extra = rule + (cluster_config(redis, "bench1") if v == "on" else "")
+            c0, u0 = redis.calls(), redis.cpu_usec()
+            runs[v].append(throughput_run("smtpmta", top, tp, extra=extra))
+            if v == "on":
+                calls += redis.calls() - c0
+                cpu += redis.cpu_usec() - u0
+            log("cluster (a) rep %d %-3s e2e=%.0f msg/s" % (rep_ + 1, v, runs[v][-1]["e2e"]))
+    n = sc["count"] * sc["tp_reps"]
+    out = {"e2e_cluster_off": statistics.median(r["e2e"] for r in runs["off"]),
+           "e2e_cluster_on": statistics.median(r["e2e"] for r in runs["on"]),
+           "cpu_us_cluster_off": statistics.median(r["cpu_us"] for r in runs["off"]),
+           "cpu_us_cluster_on": statistics.median(r["cpu_us"] for r in runs["on"]),
+           "redis_calls_per_delivered": calls / n, "redis_cpu_ms_per_1000": cpu / n}
+    out["cluster_on_pct"] = 100.0 * out["e2e_cluster_on"] / out["e2e_cluster_off"]
+    return out
+
+
+def most_at_once(intervals):
+    events = sorted([(o, 1) for o, c in intervals] + [(c, -1) for o, c in intervals],
+                    key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, d in events:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def cluster_fleet(top, sc, redis):
+    """(b) three nodes on this machine, each under relay 1 KiB × 20 at once, sharing a
+    connection limit and a message rate to the one sink (tests/support/smtp_sink.py with
+    its connection log): the fleet's total rate, the sink's most connections at once and
+    its most messages in any 10 s, against the limits."""
+    limit, rate = sc["fleet_connections"], sc["fleet_rate"]
+    per_node = sc["fleet_count"]
+    folder = tempfile.mkdtemp(prefix="pysink-", dir=top)
+    conn_log = os.path.join(folder, "conns.jsonl")
+    port = free_port()
+    sink_out = open(os.path.join(top, "pysink-%d.out" % port), "wb")
+    sink = spawn(["python3", PY_SINK, "127.0.0.1", str(port), os.path.join(folder, "msgs"),
+                  "--conn-log", conn_log], sink_out)
+    nodes = []
+    try:
+        wait_port(port)
+        extra = shaping_rule(rate=rate, connections=limit)
+        for i in range(3):
+            # One machine: only the first node keeps the default submission ports.
+            nodes.append(Smtpmta(top, port, extra=extra + cluster_config(redis, "bench%d" % (i + 1)),
+                                 inbound="submission_listen = []\nsubmissions_listen = []"))
+        total = 3 * per_node
+        saved = lambda: sum(1 for f in os.listdir(os.path.join(folder, "msgs")) if f.endswith(".env"))
+        t0 = time.time()
+        loads = [threading.Thread(target=smtp_source, args=(m.port, 20, per_node, 1024, False, REMOTE_RCPT))
+                 for m in nodes]
+        for t in loads:
+            t.start()
+        for t in loads:
+            t.join()
+        t1 = wait_until(lambda: saved() >= total, 900, "the fleet to deliver %d messages" % total, every=0.2)
+        conns = [json.loads(l) for l in open(conn_log) if l.strip()]
+        at = sorted(json.load(open(os.path.join(folder, "msgs", f)))["mail_at"]
+                    for f in os.listdir(os.path.join(folder, "msgs")) if f.endswith(".env"))
+        window = [sum(1 for u in at[i:] if u < t + 10.0) for i, t in enumerate(at)]
+        count, period = rate.split("/")
+        per_10s = float(count) * 10.0 / {"s": 1, "min": 60, "h": 3600}[period]
+        return {"fleet_total_rate": total / (t1 - t0), "fleet_most_connections": most_at_once(
+                    [(c["open"], c["close"]) for c in conns if not c.get("refused")]),
+                "fleet_connection_limit": limit, "fleet_most_in_10s": max(window),
+                "fleet_limit_10s": "%.0f + burst %d" % (per_10s, max(1, int(count) // 10))}
+    finally:
+        for m in nodes:
+            m.stop()
+        stop_proc(sink)
+        sink_out.close()
+        discard(folder)
+
+
+def cluster_clients(top, sc, redis):
+    """(c) one node with a shared per-client message rate (not binding) and the default
+    shared max_connections_per_client; the load's client (127.0.0.1) is not trusted, so it
+    sends to an alias of the remote recipient: Redis round trips per accepted message
+    (isesctl's, for the client limits), per delivered message (osesctl's, for the
+    shaping), all commands per message and Redis CPU per 1,000 messages."""
+    dns = NoDns(top)
+    sink = Sink(top)
+    extra = (shaping_rule(rate="1000000/min", connections=1000) + cluster_config(redis, "bench1") +
+             '\n[dns]\nnameservers = ["127.0.0.1:%d"]\ntimeout = "1s"\n' % dns.port)
+    mta = Smtpmta(top, sink.port, extra=extra, trusted="127.0.0.2/32",
+                  inbound='max_message_rate_per_client = "1000000/min"',
+                  directory_extra='\n[aliases]\n"%s" = ["%s"]\n' % (RELAY_ALIAS, REMOTE_RCPT))
+    try:
+        count = sc["count"]
+        c0, u0 = redis.calls(), redis.cpu_usec()
+        smtp_source(mta.port, 20, count, 1024, False, RELAY_ALIAS)
+        wait_until(lambda: sink.messages() >= count, 300, "%d messages at the sink" % count)
+        wait_until(mta.queue_empty, 60, "queue to empty", every=0.05)
+        calls, cpu = redis.calls() - c0, redis.cpu_usec() - u0
+        return {"redis_calls_per_accepted": task_counter(mta, "isesctl", "redis_limit_calls") / count,
+                "redis_limit_calls_per_delivered": task_counter(mta, "osesctl", "redis_limit_calls") / count,
+                "redis_calls_per_msg_clients": calls / count, "redis_cpu_ms_per_1000_clients": cpu / count}
+    finally:
+        mta.stop()
+        sink.close()
+        dns.stop()
+
+
+def cluster_run(kind, top, sc):
+    """Issue 27's figures: (a) [cluster] on against off on one node, (b) three nodes under
+    shared limits, (c) Redis's cost per accepted and delivered message with per-client
+    limits on; one redis-server for all three, stopped by pid at the end."""
+    redis = Redis(top)
+    try:
+        out = cluster_on_off(top, sc, redis)
+        out.update(cluster_fleet(top, sc, redis))
+        out.update(cluster_clients(top, sc, redis))
+        return out
+    finally:
+        redis.stop()
+
+
 def message(i, size):
     body = (("x" * 76 + "\r\n") * (size // 78 + 1))[:size]
     body = body[: body.rfind("\r\n") + 2] if "\r\n" in body else body + "\r\n"
@@ -1587,6 +1792,10 @@ def scenarios(quick):
     # issue 26: smtpmta only
     out.append(dict(id="shaping-rate", title="shaping: 3,000 × 1 KiB queued to one site limited to 600/min",
                     kind="shaperate", reps=1, count=3000, rate="600/min"))
+    # issue 27: smtpmta only; one local redis-server
+    out.append(dict(id="cluster", title="cluster: relay 1 KiB × 20 with [cluster] on / off; 3 nodes under shared limits; Redis cost",
+                    kind="cluster", reps=1, count=3000, tp_reps=3, fleet_count=1000,
+                    fleet_connections=10, fleet_rate="3000/min"))
     out.append(dict(id="shaping-drain", title="shaping: drain 20,000 × 1 KiB queued, rules off / on",
                     kind="shapedrain", reps=1, count=20000, tp_reps=3))
     # issue 10; one run whatever --reps (~10-15 min); its own table and docs block
@@ -1651,6 +1860,22 @@ FIGS = [  # key, label, unit, better, target ratio
     ("drain_rules_pct", "rules on, % of off", "", "higher", None),
     ("cpu_us_drain_rules_off", "drain CPU µs/msg, no rules", "", "lower", None),
     ("cpu_us_drain_rules_on", "drain CPU µs/msg, rules on", "", "lower", None),
+    ("e2e_cluster_off", "relay 1 KiB × 20 end-to-end msg/s, [cluster] off", "", "higher", None),
+    ("e2e_cluster_on", "the same, [cluster] on (a non-binding shared rule: Redis asked per delivery)", "", "higher", None),
+    ("cluster_on_pct", "[cluster] on, % of off (target ≥ 90 %)", "", "higher", None),
+    ("cpu_us_cluster_off", "MTA CPU µs/msg, [cluster] off", "", "lower", None),
+    ("cpu_us_cluster_on", "MTA CPU µs/msg, [cluster] on", "", "lower", None),
+    ("redis_calls_per_delivered", "Redis commands per delivered message (INFO commandstats: those inside scripts count too; shaping + background)", "", "lower", None),
+    ("redis_cpu_ms_per_1000", "Redis CPU ms per 1,000 messages (relay, shaping shared)", "", "lower", None),
+    ("fleet_total_rate", "3 nodes × 1 KiB × 20 under shared limits: total msg/s", "", "higher", None),
+    ("fleet_most_connections", "the sink's most connections at once", "", "lower", None),
+    ("fleet_connection_limit", "the shared connection_limit", "", "lower", None),
+    ("fleet_most_in_10s", "the sink's most messages in any 10 s", "", "lower", None),
+    ("fleet_limit_10s", "the shared max_message_rate per 10 s", "", "lower", None),
+    ("redis_calls_per_accepted", "isesctl Redis round trips per accepted message (client limits shared)", "", "lower", None),
+    ("redis_limit_calls_per_delivered", "osesctl Redis round trips per delivered message (shaping shared)", "", "lower", None),
+    ("redis_calls_per_msg_clients", "Redis commands per message (commandstats, inside scripts too; client limits + shaping + background)", "", "lower", None),
+    ("redis_cpu_ms_per_1000_clients", "Redis CPU ms per 1,000 messages (client limits + shaping)", "", "lower", None),
     ("client_cpu_pct", "TLS load client CPU, % of a core (100: client-bound)", "", "lower", None),
     ("hs_cpu_us", "CPU µs per session: STARTTLS + QUIT, no mail", "", "lower", None),
     ("plain_cpu_us", "CPU µs per session: plaintext EHLO + QUIT", "", "lower", None),
@@ -1665,7 +1890,7 @@ def kinds_for(sc):
     delivers locally only through an external MDA, and has no console for the others)."""
     if sc["kind"] == "tp" and not sc["local"] and shutil.which("chasquid"):
         return ("smtpmta", "postfix", "chasquid")
-    if sc["kind"] in ("metrics", "dkim", "shaperate", "shapedrain"):
+    if sc["kind"] in ("metrics", "dkim", "shaperate", "shapedrain", "cluster"):
         return ("smtpmta",)
     return ("smtpmta", "postfix")
 
@@ -1891,7 +2116,7 @@ def main():
                           "backlog": backlog_run, "metrics": metrics_run, "tls": tls_run,
                           "tlsidle": tls_idle_run, "dkim": dkim_run, "milter": milter_run,
                           "shaperate": shaping_rate_run, "shapedrain": shaping_drain_run,
-                          "wake": wakeups_run}[sc["kind"]]
+                          "wake": wakeups_run, "cluster": cluster_run}[sc["kind"]]
                     try:
                         r = fn(kind, top, sc)
                     except Exception as e:
