@@ -1257,7 +1257,7 @@ def perf_profile(mta, kind):
     if not FLAME_DIR or kind in FLAMED:
         return lambda: None
     FLAMED.add(kind)
-    data = os.path.join(mta.dir, "flame.data")
+    data = os.path.join(os.path.dirname(mta.dir), "flame-%s-%d.data" % (kind, os.getpid()))
     pids = ",".join(str(p) for p in mta.group.pids())
     cmd = ["perf", "record", "-q", "-F", "997", "--call-graph", "dwarf,16384", "-o", data, "-p", pids]
     errf = open(os.path.join(mta.dir, "flame.err"), "wb")
@@ -1323,10 +1323,13 @@ def wakeups_run(kind, top, sc):
     the pipeline quiet in between): how many times a thread of the MTA is woken, how many
     times one sleeps on the device (D state), and the fsync/fdatasync calls per message,
     counted by `perf record` on the scheduler and syscall tracepoints (issue 30)."""
+    if not shutil.which("perf"):
+        raise RuntimeError("the wakeups scenario needs perf: apt-get install linux-perf")
     count = sc["count"]
     sink = Sink(top)
     mta = MTAS[kind](top, sink.port)
-    data = os.path.join(mta.dir, "sched.data")
+    # Beside the MTA's folder, not in it: stopping the MTA removes its folder.
+    data = os.path.join(top, "sched-%s-%d.data" % (kind, os.getpid()))
     tids, stop = set(), threading.Event()
 
     def sample_tids():
@@ -1349,7 +1352,7 @@ def wakeups_run(kind, top, sc):
         for i in range(warm):
             c.transaction(message(i, sc["size"]))
         wait_until(lambda: sink.messages() >= warm, 60, "warm-up delivered")
-        errf = open(os.path.join(mta.dir, "perf.err"), "wb")
+        errf = open(data + ".err", "wb")
         perf = spawn(["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-a", "-o", data, "-e",
                       "sched:sched_wakeup,sched:sched_switch,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"],
                      errf)
@@ -1398,6 +1401,9 @@ def wakeups_run(kind, top, sc):
             syncs[w] += 1
     order = sorted(range(len(windows)), key=lambda k: wakes[k])
     median = order[len(order) // 2]
+    for f in (data, data + ".err"):
+        if os.path.exists(f):
+            os.remove(f)
     log("%s wake-ups, the median message's: %s" % (kind, " → ".join(chains[median])))
     return {"wakeups": statistics.median(wakes), "device_waits": statistics.median(dwaits),
             "syncs_per_msg_serial": sum(syncs) / len(windows),
