@@ -187,7 +187,7 @@ fn authenticated_submission_gets_date_and_message_id_and_keeps_its_user_in_histo
         directory: Some(directory),
         ..SuiteOptions::default()
     });
-    let out = Command::new("python3")
+    let out = Command::new(mta_testkit::python3())
         .args([
             "-c",
             SUBMIT,

@@ -229,7 +229,7 @@ ctx.verify_mode = ssl.CERT_NONE
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10))
 print(s.recv(512).decode(), end="")
 "#;
-        let out = Command::new("python3")
+        let out = Command::new(mta_testkit::python3())
             .args(["-c", script, &port.to_string()])
             .output()
             .unwrap();
@@ -371,7 +371,7 @@ fn the_sockets_are_closed_to_other_users() {
     let connect_as = |who: u32| {
         use std::os::unix::process::CommandExt as _;
         let script = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1]); print('connected')\nexcept OSError as e:\n    print(type(e).__name__)\n";
-        let out = Command::new("python3")
+        let out = Command::new(mta_testkit::python3())
             .args(["-c", script])
             .arg(run.join("smtpmta.sock"))
             .uid(who)

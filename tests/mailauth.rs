@@ -61,7 +61,7 @@ fn dkim_entry(domain: &str, selector: &str, key: &Path, algorithm: &str) -> Stri
 }
 
 fn dkim_tool(args: &[&str]) -> (bool, String) {
-    let out = Command::new("python3")
+    let out = Command::new(mta_testkit::python3())
         .arg(support("dkim_tool.py"))
         .args(args)
         .output()

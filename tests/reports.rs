@@ -130,7 +130,7 @@ print(json.dumps(out))
 "#;
 
 fn parse_dsn(path: &PathBuf) -> Value {
-    let out = Command::new("python3")
+    let out = Command::new(mta_testkit::python3())
         .arg("-c")
         .arg(PARSE_DSN)
         .arg(path)

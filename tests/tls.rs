@@ -18,7 +18,7 @@ fn swaks(port: u16, args: &[&str]) -> std::process::Output {
 }
 
 fn python(script: &str, args: &[&str]) -> std::process::Output {
-    Command::new("python3")
+    Command::new(mta_testkit::python3())
         .arg("-c")
         .arg(script)
         .args(args)

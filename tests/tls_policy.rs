@@ -441,7 +441,7 @@ for part in msg.walk():
     for entry in std::fs::read_dir(sink.dir.path()).unwrap().flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "eml") {
-            let o = Command::new("python3")
+            let o = Command::new(mta_testkit::python3())
                 .args(["-c", script])
                 .arg(&path)
                 .output()

@@ -45,6 +45,23 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The python3 the tests run (smtplib clients, the sink, dkimpy): `SMTPMTA_TEST_PYTHON`
+/// when set, else Debian's `/usr/bin/python3` when it is there (scripts/test installs
+/// python3-dkim, python3-dnspython and python3-nacl for it, so no module comes from PyPI),
+/// else the first `python3` on PATH. A python3 of one's own first on PATH (pyenv, a
+/// virtualenv) lacks Debian's modules.
+pub fn python3() -> PathBuf {
+    if let Some(p) = std::env::var_os("SMTPMTA_TEST_PYTHON") {
+        return p.into();
+    }
+    let debian = Path::new("/usr/bin/python3");
+    if debian.exists() {
+        debian.to_path_buf()
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// The binaries a running suite starts: the supervisor, its tasks and the console.
 pub const SUITE_BINARIES: [&str; 8] = [
     "smtpmta", "isesctl", "imsgcnv", "router", "omsgcnv", "osesctl", "drt", "mtacon",

@@ -119,7 +119,7 @@ impl Sink {
     /// on one port, as MX hosts of one suite (whose `[outbound] port` is that port).
     pub fn start_on(host: &str, port: u16, extra: &[&str]) -> Sink {
         let dir = tempfile::Builder::new().prefix("sink-").tempdir().unwrap();
-        let mut child = Command::new("python3")
+        let mut child = Command::new(crate::python3())
             .arg(support("smtp_sink.py"))
             .args([host, &port.to_string()])
             .arg(dir.path())
@@ -243,7 +243,7 @@ pub fn smtp_load_patient(
     per_conn: usize,
     tries: usize,
 ) -> LoadResult {
-    let out = Command::new("python3")
+    let out = Command::new(crate::python3())
         .arg(support("smtp_load.py"))
         .args([
             "127.0.0.1",
@@ -414,7 +414,7 @@ for n in m.search(None, "ALL")[1][0].split():
 m.logout()
 print(json.dumps(out))
 "#;
-        let out = Command::new("python3")
+        let out = Command::new(crate::python3())
             .arg("-c")
             .arg(script)
             .arg(self.port.to_string())
@@ -674,7 +674,7 @@ pub struct StsServer {
 
 impl StsServer {
     pub fn start(host: &str, cert: &Path, key: &Path, policy_dir: &Path) -> StsServer {
-        let mut child = Command::new("python3")
+        let mut child = Command::new(crate::python3())
             .arg(support("sts_server.py"))
             .args([host, "443"])
             .arg(cert)
