@@ -1,180 +1,21 @@
-//! The store service's requests and the client stub every task uses to reach it.
+//! The client stub every task uses to reach the store service.
 //!
-//! The store itself (sled) lives in the supervisor; these are the operations in domain
-//! terms: claim ready work from a queue with a lease, commit changes atomically and
-//! durably, look records up.
+//! The store itself (sled) lives in the supervisor; its requests are the operations in
+//! domain terms: claim ready work from a queue with a lease, commit changes atomically and
+//! durably, look records up. Those types are the store's own (`mta-store-types`); they are
+//! re-exported here, under the paths the tasks have always used.
 
 use crate::client::IpcError;
 use crate::supervisor::SupervisorClient;
+pub use mta_store_types::{
+    BulkOp, BulkResult, Change, DestinationRow, Durability, QueueCounts, StoreError, StoreRequest,
+    StoreResponse,
+};
 use mta_types::{Location, MessageRecord, QueueId, QueueName, TaskName};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum StoreRequest {
-    /// Up to `max` messages of `queue` that are due and not leased, oldest first, leased
-    /// to the caller for `lease_ms` (the lease returns when the caller's process exits).
-    Claim {
-        queue: QueueName,
-        max: u32,
-        lease_ms: u64,
-    },
-    /// Apply every change in one atomic transaction; with `Durability::Durable` the reply
-    /// comes once it is on stable storage. Releases the leases of the records changed.
-    Commit {
-        changes: Vec<Change>,
-        durability: Durability,
-    },
-    /// `Commit`, then `Claim` in the same round trip: a queue consumer hands back one batch
-    /// and takes the next. The claim happens only if the commit succeeded.
-    CommitClaim {
-        changes: Vec<Change>,
-        durability: Durability,
-        queue: QueueName,
-        max: u32,
-        lease_ms: u64,
-    },
-    /// Give leased messages back unchanged.
-    Release {
-        ids: Vec<QueueId>,
-    },
-    Get {
-        id: QueueId,
-    },
-    /// One page of the per-destination summary (`tell router show queue`): rows after
-    /// `after`, at most `limit` (the store caps it): a view never travels in one frame.
-    Destinations {
-        after: Option<(Location, String)>,
-        limit: u32,
-    },
-    /// One operation on every message for a destination (`domain`; None: every
-    /// destination), carried out by the store in bounded chunks, each one durable
-    /// commit. Messages a task holds are skipped and counted as busy.
-    Bulk {
-        op: BulkOp,
-        domain: Option<String>,
-    },
-    /// Counts per location.
-    Counts,
-    /// A TLS policy state record (osesctl's MTA-STS cache, TLS-RPT counts), by name.
-    PolicyGet {
-        name: String,
-    },
-    /// Sets (`Some`) or removes a TLS policy state record; applied at once, durable with
-    /// the next flush.
-    PolicyPut {
-        name: String,
-        value: Option<Vec<u8>>,
-    },
-}
-
-/// When a commit's reply may go out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Durability {
-    /// After the changes are on stable storage (fdatasync'ed): for a hand-off that lets
-    /// someone forget the message — the 250 to an SMTP client, an operator's command.
-    Durable,
-    /// As soon as the changes are applied; they reach stable storage with the next durable
-    /// commit or within the store's flush interval. For a stage that moves a message along
-    /// the pipeline: if a power loss takes the change away, the record is back where it
-    /// was, and the stage does its work again (a duplicate at worst, never a loss). Work
-    /// whose result lives outside the record (a Maildir file, spooled content) must be
-    /// durable itself before it is committed this way.
-    Replayable,
-    /// As `Replayable` (the reply goes out once the changes are applied), for records whose
-    /// message isesctl has just made durable in the spool together with the record itself
-    /// (the frame's envelope): if a crash or power loss takes the change away before the
-    /// store's next flush, the supervisor puts the record back from the spool at its next
-    /// start (`spool_recovery`). So the 250 waits for one device flush — the spool's —
-    /// instead of two in a row. It is new mail: below the store's free-space reserve it is
-    /// refused, as a durable commit adding records is.
-    Spooled,
-}
-
-impl Durability {
-    /// Whether a commit of this kind that puts records may be new mail (refused below
-    /// the store's free-space reserve, so queued mail can still move).
-    pub fn adds_mail(self) -> bool {
-        matches!(self, Durability::Durable | Durability::Spooled)
-    }
-}
-
-/// What `Bulk` does to each message of the destination.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BulkOp {
-    /// `route`: due now (its recipients for the destination lose their retry time).
-    RouteNow,
-    /// `route localdelivery`: local recipients waiting in mail.box for a retry are due now.
-    RouteLocalDelivery,
-    /// Queued → Held.
-    Hold,
-    /// Held → back to the queue it came from, due now.
-    Release,
-    /// Its pending recipients for the destination are dropped without a report; a message
-    /// with nothing left pending is removed.
-    Delete,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BulkResult {
-    pub changed: u64,
-    /// Held by a task at the time (a lease): left alone, try again.
-    pub busy: u64,
-}
-
-/// One (location, destination) of the queue, from the counts the store keeps.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DestinationRow {
-    pub location: Location,
-    /// The recipient domain ("" for messages with no pending recipient).
-    pub domain: String,
-    pub messages: u64,
-    /// The earliest due time among them (ms since the epoch; 0: due now).
-    pub next_due: u64,
-    pub last_error: String,
-}
-
-// Sent over IPC and moved once; boxing the big variant would add an allocation per
-// message for nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum Change {
-    /// Insert or replace the record; its `location` says which queue it is in now.
-    /// `Location::Done` removes it.
-    Put(MessageRecord),
-    Remove(QueueId),
-    /// Add to statistics counters (`Mail.Inbound.Sessions`, …), atomically with the rest of
-    /// the commit. Counters the store keeps itself (Mail.Delivered, …) are updated by the
-    /// store as records change; tasks add only what the store cannot see.
-    AddCounters(Vec<(String, u64)>),
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueCounts {
-    /// `(location label, queue, count)`.
-    pub rows: Vec<(String, String, u64)>,
-}
-
-// Sent over IPC and moved once; boxing the big variant would add an allocation per
-// message for nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum StoreResponse {
-    Done,
-    Claimed(Vec<MessageRecord>),
-    Record(Option<MessageRecord>),
-    Destinations(Vec<DestinationRow>),
-    Bulk(BulkResult),
-    Counts(QueueCounts),
-    Policy(Option<Vec<u8>>),
-    /// The request could not be carried out (the store says why); nothing changed.
-    Error(String),
-    /// A commit failed because the disk (or quota) is full; nothing of it is durable.
-    DiskFull(String),
-}
 
 /// A task's handle on the store: cheap to clone, reconnects when the connection breaks.
 #[derive(Clone)]
@@ -184,23 +25,10 @@ pub struct StoreClient {
     me: TaskName,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store unreachable: {0}")]
-    Ipc(#[from] IpcError),
-    #[error("store refused: {0}")]
-    Refused(String),
-    #[error("unexpected store reply: {0}")]
-    Unexpected(String),
-    #[error("store disk full: {0}")]
-    DiskFull(String),
-}
-
-impl StoreError {
-    /// The commit failed for lack of disk space: a temporary condition (452 4.3.1 at
-    /// intake), not a local error.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::DiskFull(_))
+/// How an IPC failure reaches a store caller: the store was unreachable.
+impl From<IpcError> for StoreError {
+    fn from(e: IpcError) -> StoreError {
+        StoreError::Unreachable(Box::new(e))
     }
 }
 

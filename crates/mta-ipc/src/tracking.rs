@@ -6,8 +6,8 @@
 //! finished ones from the tracking log (in the order they finished): a `TrackCursor`
 //! says which part a page ended in and where.
 
+pub use mta_store_types::TrackCursor;
 use mta_types::tracking::TrackEntry;
-use mta_types::QueueId;
 use serde::{Deserialize, Serialize};
 
 /// Most histories in one reply frame.
@@ -33,40 +33,6 @@ pub struct TrackPage {
     pub rows: Vec<TrackEntry>,
     /// Where the next page starts; None: this was the last.
     pub next: Option<TrackCursor>,
-}
-
-/// Where a `track` page starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TrackCursor {
-    /// Among the messages still in the store: the ones after this queue id.
-    Queued(QueueId),
-    /// In the tracking log: this segment (its start, Unix ms), from this byte offset.
-    Log { segment: u64, offset: u64 },
-}
-
-/// Written as the queue id, or `log-<segment>-<offset>`: what `track ... after=` takes.
-impl std::fmt::Display for TrackCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TrackCursor::Queued(id) => write!(f, "{id}"),
-            TrackCursor::Log { segment, offset } => write!(f, "log-{segment}-{offset}"),
-        }
-    }
-}
-
-impl std::str::FromStr for TrackCursor {
-    type Err = String;
-    fn from_str(s: &str) -> Result<TrackCursor, String> {
-        let bad = || format!("`{s}` is not a queue id or a `log-<segment>-<offset>` position");
-        if let Some(rest) = s.strip_prefix("log-") {
-            let (segment, offset) = rest.split_once('-').ok_or_else(bad)?;
-            return Ok(TrackCursor::Log {
-                segment: segment.parse().map_err(|_| bad())?,
-                offset: offset.parse().map_err(|_| bad())?,
-            });
-        }
-        s.parse().map(TrackCursor::Queued).map_err(|_| bad())
-    }
 }
 
 impl TrackQuery {
@@ -175,7 +141,7 @@ mod tests {
                 segment: 1_796_175_000_000,
                 offset: 4096,
             },
-            TrackCursor::Queued(QueueId::from_u64(77)),
+            TrackCursor::Queued(mta_types::QueueId::from_u64(77)),
         ] {
             let q = TrackQuery::parse(&[&format!("after={c}")]).unwrap();
             assert_eq!(q.after, Some(c));

@@ -6,56 +6,22 @@ use crate::durability::StoreFiles;
 use crate::format;
 use crate::keys;
 use crate::stats::Deltas;
-use mta_ipc::store::{Change, DestinationRow, QueueCounts};
+use mta_store_types::{Change, DestinationRow, QueueCounts, StoreError, TrackCursor};
 use mta_types::message::RECORD_SCHEMA;
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// New counter values and destination summaries of a batch, cached once it is applied.
 type StagedCounts = (Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, DestSummary)>);
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("the queue store {path} is in use by another process (sled holds it locked): is another smtpmta running on this data_dir?")]
-    Locked { path: PathBuf },
-    #[error("cannot open the queue store {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
-    #[error("queue store i/o: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("queue store sync: {0}")]
-    Sync(#[from] std::io::Error),
-    #[error("record {id} cannot be read: {reason}")]
-    Corrupt { id: String, reason: String },
-}
-
-impl StoreError {
-    /// The disk (or the quota) is full: the intake answers 452 4.3.1, a temporary
-    /// condition the client retries, rather than 451.
-    pub fn is_disk_full(&self) -> bool {
-        const ENOSPC: i32 = 28;
-        const EDQUOT: i32 = 122;
-        let io = match self {
-            StoreError::Sync(e) => Some(e),
-            StoreError::Sled(sled::Error::Io(e))
-            | StoreError::Open {
-                source: sled::Error::Io(e),
-                ..
-            } => Some(e),
-            _ => None,
-        };
-        // sled hands out its stored write error as a new io::Error of the same kind (no OS
-        // code), so the kind decides as well.
-        io.is_some_and(|e| {
-            matches!(e.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
-                || matches!(
-                    e.kind(),
-                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-                )
-        })
-    }
+/// sled's error as the store's: sled turns it into an `io::Error` (its I/O errors keep
+/// their OS code), so no sled type leaves this crate. `?` cannot convert it by itself: the
+/// error type is `mta-store-types`', which does not know sled.
+pub(crate) fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Io(e.into())
 }
 
 /// Per (location, destination): what `tell router show queue` shows without reading the
@@ -144,7 +110,11 @@ impl WriterCache {
         if let Some(v) = self.numbers.get(key) {
             return Ok(*v);
         }
-        let v = tree.get(key)?.map(|v| keys::u64_value(&v)).unwrap_or(0);
+        let v = tree
+            .get(key)
+            .map_err(sled_err)?
+            .map(|v| keys::u64_value(&v))
+            .unwrap_or(0);
         self.numbers.insert(key.to_vec(), v);
         Ok(v)
     }
@@ -154,7 +124,8 @@ impl WriterCache {
             return Ok(v.clone());
         }
         Ok(tree
-            .get(key)?
+            .get(key)
+            .map_err(sled_err)?
             .and_then(|v| postcard::from_bytes(&v).ok())
             .unwrap_or_default())
     }
@@ -251,11 +222,11 @@ impl Engine {
                 } else {
                     StoreError::Open {
                         path: dir.to_path_buf(),
-                        source: e,
+                        source: e.into(),
                     }
                 }
             })?;
-        let tree = db.open_tree("queue")?;
+        let tree = db.open_tree("queue").map_err(sled_err)?;
         let files = StoreFiles::open(dir, data_dir)?;
         let mut engine = Engine {
             db,
@@ -271,7 +242,7 @@ impl Engine {
             tracklog: crate::tracklog::TrackLog::open(&dir.join("tracking"))?,
         };
         engine.check_flush_mark(dir, log_stop)?;
-        let layout = engine.tree.get(keys::LAYOUT_KEY)?;
+        let layout = engine.tree.get(keys::LAYOUT_KEY).map_err(sled_err)?;
         if layout.as_deref() != Some(&[keys::LAYOUT][..]) {
             engine.rebuild()?;
         }
@@ -291,13 +262,14 @@ impl Engine {
                     .scan_prefix([*prefix])
                     .keys()
                     .take(10_000)
-                    .collect::<Result<_, _>>()?;
+                    .collect::<Result<_, _>>()
+                    .map_err(sled_err)?;
                 if chunk.is_empty() {
                     break;
                 }
                 let mut batch = sled::Batch::default();
                 chunk.iter().for_each(|k| batch.remove(k));
-                self.tree.apply_batch(batch)?;
+                self.tree.apply_batch(batch).map_err(sled_err)?;
             }
         }
         let mut after: Option<sled::IVec> = None;
@@ -312,8 +284,10 @@ impl Engine {
                     .tree
                     .range::<&[u8], _>(&[keys::RECORD][..]..&[keys::RECORD + 1][..]),
             };
-            let chunk: Vec<(sled::IVec, sled::IVec)> =
-                range.take(1000).collect::<Result<_, _>>()?;
+            let chunk: Vec<(sled::IVec, sled::IVec)> = range
+                .take(1000)
+                .collect::<Result<_, _>>()
+                .map_err(sled_err)?;
             let Some((last, _)) = chunk.last() else {
                 break;
             };
@@ -329,8 +303,10 @@ impl Engine {
             // Applied as new: nothing derived exists for them any more.
             self.apply_inner(puts.into_iter().map(Change::Put).collect(), true)?;
         }
-        self.tree.insert(keys::LAYOUT_KEY, &[keys::LAYOUT][..])?;
-        self.db.flush()?;
+        self.tree
+            .insert(keys::LAYOUT_KEY, &[keys::LAYOUT][..])
+            .map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
         self.files.lock().expect("store files").sync()?;
         tracing::info!(
             records,
@@ -357,20 +333,24 @@ impl Engine {
     /// touch no index or counter, and reach the disk with the next flush (a cache: losing
     /// the last write to a power cut costs one more fetch).
     pub fn policy_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(keys::policy(name))?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(keys::policy(name))
+            .map_err(sled_err)?
+            .map(|v| v.to_vec()))
     }
 
     /// Sets (`Some`) or removes (`None`) a TLS policy state record.
     pub fn policy_put(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
         match value {
-            Some(v) => self.tree.insert(keys::policy(name), v)?,
-            None => self.tree.remove(keys::policy(name))?,
+            Some(v) => self.tree.insert(keys::policy(name), v).map_err(sled_err)?,
+            None => self.tree.remove(keys::policy(name)).map_err(sled_err)?,
         };
         Ok(())
     }
 
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StoreError> {
-        match self.tree.get(keys::record(id))? {
+        match self.tree.get(keys::record(id)).map_err(sled_err)? {
             Some(v) => Ok(Some(self.decode(&keys::record(id), &v)?)),
             None => Ok(None),
         }
@@ -381,7 +361,11 @@ impl Engine {
     /// and the queue it was in goes on. Its index keys are found by `due_key` (the key it
     /// was met under).
     pub fn quarantine(&self, id: QueueId, due_key: &[u8], reason: &str) -> Result<(), StoreError> {
-        let raw = self.tree.get(keys::record(id))?.unwrap_or_default();
+        let raw = self
+            .tree
+            .get(keys::record(id))
+            .map_err(sled_err)?
+            .unwrap_or_default();
         tracing::error!(
             "qid={id} record unreadable in the queue store ({} bytes at key m{id}): {reason}; moved to Dead",
             raw.len()
@@ -400,7 +384,7 @@ impl Engine {
                 writer.numbers.insert(key.to_vec(), count);
             }
             batch.remove(&keys::record(id)[..]);
-            self.tree.apply_batch(batch)?;
+            self.tree.apply_batch(batch).map_err(sled_err)?;
         }
         let placeholder = MessageRecord {
             schema: RECORD_SCHEMA,
@@ -512,7 +496,7 @@ impl Engine {
         if let Err(e) = self.tree.apply_batch(batch) {
             // What sled holds now is not known for sure: read it again next time.
             *writer = WriterCache::default();
-            return Err(e.into());
+            return Err(sled_err(e));
         }
         // After the batch: a history is never logged for a removal that did not happen.
         // Tracking never fails a commit.
@@ -651,7 +635,7 @@ impl Engine {
             tracing::info!("message tracking: {segments} log segments past tracking_days deleted");
         }
         let _writer = self.writer.lock().expect("store writer");
-        Ok(crate::tracking::prune_legacy(&self.tree)?)
+        Ok(crate::tracking::prune_legacy(&self.tree).map_err(sled_err)?)
     }
 
     /// A message's history (message tracking), queued or not.
@@ -667,20 +651,15 @@ impl Engine {
         &self,
         q: &crate::tracking::Query,
         rows: usize,
-    ) -> Result<
-        (
-            Vec<mta_types::tracking::TrackEntry>,
-            Option<mta_ipc::tracking::TrackCursor>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<(Vec<mta_types::tracking::TrackEntry>, Option<TrackCursor>), StoreError> {
         crate::tracking::query(&self.tree, &self.tracklog, q, rows)
     }
 
     fn u64_at(&self, key: &[u8]) -> Result<u64, StoreError> {
         Ok(self
             .tree
-            .get(key)?
+            .get(key)
+            .map_err(sled_err)?
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0))
     }
@@ -700,7 +679,7 @@ impl Engine {
     pub fn counters(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut out = BTreeMap::new();
         for kv in self.tree.scan_prefix([keys::COUNTER]) {
-            let (k, v) = kv?;
+            let (k, v) = kv.map_err(sled_err)?;
             out.insert(
                 String::from_utf8_lossy(&k[1..]).into_owned(),
                 keys::u64_value(&v),
@@ -725,8 +704,9 @@ impl Engine {
         use std::sync::atomic::Ordering;
         let seq = self.flush_seq.load(Ordering::Relaxed) + 1;
         self.tree
-            .insert(keys::FLUSH_SEQ_KEY, &seq.to_be_bytes()[..])?;
-        self.db.flush()?;
+            .insert(keys::FLUSH_SEQ_KEY, &seq.to_be_bytes()[..])
+            .map_err(sled_err)?;
+        self.db.flush().map_err(sled_err)?;
         let mut files = self.files.lock().expect("store files");
         files.sync()?;
         // History, not mail: a failed sync of the tracking log never fails a commit.
@@ -751,7 +731,8 @@ impl Engine {
         use std::sync::atomic::Ordering;
         let seq = self
             .tree
-            .get(keys::FLUSH_SEQ_KEY)?
+            .get(keys::FLUSH_SEQ_KEY)
+            .map_err(sled_err)?
             .map(|v| keys::u64_value(&v))
             .unwrap_or(0);
         self.flush_seq.store(seq, Ordering::Relaxed);
@@ -817,7 +798,7 @@ impl Engine {
             .map(|b| keys::due_range(b, until))
             .unwrap_or_default();
         self.tree.range(start..end).keys().map(|k| {
-            let k = k?;
+            let k = k.map_err(sled_err)?;
             let (_, id) = keys::id_of_due_key(&k).ok_or_else(|| StoreError::Corrupt {
                 id: format!("{k:?}"),
                 reason: "malformed due-index key".into(),
@@ -836,7 +817,8 @@ impl Engine {
             .scan_prefix([keys::DUE, b])
             .keys()
             .next()
-            .transpose()?
+            .transpose()
+            .map_err(sled_err)?
             .and_then(|k| keys::id_of_due_key(&k))
             .map(|(due, _)| due))
     }
@@ -848,7 +830,8 @@ impl Engine {
         };
         Ok(self
             .tree
-            .get(keys::dest_summary(b, domain))?
+            .get(keys::dest_summary(b, domain))
+            .map_err(sled_err)?
             .and_then(|v| postcard::from_bytes::<DestSummary>(&v).ok())
             .map(|s| s.messages)
             .unwrap_or(0))
@@ -883,7 +866,7 @@ impl Engine {
             .keys()
             .take(limit)
         {
-            let k = k?;
+            let k = k.map_err(sled_err)?;
             let id = if domain.is_some() {
                 keys::id_of_dest_key(&k)
             } else {
@@ -943,7 +926,7 @@ impl Engine {
         let end = std::ops::Bound::Excluded(vec![keys::DUE, b + 1]);
         let mut out = Vec::new();
         for k in self.tree.range((start, end)).keys().take(limit) {
-            let k = k?;
+            let k = k.map_err(sled_err)?;
             if let Some((_, id)) = keys::id_of_due_key(&k) {
                 match self.get(id) {
                     Ok(Some(r)) => out.push(r),
@@ -975,7 +958,7 @@ impl Engine {
             .range(start..vec![keys::DEST_SUMMARY + 1])
             .take(limit)
         {
-            let (k, v) = kv?;
+            let (k, v) = kv.map_err(sled_err)?;
             let Some((loc_byte, domain)) = keys::parse_dest_summary(&k) else {
                 continue;
             };
@@ -988,7 +971,8 @@ impl Engine {
                 .scan_prefix(keys::dest_prefix(loc_byte, &domain))
                 .keys()
                 .next()
-                .transpose()?
+                .transpose()
+                .map_err(sled_err)?
                 .and_then(|k| keys::id_of_dest_key(&k))
                 .map(|(due, _)| due)
                 .unwrap_or(0);
@@ -1021,7 +1005,11 @@ impl Engine {
 
     /// Whether this store keeps spool marks (every start since the first one that did).
     pub fn spool_marks_kept(&self) -> Result<bool, StoreError> {
-        Ok(self.tree.get(keys::SPOOL_MARKS_KEPT)?.is_some())
+        Ok(self
+            .tree
+            .get(keys::SPOOL_MARKS_KEPT)
+            .map_err(sled_err)?
+            .is_some())
     }
 
     /// Where the frames of `segment` that no committed record has pointed at begin (0: none
@@ -1045,7 +1033,7 @@ impl Engine {
             }
         }
         batch.insert(keys::SPOOL_MARKS_KEPT, &[][..]);
-        self.tree.apply_batch(batch)?;
+        self.tree.apply_batch(batch).map_err(sled_err)?;
         writer.numbers.extend(numbers);
         Ok(())
     }
@@ -1059,7 +1047,7 @@ impl Engine {
             batch.remove(&key[..]);
             writer.numbers.remove(&key);
         }
-        self.tree.apply_batch(batch)?;
+        self.tree.apply_batch(batch).map_err(sled_err)?;
         Ok(())
     }
 
@@ -1068,7 +1056,7 @@ impl Engine {
     pub fn referenced_segments(&self) -> Result<HashSet<String>, StoreError> {
         let mut set = HashSet::new();
         for k in self.tree.scan_prefix([keys::SEGMENT_REFS]).keys() {
-            let k = k?;
+            let k = k.map_err(sled_err)?;
             set.insert(String::from_utf8_lossy(&k[1..]).into_owned());
         }
         Ok(set)

@@ -309,13 +309,25 @@ pub fn decode(bytes: &[u8]) -> Result<MessageRecord, FormatError> {
         [TAG, v, ..] if *v > VERSION => Err(FormatError::Newer(*v)),
         legacy => {
             let record: old::Record<old::FieldsV1> =
-                mta_ipc::frame::decode(legacy).map_err(|e| FormatError::Undecodable {
+                legacy_decode(legacy).map_err(|e| FormatError::Undecodable {
                     version: 0,
                     reason: e.to_string(),
                 })?;
             Ok(record.into())
         }
     }
+}
+
+/// Version 0 records are the IPC frame's payload of their day: bincode with fixed-width
+/// integers, nothing trailing (`mta_ipc::frame`'s options; the store reads them itself, so
+/// it needs no wire crate).
+fn legacy_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(bytes.len() as u64)
+        .reject_trailing_bytes()
+        .deserialize(bytes)
 }
 
 /// Whether `bytes` is in the current format (else `Engine::rebuild` rewrites it).

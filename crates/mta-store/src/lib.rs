@@ -1,7 +1,10 @@
 //! mta-store — the queues, in one sled database owned by the supervisor.
 //!
 //! sled allows one process per database, so the supervisor opens it and every task reaches
-//! it through `mta_ipc::StoreClient`; no sled type leaves this crate.
+//! it through `mta_ipc::StoreClient`; no sled type leaves this crate. What the tasks send
+//! and receive (`StoreRequest`, `Change`, `StoreResponse`, the views' rows, `StoreError`)
+//! is this crate's own vocabulary, in `mta-store-types` (`types`), which carries no sled,
+//! so the tasks link it and not the engine; `mta-ipc` carries it on the wire.
 //!
 //! Schema: one sled tree, keys by prefix (`keys.rs`); records in the store's own
 //! versioned format (`format.rs`). Every index and count a view or a poll needs is kept
@@ -25,5 +28,7 @@ pub mod stats;
 pub mod tracking;
 mod tracklog;
 
-pub use engine::{Engine, StoreError};
+pub use engine::Engine;
+pub use mta_store_types as types;
+pub use mta_store_types::StoreError;
 pub use service::{on_quiet, CommitError, OperateError, StoreService};

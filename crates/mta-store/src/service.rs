@@ -1,8 +1,9 @@
 //! The store as a service: requests from every task, one committer doing group commit.
 
-use crate::engine::{Engine, StoreError};
+use crate::engine::Engine;
 use crate::leases::Leases;
-use mta_ipc::store::{
+use crate::StoreError;
+use mta_store_types::{
     BulkOp, BulkResult, Change, DestinationRow, Durability, StoreRequest, StoreResponse,
 };
 use mta_types::message::now_ms;
@@ -150,12 +151,12 @@ impl StoreService {
         let flusher = std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flusher(&flusher_inner, pending))
-            .map_err(StoreError::Sync)?;
+            .map_err(StoreError::Io)?;
         let committer_inner = inner.clone();
         std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer(committer_inner, rx, flushes, flusher))
-            .map_err(StoreError::Sync)?;
+            .map_err(StoreError::Io)?;
         Ok(StoreService { inner, commits: tx })
     }
 
@@ -823,9 +824,9 @@ fn exit_if_store_stopped(inner: &Inner) {
 /// The free bytes on the store's file system when a durable or spooled commit of this
 /// group adds records and they are below `RESERVE_BYTES` (one statvfs per such group).
 fn below_reserve(dir: &Path, jobs: &[CommitJob]) -> Option<u64> {
-    let adds = jobs.iter().any(|j| {
-        j.durability.adds_mail() && j.changes.iter().any(|c| matches!(c, Change::Put(_)))
-    });
+    let adds = jobs
+        .iter()
+        .any(|j| j.durability.adds_mail() && j.changes.iter().any(|c| matches!(c, Change::Put(_))));
     if !adds {
         return None;
     }
@@ -900,7 +901,11 @@ mod tests {
         assert_eq!(engine.spool_mark("t.seg").unwrap(), 7);
         engine.forget_spool_marks(&["t.seg".into()]).unwrap();
         assert_eq!(engine.spool_mark("t.seg").unwrap(), 0);
-        assert!(engine.tree_for_test().get(crate::keys::spool_mark("t.seg")).unwrap().is_none());
+        assert!(engine
+            .tree_for_test()
+            .get(crate::keys::spool_mark("t.seg"))
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]

@@ -23,10 +23,11 @@
 //! Before the log, histories and three index keys per message were kept in sled under the
 //! prefixes `LEGACY`; `prune_legacy` removes them a chunk at a time.
 
+use crate::engine::sled_err;
 use crate::format;
 use crate::keys;
 use crate::tracklog::TrackLog;
-use mta_ipc::tracking::TrackCursor;
+use mta_store_types::TrackCursor;
 use mta_types::tracking::{normalize_message_id, TrackEntry};
 use mta_types::{Location, MessageRecord, QueueId};
 
@@ -125,7 +126,7 @@ pub fn get(
     log: &TrackLog,
     id: QueueId,
 ) -> Result<Option<TrackEntry>, crate::StoreError> {
-    if let Some(v) = tree.get(keys::record(id))? {
+    if let Some(v) = tree.get(keys::record(id)).map_err(sled_err)? {
         let r = format::decode(&v).map_err(|e| crate::StoreError::Corrupt {
             id: id.to_string(),
             reason: e.to_string(),
@@ -215,7 +216,7 @@ pub fn query(
             };
             let end = [keys::RECORD + 1];
             for kv in tree.range(&keys::record(first)[..]..&end[..]) {
-                let (k, v) = kv?;
+                let (k, v) = kv.map_err(sled_err)?;
                 walked += 1;
                 let Some(id) = keys::id_at_end(&k) else {
                     continue;
@@ -280,7 +281,7 @@ pub fn query(
 mod tests {
     use super::*;
     use crate::Engine;
-    use mta_ipc::store::Change;
+    use mta_store_types::Change;
     use mta_types::message::{now_ms, ContentRef, Envelope, ParsedFields, RECORD_SCHEMA};
     use mta_types::{QueueName, RcptStatus, Recipient};
 
