@@ -176,7 +176,10 @@ fn connection_limit_and_message_rate_hold_and_another_site_is_not_slowed() {
         .map(|(i, t)| slow_at[i..].iter().take_while(|u| **u < t + 10.0).count())
         .max()
         .unwrap();
-    assert!(most <= 120 + 12, "{most} deliveries to slow.test within 10 s");
+    assert!(
+        most <= 120 + 12,
+        "{most} deliveries to slow.test within 10 s"
+    );
     let span = slow_at[n - 1] - slow_at[0];
     assert!(
         span >= 30.0,

@@ -50,7 +50,8 @@ pub struct Intake {
 
 /// Counters added by name (the DKIM verification results, a milter's counters), committed
 /// with the next batch.
-type Counts = Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>;
+type Counts =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<std::borrow::Cow<'static, str>, u64>>>;
 
 /// The counter change for the sessions and named counts since the last one, if any.
 fn session_counters(sessions: &AtomicU64, counts: &Counts) -> Vec<Change> {

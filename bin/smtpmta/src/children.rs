@@ -274,8 +274,12 @@ impl Children {
             let (task, this) = (*task, self.clone());
             tokio::spawn(async move { this.supervise(task).await });
             match tokio::time::timeout(UP_WAIT, self.running(task)).await {
-                Ok(pid) => tracing::info!(%task, pid, step = k + 1, of, "task up on the new binary"),
-                Err(_) => tracing::warn!(%task, step = k + 1, of, wait_s = UP_WAIT.as_secs(), "task not up in time; starting the next"),
+                Ok(pid) => {
+                    tracing::info!(%task, pid, step = k + 1, of, "task up on the new binary")
+                }
+                Err(_) => {
+                    tracing::warn!(%task, step = k + 1, of, wait_s = UP_WAIT.as_secs(), "task not up in time; starting the next")
+                }
             }
         }
         tracing::info!("every task restarted, one by one");

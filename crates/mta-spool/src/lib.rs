@@ -532,7 +532,10 @@ mod tests {
         let mut seen = Vec::new();
         scan_segment_from(dir.path(), &name, a.offset + a.len, |f| seen.push(f)).unwrap();
         assert_eq!(seen.len(), 1);
-        assert_eq!((&seen[0].envelope[..], &seen[0].content), (&b"env b"[..], &b));
+        assert_eq!(
+            (&seen[0].envelope[..], &seen[0].content),
+            (&b"env b"[..], &b)
+        );
         let mut seen = Vec::new();
         scan_segment_from(dir.path(), &name, b.offset + b.len, |f| seen.push(f)).unwrap();
         assert!(seen.is_empty());
