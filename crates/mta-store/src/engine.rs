@@ -562,13 +562,7 @@ impl Engine {
             summaries.push((key, summary));
         }
         for (segment, end) in index.marks {
-            // Marks only move forward: a record of an older frame put again (a retry, a
-            // release) says nothing about the frames after it.
-            let key = keys::spool_mark(&segment);
-            if end > writer.number(&self.tree, &key)? {
-                batch.insert(&key[..], &end.to_be_bytes()[..]);
-                numbers.push((key, end));
-            }
+            self.stage_mark(writer, batch, &mut numbers, &segment, end)?;
         }
         for (segment, by) in index.segments {
             if by != 0 {
@@ -1019,6 +1013,25 @@ impl Engine {
         writer.number(&self.tree, &keys::spool_mark(segment))
     }
 
+    /// Adds to `batch` the move of `segment`'s spool mark to `end`, if that is forward.
+    /// Marks only move forward: a record of an older frame put again (a retry, a release)
+    /// says nothing about the frames after it.
+    fn stage_mark(
+        &self,
+        writer: &mut WriterCache,
+        batch: &mut sled::Batch,
+        numbers: &mut Vec<(Vec<u8>, u64)>,
+        segment: &str,
+        end: u64,
+    ) -> Result<(), StoreError> {
+        let key = keys::spool_mark(segment);
+        if end > writer.number(&self.tree, &key)? {
+            batch.insert(&key[..], &end.to_be_bytes()[..]);
+            numbers.push((key, end));
+        }
+        Ok(())
+    }
+
     /// Moves the marks of these segments forward to the given ends (never back) and notes
     /// that the store keeps marks from now on. Durable with the next flush.
     pub fn set_spool_marks(&self, marks: &[(String, u64)]) -> Result<(), StoreError> {
@@ -1026,11 +1039,7 @@ impl Engine {
         let mut batch = sled::Batch::default();
         let mut numbers = Vec::new();
         for (segment, end) in marks {
-            let key = keys::spool_mark(segment);
-            if *end > writer.number(&self.tree, &key)? {
-                batch.insert(&key[..], &end.to_be_bytes()[..]);
-                numbers.push((key, *end));
-            }
+            self.stage_mark(&mut writer, &mut batch, &mut numbers, segment, *end)?;
         }
         batch.insert(keys::SPOOL_MARKS_KEPT, &[][..]);
         self.tree.apply_batch(batch).map_err(sled_err)?;
