@@ -39,6 +39,28 @@ pub struct DomainList {
     pub hop: Option<Arc<crate::shaping::Hop>>,
 }
 
+impl DomainList {
+    /// Moves messages of `other`, a list for the same next hop, into this one until it
+    /// holds `max`: lists held back by a site's connection limit are one or two messages
+    /// each (each was claimed while the site was full), and one connection should carry
+    /// as many as a list may (one lease, one TCP and TLS handshake, for all of them).
+    pub fn fill_from(&mut self, other: &mut DomainList, max: usize) {
+        debug_assert_eq!(self.key, other.key);
+        let room = max.max(1).saturating_sub(self.items.len());
+        let mut moved = 0;
+        other.items.retain(|item| {
+            let here = self.items.iter().any(|i| i.record.id == item.record.id);
+            if moved < room && !here {
+                moved += 1;
+                self.items.push(item.clone());
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
 /// Sorts `records` into lists. Returns the lists and, for each record (same order), the
 /// number of lists it appears in (0: nothing due, give it back).
 pub fn build_lists(
@@ -170,5 +192,21 @@ mod tests {
         r.recipients[1].next_retry = Some(5_000);
         let (lists, _) = build_lists(&[Arc::new(r)], None, 10, 1_000, &mut || 1);
         assert_eq!(lists[0].items[0].rcpts, vec![0]);
+    }
+    #[test]
+    fn fill_from_moves_messages_up_to_the_cap_and_never_one_twice() {
+        let (a, b, c) = (record(&["a@x.test"]), record(&["b@x.test"]), record(&["c@x.test"]));
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let (mut first, _) = build_lists(&[a.clone()], None, 10, 0, &mut next);
+        let (mut second, _) = build_lists(&[a, b, c], None, 10, 0, &mut next);
+        let (first, second) = (&mut first[0], &mut second[0]);
+        first.fill_from(second, 2);
+        assert_eq!(first.items.len(), 2);
+        assert_eq!(second.items.len(), 2, "the duplicate stays, one moved");
+        assert_ne!(first.items[0].record.id, first.items[1].record.id);
     }
 }
