@@ -195,7 +195,11 @@ mod tests {
     }
     #[test]
     fn fill_from_moves_messages_up_to_the_cap_and_never_one_twice() {
-        let (a, b, c) = (record(&["a@x.test"]), record(&["b@x.test"]), record(&["c@x.test"]));
+        let (a, b, c) = (
+            record(&["a@x.test"]),
+            record(&["b@x.test"]),
+            record(&["c@x.test"]),
+        );
         let mut n = 0;
         let mut next = || {
             n += 1;
