@@ -91,6 +91,11 @@ fn generate(hostname: &str, files: &TlsFiles) -> Result<(), TlsError> {
     let key = rcgen::KeyPair::generate().map_err(|e| fail(e.to_string()))?;
     let cert = params.self_signed(&key).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    // The folder's own entry, so that a power cut cannot keep the files and lose their
+    // folder (data_dir exists: the supervisor made it before this).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent).map_err(|e| fail(e.to_string()))?;
+    }
     // Key first, created 0600 from the start; then the certificate. A crash in between
     // leaves a key without certificate, which the next start replaces.
     write_new(&files.private_key, key.serialize_pem().as_bytes(), 0o600)
@@ -110,7 +115,14 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The new name is in the folder's data, not the file's: without this a power cut
+    // can leave the old name (or none) after a start that said it made the files.
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Reads the chain and the key and builds the server config (TLS 1.2 and 1.3).
