@@ -82,7 +82,7 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
     let started = Instant::now();
     let port = suite.smtp_port;
     // 600 failed sessions per client, 0.1 s apart when refused: a minute of outages.
-    let load = std::thread::spawn(move || {
+    let mut load = Some(std::thread::spawn(move || {
         smtp_load_patient(
             port,
             COUNT,
@@ -91,7 +91,9 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
             10,
             600,
         )
-    });
+    }));
+    // The load's result, once it finished (taken during the cuts or after them).
+    let mut loaded = None;
 
     let mut came_back = Ok(());
     // Each cut: whether messages were in flight, and what it dropped.
@@ -100,12 +102,23 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
         let delay = 300 + next(&mut seed) % 1_500;
         std::thread::sleep(Duration::from_millis(delay));
         let at = started.elapsed().as_secs_f64();
-        // In flight: clients still sending, or accepted mail not yet at both places.
-        let sending = !load.is_finished() || {
-            let local = message_ids(&maildir_files(&suite.mailbox("alice"))).len();
-            let remote =
-                message_ids(&mta_testkit::files_with_suffix(sink.dir.path(), ".eml")).len();
-            local < COUNT || remote < COUNT
+        // In flight: clients still sending, or a message they had accepted not yet at
+        // both places (compared with what was accepted: a refused one never arrives).
+        let sending = match load.take() {
+            Some(running) if !running.is_finished() => {
+                load = Some(running);
+                true
+            }
+            finished => {
+                let done = finished.map(|h| h.join().expect("load thread"));
+                let result = loaded.get_or_insert_with(|| done.expect("joined once"));
+                let local = message_ids(&maildir_files(&suite.mailbox("alice")));
+                let remote = message_ids(&mta_testkit::files_with_suffix(sink.dir.path(), ".eml"));
+                result
+                    .accepted
+                    .iter()
+                    .any(|m| !local.contains_key(m) || !remote.contains_key(m))
+            }
         };
         let dropped = suite
             .power_loss()
@@ -127,7 +140,10 @@ fn power_loss_at_five_random_moments_loses_no_accepted_message() {
             }
         }
     }
-    let result = load.join().expect("load thread");
+    let result = match load {
+        Some(running) => running.join().expect("load thread"),
+        None => loaded.expect("joined during the cuts"),
+    };
     let accepted = result.accepted;
     let accept_secs = started.elapsed().as_secs_f64();
     eprintln!(
