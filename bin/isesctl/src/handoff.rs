@@ -21,7 +21,7 @@ use mta_types::{DeliveryOutcome, MessageRecord, Recipient};
 const MAX_ATTEMPTS: u32 = 64;
 
 /// Applies MAIL's and RCPT's `XFLEET` to `record` (made from `env` by the intake).
-pub fn apply(record: &mut MessageRecord, env: &mta_smtp::Envelope, now: UnixMillis) {
+pub fn apply(record: &mut MessageRecord, env: &mta_smtp::Transaction, now: UnixMillis) {
     let Some(origin) = &env.mail_params.handoff else {
         return;
     };

@@ -23,10 +23,9 @@ use mta_smtp::Reply;
 use mta_spool::SpoolWriter;
 use mta_task::TaskContext;
 use mta_types::message::{
-    now_ms, ContentRef, Envelope, HopTrace, Location, MessageRecord, Recipient, RECORD_SCHEMA,
+    now_ms, ContentRef, HopTrace, Location, MessageRecord, Recipient, RECORD_SCHEMA,
 };
 use mta_types::{QueueId, QueueName};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -147,7 +146,7 @@ impl Intake {
     pub async fn deliver(
         &self,
         qid: QueueId,
-        env: &mta_smtp::Envelope,
+        env: &mta_smtp::Transaction,
         content: Vec<u8>,
         held: Option<String>,
     ) -> Reply {
@@ -406,31 +405,14 @@ fn log_queued(record: &MessageRecord) {
 }
 
 /// The native document for a message just received, waiting for its content reference.
-fn record_for(qid: QueueId, env: &mta_smtp::Envelope, size: u64) -> MessageRecord {
-    let ip = match env.client.peer.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
+fn record_for(qid: QueueId, env: &mta_smtp::Transaction, size: u64) -> MessageRecord {
     MessageRecord {
         schema: RECORD_SCHEMA,
         id: qid,
         location: Location::Queue(QueueName::InboundWork),
         received_at: now_ms(),
         size,
-        envelope: Envelope {
-            mail_from: env.mail_from.clone(),
-            ret: env.mail_params.ret,
-            envid: env.mail_params.envid.clone(),
-            helo: env.helo.clone(),
-            client_ip: ip.to_string(),
-            protocol: env.protocol.to_string(),
-            utf8: env.utf8,
-            eight_bit: env.eight_bit,
-            auth: env.auth.clone(),
-        },
+        envelope: env.envelope.clone(),
         recipients: env
             .rcpts
             .iter()

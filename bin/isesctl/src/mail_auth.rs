@@ -13,7 +13,7 @@ use crate::intake::Intake;
 use anyhow::Context as _;
 use mta_auth::{counters, strip_forged_results, DkimCount, Verifier, VerifyInput};
 use mta_config::Config;
-use mta_smtp::{Envelope, Reply};
+use mta_smtp::{Reply, Transaction};
 use mta_types::QueueId;
 use std::net::IpAddr;
 
@@ -44,7 +44,7 @@ impl InboundAuth {
         config: &Config,
         intake: &Intake,
         qid: QueueId,
-        env: &Envelope,
+        env: &Transaction,
         message: Vec<u8>,
     ) -> Result<(Vec<u8>, usize), Reply> {
         let received = first_field_len(&message);
@@ -60,7 +60,7 @@ impl InboundAuth {
         let ip = client_ip(env);
         // Internal hosts and authenticated submitters (issue 11) are not checked, as
         // OpenDKIM/OpenDMARC leave them alone: their mail is ours to sign, not to judge.
-        if (config.is_trusted(ip) && !self.verify_trusted) || env.auth.is_some() {
+        if (config.is_trusted(ip) && !self.verify_trusted) || env.envelope.auth.is_some() {
             return Ok((
                 match stripped {
                     Some(s) => [ours, &s].concat(),
@@ -69,12 +69,12 @@ impl InboundAuth {
                 1,
             ));
         }
-        let mail_from = env.mail_from.as_ref().map(ToString::to_string);
+        let mail_from = env.envelope.mail_from.as_ref().map(ToString::to_string);
         let outcome = self
             .verifier
             .verify(VerifyInput {
                 client_ip: ip,
-                helo: &env.helo,
+                helo: &env.envelope.helo,
                 mail_from: mail_from.as_deref(),
                 content,
             })
@@ -103,7 +103,7 @@ impl InboundAuth {
     }
 }
 
-fn client_ip(env: &Envelope) -> IpAddr {
+fn client_ip(env: &Transaction) -> IpAddr {
     match env.client.peer.ip() {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

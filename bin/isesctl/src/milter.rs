@@ -37,7 +37,7 @@ mod eom;
 use crate::intake::Intake;
 use mta_config::{Config, MilterDefault};
 use mta_milter::{Endpoint, Io, Milter, MilterError, Timeouts, Verdict};
-use mta_smtp::{Envelope, Reply};
+use mta_smtp::{Reply, Transaction};
 use mta_types::Address;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -224,7 +224,7 @@ pub enum Outcome {
     /// and the quarantine reason if one held it.
     Deliver {
         content: Vec<u8>,
-        env: Option<Box<Envelope>>,
+        env: Option<Box<Transaction>>,
         held: Option<String>,
     },
 }
@@ -245,7 +245,7 @@ pub struct MilterSession {
 
 impl MilterSession {
     /// HELO/EHLO: connects (and sends the connect event) the first time, then HELO.
-    pub async fn helo(&mut self, env: &Envelope, helo: &str) -> Option<Reply> {
+    pub async fn helo(&mut self, env: &Transaction, helo: &str) -> Option<Reply> {
         if let Some(r) = &self.refused {
             return Some(r.clone());
         }
@@ -260,7 +260,7 @@ impl MilterSession {
     }
 
     /// MAIL: a new message for every milter (an ABORT first if one was left unfinished).
-    pub async fn mail(&mut self, env: &Envelope) -> Option<Reply> {
+    pub async fn mail(&mut self, env: &Transaction) -> Option<Reply> {
         self.discard = None;
         self.data_sent = false;
         for link in &mut self.links {
@@ -269,11 +269,11 @@ impl MilterSession {
         self.stage(Stage::Mail, env).await
     }
 
-    pub async fn rcpt(&mut self, env: &Envelope, rcpt: &Address) -> Option<Reply> {
+    pub async fn rcpt(&mut self, env: &Transaction, rcpt: &Address) -> Option<Reply> {
         self.stage(Stage::Rcpt(rcpt), env).await
     }
 
-    pub async fn data(&mut self, env: &Envelope) -> Option<Reply> {
+    pub async fn data(&mut self, env: &Transaction) -> Option<Reply> {
         self.data_sent = true;
         self.stage(Stage::Data, env).await
     }
@@ -296,7 +296,7 @@ impl MilterSession {
     }
 
     /// Connects milter `i` and sends the connect event; a refusal holds for the session.
-    async fn open(&mut self, i: usize, env: &Envelope) -> Option<Reply> {
+    async fn open(&mut self, i: usize, env: &Transaction) -> Option<Reply> {
         let entry = Arc::clone(&self.links[i].entry);
         let ip = client_ip(env);
         let name = format!("[{ip}]");
@@ -319,7 +319,7 @@ impl MilterSession {
     }
 
     /// Sends one stage to each milter in turn; the first refusal is the answer.
-    async fn stage(&mut self, stage: Stage<'_>, env: &Envelope) -> Option<Reply> {
+    async fn stage(&mut self, stage: Stage<'_>, env: &Transaction) -> Option<Reply> {
         if let Some(r) = &self.refused {
             return Some(r.clone());
         }
@@ -332,7 +332,7 @@ impl MilterSession {
     }
 
     /// One stage to milter `i`: `Some(reply)` when it refuses (or failed and refuses).
-    async fn stage_one(&mut self, i: usize, stage: Stage<'_>, env: &Envelope) -> Option<Reply> {
+    async fn stage_one(&mut self, i: usize, stage: Stage<'_>, env: &Transaction) -> Option<Reply> {
         let link = &mut self.links[i];
         let conn = match &mut link.state {
             LinkState::Open(conn) => conn,
@@ -349,7 +349,7 @@ impl MilterSession {
     }
 
     /// A milter's verdict at `stage`: `Some(reply)` when it refuses.
-    fn decided(&mut self, i: usize, v: Verdict, stage: &str, env: &Envelope) -> Option<Reply> {
+    fn decided(&mut self, i: usize, v: Verdict, stage: &str, env: &Transaction) -> Option<Reply> {
         let connection = matches!(stage, "CONNECT" | "HELO");
         let reply = match v {
             Verdict::Continue => return None,
@@ -403,7 +403,13 @@ impl MilterSession {
     }
 
     /// Milter `i` failed: log, count, and from now on its default action.
-    fn failed(&mut self, i: usize, e: MilterError, stage: &str, env: &Envelope) -> Option<Reply> {
+    fn failed(
+        &mut self,
+        i: usize,
+        e: MilterError,
+        stage: &str,
+        env: &Transaction,
+    ) -> Option<Reply> {
         let entry = Arc::clone(&self.links[i].entry);
         let qid = env.qid.map(tracing::field::display);
         tracing::warn!(
@@ -438,8 +444,8 @@ impl MilterSession {
             .count_named(format!("Mail.Milter.Action.{action}.{name}"));
     }
 
-    fn log_refusal(&self, i: usize, reply: &Reply, stage: &str, env: &Envelope) {
-        let from = env.mail_from.as_ref().map(ToString::to_string);
+    fn log_refusal(&self, i: usize, reply: &Reply, stage: &str, env: &Transaction) {
+        let from = env.envelope.mail_from.as_ref().map(ToString::to_string);
         let qid = env.qid.map(tracing::field::display);
         tracing::info!(
             qid,
@@ -456,7 +462,7 @@ impl MilterSession {
 async fn send_stage(
     conn: &mut Conn,
     stage: Stage<'_>,
-    env: &Envelope,
+    env: &Transaction,
     in_message: &mut bool,
 ) -> Result<Verdict, MilterError> {
     let qid = env.qid.map(|q| q.to_string()).unwrap_or_default();
@@ -475,12 +481,13 @@ async fn send_stage(
             }
             *in_message = true;
             let from = env
+                .envelope
                 .mail_from
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
             let mut macros = vec![("i", qid.as_str()), ("{mail_addr}", from.as_str())];
-            if let Some(user) = &env.auth {
+            if let Some(user) = &env.envelope.auth {
                 macros.push(("{auth_authen}", user));
             }
             let args = mail_args(env, &from);
@@ -498,13 +505,13 @@ async fn send_stage(
 }
 
 /// `<sender>` and the ESMTP parameters of MAIL, as the milter gets them.
-fn mail_args(env: &Envelope, from: &str) -> Vec<String> {
+fn mail_args(env: &Transaction, from: &str) -> Vec<String> {
     let p = &env.mail_params;
     let mut args = vec![format!("<{from}>")];
     if let Some(size) = p.size {
         args.push(format!("SIZE={size}"));
     }
-    if env.eight_bit {
+    if env.envelope.eight_bit {
         args.push("BODY=8BITMIME".into());
     }
     if p.smtputf8 {
@@ -513,7 +520,7 @@ fn mail_args(env: &Envelope, from: &str) -> Vec<String> {
     args
 }
 
-fn client_ip(env: &Envelope) -> String {
+fn client_ip(env: &Transaction) -> String {
     let ip = env.client.peer.ip();
     match ip {
         std::net::IpAddr::V6(v6) => v6

@@ -19,8 +19,8 @@ use crate::milter::{MilterSession, Outcome};
 use mta_config::{Config, Directory};
 use mta_smtp::tokio_rustls::rustls;
 use mta_smtp::{
-    AuthVerdict, BareLineEvent, Credentials, Direction, Envelope, RcptVerdict, Reply, SessionHooks,
-    TlsInfo,
+    AuthVerdict, BareLineEvent, Credentials, Direction, RcptVerdict, Reply, SessionHooks, TlsInfo,
+    Transaction,
 };
 use mta_task::histogram::Histogram;
 use mta_task::TaskContext;
@@ -106,8 +106,8 @@ impl SessionPolicy {
 
     /// RFC 6409 §8.2, §8.3: an authenticated submission without `Date:` or `Message-ID:`
     /// gets them, with our hostname (sendmail adds its own before it submits).
-    fn complete_submission(&self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Vec<u8> {
-        if env.auth.is_none() {
+    fn complete_submission(&self, qid: QueueId, env: &Transaction, content: Vec<u8>) -> Vec<u8> {
+        if env.envelope.auth.is_none() {
             return content;
         }
         let hostname = &self.ctx.config().hostname;
@@ -132,7 +132,7 @@ impl SessionPolicy {
 /// transaction has one, the sender and the recipient if there is one.
 fn log_refusal(
     peer: SocketAddr,
-    env: &Envelope,
+    env: &Transaction,
     stage: &str,
     reply: &Reply,
     rcpt: Option<&Address>,
@@ -143,12 +143,14 @@ fn log_refusal(
         .unwrap_or_else(|| "NOQUEUE".into());
     let reply = reply.to_string().trim_end().replace("\r\n", " ");
     let from = env
+        .envelope
         .mail_from
         .as_ref()
         .map(ToString::to_string)
         .unwrap_or_default();
     let to = rcpt.map(|r| format!(" to=<{r}>")).unwrap_or_default();
     let user = env
+        .envelope
         .auth
         .as_deref()
         .map(|u| format!(" sasl_username={u}"))
@@ -157,7 +159,7 @@ fn log_refusal(
         client = %peer,
         "qid={qid} reject: {stage} from [{}]: {reply}; from=<{from}>{to} helo=<{}>{user}",
         peer.ip(),
-        env.helo
+        env.envelope.helo
     );
 }
 
@@ -180,10 +182,10 @@ impl SessionPolicy {
     async fn filter(
         &mut self,
         qid: QueueId,
-        env: &Envelope,
+        env: &Transaction,
         content: Vec<u8>,
         ours: usize,
-    ) -> Result<(Vec<u8>, Option<Box<Envelope>>, Option<String>), Reply> {
+    ) -> Result<(Vec<u8>, Option<Box<Transaction>>, Option<String>), Reply> {
         let Some(milters) = &mut self.milters else {
             return Ok((content, None, None));
         };
@@ -191,7 +193,7 @@ impl SessionPolicy {
             Outcome::Deliver { content, env, held } => Ok((content, env, held)),
             Outcome::Refuse(reply) => Err(reply),
             Outcome::Discard { by } => {
-                let from = env.mail_from.as_ref().map(ToString::to_string);
+                let from = env.envelope.mail_from.as_ref().map(ToString::to_string);
                 tracing::info!(
                     "qid={qid} discarded by {by}: from=<{}> nrcpt={} client=[{}]",
                     from.unwrap_or_default(),
@@ -205,34 +207,35 @@ impl SessionPolicy {
 }
 
 impl SessionHooks for SessionPolicy {
-    async fn check_helo(&mut self, env: &Envelope, helo: &str) -> Option<Reply> {
+    async fn check_helo(&mut self, env: &Transaction, helo: &str) -> Option<Reply> {
         self.milters.as_mut()?.helo(env, helo).await
     }
 
-    async fn check_mail(&mut self, env: &Envelope) -> Option<Reply> {
+    async fn check_mail(&mut self, env: &Transaction) -> Option<Reply> {
         self.milters.as_mut()?.mail(env).await
     }
 
-    async fn check_data(&mut self, env: &Envelope) -> Option<Reply> {
+    async fn check_data(&mut self, env: &Transaction) -> Option<Reply> {
         self.milters.as_mut()?.data(env).await
     }
 
-    async fn check_rcpt(&mut self, env: &Envelope, rcpt: &Address) -> RcptVerdict {
+    async fn check_rcpt(&mut self, env: &Transaction, rcpt: &Address) -> RcptVerdict {
         if let Some(limit) = self.door.rcpt(env.qid).await {
             log_refusal(self.peer, env, "RCPT", &limit, Some(rcpt));
             return RcptVerdict::Reject(limit);
         }
-        let verdict = if env.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {
-            // RFC 6409: an authenticated submitter may relay anywhere.
-            RcptVerdict::Accept
-        } else {
-            rcpt_verdict(
-                self.ctx.config(),
-                &self.ctx.directory(),
-                self.peer.ip(),
-                rcpt,
-            )
-        };
+        let verdict =
+            if env.envelope.auth.is_some() && !self.ctx.config().is_local_domain(rcpt.domain()) {
+                // RFC 6409: an authenticated submitter may relay anywhere.
+                RcptVerdict::Accept
+            } else {
+                rcpt_verdict(
+                    self.ctx.config(),
+                    &self.ctx.directory(),
+                    self.peer.ip(),
+                    rcpt,
+                )
+            };
         if let RcptVerdict::Reject(reply) = &verdict {
             log_refusal(self.peer, env, "RCPT", reply, Some(rcpt));
             return verdict;
@@ -246,7 +249,7 @@ impl SessionHooks for SessionPolicy {
         }
     }
 
-    async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
+    async fn deliver(&mut self, qid: QueueId, env: &Transaction, content: Vec<u8>) -> Reply {
         let start = std::time::Instant::now();
         let content = self.complete_submission(qid, env, content);
         let (content, ours) = match self
@@ -287,7 +290,7 @@ impl SessionHooks for SessionPolicy {
 
     async fn authenticate(
         &mut self,
-        _env: &Envelope,
+        _env: &Transaction,
         mechanism: &str,
         credentials: Credentials,
     ) -> AuthVerdict {
@@ -326,8 +329,8 @@ impl SessionHooks for SessionPolicy {
         verdict
     }
 
-    fn check_sender(&mut self, env: &Envelope, from: Option<&Address>) -> Option<Reply> {
-        let (Some(name), Some(from)) = (env.auth.as_deref(), from) else {
+    fn check_sender(&mut self, env: &Transaction, from: Option<&Address>) -> Option<Reply> {
+        let (Some(name), Some(from)) = (env.envelope.auth.as_deref(), from) else {
             return None; // `<>` (a report) is anyone's to send
         };
         if env.is_fleet_peer() {
@@ -346,7 +349,7 @@ impl SessionHooks for SessionPolicy {
         Some(Reply::sender_not_owned(from, name))
     }
 
-    fn refused(&mut self, env: &Envelope, stage: &'static str, reply: &Reply) {
+    fn refused(&mut self, env: &Transaction, stage: &'static str, reply: &Reply) {
         log_refusal(self.peer, env, stage, reply, None);
     }
 
@@ -376,8 +379,9 @@ impl SessionHooks for SessionPolicy {
 
     /// Logged whatever the debug knobs: a sender whose software writes bare LFs, or someone
     /// probing for SMTP smuggling, is something the postmaster wants to see.
-    fn bare_line_ending(&mut self, env: &Envelope, event: BareLineEvent) {
+    fn bare_line_ending(&mut self, env: &Transaction, event: BareLineEvent) {
         let from = env
+            .envelope
             .mail_from
             .as_ref()
             .map(ToString::to_string)

@@ -43,8 +43,8 @@ pub use received::{received_header, rfc5322_date};
 pub use reply::{read_reply, Reply, ReplyError};
 pub use session::{
     run_session, AuthVerdict, BareLineEvent, ClientInfo, Closing, Credentials, Direction,
-    EndReason, Envelope, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState,
-    SessionSummary, TlsInfo,
+    EndReason, ListenerMode, RcptVerdict, SessionConfig, SessionHooks, SessionState,
+    SessionSummary, TlsInfo, Transaction,
 };
 pub use tokio_rustls;
 

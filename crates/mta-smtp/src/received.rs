@@ -1,6 +1,6 @@
 //! Our trace header (RFC 5321 4.4, RFC 3848 `with` keywords) and RFC 5322 dates.
 
-use crate::session::Envelope;
+use crate::session::{unmapped, Transaction};
 use mta_types::QueueId;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,30 +16,32 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// (continuation lines start with a tab). The `for` clause appears only with exactly one
 /// recipient (more would leak Bcc's); otherwise the date follows `id <QID>;` on its own
 /// line. The client's name is `unknown` because the session does no reverse lookup.
-pub fn received_header(hostname: &str, env: &Envelope, qid: QueueId, date: SystemTime) -> String {
-    let ip = match env.client.peer.ip() {
+pub fn received_header(
+    hostname: &str,
+    txn: &Transaction,
+    qid: QueueId,
+    date: SystemTime,
+) -> String {
+    let ip = match unmapped(txn.client.peer.ip()) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => format!("IPv6:{v6}"),
-        },
+        IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let helo = if env.helo.is_empty() {
+    let helo = if txn.envelope.helo.is_empty() {
         "unknown"
     } else {
-        env.helo.as_str()
+        txn.envelope.helo.as_str()
     };
     let date = rfc5322_date(date);
     // Postfix's form for the TLS session: `(using TLSv1.3 with cipher …)` on its own line.
-    let tls = match &env.tls {
+    let tls = match &txn.tls {
         Some(info) => format!("\r\n\t(using {info})"),
         None => String::new(),
     };
     let mut h = format!(
         "Received: from {helo} (unknown [{ip}]){tls}\r\n\tby {hostname} (smtpmta) with {} id {qid}",
-        env.protocol
+        txn.envelope.protocol
     );
-    match env.rcpts.as_slice() {
+    match txn.rcpts.as_slice() {
         [(rcpt, _)] => h.push_str(&format!("\r\n\tfor <{rcpt}>; {date}\r\n")),
         _ => h.push_str(&format!(";\r\n\t{date}\r\n")),
     }
@@ -89,6 +91,7 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use crate::session::ClientInfo;
+    use mta_types::Envelope;
     use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
@@ -112,25 +115,20 @@ mod tests {
         );
     }
 
-    fn env(rcpts: &[&str]) -> Envelope {
+    fn env(rcpts: &[&str]) -> Transaction {
         let client = ClientInfo {
             peer: "192.0.2.7:4000".parse().unwrap(),
             local: "192.0.2.1:25".parse().unwrap(),
         };
-        Envelope {
-            helo: "client.example".into(),
-            mail_from: None,
+        Transaction {
+            envelope: Envelope::new(None, "client.example", "192.0.2.7", "ESMTP"),
             mail_params: Default::default(),
             rcpts: rcpts
                 .iter()
                 .map(|r| (r.parse().unwrap(), Default::default()))
                 .collect(),
-            utf8: false,
-            eight_bit: false,
             client,
-            protocol: "ESMTP",
             tls: None,
-            auth: None,
             qid: None,
         }
     }

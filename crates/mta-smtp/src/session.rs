@@ -34,9 +34,9 @@ pub use tls::TlsInfo;
 use crate::command::{Command, CommandError, MailParams, RcptParams, MAX_COMMAND_LINE};
 use crate::reply::Reply;
 use io::{has_buffered_line, read_command_line, CommandLine, Deadlined};
-use mta_types::{Address, QueueId};
+use mta_types::{Address, Envelope, QueueId};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -119,46 +119,39 @@ pub struct ClientInfo {
     pub local: SocketAddr,
 }
 
-/// The transaction so far, as the hooks see it.
+/// The SMTP transaction so far, as the hooks see it: the record's [`Envelope`] (sender,
+/// DSN parameters, HELO, client, protocol, AUTH identity) as it will be stored, plus what
+/// only the live session has (the parameters as given, the recipients with theirs, the
+/// connection, TLS, the queue id).
 #[derive(Clone, Debug)]
-pub struct Envelope {
-    /// The HELO/EHLO argument.
-    pub helo: String,
-    /// `None` is the null reverse path `<>`.
-    pub mail_from: Option<Address>,
+pub struct Transaction {
+    /// What the record keeps: `mail_from` (`None`: the null reverse path `<>`), RET and
+    /// ENVID, the HELO/EHLO argument, the client's address (an IPv4-mapped IPv6 address
+    /// as IPv4), the Received header's `with` value (RFC 3848: `SMTP` (HELO), `ESMTP`
+    /// (EHLO), `UTF8SMTP`, each with `S` under TLS and `A` once authenticated:
+    /// `ESMTPSA`), SMTPUTF8, BODY=8BITMIME and the authenticated identity (the directory
+    /// user, after AUTH).
+    pub envelope: Envelope,
     pub mail_params: MailParams,
     /// Accepted recipients; `<postmaster>` appears as `postmaster@<hostname>`.
     pub rcpts: Vec<(Address, RcptParams)>,
-    /// MAIL carried SMTPUTF8.
-    pub utf8: bool,
-    /// MAIL carried BODY=8BITMIME.
-    pub eight_bit: bool,
     pub client: ClientInfo,
-    /// The Received header's `with` value (RFC 3848): `SMTP` (HELO), `ESMTP` (EHLO),
-    /// `UTF8SMTP`, each with `S` under TLS and `A` once authenticated (`ESMTPSA`).
-    pub protocol: &'static str,
     /// The TLS session, once STARTTLS (or the implicit handshake) succeeded.
     pub tls: Option<TlsInfo>,
-    /// The authenticated identity (the directory user), after AUTH.
-    pub auth: Option<String>,
     /// The transaction's queue id, assigned when MAIL is accepted (as Postfix does), so
     /// that the debug transcript of the transaction carries it; the message gets it.
     pub qid: Option<QueueId>,
 }
 
-impl Envelope {
-    fn new(client: ClientInfo) -> Envelope {
-        Envelope {
-            helo: String::new(),
-            mail_from: None,
+impl Transaction {
+    fn new(client: ClientInfo) -> Transaction {
+        let ip = unmapped(client.peer.ip()).to_string();
+        Transaction {
+            envelope: Envelope::new(None, String::new(), ip, "SMTP"),
             mail_params: MailParams::default(),
             rcpts: Vec::new(),
-            utf8: false,
-            eight_bit: false,
             client,
-            protocol: "SMTP",
             tls: None,
-            auth: None,
             qid: None,
         }
     }
@@ -166,14 +159,14 @@ impl Envelope {
     /// The client authenticated as the fleet peer (`crate::handoff::PEER_USER`): it may
     /// use `XFLEET`.
     pub fn is_fleet_peer(&self) -> bool {
-        self.auth.as_deref() == Some(crate::handoff::PEER_USER)
+        self.envelope.auth.as_deref() == Some(crate::handoff::PEER_USER)
     }
 
     /// The `with` keyword for the state of the session (RFC 3848).
     fn with_keyword(&self, esmtp: bool) -> &'static str {
         let tls = self.tls.is_some();
-        let auth = self.auth.is_some();
-        match (self.utf8, esmtp, tls, auth) {
+        let auth = self.envelope.auth.is_some();
+        match (self.envelope.utf8, esmtp, tls, auth) {
             (true, _, false, false) => "UTF8SMTP",
             (true, _, true, false) => "UTF8SMTPS",
             (true, _, false, true) => "UTF8SMTPA",
@@ -184,6 +177,15 @@ impl Envelope {
             (false, true, false, true) => "ESMTPA",
             (false, true, true, true) => "ESMTPSA",
         }
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`, a dual-stack listener's view of an
+/// IPv4 client) as the IPv4 address it is.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
     }
 }
 
@@ -218,30 +220,30 @@ pub trait SessionHooks: Send {
     /// Called for each RCPT after syntax checks; the hook decides local/relay policy.
     fn check_rcpt(
         &mut self,
-        env: &Envelope,
+        txn: &Transaction,
         rcpt: &Address,
     ) -> impl Future<Output = RcptVerdict> + Send;
 
-    /// Called at HELO/EHLO before it is taken (`env.helo` is still the previous name):
+    /// Called at HELO/EHLO before it is taken (`txn.envelope.helo` is still the previous name):
     /// `Some(reply)` refuses it and the session stays where it was. Default: take it.
     fn check_helo(
         &mut self,
-        _env: &Envelope,
+        _txn: &Transaction,
         _helo: &str,
     ) -> impl Future<Output = Option<Reply>> + Send {
         async { None }
     }
 
-    /// Called at MAIL once the session's own checks passed; `env` carries the new sender,
+    /// Called at MAIL once the session's own checks passed; `txn` carries the new sender,
     /// its parameters and the transaction's queue id. `Some(reply)` refuses the sender and
     /// the transaction is forgotten. Default: accept.
-    fn check_mail(&mut self, _env: &Envelope) -> impl Future<Output = Option<Reply>> + Send {
+    fn check_mail(&mut self, _txn: &Transaction) -> impl Future<Output = Option<Reply>> + Send {
         async { None }
     }
 
     /// Called at DATA before the 354: `Some(reply)` refuses it (the transaction stays).
     /// Not called for BDAT. Default: accept.
-    fn check_data(&mut self, _env: &Envelope) -> impl Future<Output = Option<Reply>> + Send {
+    fn check_data(&mut self, _txn: &Transaction) -> impl Future<Output = Option<Reply>> + Send {
         async { None }
     }
 
@@ -252,13 +254,13 @@ pub trait SessionHooks: Send {
     fn deliver(
         &mut self,
         qid: QueueId,
-        env: &Envelope,
+        txn: &Transaction,
         content: Vec<u8>,
     ) -> impl Future<Output = Reply> + Send;
 
     /// The content of the current transaction's message had bare line endings (see
     /// [`BareLineEvent`]). Default: nothing.
-    fn bare_line_ending(&mut self, _env: &Envelope, _event: BareLineEvent) {}
+    fn bare_line_ending(&mut self, _txn: &Transaction, _event: BareLineEvent) {}
 
     /// The TLS config to offer STARTTLS (or run the implicit handshake) with; `None`: no
     /// TLS (STARTTLS answered 502). Default: none.
@@ -274,16 +276,16 @@ pub trait SessionHooks: Send {
     /// Checks credentials. Called for AUTH PLAIN and LOGIN over TLS only. Default: fail.
     fn authenticate(
         &mut self,
-        _env: &Envelope,
+        _txn: &Transaction,
         _mechanism: &str,
         _credentials: Credentials,
     ) -> impl Future<Output = AuthVerdict> + Send {
         async { AuthVerdict::Failed }
     }
 
-    /// Called at MAIL from an authenticated client (`env.auth` is set): `Some(reply)`
+    /// Called at MAIL from an authenticated client (`txn.envelope.auth` is set): `Some(reply)`
     /// refuses the sender (someone else's address: `553 5.7.1`). Default: accept.
-    fn check_sender(&mut self, _env: &Envelope, _from: Option<&Address>) -> Option<Reply> {
+    fn check_sender(&mut self, _txn: &Transaction, _from: Option<&Address>) -> Option<Reply> {
         None
     }
 
@@ -309,7 +311,7 @@ pub trait SessionHooks: Send {
     /// A transaction was refused at MAIL or at the end of its content (`stage`: `MAIL`,
     /// `DATA` or `BDAT`), with `reply`; for the owner's log (RCPT refusals come from
     /// `check_rcpt`, which the owner sees already). Default: nothing.
-    fn refused(&mut self, _env: &Envelope, _stage: &'static str, _reply: &Reply) {}
+    fn refused(&mut self, _txn: &Transaction, _stage: &'static str, _reply: &Reply) {}
 
     /// Resolves when the server shuts down and this session must end: the session then
     /// answers `421 4.3.2` instead of reading on (also in the middle of DATA; never while
@@ -422,7 +424,7 @@ where
         cfg,
         hooks,
         state: SessionState::Fresh,
-        env: Envelope::new(client),
+        txn: Transaction::new(client),
         esmtp: false,
         admission: Admission::Unasked,
         postmaster,
@@ -446,7 +448,7 @@ pub(crate) struct Session<'a, S, H> {
     cfg: &'a SessionConfig,
     hooks: &'a mut H,
     state: SessionState,
-    env: Envelope,
+    txn: Transaction,
     /// EHLO (not HELO) was used: ESMTP parameters are allowed.
     esmtp: bool,
     admission: Admission,
@@ -495,8 +497,8 @@ where
             match auth::redact(&line) {
                 Some(redacted) => self
                     .hooks
-                    .transcript(self.env.qid, Direction::In, &redacted),
-                None => self.hooks.transcript(self.env.qid, Direction::In, &line),
+                    .transcript(self.txn.qid, Direction::In, &redacted),
+                None => self.hooks.transcript(self.txn.qid, Direction::In, &line),
             }
             if let Flow::Close(reason) = self.command(&line).await {
                 break reason;
@@ -510,7 +512,7 @@ where
     /// checked for pipelining where it was not offered.
     async fn command(&mut self, line: &[u8]) -> Flow {
         if let Some(reply) = self.refusal().await {
-            return match Command::parse(line, self.env.utf8) {
+            return match Command::parse(line, self.txn.envelope.utf8) {
                 Ok(Command::Quit) => {
                     self.reply(Reply::bye());
                     Flow::Close(EndReason::Quit)
@@ -518,7 +520,7 @@ where
                 _ => self.error(reply),
             };
         }
-        let command = match Command::parse(line, self.env.utf8) {
+        let command = match Command::parse(line, self.txn.envelope.utf8) {
             Ok(command) => command,
             Err(e) => return self.command_error(e),
         };
@@ -607,7 +609,7 @@ where
     /// Queues a reply; the session goes on.
     fn reply(&mut self, reply: Reply) -> Flow {
         let bytes = reply.to_bytes();
-        self.hooks.transcript(self.env.qid, Direction::Out, &bytes);
+        self.hooks.transcript(self.txn.qid, Direction::Out, &bytes);
         self.out.extend_from_slice(&bytes);
         Flow::Continue
     }
@@ -665,13 +667,15 @@ where
 
     /// Forgets the transaction (RSET, a new EHLO, or after a message).
     fn reset_transaction(&mut self) {
-        self.env.mail_from = None;
-        self.env.qid = None;
-        self.env.mail_params = MailParams::default();
-        self.env.rcpts.clear();
-        self.env.utf8 = false;
-        self.env.eight_bit = false;
-        self.env.protocol = self.env.with_keyword(self.esmtp);
+        self.txn.envelope.mail_from = None;
+        self.txn.envelope.ret = None;
+        self.txn.envelope.envid = None;
+        self.txn.qid = None;
+        self.txn.mail_params = MailParams::default();
+        self.txn.rcpts.clear();
+        self.txn.envelope.utf8 = false;
+        self.txn.envelope.eight_bit = false;
+        self.txn.envelope.protocol = self.txn.with_keyword(self.esmtp).into();
         if !matches!(self.state, SessionState::Fresh) {
             self.state = SessionState::Greeted;
         }

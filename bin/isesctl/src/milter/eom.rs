@@ -3,7 +3,7 @@
 
 use super::{LinkState, MilterSession, Outcome, Stage};
 use mta_milter::{Message, Modification, Verdict};
-use mta_smtp::{Envelope, RcptParams, Reply};
+use mta_smtp::{RcptParams, Reply, Transaction};
 use mta_types::{Address, QueueId};
 
 /// What one milter did to the message.
@@ -19,7 +19,7 @@ impl MilterSession {
     pub async fn end_of_message(
         &mut self,
         qid: QueueId,
-        env: &Envelope,
+        env: &Transaction,
         content: Vec<u8>,
         ours: usize,
     ) -> Outcome {
@@ -77,7 +77,7 @@ impl MilterSession {
         &mut self,
         i: usize,
         qid: QueueId,
-        env: &Envelope,
+        env: &Transaction,
         content: &[u8],
         ours: usize,
         message: &mut Option<Message>,
@@ -139,7 +139,7 @@ impl MilterSession {
 
 /// The envelope with the milters' recipient and sender changes, in their order. An address
 /// that does not parse is logged and left out.
-fn changed_envelope(qid: QueueId, env: &Envelope, changes: &[Modification]) -> Envelope {
+fn changed_envelope(qid: QueueId, env: &Transaction, changes: &[Modification]) -> Transaction {
     let mut env = env.clone();
     let parse = |path: &str| -> Option<Option<Address>> {
         let bare = path.trim().trim_start_matches('<').trim_end_matches('>');
@@ -174,7 +174,7 @@ fn changed_envelope(qid: QueueId, env: &Envelope, changes: &[Modification]) -> E
                 if let Some(new) = parse(from) {
                     let shown = new.as_ref().map(ToString::to_string).unwrap_or_default();
                     tracing::info!("qid={qid} milter changed the sender to <{shown}>");
-                    env.mail_from = new;
+                    env.envelope.mail_from = new;
                 }
             }
             _ => {}

@@ -61,11 +61,11 @@ where
 {
     /// AUTH is offered once TLS is up, if the owner has a user database.
     pub(super) fn auth_offered(&self) -> bool {
-        self.env.tls.is_some() && self.hooks.auth_available()
+        self.txn.tls.is_some() && self.hooks.auth_available()
     }
 
     pub(super) async fn auth(&mut self, mechanism: String, initial: Option<String>) -> Flow {
-        if self.env.auth.is_some() {
+        if self.txn.envelope.auth.is_some() {
             return self.error(Reply::already_authenticated());
         }
         if !matches!(self.state, SessionState::Greeted) {
@@ -74,7 +74,7 @@ where
         if !self.auth_offered() {
             // On a submission listener the client has to start TLS first; elsewhere AUTH
             // is simply not offered (a plain port-25 session).
-            return if self.env.tls.is_none() && self.cfg.mode.requires_auth() {
+            return if self.txn.tls.is_none() && self.cfg.mode.requires_auth() {
                 self.error(Reply::encryption_required())
             } else {
                 self.error(Reply::auth_not_enabled())
@@ -123,9 +123,9 @@ where
             }
             _ => return self.error(Reply::auth_mechanism_unsupported()),
         };
-        match self.hooks.authenticate(&self.env, &mechanism, creds).await {
+        match self.hooks.authenticate(&self.txn, &mechanism, creds).await {
             AuthVerdict::Ok(identity) => {
-                self.env.auth = Some(identity);
+                self.txn.envelope.auth = Some(identity);
                 self.reset_transaction();
                 self.reply(Reply::auth_ok())
             }
@@ -150,7 +150,7 @@ where
             Err(e) => return Step::Closed(self.io_failed(e)),
         };
         self.hooks
-            .transcript(self.env.qid, Direction::In, b"***\r\n");
+            .transcript(self.txn.qid, Direction::In, b"***\r\n");
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
         if text == "*" {

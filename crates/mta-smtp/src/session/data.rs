@@ -31,7 +31,7 @@ where
                 return self.error(Reply::bad_sequence("need RCPT command"));
             }
         }
-        if let Some(refusal) = self.hooks.check_data(&self.env).await {
+        if let Some(refusal) = self.hooks.check_data(&self.txn).await {
             return self.reply(refusal);
         }
         self.reply(Reply::start_data());
@@ -96,21 +96,21 @@ where
     async fn message_read(&mut self, outcome: DataOutcome, normalized: usize) -> Flow {
         let reply = match outcome {
             DataOutcome::Complete(content) => {
-                let qid = self.env.qid.unwrap_or_else(QueueId::generate);
+                let qid = self.txn.qid.unwrap_or_else(QueueId::generate);
                 self.hooks.message_data(qid, &content);
                 if normalized > 0 {
                     let event = BareLineEvent::Normalized {
                         qid,
                         lines: normalized,
                     };
-                    self.hooks.bare_line_ending(&self.env, event);
+                    self.hooks.bare_line_ending(&self.txn, event);
                 }
-                let header = received_header(&self.cfg.hostname, &self.env, qid, SystemTime::now());
+                let header = received_header(&self.cfg.hostname, &self.txn, qid, SystemTime::now());
                 let mut message = Vec::with_capacity(header.len() + content.len());
                 message.extend_from_slice(header.as_bytes());
                 message.extend_from_slice(&content);
                 drop(content);
-                let reply = self.hooks.deliver(qid, &self.env, message).await;
+                let reply = self.hooks.deliver(qid, &self.txn, message).await;
                 if reply.is_positive() {
                     self.accepted += 1;
                 } else {
@@ -121,7 +121,7 @@ where
             refused => {
                 if refused == DataOutcome::BareLineEnding {
                     self.hooks
-                        .bare_line_ending(&self.env, BareLineEvent::Refused);
+                        .bare_line_ending(&self.txn, BareLineEvent::Refused);
                 }
                 self.rejected += 1;
                 refused.rejection().unwrap_or_else(Reply::local_error)
@@ -133,7 +133,7 @@ where
             } else {
                 "DATA"
             };
-            self.hooks.refused(&self.env, stage, &reply);
+            self.hooks.refused(&self.txn, stage, &reply);
         }
         // The reply first, so that its transcript line still carries the queue id.
         let flow = self.reply(reply);

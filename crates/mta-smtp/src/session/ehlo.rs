@@ -32,20 +32,24 @@ where
     }
 
     pub(super) async fn ehlo(&mut self, host: String) -> Flow {
-        if let Some(refusal) = self.hooks.check_helo(&self.env, &host).await {
+        if let Some(refusal) = self.hooks.check_helo(&self.txn, &host).await {
             return self.reply(refusal);
         }
         self.greeted(host, true);
-        let reply = Reply::ehlo(&self.cfg.hostname, &self.env.helo, &self.extensions());
+        let reply = Reply::ehlo(
+            &self.cfg.hostname,
+            &self.txn.envelope.helo,
+            &self.extensions(),
+        );
         self.reply(reply)
     }
 
     pub(super) async fn helo(&mut self, host: String) -> Flow {
-        if let Some(refusal) = self.hooks.check_helo(&self.env, &host).await {
+        if let Some(refusal) = self.hooks.check_helo(&self.txn, &host).await {
             return self.reply(refusal);
         }
         self.greeted(host, false);
-        let reply = Reply::helo(&self.cfg.hostname, &self.env.helo);
+        let reply = Reply::helo(&self.cfg.hostname, &self.txn.envelope.helo);
         self.reply(reply)
     }
 
@@ -54,6 +58,6 @@ where
         self.esmtp = esmtp;
         self.state = SessionState::Greeted;
         self.reset_transaction();
-        self.env.helo = host;
+        self.txn.envelope.helo = host;
     }
 }

@@ -15,21 +15,21 @@ where
         if !matches!(self.state, SessionState::Greeted) {
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
-        if self.cfg.mode == super::ListenerMode::Submission && self.env.tls.is_none() {
+        if self.cfg.mode == super::ListenerMode::Submission && self.txn.tls.is_none() {
             return self.refuse_mail(Reply::starttls_first(), true);
         }
-        if self.cfg.mode.requires_auth() && self.env.auth.is_none() {
+        if self.cfg.mode.requires_auth() && self.txn.envelope.auth.is_none() {
             return self.refuse_mail(Reply::auth_required(), true);
         }
-        if self.env.auth.is_some() {
-            if let Some(refusal) = self.hooks.check_sender(&self.env, from.address()) {
+        if self.txn.envelope.auth.is_some() {
+            if let Some(refusal) = self.hooks.check_sender(&self.txn, from.address()) {
                 return self.refuse_mail(refusal, true);
             }
         }
         if !self.esmtp && !params.is_empty() {
             return self.error(Reply::esmtp_needs_ehlo());
         }
-        if params.handoff.is_some() && !self.env.is_fleet_peer() {
+        if params.handoff.is_some() && !self.txn.is_fleet_peer() {
             return self.refuse_mail(Reply::handoff_peers_only(), true);
         }
         if params.body == Some(Body::BinaryMime) {
@@ -41,14 +41,16 @@ where
         {
             return self.refuse_mail(Reply::message_too_big(), false);
         }
-        self.env.mail_from = from.address().cloned();
-        self.env.utf8 = params.smtputf8;
-        self.env.eight_bit = params.body == Some(Body::EightBitMime);
-        self.env.protocol = self.env.with_keyword(self.esmtp);
-        self.env.mail_params = params;
+        self.txn.envelope.mail_from = from.address().cloned();
+        self.txn.envelope.utf8 = params.smtputf8;
+        self.txn.envelope.eight_bit = params.body == Some(Body::EightBitMime);
+        self.txn.envelope.ret = params.ret;
+        self.txn.envelope.envid = params.envid.clone();
+        self.txn.envelope.protocol = self.txn.with_keyword(self.esmtp).into();
+        self.txn.mail_params = params;
         self.state = SessionState::MailFrom;
-        self.env.qid = Some(mta_types::QueueId::generate());
-        if let Some(refusal) = self.hooks.check_mail(&self.env).await {
+        self.txn.qid = Some(mta_types::QueueId::generate());
+        if let Some(refusal) = self.hooks.check_mail(&self.txn).await {
             self.reset_transaction();
             return self.reply(refusal);
         }
@@ -57,7 +59,7 @@ where
 
     /// A refused MAIL: told to the hooks (for the log); `counted`: a command error too.
     fn refuse_mail(&mut self, reply: Reply, counted: bool) -> Flow {
-        self.hooks.refused(&self.env, "MAIL", &reply);
+        self.hooks.refused(&self.txn, "MAIL", &reply);
         if counted {
             self.error(reply)
         } else {

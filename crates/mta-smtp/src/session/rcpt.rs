@@ -25,12 +25,12 @@ where
         if !self.esmtp && !params.is_empty() {
             return self.error(Reply::esmtp_needs_ehlo());
         }
-        if params.handoff.is_some() && !self.env.is_fleet_peer() {
+        if params.handoff.is_some() && !self.txn.is_fleet_peer() {
             self.hooks
-                .refused(&self.env, "RCPT", &Reply::handoff_peers_only());
+                .refused(&self.txn, "RCPT", &Reply::handoff_peers_only());
             return self.error(Reply::handoff_peers_only());
         }
-        if self.env.rcpts.len() >= self.cfg.max_recipients {
+        if self.txn.rcpts.len() >= self.cfg.max_recipients {
             return self.reply(Reply::too_many_recipients());
         }
         let rcpt = match to {
@@ -41,9 +41,9 @@ where
                 None => return self.reply(Reply::local_error()),
             },
         };
-        match self.hooks.check_rcpt(&self.env, &rcpt).await {
+        match self.hooks.check_rcpt(&self.txn, &rcpt).await {
             RcptVerdict::Accept => {
-                self.env.rcpts.push((rcpt, params));
+                self.txn.rcpts.push((rcpt, params));
                 self.state = SessionState::RcptTo;
                 self.reply(Reply::recipient_ok())
             }

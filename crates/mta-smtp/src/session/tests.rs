@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 /// was delivered.
 #[derive(Default)]
 struct FakeHooks {
-    delivered: Vec<(QueueId, Envelope, Vec<u8>)>,
+    delivered: Vec<(QueueId, Transaction, Vec<u8>)>,
     transcript: Vec<(Direction, Vec<u8>)>,
     bare: Vec<BareLineEvent>,
     /// The door's answers: a refusal for every command, and pipelining refused.
@@ -26,7 +26,7 @@ struct DoorHooks {
 }
 
 impl SessionHooks for FakeHooks {
-    async fn check_rcpt(&mut self, _env: &Envelope, rcpt: &Address) -> RcptVerdict {
+    async fn check_rcpt(&mut self, _env: &Transaction, rcpt: &Address) -> RcptVerdict {
         if let Some(n) = &mut self.door.rcpt_limit {
             if *n == 0 {
                 return RcptVerdict::Reject(Reply::client_limit("mx.example", "too many"));
@@ -42,7 +42,7 @@ impl SessionHooks for FakeHooks {
         }
     }
 
-    async fn deliver(&mut self, qid: QueueId, env: &Envelope, content: Vec<u8>) -> Reply {
+    async fn deliver(&mut self, qid: QueueId, env: &Transaction, content: Vec<u8>) -> Reply {
         if content.windows(9).any(|w| w == b"FAILSTORE") {
             return Reply::storage_full();
         }
@@ -54,7 +54,7 @@ impl SessionHooks for FakeHooks {
         self.transcript.push((dir, line.to_vec()));
     }
 
-    fn bare_line_ending(&mut self, _env: &Envelope, event: BareLineEvent) {
+    fn bare_line_ending(&mut self, _env: &Transaction, event: BareLineEvent) {
         self.bare.push(event);
     }
 
@@ -193,12 +193,12 @@ async fn happy_path() {
     let (qid, env, content) = &hooks.delivered[0];
     assert_eq!(r.lines[0], format!("Ok: queued as {qid}"));
     assert_eq!(
-        env.mail_from.as_ref().unwrap().to_string(),
+        env.envelope.mail_from.as_ref().unwrap().to_string(),
         "sender@client.example"
     );
     assert_eq!(env.rcpts.len(), 1);
-    assert_eq!(env.protocol, "ESMTP");
-    assert!(env.eight_bit);
+    assert_eq!(env.envelope.protocol, "ESMTP");
+    assert!(env.envelope.eight_bit);
     let text = String::from_utf8(content.clone()).unwrap();
     assert!(text.starts_with("Received: from client.example (unknown [192.0.2.7])\r\n\tby mx.example (smtpmta) with ESMTP id "));
     assert!(text.contains("\tfor <user@mx.example>; "));
@@ -236,7 +236,7 @@ async fn pipelined_group_gets_all_replies() {
     let (summary, hooks) = t.finish().await;
     assert_eq!(summary.accepted, 1);
     let (_, env, content) = &hooks.delivered[0];
-    assert_eq!(env.mail_from, None);
+    assert_eq!(env.envelope.mail_from, None);
     assert_eq!(env.rcpts.len(), 2);
     // Two recipients: no `for` clause.
     assert!(!String::from_utf8_lossy(content).contains("for <"));
@@ -290,7 +290,7 @@ async fn replies_to_misc_commands() {
     let (_, hooks) = t.finish().await;
     let (_, env, _) = &hooks.delivered[0];
     assert_eq!(env.rcpts[0].0.to_string(), "postmaster@mx.example");
-    assert_eq!(env.protocol, "SMTP");
+    assert_eq!(env.envelope.protocol, "SMTP");
 }
 
 #[tokio::test]
@@ -309,8 +309,8 @@ async fn utf8_transaction() {
     t.cmd("QUIT", 221).await;
     let (_, hooks) = t.finish().await;
     let (_, env, content) = &hooks.delivered[0];
-    assert!(env.utf8);
-    assert_eq!(env.protocol, "UTF8SMTP");
+    assert!(env.envelope.utf8);
+    assert_eq!(env.envelope.protocol, "UTF8SMTP");
     assert!(String::from_utf8_lossy(content).contains("with UTF8SMTP id"));
 }
 

@@ -129,11 +129,11 @@ where
 {
     /// Whether STARTTLS may be offered now.
     pub(super) fn starttls_offered(&self) -> bool {
-        self.env.tls.is_none() && self.hooks.tls_config().is_some()
+        self.txn.tls.is_none() && self.hooks.tls_config().is_some()
     }
 
     pub(super) async fn starttls(&mut self) -> Flow {
-        if self.env.tls.is_some() {
+        if self.txn.tls.is_some() {
             return self.error(Reply::tls_already_active());
         }
         let Some(config) = self.hooks.tls_config() else {
@@ -166,10 +166,10 @@ where
         match tokio::time::timeout_at(when, upgrade).await {
             Ok(Ok(info)) => {
                 self.hooks.tls_started(&info);
-                self.env.tls = Some(info);
+                self.txn.tls = Some(info);
                 self.state = SessionState::Fresh;
                 self.esmtp = false;
-                self.env.helo.clear();
+                self.txn.envelope.helo.clear();
                 self.reset_transaction();
                 Flow::Continue
             }
