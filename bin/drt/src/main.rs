@@ -18,19 +18,18 @@
 
 mod report;
 
-use mta_ipc::store::Change;
 use mta_ipc::{TaskState, TaskStatus};
 use mta_spool::SpoolWriter;
-use mta_task::{QueueWorker, Task, TaskContext, WorkError};
+use mta_task::{Drain, QueueWorker, Task, TaskContext, WorkError, WorkResult};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 struct Drt {
     spool: Arc<Mutex<SpoolWriter>>,
     sent: AtomicU64,
-    busy: AtomicBool,
+    drain: Drain,
 }
 
 impl Task for Drt {
@@ -41,13 +40,12 @@ impl Task for Drt {
         Ok(Drt {
             spool: Arc::new(Mutex::new(spool)),
             sent: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
+            drain: Drain::default(),
         })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        mta_task::drain(&*self, &ctx, &self.busy).await;
-        Ok(())
+        self.drain.run(&*self, &ctx).await
     }
 
     fn status(&self) -> TaskStatus {
@@ -71,11 +69,7 @@ impl QueueWorker for Drt {
     const QUEUE: QueueName = QueueName::Reports;
     type Done = Reported;
 
-    async fn work(
-        &self,
-        ctx: &TaskContext,
-        records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, Reported), WorkError> {
+    async fn work(&self, ctx: &TaskContext, records: Vec<MessageRecord>) -> WorkResult<Reported> {
         let (task_ctx, spool) = (ctx.clone(), self.spool.clone());
         // If the commit fails, the reports are in the spool but not recorded: they are
         // written again (the orphaned bytes are reclaimed by compaction).

@@ -90,6 +90,16 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// As `show tasks` lists them.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        use mta_task::queue_worker::counter;
+        vec![
+            counter("converted", &self.converted),
+            counter("errors", &self.errors),
+            counter("dead", &self.dead),
+        ]
+    }
+
     fn count(&self, verdict: &Verdict) {
         let counter = match verdict {
             Verdict::Converted { .. } => &self.converted,

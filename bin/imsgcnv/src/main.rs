@@ -15,45 +15,31 @@ mod import_errors;
 
 use conversion::{convert_batch, Stats};
 use import_errors::ImportErrors;
-use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
-use mta_task::{QueueWorker, Task, TaskContext};
+use mta_task::{Drain, QueueWorker, Task, TaskContext, WorkResult};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+#[derive(Default)]
 struct Imsgcnv {
     stats: Arc<Stats>,
-    busy: AtomicBool,
+    drain: Drain,
 }
 
 impl Task for Imsgcnv {
     const NAME: TaskName = TaskName::Imsgcnv;
 
     async fn start(_ctx: &TaskContext) -> anyhow::Result<Self> {
-        Ok(Imsgcnv {
-            stats: Arc::new(Stats::default()),
-            busy: AtomicBool::new(false),
-        })
+        Ok(Imsgcnv::default())
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        mta_task::drain(&*self, &ctx, &self.busy).await;
-        Ok(())
+        self.drain.run(&*self, &ctx).await
     }
 
     fn status(&self) -> TaskStatus {
-        let s = &self.stats;
-        mta_task::queue_worker::status(
-            &self.busy,
-            "converting",
-            vec![
-                ("converted".into(), s.converted.load(Ordering::Relaxed)),
-                ("errors".into(), s.errors.load(Ordering::Relaxed)),
-                ("dead".into(), s.dead.load(Ordering::Relaxed)),
-            ],
-        )
+        self.drain.status("converting", self.stats.counters())
     }
 }
 
@@ -62,11 +48,7 @@ impl QueueWorker for Imsgcnv {
     /// Messages put in mail.box.
     type Done = usize;
 
-    async fn work(
-        &self,
-        ctx: &TaskContext,
-        records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, usize), mta_task::WorkError> {
+    async fn work(&self, ctx: &TaskContext, records: Vec<MessageRecord>) -> WorkResult<usize> {
         let config = ctx.config();
         let (spool_dir, max_hops) = (config.spool_dir(), config.inbound.max_hops);
         let import_errors =

@@ -22,7 +22,8 @@
 
 use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
-use mta_task::{QueueWorker, Task, TaskContext};
+use mta_task::queue_worker::counter;
+use mta_task::{Drain, QueueWorker, Task, TaskContext, WorkResult};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus, TaskName};
 mod dkim_signing;
@@ -30,7 +31,7 @@ mod dkim_signing;
 use dkim_signing::Signing;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Default)]
@@ -41,7 +42,7 @@ struct Stats {
 
 struct Omsgcnv {
     stats: Arc<Stats>,
-    busy: AtomicBool,
+    drain: Drain,
     /// `None` without `[[dkim]]` keys.
     signing: Option<Arc<Signing>>,
 }
@@ -52,28 +53,24 @@ impl Task for Omsgcnv {
     async fn start(ctx: &TaskContext) -> anyhow::Result<Self> {
         Ok(Omsgcnv {
             stats: Arc::new(Stats::default()),
-            busy: AtomicBool::new(false),
+            drain: Drain::default(),
             signing: Signing::open(ctx.config())?.map(Arc::new),
         })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        mta_task::drain(&*self, &ctx, &self.busy).await;
-        Ok(())
+        self.drain.run(&*self, &ctx).await
     }
 
     fn status(&self) -> TaskStatus {
         let mut counters = vec![
-            (
-                "converted".into(),
-                self.stats.converted.load(Ordering::Relaxed),
-            ),
-            ("failed".into(), self.stats.failed.load(Ordering::Relaxed)),
+            counter("converted", &self.stats.converted),
+            counter("failed", &self.stats.failed),
         ];
         if let Some(s) = &self.signing {
             counters.push(("signed".into(), s.signed()));
         }
-        mta_task::queue_worker::status(&self.busy, "converting", counters)
+        self.drain.status("converting", counters)
     }
 }
 
@@ -82,11 +79,7 @@ impl QueueWorker for Omsgcnv {
     /// Messages put in the Outbound Work Queue.
     type Done = usize;
 
-    async fn work(
-        &self,
-        ctx: &TaskContext,
-        records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, usize), mta_task::WorkError> {
+    async fn work(&self, ctx: &TaskContext, records: Vec<MessageRecord>) -> WorkResult<usize> {
         let spool_dir = ctx.config().spool_dir();
         let stats = self.stats.clone();
         let signing = self.signing.clone();

@@ -44,6 +44,20 @@ pub struct Stats {
     pub lmtp_connections: AtomicU64,
 }
 
+impl Stats {
+    /// As `show tasks` lists them.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        use mta_task::queue_worker::counter;
+        vec![
+            counter("delivered", &self.delivered),
+            counter("deferred", &self.deferred),
+            counter("bounced", &self.bounced),
+            counter("to smtp.box", &self.to_smtp),
+            counter("lmtp connections", &self.lmtp_connections),
+        ]
+    }
+}
+
 /// The Maildirs a batch wrote into, and the files it renamed into each `new/`: every
 /// `new/` is synced once at the end of the batch, before any outcome is committed.
 #[derive(Default)]

@@ -33,16 +33,16 @@ use mta_ipc::console::TellCommand;
 use mta_ipc::store::Change;
 use mta_ipc::task::TaskReport;
 use mta_ipc::TaskStatus;
-use mta_task::{QueueWorker, Task, TaskContext, TellError, WorkError};
+use mta_task::{Drain, QueueWorker, Task, TaskContext, TellError, WorkError, WorkResult};
 use mta_types::{MessageRecord, QueueName, TaskName};
 use routing::Routing;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 struct Router {
     stats: Arc<Stats>,
-    busy: AtomicBool,
+    drain: Drain,
     lmtp: Arc<lmtp::Pool>,
 }
 
@@ -53,32 +53,17 @@ impl Task for Router {
         let config = ctx.config();
         Ok(Router {
             stats: Arc::new(Stats::default()),
-            busy: AtomicBool::new(false),
+            drain: Drain::default(),
             lmtp: lmtp::Pool::new(config.lmtp.clone(), config.hostname.clone()),
         })
     }
 
     async fn run(self: Arc<Self>, ctx: TaskContext) -> anyhow::Result<()> {
-        mta_task::drain(&*self, &ctx, &self.busy).await;
-        Ok(())
+        self.drain.run(&*self, &ctx).await
     }
 
     fn status(&self) -> TaskStatus {
-        let s = &self.stats;
-        mta_task::queue_worker::status(
-            &self.busy,
-            "routing",
-            vec![
-                ("delivered".into(), s.delivered.load(Ordering::Relaxed)),
-                ("deferred".into(), s.deferred.load(Ordering::Relaxed)),
-                ("bounced".into(), s.bounced.load(Ordering::Relaxed)),
-                ("to smtp.box".into(), s.to_smtp.load(Ordering::Relaxed)),
-                (
-                    "lmtp connections".into(),
-                    s.lmtp_connections.load(Ordering::Relaxed),
-                ),
-            ],
-        )
+        self.drain.status("routing", self.stats.counters())
     }
 
     async fn report(
@@ -90,9 +75,8 @@ impl Task for Router {
             TellCommand::Other(words)
                 if words.len() == 1 && words[0].eq_ignore_ascii_case("show") =>
             {
-                let busy = self.busy.load(Ordering::Relaxed);
                 Some(
-                    show::show(ctx, busy)
+                    show::show(ctx, self.drain.is_busy())
                         .await
                         .map(TaskReport::Router)
                         .map_err(TellError::Failed),
@@ -109,7 +93,7 @@ impl Task for Router {
                     && words[0].eq_ignore_ascii_case("show")
                     && words[1].eq_ignore_ascii_case("queue") =>
             {
-                show::show_queue(ctx, self.busy.load(Ordering::Relaxed))
+                show::show_queue(ctx, self.drain.is_busy())
                     .await
                     .map_err(TellError::Failed)
             }
@@ -131,7 +115,7 @@ impl QueueWorker for Router {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> Result<(Vec<Change>, (usize, usize)), WorkError> {
+    ) -> WorkResult<(usize, usize)> {
         let knobs = ctx.knobs();
         let levels = local_delivery::Levels {
             routing: knobs.log_mail_routing,

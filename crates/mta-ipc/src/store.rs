@@ -74,23 +74,38 @@ impl StoreClient {
         }
     }
 
+    /// Sends a request the store answers with `Done`.
+    async fn request_done(&self, request: StoreRequest) -> Result<(), StoreError> {
+        match self.request(request).await? {
+            StoreResponse::Done => Ok(()),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Sends a request the store answers with the records it claimed.
+    async fn request_claimed(
+        &self,
+        request: StoreRequest,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        match self.request(request).await? {
+            StoreResponse::Claimed(records) => Ok(records),
+            other => Err(StoreError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     pub async fn claim(
         &self,
         queue: QueueName,
         max: u32,
         lease: Duration,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        match self
-            .request(StoreRequest::Claim {
-                queue,
-                max,
-                lease_ms: lease.as_millis() as u64,
-            })
-            .await?
-        {
-            StoreResponse::Claimed(records) => Ok(records),
-            other => Err(StoreError::Unexpected(format!("{other:?}"))),
-        }
+        let lease_ms = lease.as_millis() as u64;
+        self.request_claimed(StoreRequest::Claim {
+            queue,
+            max,
+            lease_ms,
+        })
+        .await
     }
 
     /// Commits and waits until the changes are durable.
@@ -113,16 +128,11 @@ impl StoreClient {
         changes: Vec<Change>,
         durability: Durability,
     ) -> Result<(), StoreError> {
-        match self
-            .request(StoreRequest::Commit {
-                changes,
-                durability,
-            })
-            .await?
-        {
-            StoreResponse::Done => Ok(()),
-            other => Err(StoreError::Unexpected(format!("{other:?}"))),
-        }
+        self.request_done(StoreRequest::Commit {
+            changes,
+            durability,
+        })
+        .await
     }
 
     /// Commits one batch and claims the next from `queue` in one round trip. An error
@@ -135,19 +145,15 @@ impl StoreClient {
         max: u32,
         lease: Duration,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        match self
-            .request(StoreRequest::CommitClaim {
-                changes,
-                durability,
-                queue,
-                max,
-                lease_ms: lease.as_millis() as u64,
-            })
-            .await?
-        {
-            StoreResponse::Claimed(records) => Ok(records),
-            other => Err(StoreError::Unexpected(format!("{other:?}"))),
-        }
+        let lease_ms = lease.as_millis() as u64;
+        self.request_claimed(StoreRequest::CommitClaim {
+            changes,
+            durability,
+            queue,
+            max,
+            lease_ms,
+        })
+        .await
     }
 
     /// Adds to statistics counters (durable with the next flush; a power loss may lose
@@ -159,10 +165,7 @@ impl StoreClient {
     }
 
     pub async fn release(&self, ids: Vec<QueueId>) -> Result<(), StoreError> {
-        match self.request(StoreRequest::Release { ids }).await? {
-            StoreResponse::Done => Ok(()),
-            other => Err(StoreError::Unexpected(format!("{other:?}"))),
-        }
+        self.request_done(StoreRequest::Release { ids }).await
     }
 
     pub async fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StoreError> {
@@ -209,13 +212,8 @@ impl StoreClient {
     /// Sets or removes a TLS policy state record (`StoreRequest::PolicyPut`).
     pub async fn policy_put(&self, name: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
         let name = name.to_string();
-        match self
-            .request(StoreRequest::PolicyPut { name, value })
-            .await?
-        {
-            StoreResponse::Done => Ok(()),
-            other => Err(StoreError::Unexpected(format!("{other:?}"))),
-        }
+        self.request_done(StoreRequest::PolicyPut { name, value })
+            .await
     }
 
     pub async fn counts(&self) -> Result<QueueCounts, StoreError> {

@@ -425,13 +425,32 @@ mod tests {
         (outcome, rest)
     }
 
+    /// `input` read whole and byte by byte: each test checks that both read the same.
+    async fn both_ways(input: &[u8], limits: DataLimits) -> [(DataOutcome, Vec<u8>); 2] {
+        [
+            data(input, limits).await,
+            data_bytewise(input, limits).await,
+        ]
+    }
+
+    /// A message whose body ends with `fake` (something like the end of data), then
+    /// commands smuggled in after it, then the real end and `QUIT`.
+    fn smuggling_attempt(fake: &[u8]) -> Vec<u8> {
+        let smuggled: &[u8] =
+            b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@y.example>\r\nDATA\r\nforged\r\n";
+        [
+            b"Subject: one\r\n\r\nbody",
+            fake,
+            smuggled,
+            b".\r\nQUIT\r\n",
+        ]
+        .concat()
+    }
+
     #[tokio::test]
     async fn simple_message_and_what_follows() {
         let input = b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
-        for (outcome, rest) in [
-            data(input, LIMITS).await,
-            data_bytewise(input, LIMITS).await,
-        ] {
+        for (outcome, rest) in both_ways(input, LIMITS).await {
             assert_eq!(
                 outcome,
                 DataOutcome::Complete(b"Subject: hi\r\n\r\nbody\r\n".to_vec())
@@ -459,8 +478,6 @@ mod tests {
 
     #[tokio::test]
     async fn smuggling_variants_never_terminate_and_are_rejected() {
-        let smuggled =
-            b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@y.example>\r\nDATA\r\nforged\r\n";
         let fake_ends: [&[u8]; 9] = [
             b"\n.\n",
             b"\n.\r\n",
@@ -473,14 +490,7 @@ mod tests {
             b"\r\n\0.\r\n",
         ];
         for fake in fake_ends {
-            let mut input = b"Subject: one\r\n\r\nbody".to_vec();
-            input.extend_from_slice(fake);
-            input.extend_from_slice(smuggled);
-            input.extend_from_slice(b".\r\nQUIT\r\n");
-            for (outcome, rest) in [
-                data(&input, LIMITS).await,
-                data_bytewise(&input, LIMITS).await,
-            ] {
+            for (outcome, rest) in both_ways(&smuggling_attempt(fake), LIMITS).await {
                 // Whatever the fake end, the smuggled commands stay inside the one message
                 // and the bytes after the real end are the next command.
                 assert_eq!(rest, b"QUIT\r\n", "fake end {fake:?}");
@@ -505,10 +515,7 @@ mod tests {
     #[tokio::test]
     async fn normalize_turns_bare_lf_into_crlf_and_only_crlf_dot_crlf_ends() {
         let input = b"Subject: lf\n\nline one\n..dotted\r\nend\n.\nstill content\r\n.\r\nQUIT\r\n";
-        for (outcome, rest) in [
-            data(input, NORMALIZE).await,
-            data_bytewise(input, NORMALIZE).await,
-        ] {
+        for (outcome, rest) in both_ways(input, NORMALIZE).await {
             assert_eq!(
                 outcome,
                 DataOutcome::Complete(
@@ -529,20 +536,11 @@ mod tests {
 
     #[tokio::test]
     async fn smuggling_under_normalize_stays_inside_the_one_message() {
-        let smuggled =
-            b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@y.example>\r\nDATA\r\nforged\r\n";
         let fake_ends: [&[u8]; 7] = [
             b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r", b"\n.\r",
         ];
         for fake in fake_ends {
-            let mut input = b"Subject: one\r\n\r\nbody".to_vec();
-            input.extend_from_slice(fake);
-            input.extend_from_slice(smuggled);
-            input.extend_from_slice(b".\r\nQUIT\r\n");
-            for (outcome, rest) in [
-                data(&input, NORMALIZE).await,
-                data_bytewise(&input, NORMALIZE).await,
-            ] {
+            for (outcome, rest) in both_ways(&smuggling_attempt(fake), NORMALIZE).await {
                 assert_eq!(rest, b"QUIT\r\n", "fake end {fake:?}");
                 if has_bare_line_ending(&normalize_bare_lf(fake.to_vec()).0) {
                     // A bare CR is refused under both policies.

@@ -848,6 +848,35 @@ mod tests {
     use super::*;
     use mta_types::{ContentRef, Envelope, QueueName, Recipient};
 
+    /// Claims up to `max` due records of `queue` for `owner`, leased for a minute.
+    pub(super) fn claim(
+        store: &StoreService,
+        queue: QueueName,
+        max: u32,
+        owner: u32,
+    ) -> Vec<MessageRecord> {
+        let lease = Duration::from_secs(60);
+        store
+            .claim(Location::Queue(queue), max, lease, owner)
+            .unwrap()
+    }
+
+    /// How many records `queue` holds.
+    pub(super) fn count(store: &StoreService, queue: QueueName) -> u64 {
+        store.engine().count_in(Location::Queue(queue))
+    }
+
+    /// Opens the store at `dir` again, once sled's background threads have let go of the
+    /// lock the last open held.
+    pub(super) async fn reopen(dir: &Path) -> StoreService {
+        loop {
+            match StoreService::open(dir, None) {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     pub(super) fn record(loc: Location) -> MessageRecord {
         MessageRecord {
             schema: 0,
@@ -919,53 +948,23 @@ mod tests {
             .await
             .unwrap();
 
-        let got = store
-            .claim(
-                Location::Queue(QueueName::InboundWork),
-                10,
-                Duration::from_secs(60),
-                1,
-            )
-            .unwrap();
+        let got = claim(&store, QueueName::InboundWork, 10, 1);
         assert_eq!(
             got.iter().map(|r| r.id).collect::<Vec<_>>(),
             vec![a.id, b.id]
         );
         // Leased: a second claim gets nothing.
-        assert!(store
-            .claim(
-                Location::Queue(QueueName::InboundWork),
-                10,
-                Duration::from_secs(60),
-                2
-            )
-            .unwrap()
-            .is_empty());
+        assert!(claim(&store, QueueName::InboundWork, 10, 2).is_empty());
 
         let mut moved = got[0].clone();
         moved.location = Location::Queue(QueueName::MailBox);
         store.commit(vec![Change::Put(moved)]).await.unwrap();
-        assert_eq!(
-            store
-                .engine()
-                .count_in(Location::Queue(QueueName::InboundWork)),
-            1
-        );
-        assert_eq!(
-            store.engine().count_in(Location::Queue(QueueName::MailBox)),
-            1
-        );
+        assert_eq!(count(&store, QueueName::InboundWork), 1);
+        assert_eq!(count(&store, QueueName::MailBox), 1);
 
         // The owner dies: its remaining claim returns.
         assert_eq!(store.release_owner(1), 1);
-        let again = store
-            .claim(
-                Location::Queue(QueueName::InboundWork),
-                10,
-                Duration::from_secs(60),
-                2,
-            )
-            .unwrap();
+        let again = claim(&store, QueueName::InboundWork, 10, 2);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, b.id);
 
@@ -973,12 +972,7 @@ mod tests {
         done.location = Location::Done;
         store.commit(vec![Change::Put(done)]).await.unwrap();
         assert!(store.engine().get(b.id).unwrap().is_none());
-        assert_eq!(
-            store
-                .engine()
-                .count_in(Location::Queue(QueueName::InboundWork)),
-            0
-        );
+        assert_eq!(count(&store, QueueName::InboundWork), 0);
     }
 
     #[tokio::test]
@@ -993,26 +987,12 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // sled needs its background threads to let go of the lock.
-        let store = loop {
-            match StoreService::open(dir.path(), None) {
-                Ok(s) => break s,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
+        let store = reopen(dir.path()).await;
         assert_eq!(
             store.engine().get(later.id).unwrap().unwrap().not_before,
             later.not_before
         );
-        assert!(store
-            .claim(
-                Location::Queue(QueueName::OutboundWork),
-                10,
-                Duration::from_secs(60),
-                1
-            )
-            .unwrap()
-            .is_empty());
+        assert!(claim(&store, QueueName::OutboundWork, 10, 1).is_empty());
     }
 
     #[test]
@@ -1028,8 +1008,14 @@ mod tests {
 
 #[cfg(test)]
 mod damage_tests {
+    use super::tests::{claim, count, reopen};
     use super::*;
     use mta_types::{QueueName, Recipient};
+
+    /// Applies `op` to the messages for `domain`; how many it changed.
+    async fn bulk(store: &StoreService, op: BulkOp, domain: &str) -> u64 {
+        store.bulk(op, Some(domain)).await.unwrap().changed
+    }
 
     /// The other tests' record, from a sender (its failures are reportable), to `to`.
     fn record(loc: Location, to: &str) -> MessageRecord {
@@ -1051,14 +1037,7 @@ mod damage_tests {
             .await
             .unwrap();
         store.engine().corrupt_for_test(bad.id);
-        let got = store
-            .claim(
-                Location::Queue(QueueName::MailBox),
-                10,
-                Duration::from_secs(60),
-                1,
-            )
-            .unwrap();
+        let got = claim(&store, QueueName::MailBox, 10, 1);
         assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![good.id]);
         let dead = store
             .engine()
@@ -1068,10 +1047,7 @@ mod damage_tests {
         assert_eq!(dead.location, Location::Dead);
         assert!(dead.note.unwrap().contains("unreadable"));
         assert_eq!(store.engine().count_in(Location::Dead), 1);
-        assert_eq!(
-            store.engine().count_in(Location::Queue(QueueName::MailBox)),
-            1
-        );
+        assert_eq!(count(&store, QueueName::MailBox), 1);
     }
 
     /// The per-destination summaries and counts follow every change, and bulk operations
@@ -1102,72 +1078,26 @@ mod damage_tests {
         );
         assert!(rows.iter().all(|r| r.next_due == later));
         // Nothing is due: a claim reads nothing.
-        assert!(store
-            .claim(
-                Location::Queue(QueueName::OutboundWork),
-                10,
-                Duration::from_secs(60),
-                1
-            )
-            .unwrap()
-            .is_empty());
+        assert!(claim(&store, QueueName::OutboundWork, 10, 1).is_empty());
         // Route one destination: exactly its messages become due.
         let routed = store.bulk(BulkOp::RouteNow, Some("B.test")).await.unwrap();
         assert_eq!(routed.changed, 400);
-        let due = store
-            .claim(
-                Location::Queue(QueueName::OutboundWork),
-                1000,
-                Duration::from_secs(60),
-                1,
-            )
-            .unwrap();
+        let due = claim(&store, QueueName::OutboundWork, 1000, 1);
         assert_eq!(due.len(), 400);
         store.release_owner(1);
         // Hold, then release, the other.
-        assert_eq!(
-            store
-                .bulk(BulkOp::Hold, Some("a.test"))
-                .await
-                .unwrap()
-                .changed,
-            800
-        );
+        assert_eq!(bulk(&store, BulkOp::Hold, "a.test").await, 800);
         assert_eq!(
             store.engine().count_in(Location::Held {
                 from: QueueName::MailBox
             }),
             800
         );
-        assert_eq!(
-            store
-                .bulk(BulkOp::Release, Some("a.test"))
-                .await
-                .unwrap()
-                .changed,
-            800
-        );
-        assert_eq!(
-            store
-                .engine()
-                .count_in(Location::Queue(QueueName::OutboundWork)),
-            1200
-        );
+        assert_eq!(bulk(&store, BulkOp::Release, "a.test").await, 800);
+        assert_eq!(count(&store, QueueName::OutboundWork), 1200);
         // Delete one destination: its messages are gone, counts and summaries follow.
-        assert_eq!(
-            store
-                .bulk(BulkOp::Delete, Some("b.test"))
-                .await
-                .unwrap()
-                .changed,
-            400
-        );
-        assert_eq!(
-            store
-                .engine()
-                .count_in(Location::Queue(QueueName::OutboundWork)),
-            800
-        );
+        assert_eq!(bulk(&store, BulkOp::Delete, "b.test").await, 400);
+        assert_eq!(count(&store, QueueName::OutboundWork), 800);
         let rows = store.destinations(None, 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].domain.as_str(), rows[0].messages), ("a.test", 800));
@@ -1246,24 +1176,9 @@ mod damage_tests {
             store.commit(vec![Change::Put(r.clone())]).await.unwrap();
             store.engine().forget_layout_for_test();
         }
-        let store = loop {
-            match StoreService::open(dir.path(), None) {
-                Ok(s) => break s,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        };
-        assert_eq!(
-            store.engine().count_in(Location::Queue(QueueName::MailBox)),
-            1
-        );
-        let got = store
-            .claim(
-                Location::Queue(QueueName::MailBox),
-                10,
-                Duration::from_secs(60),
-                1,
-            )
-            .unwrap();
+        let store = reopen(dir.path()).await;
+        assert_eq!(count(&store, QueueName::MailBox), 1);
+        let got = claim(&store, QueueName::MailBox, 10, 1);
         assert_eq!(got.len(), 1);
     }
 }

@@ -28,7 +28,7 @@ pub use context::TaskContext;
 pub use error::{KnobError, TellError, WorkError};
 pub use logging::{init_logging, DebugOutfile, LOG_FORMAT_ENV};
 pub use outcome_log::{log_outcome, Outcome, OutcomeLine};
-pub use queue_worker::{drain, QueueWorker};
+pub use queue_worker::{Drain, QueueWorker, WorkResult};
 
 /// Below this many bytes of message content, reading and parsing it is done on the task's
 /// own thread: a hand-off to the blocking pool and back (two thread wake-ups) costs more

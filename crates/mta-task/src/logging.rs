@@ -31,12 +31,33 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 
-struct Prefixed<F> {
+/// The task's name and pid in front of each event the inner formatter writes, so the
+/// lines of the tasks sharing the supervisor's stderr can be told apart.
+struct Tagged<F> {
     task: &'static str,
+    style: TagStyle,
     inner: F,
 }
 
-impl<S, N, F> FormatEvent<S, N> for Prefixed<F>
+#[derive(Clone, Copy)]
+enum TagStyle {
+    /// `router[4242]: ` before a text line.
+    Prefix,
+    /// `"task":"router","task_pid":4242` before the keys of a JSON line.
+    JsonKeys,
+}
+
+impl<F> Tagged<F> {
+    fn new(task: TaskName, style: TagStyle, inner: F) -> Self {
+        Tagged {
+            task: task.as_str(),
+            style,
+            inner,
+        }
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for Tagged<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -48,45 +69,26 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "{}[{}]: ", self.task, std::process::id())?;
-        self.inner.format_event(ctx, writer, event)
+        let (task, pid) = (self.task, std::process::id());
+        match self.style {
+            TagStyle::Prefix => {
+                write!(writer, "{task}[{pid}]: ")?;
+                self.inner.format_event(ctx, writer, event)
+            }
+            TagStyle::JsonKeys => {
+                let mut line = String::new();
+                self.inner
+                    .format_event(ctx, Writer::new(&mut line), event)?;
+                // The inner formatter writes one object: open ours and continue with its keys.
+                let rest = line.strip_prefix('{').ok_or(fmt::Error)?;
+                write!(writer, "{{\"task\":\"{task}\",\"task_pid\":{pid},{rest}")
+            }
+        }
     }
 }
 
 /// The environment variable that selects the log format (`text` or `json`).
 pub const LOG_FORMAT_ENV: &str = "SMTPMTA_LOG_FORMAT";
-
-/// A JSON line with the task's name and pid in front of the event's own keys.
-struct JsonTagged<F> {
-    task: &'static str,
-    inner: F,
-}
-
-impl<S, N, F> FormatEvent<S, N> for JsonTagged<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut line = String::new();
-        self.inner
-            .format_event(ctx, Writer::new(&mut line), event)?;
-        // The inner formatter writes one object: open ours and continue with its keys.
-        let rest = line.strip_prefix('{').ok_or(fmt::Error)?;
-        write!(
-            writer,
-            "{{\"task\":\"{}\",\"task_pid\":{},{rest}",
-            self.task,
-            std::process::id()
-        )
-    }
-}
 
 /// True when stderr is the journal's stream: `JOURNAL_STREAM` is `<device>:<inode>` of it
 /// (systemd.exec(5)); a child whose stderr was redirected elsewhere inherits the variable
@@ -167,10 +169,7 @@ where
     tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .with_writer(outfile.clone())
-        .event_format(Prefixed {
-            task: task.as_str(),
-            inner: format,
-        })
+        .event_format(Tagged::new(task, TagStyle::Prefix, format))
         .with_filter(filter_fn(|meta| meta.target() == mta_types::DEBUG_TARGET))
 }
 
@@ -203,25 +202,16 @@ pub fn init_logging(task: TaskName) -> DebugOutfile {
             .with(
                 stderr
                     .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .event_format(JsonTagged {
-                        task: task.as_str(),
-                        inner: format,
-                    }),
+                    .event_format(Tagged::new(task, TagStyle::JsonKeys, format)),
             )
             .try_init()
     } else if stderr_is_journal() {
         registry
-            .with(stderr.event_format(Prefixed {
-                task: task.as_str(),
-                inner: format.without_time(),
-            }))
+            .with(stderr.event_format(Tagged::new(task, TagStyle::Prefix, format.without_time())))
             .try_init()
     } else {
         registry
-            .with(stderr.event_format(Prefixed {
-                task: task.as_str(),
-                inner: format,
-            }))
+            .with(stderr.event_format(Tagged::new(task, TagStyle::Prefix, format)))
             .try_init()
     };
     outfile

@@ -9,7 +9,7 @@ use mta_ipc::store::{Change, Durability};
 use mta_ipc::{TaskState, TaskStatus};
 use mta_types::{MessageRecord, QueueName};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long a claim is ours before the store gives it to someone else.
@@ -36,10 +36,54 @@ pub trait QueueWorker: Send + Sync + 'static {
         &self,
         ctx: &TaskContext,
         records: Vec<MessageRecord>,
-    ) -> impl Future<Output = Result<(Vec<Change>, Self::Done), WorkError>> + Send;
+    ) -> impl Future<Output = WorkResult<Self::Done>> + Send;
 
     /// Called after the batch's commit succeeded.
     fn committed(&self, ctx: &TaskContext, done: Self::Done);
+}
+
+/// What `QueueWorker::work` returns: the changes to commit and what `committed` needs, or
+/// why the batch must be retried.
+pub type WorkResult<D> = Result<(Vec<Change>, D), WorkError>;
+
+/// A queue task's share of the loop: whether a batch is being worked, for `show tasks`.
+#[derive(Debug, Default)]
+pub struct Drain {
+    busy: AtomicBool,
+}
+
+impl Drain {
+    /// Drains `W::QUEUE` until shutdown: the whole of a queue task's `Task::run`.
+    pub async fn run<W: QueueWorker>(&self, worker: &W, ctx: &TaskContext) -> anyhow::Result<()> {
+        drain(worker, ctx, &self.busy).await;
+        Ok(())
+    }
+
+    /// True while a batch is being worked.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// What `show tasks` says of a queue task: `Busy` doing `doing` ("converting",
+    /// "routing") while a batch is being worked, else `Idle`; and its own counters.
+    pub fn status(&self, doing: &str, counters: Vec<(String, u64)>) -> TaskStatus {
+        let (state, current) = if self.is_busy() {
+            (TaskState::Busy, doing)
+        } else {
+            (TaskState::Idle, "idle")
+        };
+        TaskStatus {
+            state,
+            current: current.into(),
+            counters,
+            handlers: Vec::new(),
+        }
+    }
+}
+
+/// A `show tasks` counter read from its atomic.
+pub fn counter(name: &str, value: &AtomicU64) -> (String, u64) {
+    (name.into(), value.load(Ordering::Relaxed))
 }
 
 /// The content of `record` is gone from the spool (`reason`): the record goes to Dead, and
@@ -50,26 +94,10 @@ pub fn content_missing(record: &mut MessageRecord, reason: impl std::fmt::Displa
     tracing::error!("qid={} moved to Dead: {note}", record.id);
 }
 
-/// What `show tasks` says of a queue task: `Busy` doing `doing` ("converting", "routing")
-/// while `drain` works a batch, else `Idle`; and its own counters.
-pub fn status(busy: &AtomicBool, doing: &str, counters: Vec<(String, u64)>) -> TaskStatus {
-    let (state, current) = if busy.load(Ordering::Relaxed) {
-        (TaskState::Busy, doing)
-    } else {
-        (TaskState::Idle, "idle")
-    };
-    TaskStatus {
-        state,
-        current: current.into(),
-        counters,
-        handlers: Vec::new(),
-    }
-}
-
 /// Drains `W::QUEUE` until shutdown; `busy` is true while a batch is being worked (for
 /// `show tasks`). Each batch's commit claims the next batch in the same round trip, so a
 /// busy queue costs one store round trip per batch.
-pub async fn drain<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) {
+async fn drain<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool) {
     // The first claim is at once: a task that starts (or restarts after a crash) takes
     // what is waiting for it without waiting for a kick or the poll.
     while !ctx.shutting_down() {

@@ -468,80 +468,73 @@ impl State {
     }
 
     fn write(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
-        let first = {
-            let n = self.node_mut(ino)?;
-            let Body::File { data, dirty, .. } = &mut n.body else {
-                return Err(Errno::EISDIR);
-            };
-            let end = offset + bytes.len() as u64;
-            if end > data.len() as u64 {
-                resize(data, dirty, end);
-            }
-            data[offset as usize..end as usize].copy_from_slice(bytes);
-            mark_dirty(dirty, offset, end);
-            n.mtime = SystemTime::now();
-            n.ctime = n.mtime;
-            let first = !n.written;
-            n.written = true;
-            first
+        let n = self.node_mut(ino)?;
+        let Body::File { data, dirty, .. } = &mut n.body else {
+            return Err(Errno::EISDIR);
         };
-        if first {
-            let path = self.path(ino);
-            self.book(&path).files_written += 1;
+        let end = offset + bytes.len() as u64;
+        if end > data.len() as u64 {
+            resize(data, dirty, end);
         }
+        data[offset as usize..end as usize].copy_from_slice(bytes);
+        mark_dirty(dirty, offset, end);
+        n.mtime = SystemTime::now();
+        n.ctime = n.mtime;
+        self.book_written(ino)?;
         Ok(bytes.len() as u32)
     }
 
     fn truncate(&mut self, ino: u64, len: u64) -> FsResult<()> {
-        let first = {
-            let n = self.node_mut(ino)?;
-            let Body::File { data, dirty, .. } = &mut n.body else {
-                return Err(Errno::EISDIR);
-            };
-            if len == data.len() as u64 {
-                return Ok(());
-            }
-            resize(data, dirty, len);
-            // The size changed: the last page's durable copy must be cut at the next sync.
-            if len > 0 {
-                mark_dirty(dirty, len - 1, len);
-            }
-            let first = !n.written;
-            n.written = true;
-            first
+        let n = self.node_mut(ino)?;
+        let Body::File { data, dirty, .. } = &mut n.body else {
+            return Err(Errno::EISDIR);
         };
-        if first {
+        if len == data.len() as u64 {
+            return Ok(());
+        }
+        resize(data, dirty, len);
+        // The size changed: the last page's durable copy must be cut at the next sync.
+        if len > 0 {
+            mark_dirty(dirty, len - 1, len);
+        }
+        self.book_written(ino)
+    }
+
+    fn fsync(&mut self, ino: u64) -> FsResult<()> {
+        self.fsyncs += 1;
+        let n = self.node_mut(ino)?;
+        if let Body::File {
+            data,
+            durable,
+            dirty,
+        } = &mut n.body
+        {
+            durable.resize(data.len(), 0);
+            for page in std::mem::take(dirty) {
+                let from = (page * PAGE) as usize;
+                if from >= data.len() {
+                    continue;
+                }
+                let to = (from + PAGE as usize).min(data.len());
+                durable[from..to].copy_from_slice(&data[from..to]);
+            }
+        }
+        self.book_fsynced(ino)
+    }
+
+    /// Marks the file written; the books count files, not calls, so only the first time
+    /// counts under its path's pattern.
+    fn book_written(&mut self, ino: u64) -> FsResult<()> {
+        if !std::mem::replace(&mut self.node_mut(ino)?.written, true) {
             let path = self.path(ino);
             self.book(&path).files_written += 1;
         }
         Ok(())
     }
 
-    fn fsync(&mut self, ino: u64) -> FsResult<()> {
-        self.fsyncs += 1;
-        let first = {
-            let n = self.node_mut(ino)?;
-            if let Body::File {
-                data,
-                durable,
-                dirty,
-            } = &mut n.body
-            {
-                durable.resize(data.len(), 0);
-                for page in std::mem::take(dirty) {
-                    let from = (page * PAGE) as usize;
-                    if from >= data.len() {
-                        continue;
-                    }
-                    let to = (from + PAGE as usize).min(data.len());
-                    durable[from..to].copy_from_slice(&data[from..to]);
-                }
-            }
-            let first = !n.fsynced;
-            n.fsynced = true;
-            first
-        };
-        if first {
+    /// Marks the file fsynced, counted like `book_written`.
+    fn book_fsynced(&mut self, ino: u64) -> FsResult<()> {
+        if !std::mem::replace(&mut self.node_mut(ino)?.fsynced, true) {
             let path = self.path(ino);
             self.book(&path).files_fsynced += 1;
         }
