@@ -17,7 +17,7 @@ use mta_ipc::store::Change;
 use mta_types::message::{now_ms, UnixMillis};
 use mta_types::{Location, MessageRecord, QueueName};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// What became of one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,25 +81,16 @@ pub fn convert_record(
     }
 }
 
-/// Counters for `show tasks`.
-#[derive(Default)]
-pub struct Stats {
-    pub converted: AtomicU64,
-    pub dead: AtomicU64,
-    pub errors: AtomicU64,
+mta_task::task_counters! {
+    /// Counters for `show tasks`.
+    pub struct Stats {
+        converted: "converted",
+        errors: "errors",
+        dead: "dead",
+    }
 }
 
 impl Stats {
-    /// As `show tasks` lists them.
-    pub fn counters(&self) -> Vec<(String, u64)> {
-        use mta_task::queue_worker::counter;
-        vec![
-            counter("converted", &self.converted),
-            counter("errors", &self.errors),
-            counter("dead", &self.dead),
-        ]
-    }
-
     fn count(&self, verdict: &Verdict) {
         let counter = match verdict {
             Verdict::Converted { .. } => &self.converted,

@@ -480,12 +480,7 @@ async fn send_stage(
                 conn.abort().await?;
             }
             *in_message = true;
-            let from = env
-                .envelope
-                .mail_from
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let from = env.envelope.return_path();
             let mut macros = vec![("i", qid.as_str()), ("{mail_addr}", from.as_str())];
             if let Some(user) = &env.envelope.auth {
                 macros.push(("{auth_authen}", user));

@@ -22,7 +22,6 @@
 
 use mta_ipc::store::Change;
 use mta_ipc::TaskStatus;
-use mta_task::queue_worker::counter;
 use mta_task::{Drain, QueueWorker, Task, TaskContext, WorkResult};
 use mta_types::message::now_ms;
 use mta_types::{Location, MessageRecord, QueueName, RcptStatus, TaskName};
@@ -31,13 +30,14 @@ mod dkim_signing;
 use dkim_signing::Signing;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-#[derive(Default)]
-struct Stats {
-    converted: AtomicU64,
-    failed: AtomicU64,
+mta_task::task_counters! {
+    struct Stats {
+        converted: "converted",
+        failed: "failed",
+    }
 }
 
 struct Omsgcnv {
@@ -63,10 +63,7 @@ impl Task for Omsgcnv {
     }
 
     fn status(&self) -> TaskStatus {
-        let mut counters = vec![
-            counter("converted", &self.stats.converted),
-            counter("failed", &self.stats.failed),
-        ];
+        let mut counters = self.stats.counters();
         if let Some(s) = &self.signing {
             counters.push(("signed".into(), s.signed()));
         }

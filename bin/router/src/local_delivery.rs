@@ -31,30 +31,17 @@ use mta_types::message::{now_ms, UnixMillis};
 use mta_types::outcome::Reply;
 use mta_types::{Enhanced, Location, MessageRecord, QueueName, RcptStatus, Recipient};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-/// Counters for `show tasks` (per recipient, except `to_smtp`: messages).
-#[derive(Default)]
-pub struct Stats {
-    pub delivered: AtomicU64,
-    pub deferred: AtomicU64,
-    pub bounced: AtomicU64,
-    pub to_smtp: AtomicU64,
-    /// Connections opened to LMTP servers.
-    pub lmtp_connections: AtomicU64,
-}
-
-impl Stats {
-    /// As `show tasks` lists them.
-    pub fn counters(&self) -> Vec<(String, u64)> {
-        use mta_task::queue_worker::counter;
-        vec![
-            counter("delivered", &self.delivered),
-            counter("deferred", &self.deferred),
-            counter("bounced", &self.bounced),
-            counter("to smtp.box", &self.to_smtp),
-            counter("lmtp connections", &self.lmtp_connections),
-        ]
+mta_task::task_counters! {
+    /// Counters for `show tasks` (per recipient, except `to_smtp`: messages).
+    pub struct Stats {
+        delivered: "delivered",
+        deferred: "deferred",
+        bounced: "bounced",
+        to_smtp: "to smtp.box",
+        /// Connections opened to LMTP servers.
+        lmtp_connections: "lmtp connections",
     }
 }
 

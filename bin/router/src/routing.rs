@@ -424,6 +424,13 @@ mod tests {
         (plan, loc)
     }
 
+    /// A new message to `rcpts`, routed at `NOW` with every mailbox write succeeding.
+    fn route_new(rcpts: &[&str]) -> (Plan, Location, MessageRecord) {
+        let mut rec = record(rcpts);
+        let (plan, loc) = route(&directory(), &mut rec, &[], NOW);
+        (plan, loc, rec)
+    }
+
     fn status_of<'r>(rec: &'r MessageRecord, addr: &str) -> &'r RcptStatus {
         &rec.recipients
             .iter()
@@ -432,11 +439,17 @@ mod tests {
             .status
     }
 
+    fn is_delivered(rec: &MessageRecord, addr: &str) -> bool {
+        matches!(status_of(rec, addr), RcptStatus::Delivered { .. })
+    }
+
+    fn is_failed(rec: &MessageRecord, addr: &str) -> bool {
+        matches!(status_of(rec, addr), RcptStatus::Failed { .. })
+    }
+
     #[test]
     fn local_user_is_delivered_and_the_message_is_done() {
-        let dir = directory();
-        let mut rec = record(&["postmaster@localhost"]);
-        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        let (plan, loc, rec) = route_new(&["postmaster@localhost"]);
         assert_eq!(plan.deliveries.len(), 1);
         assert_eq!(plan.deliveries[0].delivered_to, a("postmaster@localhost"));
         assert_eq!(loc, Location::Done);
@@ -451,9 +464,8 @@ mod tests {
 
     #[test]
     fn two_addresses_of_one_user_are_written_once() {
-        let dir = directory();
-        let mut rec = record(&["postmaster@localhost", "ROOT@localhost", "abuse@localhost"]);
-        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        let (plan, loc, rec) =
+            route_new(&["postmaster@localhost", "ROOT@localhost", "abuse@localhost"]);
         assert_eq!(plan.deliveries.len(), 1, "{plan:?}");
         assert_eq!(plan.deliveries[0].recipients, vec![0, 1]);
         assert_eq!(loc, Location::Done);
@@ -463,9 +475,7 @@ mod tests {
 
     #[test]
     fn unknown_local_user_fails_5_1_1() {
-        let dir = directory();
-        let mut rec = record(&["nobody@localhost", "alice@localhost"]);
-        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        let (plan, loc, rec) = route_new(&["nobody@localhost", "alice@localhost"]);
         assert_eq!(plan.bounced, vec![0]);
         assert!(matches!(status_of(&rec, "nobody@localhost"),
             RcptStatus::Failed { status, reply, .. } if status.to_string() == "5.1.1" && reply.text == "user unknown"));
@@ -497,9 +507,7 @@ mod tests {
 
     #[test]
     fn nested_aliases_expand_to_each_mailbox_once() {
-        let dir = directory();
-        let mut rec = record(&["team@localhost", "staff@localhost"]);
-        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        let (plan, loc, rec) = route_new(&["team@localhost", "staff@localhost"]);
         let users: Vec<&str> = plan.deliveries.iter().map(|d| d.user.as_str()).collect();
         assert_eq!(users, ["alice", "bob", "postmaster"]);
         assert_eq!(loc, Location::Done);
@@ -517,38 +525,23 @@ mod tests {
 
     #[test]
     fn alias_to_a_remote_address_goes_to_smtp_box() {
-        let dir = directory();
-        let mut rec = record(&["fwd@localhost"]);
-        let (_, loc) = route(&dir, &mut rec, &[], NOW);
+        let (_, loc, rec) = route_new(&["fwd@localhost"]);
         assert_eq!(status_of(&rec, "someone@example.org"), &RcptStatus::Pending);
-        assert!(matches!(
-            status_of(&rec, "alice@localhost"),
-            RcptStatus::Delivered { .. }
-        ));
+        assert!(is_delivered(&rec, "alice@localhost"));
         assert_eq!(loc, Location::Queue(QueueName::SmtpBox));
     }
 
     #[test]
     fn unknown_alias_target_fails_alone() {
-        let dir = directory();
-        let mut rec = record(&["typo@localhost"]);
-        let (_, loc) = route(&dir, &mut rec, &[], NOW);
-        assert!(matches!(
-            status_of(&rec, "nobody@localhost"),
-            RcptStatus::Failed { .. }
-        ));
-        assert!(matches!(
-            status_of(&rec, "alice@localhost"),
-            RcptStatus::Delivered { .. }
-        ));
+        let (_, loc, rec) = route_new(&["typo@localhost"]);
+        assert!(is_failed(&rec, "nobody@localhost"));
+        assert!(is_delivered(&rec, "alice@localhost"));
         assert_eq!(loc, Location::Queue(QueueName::Reports));
     }
 
     #[test]
     fn alias_loop_delivers_the_looping_address_itself() {
-        let dir = directory();
-        let mut rec = record(&["loop@localhost"]);
-        let (plan, loc) = route(&dir, &mut rec, &[], NOW);
+        let (plan, loc, _) = route_new(&["loop@localhost"]);
         // loop@ belongs to bob, and the alias also names bob: one mailbox, one write.
         assert_eq!(plan.deliveries.len(), 1);
         assert_eq!(plan.deliveries[0].user, "bob");
@@ -557,9 +550,7 @@ mod tests {
 
     #[test]
     fn remote_recipient_goes_to_smtp_box() {
-        let dir = directory();
-        let mut rec = record(&["x@example.com", "alice@localhost"]);
-        let (_, loc) = route(&dir, &mut rec, &[], NOW);
+        let (_, loc, rec) = route_new(&["x@example.com", "alice@localhost"]);
         assert_eq!(loc, Location::Queue(QueueName::SmtpBox));
         assert_eq!(rec.not_before, NOW);
     }

@@ -44,17 +44,6 @@ fn parse_name(name: &str) -> Option<(&str, u32, u32)> {
     Some((prefix, pid.parse().ok()?, n.parse().ok()?))
 }
 
-fn pid_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
-}
-
 /// The segments that may go: unreferenced, and no writer can still use them.
 pub fn reclaimable(
     segments: &[SegmentInfo],
@@ -121,7 +110,7 @@ pub fn compact(
     let doomed = reclaimable(
         &segments,
         &|name| referenced.contains(name),
-        &pid_alive,
+        &mta_task::pid_alive,
         SystemTime::now(),
     );
     let mut out = Compacted::default();

@@ -9,12 +9,8 @@ use mta_ipc::{TaskClient, TaskRequest};
 use mta_store::OperateError;
 use mta_types::{Location, QueueId, QueueName, RcptStatus, TaskName};
 
-fn parse(qid: &str) -> Result<QueueId, Box<ConsoleReply>> {
-    qid.parse::<QueueId>().map_err(|_| {
-        Box::new(ConsoleReply::Error(format!(
-            "`{qid}` is not a queue id (see `show queue`)"
-        )))
-    })
+fn not_a_queue_id(qid: &str) -> ConsoleReply {
+    ConsoleReply::Error(format!("`{qid}` is not a queue id (see `show queue`)"))
 }
 
 fn failed(qid: &str, e: OperateError) -> ConsoleReply {
@@ -35,9 +31,8 @@ async fn kick(sup: &Supervisor, queue: QueueName) {
 }
 
 pub fn show_message(sup: &Supervisor, qid: &str) -> ConsoleReply {
-    let id = match parse(qid) {
-        Ok(id) => id,
-        Err(e) => return *e,
+    let Ok(id) = qid.parse::<QueueId>() else {
+        return not_a_queue_id(qid);
     };
     match sup.store.engine().get(id) {
         Ok(Some(record)) => ConsoleReply::Message(Box::new(record)),
@@ -55,9 +50,8 @@ pub fn show_message(sup: &Supervisor, qid: &str) -> ConsoleReply {
 }
 
 pub async fn hold(sup: &Supervisor, qid: &str) -> ConsoleReply {
-    let id = match parse(qid) {
-        Ok(id) => id,
-        Err(e) => return *e,
+    let Ok(id) = qid.parse::<QueueId>() else {
+        return not_a_queue_id(qid);
     };
     let result = sup
         .store
@@ -83,9 +77,8 @@ pub async fn hold(sup: &Supervisor, qid: &str) -> ConsoleReply {
 }
 
 pub async fn release(sup: &Supervisor, qid: &str) -> ConsoleReply {
-    let id = match parse(qid) {
-        Ok(id) => id,
-        Err(e) => return *e,
+    let Ok(id) = qid.parse::<QueueId>() else {
+        return not_a_queue_id(qid);
     };
     let mut back_to = None;
     let mut retried = None;
@@ -140,9 +133,8 @@ pub async fn release(sup: &Supervisor, qid: &str) -> ConsoleReply {
 /// Re-routes a dead message: failed recipients become pending again and the message goes
 /// back to `mail.box` (an undeliverable report that fails again comes back to Dead).
 pub async fn release_dead(sup: &Supervisor, qid: &str) -> ConsoleReply {
-    let id = match parse(qid) {
-        Ok(id) => id,
-        Err(e) => return *e,
+    let Ok(id) = qid.parse::<QueueId>() else {
+        return not_a_queue_id(qid);
     };
     let to = std::sync::Mutex::new(QueueName::MailBox);
     let result = sup
@@ -230,9 +222,8 @@ async fn outcome_after(sup: &Supervisor, id: QueueId, from: Location) -> String 
 /// `bounce <id>`: a message held as undeliverable goes to drt, which sends its failure
 /// report now and removes it.
 pub async fn bounce(sup: &Supervisor, qid: &str) -> ConsoleReply {
-    let id = match parse(qid) {
-        Ok(id) => id,
-        Err(e) => return *e,
+    let Ok(id) = qid.parse::<QueueId>() else {
+        return not_a_queue_id(qid);
     };
     let result = sup
         .store
@@ -261,9 +252,8 @@ pub async fn bounce(sup: &Supervisor, qid: &str) -> ConsoleReply {
 }
 
 pub async fn delete(sup: &Supervisor, qid: &str) -> ConsoleReply {
-    let id = match parse(qid) {
-        Ok(id) => id,
-        Err(e) => return *e,
+    let Ok(id) = qid.parse::<QueueId>() else {
+        return not_a_queue_id(qid);
     };
     match sup.store.operate(id, |r| Ok(Change::Remove(r.id))).await {
         Ok(()) => {

@@ -171,15 +171,11 @@ impl RawCluster {
         if node.is_empty() || !node.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(("node", format!("`{node}` is not a node name (no spaces)")));
         }
-        for (key, d) in [
+        crate::values::not_zero(&[
             ("timeout", self.timeout),
             ("heartbeat", self.heartbeat),
             ("lease_ttl", self.lease_ttl),
-        ] {
-            if d.is_zero() {
-                return Err((key, "must be more than 0".into()));
-            }
-        }
+        ])?;
         let (peer_password_file, peer_password) = match self.peer_password_file.trim() {
             "" => (None, None),
             file => {

@@ -78,14 +78,10 @@ impl RawLmtp {
             "" => None,
             s => Some(parse(s, resolve).map_err(|m| ("address", m))?),
         };
-        for (key, t) in [
+        crate::values::not_zero(&[
             ("connect_timeout", self.connect_timeout),
             ("timeout", self.timeout),
-        ] {
-            if t.is_zero() {
-                return Err((key, "must be more than 0".into()));
-            }
-        }
+        ])?;
         Ok(LmtpConfig {
             address,
             connect_timeout: self.connect_timeout,

@@ -102,15 +102,11 @@ impl RawMilter {
             return Err(("name", format!("`{}` is not a name (no spaces)", self.name)));
         }
         let address = parse_address(&self.address, resolve).map_err(|m| ("address", m))?;
-        for (key, t) in [
+        crate::values::not_zero(&[
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
             ("content_timeout", self.content_timeout),
-        ] {
-            if t.is_zero() {
-                return Err((key, "must be more than 0".into()));
-            }
-        }
+        ])?;
         let listeners = match self.listeners {
             None => LISTENER_NAMES.iter().map(|l| l.to_string()).collect(),
             Some(list) => {

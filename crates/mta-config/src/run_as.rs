@@ -27,33 +27,22 @@ pub struct RunAs {
 pub(crate) fn resolve(src: &Source, user: &str, group: &str) -> Result<Option<RunAs>, ConfigError> {
     let user = user.trim();
     let group = group.trim();
+    let at = |key: &'static str, message: String| src.error_at(&[Seg::Key(key)], message);
     if user.is_empty() {
         if !group.is_empty() {
-            return Err(src.error_at(
-                &[Seg::Key("group")],
-                "needs `user` as well (the group alone does not say who to run as)",
+            return Err(at(
+                "group",
+                "needs `user` as well (the group alone does not say who to run as)".into(),
             ));
         }
         return Ok(None);
     }
-    let entry = match nix::unistd::User::from_name(user) {
-        Ok(Some(u)) => u,
-        Ok(None) => {
-            return Err(src.error_at(
-                &[Seg::Key("user")],
-                format!("no such user `{user}` in the system's user database (create it, e.g. `useradd --system --no-create-home --shell /usr/sbin/nologin {user}`)"),
-            ))
-        }
-        Err(e) => {
-            return Err(src.error_at(
-                &[Seg::Key("user")],
-                format!("cannot look up user `{user}`: {e}"),
-            ))
-        }
-    };
+    let entry = nix::unistd::User::from_name(user)
+        .map_err(|e| at("user", format!("cannot look up user `{user}`: {e}")))?
+        .ok_or_else(|| at("user", format!("no such user `{user}` in the system's user database (create it, e.g. `useradd --system --no-create-home --shell /usr/sbin/nologin {user}`)")))?;
     if entry.uid.is_root() {
-        return Err(src.error_at(
-            &[Seg::Key("user")],
+        return Err(at(
+            "user",
             format!("`{user}` is root (uid 0): name an unprivileged user, or leave `user` out"),
         ));
     }
@@ -66,25 +55,19 @@ pub(crate) fn resolve(src: &Source, user: &str, group: &str) -> Result<Option<Ru
             .unwrap_or_else(|| entry.gid.to_string());
         (entry.gid, name)
     } else {
-        match nix::unistd::Group::from_name(group) {
-            Ok(Some(g)) => (g.gid, group.to_string()),
-            Ok(None) => {
-                return Err(src.error_at(
-                    &[Seg::Key("group")],
+        let g = nix::unistd::Group::from_name(group)
+            .map_err(|e| at("group", format!("cannot look up group `{group}`: {e}")))?
+            .ok_or_else(|| {
+                at(
+                    "group",
                     format!("no such group `{group}` in the system's group database"),
-                ))
-            }
-            Err(e) => {
-                return Err(src.error_at(
-                    &[Seg::Key("group")],
-                    format!("cannot look up group `{group}`: {e}"),
-                ))
-            }
-        }
+                )
+            })?;
+        (g.gid, group.to_string())
     };
     if gid.as_raw() == 0 {
-        return Err(src.error_at(
-            &[Seg::Key(if group_given { "group" } else { "user" })],
+        return Err(at(
+            if group_given { "group" } else { "user" },
             format!("group `{group}` is root's (gid 0): name an unprivileged group"),
         ));
     }

@@ -157,6 +157,17 @@ impl Visitor<'_> for SizeVisitor {
     }
 }
 
+/// The keys of `durations` must not be zero (a zero timeout or interval would fire at once,
+/// or spin): the first that is, as a `(key, message)` error.
+pub(crate) fn not_zero(
+    durations: &[(&'static str, Duration)],
+) -> Result<(), (&'static str, String)> {
+    match durations.iter().find(|(_, d)| d.is_zero()) {
+        Some((key, _)) => Err((key, "must be more than 0".into())),
+        None => Ok(()),
+    }
+}
+
 pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(SizeVisitor)
 }
@@ -170,20 +181,21 @@ pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> 
     Ok(n)
 }
 
+/// `s` (trimmed) as a `T`, or as a bare IP address that `from_ip` makes into one.
+fn or_bare_ip<T: std::str::FromStr>(s: &str, from_ip: impl FnOnce(IpAddr) -> T) -> Option<T> {
+    let t = s.trim();
+    t.parse().ok().or_else(|| t.parse().ok().map(from_ip))
+}
+
 /// A CIDR network (`10.0.0.0/8`, `::1/128`); a bare address means that one host.
 pub struct Cidr(pub IpNet);
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, |s| {
-            let t = s.trim();
-            if let Ok(net) = t.parse::<IpNet>() {
-                return Ok(Cidr(net));
-            }
-            if let Ok(ip) = t.parse::<IpAddr>() {
-                return Ok(Cidr(IpNet::from(ip)));
-            }
-            Err(format!("`{s}` is not a CIDR network"))
+            or_bare_ip(s, IpNet::from)
+                .map(Cidr)
+                .ok_or_else(|| format!("`{s}` is not a CIDR network"))
         })
     }
 }
@@ -208,16 +220,11 @@ pub struct NameserverValue(pub SocketAddr);
 impl<'de> Deserialize<'de> for NameserverValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         parse_str(d, |s| {
-            let t = s.trim();
-            if let Ok(sa) = t.parse::<SocketAddr>() {
-                return Ok(NameserverValue(sa));
-            }
-            if let Ok(ip) = t.parse::<IpAddr>() {
-                return Ok(NameserverValue(SocketAddr::new(ip, 53)));
-            }
-            Err(format!(
-                "`{s}` is not a name server address (ip, ip:port, or [ipv6]:port)"
-            ))
+            or_bare_ip(s, |ip| SocketAddr::new(ip, 53))
+                .map(NameserverValue)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a name server address (ip, ip:port, or [ipv6]:port)")
+                })
         })
     }
 }

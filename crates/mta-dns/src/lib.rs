@@ -232,20 +232,8 @@ impl NextHop {
 
     async fn mx_hosts(&self, domain: &str, trace: bool) -> Result<Vec<Host>, DnsError> {
         let name = fqdn(domain)?;
-        if trace {
-            query_line("MX", &name);
-        }
-        let answer = self.resolver.mx_lookup(name).await;
-        if trace {
-            answer_lines(
-                domain,
-                "MX",
-                answer
-                    .as_ref()
-                    .map(|l| l.answers())
-                    .map_err(|e| e as &dyn fmt::Display),
-            );
-        }
+        let lookup = self.resolver.mx_lookup(name.clone());
+        let answer = traced(domain, "MX", &name, trace, lookup, |l| l.answers()).await;
         let mut exchanges: Vec<(u16, String)> = match answer {
             Ok(lookup) => lookup
                 .answers()
@@ -313,20 +301,11 @@ impl NextHop {
     /// A and AAAA addresses of `host`, ordered (and filtered) by `[outbound] ip_preference`.
     async fn addresses(&self, host: &str, trace: bool) -> Result<Vec<IpAddr>, DnsError> {
         let name = fqdn(host)?;
-        if trace {
-            query_line("A/AAAA", &name);
-        }
-        let answer = self.resolver.lookup_ip(name).await;
-        if trace {
-            answer_lines(
-                host,
-                "A/AAAA",
-                answer
-                    .as_ref()
-                    .map(|l| l.as_lookup().answers())
-                    .map_err(|e| e as &dyn fmt::Display),
-            );
-        }
+        let lookup = self.resolver.lookup_ip(name.clone());
+        let answer = traced(host, "A/AAAA", &name, trace, lookup, |l| {
+            l.as_lookup().answers()
+        })
+        .await;
         match answer {
             Ok(lookup) => {
                 let mut addrs: Vec<IpAddr> = lookup.iter().collect();
@@ -360,6 +339,28 @@ fn order_addresses(addrs: &mut Vec<IpAddr>, preference: IpPreference) {
     }
     let mut seen = std::collections::HashSet::new();
     addrs.retain(|ip| seen.insert(*ip));
+}
+
+/// Awaits `lookup`, the `kind` query for `name` (`host` as the caller wrote it); with
+/// `trace` (`debug_tcp_resolver`), logs the query before it and the answer after it
+/// (`records` picks the answer's records).
+async fn traced<T>(
+    host: &str,
+    kind: &str,
+    name: &Name,
+    trace: bool,
+    lookup: impl std::future::Future<Output = Result<T, NetError>>,
+    records: impl Fn(&T) -> &[hickory_resolver::proto::rr::Record],
+) -> Result<T, NetError> {
+    if trace {
+        query_line(kind, name);
+    }
+    let answer = lookup.await;
+    if trace {
+        let shown = answer.as_ref().map(&records);
+        answer_lines(host, kind, shown.map_err(|e| e as &dyn fmt::Display));
+    }
+    answer
 }
 
 fn query_line(kind: &str, name: &Name) {

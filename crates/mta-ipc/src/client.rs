@@ -85,12 +85,7 @@ impl Connection {
                 None => Err(IpcError::Closed),
             }
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| IpcError::Timeout {
-                what: "connect",
-                after: CONNECT_TIMEOUT,
-            })?
+        within(CONNECT_TIMEOUT, "connect", connect).await
     }
 
     pub fn service(&self) -> Service {
@@ -113,12 +108,7 @@ impl Connection {
                 .await?
                 .ok_or(IpcError::Closed)
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| IpcError::Timeout {
-                what: "request",
-                after: timeout,
-            })?
+        within(timeout, "request", exchange).await
     }
 
     /// Sends a request without waiting for a reply.
@@ -131,4 +121,15 @@ impl Connection {
     pub async fn recv<Resp: DeserializeOwned>(&mut self) -> Result<Option<Resp>, IpcError> {
         Ok(read_frame::<_, Resp>(&mut self.stream).await?)
     }
+}
+
+/// `exchange`, given `after` to finish; past it, `IpcError::Timeout` naming `what`.
+async fn within<T>(
+    after: Duration,
+    what: &'static str,
+    exchange: impl std::future::Future<Output = Result<T, IpcError>>,
+) -> Result<T, IpcError> {
+    tokio::time::timeout(after, exchange)
+        .await
+        .map_err(|_| IpcError::Timeout { what, after })?
 }

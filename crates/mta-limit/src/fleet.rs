@@ -281,6 +281,12 @@ impl Fleet {
         }
     }
 
+    /// [`Fleet::call`] of one command.
+    async fn query<T: redis::FromRedisValue>(&self, what: &str, cmd: redis::Cmd) -> Option<T> {
+        self.call(what, |mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
     /// [`Fleet::call`], counted as a limit's round trip.
     async fn limit_call<T, F, Fut>(&self, what: &str, f: F) -> Option<T>
     where
@@ -565,44 +571,26 @@ impl Fleet {
 
     /// Suspends `target` (a domain or a site) for the fleet until `until_ms`.
     pub async fn suspend(&self, target: &str, until_ms: u64, by: &str) -> bool {
-        let (field, value) = (target.to_string(), format!("{until_ms}\t{by}"));
-        self.call("suspend", |mut c| async move {
-            redis::cmd("HSET")
-                .arg(format!("{PREFIX}suspended"))
-                .arg(field)
-                .arg(value)
-                .query_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .is_some()
+        let mut hset = redis::cmd("HSET");
+        hset.arg(format!("{PREFIX}suspended"))
+            .arg(target)
+            .arg(format!("{until_ms}\t{by}"));
+        self.query::<i64>("suspend", hset).await.is_some()
     }
 
     /// Ends a fleet suspension of `target`.
     pub async fn resume(&self, target: &str) -> bool {
-        let field = target.to_string();
-        self.call("resume", |mut c| async move {
-            redis::cmd("HDEL")
-                .arg(format!("{PREFIX}suspended"))
-                .arg(field)
-                .query_async::<i64>(&mut c)
-                .await
-        })
-        .await
-        .is_some()
+        let mut hdel = redis::cmd("HDEL");
+        hdel.arg(format!("{PREFIX}suspended")).arg(target);
+        self.query::<i64>("resume", hdel).await.is_some()
     }
 
     /// The fleet's suspensions: `(target, until_ms, by)`; ended ones included (the
     /// reader compares with its clock).
     pub async fn suspensions(&self) -> Option<Vec<(String, u64, String)>> {
-        let all: HashMap<String, String> = self
-            .call("suspensions", |mut c| async move {
-                redis::cmd("HGETALL")
-                    .arg(format!("{PREFIX}suspended"))
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(format!("{PREFIX}suspended"));
+        let all: HashMap<String, String> = self.query("suspensions", hgetall).await?;
         Some(
             all.into_iter()
                 .filter_map(|(target, v)| {

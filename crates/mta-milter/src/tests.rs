@@ -42,6 +42,13 @@ impl Peer {
         }
     }
 
+    /// Expects `code` carrying `data`, and lets the MTA go on.
+    async fn continue_after(&mut self, code: u8, data: &[u8]) {
+        let (got, _) = self.expect(code).await;
+        assert_eq!(got, data, "{}", code as char);
+        self.send(reply::CONTINUE, b"").await;
+    }
+
     async fn send(&mut self, code: u8, data: &[u8]) {
         let mut out = Vec::new();
         proto::encode(&mut out, code, &[data]);
@@ -79,9 +86,7 @@ async fn a_whole_session_with_modifications() {
         assert_eq!(data, b"[192.0.2.7]\x004\x10\x92192.0.2.7\0");
         assert_eq!(macros, b"Cj\0mx.test\0");
         peer.send(reply::CONTINUE, b"").await;
-        let (data, _) = peer.expect(cmd::HELO).await;
-        assert_eq!(data, b"client.test\0");
-        peer.send(reply::CONTINUE, b"").await;
+        peer.continue_after(cmd::HELO, b"client.test\0").await;
         let (data, macros) = peer.expect(cmd::MAIL).await;
         assert_eq!(data, b"<s@x>\0SIZE=10\0");
         assert_eq!(macros, b"Mi\0QID\0");
@@ -89,21 +94,13 @@ async fn a_whole_session_with_modifications() {
         let (data, _) = peer.expect(cmd::RCPT).await;
         assert_eq!(data, b"<r@y>\0");
         peer.send(reply::REPLYCODE, b"550 5.1.1 not him\0").await;
-        peer.expect(cmd::RCPT).await;
-        peer.send(reply::CONTINUE, b"").await;
-        peer.expect(cmd::DATA).await;
-        peer.send(reply::CONTINUE, b"").await;
-        let (h1, _) = peer.expect(cmd::HEADER).await;
-        assert_eq!(h1, b"Subject\0test\0");
-        peer.send(reply::CONTINUE, b"").await;
-        let (h2, _) = peer.expect(cmd::HEADER).await;
-        assert_eq!(h2, b"To\0<a@b>\0");
-        peer.send(reply::CONTINUE, b"").await;
-        peer.expect(cmd::EOH).await;
-        peer.send(reply::CONTINUE, b"").await;
-        let (body, _) = peer.expect(cmd::BODY).await;
-        assert_eq!(body, b"line 1\r\nline 2\r\n");
-        peer.send(reply::CONTINUE, b"").await;
+        peer.continue_after(cmd::RCPT, b"<r@y>\0").await;
+        peer.continue_after(cmd::DATA, b"").await;
+        peer.continue_after(cmd::HEADER, b"Subject\0test\0").await;
+        peer.continue_after(cmd::HEADER, b"To\0<a@b>\0").await;
+        peer.continue_after(cmd::EOH, b"").await;
+        peer.continue_after(cmd::BODY, b"line 1\r\nline 2\r\n")
+            .await;
         let (_, macros) = peer.expect(cmd::BODYEOB).await;
         assert_eq!(macros, b"Ei\0QID\0");
         peer.send(reply::ADDHEADER, b"X-Spam\0yes\0").await;

@@ -115,17 +115,31 @@ fn gone() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::NotConnected, "TLS handshake failed")
 }
 
+/// What the three kinds of stream have in common.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Conn {
+    /// The stream the I/O goes to; `None` once a failed handshake has taken it.
+    fn stream(self: Pin<&mut Self>) -> Option<Pin<&mut dyn Stream>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Some(Pin::new(s)),
+            Conn::Unix(s) => Some(Pin::new(s)),
+            Conn::Tls(s) => Some(Pin::new(s.as_mut())),
+            Conn::Gone => None,
+        }
+    }
+}
+
 impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Conn::Gone => Poll::Ready(Err(gone())),
+        match self.stream() {
+            Some(s) => s.poll_read(cx, buf),
+            None => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -136,29 +150,23 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Conn::Gone => Poll::Ready(Err(gone())),
+        match self.stream() {
+            Some(s) => s.poll_write(cx, buf),
+            None => Poll::Ready(Err(gone())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Conn::Gone => Poll::Ready(Ok(())),
+        match self.stream() {
+            Some(s) => s.poll_flush(cx),
+            None => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Conn::Gone => Poll::Ready(Ok(())),
+        match self.stream() {
+            Some(s) => s.poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
         }
     }
 }
@@ -298,20 +306,13 @@ impl SmtpClient {
     }
 
     pub(crate) async fn reply(&mut self, command: &str) -> Result<Reply, SessionError> {
-        match tokio::time::timeout(self.timeout, read_reply(&mut self.stream)).await {
-            Err(_) => Err(SessionError::Timeout {
-                command: command.into(),
-                after: self.timeout,
-            }),
-            Ok(Err(source)) => Err(SessionError::Lost {
-                command: command.into(),
-                source,
-            }),
-            Ok(Ok(r)) => {
-                self.trace_reply(&r);
-                Ok(r)
-            }
-        }
+        let read = read_reply(&mut self.stream);
+        let r = within(self.timeout, command, read, |command, source| {
+            SessionError::Lost { command, source }
+        })
+        .await?;
+        self.trace_reply(&r);
+        Ok(r)
     }
 
     /// Levels 2 and 3: the command lines that go out (`bytes` is protocol, not content).
@@ -345,17 +346,10 @@ impl SmtpClient {
             self.stream.get_mut().write_all(bytes).await?;
             self.stream.get_mut().flush().await
         };
-        match tokio::time::timeout(self.timeout, w).await {
-            Err(_) => Err(SessionError::Timeout {
-                command: command.into(),
-                after: self.timeout,
-            }),
-            Ok(Err(source)) => Err(SessionError::Write {
-                command: command.into(),
-                source,
-            }),
-            Ok(Ok(())) => Ok(()),
-        }
+        within(self.timeout, command, w, |command, source| {
+            SessionError::Write { command, source }
+        })
+        .await
     }
 
     /// Sends one command line (CRLF added) and returns its reply.
@@ -499,6 +493,23 @@ impl SmtpClient {
             }
         })
         .await;
+    }
+}
+
+/// `io`, the exchange of `command`, given `after` to finish: past it, `Timeout`; its
+/// error, `failed(command, error)`.
+async fn within<T, E>(
+    after: Duration,
+    command: &str,
+    io: impl std::future::Future<Output = Result<T, E>>,
+    failed: impl FnOnce(String, E) -> SessionError,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(after, io).await {
+        Err(_) => Err(SessionError::Timeout {
+            command: command.into(),
+            after,
+        }),
+        Ok(result) => result.map_err(|e| failed(command.into(), e)),
     }
 }
 

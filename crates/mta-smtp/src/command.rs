@@ -702,6 +702,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// `command` followed by each of `params` is refused with 501.
+    fn refused_501(command: &str, params: &[&str]) {
+        for bad in params {
+            let e = p(&format!("{command} {bad}")).unwrap_err();
+            assert_eq!(e.to_reply().code, 501, "{bad}: {e:?}");
+        }
+    }
+
     #[test]
     fn simple_verbs_case_insensitive() {
         assert_eq!(p("DATA\r\n"), Ok(Command::Data));
@@ -726,34 +734,17 @@ mod tests {
 
     #[test]
     fn argument_policy() {
-        assert_eq!(
-            p("DATA now"),
-            Err(CommandError::BadArguments { verb: Verb::Data })
-        );
-        assert_eq!(
-            p("QUIT now"),
-            Err(CommandError::BadArguments { verb: Verb::Quit })
-        );
-        assert_eq!(
-            p("EHLO"),
-            Err(CommandError::BadArguments { verb: Verb::Ehlo })
-        );
-        assert_eq!(
-            p("VRFY"),
-            Err(CommandError::BadArguments { verb: Verb::Vrfy })
-        );
-        assert_eq!(
-            p("MAIL"),
-            Err(CommandError::BadArguments { verb: Verb::Mail })
-        );
-        assert_eq!(
-            p("RCPT"),
-            Err(CommandError::BadArguments { verb: Verb::Rcpt })
-        );
-        assert_eq!(
-            p("MAIL TO:<a@b>"),
-            Err(CommandError::BadArguments { verb: Verb::Mail })
-        );
+        for (line, verb) in [
+            ("DATA now", Verb::Data),
+            ("QUIT now", Verb::Quit),
+            ("EHLO", Verb::Ehlo),
+            ("VRFY", Verb::Vrfy),
+            ("MAIL", Verb::Mail),
+            ("RCPT", Verb::Rcpt),
+            ("MAIL TO:<a@b>", Verb::Mail),
+        ] {
+            assert_eq!(p(line), Err(CommandError::BadArguments { verb }), "{line}");
+        }
         assert_eq!(p("DATA now").unwrap_err().to_reply().code, 501);
     }
 
@@ -786,26 +777,18 @@ mod tests {
 
     #[test]
     fn mail_bad_paths() {
-        assert!(matches!(
-            p("MAIL FROM:a@b.c"),
-            Err(CommandError::BadSender { .. })
-        ));
-        assert!(matches!(
-            p("MAIL FROM:<a@b.c"),
-            Err(CommandError::BadSender { .. })
-        ));
-        assert!(matches!(
-            p("MAIL FROM:<a@b.c>x"),
-            Err(CommandError::BadSender { .. })
-        ));
-        assert!(matches!(
-            p("MAIL FROM:<a>"),
-            Err(CommandError::BadSender { .. })
-        ));
-        assert!(matches!(
-            p("MAIL FROM:<a@@b>"),
-            Err(CommandError::BadSender { .. })
-        ));
+        for line in [
+            "MAIL FROM:a@b.c",
+            "MAIL FROM:<a@b.c",
+            "MAIL FROM:<a@b.c>x",
+            "MAIL FROM:<a>",
+            "MAIL FROM:<a@@b>",
+        ] {
+            assert!(
+                matches!(p(line), Err(CommandError::BadSender { .. })),
+                "{line}"
+            );
+        }
         assert_eq!(p("MAIL FROM:<a>").unwrap_err().to_reply().code, 501);
     }
 
@@ -864,23 +847,23 @@ mod tests {
         let e = p("MAIL FROM:<a@b.c> SIZE=1 size=2").unwrap_err();
         assert_eq!(e, CommandError::DuplicateParameter("SIZE".into()));
         assert_eq!(e.to_reply().code, 501);
-        for bad in [
-            "SIZE=",
-            "SIZE=abc",
-            "SIZE=-1",
-            "SIZE",
-            "BODY=9BIT",
-            "RET=ALL",
-            "SMTPUTF8=yes",
-            "ENVID=a+2",
-            "ENVID=a+0D+0Ab",
-            "ENVID=a+ZZ",
-            "=x",
-            "SIZE==1",
-        ] {
-            let e = p(&format!("MAIL FROM:<a@b.c> {bad}")).unwrap_err();
-            assert_eq!(e.to_reply().code, 501, "{bad}: {e:?}");
-        }
+        refused_501(
+            "MAIL FROM:<a@b.c>",
+            &[
+                "SIZE=",
+                "SIZE=abc",
+                "SIZE=-1",
+                "SIZE",
+                "BODY=9BIT",
+                "RET=ALL",
+                "SMTPUTF8=yes",
+                "ENVID=a+2",
+                "ENVID=a+0D+0Ab",
+                "ENVID=a+ZZ",
+                "=x",
+                "SIZE==1",
+            ],
+        );
         let long = format!("MAIL FROM:<a@b.c> ENVID={}", "x".repeat(101));
         assert!(matches!(p(&long), Err(CommandError::BadParameterValue(_))));
     }
@@ -925,14 +908,12 @@ mod tests {
                 params: RcptParams::default()
             })
         );
-        assert!(matches!(
-            p("RCPT TO:<>"),
-            Err(CommandError::BadRecipient { .. })
-        ));
-        assert!(matches!(
-            p("RCPT TO:<user>"),
-            Err(CommandError::BadRecipient { .. })
-        ));
+        for line in ["RCPT TO:<>", "RCPT TO:<user>"] {
+            assert!(
+                matches!(p(line), Err(CommandError::BadRecipient { .. })),
+                "{line}"
+            );
+        }
         assert_eq!(
             p("RCPT TO:<user>").unwrap_err().to_reply().enhanced,
             Some(mta_types::Enhanced::new(5, 1, 3))
@@ -947,18 +928,18 @@ mod tests {
             panic!()
         };
         assert_eq!(params.notify, Some(Notify::NEVER));
-        for bad in [
-            "NOTIFY=NEVER,SUCCESS",
-            "NOTIFY=",
-            "NOTIFY=SUCCESS,SUCCESS",
-            "NOTIFY=SOMETIMES",
-            "ORCPT=u@d.e",
-            "ORCPT=;u@d.e",
-            "ORCPT=rfc822;",
-        ] {
-            let e = p(&format!("RCPT TO:<u@d.e> {bad}")).unwrap_err();
-            assert_eq!(e.to_reply().code, 501, "{bad}");
-        }
+        refused_501(
+            "RCPT TO:<u@d.e>",
+            &[
+                "NOTIFY=NEVER,SUCCESS",
+                "NOTIFY=",
+                "NOTIFY=SUCCESS,SUCCESS",
+                "NOTIFY=SOMETIMES",
+                "ORCPT=u@d.e",
+                "ORCPT=;u@d.e",
+                "ORCPT=rfc822;",
+            ],
+        );
         assert_eq!(
             p("RCPT TO:<u@d.e> SIZE=1"),
             Err(CommandError::UnknownParameter("SIZE".into()))

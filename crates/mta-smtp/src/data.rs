@@ -433,6 +433,14 @@ mod tests {
         ]
     }
 
+    /// `input` reads (both ways) as one message of `content`, followed by `QUIT`.
+    async fn one_message_then_quit(input: &[u8], limits: DataLimits, content: &[u8]) {
+        for (outcome, rest) in both_ways(input, limits).await {
+            assert_eq!(outcome, DataOutcome::Complete(content.to_vec()));
+            assert_eq!(rest, b"QUIT\r\n");
+        }
+    }
+
     /// A message whose body ends with `fake` (something like the end of data), then
     /// commands smuggled in after it, then the real end and `QUIT`.
     fn smuggling_attempt(fake: &[u8]) -> Vec<u8> {
@@ -450,13 +458,7 @@ mod tests {
     #[tokio::test]
     async fn simple_message_and_what_follows() {
         let input = b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
-        for (outcome, rest) in both_ways(input, LIMITS).await {
-            assert_eq!(
-                outcome,
-                DataOutcome::Complete(b"Subject: hi\r\n\r\nbody\r\n".to_vec())
-            );
-            assert_eq!(rest, b"QUIT\r\n");
-        }
+        one_message_then_quit(input, LIMITS, b"Subject: hi\r\n\r\nbody\r\n").await;
     }
 
     #[tokio::test]
@@ -515,16 +517,8 @@ mod tests {
     #[tokio::test]
     async fn normalize_turns_bare_lf_into_crlf_and_only_crlf_dot_crlf_ends() {
         let input = b"Subject: lf\n\nline one\n..dotted\r\nend\n.\nstill content\r\n.\r\nQUIT\r\n";
-        for (outcome, rest) in both_ways(input, NORMALIZE).await {
-            assert_eq!(
-                outcome,
-                DataOutcome::Complete(
-                    b"Subject: lf\r\n\r\nline one\r\n.dotted\r\nend\r\n\r\nstill content\r\n"
-                        .to_vec()
-                )
-            );
-            assert_eq!(rest, b"QUIT\r\n");
-        }
+        let content = b"Subject: lf\r\n\r\nline one\r\n.dotted\r\nend\r\n\r\nstill content\r\n";
+        one_message_then_quit(input, NORMALIZE, content).await;
         let mut r: &[u8] = b"a\nb\n\r\n.\r\n";
         let (outcome, normalized) = read_data(&mut r, NORMALIZE).await.unwrap();
         assert_eq!(outcome, DataOutcome::Complete(b"a\r\nb\r\n\r\n".to_vec()));

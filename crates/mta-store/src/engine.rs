@@ -12,6 +12,7 @@ use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// New counter values and destination summaries of a batch, cached once it is applied.
@@ -78,16 +79,16 @@ pub struct Engine {
     /// The last `RECENT_OUTCOMES` recipient outcomes applied (in memory only).
     recent: Mutex<std::collections::VecDeque<crate::stats::RecentOutcome>>,
     /// The number of the last flush (`keys::FLUSH_SEQ_KEY`).
-    flush_seq: std::sync::atomic::AtomicU64,
+    flush_seq: AtomicU64,
     /// Set when the database was found behind its mark (`durability.rs`); kept in the
     /// `DAMAGED` report file until the operator removes it.
     damage: Option<String>,
     /// The damage was found at this open (not reported by an earlier one).
     damage_found_now: bool,
     /// `hold_undeliverable` (the supervisor sets it from the config and `set config`).
-    hold_undeliverable: std::sync::atomic::AtomicBool,
+    hold_undeliverable: AtomicBool,
     /// `tracking_days` (0: no history is written).
-    tracking_days: std::sync::atomic::AtomicU32,
+    tracking_days: AtomicU32,
     /// Histories of messages that left the store (`tracklog.rs`).
     tracklog: crate::tracklog::TrackLog,
 }
@@ -238,7 +239,7 @@ impl Engine {
             damage: None,
             damage_found_now: false,
             hold_undeliverable: Default::default(),
-            tracking_days: std::sync::atomic::AtomicU32::new(7),
+            tracking_days: AtomicU32::new(7),
             tracklog: crate::tracklog::TrackLog::open(&dir.join("tracking"))?,
         };
         engine.check_flush_mark(dir, log_stop)?;
@@ -583,13 +584,11 @@ impl Engine {
     /// Sets `hold_undeliverable`: from now on, messages finished with a permanent
     /// failure are held instead of reported.
     pub fn set_hold_undeliverable(&self, on: bool) {
-        self.hold_undeliverable
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.hold_undeliverable.store(on, Ordering::Relaxed);
     }
 
     pub fn hold_undeliverable(&self) -> bool {
-        self.hold_undeliverable
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.hold_undeliverable.load(Ordering::Relaxed)
     }
 
     /// `hold_undeliverable` is applied here, where every task's commit passes, rather
@@ -609,13 +608,11 @@ impl Engine {
 
     /// Sets `tracking_days` (0: no history is written; what is kept is pruned).
     pub fn set_tracking_days(&self, days: u32) {
-        self.tracking_days
-            .store(days, std::sync::atomic::Ordering::Relaxed);
+        self.tracking_days.store(days, Ordering::Relaxed);
     }
 
     pub fn tracking_days(&self) -> u32 {
-        self.tracking_days
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.tracking_days.load(Ordering::Relaxed)
     }
 
     /// One prune pass of message tracking: deletes the log's segments older than
@@ -695,7 +692,6 @@ impl Engine {
     }
 
     fn flush_marked(&self, close: bool) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
         let seq = self.flush_seq.load(Ordering::Relaxed) + 1;
         self.tree
             .insert(keys::FLUSH_SEQ_KEY, &seq.to_be_bytes()[..])
@@ -722,7 +718,6 @@ impl Engine {
         dir: &Path,
         log_stop: Option<crate::sled_log::LogStop>,
     ) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
         let seq = self
             .tree
             .get(keys::FLUSH_SEQ_KEY)

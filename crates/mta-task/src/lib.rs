@@ -224,6 +224,19 @@ async fn serve<T: Task>(config: Config, outfile: DebugOutfile) -> anyhow::Result
     result
 }
 
+/// Whether process `pid` is alive: it exists and is not a zombie (a zombie keeps its pid,
+/// and answers signal 0, until it is reaped). Reads `/proc/<pid>/stat`.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
 /// Asks the kernel to SIGTERM this process when the supervisor dies, and exits at once
 /// if it already has.
 fn die_with_supervisor() {

@@ -9,7 +9,7 @@ use mta_ipc::store::{Change, Durability};
 use mta_ipc::{TaskState, TaskStatus};
 use mta_types::{MessageRecord, QueueName};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long a claim is ours before the store gives it to someone else.
@@ -81,9 +81,41 @@ impl Drain {
     }
 }
 
-/// A `show tasks` counter read from its atomic.
-pub fn counter(name: &str, value: &AtomicU64) -> (String, u64) {
-    (name.into(), value.load(Ordering::Relaxed))
+/// Declares a task's counters for `show tasks`: a struct of `AtomicU64` fields (public,
+/// `Default`) and its `counters()`, which lists them under their labels in the order
+/// declared — each counter named once.
+///
+/// ```ignore
+/// mta_task::task_counters! {
+///     /// Counters for `show tasks`.
+///     pub struct Stats {
+///         converted: "converted",
+///         failed: "failed",
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! task_counters {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$field_meta:meta])* $field:ident: $label:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Default)]
+        $vis struct $name {
+            $($(#[$field_meta])* pub $field: std::sync::atomic::AtomicU64,)*
+        }
+
+        impl $name {
+            /// `(label, value)` of each counter, as `show tasks` lists them.
+            pub fn counters(&self) -> Vec<(String, u64)> {
+                use std::sync::atomic::Ordering::Relaxed;
+                vec![$(($label.to_string(), self.$field.load(Relaxed)),)*]
+            }
+        }
+    };
 }
 
 /// The content of `record` is gone from the spool (`reason`): the record goes to Dead, and

@@ -121,7 +121,7 @@ impl SignedDns {
         };
         let probe = zones.first().map(|z| z.name.clone()).unwrap_or_default();
         wait_for("unbound answering", Duration::from_secs(20), || {
-            if answers(port, &probe) {
+            if crate::peers::dns_answers(port, &probe, 6, Duration::from_millis(300)) {
                 Ok(())
             } else {
                 Err(format!(
@@ -281,22 +281,4 @@ fn write_unbound(
     let path = dir.join("unbound.conf");
     std::fs::write(&path, conf).unwrap();
     path
-}
-
-/// Sends an SOA query for `zone` and reports whether any answer came back.
-fn answers(port: u16, zone: &str) -> bool {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut q = vec![0x43, 0x21, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in zone.split('.').filter(|l| !l.is_empty()) {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 6, 0, 1]);
-    if sock.send_to(&q, ("127.0.0.1", port)).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 1500];
-    sock.recv(&mut buf).is_ok()
 }

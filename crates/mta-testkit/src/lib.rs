@@ -133,17 +133,8 @@ pub fn wait_for<T>(
     }
 }
 
-pub fn pid_alive(pid: u32) -> bool {
-    // Signal 0 checks existence; a zombie still counts until reaped, so look at its state.
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
-}
+/// The supervisor's own check (a zombie is not alive), for the tests.
+pub use mta_task::pid_alive;
 
 pub fn parent_pid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

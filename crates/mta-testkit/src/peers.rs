@@ -68,7 +68,7 @@ impl Dns {
             .expect("dnsmasq is installed (.ci/run installs dnsmasq-base)");
         let dns = Dns { child, port };
         wait_for("dnsmasq answering", Duration::from_secs(10), || {
-            if dns_answers(port) {
+            if dns_answers(port, "a-only.test", 1, Duration::from_millis(200)) {
                 Ok(())
             } else {
                 Err("no answer".into())
@@ -84,21 +84,21 @@ impl Drop for Dns {
     }
 }
 
-/// Sends an A query for a-only.test and reports whether any answer came back.
-fn dns_answers(port: u16) -> bool {
+/// Sends a `qtype` query (1: A, 6: SOA) for `name` to the DNS server on `port` and reports
+/// whether any answer came back within `wait`: the server is up.
+pub(crate) fn dns_answers(port: u16, name: &str, qtype: u8, wait: Duration) -> bool {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in ["a-only", "test"] {
+    for label in name.split('.').filter(|l| !l.is_empty()) {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q.extend_from_slice(&[0, 0, qtype, 0, 1]);
     if sock.send_to(&q, ("127.0.0.1", port)).is_err() {
         return false;
     }
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 1500];
     sock.recv(&mut buf).is_ok()
 }
 
@@ -316,6 +316,21 @@ pub fn system_user(name: &str) -> (u32, u32) {
     }
 }
 
+/// A Dovecot's own folder (`prefix…` in the temp dir) for its config, logs and runtime
+/// files, owned by the mail user it runs as.
+fn dovecot_dir(prefix: &str, uid: u32, gid: u32) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+    dir
+}
+
+/// Writes `conf` as `dir`'s `dovecot.conf`, owned by the mail user.
+fn write_dovecot_conf(dir: &Path, conf: &str, uid: u32, gid: u32) {
+    let path = dir.join("dovecot.conf");
+    std::fs::write(&path, conf).unwrap();
+    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+}
+
 /// Dovecot's IMAP server on 127.0.0.1:<port>, with a config file of its own, run wholly
 /// as `user` (Dovecot's rootless mode: every service as that user, no chroot), serving
 /// `maildir:<maildirs>/<login>` to any login with the password `secret`. Killed by pid on
@@ -329,11 +344,7 @@ pub struct Dovecot {
 impl Dovecot {
     pub fn start(user: &str, maildirs: &Path) -> Dovecot {
         let (uid, gid) = system_user(user);
-        let port = free_port();
-        let dir = tempfile::Builder::new()
-            .prefix("dovecot-")
-            .tempdir()
-            .unwrap();
+        let (dir, port) = (dovecot_dir("dovecot-", uid, gid), free_port());
         let conf = format!(
             r#"# Written by mta-testkit: Dovecot as the mail user, for the suite's Maildirs.
 {prelude}protocols = imap
@@ -365,11 +376,7 @@ service anvil {{
             prelude = rootless_prelude(dir.path(), user, uid, gid),
             maildirs = maildirs.display()
         );
-        let path = dir.path().join("dovecot.conf");
-        std::fs::write(&path, conf).unwrap();
-        for p in [dir.path(), path.as_path()] {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-        }
+        write_dovecot_conf(dir.path(), &conf, uid, gid);
         let child = spawn_dovecot(dir.path(), uid, gid);
         let dovecot = Dovecot { child, port, dir };
         wait_for("dovecot's IMAP greeting", Duration::from_secs(15), || {
@@ -523,11 +530,7 @@ impl DovecotLmtp {
     /// Writes the config and the users (`(name, quota rule)`), starts nothing.
     pub fn prepare(user: &str, users: &[(&str, Option<&str>)]) -> DovecotLmtp {
         let (uid, gid) = system_user(user);
-        let port = free_port();
-        let dir = tempfile::Builder::new()
-            .prefix("dovecot-lmtp-")
-            .tempdir()
-            .unwrap();
+        let (dir, port) = (dovecot_dir("dovecot-lmtp-", uid, gid), free_port());
         let d = dir.path().display();
         let conf = format!(
             r#"# Written by mta-testkit: Dovecot LMTP as the mail user, with quotas.
@@ -564,8 +567,7 @@ service anvil {{
 "#,
             prelude = rootless_prelude(dir.path(), user, uid, gid),
         );
-        let path = dir.path().join("dovecot.conf");
-        std::fs::write(&path, conf).unwrap();
+        write_dovecot_conf(dir.path(), &conf, uid, gid);
         let lmtp = DovecotLmtp {
             child: None,
             port,
@@ -575,9 +577,6 @@ service anvil {{
             user: user.to_string(),
         };
         lmtp.set_users(users);
-        for p in [lmtp.dir.path(), path.as_path()] {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
-        }
         lmtp
     }
 

@@ -191,22 +191,14 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', 10_000));
         input.extend_from_slice(b"\r\nQUIT\r\npartial");
         let mut r = BufReader::with_capacity(16, input.as_slice());
-        assert_eq!(
-            read_command_line(&mut r, 100).await.unwrap(),
-            CommandLine::Line(b"NOOP\r\n".to_vec())
-        );
-        assert_eq!(
-            read_command_line(&mut r, 100).await.unwrap(),
-            CommandLine::TooLong
-        );
-        assert_eq!(
-            read_command_line(&mut r, 100).await.unwrap(),
-            CommandLine::Line(b"QUIT\r\n".to_vec())
-        );
-        assert_eq!(
-            read_command_line(&mut r, 100).await.unwrap(),
-            CommandLine::Eof
-        );
+        for expected in [
+            CommandLine::Line(b"NOOP\r\n".to_vec()),
+            CommandLine::TooLong,
+            CommandLine::Line(b"QUIT\r\n".to_vec()),
+            CommandLine::Eof,
+        ] {
+            assert_eq!(read_command_line(&mut r, 100).await.unwrap(), expected);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -140,6 +140,34 @@ impl TestSession {
         assert!(r.lines.len() > 1);
     }
 
+    /// A session greeted, with `MAIL FROM:<a@b.example>` and `RCPT TO:<u@mx.example>`
+    /// accepted: ready for DATA or BDAT.
+    async fn with_envelope(cfg: SessionConfig) -> TestSession {
+        let mut t = TestSession::start(cfg).await;
+        t.ehlo().await;
+        t.envelope().await;
+        t
+    }
+
+    /// `MAIL FROM:<a@b.example>` and `RCPT TO:<u@mx.example>`, both accepted.
+    async fn envelope(&mut self) {
+        self.cmd("MAIL FROM:<a@b.example>", 250).await;
+        self.cmd("RCPT TO:<u@mx.example>", 250).await;
+    }
+
+    /// QUIT; then the server's side ends with its summary and hooks.
+    async fn quit(mut self) -> (SessionSummary, FakeHooks) {
+        self.cmd("QUIT", 221).await;
+        self.finish().await
+    }
+
+    /// QUIT, after a session that delivered nothing and refused `rejected` messages.
+    async fn quit_with_nothing_delivered(self, rejected: u32) {
+        let (summary, hooks) = self.quit().await;
+        assert!(hooks.delivered.is_empty());
+        assert_eq!(summary.rejected, rejected);
+    }
+
     /// The server's side ends; returns its summary and hooks.
     async fn finish(self) -> (SessionSummary, FakeHooks) {
         self.server.await.unwrap()
@@ -179,8 +207,7 @@ async fn happy_path() {
     t.send(b"Subject: test\r\n\r\n..dot\r\nbody\r\n.\r\n").await;
     let r = t.expect(250).await;
     assert!(r.lines[0].starts_with("Ok: queued as "));
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
+    let (summary, hooks) = t.quit().await;
     assert_eq!(
         summary,
         SessionSummary {
@@ -260,8 +287,7 @@ async fn sequence_errors() {
     t.cmd("DATA", 554).await;
     t.cmd("RSET", 250).await;
     t.cmd("RCPT TO:<a@mx.example>", 503).await;
-    t.cmd("QUIT", 221).await;
-    let (summary, _) = t.finish().await;
+    let (summary, _) = t.quit().await;
     assert_eq!(summary.errors, 6);
 }
 
@@ -286,8 +312,7 @@ async fn replies_to_misc_commands() {
     t.cmd("DATA", 354).await;
     t.send(b"hi\r\n.\r\n").await;
     t.expect(250).await;
-    t.cmd("QUIT", 221).await;
-    let (_, hooks) = t.finish().await;
+    let (_, hooks) = t.quit().await;
     let (_, env, _) = &hooks.delivered[0];
     assert_eq!(env.rcpts[0].0.to_string(), "postmaster@mx.example");
     assert_eq!(env.envelope.protocol, "SMTP");
@@ -306,8 +331,7 @@ async fn utf8_transaction() {
     t.cmd("DATA", 354).await;
     t.send("Subject: 你好\r\n\r\nx\r\n.\r\n".as_bytes()).await;
     t.expect(250).await;
-    t.cmd("QUIT", 221).await;
-    let (_, hooks) = t.finish().await;
+    let (_, hooks) = t.quit().await;
     let (_, env, content) = &hooks.delivered[0];
     assert!(env.envelope.utf8);
     assert_eq!(env.envelope.protocol, "UTF8SMTP");
@@ -348,33 +372,24 @@ async fn size_limits_at_mail_and_in_data() {
     assert_eq!(t.expect(552).await, Reply::message_too_big());
     // The transaction is over; the session is not.
     t.cmd("RCPT TO:<u@mx.example>", 503).await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    t.envelope().await;
     t.cmd("DATA", 354).await;
     t.send(format!("{}\r\n.\r\n", "y".repeat(201)).as_bytes())
         .await;
     assert_eq!(t.expect(552).await, Reply::line_too_long_in_data());
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
-    assert!(hooks.delivered.is_empty());
-    assert_eq!(summary.rejected, 2);
+    t.quit_with_nothing_delivered(2).await;
 }
 
 #[tokio::test]
 async fn smuggling_is_one_rejected_message_and_next_command_is_read() {
-    let mut t = TestSession::start(test_config()).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(test_config()).await;
     t.cmd("DATA", 354).await;
     t.send(b"Subject: one\r\n\r\nbody\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@mx.example>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n").await;
     assert_eq!(t.expect(554).await, Reply::bare_lf_rejected());
     t.expect(250).await; // the NOOP
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
+    let (summary, hooks) = t.quit().await;
     assert!(hooks.delivered.is_empty());
-    assert_eq!(summary.rejected, 1);
-    assert_eq!(summary.accepted, 0);
+    assert_eq!((summary.accepted, summary.rejected), (0, 1));
 }
 
 #[tokio::test]
@@ -383,22 +398,18 @@ async fn smuggling_under_normalize_is_one_message_with_crlf_only() {
         bare_newline: crate::data::BareNewline::Normalize,
         ..test_config()
     };
-    let mut t = TestSession::start(cfg).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(cfg).await;
     t.cmd("DATA", 354).await;
     t.send(b"Subject: one\r\n\r\nbody\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@mx.example>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n").await;
     t.expect(250).await; // the one message
     t.expect(250).await; // the NOOP
-                         // A bare CR is still refused.
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+
+    // A bare CR is still refused.
+    t.envelope().await;
     t.cmd("DATA", 354).await;
     t.send(b"x\r.\r\n.\r\n").await;
     assert_eq!(t.expect(554).await, Reply::bare_lf_rejected());
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
+    let (summary, hooks) = t.quit().await;
     assert_eq!((summary.accepted, summary.rejected), (1, 1));
     let (qid, _, content) = &hooks.delivered[0];
     assert!(content.ends_with(
@@ -419,10 +430,7 @@ async fn smuggling_under_normalize_is_one_message_with_crlf_only() {
 
 #[tokio::test]
 async fn failed_delivery_is_reported() {
-    let mut t = TestSession::start(test_config()).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(test_config()).await;
     t.cmd("DATA", 354).await;
     t.send(b"FAILSTORE\r\n.\r\n").await;
     assert_eq!(t.expect(452).await, Reply::storage_full());
@@ -432,10 +440,7 @@ async fn failed_delivery_is_reported() {
 
 #[tokio::test]
 async fn bdat_happy_path_and_last() {
-    let mut t = TestSession::start(test_config()).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(test_config()).await;
     // The first chunk ends between CR and LF; the chunk holds a line that would end DATA.
     t.send(b"BDAT 13\r\nSubject: x\r\n\r").await;
     assert_eq!(t.expect(250).await, Reply::chunk_ok(13));
@@ -448,8 +453,7 @@ async fn bdat_happy_path_and_last() {
     for _ in 0..4 {
         t.expect(250).await;
     }
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
+    let (summary, hooks) = t.quit().await;
     assert_eq!(summary.accepted, 2);
     assert!(hooks.delivered[0]
         .2
@@ -477,35 +481,26 @@ async fn bdat_errors_keep_sync() {
     t.expect(250).await;
     t.expect(552).await;
     t.expect(552).await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    t.envelope().await;
     // Bare LF in chunks.
     t.send(b"BDAT 3\r\na\nbBDAT 0 LAST\r\n").await;
     t.expect(250).await;
     assert_eq!(t.expect(554).await, Reply::bare_lf_rejected());
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
-    assert!(hooks.delivered.is_empty());
-    assert_eq!(summary.rejected, 2);
+    t.quit_with_nothing_delivered(2).await;
 }
 
 #[tokio::test]
 async fn rset_abandons_chunks_and_data_after_bdat_is_refused() {
-    let mut t = TestSession::start(test_config()).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(test_config()).await;
     t.send(b"BDAT 3\r\nabc").await;
     t.expect(250).await;
     t.cmd("DATA", 503).await;
     t.cmd("MAIL FROM:<a@b.example>", 503).await;
     t.cmd("RSET", 250).await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    t.envelope().await;
     t.send(b"BDAT 5 LAST\r\nxyz\r\n").await;
     t.expect(250).await;
-    t.cmd("QUIT", 221).await;
-    let (_, hooks) = t.finish().await;
+    let (_, hooks) = t.quit().await;
     assert_eq!(hooks.delivered.len(), 1);
     assert!(!hooks.delivered[0].2.windows(3).any(|w| w == b"abc"));
     assert!(hooks.delivered[0].2.ends_with(b"\r\nxyz\r\n"));
@@ -513,10 +508,7 @@ async fn rset_abandons_chunks_and_data_after_bdat_is_refused() {
 
 #[tokio::test]
 async fn bdat_garbage_size_closes() {
-    let mut t = TestSession::start(test_config()).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(test_config()).await;
     t.cmd("BDAT many", 501).await;
     let r = t.expect(421).await;
     assert_eq!(r, Reply::lost_sync("mx.example"));
@@ -568,10 +560,7 @@ async fn command_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn data_timeout_is_longer_than_command_timeout() {
-    let mut t = TestSession::start(test_config()).await;
-    t.ehlo().await;
-    t.cmd("MAIL FROM:<a@b.example>", 250).await;
-    t.cmd("RCPT TO:<u@mx.example>", 250).await;
+    let mut t = TestSession::with_envelope(test_config()).await;
     t.cmd("DATA", 354).await;
     t.send(b"partial line").await;
     let before = Instant::now();
@@ -613,16 +602,20 @@ async fn session_future_is_send() {
     assert_send(&fut);
 }
 
-#[tokio::test]
-async fn a_refused_client_gets_the_refusal_to_every_command_but_quit() {
-    let door = DoorHooks {
+/// The door's hooks for a client on a DNS blocklist: every command is refused.
+fn blocklisted() -> DoorHooks {
+    DoorHooks {
         refuse_all: Some(Reply::dnsbl_blocked(
             "192.0.2.7".parse().unwrap(),
             "bl.example",
         )),
         ..DoorHooks::default()
-    };
-    let mut t = TestSession::start_with(test_config(), door).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_the_refusal_to_every_command_but_quit() {
+    let mut t = TestSession::start_with(test_config(), blocklisted()).await;
     let r = t.cmd("EHLO client.example", 554).await;
     assert_eq!(
         r.to_string(),
@@ -630,22 +623,14 @@ async fn a_refused_client_gets_the_refusal_to_every_command_but_quit() {
     );
     t.cmd("MAIL FROM:<a@client.example>", 554).await;
     t.cmd("NOOP", 554).await;
-    t.cmd("QUIT", 221).await;
-    let (summary, hooks) = t.finish().await;
+    let (summary, hooks) = t.quit().await;
     assert_eq!(summary.end, EndReason::Quit);
     assert!(hooks.delivered.is_empty());
 }
 
 #[tokio::test]
 async fn a_refused_client_is_dropped_after_max_errors() {
-    let door = DoorHooks {
-        refuse_all: Some(Reply::dnsbl_blocked(
-            "192.0.2.7".parse().unwrap(),
-            "bl.example",
-        )),
-        ..DoorHooks::default()
-    };
-    let mut t = TestSession::start_with(test_config(), door).await;
+    let mut t = TestSession::start_with(test_config(), blocklisted()).await;
     for _ in 0..4 {
         t.cmd("HELO client.example", 554).await;
     }

@@ -209,17 +209,9 @@ async fn open_session(target: &Target) -> Result<Session, AttemptError> {
 /// the same as with the client this one replaced: TLS 1.3 suites by their IANA name, TLS 1.2
 /// ones by OpenSSL's.
 fn tls_name(conn: &rustls::CommonState) -> String {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_string(),
-    };
-    let suite = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_else(|| "unknown".to_string());
-    format!("{version} {}", cipher_name(&suite))
+    // What smtpmta's own sessions log and put in Received: fields, with the cipher renamed.
+    let info = mta_smtp::TlsInfo::of(conn);
+    format!("{} {}", info.version, cipher_name(&info.cipher))
 }
 
 /// rustls's name of a cipher suite (its `Debug`) as Python's ssl gives it.
