@@ -509,19 +509,18 @@ impl Osesctl {
         next
     }
 
-    /// Each list about to go on takes the messages of lists for the same next hop that
-    /// still wait for one of its connections, up to `max_messages_per_list`: a session
-    /// carries them all instead of one each (with a fleet, two Redis calls a session
-    /// instead of two a message). Lists left empty are dropped; every message stays in
-    /// exactly one list.
+    /// Each list about to go on takes the messages of lists parked for the same next hop
+    /// (waiting for one of its connections, or for its rates), up to
+    /// `max_messages_per_list`: one session carries them all instead of one each (one
+    /// TCP and TLS handshake; with a fleet, two Redis calls a session instead of two a
+    /// message). The site's limits still hold: the session asks the message rate before
+    /// each message and hands back what it may not send yet. Lists left empty are
+    /// dropped; every message stays in exactly one list.
     fn fill_ready_lists(&self, ready: &mut [Parked], later: &mut Vec<Parked>) {
         let max = self.env.config.max_messages_per_list;
         for p in ready.iter_mut() {
             let key = p.list.key.clone();
-            let waiting_for_a_connection = later
-                .iter_mut()
-                .filter(|q| q.why == Some(Throttle::Connections) && q.list.key == key);
-            for q in waiting_for_a_connection {
+            for q in later.iter_mut().filter(|q| q.list.key == key) {
                 if p.list.items.len() >= max {
                     break;
                 }
