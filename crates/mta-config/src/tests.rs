@@ -51,6 +51,26 @@ fn directory_err(directory: &str) -> (ConfigError, PathBuf) {
     (f.err(), f.path("directory.toml"))
 }
 
+/// `config`, with the test directory, loaded.
+#[track_caller]
+fn loaded(config: &str) -> Config {
+    Fixture::new(config, Some(DIRECTORY)).load().unwrap()
+}
+
+/// Loading `config` fails at `line` of the config file, naming `key` and saying `says`.
+#[track_caller]
+fn config_fails(config: &str, line: usize, key: &str, says: &str) {
+    let (e, file) = config_err(config);
+    assert_located(&e, &file, line, key, says);
+}
+
+/// The same for the directory file.
+#[track_caller]
+fn directory_fails(directory: &str, line: usize, key: &str, says: &str) {
+    let (e, file) = directory_err(directory);
+    assert_located(&e, &file, line, key, says);
+}
+
 #[track_caller]
 fn assert_located(e: &ConfigError, file: &Path, line: usize, key: &str, says: &str) {
     assert_eq!(e.file(), file, "{e}");
@@ -140,11 +160,7 @@ fn empty_file_gives_built_in_defaults() {
     assert_eq!(c.inbound.max_handlers, 100);
     assert!(!c.hold_undeliverable);
     assert_eq!(c.tracking_days, 7);
-    let f = Fixture::new(
-        "hold_undeliverable = true\ntracking_days = 0\n",
-        Some(DIRECTORY),
-    );
-    let c = f.load().unwrap();
+    let c = loaded("hold_undeliverable = true\ntracking_days = 0\n");
     assert!(c.hold_undeliverable);
     assert_eq!(c.tracking_days, 0);
 }
@@ -185,11 +201,7 @@ fn values_with_units_and_relay_host() {
 
 #[test]
 fn is_trusted_handles_ipv4_mapped_ipv6() {
-    let f = Fixture::new(
-        "trusted_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n",
-        Some(DIRECTORY),
-    );
-    let c = f.load().unwrap();
+    let c = loaded("trusted_networks = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n");
     assert!(c.is_trusted("10.1.2.3".parse().unwrap()));
     assert!(c.is_trusted("::ffff:10.1.2.3".parse().unwrap()));
     assert!(c.is_trusted(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))));
@@ -241,10 +253,8 @@ fn missing_directory_file() {
 
 #[test]
 fn unknown_key_top_level() {
-    let (e, file) = config_err("hostname = \"x\"\n\nhostnme = \"y\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "hostname = \"x\"\n\nhostnme = \"y\"\n",
         3,
         "hostnme",
         "unknown key (expected one of: hostname, data_dir,",
@@ -253,20 +263,14 @@ fn unknown_key_top_level() {
 
 #[test]
 fn unknown_key_in_section() {
-    let (e, file) = config_err(
+    config_fails(
         "hostname = \"x\"\n[inbound]\nlisten = []\n\n  bogus = 1\n[outbound]\nport = 26\n",
-    );
-    assert_located(
-        &e,
-        &file,
         5,
         "inbound.bogus",
         "unknown key (expected one of: listen, max_handlers,",
     );
-    let (e, file) = config_err("[debug]\nSMTPDebug = 1\nsmtpdebug = 1\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[debug]\nSMTPDebug = 1\nsmtpdebug = 1\n",
         3,
         "debug.smtpdebug",
         "expected one of: SMTPDebug, SMTPDebugIO",
@@ -275,27 +279,20 @@ fn unknown_key_in_section() {
 
 #[test]
 fn wrong_type() {
-    let (e, file) =
-        config_err("# comment\n[inbound]\nmax_recipients = 5\n\n\n\nmax_handlers = \"ten\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "# comment\n[inbound]\nmax_recipients = 5\n\n\n\nmax_handlers = \"ten\"\n",
         7,
         "inbound.max_handlers",
         "invalid type: string \"ten\", expected an integer",
     );
-    let (e, file) = config_err("local_domains = \"localhost\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "local_domains = \"localhost\"\n",
         1,
         "local_domains",
         "invalid type: string \"localhost\", expected an array",
     );
-    let (e, file) = config_err("hostname = \"x\"\ninbound = 5\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "hostname = \"x\"\ninbound = 5\n",
         2,
         "inbound",
         "invalid type: integer `5`, expected a table",
@@ -304,43 +301,45 @@ fn wrong_type() {
 
 #[test]
 fn out_of_range_values() {
-    let (e, file) = config_err("[inbound]\nmax_handlers = 0\n");
-    assert_located(&e, &file, 2, "inbound.max_handlers", "must be at least 1");
-    let (e, file) = config_err("[debug]\nLog_MailRouting = 15\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[inbound]\nmax_handlers = 0\n",
+        2,
+        "inbound.max_handlers",
+        "must be at least 1",
+    );
+    config_fails(
+        "[debug]\nLog_MailRouting = 15\n",
         2,
         "debug.Log_MailRouting",
         "`15` is not one of 0, 10, 20, 30, 40",
     );
-    let (e, file) = config_err("[debug]\nSMTPDebugIO = 4\n");
-    assert_located(&e, &file, 2, "debug.SMTPDebugIO", "out of range");
-    let (e, file) = config_err("[outbound]\nretry = []\n");
-    assert_located(&e, &file, 2, "outbound.retry", "at least one interval");
+    config_fails(
+        "[debug]\nSMTPDebugIO = 4\n",
+        2,
+        "debug.SMTPDebugIO",
+        "out of range",
+    );
+    config_fails(
+        "[outbound]\nretry = []\n",
+        2,
+        "outbound.retry",
+        "at least one interval",
+    );
 }
 
 #[test]
 fn bare_newline_and_metrics_keys() {
-    let f = Fixture::new(
-        "[inbound]\nbare_newline = \"reject\"\n[metrics]\nlisten = \"\"\n",
-        Some(DIRECTORY),
-    );
-    let c = f.load().unwrap();
+    let c = loaded("[inbound]\nbare_newline = \"reject\"\n[metrics]\nlisten = \"\"\n");
     assert_eq!(c.inbound.bare_newline, mta_types::BareNewline::Reject);
     assert_eq!(c.metrics.listen, None);
-    let (e, file) = config_err("hostname = \"x\"\n[inbound]\nbare_newline = \"fix\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "hostname = \"x\"\n[inbound]\nbare_newline = \"fix\"\n",
         3,
         "inbound.bare_newline",
         "unknown variant `fix`, expected `normalize` or `reject`",
     );
-    let (e, file) = config_err("[metrics]\n\nlisten = \"localhost\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[metrics]\n\nlisten = \"localhost\"\n",
         3,
         "metrics.listen",
         "`localhost` is not a socket address",
@@ -349,12 +348,8 @@ fn bare_newline_and_metrics_keys() {
 
 #[test]
 fn bad_cidr() {
-    let (e, file) = config_err(
+    config_fails(
         "hostname = \"x\"\n\ntrusted_networks = [\"127.0.0.0/8\",\n  \"10.0.0.0/33\"]\n",
-    );
-    assert_located(
-        &e,
-        &file,
         4,
         "trusted_networks",
         "`10.0.0.0/33` is not a CIDR network",
@@ -363,69 +358,68 @@ fn bad_cidr() {
 
 #[test]
 fn bad_duration_size_socket_relay() {
-    let (e, file) = config_err("[outbound]\nretry = [\"1m\", \"5 minutes\"]\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[outbound]\nretry = [\"1m\", \"5 minutes\"]\n",
         2,
         "outbound.retry",
         "`5 minutes` is not a duration",
     );
-    let (e, file) = config_err("[dns]\n\ntimeout = \"5x\"\n");
-    assert_located(&e, &file, 3, "dns.timeout", "`5x` is not a duration");
-    let (e, file) = config_err("[inbound]\nmax_message_size = \"25Q\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[dns]\n\ntimeout = \"5x\"\n",
+        3,
+        "dns.timeout",
+        "`5x` is not a duration",
+    );
+    config_fails(
+        "[inbound]\nmax_message_size = \"25Q\"\n",
         2,
         "inbound.max_message_size",
         "`25Q` is not a size",
     );
-    let (e, file) = config_err("[inbound]\nlisten = [\"127.0.0.1\"]\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[inbound]\nlisten = [\"127.0.0.1\"]\n",
         2,
         "inbound.listen",
         "`127.0.0.1` is not a socket address",
     );
-    let (e, file) = config_err("[outbound]\nrelay_host = \"smtp.example.com\"\n");
-    assert_located(&e, &file, 2, "outbound.relay_host", "is not host:port");
-    let (e, file) = config_err("hostname = \"not a host\"\n");
-    assert_located(&e, &file, 1, "hostname", "is not a host name");
+    config_fails(
+        "[outbound]\nrelay_host = \"smtp.example.com\"\n",
+        2,
+        "outbound.relay_host",
+        "is not host:port",
+    );
+    config_fails(
+        "hostname = \"not a host\"\n",
+        1,
+        "hostname",
+        "is not a host name",
+    );
 }
 
 #[test]
 fn syntax_error_names_line_and_key() {
-    let (e, file) = config_err("[inbound]\nmax_errors = 3\nmax_hops = \"25\n");
-    assert_located(&e, &file, 3, "inbound.max_hops", "");
+    config_fails(
+        "[inbound]\nmax_errors = 3\nmax_hops = \"25\n",
+        3,
+        "inbound.max_hops",
+        "",
+    );
 }
 
 #[test]
 fn bad_address_in_directory() {
-    let (e, file) = directory_err(
-        "[[user]]\nname = \"postmaster\"\naddresses = [\"postmaster@localhost\"]\nmaildir = \"mail/pm\"\n\n\
-         [[user]]\nname = \"bob\"\naddresses = [\"bob@localhost\",\n    \"not an address\"]\nmaildir = \"mail/bob\"\n",
-    );
-    assert_located(
-        &e,
-        &file,
-        9,
+    directory_fails("[[user]]\nname = \"postmaster\"\naddresses = [\"postmaster@localhost\"]\nmaildir = \"mail/pm\"\n\n\
+         [[user]]\nname = \"bob\"\naddresses = [\"bob@localhost\",\n    \"not an address\"]\nmaildir = \"mail/bob\"\n", 9,
         "user[1].addresses",
-        "`not an address` is not a mail address: ",
-    );
-    let (e, file) = directory_err("[aliases]\n\"abuse@localhost\" = [\"x@\"]\n");
-    assert_located(
-        &e,
-        &file,
+        "`not an address` is not a mail address: ");
+    directory_fails(
+        "[aliases]\n\"abuse@localhost\" = [\"x@\"]\n",
         2,
         "aliases.\"abuse@localhost\"",
         "`x@` is not a mail address",
     );
-    let (e, file) = directory_err("[aliases]\n\"abuse\" = [\"postmaster@localhost\"]\n");
-    assert_located(
-        &e,
-        &file,
+    directory_fails(
+        "[aliases]\n\"abuse\" = [\"postmaster@localhost\"]\n",
         2,
         "aliases.abuse",
         "`abuse` is not a mail address",
@@ -434,14 +428,9 @@ fn bad_address_in_directory() {
 
 #[test]
 fn unknown_key_and_missing_key_in_directory() {
-    let (e, file) = directory_err("[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"m/a\"\nmailbox = \"x\"\n");
-    assert_located(
-        &e,
-        &file,
-        5,
+    directory_fails("[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"m/a\"\nmailbox = \"x\"\n", 5,
         "user[0].mailbox",
-        "unknown key (expected one of: name, addresses, maildir, password, lmtp)",
-    );
+        "unknown key (expected one of: name, addresses, maildir, password, lmtp)");
     let (e, _) = directory_err("[[user]]\nname = \"a\"\nmaildir = \"m/a\"\n");
     assert!(e.to_string().contains("missing key `addresses`"), "{e}");
     assert_eq!(e.key(), Some("user[0]"), "{e}");
@@ -449,45 +438,25 @@ fn unknown_key_and_missing_key_in_directory() {
 
 #[test]
 fn duplicate_address() {
-    let (e, file) = directory_err(
-        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\", \"shared@example.org\"]\nmaildir = \"m/a\"\n\
-         [[user]]\nname = \"b\"\naddresses = [\"b@localhost\",\n  \"Shared@Example.org\"]\nmaildir = \"m/b\"\n",
-    );
-    assert_located(
-        &e,
-        &file,
-        8,
+    directory_fails("[[user]]\nname = \"a\"\naddresses = [\"a@localhost\", \"shared@example.org\"]\nmaildir = \"m/a\"\n\
+         [[user]]\nname = \"b\"\naddresses = [\"b@localhost\",\n  \"Shared@Example.org\"]\nmaildir = \"m/b\"\n", 8,
         "user[1].addresses",
-        "`Shared@example.org` is already assigned to user `a` (user[0])",
-    );
-    let (e, file) = directory_err(
-        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"m/a\"\n[aliases]\n\"A@localhost\" = [\"x@y.org\"]\n",
-    );
-    assert_located(
-        &e,
-        &file,
-        6,
+        "`Shared@example.org` is already assigned to user `a` (user[0])");
+    directory_fails("[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"m/a\"\n[aliases]\n\"A@localhost\" = [\"x@y.org\"]\n", 6,
         "aliases.\"A@localhost\"",
-        "is both an alias and an address of user `a`",
-    );
+        "is both an alias and an address of user `a`");
 }
 
 #[test]
 fn address_not_in_local_domain() {
-    let (e, file) = directory_err(
+    directory_fails(
         "[[user]]\nname = \"a\"\naddresses = [\"a@elsewhere.net\"]\nmaildir = \"m/a\"\n",
-    );
-    assert_located(
-        &e,
-        &file,
         3,
         "user[0].addresses",
         "`a@elsewhere.net` is not in a local domain (local_domains: localhost, example.org)",
     );
-    let (e, file) = directory_err("[aliases]\n\"x@elsewhere.net\" = [\"a@localhost\"]\n");
-    assert_located(
-        &e,
-        &file,
+    directory_fails(
+        "[aliases]\n\"x@elsewhere.net\" = [\"a@localhost\"]\n",
         2,
         "aliases.\"x@elsewhere.net\"",
         "is not in a local domain",
@@ -496,14 +465,18 @@ fn address_not_in_local_domain() {
 
 #[test]
 fn maildir_must_stay_inside_data_dir() {
-    let (e, file) = directory_err(
+    directory_fails(
         "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"mail/../../etc\"\n",
+        4,
+        "user[0].maildir",
+        "must not contain `..`",
     );
-    assert_located(&e, &file, 4, "user[0].maildir", "must not contain `..`");
-    let (e, file) = directory_err(
+    directory_fails(
         "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nmaildir = \"/etc\"\n",
+        4,
+        "user[0].maildir",
+        "not absolute",
     );
-    assert_located(&e, &file, 4, "user[0].maildir", "not absolute");
 }
 
 #[test]
@@ -539,31 +512,32 @@ fn reload_directory_sees_changes_and_errors() {
 #[test]
 fn user_and_group_are_resolved_at_load() {
     // `nobody` and `nogroup` exist on every Debian system.
-    let f = Fixture::new(
-        "hostname = \"mx.example\"\nuser = \"nobody\"\n",
-        Some(DIRECTORY),
-    );
-    let c = f.load().unwrap();
+    let c = loaded("hostname = \"mx.example\"\nuser = \"nobody\"\n");
     let run_as = c.run_as.expect("run_as");
     assert_eq!(run_as.user, "nobody");
     assert_eq!(run_as.uid, 65534);
     assert_eq!(run_as.gid, 65534, "the user's primary group by default");
-    let f = Fixture::new("user = \"nobody\"\ngroup = \"nogroup\"\n", Some(DIRECTORY));
-    assert_eq!(f.load().unwrap().run_as.unwrap().group, "nogroup");
-    let f = Fixture::new("", Some(DIRECTORY));
-    assert_eq!(f.load().unwrap().run_as, None, "no `user`: as today");
+    let c = loaded("user = \"nobody\"\ngroup = \"nogroup\"\n");
+    assert_eq!(c.run_as.unwrap().group, "nogroup");
+    assert_eq!(loaded("").run_as, None, "no `user`: as today");
 }
 
 #[test]
 fn unknown_user_or_group_names_file_line_and_key() {
-    let (e, file) = config_err("hostname = \"mx.example\"\nuser = \"no-such-mail-user\"\n");
-    assert_located(&e, &file, 2, "user", "no such user `no-such-mail-user`");
-    let (e, file) = config_err("user = \"nobody\"\n\ngroup = \"no-such-group\"\n");
-    assert_located(&e, &file, 3, "group", "no such group `no-such-group`");
-    let (e, file) = config_err("group = \"nogroup\"\n");
-    assert_located(&e, &file, 1, "group", "needs `user`");
-    let (e, file) = config_err("user = \"root\"\n");
-    assert_located(&e, &file, 1, "user", "is root");
+    config_fails(
+        "hostname = \"mx.example\"\nuser = \"no-such-mail-user\"\n",
+        2,
+        "user",
+        "no such user `no-such-mail-user`",
+    );
+    config_fails(
+        "user = \"nobody\"\n\ngroup = \"no-such-group\"\n",
+        3,
+        "group",
+        "no such group `no-such-group`",
+    );
+    config_fails("group = \"nogroup\"\n", 1, "group", "needs `user`");
+    config_fails("user = \"root\"\n", 1, "user", "is root");
 }
 
 #[test]
@@ -592,40 +566,44 @@ fn milters_load_in_order_with_defaults() {
     assert_eq!(m.default_action, MilterDefault::Accept);
     assert_eq!(m.content_timeout, Duration::from_secs(300));
     assert_eq!(m.listeners.len(), 3);
-    assert!(Fixture::new("", Some(DIRECTORY))
-        .load()
-        .unwrap()
-        .milter
-        .is_empty());
+    assert!(loaded("").milter.is_empty());
 }
 
 #[test]
 fn milter_errors_name_file_line_and_key() {
     let head = "hostname = \"x\"\n[[milter]]\nname = \"a\"\n";
-    let (e, file) = config_err(&format!("{head}address = \"tcp:1.2.3.4:5\"\n"));
-    assert_located(&e, &file, 4, "milter[0].address", "is not a milter address");
-    let (e, file) = config_err(&format!(
-        "{head}address = \"inet:h:1\"\nlisteners = [\"lmtp\"]\n"
-    ));
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        &format!("{head}address = \"tcp:1.2.3.4:5\"\n"),
+        4,
+        "milter[0].address",
+        "is not a milter address",
+    );
+    config_fails(
+        &format!("{head}address = \"inet:h:1\"\nlisteners = [\"lmtp\"]\n"),
         5,
         "milter[0].listeners",
         "`lmtp` is not a listener",
     );
-    let (e, file) = config_err(&format!(
-        "{head}address = \"inet:h:1\"\ndefault_action = \"bounce\"\n"
-    ));
-    assert_located(&e, &file, 5, "milter[0].default_action", "bounce");
-    let (e, file) = config_err(&format!(
-        "{head}address = \"inet:h:1\"\n[[milter]]\nname = \"a\"\naddress = \"inet:h:2\"\n"
-    ));
-    assert_located(&e, &file, 6, "milter[1].name", "a second milter called `a`");
-    let (e, file) = config_err(&format!(
-        "{head}address = \"inet:h:1\"\ncommand_timeout = \"0s\"\n"
-    ));
-    assert_located(&e, &file, 5, "milter[0].command_timeout", "more than 0");
+    config_fails(
+        &format!("{head}address = \"inet:h:1\"\ndefault_action = \"bounce\"\n"),
+        5,
+        "milter[0].default_action",
+        "bounce",
+    );
+    config_fails(
+        &format!(
+            "{head}address = \"inet:h:1\"\n[[milter]]\nname = \"a\"\naddress = \"inet:h:2\"\n"
+        ),
+        6,
+        "milter[1].name",
+        "a second milter called `a`",
+    );
+    config_fails(
+        &format!("{head}address = \"inet:h:1\"\ncommand_timeout = \"0s\"\n"),
+        5,
+        "milter[0].command_timeout",
+        "more than 0",
+    );
 }
 
 #[test]
@@ -643,12 +621,8 @@ fn the_starter_shaping_rules_load() {
 
 #[test]
 fn a_bad_shaping_value_names_its_line_and_key() {
-    let (e, file) = config_err(
+    config_fails(
         "[outbound]\n[[outbound.shaping]]\nmatch = [\"a.test\"]\nmax_message_rate = \"300/fortnight\"\n",
-    );
-    assert_located(
-        &e,
-        &file,
         4,
         "outbound.shaping[0].max_message_rate",
         "fortnight",
@@ -661,11 +635,9 @@ fn a_bad_shaping_value_names_its_line_and_key() {
 
 #[test]
 fn door_keys_load_and_bad_values_are_located() {
-    let f = Fixture::new(
+    let c = loaded(
         "[inbound]\ndnsbl = [\"zen.example*2\", \"bl.example=127.0.0.[2..11]*1\"]\ndnswl = [\"list.dnswl.example*-5\"]\ndnsbl_threshold = 2\ngreet_pause = \"3s\"\nmax_connection_rate_per_client = \"60/min\"\nmax_message_rate_per_client = \"\"\n",
-        Some(DIRECTORY),
     );
-    let c = f.load().unwrap();
     assert_eq!(c.inbound.dnsbl.len(), 2);
     assert_eq!(c.inbound.dnsbl[0].weight, 2);
     assert_eq!(c.inbound.dnswl[0].weight, -5);
@@ -682,11 +654,7 @@ fn door_keys_load_and_bad_values_are_located() {
     assert_eq!(c.inbound.max_message_rate_per_client.limit, None);
     assert_eq!(c.inbound.max_connections_per_client.limit, 50);
     assert!(!c.inbound.max_connections_per_client.local);
-    let f = Fixture::new(
-        "[inbound]\nmax_connections_per_client = \"local:7\"\nmax_message_rate_per_client = \"local:60/min\"\n",
-        Some(DIRECTORY),
-    );
-    let c = f.load().unwrap();
+    let c = loaded("[inbound]\nmax_connections_per_client = \"local:7\"\nmax_message_rate_per_client = \"local:60/min\"\n");
     assert_eq!(
         c.inbound.max_connections_per_client,
         Scoped {
@@ -701,13 +669,14 @@ fn door_keys_load_and_bad_values_are_located() {
     );
     assert!(c.inbound.forbid_unauth_pipelining);
 
-    let (e, file) =
-        config_err("[inbound]\ndnsbl = [\n  \"ok.example\",\n  \"bad.example=127.0.0\",\n]\n");
-    assert_located(&e, &file, 4, "inbound.dnsbl", "is not a DNS list site");
-    let (e, file) = config_err("[inbound]\n\nmax_recipient_rate_per_client = \"60 a minute\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[inbound]\ndnsbl = [\n  \"ok.example\",\n  \"bad.example=127.0.0\",\n]\n",
+        4,
+        "inbound.dnsbl",
+        "is not a DNS list site",
+    );
+    config_fails(
+        "[inbound]\n\nmax_recipient_rate_per_client = \"60 a minute\"\n",
         3,
         "inbound.max_recipient_rate_per_client",
         "is not a rate",
@@ -742,18 +711,42 @@ fn cluster_keys_load_and_bad_values_are_located() {
     assert_eq!(redis.to_string(), "redis://:***@127.0.0.1:6379/0");
     assert!(!format!("{c:?}").contains("s3cret") && !format!("{c:?}").contains("pw@"));
 
-    let (e, file) = config_err("[cluster]\nnode = \"a\"\nredis = \"localhost:6379\"\n");
-    assert_located(&e, &file, 3, "cluster.redis", "is not a Redis URL");
-    let (e, file) = config_err("[cluster]\nnode = \"two words\"\n");
-    assert_located(&e, &file, 2, "cluster.node", "is not a node name");
-    let (e, file) = config_err("[cluster]\n\npeer_password_file = \"missing.secret\"\n");
-    assert_located(&e, &file, 3, "cluster.peer_password_file", "cannot read");
-    let (e, file) = config_err("[cluster]\npeer_address = \"mx1.example\"\n");
-    assert_located(&e, &file, 2, "cluster.peer_address", "is not host:port");
-    let (e, file) = config_err("[cluster]\nheartbeat = \"0s\"\n");
-    assert_located(&e, &file, 2, "cluster.heartbeat", "more than 0");
-    let (e, file) = config_err("[cluster]\nredis_url = \"redis://h:1\"\n");
-    assert_located(&e, &file, 2, "cluster.redis_url", "unknown key");
+    config_fails(
+        "[cluster]\nnode = \"a\"\nredis = \"localhost:6379\"\n",
+        3,
+        "cluster.redis",
+        "is not a Redis URL",
+    );
+    config_fails(
+        "[cluster]\nnode = \"two words\"\n",
+        2,
+        "cluster.node",
+        "is not a node name",
+    );
+    config_fails(
+        "[cluster]\n\npeer_password_file = \"missing.secret\"\n",
+        3,
+        "cluster.peer_password_file",
+        "cannot read",
+    );
+    config_fails(
+        "[cluster]\npeer_address = \"mx1.example\"\n",
+        2,
+        "cluster.peer_address",
+        "is not host:port",
+    );
+    config_fails(
+        "[cluster]\nheartbeat = \"0s\"\n",
+        2,
+        "cluster.heartbeat",
+        "more than 0",
+    );
+    config_fails(
+        "[cluster]\nredis_url = \"redis://h:1\"\n",
+        2,
+        "cluster.redis_url",
+        "unknown key",
+    );
 }
 
 #[test]
@@ -792,14 +785,24 @@ fn lmtp_default_and_per_user_choices() {
 
 #[test]
 fn lmtp_errors_name_file_line_and_key() {
-    let (e, file) = config_err("[lmtp]\naddress = \"/run/dovecot/lmtp\"\n");
-    assert_located(&e, &file, 2, "lmtp.address", "is not an LMTP address");
-    let (e, file) = config_err("[lmtp]\ntimeout = \"0s\"\n");
-    assert_located(&e, &file, 2, "lmtp.timeout", "more than 0");
-    let (e, file) = directory_err(
-        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nlmtp = \"dovecot\"\n",
+    config_fails(
+        "[lmtp]\naddress = \"/run/dovecot/lmtp\"\n",
+        2,
+        "lmtp.address",
+        "is not an LMTP address",
     );
-    assert_located(&e, &file, 4, "user[0].lmtp", "is not an LMTP address");
+    config_fails(
+        "[lmtp]\ntimeout = \"0s\"\n",
+        2,
+        "lmtp.timeout",
+        "more than 0",
+    );
+    directory_fails(
+        "[[user]]\nname = \"a\"\naddresses = [\"a@localhost\"]\nlmtp = \"dovecot\"\n",
+        4,
+        "user[0].lmtp",
+        "is not an LMTP address",
+    );
 }
 
 #[test]
@@ -821,18 +824,14 @@ fn shaping_limits_may_be_local_to_the_node() {
     );
     assert_eq!(rules[1].connection_limit, Some(2));
     assert_eq!(rules[1].local, LocalLimits::default());
-    let (e, file) = config_err("[[outbound.shaping]]\nconnection_limit = \"lokal:4\"\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[[outbound.shaping]]\nconnection_limit = \"lokal:4\"\n",
         2,
         "outbound.shaping[0].connection_limit",
         "is not a count",
     );
-    let (e, file) = config_err("[[outbound.shaping]]\nconnection_limit = 0\n");
-    assert_located(
-        &e,
-        &file,
+    config_fails(
+        "[[outbound.shaping]]\nconnection_limit = 0\n",
         2,
         "outbound.shaping[0].connection_limit",
         "at least 1",
