@@ -269,13 +269,17 @@ async fn pipelined_group_gets_all_replies() {
     assert!(!String::from_utf8_lossy(content).contains("for <"));
 }
 
-#[tokio::test]
-async fn sequence_errors() {
-    let mut t = TestSession::start(SessionConfig {
+/// A session that drops the client only after 20 errors (the tests make many on purpose).
+fn tolerant() -> SessionConfig {
+    SessionConfig {
         max_errors: 20,
         ..test_config()
-    })
-    .await;
+    }
+}
+
+#[tokio::test]
+async fn sequence_errors() {
+    let mut t = TestSession::start(tolerant()).await;
     let r = t.cmd("MAIL FROM:<a@b.example>", 503).await;
     assert_eq!(r.enhanced, Some(mta_types::Enhanced::new(5, 5, 1)));
     t.cmd("NOOP", 250).await;
@@ -293,11 +297,7 @@ async fn sequence_errors() {
 
 #[tokio::test]
 async fn replies_to_misc_commands() {
-    let mut t = TestSession::start(SessionConfig {
-        max_errors: 20,
-        ..test_config()
-    })
-    .await;
+    let mut t = TestSession::start(tolerant()).await;
     t.cmd("HELO client.example", 250).await;
     t.cmd("MAIL FROM:<a@b.example> SIZE=10", 555).await;
     t.cmd("VRFY root", 252).await;
