@@ -42,6 +42,12 @@ impl Peer {
         }
     }
 
+    /// Expects `code` and answers it with `reply` carrying `data`.
+    async fn answer(&mut self, code: u8, reply: u8, data: &[u8]) {
+        self.expect(code).await;
+        self.send(reply, data).await;
+    }
+
     /// Expects `code` carrying `data`, and lets the MTA go on.
     async fn continue_after(&mut self, code: u8, data: &[u8]) {
         let (got, _) = self.expect(code).await;
@@ -103,15 +109,21 @@ async fn a_whole_session_with_modifications() {
             .await;
         let (_, macros) = peer.expect(cmd::BODYEOB).await;
         assert_eq!(macros, b"Ei\0QID\0");
-        peer.send(reply::ADDHEADER, b"X-Spam\0yes\0").await;
-        peer.send(reply::PROGRESS, b"").await;
-        peer.send(reply::CHGHEADER, b"\0\0\0\x01Subject\0\0").await;
-        peer.send(reply::ADDRCPT, b"<new@y>\0").await;
-        peer.send(reply::DELRCPT, b"<r@y>\0").await;
-        peer.send(reply::CHGFROM, b"<other@x>\0").await;
-        peer.send(reply::REPLBODY, b"replaced\r\n").await;
-        peer.send(reply::QUARANTINE, b"looks odd\0").await;
-        peer.send(reply::ACCEPT, b"").await;
+        // The end-of-message answer: modifications (and a progress note), then ACCEPT.
+        let answer: [(u8, &[u8]); 9] = [
+            (reply::ADDHEADER, b"X-Spam\0yes\0"),
+            (reply::PROGRESS, b""),
+            (reply::CHGHEADER, b"\0\0\0\x01Subject\0\0"),
+            (reply::ADDRCPT, b"<new@y>\0"),
+            (reply::DELRCPT, b"<r@y>\0"),
+            (reply::CHGFROM, b"<other@x>\0"),
+            (reply::REPLBODY, b"replaced\r\n"),
+            (reply::QUARANTINE, b"looks odd\0"),
+            (reply::ACCEPT, b""),
+        ];
+        for (code, data) in answer {
+            peer.send(code, data).await;
+        }
         peer.expect(cmd::QUIT).await;
     };
     let mta_side = async {
@@ -175,8 +187,7 @@ async fn events_not_wanted_are_not_sent_and_unanswered_ones_wait() {
         peer.expect(cmd::HEADER).await;
         peer.expect(cmd::HEADER).await;
         peer.expect(cmd::EOH).await;
-        peer.expect(cmd::BODYEOB).await;
-        peer.send(reply::CONTINUE, b"").await;
+        peer.answer(cmd::BODYEOB, reply::CONTINUE, b"").await;
     };
     let mta_side = async {
         let client = "127.0.0.1:1".parse().unwrap();
@@ -195,8 +206,7 @@ async fn events_not_wanted_are_not_sent_and_unanswered_ones_wait() {
 async fn a_reject_during_the_headers_ends_the_message() {
     let (mut m, mut peer) = pair(0).await;
     let milter_side = async {
-        peer.expect(cmd::HEADER).await;
-        peer.send(reply::REJECT, b"").await;
+        peer.answer(cmd::HEADER, reply::REJECT, b"").await;
     };
     let mta_side = async { m.message(&Message::parse(CONTENT, 1), &[]).await.unwrap() };
     let ((), eom) = tokio::join!(milter_side, mta_side);
@@ -208,13 +218,11 @@ async fn skip_stops_the_body() {
     let (mut m, mut peer) = pair(protocol::SKIP | protocol::NOHDRS).await;
     let big = [b"Subject: x\r\n\r\n".as_slice(), &vec![b'a'; 200_000]].concat();
     let milter_side = async {
-        peer.expect(cmd::EOH).await;
-        peer.send(reply::CONTINUE, b"").await;
+        peer.answer(cmd::EOH, reply::CONTINUE, b"").await;
         let (chunk, _) = peer.expect(cmd::BODY).await;
         assert_eq!(chunk.len(), proto::MAX_BODY_CHUNK);
         peer.send(reply::SKIP, b"").await;
-        peer.expect(cmd::BODYEOB).await;
-        peer.send(reply::DISCARD, b"").await;
+        peer.answer(cmd::BODYEOB, reply::DISCARD, b"").await;
     };
     let mta_side = async { m.message(&Message::parse(&big, 0), &[]).await.unwrap() };
     let ((), eom) = tokio::join!(milter_side, mta_side);
@@ -270,8 +278,7 @@ async fn garbage_and_a_closed_connection_are_errors() {
 async fn a_modification_before_end_of_message_is_garbage() {
     let (mut m, mut peer) = pair(0).await;
     let milter_side = async {
-        peer.expect(cmd::RCPT).await;
-        peer.send(reply::ADDHEADER, b"X\0y\0").await;
+        peer.answer(cmd::RCPT, reply::ADDHEADER, b"X\0y\0").await;
     };
     let (_, r) = tokio::join!(milter_side, m.rcpt(&["<a@b>"], &[]));
     assert!(matches!(
