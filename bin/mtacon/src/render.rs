@@ -281,6 +281,35 @@ fn time(ms: u64) -> String {
     format!("{} ago", age(Some(ms)))
 }
 
+/// The lines `show message` starts with, for a queued message and a tracked one alike.
+struct Head<'a> {
+    id: String,
+    state: String,
+    note: Option<&'a str>,
+    received: String,
+    auth: Option<&'a str>,
+    /// Without the angle brackets; empty for `<>`.
+    return_path: String,
+    size: String,
+}
+
+impl Head<'_> {
+    fn write(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "Queue ID:     {}", self.id);
+        let _ = writeln!(out, "State:        {}", self.state);
+        if let Some(note) = self.note {
+            let _ = writeln!(out, "Reason:       {note}");
+        }
+        let _ = writeln!(out, "Received:     {}", self.received);
+        if let Some(user) = self.auth {
+            let _ = writeln!(out, "Auth-User:    {user}");
+        }
+        let _ = writeln!(out, "Return-Path:  <{}>", self.return_path);
+        let _ = writeln!(out, "Size:         {}", self.size);
+    }
+}
+
 /// `show message`: envelope, parsed fields, state, and each recipient's history.
 fn message_text(r: &MessageRecord) -> String {
     use std::fmt::Write as _;
@@ -290,29 +319,26 @@ fn message_text(r: &MessageRecord) -> String {
         Location::Held { from } => format!("Held (from {from})"),
         other => other.label().to_string(),
     };
-    let from = r.envelope.return_path();
-    let _ = writeln!(out, "Queue ID:     {}", r.id);
-    let _ = writeln!(out, "State:        {state}");
-    if let Some(note) = &r.note {
-        let _ = writeln!(out, "Reason:       {note}");
+    let env = &r.envelope;
+    Head {
+        id: r.id.to_string(),
+        state,
+        note: r.note.as_deref(),
+        received: format!(
+            "{} from {} [{}] ({})",
+            time(r.received_at),
+            env.helo,
+            env.client_ip,
+            env.protocol
+        ),
+        auth: env.auth.as_deref(),
+        return_path: env.return_path(),
+        size: format!(
+            "{} bytes (spool {} @{})",
+            r.size, r.content.segment, r.content.offset
+        ),
     }
-    let _ = writeln!(
-        out,
-        "Received:     {} from {} [{}] ({})",
-        time(r.received_at),
-        r.envelope.helo,
-        r.envelope.client_ip,
-        r.envelope.protocol
-    );
-    if let Some(user) = &r.envelope.auth {
-        let _ = writeln!(out, "Auth-User:    {user}");
-    }
-    let _ = writeln!(out, "Return-Path:  <{from}>");
-    let _ = writeln!(
-        out,
-        "Size:         {} bytes (spool {} @{})",
-        r.size, r.content.segment, r.content.offset
-    );
+    .write(&mut out);
     if let Some(ret) = r.envelope.ret {
         let _ = writeln!(out, "RET:          {ret:?}");
     }
@@ -414,26 +440,16 @@ fn attempt_lines(out: &mut String, attempts: &[mta_types::message::Attempt]) {
 fn history_text(h: &mta_types::tracking::TrackEntry) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Queue ID:     {} (from the message tracking history)",
-        h.id
-    );
-    let _ = writeln!(out, "State:        {}", h.state);
-    if let Some(note) = &h.note {
-        let _ = writeln!(out, "Reason:       {note}");
+    Head {
+        id: format!("{} (from the message tracking history)", h.id),
+        state: h.state.clone(),
+        note: h.note.as_deref(),
+        received: format!("{} from [{}]", time(h.received_at), h.client_ip),
+        auth: h.auth.as_deref(),
+        return_path: h.from.clone(),
+        size: format!("{} bytes", h.size),
     }
-    let _ = writeln!(
-        out,
-        "Received:     {} from [{}]",
-        time(h.received_at),
-        h.client_ip
-    );
-    if let Some(user) = &h.auth {
-        let _ = writeln!(out, "Auth-User:    {user}");
-    }
-    let _ = writeln!(out, "Return-Path:  <{}>", h.from);
-    let _ = writeln!(out, "Size:         {} bytes", h.size);
+    .write(&mut out);
     if let Some(m) = &h.message_id {
         let _ = writeln!(out, "Message-ID:   <{m}>");
     }
