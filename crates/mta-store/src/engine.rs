@@ -3,9 +3,9 @@
 //! `service` wraps it.
 
 use crate::durability::StoreFiles;
-use crate::format;
 use crate::keys;
 use crate::stats::Deltas;
+use mta_store_types::record_codec;
 use mta_store_types::{Change, DestinationRow, QueueCounts, StoreError, TrackCursor};
 use mta_types::message::RECORD_SCHEMA;
 use mta_types::{Location, MessageRecord, QueueId, QueueName, RcptStatus};
@@ -321,7 +321,7 @@ impl Engine {
     /// Decodes a stored record; an unreadable one becomes a Dead placeholder (see
     /// `damaged_placeholder`), so one bad value never stops a queue.
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-        format::decode(bytes).map_err(|e| StoreError::Corrupt {
+        record_codec::decode(bytes).map_err(|e| StoreError::Corrupt {
             id: keys::id_of_record_key(key)
                 .map(|id| id.to_string())
                 .unwrap_or_else(|| format!("{key:?}")),
@@ -481,7 +481,7 @@ impl Engine {
                     insert_index(&mut batch, id, &ix);
                     index.add(&ix, 1, r.note.as_ref());
                     index.mark(&r.content);
-                    batch.insert(&keys::record(id)[..], format::encode(&r));
+                    batch.insert(&keys::record(id)[..], record_codec::encode(&r));
                     staged.insert(id, Some(r));
                 }
                 None => {

@@ -3,7 +3,7 @@
 //!
 //! | key | value | what |
 //! |---|---|---|
-//! | `m` id | record (`format.rs`) | the message record |
+//! | `m` id | record (`record_codec`) | the message record |
 //! | `q` loc due id | – | the due index: each location's records by next attempt time (0 for parked locations, so they list in arrival order) |
 //! | `d` loc domain 0 due id | – | the destination index: one key per distinct domain among the record's pending recipients |
 //! | `D` loc domain 0 | `DestSummary` | per (location, destination): messages and the last error |

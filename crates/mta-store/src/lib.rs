@@ -7,7 +7,8 @@
 //! so the tasks link it and not the engine; `mta-ipc` carries it on the wire.
 //!
 //! Schema: one sled tree, keys by prefix (`keys.rs`); records in the store's own
-//! versioned format (`format.rs`). Every index and count a view or a poll needs is kept
+//! versioned format (`mta_store_types::record_codec`, shared with isesctl's spool
+//! envelopes). Every index and count a view or a poll needs is kept
 //! in the same atomic batch as the record change that causes it, so a poll reads only
 //! what is due and a view reads counters, never the whole queue.
 //!
@@ -19,7 +20,6 @@
 
 mod durability;
 mod engine;
-pub mod format;
 mod keys;
 mod leases;
 mod service;

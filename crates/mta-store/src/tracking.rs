@@ -24,9 +24,9 @@
 //! prefixes `LEGACY`; `prune_legacy` removes them a chunk at a time.
 
 use crate::engine::sled_err;
-use crate::format;
 use crate::keys;
 use crate::tracklog::TrackLog;
+use mta_store_types::record_codec;
 use mta_store_types::TrackCursor;
 use mta_types::tracking::{normalize_message_id, TrackEntry};
 use mta_types::{Location, MessageRecord, QueueId};
@@ -127,7 +127,7 @@ pub fn get(
     id: QueueId,
 ) -> Result<Option<TrackEntry>, crate::StoreError> {
     if let Some(v) = tree.get(keys::record(id)).map_err(sled_err)? {
-        let r = format::decode(&v).map_err(|e| crate::StoreError::Corrupt {
+        let r = record_codec::decode(&v).map_err(|e| crate::StoreError::Corrupt {
             id: id.to_string(),
             reason: e.to_string(),
         })?;
@@ -221,7 +221,7 @@ pub fn query(
                 let Some(id) = keys::id_at_end(&k) else {
                     continue;
                 };
-                match format::decode(&v) {
+                match record_codec::decode(&v) {
                     Ok(r) => {
                         let e = of_record(&r);
                         if filter.hit(&e) {

@@ -6,8 +6,12 @@
 //! `Durability`, look up, views) and what it answers (`StoreResponse`), the views' rows,
 //! the `track` cursor, and `StoreError`, the one error for everything that can go wrong
 //! with the store, whether the store itself sees it (sled, its files) or a task on the
-//! other side of the socket does. No sled type and no I/O here: the tasks link this crate,
-//! not sled.
+//! other side of the socket does. And `record_codec`, the versioned bytes of a
+//! `MessageRecord` on disk: the store's values and the envelopes isesctl writes beside each
+//! message's content in the spool, one codec for both. No sled type and no I/O here: the
+//! tasks link this crate, not sled.
+
+pub mod record_codec;
 
 use mta_types::{Location, MessageRecord, QueueId, QueueName};
 use serde::{Deserialize, Serialize};

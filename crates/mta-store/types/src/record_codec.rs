@@ -1,8 +1,11 @@
-//! The store's on-disk record format: its own versioned type, independent of the IPC wire
-//! frame (bincode, in `mta-ipc`), so that a change of the wire format is not a disk
-//! migration.
+//! The versioned on-disk format of a `MessageRecord`, independent of the IPC wire frame
+//! (bincode, in `mta-ipc`), so that a change of the wire format is not a disk migration.
+//! Two writers use it: the store for its values (`mta-store`), and isesctl for the envelope
+//! it writes beside each message's content in the spool (the record the supervisor's
+//! `spool_recovery` puts back if the store lost it). It lives here, not in `mta-store`, so
+//! that isesctl links it without linking sled.
 //!
-//! A stored value is `b'R'`, a format version byte, then the record in postcard (a compact,
+//! A value is `b'R'`, a format version byte, then the record in postcard (a compact,
 //! maintained serde format). The current version holds `MessageRecord` as this build
 //! defines it; a change to that type bumps `VERSION` and adds a decoder for the old version
 //! here (postcard is positional: a field added anywhere changes the layout).
@@ -16,12 +19,14 @@
 //!
 //! Values written by the first store (before this format) carry no tag: they are the wire
 //! codec's bytes. `decode` still reads them, so an old queue comes up; `Engine::open`
-//! rewrites them in this format once (see `Engine::rebuild`).
+//! rewrites them in this format once (see `Engine::rebuild`). Spool envelopes were never
+//! written that way (JSON before this codec): their reader checks for the tag first.
 
 use mta_types::message::ParsedFields;
 use mta_types::MessageRecord;
 
-const TAG: u8 = b'R';
+/// The first byte of every tagged value.
+pub const TAG: u8 = b'R';
 pub const VERSION: u8 = 3;
 
 /// The layouts of versions 1 and 2 (and of the untagged first store, laid out as version 1),
