@@ -3,8 +3,8 @@
 //! One actor task owns this process's spool writer. A session's `deliver` sends its
 //! message here and waits; the actor takes the first message waiting, then every other
 //! one already queued (up to `MAX_BATCH`), appends each message's record (the frame's
-//! envelope) and content to the spool segment, syncs the spool ONCE — the one device
-//! wait of the 250 — then commits all their records to the Inbound Work Queue in ONE
+//! envelope, in the store's record codec) and content to the spool segment, syncs the
+//! spool ONCE — the one device wait of the 250 — then commits all their records to the Inbound Work Queue in ONE
 //! store transaction, *spooled* (`Durability::Spooled`: the reply comes once the store has
 //! applied it, and its flush follows within half a second; should a crash come first, the
 //! supervisor puts the records back from the spool at its next start, `spool_recovery`),
@@ -21,6 +21,7 @@ use mta_ipc::store::Change;
 use mta_ipc::{Kicker, StoreClient};
 use mta_smtp::Reply;
 use mta_spool::SpoolWriter;
+use mta_store_types::record_codec;
 use mta_task::TaskContext;
 use mta_types::message::{
     now_ms, ContentRef, HopTrace, Location, MessageRecord, Recipient, RECORD_SCHEMA,
@@ -345,18 +346,10 @@ fn write_batch(
     }
     for mut job in batch {
         let content = std::mem::take(&mut job.content);
-        // The message's first record goes beside its content, so a queue store that lost
-        // it can be rebuilt from the spool (the supervisor's `spool_recovery`).
-        // It is what `spool_recovery` puts back should the store lose the commit: a message
-        // without one is not accepted.
-        let envelope = match serde_json::to_vec(&job.record) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                tracing::warn!(qid = %job.record.id, error = %e, "cannot encode the spool envelope: message not accepted");
-                written.push((job, Err(Reply::local_error())));
-                continue;
-            }
-        };
+        // The message's first record goes beside its content, in the store's own record
+        // codec: it is what the supervisor's `spool_recovery` puts back should the store
+        // lose the commit, and what rebuilds a damaged store.
+        let envelope = record_codec::encode(&job.record);
         let result = spool.append_with_envelope(&envelope, &[&content]).map_err(|e| {
             tracing::warn!(qid = %job.record.id, error = %e, "spool write failed: message not accepted");
             spool_reply(&e)

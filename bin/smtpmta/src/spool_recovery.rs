@@ -1,9 +1,11 @@
 //! What the spool knows that the queue store may not: recovery at each start.
 //!
-//! isesctl writes each message's first record as the envelope of its spool frame, syncs
-//! the spool, then commits the records *spooled* (`Durability::Spooled`): applied in the
-//! store, on disk with the store's next flush (half a second at most). A crash or power
-//! loss in between leaves acknowledged messages whose records only the spool holds.
+//! isesctl writes each message's first record as the envelope of its spool frame (in the
+//! store's versioned record codec, `mta_store_types::record_codec`; the previous release
+//! wrote JSON, still read: `envelope_record`), syncs the spool, then commits the records
+//! *spooled* (`Durability::Spooled`): applied in the store, on disk with the store's next
+//! flush (half a second at most). A crash or power loss in between leaves acknowledged
+//! messages whose records only the spool holds.
 //! `replay_unsaved` puts them back, at every start, before any task runs:
 //!
 //! - Every record the store applies moves its segment's *spool mark* forward to the end of
@@ -37,7 +39,8 @@
 
 use anyhow::Context;
 use mta_ipc::store::Change;
-use mta_store::StoreService;
+use mta_store::types::record_codec::{self, FormatError};
+use mta_store::{Engine, StoreService};
 use mta_types::{Location, MessageRecord};
 use std::path::Path;
 
@@ -108,24 +111,15 @@ fn rebuild(store: &StoreService, spool_dir: &Path) -> anyhow::Result<Recovered> 
             if frame.envelope.is_empty() || failure.is_some() {
                 return;
             }
-            let Some(mut record) = envelope_record(&frame.envelope) else {
-                found.unreadable += 1;
-                tracing::warn!(
-                    "spool segment {} offset {}: an envelope that cannot be read; its message is not rebuilt",
-                    frame.content.segment,
-                    frame.content.offset
-                );
+            let Some(mut record) = lost_record(
+                engine,
+                &frame,
+                &mut found.present,
+                &mut found.unreadable,
+                "its message is not rebuilt",
+            ) else {
                 return;
             };
-            match engine.get(record.id) {
-                Ok(Some(_)) => {
-                    found.present += 1;
-                    return;
-                }
-                Ok(None) => {}
-                // An unreadable record is quarantined when met; it is there.
-                Err(_) => return,
-            }
             record.location = Location::Dead;
             record.note = Some(format!(
                 "rebuilt from spool segment {} offset {} after the queue store was damaged; it may \
@@ -160,9 +154,66 @@ fn rebuild(store: &StoreService, spool_dir: &Path) -> anyhow::Result<Recovered> 
     Ok(found)
 }
 
-/// The record isesctl wrote as a frame's envelope.
-fn envelope_record(envelope: &[u8]) -> Option<MessageRecord> {
-    serde_json::from_slice::<MessageRecord>(envelope).ok()
+/// Why a frame's envelope gives no record.
+#[derive(Debug, thiserror::Error)]
+enum EnvelopeError {
+    #[error("an envelope that cannot be read: {0}")]
+    Codec(#[from] FormatError),
+    #[error("an envelope of the previous release (JSON) that cannot be read: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("an envelope that cannot be read: it starts with byte {0:#04x}, neither the record codec's tag nor JSON")]
+    Unknown(u8),
+    #[error("an empty envelope")]
+    Empty,
+}
+
+/// The record isesctl wrote as a frame's envelope: in the store's record codec, or, written
+/// by the previous release, in JSON (read for one release; then this match loses its
+/// JSON arm and smtpmta its only use of serde_json for records).
+///
+/// The first byte tells them apart without ambiguity: every codec value starts with its
+/// tag `R` (0x52), and serde_json writes a record (a struct) as an object with no leading
+/// white space, so it starts with `{` (0x7B). No JSON text starts with `R` and no codec
+/// value with `{`. The codec's untagged legacy form (the store's first records, bincode)
+/// was never an envelope, so untagged bytes are not tried as one: they are an error.
+fn envelope_record(envelope: &[u8]) -> Result<MessageRecord, EnvelopeError> {
+    match envelope.first() {
+        Some(&record_codec::TAG) => Ok(record_codec::decode(envelope)?),
+        Some(b'{') => Ok(serde_json::from_slice(envelope)?),
+        Some(&other) => Err(EnvelopeError::Unknown(other)),
+        None => Err(EnvelopeError::Empty),
+    }
+}
+
+/// The record in a frame's envelope if the store has none with its queue ID: what the
+/// rebuild and the replay put back. Counts a frame whose record the store has in `present`
+/// (a record it cannot read is there too: a claim that meets it quarantines it), and one
+/// whose envelope cannot be read in `unreadable`, logging why and what is `not_done`.
+fn lost_record(
+    engine: &Engine,
+    frame: &mta_spool::Frame,
+    present: &mut u64,
+    unreadable: &mut u64,
+    not_done: &str,
+) -> Option<MessageRecord> {
+    match envelope_record(&frame.envelope) {
+        Err(e) => {
+            *unreadable += 1;
+            tracing::warn!(
+                "spool segment {} offset {}: {e}; {not_done}",
+                frame.content.segment,
+                frame.content.offset
+            );
+            None
+        }
+        Ok(record) => match engine.get(record.id) {
+            Ok(None) => Some(record),
+            Ok(Some(_)) | Err(_) => {
+                *present += 1;
+                None
+            }
+        },
+    }
 }
 
 #[derive(Debug, Default)]
@@ -222,18 +273,15 @@ fn replay_segment(
         if frame.envelope.is_empty() {
             return;
         }
-        let Some(mut record) = envelope_record(&frame.envelope) else {
-            found.skipped += 1;
-            tracing::warn!(
-                "spool segment {segment} offset {}: an envelope that cannot be read after the store's mark; its message is not put back",
-                frame.content.offset
-            );
+        let Some(mut record) = lost_record(
+            engine,
+            &frame,
+            &mut found.present,
+            &mut found.skipped,
+            "after the store's mark, its message is not put back",
+        ) else {
             return;
         };
-        if !matches!(engine.get(record.id), Ok(None)) {
-            found.present += 1;
-            return;
-        }
         if let Err(e) = mta_spool::read(spool_dir, &frame.content) {
             found.skipped += 1;
             tracing::warn!(
@@ -259,4 +307,150 @@ fn replay_segment(
         tracing::info!("{e}: the frames from there on were never acknowledged");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_types::message::{ContentRef, Envelope as MailEnvelope, HopTrace, Notify, Ret};
+    use mta_types::message::{Recipient, RECORD_SCHEMA};
+    use mta_types::{QueueId, QueueName};
+
+    /// A record as isesctl's intake writes it into the envelope: two recipients, DSN
+    /// parameters, an authenticated client, no content reference yet.
+    fn intake_record(id: QueueId) -> MessageRecord {
+        let mut envelope = MailEnvelope::new(
+            Some("alice@example.org".parse().unwrap()),
+            "client.example.org",
+            "192.0.2.7",
+            "ESMTPS",
+        );
+        envelope.envid = Some("QQ314159".into());
+        envelope.ret = Some(Ret::Hdrs);
+        envelope.eight_bit = true;
+        envelope.auth = Some("alice".into());
+        let mut bob = Recipient::new("bob@example.net".parse().unwrap());
+        bob.orcpt = Some("rfc822;bob@example.net".into());
+        bob.notify = Some(Notify {
+            never: false,
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        MessageRecord {
+            schema: RECORD_SCHEMA,
+            id,
+            location: Location::Queue(QueueName::InboundWork),
+            received_at: 1_796_000_000_000,
+            size: 2345,
+            envelope,
+            recipients: vec![bob, Recipient::new("carol@localhost".parse().unwrap())],
+            content: ContentRef {
+                segment: String::new(),
+                offset: 0,
+                len: 2345,
+            },
+            fields: None,
+            trace: HopTrace::default(),
+            not_before: 0,
+            note: None,
+        }
+    }
+
+    /// `intake_record(QueueId::from_u64(0x0123_4567_89ab_cdef))` as the previous release's
+    /// isesctl wrote it (`serde_json::to_vec`), kept as text: a change to `MessageRecord`
+    /// that would leave such envelopes unread fails here.
+    const JSON_ENVELOPE: &str = r#"{"schema":4,"id":81985529216486895,"location":{"Queue":"InboundWork"},"received_at":1796000000000,"size":2345,"envelope":{"mail_from":{"local":"alice","domain":"example.org"},"ret":"Hdrs","envid":"QQ314159","helo":"client.example.org","client_ip":"192.0.2.7","protocol":"ESMTPS","utf8":false,"eight_bit":true,"auth":"alice"},"recipients":[{"address":{"local":"bob","domain":"example.net"},"orcpt":"rfc822;bob@example.net","notify":{"never":false,"success":true,"failure":true,"delay":false},"status":"Pending","attempts":[],"next_retry":null,"delay_reported":false,"final_reported":false},{"address":{"local":"carol","domain":"localhost"},"orcpt":null,"notify":null,"status":"Pending","attempts":[],"next_retry":null,"delay_reported":false,"final_reported":false}],"content":{"segment":"","offset":0,"len":2345},"fields":null,"trace":{"hop_count":0,"route":[],"origin":"Received"},"not_before":0,"note":null}"#;
+
+    #[test]
+    fn an_envelope_in_the_record_codec_reads_back_as_the_record() {
+        let record = intake_record(QueueId::generate());
+        let envelope = record_codec::encode(&record);
+        assert_eq!(envelope[0], record_codec::TAG);
+        assert_eq!(envelope_record(&envelope).unwrap(), record);
+    }
+
+    #[test]
+    fn a_json_envelope_of_the_previous_release_is_still_read() {
+        let record = envelope_record(JSON_ENVELOPE.as_bytes()).unwrap();
+        assert_eq!(
+            record,
+            intake_record(QueueId::from_u64(0x0123_4567_89ab_cdef))
+        );
+    }
+
+    #[test]
+    fn a_damaged_envelope_is_an_error_that_says_so() {
+        let envelope = record_codec::encode(&intake_record(QueueId::generate()));
+        // Every cut of a codec envelope and of a JSON one.
+        for cut in 1..envelope.len() {
+            let e = envelope_record(&envelope[..cut]).unwrap_err();
+            assert!(matches!(e, EnvelopeError::Codec(_)), "cut at {cut}: {e}");
+        }
+        for cut in 1..JSON_ENVELOPE.len() {
+            let e = envelope_record(&JSON_ENVELOPE.as_bytes()[..cut]).unwrap_err();
+            assert!(matches!(e, EnvelopeError::Json(_)), "cut at {cut}: {e}");
+        }
+        let mut newer = envelope.clone();
+        newer[1] = record_codec::VERSION + 1;
+        let mut no_version = envelope.clone();
+        no_version[1] = 0;
+        let mut garbled = envelope.clone();
+        garbled[0] = 0;
+        for (bytes, says) in [
+            (&newer[..], "newer than this build reads"),
+            (&no_version[..], "no such format version"),
+            (&garbled[..], "starts with byte 0x00"),
+            (&[][..], "empty"),
+        ] {
+            let e = envelope_record(bytes).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    /// After an upgrade the spool holds envelopes of both releases: the replay puts back
+    /// the records the store lost from either, counts the one it has and skips the one it
+    /// cannot read.
+    #[test]
+    fn the_replay_puts_back_lost_records_from_json_and_codec_envelopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        std::fs::create_dir(&spool_dir).unwrap();
+        let store = StoreService::open(&dir.path().join("store"), None).unwrap();
+        // The first start keeps marks from then on.
+        replay_unsaved(&store, &spool_dir).unwrap();
+
+        let committed = intake_record(QueueId::generate());
+        let from_json = intake_record(QueueId::from_u64(0x0123_4567_89ab_cdef));
+        let from_codec = intake_record(QueueId::generate());
+        let mut spool = mta_spool::SpoolWriter::open(&spool_dir, "isesctl").unwrap();
+        let mut append = |envelope: &[u8]| {
+            spool
+                .append_with_envelope(envelope, &[b"Subject: x\r\n\r\nbody\r\n"])
+                .unwrap()
+        };
+        let mut stored = committed.clone();
+        stored.content = append(&record_codec::encode(&committed));
+        let json_at = append(JSON_ENVELOPE.as_bytes());
+        let codec_at = append(&record_codec::encode(&from_codec));
+        append(b"\x00 not an envelope");
+        // A frame after the mark whose record the store has.
+        append(&record_codec::encode(&committed));
+        spool.sync().unwrap();
+        // Its commit moves the mark past the first frame: the four after it are replayed.
+        store.engine().apply(&[Change::Put(stored)]).unwrap();
+
+        let found = replay_unsaved(&store, &spool_dir).unwrap();
+        assert_eq!(
+            (found.replayed, found.present, found.skipped),
+            (2, 1, 1),
+            "{found:?}"
+        );
+        for (record, at) in [(from_json, json_at), (from_codec, codec_at)] {
+            let back = store.engine().get(record.id).unwrap().expect("put back");
+            assert_eq!(back.content, at);
+            assert_eq!(back.location, Location::Queue(QueueName::InboundWork));
+            assert_eq!(back.recipients, record.recipients);
+        }
+    }
 }

@@ -13,7 +13,8 @@
 //! **Frames.** In a segment (`….seg2`) each message is written as
 //! - an envelope head (12 bytes: `SPE1`, the envelope's length and CRC-32),
 //! - the envelope: the writer's own description of the message (isesctl writes the
-//!   message's first queue record as JSON; other writers write none),
+//!   message's first queue record in the store's record codec, JSON before that; other
+//!   writers write none; this crate does not look inside),
 //! - a content frame (16 bytes: `SPC1`, the content's CRC-32 and length),
 //! - the content, where the record's `ContentRef` points.
 //!

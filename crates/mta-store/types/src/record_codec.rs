@@ -312,6 +312,12 @@ pub fn decode(bytes: &[u8]) -> Result<MessageRecord, FormatError> {
                 reason: e.to_string(),
             }),
         [TAG, v, ..] if *v > VERSION => Err(FormatError::Newer(*v)),
+        // The first store's untagged values never start with the tag (their first byte is
+        // the low byte of the record's schema number, which never reached 82), so this is damage.
+        [TAG, rest @ ..] => Err(FormatError::Undecodable {
+            version: rest.first().copied().unwrap_or(0),
+            reason: "no such format version".into(),
+        }),
         legacy => {
             let record: old::Record<old::FieldsV1> =
                 legacy_decode(legacy).map_err(|e| FormatError::Undecodable {
