@@ -48,14 +48,7 @@ pub async fn prune_schedule(sup: Arc<Supervisor>) {
 
 /// One page of `track`.
 pub fn track(sup: &Supervisor, q: &TrackQuery) -> ConsoleReply {
-    let query = mta_store::tracking::Query {
-        from: q.from.clone(),
-        to: q.to.clone(),
-        since_ms: q.since_ms,
-        message_id: q.message_id.clone(),
-        after: q.after,
-    };
-    match sup.store.engine().track(&query, PAGE_ROWS) {
+    match sup.store.engine().track(q, PAGE_ROWS) {
         Ok((rows, next)) => ConsoleReply::Track(TrackPage { rows, next }),
         Err(e) => ConsoleReply::Error(format!("queue store: {e}")),
     }

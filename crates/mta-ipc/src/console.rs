@@ -513,7 +513,7 @@ impl ConsoleCommand {
                 qid: words[1].to_string(),
             }),
             ["bounce", ..] => Err(UsageError::from("usage: bounce <queue-id>")),
-            ["track", ..] => crate::tracking::TrackQuery::parse(&words[1..])
+            ["track", ..] => crate::tracking::parse_query(&words[1..])
                 .map(ConsoleCommand::Track)
                 .map_err(UsageError),
             ["delete", _] => Ok(ConsoleCommand::Delete {

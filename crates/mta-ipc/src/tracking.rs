@@ -6,7 +6,7 @@
 //! finished ones from the tracking log (in the order they finished): a `TrackCursor`
 //! says which part a page ended in and where.
 
-pub use mta_store_types::TrackCursor;
+pub use mta_store_types::{TrackCursor, TrackQuery};
 use mta_types::tracking::TrackEntry;
 use serde::{Deserialize, Serialize};
 
@@ -16,51 +16,36 @@ pub const PAGE_ROWS: usize = 50;
 pub const MAX_ROWS: usize = 500;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackQuery {
-    /// The return path (`from=<>` finds delivery reports).
-    pub from: Option<String>,
-    pub to: Option<String>,
-    /// Arrived at or after (Unix ms).
-    pub since_ms: Option<u64>,
-    /// The Message-ID, with or without `<>`.
-    pub message_id: Option<String>,
-    /// Where the page starts (set by the console when it pages).
-    pub after: Option<TrackCursor>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackPage {
     pub rows: Vec<TrackEntry>,
     /// Where the next page starts; None: this was the last.
     pub next: Option<TrackCursor>,
 }
 
-impl TrackQuery {
-    /// `from=<addr> to=<addr> since=<time> id=<message-id>`, each optional, any order.
-    /// `since` is a duration ago (`30m`, `2h`, `7d`), a UTC date or time
-    /// (`2026-12-02`, `2026-12-02T14:30`, `2026-12-02T14:30:05`), or Unix seconds.
-    pub fn parse(words: &[&str]) -> Result<TrackQuery, String> {
-        let usage = "usage: track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]";
-        let mut q = TrackQuery::default();
-        for w in words {
-            let Some((key, value)) = w.split_once('=') else {
-                return Err(format!("`{w}` is not key=value; {usage}"));
-            };
-            let addr = || value.trim_matches(|c| c == '<' || c == '>').to_string();
-            match key.to_ascii_lowercase().as_str() {
-                "from" => q.from = Some(addr()),
-                "to" => q.to = Some(addr()),
-                "id" | "message-id" | "messageid" => q.message_id = Some(value.to_string()),
-                "since" => q.since_ms = Some(parse_since(value, mta_types::message::now_ms())?),
-                "after" => q.after = Some(value.parse()?),
-                other => return Err(format!("unknown key `{other}`; {usage}")),
-            }
+/// `from=<addr> to=<addr> since=<time> id=<message-id>`, each optional, any order.
+/// `since` is a duration ago (`30m`, `2h`, `7d`), a UTC date or time
+/// (`2026-12-02`, `2026-12-02T14:30`, `2026-12-02T14:30:05`), or Unix seconds.
+pub fn parse_query(words: &[&str]) -> Result<TrackQuery, String> {
+    let usage = "usage: track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]";
+    let mut q = TrackQuery::default();
+    for w in words {
+        let Some((key, value)) = w.split_once('=') else {
+            return Err(format!("`{w}` is not key=value; {usage}"));
+        };
+        let addr = || value.trim_matches(|c| c == '<' || c == '>').to_string();
+        match key.to_ascii_lowercase().as_str() {
+            "from" => q.from = Some(addr()),
+            "to" => q.to = Some(addr()),
+            "id" | "message-id" | "messageid" => q.message_id = Some(value.to_string()),
+            "since" => q.since_ms = Some(parse_since(value, mta_types::message::now_ms())?),
+            "after" => q.after = Some(value.parse()?),
+            other => return Err(format!("unknown key `{other}`; {usage}")),
         }
-        Ok(q)
     }
+    Ok(q)
 }
 
-/// See `TrackQuery::parse`.
+/// See [`parse_query`].
 pub fn parse_since(value: &str, now_ms: u64) -> Result<u64, String> {
     let bad = || {
         format!(
@@ -120,7 +105,7 @@ mod tests {
 
     #[test]
     fn parses_the_query_and_times() {
-        let q = TrackQuery::parse(&["from=<a@x.test>", "TO=b@y.test", "id=<m@x>"]).unwrap();
+        let q = parse_query(&["from=<a@x.test>", "TO=b@y.test", "id=<m@x>"]).unwrap();
         assert_eq!(q.from.as_deref(), Some("a@x.test"));
         assert_eq!(q.to.as_deref(), Some("b@y.test"));
         assert_eq!(q.message_id.as_deref(), Some("<m@x>"));
@@ -135,7 +120,7 @@ mod tests {
         );
         assert_eq!(parse_since("1796175000", 0).unwrap(), 1_796_175_000_000);
         assert!(parse_since("yesterday", 0).is_err());
-        assert!(TrackQuery::parse(&["who=me"]).is_err());
+        assert!(parse_query(&["who=me"]).is_err());
         for c in [
             TrackCursor::Log {
                 segment: 1_796_175_000_000,
@@ -143,9 +128,9 @@ mod tests {
             },
             TrackCursor::Queued(mta_types::QueueId::from_u64(77)),
         ] {
-            let q = TrackQuery::parse(&[&format!("after={c}")]).unwrap();
+            let q = parse_query(&[&format!("after={c}")]).unwrap();
             assert_eq!(q.after, Some(c));
         }
-        assert!(TrackQuery::parse(&["after=log-1"]).is_err());
+        assert!(parse_query(&["after=log-1"]).is_err());
     }
 }

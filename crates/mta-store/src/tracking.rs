@@ -153,14 +153,8 @@ pub fn get(
     Ok(found)
 }
 
-/// What `track` asks, normalised.
-pub struct Query {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub since_ms: Option<u64>,
-    pub message_id: Option<String>,
-    pub after: Option<TrackCursor>,
-}
+/// What `track` asks (the console's type, answered here as it comes).
+pub use mta_store_types::TrackQuery as Query;
 
 /// Most records or log entries one page reads (a page stays bounded however few of them
 /// match).

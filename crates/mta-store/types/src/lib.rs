@@ -180,6 +180,20 @@ pub enum StoreResponse {
     DiskFull(String),
 }
 
+/// What `track` asks (the console parses it, the store answers it): each part optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackQuery {
+    /// The return path (`from=<>` finds delivery reports).
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// Arrived at or after (Unix ms).
+    pub since_ms: Option<u64>,
+    /// The Message-ID, with or without `<>`.
+    pub message_id: Option<String>,
+    /// Where the page starts (set by the console when it pages).
+    pub after: Option<TrackCursor>,
+}
+
 /// Where a `track` page starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrackCursor {
