@@ -543,7 +543,7 @@ async fn accept_any(
 async fn refuse_draining(mut stream: TcpStream, hostname: &str, mode: ListenerMode) {
     use tokio::io::AsyncWriteExt as _;
     if mode != ListenerMode::Submissions {
-        let reply = mta_smtp::Reply::draining(hostname).to_string();
+        let reply = mta_smtp::Reply::draining(hostname).wire();
         let _ =
             tokio::time::timeout(Duration::from_secs(5), stream.write_all(reply.as_bytes())).await;
     }

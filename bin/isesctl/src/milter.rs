@@ -451,7 +451,7 @@ impl MilterSession {
             qid,
             "milter-reject: {stage} from [{}]: {}; from=<{}> milter={}",
             client_ip(env),
-            reply.to_string().trim_end().replace("\r\n", " "),
+            reply.wire().trim_end().replace("\r\n", " "),
             from.unwrap_or_default(),
             self.links[i].entry.name
         );

@@ -141,7 +141,7 @@ fn log_refusal(
         .qid
         .map(|q| q.to_string())
         .unwrap_or_else(|| "NOQUEUE".into());
-    let reply = reply.to_string().trim_end().replace("\r\n", " ");
+    let reply = reply.wire().trim_end().replace("\r\n", " ");
     let from = env.envelope.return_path();
     let to = rcpt.map(|r| format!(" to=<{r}>")).unwrap_or_default();
     let user = env
@@ -506,7 +506,7 @@ mod tests {
         let addr: Address = rcpt.parse().expect("address");
         match rcpt_verdict(config, &config.directory, ip.parse().unwrap(), &addr) {
             RcptVerdict::Accept => 250,
-            RcptVerdict::Reject(reply) => reply.code,
+            RcptVerdict::Reject(reply) => reply.code.expect("a reply we send has its code"),
         }
     }
 

@@ -412,7 +412,7 @@ fn rcpt_status(rc: &mta_types::Recipient) -> String {
         RcptStatus::Failed { at, status, reply } => {
             // Our own verdicts carry the same status: print it once.
             let said = if reply.code.is_none() && reply.status.as_ref() == Some(status) {
-                reply.text.clone()
+                reply.text()
             } else {
                 reply.to_string()
             };

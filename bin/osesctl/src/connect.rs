@@ -110,7 +110,7 @@ async fn greeted(env: &Env, target: &Target<'_>) -> Result<SmtpClient, OpenError
     )
     .await
     .map_err(|e| e.to_string())?;
-    if greeting.code / 100 != 2 {
+    if !greeting.is_completion() {
         client.quit().await;
         return Err(refused("greeting", &greeting));
     }
@@ -123,7 +123,7 @@ async fn ehlo(env: &Env, mut client: SmtpClient, what: &str) -> Result<SmtpClien
         .hello(&env.hostname)
         .await
         .map_err(|e| e.to_string())?;
-    if reply.code / 100 != 2 {
+    if !reply.is_completion() {
         client.quit().await;
         return Err(refused(what, &reply));
     }

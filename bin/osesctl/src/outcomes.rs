@@ -85,17 +85,13 @@ struct InFlight {
     changed: bool,
 }
 
-/// The enhanced code and text of a reply as kept in records: `250 2.0.0 Ok: queued`.
+/// The code, enhanced code and text of a server's reply: `250 2.0.0 Ok: queued`.
 pub fn reply_text(reply: &mta_smtp::Reply) -> String {
-    match reply.enhanced {
-        Some(e) => format!("{} {e} {}", reply.code, reply.text()),
-        None => format!("{} {}", reply.code, reply.text()),
+    let code = reply.code.unwrap_or_default();
+    match reply.status {
+        Some(e) => format!("{code} {e} {}", reply.text()),
+        None => format!("{code} {}", reply.text()),
     }
-}
-
-/// The enhanced status of a reply, or `X.0.0` from its code.
-pub fn reply_status(reply: &mta_smtp::Reply) -> Enhanced {
-    reply.status()
 }
 
 impl RcptOutcome {
@@ -104,7 +100,7 @@ impl RcptOutcome {
     pub fn of_reply(host: &str, reply: &mta_smtp::Reply) -> RcptOutcome {
         let host = host.to_string();
         let recorded = reply.recorded();
-        if reply.code / 100 == 2 {
+        if reply.is_completion() {
             RcptOutcome::Sent {
                 host,
                 reply: recorded,
@@ -112,7 +108,8 @@ impl RcptOutcome {
         } else if reply.is_permanent() {
             RcptOutcome::Bounced {
                 host,
-                status: reply_status(reply),
+                // The enhanced status, or 5.0.0 from the code.
+                status: reply.status_or((5, 0, 0)),
                 reply: recorded,
             }
         } else {

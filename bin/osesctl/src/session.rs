@@ -93,7 +93,7 @@ impl Session {
         let Some(data) = replies.data else {
             return Ok(results);
         };
-        if data.code != 354 {
+        if data.code != Some(354) {
             let outcome = RcptOutcome::of_reply(&self.label, &data);
             results.extend(accepted.iter().map(|i| (*i, outcome.clone())));
             return Ok(results);

@@ -505,7 +505,11 @@ async fn submit(
             if r.is_positive() {
                 Ok(())
             } else {
-                Err(format!("{what}: {} {}", r.code, r.text()))
+                Err(format!(
+                    "{what}: {} {}",
+                    r.code.unwrap_or_default(),
+                    r.text()
+                ))
             }
         };
         check("greeting", greeting)?;

@@ -28,7 +28,7 @@ use mta_config::LmtpConfig;
 use mta_smtp::client::SessionError;
 use mta_smtp::lmtp::{LmtpClient, Transaction, Transfer};
 use mta_types::outcome::Reply;
-use mta_types::{ContentRef, Endpoint, QueueId};
+use mta_types::{ContentRef, Endpoint, Enhanced, QueueId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -328,8 +328,8 @@ fn outcomes(pool: &Pool, server: &Server, job: &Job, t: Transfer) -> Vec<Mailbox
     t.replies
         .iter()
         .map(|reply| match reply {
-            Some(r) if r.code / 100 == 2 => {
-                MailboxOutcome::Delivered(r.to_string().trim_end().replace("\r\n", " "))
+            Some(r) if r.is_completion() => {
+                MailboxOutcome::Delivered(r.wire().trim_end().replace("\r\n", " "))
             }
             Some(r) if r.is_permanent() => MailboxOutcome::Failed(recorded(r)),
             Some(r) => MailboxOutcome::Deferred(recorded(r)),
@@ -340,7 +340,11 @@ fn outcomes(pool: &Pool, server: &Server, job: &Job, t: Transfer) -> Vec<Mailbox
 
 /// The reply as the record keeps it, with the `X.0.0` status when it has none.
 fn recorded(r: &mta_smtp::Reply) -> Reply {
-    Reply::remote(r.code, Some(r.status()), r.text())
+    let status = r.status_or(Enhanced::of_code(r.code.unwrap_or_default()));
+    Reply {
+        status: Some(status),
+        ..r.recorded()
+    }
 }
 
 fn deferred(status: (u8, u16, u16), why: String) -> MailboxOutcome {

@@ -280,7 +280,7 @@ pub fn record_outcome(
                 delivery.user,
                 if matches!(outcome, MailboxOutcome::Failed(_)) { "failed" } else { "deferred" },
                 reply.status_or((4, 3, 0)),
-                reply.text
+                reply.text()
             )
         }
         MailboxOutcome::Delivered(_) if levels.routing >= 40 => tracing::info!(
@@ -460,14 +460,14 @@ fn log_outcome(record: &MessageRecord, i: usize, now: UnixMillis, relay: &str, s
     };
     match &r.status {
         RcptStatus::Delivered { .. } => log(Enhanced::new(2, 0, 0), Outcome::Sent, sent),
-        RcptStatus::Failed { status, reply, .. } => log(*status, Outcome::Bounced, &reply.text),
+        RcptStatus::Failed { status, reply, .. } => log(*status, Outcome::Bounced, &reply.text()),
         RcptStatus::Pending => {
             let reply = r.attempts.last().and_then(|a| a.outcome.reply());
             let dsn = reply.map_or(Enhanced::new(4, 3, 0), |t| t.status_or((4, 3, 0)));
             log(
                 dsn,
                 Outcome::Deferred,
-                reply.map_or("", |t| t.text.as_str()),
+                &reply.map_or(String::new(), |t| t.text()),
             )
         }
         // Not written to a mailbox here (expansions are logged with the plan).

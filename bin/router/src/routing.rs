@@ -290,7 +290,8 @@ impl Routing<'_> {
                     r.next_retry = Some(next);
                     record.note = Some(format!(
                         "local delivery to {} deferred: {}",
-                        delivery.user, reply.text
+                        delivery.user,
+                        reply.text()
                     ));
                 }
             }
@@ -478,7 +479,7 @@ mod tests {
         let (plan, loc, rec) = route_new(&["nobody@localhost", "alice@localhost"]);
         assert_eq!(plan.bounced, vec![0]);
         assert!(matches!(status_of(&rec, "nobody@localhost"),
-            RcptStatus::Failed { status, reply, .. } if status.to_string() == "5.1.1" && reply.text == "user unknown"));
+            RcptStatus::Failed { status, reply, .. } if status.to_string() == "5.1.1" && reply.text() == "user unknown"));
         // A failure is reported to the sender: drt takes it from `reports`.
         assert_eq!(loc, Location::Queue(QueueName::Reports));
     }

@@ -462,7 +462,11 @@ async fn verify(s: Submission<'_>) -> ExitCode {
         if reply.is_positive() {
             println!("{rcpt}... deliverable");
         } else {
-            println!("{rcpt}... undeliverable: {} {}", reply.code, reply.text());
+            println!(
+                "{rcpt}... undeliverable: {} {}",
+                reply.code.unwrap_or_default(),
+                reply.text()
+            );
             let this = if reply.is_transient() {
                 EX_TEMPFAIL
             } else {
@@ -501,7 +505,11 @@ async fn submit(s: Submission<'_>, message: &[u8]) -> ExitCode {
         };
         fail(
             code,
-            format!("{what}: {} {}; the message was NOT sent", r.code, r.text()),
+            format!(
+                "{what}: {} {}; the message was NOT sent",
+                r.code.unwrap_or_default(),
+                r.text()
+            ),
         )
     };
     if !greeting.is_positive() {

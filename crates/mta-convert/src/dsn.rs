@@ -77,7 +77,7 @@ fn facts(r: &Recipient, action: ReportAction) -> Facts {
                 remote.to_string()
             } else {
                 let code = if status.is_permanent() { 550 } else { 450 };
-                format!("{code} {status} <{}>: {}", r.address, reply.text)
+                format!("{code} {status} <{}>: {}", r.address, reply.text())
             };
             Facts {
                 status: *status,

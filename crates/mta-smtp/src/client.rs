@@ -332,7 +332,7 @@ impl SmtpClient {
         if self.debug < 2 {
             return;
         }
-        let wire = reply.to_string();
+        let wire = reply.wire();
         for line in wire.split_terminator("\r\n") {
             tracing::info!(target: mta_types::DEBUG_TARGET, "SMTPClientDebug: < {line}");
         }
@@ -411,7 +411,7 @@ impl SmtpClient {
         server_name: rustls::pki_types::ServerName<'static>,
     ) -> Result<Result<TlsInfo, Reply>, SessionError> {
         let reply = self.command("STARTTLS").await?;
-        if reply.code != 220 {
+        if reply.code != Some(220) {
             return Ok(Err(reply));
         }
         let buffered = self.stream.buffer().len();
@@ -478,7 +478,7 @@ impl SmtpClient {
     /// the reply to DATA when it was not 354.
     pub async fn data(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
         let go = self.command("DATA").await?;
-        if go.code != 354 {
+        if go.code != Some(354) {
             return Ok(go);
         }
         self.content(content).await

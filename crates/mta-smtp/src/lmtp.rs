@@ -75,13 +75,13 @@ impl LmtpClient {
             SmtpClient::connect_endpoint(endpoint, connect_timeout, timeout, debug).await?;
         let refused = |command: &str, reply: Reply| SessionError::Refused {
             command: command.into(),
-            reply: reply.to_string().trim_end().to_string(),
+            reply: reply.wire().trim_end().to_string(),
         };
-        if greeting.code / 100 != 2 {
+        if !greeting.is_completion() {
             return Err(refused("connect", greeting));
         }
         let lhlo = smtp.command(&format!("LHLO {hostname}")).await?;
-        if lhlo.code / 100 != 2 {
+        if !lhlo.is_completion() {
             return Err(refused("LHLO", lhlo));
         }
         smtp.ext = Extensions::from_ehlo(&lhlo);
@@ -97,12 +97,12 @@ impl LmtpClient {
             Err(e) => return Transfer::failed(n, e, false),
         };
         let (mut replies, accepted, go) = envelope;
-        if accepted.is_empty() || go.code != 354 {
+        if accepted.is_empty() || go.code != Some(354) {
             for &i in &accepted {
                 replies[i] = Some(go.clone());
             }
             // 354 with nobody accepted: the server is out of step; start afresh.
-            let reusable = go.code != 354 && !go.closes_connection() && self.reset().await;
+            let reusable = go.code != Some(354) && !go.closes_connection() && self.reset().await;
             return Transfer {
                 replies,
                 error: None,
@@ -190,7 +190,7 @@ impl LmtpClient {
 
     /// RSET after a transaction that did not finish; false when the connection is unusable.
     async fn reset(&mut self) -> bool {
-        matches!(self.smtp.command("RSET").await, Ok(r) if r.code / 100 == 2)
+        matches!(self.smtp.command("RSET").await, Ok(r) if r.is_completion())
     }
 
     /// QUIT, best effort.
@@ -280,7 +280,7 @@ mod tests {
         let codes: Vec<u16> = out
             .replies
             .iter()
-            .map(|r| r.as_ref().unwrap().code)
+            .map(|r| r.as_ref().unwrap().code.unwrap())
             .collect();
         assert_eq!(codes, [250, 550, 452]);
 
@@ -293,7 +293,7 @@ mod tests {
         };
         let out = c.deliver(&tx).await;
         assert!(!out.content_sent && out.reusable, "{out:?}");
-        assert_eq!(out.replies[0].as_ref().unwrap().code, 550);
+        assert_eq!(out.replies[0].as_ref().unwrap().code, Some(550));
     }
 
     #[tokio::test]
@@ -318,7 +318,7 @@ mod tests {
             })
             .await;
         assert!(out.error.is_some() && !out.reusable && out.content_sent);
-        assert_eq!(out.replies[0].as_ref().unwrap().code, 250);
+        assert_eq!(out.replies[0].as_ref().unwrap().code, Some(250));
         assert!(out.replies[1].is_none(), "{out:?}");
     }
 }

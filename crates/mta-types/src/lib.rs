@@ -1,7 +1,8 @@
 //! mta-types — the vocabulary every smtpmta crate and task shares.
 //!
 //! No I/O lives here: identifiers (`QueueId`), mail addresses (`Address`, `Domain`),
-//! the names of the tasks (`TaskName`) and of the queues (`QueueName`). Everything is
+//! the names of the tasks (`TaskName`) and of the queues (`QueueName`), the SMTP `Reply`
+//! (with its named constructors) and the records' types. Everything is
 //! serialisable so it can cross process boundaries inside `mta-ipc` frames.
 
 pub mod address;
@@ -12,6 +13,7 @@ pub mod message;
 pub mod outcome;
 pub mod queue_id;
 pub mod rate;
+pub mod reply;
 pub mod task;
 pub mod tracking;
 
@@ -20,6 +22,7 @@ pub use endpoint::Endpoint;
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
 pub use outcome::{DeliveryOutcome, Enhanced};
 pub use queue_id::QueueId;
+pub use reply::Reply;
 pub use task::{BareNewline, QueueName, TaskName};
 
 /// The `tracing` target of every line a debug knob (`SMTPDebug`, `SMTPClientDebug`,

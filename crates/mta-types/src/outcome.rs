@@ -101,96 +101,9 @@ impl TryFrom<String> for Enhanced {
 }
 
 /// A reply kept for a recipient: the next hop's SMTP reply, or our own verdict (unknown
-/// user, expiry, DNS failure), which has no SMTP code of its own.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Reply {
-    /// The SMTP reply code, when a server gave it (`None`: our own verdict).
-    pub code: Option<u16>,
-    /// The RFC 3463 enhanced status code (5.1.1), when there is one.
-    pub status: Option<Enhanced>,
-    /// The text after the codes (multi-line replies joined with a space).
-    pub text: String,
-}
-
-impl Reply {
-    /// A reply a server sent.
-    pub fn remote(code: u16, status: Option<Enhanced>, text: impl Into<String>) -> Reply {
-        Reply {
-            code: Some(code),
-            status,
-            text: text.into(),
-        }
-    }
-
-    /// Our own verdict with its enhanced status (5.1.1, "user unknown").
-    pub fn local(status: impl Into<Enhanced>, text: impl Into<String>) -> Reply {
-        Reply {
-            code: None,
-            status: Some(status.into()),
-            text: text.into(),
-        }
-    }
-
-    /// True when a server said it (RFC 3464 Diagnostic-Code `smtp;` quotes these as is).
-    pub fn is_remote(&self) -> bool {
-        self.code.is_some()
-    }
-
-    /// The enhanced status, or `X.0.0` from the code's class, or `default`.
-    pub fn status_or(&self, default: impl Into<Enhanced>) -> Enhanced {
-        match (self.status, self.code) {
-            (Some(s), _) => s,
-            (None, Some(c)) => Enhanced::of_code(c),
-            (None, None) => default.into(),
-        }
-    }
-
-    /// Reads a reply kept as text by a store written before record format 3 ("550 5.1.1
-    /// User unknown", "4.4.3 lookup failed", "user unknown"). Only the format decoder calls
-    /// this: records of this build keep replies typed.
-    pub fn from_legacy_text(text: &str) -> Reply {
-        let text = text.trim();
-        let mut rest = text;
-        let mut code = None;
-        let first = rest.split_whitespace().next().unwrap_or("");
-        if first.len() == 3
-            && first.bytes().all(|b| b.is_ascii_digit())
-            && matches!(first.as_bytes()[0], b'2'..=b'5')
-        {
-            code = first.parse().ok();
-            rest = rest[first.len()..].trim_start();
-        }
-        let word = rest.split_whitespace().next().unwrap_or("");
-        let status = word.parse::<Enhanced>().ok();
-        if status.is_some() {
-            rest = rest[word.len()..].trim_start();
-        }
-        Reply {
-            code,
-            status,
-            text: rest.to_string(),
-        }
-    }
-}
-
-/// `550 5.1.1 User unknown`, `4.4.3 lookup failed`: the form logs and the console print.
-impl fmt::Display for Reply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut sep = "";
-        if let Some(c) = self.code {
-            write!(f, "{c}")?;
-            sep = " ";
-        }
-        if let Some(s) = &self.status {
-            write!(f, "{sep}{s}")?;
-            sep = " ";
-        }
-        if !self.text.is_empty() {
-            write!(f, "{sep}{}", self.text)?;
-        }
-        Ok(())
-    }
-}
+/// user, expiry, DNS failure), which has no SMTP code of its own. The one reply type, see
+/// `crate::reply`.
+pub use crate::reply::Reply;
 
 /// What happened to one recipient at one step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,7 +202,7 @@ mod tests {
         );
         let ours = Reply::from_legacy_text("user unknown");
         assert_eq!((ours.code, ours.status), (None, None));
-        assert_eq!(ours.text, "user unknown");
+        assert_eq!(ours.text(), "user unknown");
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub enum Effect {
     Retry { reason: String },
 }
 
+/// `550 text`: the peer's code (a server's reply always has one) and text.
 fn line(reply: &Reply) -> String {
-    format!("{} {}", reply.code, reply.text())
+    format!("{} {}", reply.code.unwrap_or_default(), reply.text())
 }
 
 pub fn apply(
@@ -57,7 +58,7 @@ pub fn apply(
         };
     }
     let data = sent.data.as_ref();
-    let data_ok = data.is_some_and(|d| d.code / 100 == 2);
+    let data_ok = data.is_some_and(Reply::is_completion);
     let mut taken = Vec::new();
     let mut refused = Vec::new();
     for (i, reply) in &sent.rcpts {

@@ -39,7 +39,7 @@ impl PeerSession {
     pub async fn open(plan: &Plan) -> anyhow::Result<PeerSession> {
         let (mut client, greeting) =
             SmtpClient::connect(plan.peer, CONNECT_TIMEOUT, COMMAND_TIMEOUT).await?;
-        if greeting.code != 220 {
+        if greeting.code != Some(220) {
             bail!("greeting: {}", greeting.text());
         }
         expect_ok(client.hello(&plan.hostname).await?, "EHLO")?;
@@ -55,10 +55,10 @@ impl PeerSession {
         }
         expect_ok(client.hello(&plan.hostname).await?, "EHLO")?;
         let auth = client.auth_plain(handoff::PEER_USER, &plan.secret).await?;
-        if auth.code != 235 {
+        if auth.code != Some(235) {
             bail!(
                 "the peer refused the fleet credentials ({} {}): is the same secret in both nodes' [cluster] peer_password_file?",
-                auth.code,
+                auth.code.unwrap_or_default(),
                 auth.text()
             );
         }
@@ -82,7 +82,7 @@ impl PeerSession {
             if !reset.is_positive() {
                 return Err(SessionError::Refused {
                     command: "RSET".into(),
-                    reply: reset.to_string(),
+                    reply: reset.wire(),
                 });
             }
         }
@@ -124,7 +124,11 @@ impl PeerSession {
 
 fn expect_ok(reply: Reply, command: &str) -> anyhow::Result<()> {
     if !reply.is_positive() {
-        bail!("{command}: {} {}", reply.code, reply.text());
+        bail!(
+            "{command}: {} {}",
+            reply.code.unwrap_or_default(),
+            reply.text()
+        );
     }
     Ok(())
 }

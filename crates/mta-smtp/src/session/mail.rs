@@ -30,7 +30,7 @@ where
             return self.error(Reply::esmtp_needs_ehlo());
         }
         if params.handoff.is_some() && !self.txn.is_fleet_peer() {
-            return self.refuse_mail(Reply::handoff_peers_only(), true);
+            return self.refuse_mail(Reply::handoff_peers_only(crate::handoff::KEYWORD), true);
         }
         if params.body == Some(Body::BinaryMime) {
             return self.error(Reply::body_type_unsupported());

@@ -26,9 +26,12 @@ where
             return self.error(Reply::esmtp_needs_ehlo());
         }
         if params.handoff.is_some() && !self.txn.is_fleet_peer() {
-            self.hooks
-                .refused(&self.txn, "RCPT", &Reply::handoff_peers_only());
-            return self.error(Reply::handoff_peers_only());
+            self.hooks.refused(
+                &self.txn,
+                "RCPT",
+                &Reply::handoff_peers_only(crate::handoff::KEYWORD),
+            );
+            return self.error(Reply::handoff_peers_only(crate::handoff::KEYWORD));
         }
         if self.txn.rcpts.len() >= self.cfg.max_recipients {
             return self.reply(Reply::too_many_recipients());
