@@ -840,10 +840,7 @@ mod tests {
         let e = p("MAIL FROM:<a@b.c> AUTH=<>").unwrap_err();
         assert_eq!(e, CommandError::UnknownParameter("AUTH".into()));
         assert_eq!(e.to_reply().code, Some(555));
-        assert_eq!(
-            e.to_reply().status,
-            Some(mta_types::Enhanced::new(5, 5, 4))
-        );
+        assert_eq!(e.to_reply().status, Some(mta_types::Enhanced::new(5, 5, 4)));
         let e = p("MAIL FROM:<a@b.c> SIZE=1 size=2").unwrap_err();
         assert_eq!(e, CommandError::DuplicateParameter("SIZE".into()));
         assert_eq!(e.to_reply().code, Some(501));
