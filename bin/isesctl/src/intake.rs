@@ -23,9 +23,7 @@ use mta_smtp::Reply;
 use mta_spool::SpoolWriter;
 use mta_store_types::record_codec;
 use mta_task::TaskContext;
-use mta_types::message::{
-    now_ms, ContentRef, HopTrace, Location, MessageRecord, Recipient, RECORD_SCHEMA,
-};
+use mta_types::message::{now_ms, ContentRef, Location, MessageRecord, Recipient};
 use mta_types::{QueueId, QueueName};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -399,34 +397,27 @@ fn log_queued(record: &MessageRecord) {
 
 /// The native document for a message just received, waiting for its content reference.
 fn record_for(qid: QueueId, env: &mta_smtp::Transaction, size: u64) -> MessageRecord {
-    MessageRecord {
-        schema: RECORD_SCHEMA,
-        id: qid,
-        location: Location::Queue(QueueName::InboundWork),
-        received_at: now_ms(),
-        size,
-        envelope: env.envelope.clone(),
-        recipients: env
-            .rcpts
-            .iter()
-            .map(|(address, params)| {
-                let mut r = Recipient::new(address.clone());
-                r.orcpt = params
-                    .orcpt
-                    .as_ref()
-                    .map(|(kind, addr)| format!("{kind};{addr}"));
-                r.notify = params.notify;
-                r
-            })
-            .collect(),
-        content: ContentRef {
-            segment: String::new(),
-            offset: 0,
-            len: size,
-        },
-        fields: None,
-        trace: HopTrace::default(),
-        not_before: 0,
-        note: None,
-    }
+    let recipients = env.rcpts.iter().map(|(address, params)| {
+        let mut r = Recipient::new(address.clone());
+        r.orcpt = params
+            .orcpt
+            .as_ref()
+            .map(|(kind, addr)| format!("{kind};{addr}"));
+        r.notify = params.notify;
+        r
+    });
+    let content = ContentRef {
+        segment: String::new(),
+        offset: 0,
+        len: size,
+    };
+    let inbound = Location::Queue(QueueName::InboundWork);
+    MessageRecord::new(
+        qid,
+        inbound,
+        now_ms(),
+        env.envelope.clone(),
+        recipients.collect(),
+        content,
+    )
 }

@@ -126,31 +126,23 @@ pub fn build_lists(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mta_types::message::{ContentRef, Envelope, HopTrace, Recipient, RECORD_SCHEMA};
+    use mta_types::message::{ContentRef, Envelope, Recipient};
     use mta_types::{Location, QueueId, QueueName};
 
     fn record(rcpts: &[&str]) -> Arc<MessageRecord> {
-        Arc::new(MessageRecord {
-            schema: RECORD_SCHEMA,
-            id: QueueId::generate(),
-            location: Location::Queue(QueueName::OutboundWork),
-            received_at: 0,
-            size: 10,
-            envelope: Envelope::new(None, "h", "127.0.0.1", "ESMTP"),
-            recipients: rcpts
-                .iter()
-                .map(|a| Recipient::new(a.parse().unwrap()))
-                .collect(),
-            content: ContentRef {
+        let rcpts = rcpts.iter().map(|a| Recipient::new(a.parse().unwrap()));
+        Arc::new(MessageRecord::new(
+            QueueId::generate(),
+            Location::Queue(QueueName::OutboundWork),
+            0,
+            Envelope::new(None, "h", "127.0.0.1", "ESMTP"),
+            rcpts.collect(),
+            ContentRef {
                 segment: "s".into(),
                 offset: 0,
                 len: 10,
             },
-            fields: None,
-            trace: HopTrace::default(),
-            not_before: 0,
-            note: None,
-        })
+        ))
     }
 
     #[test]

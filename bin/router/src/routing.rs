@@ -333,7 +333,7 @@ impl Routing<'_> {
 mod tests {
     use super::*;
     use mta_config::User;
-    use mta_types::message::{ContentRef, Envelope, HopTrace, RECORD_SCHEMA};
+    use mta_types::message::{ContentRef, Envelope};
     use mta_types::QueueId;
     use std::collections::BTreeMap;
 
@@ -370,29 +370,19 @@ mod tests {
     }
 
     fn record(rcpts: &[&str]) -> MessageRecord {
-        MessageRecord {
-            schema: RECORD_SCHEMA,
-            id: QueueId::generate(),
-            location: Location::Queue(QueueName::MailBox),
-            received_at: 0,
-            size: 10,
-            envelope: Envelope::new(
-                Some(a("sender@example.org")),
-                "client",
-                "127.0.0.1",
-                "ESMTP",
-            ),
-            recipients: rcpts.iter().map(|s| Recipient::new(a(s))).collect(),
-            content: ContentRef {
+        let sender = a("sender@example.org");
+        MessageRecord::new(
+            QueueId::generate(),
+            Location::Queue(QueueName::MailBox),
+            0,
+            Envelope::new(Some(sender), "client", "127.0.0.1", "ESMTP"),
+            rcpts.iter().map(|s| Recipient::new(a(s))).collect(),
+            ContentRef {
                 segment: "s".into(),
                 offset: 0,
                 len: 10,
             },
-            fields: None,
-            trace: HopTrace::default(),
-            not_before: 0,
-            note: None,
-        }
+        )
     }
 
     const RETRY: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(300)];

@@ -389,6 +389,32 @@ pub fn age_label(since_ms: Option<u64>) -> String {
 }
 
 impl MessageRecord {
+    /// A message as it enters the queue at `location`: its size is its content's, nothing
+    /// parsed, traced or noted yet, due at once.
+    pub fn new(
+        id: QueueId,
+        location: Location,
+        received_at: UnixMillis,
+        envelope: Envelope,
+        recipients: Vec<Recipient>,
+        content: ContentRef,
+    ) -> MessageRecord {
+        MessageRecord {
+            schema: RECORD_SCHEMA,
+            id,
+            location,
+            received_at,
+            size: content.len,
+            envelope,
+            recipients,
+            content,
+            fields: None,
+            trace: HopTrace::default(),
+            not_before: 0,
+            note: None,
+        }
+    }
+
     /// The next hop must speak SMTPUTF8 for this message to reach `rcpts` (indexes of its
     /// recipients): it came with SMTPUTF8, or its reverse-path or one of them is not ASCII.
     pub fn needs_utf8(&self, rcpts: &[usize]) -> bool {
