@@ -585,6 +585,12 @@ impl Suite {
     }
 
     pub fn remember_pids(&mut self) {
+        // Also called from Drop while a test unwinds: a missing mtacon (binaries not
+        // built) must not panic again there, which would abort the test binary and leave
+        // its Redis, DNS server and sink running.
+        if !self.bins.join("mtacon").exists() {
+            return;
+        }
         if let Ok(tasks) = self.tasks() {
             for t in tasks {
                 if let Some(p) = t["pid"].as_u64() {
