@@ -57,7 +57,7 @@ use mta_types::message::now_ms;
 use mta_types::{Domain, MessageRecord, QueueName, TaskName};
 use outcomes::{Event, Stats};
 use shaping::{Shaping, Throttle};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -473,7 +473,7 @@ impl Osesctl {
         // A site whose connections the fleet counts: one of its waiting lists asks Redis
         // per recheck, the others wait one more (a full site costs one call a second,
         // not one per list).
-        let mut asking = std::collections::HashSet::new();
+        let mut asking = HashSet::new();
         let mut ready: Vec<Parked> = ready
             .into_iter()
             .filter_map(|mut p| {
@@ -518,13 +518,21 @@ impl Osesctl {
     /// dropped; every message stays in exactly one list.
     fn fill_ready_lists(&self, ready: &mut [Parked], later: &mut Vec<Parked>) {
         let max = self.env.config.max_messages_per_list;
+        // One pass over the parked lists (however many a big site has), not one per
+        // list going on.
+        let going: HashSet<String> = ready.iter().map(|p| p.list.key.clone()).collect();
+        let mut same_hop: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, q) in later.iter().enumerate() {
+            if going.contains(&q.list.key) {
+                same_hop.entry(q.list.key.clone()).or_default().push(i);
+            }
+        }
         for p in ready.iter_mut() {
-            let key = p.list.key.clone();
-            for q in later.iter_mut().filter(|q| q.list.key == key) {
+            for &i in same_hop.get(&p.list.key).into_iter().flatten() {
                 if p.list.items.len() >= max {
                     break;
                 }
-                p.list.fill_from(&mut q.list, max);
+                p.list.fill_from(&mut later[i].list, max);
             }
         }
         later.retain(|q| !q.list.items.is_empty());
