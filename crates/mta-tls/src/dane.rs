@@ -13,15 +13,13 @@
 //! by [`usable`]; so are unknown selectors and matching types. The handshake signatures
 //! are always checked with the provider's algorithms.
 
-use crate::provider;
+use crate::verifier::{self, Check};
 use mta_dns::secure::Tlsa;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, RootCertStore};
 use std::sync::Arc;
 
 /// The records DANE can use for SMTP: usage 2 or 3, selector 0 or 1, matching 0, 1 or 2.
@@ -40,17 +38,7 @@ pub fn usable(records: &[Tlsa]) -> Vec<Tlsa> {
 
 /// The client config that authenticates the server by `records` (already [`usable`]).
 pub fn client_config(records: Vec<Tlsa>) -> Arc<ClientConfig> {
-    let verifier = DaneVerifier {
-        records,
-        provider: provider(),
-    };
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Arc::new(config)
+    verifier::client_config(Check::Dane(records))
 }
 
 /// The association data of `cert` for `selector` and `matching`; `None` when the
@@ -90,60 +78,52 @@ pub fn is_tlsa_mismatch(error_text: &str) -> bool {
     error_text.contains(MISMATCH)
 }
 
-#[derive(Debug)]
-struct DaneVerifier {
-    records: Vec<Tlsa>,
-    provider: Arc<CryptoProvider>,
+/// The server's certificate chain as rustls hands it to a verifier.
+pub(crate) struct Chain<'a> {
+    pub end_entity: &'a CertificateDer<'a>,
+    pub intermediates: &'a [CertificateDer<'a>],
+    pub server_name: &'a ServerName<'a>,
+    pub now: UnixTime,
 }
 
-impl DaneVerifier {
-    /// DANE-TA: the first certificate of the chain that matches a usage-2 record anchors
-    /// a webpki validation of the end-entity certificate for `server_name`.
-    fn verify_ta(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        now: UnixTime,
-    ) -> Option<Result<ServerCertVerified, rustls::Error>> {
-        let anchor = intermediates
-            .iter()
-            .find(|c| self.records.iter().any(|r| r.usage == 2 && matches(r, c)))?;
-        let mut roots = RootCertStore::empty();
-        roots.add(anchor.clone().into_owned()).ok()?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .ok()?;
-        Some(verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now))
+/// DANE-EE: the end-entity certificate matches a usage-3 record; else DANE-TA.
+pub(crate) fn verify(
+    records: &[Tlsa],
+    provider: &Arc<CryptoProvider>,
+    chain: Chain<'_>,
+) -> Result<ServerCertVerified, rustls::Error> {
+    if (records.iter()).any(|r| r.usage == 3 && matches(r, chain.end_entity)) {
+        return Ok(ServerCertVerified::assertion());
+    }
+    match verify_ta(records, provider, &chain) {
+        Some(result) => result,
+        None => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(Mismatch)),
+        ))),
     }
 }
 
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if self
-            .records
-            .iter()
-            .any(|r| r.usage == 3 && matches(r, end_entity))
-        {
-            return Ok(ServerCertVerified::assertion());
-        }
-        match self.verify_ta(end_entity, intermediates, server_name, now) {
-            Some(result) => result,
-            None => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(Mismatch)),
-            ))),
-        }
-    }
-
-    crate::handshake_signatures!(this => this.provider);
+/// DANE-TA: the first certificate of the chain that matches a usage-2 record anchors a
+/// webpki validation of the end-entity certificate for `server_name`.
+fn verify_ta(
+    records: &[Tlsa],
+    provider: &Arc<CryptoProvider>,
+    chain: &Chain<'_>,
+) -> Option<Result<ServerCertVerified, rustls::Error>> {
+    let anchor = (chain.intermediates.iter())
+        .find(|c| records.iter().any(|r| r.usage == 2 && matches(r, c)))?;
+    let mut roots = RootCertStore::empty();
+    roots.add(anchor.clone().into_owned()).ok()?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .ok()?;
+    let Chain {
+        end_entity,
+        intermediates,
+        server_name,
+        now,
+    } = *chain;
+    Some(verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now))
 }
 
 /// rustls shows an `OtherError` by its `Debug`: it says what happened in words.
@@ -174,13 +154,14 @@ mod tests {
     }
 
     fn verify(records: Vec<Tlsa>, ee: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> bool {
-        let v = DaneVerifier {
-            records: usable(&records),
-            provider: provider(),
-        };
         let name = ServerName::try_from("mx.sec.test").unwrap();
-        v.verify_server_cert(ee, chain, &name, &[], UnixTime::now())
-            .is_ok()
+        let chain = Chain {
+            end_entity: ee,
+            intermediates: chain,
+            server_name: &name,
+            now: UnixTime::now(),
+        };
+        super::verify(&usable(&records), &crate::provider(), chain).is_ok()
     }
 
     #[test]

@@ -20,15 +20,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use mta_config::{Config, TlsFiles, TlsPolicy};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub mod dane;
 pub mod password;
 pub mod sts;
+mod verifier;
+
+use verifier::Check;
 
 pub use rustls;
 pub use tokio_rustls;
@@ -199,20 +201,18 @@ pub fn client_config(
     policy: TlsPolicy,
     ca_file: Option<&Path>,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions");
-    let config = match policy {
-        TlsPolicy::None => return Ok(None),
-        TlsPolicy::May | TlsPolicy::Encrypt => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-            .with_no_client_auth(),
-        TlsPolicy::Verify => builder
-            .with_root_certificates(root_store(ca_file)?)
-            .with_no_client_auth(),
-    };
-    Ok(Some(Arc::new(config)))
+    Ok(match policy {
+        TlsPolicy::None => None,
+        TlsPolicy::May | TlsPolicy::Encrypt => Some(verifier::client_config(Check::Any)),
+        TlsPolicy::Verify => {
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("the ring provider supports the default versions")
+                .with_root_certificates(root_store(ca_file)?)
+                .with_no_client_auth();
+            Some(Arc::new(config))
+        }
+    })
 }
 
 /// The webpki roots plus the PEM certificates of `ca_file` (`[outbound.tls] ca_file`).
@@ -257,101 +257,12 @@ impl Observer {
     /// A client config for one connection and the slot its verdict lands in.
     pub fn config(&self) -> (Arc<ClientConfig>, Observed) {
         let observed = Observed::default();
-        let verifier = Observing {
-            inner: self.0.clone(),
+        let check = Check::Observe {
+            webpki: self.0.clone(),
             observed: observed.clone(),
-            any: AnyCertificate(provider()),
         };
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .expect("the ring provider supports the default versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        (Arc::new(config), observed)
+        (verifier::client_config(check), observed)
     }
-}
-
-/// The handshake-signature methods of a `ServerCertVerifier`, the same for every verifier
-/// here whatever it makes of the certificate: the signatures are checked with the crypto
-/// provider that `$provider` names (an `Arc<CryptoProvider>`; `$this` is `self`).
-macro_rules! handshake_signatures {
-    ($this:ident => $provider:expr) => {
-        $crate::handshake_signatures!(@check verify_tls12_signature, $this => $provider);
-        $crate::handshake_signatures!(@check verify_tls13_signature, $this => $provider);
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            let $this = self;
-            $provider.signature_verification_algorithms.supported_schemes()
-        }
-    };
-    // One of the two checks, by the name that trait method and rustls function share.
-    (@check $method:ident, $this:ident => $provider:expr) => {
-        fn $method(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            let $this = self;
-            let algorithms = &$provider.signature_verification_algorithms;
-            rustls::crypto::$method(message, cert, dss, algorithms)
-        }
-    };
-}
-pub(crate) use handshake_signatures;
-
-#[derive(Debug)]
-struct Observing {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    observed: Observed,
-    any: AnyCertificate,
-}
-
-impl ServerCertVerifier for Observing {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Err(e) = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            *self.observed.lock().expect("observed") = Some(e.to_string());
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    handshake_signatures!(this => this.any.0);
-}
-
-/// Opportunistic TLS (`may`, `encrypt`): any certificate is taken — MX hosts commonly
-/// present self-signed or mismatched ones, and refusing them would only push the mail to
-/// plaintext — but the handshake signatures are verified, so the session key really is
-/// the peer's.
-#[derive(Debug)]
-pub(crate) struct AnyCertificate(pub(crate) Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    handshake_signatures!(this => this.0);
 }
 
 #[cfg(test)]
