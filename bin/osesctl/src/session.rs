@@ -4,15 +4,15 @@
 //! With PIPELINING (RFC 2920) `[RSET,] MAIL, RCPT…, DATA` go out in one write and their
 //! replies are read in order: two round trips per message instead of four or more.
 //! Without it the commands go one by one, and DATA only when a recipient was accepted.
-//! Either way the replies end up in one `Replies`, and `RcptOutcome::of_reply` turns each
-//! into recipient outcomes. A 354 that nobody wants (no recipient accepted) is answered
+//! Either way the replies end up in one `EnvelopeReplies` (mta-smtp's, shared with the
+//! fleet drain), and `RcptOutcome::of_reply` turns each into recipient outcomes. A 354 that nobody wants (no recipient accepted) is answered
 //! with an empty message so the session can go on.
 
 use crate::delivery::Results;
 use crate::domain_list::ListItem;
 use crate::message::Prepared;
 use crate::outcomes::{reply_text, RcptOutcome};
-use mta_smtp::client::{Extensions, SessionError, SmtpClient};
+use mta_smtp::client::{EnvelopeReplies, Extensions, SessionError, SmtpClient};
 use mta_smtp::Reply;
 use mta_types::outcome::Reply as Recorded;
 use mta_types::Enhanced;
@@ -31,15 +31,6 @@ enum State {
 pub struct Broken {
     pub results: Results,
     pub error: SessionError,
-}
-
-/// The replies to one message's envelope, however it was sent.
-struct Replies {
-    mail: Reply,
-    /// One per recipient when MAIL was accepted; empty otherwise.
-    rcpts: Vec<Reply>,
-    /// The reply to DATA; `None` when it was not sent (nothing accepted, one by one).
-    data: Option<Reply>,
 }
 
 pub struct Session {
@@ -119,7 +110,7 @@ impl Session {
         item: &ListItem,
         msg: &Prepared,
         reset: bool,
-    ) -> Result<Replies, SessionError> {
+    ) -> Result<EnvelopeReplies, SessionError> {
         let record = &item.record;
         let mut lines = Vec::with_capacity(item.rcpts.len() + 3);
         if reset {
@@ -149,7 +140,7 @@ impl Session {
         } else {
             Vec::new()
         };
-        Ok(Replies {
+        Ok(EnvelopeReplies {
             mail,
             rcpts,
             data: Some(data),
@@ -157,35 +148,17 @@ impl Session {
     }
 
     /// MAIL, each RCPT, then DATA when a recipient was accepted, one command at a time.
-    /// A session that breaks half-way keeps the replies it had (refused recipients keep
-    /// their own outcome).
     async fn envelope_stepwise(
         &mut self,
         item: &ListItem,
         msg: &Prepared,
-    ) -> Result<Replies, (Option<Replies>, SessionError)> {
-        let mail = self
-            .client
-            .command(&msg.mail)
-            .await
-            .map_err(|e| (None, e))?;
-        let mut replies = Replies {
-            mail,
-            rcpts: Vec::new(),
-            data: None,
-        };
-        if !replies.mail.is_positive() {
-            return Ok(replies);
-        }
-        for i in &item.rcpts {
-            let rcpt = &item.record.recipients[*i];
-            let line = format!("RCPT TO:<{}>", rcpt.address);
-            match self.client.command(&line).await {
-                Ok(r) => replies.rcpts.push(r),
-                Err(e) => return Err((Some(replies), e)),
-            }
-        }
-        if replies.rcpts.iter().any(Reply::is_positive) {
+    ) -> Result<EnvelopeReplies, (Option<EnvelopeReplies>, SessionError)> {
+        let recipients = &item.record.recipients;
+        let rcpt_lines: Vec<String> = (item.rcpts.iter())
+            .map(|i| format!("RCPT TO:<{}>", recipients[*i].address))
+            .collect();
+        let mut replies = self.client.mail_and_rcpts(&msg.mail, &rcpt_lines).await?;
+        if replies.any_rcpt_accepted() {
             match self.client.command("DATA").await {
                 Ok(r) => replies.data = Some(r),
                 Err(e) => return Err((Some(replies), e)),
@@ -196,7 +169,11 @@ impl Session {
 
     /// The outcomes of refused recipients (all of them when MAIL was refused) and the
     /// accepted ones, which wait for the content's reply.
-    fn envelope_outcomes(&self, item: &ListItem, replies: &Replies) -> (Results, Vec<usize>) {
+    fn envelope_outcomes(
+        &self,
+        item: &ListItem,
+        replies: &EnvelopeReplies,
+    ) -> (Results, Vec<usize>) {
         if !replies.mail.is_positive() {
             let outcome = RcptOutcome::of_reply(&self.label, &replies.mail);
             let all = item.rcpts.iter().map(|i| (*i, outcome.clone())).collect();

@@ -196,6 +196,24 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// The replies to one message's envelope, however it was sent.
+#[derive(Clone, Debug)]
+pub struct EnvelopeReplies {
+    pub mail: Reply,
+    /// One per recipient sent (all of them once MAIL was accepted, in order); empty when
+    /// MAIL was refused.
+    pub rcpts: Vec<Reply>,
+    /// The reply to DATA (or to the content after it); `None` when it was not sent.
+    pub data: Option<Reply>,
+}
+
+impl EnvelopeReplies {
+    /// Whether any recipient was accepted, so the content is worth sending.
+    pub fn any_rcpt_accepted(&self) -> bool {
+        self.rcpts.iter().any(Reply::is_positive)
+    }
+}
+
 pub struct SmtpClient {
     stream: BufReader<Conn>,
     timeout: Duration,
@@ -359,6 +377,32 @@ impl SmtpClient {
         self.trace_commands(wire.as_bytes());
         self.write(&verb, wire.as_bytes()).await?;
         self.reply(&verb).await
+    }
+
+    /// MAIL, then each RCPT once MAIL is accepted, one command at a time (no PIPELINING, or
+    /// a peer that must see each recipient's history first). A connection that breaks
+    /// half-way gives back the replies it had, so refused recipients keep their own outcome.
+    pub async fn mail_and_rcpts(
+        &mut self,
+        mail: &str,
+        rcpts: &[String],
+    ) -> Result<EnvelopeReplies, (Option<EnvelopeReplies>, SessionError)> {
+        let mail = self.command(mail).await.map_err(|e| (None, e))?;
+        let mut replies = EnvelopeReplies {
+            mail,
+            rcpts: Vec::new(),
+            data: None,
+        };
+        if !replies.mail.is_positive() {
+            return Ok(replies);
+        }
+        for line in rcpts {
+            match self.command(line).await {
+                Ok(r) => replies.rcpts.push(r),
+                Err(e) => return Err((Some(replies), e)),
+            }
+        }
+        Ok(replies)
     }
 
     /// Sends several commands in one write (RFC 2920; only when the server offers

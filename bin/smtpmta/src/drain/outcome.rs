@@ -13,8 +13,7 @@
 //! A message whose recipients are all final leaves the queue the usual way (`finish`),
 //! its history going to the tracking log with the note.
 
-use super::peer::Sent;
-use mta_smtp::client::SessionError;
+use mta_smtp::client::{EnvelopeReplies, SessionError};
 use mta_smtp::Reply;
 use mta_types::message::UnixMillis;
 use mta_types::{Location, MessageRecord};
@@ -37,7 +36,8 @@ fn line(reply: &Reply) -> String {
 
 pub fn apply(
     record: &mut MessageRecord,
-    sent: Result<Sent, SessionError>,
+    rcpts: &[usize],
+    sent: Result<EnvelopeReplies, SessionError>,
     peer: &str,
     now: UnixMillis,
 ) -> Effect {
@@ -61,7 +61,7 @@ pub fn apply(
     let data_ok = data.is_some_and(Reply::is_completion);
     let mut taken = Vec::new();
     let mut refused = Vec::new();
-    for (i, reply) in &sent.rcpts {
+    for (i, reply) in rcpts.iter().zip(&sent.rcpts) {
         if reply.is_positive() {
             match data {
                 Some(_) if data_ok => taken.push(*i),
@@ -96,8 +96,8 @@ pub fn apply(
         let why = sent
             .rcpts
             .iter()
-            .find(|(_, r)| !r.is_positive())
-            .map(|(_, r)| line(r))
+            .find(|r| !r.is_positive())
+            .map(line)
             .or_else(|| data.map(line))
             .unwrap_or_else(|| "no recipient accepted".into());
         return Effect::Retry {

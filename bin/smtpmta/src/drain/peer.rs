@@ -7,7 +7,7 @@
 
 use super::run::Plan;
 use anyhow::{bail, Context as _};
-use mta_smtp::client::{SessionError, SmtpClient};
+use mta_smtp::client::{EnvelopeReplies, SessionError, SmtpClient};
 use mta_smtp::handoff::{self, HandoffMessage, HandoffRcpt};
 use mta_smtp::tokio_rustls::rustls::pki_types::ServerName;
 use mta_smtp::Reply;
@@ -22,17 +22,6 @@ pub struct PeerSession {
     client: SmtpClient,
     /// A transaction happened: RSET before the next.
     used: bool,
-}
-
-/// The peer's replies to one message.
-pub struct Sent {
-    pub mail: Reply,
-    /// `(recipient index, reply)`, for each recipient sent (all of them once MAIL is
-    /// accepted).
-    pub rcpts: Vec<(usize, Reply)>,
-    /// The reply to the end of DATA (or to DATA when it was not 354); `None` when no
-    /// recipient was accepted.
-    pub data: Option<Reply>,
 }
 
 impl PeerSession {
@@ -76,7 +65,7 @@ impl PeerSession {
         record: &MessageRecord,
         rcpts: &[usize],
         content: &[u8],
-    ) -> Result<Sent, SessionError> {
+    ) -> Result<EnvelopeReplies, SessionError> {
         if std::mem::replace(&mut self.used, true) {
             let reset = self.client.command("RSET").await?;
             if !reset.is_positive() {
@@ -94,24 +83,14 @@ impl PeerSession {
         let utf8 = record.needs_utf8(rcpts);
         let eight_bit = record.is_8bit(content);
         let line = handoff::mail_command(record, content.len(), eight_bit, utf8, &origin);
-        let mail = self.client.command(&line).await?;
-        let mut sent = Sent {
-            mail,
-            rcpts: Vec::new(),
-            data: None,
-        };
-        if !sent.mail.is_positive() {
-            return Ok(sent);
-        }
-        for i in rcpts {
-            let rcpt = &record.recipients[*i];
-            let reply = self
-                .client
-                .command(&handoff::rcpt_command(rcpt, &history(rcpt)))
-                .await?;
-            sent.rcpts.push((*i, reply));
-        }
-        if sent.rcpts.iter().any(|(_, r)| r.is_positive()) {
+        let rcpt_lines: Vec<String> = rcpts
+            .iter()
+            .map(|i| &record.recipients[*i])
+            .map(|r| handoff::rcpt_command(r, &history(r)))
+            .collect();
+        let sent = self.client.mail_and_rcpts(&line, &rcpt_lines).await;
+        let mut sent = sent.map_err(|(_, e)| e)?;
+        if sent.any_rcpt_accepted() {
             sent.data = Some(self.client.data(content).await?);
         }
         Ok(sent)

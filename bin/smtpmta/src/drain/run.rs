@@ -247,7 +247,7 @@ impl Worker {
         };
         let sent = session.send(&self.plan, &record, &rcpts, &content).await;
         let usable = sent.is_ok();
-        let effect = outcome::apply(&mut record, sent, &self.plan.label, now_ms());
+        let effect = outcome::apply(&mut record, &rcpts, sent, &self.plan.label, now_ms());
         match effect {
             Effect::HandedOff { ref qid } => {
                 self.progress.sent.fetch_add(1, Ordering::Relaxed);
