@@ -165,8 +165,7 @@ impl Task for Isesctl {
                 (false, false) => "inbound transport was not draining",
             }
             .into()),
-            other => Err(TellError::unknown(
-                Self::NAME,
+            other => Err(Self::unknown(
                 other,
                 "it knows: stop inbound transport, start inbound transport, show status",
             )),

@@ -340,8 +340,7 @@ impl Task for Osesctl {
                     .await
                     .map_err(TellError::Failed)
             }
-            other => Err(TellError::unknown(
-                Self::NAME,
+            other => Err(Self::unknown(
                 other,
                 "try stop/start outbound transport, route <domain>",
             )),

@@ -97,11 +97,7 @@ impl Task for Router {
                     .await
                     .map_err(TellError::Failed)
             }
-            other => Err(TellError::unknown(
-                Self::NAME,
-                other,
-                "it knows: show, show queue",
-            )),
+            other => Err(Self::unknown(other, "it knows: show, show queue")),
         }
     }
 }

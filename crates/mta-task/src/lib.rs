@@ -119,7 +119,12 @@ pub trait Task: Sized + Send + Sync + 'static {
         _ctx: &TaskContext,
         command: TellCommand,
     ) -> impl Future<Output = Result<String, TellError>> + Send {
-        async move { Err(TellError::unknown(Self::NAME, command, "")) }
+        async move { Err(Self::unknown(command, "")) }
+    }
+
+    /// The answer to a TELL command this task does not know; `hint` says what it does know.
+    fn unknown(command: TellCommand, hint: &'static str) -> TellError {
+        TellError::unknown(Self::NAME, command, hint)
     }
 }
 
