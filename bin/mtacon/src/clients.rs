@@ -7,16 +7,10 @@ use mta_types::message::age_label as age;
 
 pub fn text(r: &ClientReport) -> String {
     const COLS: &str = "{:<26} {:>4} {:>9} {:>9} {:>10} {:>8}  {}";
-    let header = [
-        "Client",
-        "Open",
-        "Sessions",
-        "Messages",
-        "Recipients",
-        "Refused",
-        "Last seen",
-    ];
-    let mut t = Table::new(COLS, &header);
+    let mut t = Table::new(
+        COLS,
+        "Client|Open|Sessions|Messages|Recipients|Refused|Last seen",
+    );
     for c in &r.rows {
         let seen = format!("{} ago", age(Some(c.last_seen_ms)));
         t.row(&[

@@ -53,8 +53,7 @@ pub fn to_text(reply: &ConsoleReply) -> String {
 /// `show tasks`: a row per task, its handlers indented under it.
 fn tasks_text(rows: &[TaskRow]) -> String {
     const COLS: &str = "{:<10} {:>8}  {:<11} {:<30} {:>7}  {}";
-    let header = ["Task", "Pid", "State", "Description", "Since", "Status"];
-    let mut t = Table::new(COLS, &header);
+    let mut t = Table::new(COLS, "Task|Pid|State|Description|Since|Status");
     for r in rows {
         let name = if r.parent.is_some() {
             format!("  {}", r.name)
@@ -71,16 +70,7 @@ fn tasks_text(rows: &[TaskRow]) -> String {
 /// `show task time`: each process's start, uptime and CPU times.
 fn task_times_text(rows: &[TaskTime]) -> String {
     const COLS: &str = "{:<10} {:>8}  {:<20} {:>10}  {:>10} {:>9} {:>9}";
-    let header = [
-        "Task",
-        "Pid",
-        "Started (UTC)",
-        "Uptime",
-        "CPU",
-        "User",
-        "System",
-    ];
-    let mut t = Table::new(COLS, &header);
+    let mut t = Table::new(COLS, "Task|Pid|Started (UTC)|Uptime|CPU|User|System");
     let secs = |ms: Option<u64>| {
         ms.map(|m| format!("{}.{:02}s", m / 1000, m % 1000 / 10))
             .unwrap_or_else(|| "-".into())
@@ -107,13 +97,13 @@ fn task_times_text(rows: &[TaskTime]) -> String {
 fn queue_text(q: &QueueReport) -> String {
     const COUNTS: &str = "{:<22} {:<14} {:>6}";
     const PARKED: &str = "{:<13}  {:<16} {:>8}  {:<30} {}";
-    let mut t = Table::new(COUNTS, &["State", "Queue", "Msgs"]);
+    let mut t = Table::new(COUNTS, "State|Queue|Msgs");
     for (state, queue, n) in &q.counts {
         t.row(&[state, queue, n]);
     }
     let mut out = t.out;
     if !q.parked.is_empty() {
-        let mut t = Table::new(PARKED, &["Queue ID", "State", "Size", "From", "Reason"]);
+        let mut t = Table::new(PARKED, "Queue ID|State|Size|From|Reason");
         for m in &q.parked {
             t.row(&[&m.qid, &m.state, &m.size, &format!("<{}>", m.from), &m.note]);
         }
@@ -210,15 +200,7 @@ pub fn to_json(reply: &ConsoleReply) -> Value {
 fn router_text(r: &mta_ipc::transfers::RouterReport) -> String {
     const COLS: &str = "{:<28} {:<9} {:>6}  {:<22} {:<12} {}";
     let now = now_ms();
-    let header = [
-        "Destination",
-        "State",
-        "Msgs",
-        "Via",
-        "Next retry",
-        "Last error",
-    ];
-    let mut t = Table::new(COLS, &header);
+    let mut t = Table::new(COLS, "Destination|State|Msgs|Via|Next retry|Last error");
     for d in &r.destinations {
         let next = match d.next_retry_ms {
             Some(ms) if ms > now => format!("in {}s", (ms - now).div_ceil(1000)),

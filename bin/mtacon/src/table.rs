@@ -19,8 +19,9 @@ pub struct Table {
 impl Table {
     /// A table laid out as `layout` says, in `format!`'s own words (`"{:<10} {:>8}  {}"`:
     /// a column of 10 to the left, one of 8 to the right, then the rest as it is), that
-    /// starts with its header line.
-    pub fn new(layout: &str, header: &[&str]) -> Table {
+    /// starts with its header line: the column titles in one string, `|` between them
+    /// (`"Name|N|Note"`), so a view's header reads as one line.
+    pub fn new(layout: &str, header: &str) -> Table {
         let mut cols = Vec::new();
         let mut rest = layout;
         while let Some(open) = rest.find('{') {
@@ -38,7 +39,8 @@ impl Table {
             cols,
             out: String::new(),
         };
-        let cells: Vec<&dyn Display> = header.iter().map(|h| h as &dyn Display).collect();
+        let titles: Vec<&str> = header.split('|').collect();
+        let cells: Vec<&dyn Display> = titles.iter().map(|h| h as &dyn Display).collect();
         table.row(&cells);
         table
     }
@@ -64,7 +66,7 @@ mod tests {
 
     #[test]
     fn cells_are_padded_like_format() {
-        let mut t = Table::new("{:<6} {:>4}  {}", &["Name", "N", "Note"]);
+        let mut t = Table::new("{:<6} {:>4}  {}", "Name|N|Note");
         t.row(&[&"ab", &12, &"x y"]);
         let want = format!(
             "{:<6} {:>4}  {}\n{:<6} {:>4}  {}\n",
