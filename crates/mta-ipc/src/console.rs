@@ -786,93 +786,72 @@ pub enum ConsoleReply {
 mod tests {
     use super::*;
 
+    fn tell(task: TaskName, command: TellCommand) -> ConsoleCommand {
+        ConsoleCommand::Tell { task, command }
+    }
+
     #[test]
     fn parses_domino_spelling() {
-        assert_eq!(
-            ConsoleCommand::parse("SHOW TASKS").unwrap(),
-            ConsoleCommand::ShowTasks
-        );
-        assert_eq!(
-            ConsoleCommand::parse("sh tasks").unwrap(),
-            ConsoleCommand::ShowTasks
-        );
-        assert_eq!(
-            ConsoleCommand::parse("Show Task Time").unwrap(),
-            ConsoleCommand::ShowTaskTime
-        );
-        assert_eq!(
-            ConsoleCommand::parse("tell smtpmta stop outbound transport").unwrap(),
-            ConsoleCommand::Tell {
-                task: TaskName::Smtpmta,
-                command: TellCommand::StopOutboundTransport
-            }
-        );
-        assert_eq!(
-            ConsoleCommand::parse("Tell Router show status").unwrap(),
-            ConsoleCommand::Tell {
-                task: TaskName::Router,
-                command: TellCommand::ShowStatus
-            }
-        );
-        let e = ConsoleCommand::parse("tell oseshlr0 quit").unwrap_err();
-        assert!(e.contains("session handler of osesctl"), "{e}");
-        assert!(ConsoleCommand::parse("tell ISESHLR2 show status")
-            .unwrap_err()
-            .contains("stop inbound transport"));
-        assert!(ConsoleCommand::parse("tell nobody quit")
-            .unwrap_err()
-            .contains("unknown task"));
-        assert!(ConsoleCommand::parse("frobnicate").is_err());
-        assert_eq!(
-            ConsoleCommand::parse("sh stat mail").unwrap(),
-            ConsoleCommand::ShowStatMail
-        );
-        assert_eq!(
-            ConsoleCommand::parse("Release Dead 35AGV0B7E5J00").unwrap(),
-            ConsoleCommand::ReleaseDead {
-                qid: "35AGV0B7E5J00".into()
-            }
-        );
-        assert_eq!(
-            ConsoleCommand::parse("trace <Alice@localhost>").unwrap(),
-            ConsoleCommand::Trace {
-                address: "Alice@localhost".into()
-            }
-        );
-        assert_eq!(
-            ConsoleCommand::parse("Tell SMTPMTA drain to mx2:25 include held,dead").unwrap(),
-            ConsoleCommand::Tell {
-                task: TaskName::Smtpmta,
-                command: TellCommand::Drain(DrainCommand::To {
-                    target: "mx2:25".into(),
-                    include: DrainScope {
-                        held: true,
-                        dead: true
-                    }
-                })
-            }
-        );
-        assert_eq!(
-            ConsoleCommand::parse("tell smtpmta drain status").unwrap(),
-            ConsoleCommand::Tell {
-                task: TaskName::Smtpmta,
-                command: TellCommand::Drain(DrainCommand::Status)
-            }
-        );
-        assert!(
-            ConsoleCommand::parse("tell smtpmta drain to mx2 include queued")
-                .unwrap_err()
-                .contains("cannot include `queued`")
-        );
-        assert!(ConsoleCommand::parse("tell smtpmta drain")
-            .unwrap_err()
-            .contains("usage"));
-        assert_eq!(
-            ConsoleCommand::parse("tell smtpmta refresh").unwrap(),
-            ConsoleCommand::Tell {
-                task: TaskName::Smtpmta,
-                command: TellCommand::Refresh
-            }
-        );
+        use TaskName::{Router, Smtpmta};
+        let drain_to = DrainCommand::To {
+            target: "mx2:25".into(),
+            include: DrainScope {
+                held: true,
+                dead: true,
+            },
+        };
+        let parsed = [
+            ("SHOW TASKS", ConsoleCommand::ShowTasks),
+            ("sh tasks", ConsoleCommand::ShowTasks),
+            ("Show Task Time", ConsoleCommand::ShowTaskTime),
+            ("sh stat mail", ConsoleCommand::ShowStatMail),
+            (
+                "tell smtpmta stop outbound transport",
+                tell(Smtpmta, TellCommand::StopOutboundTransport),
+            ),
+            (
+                "Tell Router show status",
+                tell(Router, TellCommand::ShowStatus),
+            ),
+            (
+                "Release Dead 35AGV0B7E5J00",
+                ConsoleCommand::ReleaseDead {
+                    qid: "35AGV0B7E5J00".into(),
+                },
+            ),
+            (
+                "trace <Alice@localhost>",
+                ConsoleCommand::Trace {
+                    address: "Alice@localhost".into(),
+                },
+            ),
+            (
+                "Tell SMTPMTA drain to mx2:25 include held,dead",
+                tell(Smtpmta, TellCommand::Drain(drain_to)),
+            ),
+            (
+                "tell smtpmta drain status",
+                tell(Smtpmta, TellCommand::Drain(DrainCommand::Status)),
+            ),
+            ("tell smtpmta refresh", tell(Smtpmta, TellCommand::Refresh)),
+        ];
+        for (line, expected) in parsed {
+            assert_eq!(ConsoleCommand::parse(line).unwrap(), expected, "{line}");
+        }
+        let refused = [
+            ("tell oseshlr0 quit", "session handler of osesctl"),
+            ("tell ISESHLR2 show status", "stop inbound transport"),
+            ("tell nobody quit", "unknown task"),
+            ("frobnicate", ""),
+            (
+                "tell smtpmta drain to mx2 include queued",
+                "cannot include `queued`",
+            ),
+            ("tell smtpmta drain", "usage"),
+        ];
+        for (line, why) in refused {
+            let e = ConsoleCommand::parse(line).unwrap_err().to_string();
+            assert!(e.contains(why), "{line}: {e}");
+        }
     }
 }
