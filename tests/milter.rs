@@ -81,13 +81,13 @@ fn scripted() -> (TestMilter, Arc<Mutex<String>>) {
     let script = move |e: &Event| -> Vec<(u8, Vec<u8>)> {
         let arg = e.args.first().map(String::as_str).unwrap_or("");
         match e.code {
-            'M' if arg == "<tempfail@localhost>" => vec![reply::tempfail()],
+            'M' if arg == "<tempfail@localhost>" => vec![reply::TEMPFAIL],
             'M' if arg == "<blocked@localhost>" => {
                 vec![reply::reply_code(
                     "553 5.7.1 sender blocked by the test milter",
                 )]
             }
-            'R' if arg == "<abuse@localhost>" => vec![reply::reject()],
+            'R' if arg == "<abuse@localhost>" => vec![reply::REJECT],
             'L' if arg.eq_ignore_ascii_case("subject") => {
                 *seen.lock().unwrap() = e.args[1].clone();
                 vec![]
@@ -103,7 +103,7 @@ fn eom(subject: &str) -> Vec<(u8, Vec<u8>)> {
     match subject {
         "modify" => vec![
             reply::add_header("X-Added", "yes"),
-            reply::progress(),
+            reply::PROGRESS,
             reply::insert_header(0, "X-Top", "first"),
             reply::change_header(1, "Subject", "modified"),
             reply::change_header(1, "X-Remove-Me", ""),
@@ -111,13 +111,13 @@ fn eom(subject: &str) -> Vec<(u8, Vec<u8>)> {
             reply::add_rcpt("<bob@localhost>"),
             reply::del_rcpt("<alice@localhost>"),
             reply::change_from("<changed@localhost>"),
-            reply::accept(),
+            reply::ACCEPT,
         ],
         "reject" => vec![reply::reply_code("554 5.7.1 rejected by the test milter")],
-        "tempfail" => vec![reply::tempfail()],
-        "discard" => vec![reply::discard()],
-        "quarantine" => vec![reply::quarantine("suspicious attachment"), reply::accept()],
-        _ => vec![reply::cont()],
+        "tempfail" => vec![reply::TEMPFAIL],
+        "discard" => vec![reply::DISCARD],
+        "quarantine" => vec![reply::quarantine("suspicious attachment"), reply::ACCEPT],
+        _ => vec![reply::CONTINUE],
     }
 }
 
@@ -453,11 +453,11 @@ fn rspamd_as_a_milter() {
 #[test]
 fn milter_connections_serve_session_after_session() {
     let follow = TestMilter::start(Mode::Script(Arc::new(|e: &Event| match e.code {
-        'E' => vec![reply::accept()],
+        'E' => vec![reply::ACCEPT],
         _ => vec![],
     })));
     let at_connect = TestMilter::start(Mode::Script(Arc::new(|e: &Event| match e.code {
-        'C' => vec![reply::accept()],
+        'C' => vec![reply::ACCEPT],
         _ => vec![],
     })));
     let entries = milter_entry("follow", &follow.address(), "")
@@ -525,7 +525,7 @@ fn rough_cost_of_the_milter_client() {
     };
     let none = rate("");
     let accept_all = TestMilter::start(Mode::Script(Arc::new(|e: &Event| match e.code {
-        'E' => vec![reply::accept()],
+        'E' => vec![reply::ACCEPT],
         _ => vec![],
     })));
     let with_test = rate(&milter_entry("accept", &accept_all.address(), ""));

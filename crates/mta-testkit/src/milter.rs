@@ -61,24 +61,13 @@ pub mod reply {
         p.1.splice(0..0, index.to_be_bytes());
         p
     }
-    pub fn cont() -> Packet {
-        (b'c', Vec::new())
-    }
-    pub fn accept() -> Packet {
-        (b'a', Vec::new())
-    }
-    pub fn reject() -> Packet {
-        (b'r', Vec::new())
-    }
-    pub fn tempfail() -> Packet {
-        (b't', Vec::new())
-    }
-    pub fn discard() -> Packet {
-        (b'd', Vec::new())
-    }
-    pub fn progress() -> Packet {
-        (b'p', Vec::new())
-    }
+    /// The replies without data (a `const` of a `Vec` is a fresh one at each use).
+    pub const CONTINUE: Packet = (b'c', Vec::new());
+    pub const ACCEPT: Packet = (b'a', Vec::new());
+    pub const REJECT: Packet = (b'r', Vec::new());
+    pub const TEMPFAIL: Packet = (b't', Vec::new());
+    pub const DISCARD: Packet = (b'd', Vec::new());
+    pub const PROGRESS: Packet = (b'p', Vec::new());
     pub fn reply_code(text: &str) -> Packet {
         strings(b'y', &[text])
     }
@@ -251,7 +240,7 @@ fn serve(mut s: TcpStream, mode: Mode, events: Arc<Mutex<Vec<Event>>>, stop: Arc
         let replies = match &mode {
             // Nothing said: continue.
             Mode::Script(script) => match script(&event) {
-                r if r.is_empty() => vec![reply::cont()],
+                r if r.is_empty() => vec![reply::CONTINUE],
                 r => r,
             },
             Mode::Hang => {
