@@ -162,6 +162,14 @@ fn dns_blocklists_refuse_listed_clients_and_allowlists_bypass() {
         "{log}"
     );
     assert!(!log.contains("[127.0.0.4]: 554"), "{log}");
+    // The refusal is one log line (not the reply's wire form with its CRLF).
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("reject: CONNECT from [127.0.0.2]"));
+    assert!(
+        refusal.is_some_and(|l| !l.contains('\r') && l.contains("bl.test (score 2) ")),
+        "{refusal:?}"
+    );
     wait_for(
         "the blocked counter",
         Duration::from_secs(10),

@@ -121,7 +121,7 @@ impl Door {
             Ok(session) => session,
             Err(exceeded) => {
                 let reply = Reply::client_limit(&self.hostname, &exceeded.reason(key));
-                tracing::info!(client = %peer, "reject: CONNECT from [{ip}]: {}", reply.wire());
+                tracing::info!(client = %peer, "reject: CONNECT from [{ip}]: {}", reply);
                 self.intake.count(counters::INBOUND_LIMIT_REFUSED);
                 refuse(stream, &reply).await;
                 return None;
@@ -215,7 +215,7 @@ impl ClientPass {
         match handle.await {
             Ok(Verdict::Blocked { score, zone }) => {
                 let reply = Reply::dnsbl_blocked(u.ip, &zone);
-                tracing::info!(client = %u.ip, "reject: CONNECT from [{}]: {} (score {score})", u.ip, reply.wire());
+                tracing::info!(client = %u.ip, "reject: CONNECT from [{}]: {} (score {score})", u.ip, reply);
                 u.intake.count(counters::INBOUND_DNSBL_BLOCKED);
                 Some(reply)
             }
@@ -254,7 +254,7 @@ impl ClientPass {
             client = %u.ip,
             "reject: improper command pipelining after {command} from [{}]: {octets} octet(s) sent before the reply: {}",
             u.ip,
-            reply.wire()
+            reply
         );
         u.intake.count(counters::INBOUND_PIPELINING_REFUSED);
         Some(reply)
