@@ -87,11 +87,7 @@ struct InFlight {
 
 /// The code, enhanced code and text of a server's reply: `250 2.0.0 Ok: queued`.
 pub fn reply_text(reply: &mta_smtp::Reply) -> String {
-    let code = reply.code.unwrap_or_default();
-    match reply.status {
-        Some(e) => format!("{code} {e} {}", reply.text()),
-        None => format!("{code} {}", reply.text()),
-    }
+    reply.to_string()
 }
 
 impl RcptOutcome {

@@ -505,11 +505,7 @@ async fn submit(
             if r.is_positive() {
                 Ok(())
             } else {
-                Err(format!(
-                    "{what}: {} {}",
-                    r.code.unwrap_or_default(),
-                    r.text()
-                ))
+                Err(format!("{what}: {}", r.code_text()))
             }
         };
         check("greeting", greeting)?;

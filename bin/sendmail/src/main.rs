@@ -462,11 +462,7 @@ async fn verify(s: Submission<'_>) -> ExitCode {
         if reply.is_positive() {
             println!("{rcpt}... deliverable");
         } else {
-            println!(
-                "{rcpt}... undeliverable: {} {}",
-                reply.code.unwrap_or_default(),
-                reply.text()
-            );
+            println!("{rcpt}... undeliverable: {}", reply.code_text());
             let this = if reply.is_transient() {
                 EX_TEMPFAIL
             } else {
@@ -505,11 +501,7 @@ async fn submit(s: Submission<'_>, message: &[u8]) -> ExitCode {
         };
         fail(
             code,
-            format!(
-                "{what}: {} {}; the message was NOT sent",
-                r.code.unwrap_or_default(),
-                r.text()
-            ),
+            format!("{what}: {}; the message was NOT sent", r.code_text()),
         )
     };
     if !greeting.is_positive() {

@@ -598,6 +598,15 @@ impl Reply {
         }
     }
 
+    /// `550 text`: the code and the text without the enhanced status, as an error message
+    /// quotes a server's reply (one of our own verdicts without a code: the text alone).
+    pub fn code_text(&self) -> String {
+        match self.code {
+            Some(code) => format!("{code} {}", self.text()),
+            None => self.text(),
+        }
+    }
+
     /// The wire form: each line `code`, `-` or space, optional enhanced code, text, CRLF.
     /// (Our own verdicts are never sent; theirs would carry their class's `X00`.)
     pub fn wire(&self) -> String {

@@ -29,11 +29,6 @@ pub enum Effect {
     Retry { reason: String },
 }
 
-/// `550 text`: the peer's code (a server's reply always has one) and text.
-fn line(reply: &Reply) -> String {
-    format!("{} {}", reply.code.unwrap_or_default(), reply.text())
-}
-
 pub fn apply(
     record: &mut MessageRecord,
     rcpts: &[usize],
@@ -50,7 +45,7 @@ pub fn apply(
         }
     };
     if !sent.mail.is_positive() {
-        let reason = format!("{peer} refused MAIL: {}", line(&sent.mail));
+        let reason = format!("{peer} refused MAIL: {}", sent.mail.code_text());
         return if sent.mail.is_permanent() {
             hold(record, reason)
         } else {
@@ -65,11 +60,11 @@ pub fn apply(
         if reply.is_positive() {
             match data {
                 Some(_) if data_ok => taken.push(*i),
-                Some(d) if d.is_permanent() => refused.push((*i, line(d))),
+                Some(d) if d.is_permanent() => refused.push((*i, d.code_text())),
                 _ => {}
             }
         } else if reply.is_permanent() {
-            refused.push((*i, line(reply)));
+            refused.push((*i, reply.code_text()));
         }
     }
     let qid = data
@@ -97,8 +92,8 @@ pub fn apply(
             .rcpts
             .iter()
             .find(|r| !r.is_positive())
-            .map(line)
-            .or_else(|| data.map(line))
+            .map(Reply::code_text)
+            .or_else(|| data.map(Reply::code_text))
             .unwrap_or_else(|| "no recipient accepted".into());
         return Effect::Retry {
             reason: format!("{peer}: {why}"),

@@ -46,9 +46,7 @@ impl PeerSession {
         let auth = client.auth_plain(handoff::PEER_USER, &plan.secret).await?;
         if auth.code != Some(235) {
             bail!(
-                "the peer refused the fleet credentials ({} {}): is the same secret in both nodes' [cluster] peer_password_file?",
-                auth.code.unwrap_or_default(),
-                auth.text()
+                "the peer refused the fleet credentials ({}): is the same secret in both nodes' [cluster] peer_password_file?", auth.code_text()
             );
         }
         Ok(PeerSession {
@@ -103,11 +101,7 @@ impl PeerSession {
 
 fn expect_ok(reply: Reply, command: &str) -> anyhow::Result<()> {
     if !reply.is_positive() {
-        bail!(
-            "{command}: {} {}",
-            reply.code.unwrap_or_default(),
-            reply.text()
-        );
+        bail!("{command}: {}", reply.code_text());
     }
     Ok(())
 }
