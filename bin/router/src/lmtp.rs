@@ -26,7 +26,7 @@ use crate::local_delivery::{record_outcome, Levels, Routed, Stats};
 use crate::routing::{MailboxOutcome, Routing};
 use mta_config::LmtpConfig;
 use mta_smtp::client::SessionError;
-use mta_smtp::lmtp::{LmtpClient, Transaction, Transfer};
+use mta_smtp::lmtp::{LmtpClient, LmtpMessage, Transfer};
 use mta_types::outcome::Reply;
 use mta_types::{ContentRef, Endpoint, Enhanced, QueueId};
 use std::collections::HashMap;
@@ -260,7 +260,7 @@ async fn run(pool: &Pool, job: &Job, spool_dir: &std::path::Path, debug: u8) -> 
         Ok(Err(e)) => return all(deferred((4, 3, 0), format!("cannot read the content: {e}"))),
         Err(e) => return all(deferred((4, 3, 0), e.to_string())),
     };
-    let tx = Transaction {
+    let tx = LmtpMessage {
         mail_from: &job.mail_from,
         recipients: &job.recipients,
         content: &content,
@@ -284,7 +284,7 @@ async fn run(pool: &Pool, job: &Job, spool_dir: &std::path::Path, debug: u8) -> 
 async fn transfer(
     pool: &Pool,
     server: &Server,
-    tx: &Transaction<'_>,
+    tx: &LmtpMessage<'_>,
     debug: u8,
 ) -> Result<Transfer, SessionError> {
     if let Some(mut client) = server.take_idle() {

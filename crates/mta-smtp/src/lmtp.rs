@@ -16,7 +16,7 @@ use mta_types::Endpoint;
 use std::time::Duration;
 
 /// One message for one LMTP server.
-pub struct Transaction<'a> {
+pub struct LmtpMessage<'a> {
     /// The return path, without brackets (`""`: the null sender).
     pub mail_from: &'a str,
     /// The mailboxes, as `RCPT TO` addresses without brackets.
@@ -90,7 +90,7 @@ impl LmtpClient {
 
     /// Delivers one message: MAIL, the RCPTs and DATA (in one write when the server
     /// pipelines), the content, then one reply per accepted recipient.
-    pub async fn deliver(&mut self, tx: &Transaction<'_>) -> Transfer {
+    pub async fn deliver(&mut self, tx: &LmtpMessage<'_>) -> Transfer {
         let n = tx.recipients.len();
         let envelope = match self.envelope(tx).await {
             Ok(e) => e,
@@ -135,7 +135,7 @@ impl LmtpClient {
     /// for all), the accepted ones, and the reply to DATA (MAIL's when it was refused).
     async fn envelope(
         &mut self,
-        tx: &Transaction<'_>,
+        tx: &LmtpMessage<'_>,
     ) -> Result<(Vec<Option<Reply>>, Vec<usize>, Reply), SessionError> {
         let mut lines = vec![self.mail_command(tx)];
         lines.extend(tx.recipients.iter().map(|r| format!("RCPT TO:<{r}>")));
@@ -177,7 +177,7 @@ impl LmtpClient {
         Ok((replies, accepted, data))
     }
 
-    fn mail_command(&self, tx: &Transaction<'_>) -> String {
+    fn mail_command(&self, tx: &LmtpMessage<'_>) -> String {
         let mut line = format!("MAIL FROM:<{}>", tx.mail_from);
         if tx.eight_bit && self.smtp.ext.eight_bit_mime {
             line.push_str(" BODY=8BITMIME");
@@ -265,7 +265,7 @@ mod tests {
         ];
         let (mut c, _dir) = scripted(script).await;
         let rcpts = ["a@l", "u@l", "q@l"].map(String::from);
-        let tx = Transaction {
+        let tx = LmtpMessage {
             mail_from: "s@x",
             recipients: &rcpts,
             content: b"Subject: x\r\n\r\n.dot\r\n",
@@ -286,7 +286,7 @@ mod tests {
 
         // The same connection again: nobody accepted, so no content, and a RSET.
         let one = ["u@l".to_string()];
-        let tx = Transaction {
+        let tx = LmtpMessage {
             mail_from: "",
             recipients: &one,
             ..tx
@@ -309,7 +309,7 @@ mod tests {
         let (mut c, _dir) = scripted(script).await;
         let rcpts = ["a@l", "b@l"].map(String::from);
         let out = c
-            .deliver(&Transaction {
+            .deliver(&LmtpMessage {
                 mail_from: "s@x",
                 recipients: &rcpts,
                 content: b"x\r\n",
