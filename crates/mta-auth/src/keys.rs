@@ -43,12 +43,12 @@ impl SigningKeys {
     pub fn load(config: &Config) -> Result<SigningKeys, AuthError> {
         let mut keys = Vec::with_capacity(config.dkim.len());
         for (i, entry) in config.dkim.iter().enumerate() {
-            let key = load_key(entry).map_err(|message| {
+            let key = load_key(entry).map_err(|fault| {
                 config.dkim_error(
                     i,
                     "private_key",
                     format!(
-                        "{} ({}): {message}",
+                        "{} ({}): {fault}",
                         entry.private_key.display(),
                         entry.algorithm.as_str()
                     ),
@@ -105,14 +105,14 @@ impl SigningKeys {
         &self,
         content: &[u8],
         sender_domain: Option<&str>,
-    ) -> Result<Option<(String, &DkimKeyConfig)>, String> {
+    ) -> Result<Option<(String, &DkimKeyConfig)>, AuthError> {
         let Some(key) = self.pick(content, sender_domain) else {
             return Ok(None);
         };
         if already_signed(content, &key.config) {
             return Ok(None);
         }
-        let signature = key.signer.sign(content).map_err(|e| e.to_string())?;
+        let signature = key.signer.sign(content).map_err(AuthError::Sign)?;
         Ok(Some((
             tidy_signature_header(signature.to_header()),
             &key.config,
@@ -148,45 +148,65 @@ fn already_signed(content: &[u8], key: &DkimKeyConfig) -> bool {
     tags.contains(&format!("d={}", key.domain)) && tags.contains(&format!("s={}", key.selector))
 }
 
-fn load_key(entry: &DkimKeyConfig) -> Result<DkimKey, String> {
-    let pem = std::fs::read(&entry.private_key).map_err(|e| format!("cannot read: {e}"))?;
-    let der =
-        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("not a PEM private key: {e}"))?;
+/// Why a `[[dkim]]` key file is unusable; `SigningKeys::load` puts it in a config error
+/// naming the entry.
+#[derive(Debug, thiserror::Error)]
+enum KeyFault {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not a PEM private key: {0}")]
+    NotPem(#[source] rustls_pki_types::pem::Error),
+    #[error("not an RSA key")]
+    NotRsa,
+    /// The parser's words (from the rsa crate or mail-auth).
+    #[error("not an RSA private key: {0}")]
+    BadRsa(String),
+    #[error(
+        "an RSA key of {0} bits is too short: at least {MIN_RSA_BITS} (RFC 8301), 2048 recommended"
+    )]
+    RsaTooShort(usize),
+    #[error("not an Ed25519 PKCS#8 key: {0}")]
+    BadEd25519(#[source] mail_auth::Error),
+    #[error("not an Ed25519 key (expected a PKCS#8 \"PRIVATE KEY\" PEM)")]
+    NotEd25519,
+}
+
+fn load_key(entry: &DkimKeyConfig) -> Result<DkimKey, KeyFault> {
+    let pem = std::fs::read(&entry.private_key).map_err(KeyFault::Read)?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(KeyFault::NotPem)?;
     match entry.algorithm {
         DkimAlgorithm::RsaSha256 => {
             if matches!(der, PrivateKeyDer::Sec1(_)) {
-                return Err("not an RSA key".into());
+                return Err(KeyFault::NotRsa);
             }
             // The size first: ring refuses short keys with a bare "TooSmall".
             let bits = private_rsa_bits(&der)?;
             if bits < MIN_RSA_BITS {
-                return Err(format!(
-                    "an RSA key of {bits} bits is too short: at least {MIN_RSA_BITS} (RFC 8301), 2048 recommended"
-                ));
+                return Err(KeyFault::RsaTooShort(bits));
             }
-            let key = RsaKey::<Sha256>::from_key_der(der)
-                .map_err(|e| format!("not an RSA private key: {e}"))?;
+            let key =
+                RsaKey::<Sha256>::from_key_der(der).map_err(|e| KeyFault::BadRsa(e.to_string()))?;
             Ok(DkimKey::Rsa(key))
         }
         DkimAlgorithm::Ed25519Sha256 => match der {
             PrivateKeyDer::Pkcs8(p8) => Ed25519Key::from_pkcs8_der(p8.secret_pkcs8_der())
                 .map(DkimKey::Ed25519)
-                .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}")),
-            _ => Err("not an Ed25519 key (expected a PKCS#8 \"PRIVATE KEY\" PEM)".into()),
+                .map_err(KeyFault::BadEd25519),
+            _ => Err(KeyFault::NotEd25519),
         },
     }
 }
 
-fn private_rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
+fn private_rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, KeyFault> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::DecodePrivateKey;
     use rsa::traits::PublicKeyParts;
     let key = match der {
         PrivateKeyDer::Pkcs1(k) => rsa::RsaPrivateKey::from_pkcs1_der(k.secret_pkcs1_der())
-            .map_err(|e| format!("not an RSA private key: {e}"))?,
+            .map_err(|e| KeyFault::BadRsa(e.to_string()))?,
         PrivateKeyDer::Pkcs8(k) => rsa::RsaPrivateKey::from_pkcs8_der(k.secret_pkcs8_der())
-            .map_err(|e| format!("not an RSA private key: {e}"))?,
-        _ => return Err("not an RSA key".into()),
+            .map_err(|e| KeyFault::BadRsa(e.to_string()))?,
+        _ => return Err(KeyFault::NotRsa),
     };
     Ok(key.n().bits())
 }

@@ -25,7 +25,7 @@ pub use headers::{header_domain, strip_forged_results};
 pub use keys::{keygen, GeneratedKey, SigningKeys, MIN_RSA_BITS};
 pub use verify::{AuthOutcome, AuthSummary, DkimCount, Verifier, VerifyInput};
 
-/// Why a key could not be loaded or made.
+/// Why a key could not be loaded or made, or a message could not be signed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// A `[[dkim]]` entry's key is unusable (the error names file, line and key).
@@ -37,6 +37,9 @@ pub enum AuthError {
     /// The resolver could not be built.
     #[error("DNS resolver: {0}")]
     Resolver(String),
+    /// Signing a message failed (mail-auth's words; the message goes unsigned).
+    #[error("{0}")]
+    Sign(#[source] mail_auth::Error),
 }
 
 /// The statistics counters (`show stat mail`), kept by the store; named in

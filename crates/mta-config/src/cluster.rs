@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::values;
+use crate::{values, ValueError};
 
 /// `[cluster]` as loaded.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,9 +63,10 @@ impl RedisUrl {
         self.0.starts_with("rediss://")
     }
 
-    fn parse(s: &str) -> Result<RedisUrl, String> {
-        let bad = |why: &str| {
-            format!("is not a Redis URL ({why}): \"redis://host:port\", \"rediss://host:port\" or \"redis+unix:///path\"")
+    fn parse(s: &str) -> Result<RedisUrl, ValueError> {
+        let bad = |why| ValueError::RedisUrl {
+            value: s.to_string(),
+            why,
         };
         let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
         match scheme {
@@ -162,7 +163,7 @@ impl RawCluster {
     pub(crate) fn into_config(self, base: &Path) -> Result<ClusterConfig, (&'static str, String)> {
         let redis = match self.redis.trim() {
             "" => None,
-            url => Some(RedisUrl::parse(url).map_err(|m| ("redis", format!("`{url}` {m}")))?),
+            url => Some(RedisUrl::parse(url).map_err(|e| ("redis", e.to_string()))?),
         };
         let node = match self.node.trim() {
             "" => system_hostname(),
@@ -180,13 +181,14 @@ impl RawCluster {
             "" => (None, None),
             file => {
                 let path = crate::normalize(&base.join(file));
-                let secret = read_secret(&path).map_err(|m| ("peer_password_file", m))?;
+                let secret =
+                    read_secret(&path).map_err(|e| ("peer_password_file", e.to_string()))?;
                 (Some(path), Some(secret))
             }
         };
         let peer_address = match self.peer_address.trim() {
             "" => None,
-            addr => Some(check_host_port(addr).map_err(|m| ("peer_address", m))?),
+            addr => Some(check_host_port(addr).map_err(|e| ("peer_address", e.to_string()))?),
         };
         Ok(ClusterConfig {
             peer_address,
@@ -202,9 +204,8 @@ impl RawCluster {
 }
 
 /// `host:port` (host a name, an IPv4 address or `[ipv6]`).
-fn check_host_port(addr: &str) -> Result<String, String> {
-    let bad =
-        || format!("`{addr}` is not host:port (e.g. \"mx2.example:25\", \"[2001:db8::2]:25\")");
+fn check_host_port(addr: &str) -> Result<String, ValueError> {
+    let bad = || ValueError::HostPort(addr.to_string());
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
     let name_ok = !host.is_empty() && !host.contains(|c: char| c.is_whitespace() || c == '/');
@@ -218,12 +219,16 @@ fn check_host_port(addr: &str) -> Result<String, String> {
     Ok(addr.to_string())
 }
 
-fn read_secret(path: &Path) -> Result<PeerPassword, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+fn read_secret(path: &Path) -> Result<PeerPassword, ValueError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ValueError::SecretUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let secret = text.trim();
     if secret.is_empty() {
-        return Err(format!("`{}` is empty", path.display()));
+        return Err(ValueError::SecretEmpty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(PeerPassword(secret.to_string()))
 }

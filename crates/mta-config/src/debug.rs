@@ -4,7 +4,7 @@
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use crate::{ConfigError, ValueError};
 
 /// `[debug]` — knobs `set config` changes at runtime. TOML keys are the Domino notes.ini names
 /// exactly; all default to 0 (off).
@@ -42,7 +42,7 @@ pub struct DebugKnobs {
     pub debug_outfile: String,
 }
 
-fn check(name: &str, value: i64) -> Result<u8, String> {
+fn check(name: &str, value: i64) -> Result<u8, ValueError> {
     let ok = if name == "Log_MailRouting" {
         matches!(value, 0 | 10 | 20 | 30 | 40)
     } else {
@@ -51,9 +51,9 @@ fn check(name: &str, value: i64) -> Result<u8, String> {
     if ok {
         Ok(value as u8)
     } else if name == "Log_MailRouting" {
-        Err(format!("`{value}` is not one of 0, 10, 20, 30, 40"))
+        Err(ValueError::RoutingLevel(value))
     } else {
-        Err(format!("`{value}` is out of range (0 to 3)"))
+        Err(ValueError::DebugLevel(value))
     }
 }
 
@@ -140,7 +140,7 @@ impl DebugKnobs {
             .trim()
             .parse()
             .map_err(|_| knob_err(format!("`{value}` is not an integer")))?;
-        *self.slot(canonical) = check(canonical, n).map_err(knob_err)?;
+        *self.slot(canonical) = check(canonical, n).map_err(|e| knob_err(e.to_string()))?;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::error::{Seg, Source};
 use crate::values::{parse_address, AddressValue};
-use crate::{ConfigError, UserLmtp};
+use crate::{ConfigError, UserLmtp, ValueError};
 
 /// How deep alias expansion goes before an address is taken as it is.
 pub const MAX_ALIAS_DEPTH: usize = 20;
@@ -181,13 +181,13 @@ fn optional_maildir<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, 
 }
 
 /// `lmtp`: `"none"` or an LMTP server's address.
-fn user_lmtp(s: &str, folder: &Path) -> Result<UserLmtp, String> {
+fn user_lmtp(s: &str, folder: &Path) -> Result<UserLmtp, ValueError> {
     if s.trim().eq_ignore_ascii_case("none") {
         return Ok(UserLmtp::Maildir);
     }
     crate::lmtp::parse(s, |p| folder.join(p))
         .map(UserLmtp::Server)
-        .map_err(|m| format!("{m}, or \"none\" for Maildir"))
+        .map_err(|_| ValueError::UserLmtp(s.to_string()))
 }
 
 /// User `i`'s Maildir (relative to data_dir) and its `lmtp` choice.
@@ -206,11 +206,9 @@ fn user_mailbox(src: &Source, i: usize, u: &RawUser) -> Result<(PathBuf, UserLmt
 }
 
 /// `mail/<name>` when `maildir` is absent, if the name can be a folder's name.
-fn default_maildir(name: &str) -> Result<PathBuf, String> {
+fn default_maildir(name: &str) -> Result<PathBuf, ValueError> {
     if name.contains('/') || name == "." || name == ".." {
-        Err(format!(
-            "needed: the name `{name}` cannot be a folder's name"
-        ))
+        Err(ValueError::FolderName(name.to_string()))
     } else {
         Ok(Path::new("mail").join(name))
     }

@@ -12,6 +12,7 @@
 //!   negative for an allowlist.
 
 use crate::values::parse_str;
+use crate::ValueError;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -60,28 +61,41 @@ impl fmt::Display for DnsListSite {
     }
 }
 
-impl std::str::FromStr for DnsListSite {
-    type Err = String;
+/// Which part of a DNS list site is wrong (in [`ValueError::DnsListSite`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SiteFault {
+    #[error("the weight is not an integer")]
+    Weight,
+    #[error("the zone is not a domain name")]
+    Zone,
+    #[error("the filter needs four octets")]
+    FilterOctets,
+    #[error("`{0}` is not a number from 0 to 255")]
+    Octet(String),
+    #[error("the range `{0}` is empty")]
+    EmptyRange(String),
+}
 
-    fn from_str(s: &str) -> Result<DnsListSite, String> {
+impl std::str::FromStr for DnsListSite {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<DnsListSite, ValueError> {
         let text = s.trim();
-        let bad = |why: &str| {
-            format!("`{s}` is not a DNS list site (zone[=filter][*weight], e.g. \"zen.example*2\" or \"bl.example=127.0.0.[2..11]\"): {why}")
+        let bad = |why| ValueError::DnsListSite {
+            value: s.to_string(),
+            why,
         };
         let (rest, weight) = match text.rsplit_once('*') {
             Some((rest, w)) => (
                 rest,
                 w.trim()
                     .parse::<i32>()
-                    .map_err(|_| bad("the weight is not an integer"))?,
+                    .map_err(|_| bad(SiteFault::Weight))?,
             ),
             None => (text, 1),
         };
         let (zone, filter) = match rest.split_once('=') {
-            Some((zone, filter)) => (
-                zone,
-                Some(parse_filter(filter.trim()).map_err(|e| bad(&e))?),
-            ),
+            Some((zone, filter)) => (zone, Some(parse_filter(filter.trim()).map_err(bad)?)),
             None => (rest, None),
         };
         let zone = zone.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -92,7 +106,7 @@ impl std::str::FromStr for DnsListSite {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if zone.is_empty() || zone.len() > 180 || !zone.split('.').all(label_ok) {
-            return Err(bad("the zone is not a domain name"));
+            return Err(bad(SiteFault::Zone));
         }
         Ok(DnsListSite {
             zone,
@@ -104,7 +118,7 @@ impl std::str::FromStr for DnsListSite {
 }
 
 /// `d.d.d.d`, each `d` a number or `[n;n..m;…]`.
-fn parse_filter(s: &str) -> Result<AddrFilter, String> {
+fn parse_filter(s: &str) -> Result<AddrFilter, SiteFault> {
     let mut parts = Vec::with_capacity(4);
     let mut depth = 0;
     let mut start = 0;
@@ -121,7 +135,7 @@ fn parse_filter(s: &str) -> Result<AddrFilter, String> {
     }
     parts.push(&s[start..]);
     if parts.len() != 4 {
-        return Err("the filter needs four octets".into());
+        return Err(SiteFault::FilterOctets);
     }
     let mut octets: [Vec<(u8, u8)>; 4] = Default::default();
     for (slot, part) in octets.iter_mut().zip(parts) {
@@ -130,11 +144,11 @@ fn parse_filter(s: &str) -> Result<AddrFilter, String> {
     Ok(AddrFilter { octets })
 }
 
-fn parse_octet(s: &str) -> Result<Vec<(u8, u8)>, String> {
+fn parse_octet(s: &str) -> Result<Vec<(u8, u8)>, SiteFault> {
     let number = |n: &str| {
         n.trim()
             .parse::<u8>()
-            .map_err(|_| format!("`{n}` is not a number from 0 to 255"))
+            .map_err(|_| SiteFault::Octet(n.to_string()))
     };
     let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
         let n = number(s)?;
@@ -146,7 +160,7 @@ fn parse_octet(s: &str) -> Result<Vec<(u8, u8)>, String> {
             Some((lo, hi)) => {
                 let (lo, hi) = (number(lo)?, number(hi)?);
                 if lo > hi {
-                    return Err(format!("the range `{item}` is empty"));
+                    return Err(SiteFault::EmptyRange(item.to_string()));
                 }
                 Ok((lo, hi))
             }
@@ -219,7 +233,7 @@ mod tests {
             "zen.example=127.0.0.[2..x]",
         ] {
             let e = bad.parse::<DnsListSite>().unwrap_err();
-            assert!(e.contains("not a DNS list site"), "{bad}: {e}");
+            assert!(e.to_string().contains("not a DNS list site"), "{bad}: {e}");
         }
     }
 }

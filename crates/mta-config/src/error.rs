@@ -62,6 +62,71 @@ impl ConfigError {
     }
 }
 
+/// What is wrong with one value, whatever key it was written under: the loader adds where
+/// (file, line and key) when it makes a [`ConfigError`], and toml does for a value that fails
+/// while it is deserialized. `Display` is the operator's message.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("`{0}` is not {help}", help = crate::values::DURATION_HELP)]
+    Duration(String),
+    #[error("`{0}` is not a size: bytes as an integer, or a string such as \"10K\", \"25M\", \"25MiB\", \"1G\"")]
+    Size(String),
+    #[error("`{value}` is not a mail address: {source}")]
+    Address {
+        value: String,
+        source: mta_types::AddressError,
+    },
+    #[error("`{value}` is not a domain name: {source}")]
+    Domain {
+        value: String,
+        source: mta_types::AddressError,
+    },
+    /// A CIDR network, or a bare address for one host.
+    #[error("`{0}` is not a CIDR network")]
+    Cidr(String),
+    #[error("`{0}` is not a socket address (ip:port, or [ipv6]:port)")]
+    Socket(String),
+    /// A socket address that may be `""` (off).
+    #[error("`{0}` is not a socket address (ip:port, [ipv6]:port, or \"\" for off)")]
+    SocketOrOff(String),
+    #[error("`{0}` is not a name server address (ip, ip:port, or [ipv6]:port)")]
+    Nameserver(String),
+    /// `outbound.relay_host`.
+    #[error("`{0}` is not host:port (e.g. \"smtp.example.com:25\", \"192.0.2.1:587\", \"[2001:db8::1]:25\")")]
+    RelayHost(String),
+    #[error("`{0}` is not an LMTP address (\"unix:/path\" or \"inet:host:port\")")]
+    LmtpAddress(String),
+    /// A directory user's `lmtp`, which may also be `"none"`.
+    #[error("`{0}` is not an LMTP address (\"unix:/path\" or \"inet:host:port\"), or \"none\" for Maildir")]
+    UserLmtp(String),
+    #[error("`{0}` is not a milter address (\"inet:host:port\" or \"unix:/path\")")]
+    MilterAddress(String),
+    #[error("`{value}` is not a Redis URL ({why}): \"redis://host:port\", \"rediss://host:port\" or \"redis+unix:///path\"")]
+    RedisUrl { value: String, why: &'static str },
+    #[error("`{0}` is not host:port (e.g. \"mx2.example:25\", \"[2001:db8::2]:25\")")]
+    HostPort(String),
+    /// A file holding a secret (`cluster.peer_password_file`).
+    #[error("cannot read `{}`: {source}", path.display())]
+    SecretUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{}` is empty", path.display())]
+    SecretEmpty { path: PathBuf },
+    /// A user without `maildir` gets `mail/<name>`, which this name cannot be.
+    #[error("needed: the name `{0}` cannot be a folder's name")]
+    FolderName(String),
+    #[error("`{0}` is not one of 0, 10, 20, 30, 40")]
+    RoutingLevel(i64),
+    #[error("`{0}` is out of range (0 to 3)")]
+    DebugLevel(i64),
+    #[error("`{value}` is not a DNS list site (zone[=filter][*weight], e.g. \"zen.example*2\" or \"bl.example=127.0.0.[2..11]\"): {why}")]
+    DnsListSite {
+        value: String,
+        why: crate::dnslist::SiteFault,
+    },
+}
+
 struct Located<'a> {
     file: &'a Path,
     line: Option<usize>,
@@ -126,9 +191,13 @@ impl Source {
     }
 
     /// An error about the value at `path` (which may not be in the file: then no line).
-    pub fn error_at(&self, path: &[Seg<'_>], message: impl Into<String>) -> ConfigError {
+    pub fn error_at(&self, path: &[Seg<'_>], message: impl ToString) -> ConfigError {
         let (key, span) = self.locate(path);
-        self.invalid(span.map(|s| self.line_of(s.start)), Some(key), message)
+        self.invalid(
+            span.map(|s| self.line_of(s.start)),
+            Some(key),
+            message.to_string(),
+        )
     }
 
     /// Turns a toml parse or deserialize error into a `ConfigError` with line and key.
@@ -312,4 +381,85 @@ fn friendly_message(message: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts operators have been reading since these errors were strings: unchanged.
+    #[test]
+    fn value_errors_read_as_they_did_when_they_were_strings() {
+        let address = "x@".parse::<mta_types::Address>().unwrap_err();
+        let cases = [
+            (
+                ValueError::Duration("5x".into()),
+                "`5x` is not a duration: seconds as an integer, or a string such as \"500ms\", \"30s\", \"5m\", \"1h\", \"2d\" or \"1h30m\"".to_string(),
+            ),
+            (
+                ValueError::Size("25Q".into()),
+                "`25Q` is not a size: bytes as an integer, or a string such as \"10K\", \"25M\", \"25MiB\", \"1G\"".into(),
+            ),
+            (
+                ValueError::Address { value: "x@".into(), source: address.clone() },
+                format!("`x@` is not a mail address: {address}"),
+            ),
+            (
+                ValueError::UserLmtp("tcp:h:24".into()),
+                "`tcp:h:24` is not an LMTP address (\"unix:/path\" or \"inet:host:port\"), or \"none\" for Maildir".into(),
+            ),
+            (
+                ValueError::MilterAddress("h:24".into()),
+                "`h:24` is not a milter address (\"inet:host:port\" or \"unix:/path\")".into(),
+            ),
+            (
+                ValueError::RedisUrl { value: "http://h:1".into(), why: "unknown scheme" },
+                "`http://h:1` is not a Redis URL (unknown scheme): \"redis://host:port\", \"rediss://host:port\" or \"redis+unix:///path\"".into(),
+            ),
+            (
+                ValueError::HostPort("mx2".into()),
+                "`mx2` is not host:port (e.g. \"mx2.example:25\", \"[2001:db8::2]:25\")".into(),
+            ),
+            (
+                ValueError::SecretEmpty { path: "/etc/peer".into() },
+                "`/etc/peer` is empty".into(),
+            ),
+            (
+                ValueError::FolderName("a/b".into()),
+                "needed: the name `a/b` cannot be a folder's name".into(),
+            ),
+            (
+                ValueError::RoutingLevel(5),
+                "`5` is not one of 0, 10, 20, 30, 40".into(),
+            ),
+            (ValueError::DebugLevel(4), "`4` is out of range (0 to 3)".into()),
+            (ValueError::Cidr("10/x".into()), "`10/x` is not a CIDR network".into()),
+            (
+                ValueError::Socket("h:1".into()),
+                "`h:1` is not a socket address (ip:port, or [ipv6]:port)".into(),
+            ),
+            (
+                ValueError::SocketOrOff("h:1".into()),
+                "`h:1` is not a socket address (ip:port, [ipv6]:port, or \"\" for off)".into(),
+            ),
+            (
+                ValueError::Nameserver("ns".into()),
+                "`ns` is not a name server address (ip, ip:port, or [ipv6]:port)".into(),
+            ),
+            (
+                ValueError::RelayHost("smtp".into()),
+                "`smtp` is not host:port (e.g. \"smtp.example.com:25\", \"192.0.2.1:587\", \"[2001:db8::1]:25\")".into(),
+            ),
+            (
+                ValueError::DnsListSite {
+                    value: "zen.example=127.0.0.[11..2]".into(),
+                    why: crate::dnslist::SiteFault::EmptyRange("11..2".into()),
+                },
+                "`zen.example=127.0.0.[11..2]` is not a DNS list site (zone[=filter][*weight], e.g. \"zen.example*2\" or \"bl.example=127.0.0.[2..11]\"): the range `11..2` is empty".into(),
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
 }

@@ -37,8 +37,8 @@ pub use cluster::{ClusterConfig, PeerPassword, RedisUrl};
 pub use debug::DebugKnobs;
 pub use directory::{Directory, User, MAX_ALIAS_DEPTH};
 pub use dkim::{DkimAlgorithm, DkimKeyConfig, DEFAULT_SIGNED_HEADERS};
-pub use dnslist::{AddrFilter, DnsListSite};
-pub use error::ConfigError;
+pub use dnslist::{AddrFilter, DnsListSite, SiteFault};
+pub use error::{ConfigError, ValueError};
 pub use lmtp::{LmtpConfig, UserLmtp};
 pub use milter::{MilterAddress, MilterConfig, MilterDefault, LISTENER_NAMES};
 pub use run_as::RunAs;
@@ -555,7 +555,7 @@ impl Config {
         };
         src.error_at(
             &[Seg::Key("dkim"), Seg::Index(index), Seg::Key(key)],
-            message,
+            message.into(),
         )
     }
 

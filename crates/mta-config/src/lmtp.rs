@@ -13,7 +13,7 @@ use std::time::Duration;
 use mta_types::Endpoint;
 use serde::Deserialize;
 
-use crate::values;
+use crate::{values, ValueError};
 
 /// `[lmtp]`, as loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl RawLmtp {
     ) -> Result<LmtpConfig, (&'static str, String)> {
         let address = match self.address.trim() {
             "" => None,
-            s => Some(parse(s, resolve).map_err(|m| ("address", m))?),
+            s => Some(parse(s, resolve).map_err(|e| ("address", e.to_string()))?),
         };
         crate::values::not_zero(&[
             ("connect_timeout", self.connect_timeout),
@@ -92,9 +92,8 @@ impl RawLmtp {
 }
 
 /// An LMTP server's address: `inet:host:port` or `unix:/path`.
-pub(crate) fn parse(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<Endpoint, String> {
-    Endpoint::parse(s, resolve)
-        .map_err(|_| format!("`{s}` is not an LMTP address (\"unix:/path\" or \"inet:host:port\")"))
+pub(crate) fn parse(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<Endpoint, ValueError> {
+    Endpoint::parse(s, resolve).map_err(|_| ValueError::LmtpAddress(s.to_string()))
 }
 
 /// A directory user's `lmtp` key: how their mail is delivered.

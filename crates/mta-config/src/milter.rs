@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::values;
+use crate::{values, ValueError};
 
 /// `address`: where a milter listens (`"inet:host:port"` or `"unix:/path"`, relative to
 /// the config file's folder if relative): the one endpoint type LMTP uses too.
@@ -101,7 +101,8 @@ impl RawMilter {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(("name", format!("`{}` is not a name (no spaces)", self.name)));
         }
-        let address = parse_address(&self.address, resolve).map_err(|m| ("address", m))?;
+        let address =
+            parse_address(&self.address, resolve).map_err(|e| ("address", e.to_string()))?;
         crate::values::not_zero(&[
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
@@ -134,8 +135,6 @@ impl RawMilter {
 }
 
 /// `inet:host:port` or `unix:/path` (Postfix's `smtpd_milters` syntax).
-fn parse_address(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<MilterAddress, String> {
-    MilterAddress::parse(s, resolve).map_err(|_| {
-        format!("`{s}` is not a milter address (\"inet:host:port\" or \"unix:/path\")")
-    })
+fn parse_address(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<MilterAddress, ValueError> {
+    MilterAddress::parse(s, resolve).map_err(|_| ValueError::MilterAddress(s.to_string()))
 }

@@ -147,9 +147,7 @@ fn scoped_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(u32, bool)>, 
 fn scoped_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(Rate, bool)>, D::Error> {
     crate::values::parse_str(d, |s| {
         let (body, local) = split_local(s);
-        body.parse::<Rate>()
-            .map(|r| Some((r, local)))
-            .map_err(|e| e.to_string())
+        body.parse::<Rate>().map(|r| Some((r, local)))
     })
 }
 

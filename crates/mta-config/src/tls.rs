@@ -110,7 +110,9 @@ impl OutboundTls {
 }
 
 fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    crate::values::parse_str(d, |s| Ok((!s.trim().is_empty()).then(|| PathBuf::from(s))))
+    crate::values::parse_str(d, |s| {
+        Ok::<_, std::convert::Infallible>((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+    })
 }
 
 impl TlsConfig {

@@ -11,12 +11,14 @@ use mta_types::{Address, Domain};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-const DURATION_HELP: &str =
+use crate::ValueError;
+
+pub(crate) const DURATION_HELP: &str =
     "a duration: seconds as an integer, or a string such as \"500ms\", \"30s\", \"5m\", \"1h\", \"2d\" or \"1h30m\"";
 
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"2d"`, `"1h30m"`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not {DURATION_HELP}");
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
+    let bad = || ValueError::Duration(s.to_string());
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -55,10 +57,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a size: an integer number of bytes, or a string with a binary unit:
 /// `"512"`, `"512B"`, `"10K"`/`"10KB"`/`"10KiB"` (×1024), `"25M"`/`"25MB"`/`"25MiB"` (×1024²),
 /// `"1G"`/`"1GB"`/`"1GiB"` (×1024³). Units are case-insensitive.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("`{s}` is not a size: bytes as an integer, or a string such as \"10K\", \"25M\", \"25MiB\", \"1G\"")
-    };
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
+    let bad = || ValueError::Size(s.to_string());
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits == 0 {
@@ -76,22 +76,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Deserializes a string and parses it inside the visitor, so that toml gives a parse error the
-/// position of this very value (an element of an array, not the whole array).
-pub fn parse_str<'de, D, T>(
+/// position of this very value (an element of an array, not the whole array). `parse`'s
+/// error is the message (a [`ValueError`], or text for a check of one key's own).
+pub fn parse_str<'de, D, T, E>(
     d: D,
-    parse: impl FnOnce(&str) -> Result<T, String>,
+    parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
+    E: fmt::Display,
 {
     struct StrVisitor<F>(F);
-    impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for StrVisitor<F> {
+    impl<T, E: fmt::Display, F: FnOnce(&str) -> Result<T, E>> Visitor<'_> for StrVisitor<F> {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a string")
         }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-            (self.0)(v).map_err(E::custom)
+        fn visit_str<DeErr: de::Error>(self, v: &str) -> Result<T, DeErr> {
+            (self.0)(v).map_err(DeErr::custom)
         }
     }
     d.deserialize_str(StrVisitor(parse))
@@ -195,7 +197,7 @@ impl<'de> Deserialize<'de> for Cidr {
         parse_str(d, |s| {
             or_bare_ip(s, IpNet::from)
                 .map(Cidr)
-                .ok_or_else(|| format!("`{s}` is not a CIDR network"))
+                .ok_or_else(|| ValueError::Cidr(s.to_string()))
         })
     }
 }
@@ -209,7 +211,7 @@ impl<'de> Deserialize<'de> for SocketValue {
             s.trim()
                 .parse::<SocketAddr>()
                 .map(SocketValue)
-                .map_err(|_| format!("`{s}` is not a socket address (ip:port, or [ipv6]:port)"))
+                .map_err(|_| ValueError::Socket(s.to_string()))
         })
     }
 }
@@ -222,9 +224,7 @@ impl<'de> Deserialize<'de> for NameserverValue {
         parse_str(d, |s| {
             or_bare_ip(s, |ip| SocketAddr::new(ip, 53))
                 .map(NameserverValue)
-                .ok_or_else(|| {
-                    format!("`{s}` is not a name server address (ip, ip:port, or [ipv6]:port)")
-                })
+                .ok_or_else(|| ValueError::Nameserver(s.to_string()))
         })
     }
 }
@@ -236,9 +236,9 @@ pub fn optional_socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketA
         if t.is_empty() {
             return Ok(None);
         }
-        t.parse::<SocketAddr>().map(Some).map_err(|_| {
-            format!("`{s}` is not a socket address (ip:port, [ipv6]:port, or \"\" for off)")
-        })
+        t.parse::<SocketAddr>()
+            .map(Some)
+            .map_err(|_| ValueError::SocketOrOff(s.to_string()))
     })
 }
 
@@ -264,7 +264,10 @@ impl<'de> Deserialize<'de> for DomainValue {
         parse_str(d, |s| {
             s.parse::<Domain>()
                 .map(DomainValue)
-                .map_err(|e| format!("`{s}` is not a domain name: {e}"))
+                .map_err(|source| ValueError::Domain {
+                    value: s.to_string(),
+                    source,
+                })
         })
     }
 }
@@ -272,9 +275,11 @@ impl<'de> Deserialize<'de> for DomainValue {
 /// A mail address, parsed by `mta_types::Address`.
 pub struct AddressValue(pub Address);
 
-pub fn parse_address(s: &str) -> Result<Address, String> {
-    s.parse::<Address>()
-        .map_err(|e| format!("`{s}` is not a mail address: {e}"))
+pub fn parse_address(s: &str) -> Result<Address, ValueError> {
+    s.parse::<Address>().map_err(|source| ValueError::Address {
+        value: s.to_string(),
+        source,
+    })
 }
 
 impl<'de> Deserialize<'de> for AddressValue {
@@ -293,9 +298,7 @@ pub fn relay_host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
         } else if valid_host_port(t) {
             Ok(Some(t.to_string()))
         } else {
-            Err(format!(
-                "`{s}` is not host:port (e.g. \"smtp.example.com:25\", \"192.0.2.1:587\", \"[2001:db8::1]:25\")"
-            ))
+            Err(ValueError::RelayHost(s.to_string()))
         }
     })
 }

@@ -216,7 +216,9 @@ impl SecureResolver {
         let mut last = String::from("no nameserver configured");
         for server in &self.servers {
             match tokio::time::timeout(self.timeout, exchange(*server, &request)).await {
-                Ok(Ok(response)) => return interpret(response, kind).map_err(failed),
+                Ok(Ok(response)) => {
+                    return interpret(response, kind).map_err(|e| failed(e.to_string()))
+                }
                 Ok(Err(e)) => last = format!("{server}: {e}"),
                 Err(_) => last = format!("{server}: timed out after {:?}", self.timeout),
             }
@@ -291,7 +293,16 @@ async fn exchange(server: SocketAddr, request: &[u8]) -> std::io::Result<Message
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }
 
-fn interpret(response: Message, kind: RecordType) -> Result<Secure<Vec<RData>>, String> {
+/// A server's answer that is no answer (in [`SecureError::Failed`]'s detail).
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    #[error("SERVFAIL (a validating resolver answers so for bogus data)")]
+    ServFail,
+    #[error("{0}")]
+    Code(ResponseCode),
+}
+
+fn interpret(response: Message, kind: RecordType) -> Result<Secure<Vec<RData>>, Unanswered> {
     let authenticated = response.metadata.authentic_data;
     match response.metadata.response_code {
         ResponseCode::NoError => {}
@@ -301,10 +312,8 @@ fn interpret(response: Message, kind: RecordType) -> Result<Secure<Vec<RData>>, 
                 authenticated,
             })
         }
-        ResponseCode::ServFail => {
-            return Err("SERVFAIL (a validating resolver answers so for bogus data)".into())
-        }
-        other => return Err(format!("{other}")),
+        ResponseCode::ServFail => return Err(Unanswered::ServFail),
+        other => return Err(Unanswered::Code(other)),
     }
     let value = response
         .answers

@@ -515,7 +515,7 @@ impl ConsoleCommand {
             ["bounce", ..] => Err(UsageError::from("usage: bounce <queue-id>")),
             ["track", ..] => crate::tracking::parse_query(&words[1..])
                 .map(ConsoleCommand::Track)
-                .map_err(UsageError),
+                .map_err(|e| UsageError(e.to_string())),
             ["delete", _] => Ok(ConsoleCommand::Delete {
                 qid: words[1].to_string(),
             }),

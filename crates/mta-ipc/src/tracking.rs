@@ -6,7 +6,7 @@
 //! finished ones from the tracking log (in the order they finished): a `TrackCursor`
 //! says which part a page ended in and where.
 
-pub use mta_store_types::{TrackCursor, TrackQuery};
+pub use mta_store_types::{BadCursor, TrackCursor, TrackQuery};
 use mta_types::tracking::TrackEntry;
 use serde::{Deserialize, Serialize};
 
@@ -22,15 +22,29 @@ pub struct TrackPage {
     pub next: Option<TrackCursor>,
 }
 
+const USAGE: &str = "usage: track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]";
+
+/// Why a `track` query was refused; `Display` is what the console shows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TrackQueryError {
+    #[error("`{0}` is not key=value; {USAGE}")]
+    NotKeyValue(String),
+    #[error("unknown key `{0}`; {USAGE}")]
+    UnknownKey(String),
+    #[error("`{0}` is not a time: a duration ago (30m, 2h, 7d), a UTC date (2026-12-02, 2026-12-02T14:30) or Unix seconds")]
+    BadTime(String),
+    #[error(transparent)]
+    BadCursor(#[from] BadCursor),
+}
+
 /// `from=<addr> to=<addr> since=<time> id=<message-id>`, each optional, any order.
 /// `since` is a duration ago (`30m`, `2h`, `7d`), a UTC date or time
 /// (`2026-12-02`, `2026-12-02T14:30`, `2026-12-02T14:30:05`), or Unix seconds.
-pub fn parse_query(words: &[&str]) -> Result<TrackQuery, String> {
-    let usage = "usage: track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]";
+pub fn parse_query(words: &[&str]) -> Result<TrackQuery, TrackQueryError> {
     let mut q = TrackQuery::default();
     for w in words {
         let Some((key, value)) = w.split_once('=') else {
-            return Err(format!("`{w}` is not key=value; {usage}"));
+            return Err(TrackQueryError::NotKeyValue(w.to_string()));
         };
         let addr = || value.trim_matches(|c| c == '<' || c == '>').to_string();
         match key.to_ascii_lowercase().as_str() {
@@ -39,19 +53,15 @@ pub fn parse_query(words: &[&str]) -> Result<TrackQuery, String> {
             "id" | "message-id" | "messageid" => q.message_id = Some(value.to_string()),
             "since" => q.since_ms = Some(parse_since(value, mta_types::message::now_ms())?),
             "after" => q.after = Some(value.parse()?),
-            other => return Err(format!("unknown key `{other}`; {usage}")),
+            other => return Err(TrackQueryError::UnknownKey(other.to_string())),
         }
     }
     Ok(q)
 }
 
 /// See [`parse_query`].
-pub fn parse_since(value: &str, now_ms: u64) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "`{value}` is not a time: a duration ago (30m, 2h, 7d), a UTC date (2026-12-02, 2026-12-02T14:30) or Unix seconds"
-        )
-    };
+pub fn parse_since(value: &str, now_ms: u64) -> Result<u64, TrackQueryError> {
+    let bad = || TrackQueryError::BadTime(value.to_string());
     let v = value.trim();
     if let Some(unit) = v.chars().last().filter(|c| c.is_ascii_alphabetic()) {
         let n: u64 = v[..v.len() - 1].parse().map_err(|_| bad())?;
@@ -119,8 +129,18 @@ mod tests {
             1_796_175_000_000
         );
         assert_eq!(parse_since("1796175000", 0).unwrap(), 1_796_175_000_000);
-        assert!(parse_since("yesterday", 0).is_err());
-        assert!(parse_query(&["who=me"]).is_err());
+        assert_eq!(
+            parse_since("yesterday", 0).unwrap_err().to_string(),
+            "`yesterday` is not a time: a duration ago (30m, 2h, 7d), a UTC date (2026-12-02, 2026-12-02T14:30) or Unix seconds"
+        );
+        assert_eq!(
+            parse_query(&["who=me"]).unwrap_err().to_string(),
+            "unknown key `who`; usage: track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]"
+        );
+        assert_eq!(
+            parse_query(&["me"]).unwrap_err().to_string(),
+            "`me` is not key=value; usage: track [from=<addr>] [to=<addr>] [since=<time>] [id=<message-id>]"
+        );
         for c in [
             TrackCursor::Log {
                 segment: 1_796_175_000_000,
@@ -131,6 +151,9 @@ mod tests {
             let q = parse_query(&[&format!("after={c}")]).unwrap();
             assert_eq!(q.after, Some(c));
         }
-        assert!(parse_query(&["after=log-1"]).is_err());
+        assert_eq!(
+            parse_query(&["after=log-1"]).unwrap_err().to_string(),
+            "`log-1` is not a queue id or a `log-<segment>-<offset>` position"
+        );
     }
 }

@@ -54,6 +54,12 @@ pub enum FleetError {
         #[source]
         source: redis::RedisError,
     },
+    /// Pushing this process's leases ahead failed: the link is lost (local limits until
+    /// the reconnect).
+    #[error("lease renewal: {0}")]
+    Renewal(#[source] redis::RedisError),
+    #[error("lease renewal: no answer within {0:?}")]
+    RenewalTimeout(Duration),
 }
 
 /// The link to Redis as this process sees it.
@@ -235,7 +241,7 @@ impl Fleet {
                 // during it) go into Redis before anyone may take a fleet lease again, so
                 // the connections open now are counted from the first moment.
                 if let Err(why) = self.renew_on(conn.clone()).await {
-                    self.set_link(Link::Down, &why);
+                    self.set_link(Link::Down, &why.to_string());
                     return false;
                 }
                 *self.conn.lock().expect("fleet lock") = Some(conn);
@@ -475,11 +481,11 @@ impl Fleet {
         };
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         if let Err(why) = self.renew_on(conn).await {
-            self.lost(&why);
+            self.lost(&why.to_string());
         }
     }
 
-    async fn renew_on(&self, mut conn: MultiplexedConnection) -> Result<(), String> {
+    async fn renew_on(&self, mut conn: MultiplexedConnection) -> Result<(), FleetError> {
         let held: Vec<(String, String)> = {
             let leases = self.leases.lock().expect("fleet lock");
             leases
@@ -499,11 +505,8 @@ impl Fleet {
         match tokio::time::timeout(self.settings.timeout, inv.invoke_async::<i64>(&mut conn)).await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("lease renewal: {e}")),
-            Err(_) => Err(format!(
-                "lease renewal: no answer within {:?}",
-                self.settings.timeout
-            )),
+            Ok(Err(e)) => Err(FleetError::Renewal(e)),
+            Err(_) => Err(FleetError::RenewalTimeout(self.settings.timeout)),
         }
     }
 

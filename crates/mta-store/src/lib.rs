@@ -31,4 +31,4 @@ mod tracklog;
 pub use engine::Engine;
 pub use mta_store_types as types;
 pub use mta_store_types::StoreError;
-pub use service::{on_quiet, CommitError, OperateError, StoreService};
+pub use service::{on_quiet, BulkError, CommitError, OperateError, StoreService};

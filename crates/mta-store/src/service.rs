@@ -75,6 +75,16 @@ impl From<StoreError> for CommitError {
     }
 }
 
+/// Why a bulk operation (`hold domain`, `route`, …) stopped; the chunks committed before
+/// it stay done. `Display` is the store's or the commit's own words.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
 /// Why a console operation on one record did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum OperateError {
@@ -265,7 +275,7 @@ impl StoreService {
                 lease_ms,
             } => self
                 .claim_reply(queue, max, lease_ms, owner_pid)
-                .map_err(Answer::Error),
+                .map_err(|e| Answer::Error(e.to_string())),
             StoreRequest::Commit {
                 changes,
                 durability,
@@ -280,7 +290,7 @@ impl StoreService {
                 lease_ms,
             } => committed(self.commit_with(changes, durability).await).and_then(|()| {
                 self.claim_reply(queue, max, lease_ms, owner_pid)
-                    .map_err(Answer::Error)
+                    .map_err(|e| Answer::Error(e.to_string()))
             }),
             StoreRequest::Release { ids } => {
                 self.end_leases(&ids);
@@ -298,7 +308,7 @@ impl StoreService {
                 .bulk(op, domain.as_deref())
                 .await
                 .map(StoreResponse::Bulk)
-                .map_err(Answer::Error),
+                .map_err(|e| Answer::Error(e.to_string())),
             StoreRequest::Counts => Ok(StoreResponse::Counts(engine.counts())),
             StoreRequest::PolicyGet { name } => engine
                 .policy_get(&name)
@@ -321,7 +331,7 @@ impl StoreService {
         max: u32,
         lease_ms: u64,
         owner_pid: u32,
-    ) -> Result<StoreResponse, String> {
+    ) -> Result<StoreResponse, StoreError> {
         self.claim(
             Location::Queue(queue),
             max.min(CLAIM_LIMIT),
@@ -329,7 +339,6 @@ impl StoreService {
             owner_pid,
         )
         .map(StoreResponse::Claimed)
-        .map_err(|e| e.to_string())
     }
 
     /// Hands out due records of `loc`, oldest due first, reading only the due index's
@@ -433,19 +442,16 @@ impl StoreService {
 
     /// `route`, and hold, release or delete by destination: walks the destination index
     /// of each location concerned in chunks; each chunk is one durable commit.
-    pub async fn bulk(&self, op: BulkOp, domain: Option<&str>) -> Result<BulkResult, String> {
+    pub async fn bulk(&self, op: BulkOp, domain: Option<&str>) -> Result<BulkResult, BulkError> {
         if op == BulkOp::RouteNow {
             let domain = domain.map(str::to_ascii_lowercase);
-            let changed = self
-                .route(Location::Queue(QueueName::OutboundWork), domain.as_deref())
-                .map_err(|e| e.to_string())?;
+            let changed =
+                self.route(Location::Queue(QueueName::OutboundWork), domain.as_deref())?;
             return Ok(BulkResult { changed, busy: 0 });
         }
         if op == BulkOp::RouteLocalDelivery {
             // Local recipients waiting for a retry stay in mail.box (the router's queue).
-            let changed = self
-                .route(Location::Queue(QueueName::MailBox), None)
-                .map_err(|e| e.to_string())?;
+            let changed = self.route(Location::Queue(QueueName::MailBox), None)?;
             return Ok(BulkResult { changed, busy: 0 });
         }
         let queues = QueueName::ALL.map(Location::Queue);
@@ -472,18 +478,19 @@ impl StoreService {
         for loc in locations {
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let (ids, last) = self
-                    .inner
-                    .engine
-                    .by_destination(*loc, domain.as_deref(), after.as_deref(), BULK_CHUNK)
-                    .map_err(|e| e.to_string())?;
+                let (ids, last) = self.inner.engine.by_destination(
+                    *loc,
+                    domain.as_deref(),
+                    after.as_deref(),
+                    BULK_CHUNK,
+                )?;
                 if ids.is_empty() {
                     break;
                 }
                 after = last;
                 let changes = self.bulk_chunk(op, domain.as_deref(), &ids, &mut result)?;
                 if !changes.is_empty() {
-                    self.commit(changes).await.map_err(|e| e.to_string())?;
+                    self.commit(changes).await?;
                 }
             }
         }
@@ -498,7 +505,7 @@ impl StoreService {
         domain: Option<&str>,
         ids: &[QueueId],
         result: &mut BulkResult,
-    ) -> Result<Vec<Change>, String> {
+    ) -> Result<Vec<Change>, StoreError> {
         let engine = &self.inner.engine;
         let now = Instant::now();
         let now_wall = now_ms();
@@ -513,7 +520,7 @@ impl StoreService {
                 result.busy += 1;
                 continue;
             }
-            let Some(mut r) = engine.get(*id).map_err(|e| e.to_string())? else {
+            let Some(mut r) = engine.get(*id)? else {
                 continue;
             };
             let changed = match op {

@@ -177,25 +177,49 @@ pub async fn fetch(
     Err(fail(last))
 }
 
-async fn get(host: &str, addr: SocketAddr, tls: Arc<ClientConfig>) -> Result<String, String> {
+/// Why one address gave no policy text (in [`StsError::Fetch`]'s detail).
+#[derive(Debug, thiserror::Error)]
+enum GetFault {
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{0}")]
+    Name(#[source] rustls::pki_types::InvalidDnsNameError),
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("{0}")]
+    Request(#[source] hyper::http::Error),
+    /// Redirects are not followed (RFC 8461 3.3).
+    #[error("HTTP status {0}")]
+    Status(hyper::StatusCode),
+    #[error("content type is not text/plain")]
+    NotTextPlain,
+    #[error("body: {0} (limit {MAX_POLICY_BYTES} bytes)")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("body is not UTF-8")]
+    NotUtf8,
+}
+
+async fn get(host: &str, addr: SocketAddr, tls: Arc<ClientConfig>) -> Result<String, GetFault> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+        .map_err(GetFault::Connect)?;
+    let name = ServerName::try_from(host.to_string()).map_err(GetFault::Name)?;
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
+        .map_err(GetFault::Tls)?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP: {e}"))?;
+            .map_err(GetFault::Http)?;
     let driver = tokio::spawn(connection);
     let request = hyper::Request::get("/.well-known/mta-sts.txt")
         .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "smtpmta")
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(GetFault::Request)?;
     let result = read_response(sender.send_request(request).await).await;
     driver.abort();
     result
@@ -203,11 +227,11 @@ async fn get(host: &str, addr: SocketAddr, tls: Arc<ClientConfig>) -> Result<Str
 
 async fn read_response(
     response: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>,
-) -> Result<String, String> {
-    let response = response.map_err(|e| format!("HTTP: {e}"))?;
+) -> Result<String, GetFault> {
+    let response = response.map_err(GetFault::Http)?;
     if response.status() != hyper::StatusCode::OK {
         // Redirects are not followed (RFC 8461 3.3).
-        return Err(format!("HTTP status {}", response.status()));
+        return Err(GetFault::Status(response.status()));
     }
     let text_plain = response
         .headers()
@@ -215,15 +239,11 @@ async fn read_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("text/plain"));
     if !text_plain {
-        return Err("content type is not text/plain".into());
+        return Err(GetFault::NotTextPlain);
     }
     let limited = http_body_util::Limited::new(response.into_body(), MAX_POLICY_BYTES);
-    let body = limited
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e} (limit {MAX_POLICY_BYTES} bytes)"))?
-        .to_bytes();
-    String::from_utf8(body.to_vec()).map_err(|_| "body is not UTF-8".into())
+    let body = limited.collect().await.map_err(GetFault::Body)?.to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| GetFault::NotUtf8)
 }
 
 #[cfg(test)]

@@ -24,11 +24,16 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// Why a text is not an [`Endpoint`]: the text, as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an address (\"inet:host:port\" or \"unix:/path\")")]
+pub struct BadEndpoint(pub String);
+
 impl Endpoint {
     /// Parses `inet:host:port` or `unix:/path`; a relative path goes through `resolve`
-    /// (the config makes it relative to its file's folder). `Err` says what was wrong.
-    pub fn parse(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<Endpoint, String> {
-        let bad = || format!("`{s}` is not an address (\"inet:host:port\" or \"unix:/path\")");
+    /// (the config makes it relative to its file's folder).
+    pub fn parse(s: &str, resolve: impl Fn(&str) -> PathBuf) -> Result<Endpoint, BadEndpoint> {
+        let bad = || BadEndpoint(s.to_string());
         let s = s.trim();
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
@@ -57,7 +62,7 @@ impl Endpoint {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Endpoint, String> {
+    fn parse(s: &str) -> Result<Endpoint, BadEndpoint> {
         Endpoint::parse(s, |p| PathBuf::from("/etc").join(p))
     }
 

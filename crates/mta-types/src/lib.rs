@@ -18,7 +18,7 @@ pub mod task;
 pub mod tracking;
 
 pub use address::{Address, AddressError, Domain};
-pub use endpoint::Endpoint;
+pub use endpoint::{BadEndpoint, Endpoint};
 pub use message::{ContentRef, Envelope, Location, MessageRecord, RcptStatus, Recipient};
 pub use outcome::{DeliveryOutcome, Enhanced};
 pub use queue_id::QueueId;

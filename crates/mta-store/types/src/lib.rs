@@ -213,10 +213,15 @@ impl std::fmt::Display for TrackCursor {
     }
 }
 
+/// Why a text is not a [`TrackCursor`]: the text, as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a queue id or a `log-<segment>-<offset>` position")]
+pub struct BadCursor(pub String);
+
 impl std::str::FromStr for TrackCursor {
-    type Err = String;
-    fn from_str(s: &str) -> Result<TrackCursor, String> {
-        let bad = || format!("`{s}` is not a queue id or a `log-<segment>-<offset>` position");
+    type Err = BadCursor;
+    fn from_str(s: &str) -> Result<TrackCursor, BadCursor> {
+        let bad = || BadCursor(s.to_string());
         if let Some(rest) = s.strip_prefix("log-") {
             let (segment, offset) = rest.split_once('-').ok_or_else(bad)?;
             return Ok(TrackCursor::Log {
