@@ -976,22 +976,6 @@ impl Engine {
         Ok(out)
     }
 
-    /// Up to `limit` ids of records in `loc` with a pending recipient in `domain` (any
-    /// domain when None), after `after` (a key returned before), with the key to continue
-    /// from.
-    pub fn by_destination(
-        &self,
-        loc: Location,
-        domain: Option<&str>,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<(Vec<QueueId>, Option<Vec<u8>>), StoreError> {
-        let domain = domain.map(str::to_ascii_lowercase);
-        let keys = self.index_after(loc, domain.as_deref(), after, limit)?;
-        let last = keys.last().map(|(k, _)| k.clone());
-        Ok((keys.into_iter().map(|(_, id)| id).collect(), last))
-    }
-
     /// Whether this store keeps spool marks (every start since the first one that did).
     pub fn spool_marks_kept(&self) -> Result<bool, StoreError> {
         Ok(self

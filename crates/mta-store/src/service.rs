@@ -478,16 +478,14 @@ impl StoreService {
         for loc in locations {
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let (ids, last) = self.inner.engine.by_destination(
-                    *loc,
-                    domain.as_deref(),
-                    after.as_deref(),
-                    BULK_CHUNK,
-                )?;
-                if ids.is_empty() {
+                let engine = &self.inner.engine;
+                let keys =
+                    engine.index_after(*loc, domain.as_deref(), after.as_deref(), BULK_CHUNK)?;
+                let Some((last, _)) = keys.last() else {
                     break;
-                }
-                after = last;
+                };
+                after = Some(last.clone());
+                let ids: Vec<QueueId> = keys.into_iter().map(|(_, id)| id).collect();
                 let changes = self.bulk_chunk(op, domain.as_deref(), &ids, &mut result)?;
                 if !changes.is_empty() {
                     self.commit(changes).await?;
