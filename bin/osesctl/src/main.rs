@@ -49,7 +49,7 @@ use domain_list::{build_lists, DomainList};
 use handler_table::HandlerTable;
 use mta_dns::NextHop;
 use mta_ipc::console::TellCommand;
-use mta_ipc::store::BulkOp;
+use mta_ipc::store::{BulkOp, Claim};
 use mta_ipc::transfers::{TransferPage, TransferState};
 use mta_ipc::{TaskState, TaskStatus};
 use mta_task::{Task, TaskContext, TellError};
@@ -358,7 +358,7 @@ impl Osesctl {
     async fn claim_lists(&self, ctx: &TaskContext) -> usize {
         let records = match ctx
             .store()
-            .claim(QueueName::OutboundWork, BATCH, LEASE)
+            .claim(Claim::new(QueueName::OutboundWork, BATCH, LEASE))
             .await
         {
             Ok(r) => r,

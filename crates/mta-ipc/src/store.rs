@@ -8,10 +8,10 @@
 use crate::client::IpcError;
 use crate::supervisor::SupervisorClient;
 pub use mta_store_types::{
-    BulkOp, BulkResult, Change, DestinationRow, Durability, QueueCounts, StoreError, StoreRequest,
-    StoreResponse,
+    BulkOp, BulkResult, Change, Claim, DestinationRow, Durability, QueueCounts, StoreError,
+    StoreRequest, StoreResponse,
 };
-use mta_types::{Location, MessageRecord, QueueId, QueueName, TaskName};
+use mta_types::{Location, MessageRecord, QueueId, TaskName};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,19 +93,8 @@ impl StoreClient {
         }
     }
 
-    pub async fn claim(
-        &self,
-        queue: QueueName,
-        max: u32,
-        lease: Duration,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        let lease_ms = lease.as_millis() as u64;
-        self.request_claimed(StoreRequest::Claim {
-            queue,
-            max,
-            lease_ms,
-        })
-        .await
+    pub async fn claim(&self, claim: Claim) -> Result<Vec<MessageRecord>, StoreError> {
+        self.request_claimed(StoreRequest::Claim(claim)).await
     }
 
     /// Commits and waits until the changes are durable.
@@ -141,17 +130,12 @@ impl StoreClient {
         &self,
         changes: Vec<Change>,
         durability: Durability,
-        queue: QueueName,
-        max: u32,
-        lease: Duration,
+        claim: Claim,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        let lease_ms = lease.as_millis() as u64;
         self.request_claimed(StoreRequest::CommitClaim {
             changes,
             durability,
-            queue,
-            max,
-            lease_ms,
+            claim,
         })
         .await
     }

@@ -4,7 +4,7 @@ use crate::engine::Engine;
 use crate::leases::Leases;
 use crate::StoreError;
 use mta_store_types::{
-    BulkOp, BulkResult, Change, DestinationRow, Durability, StoreRequest, StoreResponse,
+    BulkOp, BulkResult, Change, Claim, DestinationRow, Durability, StoreRequest, StoreResponse,
 };
 use mta_types::message::now_ms;
 use mta_types::outcome::Reply;
@@ -269,12 +269,8 @@ impl StoreService {
             Err(CommitError::Failed(e)) => Err(Answer::Error(e)),
         };
         let result: Result<StoreResponse, Answer> = match request {
-            StoreRequest::Claim {
-                queue,
-                max,
-                lease_ms,
-            } => self
-                .claim_reply(queue, max, lease_ms, owner_pid)
+            StoreRequest::Claim(claim) => self
+                .claim_reply(claim, owner_pid)
                 .map_err(|e| Answer::Error(e.to_string())),
             StoreRequest::Commit {
                 changes,
@@ -285,11 +281,9 @@ impl StoreService {
             StoreRequest::CommitClaim {
                 changes,
                 durability,
-                queue,
-                max,
-                lease_ms,
+                claim,
             } => committed(self.commit_with(changes, durability).await).and_then(|()| {
-                self.claim_reply(queue, max, lease_ms, owner_pid)
+                self.claim_reply(claim, owner_pid)
                     .map_err(|e| Answer::Error(e.to_string()))
             }),
             StoreRequest::Release { ids } => {
@@ -325,17 +319,11 @@ impl StoreService {
         })
     }
 
-    fn claim_reply(
-        &self,
-        queue: QueueName,
-        max: u32,
-        lease_ms: u64,
-        owner_pid: u32,
-    ) -> Result<StoreResponse, StoreError> {
+    fn claim_reply(&self, claim: Claim, owner_pid: u32) -> Result<StoreResponse, StoreError> {
         self.claim(
-            Location::Queue(queue),
-            max.min(CLAIM_LIMIT),
-            Duration::from_millis(lease_ms),
+            Location::Queue(claim.queue),
+            claim.max.min(CLAIM_LIMIT),
+            Duration::from_millis(claim.lease_ms),
             owner_pid,
         )
         .map(StoreResponse::Claimed)

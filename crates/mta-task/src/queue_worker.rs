@@ -5,7 +5,7 @@
 //! expire): at-least-once, never lost.
 
 use crate::{TaskContext, WorkError};
-use mta_ipc::store::{Change, Durability};
+use mta_ipc::store::{Change, Claim, Durability};
 use mta_ipc::{TaskState, TaskStatus};
 use mta_types::{MessageRecord, QueueName};
 use std::future::Future;
@@ -133,7 +133,11 @@ async fn drain<W: QueueWorker>(worker: &W, ctx: &TaskContext, busy: &AtomicBool)
     // The first claim is at once: a task that starts (or restarts after a crash) takes
     // what is waiting for it without waiting for a kick or the poll.
     while !ctx.shutting_down() {
-        match ctx.store().claim(W::QUEUE, W::BATCH, LEASE).await {
+        match ctx
+            .store()
+            .claim(Claim::new(W::QUEUE, W::BATCH, LEASE))
+            .await
+        {
             Ok(mut records) => {
                 while !records.is_empty() && !ctx.shutting_down() {
                     records = one_batch(worker, ctx, busy, records).await;
@@ -163,7 +167,11 @@ async fn one_batch<W: QueueWorker>(
         // this queue and the work is done again (W::work makes its own output durable).
         Ok((changes, done)) => ctx
             .store()
-            .commit_and_claim(changes, Durability::Replayable, W::QUEUE, W::BATCH, LEASE)
+            .commit_and_claim(
+                changes,
+                Durability::Replayable,
+                Claim::new(W::QUEUE, W::BATCH, LEASE),
+            )
             .await
             .map(|next| (next, done))
             .map_err(|e| e.to_string()),

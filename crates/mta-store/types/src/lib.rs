@@ -17,15 +17,31 @@ use mta_types::{Location, MessageRecord, QueueId, QueueName};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// What a queue consumer takes: up to `max` messages of `queue` that are due and not
+/// leased, oldest first, leased to it for `lease_ms` (the lease returns when its process
+/// exits). On the wire it is the three fields in order, as the requests carried them
+/// before it was a type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub queue: QueueName,
+    pub max: u32,
+    pub lease_ms: u64,
+}
+
+impl Claim {
+    pub fn new(queue: QueueName, max: u32, lease: std::time::Duration) -> Claim {
+        let lease_ms = lease.as_millis() as u64;
+        Claim {
+            queue,
+            max,
+            lease_ms,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoreRequest {
-    /// Up to `max` messages of `queue` that are due and not leased, oldest first, leased
-    /// to the caller for `lease_ms` (the lease returns when the caller's process exits).
-    Claim {
-        queue: QueueName,
-        max: u32,
-        lease_ms: u64,
-    },
+    Claim(Claim),
     /// Apply every change in one atomic transaction; with `Durability::Durable` the reply
     /// comes once it is on stable storage. Releases the leases of the records changed.
     Commit {
@@ -37,9 +53,7 @@ pub enum StoreRequest {
     CommitClaim {
         changes: Vec<Change>,
         durability: Durability,
-        queue: QueueName,
-        max: u32,
-        lease_ms: u64,
+        claim: Claim,
     },
     /// Give leased messages back unchanged.
     Release {
