@@ -6,7 +6,7 @@
 //! re-exported here, under the paths the tasks have always used.
 
 use crate::client::IpcError;
-use crate::supervisor::SupervisorClient;
+use crate::supervisor::{SupervisorClient, SupervisorRequest, SupervisorResponse};
 pub use mta_store_types::{
     BulkOp, BulkResult, Change, Claim, DestinationRow, Durability, QueueCounts, StoreError,
     StoreRequest, StoreResponse,
@@ -61,17 +61,23 @@ impl StoreClient {
             *guard = Some(SupervisorClient::connect(&self.run_dir, self.me).await?);
         }
         let client = guard.as_mut().expect("connected above");
-        match client.store(request, timeout).await {
-            Ok(StoreResponse::Error(e)) => Err(StoreError::Refused(e)),
-            Ok(StoreResponse::DiskFull(e)) => Err(StoreError::DiskFull(e)),
-            Ok(r) => Ok(r),
-            Err(e) => {
-                // A broken connection is not reused: the reply to a commit in flight is
-                // unknown, and the caller retries (at-least-once).
-                *guard = None;
-                Err(e.into())
+        let answer = client
+            .call(&SupervisorRequest::Store(request), timeout)
+            .await;
+        let broken = match answer {
+            Ok(SupervisorResponse::Store(StoreResponse::Error(e)))
+            | Ok(SupervisorResponse::Error(e)) => return Err(StoreError::Refused(e)),
+            Ok(SupervisorResponse::Store(StoreResponse::DiskFull(e))) => {
+                return Err(StoreError::DiskFull(e))
             }
-        }
+            Ok(SupervisorResponse::Store(r)) => return Ok(r),
+            Ok(other) => IpcError::Unexpected(format!("{other:?}")),
+            Err(e) => e,
+        };
+        // A broken connection is not reused: the reply to a commit in flight is unknown,
+        // and the caller retries (at-least-once).
+        *guard = None;
+        Err(broken.into())
     }
 
     /// Sends a request the store answers with `Done`.

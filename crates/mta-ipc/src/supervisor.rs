@@ -84,20 +84,4 @@ impl SupervisorClient {
             other => Err(IpcError::Unexpected(format!("{other:?}"))),
         }
     }
-
-    pub(crate) async fn store(
-        &mut self,
-        request: StoreRequest,
-        timeout: Duration,
-    ) -> Result<StoreResponse, IpcError> {
-        match self
-            .conn
-            .call(&SupervisorRequest::Store(request), timeout)
-            .await?
-        {
-            SupervisorResponse::Store(r) => Ok(r),
-            SupervisorResponse::Error(e) => Ok(StoreResponse::Error(e)),
-            other => Err(IpcError::Unexpected(format!("{other:?}"))),
-        }
-    }
 }
