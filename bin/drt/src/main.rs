@@ -18,7 +18,7 @@
 
 mod report;
 
-use mta_ipc::{TaskState, TaskStatus};
+use mta_ipc::TaskStatus;
 use mta_spool::SpoolWriter;
 use mta_task::{Drain, QueueWorker, Task, TaskContext, WorkError, WorkResult};
 use mta_types::{MessageRecord, QueueName, TaskName};
@@ -49,12 +49,11 @@ impl Task for Drt {
     }
 
     fn status(&self) -> TaskStatus {
-        TaskStatus {
-            state: TaskState::Idle,
-            current: "idle".into(),
-            counters: vec![("reports sent".into(), self.sent.load(Ordering::Relaxed))],
-            handlers: Vec::new(),
-        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        (self.drain).status(
+            "writing delivery reports",
+            vec![("reports sent".into(), sent)],
+        )
     }
 }
 
