@@ -317,7 +317,7 @@ fn hanging_garbage_and_absent_milters_get_their_default_action() {
     );
     assert!(!log.contains("queued"), "{log}");
     let body = http_get(metrics, "/metrics");
-    let _ = wait_for("failure metrics", Duration::from_secs(10), || {
+    wait_for("failure metrics", Duration::from_secs(10), || {
         let body = http_get(metrics, "/metrics");
         if body.contains("smtpmta_milter_failures_total{milter=\"hang\",reason=\"timeout\"} 1")
             && body

@@ -106,7 +106,7 @@ impl Task for Osesctl {
         let table = Arc::new(HandlerTable::new(config.outbound.max_handlers));
         let waiting_count = Arc::new(AtomicUsize::new(0));
         let (t, w) = (table.clone(), waiting_count.clone());
-        let (limiter, fleet) = mta_task::fleet::limiter(&config).await?;
+        let (limiter, fleet) = mta_task::fleet::limiter(config).await?;
         let shaping = Arc::new(Shaping::new(&config.outbound.shaping, limiter, fleet));
         console::load(&shaping, &config.data_dir);
         tokio::spawn(shaping.clone().sync_fleet());

@@ -298,7 +298,7 @@ pub async fn run(env: std::sync::Arc<crate::delivery::Env>, send_daily: bool) {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         env.tls.reports.save().await;
         ticks += 1;
-        if send_daily && ticks % 60 == 0 {
+        if send_daily && ticks.is_multiple_of(60) {
             send(&env, false).await;
         }
     }

@@ -232,26 +232,6 @@ fn glob(p: &[u8], n: &[u8]) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::selects;
-
-    #[test]
-    fn names_groups_and_globs_select_like_domino() {
-        assert!(selects("mail", "Mail.Dead"));
-        assert!(selects("MAIL.DEAD", "Mail.Dead"));
-        assert!(!selects("mail.dead", "Mail.DeadX"));
-        assert!(selects(
-            "mail.transferthreads",
-            "Mail.TransferThreads.Concurrent.Max"
-        ));
-        assert!(selects("mail.*threads*", "Mail.DeliveryThreads.Max"));
-        assert!(selects("mail.*threads*", "Mail.TransferThreads.Total"));
-        assert!(!selects("mail.*threads*", "Mail.Dead"));
-        assert!(selects("*", "Mail.Dead"));
-    }
-}
-
 /// Destination summaries read at most for `top_destinations` (one row per destination,
 /// not per message); the top N are taken from these.
 const MAX_DESTINATION_ROWS: usize = 10_000;
@@ -282,4 +262,24 @@ pub fn top_destinations(sup: &Supervisor) -> Result<Vec<mta_ipc::store::Destinat
     rows.sort_by(|a, b| b.messages.cmp(&a.messages).then(a.domain.cmp(&b.domain)));
     rows.truncate(sup.config().metrics.top_destinations);
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects;
+
+    #[test]
+    fn names_groups_and_globs_select_like_domino() {
+        assert!(selects("mail", "Mail.Dead"));
+        assert!(selects("MAIL.DEAD", "Mail.Dead"));
+        assert!(!selects("mail.dead", "Mail.DeadX"));
+        assert!(selects(
+            "mail.transferthreads",
+            "Mail.TransferThreads.Concurrent.Max"
+        ));
+        assert!(selects("mail.*threads*", "Mail.DeliveryThreads.Max"));
+        assert!(selects("mail.*threads*", "Mail.TransferThreads.Total"));
+        assert!(!selects("mail.*threads*", "Mail.Dead"));
+        assert!(selects("*", "Mail.Dead"));
+    }
 }

@@ -626,7 +626,7 @@ impl Engine {
             tracing::info!("message tracking: {segments} log segments past tracking_days deleted");
         }
         let _writer = self.writer.lock().expect("store writer");
-        Ok(crate::tracking::prune_legacy(&self.tree).map_err(sled_err)?)
+        crate::tracking::prune_legacy(&self.tree).map_err(sled_err)
     }
 
     /// A message's history (message tracking), queued or not.

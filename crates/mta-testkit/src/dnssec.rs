@@ -163,7 +163,7 @@ impl SignedDns {
     pub fn dig(&self, kind: &str, name: &str) -> String {
         let out = Command::new("kdig")
             .args([
-                &format!("@127.0.0.1"),
+                "@127.0.0.1",
                 "-p",
                 &self.port.to_string(),
                 "+short",
