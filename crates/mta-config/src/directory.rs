@@ -247,19 +247,41 @@ pub(crate) fn load(
         text,
     };
     let raw: RawDirectory = toml::from_str(&src.text).map_err(|e| src.toml_error(&e))?;
-    let is_local = |d: &Domain| local_domains.contains(d);
-    let local_list = || {
-        local_domains
+    let local = Locals(local_domains);
+    let (users, owners) = load_users(&src, &raw.user, data_dir, &local)?;
+    let aliases = load_aliases(&src, &raw, &owners, &local)?;
+    Ok(Directory { users, aliases })
+}
+
+/// The local domains, to check addresses against and to name in the error.
+struct Locals<'a>(&'a [Domain]);
+
+impl Locals<'_> {
+    fn has(&self, d: &Domain) -> bool {
+        self.0.contains(d)
+    }
+
+    fn list(&self) -> String {
+        self.0
             .iter()
             .map(Domain::as_str)
             .collect::<Vec<_>>()
             .join(", ")
-    };
+    }
+}
 
+/// `[[user]]`: names unique and non-empty, each address local and one user's only. Also
+/// returns who owns each address (its lookup key → the user's index).
+fn load_users(
+    src: &Source,
+    raw: &[RawUser],
+    data_dir: &Path,
+    local: &Locals<'_>,
+) -> Result<(Vec<User>, HashMap<String, usize>), ConfigError> {
     let mut owners: HashMap<String, usize> = HashMap::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut users = Vec::with_capacity(raw.user.len());
-    for (i, u) in raw.user.iter().enumerate() {
+    let mut users = Vec::with_capacity(raw.len());
+    for (i, u) in raw.iter().enumerate() {
         if u.name.trim().is_empty() {
             return Err(src.error_at(
                 &[Seg::Key("user"), Seg::Index(i), Seg::Key("name")],
@@ -285,13 +307,13 @@ pub(crate) fn load(
                 Seg::Key("addresses"),
                 Seg::Index(j),
             ];
-            if !is_local(a.0.domain()) {
+            if !local.has(a.0.domain()) {
                 return Err(src.error_at(
                     &at,
                     format!(
                         "`{}` is not in a local domain (local_domains: {})",
                         a.0,
-                        local_list()
+                        local.list()
                     ),
                 ));
             }
@@ -301,14 +323,14 @@ pub(crate) fn load(
                 } else {
                     format!(
                         "is already assigned to user `{}` (user[{other}])",
-                        raw.user[other].name
+                        raw[other].name
                     )
                 };
                 return Err(src.error_at(&at, format!("`{}` {whom}", a.0)));
             }
             owners.insert(a.0.lookup_key(), i);
         }
-        let (maildir, lmtp) = user_mailbox(&src, i, u)?;
+        let (maildir, lmtp) = user_mailbox(src, i, u)?;
         users.push(User {
             name: u.name.clone(),
             addresses: u.addresses.iter().map(|a| a.0.clone()).collect(),
@@ -317,17 +339,27 @@ pub(crate) fn load(
             lmtp,
         });
     }
+    Ok((users, owners))
+}
 
+/// `[aliases]`: each alias local, not also a user's address, with at least one target,
+/// defined once whatever its case.
+fn load_aliases(
+    src: &Source,
+    raw: &RawDirectory,
+    owners: &HashMap<String, usize>,
+    local: &Locals<'_>,
+) -> Result<BTreeMap<String, Vec<Address>>, ConfigError> {
     let mut aliases = BTreeMap::new();
     for (key, targets) in &raw.aliases {
         let at = [Seg::Key("aliases"), Seg::Key(key)];
         let alias = parse_address(key).map_err(|m| src.error_at(&at, m))?;
-        if !is_local(alias.domain()) {
+        if !local.has(alias.domain()) {
             return Err(src.error_at(
                 &at,
                 format!(
                     "alias `{alias}` is not in a local domain (local_domains: {})",
-                    local_list()
+                    local.list()
                 ),
             ));
         }
@@ -351,7 +383,7 @@ pub(crate) fn load(
             ));
         }
     }
-    Ok(Directory { users, aliases })
+    Ok(aliases)
 }
 
 #[cfg(test)]
