@@ -82,9 +82,22 @@ pub(crate) struct RawDkim {
     headers: Option<Vec<String>>,
 }
 
-impl RawDkim {
-    /// Validates one entry; `Err` is `(key, message)` for `dkim[i].key`.
-    pub(crate) fn into_config(
+impl crate::ArrayEntry for RawDkim {
+    type Config = DkimKeyConfig;
+    const SECTION: &'static str = "dkim";
+
+    /// One signing key per domain.
+    fn clash(earlier: &DkimKeyConfig, this: &DkimKeyConfig) -> Option<(&'static str, String)> {
+        (earlier.domain == this.domain).then(|| {
+            let why = format!(
+                "a second key for `{}` (one signing key per domain)",
+                this.domain
+            );
+            ("domain", why)
+        })
+    }
+
+    fn into_config(
         self,
         resolve: impl Fn(&str) -> PathBuf,
     ) -> Result<DkimKeyConfig, (&'static str, String)> {

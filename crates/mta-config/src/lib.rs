@@ -445,18 +445,7 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(&src.text).map_err(|e| src.toml_error(&e))?;
 
-        if raw.hostname.parse::<Domain>().is_err() || raw.hostname.starts_with('[') {
-            return Err(src.error_at(
-                &[Seg::Key("hostname")],
-                format!("`{}` is not a host name", raw.hostname),
-            ));
-        }
-        if raw.local_domains.is_empty() {
-            return Err(src.error_at(
-                &[Seg::Key("local_domains")],
-                "must list at least one domain",
-            ));
-        }
+        check_identity(&src, &raw)?;
         let base = path.parent().unwrap_or(Path::new("/"));
         let resolve = |key: &'static str, value: &str| {
             if value.trim().is_empty() {
@@ -478,26 +467,8 @@ impl Config {
             }
             other => other?,
         };
-        let mut dkim = Vec::with_capacity(raw.dkim.len());
-        for (i, entry) in raw.dkim.into_iter().enumerate() {
-            let key =
-                entry
-                    .into_config(|p| normalize(&base.join(p)))
-                    .map_err(|(key, message)| {
-                        src.error_at(&[Seg::Key("dkim"), Seg::Index(i), Seg::Key(key)], message)
-                    })?;
-            if dkim.iter().any(|k: &DkimKeyConfig| k.domain == key.domain) {
-                return Err(src.error_at(
-                    &[Seg::Key("dkim"), Seg::Index(i), Seg::Key("domain")],
-                    format!(
-                        "a second key for `{}` (one signing key per domain)",
-                        key.domain
-                    ),
-                ));
-            }
-            dkim.push(key);
-        }
-        let milters = load_milters(&src, base, raw.milter)?;
+        let dkim = load_entries::<dkim::RawDkim>(&src, base, raw.dkim)?;
+        let milters = load_entries::<milter::RawMilter>(&src, base, raw.milter)?;
         let tls = load_tls(&src, base, &raw.tls)?;
         let lmtp = raw
             .lmtp
@@ -507,20 +478,7 @@ impl Config {
         let cluster = raw.cluster.into_config(base).map_err(|(key, message)| {
             src.error_at(&[Seg::Key("cluster"), Seg::Key(key)], message)
         })?;
-        let mut outbound = raw.outbound;
-        if let Some(ca) = outbound.tls.ca_file.take() {
-            let ca = normalize(&base.join(ca));
-            readable(
-                &src,
-                &[Seg::Key("outbound"), Seg::Key("tls"), Seg::Key("ca_file")],
-                &ca,
-            )?;
-            outbound.tls.ca_file = Some(ca);
-        }
-        outbound.tls.domains = std::mem::take(&mut outbound.tls.domains)
-            .into_iter()
-            .map(|(d, p)| (d.to_ascii_lowercase(), p))
-            .collect();
+        let outbound = load_outbound(&src, base, raw.outbound)?;
         Ok(Config {
             path,
             hostname: raw.hostname,
@@ -637,24 +595,74 @@ impl Config {
     }
 }
 
-/// `[[milter]]`: each entry valid, names unique.
-fn load_milters(
+/// `hostname` is a host name (not an address literal), `local_domains` lists one at least.
+fn check_identity(src: &Source, raw: &RawConfig) -> Result<(), ConfigError> {
+    if raw.hostname.parse::<Domain>().is_err() || raw.hostname.starts_with('[') {
+        return Err(src.error_at(
+            &[Seg::Key("hostname")],
+            format!("`{}` is not a host name", raw.hostname),
+        ));
+    }
+    if raw.local_domains.is_empty() {
+        return Err(src.error_at(
+            &[Seg::Key("local_domains")],
+            "must list at least one domain",
+        ));
+    }
+    Ok(())
+}
+
+/// `[outbound]`: the CA file readable now, the per-domain TLS policies keyed in lower case.
+fn load_outbound(
     src: &Source,
     base: &Path,
-    raw: Vec<milter::RawMilter>,
-) -> Result<Vec<MilterConfig>, ConfigError> {
-    let mut milters: Vec<MilterConfig> = Vec::with_capacity(raw.len());
-    for (i, entry) in raw.into_iter().enumerate() {
-        let at = |key| [Seg::Key("milter"), Seg::Index(i), Seg::Key(key)];
-        let m = entry
-            .into_config(|p| normalize(&base.join(p)))
-            .map_err(|(key, message)| src.error_at(&at(key), message))?;
-        if milters.iter().any(|other| other.name == m.name) {
-            return Err(src.error_at(&at("name"), format!("a second milter called `{}`", m.name)));
-        }
-        milters.push(m);
+    mut outbound: OutboundConfig,
+) -> Result<OutboundConfig, ConfigError> {
+    if let Some(ca) = outbound.tls.ca_file.take() {
+        let ca = normalize(&base.join(ca));
+        let at = [Seg::Key("outbound"), Seg::Key("tls"), Seg::Key("ca_file")];
+        readable(src, &at, &ca)?;
+        outbound.tls.ca_file = Some(ca);
     }
-    Ok(milters)
+    outbound.tls.domains = std::mem::take(&mut outbound.tls.domains)
+        .into_iter()
+        .map(|(d, p)| (d.to_ascii_lowercase(), p))
+        .collect();
+    Ok(outbound)
+}
+
+/// One entry of an array of tables (`[[dkim]]`, `[[milter]]`).
+trait ArrayEntry: Sized {
+    type Config;
+    /// The array's key.
+    const SECTION: &'static str;
+    /// Validates one entry (`resolve` makes a path relative to the config file absolute);
+    /// `Err` is `(key, message)` for `section[i].key`.
+    fn into_config(
+        self,
+        resolve: impl Fn(&str) -> PathBuf,
+    ) -> Result<Self::Config, (&'static str, String)>;
+    /// Why `this` cannot be beside `earlier`, an entry before it: the key and the message.
+    fn clash(earlier: &Self::Config, this: &Self::Config) -> Option<(&'static str, String)>;
+}
+
+/// Every entry of an array of tables made valid, none clashing with one before it.
+fn load_entries<E: ArrayEntry>(
+    src: &Source,
+    base: &Path,
+    raw: Vec<E>,
+) -> Result<Vec<E::Config>, ConfigError> {
+    let mut loaded: Vec<E::Config> = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let at = |key| [Seg::Key(E::SECTION), Seg::Index(i), Seg::Key(key)];
+        let this = (entry.into_config(|p| normalize(&base.join(p))))
+            .map_err(|(key, message)| src.error_at(&at(key), message))?;
+        if let Some((key, message)) = loaded.iter().find_map(|earlier| E::clash(earlier, &this)) {
+            return Err(src.error_at(&at(key), message));
+        }
+        loaded.push(this);
+    }
+    Ok(loaded)
 }
 
 /// `[tls]`: both paths or neither, each readable now (so a typo fails at start, naming the

@@ -91,9 +91,17 @@ fn two_minutes() -> Duration {
     Duration::from_secs(120)
 }
 
-impl RawMilter {
-    /// Validates one entry; `Err` is `(key, message)` for `milter[i].key`.
-    pub(crate) fn into_config(
+impl crate::ArrayEntry for RawMilter {
+    type Config = MilterConfig;
+    const SECTION: &'static str = "milter";
+
+    /// Names are unique (logs and the console name a milter by it).
+    fn clash(earlier: &MilterConfig, this: &MilterConfig) -> Option<(&'static str, String)> {
+        (earlier.name == this.name)
+            .then(|| ("name", format!("a second milter called `{}`", this.name)))
+    }
+
+    fn into_config(
         self,
         resolve: impl Fn(&str) -> PathBuf,
     ) -> Result<MilterConfig, (&'static str, String)> {
