@@ -46,7 +46,8 @@ impl PeerSession {
         let auth = client.auth_plain(handoff::PEER_USER, &plan.secret).await?;
         if auth.code != Some(235) {
             bail!(
-                "the peer refused the fleet credentials ({}): is the same secret in both nodes' [cluster] peer_password_file?", auth.code_text()
+                "the peer refused the fleet credentials ({}): is the same secret in both nodes' [cluster] peer_password_file?",
+                auth.code_text()
             );
         }
         Ok(PeerSession {
